@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Shared set-up, sourced by run_tests.sh and run_demo.sh: a virtual environment
+# in .venv with the package installed (normal, non-editable install), and the
+# SExtractor and PSFEx binaries when they can be installed.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if ! command -v source-extractor >/dev/null 2>&1 || ! command -v psfex >/dev/null 2>&1; then
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq source-extractor psfex >/dev/null; } \
+            || echo "warning: could not install source-extractor/psfex; the sep and built-in engines still work"
+    else
+        echo "note: source-extractor/psfex not found; the sep and built-in engines still work"
+    fi
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q ".[test]"
+export PATH="$PWD/.venv/bin:$PATH"
