@@ -1,0 +1,1 @@
+"""Shared file formats of the pipeline (FITS-LDAC catalogues, ...)."""

@@ -1,0 +1,165 @@
+"""Array and record encoding for the pipeline's stores: ``.npy`` bytes, never pickles.
+
+Every store of the pipeline (header store, stamp stores) keeps numpy arrays
+as bytes in the ``.npy`` format and reads them back with
+``allow_pickle=False``, so a store never executes code when it is read and
+stays readable by any numpy.
+
+Two levels are provided:
+
+- :func:`encode_array` / :func:`decode_array`: one array <-> ``.npy`` bytes.
+- :func:`pack_record` / :func:`unpack_record`: a small record made of named
+  arrays plus JSON metadata <-> one ``bytes`` value, laid out as::
+
+      b"SPREC1\\n" | uint32 little-endian header length | JSON header | .npy blobs
+
+  The JSON header holds the metadata and, per array, its name and byte
+  length (blobs follow in that order). Metadata may be nested dicts and
+  lists of str, int, float, bool and None; numpy scalars are converted to
+  Python numbers, NaN and infinities are kept.
+
+Object arrays (``dtype=object``) are refused: they could only be stored by
+pickling.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+
+import numpy as np
+
+from shapepipe.errors import ShapePipeError
+
+RECORD_MAGIC = b"SPREC1\n"
+_LENGTH = struct.Struct("<I")
+
+
+class EncodingError(ShapePipeError, ValueError):
+    """A value cannot be encoded, or bytes are not a valid encoded value."""
+
+
+class StoreError(ShapePipeError, ValueError):
+    """A store file is missing, unreadable or not in the expected format.
+
+    The message names the file.
+    """
+
+
+def encode_array(array) -> bytes:
+    """Encode an array as ``.npy`` bytes.
+
+    Parameters
+    ----------
+    array : array_like
+        Any numeric, boolean or fixed-width string array (not ``object``).
+
+    Returns
+    -------
+    bytes
+        The ``.npy`` file content.
+
+    Raises
+    ------
+    EncodingError
+        For object arrays, which would need pickling.
+    """
+    array = np.asarray(array)
+    if array.dtype.hasobject:
+        raise EncodingError(f"cannot store an array of dtype {array.dtype} without pickling")
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def decode_array(data: bytes) -> np.ndarray:
+    """Decode ``.npy`` bytes written by :func:`encode_array`.
+
+    Raises
+    ------
+    EncodingError
+        If ``data`` is not a pickle-free ``.npy`` payload.
+    """
+    try:
+        return np.load(io.BytesIO(bytes(data)), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise EncodingError(f"not a valid .npy payload: {error}") from error
+
+
+def _json_default(value):
+    """Convert numpy scalars (and tiny arrays) for JSON."""
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+        return value.tolist()
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    raise EncodingError(f"metadata value {value!r} of type {type(value).__name__} is not JSON-encodable")
+
+
+def to_json(value) -> str:
+    """JSON text of ``value``, with numpy scalars converted (NaN allowed)."""
+    return json.dumps(value, default=_json_default, separators=(",", ":"))
+
+
+def pack_record(arrays: dict | None = None, meta: dict | None = None) -> bytes:
+    """Pack named arrays and JSON metadata into one ``bytes`` value.
+
+    Parameters
+    ----------
+    arrays : dict of str to array_like, optional
+        Arrays to store; kept with their dtype and shape.
+    meta : dict, optional
+        JSON-encodable metadata (numpy scalars accepted).
+
+    Returns
+    -------
+    bytes
+    """
+    arrays = arrays or {}
+    blobs = []
+    entries = []
+    for name, array in arrays.items():
+        blob = encode_array(array)
+        blobs.append(blob)
+        entries.append([str(name), len(blob)])
+    header = to_json({"meta": meta or {}, "arrays": entries}).encode("utf-8")
+    return b"".join([RECORD_MAGIC, _LENGTH.pack(len(header)), header, *blobs])
+
+
+def unpack_record(data: bytes) -> tuple[dict, dict]:
+    """Unpack bytes written by :func:`pack_record`.
+
+    Returns
+    -------
+    arrays : dict of str to numpy.ndarray
+    meta : dict
+
+    Raises
+    ------
+    EncodingError
+        If ``data`` is not a packed record (for example a pickle).
+    """
+    data = memoryview(bytes(data))
+    start = len(RECORD_MAGIC)
+    if bytes(data[:start]) != RECORD_MAGIC or len(data) < start + _LENGTH.size:
+        raise EncodingError("not a packed record (wrong magic bytes; a pickled ShapePipe store?)")
+    (length,) = _LENGTH.unpack(data[start:start + _LENGTH.size])
+    offset = start + _LENGTH.size
+    try:
+        header = json.loads(bytes(data[offset:offset + length]).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise EncodingError(f"corrupt record header: {error}") from error
+    offset += length
+    arrays = {}
+    for name, size in header["arrays"]:
+        if offset + size > len(data):
+            raise EncodingError(f"truncated record: array {name!r} is incomplete")
+        arrays[name] = decode_array(data[offset:offset + size])
+        offset += size
+    return arrays, header["meta"]
