@@ -1,0 +1,1 @@
+"""Default ``.mask`` configurations and halo/spike templates of the mask module."""

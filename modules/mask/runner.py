@@ -1,0 +1,261 @@
+"""Declaration of the ``mask`` module (ShapePipe's ``mask_runner``).
+
+Inputs, in ``FILE_PATTERN`` order: image, weight, then the input flag image
+when ``USE_EXT_FLAG``, then a per-image star catalogue when
+``USE_EXT_STAR``. Output: ``<PREFIX>_flag<number>.fits`` (``flag<number>.fits``
+with ``PREFIX = none``), an int16 flag image (int32 if a bit >= 2**15 is in
+use) whose header records the mask planes (``MP_*`` cards, read them with
+:func:`shapepipe_modules.mask.mask_bits`) and the image WCS; optionally a
+ds9 region file of the applied masks (``REG_FILE = True`` here or
+``KEEP_REG_FILE = True`` in the ``.mask`` file: one file for every plane,
+``<PREFIX>_flag<number>.reg``; ShapePipe's HALO_REG_FILE and SPIKE_REG_FILE
+names are accepted and not used).
+
+Bit overlaps: every mask is OR-ed into its own bit and the input flag is
+OR-ed in last, so every input bit survives. When the input flag uses a bit
+that an internal plane also uses, that bit means "either" (both ``MP_*``
+cards list it, and a warning is logged).
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+from shapepipe.errors import ConfigError, JobError
+from shapepipe.module import module
+from shapepipe.options import Option
+
+from .config import default_config_path, read_mask_config
+from .planes import planes_to_cards
+
+_WCS_KEY = re.compile(
+    r"^(WCSAXES|CTYPE\d|CRPIX\d|CRVAL\d|CDELT\d|CUNIT\d|CD\d_\d|PC\d_\d|PV\d_\d+|CROTA\d|LONPOLE|LATPOLE"
+    r"|RADESYS|RADECSYS|EQUINOX|(A|B|AP|BP)_(ORDER|\d+_\d+|DMAX))$"
+)
+
+OPTIONS = (
+    Option(
+        "MASK_CONFIG_PATH",
+        "file",
+        "",
+        "The .mask file (ShapePipe's form); empty: the module's own file chosen by MASK_DEFAULTS.",
+        aliases=("CONFIG_PATH",),
+    ),
+    Option(
+        "MASK_DEFAULTS",
+        "choice",
+        "exposure",
+        "Shipped .mask file used when MASK_CONFIG_PATH is empty: config.mask for CCDs (exposure) "
+        "or config_tile.mask for tiles (tile).",
+        choices=("exposure", "tile"),
+    ),
+    Option("USE_EXT_FLAG", "bool", True, "The third input is a flag image OR-ed into the output (MP_EXTERNAL)."),
+    Option("USE_EXT_STAR", "bool", False, "The last input is a per-image bright-star catalogue (FITS: ra, dec, mag)."),
+    Option(
+        "STAR_CAT_PATH",
+        "file",
+        "",
+        "One bright-star catalogue (FITS: ra, dec, mag) for every image; needed for halos and spikes "
+        "unless USE_EXT_STAR.",
+    ),
+    Option(
+        "DEEP_SKY_CAT_PATH",
+        "file",
+        "",
+        "Deep-sky catalogue (FITS: ra, dec, radius in deg) for MP_MESSIER; "
+        "overrides MESSIER_CAT_PATH of the .mask file.",
+    ),
+    Option("PREFIX", "str", "pipeline", "Output name prefix: <PREFIX>_flag<number>.fits ('none' for no prefix).",
+           aliases=("SUFFIX",)),
+    Option("HDU", "int", 0, "HDU of the image, weight and flag files."),
+    Option("REG_FILE", "bool", False, "Also write <PREFIX>_flag<number>.reg, a ds9 region file of the masks."),
+)
+
+
+def _config_path(options) -> Path:
+    return Path(options.get("MASK_CONFIG_PATH") or default_config_path(options.get("MASK_DEFAULTS") or "exposure"))
+
+
+def validate(options) -> list[str]:
+    """Read the ``.mask`` file and check that every catalogue it needs is given."""
+    try:
+        params = read_mask_config(_config_path(options))
+    except ConfigError as error:
+        return list(error.problems)
+    problems = []
+    if params.halo is not None or params.spike is not None:
+        if options.get("USE_EXT_STAR") and options.get("STAR_CAT_PATH"):
+            problems.append("USE_EXT_STAR and STAR_CAT_PATH both set: give the star catalogue one way")
+        elif not options.get("USE_EXT_STAR") and not options.get("STAR_CAT_PATH"):
+            problems.append(
+                f"{_config_path(options)} makes halo/spike masks: set STAR_CAT_PATH or USE_EXT_STAR "
+                "(stars are never queried over the network)"
+            )
+    if params.messier is not None and params.messier.cat_path is None and not options.get("DEEP_SKY_CAT_PATH"):
+        problems.append(
+            f"{_config_path(options)} [MESSIER_PARAMETERS] MESSIER_MAKE = True: set MESSIER_CAT_PATH there "
+            "or DEEP_SKY_CAT_PATH in the module section"
+        )
+    if params.ngc is not None and params.ngc.cat_path is None:
+        problems.append(f"{_config_path(options)} [NGC_PARAMETERS] NGC_MAKE = True: NGC_CAT_PATH is missing")
+    return problems
+
+
+def _read_image(path, hdu, what, integer=False):
+    """Data and header of one image HDU; JobError naming the file if unusable."""
+    import numpy as np
+    from astropy.io import fits
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with fits.open(path, memmap=False) as hdus:
+                header = hdus[hdu].header.copy()
+                data = hdus[hdu].data
+                data = None if data is None else np.asarray(data)
+        except Exception as error:  # astropy raises many types on corrupt files
+            raise JobError(
+                f"cannot read {what} {path} (corrupt or truncated FITS?): {type(error).__name__}: {error}"
+            ) from None
+    for warning in caught:
+        if "truncated" in str(warning.message).lower():
+            raise JobError(f"{what} {path} is truncated: {warning.message}")
+    if data is None or data.ndim != 2:
+        shape = None if data is None else data.shape
+        raise JobError(f"{what} {path} HDU {hdu} holds no 2-d image (data shape {shape})")
+    if integer and not np.issubdtype(data.dtype, np.integer):
+        if not np.all(np.isfinite(data)) or np.any(np.mod(data, 1) != 0):
+            raise JobError(f"{what} {path} holds non-integer values")
+        data = data.astype(np.int64)
+    return data, header
+
+
+def _output_header(image_header, result, params, input_paths):
+    from astropy.io import fits
+
+    header = fits.Header()
+    for card in image_header.cards:
+        if _WCS_KEY.match(card.keyword):
+            header.append((card.keyword, card.value, card.comment))
+    for key, bits, comment in planes_to_cards(result.planes):
+        header[key] = (bits, comment)
+    for key, value, comment in result.header_cards:
+        header[key] = (value, comment)
+    header["MASKCONF"] = (str(params.source.name) if params.source else "", ".mask file")
+    header.add_history(f"flags OR-ed from the masks of {Path(input_paths[0]).name}")
+    return header
+
+
+@module(
+    name="mask",
+    version="1.0",
+    description="Pipeline flag image: border, star halos and spikes, deep-sky objects, saturation, input flag.",
+    aliases=("mask_runner",),
+    input_module="split_exp",
+    file_pattern=("image", "weight", "flag"),
+    file_ext=(".fits", ".fits", ".fits"),
+    numbering_scheme="-0000000-0",
+    depends=("numpy", "scipy", "astropy"),
+    options=OPTIONS,
+    validate=validate,
+)
+def mask(job):
+    """Build the pipeline flag image of one CCD or tile."""
+    import numpy as np
+    from astropy.io import fits
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    from shapepipe.atomic import atomic_path
+
+    from .build import MaskInputError, build_mask, region_text
+    from .catalogues import read_deep_sky_catalogue, read_star_catalogue
+
+    options = job.options
+    use_flag, use_star = bool(options["USE_EXT_FLAG"]), bool(options["USE_EXT_STAR"])
+    expected = 2 + use_flag + use_star
+    inputs = [Path(p) for p in job.inputs]
+    if len(inputs) != expected:
+        raise JobError(
+            f"mask expects {expected} inputs (image, weight"
+            + (", flag" if use_flag else "")
+            + (", star catalogue" if use_star else "")
+            + f") from USE_EXT_FLAG = {use_flag}, USE_EXT_STAR = {use_star}, but FILE_PATTERN gives {len(inputs)}: "
+            + ", ".join(p.name for p in inputs)
+        )
+    image_path, weight_path = inputs[0], inputs[1]
+    flag_path = inputs[2] if use_flag else None
+    star_path = inputs[-1] if use_star else options.get("STAR_CAT_PATH") or None
+
+    try:
+        params = read_mask_config(_config_path(options))
+    except ConfigError as error:
+        raise JobError(str(error)) from None
+    for note in params.notes:
+        job.logger.info("%s: %s", params.source, note)
+
+    hdu = int(options["HDU"])
+    image, header = _read_image(image_path, hdu, "image")
+    weight, _ = _read_image(weight_path, hdu, "weight")
+    external = _read_image(flag_path, hdu, "flag image", integer=True)[0] if flag_path else None
+    for path, array in ((weight_path, weight), (flag_path, external)):
+        if array is not None and array.shape != image.shape:
+            raise JobError(f"{path} has shape {array.shape} but image {image_path} has {image.shape}")
+    if not np.any(weight > 0):
+        raise JobError(f"weight {weight_path} is zero everywhere: nothing to mask")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        try:
+            wcs = WCS(header)
+        except Exception as error:
+            raise JobError(f"image {image_path}: invalid WCS: {error}") from None
+    if not wcs.has_celestial or wcs.naxis != 2:
+        raise JobError(f"image {image_path} has no 2-d celestial WCS")
+
+    star_cat = deep_sky_cat = ngc_cat = None
+    try:
+        if (params.halo or params.spike) and star_path:
+            star_cat = read_star_catalogue(star_path)
+        if params.messier is not None:
+            deep_path = options.get("DEEP_SKY_CAT_PATH") or params.messier.cat_path
+            if deep_path:
+                deep_sky_cat = read_deep_sky_catalogue(deep_path)
+        if params.ngc is not None and params.ngc.cat_path:
+            ngc_cat = read_deep_sky_catalogue(params.ngc.cat_path)
+    except ValueError as error:
+        raise JobError(str(error)) from None
+
+    try:
+        result = build_mask(
+            image,
+            weight,
+            wcs,
+            header,
+            star_cat,
+            deep_sky_cat,
+            params,
+            ngc_cat=ngc_cat,
+            external_flag=external,
+            logger=job.logger,
+        )
+    except (MaskInputError, ValueError) as error:
+        raise JobError(f"image {image_path}: {error}") from None
+
+    prefix = str(options["PREFIX"]).replace(" ", "")
+    prefix = "" if prefix.lower() in ("", "none") else prefix + "_"
+    out_name = f"{prefix}flag{job.number}.fits"
+    out_header = _output_header(header, result, params, inputs)
+    with atomic_path(job.output_path(out_name)) as temporary:
+        fits.PrimaryHDU(data=result.flag, header=out_header).writeto(temporary)
+    if options["REG_FILE"] or params.keep_reg_file:
+        with atomic_path(job.output_path(f"{prefix}flag{job.number}.reg")) as temporary:
+            temporary.write_text(region_text(result.shapes))
+    job.logger.info(
+        "%s: planes %s; %s",
+        out_name,
+        ", ".join(f"{k}={v}" for k, v in result.planes.items()),
+        ", ".join(f"{k}={v}" for k, v in result.stats.items()),
+    )
+    return {k: v for k, v in result.stats.items() if isinstance(v, (int, float))}

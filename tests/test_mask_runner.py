@@ -1,0 +1,156 @@
+"""The mask module through its declaration: inputs, outputs, failures."""
+
+import logging
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+
+from shapepipe.errors import JobError
+from shapepipe.job import Job
+from shapepipe.module import default_registry
+from shapepipe_modules.mask import mask_bits
+from shapepipe_modules.mask.runner import OPTIONS, mask, validate
+from test_mask_geometry import tan_wcs
+
+SHAPE = (240, 160)
+
+
+def write_ccd(folder, number="-0000001-3", weight_value=1.0):
+    wcs = tan_wcs(SHAPE, ra=35.0, dec=-5.0)
+    header = wcs.to_header()
+    header["SATURATE"] = 50000.0
+    header["GAIN"] = 1.6
+    image = np.random.default_rng(1).normal(100.0, 3.0, SHAPE).astype(np.float32)
+    image[120:126, 80:86] = 60000.0
+    paths = {
+        "image": folder / f"image{number}.fits",
+        "weight": folder / f"weight{number}.fits",
+        "flag": folder / f"flag{number}.fits",
+    }
+    fits.PrimaryHDU(image, header).writeto(paths["image"])
+    fits.PrimaryHDU(np.full(SHAPE, weight_value, np.float32), header).writeto(paths["weight"])
+    flag = np.zeros(SHAPE, np.int16)
+    flag[:, 30] = 1  # a bad column
+    fits.PrimaryHDU(flag, header).writeto(paths["flag"])
+    stars = folder / "bright_stars.fits"
+    # A halo star off the left edge (halo radius 279 px reaches 29 px in), a
+    # spike star inside, a bright star far away.
+    ra, dec = wcs.all_pix2world([-250.0, 140.0, 3000.0], [120.0, 30.0, 30.0], 0)
+    Table({"ra": ra, "dec": dec, "mag": [12.95, 16.0, 10.0]}).write(stars, overwrite=True)
+    deep = folder / "deep_sky.fits"
+    ra, dec = wcs.all_pix2world([200.0, 5000.0], [200.0, 10.0], 0)
+    Table({"name": ["G1", "far"], "ra": ra, "dec": dec, "radius": [60 * 0.187 / 3600, 0.01]}).write(deep)
+    return paths, stars, deep
+
+
+def make_job(tmp_path, inputs, number="-0000001-3", **options):
+    values = {option.name: option.default for option in OPTIONS}
+    values.update(options)
+    output = tmp_path / "output"
+    output.mkdir(exist_ok=True)
+    return Job(
+        module="mask",
+        module_run="mask",
+        number=number,
+        inputs=list(inputs),
+        output_dir=output,
+        log_dir=tmp_path,
+        options=values,
+        logger=logging.getLogger("test_mask"),
+        run_dir=tmp_path,
+    )
+
+
+def test_declaration_is_registered():
+    registry = default_registry()
+    spec = registry.get("mask_runner")
+    assert spec.name == "mask" and spec.file_patterns == ("image", "weight", "flag")
+    assert spec.validate is validate
+
+
+def test_ccd_flag_image_written_with_planes_and_wcs(tmp_path):
+    paths, stars, deep = write_ccd(tmp_path)
+    job = make_job(
+        tmp_path, paths.values(), STAR_CAT_PATH=str(stars), DEEP_SKY_CAT_PATH=str(deep), REG_FILE=True
+    )
+    stats = mask(job)
+    out = tmp_path / "output" / "pipeline_flag-0000001-3.fits"
+    with fits.open(out) as hdus:
+        flag, header = hdus[0].data, hdus[0].header
+    assert flag.dtype == np.dtype(">i2") and flag.shape == SHAPE
+    assert header["CRVAL1"] == pytest.approx(35.0) and header["CTYPE2"] == "DEC--TAN"
+    planes = {"BORDER": 4, "HALO": 2, "SPIKE": 128, "MESSIER": 16, "SATUR": 8, "EXTERNAL": 1}
+    for name, bits in planes.items():
+        assert mask_bits(out, name) == bits
+        assert (flag & bits).any(), name
+    assert np.all(flag[:, 30] & 1)  # input bits kept
+    assert flag[120, 20] & 2 and not flag[120, 35] & 2 and flag[120, 80] & 8 and flag[150, 100] == 0
+    assert stats["n_halo"] == 1 and stats["n_spike"] == 2 and stats["n_messier"] == 1
+    regions = (tmp_path / "output" / "pipeline_flag-0000001-3.reg").read_text()
+    assert "text={G1}" in regions and "far" not in regions
+    assert not [p for p in (tmp_path / "output").iterdir() if p.name.startswith(".")]
+
+
+def test_tile_without_flag_and_with_star_input(tmp_path):
+    paths, stars, deep = write_ccd(tmp_path, number="-244-252")
+    job = make_job(
+        tmp_path,
+        [paths["image"], paths["weight"], stars],
+        number="-244-252",
+        USE_EXT_FLAG=False,
+        USE_EXT_STAR=True,
+        DEEP_SKY_CAT_PATH=str(deep),
+        PREFIX="none",
+        MASK_DEFAULTS="tile",
+    )
+    mask(job)
+    out = tmp_path / "output" / "flag-244-252.fits"
+    header = fits.getheader(out)
+    assert header["MASKCONF"] == "config_tile.mask"
+    assert "MP_EXTERNAL" not in header and "MP_BORDER" not in header and header["MP_HALO"] == 2
+
+
+def test_wrong_number_of_inputs(tmp_path):
+    paths, stars, deep = write_ccd(tmp_path)
+    job = make_job(tmp_path, [paths["image"], paths["weight"]], STAR_CAT_PATH=str(stars),
+                   DEEP_SKY_CAT_PATH=str(deep))
+    with pytest.raises(JobError, match="expects 3 inputs"):
+        mask(job)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_or_truncated_image_fails_naming_the_file(tmp_path, damage):
+    paths, stars, deep = write_ccd(tmp_path)
+    raw = paths["image"].read_bytes()
+    paths["image"].write_bytes(b"not a FITS file at all" * 10 if damage == "garbage" else raw[: len(raw) // 2])
+    job = make_job(tmp_path, paths.values(), STAR_CAT_PATH=str(stars), DEEP_SKY_CAT_PATH=str(deep))
+    with pytest.raises(JobError, match=str(paths["image"])):
+        mask(job)
+    assert not list((tmp_path / "output").iterdir())
+
+
+def test_zero_weight_fails_naming_the_file(tmp_path):
+    paths, stars, deep = write_ccd(tmp_path, weight_value=0.0)
+    job = make_job(tmp_path, paths.values(), STAR_CAT_PATH=str(stars), DEEP_SKY_CAT_PATH=str(deep))
+    with pytest.raises(JobError, match=f"{paths['weight']} is zero everywhere"):
+        mask(job)
+
+
+def test_bad_star_catalogue_fails_naming_the_file(tmp_path):
+    paths, stars, deep = write_ccd(tmp_path)
+    Table({"ra": [1.0], "dec": [2.0]}).write(stars, overwrite=True)
+    job = make_job(tmp_path, paths.values(), STAR_CAT_PATH=str(stars), DEEP_SKY_CAT_PATH=str(deep))
+    with pytest.raises(JobError, match=f"{stars} has no column mag"):
+        mask(job)
+
+
+def test_validate_needs_catalogues():
+    defaults = {option.name: option.default for option in OPTIONS}
+    problems = validate(defaults)
+    assert any("STAR_CAT_PATH or USE_EXT_STAR" in p for p in problems)
+    assert any("DEEP_SKY_CAT_PATH" in p for p in problems)
+    both = dict(defaults, USE_EXT_STAR=True, STAR_CAT_PATH="/x.fits", DEEP_SKY_CAT_PATH="/d.fits")
+    assert validate(both) == ["USE_EXT_STAR and STAR_CAT_PATH both set: give the star catalogue one way"]
+    assert validate(dict(defaults, USE_EXT_STAR=True, DEEP_SKY_CAT_PATH="/d.fits")) == []
