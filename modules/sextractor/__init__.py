@@ -1,0 +1,1 @@
+"""Source extraction: the ``sep`` engine and the SExtractor binary engine."""

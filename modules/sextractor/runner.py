@@ -1,0 +1,372 @@
+"""Module declaration of ``sextractor``: source extraction on a CCD or a tile.
+
+Two engines read the same inputs and SExtractor configuration files and
+write the same FITS-LDAC catalogue ``[PREFIX_]sexcat<number>.fits``:
+
+- ``ENGINE = sep`` (default): :mod:`.sep_engine`, pure pip install;
+- ``ENGINE = sextractor``: the SExtractor binary (``EXEC_PATH``,
+  ``source-extractor`` or ``sex``).
+
+Inputs, in ``FILE_PATTERN`` order: image, then the weight (if
+``WEIGHT_IMAGE``), flag (``FLAG_IMAGE``), PSF model (``PSF_FILE``),
+detection image (``DETECTION_IMAGE``) and detection weight
+(``DETECTION_WEIGHT``), as in ShapePipe.
+
+Outputs in the job's output directory:
+
+- ``[PREFIX_]sexcat<number>.fits``: the catalogue (``SUFFIX`` renames the
+  ``sexcat`` part);
+- ``[PREFIX_]<checkimage type in lower case><number>.fits`` for each
+  ``CHECKIMAGE`` (e.g. ``background-0000000-0.fits``);
+- ``[PREFIX_]bkg_resid<number>.txt`` and ``.png``: the background-residual
+  diagnostic (:mod:`.background_residual`) unless ``BKG_RESIDUAL = False``.
+
+The job returns ``n_objects``, ``bkg_resid_mean`` and ``bkg_resid_sigma``.
+Steps that act on the written catalogue (such as the multi-epoch
+bookkeeping of tiles) go after :func:`write_catalogue` in
+:func:`sextractor`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shapepipe.errors import JobError
+from shapepipe.module import module
+from shapepipe.options import Option
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+SEP_CHECK_IMAGES = ("BACKGROUND", "BACKGROUND_RMS", "SEGMENTATION", "-BACKGROUND")
+BINARY_CHECK_IMAGES = SEP_CHECK_IMAGES + (
+    "MINIBACKGROUND", "MINIBACK_RMS", "FILTERED", "OBJECTS", "-OBJECTS", "APERTURES",
+)
+
+OPTIONS = (
+    Option("ENGINE", "choice", "sep", "Extraction engine: sep (Python) or sextractor (the binary).",
+           choices=("sep", "sextractor")),
+    Option("EXEC_PATH", "str", "source-extractor",
+           "SExtractor executable (ENGINE = sextractor); 'sex' and 'source-extractor' "
+           "fall back to each other."),
+    Option("DOT_SEX_FILE", "file", str(DATA_DIR / "default_exp.sex"), "SExtractor .sex configuration file."),
+    Option("DOT_PARAM_FILE", "file", str(DATA_DIR / "default.param"), "Catalogue columns (.param)."),
+    Option("DOT_CONV_FILE", "file", str(DATA_DIR / "default.conv"), "Detection filter kernel (.conv)."),
+    Option("WEIGHT_IMAGE", "bool", True, "A weight image follows the image in the inputs."),
+    Option("FLAG_IMAGE", "bool", True, "An integer flag image follows (OR-ed into IMAFLAGS_ISO)."),
+    Option("PSF_FILE", "bool", False, "A PSFEx model follows (binary engine only)."),
+    Option("DETECTION_IMAGE", "bool", False, "A separate detection image follows (binary engine only)."),
+    Option("DETECTION_WEIGHT", "bool", False, "A weight of the detection image follows (binary engine only)."),
+    Option("ZP_FROM_HEADER", "bool", False, "Read the magnitude zero-point from the image header (ZP_KEY)."),
+    Option("ZP_KEY", "str", "", "Header key of the zero-point, e.g. PHOTZP."),
+    Option("BKG_FROM_HEADER", "bool", False, "Use a constant background read from the image header (BKG_KEY)."),
+    Option("BKG_KEY", "str", "", "Header key of the background value."),
+    Option("CHECKIMAGE", "list", [], "Check images to write: BACKGROUND, BACKGROUND_RMS, SEGMENTATION, "
+           "-BACKGROUND (both engines) and the other SExtractor types (binary engine)."),
+    Option("PREFIX", "str", "", "Prefix of the output names (followed by '_')."),
+    Option("SUFFIX", "str", "sexcat", "Base name of the catalogue: <PREFIX_><SUFFIX><number>.fits."),
+    Option("BKG_RESIDUAL", "bool", True, "Write the background-residual histogram, fit and plot."),
+)
+
+
+def _input_layout(options) -> list[str]:
+    """Role of each input file, in FILE_PATTERN order."""
+    roles = ["image"]
+    for key, role in (
+        ("WEIGHT_IMAGE", "weight"),
+        ("FLAG_IMAGE", "flag"),
+        ("PSF_FILE", "psf"),
+        ("DETECTION_IMAGE", "detection_image"),
+        ("DETECTION_WEIGHT", "detection_weight"),
+    ):
+        if options.get(key, False):
+            roles.append(role)
+    return roles
+
+
+def _requirements(options):
+    from .binary_engine import resolve_executable
+
+    if options.get("ENGINE", "sep") == "sextractor":
+        return (), (resolve_executable(options.get("EXEC_PATH", "source-extractor")),)
+    return ("sep", "numba"), ()
+
+
+def validate(options) -> list[str]:
+    """Cross-field checks, run before any job starts.
+
+    Reads the .sex, .param and .conv files; with the sep engine, every
+    .param column must be one the engine computes.
+    """
+    from .columns import unsupported_parameters
+    from .config_files import ConfigFileError, ExtractionSettings, read_dot_conv, read_dot_param, read_dot_sex
+
+    problems = []
+    engine = options.get("ENGINE", "sep")
+    if options.get("DETECTION_WEIGHT") and not options.get("DETECTION_IMAGE"):
+        problems.append("DETECTION_WEIGHT = True needs DETECTION_IMAGE = True")
+    if options.get("DETECTION_WEIGHT") and not options.get("WEIGHT_IMAGE"):
+        problems.append("DETECTION_WEIGHT = True needs WEIGHT_IMAGE = True")
+    for flag, key in (("ZP_FROM_HEADER", "ZP_KEY"), ("BKG_FROM_HEADER", "BKG_KEY")):
+        if options.get(flag) and not str(options.get(key, "")).strip():
+            problems.append(f"{flag} = True needs {key} (the header key to read)")
+    check_images = [c.strip().upper() for c in options.get("CHECKIMAGE", []) or []]
+    allowed = SEP_CHECK_IMAGES if engine == "sep" else BINARY_CHECK_IMAGES
+    for check in check_images:
+        if check not in allowed:
+            problems.append(f"CHECKIMAGE {check} is not available with ENGINE = {engine} "
+                            f"(one of {', '.join(allowed)})")
+    if engine == "sep":
+        for key in ("PSF_FILE", "DETECTION_IMAGE"):
+            if options.get(key):
+                problems.append(f"{key} = True needs ENGINE = sextractor (the sep engine has no "
+                                f"{'PSF model fitting' if key == 'PSF_FILE' else 'dual-image mode'})")
+    try:
+        settings = ExtractionSettings.from_dot_sex(read_dot_sex(options["DOT_SEX_FILE"]), options["DOT_SEX_FILE"])
+    except (ConfigFileError, KeyError) as error:
+        problems.append(f"DOT_SEX_FILE: {error}")
+        settings = None
+    try:
+        parameters = read_dot_param(options["DOT_PARAM_FILE"])
+    except (ConfigFileError, KeyError) as error:
+        problems.append(f"DOT_PARAM_FILE: {error}")
+        parameters = []
+    try:
+        read_dot_conv(options["DOT_CONV_FILE"])
+    except (ConfigFileError, KeyError) as error:
+        problems.append(f"DOT_CONV_FILE: {error}")
+    if engine == "sep" and parameters:
+        unsupported = unsupported_parameters(parameters)
+        if unsupported:
+            problems.append(
+                f"DOT_PARAM_FILE {options['DOT_PARAM_FILE']}: the sep engine cannot compute "
+                f"{', '.join(unsupported)}; remove them or use ENGINE = sextractor"
+            )
+        names = {p.name for p in parameters}
+        if "IMAFLAGS_ISO" in names and not options.get("FLAG_IMAGE", False):
+            problems.append("IMAFLAGS_ISO in DOT_PARAM_FILE needs FLAG_IMAGE = True")
+        if settings is not None and names & {"FLUX_APER", "FLUXERR_APER", "MAG_APER", "MAGERR_APER"}:
+            if not settings.phot_apertures:
+                problems.append(f"DOT_SEX_FILE {options['DOT_SEX_FILE']}: PHOT_APERTURES is empty")
+    return problems
+
+
+def _read_image(path):
+    """Data and header of the first 2-d image HDU of a FITS file."""
+    from astropy.io import fits
+
+    try:
+        with fits.open(path, memmap=False) as hdus:
+            for hdu in hdus:
+                if hdu.data is not None and hdu.data.ndim == 2:
+                    return hdu.data, hdu.header.copy()
+    except OSError as error:
+        raise JobError(f"{path}: cannot read as FITS ({error})") from error
+    raise JobError(f"{path}: no 2-d image HDU")
+
+
+def _header_float(header, key, path, option):
+    if key not in header:
+        raise JobError(f"{path}: header has no key {key!r} (asked for by {option})")
+    try:
+        return float(header[key])
+    except (TypeError, ValueError):
+        raise JobError(f"{path}: header key {key!r} = {header[key]!r} is not a number ({option})") from None
+
+
+def _check_name(prefix, kind, number):
+    return f"{prefix}{kind.lower()}{number}.fits"
+
+
+def _write_image(path, data, header):
+    from astropy.io import fits
+
+    from shapepipe.atomic import atomic_path
+
+    with atomic_path(path) as temporary:
+        fits.PrimaryHDU(data, header=header).writeto(temporary)
+
+
+def _run_sep(job, paths, settings_files, zero_point, background_value, check_images):
+    """Run the sep engine; return (catalogue path, residual pixels)."""
+    import numpy as np
+
+    from shapepipe_modules.io.ldac import write_ldac
+
+    from . import sep_engine
+    from .config_files import ConfigFileError, ExtractionSettings, read_dot_conv, read_dot_param, read_dot_sex
+
+    dot_sex, dot_param, dot_conv = settings_files
+    try:
+        sex_settings = read_dot_sex(dot_sex)
+        settings = ExtractionSettings.from_dot_sex(sex_settings, dot_sex)
+        parameters = read_dot_param(dot_param)
+        kernel = read_dot_conv(dot_conv)
+    except ConfigFileError as error:
+        raise JobError(str(error)) from error
+    image, header = _read_image(paths["image"])
+    weight = flags = None
+    if "weight" in paths:
+        weight, _ = _read_image(paths["weight"])
+        weight_type = sex_settings.get("WEIGHT_TYPE", "MAP_WEIGHT").split(",")[-1].strip().upper()
+        weight = np.asarray(weight, dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if weight_type == "MAP_VAR":
+                weight = np.where(weight > 0, 1.0 / weight, 0.0)
+            elif weight_type == "MAP_RMS":
+                weight = np.where(weight > 0, 1.0 / weight**2, 0.0)
+    if "flag" in paths:
+        flags, _ = _read_image(paths["flag"])
+    try:
+        result = sep_engine.extract(image, header, settings, parameters, kernel, weight=weight,
+                                    flag_image=flags, zero_point=zero_point,
+                                    background_value=background_value)
+    except sep_engine.ExtractionError as error:
+        raise JobError(f"{paths['image']}: {error}") from error
+    image_header = header.copy()
+    for key, (value, comment) in result.header_keys.items():
+        image_header[key] = (value, comment)
+    catalogue = job.output_path(job_names(job)["catalogue"])
+    write_ldac(catalogue, result.table, image_header)
+    check_data = {
+        "BACKGROUND": lambda: result.background.astype(np.float32),
+        "BACKGROUND_RMS": lambda: result.background_rms.astype(np.float32),
+        "SEGMENTATION": lambda: result.segmentation.astype(np.int32),
+        "-BACKGROUND": lambda: (np.asarray(image, np.float32) - result.background).astype(np.float32),
+    }
+    for kind in check_images:
+        _write_image(job.output_path(_check_name(job_names(job)["prefix"], kind, job.number)),
+                     check_data[kind](), header)
+    return catalogue, result.residual, len(result.table)
+
+
+def _run_binary(job, paths, settings_files, zero_point, background_value, check_images):
+    """Run the SExtractor binary; return (catalogue path, residual pixels)."""
+    import tempfile
+
+    import numpy as np
+    from astropy.io import fits
+
+    from .binary_engine import command_line, resolve_executable
+    from .config_files import read_dot_sex
+
+    dot_sex, dot_param, dot_conv = settings_files
+    names = job_names(job)
+    catalogue = job.output_path(names["catalogue"])
+    weight_type = None
+    if "weight" in paths:
+        declared = read_dot_sex(dot_sex).get("WEIGHT_TYPE", "NONE").split(",")[0].strip().upper()
+        if declared in ("", "NONE"):
+            weight_type = "MAP_WEIGHT"
+    with tempfile.TemporaryDirectory(prefix="sextractor_") as scratch:
+        wanted = {kind: job.output_path(_check_name(names["prefix"], kind, job.number)) for kind in check_images}
+        want_residual = job.options.get("BKG_RESIDUAL", True)
+        if want_residual:
+            for kind in ("BACKGROUND", "SEGMENTATION"):
+                wanted.setdefault(kind, Path(scratch) / f"{kind.lower()}.fits")
+        args = command_line(
+            resolve_executable(job.options.get("EXEC_PATH", "source-extractor")),
+            paths["image"], catalogue, dot_sex, dot_param, dot_conv,
+            weight=paths.get("weight"), flag=paths.get("flag"), psf=paths.get("psf"),
+            detection_image=paths.get("detection_image"), detection_weight=paths.get("detection_weight"),
+            weight_type=weight_type, zero_point=zero_point, background_value=background_value,
+            check_images=wanted,
+        )
+        completed = job.run_command(args)
+        if not catalogue.exists():
+            raise JobError(f"{paths['image']}: SExtractor wrote no catalogue; output:\n{completed.stderr[-2000:]}")
+        residual = None
+        if want_residual:
+            image, _ = _read_image(paths["image"])
+            background = fits.getdata(wanted["BACKGROUND"])
+            segmentation = fits.getdata(wanted["SEGMENTATION"])
+            usable = segmentation == 0
+            if "weight" in paths:
+                weight, _ = _read_image(paths["weight"])
+                usable &= weight > 0
+            residual = (np.asarray(image, np.float64) - background)[usable]
+    with fits.open(catalogue, memmap=False) as hdus:
+        n_objects = len(hdus["LDAC_OBJECTS"].data)
+    return catalogue, residual, n_objects
+
+
+def job_names(job) -> dict:
+    """Output names of a job: ``prefix`` (with its '_'), ``catalogue``, residual stats and plot."""
+    prefix = str(job.options.get("PREFIX", "") or "").strip()
+    prefix = f"{prefix}_" if prefix else ""
+    suffix = str(job.options.get("SUFFIX", "sexcat") or "sexcat").strip()
+    return {
+        "prefix": prefix,
+        "catalogue": f"{prefix}{suffix}{job.number}.fits",
+        "residual_stats": f"{prefix}bkg_resid{job.number}.txt",
+        "residual_plot": f"{prefix}bkg_resid{job.number}.png",
+    }
+
+
+def write_catalogue(job):
+    """Extract the sources of one image with the configured engine.
+
+    Returns
+    -------
+    tuple
+        ``(catalogue path, residual pixels or None, number of objects)``.
+    """
+    options = job.options
+    roles = _input_layout(options)
+    if len(job.inputs) != len(roles):
+        raise JobError(
+            f"{job.inputs[0] if job.inputs else 'job'}: {len(job.inputs)} input files but the options "
+            f"(WEIGHT_IMAGE, FLAG_IMAGE, PSF_FILE, DETECTION_IMAGE, DETECTION_WEIGHT) describe "
+            f"{len(roles)}: {', '.join(roles)}"
+        )
+    paths = {role: Path(path) for role, path in zip(roles, job.inputs)}
+    from astropy.io import fits
+
+    try:
+        header = fits.getheader(paths["image"])
+    except OSError as error:
+        raise JobError(f"{paths['image']}: cannot read as FITS ({error})") from error
+    if header.get("NAXIS", 0) < 2:
+        _, header = _read_image(paths["image"])
+    zero_point = background_value = None
+    if options.get("ZP_FROM_HEADER"):
+        zero_point = _header_float(header, options["ZP_KEY"], paths["image"], "ZP_KEY")
+    if options.get("BKG_FROM_HEADER"):
+        background_value = _header_float(header, options["BKG_KEY"], paths["image"], "BKG_KEY")
+    check_images = [c.strip().upper() for c in options.get("CHECKIMAGE", []) or [] if c.strip()]
+    settings_files = (options["DOT_SEX_FILE"], options["DOT_PARAM_FILE"], options["DOT_CONV_FILE"])
+    run = _run_binary if options.get("ENGINE", "sep") == "sextractor" else _run_sep
+    return run(job, paths, settings_files, zero_point, background_value, check_images)
+
+
+@module(
+    name="sextractor",
+    version="2.0",
+    description="Source extraction on a CCD or tile (sep engine or the SExtractor binary), FITS-LDAC output.",
+    aliases=("sextractor_runner",),
+    input_module="mask",
+    file_pattern=("image", "weight", "flag"),
+    file_ext=(".fits", ".fits", ".fits"),
+    numbering_scheme="_0",
+    depends=("numpy", "astropy"),
+    options=OPTIONS,
+    requirements=_requirements,
+    validate=validate,
+)
+def sextractor(job):
+    """Extract sources of one image and write the diagnostics."""
+    from . import background_residual
+
+    catalogue, residual, n_objects = write_catalogue(job)
+    job.logger.info("%s: %d objects", catalogue.name, n_objects)
+    summary = {"n_objects": int(n_objects)}
+    if job.options.get("BKG_RESIDUAL", True) and residual is not None:
+        names = job_names(job)
+        try:
+            result = background_residual.fit_residuals(residual)
+        except (ValueError, RuntimeError) as error:
+            raise JobError(f"{job.inputs[0]}: background-residual fit failed: {error}") from error
+        background_residual.write_stats(job.output_path(names["residual_stats"]), result)
+        background_residual.plot(job.output_path(names["residual_plot"]), result,
+                                 title=f"background residuals {job.number}")
+        summary["bkg_resid_mean"] = result["mean"]
+        summary["bkg_resid_sigma"] = result["sigma"]
+    return summary

@@ -1,0 +1,506 @@
+"""The ``sep`` engine: SExtractor's detection and measurements in Python.
+
+Detection and the background map use `sep` (the SExtractor core as a
+library); the measurements that sep does not provide (AUTO photometry
+with neighbour correction, windowed parameters, FWHM, flags) follow
+SExtractor's definitions (see :mod:`.kernels`). Every column of
+:data:`.columns.COLUMNS` is computed; pixel positions are 1-based, angles
+in degrees, magnitudes ``-2.5 log10(flux) + ZP`` (99 for non-positive flux).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import kernels
+from .columns import (
+    COLUMNS,
+    FLAG_APERTURE,
+    FLAG_DEBLEND_OVERFLOW,
+    FLAG_MERGED,
+    FLAG_SATURATED,
+    FLAG_TRUNCATED,
+    column_shape,
+    magnitude,
+    magnitude_error,
+)
+from .config_files import ExtractionSettings
+
+MASKED_PIXEL = -1e30  # SExtractor's value for unusable VIGNET pixels
+
+# sep's own object flag bits.
+_SEP_MERGED = 0x0001
+_SEP_TRUNC = 0x0002
+_SEP_DOVERFLOW = 0x0004
+
+
+class ExtractionError(RuntimeError):
+    """The image cannot be processed (no valid pixels, sep failure)."""
+
+
+@dataclass
+class Extraction:
+    """Result of one extraction.
+
+    Attributes
+    ----------
+    table : astropy.table.Table
+        One row per object, columns in ``.param`` order.
+    header_keys : dict
+        ``SEX*`` keys for the ``LDAC_IMHEAD`` header (background level and
+        noise, threshold, gain, ...), as SExtractor writes them.
+    background, background_rms : 2-d arrays
+        Background and noise maps (check images BACKGROUND, BACKGROUND_RMS).
+    segmentation : 2-d int32 array
+        Object label per pixel (check image SEGMENTATION; label = NUMBER).
+    residual : 1-d array
+        Background-subtracted values of the usable pixels outside every
+        detection (for the background-residual diagnostic).
+    """
+
+    table: object
+    header_keys: dict
+    background: np.ndarray
+    background_rms: np.ndarray
+    segmentation: np.ndarray
+    residual: np.ndarray = field(repr=False, default=None)
+
+
+def _native(array, dtype=np.float32):
+    """C-contiguous, native byte order copy for sep."""
+    return np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("="))
+
+
+def _per_label_reduce(ufunc, labels_sorted, values_sorted, starts, n, fill):
+    """Reduce pixel values per object label (labels 1..n) with a ufunc."""
+    out = np.full(n, fill, dtype=np.result_type(values_sorted, type(fill)))
+    if values_sorted.size:
+        reduced = ufunc.reduceat(values_sorted, starts)
+        out[labels_sorted[starts] - 1] = reduced
+    return out
+
+
+def _pixel_scale_deg(wcs, x, y):
+    """Local pixel scale (deg/pixel, sqrt of the Jacobian determinant) at 1-based positions."""
+    step = 0.5
+    ra0, dec0 = wcs.all_pix2world(x, y, 1)
+    ra1, dec1 = wcs.all_pix2world(x + step, y, 1)
+    ra2, dec2 = wcs.all_pix2world(x, y + step, 1)
+    cosd = np.cos(np.radians(dec0))
+    dra1 = ((ra1 - ra0 + 180) % 360 - 180) * cosd
+    dra2 = ((ra2 - ra0 + 180) % 360 - 180) * cosd
+    det = np.abs(dra1 * (dec2 - dec0) - dra2 * (dec1 - dec0)) / step**2
+    return np.sqrt(det)
+
+
+def extract(
+    image,
+    header,
+    settings: ExtractionSettings,
+    parameters,
+    kernel=None,
+    weight=None,
+    flag_image=None,
+    zero_point=None,
+    background_value=None,
+    ext_number=1,
+):
+    """Detect and measure the sources of one image.
+
+    Parameters
+    ----------
+    image : 2-d array
+        Science image (ADU).
+    header : astropy.io.fits.Header
+        Its header (WCS, ``GAIN``/``SATURATE`` keys named in the settings).
+    settings : ExtractionSettings
+        The ``.sex`` settings.
+    parameters : list of Parameter
+        The ``.param`` columns to compute, in output order.
+    kernel : 2-d array, optional
+        Detection filter (``.conv``); used when ``settings.filter``.
+    weight : 2-d array, optional
+        Inverse-variance map; pixels with weight 0 are unusable.
+    flag_image : 2-d int array, optional
+        Flags OR-ed into IMAFLAGS_ISO.
+    zero_point : float, optional
+        Overrides ``MAG_ZEROPOINT`` (ZP_FROM_HEADER).
+    background_value : float, optional
+        Constant background (BKG_FROM_HEADER); overrides BACK_TYPE.
+    ext_number : int
+        Value of EXT_NUMBER.
+
+    Returns
+    -------
+    Extraction
+    """
+    import sep
+    from astropy.table import Table
+    from astropy.wcs import WCS
+
+    data = _native(image)
+    if data.ndim != 2:
+        raise ExtractionError(f"expected a 2-d image, got shape {data.shape}")
+    bad = ~np.isfinite(data)
+    if weight is not None:
+        weight = np.asarray(weight, dtype=np.float64)
+        if weight.shape != data.shape:
+            raise ExtractionError(f"weight shape {weight.shape} differs from image shape {data.shape}")
+        bad |= ~(weight > 0)
+    if flag_image is not None:
+        flag_image = np.asarray(flag_image)
+        if flag_image.shape != data.shape:
+            raise ExtractionError(f"flag shape {flag_image.shape} differs from image shape {data.shape}")
+        if flag_image.dtype.kind not in "iub":
+            raise ExtractionError(f"flag image must hold integers, got {flag_image.dtype}")
+    if bad.all():
+        raise ExtractionError("no usable pixel (all weights are zero or values non-finite)")
+    data[bad] = 0.0
+
+    gain = float(header.get(settings.gain_key, settings.gain) or 0.0) if settings.gain_key else settings.gain
+    satur = float(header.get(settings.satur_key, settings.satur_level)) if settings.satur_key else settings.satur_level
+    zp = settings.mag_zeropoint if zero_point is None else float(zero_point)
+
+    # Background and noise maps.
+    sep.set_extract_pixstack(max(300000, data.size // 4))
+    sep.set_sub_object_limit(4096)
+    bw, bh = settings.back_size
+    fw, fh = settings.back_filtersize
+    mesh = sep.Background(data, mask=bad, bw=bw, bh=bh, fw=fw, fh=fh, fthresh=settings.back_filtthresh)
+    rms = mesh.rms()
+    if background_value is not None:
+        back = np.full(data.shape, float(background_value), np.float32)
+    elif settings.back_type == "MANUAL":
+        back = np.full(data.shape, settings.back_value, np.float32)
+    else:
+        back = mesh.back()
+    global_rms = float(mesh.globalrms)
+    backnoise2 = global_rms**2
+
+    # Per-pixel variance: the weight map rescaled to the measured noise
+    # (SExtractor's RESCALE_WEIGHTS), else the global background noise.
+    if weight is not None:
+        good = ~bad
+        scale = float(np.median(rms[good].astype(np.float64) ** 2 * weight[good]))
+        with np.errstate(divide="ignore"):
+            var = np.where(bad, 0.0, scale / np.where(bad, 1.0, weight))
+        err_detect = np.sqrt(var).astype(np.float32)
+        err_detect[bad] = np.inf
+    else:
+        scale = 1.0
+        var = np.full(data.shape, backnoise2)
+        err_detect = None
+    sub = data - back
+    sub[bad] = 0.0
+
+    # Detection.
+    filter_kernel = np.asarray(kernel, dtype=np.float32) if (settings.filter and kernel is not None) else None
+    if settings.thresh_absolute:
+        thresh, err_arg = settings.detect_thresh, None
+    elif err_detect is not None:
+        thresh, err_arg = settings.detect_thresh, err_detect
+    else:
+        thresh, err_arg = settings.detect_thresh * global_rms, None
+    try:
+        objects, seg = sep.extract(
+            sub, thresh, err=err_arg, mask=bad, minarea=settings.detect_minarea,
+            filter_kernel=filter_kernel, filter_type="conv",
+            deblend_nthresh=settings.deblend_nthresh, deblend_cont=settings.deblend_mincont,
+            clean=settings.clean, clean_param=settings.clean_param, segmentation_map=True,
+            gain=gain if gain > 0 else None,
+        )
+    except Exception as error:  # sep raises plain Exceptions on overflow
+        raise ExtractionError(f"sep.extract failed: {error}") from error
+    seg = seg.astype(np.int32)
+    n = len(objects)
+    height, width = data.shape
+
+    x = objects["x"].astype(np.float64)
+    y = objects["y"].astype(np.float64)
+    a = np.maximum(objects["a"].astype(np.float64), 1e-3)
+    b = np.clip(objects["b"].astype(np.float64), 1e-3, a)
+    theta = objects["theta"].astype(np.float64)
+
+    # Per-object reductions over isophotal pixels.
+    pix_y, pix_x = np.nonzero(seg)
+    labels = seg[pix_y, pix_x]
+    order = np.argsort(labels, kind="stable")
+    labels_sorted = labels[order]
+    pix_y, pix_x = pix_y[order], pix_x[order]
+    starts = np.flatnonzero(np.r_[True, labels_sorted[1:] != labels_sorted[:-1]]) if labels.size else np.array([], int)
+    raw_max = _per_label_reduce(np.maximum, labels_sorted, data[pix_y, pix_x].astype(np.float64), starts, n, -np.inf)
+    analysis_rms = np.sqrt(var[pix_y, pix_x]) if weight is not None else np.full(pix_y.size, global_rms)
+    if settings.thresh_absolute:
+        threshold = np.full(n, settings.analysis_thresh)
+    else:
+        threshold = settings.analysis_thresh * _per_label_reduce(
+            np.minimum, labels_sorted, analysis_rms, starts, n, global_rms)
+    if flag_image is not None:
+        flag_values = flag_image[pix_y, pix_x].astype(np.int64)
+        imaflags = _per_label_reduce(np.bitwise_or, labels_sorted, flag_values, starts, n, 0)
+        nimaflags = _per_label_reduce(np.add, labels_sorted, (flag_values > 0).astype(np.int64), starts, n, 0)
+    else:
+        imaflags = np.zeros(n, np.int64)
+        nimaflags = np.zeros(n, np.int64)
+
+    # FWHM: weighted fit of log(pixel) against r^2 over the bright isophotal
+    # pixels, assuming a Gaussian core (SExtractor's FWHM_IMAGE).
+    peak = objects["peak"].astype(np.float64)
+    bkg_at = back[np.clip(np.floor(y + 0.5).astype(int), 0, height - 1), np.clip(np.floor(x + 0.5).astype(int), 0, width - 1)]
+    thresh0 = np.maximum(peak / 5.0, threshold)
+    values = sub[pix_y, pix_x].astype(np.float64)
+    index = labels_sorted - 1
+    use = (values > thresh0[index]) & (values < (satur - bkg_at)[index]) & (thresh0[index] > 0)
+    d2 = (pix_x - x[index]) ** 2 + (pix_y - y[index]) ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lpix = np.where(use, np.log(np.where(use, values, 1.0)), 0.0)
+    w2 = np.where(use, values**2, 0.0)
+    s = np.bincount(index, w2, n)
+    sx = np.bincount(index, d2 * w2, n)
+    sxx = np.bincount(index, d2 * d2 * w2, n)
+    sy = np.bincount(index, lpix * w2, n)
+    sxy = np.bincount(index, lpix * d2 * w2, n)
+    det = s * sxx - sx * sx
+    with np.errstate(divide="ignore", invalid="ignore"):
+        slope = -(s * sxy - sx * sy) / det
+        slope = np.maximum(slope, 1.0 / (13.0 * a * b))
+        fwhm = 1.6651 / np.sqrt(slope)
+        fwhm = np.where(fwhm > 0, fwhm - 1.0 / (4.0 * fwhm), fwhm)
+    fwhm = np.where((np.abs(det) > 0) & (thresh0 > 0) & np.isfinite(fwhm), fwhm, 0.0)
+
+    # AUTO photometry (Kron), with neighbours and bad pixels corrected.
+    kron_fact, kron_min = settings.phot_autoparams
+    weight_gain = bool(settings.weight_gain and weight is not None)
+    kron, flux_auto, fluxerr_auto, auto_flags = kernels.auto_photometry(
+        sub.astype(np.float64), var, bad, seg, x, y,
+        objects["cxx"].astype(np.float64), objects["cyy"].astype(np.float64), objects["cxy"].astype(np.float64),
+        a, b, float(kron_fact), float(kron_min), float(gain), backnoise2, weight_gain,
+    )
+
+    # Fraction-of-light radii within 6 A, normalised to FLUX_AUTO.
+    fracs = np.asarray(settings.phot_fluxfrac, dtype=float)
+    rmax = np.maximum(kernels.KRON_NSIG * a, 1e-3)
+    if n:
+        all_fracs = np.r_[fracs, 0.5]
+        radii, _ = sep.flux_radius(sub, x, y, rmax, all_fracs,
+                                   normflux=np.where(flux_auto > 0, flux_auto, 1.0), mask=bad, subpix=5)
+        radii = np.asarray(radii).reshape(n, -1)
+        radii = np.minimum(radii, rmax[:, None])
+    else:
+        radii = np.zeros((0, fracs.size + 1))
+    flux_radius = radii[:, :-1]
+    hl_radius = np.maximum(radii[:, -1], 0.5)
+
+    # Windowed parameters.
+    (xwin, ywin, flux_win, fluxerr_win, x2win, y2win, xywin, ex2win, ey2win, exywin,
+     flags_win, win_aper_flags) = kernels.windowed(
+        sub.astype(np.float64), var, bad, seg, x, y, hl_radius, float(gain), backnoise2, weight_gain)
+    revert = flags_win != 0
+    x2win = np.where(revert, objects["x2"], x2win)
+    y2win = np.where(revert, objects["y2"], y2win)
+    xywin = np.where(revert, objects["xy"], xywin)
+    ex2win = np.where(revert, objects["errx2"], ex2win)
+    ey2win = np.where(revert, objects["erry2"], ey2win)
+    exywin = np.where(revert, objects["errxy"], exywin)
+
+    # Fixed circular apertures (diameters in pixels).
+    diameters = np.asarray(settings.phot_apertures, dtype=float)
+    flux_aper = np.zeros((n, diameters.size))
+    fluxerr_aper = np.zeros((n, diameters.size))
+    aper_flags = np.zeros(n, np.int16)
+    err_meas = np.sqrt(var) if weight is not None else global_rms
+    for k, diameter in enumerate(diameters):
+        if n == 0:
+            break
+        radius = diameter / 2.0
+        flux_k, fluxerr_k, _ = sep.sum_circle(sub, x, y, radius, err=err_meas,
+                                              gain=gain if gain > 0 else None, subpix=5)
+        flux_aper[:, k] = flux_k
+        fluxerr_aper[:, k] = fluxerr_k
+        off = ((np.floor(x - radius + 0.5) < 0) | (np.floor(x + radius + 0.5) + 1 > width)
+               | (np.floor(y - radius + 0.5) < 0) | (np.floor(y + radius + 0.5) + 1 > height))
+        aper_flags |= np.where(off, FLAG_APERTURE, 0).astype(np.int16)
+
+    # FLAGS.
+    sep_flags = objects["flag"].astype(int)
+    flags = (auto_flags.astype(int) | win_aper_flags.astype(int) | aper_flags.astype(int)
+             | np.where(sep_flags & _SEP_MERGED, FLAG_MERGED, 0)
+             | np.where(sep_flags & _SEP_TRUNC, FLAG_TRUNCATED, 0)
+             | np.where(sep_flags & _SEP_DOVERFLOW, FLAG_DEBLEND_OVERFLOW, 0)
+             | np.where(raw_max >= satur, FLAG_SATURATED, 0))
+
+    # World coordinates and surface brightness.
+    try:
+        wcs = WCS(header, naxis=2)
+        has_wcs = wcs.has_celestial
+    except Exception:
+        has_wcs = False
+    x1, y1 = x + 1.0, y + 1.0
+    xwin1, ywin1 = xwin + 1.0, ywin + 1.0
+    if has_wcs and n:
+        ra, dec = wcs.all_pix2world(x1, y1, 1)
+        rawin, decwin = wcs.all_pix2world(xwin1, ywin1, 1)
+        scale_deg = _pixel_scale_deg(wcs, x1, y1)
+    else:
+        ra = dec = rawin = decwin = np.zeros(n)
+        scale_deg = np.full(n, settings.pixel_scale / 3600.0)
+    if settings.pixel_scale > 0:
+        scale_deg = np.full(n, settings.pixel_scale / 3600.0)
+    pixel_area = (scale_deg * 3600.0) ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mu_max = np.where((peak > 0) & (pixel_area > 0), -2.5 * np.log10(peak / pixel_area) + zp, 99.0)
+        mu_threshold = np.where((threshold > 0) & (pixel_area > 0), -2.5 * np.log10(threshold / pixel_area) + zp, 99.0)
+
+    # Position-angle and ellipse quantities.
+    theta_deg = np.degrees(theta)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        win_theta = 0.5 * np.arctan2(2.0 * xywin, x2win - y2win)
+        half_diff = np.sqrt(0.25 * (x2win - y2win) ** 2 + xywin**2)
+        awin = np.sqrt(0.5 * (x2win + y2win) + half_diff)
+        bwin = np.sqrt(np.maximum(0.5 * (x2win + y2win) - half_diff, 0.0))
+
+    snr_win = np.where(fluxerr_win > 0, flux_win / np.where(fluxerr_win > 0, fluxerr_win, 1.0), 1e30)
+    values = {
+        "NUMBER": np.arange(1, n + 1),
+        "EXT_NUMBER": np.full(n, ext_number),
+        "FLUX_AUTO": flux_auto,
+        "FLUXERR_AUTO": fluxerr_auto,
+        "MAG_AUTO": magnitude(flux_auto, zp),
+        "MAGERR_AUTO": magnitude_error(flux_auto, fluxerr_auto),
+        "KRON_RADIUS": kron,
+        "FLUX_WIN": flux_win,
+        "FLUXERR_WIN": fluxerr_win,
+        "MAG_WIN": magnitude(flux_win, zp),
+        "MAGERR_WIN": magnitude_error(flux_win, fluxerr_win),
+        "SNR_WIN": snr_win,
+        "FLUX_APER": flux_aper,
+        "FLUXERR_APER": fluxerr_aper,
+        "MAG_APER": magnitude(flux_aper, zp),
+        "MAGERR_APER": magnitude_error(flux_aper, fluxerr_aper),
+        "FLUX_RADIUS": flux_radius,
+        "FLUX_MAX": peak,
+        "ISOAREA_IMAGE": objects["npix"],
+        "BACKGROUND": bkg_at,
+        "THRESHOLD": threshold,
+        "X_IMAGE": x1,
+        "Y_IMAGE": y1,
+        "X_WORLD": ra,
+        "Y_WORLD": dec,
+        "ALPHA_J2000": ra,
+        "DELTA_J2000": dec,
+        "X2_IMAGE": objects["x2"],
+        "Y2_IMAGE": objects["y2"],
+        "XY_IMAGE": objects["xy"],
+        "ERRX2_IMAGE": objects["errx2"],
+        "ERRY2_IMAGE": objects["erry2"],
+        "ERRXY_IMAGE": objects["errxy"],
+        "CXX_IMAGE": objects["cxx"],
+        "CYY_IMAGE": objects["cyy"],
+        "CXY_IMAGE": objects["cxy"],
+        "A_IMAGE": a,
+        "B_IMAGE": b,
+        "THETA_IMAGE": theta_deg,
+        "XWIN_IMAGE": xwin1,
+        "YWIN_IMAGE": ywin1,
+        "XWIN_WORLD": rawin,
+        "YWIN_WORLD": decwin,
+        "ALPHAWIN_J2000": rawin,
+        "DELTAWIN_J2000": decwin,
+        "X2WIN_IMAGE": x2win,
+        "Y2WIN_IMAGE": y2win,
+        "XYWIN_IMAGE": xywin,
+        "ERRX2WIN_IMAGE": ex2win,
+        "ERRY2WIN_IMAGE": ey2win,
+        "ERRXYWIN_IMAGE": exywin,
+        "AWIN_IMAGE": awin,
+        "BWIN_IMAGE": bwin,
+        "THETAWIN_IMAGE": np.degrees(win_theta),
+        "MU_THRESHOLD": mu_threshold,
+        "MU_MAX": mu_max,
+        "FLAGS": flags,
+        "FLAGS_WIN": flags_win,
+        "IMAFLAGS_ISO": imaflags,
+        "NIMAFLAGS_ISO": nimaflags,
+        "FWHM_IMAGE": fwhm,
+        "FWHM_WORLD": fwhm * scale_deg,
+        "ELONGATION": a / b,
+        "ELLIPTICITY": 1.0 - b / a,
+    }
+
+    table = Table()
+    for parameter in parameters:
+        dtype, unit, description = COLUMNS[parameter.name]
+        shape = column_shape(parameter, settings)
+        if parameter.name == "VIGNET":
+            column = vignets(sub, bad, seg, x, y, shape[1], shape[0])
+        else:
+            column = np.asarray(values[parameter.name])
+            if column.ndim == 2:
+                column = column[:, : (shape[0] if shape else 1)]
+                if not shape:
+                    column = column[:, 0]
+        table[parameter.name] = np.asarray(column).astype(dtype)
+        table[parameter.name].unit = unit or None
+        table[parameter.name].description = description
+
+    residual = sub[(seg == 0) & ~bad]
+    header_keys = {
+        "SEXBKGND": (float(np.median(back)), "Median background level (ADU)"),
+        "SEXBKDEV": (global_rms, "Median background RMS (ADU)"),
+        "SEXTHLD": (settings.detect_thresh * global_rms, "Extraction threshold (ADU)"),
+        "SEXATHLD": (settings.analysis_thresh * global_rms, "Analysis threshold (ADU)"),
+        "SEXNFIN": (n, "Final number of extracted sources"),
+        "SEXNPARA": (len(parameters), "Number of parameters per source"),
+        "SEXPXSCL": (float(np.median(scale_deg) * 3600.0) if n else settings.pixel_scale,
+                     "Pixel scale used for measurements (arcsec)"),
+        "SEXGAIN": (gain, "Gain used (e-/ADU)"),
+        "SEXSATLV": (satur, "Saturation level used for flagging (ADU)"),
+        "SEXMGZPT": (zp, "Zero-point used for magnitudes"),
+        "SEXFLTR": (filter_kernel is not None, "Detection filtering activated (flag)"),
+        "SEXMINAR": (settings.detect_minarea, "Minimum area used for detection (pixels)"),
+        "SEXDBLDN": (settings.deblend_nthresh, "Number of deblending thresholds"),
+        "SEXDBLDC": (settings.deblend_mincont, "Minimum contrast used for deblending"),
+        "SEXCLN": (settings.clean, "Cleaning activated (flag)"),
+        "SEXCLNPA": (settings.clean_param, "Cleaning parameter"),
+        "SEXAUTP1": (float(kron_fact), "Parameter #1 used for automatic magnitudes"),
+        "SEXAUTP2": (float(kron_min), "Parameter #2 used for automatic magnitudes"),
+        "SEXBKGSX": (bw, "Mesh width used for background mapping (pixels)"),
+        "SEXBKGSY": (bh, "Mesh height used for background mapping (pixels)"),
+        "SEXMWSCL": (scale / backnoise2 if weight is not None and backnoise2 > 0 else 1.0,
+                     "Measurement-weight re-scaling factor"),
+    }
+    for k, diameter in enumerate(diameters[:9], start=1):
+        header_keys[f"SEXAPED{k}"] = (float(diameter), f"Fixed photometric aperture #{k} (pixels)")
+    return Extraction(table, header_keys, back, rms, seg, residual)
+
+
+def vignets(sub, bad, seg, x, y, width, height):
+    """Stamps of the background-subtracted image around each object.
+
+    The stamp of size ``(height, width)`` is centred on the pixel nearest
+    the barycentre (``int(x + 0.49999)`` as SExtractor); pixels off the
+    image, with zero weight, or belonging to another object are set to
+    ``-1e30``.
+    """
+    n = x.size
+    ix = (x + 0.49999).astype(int)
+    iy = (y + 0.49999).astype(int)
+    offsets_x = np.arange(width) - width // 2
+    offsets_y = np.arange(height) - height // 2
+    ny, nx = sub.shape
+    out = np.full((n, height, width), MASKED_PIXEL, np.float32)
+    for start in range(0, n, 512):  # bounded memory on crowded images
+        stop = min(start + 512, n)
+        gx = ix[start:stop, None, None] + offsets_x[None, None, :]
+        gy = iy[start:stop, None, None] + offsets_y[None, :, None]
+        gx, gy = np.broadcast_arrays(gx, gy)
+        inside = (gx >= 0) & (gx < nx) & (gy >= 0) & (gy < ny)
+        cx = np.where(inside, gx, 0)
+        cy = np.where(inside, gy, 0)
+        labels = seg[cy, cx]
+        own = np.arange(start + 1, stop + 1)[:, None, None]
+        usable = inside & ~bad[cy, cx] & ((labels == 0) | (labels == own))
+        out[start:stop] = np.where(usable, sub[cy, cx], MASKED_PIXEL)
+    return out
