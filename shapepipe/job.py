@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -27,6 +28,12 @@ from .errors import ExternalCommandError, JobTimeout
 # Process groups of external programs started by jobs of this process, so a
 # time-out can stop them too (see shapepipe.jobs).
 _CHILD_GROUPS: set[int] = set()
+
+# True: external programs get their own session (jobs running directly in a
+# worker). A job supervised for TIMEOUT runs as the leader of its own process
+# group, and the runner sets this to False in that process so that external
+# programs stay in the job's group and die with it on a time-out.
+COMMANDS_IN_OWN_SESSION = True
 
 
 def kill_child_groups(sig=signal.SIGKILL) -> None:
@@ -72,7 +79,11 @@ class Job:
     seed : int
         Run seed (``[JOB] SEED``); see :meth:`rng`.
     timeout : float or None
-        Seconds left to this job, for external programs; None means no limit.
+        Time limit of this job in seconds, for external programs; None means
+        no limit.
+    deadline : float or None
+        ``time.monotonic()`` value at which the job's time runs out (set by
+        the runner); :meth:`run_command` never waits past it.
     """
 
     module: str
@@ -87,6 +98,13 @@ class Job:
     input_table: dict = field(default_factory=dict)
     seed: int = 0
     timeout: float | None = None
+    deadline: float | None = None
+
+    def time_left(self) -> float | None:
+        """Seconds left before the job's time limit (None: no limit)."""
+        if self.deadline is not None:
+            return max(self.deadline - time.monotonic(), 0.0)
+        return self.timeout
 
     def rng(self, *keys) -> np.random.Generator:
         """Random generator seeded from the run seed, the module and the number.
@@ -133,13 +151,17 @@ class Job:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            start_new_session=True,
+            start_new_session=COMMANDS_IN_OWN_SESSION,
         )
-        _CHILD_GROUPS.add(process.pid)
+        if COMMANDS_IN_OWN_SESSION:
+            _CHILD_GROUPS.add(process.pid)
         try:
-            stdout, stderr = process.communicate(timeout=self.timeout)
+            stdout, stderr = process.communicate(timeout=self.time_left())
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+            if COMMANDS_IN_OWN_SESSION:
+                os.killpg(process.pid, signal.SIGKILL)
+            else:
+                process.kill()
             process.communicate()
             raise JobTimeout(f"{args[0]} still running when the job's time limit ran out") from None
         finally:

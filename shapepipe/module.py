@@ -223,6 +223,9 @@ class Registry:
     def __init__(self):
         self._specs: dict[str, ModuleSpec] = {}
         self._names: dict[str, str] = {}
+        # Module files that failed to import: {python module: error text}.
+        # Reported only when a configuration uses a name they might define.
+        self.load_errors: dict[str, str] = {}
 
     def add(self, spec: ModuleSpec) -> None:
         """Register a spec; a name clash with a different module is an error."""
@@ -282,9 +285,13 @@ class Registry:
             if not info.ispkg:
                 continue
             runner = f"shapepipe_modules.{info.name}.runner"
-            if importlib.util.find_spec(runner) is None:
+            try:
+                if importlib.util.find_spec(runner) is None:
+                    continue
+                importlib.import_module(runner)
+            except Exception as error:  # one broken module must not hide the others
+                self.load_errors[runner] = f"{type(error).__name__}: {error}"
                 continue
-            importlib.import_module(runner)
             sources.append(runner)
         self._collect(sources)
 

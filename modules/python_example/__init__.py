@@ -1,0 +1,1 @@
+"""Example parallel Python module (ShapePipe's ``python_example_runner``)."""

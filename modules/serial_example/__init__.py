@@ -1,0 +1,1 @@
+"""Example serial module (ShapePipe's ``serial_example_runner``)."""

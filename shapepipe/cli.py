@@ -1,0 +1,124 @@
+"""Command line: ``shapepipe_run -c config.ini`` (also ``python -m shapepipe.cli``).
+
+Exit status: 0 every job ok; 1 some job failed or timed out; 2 the
+configuration is invalid (nothing written); 3 packages or executables are
+missing (nothing written); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+from .errors import ConfigError, DependencyError
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_DEPENDENCY = 0, 1, 2, 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shapepipe_run",
+        description="Run the pipeline modules listed in a configuration file.",
+    )
+    parser.add_argument("-c", "--config", help="configuration file (.ini)")
+    parser.add_argument("-v", "--version", action="version", version=f"shapepipe {__version__}")
+    parser.add_argument("-l", "--list-modules", "--list_modules", action="store_true",
+                        help="list the available modules (with -c, including its MODULE_DIR)")
+    parser.add_argument("--describe", metavar="MODULE", help="print a module's declaration and options")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate, resolve inputs and print the job table; run nothing")
+    parser.add_argument("-e", "--exclusive", metavar="NUMBER", help="process this file number only")
+    parser.add_argument("--resume", nargs="?", const="", metavar="RUN_DIR",
+                        help="continue the newest run of RUN_NAME (or RUN_DIR): done jobs are skipped")
+    return parser
+
+
+def _registry_for(config):
+    """Registry with built-in modules plus the config's MODULE_DIR, if any."""
+    from .config import read_ini
+    from .module import default_registry
+    from .options import split_list
+    import os
+
+    directories = []
+    if config:
+        ini = read_ini(config)
+        text, _ = ini.lookup(["EXECUTION"], "MODULE_DIR")
+        if text:
+            from .config import expand_vars
+
+            directories = [os.path.abspath(d) for d in split_list(expand_vars(text))]
+    return default_registry(directories)
+
+
+def _list_modules(registry) -> str:
+    lines = []
+    for spec in registry:
+        lines.append(f"{spec.name:<24} {spec.version:<8} {spec.description}")
+    for source, error in registry.load_errors.items():
+        lines.append(f"(could not import {source}: {error})")
+    return "\n".join(lines) if lines else "no module found"
+
+
+def _stop_idle_workers() -> None:
+    """Stop joblib's reusable loky workers, which would otherwise idle for minutes after exit."""
+    module = sys.modules.get("joblib.externals.loky.reusable_executor")
+    executor = getattr(module, "_executor", None) if module else None
+    if executor is not None:
+        executor.shutdown(wait=True, kill_workers=True)
+
+
+def main(argv=None) -> int:
+    """Entry point of ``shapepipe_run``; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.list_modules or args.describe:
+            registry = _registry_for(args.config)
+            if args.list_modules:
+                print(_list_modules(registry))
+            if args.describe:
+                from .config import MODULE_SECTION_OPTIONS
+
+                try:
+                    spec = registry.get(args.describe)
+                except KeyError as error:
+                    print(f"shapepipe_run: {error.args[0]}", file=sys.stderr)
+                    return EXIT_CONFIG
+                print(spec.describe())
+                print("  keys every module section accepts: "
+                      + ", ".join(o.name for o in MODULE_SECTION_OPTIONS))
+            return EXIT_OK
+        if not args.config:
+            print("shapepipe_run: give a configuration file with -c config.ini (see --help)", file=sys.stderr)
+            return EXIT_CONFIG
+        from .plan import build_plan
+        from .runner import Runner, dry_run, find_resume_dir
+
+        plan = build_plan(args.config, exclusive=args.exclusive)
+        if args.dry_run:
+            print(dry_run(plan))
+            return EXIT_OK
+        resume_dir = find_resume_dir(plan, args.resume or None) if args.resume is not None else None
+        runner = Runner(plan)
+        try:
+            status = runner.run(resume_dir)
+        finally:
+            _stop_idle_workers()
+        if not plan.core["DEFAULT"]["VERBOSE"]:
+            print(runner.summary())
+        print(f"run folder: {runner.run_dir}")
+        return status
+    except ConfigError as error:
+        print(f"shapepipe_run: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    except DependencyError as error:
+        print(f"shapepipe_run: {error}", file=sys.stderr)
+        return EXIT_DEPENDENCY
+    except KeyboardInterrupt:
+        print("shapepipe_run: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

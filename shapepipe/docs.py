@@ -1,0 +1,91 @@
+"""Generate ``docs/config_reference.md`` from the declarations.
+
+Usage: ``python -m shapepipe.docs [OUTPUT]`` (default ``docs/config_reference.md``).
+The file lists the core sections, the keys every module section accepts and
+every registered module with its options, so it never drifts from the code.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .atomic import write_text_atomic
+from .config import CORE_OPTIONS, MODULE_SECTION_OPTIONS
+from .module import default_registry
+
+
+def _cell(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _default(option) -> str:
+    if option.required:
+        return "**required**"
+    if option.default is None or option.default == []:
+        return "-"
+    return f"`{option.default}`"
+
+
+def _table(options) -> list[str]:
+    lines = ["| key | type | default | description |", "|---|---|---|---|"]
+    for option in options:
+        kind = option.type + (f" ({', '.join(map(str, option.choices))})" if option.choices else "")
+        aliases = f" (also {', '.join(option.aliases)})" if option.aliases else ""
+        lines.append(f"| `{option.name}`{aliases} | {kind} | {_default(option)} | {_cell(option.help)} |")
+    return lines
+
+
+def config_reference(registry=None) -> str:
+    """Markdown text of the configuration reference."""
+    registry = registry or default_registry()
+    out = [
+        "# Configuration reference",
+        "",
+        "Generated from the declarations by `python -m shapepipe.docs`; do not edit by hand.",
+        "",
+        "Values may use `$VAR` and `${VAR}` (environment variables). Keys of `[DEFAULT]` are defaults "
+        "for every section. Directory values accept `last:MODULE`, `last:MODULE_RUN_N`, `all:MODULE` "
+        "and `run:RUN_NAME:MODULE`.",
+        "",
+    ]
+    for section, options in CORE_OPTIONS.items():
+        out += [f"## [{section}]", ""] + _table(options) + [""]
+    out += [
+        "## Keys of every module section",
+        "",
+        "A module section is `[NAME]` (ShapePipe's `[NAME_RUNNER]` too) or, for a module listed several "
+        "times, `[NAME_RUN_N]`, which falls back to `[NAME]` for keys it does not set. Precedence: module "
+        "section, then `[FILE]`, then the module declaration.",
+        "",
+    ] + _table(MODULE_SECTION_OPTIONS) + [""]
+    out += ["## Modules", ""]
+    for spec in registry:
+        out += [f"### {spec.name} {spec.version}", "", spec.description, ""]
+        facts = [
+            ("run method", spec.run_method),
+            ("also accepted as", ", ".join(spec.aliases) or "-"),
+            ("input modules", ", ".join(spec.input_modules) or "-"),
+            ("inputs", ", ".join(f"`{p}<number>{e}`" for p, e in zip(spec.file_patterns, spec.file_exts)) or "-"),
+            ("numbering scheme", f"`{spec.numbering_scheme}`" if spec.numbering_scheme else "-"),
+            ("Python packages", ", ".join(spec.depends) or "-"),
+            ("executables", ", ".join(spec.executes) or "-"),
+        ]
+        out += [f"- {name}: {value}" for name, value in facts] + [""]
+        out += (_table(spec.options) if spec.options else ["No module-specific option."]) + [""]
+    for source, error in registry.load_errors.items():
+        out += [f"(Module file {source} could not be imported: {_cell(error)})", ""]
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    """Write the reference to the given path (default docs/config_reference.md)."""
+    argv = sys.argv[1:] if argv is None else argv
+    target = Path(argv[0]) if argv else Path("docs") / "config_reference.md"
+    write_text_atomic(target, config_reference())
+    print(f"wrote {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,324 @@
+"""Running one job: staging, publication, logging, time-out and status file.
+
+:func:`run_task` is what a joblib worker executes. It
+
+1. opens the job's own log file (``<module_run>/logs/process<number>.log``);
+2. gives the module a fresh staging folder
+   (``<module_run>/output/.staging/<number>.<pid>``);
+3. calls the module function, directly or, when ``[JOB] TIMEOUT`` is set,
+   in a forked child that leads its own process group (killed with every
+   program it started when time runs out, whatever the joblib backend);
+4. on success moves every staged file to ``<module_run>/output/`` with
+   ``os.replace`` (sub-folders kept), on failure deletes the staging folder;
+5. writes the job's status file (``logs/status/process<number>.json``)
+   atomically; a resumed run skips the jobs whose status is ``done``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import logging
+import os
+import resource
+import select
+import shutil
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import job as job_module
+from .atomic import write_text_atomic
+from .errors import JobTimeout
+from .job import Job
+
+STAGING = ".staging"
+
+
+@dataclass
+class Task:
+    """Everything a worker needs to run one job (small and picklable)."""
+
+    module: str
+    module_run: str
+    number: str
+    inputs: list
+    input_table: dict
+    options: dict
+    function: tuple  # (python module, qualified name)
+    module_dirs: tuple
+    output_dir: str
+    log_dir: str
+    run_dir: str
+    seed: int = 0
+    timeout: float | None = None
+    main_pid: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """``process<number>`` (``process_serial`` for a serial job), as in ShapePipe."""
+        return f"process{self.number}" if self.number else "process_serial"
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self.log_dir) / f"{self.label}.log"
+
+    @property
+    def status_path(self) -> Path:
+        return status_path(self.log_dir, self.label)
+
+
+def status_path(log_dir, label) -> Path:
+    """Path of a job's status file."""
+    return Path(log_dir) / "status" / f"{label}.json"
+
+
+def read_status(path: Path) -> dict | None:
+    """A job status file, or None if absent or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _load_function(task: Task):
+    for directory in task.module_dirs:
+        if directory not in sys.path:
+            sys.path.insert(0, directory)
+    python_module, qualname = task.function
+    target = importlib.import_module(python_module)
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    return target
+
+
+def _job_logger(task: Task) -> tuple[logging.Logger, logging.Handler]:
+    logger = logging.getLogger(f"shapepipe.job.{task.module_run}.{task.label}.{os.getpid()}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    handler = logging.FileHandler(task.log_path, mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    return logger, handler
+
+
+def _publish(staging: Path, output_dir: Path) -> list[str]:
+    """Move staged files to their final names; return their relative paths."""
+    published = []
+    for root, _, files in os.walk(staging):
+        for name in files:
+            source = Path(root) / name
+            relative = source.relative_to(staging)
+            target = output_dir / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)
+            published.append(relative.as_posix())
+    shutil.rmtree(staging, ignore_errors=True)
+    return sorted(published)
+
+
+def _jsonable(value):
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _call(task: Task, function, logger, staging: Path, deadline) -> dict:
+    """Run the module function; return a status dict (never raises)."""
+    job = Job(
+        module=task.module,
+        module_run=task.module_run,
+        number=task.number,
+        inputs=[Path(p) for p in task.inputs],
+        input_table={n: [Path(p) for p in paths] for n, paths in task.input_table.items()},
+        output_dir=staging,
+        log_dir=Path(task.log_dir),
+        options=dict(task.options),
+        logger=logger,
+        run_dir=Path(task.run_dir),
+        seed=task.seed,
+        timeout=task.timeout,
+        deadline=deadline,
+    )
+    try:
+        result = function(job)
+        if result is not None and not isinstance(result, dict):
+            logger.warning("module returned %s instead of a dict; not recorded", type(result).__name__)
+            result = None
+        return {"status": "done", "result": _jsonable(result) if result else {}}
+    except BaseException as error:  # the job fails, the worker goes on
+        text = traceback.format_exc()
+        logger.error("job failed:\n%s", text)
+        status = "timeout" if isinstance(error, JobTimeout) else "failed"
+        return {"status": status, "error": f"{type(error).__name__}: {error}".strip(), "traceback": text}
+
+
+def _run_forked(task: Task, function, logger, handler, staging: Path) -> tuple[dict, float, float]:
+    """Run the job in a child process group; kill the group on time-out.
+
+    Returns the status dict, the child's CPU seconds and its peak memory (MB).
+    """
+    read_fd, write_fd = os.pipe()
+    deadline = time.monotonic() + task.timeout
+    pid = os.fork()
+    if pid == 0:  # child: its own session, so killpg reaches everything it starts
+        code = 0
+        try:
+            os.close(read_fd)
+            os.setsid()
+            job_module.COMMANDS_IN_OWN_SESSION = False
+            outcome = _call(task, function, logger, staging, deadline)
+            handler.flush()
+            data = json.dumps(outcome).encode()
+            with os.fdopen(write_fd, "wb") as pipe:
+                pipe.write(data)
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    chunks = []
+    timed_out = False
+    with os.fdopen(read_fd, "rb") as pipe:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                break
+            ready, _, _ = select.select([pipe], [], [], left)
+            if ready:
+                chunk = os.read(pipe.fileno(), 1 << 16)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+    if timed_out:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    _, wait_status, usage = os.wait4(pid, 0)
+    # Anything the job left running in its group (daemonised helpers) goes too.
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    cpu = usage.ru_utime + usage.ru_stime
+    memory = usage.ru_maxrss / 1024.0
+    if timed_out:
+        message = f"JobTimeout: job still running after the TIMEOUT of {task.timeout:g} s; its processes were killed"
+        logger.error(message)
+        return {"status": "timeout", "error": message, "traceback": ""}, cpu, memory
+    try:
+        outcome = json.loads(b"".join(chunks).decode())
+    except ValueError:
+        if os.WIFSIGNALED(wait_status):
+            message = f"job process killed by signal {os.WTERMSIG(wait_status)}"
+        else:
+            message = f"job process ended with status {os.WEXITSTATUS(wait_status)} without a result"
+        logger.error(message)
+        outcome = {"status": "failed", "error": message, "traceback": ""}
+    return outcome, cpu, memory
+
+
+def run_task(task: Task) -> dict:
+    """Run one job and return its row of the job table.
+
+    Never raises for job errors: a failure is recorded in the row, the job
+    log and the status file.
+    """
+    started = time.time()
+    wall0 = time.perf_counter()
+    if task.main_pid and task.main_pid != os.getpid() and not _alive(task.main_pid):
+        # The runner died (kill -9); an orphaned worker must not keep working.
+        return _row(task, {"status": "failed", "error": "runner process gone"}, started, 0.0, 0.0, 0.0)
+    Path(task.log_dir).mkdir(parents=True, exist_ok=True)
+    logger, handler = _job_logger(task)
+    staging = Path(task.output_dir) / STAGING / f"{task.label}.{os.getpid()}.{time.monotonic_ns()}"
+    try:
+        staging.mkdir(parents=True)
+        logger.info("%s %s: start (inputs: %s)", task.module_run, task.number or "serial",
+                    ", ".join(map(str, task.inputs)) or "-")
+        function = _load_function(task)
+        if task.timeout:
+            outcome, cpu, memory = _run_forked(task, function, logger, handler, staging)
+        else:
+            usage0 = resource.getrusage(resource.RUSAGE_THREAD)
+            children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            outcome = _call(task, function, logger, staging, None)
+            usage1 = resource.getrusage(resource.RUSAGE_THREAD)
+            children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = (usage1.ru_utime + usage1.ru_stime - usage0.ru_utime - usage0.ru_stime
+                   + children1.ru_utime + children1.ru_stime - children0.ru_utime - children0.ru_stime)
+            # Peak resident memory of the worker so far: an upper bound for this job.
+            memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        if outcome["status"] == "done":
+            outcome["outputs"] = _publish(staging, Path(task.output_dir))
+        else:
+            shutil.rmtree(staging, ignore_errors=True)
+    except BaseException as error:  # runner-side problem (import of the module, disk)
+        shutil.rmtree(staging, ignore_errors=True)
+        text = traceback.format_exc()
+        logger.error("job could not run:\n%s", text)
+        outcome, cpu, memory = {"status": "failed", "error": f"{type(error).__name__}: {error}",
+                                "traceback": text}, 0.0, 0.0
+    duration = time.perf_counter() - wall0
+    row = _row(task, outcome, started, duration, cpu, memory)
+    logger.info("%s %s: %s in %.3f s", task.module_run, task.number or "serial", row["status"], duration)
+    handler.close()
+    logger.removeHandler(handler)
+    _write_status(task.status_path, json.dumps(row, indent=1))
+    return row
+
+
+def _write_status(path: Path, text: str) -> None:
+    """Write a status file atomically with one create and one rename (hot path)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    try:
+        with open(temporary, "x", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+    except FileNotFoundError:  # status folder removed under us: recreate once
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, text)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _row(task: Task, outcome: dict, started: float, duration: float, cpu: float, memory: float) -> dict:
+    return {
+        "module": task.module,
+        "module_run": task.module_run,
+        "number": task.number,
+        "status": outcome["status"],
+        "duration_s": round(duration, 6),
+        "cpu_s": round(cpu, 6),
+        "peak_memory_mb": round(memory, 3),
+        "error": outcome.get("error", ""),
+        "traceback": outcome.get("traceback", ""),
+        "result": outcome.get("result", {}),
+        "outputs": outcome.get("outputs", []),
+        "started": started,
+        "log": str(task.log_path),
+        "worker_pid": os.getpid(),
+    }

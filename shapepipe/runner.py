@@ -1,0 +1,473 @@
+"""Execution of a validated plan: run folder, records, jobs, summary, resume.
+
+Layout of a run::
+
+    OUTPUT_DIR/
+      shapepipe_runs.txt                 human-readable list of runs
+      RUN_NAME_YYYY-MM-DD_HH-MM-SS/
+        run.json                         run record (see shapepipe.records)
+        config.ini                       copy of the configuration
+        shapepipe.log                    main log (LOG_NAME)
+        jobs.csv, jobs.json              job table (json holds tracebacks)
+        <module_run>/output/             published outputs
+        <module_run>/logs/process<number>.log, logs/status/*.json
+
+Exit status: 0 all ok (numbers lacking an input type are reported, not
+failures), 1 some job failed or timed out, or a module run could not start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime as dt
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from .atomic import write_text_atomic
+from .errors import ConfigError, ReferenceError_
+from .jobs import STAGING, Task, read_status, run_task, status_path
+from .numbering import compile_scheme, discover, sort_numbers
+from .plan import Plan, resolve_option_dirs, resolve_sources
+from .records import RECORD_NAME, new_record, read_record, scan_runs, write_record
+
+OK = ("done", "done_previously")
+FAILED = ("failed", "timeout")
+TABLE_COLUMNS = ("module_run", "module", "number", "status", "duration_s", "cpu_s",
+                 "peak_memory_mb", "error", "log")
+
+
+def _now() -> str:
+    return dt.datetime.now().isoformat(timespec="microseconds")
+
+
+def _make_run_dir(plan: Plan) -> Path:
+    base = plan.run_name
+    if plan.core["DEFAULT"]["RUN_DATETIME"]:
+        base += dt.datetime.now().strftime("_%Y-%m-%d_%H-%M-%S")
+    plan.output_dir.mkdir(parents=True, exist_ok=True)
+    candidate, suffix = plan.output_dir / base, 1
+    while True:
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            if not plan.core["DEFAULT"]["RUN_DATETIME"]:
+                raise ConfigError(
+                    f"{plan.ini.where('DEFAULT', 'RUN_NAME')}: run folder {candidate} already exists; "
+                    "use --resume to continue it, or change RUN_NAME or set RUN_DATETIME = True"
+                ) from None
+            suffix += 1
+            candidate = plan.output_dir / f"{base}_{suffix}"
+
+
+def find_resume_dir(plan: Plan, given: str | None) -> Path:
+    """The run folder to resume: the given one, or the newest run of RUN_NAME."""
+    if given:
+        path = Path(given).resolve()
+        if not (path / RECORD_NAME).is_file():
+            raise ConfigError(f"--resume {given}: no run record ({RECORD_NAME}) in that folder")
+        return path
+    runs = [r for r in scan_runs(plan.output_dir) if r.get("run_name") == plan.run_name]
+    if not runs:
+        raise ConfigError(f"--resume: no run named {plan.run_name!r} under {plan.output_dir}")
+    return Path(runs[-1]["run_dir"])
+
+
+class _Progress:
+    """tqdm bar on a terminal, a plain line every ~10% otherwise."""
+
+    def __init__(self, name, total, logger, verbose):
+        self.name, self.total, self.logger = name, total, logger
+        self.done = self.failed = 0
+        self.start = time.perf_counter()
+        self.bar = None
+        self.step = max(1, total // 10)
+        self.verbose = verbose
+        if verbose and total and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=name, unit="job", leave=True, dynamic_ncols=True)
+
+    def update(self, row):
+        if row["status"] in OK:
+            self.done += 1
+        else:
+            self.failed += 1
+        count = self.done + self.failed
+        if self.bar is not None:
+            self.bar.set_postfix(ok=self.done, failed=self.failed, refresh=False)
+            self.bar.update(1)
+        elif self.verbose and (count % self.step == 0 or count == self.total):
+            rate = count / max(time.perf_counter() - self.start, 1e-9)
+            eta = (self.total - count) / rate if rate else 0.0
+            self.logger.info("%s: %d/%d jobs (%d failed), %.1f jobs/s, ETA %.0f s",
+                             self.name, count, self.total, self.failed, rate, eta)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Runner:
+    """Run a plan in a new run folder, or resume an earlier one."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.rows: list[dict] = []
+        self.record: dict = {}
+        self.run_dir: Path | None = None
+        self.logger = logging.getLogger(f"shapepipe.run.{id(self)}")
+        self.errors = 0
+        self.missing_report: list[str] = []
+        self.resuming = False
+        self.config_changed = False
+
+    # -- set-up ---------------------------------------------------------
+    def _setup_logging(self):
+        self.logger.setLevel(logging.INFO)
+        self.logger.propagate = False
+        log_path = self.run_dir / f"{self.plan.core['FILE']['LOG_NAME']}.log"
+        handler = logging.FileHandler(log_path, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        self.logger.addHandler(handler)
+        if self.plan.core["DEFAULT"]["VERBOSE"]:
+            console = logging.StreamHandler(sys.stdout)
+            console.setFormatter(logging.Formatter("%(message)s"))
+            self.logger.addHandler(console)
+
+    def _close_logging(self):
+        for handler in list(self.logger.handlers):
+            handler.close()
+            self.logger.removeHandler(handler)
+
+    def _module_entries(self):
+        return [
+            {
+                "module_run": run.name,
+                "module": run.spec.name,
+                "version": run.spec.version,
+                "status": "pending",
+                "output_dir": str(self.run_dir / run.name / "output"),
+                "started": None,
+                "finished": None,
+                "counts": {},
+            }
+            for run in self.plan.module_runs
+        ]
+
+    def _start_new(self):
+        plan = self.plan
+        self.run_dir = _make_run_dir(plan)
+        text = plan.config_path.read_bytes()
+        copy_name = plan.config_path.name
+        (self.run_dir / copy_name).write_bytes(text)
+        self.record = new_record(plan.run_name, self.run_dir, plan.config_path.resolve(), copy_name,
+                                 hashlib.sha256(text).hexdigest(), self._module_entries(), _now())
+        write_record(self.record)
+        run_log = plan.output_dir / f"{plan.core['FILE']['RUN_LOG_NAME']}.txt"
+        line = f"{self.run_dir} {','.join(r.name for r in plan.module_runs)}\n"
+        with open(run_log, "a", encoding="utf-8") as handle:  # one short append: never interleaved
+            handle.write(line)
+
+    def _start_resume(self, resume_dir: Path):
+        plan = self.plan
+        record = read_record(resume_dir)
+        if record is None:
+            raise ConfigError(f"--resume: cannot read the run record of {resume_dir}")
+        if record.get("status") == "running":
+            raise ConfigError(f"--resume: run {resume_dir} is still running (process {record.get('pid')})")
+        names = [m["module_run"] for m in record.get("modules", [])]
+        wanted = [r.name for r in plan.module_runs]
+        if names != wanted:
+            raise ConfigError(f"--resume: run {resume_dir} ran {', '.join(names)} but the configuration runs "
+                              f"{', '.join(wanted)}; resume with the configuration of that run")
+        self.run_dir = Path(record["run_dir"])
+        text = plan.config_path.read_bytes()
+        self.config_changed = hashlib.sha256(text).hexdigest() != record.get("config_sha256")
+        record["status"] = "running"
+        record["pid"] = os.getpid()
+        record["finished"] = None
+        record.setdefault("resumed", []).append(_now())
+        self.record = record
+        # The resumed run itself must not resolve its own references as a previous run.
+        plan.records = [r for r in plan.records if Path(r["run_dir"]) != self.run_dir]
+        write_record(self.record)
+
+    # -- module runs ----------------------------------------------------
+    def _entry(self, name):
+        return next(m for m in self.record["modules"] if m["module_run"] == name)
+
+    def _set_status(self, name, status, **extra):
+        entry = self._entry(name)
+        entry["status"] = status
+        entry.update(extra)
+        write_record(self.record)
+
+    def _row(self, run, number, status, error=""):
+        return {"module": run.spec.name, "module_run": run.name, "number": number, "status": status,
+                "duration_s": 0.0, "cpu_s": 0.0, "peak_memory_mb": 0.0, "error": error, "traceback": "",
+                "result": {}, "outputs": [], "log": ""}
+
+    def _run_module(self, run, produced, not_ok):
+        plan = self.plan
+        module_dir = self.run_dir / run.name
+        output_dir, log_dir = module_dir / "output", module_dir / "logs"
+        for folder in (output_dir, log_dir, log_dir / "status"):
+            folder.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(output_dir / STAGING, ignore_errors=True)  # leftovers of a killed run
+        produced[run.name] = str(output_dir)
+        started = time.perf_counter()
+        self._set_status(run.name, "running", started=_now())
+        self.logger.info("== %s (module %s %s, %s)", run.name, run.spec.name, run.spec.version, run.run_method)
+        rows: list[dict] = []
+        try:
+            dirs, upstream = resolve_sources(plan, run, self.record, produced)
+            options = resolve_option_dirs(plan, run, self.record)
+        except ReferenceError_ as error:
+            return self._module_error(run, f"cannot resolve the inputs: {error}", started)
+        self.logger.info("   inputs: %s", ", ".join(dirs) or "-")
+        found = None
+        if run.patterns:
+            found = discover(dirs, run.patterns, run.exts, run.scheme,
+                             plan.core["FILE"]["CORRECT_FILE_PATTERN"], exclude=(str(plan.output_dir),))
+            if found.duplicates:
+                return self._module_error(run, "; ".join(found.duplicates), started)
+        upstream_bad = set()  # numbers whose input failed upstream (not merely absent)
+        for name in upstream:
+            upstream_bad |= {n for n, status in not_ok.get(name, {}).items()
+                             if status in (*FAILED, "skipped_upstream")}
+        complete = dict(found.complete) if found else {}
+        missing = dict(found.missing) if found else {}
+        if run.patterns and run.scheme is not None:
+            # Numbers that failed upstream published nothing here: list them, never drop them.
+            fits = compile_scheme(run.scheme).fullmatch
+            for number in upstream_bad:
+                if number and number not in complete and number not in missing and fits(number):
+                    missing[number] = list(found.patterns)
+        if run.numbers is not None:
+            wanted = list(run.numbers)
+            if run.patterns:
+                labels = found.patterns
+                for number in wanted:
+                    if number not in complete and number not in missing:
+                        missing[number] = list(labels)
+                complete = {n: complete[n] for n in wanted if n in complete}
+                missing = {n: missing[n] for n in wanted if n in missing}
+            else:
+                complete = {n: [] for n in wanted}
+        for number in sort_numbers(missing):
+            if number in upstream_bad:
+                rows.append(self._row(run, number, "skipped_upstream", "input failed in an earlier module run"))
+            else:
+                rows.append(self._row(run, number, "missing_input", "no input file for " + ", ".join(missing[number])))
+        lacking = [r for r in rows if r["status"] == "missing_input"]
+        if lacking:
+            first = "; ".join(f"{r['number']} ({r['error'][len('no input file for '):]})" for r in lacking[:5])
+            self.logger.warning("   %d number(s) lack some input type and are not processed: %s%s",
+                                len(lacking), first, " ..." if len(lacking) > 5 else "")
+            self.missing_report.append(f"{run.name}: {len(lacking)} number(s) lack an input type, e.g. "
+                                       + ", ".join(r["number"] for r in lacking[:5]))
+
+        tasks = self._tasks(run, options, complete, output_dir, log_dir)
+        todo = []
+        for task in tasks:
+            previous = read_status(task.status_path) if self.resuming else None
+            if previous and previous.get("status") == "done" and all(
+                (output_dir / name).exists() for name in previous.get("outputs", [])
+            ):
+                previous = dict(previous, status="done_previously")
+                rows.append(previous)
+            else:
+                todo.append(task)
+        if not tasks and not rows:
+            self.logger.warning("   no job to run")
+        rows.extend(self._dispatch(run, todo))
+        return self._finish_module(run, rows, started, not_ok)
+
+    def _tasks(self, run, options, complete, output_dir, log_dir):
+        plan = self.plan
+        job = plan.core["JOB"]
+        function = (run.spec.run.__module__, run.spec.run.__qualname__)
+        common = dict(module=run.spec.name, module_run=run.name, options=options, function=function,
+                      module_dirs=plan.module_dirs, output_dir=str(output_dir), log_dir=str(log_dir),
+                      run_dir=str(self.run_dir), seed=job["SEED"], timeout=job["TIMEOUT"], main_pid=os.getpid())
+        if run.run_method == "serial":
+            if not complete and run.patterns:
+                return []
+            by_pattern = [p for i in range(len(run.patterns)) for p in (v[i] for v in complete.values())]
+            return [Task(number="", inputs=by_pattern, input_table={n: list(v) for n, v in complete.items()},
+                         **common)]
+        return [Task(number=n, inputs=list(paths), input_table={n: list(paths)}, **common)
+                for n, paths in complete.items()]
+
+    def _dispatch(self, run, tasks):
+        if not tasks:
+            return []
+        from joblib import Parallel, delayed
+
+        job = self.plan.core["JOB"]
+        progress = _Progress(run.name, len(tasks), self.logger, self.plan.core["DEFAULT"]["VERBOSE"])
+        rows = []
+        n_jobs = min(job["SMP_BATCH_SIZE"], len(tasks))
+        try:
+            if n_jobs == 1:
+                results = (run_task(task) for task in tasks)
+            else:
+                results = Parallel(n_jobs=n_jobs, backend=job["SMP_BACKEND"], return_as="generator_unordered")(
+                    delayed(run_task)(task) for task in tasks
+                )
+            for row in results:
+                rows.append(row)
+                progress.update(row)
+                if row["status"] not in OK:
+                    self.logger.error("   %s %s: %s: %s (log: %s)", run.name, row["number"] or "serial",
+                                      row["status"], row["error"].splitlines()[0] if row["error"] else "",
+                                      row["log"])
+        finally:
+            progress.close()
+        return rows
+
+    def _module_error(self, run, message, started):
+        self.logger.error("   module run %s could not start: %s", run.name, message)
+        self.errors += 1
+        self._set_status(run.name, "failed", finished=_now(), error=message,
+                         wall_s=round(time.perf_counter() - started, 3))
+        self.rows.append(self._row(run, "", "failed", message))
+        return "failed"
+
+    def _finish_module(self, run, rows, started, not_ok):
+        counts: dict[str, int] = {}
+        for row in rows:
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+        ok = sum(counts.get(s, 0) for s in OK)
+        bad = sum(counts.get(s, 0) for s in (*FAILED, "skipped_upstream"))
+        if ok and not bad:
+            status = "done"
+        elif ok:
+            status = "partial"
+        elif bad:
+            status = "failed"
+        else:
+            status = "done" if not rows else "failed"
+        not_ok[run.name] = {r["number"]: r["status"] for r in rows if r["status"] not in OK}
+        with contextlib.suppress(OSError):  # empty unless a job is still writing
+            os.rmdir(self.run_dir / run.name / "output" / STAGING)
+        wall = time.perf_counter() - started
+        cpu = sum(r.get("cpu_s", 0.0) for r in rows if r["status"] != "done_previously")
+        self.rows.extend(rows)
+        self._write_table()
+        self._set_status(run.name, status, finished=_now(), counts=counts, wall_s=round(wall, 3),
+                         cpu_s=round(cpu, 3))
+        self.logger.info("   %s: %s (%s)", run.name, status,
+                         ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no job")
+        return status
+
+    def _write_table(self):
+        ordered = sorted(self.rows, key=lambda r: ([m.name for m in self.plan.module_runs].index(r["module_run"]),
+                                                   r["number"]))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=TABLE_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for row in ordered:
+            writer.writerow({**row, "error": (row.get("error") or "").replace("\n", " | ")})
+        write_text_atomic(self.run_dir / "jobs.csv", buffer.getvalue())
+        write_text_atomic(self.run_dir / "jobs.json", json.dumps(ordered, indent=1, default=str))
+
+    # -- summary --------------------------------------------------------
+    def summary(self) -> str:
+        """Table of module runs: jobs ok/failed/skipped, wall and CPU time."""
+        header = ("module run", "status", "ok", "previous", "failed", "timeout", "skipped", "missing",
+                  "wall s", "cpu s")
+        lines = []
+        for run in self.plan.module_runs:
+            entry = self._entry(run.name)
+            c = entry.get("counts", {})
+            lines.append((run.name, entry["status"], c.get("done", 0), c.get("done_previously", 0),
+                          c.get("failed", 0), c.get("timeout", 0), c.get("skipped_upstream", 0),
+                          c.get("missing_input", 0), f"{entry.get('wall_s', 0):.2f}",
+                          f"{entry.get('cpu_s', 0):.2f}"))
+        widths = [max(len(str(x)) for x in column) for column in zip(header, *lines)]
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+        text = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+        text += [fmt.format(*map(str, line)) for line in lines]
+        text += [f"numbers lacking an input type: {m}" for m in self.missing_report]
+        return "\n".join(text)
+
+    # -- main -----------------------------------------------------------
+    def run(self, resume_dir: Path | None = None) -> int:
+        """Run every module run; return the exit status (0 ok, 1 failures)."""
+        plan = self.plan
+        self.resuming = resume_dir is not None
+        if self.resuming:
+            self._start_resume(resume_dir)
+        else:
+            self._start_new()
+        self._setup_logging()
+        try:
+            self.logger.info("shapepipe run %s (config %s)", self.run_dir, plan.config_path)
+            if self.resuming:
+                self.logger.info("resuming: jobs recorded as done are skipped")
+                if self.config_changed:
+                    self.logger.warning("the configuration differs from the one this run started with")
+            for note in plan.notes:
+                self.logger.info("note: %s", note)
+            produced: dict = {}
+            not_ok: dict = {}
+            for run in plan.module_runs:
+                self._run_module(run, produced, not_ok)
+            failures = self.errors + sum(1 for r in self.rows if r["status"] in FAILED)
+            statuses = {m["status"] for m in self.record["modules"]}
+            self.record["status"] = "done" if statuses <= {"done"} else ("failed" if statuses == {"failed"} else "partial")
+            self.record["finished"] = _now()
+            write_record(self.record)
+            self._write_table()
+            self.logger.info("summary of %s:\n%s", self.run_dir, self.summary())
+            return 1 if failures else 0
+        except KeyboardInterrupt:
+            self.record["status"] = "interrupted"
+            for entry in self.record["modules"]:
+                if entry["status"] == "running":
+                    entry["status"] = "interrupted"
+            write_record(self.record)
+            self.logger.error("interrupted")
+            return 130
+        finally:
+            self._close_logging()
+
+
+def dry_run(plan: Plan) -> str:
+    """The job table a run would execute, without running anything."""
+    lines = [f"dry run of {plan.config_path}: {len(plan.module_runs)} module run(s)"]
+    for note in plan.notes:
+        lines.append(f"note: {note}")
+    lines.append(f"{'module run':<28} {'number':<16} {'status':<14} inputs")
+    for run in plan.module_runs:
+        found = run.discovery
+        if found is None and run.patterns:
+            lines.append(f"{run.name:<28} {'*':<16} {'planned':<14} (inputs produced earlier in this run)")
+            continue
+        complete = dict(found.complete) if found else {}
+        missing = dict(found.missing) if found else {}
+        if run.numbers is not None:
+            if run.patterns:
+                missing.update({n: found.patterns for n in run.numbers if n not in complete and n not in missing})
+                complete = {n: complete[n] for n in run.numbers if n in complete}
+                missing = {n: v for n, v in missing.items() if n in run.numbers}
+            else:
+                complete = {n: [] for n in run.numbers}
+        if run.run_method == "serial":
+            lines.append(f"{run.name:<28} {'(serial)':<16} {'planned':<14} {len(complete)} numbers")
+        else:
+            for number, paths in complete.items():
+                lines.append(f"{run.name:<28} {number:<16} {'planned':<14} {', '.join(map(str, paths))}")
+        for number in sort_numbers(missing):
+            lines.append(f"{run.name:<28} {number:<16} {'missing_input':<14} lacks {', '.join(missing[number])}")
+    return "\n".join(lines)
