@@ -1,0 +1,126 @@
+"""Built-in PSFEx-equivalent engine against a known, varying PSF (no external programs)."""
+
+import numpy as np
+import pytest
+
+galsim = pytest.importorskip("galsim")
+
+from shapepipe_modules.psfex.model import (  # noqa: E402
+    FLAG_REJECTED_CHI2, FitOptions, PSFFitError, StarSample, choose_degree, fit_psf,
+)
+from shapepipe_modules.psfex.synthetic import SmoothPSFField  # noqa: E402
+
+SIZE = 31
+
+
+def _sample(rng, field, count=70, noise=10.0, flux=2e5, x_range=(20, 1004), y_range=(20, 2028)):
+    x = rng.uniform(*x_range, count)
+    y = rng.uniform(*y_range, count)
+    ox = rng.uniform(-0.5, 0.5, count)
+    oy = rng.uniform(-0.5, 0.5, count)
+    stamps = np.array([field.image(x[i], y[i], SIZE, offset=(ox[i], oy[i])) for i in range(count)]) * flux
+    stamps += rng.normal(0, noise, stamps.shape)
+    return StarSample(stamps, np.ones(stamps.shape, bool), x, y, x, y, ox, oy, np.full(count, flux),
+                      np.full(count, noise), 0.0, np.ones(count, bool))
+
+
+def _errors(model, field):
+    """Size and ellipticity errors on a grid over the whole CCD, corners included."""
+    x, y = np.meshgrid(np.linspace(1, 1024, 4), np.linspace(1, 2048, 6))
+    x, y = x.ravel(), y.ravel()
+    stamps = model.evaluate(x, y, size=SIZE)
+    size_error, e_error = [], []
+    for stamp, px, py in zip(stamps, x, y):
+        ours = galsim.hsm.FindAdaptiveMom(galsim.Image(stamp))
+        true = galsim.hsm.FindAdaptiveMom(galsim.Image(field.image(px, py, SIZE)))
+        size_error.append(ours.moments_sigma / true.moments_sigma - 1)
+        e_error.append([ours.observed_shape.e1 - true.observed_shape.e1,
+                        ours.observed_shape.e2 - true.observed_shape.e2])
+    return np.array(size_error), np.array(e_error)
+
+
+@pytest.fixture(scope="module")
+def field():
+    return SmoothPSFField.random(np.random.default_rng(11))
+
+
+@pytest.fixture(scope="module")
+def sample(field):
+    return _sample(np.random.default_rng(12), field)
+
+
+def test_model_matches_truth(field, sample):
+    result = fit_psf(sample, FitOptions(psf_size=(SIZE, SIZE)))
+    size_error, e_error = _errors(result.model, field)
+    assert abs(size_error.mean()) < 0.003
+    assert np.sqrt(np.mean(e_error**2)) < 0.005
+    assert np.abs(e_error).max() < 0.01
+    assert result.model.accepted >= 65
+    assert result.info["degree"] == 2
+    # POLZERO/POLSCAL describe the range of accepted stars, as in PSFEx.
+    kept = result.accepted
+    assert result.model.scale[0] == pytest.approx(np.ptp(sample.context_x[kept]))
+
+
+def test_lanczos3_resampling_biases_size(field, sample):
+    """The pixel-sampled PSF is not band-limited: Lanczos-3 resampling inside the fit
+    biases the size (up in the stars' frame, down when stamps are interpolated);
+    order 7 removes the bias for both fits."""
+    biases = {}
+    for frame in (True, False):
+        for order in (3, 7):
+            options = FitOptions(psf_size=(SIZE, SIZE), super_resolution=frame, interpolant_order=order)
+            biases[frame, order] = _errors(fit_psf(sample, options).model, field)[0].mean()
+    # Lanczos-3 moves the size by about +0.3% (stars' frame) and -0.3% (interpolated stamps).
+    assert biases[True, 3] - biases[True, 7] > 0.002
+    assert biases[False, 7] - biases[False, 3] > 0.002
+    assert abs(biases[True, 7]) < 0.002
+    assert abs(biases[False, 7]) < 0.002
+
+
+def test_bad_stars_are_rejected(field):
+    rng = np.random.default_rng(5)
+    sample = _sample(rng, field, count=40)
+    # Three "stars" are blends: a second star 3 pixels away.
+    for index in (3, 17, 29):
+        sample.stamps[index] += np.roll(sample.stamps[index], 3, axis=1) * 0.6
+    result = fit_psf(sample, FitOptions(psf_size=(SIZE, SIZE)))
+    assert not result.accepted[[3, 17, 29]].any()
+    assert result.accepted.sum() >= 36
+    assert (result.flags[[3, 17, 29]] & FLAG_REJECTED_CHI2).all()
+
+
+def test_degree_guard_for_poor_coverage():
+    rng = np.random.default_rng(1)
+    u = rng.uniform(-0.5, 0.5, 40)
+    v = rng.uniform(-0.5, 0.5, 40)
+    assert choose_degree(u, v, 2) == 2
+    # One quadrant empty: a quadratic would swing freely there.
+    empty = ~((u > 0) & (v > 0))
+    assert choose_degree(u[empty], v[empty], 2) == 1
+    # Ten well-spread stars: too few for six coefficients, enough for three.
+    spread_u = np.array([-0.4, -0.3, 0.3, 0.4, -0.4, -0.3, 0.3, 0.4, 0.0, 0.1])
+    spread_v = np.array([-0.4, -0.3, -0.4, -0.3, 0.4, 0.3, 0.4, 0.3, 0.0, 0.1])
+    assert choose_degree(spread_u, spread_v, 2) == 1
+    assert choose_degree(spread_u[:3], spread_v[:3], 2) == 0
+
+
+def test_corner_without_stars_stays_close(field):
+    """Stars in three quadrants only: the degree guard and clamping keep the empty corner sane."""
+    rng = np.random.default_rng(8)
+    sample = _sample(rng, field, count=80)
+    keep = ~((sample.context_x > 512) & (sample.context_y > 1024))
+    sample = StarSample(*(getattr(sample, name)[keep] for name in (
+        "stamps", "valid", "centre_x", "centre_y", "context_x", "context_y", "offset_x", "offset_y",
+        "flux", "noise")), 0.0, sample.usable[keep])
+    result = fit_psf(sample, FitOptions(psf_size=(SIZE, SIZE)))
+    assert result.info["degree"] == 1
+    size_error, e_error = _errors(result.model, field)
+    assert np.abs(size_error).max() < 0.05
+    assert np.abs(e_error).max() < 0.03
+
+
+def test_too_few_stars(field):
+    sample = _sample(np.random.default_rng(2), field, count=6)
+    with pytest.raises(PSFFitError, match="fewer than 10"):
+        fit_psf(sample, FitOptions(psf_size=(SIZE, SIZE)))
