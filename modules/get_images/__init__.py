@@ -1,0 +1,1 @@
+"""``get_images``: bring input tiles and exposures into the run under pipeline names."""
