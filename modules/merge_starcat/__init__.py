@@ -1,0 +1,1 @@
+"""``merge_starcat``: every VALIDATION catalogue of psfinterp into one star catalogue."""

@@ -1,0 +1,1 @@
+"""``psfinterp``: PSF stamps and shapes from PSFEx models (CLASSIC, VALIDATION, MULTI-EPOCH)."""
