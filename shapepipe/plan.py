@@ -214,6 +214,18 @@ def _absolute(path: str) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
 
+def _bare_module_as_reference(item: str, registry) -> str:
+    """ShapePipe names module runs bare in directory options (``ME_DOT_PSF_DIR =
+    psfex_runner``): a value that is no existing path but a module name, with an
+    optional ``_run_N``, means ``last:NAME``."""
+    if ":" in item or os.path.exists(_absolute(item)):
+        return item
+    base, _ = split_module_run(item)
+    if base in registry or item in registry:
+        return f"last:{item}"
+    return item
+
+
 def _check_plain_dir(item, where, problems):
     path = _absolute(item)
     if not os.path.isdir(path):
@@ -297,6 +309,7 @@ def _configure_run(ini, run, core, registry, runs, records, output_dir, exclusiv
             continue
         if option.is_directory:
             items = value if option.type == "dir_list" else [value]
+            items = [_bare_module_as_reference(item, registry) for item in items]
             for item in items:
                 _check_reference_item(item, where, ctx, run, problems)
             run.option_refs[option.name] = (list(items), where)

@@ -315,3 +315,20 @@ def test_last_reference_within_the_current_run(setup):
     run_dir = next(out.glob("test_*"))
     ups = sorted((run_dir / "t_chain" / "output").glob("up*"))
     assert [p.read_text() for p in ups] == ["VALUE-001", "VALUE-002", "VALUE-003"]
+
+
+def test_bare_module_name_in_directory_option_means_last(setup):
+    """ShapePipe writes ME_DOT_PSF_DIR = psfex_runner: a bare module name is last:NAME."""
+    tmp_path, mods, inputs = setup
+    out = tmp_path / "out"
+    first = write_config(tmp_path / "a.ini", "t_copy", inputs, out, mods, run_name="first")
+    assert _run(first) == 0
+    config = write_config(tmp_path / "b.ini", "t_copy", inputs, out, mods, run_name="second",
+                          extra="[T_COPY]\nREF_DIR = t_copy_runner\n")
+    plan = build_plan(config)
+    run = plan.module_runs[0]
+    assert run.option_refs["REF_DIR"][0] == ["last:t_copy_runner"]
+    # An existing folder of that name stays a folder; an unknown name is an error.
+    config = write_config(tmp_path / "c.ini", "t_copy", inputs, out, mods, run_name="third",
+                          extra="[T_COPY]\nREF_DIR = no_such_module_dir\n")
+    assert any("no_such_module_dir" in p for p in _errors(config))
