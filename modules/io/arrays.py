@@ -24,6 +24,7 @@ pickling.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import struct
@@ -68,8 +69,22 @@ def encode_array(array) -> bytes:
     array = np.asarray(array)
     if array.dtype.hasobject:
         raise EncodingError(f"cannot store an array of dtype {array.dtype} without pickling")
+    if array.dtype.names is None and array.dtype.subdtype is None:
+        # Fast path (stamp stores write many small arrays): the same bytes as
+        # np.save, with the header built once per dtype and shape.
+        if not array.flags.c_contiguous:  # (np.ascontiguousarray would make 0-d arrays 1-d)
+            array = array.copy(order="C")
+        return _npy_header(array.dtype.str, array.shape) + array.tobytes()
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+@functools.lru_cache(maxsize=1024)
+def _npy_header(descr: str, shape: tuple) -> bytes:
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(descr)), "fortran_order": False, "shape": shape}
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, header)
     return buffer.getvalue()
 
 

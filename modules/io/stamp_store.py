@@ -176,6 +176,9 @@ class StampStore:
         self._table = self._file.table(TABLE, _pack, self._decode)
         self._pending: dict[str, ObjectRecord] = {}
         self._pending_bytes = 0
+        # A store opened for writing starts empty (a new temporary file), so the
+        # keys it holds are exactly those flushed: no SQLite query per new object.
+        self._flushed: set[str] = set()
         self.batch_bytes = int(batch_bytes)
 
     def _decode(self, data) -> ObjectRecord:
@@ -203,7 +206,7 @@ class StampStore:
 
     def _stored(self, key: str) -> ObjectRecord | None:
         record = self._pending.get(key)
-        if record is None and key in self._table:
+        if record is None and key in self._flushed:
             record = self._table[key]
             self._pending[key] = record
             self._pending_bytes += sum(_nbytes(e.arrays) for e in record.values())
@@ -278,6 +281,7 @@ class StampStore:
         self._check_writable()
         for key, record in self._pending.items():
             self._table[key] = record
+            self._flushed.add(key)
         self._table.commit()
         self._pending.clear()
         self._pending_bytes = 0

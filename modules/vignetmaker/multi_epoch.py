@@ -1,0 +1,363 @@
+"""MULTI-EPOCH stamps: single-exposure stamps of every tile object in every epoch.
+
+For each tile object and each exposure that saw it (the ``EPOCH_i`` HDUs of
+the tile catalogue), stamps are cut from that exposure's CCD files, one file
+per ``ME_IMAGE_PATTERN`` (``<dir>/<pattern>-<exposure>-<ccd><ext>``, as
+ShapePipe names them), together with the local WCS Jacobian at the object's
+position (from the header store, distortion included).
+
+Work is grouped by (exposure, CCD): each CCD file is opened once per tile,
+all positions on it are converted at once, all stamps cut at once. Groups
+are processed in order of declination so that an object's epochs complete
+close together; an object is written as soon as all its epochs are cut,
+which bounds memory to about one CCD plus the objects in progress.
+
+Outputs: one stamp store per pattern (:class:`StampStore`,
+``<pattern>_vignet<number>.sqlite``, ShapePipe's names), keyed by object id
+(``NUMBER``) and epoch ``'<exposure>-<ccd>'``. Each epoch record holds
+
+``VIGNET``
+    the stamp of that pattern's kind (image, weight, flag or background),
+    with the CCD file's pixel type;
+``JACOBIAN``
+    ``(2, 2)`` local WCS Jacobian, see :func:`.stamps.local_jacobians`; in
+    the image store only (the first store if no pattern is an image), as
+    each stored array costs as much time as a stamp;
+meta (in every store)
+    ``X_CCD``, ``Y_CCD`` (FITS position on the CCD), ``CENTRE_ROW``,
+    ``CENTRE_COL`` (0-based position of the object in the stamp array: the
+    central pixel ``size // 2`` plus the sub-pixel offset),
+    ``MASKED_FRACTION`` (pixels flagged, with zero weight or off the CCD),
+    ``MISSING_FRACTION`` (pixels off the CCD), ``OFF_CCD_FLAG``, and
+    ``DROPPED_EPOCHS`` (text) when other epochs of the object were dropped.
+
+Pixels off the CCD: image and background 0 (ShapePipe's padding), weight 0,
+flag ``OFF_CCD_FLAG`` (bit 512 by default; not used by the ``mask`` planes).
+An epoch whose CCD file is missing or unreadable, or whose WCS is not in the
+header store, is dropped for the objects on it (the file is named in the
+log); an object left with no epoch is recorded with
+:meth:`StampStore.mark_no_epoch` and the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from shapepipe.errors import JobError
+from shapepipe_modules.io.stamp_store import StampStore, epoch_key
+
+from .catalogue import read_epochs, read_objects
+from .stamps import central_pixels, check_stamp_size, cut_stamps, local_jacobians
+
+KINDS = ("image", "weight", "flag", "background")
+#: Flag bit set on stamp pixels outside the CCD.
+OFF_CCD_FLAG = 512
+#: Value of image, weight and background pixels outside the CCD.
+OFF_CCD_VALUE = 0
+
+
+def infer_kind(pattern: str) -> str:
+    """Stamp kind of a file pattern: 'weight', 'flag', 'background' or 'image'.
+
+    ``pipeline_flag`` is a flag, ``background``/``bkg`` a background, any
+    pattern mentioning ``weight`` a weight; everything else an image.
+    """
+    name = pattern.lower()
+    for kind, words in (("weight", ("weight",)), ("flag", ("flag",)), ("background", ("background", "bkg"))):
+        if any(word in name for word in words):
+            return kind
+    return "image"
+
+
+def jacobian_store_kind(sources) -> str:
+    """Kind of the store that holds ``JACOBIAN``: the image store, else the first."""
+    kinds = [s.kind for s in sources]
+    return "image" if "image" in kinds else kinds[0]
+
+
+def store_name(pattern: str, number: str) -> str:
+    """ShapePipe's store name ``<pattern>_vignet<number>.sqlite``."""
+    return f"{pattern}_vignet{number}.sqlite"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One kind of single-exposure file: where it is and what it holds."""
+
+    pattern: str
+    directory: Path
+    kind: str
+    ext: str = ".fits"
+
+    def path(self, exposure: str, ccd: int) -> Path:
+        """``<dir>/<pattern>-<exposure>-<ccd><ext>``."""
+        return self.directory / f"{self.pattern}-{exposure}-{int(ccd)}{self.ext}"
+
+
+def make_sources(directories, patterns, kinds=None, ext=".fits") -> list[Source]:
+    """Pair directories and patterns (one directory for all, or one each).
+
+    Raises
+    ------
+    ValueError
+        If the counts do not match, or a kind is unknown or repeated.
+    """
+    directories = [Path(d) for d in directories]
+    patterns = list(patterns)
+    if not patterns:
+        raise ValueError("ME_IMAGE_PATTERN is empty")
+    if len(directories) == 1:
+        directories = directories * len(patterns)
+    if len(directories) != len(patterns):
+        raise ValueError(f"ME_IMAGE_DIR gives {len(directories)} folders for {len(patterns)} "
+                         "ME_IMAGE_PATTERN entries (give one folder, or one per pattern)")
+    kinds = list(kinds) if kinds else [infer_kind(p) for p in patterns]
+    if len(kinds) != len(patterns):
+        raise ValueError(f"ME_IMAGE_KIND has {len(kinds)} entries for {len(patterns)} patterns")
+    for kind in kinds:
+        if kind not in KINDS:
+            raise ValueError(f"unknown stamp kind {kind!r}; use one of {', '.join(KINDS)}")
+    if len(set(kinds)) != len(kinds):
+        raise ValueError(f"each stamp kind may appear once, got {kinds} for patterns {patterns}")
+    return [Source(p, d, k, ext) for p, d, k in zip(patterns, directories, kinds)]
+
+
+def read_ccd(path: Path) -> np.ndarray:
+    """Pixels of a CCD file (first HDU holding a 2-D image), memory-mapped when possible.
+
+    Raises
+    ------
+    OSError
+        If the file is unreadable or holds no 2-D image.
+    """
+    from astropy.io import fits
+
+    with fits.open(path, memmap=True) as hdus:
+        for hdu in hdus:
+            if hdu.is_image and hdu.header.get("NAXIS", 0) == 2:
+                # A copy: the file is closed on return (a CCD is the memory bound).
+                return np.array(hdu.data)
+    raise OSError(f"{path}: no 2-D image HDU")
+
+
+class _Pending:
+    """Epochs cut for objects whose other epochs are not cut yet."""
+
+    def __init__(self, expected: np.ndarray):
+        self.remaining = expected.astype(np.int64).copy()
+        self.epochs: dict[int, dict] = {}
+        self.problems: dict[int, list[str]] = {}
+
+    def add(self, row: int, key: str, arrays: dict, meta: dict) -> None:
+        self.epochs.setdefault(row, {})[key] = (arrays, meta)
+
+    def drop(self, row: int, key: str, reason: str) -> None:
+        self.problems.setdefault(row, []).append(f"{key}: {reason}")
+
+
+def make_multi_epoch_stamps(
+    catalogue_path,
+    header_store_path,
+    sources: list[Source],
+    output_dir,
+    number: str,
+    stamp_size: int,
+    position_params=("XWIN_WORLD", "YWIN_WORLD"),
+    logger: logging.Logger | None = None,
+    off_ccd_flag: int = OFF_CCD_FLAG,
+    batch_bytes: int = 64 * 2**20,
+) -> dict:
+    """Cut the single-exposure stamps of every object of a tile catalogue.
+
+    Parameters
+    ----------
+    catalogue_path : path-like
+        Tile catalogue with ``NUMBER``, the position columns and ``EPOCH_i`` HDUs.
+    header_store_path : path-like
+        Header store of the exposures (``log_exp_headers.sqlite``).
+    sources : list of Source
+        Kinds of CCD files to cut (see :func:`make_sources`).
+    output_dir : path-like
+        Folder of the stores.
+    number : str
+        File number of the tile (``-244-252``), used in the store names.
+    stamp_size : int
+        Odd stamp side in pixels.
+    position_params : (str, str)
+        RA and Dec columns (degrees).
+    logger : logging.Logger, optional
+    off_ccd_flag : int
+        Flag value of pixels off the CCD.
+    batch_bytes : int
+        Buffered bytes per store before a write transaction.
+
+    Returns
+    -------
+    dict
+        ``n_objects``, ``n_epochs`` (written), ``n_epochs_dropped``,
+        ``n_no_epoch``, ``n_ccds``, ``missing_files`` (list of str) and
+        ``bytes_written``.
+    """
+    from shapepipe_modules.io.header_store import HeaderStore
+
+    logger = logger or logging.getLogger(__name__)
+    size = check_stamp_size(stamp_size)
+    catalogue_path = Path(catalogue_path)
+    ra_col, dec_col = position_params
+    columns = read_objects(catalogue_path, ["NUMBER", ra_col, dec_col])
+    ids = columns["NUMBER"].astype(np.int64)
+    ra = columns[ra_col].astype(float)
+    dec = columns[dec_col].astype(float)
+    epochs = read_epochs(catalogue_path, ids.size)
+
+    try:
+        headers = HeaderStore(header_store_path)
+    except Exception as error:  # StoreError, or an unreadable SQLite file
+        raise JobError(f"header store {header_store_path}: {error}") from error
+
+    output_dir = Path(output_dir)
+    paths = [output_dir / store_name(s.pattern, number) for s in sources]
+    stores = [StampStore(p, mode="w", batch_bytes=batch_bytes) for p in paths]
+    pending = _Pending(np.bincount(epochs.row, minlength=ids.size))
+    summary = {"n_objects": int(ids.size), "n_epochs": 0, "n_epochs_dropped": 0, "n_no_epoch": 0,
+               "n_ccds": 0, "missing_files": []}
+    success = False
+    try:
+        for row in np.flatnonzero(pending.remaining == 0):
+            for store in stores:
+                store.mark_no_epoch(ids[row], "no exposure saw the object (no EPOCH_i entry)")
+            summary["n_no_epoch"] += 1
+
+        for exposure, ccd, rows in _groups(epochs, dec):
+            summary["n_ccds"] += 1
+            key = epoch_key(exposure, ccd)
+            cut = _cut_group(headers, sources, exposure, ccd, ra[rows], dec[rows], size, off_ccd_flag, logger)
+            if isinstance(cut, str):
+                summary["n_epochs_dropped"] += rows.size
+                if "file" in cut:
+                    summary["missing_files"].append(cut)
+                for row in rows:
+                    pending.drop(row, key, cut)
+            else:
+                arrays_by_kind, jac, meta = cut
+                for i, row in enumerate(rows):
+                    arrays = {kind: stamps[i] for kind, stamps in arrays_by_kind.items()}
+                    arrays["JACOBIAN"] = jac[i]
+                    pending.add(row, key, arrays, {name: values[i] for name, values in meta.items()})
+                summary["n_epochs"] += rows.size
+            pending.remaining[rows] -= 1
+            for row in rows[pending.remaining[rows] == 0]:
+                if _write_object(stores, sources, ids[row], pending.epochs.pop(row, {}),
+                                 pending.problems.pop(row, []), off_ccd_flag):
+                    summary["n_no_epoch"] += 1
+        success = True
+    finally:
+        for store in stores:
+            store.close(success=success)
+        headers.close()
+    summary["bytes_written"] = int(sum(p.stat().st_size for p in paths))
+    return summary
+
+
+def _groups(epochs, dec):
+    """(exposure, ccd, object rows) per CCD, in order of mean declination."""
+    if epochs.row.size == 0:
+        return []
+    labels, inverse = np.unique(np.char.add(np.char.add(epochs.exposure, "\x1f"), epochs.ccd.astype(str)),
+                                return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.flatnonzero(np.diff(inverse[order])) + 1
+    groups = []
+    for members in np.split(order, bounds):
+        rows = epochs.row[members]
+        groups.append((float(np.mean(dec[rows])), epochs.exposure[members[0]], int(epochs.ccd[members[0]]), rows))
+    groups.sort(key=lambda g: g[0])
+    return [(exposure, ccd, rows) for _, exposure, ccd, rows in groups]
+
+
+def _cut_group(headers, sources, exposure, ccd, ra, dec, size, off_ccd_flag, logger):
+    """Stamps of the objects of one CCD; a string saying why the epoch is unusable."""
+    from astropy.wcs import NoConvergence
+
+    key = epoch_key(exposure, ccd)
+    try:
+        wcs = headers.wcs(exposure, ccd)
+    except KeyError as error:
+        message = f"no WCS for epoch {key} in header store {headers.path} ({error.args[0]})"
+        logger.error("epoch %s dropped for %d objects: %s", key, ra.size, message)
+        return message
+    try:
+        x, y = wcs.all_world2pix(ra, dec, 1)
+    except NoConvergence as error:
+        x, y = error.best_solution.T
+    ix, iy, dx, dy = central_pixels(x, y)
+    arrays = {}
+    missing = None
+    shape = None
+    for source in sources:
+        path = source.path(exposure, ccd)
+        try:
+            data = read_ccd(path)
+        except (OSError, ValueError) as error:
+            reason = "missing" if not path.exists() else f"unreadable ({error})"
+            message = f"file {path} {reason}"
+            logger.error("epoch %s dropped for %d objects: %s", key, ra.size, message)
+            return message
+        if shape is None:
+            shape = data.shape
+        elif data.shape != shape:
+            message = f"file {path} has shape {data.shape}, other files of epoch {key} {shape}"
+            logger.error("epoch %s dropped for %d objects: %s", key, ra.size, message)
+            return message
+        # Stamps in native byte order (FITS is big-endian), same type and values.
+        stamps, missing = cut_stamps(data, ix, iy, size, fill=OFF_CCD_VALUE, dtype=data.dtype.newbyteorder("="))
+        del data
+        if source.kind == "flag":
+            if not np.issubdtype(stamps.dtype, np.integer):
+                message = f"file {path} holds {stamps.dtype} values; a flag image must hold integers"
+                logger.error("epoch %s dropped for %d objects: %s", key, ra.size, message)
+                return message
+            if np.iinfo(stamps.dtype).max < off_ccd_flag:
+                stamps = stamps.astype(np.int32)
+            stamps[missing] |= off_ccd_flag
+        arrays[source.kind] = stamps
+    jac = local_jacobians(wcs, x, y)
+    n_pix = size * size
+    masked = missing.copy()
+    if "flag" in arrays:
+        masked |= arrays["flag"] != 0
+    if "weight" in arrays:
+        masked |= arrays["weight"] <= 0
+    half = size // 2
+    meta = {
+        "X_CCD": x, "Y_CCD": y,
+        "CENTRE_ROW": half + dy, "CENTRE_COL": half + dx,
+        "MASKED_FRACTION": masked.reshape(len(x), -1).sum(axis=1) / n_pix,
+        "MISSING_FRACTION": missing.reshape(len(x), -1).sum(axis=1) / n_pix,
+    }
+    return arrays, jac, meta
+
+
+def _write_object(stores, sources, object_id, epochs: dict, problems: list, off_ccd_flag) -> bool:
+    """Write one object's epochs to every store; True if it had none (recorded with the reason)."""
+    if not epochs:
+        reason = "no usable epoch: " + "; ".join(problems)
+        for store in stores:
+            store.mark_no_epoch(object_id, reason)
+        return True
+    jacobian_kind = jacobian_store_kind(sources)
+    for store, source in zip(stores, sources):
+        for key, (arrays, meta) in epochs.items():
+            record_meta = {name: float(value) for name, value in meta.items()}
+            record_meta["OFF_CCD_FLAG"] = int(off_ccd_flag)
+            if problems:
+                record_meta["DROPPED_EPOCHS"] = "; ".join(problems)
+            record = {"VIGNET": arrays[source.kind]}
+            if source.kind == jacobian_kind:
+                record["JACOBIAN"] = arrays["JACOBIAN"]
+            store.put(object_id, key, record, record_meta)
+    return False
