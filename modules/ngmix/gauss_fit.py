@@ -1,0 +1,502 @@
+"""Joint fit of one elliptical Gaussian to several epochs.
+
+The model of epoch ``e`` at a pixel whose sky offset from the epoch's
+Jacobian centre is ``d = (du, dv)`` (arcsec) is::
+
+    m = F * A_e / (2 pi sqrt(det C_e)) * exp(-0.5 (d - c)^T C_e^-1 (d - c))
+
+with ``c = (u0, v0)`` the centre, ``A_e`` the pixel area (arcsec^2),
+``C_e = C_gal + C_psf,e`` and ``C_gal`` the galaxy covariance built from
+``(g1, g2, T)`` in ngmix's convention (``T = Iuu + Ivv = 2 sigma^2`` for a
+round Gaussian, ``g`` the reduced-shear ellipticity, ``|g| = (a-b)/(a+b)``).
+The PSF of each epoch is a Gaussian of covariance ``C_psf,e`` (zero to fit a
+PSF image itself). The model is evaluated at pixel centres: the images it
+describes are samples of the convolved profile (see :mod:`.metacal`).
+
+Parameters are ``(u0, v0, g1, g2, T, F)``. The fitter is Levenberg-Marquardt
+on ``0.5 chi^2 + prior`` with an analytic Jacobian (Gauss-Newton Hessian for
+the pixels, exact Hessian for the priors); see :mod:`.priors`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numba import njit
+
+from .priors import ShapePipePrior
+
+NPARS = 6
+PAR_NAMES = ("u0", "v0", "g1", "g2", "T", "flux")
+
+#: Fit status bits (internal; the engine maps them to catalogue flags).
+FIT_OK = 0
+FIT_NOT_CONVERGED = 1
+FIT_BAD_COVARIANCE = 2
+FIT_INVALID_GUESS = 4
+FIT_NOT_FINITE = 8
+
+
+@dataclass
+class PixelData:
+    """Pixels of all epochs of one object, concatenated.
+
+    Attributes
+    ----------
+    du, dv : numpy.ndarray
+        Sky offsets (arcsec) of each pixel centre from its epoch's Jacobian
+        centre.
+    data, weight : numpy.ndarray
+        Pixel values and inverse variances (only pixels with weight > 0).
+    epoch : numpy.ndarray
+        Epoch index of each pixel.
+    psf_cov : numpy.ndarray
+        (n_epoch, 3) PSF covariance ``(Cuu, Cuv, Cvv)`` per epoch (arcsec^2).
+    area : numpy.ndarray
+        Pixel area (arcsec^2) per epoch.
+    """
+
+    du: np.ndarray
+    dv: np.ndarray
+    data: np.ndarray
+    weight: np.ndarray
+    epoch: np.ndarray
+    psf_cov: np.ndarray
+    area: np.ndarray
+    pixel_index: list = None
+
+    @property
+    def n_pixels(self):
+        """Number of pixels used."""
+        return self.data.size
+
+    def with_images(self, images):
+        """Same pixels, values taken from other images (e.g. another branch).
+
+        Parameters
+        ----------
+        images : list of numpy.ndarray
+            One stamp per epoch, same shapes as the original ones.
+
+        Returns
+        -------
+        PixelData
+        """
+        data = np.concatenate([np.asarray(img, dtype=float)[rows, cols]
+                               for img, (rows, cols) in zip(images, self.pixel_index)])
+        return PixelData(du=self.du, dv=self.dv, data=data, weight=self.weight,
+                         epoch=self.epoch, psf_cov=self.psf_cov, area=self.area,
+                         pixel_index=self.pixel_index)
+
+
+def make_pixel_data(images, weights, jacobians, centres, psf_covs, radius=None):
+    """Collect the pixels of several epochs for :func:`fit_gauss`.
+
+    Parameters
+    ----------
+    images, weights : list of numpy.ndarray
+        Per-epoch stamps and inverse-variance maps (zero weight = unused).
+    jacobians : list of array_like
+        Per-epoch 2x2 Jacobians (arcsec/pixel, ``[[du/dx, du/dy],
+        [dv/dx, dv/dy]]``).
+    centres : list of tuple
+        Per-epoch (row, col) pixel position of the sky origin.
+    psf_covs : list of tuple
+        Per-epoch PSF covariance ``(Cuu, Cuv, Cvv)`` in arcsec^2.
+    radius : float, optional
+        Keep only pixels within this distance (pixels) of the centre; the
+        same aperture must be used for every metacal branch.
+
+    Returns
+    -------
+    PixelData
+    """
+    parts = {"du": [], "dv": [], "data": [], "weight": [], "epoch": []}
+    areas = []
+    index_list = []
+    for index, (image, weight, jac, centre) in enumerate(
+            zip(images, weights, jacobians, centres)):
+        jac = np.asarray(jac, dtype=float)
+        usable = weight > 0
+        if radius is not None:
+            yy, xx = np.ogrid[0:weight.shape[0], 0:weight.shape[1]]
+            usable = usable & ((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2
+                               <= radius ** 2)
+        rows, cols = np.nonzero(usable)
+        index_list.append((rows, cols))
+        dy = rows - centre[0]
+        dx = cols - centre[1]
+        parts["du"].append(jac[0, 0] * dx + jac[0, 1] * dy)
+        parts["dv"].append(jac[1, 0] * dx + jac[1, 1] * dy)
+        parts["data"].append(np.asarray(image, dtype=float)[rows, cols])
+        parts["weight"].append(np.asarray(weight, dtype=float)[rows, cols])
+        parts["epoch"].append(np.full(rows.size, index, dtype=np.int64))
+        areas.append(abs(np.linalg.det(jac)))
+    joined = {key: np.ascontiguousarray(np.concatenate(val))
+              for key, val in parts.items()}
+    return PixelData(psf_cov=np.ascontiguousarray(psf_covs, dtype=float).reshape(-1, 3),
+                     area=np.asarray(areas, dtype=float), pixel_index=index_list,
+                     **joined)
+
+
+@njit(cache=True)
+def _galaxy_cov(g1, g2, T):
+    gsq = g1 * g1 + g2 * g2
+    e1 = 2.0 * g1 / (1.0 + gsq)
+    e2 = 2.0 * g2 / (1.0 + gsq)
+    half = 0.5 * T
+    return half * (1.0 + e1), half * e2, half * (1.0 - e1), e1, e2, gsq
+
+
+@njit(cache=True, fastmath=True)
+def _normal_equations(pars, du, dv, data, weight, epoch, psf_cov, area,
+                      hess, grad, round_model):
+    """Fill chi^2 gradient and Gauss-Newton Hessian; return chi^2.
+
+    Returns -1 if the model is invalid (|g| >= 1 or a convolved covariance
+    not positive definite). With ``round_model`` true, returns instead
+    sum(weight * model^2) for g = 0 (the round-model S/N squared).
+    """
+    u0, v0, g1, g2, T, flux = pars[0], pars[1], pars[2], pars[3], pars[4], pars[5]
+    if round_model:
+        g1 = 0.0
+        g2 = 0.0
+    cuu, cuv, cvv, e1, e2, gsq = _galaxy_cov(g1, g2, T)
+    if gsq >= 1.0:
+        return -1.0
+    # d e_j / d g_i
+    opg = 1.0 + gsq
+    de1_dg1 = 2.0 / opg - 4.0 * g1 * g1 / (opg * opg)
+    de1_dg2 = -4.0 * g1 * g2 / (opg * opg)
+    de2_dg1 = de1_dg2
+    de2_dg2 = 2.0 / opg - 4.0 * g2 * g2 / (opg * opg)
+    half = 0.5 * T
+    # dC/dtheta as (uu, uv, vv) for theta = g1, g2, T
+    dcov = np.empty((3, 3))
+    dcov[0, 0] = half * de1_dg1
+    dcov[0, 1] = half * de2_dg1
+    dcov[0, 2] = -half * de1_dg1
+    dcov[1, 0] = half * de1_dg2
+    dcov[1, 1] = half * de2_dg2
+    dcov[1, 2] = -half * de1_dg2
+    dcov[2, 0] = 0.5 * (1.0 + e1)
+    dcov[2, 1] = 0.5 * e2
+    dcov[2, 2] = 0.5 * (1.0 - e1)
+
+    n_epoch = psf_cov.shape[0]
+    quu = np.empty(n_epoch)
+    quv = np.empty(n_epoch)
+    qvv = np.empty(n_epoch)
+    unit = np.empty(n_epoch)
+    trace = np.empty((n_epoch, 3))
+    for e in range(n_epoch):
+        c11 = cuu + psf_cov[e, 0]
+        c12 = cuv + psf_cov[e, 1]
+        c22 = cvv + psf_cov[e, 2]
+        det = c11 * c22 - c12 * c12
+        if det <= 0.0 or c11 <= 0.0:
+            return -1.0
+        quu[e] = c22 / det
+        quv[e] = -c12 / det
+        qvv[e] = c11 / det
+        unit[e] = area[e] / (2.0 * np.pi * np.sqrt(det))
+        for k in range(3):
+            trace[e, k] = (quu[e] * dcov[k, 0] + 2.0 * quv[e] * dcov[k, 1]
+                           + qvv[e] * dcov[k, 2])
+
+    for a in range(NPARS):
+        grad[a] = 0.0
+        for b in range(NPARS):
+            hess[a, b] = 0.0
+    deriv = np.empty(NPARS)
+    chi2 = 0.0
+    for i in range(data.size):
+        e = epoch[i]
+        x = du[i] - u0
+        y = dv[i] - v0
+        qx = quu[e] * x + quv[e] * y
+        qy = quv[e] * x + qvv[e] * y
+        rho = x * qx + y * qy
+        profile = unit[e] * np.exp(-0.5 * rho)
+        model = flux * profile
+        if round_model:
+            chi2 += weight[i] * model * model
+            continue
+        resid = model - data[i]
+        w = weight[i]
+        chi2 += w * resid * resid
+        deriv[0] = model * qx
+        deriv[1] = model * qy
+        for k in range(3):
+            quad = (qx * qx * dcov[k, 0] + 2.0 * qx * qy * dcov[k, 1]
+                    + qy * qy * dcov[k, 2])
+            deriv[2 + k] = model * 0.5 * (quad - trace[e, k])
+        deriv[5] = profile
+        wr = w * resid
+        for a in range(NPARS):
+            da = deriv[a]
+            grad[a] += wr * da
+            wda = w * da
+            for b in range(a + 1):
+                hess[a, b] += wda * deriv[b]
+    for a in range(NPARS):
+        for b in range(a):
+            hess[b, a] = hess[a, b]
+    return chi2
+
+
+@dataclass
+class FitResult:
+    """Result of :func:`fit_gauss`.
+
+    Attributes
+    ----------
+    pars : numpy.ndarray
+        ``(u0, v0, g1, g2, T, flux)`` (NaN if the fit failed).
+    cov : numpy.ndarray
+        6x6 covariance, scaled by the reduced pixel chi^2 (ngmix 1.x).
+    status : int
+        Bit mask of ``FIT_*`` values; 0 on success.
+    chi2, dof : float, int
+        Pixel chi^2 and degrees of freedom.
+    niter : int
+        LM iterations used.
+    s2n : float
+        S/N of the round model, ``sqrt(sum w m_round^2)`` (ngmix's s2n_r).
+    """
+
+    pars: np.ndarray
+    cov: np.ndarray
+    status: int
+    chi2: float = np.nan
+    dof: int = 0
+    niter: int = 0
+    s2n: float = np.nan
+    errors: np.ndarray = field(default=None)
+
+    def __post_init__(self):
+        if self.errors is None:
+            with np.errstate(invalid="ignore"):
+                self.errors = np.sqrt(np.diag(self.cov))
+
+
+def _failed(status, niter=0):
+    nan = np.full(NPARS, np.nan)
+    return FitResult(pars=nan, cov=np.full((NPARS, NPARS), np.nan),
+                     status=status, niter=niter)
+
+
+@njit(cache=True)
+def _prior_terms(pars, grad, hess, prior_pars):
+    """Add -ln p gradient and Hessian (see priors.py); return -ln p."""
+    cen_sigma, g_sigma = prior_pars[0], prior_pars[1]
+    g1, g2 = pars[2], pars[3]
+    gsq = g1 * g1 + g2 * g2
+    if gsq >= 1.0:
+        return np.inf
+    omg = 1.0 - gsq
+    inv_c = 1.0 / (cen_sigma * cen_sigma)
+    inv_g = 1.0 / (g_sigma * g_sigma)
+    grad[0] += pars[0] * inv_c
+    grad[1] += pars[1] * inv_c
+    hess[0, 0] += inv_c
+    hess[1, 1] += inv_c
+    grad[2] += 4.0 * g1 / omg + g1 * inv_g
+    grad[3] += 4.0 * g2 / omg + g2 * inv_g
+    diag = 4.0 / omg + inv_g
+    hess[2, 2] += diag + 8.0 * g1 * g1 / (omg * omg)
+    hess[3, 3] += diag + 8.0 * g2 * g2 / (omg * omg)
+    hess[2, 3] += 8.0 * g1 * g2 / (omg * omg)
+    hess[3, 2] += 8.0 * g1 * g2 / (omg * omg)
+    return (0.5 * (pars[0] ** 2 + pars[1] ** 2) * inv_c - 2.0 * np.log(omg)
+            + 0.5 * gsq * inv_g)
+
+
+@njit(cache=True)
+def _clip(pars, prior_pars):
+    pars[4] = min(max(pars[4], prior_pars[2]), prior_pars[3])
+    pars[5] = min(max(pars[5], prior_pars[4]), prior_pars[5])
+
+
+@njit(cache=True)
+def _cost_nb(pars, du, dv, data, weight, epoch, psf_cov, area, use_prior,
+             prior_pars, hess, grad):
+    chi2 = _normal_equations(pars, du, dv, data, weight, epoch, psf_cov, area,
+                             hess, grad, False)
+    if chi2 < 0.0 or not np.isfinite(chi2):
+        return np.inf, chi2
+    cost = 0.5 * chi2
+    if use_prior:
+        pcost = _prior_terms(pars, grad, hess, prior_pars)
+        if not np.isfinite(pcost):
+            return np.inf, chi2
+        cost += pcost
+    return cost, chi2
+
+
+@njit(cache=True)
+def _levenberg_marquardt(pars, du, dv, data, weight, epoch, psf_cov, area,
+                         use_prior, prior_pars, max_iter, tol, hess):
+    """LM minimisation of 0.5 chi^2 - ln p, in place; returns (status, niter, chi2)."""
+    if use_prior:
+        _clip(pars, prior_pars)
+    grad = np.empty(NPARS)
+    new_hess = np.empty((NPARS, NPARS))
+    new_grad = np.empty(NPARS)
+    trial = np.empty(NPARS)
+    system = np.empty((NPARS, NPARS))
+    cost, chi2 = _cost_nb(pars, du, dv, data, weight, epoch, psf_cov, area,
+                          use_prior, prior_pars, hess, grad)
+    if not np.isfinite(cost):
+        return FIT_INVALID_GUESS, 0, chi2
+    lam = 1e-3
+    niter = 0
+    while niter < max_iter:
+        niter += 1
+        for a in range(NPARS):
+            for b in range(NPARS):
+                system[a, b] = hess[a, b]
+            d = hess[a, a] if hess[a, a] > 0.0 else 1.0
+            system[a, a] += lam * d
+        step = np.linalg.solve(system, -grad)
+        for a in range(NPARS):
+            trial[a] = pars[a] + step[a]
+        if use_prior:
+            _clip(trial, prior_pars)
+        new_cost, new_chi2 = _cost_nb(trial, du, dv, data, weight, epoch,
+                                      psf_cov, area, use_prior, prior_pars,
+                                      new_hess, new_grad)
+        if new_cost <= cost:
+            decrement = 0.0
+            for a in range(NPARS):
+                for b in range(NPARS):
+                    decrement += (trial[a] - pars[a]) * hess[a, b] * (trial[b] - pars[b])
+            for a in range(NPARS):
+                pars[a] = trial[a]
+                grad[a] = new_grad[a]
+                for b in range(NPARS):
+                    hess[a, b] = new_hess[a, b]
+            cost = new_cost
+            chi2 = new_chi2
+            lam = max(lam * 0.1, 1e-12)
+            if decrement < tol:
+                return FIT_OK, niter, chi2
+        else:
+            lam *= 10.0
+            if lam > 1e12:
+                # No downhill step left: a minimum to machine precision.
+                decrement = 0.0
+                for a in range(NPARS):
+                    for b in range(NPARS):
+                        decrement += step[a] * hess[a, b] * step[b]
+                if decrement < 1e3 * tol:
+                    return FIT_OK, niter, chi2
+                return FIT_NOT_CONVERGED, niter, chi2
+    return FIT_NOT_CONVERGED, niter, chi2
+
+
+def fit_gauss(pixels, guess, prior=None, max_iter=200, tol=1e-12):
+    """Fit one elliptical Gaussian jointly to all epochs.
+
+    Parameters
+    ----------
+    pixels : PixelData
+        The pixels (see :func:`make_pixel_data`).
+    guess : array_like
+        Starting ``(u0, v0, g1, g2, T, flux)``.
+    prior : ShapePipePrior, optional
+        Priors and bounds; none when fitting PSF images.
+    max_iter : int, optional
+        Maximum LM iterations.
+    tol : float, optional
+        Convergence when an accepted step ``d`` has ``d^T H d < tol``
+        (``H`` the Hessian of the cost): the step is then below
+        ``sqrt(tol)`` times the statistical errors of the parameters.
+
+    Returns
+    -------
+    FitResult
+    """
+    pars = np.array(guess, dtype=float)
+    if pars.shape != (NPARS,) or not np.isfinite(pars).all():
+        return _failed(FIT_INVALID_GUESS)
+    if pixels.n_pixels <= NPARS:
+        return _failed(FIT_INVALID_GUESS)
+    if prior is None:
+        prior_pars = np.zeros(6)
+    else:
+        prior_pars = np.array([prior.cen_sigma, prior.g_sigma, *prior.T_bounds,
+                               *prior.flux_bounds], dtype=float)
+    hess = np.empty((NPARS, NPARS))
+    status, niter, chi2 = _levenberg_marquardt(
+        pars, pixels.du, pixels.dv, pixels.data, pixels.weight, pixels.epoch,
+        pixels.psf_cov, pixels.area, prior is not None, prior_pars, max_iter,
+        tol, hess)
+    if status != FIT_OK:
+        return _failed(status, niter)
+    dof = max(pixels.n_pixels - NPARS, 1)
+    try:
+        cov = np.linalg.inv(hess) * (chi2 / dof)
+        if not (np.isfinite(cov).all() and np.all(np.diag(cov) > 0)):
+            status |= FIT_BAD_COVARIANCE
+    except np.linalg.LinAlgError:
+        cov = np.full((NPARS, NPARS), np.nan)
+        status |= FIT_BAD_COVARIANCE
+    scratch_h = np.empty((NPARS, NPARS))
+    scratch_g = np.empty(NPARS)
+    s2n_sq = _normal_equations(pars, pixels.du, pixels.dv, pixels.data,
+                               pixels.weight, pixels.epoch, pixels.psf_cov,
+                               pixels.area, scratch_h, scratch_g, True)
+    s2n = float(np.sqrt(s2n_sq)) if s2n_sq > 0 else 0.0
+    return FitResult(pars=pars, cov=cov, status=status, chi2=float(chi2),
+                     dof=dof, niter=niter, s2n=s2n)
+
+
+def fit_with_retries(pixels, guess, rng, prior=None, ntry=5, scatter=0.1,
+                     **kwargs):
+    """Fit, retrying from perturbed guesses when the fit fails.
+
+    The first try starts from ``guess`` itself (so every metacal branch of
+    an object starts from the same point); later tries perturb the centre,
+    shape and size additively and the flux multiplicatively by uniform
+    deviates in ``[-scatter, scatter]``, as ShapePipe does.
+
+    Parameters
+    ----------
+    pixels : PixelData
+    guess : array_like
+    rng : numpy.random.Generator
+        Source of the perturbations.
+    prior : ShapePipePrior, optional
+    ntry : int, optional
+        Maximum number of tries.
+    scatter : float, optional
+        Half-width of the perturbations.
+    **kwargs
+        Passed to :func:`fit_gauss`.
+
+    Returns
+    -------
+    result : FitResult
+    ntry_used : int
+    """
+    guess = np.asarray(guess, dtype=float)
+    result = None
+    for attempt in range(ntry):
+        trial = guess.copy()
+        if attempt > 0:
+            trial[:5] += rng.uniform(-scatter, scatter, 5)
+            trial[5] *= 1.0 + rng.uniform(-scatter, scatter)
+            # keep |g| valid
+            gnorm = np.hypot(trial[2], trial[3])
+            if gnorm >= 0.99:
+                trial[2:4] *= 0.9 / gnorm
+        result = fit_gauss(pixels, trial, prior=prior, **kwargs)
+        if result.status == FIT_OK:
+            return result, attempt + 1
+    return result, ntry
+
+
+__all__ = ["PixelData", "make_pixel_data", "fit_gauss", "fit_with_retries",
+           "FitResult", "ShapePipePrior", "PAR_NAMES"]

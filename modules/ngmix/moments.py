@@ -1,0 +1,152 @@
+"""Adaptive moments, noise level and size conventions.
+
+Size conventions (ngmix's): ``T = Iuu + Ivv`` in arcsec^2, ``T = 2 sigma^2``
+for a round Gaussian. ShapePipe's catalogue column ``T`` holds instead the
+half-light radius of the fitted Gaussian (its fit parameter), in arcsec:
+``r50 = sqrt(2 ln 2) sigma = sqrt(ln 2 * T)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+LN2 = np.log(2.0)
+MAD_TO_SIGMA = 1.482602218505602
+
+
+def T_to_r50(T):
+    """Half-light radius (arcsec) of a Gaussian of size ``T`` (arcsec^2).
+
+    Negative ``T`` (allowed for a fit convolved with a PSF) gives a negative
+    radius of the same magnitude, so the ordering of sizes is kept.
+    """
+    T = np.asarray(T, dtype=float)
+    return np.sign(T) * np.sqrt(LN2 * np.abs(T))
+
+
+def T_err_to_r50_err(T, T_err):
+    """Propagate an error on ``T`` to the half-light radius."""
+    T = np.asarray(T, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.sqrt(LN2) * np.asarray(T_err) / (2.0 * np.sqrt(np.abs(T)))
+
+
+def r50_to_T(r50):
+    """Inverse of :func:`T_to_r50` (for positive radii)."""
+    r50 = np.asarray(r50, dtype=float)
+    return np.sign(r50) * r50 ** 2 / LN2
+
+
+def sigma_mad(values):
+    """Noise sigma from the median absolute deviation."""
+    values = np.asarray(values, dtype=float).ravel()
+    if values.size == 0:
+        return np.nan
+    return MAD_TO_SIGMA * np.median(np.abs(values - np.median(values)))
+
+
+@dataclass
+class Moments:
+    """Adaptive moments of a stamp (pixel units).
+
+    Attributes
+    ----------
+    row, col : float
+        Centroid (0-based pixel coordinates).
+    sigma : float
+        Size ``det(M)^(1/4)`` in pixels.
+    e1, e2 : float
+        Distortion ellipticity in the pixel frame.
+    amplitude : float
+        Amplitude of the best-fit elliptical Gaussian (its total flux).
+    """
+
+    row: float
+    col: float
+    sigma: float
+    e1: float
+    e2: float
+    amplitude: float
+
+
+def adaptive_moments(image, mask=None, guess_sigma=3.0):
+    """Adaptive moments with GalSim's HSM; None when they fail.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        Stamp.
+    mask : numpy.ndarray of bool, optional
+        True for bad pixels (ignored).
+    guess_sigma : float, optional
+        Starting size in pixels.
+
+    Returns
+    -------
+    Moments or None
+    """
+    import galsim
+
+    gs_image = galsim.Image(np.ascontiguousarray(image, dtype=float), xmin=0, ymin=0)
+    badpix = None
+    if mask is not None and np.any(mask):
+        badpix = galsim.Image(np.ascontiguousarray(mask, dtype=np.int32), xmin=0, ymin=0)
+    result = galsim.hsm.FindAdaptiveMom(gs_image, badpix=badpix, strict=False,
+                                        guess_sig=guess_sigma)
+    if result.error_message or result.moments_status != 0:
+        return None
+    if not (result.moments_sigma > 0 and np.isfinite(result.moments_amp)):
+        return None
+    return Moments(row=result.moments_centroid.y, col=result.moments_centroid.x,
+                   sigma=result.moments_sigma,
+                   e1=result.observed_shape.e1, e2=result.observed_shape.e2,
+                   amplitude=result.moments_amp)
+
+
+def noise_sigma_outside_object(image, usable, moments=None, threshold=1.2):
+    """Noise sigma from the pixels where the object is faint.
+
+    As ShapePipe: a first estimate from every usable pixel; then, if the
+    adaptive moments are known, the elliptical Gaussian they describe is
+    drawn and the estimate is repeated on the usable pixels where that model
+    is below ``threshold`` times the first estimate.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        Stamp (background subtracted).
+    usable : numpy.ndarray of bool
+        Pixels that may be used.
+    moments : Moments, optional
+        Adaptive moments of the object.
+    threshold : float, optional
+        Model level, in units of the first noise estimate, below which a
+        pixel counts as background.
+
+    Returns
+    -------
+    float
+    """
+    first = sigma_mad(image[usable])
+    if moments is None or not np.isfinite(first) or first <= 0:
+        return first
+    ny, nx = image.shape
+    y, x = np.mgrid[0:ny, 0:nx]
+    dy = y - moments.row
+    dx = x - moments.col
+    e1, e2 = moments.e1, moments.e2
+    sig2 = moments.sigma ** 2
+    # Distortion e with det(M) = sigma^4: M = sigma^2 / sqrt(1-e^2) [[1+e1, e2], [e2, 1-e1]]
+    root = np.sqrt(max(1.0 - e1 * e1 - e2 * e2, 1e-6))
+    mxx = sig2 * (1 + e1) / root
+    myy = sig2 * (1 - e1) / root
+    mxy = sig2 * e2 / root
+    det = mxx * myy - mxy * mxy
+    rho = (myy * dx * dx - 2 * mxy * dx * dy + mxx * dy * dy) / det
+    model = moments.amplitude / (2 * np.pi * np.sqrt(det)) * np.exp(-0.5 * rho)
+    background = usable & (model < threshold * first)
+    if background.sum() < 10:
+        return first
+    return sigma_mad(image[background])
