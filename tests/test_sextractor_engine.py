@@ -41,7 +41,7 @@ def sep_run(simulated, tmp_path_factory):
     ccd, paths = simulated
     tmp_path = tmp_path_factory.mktemp("run")
     job = make_job(tmp_path, paths, CHECKIMAGE=["BACKGROUND", "SEGMENTATION", "BACKGROUND_RMS"],
-                   ZP_FROM_HEADER=True, ZP_KEY="PHOTZP")
+                   ZP_FROM_HEADER=True, ZP_KEY="PHOTZP", BKG_RESIDUAL_PLOT=True)
     summary = sextractor(job)
     table, header = read_ldac(job.output_dir / f"sexcat{NUMBER}.fits")
     return ccd, job, summary, table, header

@@ -74,6 +74,52 @@ def objects_hdu(table: Table) -> fits.BinTableHDU:
     return hdu
 
 
+def _write_hdus(path, hdus: fits.HDUList, imhead_bytes: bytes) -> None:
+    """Write an LDAC HDU list atomically, with the LDAC_IMHEAD cell byte for byte."""
+    with atomic_path(path) as temporary:
+        hdus.writeto(temporary)
+        # astropy writes string cells with trailing blanks turned into NULs;
+        # PSFEx parses the cards byte for byte and needs the blanks back.
+        with fits.open(temporary) as written:
+            offset = written.fileinfo(1)["datLoc"]
+        with open(temporary, "r+b") as handle:
+            handle.seek(offset)
+            handle.write(imhead_bytes)
+
+
+# numpy kinds and sizes written as plain big-endian FITS binary-table
+# fields (TFORM B, I, J, K, E, D) by the fast writer.
+_FAST_DTYPES = {("u", 1), ("i", 2), ("i", 4), ("i", 8), ("f", 4), ("f", 8)}
+_BLOCK = 2880
+
+
+def _padded(data: bytes, fill: bytes = b"\0") -> bytes:
+    return data + fill * (-len(data) % _BLOCK)
+
+
+def _fast_objects_bytes(table: Table) -> bytes | None:
+    """The ``LDAC_OBJECTS`` HDU as bytes, written without astropy's row-chunked writer.
+
+    The header comes from astropy (a zero-row table, so the column formats,
+    TDIM and units are astropy's); the rows are one big-endian structured
+    array, which is the FITS layout. Returns None when a column type needs
+    astropy's conversions (strings, booleans, unsigned integers).
+    """
+    columns = [np.asarray(table[name]) for name in table.colnames]
+    if any((column.dtype.kind, column.dtype.itemsize) not in _FAST_DTYPES for column in columns):
+        return None
+    hdu = objects_hdu(table[:0])
+    hdu.header["NAXIS2"] = len(table)
+    layout = np.dtype([(name, column.dtype.newbyteorder(">"), column.shape[1:])
+                       for name, column in zip(table.colnames, columns)])
+    if layout.itemsize != hdu.header["NAXIS1"]:
+        return None
+    rows = np.empty(len(table), dtype=layout)
+    for name, column in zip(table.colnames, columns):
+        rows[name] = column
+    return hdu.header.tostring().encode("ascii") + _padded(rows.tobytes())
+
+
 def write_ldac(path, table: Table, image_header: fits.Header, extra_hdus=()) -> None:
     """Write a FITS-LDAC catalogue atomically.
 
@@ -89,17 +135,19 @@ def write_ldac(path, table: Table, image_header: fits.Header, extra_hdus=()) -> 
         Further HDUs appended after ``LDAC_OBJECTS``.
     """
     imhead = imhead_hdu(image_header)
-    hdus = fits.HDUList([fits.PrimaryHDU(), imhead, objects_hdu(table), *extra_hdus])
     cards = b"".join(header_to_cards(image_header))
-    with atomic_path(path) as temporary:
-        hdus.writeto(temporary)
-        # astropy writes string cells with trailing blanks turned into NULs;
-        # PSFEx parses the cards byte for byte and needs the blanks back.
-        with fits.open(temporary) as written:
-            offset = written.fileinfo(1)["datLoc"]
-        with open(temporary, "r+b") as handle:
-            handle.seek(offset)
-            handle.write(cards)
+    objects = None if extra_hdus else _fast_objects_bytes(table)
+    if objects is None:
+        hdus = fits.HDUList([fits.PrimaryHDU(), imhead, objects_hdu(table), *extra_hdus])
+        _write_hdus(path, hdus, cards)
+        return
+    # Numeric tables (every SExtractor catalogue): the three HDUs as bytes,
+    # the LDAC_IMHEAD cell with its blanks as PSFEx wants them.
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+        handle.write(fits.PrimaryHDU().header.tostring().encode("ascii"))
+        handle.write(imhead.header.tostring().encode("ascii"))
+        handle.write(_padded(cards))
+        handle.write(objects)
 
 
 def read_ldac(path) -> tuple[Table, fits.Header]:
@@ -141,8 +189,66 @@ def read_ldac(path) -> tuple[Table, fits.Header]:
 
 def append_hdus(path, hdus) -> None:
     """Append HDUs (e.g. ``EPOCH_i`` tables) to an existing catalogue, atomically."""
+    update_ldac(path, hdus=hdus)
+
+
+def update_ldac(path, columns=None, hdus=(), primary_cards=()) -> None:
+    """Add columns to ``LDAC_OBJECTS``, HDUs and primary-header cards; rewrite the file atomically.
+
+    The whole file is written under a temporary name and then renamed, so
+    a reader never sees a half-updated catalogue. The ``LDAC_IMHEAD`` cell
+    is kept byte for byte; the other HDUs are copied.
+
+    Parameters
+    ----------
+    path : path-like
+        An existing FITS-LDAC catalogue.
+    columns : dict, optional
+        ``{name: 1-d or n-d array with one row per object}``; a column of the
+        same name is replaced.
+    hdus : sequence of HDU
+        Appended at the end; an existing HDU of the same EXTNAME is replaced.
+    primary_cards : sequence of (key, value, comment)
+        Set in the primary header.
+
+    Raises
+    ------
+    LDACError
+        If the file is not a FITS-LDAC catalogue or a column has the wrong
+        number of rows.
+    """
     path = Path(path)
-    with fits.open(path, memmap=False) as existing:
-        full = fits.HDUList([hdu.copy() for hdu in existing] + list(hdus))
-    with atomic_path(path) as temporary:
-        full.writeto(temporary)
+    hdus = list(hdus)
+    replaced = {hdu.name for hdu in hdus}
+    try:
+        with fits.open(path, memmap=False) as existing:
+            names = [hdu.name for hdu in existing]
+            if names[1:3] != [IMHEAD_EXTNAME, OBJECTS_EXTNAME]:
+                raise LDACError(f"{path}: not a FITS-LDAC catalogue (HDUs {names})")
+            imhead = existing[1]
+            location = existing.fileinfo(1)
+            with open(path, "rb") as handle:
+                handle.seek(location["datLoc"])
+                imhead_bytes = handle.read(imhead.header["NAXIS1"] * imhead.header["NAXIS2"])
+            primary = existing[0].copy()
+            for key, value, comment in primary_cards:
+                primary.header[key] = (value, comment)
+            objects = existing[2]
+            n_rows = objects.header["NAXIS2"]
+            if columns:
+                for name, values in columns.items():
+                    if len(values) != n_rows:
+                        raise LDACError(f"{path}: column {name} has {len(values)} rows, "
+                                        f"{OBJECTS_EXTNAME} has {n_rows}")
+                added = fits.table_to_hdu(Table({name: np.asarray(v) for name, v in columns.items()})).columns
+                kept = [column for column in objects.columns if column.name not in columns]
+                header = objects.header.copy()
+                objects = fits.BinTableHDU.from_columns(fits.ColDefs(kept) + added, header=header)
+                objects.header["EXTNAME"] = OBJECTS_EXTNAME
+            else:
+                objects = objects.copy()
+            others = [hdu.copy() for hdu in existing[3:] if hdu.name not in replaced]
+            full = fits.HDUList([primary, imhead.copy(), objects, *others, *hdus])
+            _write_hdus(path, full, imhead_bytes)
+    except OSError as error:
+        raise LDACError(f"{path}: cannot read as FITS ({error})") from error

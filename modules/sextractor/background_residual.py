@@ -18,12 +18,79 @@ import numpy as np
 
 from shapepipe.atomic import atomic_path, write_text_atomic
 
+from . import robust
+
+
+def _gaussian_terms(centres, amplitude, mean, sigma):
+    """Gaussian model and its derivatives with respect to (amplitude, mean, sigma)."""
+    offset = (centres - mean) / sigma
+    shape = np.exp(-0.5 * offset**2)
+    model = amplitude * shape
+    jacobian = np.column_stack([shape, model * offset / sigma, model * offset**2 / sigma])
+    return model, jacobian
+
+
+def fit_gaussian(centres, counts, errors, start, max_iterations=100):
+    """Weighted least-squares fit of ``A exp(-(x - mu)^2 / (2 sigma^2))`` (Levenberg-Marquardt).
+
+    Parameters
+    ----------
+    centres, counts, errors : 1-d arrays
+        Bin centres, counts and their (absolute) errors.
+    start : tuple
+        Initial ``(A, mu, sigma)``.
+
+    Returns
+    -------
+    parameters : numpy.ndarray
+        ``(A, mu, sigma)``.
+    covariance : numpy.ndarray
+        3 x 3, the inverse of the weighted normal matrix (errors taken as
+        absolute).
+
+    Raises
+    ------
+    RuntimeError
+        If the fit does not converge.
+    """
+    weights = 1.0 / np.asarray(errors, float) ** 2
+    parameters = np.asarray(start, float)
+    model, jacobian = _gaussian_terms(centres, *parameters)
+    chi2 = float(np.sum(weights * (counts - model) ** 2))
+    damping = 1e-3
+    for _ in range(max_iterations):
+        normal = jacobian.T @ (weights[:, None] * jacobian)
+        gradient = jacobian.T @ (weights * (counts - model))
+        step = np.linalg.solve(normal + damping * np.diag(np.diag(normal)), gradient)
+        trial = parameters + step
+        trial_model, trial_jacobian = _gaussian_terms(centres, *trial)
+        trial_chi2 = float(np.sum(weights * (counts - trial_model) ** 2))
+        if trial_chi2 <= chi2:
+            converged = chi2 - trial_chi2 <= 1e-10 * max(chi2, 1.0)
+            parameters, model, jacobian, chi2 = trial, trial_model, trial_jacobian, trial_chi2
+            damping = max(damping / 10.0, 1e-12)
+            if converged:
+                break
+        else:
+            damping *= 10.0
+            if damping > 1e12:
+                break
+    else:
+        raise RuntimeError(f"Gaussian fit did not converge in {max_iterations} iterations")
+    normal = jacobian.T @ (weights[:, None] * jacobian)
+    return parameters, np.linalg.inv(normal)
+
 
 def fit_residuals(residual, bins=101):
     """Gaussian fit to the histogram of background residuals.
 
     The histogram spans +-5 robust sigma (MAD) about the median, so bright
     undetected wings do not drive the fit.
+
+    Parameters
+    ----------
+    residual : 1-d array
+        Residual pixel values; float32 is kept as is (no float64 copy).
 
     Returns
     -------
@@ -32,28 +99,26 @@ def fit_residuals(residual, bins=101):
         ``sample_mad_sigma``, ``n_pixels``, plus ``histogram`` and ``edges``
         (arrays, for plotting).
     """
-    from scipy.optimize import curve_fit
-
-    residual = np.asarray(residual, dtype=float)
-    residual = residual[np.isfinite(residual)]
+    residual = np.asarray(residual).ravel()
+    if residual.dtype.kind != "f":
+        residual = residual.astype(np.float64)
+    finite = np.isfinite(residual)
+    if not finite.all():
+        residual = residual[finite]
     if residual.size < 100:
         raise ValueError(f"only {residual.size} background pixels: too few for a residual histogram")
-    median = float(np.median(residual))
-    mad_sigma = float(1.4826 * np.median(np.abs(residual - median)))
+    median = robust.median(residual)
+    deviation = residual - residual.dtype.type(median)
+    mad_sigma = 1.4826 * robust.median(np.abs(deviation, out=deviation))
+    del deviation
     if mad_sigma <= 0:
         raise ValueError("background residuals have zero spread")
     edges = np.linspace(median - 5 * mad_sigma, median + 5 * mad_sigma, bins + 1)
     histogram, _ = np.histogram(residual, edges)
     centres = 0.5 * (edges[1:] + edges[:-1])
-
-    def gaussian(value, amplitude, mean, sigma):
-        return amplitude * np.exp(-0.5 * ((value - mean) / sigma) ** 2)
-
     errors = np.sqrt(np.maximum(histogram, 1.0))
-    (amplitude, mean, sigma), covariance = curve_fit(
-        gaussian, centres, histogram, p0=(histogram.max(), median, mad_sigma), sigma=errors,
-        absolute_sigma=True, maxfev=5000,
-    )
+    (amplitude, mean, sigma), covariance = fit_gaussian(
+        centres, histogram, errors, (histogram.max(), median, mad_sigma))
     return {
         "mean": float(mean),
         "sigma": float(abs(sigma)),

@@ -18,13 +18,23 @@ Outputs in the job's output directory:
   ``sexcat`` part);
 - ``[PREFIX_]<checkimage type in lower case><number>.fits`` for each
   ``CHECKIMAGE`` (e.g. ``background-0000000-0.fits``);
-- ``[PREFIX_]bkg_resid<number>.txt`` and ``.png``: the background-residual
-  diagnostic (:mod:`.background_residual`) unless ``BKG_RESIDUAL = False``.
+- ``[PREFIX_]bkg_resid<number>.txt``: the background-residual statistics
+  (:mod:`.background_residual`) unless ``BKG_RESIDUAL = False``, and
+  ``.png``, their plot, with ``BKG_RESIDUAL_PLOT = True``.
 
-The job returns ``n_objects``, ``bkg_resid_mean`` and ``bkg_resid_sigma``.
-Steps that act on the written catalogue (such as the multi-epoch
-bookkeeping of tiles) go after :func:`write_catalogue` in
-:func:`sextractor`.
+Tiles, with ``MAKE_POST_PROCESS = True``: the catalogue also gets the
+multi-epoch bookkeeping (:mod:`.multi_epoch`): ``EPOCH_0`` ...
+``EPOCH_{n-1}`` tables (``NUMBER``, ``EXP_NAME``, ``CCD_N``), one per
+exposure of the tile's HISTORY found in the header store ``LOG_WCS``, and
+an ``N_EPOCH`` column; the file is rewritten atomically. ``LOG_WCS`` is a
+``dir`` option so that ``last:merge_headers`` works; it may also name the
+store file itself when the value is set programmatically (the config
+check of a plain ``dir`` value wants an existing folder).
+
+The job returns ``n_objects``, ``extraction_seconds`` and
+``extraction_cpu_seconds`` (wall and CPU time from the input files to the
+catalogue file), ``bkg_resid_mean`` and ``bkg_resid_sigma``, and with
+``MAKE_POST_PROCESS`` ``n_epochs`` and ``n_exposures_unavailable``.
 """
 
 from __future__ import annotations
@@ -63,7 +73,20 @@ OPTIONS = (
            "-BACKGROUND (both engines) and the other SExtractor types (binary engine)."),
     Option("PREFIX", "str", "", "Prefix of the output names (followed by '_')."),
     Option("SUFFIX", "str", "sexcat", "Base name of the catalogue: <PREFIX_><SUFFIX><number>.fits."),
-    Option("BKG_RESIDUAL", "bool", True, "Write the background-residual histogram, fit and plot."),
+    Option("BKG_RESIDUAL", "bool", True, "Write the background-residual statistics (Gaussian fit to the "
+           "histogram of undetected, usable pixels)."),
+    Option("BKG_RESIDUAL_PLOT", "bool", False, "Also plot that histogram and fit as a PNG (imports "
+           "matplotlib: about one second per job)."),
+    Option("MAKE_POST_PROCESS", "bool", False, "Tiles: multi-epoch bookkeeping. Add EPOCH_i tables (NUMBER, "
+           "EXP_NAME, CCD_N) and an N_EPOCH column: the CCD of every exposure in the tile's HISTORY that "
+           "each object falls on (-1: none)."),
+    Option("LOG_WCS", "dir", "", "MAKE_POST_PROCESS: the header store of the exposures, as the folder "
+           "holding log_exp_headers.sqlite (e.g. last:merge_headers) or the file itself."),
+    Option("WORLD_POSITION", "list", ["XWIN_WORLD", "YWIN_WORLD"],
+           "MAKE_POST_PROCESS: catalogue columns of RA and Dec (deg)."),
+    Option("CCD_SIZE", "float_list", [33.0, 2080.0, 1.0, 4612.0],
+           "MAKE_POST_PROCESS: usable pixel range of a CCD, xmin, xmax, ymin, ymax (0-based pixel "
+           "coordinates, bounds excluded, as ShapePipe)."),
 )
 
 
@@ -133,6 +156,19 @@ def validate(options) -> list[str]:
         read_dot_conv(options["DOT_CONV_FILE"])
     except (ConfigFileError, KeyError) as error:
         problems.append(f"DOT_CONV_FILE: {error}")
+    if options.get("MAKE_POST_PROCESS"):
+        if not str(options.get("LOG_WCS") or "").strip():
+            problems.append("MAKE_POST_PROCESS = True needs LOG_WCS (the header store, e.g. last:merge_headers)")
+        world = options.get("WORLD_POSITION") or []
+        if len(world) != 2:
+            problems.append(f"WORLD_POSITION needs two column names (RA, Dec), got {', '.join(world) or 'none'}")
+        elif parameters and not {w.upper() for w in world} <= {p.name for p in parameters}:
+            problems.append(f"WORLD_POSITION {', '.join(world)}: not all in DOT_PARAM_FILE "
+                            f"{options.get('DOT_PARAM_FILE')}")
+        size = options.get("CCD_SIZE") or []
+        if len(size) != 4 or not (size[0] < size[1] and size[2] < size[3]):
+            problems.append(f"CCD_SIZE needs xmin, xmax, ymin, ymax with xmin < xmax and ymin < ymax, "
+                            f"got {', '.join(map(str, size)) or 'nothing'}")
     if engine == "sep" and parameters:
         unsupported = unsupported_parameters(parameters)
         if unsupported:
@@ -149,16 +185,25 @@ def validate(options) -> list[str]:
     return problems
 
 
-def _read_image(path):
-    """Data and header of the first 2-d image HDU of a FITS file."""
+def _read_image(path, dtype=None):
+    """Data and header of the first 2-d image HDU of a FITS file.
+
+    With ``dtype``, the data come as a C-contiguous array of that type in
+    native byte order, converted in one pass from the memory-mapped file
+    (FITS is big-endian; sep and numba want native order).
+    """
+    import numpy as np
     from astropy.io import fits
 
     try:
-        with fits.open(path, memmap=False) as hdus:
+        with fits.open(path, memmap=dtype is not None) as hdus:
             for hdu in hdus:
                 if hdu.data is not None and hdu.data.ndim == 2:
-                    return hdu.data, hdu.header.copy()
-    except OSError as error:
+                    data = hdu.data
+                    if dtype is not None:
+                        data = np.array(data, dtype=np.dtype(dtype).newbyteorder("="), order="C")
+                    return data, hdu.header.copy()
+    except (OSError, ValueError) as error:
         raise JobError(f"{path}: cannot read as FITS ({error})") from error
     raise JobError(f"{path}: no 2-d image HDU")
 
@@ -186,7 +231,9 @@ def _write_image(path, data, header):
 
 
 def _run_sep(job, paths, settings_files, zero_point, background_value, check_images):
-    """Run the sep engine; return (catalogue path, residual pixels)."""
+    """Run the sep engine; return (catalogue path, residual pixels, number of objects, timings)."""
+    import time
+
     import numpy as np
 
     from shapepipe_modules.io.ldac import write_ldac
@@ -194,6 +241,7 @@ def _run_sep(job, paths, settings_files, zero_point, background_value, check_ima
     from . import sep_engine
     from .config_files import ConfigFileError, ExtractionSettings, read_dot_conv, read_dot_param, read_dot_sex
 
+    clock, cpu = time.perf_counter(), time.process_time()
     dot_sex, dot_param, dot_conv = settings_files
     try:
         sex_settings = read_dot_sex(dot_sex)
@@ -202,45 +250,57 @@ def _run_sep(job, paths, settings_files, zero_point, background_value, check_ima
         kernel = read_dot_conv(dot_conv)
     except ConfigFileError as error:
         raise JobError(str(error)) from error
-    image, header = _read_image(paths["image"])
+    # Native float32 copies owned here and handed over to the engine as work
+    # space (overwrite_input): the image becomes the background-subtracted
+    # image and the weight the variance map, without further copies.
+    image, header = _read_image(paths["image"], np.float32)
     weight = flags = None
     if "weight" in paths:
-        weight, _ = _read_image(paths["weight"])
+        weight, _ = _read_image(paths["weight"], np.float32)
         weight_type = sex_settings.get("WEIGHT_TYPE", "MAP_WEIGHT").split(",")[-1].strip().upper()
-        weight = np.asarray(weight, dtype=np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            if weight_type == "MAP_VAR":
-                weight = np.where(weight > 0, 1.0 / weight, 0.0)
-            elif weight_type == "MAP_RMS":
-                weight = np.where(weight > 0, 1.0 / weight**2, 0.0)
+        if weight_type in ("MAP_VAR", "MAP_RMS"):
+            positive = weight > 0
+            if weight_type == "MAP_RMS":
+                np.square(weight, out=weight)
+            np.divide(np.float32(1.0), weight, out=weight, where=positive)
+            weight[~positive] = 0.0
     if "flag" in paths:
         flags, _ = _read_image(paths["flag"])
+    timings = {"read": time.perf_counter() - clock}
     try:
         result = sep_engine.extract(image, header, settings, parameters, kernel, weight=weight,
                                     flag_image=flags, zero_point=zero_point,
-                                    background_value=background_value)
+                                    background_value=background_value, overwrite_input=True,
+                                    keep_background="BACKGROUND" in check_images)
     except sep_engine.ExtractionError as error:
         raise JobError(f"{paths['image']}: {error}") from error
+    del image, weight, flags
+    timings.update(result.timings)
+    clock = time.perf_counter()
     image_header = header.copy()
     for key, (value, comment) in result.header_keys.items():
         image_header[key] = (value, comment)
     catalogue = job.output_path(job_names(job)["catalogue"])
     write_ldac(catalogue, result.table, image_header)
     check_data = {
-        "BACKGROUND": lambda: result.background.astype(np.float32),
-        "BACKGROUND_RMS": lambda: result.background_rms.astype(np.float32),
-        "SEGMENTATION": lambda: result.segmentation.astype(np.int32),
-        "-BACKGROUND": lambda: (np.asarray(image, np.float32) - result.background).astype(np.float32),
+        "BACKGROUND": lambda: result.background,
+        "BACKGROUND_RMS": result.background_rms,
+        "SEGMENTATION": lambda: result.segmentation,
+        # Unusable pixels (zero weight, non-finite) are 0 in this image.
+        "-BACKGROUND": lambda: result.subtracted,
     }
     for kind in check_images:
         _write_image(job.output_path(_check_name(job_names(job)["prefix"], kind, job.number)),
                      check_data[kind](), header)
-    return catalogue, result.residual, len(result.table)
+    timings["write"] = time.perf_counter() - clock
+    timings["extraction_cpu"] = time.process_time() - cpu
+    return catalogue, result.residual, len(result.table), timings
 
 
 def _run_binary(job, paths, settings_files, zero_point, background_value, check_images):
-    """Run the SExtractor binary; return (catalogue path, residual pixels)."""
+    """Run the SExtractor binary; return (catalogue path, residual pixels, number of objects, timings)."""
     import tempfile
+    import time
 
     import numpy as np
     from astropy.io import fits
@@ -270,22 +330,32 @@ def _run_binary(job, paths, settings_files, zero_point, background_value, check_
             weight_type=weight_type, zero_point=zero_point, background_value=background_value,
             check_images=wanted,
         )
+        clock, cpu = time.perf_counter(), _children_cpu()
         completed = job.run_command(args)
+        timings = {"extraction": time.perf_counter() - clock, "extraction_cpu": _children_cpu() - cpu}
         if not catalogue.exists():
             raise JobError(f"{paths['image']}: SExtractor wrote no catalogue; output:\n{completed.stderr[-2000:]}")
         residual = None
         if want_residual:
-            image, _ = _read_image(paths["image"])
-            background = fits.getdata(wanted["BACKGROUND"])
-            segmentation = fits.getdata(wanted["SEGMENTATION"])
-            usable = segmentation == 0
+            clock = time.perf_counter()
+            image, _ = _read_image(paths["image"], np.float32)
+            image -= fits.getdata(wanted["BACKGROUND"])
+            usable = fits.getdata(wanted["SEGMENTATION"]) == 0
             if "weight" in paths:
-                weight, _ = _read_image(paths["weight"])
-                usable &= weight > 0
-            residual = (np.asarray(image, np.float64) - background)[usable]
+                usable &= _read_image(paths["weight"])[0] > 0
+            residual = image[usable]
+            timings["residual_pixels"] = time.perf_counter() - clock
     with fits.open(catalogue, memmap=False) as hdus:
         n_objects = len(hdus["LDAC_OBJECTS"].data)
-    return catalogue, residual, n_objects
+    return catalogue, residual, n_objects, timings
+
+
+def _children_cpu() -> float:
+    """CPU seconds of the finished child processes of this process (the binary)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def job_names(job) -> dict:
@@ -307,7 +377,8 @@ def write_catalogue(job):
     Returns
     -------
     tuple
-        ``(catalogue path, residual pixels or None, number of objects)``.
+        ``(catalogue path, residual pixels or None, number of objects,
+        timings)``; ``timings`` maps steps to seconds.
     """
     options = job.options
     roles = _input_layout(options)
@@ -355,9 +426,17 @@ def sextractor(job):
     """Extract sources of one image and write the diagnostics."""
     from . import background_residual
 
-    catalogue, residual, n_objects = write_catalogue(job)
-    job.logger.info("%s: %d objects", catalogue.name, n_objects)
-    summary = {"n_objects": int(n_objects)}
+    catalogue, residual, n_objects, timings = write_catalogue(job)
+    epochs = None
+    if job.options.get("MAKE_POST_PROCESS", False):
+        epochs = _post_process(job, catalogue)
+    job.logger.info("%s: %d objects; seconds per step: %s", catalogue.name, n_objects,
+                    ", ".join(f"{step} {seconds:.2f}" for step, seconds in timings.items()))
+    # From the input files to the catalogue file, for both engines.
+    steps = ("read", "background", "detection", "measurement", "table", "write", "extraction")
+    summary = {"n_objects": int(n_objects),
+               "extraction_seconds": round(sum(timings.get(step, 0.0) for step in steps), 4),
+               "extraction_cpu_seconds": round(timings.get("extraction_cpu", 0.0), 4)}
     if job.options.get("BKG_RESIDUAL", True) and residual is not None:
         names = job_names(job)
         try:
@@ -365,8 +444,28 @@ def sextractor(job):
         except (ValueError, RuntimeError) as error:
             raise JobError(f"{job.inputs[0]}: background-residual fit failed: {error}") from error
         background_residual.write_stats(job.output_path(names["residual_stats"]), result)
-        background_residual.plot(job.output_path(names["residual_plot"]), result,
-                                 title=f"background residuals {job.number}")
+        if job.options.get("BKG_RESIDUAL_PLOT", False):
+            background_residual.plot(job.output_path(names["residual_plot"]), result,
+                                     title=f"background residuals {job.number}")
         summary["bkg_resid_mean"] = result["mean"]
         summary["bkg_resid_sigma"] = result["sigma"]
+    if epochs is not None:
+        summary["n_epochs"] = len(epochs.exposures)
+        summary["n_exposures_unavailable"] = len(epochs.unavailable)
     return summary
+
+
+def _post_process(job, catalogue):
+    """Multi-epoch bookkeeping of a tile catalogue (MAKE_POST_PROCESS)."""
+    from .multi_epoch import MultiEpochError, add_epochs
+
+    options = job.options
+    try:
+        epochs = add_epochs(catalogue, options["LOG_WCS"], [w.upper() for w in options["WORLD_POSITION"]],
+                            options["CCD_SIZE"], logger=job.logger)
+    except MultiEpochError as error:
+        raise JobError(f"{job.inputs[0]}: multi-epoch bookkeeping failed: {error}") from error
+    job.logger.info("%s: %d epochs (%s); %d HISTORY exposures not in the header store%s", catalogue.name,
+                    len(epochs.exposures), ", ".join(epochs.exposures), len(epochs.unavailable),
+                    f" ({', '.join(epochs.unavailable)})" if epochs.unavailable else "")
+    return epochs

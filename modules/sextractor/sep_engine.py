@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import kernels
+from . import kernels, robust
 from .columns import (
     COLUMNS,
     FLAG_APERTURE,
@@ -51,26 +51,48 @@ class Extraction:
     header_keys : dict
         ``SEX*`` keys for the ``LDAC_IMHEAD`` header (background level and
         noise, threshold, gain, ...), as SExtractor writes them.
-    background, background_rms : 2-d arrays
-        Background and noise maps (check images BACKGROUND, BACKGROUND_RMS).
+    background : 2-d float32 array or None
+        Background map (check image BACKGROUND); None unless asked for with
+        ``keep_background``.
     segmentation : 2-d int32 array
         Object label per pixel (check image SEGMENTATION; label = NUMBER).
-    residual : 1-d array
+    subtracted : 2-d float32 array
+        Background-subtracted image, unusable pixels set to 0 (check image
+        -BACKGROUND).
+    residual : 1-d float32 array
         Background-subtracted values of the usable pixels outside every
         detection (for the background-residual diagnostic).
+    timings : dict
+        Seconds spent in each step (``background``, ``detection``,
+        ``measurement``, ``table``), for benchmarks and logs.
     """
 
     table: object
     header_keys: dict
-    background: np.ndarray
-    background_rms: np.ndarray
+    background: np.ndarray | None
     segmentation: np.ndarray
+    subtracted: np.ndarray = field(repr=False, default=None)
     residual: np.ndarray = field(repr=False, default=None)
+    timings: dict = field(default_factory=dict)
+    _mesh: object = field(repr=False, default=None)
+
+    def background_rms(self) -> np.ndarray:
+        """Background noise map (check image BACKGROUND_RMS), computed on demand."""
+        return self._mesh.rms()
 
 
-def _native(array, dtype=np.float32):
-    """C-contiguous, native byte order copy for sep."""
-    return np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("="))
+def _native(array, dtype=np.float32, copy=True):
+    """C-contiguous array of ``dtype`` in native byte order, as sep needs.
+
+    With ``copy=False`` an array that already qualifies is returned as is
+    (and may then be modified by the caller of :func:`extract`).
+    """
+    target = np.dtype(dtype).newbyteorder("=")
+    array = np.asarray(array)
+    if not copy and array.dtype == target and array.flags.c_contiguous and array.flags.writeable:
+        return array
+    # One pass: byte swap and type conversion happen during the copy.
+    return np.array(array, dtype=target, order="C", copy=True)
 
 
 def _per_label_reduce(ufunc, labels_sorted, values_sorted, starts, n, fill):
@@ -95,6 +117,88 @@ def _pixel_scale_deg(wcs, x, y):
     return np.sqrt(det)
 
 
+def _detect(sub, thresh, var, bad, settings, filter_kernel, gain):
+    """sep.extract, growing the active-pixel stack when it overflows.
+
+    The stack starts small (SExtractor's 300000 pixels, more on large
+    images) and doubles on overflow: a large fixed stack costs ~40 bytes
+    per pixel of memory on every image.
+    """
+    import sep
+
+    pixstack = max(300000, sub.size // 16)
+    while True:
+        sep.set_extract_pixstack(pixstack)
+        try:
+            return sep.extract(
+                sub, thresh, var=var, mask=bad, minarea=settings.detect_minarea,
+                filter_kernel=filter_kernel, filter_type="conv",
+                deblend_nthresh=settings.deblend_nthresh, deblend_cont=settings.deblend_mincont,
+                clean=settings.clean, clean_param=settings.clean_param, segmentation_map=True,
+                gain=gain if gain > 0 else None,
+            )
+        except Exception as error:  # sep raises plain Exceptions on overflow
+            if "pixel buffer full" in str(error) and pixstack < sub.size:
+                pixstack = min(2 * pixstack, sub.size)
+                continue
+            raise ExtractionError(f"sep.extract failed: {error}") from error
+
+
+def _isophotal_measures(seg, n, sub, var, flag_image, settings, global_rms, satur, x, y, a, b, peak, bkg_at):
+    """Reductions over each object's isophotal pixels.
+
+    Returns
+    -------
+    tuple of arrays
+        ``THRESHOLD``, ``IMAFLAGS_ISO``, ``NIMAFLAGS_ISO`` and ``FWHM_IMAGE``
+        per object. The per-pixel work arrays (about a dozen arrays of the
+        size of all isophotes) are freed on return.
+    """
+    pix_y, pix_x = np.nonzero(seg)
+    labels = seg[pix_y, pix_x]
+    order = np.argsort(labels, kind="stable")
+    labels_sorted = labels[order]
+    pix_y, pix_x = pix_y[order], pix_x[order]
+    starts = np.flatnonzero(np.r_[True, labels_sorted[1:] != labels_sorted[:-1]]) if labels.size else np.array([], int)
+    analysis_rms = np.sqrt(var[pix_y, pix_x]) if var is not None else np.full(pix_y.size, global_rms)
+    if settings.thresh_absolute:
+        threshold = np.full(n, settings.analysis_thresh)
+    else:
+        threshold = settings.analysis_thresh * _per_label_reduce(
+            np.minimum, labels_sorted, analysis_rms, starts, n, global_rms)
+    if flag_image is not None:
+        flag_values = flag_image[pix_y, pix_x].astype(np.int64)
+        imaflags = _per_label_reduce(np.bitwise_or, labels_sorted, flag_values, starts, n, 0)
+        nimaflags = _per_label_reduce(np.add, labels_sorted, (flag_values > 0).astype(np.int64), starts, n, 0)
+    else:
+        imaflags = np.zeros(n, np.int64)
+        nimaflags = np.zeros(n, np.int64)
+
+    # FWHM: weighted fit of log(pixel) against r^2 over the bright isophotal
+    # pixels, assuming a Gaussian core (SExtractor's FWHM_IMAGE).
+    thresh0 = np.maximum(peak / 5.0, threshold)
+    values = sub[pix_y, pix_x].astype(np.float64)
+    index = labels_sorted - 1
+    use = (values > thresh0[index]) & (values < (satur - bkg_at)[index]) & (thresh0[index] > 0)
+    d2 = (pix_x - x[index]) ** 2 + (pix_y - y[index]) ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lpix = np.where(use, np.log(np.where(use, values, 1.0)), 0.0)
+    w2 = np.where(use, values**2, 0.0)
+    s = np.bincount(index, w2, n)
+    sx = np.bincount(index, d2 * w2, n)
+    sxx = np.bincount(index, d2 * d2 * w2, n)
+    sy = np.bincount(index, lpix * w2, n)
+    sxy = np.bincount(index, lpix * d2 * w2, n)
+    det = s * sxx - sx * sx
+    with np.errstate(divide="ignore", invalid="ignore"):
+        slope = -(s * sxy - sx * sy) / det
+        slope = np.maximum(slope, 1.0 / (13.0 * a * b))
+        fwhm = 1.6651 / np.sqrt(slope)
+        fwhm = np.where(fwhm > 0, fwhm - 1.0 / (4.0 * fwhm), fwhm)
+    fwhm = np.where((np.abs(det) > 0) & (thresh0 > 0) & np.isfinite(fwhm), fwhm, 0.0)
+    return threshold, imaflags, nimaflags, fwhm
+
+
 def extract(
     image,
     header,
@@ -106,6 +210,8 @@ def extract(
     zero_point=None,
     background_value=None,
     ext_number=1,
+    overwrite_input=False,
+    keep_background=True,
 ):
     """Detect and measure the sources of one image.
 
@@ -131,21 +237,31 @@ def extract(
         Constant background (BKG_FROM_HEADER); overrides BACK_TYPE.
     ext_number : int
         Value of EXT_NUMBER.
+    overwrite_input : bool
+        Reuse ``image`` and ``weight`` as work space when they are native
+        float32 arrays (saves two image-size copies); their content is then
+        lost.
+    keep_background : bool
+        Return the background map in ``Extraction.background``.
 
     Returns
     -------
     Extraction
     """
+    import time
+
     import sep
     from astropy.table import Table
     from astropy.wcs import WCS
 
-    data = _native(image)
+    clock = time.perf_counter()
+    timings = {}
+    data = _native(image, copy=not overwrite_input)
     if data.ndim != 2:
         raise ExtractionError(f"expected a 2-d image, got shape {data.shape}")
     bad = ~np.isfinite(data)
     if weight is not None:
-        weight = np.asarray(weight, dtype=np.float64)
+        weight = _native(weight, copy=not overwrite_input)
         if weight.shape != data.shape:
             raise ExtractionError(f"weight shape {weight.shape} differs from image shape {data.shape}")
         bad |= ~(weight > 0)
@@ -164,58 +280,67 @@ def extract(
     zp = settings.mag_zeropoint if zero_point is None else float(zero_point)
 
     # Background and noise maps.
-    sep.set_extract_pixstack(max(300000, data.size // 4))
     sep.set_sub_object_limit(4096)
     bw, bh = settings.back_size
     fw, fh = settings.back_filtersize
     mesh = sep.Background(data, mask=bad, bw=bw, bh=bh, fw=fw, fh=fh, fthresh=settings.back_filtthresh)
-    rms = mesh.rms()
-    if background_value is not None:
-        back = np.full(data.shape, float(background_value), np.float32)
-    elif settings.back_type == "MANUAL":
-        back = np.full(data.shape, settings.back_value, np.float32)
-    else:
-        back = mesh.back()
     global_rms = float(mesh.globalrms)
     backnoise2 = global_rms**2
 
     # Per-pixel variance: the weight map rescaled to the measured noise
     # (SExtractor's RESCALE_WEIGHTS), else the global background noise.
+    # Computed in place in the weight array: no further image-size copy.
     if weight is not None:
         good = ~bad
-        scale = float(np.median(rms[good].astype(np.float64) ** 2 * weight[good]))
-        with np.errstate(divide="ignore"):
-            var = np.where(bad, 0.0, scale / np.where(bad, 1.0, weight))
-        err_detect = np.sqrt(var).astype(np.float32)
-        err_detect[bad] = np.inf
+        ratio = mesh.rms()
+        ratio *= ratio
+        ratio *= weight
+        scale = robust.median(ratio, where=good)
+        del ratio
+        var = weight
+        np.divide(np.float32(scale), var, out=var, where=good)
+        del good
+        var[bad] = 0.0
+        var_measure = var
     else:
         scale = 1.0
-        var = np.full(data.shape, backnoise2)
-        err_detect = None
-    sub = data - back
+        var = None
+        # A read-only broadcast view: one value for every pixel, no memory.
+        var_measure = np.broadcast_to(np.float32(backnoise2), data.shape)
+
+    constant_background = background_value
+    if constant_background is None and settings.back_type == "MANUAL":
+        constant_background = settings.back_value
+    # Saturated pixels, found before the background is subtracted in place.
+    saturated_y, saturated_x = np.nonzero(data >= satur)
+    if constant_background is None:
+        back = mesh.back()
+        data -= back
+        # SExtractor's SEXBKGND: the median of the background meshes.
+        median_background = float(mesh.globalback)
+    else:
+        back = None
+        data -= np.float32(constant_background)
+        median_background = float(constant_background)
+    sub = data
     sub[bad] = 0.0
+    timings["background"] = time.perf_counter() - clock
 
     # Detection.
+    clock = time.perf_counter()
     filter_kernel = np.asarray(kernel, dtype=np.float32) if (settings.filter and kernel is not None) else None
     if settings.thresh_absolute:
-        thresh, err_arg = settings.detect_thresh, None
-    elif err_detect is not None:
-        thresh, err_arg = settings.detect_thresh, err_detect
+        thresh, var_arg = settings.detect_thresh, None
+    elif var is not None:
+        thresh, var_arg = settings.detect_thresh, var
     else:
-        thresh, err_arg = settings.detect_thresh * global_rms, None
-    try:
-        objects, seg = sep.extract(
-            sub, thresh, err=err_arg, mask=bad, minarea=settings.detect_minarea,
-            filter_kernel=filter_kernel, filter_type="conv",
-            deblend_nthresh=settings.deblend_nthresh, deblend_cont=settings.deblend_mincont,
-            clean=settings.clean, clean_param=settings.clean_param, segmentation_map=True,
-            gain=gain if gain > 0 else None,
-        )
-    except Exception as error:  # sep raises plain Exceptions on overflow
-        raise ExtractionError(f"sep.extract failed: {error}") from error
-    seg = seg.astype(np.int32)
+        thresh, var_arg = settings.detect_thresh * global_rms, None
+    objects, seg = _detect(sub, thresh, var_arg, bad, settings, filter_kernel, gain)
+    seg = np.asarray(seg, dtype=np.int32)
     n = len(objects)
     height, width = data.shape
+    timings["detection"] = time.perf_counter() - clock
+    clock = time.perf_counter()
 
     x = objects["x"].astype(np.float64)
     y = objects["y"].astype(np.float64)
@@ -223,58 +348,25 @@ def extract(
     b = np.clip(objects["b"].astype(np.float64), 1e-3, a)
     theta = objects["theta"].astype(np.float64)
 
-    # Per-object reductions over isophotal pixels.
-    pix_y, pix_x = np.nonzero(seg)
-    labels = seg[pix_y, pix_x]
-    order = np.argsort(labels, kind="stable")
-    labels_sorted = labels[order]
-    pix_y, pix_x = pix_y[order], pix_x[order]
-    starts = np.flatnonzero(np.r_[True, labels_sorted[1:] != labels_sorted[:-1]]) if labels.size else np.array([], int)
-    raw_max = _per_label_reduce(np.maximum, labels_sorted, data[pix_y, pix_x].astype(np.float64), starts, n, -np.inf)
-    analysis_rms = np.sqrt(var[pix_y, pix_x]) if weight is not None else np.full(pix_y.size, global_rms)
-    if settings.thresh_absolute:
-        threshold = np.full(n, settings.analysis_thresh)
-    else:
-        threshold = settings.analysis_thresh * _per_label_reduce(
-            np.minimum, labels_sorted, analysis_rms, starts, n, global_rms)
-    if flag_image is not None:
-        flag_values = flag_image[pix_y, pix_x].astype(np.int64)
-        imaflags = _per_label_reduce(np.bitwise_or, labels_sorted, flag_values, starts, n, 0)
-        nimaflags = _per_label_reduce(np.add, labels_sorted, (flag_values > 0).astype(np.int64), starts, n, 0)
-    else:
-        imaflags = np.zeros(n, np.int64)
-        nimaflags = np.zeros(n, np.int64)
-
-    # FWHM: weighted fit of log(pixel) against r^2 over the bright isophotal
-    # pixels, assuming a Gaussian core (SExtractor's FWHM_IMAGE).
     peak = objects["peak"].astype(np.float64)
-    bkg_at = back[np.clip(np.floor(y + 0.5).astype(int), 0, height - 1), np.clip(np.floor(x + 0.5).astype(int), 0, width - 1)]
-    thresh0 = np.maximum(peak / 5.0, threshold)
-    values = sub[pix_y, pix_x].astype(np.float64)
-    index = labels_sorted - 1
-    use = (values > thresh0[index]) & (values < (satur - bkg_at)[index]) & (thresh0[index] > 0)
-    d2 = (pix_x - x[index]) ** 2 + (pix_y - y[index]) ** 2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        lpix = np.where(use, np.log(np.where(use, values, 1.0)), 0.0)
-    w2 = np.where(use, values**2, 0.0)
-    s = np.bincount(index, w2, n)
-    sx = np.bincount(index, d2 * w2, n)
-    sxx = np.bincount(index, d2 * d2 * w2, n)
-    sy = np.bincount(index, lpix * w2, n)
-    sxy = np.bincount(index, lpix * d2 * w2, n)
-    det = s * sxx - sx * sx
-    with np.errstate(divide="ignore", invalid="ignore"):
-        slope = -(s * sxy - sx * sy) / det
-        slope = np.maximum(slope, 1.0 / (13.0 * a * b))
-        fwhm = 1.6651 / np.sqrt(slope)
-        fwhm = np.where(fwhm > 0, fwhm - 1.0 / (4.0 * fwhm), fwhm)
-    fwhm = np.where((np.abs(det) > 0) & (thresh0 > 0) & np.isfinite(fwhm), fwhm, 0.0)
+    nearest = (np.clip(np.floor(y + 0.5).astype(int), 0, height - 1), np.clip(np.floor(x + 0.5).astype(int), 0, width - 1))
+    if back is not None:
+        bkg_at = back[nearest].astype(np.float64)
+        if not keep_background:
+            back = None
+    else:
+        bkg_at = np.full(n, float(constant_background))
+    saturated = np.zeros(n + 1, bool)
+    saturated[seg[saturated_y, saturated_x]] = True
+    saturated = saturated[1:]
+    threshold, imaflags, nimaflags, fwhm = _isophotal_measures(
+        seg, n, sub, var, flag_image, settings, global_rms, satur, x, y, a, b, peak, bkg_at)
 
     # AUTO photometry (Kron), with neighbours and bad pixels corrected.
     kron_fact, kron_min = settings.phot_autoparams
     weight_gain = bool(settings.weight_gain and weight is not None)
     kron, flux_auto, fluxerr_auto, auto_flags = kernels.auto_photometry(
-        sub.astype(np.float64), var, bad, seg, x, y,
+        sub, var_measure, bad, seg, x, y,
         objects["cxx"].astype(np.float64), objects["cyy"].astype(np.float64), objects["cxy"].astype(np.float64),
         a, b, float(kron_fact), float(kron_min), float(gain), backnoise2, weight_gain,
     )
@@ -296,7 +388,7 @@ def extract(
     # Windowed parameters.
     (xwin, ywin, flux_win, fluxerr_win, x2win, y2win, xywin, ex2win, ey2win, exywin,
      flags_win, win_aper_flags) = kernels.windowed(
-        sub.astype(np.float64), var, bad, seg, x, y, hl_radius, float(gain), backnoise2, weight_gain)
+        sub, var_measure, bad, seg, x, y, hl_radius, float(gain), backnoise2, weight_gain)
     revert = flags_win != 0
     x2win = np.where(revert, objects["x2"], x2win)
     y2win = np.where(revert, objects["y2"], y2win)
@@ -310,12 +402,12 @@ def extract(
     flux_aper = np.zeros((n, diameters.size))
     fluxerr_aper = np.zeros((n, diameters.size))
     aper_flags = np.zeros(n, np.int16)
-    err_meas = np.sqrt(var) if weight is not None else global_rms
+    var_aper = var if var is not None else backnoise2
     for k, diameter in enumerate(diameters):
         if n == 0:
             break
         radius = diameter / 2.0
-        flux_k, fluxerr_k, _ = sep.sum_circle(sub, x, y, radius, err=err_meas,
+        flux_k, fluxerr_k, _ = sep.sum_circle(sub, x, y, radius, var=var_aper,
                                               gain=gain if gain > 0 else None, subpix=5)
         flux_aper[:, k] = flux_k
         fluxerr_aper[:, k] = fluxerr_k
@@ -329,7 +421,7 @@ def extract(
              | np.where(sep_flags & _SEP_MERGED, FLAG_MERGED, 0)
              | np.where(sep_flags & _SEP_TRUNC, FLAG_TRUNCATED, 0)
              | np.where(sep_flags & _SEP_DOVERFLOW, FLAG_DEBLEND_OVERFLOW, 0)
-             | np.where(raw_max >= satur, FLAG_SATURATED, 0))
+             | np.where(saturated, FLAG_SATURATED, 0))
 
     # World coordinates and surface brightness.
     try:
@@ -429,6 +521,8 @@ def extract(
         "ELLIPTICITY": 1.0 - b / a,
     }
 
+    timings["measurement"] = time.perf_counter() - clock
+    clock = time.perf_counter()
     table = Table()
     for parameter in parameters:
         dtype, unit, description = COLUMNS[parameter.name]
@@ -441,13 +535,16 @@ def extract(
                 column = column[:, : (shape[0] if shape else 1)]
                 if not shape:
                     column = column[:, 0]
-        table[parameter.name] = np.asarray(column).astype(dtype)
+        table[parameter.name] = np.asarray(column).astype(dtype, copy=False)
         table[parameter.name].unit = unit or None
         table[parameter.name].description = description
 
-    residual = sub[(seg == 0) & ~bad]
+    usable_sky = seg == 0
+    usable_sky &= ~bad
+    residual = sub[usable_sky]
+    del usable_sky
     header_keys = {
-        "SEXBKGND": (float(np.median(back)), "Median background level (ADU)"),
+        "SEXBKGND": (median_background, "Median background level (ADU)"),
         "SEXBKDEV": (global_rms, "Median background RMS (ADU)"),
         "SEXTHLD": (settings.detect_thresh * global_rms, "Extraction threshold (ADU)"),
         "SEXATHLD": (settings.analysis_thresh * global_rms, "Analysis threshold (ADU)"),
@@ -473,7 +570,11 @@ def extract(
     }
     for k, diameter in enumerate(diameters[:9], start=1):
         header_keys[f"SEXAPED{k}"] = (float(diameter), f"Fixed photometric aperture #{k} (pixels)")
-    return Extraction(table, header_keys, back, rms, seg, residual)
+    timings["table"] = time.perf_counter() - clock
+    if keep_background and back is None:
+        back = np.full(data.shape, np.float32(constant_background))
+    return Extraction(table, header_keys, back, seg, subtracted=sub, residual=residual, timings=timings,
+                      _mesh=mesh)
 
 
 def vignets(sub, bad, seg, x, y, width, height):
@@ -484,23 +585,6 @@ def vignets(sub, bad, seg, x, y, width, height):
     image, with zero weight, or belonging to another object are set to
     ``-1e30``.
     """
-    n = x.size
-    ix = (x + 0.49999).astype(int)
-    iy = (y + 0.49999).astype(int)
-    offsets_x = np.arange(width) - width // 2
-    offsets_y = np.arange(height) - height // 2
-    ny, nx = sub.shape
-    out = np.full((n, height, width), MASKED_PIXEL, np.float32)
-    for start in range(0, n, 512):  # bounded memory on crowded images
-        stop = min(start + 512, n)
-        gx = ix[start:stop, None, None] + offsets_x[None, None, :]
-        gy = iy[start:stop, None, None] + offsets_y[None, :, None]
-        gx, gy = np.broadcast_arrays(gx, gy)
-        inside = (gx >= 0) & (gx < nx) & (gy >= 0) & (gy < ny)
-        cx = np.where(inside, gx, 0)
-        cy = np.where(inside, gy, 0)
-        labels = seg[cy, cx]
-        own = np.arange(start + 1, stop + 1)[:, None, None]
-        usable = inside & ~bad[cy, cx] & ((labels == 0) | (labels == own))
-        out[start:stop] = np.where(usable, sub[cy, cx], MASKED_PIXEL)
-    return out
+    ix = (np.asarray(x) + 0.49999).astype(np.int64)
+    iy = (np.asarray(y) + 0.49999).astype(np.int64)
+    return kernels.vignets(sub, bad, seg, ix, iy, int(width), int(height), np.float32(MASKED_PIXEL))
