@@ -1,0 +1,204 @@
+"""Simulation presets and parameter validation.
+
+A simulation is described by one flat dictionary of parameters. A preset
+gives every parameter a value; any of them can be overridden by name. An
+unknown name or a value of the wrong type is an error naming the parameter.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from shapepipe.errors import ConfigError
+
+# Every parameter with its default (the ``demo`` values) and a short meaning.
+# Angles in arcsec unless named otherwise, sizes in pixels, fluxes at PHOTZP.
+_BASE = {
+    # survey layout
+    "tiles": (["244.252", "245.252"], "CFIS tile ids XXX.YYY to simulate"),
+    "shear": ([[0.02, 0.0], [0.0, -0.02]], "reduced shear (g1, g2) per tile, in tile order"),
+    "tile_size": (2800, "tile side in pixels (10000 for a full CFIS tile)"),
+    "tile_block_rows": (1024, "tile rows rendered per work unit (bounds memory)"),
+    "coverage_step": (4, "grid step (pixels) of the tile coverage map used for the stack weight"),
+    "exposures_per_tile": (4, "exposures pointed at each tile"),
+    "first_exposure": (2100001, "number of the first exposure (7 digits)"),
+    "dither_arcsec": (60.0, "amplitude of the dither pattern between exposures"),
+    # camera
+    "ccd_rows": ([3, 3], "CCDs per row of the mosaic, rows centred, bottom to top"),
+    "ccd_nx": (1024, "CCD width in pixels"),
+    "ccd_ny": (2048, "CCD height in pixels"),
+    "gap_x": (60, "gap between CCD columns, pixels"),
+    "gap_y": (100, "gap between CCD rows, pixels"),
+    "pixel_scale": (0.187, "arcsec per pixel, exposures and tiles"),
+    "distortion": ("tpv", "exposure WCS distortion: none (TAN), tpv or sip"),
+    "distortion_arcsec": (1.0, "radial distortion displacement 0.5 deg from the pointing"),
+    "exptime": (200.0, "exposure time, s"),
+    "mjd_start": (58800.0, "MJD-OBS of the first exposure"),
+    "filter": ("r.MP9602", "FILTER keyword"),
+    "gain": (6.0, "e-/ADU of the calibrated (PHOTZP=30) pixel values"),
+    "read_noise": (5.0, "read noise, e-"),
+    "saturate": (40000.0, "saturation level, ADU"),
+    "sky_mag": (20.8, "sky surface brightness, mag/arcsec^2"),
+    "sky_gradient": (0.03, "fractional sky change across a CCD"),
+    "bad_columns": (1, "bad columns per CCD"),
+    "cosmic_rate": (5.0, "cosmic rays per million pixels"),
+    # PSF
+    "psf_beta": (3.5, "Moffat beta (half-integer: closed-form Fourier transform, 3x faster draws)"),
+    "psf_fwhm_range": ([0.65, 0.8], "range of the central FWHM of an exposure, arcsec"),
+    "psf_fwhm_variation": (0.03, "rms of the relative FWHM polynomial coefficients"),
+    "psf_e_mean": (0.015, "rms of the central PSF ellipticity components"),
+    "psf_e_variation": (0.01, "rms of the PSF ellipticity polynomial coefficients"),
+    # stars
+    "star_density": (10.0, "stars per arcmin^2 over star_mag_range (boosted: real high-latitude ~1-3)"),
+    "star_mag_range": ([14.0, 24.0], "star magnitudes"),
+    "star_count_slope": (0.2, "d log10 N / d mag of star counts"),
+    "halo_mag": (17.0, "stars brighter than this get a halo and diffraction spikes"),
+    # galaxies
+    "galaxy_density": (25.0, "galaxies per arcmin^2 over galaxy_mag_range"),
+    "galaxy_mag_range": ([20.0, 25.5], "galaxy magnitudes"),
+    "galaxy_count_slope": (0.3, "d log10 N / d mag of galaxy counts"),
+    "e_sigma": (0.26, "rms per component of the intrinsic ellipticity (shear convention)"),
+    "hlr_at_22": (0.55, "median half-light radius at mag 22, arcsec"),
+    "hlr_slope": (-0.1, "d log10 hlr / d mag"),
+    "hlr_scatter": (0.15, "log10 scatter of the half-light radius"),
+    "ring": (False, "galaxies in pairs rotated by 90 degrees"),
+    "deep_sky": (True, "add one large bright galaxy listed in catalogues/deep_sky.fits"),
+}
+
+_PRESET_OVERRIDES = {
+    "demo": {},
+    "tiny": {
+        "tiles": ["244.252"],
+        "shear": [[0.02, 0.0]],
+        "tile_size": 900,
+        "tile_block_rows": 512,
+        "exposures_per_tile": 2,
+        "dither_arcsec": 10.0,
+        "ccd_rows": [2],
+        "ccd_nx": 512,
+        "ccd_ny": 1024,
+        "gap_x": 40,
+        "star_density": 40.0,
+        "galaxy_density": 15.0,
+        "deep_sky": False,
+    },
+    "cfis": {
+        "tile_size": 10000,
+        "tile_block_rows": 1000,
+        "coverage_step": 16,
+        "exposures_per_tile": 3,
+        "dither_arcsec": 120.0,
+        "ccd_rows": [9, 11, 11, 9],
+        "ccd_nx": 2048,
+        "ccd_ny": 4612,
+        "gap_x": 70,
+        "gap_y": 400,
+        "star_density": 3.0,
+        "galaxy_density": 25.0,
+    },
+}
+
+PRESETS = tuple(_PRESET_OVERRIDES)
+PARAMETER_HELP = {name: text for name, (_, text) in _BASE.items()}
+
+
+def preset_parameters(preset: str) -> dict:
+    """All parameters of a preset (a fresh copy)."""
+    if preset not in _PRESET_OVERRIDES:
+        raise ConfigError(f"simulate: unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    params = {name: copy.deepcopy(value) for name, (value, _) in _BASE.items()}
+    params.update(copy.deepcopy(_PRESET_OVERRIDES[preset]))
+    return params
+
+
+def _coerce(name, value, default):
+    """Value converted to the type of the default, or ConfigError."""
+    problem = ConfigError(f"simulate: parameter {name!r} = {value!r} should be like {default!r}")
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise problem
+    if isinstance(default, int):
+        number = _num(value, problem) if isinstance(value, str) else value
+        if isinstance(number, bool) or not float(number).is_integer():
+            raise problem
+        return int(number)
+    if isinstance(default, float):
+        if isinstance(value, bool):
+            raise problem
+        return float(_num(value, problem) if isinstance(value, str) else value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise problem
+        return value
+    if isinstance(default, list):
+        if not isinstance(value, (list, tuple)):
+            raise problem
+        if default and isinstance(default[0], list):
+            return [[float(v) for v in item] for item in value]
+        if default and isinstance(default[0], str):
+            return [str(v) for v in value]
+        return [_coerce(name, v, default[0]) for v in value]
+    raise problem
+
+
+def _num(text, problem):
+    try:
+        return float(text)
+    except ValueError:
+        raise problem from None
+
+
+def resolve_parameters(preset: str = "demo", **overrides) -> dict:
+    """Preset parameters with overrides applied and checked.
+
+    Raises
+    ------
+    ConfigError
+        Unknown parameter names, wrong types or inconsistent values.
+    """
+    params = preset_parameters(preset)
+    unknown = sorted(set(overrides) - set(params))
+    if unknown:
+        raise ConfigError([f"simulate: unknown parameter {name!r}" for name in unknown])
+    for name, value in overrides.items():
+        if value is not None:
+            params[name] = _coerce(name, value, params[name])
+    if "tiles" in overrides and "shear" not in overrides:
+        params["shear"] = default_shears(len(params["tiles"]))
+    _check(params)
+    return params
+
+
+def default_shears(n_tiles: int) -> list:
+    """Default shear per tile: (0.02, 0) and (0, -0.02), alternating."""
+    return [[0.02, 0.0] if index % 2 == 0 else [0.0, -0.02] for index in range(n_tiles)]
+
+
+def _check(params):
+    problems = []
+    if not params["tiles"]:
+        problems.append("simulate: 'tiles' is empty")
+    if len(params["shear"]) != len(params["tiles"]):
+        problems.append(f"simulate: 'shear' has {len(params['shear'])} entries for {len(params['tiles'])} tiles")
+    for g in params["shear"]:
+        if len(g) != 2 or g[0] ** 2 + g[1] ** 2 >= 0.25:
+            problems.append(f"simulate: shear {g} must be (g1, g2) with |g| < 0.5")
+    if params["distortion"] not in ("none", "tpv", "sip"):
+        problems.append(f"simulate: 'distortion' = {params['distortion']!r}, choose none, tpv or sip")
+    for name in ("tile_size", "tile_block_rows", "coverage_step", "exposures_per_tile", "ccd_nx", "ccd_ny"):
+        if params[name] < 1:
+            problems.append(f"simulate: {name!r} must be positive")
+    if not params["ccd_rows"] or min(params["ccd_rows"]) < 1:
+        problems.append("simulate: 'ccd_rows' needs at least one CCD per row")
+    n_exposures = len(params["tiles"]) * params["exposures_per_tile"]
+    if not 1000000 <= params["first_exposure"] <= 10000000 - n_exposures:
+        problems.append("simulate: 'first_exposure' must have 7 digits")
+    for name in ("psf_fwhm_range", "star_mag_range", "galaxy_mag_range"):
+        low, high = params[name]
+        if not low < high:
+            problems.append(f"simulate: {name!r} must be increasing")
+    if problems:
+        raise ConfigError(problems)
