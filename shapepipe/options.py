@@ -20,6 +20,11 @@ Types
     ``run:RUN_NAME:MODULE``) which the runner resolves before any job starts.
 ``dir_list``
     Comma-separated list of ``dir`` values.
+``store``
+    A file written by an earlier module (a header store, a PSF store): an
+    existing file, or a folder or run reference (``last:merge_headers``, or
+    a bare module name as ShapePipe writes it) holding the file named by the
+    option's ``file_name``. The job receives the absolute file path.
 ``duration``
     ``HH:MM:SS``, ``MM:SS`` or a number of seconds; parsed to float seconds.
 ``choice``
@@ -58,6 +63,7 @@ OPTION_TYPES = (
     "path",
     "dir",
     "dir_list",
+    "store",
     "duration",
     "choice",
 )
@@ -102,7 +108,7 @@ def parse_duration(text: str) -> float:
 
 
 def _parse_scalar(kind: str, text: str):
-    if kind in ("str", "file", "path", "dir"):
+    if kind in ("str", "file", "path", "dir", "store"):
         return text.strip()
     if kind == "int":
         try:
@@ -138,6 +144,8 @@ class Option:
         Allowed values of a ``choice`` option.
     aliases : tuple of str, optional
         Other accepted key names (e.g. ShapePipe's spelling).
+    file_name : str, optional
+        For ``store`` options: the file looked up in a folder or reference.
     """
 
     name: str
@@ -146,12 +154,15 @@ class Option:
     help: str = ""
     choices: tuple = ()
     aliases: tuple = field(default_factory=tuple)
+    file_name: str = ""
 
     def __post_init__(self):
         if self.type not in OPTION_TYPES:
             raise ValueError(f"option {self.name}: unknown type {self.type!r}")
         if self.type == "choice" and not self.choices:
             raise ValueError(f"option {self.name}: a choice option needs choices")
+        if self.type == "store" and not self.file_name:
+            raise ValueError(f"option {self.name}: a store option needs a file_name")
 
     @property
     def required(self) -> bool:
@@ -161,7 +172,7 @@ class Option:
     @property
     def is_directory(self) -> bool:
         """Whether the value may hold run references to resolve."""
-        return self.type in ("dir", "dir_list")
+        return self.type in ("dir", "dir_list", "store")
 
     def parse(self, text: str):
         """Parse the text of an ``.ini`` value into the declared type.
@@ -185,7 +196,7 @@ class Option:
         if kind.endswith("_list"):
             return [_parse_scalar(kind[:-5], item) for item in split_list(text)]
         value = _parse_scalar(kind, text)
-        if kind in ("str", "file", "path", "dir") and kind != "str" and not value:
+        if kind in ("file", "path", "dir", "store") and not value:
             raise OptionError("expected a path, got an empty value")
         return value
 

@@ -311,6 +311,15 @@ def _configure_run(ini, run, core, registry, runs, records, output_dir, exclusiv
             items = value if option.type == "dir_list" else [value]
             items = [_bare_module_as_reference(item, registry) for item in items]
             for item in items:
+                if option.type == "store" and os.path.isfile(_absolute(item)):
+                    continue
+                if option.type == "store" and os.path.isdir(_absolute(item)):
+                    if not os.path.isfile(os.path.join(_absolute(item), option.file_name)):
+                        problems.append(f"{where}: folder {item} holds no {option.file_name}")
+                    continue
+                if option.type == "store" and ":" not in item:
+                    problems.append(f"{where}: file {item} does not exist")
+                    continue
                 _check_reference_item(item, where, ctx, run, problems)
             run.option_refs[option.name] = (list(items), where)
         elif option.type == "file":
@@ -614,13 +623,28 @@ def resolve_option_dirs(plan: Plan, run: ModuleRun, current_record: dict | None)
                 except ReferenceError_ as error:
                     raise ReferenceError_(f"{where}: {error}") from None
         option = run.spec.option_table[key.upper()]
-        if option.type == "dir":
+        if option.type == "store":
+            options[key] = _store_file(option, items[0], folders, where)
+        elif option.type == "dir":
             if len(folders) != 1:
                 raise ReferenceError_(f"{where}: {items[0]} gives {len(folders)} folders but {key} takes one")
             options[key] = folders[0]
         else:
             options[key] = folders
     return options
+
+
+def _store_file(option: Option, item: str, folders: list, where: str) -> str:
+    """The file of a ``store`` option: the path itself, or ``file_name`` in its folder."""
+    if len(folders) != 1:
+        raise ReferenceError_(f"{where}: {item} gives {len(folders)} folders but {option.name} takes one")
+    location = folders[0]
+    if os.path.isfile(location):
+        return location
+    path = os.path.join(location, option.file_name)
+    if not os.path.isfile(path):
+        raise ReferenceError_(f"{where}: {item} resolves to {location}, which holds no {option.file_name}")
+    return path
 
 
 def _discover_existing_inputs(plan: Plan, problems):

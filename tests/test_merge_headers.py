@@ -82,7 +82,7 @@ def test_runner_function_writes_store_in_output_dir(tmp_path):
     out, _ = split_two_exposures(tmp_path)
     table = {f"-{e}": [out / f"headers-{e}.npy"] for e in ("2113737", "2113800")}
     values = {option.name: option.default for option in OPTIONS}
-    values["OUTPUT_PATH"] = "/somewhere/else"
+    values["OUTPUT_PATH"] = str(tmp_path / "shapepipe_output")
     job_out = tmp_path / "job_out"
     job_out.mkdir()
     job = Job(module="merge_headers", module_run="merge_headers", number="", inputs=[p[0] for p in table.values()],
@@ -93,3 +93,6 @@ def test_runner_function_writes_store_in_output_dir(tmp_path):
     with HeaderStore(job_out / "log_exp_headers.sqlite") as store:
         assert len(store) == 2
         assert store.header("2113800", 2)["EXTNAME"] == "ccd02"
+    # ShapePipe's OUTPUT_PATH gets an identical copy.
+    copy = tmp_path / "shapepipe_output" / "log_exp_headers.sqlite"
+    assert copy.read_bytes() == (job_out / "log_exp_headers.sqlite").read_bytes()

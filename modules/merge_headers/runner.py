@@ -5,9 +5,10 @@ from shapepipe.options import Option
 
 OPTIONS = (
     Option("OUTPUT_PATH", "str", "",
-           "ShapePipe's folder for log_exp_headers.sqlite. Accepted and ignored (a note is "
-           "logged): the store is written into this module run's output folder; later modules "
-           "reference it as last:merge_headers."),
+           "ShapePipe's folder for log_exp_headers.sqlite. The store is always written into this "
+           "module run's output folder (later modules reference it as last:merge_headers); when "
+           "OUTPUT_PATH is set, a copy is also written there atomically, so ShapePipe configs that "
+           "name $SP_RUN/output/log_exp_headers.sqlite keep working."),
 )
 
 
@@ -29,10 +30,17 @@ def merge_headers(job):
     """Write log_exp_headers.sqlite with the headers of every exposure number."""
     from .merge_headers import DEFAULT_NAME, merge_header_files
 
-    if job.options["OUTPUT_PATH"]:
-        job.logger.info(
-            "OUTPUT_PATH = %s is ignored: %s is written into the module run's output folder",
-            job.options["OUTPUT_PATH"], DEFAULT_NAME,
-        )
     files = {number: paths[0] for number, paths in job.input_table.items()}
-    return merge_header_files(files, job.output_path(DEFAULT_NAME), logger=job.logger)
+    store = job.output_path(DEFAULT_NAME)
+    summary = merge_header_files(files, store, logger=job.logger)
+    if job.options["OUTPUT_PATH"]:
+        import shutil
+        from pathlib import Path
+
+        from shapepipe.atomic import atomic_path
+
+        copy = Path(job.options["OUTPUT_PATH"]).expanduser() / DEFAULT_NAME
+        with atomic_path(copy) as temporary:
+            shutil.copyfile(store, temporary)
+        job.logger.info("copy of the header store written to %s (OUTPUT_PATH)", copy)
+    return summary

@@ -22,8 +22,9 @@ from shapepipe.module import module
 from shapepipe.options import Option
 
 OPTIONS = (
-    Option("HEADER_STORE", "file", None, "Header store (log_exp_headers.sqlite) whose CCD WCSs place the CCDs "
-           "in the focal plane; without it, MegaCam's layout (or a grid) is used."),
+    Option("HEADER_STORE", "store", None, "Header store whose CCD WCSs place the CCDs in the focal plane: the "
+           "file, or a folder or reference holding log_exp_headers.sqlite (e.g. last:merge_headers); "
+           "without it, MegaCam's layout (or a grid) is used.", file_name="log_exp_headers.sqlite"),
     Option("HDU", "int", 2, "HDU of the star table in the merged catalogue."),
     Option("PSF", "choice", "psfex", "Kind of merged catalogue (ShapePipe key); psfinterp VALIDATION (psfex).",
            choices=("psfex",)),

@@ -51,7 +51,9 @@ OPTIONS = (
     Option("ME_DOT_PSF_DIR", "dir", None, "MULTI-EPOCH: folder of the exposures' .psf models, e.g. last:psfex."),
     Option("ME_DOT_PSF_PATTERN", "str", "star_split_ratio_80",
            "MULTI-EPOCH: model file names are <pattern>-<exposure>-<ccd>.psf."),
-    Option("ME_LOG_WCS", "file", None, "MULTI-EPOCH: header store of the exposures (log_exp_headers.sqlite)."),
+    Option("ME_LOG_WCS", "store", None, "MULTI-EPOCH: header store of the exposures: the file, or a folder "
+           "or reference holding log_exp_headers.sqlite (e.g. last:merge_headers).",
+           file_name="log_exp_headers.sqlite"),
 )
 
 

@@ -80,8 +80,9 @@ OPTIONS = (
     Option("MAKE_POST_PROCESS", "bool", False, "Tiles: multi-epoch bookkeeping. Add EPOCH_i tables (NUMBER, "
            "EXP_NAME, CCD_N) and an N_EPOCH column: the CCD of every exposure in the tile's HISTORY that "
            "each object falls on (-1: none)."),
-    Option("LOG_WCS", "dir", "", "MAKE_POST_PROCESS: the header store of the exposures, as the folder "
-           "holding log_exp_headers.sqlite (e.g. last:merge_headers) or the file itself."),
+    Option("LOG_WCS", "store", "", "MAKE_POST_PROCESS: the header store of the exposures: the file, or "
+           "a folder or reference holding log_exp_headers.sqlite (e.g. last:merge_headers).",
+           file_name="log_exp_headers.sqlite"),
     Option("WORLD_POSITION", "list", ["XWIN_WORLD", "YWIN_WORLD"],
            "MAKE_POST_PROCESS: catalogue columns of RA and Dec (deg)."),
     Option("CCD_SIZE", "float_list", [33.0, 2080.0, 1.0, 4612.0],

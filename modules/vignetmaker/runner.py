@@ -56,7 +56,9 @@ OPTIONS = (
     Option("ME_IMAGE_KIND", "list", [], "MULTI-EPOCH: kind of each pattern (image, weight, flag, background); "
            "empty: guessed from the pattern names (weight*, *flag*, background/bkg, else image)."),
     Option("ME_IMAGE_EXT", "str", ".fits", "MULTI-EPOCH: extension of the single-exposure files."),
-    Option("ME_LOG_WCS", "path", "", "MULTI-EPOCH: the header store of the exposures (log_exp_headers.sqlite)."),
+    Option("ME_LOG_WCS", "store", "", "MULTI-EPOCH: header store of the exposures: the file, or a folder "
+           "or reference holding log_exp_headers.sqlite (e.g. last:merge_headers).",
+           file_name="log_exp_headers.sqlite"),
     Option("ME_OFF_CCD_FLAG", "int", 512, "MULTI-EPOCH: flag value set on stamp pixels outside the CCD "
            "(their weight is 0)."),
 )
