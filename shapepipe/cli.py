@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-e", "--exclusive", metavar="NUMBER", help="process this file number only")
     parser.add_argument("--resume", nargs="?", const="", metavar="RUN_DIR",
                         help="continue the newest run of RUN_NAME (or RUN_DIR): done jobs are skipped")
+    parser.add_argument("--resume-if-any", action="store_true",
+                        help="continue the newest run of RUN_NAME if there is one, else start a new run "
+                             "(idempotent batch tasks: resubmitting a task never redoes finished jobs)")
     return parser
 
 
@@ -99,7 +102,11 @@ def main(argv=None) -> int:
         if args.dry_run:
             print(dry_run(plan))
             return EXIT_OK
-        resume_dir = find_resume_dir(plan, args.resume or None) if args.resume is not None else None
+        resume_dir = None
+        if args.resume is not None:
+            resume_dir = find_resume_dir(plan, args.resume or None)
+        elif args.resume_if_any:
+            resume_dir = find_resume_dir(plan, None, missing_ok=True)
         runner = Runner(plan)
         try:
             status = runner.run(resume_dir)

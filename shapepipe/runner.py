@@ -68,8 +68,11 @@ def _make_run_dir(plan: Plan) -> Path:
             candidate = plan.output_dir / f"{base}_{suffix}"
 
 
-def find_resume_dir(plan: Plan, given: str | None) -> Path:
-    """The run folder to resume: the given one, or the newest run of RUN_NAME."""
+def find_resume_dir(plan: Plan, given: str | None, missing_ok: bool = False) -> Path | None:
+    """The run folder to resume: the given one, or the newest run of RUN_NAME.
+
+    With ``missing_ok``, None (start a new run) when RUN_NAME has no run yet.
+    """
     if given:
         path = Path(given).resolve()
         if not (path / RECORD_NAME).is_file():
@@ -77,6 +80,8 @@ def find_resume_dir(plan: Plan, given: str | None) -> Path:
         return path
     runs = [r for r in scan_runs(plan.output_dir) if r.get("run_name") == plan.run_name]
     if not runs:
+        if missing_ok:
+            return None
         raise ConfigError(f"--resume: no run named {plan.run_name!r} under {plan.output_dir}")
     return Path(runs[-1]["run_dir"])
 
