@@ -1,0 +1,116 @@
+"""Declaration of the ``ngmix`` module (ShapePipe's ``ngmix_runner``).
+
+Inputs, in ``FILE_PATTERN`` order (ShapePipe's): the tile catalogue
+(``sexcat``), then the stamp stores ``image_vignet``, ``background_vignet``
+(``vignetmaker`` MULTI-EPOCH), ``galaxy_psf`` (``psfinterp`` MULTI-EPOCH),
+``weight_vignet`` and ``flag_vignet``.
+
+Output: ``ngmix<number>.fits`` with HDUs ``1M``, ``1P``, ``2M``, ``2P``,
+``NOSHEAR`` (one row per object of the id range, failures flagged, see
+``docs/metacal.md``); the primary header records the id range and the
+tile's object count for ``merge_sep_cats``.
+
+``ID_OBJ_MIN`` / ``ID_OBJ_MAX`` split a tile over several jobs (module
+runs); every object draws its random numbers from its own generator
+(seeded by ``[JOB] SEED``, the tile number and the object id), so the
+merged splits equal the single job.
+"""
+
+from __future__ import annotations
+
+from shapepipe.errors import JobError
+from shapepipe.module import module
+from shapepipe.options import Option
+
+OPTIONS = (
+    Option("LOG_WCS", "path", "", "Header store of the exposures (log_exp_headers.sqlite), read for each "
+           "epoch's flux scale FSCALE; may be empty if the stamps carry FSCALE."),
+    Option("MAG_ZP", "float", 30.0, "Magnitude zero point: mag = MAG_ZP - 2.5 log10(flux)."),
+    Option("PIXEL_SCALE", "float", 0.186, "Pixel scale (arcsec): width of the Gaussian prior on the centre."),
+    Option("ID_OBJ_MIN", "int", -1, "First object id (NUMBER) to process; <= 0: from the first."),
+    Option("ID_OBJ_MAX", "int", -1, "Last object id (NUMBER) to process; <= 0: to the last."),
+)
+
+
+def validate(options) -> list[str]:
+    """Cross-field checks made before any job starts."""
+    problems = []
+    low, high = options.get("ID_OBJ_MIN", -1), options.get("ID_OBJ_MAX", -1)
+    if low is not None and high is not None and low > 0 and high > 0 and high < low:
+        problems.append(f"ID_OBJ_MAX ({high}) is smaller than ID_OBJ_MIN ({low})")
+    scale = options.get("PIXEL_SCALE")
+    if scale is not None and scale <= 0:
+        problems.append(f"PIXEL_SCALE must be positive, got {scale}")
+    return problems
+
+
+def run_ngmix(inputs, output_dir, number, seed, options, logger):
+    """Measure one tile (or id range) and write ``ngmix<number>.fits``.
+
+    Parameters
+    ----------
+    inputs : sequence of path-like
+        Tile catalogue, image, background, PSF, weight and flag stores.
+    output_dir : path-like
+    number : str
+        Tile file number (``-244-252``).
+    seed : int
+        Run seed.
+    options : mapping
+        ``LOG_WCS``, ``MAG_ZP``, ``PIXEL_SCALE``, ``ID_OBJ_MIN``, ``ID_OBJ_MAX``.
+    logger : logging.Logger
+
+    Returns
+    -------
+    (pathlib.Path, dict)
+        Output file and summary counts.
+    """
+    from pathlib import Path
+
+    from .engine import EngineConfig
+    from .epochs import STORE_KINDS, measure_tile, ngmix_header, write_ngmix_catalogue
+    from .priors import ShapePipePrior
+
+    inputs = [Path(p) for p in inputs]
+    if len(inputs) != 6:
+        raise JobError(f"ngmix needs 6 inputs (tile catalogue and 5 stores: image, background, galaxy_psf, "
+                       f"weight, flag), got {len(inputs)}: {', '.join(p.name for p in inputs)}")
+    for path in inputs:
+        if not path.is_file():
+            raise JobError(f"ngmix input {path} does not exist")
+    catalogue = inputs[0]
+    store_paths = dict(zip(STORE_KINDS, inputs[1:]))
+    config = EngineConfig(prior=ShapePipePrior(cen_sigma=float(options["PIXEL_SCALE"])),
+                          zero_point=float(options["MAG_ZP"]))
+    id_min, id_max = int(options["ID_OBJ_MIN"]), int(options["ID_OBJ_MAX"])
+    tables, summary = measure_tile(catalogue, store_paths, number, seed, config,
+                                   header_store_path=options["LOG_WCS"] or None,
+                                   id_min=id_min, id_max=id_max, logger=logger)
+    header = ngmix_header(number, id_min, id_max, summary)
+    path = write_ngmix_catalogue(Path(output_dir) / f"ngmix{number}.fits", tables, header)
+    ids = tables["noshear"]["id"]
+    logger.info("ngmix %s: %d of %d tile objects (ids %s-%s), %d without epoch, %d flagged",
+                catalogue.name, summary["n_objects"], summary["n_tile"],
+                ids.min() if ids.size else "-", ids.max() if ids.size else "-",
+                summary["n_no_epoch"], summary["n_flagged"])
+    return path, summary
+
+
+@module(
+    name="ngmix",
+    version="2.0",
+    description="Multi-epoch metacalibration shapes of every tile object (built-in engine).",
+    aliases=("ngmix_runner",),
+    input_module=("sextractor", "psfinterp", "vignetmaker"),
+    file_pattern=("tile_sexcat", "image_vignet", "background_vignet", "galaxy_psf", "weight_vignet",
+                  "flag_vignet"),
+    file_ext=(".fits", ".sqlite", ".sqlite", ".sqlite", ".sqlite", ".sqlite"),
+    numbering_scheme="-000-000",
+    depends=("numpy", "scipy", "numba", "galsim", "astropy"),
+    options=OPTIONS,
+    validate=validate,
+)
+def ngmix(job):
+    """Metacalibration shape measurement of one tile (or one id range of it)."""
+    _, summary = run_ngmix(job.inputs, job.output_dir, job.number, job.seed, job.options, job.logger)
+    return summary
