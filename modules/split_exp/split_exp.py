@@ -10,7 +10,8 @@ SExtractor read both; no conversion).
 
 The headers of the ``image`` mosaic are also written to
 ``headers-2113737.npy`` for ``merge_headers``: a 1-D array of ASCII bytes,
-one ``Header.tostring()`` per CCD, saved with ``allow_pickle=False``
+one ``Header.tostring()`` per CCD (with its ``NAXIS1``, ``NAXIS2``), saved
+with ``allow_pickle=False``
 (ShapePipe pickled astropy WCS objects in the same file name; keeping the
 name lets ShapePipe configs chain unchanged). Read it with
 :func:`read_header_file`.
@@ -205,7 +206,7 @@ def split_exposure(
                     data = as_flag_array(data, where)
                 if which == header_index:
                     check_wcs(header, where)
-                    header_texts.append(header.tostring())
+                    header_texts.append(stored_header(header, data.shape).tostring())
                 target = output_dir / ccd_file_name(prefix, number, ccd)
                 write_single_hdu(target, data, header)
                 result.files.append(target)
@@ -216,6 +217,20 @@ def split_exposure(
     finally:
         for mosaic in mosaics:
             mosaic.close()
+
+
+def stored_header(header, shape):
+    """CCD header for the header store, with the CCD size (``NAXIS1``, ``NAXIS2``).
+
+    :func:`~.fits_input.clean_header` drops the container keys; consumers of
+    the store (focal-plane layouts, CCD footprints) need the size, which
+    ShapePipe's stored headers carried too.
+    """
+    stored = header.copy()
+    stored.insert(0, ("NAXIS", 2, "number of data axes"))
+    stored.insert(1, ("NAXIS1", int(shape[1]), "length of data axis 1"))
+    stored.insert(2, ("NAXIS2", int(shape[0]), "length of data axis 2"))
+    return stored
 
 
 def write_single_hdu(path, data, header) -> Path:

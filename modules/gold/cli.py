@@ -1,0 +1,184 @@
+"""``shapepipe_gold``: simulate the ``demo`` survey if needed, run the whole CFIS-like chain, report.
+
+Examples::
+
+    shapepipe_gold                              # from the repository root: demo data in example/GOLD/data/demo,
+                                                # runs in example/GOLD/output
+    shapepipe_gold --preset tiny --data /tmp/sim_tiny --run-root /tmp/gold
+    shapepipe_gold --from PiViSmVi              # rerun from a stage (earlier runs found with last:)
+    shapepipe_gold --summary-only               # the report of the newest runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import sys
+import time
+from pathlib import Path
+
+from .chain import (STAGE_NAMES, STAGES, ChainError, StageRun, gold_folder, module_output, newest_run, run_chain,
+                    run_validation)
+from .summary import format_summary, module_times, psf_residuals
+from .truth_checks import spread_model_quality, star_selection_quality
+
+RUN_NAMES = ("run_sp_GitFeGie", "run_sp_Uz", "run_sp_exp_SpMh", "run_sp_MaMa", "run_sp_tile_Sx_exp_SxSePsf",
+             "run_sp_MsPl", "run_sp_tile_PsViSmVi", "run_sp_Ms", "run_sp_Mc")
+
+
+def parse_args(argv):
+    gold = gold_folder()
+    parser = argparse.ArgumentParser(prog="shapepipe_gold", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="demo", help="simulation preset when the data are absent (default demo)")
+    parser.add_argument("--seed", type=int, default=1, help="simulation seed (default 1)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="simulated survey folder (default example/GOLD/data/<preset>); simulated if absent")
+    parser.add_argument("--run-root", type=Path, default=gold,
+                        help="SP_RUN: runs go to RUN_ROOT/output (default example/GOLD)")
+    parser.add_argument("--config-dir", type=Path, default=gold, help="SP_CONFIG (default example/GOLD)")
+    parser.add_argument("-j", "--workers", type=int, default=2, help="simulation workers (default 2)")
+    parser.add_argument("--ng-splits", type=int, default=1,
+                        help="ngmix runs per tile by object-id range, merged by merge_sep_cats (default 1)")
+    parser.add_argument("--from", dest="first", choices=STAGE_NAMES, default=None, help="first stage to run")
+    parser.add_argument("--to", dest="last", choices=STAGE_NAMES, default=None, help="last stage to run")
+    parser.add_argument("--summary-only", action="store_true", help="no run: report the newest runs")
+    args = parser.parse_args(argv)
+    if args.data is None:
+        args.data = gold / "data" / args.preset
+    if args.ng_splits < 1:
+        parser.error("--ng-splits must be at least 1")
+    return args
+
+
+def ensure_simulation(data_dir: Path, preset: str, seed: int, workers: int, log=print):
+    """Simulate into ``data_dir`` unless it already holds a simulation; return the time taken (None: reused)."""
+    if (data_dir / "simulation.json").is_file():
+        log(f"simulated data: {data_dir} (reused)")
+        return None
+    from shapepipe_modules.simulate import simulate
+
+    log(f"simulating preset {preset!r} into {data_dir} ...")
+    started = time.perf_counter()
+    simulate(preset=preset, output_dir=data_dir, seed=seed, n_workers=workers)
+    elapsed = time.perf_counter() - started
+    log(f"  {elapsed:.1f} s")
+    return elapsed
+
+
+def _newest(output_dir, run_name):
+    try:
+        return newest_run(output_dir, run_name)
+    except ChainError:
+        return None
+
+
+def build_summary(data_dir, run_root, stage_runs=(), chain_wall_s=None, simulation_s=None) -> dict:
+    """Everything the report shows, from the newest run folder of each stage."""
+    output_dir = Path(run_root).resolve() / "output"
+    parameters = json.loads((Path(data_dir) / "simulation.json").read_text())
+    run_dirs = [d for d in (_newest(output_dir, name) for name in RUN_NAMES) if d is not None]
+    ngmix_runs = [d for s in stage_runs if s.stage == "Ng" for d in s.run_dirs]
+    if not ngmix_runs:
+        newest = _newest(output_dir, "run_sp_tile_ngmix_Ng1u")
+        ngmix_runs = [newest] if newest else []
+    run_dirs += ngmix_runs
+    order = {name: k for k, name in enumerate(RUN_NAMES[:7] + ("run_sp_tile_ngmix",) + RUN_NAMES[7:])}
+    run_dirs.sort(key=lambda d: order.get(json.loads((d / "run.json").read_text())["run_name"].rsplit("_Ng", 1)[0], 99))
+    modules = module_times(run_dirs)
+    summary = {
+        "data": str(data_dir), "preset": parameters.get("preset"), "simulation_s": simulation_s,
+        "chain_wall_s": chain_wall_s if chain_wall_s is not None else sum(r["wall_s"] for r in modules),
+        "stages": [{"stage": s.stage, "wall_s": s.wall_s} for s in stage_runs],
+        "modules": modules,
+    }
+    truth_dir = Path(data_dir) / "truth"
+    psf_run = _newest(output_dir, "run_sp_MsPl")
+    if psf_run:
+        summary["psf"] = psf_residuals(module_output(psf_run, "psf_validation") / "psf_validation_stats.json")
+    exposure_run = _newest(output_dir, "run_sp_tile_Sx_exp_SxSePsf")
+    mask_run = _newest(output_dir, "run_sp_MaMa")
+    if exposure_run and mask_run:
+        selections = sorted(glob.glob(str(module_output(exposure_run, "setools") / "**" / "star_selection-*.fits"),
+                                      recursive=True))
+        quality = star_selection_quality(selections, truth_dir, module_output(mask_run, "mask_run_2"))
+        summary["star_selection"] = quality.as_dict()
+    tile_run = _newest(output_dir, "run_sp_tile_PsViSmVi")
+    if exposure_run and tile_run:
+        detections = module_output(exposure_run, "sextractor_run_1")
+        spread = module_output(tile_run, "spread_model")
+        pairs = [(path, spread / path.name.replace("sexcat-", "sexcat_sm-"))
+                 for path in sorted(detections.glob("sexcat-*.fits"))]
+        summary["spread_model"] = spread_model_quality(pairs, truth_dir)
+    report = output_dir / "validation" / "validation.json"
+    if report.is_file() and _newest(output_dir, "run_sp_Mc") is not None:
+        values = json.loads(report.read_text())
+        summary["shear"] = {}
+        for k in (0, 1):
+            for name in ("m", "c"):
+                value, error = values[name][k], values[f"{name}_err"][k]
+                if value is not None and error is not None:
+                    summary["shear"][f"{name}{k + 1}"] = (float(value), float(error))
+        summary["shear"]["n_selected"] = values.get("n_selected")
+    else:
+        summary["shear_note"] = "shear bias: no shapepipe_validate report (run the chain to the end)"
+    return summary
+
+
+def write_summary(summary: dict, run_root) -> tuple[Path, Path]:
+    """Write ``gold_summary.json`` and ``gold_summary.txt`` into RUN_ROOT/output."""
+    from shapepipe.atomic import atomic_path
+
+    output_dir = Path(run_root).resolve() / "output"
+    json_path, text_path = output_dir / "gold_summary.json", output_dir / "gold_summary.txt"
+    with atomic_path(json_path) as temporary:
+        Path(temporary).write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    with atomic_path(text_path) as temporary:
+        Path(temporary).write_text(format_summary(summary))
+    return json_path, text_path
+
+
+def main(argv=None) -> int:
+    """Entry point; returns 0 on success, 1 if a stage failed, 2 on bad arguments."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    for stage in STAGES:
+        if not (args.config_dir / stage.config).is_file():
+            print(f"shapepipe_gold: configuration {args.config_dir / stage.config} not found", file=sys.stderr)
+            return 2
+    simulation_s = None
+    if not args.summary_only:
+        try:
+            simulation_s = ensure_simulation(args.data, args.preset, args.seed, args.workers)
+        except (OSError, ValueError) as error:
+            print(f"shapepipe_gold: cannot simulate into {args.data}: {error}", file=sys.stderr)
+            return 1
+    elif not (args.data / "simulation.json").is_file():
+        print(f"shapepipe_gold: no simulation in {args.data}", file=sys.stderr)
+        return 2
+    stage_runs, chain_wall_s = [], None
+    if not args.summary_only:
+        started = time.perf_counter()
+        try:
+            chain_last = None if args.last == "validate" else args.last
+            if args.first != "validate":
+                stage_runs = run_chain(args.data, args.run_root, args.config_dir, first=args.first,
+                                       last=chain_last, ng_splits=args.ng_splits)
+            if args.last in (None, "validate"):
+                print("[validate] shapepipe_validate: shear bias against the truth")
+                t0 = time.perf_counter()
+                run_validation(args.data, args.run_root)
+                stage_runs.append(StageRun("validate", [], time.perf_counter() - t0))
+        except ChainError as error:
+            print(f"shapepipe_gold: stopped: {error}", file=sys.stderr)
+            return 1
+        chain_wall_s = time.perf_counter() - started
+    summary = build_summary(args.data, args.run_root, stage_runs, chain_wall_s, simulation_s)
+    json_path, text_path = write_summary(summary, args.run_root)
+    print(format_summary(summary))
+    print(f"summary: {text_path} and {json_path.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""Checks of pipeline outputs against the simulator's truth.
+
+- :func:`star_selection_quality`: completeness and purity of the setools star
+  selection of exposure CCDs, against ``truth_exp-NNNNNNN.fits``.
+- :func:`spread_model_quality`: star/galaxy classification with
+  SPREAD_MODEL per magnitude bin, against ``truth_tile-XXX-YYY.fits``.
+
+Detections are matched to the truth by pixel position (nearest true object
+within ``max_distance`` pixels); an unmatched detection counts as impure.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+CCD_NUMBER = re.compile(r"-(\d+)-(\d+)\.fits$")
+TILE_NUMBER = re.compile(r"-(\d{3})-(\d{3})\.fits$")
+
+
+def match_positions(x, y, truth_x, truth_y, max_distance):
+    """Index of the nearest truth position of each detection, -1 beyond ``max_distance``."""
+    from scipy.spatial import cKDTree
+
+    x = np.asarray(x, dtype=float)
+    if x.size == 0 or len(truth_x) == 0:
+        return np.full(x.size, -1, dtype=int)
+    tree = cKDTree(np.column_stack([truth_x, truth_y]))
+    distance, index = tree.query(np.column_stack([x, y]), distance_upper_bound=max_distance)
+    return np.where(np.isfinite(distance), index, -1)
+
+
+@dataclass
+class SelectionQuality:
+    """Star selection against the truth, over every CCD."""
+
+    n_selected: int
+    n_selected_stars: int
+    n_true_stars: int
+    n_true_stars_found: int
+    n_true_stars_unflagged: int
+    n_true_stars_unflagged_found: int
+    mag_range: tuple
+
+    @property
+    def purity(self) -> float:
+        """Fraction of the selected objects that are true stars."""
+        return self.n_selected_stars / self.n_selected if self.n_selected else float("nan")
+
+    @property
+    def completeness(self) -> float:
+        """Fraction of the true stars in ``mag_range`` that are selected."""
+        return self.n_true_stars_found / self.n_true_stars if self.n_true_stars else float("nan")
+
+    @property
+    def completeness_unflagged(self) -> float:
+        """The same, over true stars whose centre pixel has no pipeline flag (the selection asks FLAGS == 0)."""
+        n = self.n_true_stars_unflagged
+        return self.n_true_stars_unflagged_found / n if n else float("nan")
+
+    def as_dict(self) -> dict:
+        return {
+            "n_selected": self.n_selected, "n_selected_stars": self.n_selected_stars,
+            "n_true_stars": self.n_true_stars, "n_true_stars_found": self.n_true_stars_found,
+            "n_true_stars_unflagged": self.n_true_stars_unflagged,
+            "n_true_stars_unflagged_found": self.n_true_stars_unflagged_found,
+            "mag_range": list(self.mag_range), "purity": self.purity, "completeness": self.completeness,
+            "completeness_unflagged": self.completeness_unflagged,
+        }
+
+
+def star_selection_quality(selection_files, truth_dir, flag_dir=None, mag_range=(18.0, 22.0),
+                           max_distance=1.5, position_columns=("XWIN_IMAGE", "YWIN_IMAGE")) -> SelectionQuality:
+    """Completeness and purity of a star selection, over CCD catalogues ``<name>-NNNNNNN-C.fits``.
+
+    Parameters
+    ----------
+    selection_files : iterable of path-like
+        Selected-star catalogues (FITS-LDAC), one per CCD (setools'
+        ``star_selection-NNNNNNN-C.fits``).
+    truth_dir : path-like
+        The simulation's ``truth`` folder (``truth_exp-NNNNNNN.fits``).
+    flag_dir : path-like, optional
+        Folder of the pipeline flag images ``pipeline_flag-NNNNNNN-C.fits``;
+        gives the completeness over unflagged true stars.
+    mag_range : (float, float)
+        True magnitudes of the stars the selection should keep.
+    max_distance : float
+        Matching radius in pixels.
+    position_columns : (str, str)
+        Catalogue columns of the 1-based pixel positions (same convention as the truth).
+
+    Raises
+    ------
+    ValueError
+        If a file name has no exposure and CCD number, or a truth file is missing.
+    """
+    from astropy.io import fits
+    from astropy.table import Table
+
+    from shapepipe_modules.io.ldac import read_ldac
+
+    totals = dict(n_selected=0, n_selected_stars=0, n_true_stars=0, n_true_stars_found=0,
+                  n_true_stars_unflagged=0, n_true_stars_unflagged_found=0)
+    truths = {}
+    for path in sorted(Path(p) for p in selection_files):
+        found = CCD_NUMBER.search(path.name)
+        if found is None:
+            raise ValueError(f"{path}: no -NNNNNNN-C exposure and CCD number in the name")
+        exposure, ccd = found.group(1), int(found.group(2))
+        if exposure not in truths:
+            truth_path = Path(truth_dir) / f"truth_exp-{exposure}.fits"
+            if not truth_path.is_file():
+                raise ValueError(f"{path}: truth file {truth_path} not found")
+            truths[exposure] = Table.read(truth_path)
+        truth = truths[exposure]
+        truth = truth[np.asarray(truth["ccd"]) == ccd]
+        table, _ = read_ldac(path)
+        index = match_positions(table[position_columns[0]], table[position_columns[1]],
+                                truth["x"], truth["y"], max_distance)
+        is_star = np.asarray(truth["is_star"], dtype=bool)
+        matched = index >= 0
+        totals["n_selected"] += len(table)
+        totals["n_selected_stars"] += int(np.count_nonzero(is_star[index[matched]]))
+        mag = np.asarray(truth["mag"])
+        wanted = is_star & (mag > mag_range[0]) & (mag < mag_range[1])
+        selected = np.zeros(len(truth), dtype=bool)
+        selected[index[matched]] = True
+        totals["n_true_stars"] += int(wanted.sum())
+        totals["n_true_stars_found"] += int((wanted & selected).sum())
+        if flag_dir is not None:
+            flag_path = Path(flag_dir) / f"pipeline_flag-{exposure}-{ccd}.fits"
+            flags = fits.getdata(flag_path)
+            column = np.clip(np.rint(np.asarray(truth["x"])).astype(int) - 1, 0, flags.shape[1] - 1)
+            row = np.clip(np.rint(np.asarray(truth["y"])).astype(int) - 1, 0, flags.shape[0] - 1)
+            unflagged = wanted & (flags[row, column] == 0)
+            totals["n_true_stars_unflagged"] += int(unflagged.sum())
+            totals["n_true_stars_unflagged_found"] += int((unflagged & selected).sum())
+    return SelectionQuality(mag_range=tuple(mag_range), **totals)
+
+
+def classify(spread_model, spread_error, star_thresh=0.003, gal_thresh=0.01):
+    """ShapePipe's class from SPREAD_MODEL: 0 star, 1 galaxy, 2 neither.
+
+    ``s = SPREAD_MODEL + 2 SPREADERR_MODEL``; star if ``|s| < star_thresh``,
+    galaxy if ``s > gal_thresh``.
+    """
+    s = np.asarray(spread_model, dtype=float) + 2.0 * np.asarray(spread_error, dtype=float)
+    label = np.full(s.shape, 2, dtype=np.int16)
+    label[np.abs(s) < star_thresh] = 0
+    label[s > gal_thresh] = 1
+    return label
+
+
+def spread_model_quality(pairs, truth_dir, mag_edges=(16.0, 20.0, 21.0, 22.0, 22.5, 23.5, 25.0),
+                         mag_limit=22.5, star_thresh=0.003, gal_thresh=0.01, max_distance=1.5,
+                         position_columns=("XWIN_IMAGE", "YWIN_IMAGE")) -> dict:
+    """Star/galaxy classification with SPREAD_MODEL per measured-magnitude bin, against the tile truth.
+
+    Parameters
+    ----------
+    pairs : iterable of (path-like, path-like)
+        (tile detection catalogue ``sexcat-XXX-YYY.fits``, spread_model
+        catalogue ``sexcat_sm-XXX-YYY.fits``) per tile; rows are joined on NUMBER.
+    truth_dir : path-like
+        The simulation's ``truth`` folder (``truth_tile-XXX-YYY.fits``).
+    mag_edges : sequence of float
+        Bin edges of the measured magnitude (the spread_model catalogue's MAG).
+    mag_limit : float
+        The summary line covers ``MAG < mag_limit``.
+
+    Returns
+    -------
+    dict
+        ``bins``: per bin the counts and ``galaxy_purity`` (true galaxies
+        among objects classified as galaxies) and ``star_completeness``
+        (true stars classified as stars); ``bright``: the same below
+        ``mag_limit``; ``n_unmatched``: detections without a true object.
+    """
+    from astropy.table import Table
+
+    from shapepipe_modules.io.ldac import read_ldac
+
+    mags, labels, stars = [], [], []
+    n_unmatched = 0
+    for catalogue_path, sm_path in pairs:
+        found = TILE_NUMBER.search(Path(catalogue_path).name)
+        if found is None:
+            raise ValueError(f"{catalogue_path}: no -XXX-YYY tile number in the name")
+        truth_path = Path(truth_dir) / f"truth_tile-{found.group(1)}-{found.group(2)}.fits"
+        if not truth_path.is_file():
+            raise ValueError(f"{catalogue_path}: truth file {truth_path} not found")
+        truth = Table.read(truth_path)
+        detections, _ = read_ldac(catalogue_path)
+        sm, _ = read_ldac(sm_path)
+        order = np.searchsorted(np.asarray(detections["NUMBER"]), np.asarray(sm["NUMBER"]))
+        if np.any(np.asarray(detections["NUMBER"])[np.clip(order, 0, len(detections) - 1)] != sm["NUMBER"]):
+            raise ValueError(f"{sm_path}: NUMBER values not found in {catalogue_path}")
+        x = np.asarray(detections[position_columns[0]])[order]
+        y = np.asarray(detections[position_columns[1]])[order]
+        index = match_positions(x, y, truth["x"], truth["y"], max_distance)
+        matched = index >= 0
+        n_unmatched += int((~matched).sum())
+        mags.append(np.asarray(sm["MAG"], dtype=float)[matched])
+        labels.append(classify(sm["SPREAD_MODEL"], sm["SPREADERR_MODEL"], star_thresh, gal_thresh)[matched])
+        stars.append(np.asarray(truth["is_star"], dtype=bool)[index[matched]])
+    mag = np.concatenate(mags) if mags else np.zeros(0)
+    label = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int16)
+    star = np.concatenate(stars) if stars else np.zeros(0, dtype=bool)
+
+    def counts(keep):
+        as_galaxy = keep & (label == 1)
+        true_stars = keep & star
+        n_gal = int(as_galaxy.sum())
+        n_star = int(true_stars.sum())
+        return {
+            "n": int(keep.sum()), "n_true_stars": n_star, "n_true_galaxies": int((keep & ~star).sum()),
+            "n_classified_galaxies": n_gal, "n_classified_stars": int((keep & (label == 0)).sum()),
+            "galaxy_purity": float((as_galaxy & ~star).sum() / n_gal) if n_gal else float("nan"),
+            "star_completeness": float((true_stars & (label == 0)).sum() / n_star) if n_star else float("nan"),
+        }
+
+    bins = []
+    for low, high in zip(mag_edges[:-1], mag_edges[1:]):
+        row = counts((mag >= low) & (mag < high))
+        row["mag_range"] = [float(low), float(high)]
+        bins.append(row)
+    bright = counts(np.isfinite(mag) & (mag < mag_limit))
+    bright["mag_limit"] = float(mag_limit)
+    return {"bins": bins, "bright": bright, "n_unmatched": n_unmatched,
+            "star_thresh": star_thresh, "gal_thresh": gal_thresh}
