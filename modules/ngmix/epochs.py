@@ -270,7 +270,7 @@ def open_stores(store_paths: dict) -> dict:
 
 
 def measure_tile(catalogue_path, store_paths: dict, tile_number: str, seed: int, config=None,
-                 header_store_path=None, id_min: int = -1, id_max: int = -1, logger=None):
+                 header_store_path=None, id_min: int = -1, id_max: int = -1, logger=None, measure=None):
     """Measure every object of a tile (or of an id range of it).
 
     Parameters
@@ -289,6 +289,10 @@ def measure_tile(catalogue_path, store_paths: dict, tile_number: str, seed: int,
     id_min, id_max : int
         Id range (bounds <= 0 not applied).
     logger : logging.Logger, optional
+    measure : callable, optional
+        ``measure(raw_epochs, object_id, rng, config)`` measuring one object
+        (default: the built-in :func:`~.engine.measure_raw_object`; the
+        ngmix engine's has the same signature and result).
 
     Returns
     -------
@@ -307,6 +311,7 @@ def measure_tile(catalogue_path, store_paths: dict, tile_number: str, seed: int,
     """
     logger = logger or logging.getLogger(__name__)
     config = config or EngineConfig()
+    measure = measure or measure_raw_object
     tile = read_tile_objects(catalogue_path)
     rows = select_id_range(tile.ids, id_min, id_max)
     stores = open_stores(store_paths)
@@ -338,7 +343,7 @@ def measure_tile(catalogue_path, store_paths: dict, tile_number: str, seed: int,
                 if reason is not None:
                     logger.debug("object %d has no epoch: %s", object_id, reason)
                 try:
-                    result = measure_raw_object(raw, object_id, object_rng(seed, tile_number, object_id), config)
+                    result = measure(raw, object_id, object_rng(seed, tile_number, object_id), config)
                 except ValueError as error:
                     raise JobError(f"object {object_id} of {catalogue_path}: {error}") from error
                 flags = result["noshear"]["mcal_flags"]

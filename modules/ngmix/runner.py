@@ -14,6 +14,11 @@ tile's object count for ``merge_sep_cats``.
 runs); every object draws its random numbers from its own generator
 (seeded by ``[JOB] SEED``, the tile number and the object id), so the
 merged splits equal the single job.
+
+``ENGINE`` chooses the measurement: ``builtin`` (default, :mod:`.engine`)
+or ``ngmix`` (:mod:`.ngmix_engine`, the ngmix 2.x package, which must be
+installed; the runner reports it missing before any job starts). Both write
+the same columns and flags.
 """
 
 from __future__ import annotations
@@ -29,7 +34,16 @@ OPTIONS = (
     Option("PIXEL_SCALE", "float", 0.186, "Pixel scale (arcsec): width of the Gaussian prior on the centre."),
     Option("ID_OBJ_MIN", "int", -1, "First object id (NUMBER) to process; <= 0: from the first."),
     Option("ID_OBJ_MAX", "int", -1, "Last object id (NUMBER) to process; <= 0: to the last."),
+    Option("ENGINE", "choice", "builtin", "Metacal engine: builtin (this package) or ngmix (the ngmix 2.x "
+           "package, which must be installed); same output columns and flags.", choices=("builtin", "ngmix")),
 )
+
+
+def requirements(options):
+    """The ngmix package is needed only with ENGINE = ngmix."""
+    if options.get("ENGINE", "builtin") == "ngmix":
+        return ("ngmix",), ()
+    return (), ()
 
 
 def validate(options) -> list[str]:
@@ -57,7 +71,8 @@ def run_ngmix(inputs, output_dir, number, seed, options, logger):
     seed : int
         Run seed.
     options : mapping
-        ``LOG_WCS``, ``MAG_ZP``, ``PIXEL_SCALE``, ``ID_OBJ_MIN``, ``ID_OBJ_MAX``.
+        ``LOG_WCS``, ``MAG_ZP``, ``PIXEL_SCALE``, ``ID_OBJ_MIN``, ``ID_OBJ_MAX``,
+        ``ENGINE`` (optional, default ``builtin``).
     logger : logging.Logger
 
     Returns
@@ -83,10 +98,21 @@ def run_ngmix(inputs, output_dir, number, seed, options, logger):
     config = EngineConfig(prior=ShapePipePrior(cen_sigma=float(options["PIXEL_SCALE"])),
                           zero_point=float(options["MAG_ZP"]))
     id_min, id_max = int(options["ID_OBJ_MIN"]), int(options["ID_OBJ_MAX"])
+    engine = options.get("ENGINE", "builtin")
+    measure = None
+    if engine == "ngmix":
+        from .ngmix_engine import import_ngmix, measure_raw_object
+
+        try:
+            import_ngmix()
+        except ImportError as error:
+            raise JobError(str(error)) from error
+        measure = measure_raw_object
     tables, summary = measure_tile(catalogue, store_paths, number, seed, config,
                                    header_store_path=options["LOG_WCS"] or None,
-                                   id_min=id_min, id_max=id_max, logger=logger)
+                                   id_min=id_min, id_max=id_max, logger=logger, measure=measure)
     header = ngmix_header(number, id_min, id_max, summary)
+    header["ENGINE"] = engine
     path = write_ngmix_catalogue(Path(output_dir) / f"ngmix{number}.fits", tables, header)
     ids = tables["noshear"]["id"]
     logger.info("ngmix %s: %d of %d tile objects (ids %s-%s), %d without epoch, %d flagged",
@@ -99,7 +125,7 @@ def run_ngmix(inputs, output_dir, number, seed, options, logger):
 @module(
     name="ngmix",
     version="2.0",
-    description="Multi-epoch metacalibration shapes of every tile object (built-in engine).",
+    description="Multi-epoch metacalibration shapes of every tile object (built-in or ngmix engine).",
     aliases=("ngmix_runner",),
     input_module=("sextractor", "psfinterp", "vignetmaker"),
     file_pattern=("tile_sexcat", "image_vignet", "background_vignet", "galaxy_psf", "weight_vignet",
@@ -108,6 +134,7 @@ def run_ngmix(inputs, output_dir, number, seed, options, logger):
     numbering_scheme="-000-000",
     depends=("numpy", "scipy", "numba", "galsim", "astropy"),
     options=OPTIONS,
+    requirements=requirements,
     validate=validate,
 )
 def ngmix(job):

@@ -1,0 +1,520 @@
+"""Per-object multi-epoch metacalibration with the ngmix package (``ENGINE = ngmix``).
+
+The same steps, inputs, result rows, columns and flags as the built-in
+engine (:mod:`.engine`), with the image operations and fits done by the
+ngmix package (version 2.x API):
+
+1. epochs assembled with :func:`~.engine.assemble_epoch` (ShapePipe's
+   selection and flux scaling);
+2. per epoch (:func:`prepare_epoch`): the original PSF stamp fitted with a
+   Gaussian by ``ngmix.fitting.Fitter`` (unit weight, as ShapePipe; an epoch
+   whose fit fails is dropped), adaptive moments, noise level, masked pixels
+   filled with noise, weight ``1/sigma^2``;
+3. ``ngmix.metacal.get_all_metacal`` on the ``ObsList`` of all epochs, with
+   ShapePipe's settings: ``psf='gauss'``, step 0.01, ``fixnoise=True`` with
+   ``use_noise_image=True`` (each epoch carries a noise image of its own
+   level);
+4. the reconvolution PSF of every epoch fitted with a Gaussian (its mixture
+   set on the PSF observation), then in each branch a ``'gauss'`` model
+   fitted jointly to all epochs with ShapePipe's priors (centre Gaussian of
+   width the pixel scale, Bernstein & Armstrong shape prior of width 0.4,
+   flat priors on T and flux) and up to ``ntry`` tries.
+
+The per-object generator is ngmix's ``rng`` everywhere (PSF-image noise of
+the metacal step, priors, retries), so results do not depend on how a tile
+is split.
+
+Differences from ShapePipe's use of ngmix 1.3: ShapePipe fitted with
+``galsimfit`` (a Gaussian parametrised by its half-light radius, fitted in
+Fourier space, which ignores each epoch's Jacobian centre); here the fit is
+ngmix's Gaussian-mixture maximum-likelihood fitter (``T = 2 sigma^2``,
+evaluated at pixel centres around each epoch's object position), the same
+conventions as the built-in engine. ``T`` is then written, as by the
+built-in engine, as the half-light radius ``sqrt(ln 2 * T)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import flags as fl
+from .engine import (
+    EngineConfig,
+    Epoch,
+    _empty_branch,
+    _weighted_psf_summary,
+    assemble_epoch,
+)
+from .metacal import BRANCHES
+from .moments import T_err_to_r50_err, T_to_r50, adaptive_moments, noise_sigma_outside_object
+
+#: Oldest ngmix major version whose API this engine uses.
+NGMIX_MAJOR = 2
+#: Half-width of the uniform perturbations of retried fits (ShapePipe's).
+RETRY_SCATTER = 0.1
+
+
+def import_ngmix():
+    """Import the ngmix package and check that it has the 2.x API.
+
+    Returns
+    -------
+    module
+        The ``ngmix`` package.
+
+    Raises
+    ------
+    ImportError
+        If ngmix is missing or older than version 2.
+    """
+    try:
+        import ngmix
+    except ImportError as error:
+        raise ImportError("ENGINE = ngmix needs the ngmix package (version 2.x): "
+                          "pip install ngmix, or use ENGINE = builtin") from error
+    version = str(getattr(ngmix, "__version__", "0"))
+    try:
+        major = int(version.split(".")[0])
+    except ValueError:
+        major = 0
+    if major < NGMIX_MAJOR:
+        raise ImportError(f"ENGINE = ngmix needs ngmix {NGMIX_MAJOR}.x; version {version} is installed")
+    return ngmix
+
+
+@dataclass
+class GaussFit:
+    """Gaussian fit of one image by ngmix, in the built-in engine's layout.
+
+    Attributes
+    ----------
+    pars, errors : numpy.ndarray
+        ``(v0, u0, g1, g2, T, flux)`` and their errors (ngmix's order: the
+        centre is (row-like v, column-like u); g and T as the built-in
+        engine).
+    gmix : object
+        The fitted ``ngmix.GMix`` (pre-PSF for a galaxy fit).
+    flags : int
+        ngmix's fit flags (0 on success).
+    """
+
+    pars: np.ndarray
+    errors: np.ndarray
+    gmix: object = None
+    flags: int = 0
+
+
+def _covariance_flags(ngmix):
+    """ngmix LM flags that mean a converged fit with an unusable covariance."""
+    names = ("LM_SINGULAR_MATRIX", "LM_NEG_COV_EIG", "LM_NEG_COV_DIAG", "EIG_NOTFINITE")
+    value = 0
+    for name in names:
+        value |= int(getattr(ngmix.flags, name, 0))
+    return value
+
+
+def ngmix_jacobian(ngmix, jacobian, centre):
+    """``ngmix.Jacobian`` from a 2x2 ``[[du/dx, du/dy], [dv/dx, dv/dy]]`` matrix.
+
+    Parameters
+    ----------
+    ngmix : module
+    jacobian : array_like
+        Local WCS Jacobian in arcsec/pixel (x = column, y = row).
+    centre : tuple of float
+        (row, col) of the sky origin in the stamp.
+
+    Returns
+    -------
+    ngmix.Jacobian
+    """
+    jac = np.asarray(jacobian, dtype=float)
+    return ngmix.Jacobian(row=float(centre[0]), col=float(centre[1]),
+                          dudcol=jac[0, 0], dudrow=jac[0, 1],
+                          dvdcol=jac[1, 0], dvdrow=jac[1, 1])
+
+
+def psf_observation(ngmix, psf_image, jacobian):
+    """Observation of a PSF stamp: normalised, unit weight, centred on its central pixel."""
+    image = np.asarray(psf_image, dtype=float)
+    total = image.sum()
+    if not (np.isfinite(total) and total > 0):
+        raise ValueError("PSF image must have a finite positive sum")
+    centre = (image.shape[0] // 2, image.shape[1] // 2)
+    return ngmix.Observation(image / total, weight=np.ones_like(image),
+                             jacobian=ngmix_jacobian(ngmix, jacobian, centre))
+
+
+def _moments_T_guess(image, jacobian, guess_sigma=2.0):
+    """Size ``T`` (arcsec^2) of an image from adaptive moments, or None."""
+    moments = adaptive_moments(image, guess_sigma=guess_sigma)
+    if moments is None:
+        return None
+    return 2.0 * moments.sigma ** 2 * abs(np.linalg.det(np.asarray(jacobian, dtype=float)))
+
+
+def fit_gauss(ngmix, obs, guess, rng, prior=None, ntry=5):
+    """Fit a ``'gauss'`` model with ngmix, retrying from perturbed guesses.
+
+    The first try starts from ``guess``; later ones perturb the centre,
+    shape and size additively and the flux multiplicatively by uniform
+    deviates in ``[-0.1, 0.1]`` (ShapePipe's rule).
+
+    Parameters
+    ----------
+    ngmix : module
+    obs : ngmix.Observation or ngmix.ObsList
+        With PSF mixtures set for a galaxy fit; none for a PSF fit.
+    guess : array_like
+        Starting ``(v0, u0, g1, g2, T, flux)``.
+    rng : numpy.random.Generator
+    prior : ngmix joint prior, optional
+    ntry : int, optional
+
+    Returns
+    -------
+    fit : GaussFit or None
+        The successful fit; else the first one that converged with an
+        unusable covariance (its mixture set), else the last one tried
+        (non-zero ``flags``), else None when every try raised.
+    ntry_used : int
+    """
+    fitter = ngmix.fitting.Fitter(model="gauss", prior=prior)
+    covariance_only = _covariance_flags(ngmix)
+    guess = np.asarray(guess, dtype=float)
+    last = None
+    for attempt in range(ntry):
+        trial = guess.copy()
+        if attempt > 0:
+            trial[:5] += rng.uniform(-RETRY_SCATTER, RETRY_SCATTER, 5)
+            trial[5] *= 1.0 + rng.uniform(-RETRY_SCATTER, RETRY_SCATTER)
+            gnorm = np.hypot(trial[2], trial[3])
+            if gnorm >= 0.99:
+                trial[2:4] *= 0.9 / gnorm
+        try:
+            result = fitter.go(obs, trial)
+        except ngmix.GMixRangeError:
+            # An invalid starting point (e.g. a non-positive convolved size).
+            continue
+        flags = int(result["flags"])
+        pars = np.array(result["pars"], dtype=float)
+        errors = np.array(result["pars_err"], dtype=float)
+        gmix = None
+        if flags & ~covariance_only == 0:
+            if flags:
+                # Converged, but ngmix's placeholder errors are meaningless.
+                errors = np.full(pars.size, np.nan)
+            gmix = result.get_gmix()
+        fit = GaussFit(pars=pars, errors=errors, gmix=gmix, flags=flags)
+        if flags == 0:
+            return fit, attempt + 1
+        if last is None or last.gmix is None:
+            # Keep a converged fit over later failed tries.
+            last = fit
+    return last, ntry
+
+
+def fit_psf(ngmix, psf_obs, rng, ntry=5):
+    """Gaussian fit of a PSF observation; None when it fails.
+
+    The starting size comes from the adaptive moments of the image
+    (4 pixels squared per axis if they fail). As in the built-in engine, a
+    converged fit whose covariance is unusable is kept (errors NaN).
+    """
+    jac = psf_obs.jacobian
+    matrix = np.array([[jac.dudcol, jac.dudrow], [jac.dvdcol, jac.dvdrow]])
+    T_guess = _moments_T_guess(psf_obs.image, matrix)
+    if T_guess is None:
+        T_guess = 2.0 * 4.0 * abs(np.linalg.det(matrix))
+    fit, _ = fit_gauss(ngmix, psf_obs, [0.0, 0.0, 0.0, 0.0, T_guess, float(psf_obs.image.sum())],
+                       rng, ntry=ntry)
+    if fit is None or fit.gmix is None:
+        return None
+    return fit
+
+
+def shapepipe_ngmix_prior(ngmix, prior, rng):
+    """ngmix's separable prior with the values of a :class:`~.priors.ShapePipePrior`.
+
+    Parameters
+    ----------
+    ngmix : module
+    prior : ShapePipePrior
+        Centre width (the pixel scale), shape-prior width and bounds.
+    rng : numpy.random.Generator
+        Given to every ngmix prior (ngmix requires one).
+
+    Returns
+    -------
+    ngmix.joint_prior.PriorSimpleSep
+    """
+    cen = ngmix.priors.CenPrior(0.0, 0.0, prior.cen_sigma, prior.cen_sigma, rng=rng)
+    shape = ngmix.priors.GPriorBA(prior.g_sigma, rng=rng)
+    size = ngmix.priors.FlatPrior(prior.T_bounds[0], prior.T_bounds[1], rng=rng)
+    flux = ngmix.priors.FlatPrior(prior.flux_bounds[0], prior.flux_bounds[1], rng=rng)
+    return ngmix.joint_prior.PriorSimpleSep(cen, shape, size, flux)
+
+
+def prepare_epoch(ngmix, assembled, rng, ntry=5):
+    """Fit the original PSF with ngmix, estimate the noise and fill masked pixels.
+
+    Parameters
+    ----------
+    ngmix : module
+    assembled : dict
+        Output of :func:`~.engine.assemble_epoch`.
+    rng : numpy.random.Generator
+    ntry : int, optional
+        Tries of the PSF fit.
+
+    Returns
+    -------
+    epoch : Epoch or None
+        None when the epoch cannot be used; ``psf_fit`` holds a
+        :class:`GaussFit`.
+    reason : str
+        ``""``, ``"psf_fit"`` or ``"no_pixels"`` (as the built-in engine).
+    """
+    jac = assembled["jacobian"]
+    try:
+        psf_obs = psf_observation(ngmix, assembled["psf_image"], jac)
+    except ValueError:
+        return None, "psf_fit"
+    psf_fit = fit_psf(ngmix, psf_obs, rng, ntry=ntry)
+    if psf_fit is None:
+        return None, "psf_fit"
+    image = assembled["image"]
+    mask = (assembled["flag"] != 0) | (assembled["weight"] <= 0)
+    usable = ~mask
+    if not usable.any():
+        return None, "no_pixels"
+    moments = adaptive_moments(image, mask=mask)
+    sigma = noise_sigma_outside_object(image, usable, moments)
+    if not (np.isfinite(sigma) and sigma > 0):
+        return None, "no_pixels"
+    filled = image.copy()
+    if mask.any():
+        filled[mask] = rng.normal(0.0, sigma, size=int(mask.sum()))
+    return Epoch(image=filled, weight=usable / sigma ** 2, mask=mask,
+                 psf_image=assembled["psf_image"], jacobian=jac,
+                 centre=assembled["centre"], noise_sigma=float(sigma),
+                 flux_scale=assembled["flux_scale"], name=assembled["name"],
+                 moments=moments, psf_fit=psf_fit), ""
+
+
+def _round_s2n(ngmix, pars, obslist):
+    """S/N of the round model (g = 0) over all epochs: ngmix's ``s2n_r``."""
+    round_pars = np.array(pars, dtype=float)
+    round_pars[2:4] = 0.0
+    total = 0.0
+    try:
+        for obs in obslist:
+            model = ngmix.GMixModel(round_pars, "gauss").convolve(obs.psf.gmix)
+            image = model.make_image(obs.image.shape, jacobian=obs.jacobian)
+            total += float(np.sum(obs.weight * image ** 2))
+    except ngmix.GMixRangeError:
+        return np.nan
+    return float(np.sqrt(total)) if total > 0 else 0.0
+
+
+def _fit_target_psfs(ngmix, branch_obs, rng, ntry):
+    """Fit the reconvolution PSF of every epoch of every branch; set their mixtures.
+
+    The metacal PSF image is the same in every branch; it is fitted once per
+    epoch (on the noshear branch) and refitted only where a branch differs.
+
+    Returns
+    -------
+    dict or None
+        Branch name to the list of per-epoch :class:`GaussFit`; None if a
+        fit failed.
+    """
+    fits = {}
+    reference = branch_obs["noshear"]
+    for name in BRANCHES:
+        fits[name] = []
+        for index, obs in enumerate(branch_obs[name]):
+            if name != "noshear" and np.array_equal(obs.psf.image, reference[index].psf.image):
+                fit = fits["noshear"][index]
+            else:
+                fit = fit_psf(ngmix, obs.psf, rng, ntry=ntry)
+                if fit is None:
+                    return None
+            obs.psf.set_gmix(fit.gmix.copy())
+            fits[name].append(fit)
+    return fits
+
+
+def _galaxy_guess(epochs, target_fits):
+    """Starting point shared by all branches, from adaptive moments.
+
+    Returns
+    -------
+    guess : numpy.ndarray
+    moments_failed : bool
+    """
+    T_values, fluxes = [], []
+    for ep, target in zip(epochs, target_fits):
+        if ep.moments is None:
+            continue
+        area = abs(np.linalg.det(ep.jacobian))
+        T_obs = 2.0 * ep.moments.sigma ** 2 * area
+        T_values.append(max(T_obs - ep.psf_fit.pars[4], 0.1 * target.pars[4]))
+        fluxes.append(ep.moments.amplitude)
+    if not T_values:
+        # ShapePipe's default starting point when moments fail everywhere.
+        T_default = float(np.mean([t.pars[4] for t in target_fits]))
+        return np.array([0.0, 0.0, 0.0, 0.0, T_default, 100.0]), True
+    return np.array([0.0, 0.0, 0.0, 0.0, np.mean(T_values), np.mean(fluxes)]), False
+
+
+def _metacal_errors(ngmix):
+    import galsim
+
+    # Data-dependent failures only: other errors are bugs and must surface.
+    return (ngmix.gexceptions.NGmixBaseException, galsim.GalSimError, ZeroDivisionError,
+            np.linalg.LinAlgError)
+
+
+def measure_object(epochs, object_id, rng, config=None, n_dropped_psf=0):
+    """Metacalibration shape measurement of one object with ngmix.
+
+    Parameters
+    ----------
+    epochs : list of Epoch
+        Prepared epochs (see :func:`prepare_epoch`); may be empty.
+    object_id : int
+    rng : numpy.random.Generator
+        The object's generator (:func:`~.engine.object_rng`), ngmix's rng.
+    config : EngineConfig, optional
+        ``step``, ``prior``, ``ntry``, ``zero_point``, ``fix_noise`` are
+        used (``aperture_sigmas`` is not: ngmix fits the whole stamp).
+    n_dropped_psf : int, optional
+        Epochs dropped because their PSF fit failed (sets PSF_FIT_FAIL).
+
+    Returns
+    -------
+    dict
+        Branch name to a row dict with the columns of
+        :data:`~.engine.COLUMNS`, exactly as the built-in engine.
+    """
+    ngmix = import_ngmix()
+    config = config or EngineConfig()
+    object_flags = fl.PSF_FIT_FAIL if n_dropped_psf else 0
+    rows = {name: _empty_branch(object_id) for name in BRANCHES}
+
+    def finish(extra_flags, n_epoch):
+        for row in rows.values():
+            row["flags"] = row["mcal_flags"] = object_flags | extra_flags
+            row["n_epoch_model"] = n_epoch
+        return rows
+
+    if not epochs:
+        return finish(fl.NO_EPOCHS, 0)
+
+    obslist = ngmix.ObsList()
+    for ep in epochs:
+        noise = rng.normal(0.0, ep.noise_sigma, size=ep.image.shape) if config.fix_noise else None
+        obslist.append(ngmix.Observation(
+            np.array(ep.image, dtype=float), weight=np.array(ep.weight, dtype=float),
+            jacobian=ngmix_jacobian(ngmix, ep.jacobian, ep.centre),
+            psf=psf_observation(ngmix, ep.psf_image, ep.jacobian), noise=noise))
+    try:
+        branch_obs = ngmix.metacal.get_all_metacal(
+            obslist, psf="gauss", step=config.step, fixnoise=config.fix_noise, rng=rng,
+            use_noise_image=config.fix_noise, types=list(BRANCHES))
+    except _metacal_errors(ngmix):
+        return finish(fl.METACAL_FAIL, len(epochs))
+
+    psf_columns = _weighted_psf_summary(epochs)
+    target_fits = _fit_target_psfs(ngmix, branch_obs, rng, config.ntry)
+    if target_fits is None:
+        # Without the reconvolution PSF no branch can be fitted.
+        for row in rows.values():
+            row.update(psf_columns)
+        return finish(fl.TARGET_PSF_FIT_FAIL, len(epochs))
+
+    guess, moments_failed = _galaxy_guess(epochs, target_fits["noshear"])
+    if moments_failed:
+        object_flags |= fl.MOMENTS_FAIL
+    prior = shapepipe_ngmix_prior(ngmix, config.prior, rng)
+    covariance_only = _covariance_flags(ngmix)
+    mcal_flags = object_flags
+    start = guess
+    for name in BRANCHES:
+        row = rows[name]
+        obs = branch_obs[name]
+        row.update(psf_columns)
+        weights = np.array([o.weight.sum() for o in obs])
+        weights = weights / weights.sum()
+        tpars = np.array([f.pars for f in target_fits[name]])
+        row.update(Tpsf_gauss_arcsec2=weights @ tpars[:, 4], Tpsf=weights @ T_to_r50(tpars[:, 4]),
+                   g1_psf=weights @ tpars[:, 2], g2_psf=weights @ tpars[:, 3])
+        row["n_epoch_model"] = len(epochs)
+        row["moments_fail"] = int(moments_failed)
+        fit, ntry = fit_gauss(ngmix, obs, start, rng, prior=prior, ntry=config.ntry)
+        row["ntry_fit"] = ntry
+        branch_flags = object_flags
+        if fit is None or not np.isfinite(fit.pars).all():
+            branch_flags |= fl.FIT_FAIL
+        elif fit.flags & ~covariance_only:
+            branch_flags |= fl.FIT_FAIL
+        elif fit.flags:
+            branch_flags |= fl.BAD_COVARIANCE
+        if not branch_flags & fl.FIT_FAIL:
+            pars, errs = fit.pars, fit.errors
+            if name == "noshear" and fit.flags == 0:
+                # As the built-in engine: the sheared branches start from
+                # the noshear solution.
+                start = pars.copy()
+            row.update(
+                g1=pars[2], g2=pars[3], g1_err=errs[2], g2_err=errs[3],
+                T_gauss_arcsec2=pars[4], T_gauss_arcsec2_err=errs[4],
+                T=float(T_to_r50(pars[4])), T_err=float(T_err_to_r50_err(pars[4], errs[4])),
+                flux=pars[5], flux_err=errs[5], s2n=_round_s2n(ngmix, pars, obs),
+            )
+            if pars[5] > 0:
+                row["mag"] = -2.5 * np.log10(pars[5]) + config.zero_point
+                row["mag_err"] = abs(2.5 * errs[5] / (pars[5] * np.log(10.0)))
+            else:
+                branch_flags |= fl.NONPOSITIVE_FLUX
+        row["flags"] = branch_flags
+        mcal_flags |= branch_flags
+    for row in rows.values():
+        row["mcal_flags"] = mcal_flags
+    return rows
+
+
+def measure_raw_object(raw_epochs, object_id, rng, config=None):
+    """Assemble, prepare and measure one object with ngmix.
+
+    Same signature and result as :func:`.engine.measure_raw_object`.
+
+    Parameters
+    ----------
+    raw_epochs : list of RawEpoch
+    object_id : int
+    rng : numpy.random.Generator
+    config : EngineConfig, optional
+
+    Returns
+    -------
+    dict
+        Branch name to a row dict (:data:`~.engine.COLUMNS`).
+    """
+    ngmix = import_ngmix()
+    config = config or EngineConfig()
+    epochs = []
+    n_dropped_psf = 0
+    for raw in raw_epochs:
+        assembled = assemble_epoch(raw, config.max_flagged_fraction)
+        if assembled is None:
+            continue
+        epoch, reason = prepare_epoch(ngmix, assembled, rng, ntry=config.ntry)
+        if epoch is None:
+            n_dropped_psf += reason == "psf_fit"
+            continue
+        epochs.append(epoch)
+    return measure_object(epochs, object_id, rng, config, n_dropped_psf=n_dropped_psf)
