@@ -35,10 +35,11 @@ def write_ccd(folder, number="-0000001-3", weight_value=1.0):
     flag[:, 30] = 1  # a bad column
     fits.PrimaryHDU(flag, header).writeto(paths["flag"])
     stars = folder / "bright_stars.fits"
-    # A halo star off the left edge (halo radius 279 px reaches 29 px in), a
-    # spike star inside, a bright star far away.
-    ra, dec = wcs.all_pix2world([-250.0, 140.0, 3000.0], [120.0, 30.0, 30.0], 0)
-    Table({"ra": ra, "dec": dec, "mag": [12.95, 16.0, 10.0]}).write(stars, overwrite=True)
+    # A halo star off the left edge (default halo radius 465 px at mag 12.95
+    # reaches 29 px in), a spike-only star inside (fainter than HALO_MAG_LIM),
+    # a bright star far away.
+    ra, dec = wcs.all_pix2world([-436.0, 140.0, 3000.0], [120.0, 30.0, 30.0], 0)
+    Table({"ra": ra, "dec": dec, "mag": [12.95, 17.5, 10.0]}).write(stars, overwrite=True)
     deep = folder / "deep_sky.fits"
     ra, dec = wcs.all_pix2world([200.0, 5000.0], [200.0, 10.0], 0)
     Table({"name": ["G1", "far"], "ra": ra, "dec": dec, "radius": [60 * 0.187 / 3600, 0.01]}).write(deep)
@@ -87,7 +88,8 @@ def test_ccd_flag_image_written_with_planes_and_wcs(tmp_path):
         assert (flag & bits).any(), name
     assert np.all(flag[:, 30] & 1)  # input bits kept
     assert flag[120, 20] & 2 and not flag[120, 35] & 2 and flag[120, 80] & 8 and flag[150, 100] == 0
-    assert stats["n_halo"] == 1 and stats["n_spike"] == 2 and stats["n_messier"] == 1
+    # The halo star's spikes (255 px) stop short of the image: one spike star.
+    assert stats["n_halo"] == 1 and stats["n_spike"] == 1 and stats["n_messier"] == 1
     regions = (tmp_path / "output" / "pipeline_flag-0000001-3.reg").read_text()
     assert "text={G1}" in regions and "far" not in regions
     assert not [p for p in (tmp_path / "output").iterdir() if p.name.startswith(".")]
