@@ -116,3 +116,153 @@ def test_epoch_keys():
     assert split_epoch_key("2113737-12") == ("2113737", 12)
     with pytest.raises(ValueError):
         split_epoch_key("2113737")
+
+
+def test_bulk_put_and_reads_match_single_puts(tmp_path):
+    """put_many and EncodedMeta give the records of one put per object; get_many and
+    meta-only reads return what get returns."""
+    from shapepipe_modules.io.stamp_store import EncodedMeta
+
+    rng = np.random.default_rng(11)
+    ids = np.array([4, 8, 15, 16, 23])
+    stack = rng.normal(size=(5, 7, 7)).astype(np.float32)
+    jac = rng.normal(size=(5, 2, 2))
+    sigma = rng.uniform(1.5, 2.5, 5)
+    flag = np.array([0, 0, 1, 0, 0], np.int32)
+    bulk, single = tmp_path / "bulk.sqlite", tmp_path / "single.sqlite"
+    with StampStore(bulk, mode="w") as store:
+        store.put_many(ids, "2113737-3", {"VIGNET": stack, "JACOBIAN": jac}, {"SIGMA_PSF_HSM": sigma, "FLAG": flag})
+        store.put_many(ids[:2], "2113738-0", {"VIGNET": stack[:2] + 1}, {"SIGMA_PSF_HSM": sigma[:2]})
+        shared = EncodedMeta({"MASKED_FRACTION": np.float32(0.25), "NOTE": "x"})
+        store.put(42, "2113737-3", {"VIGNET": stack[0]}, shared)
+        with pytest.raises(ValueError, match="expected 5 rows"):
+            store.put_many(ids, "2113737-4", {"VIGNET": stack[:4]})
+        with pytest.raises(ValueError, match="shape"):
+            store.put_many(ids, "2113737-4", {"VIGNET": stack}, {"X": np.zeros(3)})
+    with StampStore(single, mode="w") as store:
+        for k, object_id in enumerate(ids):
+            store.put(object_id, "2113737-3", {"VIGNET": stack[k], "JACOBIAN": jac[k]},
+                      {"SIGMA_PSF_HSM": float(sigma[k]), "FLAG": int(flag[k])})
+            if k < 2:
+                store.put(object_id, "2113738-0", {"VIGNET": stack[k] + 1}, {"SIGMA_PSF_HSM": float(sigma[k])})
+        store.put(42, "2113737-3", {"VIGNET": stack[0]}, {"MASKED_FRACTION": 0.25, "NOTE": "x"})
+    with sqlite3.connect(bulk) as a, sqlite3.connect(single) as b:
+        query = "SELECT key, value FROM objects ORDER BY key"
+        assert a.execute(query).fetchall() == b.execute(query).fetchall()
+    with StampStore(bulk) as store:
+        many = store.get_many([16, 4, 999, 42])
+        assert sorted(many) == [4, 16, 42]
+        np.testing.assert_array_equal(many[16]["2113737-3"]["VIGNET"], stack[3])
+        assert many[16]["2113737-3"]["FLAG"] == 0 and many[4]["2113738-0"]["SIGMA_PSF_HSM"] == sigma[0]
+        meta_only = store.get(4, arrays=False)
+        assert meta_only["2113737-3"].arrays == {} and meta_only["2113737-3"]["SIGMA_PSF_HSM"] == sigma[0]
+        assert [i for i, _ in store.items(arrays=False)] == [4, 8, 15, 16, 23, 42]
+        # Arrays read back are writable copies.
+        array = store.get(8)["2113737-3"]["VIGNET"]
+        array += 1
+        np.testing.assert_array_equal(array, stack[1] + 1)
+
+
+def test_pack_is_pack_record_of_flattened_arrays(tmp_path):
+    """The store's record encoding is exactly pack_record of 'epoch/name' arrays and the epochs' meta."""
+    from shapepipe_modules.io.arrays import pack_record
+    from shapepipe_modules.io.stamp_store import EpochRecord, ObjectRecord, _pack
+
+    rng = np.random.default_rng(2)
+    epochs = {"2113737-3": EpochRecord({"VIGNET": rng.normal(size=(5, 5)), "FLAG": np.arange(4, dtype=np.int16)},
+                                       {"X": 1.5, "NAME": 'a "quoted" \\ name', "N": 3}),
+              'odd"exp-1': EpochRecord({}, {"NAN": float("nan")})}
+    arrays = {f"{key}/{name}": a for key, epoch in epochs.items() for name, a in epoch.arrays.items()}
+    meta = {"epochs": {key: {"meta": epoch.meta, "arrays": list(epoch.arrays)} for key, epoch in epochs.items()}}
+    assert _pack(ObjectRecord(epochs)) == pack_record(arrays, meta)
+    # Non-contiguous, big-endian and structured arrays take numpy's encoding.
+    epochs["2113737-4"] = EpochRecord({"F": np.asfortranarray(rng.normal(size=(3, 4))),
+                                       "BE": np.arange(5, dtype=">i4")[::2]}, {})
+    arrays.update({"2113737-4/F": epochs["2113737-4"].arrays["F"], "2113737-4/BE": epochs["2113737-4"].arrays["BE"]})
+    meta["epochs"]["2113737-4"] = {"meta": {}, "arrays": ["F", "BE"]}
+    assert _pack(ObjectRecord(epochs)) == pack_record(arrays, meta)
+    epochs["2113737-5"] = EpochRecord({"S": np.zeros(2, dtype=[("x", "f4"), ("n", "i2")])}, {"K": 1})
+    arrays["2113737-5/S"] = epochs["2113737-5"].arrays["S"]
+    meta["epochs"]["2113737-5"] = {"meta": {"K": 1}, "arrays": ["S"]}
+    assert _pack(ObjectRecord(epochs)) == pack_record(arrays, meta)
+
+
+def test_file_is_a_plain_sqlitedict_table(tmp_path):
+    """sqlitedict itself reads the store (large pages included)."""
+    from sqlitedict import SqliteDict
+
+    from shapepipe_modules.io.arrays import unpack_record
+
+    path = tmp_path / "s.sqlite"
+    with StampStore(path, mode="w", batch_bytes=1) as store:
+        for object_id in range(3):
+            store.put(object_id, "2113737-0", {"VIGNET": np.full((51, 51), object_id, np.float32)}, {"A": object_id})
+    with SqliteDict(str(path), tablename="objects", flag="r", encode=bytes, decode=bytes) as table:
+        assert sorted(table.keys()) == ["0", "1", "2"]
+        arrays, meta = unpack_record(table["2"])
+    assert meta["epochs"]["2113737-0"]["meta"] == {"A": 2}
+    np.testing.assert_array_equal(arrays["2113737-0/VIGNET"], np.full((51, 51), 2, np.float32))
+
+
+def test_unreadable_file_is_named(tmp_path):
+    path = tmp_path / "notastore.sqlite"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="notastore.sqlite"):
+        StampStore(path)
+    empty = tmp_path / "empty.sqlite"
+    sqlite3.connect(empty).execute("CREATE TABLE other (a)").connection.commit()
+    with pytest.raises(StoreError, match="empty.sqlite: no table 'objects'"):
+        StampStore(empty)
+
+
+def test_bulk_metadata_text_is_json_of_each_row():
+    from shapepipe_modules.io.arrays import to_json
+    from shapepipe_modules.io.stamp_store import _json_rows
+
+    columns = {"X": np.array([1.5, np.nan, np.inf, -np.inf, 1e-300]), "F32": np.float32([0.1, 2, 3, 4, 5]),
+               "N": np.array([0, -3, 7, 2**40, 1], np.int64), "OK": np.array([True, False, True, True, False]),
+               'NA"ME': np.array(["a", 'b"c', "d\\e", "é", ""])}
+    rows = _json_rows(columns, 5)
+    for index, text in enumerate(rows):
+        assert text == to_json({name: values[index] for name, values in columns.items()})
+    assert _json_rows({}, 2) == ["{}", "{}"]
+
+
+@pytest.mark.parametrize("side", [20, 51, 64])
+def test_page_size_keeps_the_file_compact(tmp_path, side):
+    """The file is within 8% of the smallest any page size gives for the same records (a fixed
+    64 kB page would double it for records just over 32 kB), with pages of 8 kB or more."""
+    from shapepipe_modules.io.stamp_store import PAGE_SIZES
+
+    rng = np.random.default_rng(side)
+    path = tmp_path / "s.sqlite"
+    with StampStore(path, mode="w") as store:
+        for object_id in range(300):
+            store.put(object_id, "2113737-0", {"VIGNET": rng.normal(size=(2, side, side)).astype(np.float32)},
+                      {"X": 1.0})
+    with sqlite3.connect(path) as connection:
+        (page,) = connection.execute("PRAGMA page_size").fetchone()
+        rows = connection.execute("SELECT key, value FROM objects ORDER BY rowid").fetchall()
+    sizes = []
+    for candidate in PAGE_SIZES:
+        other = tmp_path / f"page{candidate}.sqlite"
+        with sqlite3.connect(other) as connection:
+            connection.execute(f"PRAGMA page_size = {candidate}")
+            connection.execute('CREATE TABLE "objects" (key TEXT PRIMARY KEY, value BLOB)')
+            connection.executemany('INSERT INTO "objects" VALUES (?, ?)', rows)
+        sizes.append(other.stat().st_size)
+    assert path.stat().st_size <= 1.08 * min(sizes), (page, path.stat().st_size / min(sizes))
+    assert page >= 8192
+
+
+def test_durable_store_round_trip(tmp_path):
+    path = tmp_path / "durable.sqlite"
+    with StampStore(path, mode="w", durable=True, batch_bytes=1) as store:
+        store.put(1, "2113737-0", {"VIGNET": np.arange(9.0).reshape(3, 3)}, {"A": 1})
+        store.put(2, "2113737-0", {"VIGNET": np.ones((3, 3))})
+    with StampStore(tmp_path / "empty.sqlite", mode="w", durable=True):
+        pass
+    with StampStore(path) as store:
+        np.testing.assert_array_equal(store.get(1)["2113737-0"]["VIGNET"], np.arange(9.0).reshape(3, 3))
+    with StampStore(tmp_path / "empty.sqlite") as store:
+        assert len(store) == 0

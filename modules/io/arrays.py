@@ -88,18 +88,69 @@ def _npy_header(descr: str, shape: tuple) -> bytes:
     return buffer.getvalue()
 
 
-def decode_array(data: bytes) -> np.ndarray:
+def decode_array(data) -> np.ndarray:
     """Decode ``.npy`` bytes written by :func:`encode_array`.
+
+    Parameters
+    ----------
+    data : bytes-like
+        The ``.npy`` payload. A ``bytes`` object gives a fresh array; a
+        writable buffer (``bytearray``, writable ``memoryview``) gives a
+        writable view of it, without copying.
 
     Raises
     ------
     EncodingError
         If ``data`` is not a pickle-free ``.npy`` payload.
     """
-    try:
-        return np.load(io.BytesIO(bytes(data)), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as error:
-        raise EncodingError(f"not a valid .npy payload: {error}") from error
+    view = memoryview(data)
+    layout = _parse_header(view)
+    if layout is None:
+        # Other .npy versions: numpy's reader (pickles refused).
+        try:
+            return np.load(io.BytesIO(bytes(view)), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as error:
+            raise EncodingError(f"not a valid .npy payload: {error}") from error
+    dtype, shape, order, offset, count = layout
+    if len(view) - offset < count * dtype.itemsize:
+        raise EncodingError(f"not a valid .npy payload: {len(view) - offset} data bytes for "
+                            f"{count} values of {dtype}")
+    array = np.frombuffer(view, dtype=dtype, count=count, offset=offset).reshape(shape, order=order)
+    return array if not view.readonly else array.copy(order="K")
+
+
+_NPY_MAGIC = b"\x93NUMPY\x01"
+# Parsed version-1.0 headers: stores repeat a few (dtype, shape) headers many times, and
+# numpy's parser (ast.literal_eval) costs more than reading the array.
+_HEADERS: dict = {}
+
+
+def _parse_header(view: memoryview):
+    """(dtype, shape, order, data offset, count) of a version-1.0 ``.npy`` payload, else None.
+
+    Raises
+    ------
+    EncodingError
+        For a malformed header or a dtype that needs pickling.
+    """
+    if len(view) < 10 or view[:7] != _NPY_MAGIC:
+        return None
+    length = view[8] | (view[9] << 8)
+    header = bytes(view[10:10 + length])
+    layout = _HEADERS.get(header)
+    if layout is None:
+        try:
+            parsed = np.lib.format.read_array_header_1_0(io.BytesIO(bytes(view[:10 + length])[8:]))
+        except (ValueError, OSError, EOFError) as error:
+            raise EncodingError(f"not a valid .npy payload: {error}") from error
+        shape, fortran, dtype = parsed
+        if dtype.hasobject:
+            raise EncodingError(f"not a valid .npy payload: dtype {dtype} would need pickling")
+        count = int(np.prod(shape, dtype=np.int64))
+        layout = (dtype, shape, "F" if fortran else "C", 10 + length, count)
+        if len(_HEADERS) < 4096:
+            _HEADERS[header] = layout
+    return layout
 
 
 def _json_default(value):
@@ -147,12 +198,21 @@ def pack_record(arrays: dict | None = None, meta: dict | None = None) -> bytes:
     return b"".join([RECORD_MAGIC, _LENGTH.pack(len(header)), header, *blobs])
 
 
-def unpack_record(data: bytes) -> tuple[dict, dict]:
+def unpack_record(data, arrays: bool = True) -> tuple[dict, dict]:
     """Unpack bytes written by :func:`pack_record`.
+
+    Parameters
+    ----------
+    data : bytes-like
+        The packed record.
+    arrays : bool
+        Decode the arrays (False: only the metadata is read, and the array
+        dict is empty).
 
     Returns
     -------
     arrays : dict of str to numpy.ndarray
+        Writable arrays (views of one private copy of ``data``).
     meta : dict
 
     Raises
@@ -160,21 +220,25 @@ def unpack_record(data: bytes) -> tuple[dict, dict]:
     EncodingError
         If ``data`` is not a packed record (for example a pickle).
     """
-    data = memoryview(bytes(data))
+    view = memoryview(data)
     start = len(RECORD_MAGIC)
-    if bytes(data[:start]) != RECORD_MAGIC or len(data) < start + _LENGTH.size:
+    if view[:start] != RECORD_MAGIC or len(view) < start + _LENGTH.size:
         raise EncodingError("not a packed record (wrong magic bytes; a pickled ShapePipe store?)")
-    (length,) = _LENGTH.unpack(data[start:start + _LENGTH.size])
+    (length,) = _LENGTH.unpack(view[start:start + _LENGTH.size])
     offset = start + _LENGTH.size
     try:
-        header = json.loads(bytes(data[offset:offset + length]).decode("utf-8"))
+        header = json.loads(bytes(view[offset:offset + length]).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise EncodingError(f"corrupt record header: {error}") from error
+    if not arrays:
+        return {}, header["meta"]
     offset += length
-    arrays = {}
+    # One copy of the whole record: every array is a writable view of it.
+    buffer = memoryview(bytearray(view))
+    decoded = {}
     for name, size in header["arrays"]:
-        if offset + size > len(data):
+        if offset + size > len(buffer):
             raise EncodingError(f"truncated record: array {name!r} is incomplete")
-        arrays[name] = decode_array(data[offset:offset + size])
+        decoded[name] = decode_array(buffer[offset:offset + size])
         offset += size
-    return arrays, header["meta"]
+    return decoded, header["meta"]

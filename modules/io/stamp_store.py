@@ -27,10 +27,22 @@ store under ``'VIGNET'``; ours may keep several kinds in one record):
                     meta: PSF shape (ShapePipe's ``SHAPES`` dict, flattened)
 =================== ============================================================
 
-Writing is batched: :meth:`StampStore.put` buffers records in memory and
-writes them in one transaction per batch (``batch_bytes``); a later ``put``
-for an object already written is merged into its stored record. The file
-appears under its final name only when the store is closed without error.
+Writing is batched: :meth:`StampStore.put` (one epoch of one object),
+:meth:`StampStore.put_object` (several epochs) and :meth:`StampStore.put_many`
+(one epoch of many objects, from stacked arrays and metadata columns) buffer
+records in memory; each batch (``batch_bytes``) is encoded and handed to a
+writer thread, which inserts it in one transaction while the caller goes on.
+A later ``put`` for an object already written is merged into its stored
+record. The file appears under its final name only when the store is closed
+without error (synced to disk first with ``durable=True``).
+
+Reading: :meth:`StampStore.get` (one object), :meth:`StampStore.get_many`
+(many objects in a few queries) and :meth:`StampStore.items`; with
+``arrays=False`` only the metadata is decoded.
+
+The file is a plain sqlitedict table (``sqlitedict.SqliteDict(path,
+tablename='objects')`` with bytes values reads it); the store itself reads and
+writes it through ``sqlite3``, with a page size chosen from the record sizes.
 
 Example
 -------
@@ -45,17 +57,38 @@ Example
 
 from __future__ import annotations
 
+import itertools
+import json
+import os
+import queue
 import re
+import sqlite3
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ._sqlite import SqliteFile
-from .arrays import EncodingError, StoreError, pack_record, unpack_record
+from .arrays import (RECORD_MAGIC, EncodingError, StoreError, _npy_header, pack_record, to_json,
+                     unpack_record)
 
 TABLE = "objects"
 NO_EPOCH = "__no_epoch__"
 _EPOCH_RE = re.compile(r"^([^\s-]+)-(\d+)$")
+# sqlitedict's own table layout: the file stays a plain sqlitedict table.
+_MAKE_TABLE = f'CREATE TABLE IF NOT EXISTS "{TABLE}" (key TEXT PRIMARY KEY, value BLOB)'
+_PUT = f'REPLACE INTO "{TABLE}" (key, value) VALUES (?, ?)'
+# Records of stamps are 5-100 kB: on 4 kB pages each is a chain of overflow pages,
+# written page by page; larger pages write 2-3 times faster but waste the end of
+# each page that no further record fits in. The page size is chosen from the first
+# records written (see _page_size); readers do not depend on it.
+PAGE_SIZES = (4096, 8192, 16384, 32768, 65536)
+#: Largest extra file size accepted for a larger page size.
+PAGE_WASTE = 0.05
+#: Records encoded to choose the page size.
+_SIZE_SAMPLE = 500
+# Keys per SELECT ... IN (...) of a bulk read (below SQLite's parameter limit).
+_IN_CHUNK = 500
 
 
 def epoch_key(exposure, ccd) -> str:
@@ -79,6 +112,8 @@ def split_epoch_key(key: str) -> tuple[str, int]:
 
 
 def _object_key(object_id) -> str:
+    if type(object_id) is int:
+        return str(object_id)
     try:
         value = int(object_id)
     except (TypeError, ValueError):
@@ -88,15 +123,40 @@ def _object_key(object_id) -> str:
     return str(value)
 
 
+class EncodedMeta:
+    """Epoch metadata encoded once, for writing the same metadata to several stores.
+
+    Parameters
+    ----------
+    meta : dict
+        JSON-encodable numbers and strings (numpy scalars accepted).
+
+    Raises
+    ------
+    EncodingError
+        If a value is not JSON-encodable.
+    """
+
+    __slots__ = ("meta", "json")
+
+    def __init__(self, meta: dict | None = None):
+        self.meta = dict(meta or {})
+        self.json = to_json(self.meta)
+
+
 @dataclass
 class EpochRecord:
     """Arrays and metadata of one object in one epoch.
 
-    ``record[name]`` looks up ``arrays`` first, then ``meta``.
+    ``record[name]`` looks up ``arrays`` first, then ``meta``. Records held
+    by a store open for writing are not to be modified (their metadata is
+    kept encoded).
     """
 
     arrays: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    meta_json: str | None = field(default=None, repr=False, compare=False)
+    layout: tuple | None = field(default=None, repr=False, compare=False)
 
     def __getitem__(self, name):
         if name in self.arrays:
@@ -124,34 +184,270 @@ class ObjectRecord(dict):
         self.reason = reason
 
 
+_JSON_STRINGS: dict = {}
+
+
+def _json_string(text: str) -> str:
+    """JSON form of a key or name (few distinct values: cached)."""
+    value = _JSON_STRINGS.get(text)
+    if value is None:
+        value = json.dumps(text)
+        if len(_JSON_STRINGS) < 65536:
+            _JSON_STRINGS[text] = value
+    return value
+
+
+def _json_values(values: np.ndarray) -> list[str]:
+    """JSON text of each value of a 1-d numeric, boolean or string array (as :func:`to_json`)."""
+    if values.dtype.kind == "b":
+        return ["true" if v else "false" for v in values.tolist()]
+    if values.dtype.kind in "iu":
+        return list(map(str, values.tolist()))
+    if values.dtype.kind == "f":
+        text = list(map(float.__repr__, values.tolist()))
+        for index in np.flatnonzero(~np.isfinite(values)).tolist():
+            text[index] = to_json(float(values[index]))  # NaN, Infinity, -Infinity
+        return text
+    return [to_json(v) for v in values.tolist()]
+
+
+def _json_rows(columns: dict, count: int) -> list[str]:
+    """JSON objects ``{name: column[i]}`` for i < count, one string each (as :func:`to_json`)."""
+    if not columns:
+        return ["{}"] * count
+    parts = []
+    for position, (name, values) in enumerate(columns.items()):
+        prefix = ("{" if position == 0 else ",") + _json_string(name) + ":"
+        parts.append([prefix + text for text in _json_values(values)])
+    return [row + "}" for row in map("".join, zip(*parts))]
+
+
+# Encoded layout of an epoch, by (epoch key, (name, dtype, shape) of each array): stores
+# hold many epochs of the same key and arrays, whose JSON and .npy headers are the same.
+_LAYOUTS: dict = {}
+
+
+def _layout(key: str, arrays: dict) -> tuple:
+    """(JSON before the meta, JSON after it, array entries JSON, .npy headers) of one epoch.
+
+    The arrays must be C-contiguous, plain (not structured) arrays.
+    """
+    signature = (key, *[(name, array.dtype.str, array.shape) for name, array in arrays.items()])
+    layout = _LAYOUTS.get(signature)
+    if layout is None:
+        names = ",".join(_json_string(name) for name in arrays)
+        headers = tuple(_npy_header(array.dtype.str, array.shape) for array in arrays.values())
+        entries = ",".join(f"[{_json_string(f'{key}/{name}')},{len(header) + array.nbytes}]"
+                           for (name, array), header in zip(arrays.items(), headers))
+        layout = (f'{_json_string(key)}:{{"meta":', f',"arrays":[{names}]}}', entries, headers)
+        if len(_LAYOUTS) < 65536:
+            _LAYOUTS[signature] = layout
+    return layout
+
+
+def _plain(arrays: dict) -> bool:
+    """True if every array can be written from its buffer (C-contiguous, no fields)."""
+    for array in arrays.values():
+        if array.dtype.names is not None or array.dtype.subdtype is not None or not array.flags.c_contiguous:
+            return False
+    return True
+
+
 def _pack(record: ObjectRecord) -> bytes:
-    """Flatten an object record into one packed value (arrays named ``epoch/name``)."""
+    """One packed value per object (arrays named ``epoch/name``).
+
+    The same bytes as ``pack_record(arrays, {"epochs": ...})`` with the
+    flattened arrays, assembled from each epoch's encoded metadata and
+    layout, copying each array once, straight into the value.
+    """
     if record.reason is not None:
         return pack_record({}, {NO_EPOCH: record.reason})
-    arrays = {}
-    meta = {}
+    epochs = []
+    entries = []
+    parts = []
     for key, epoch in record.items():
-        for name, array in epoch.arrays.items():
-            arrays[f"{key}/{name}"] = array
-        meta[key] = {"meta": epoch.meta, "arrays": list(epoch.arrays)}
-    return pack_record(arrays, {"epochs": meta})
+        if epoch.meta_json is None:
+            epoch.meta_json = to_json(epoch.meta)
+        arrays = epoch.arrays
+        if epoch.layout is None:
+            if not _plain(arrays):
+                arrays = {name: np.ascontiguousarray(array) if array.dtype.names is None
+                          and array.dtype.subdtype is None else array for name, array in arrays.items()}
+            if not _plain(arrays):  # structured arrays: numpy's own .npy writer
+                return pack_record({f"{k}/{n}": a for k, e in record.items() for n, a in e.arrays.items()},
+                                   {"epochs": {k: {"meta": e.meta, "arrays": list(e.arrays)}
+                                               for k, e in record.items()}})
+            epoch.layout = _layout(key, arrays)
+        before, after, array_entries, headers = epoch.layout
+        epochs.append(before + epoch.meta_json + after)
+        if array_entries:
+            entries.append(array_entries)
+        for header, array in zip(headers, arrays.values()):
+            parts.append(header)
+            parts.append(array)  # bytes.join copies a C-contiguous array's buffer directly
+    header = ('{"meta":{"epochs":{' + ",".join(epochs) + '}},"arrays":[' + ",".join(entries) + "]}").encode()
+    return b"".join([RECORD_MAGIC, len(header).to_bytes(4, "little"), header, *parts])
 
 
-def _unpack(data) -> ObjectRecord:
-    arrays, meta = unpack_record(data)
+def _unpack(data, arrays: bool = True) -> ObjectRecord:
+    decoded, meta = unpack_record(data, arrays)
     if NO_EPOCH in meta:
         return ObjectRecord(reason=meta[NO_EPOCH])
     epochs = {}
     for key, entry in meta["epochs"].items():
         epochs[key] = EpochRecord(
-            arrays={name: arrays[f"{key}/{name}"] for name in entry["arrays"]},
+            arrays={name: decoded[f"{key}/{name}"] for name in entry["arrays"]} if arrays else {},
             meta=entry["meta"],
         )
     return ObjectRecord(epochs)
 
 
+def _file_bytes(sizes, page: int) -> int:
+    """Bytes taken by records of these sizes appended to a SQLite table of this page size.
+
+    Rows are appended in rowid order, so leaf pages fill in sequence; a
+    record larger than the page's local limit keeps a head on the leaf and
+    the rest on overflow pages (SQLite's file-format rules).
+    """
+    max_local = page - 35
+    min_local = (page - 12) * 32 // 255 - 23
+    pages = 0
+    free = 0
+    for size in sizes:
+        payload = size + 16  # key text and record header
+        local, overflow = payload, 0
+        if payload > max_local:
+            local = min_local + (payload - min_local) % (page - 4)
+            if local > max_local:
+                local = min_local
+            overflow = -(-(payload - local) // (page - 4))
+        cell = local + 15  # cell pointer, lengths, rowid, overflow page number
+        if cell > free:
+            pages += 1
+            free = page - 12
+        free -= cell
+        pages += overflow
+    # Schema page, and the key index (about 24 bytes per key).
+    pages += 1 + -(-24 * len(sizes) // page)
+    return pages * page
+
+
+def _page_size(sizes) -> int:
+    """The largest page size whose file is at most PAGE_WASTE larger than the smallest."""
+    if not sizes:
+        return PAGE_SIZES[0]
+    total = {page: _file_bytes(sizes, page) for page in PAGE_SIZES}
+    smallest = min(total.values())
+    return max(page for page, value in total.items() if value <= (1 + PAGE_WASTE) * smallest)
+
+
 def _nbytes(arrays: dict) -> int:
-    return sum(np.asarray(a).nbytes for a in arrays.values()) + 256
+    total = 256
+    for array in arrays.values():
+        total += array.nbytes
+    return total
+
+
+def _checked_arrays(path, key, arrays: dict) -> dict:
+    checked = {}
+    for name, value in arrays.items():
+        value = np.asarray(value)
+        if value.dtype.hasobject:
+            raise EncodingError(f"stamp store {path}: array {name!r} of object {key} has dtype object")
+        checked[str(name)] = value
+    return checked
+
+
+def _prepared(path, key: str, epoch: str, arrays: dict) -> tuple:
+    """Checked arrays of one epoch, their layout (None if not plain) and byte count, in one pass."""
+    checked = {}
+    signature = [epoch]
+    plain = True
+    nbytes = 256
+    for name, value in arrays.items():
+        if type(value) is not np.ndarray:
+            value = np.asarray(value)
+        dtype = value.dtype
+        if dtype.hasobject:
+            raise EncodingError(f"stamp store {path}: array {name!r} of object {key} has dtype object")
+        if dtype.names is not None or dtype.subdtype is not None or not value.flags.c_contiguous:
+            plain = False
+        if type(name) is not str:
+            name = str(name)
+        checked[name] = value
+        signature.append((name, dtype.str, value.shape))
+        nbytes += value.nbytes
+    layout = (_LAYOUTS.get(tuple(signature)) or _layout(epoch, checked)) if plain else None
+    return checked, layout, nbytes
+
+
+#: Encoded bytes handed to the writer thread at a time (bounds the memory in flight).
+_CHUNK_BYTES = 16 * 2**20
+
+
+def _fsync(path) -> None:
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+class _Writer(threading.Thread):
+    """Runs a store's SQLite writes (and syncs) while the caller encodes the next records.
+
+    Tasks are ``("rows", [(key, value), ...])`` and ``("commit", None)``;
+    with ``durable`` a commit is followed by a sync of the file. SQLite and
+    ``fsync`` release the GIL: writing overlaps the caller's work, as
+    sqlitedict's thread did, but with one hand-over per chunk of records
+    instead of one per record. The first error stops the writing and is
+    raised to the caller by :meth:`check`.
+    """
+
+    def __init__(self, connection: sqlite3.Connection, path, durable: bool):
+        super().__init__(name=f"stamp-store-writer-{os.path.basename(path)}", daemon=True)
+        self.connection = connection
+        self.path = path
+        self.durable = durable
+        self.tasks: queue.Queue = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        while True:
+            task = self.tasks.get()
+            try:
+                if task is None:
+                    return
+                if self.error is None:
+                    kind, rows = task
+                    if kind == "rows":
+                        self.connection.executemany(_PUT, rows)
+                    else:
+                        self.connection.commit()
+                        if self.durable:
+                            _fsync(self.path)
+            except BaseException as error:  # raised again in the caller's thread
+                self.error = error
+            finally:
+                self.tasks.task_done()
+
+    def check(self, store_path) -> None:
+        if self.error is not None:
+            raise StoreError(f"stamp store {store_path}: writing failed: {self.error}") from self.error
+
+    def submit(self, task, store_path) -> None:
+        self.check(store_path)
+        self.tasks.put(task)
+
+    def wait(self, store_path) -> None:
+        """Block until every submitted task is done; raise the writer's error if any."""
+        self.tasks.join()
+        self.check(store_path)
+
+    def stop(self) -> None:
+        self.tasks.put(None)
+        self.join()
 
 
 class StampStore:
@@ -167,25 +463,72 @@ class StampStore:
     batch_bytes : int
         In write mode, buffered array bytes that trigger a write of the
         batch in one transaction (default 256 MB).
+    durable : bool
+        In write mode, sync the file to disk before publishing it (as the
+        pipeline's other outputs, a store is by default published atomically
+        but left to the system to write out: syncing costs about 0.7 s per
+        GB written).
+
+    Notes
+    -----
+    The file is one sqlitedict table (``objects``: text key, blob value),
+    read and written here through ``sqlite3`` directly: sqlitedict passes
+    every key through a worker thread, which cost more than the encoding.
     """
 
-    def __init__(self, path, mode: str = "r", batch_bytes: int = 256 * 2**20):
+    def __init__(self, path, mode: str = "r", batch_bytes: int = 256 * 2**20, durable: bool = False):
         self._file = SqliteFile(path, mode, "stamp store")
         self.path = self._file.path
         self.mode = mode
-        self._table = self._file.table(TABLE, _pack, self._decode)
+        self._connection = self._connect()
         self._pending: dict[str, ObjectRecord] = {}
         self._pending_bytes = 0
         # A store opened for writing starts empty (a new temporary file), so the
         # keys it holds are exactly those flushed: no SQLite query per new object.
         self._flushed: set[str] = set()
+        self._has_table = mode == "r"
+        self._writer: _Writer | None = None
+        self._epoch_keys: set[str] = set()
         self.batch_bytes = int(batch_bytes)
+        self.durable = bool(durable)
 
-    def _decode(self, data) -> ObjectRecord:
+    def _connect(self) -> sqlite3.Connection:
+        work = self._file.work_path
         try:
-            return _unpack(data)
-        except (EncodingError, KeyError) as error:
-            raise StoreError(f"stamp store {self.path}: unreadable record ({error})") from error
+            if self.mode == "r":
+                connection = sqlite3.connect(f"{work.resolve().as_uri()}?mode=ro", uri=True,
+                                             check_same_thread=False)
+                found = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                           (TABLE,)).fetchone()
+                if found is None:
+                    connection.close()
+                    raise StoreError(f"stamp store {self.path}: no table {TABLE!r}")
+                return connection
+            connection = sqlite3.connect(str(work), check_same_thread=False)
+            # The temporary file is deleted on failure (no journal needed), and synced
+            # only by a durable store, after its last commit.
+            connection.execute("PRAGMA journal_mode = OFF")
+            connection.execute("PRAGMA synchronous = OFF")
+            # The table is created by the first flush, once the page size is known.
+            return connection
+        except sqlite3.Error as error:
+            self._file.close(success=False)
+            raise StoreError(f"stamp store {self.path}: cannot open table {TABLE!r}: {error}") from error
+
+    def _ensure_table(self, record_sizes=()) -> None:
+        """Create the table of a new store, with a page size suited to these record sizes."""
+        if self._has_table:
+            return
+        self._connection.execute(f"PRAGMA page_size = {_page_size(record_sizes)}")
+        self._connection.execute(_MAKE_TABLE)
+        self._connection.commit()
+        self._has_table = True
+
+    def _decode(self, key: str, data, arrays: bool = True) -> ObjectRecord:
+        try:
+            return _unpack(data, arrays)
+        except (EncodingError, KeyError, TypeError) as error:
+            raise StoreError(f"stamp store {self.path}: unreadable record of object {key} ({error})") from error
 
     def __enter__(self):
         return self
@@ -196,23 +539,74 @@ class StampStore:
     def close(self, success: bool = True) -> None:
         """Write pending records and close; in write mode publish the file
         (or discard it if not ``success``)."""
-        if success and self.mode == "w" and not self._file.closed:
-            self.flush()
+        if self._file.closed:
+            return
+        try:
+            if success and self.mode == "w":
+                self.flush()
+                self._ensure_table()
+                self._idle()
+        except BaseException:
+            self._shutdown()
+            self._file.close(success=False)
+            raise
+        published = success and self.mode == "w"
+        self._shutdown()
+        if published and self.durable and self._writer is None:
+            _fsync(self._file.work_path)  # no commit went through the writer (empty store)
+        # A durable store was synced by the writer after its last commit.
         self._file.close(success)
+
+    def _shutdown(self) -> None:
+        """Stop the writer thread and close the connection."""
+        if self._writer is not None and self._writer.is_alive():
+            self._writer.stop()
+        self._connection.close()
+
+    def _idle(self) -> None:
+        """Wait for the writer thread: the connection is then free for this thread."""
+        if self._writer is not None:
+            self._writer.wait(self.path)
 
     def _check_writable(self):
         if self.mode != "w":
             raise StoreError(f"stamp store {self.path} is open read-only")
 
+    def _read(self, key: str, arrays: bool = True) -> ObjectRecord | None:
+        self._ensure_table()
+        self._idle()
+        row = self._connection.execute(f'SELECT value FROM "{TABLE}" WHERE key = ?', (key,)).fetchone()
+        return None if row is None else self._decode(key, row[0], arrays)
+
     def _stored(self, key: str) -> ObjectRecord | None:
         record = self._pending.get(key)
         if record is None and key in self._flushed:
-            record = self._table[key]
+            record = self._read(key)
             self._pending[key] = record
-            self._pending_bytes += sum(_nbytes(e.arrays) for e in record.values())
+            self._pending_bytes += sum(_nbytes(e.arrays) for e in record.values())  # re-read for a merge
         return record
 
-    def put(self, object_id, epoch: str, arrays: dict, meta: dict | None = None) -> None:
+    def _add(self, key: str, epoch: str, prepared: tuple, meta) -> None:
+        """Add one epoch: ``prepared`` from :func:`_prepared`."""
+        arrays, layout, nbytes = prepared
+        record = self._pending.get(key)
+        if record is None:
+            record = self._stored(key)
+            if record is None:
+                record = self._pending[key] = ObjectRecord()
+        if record.reason is not None:
+            raise ValueError(
+                f"stamp store {self.path}: object {key} was marked as having no epoch "
+                f"({record.reason}); cannot add epoch {epoch}"
+            )
+        if isinstance(meta, EncodedMeta):
+            record[epoch] = EpochRecord(arrays, meta.meta, meta.json, layout)
+        else:
+            meta = dict(meta or {})
+            record[epoch] = EpochRecord(arrays, meta, to_json(meta), layout)
+        self._pending_bytes += nbytes
+
+    def put(self, object_id, epoch: str, arrays: dict, meta: dict | EncodedMeta | None = None) -> None:
         """Add (or replace) one epoch of one object.
 
         Parameters
@@ -223,8 +617,9 @@ class StampStore:
             Epoch key ``'<exposure>-<ccd>'`` (see :func:`epoch_key`).
         arrays : dict of str to numpy.ndarray
             Stamps and other arrays (no object dtype).
-        meta : dict, optional
-            JSON-encodable numbers and strings.
+        meta : dict or EncodedMeta, optional
+            JSON-encodable numbers and strings; an :class:`EncodedMeta`
+            written to several stores is encoded only once.
 
         Raises
         ------
@@ -232,29 +627,82 @@ class StampStore:
             If the object was marked as having no epoch, or the key is malformed.
         """
         self._check_writable()
-        split_epoch_key(epoch)
+        if epoch not in self._epoch_keys:
+            split_epoch_key(epoch)
+            self._epoch_keys.add(epoch)
         key = _object_key(object_id)
-        record = self._stored(key)
-        if record is None:
-            record = self._pending[key] = ObjectRecord()
-        elif record.reason is not None:
-            raise ValueError(
-                f"stamp store {self.path}: object {key} was marked as having no epoch "
-                f"({record.reason}); cannot add epoch {epoch}"
-            )
-        arrays = {str(name): np.asarray(value) for name, value in arrays.items()}
-        for name, value in arrays.items():
-            if value.dtype.hasobject:
-                raise EncodingError(f"stamp store {self.path}: array {name!r} of object {key} has dtype object")
-        record[epoch] = EpochRecord(arrays, dict(meta or {}))
-        self._pending_bytes += _nbytes(arrays)
+        self._add(key, epoch, _prepared(self.path, key, epoch, arrays), meta)
         if self._pending_bytes >= self.batch_bytes:
             self.flush()
 
+    def put_many(self, object_ids, epoch: str, arrays: dict, meta: dict | None = None) -> None:
+        """Add one epoch of many objects at once (one array row and one meta value each).
+
+        Parameters
+        ----------
+        object_ids : array_like of int (n,)
+        epoch : str
+            Epoch key shared by all these objects.
+        arrays : dict of str to numpy.ndarray
+            Stacks of shape ``(n, ...)``: object ``i`` gets row ``i``.
+        meta : dict of str to array_like (n,), optional
+            Metadata columns: object ``i`` gets ``{name: column[i]}``
+            (numbers, bools or strings).
+
+        Raises
+        ------
+        ValueError
+            As :meth:`put`, or if a stack or column does not have ``n`` rows.
+        """
+        self._check_writable()
+        split_epoch_key(epoch)
+        ids = np.asarray(object_ids)
+        if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
+            raise ValueError(f"stamp store {self.path}: object ids must be a 1-d integer array, got {ids.dtype} "
+                             f"of shape {ids.shape}")
+        count = ids.size
+        stacks = _checked_arrays(self.path, f"ids {ids[:3].tolist()}...", arrays)
+        columns = {}
+        for name, values in (meta or {}).items():
+            values = np.asarray(values)
+            if values.shape != (count,):
+                raise ValueError(f"stamp store {self.path}: meta {name!r} has shape {values.shape}, "
+                                 f"expected ({count},)")
+            if values.dtype.hasobject:
+                raise EncodingError(f"stamp store {self.path}: meta {name!r} has dtype object")
+            columns[str(name)] = values
+        for name, stack in stacks.items():
+            if stack.ndim == 0 or stack.shape[0] != count:
+                raise ValueError(f"stamp store {self.path}: array {name!r} has shape {stack.shape}, "
+                                 f"expected {count} rows")
+        if count == 0:
+            return
+        texts = _json_rows(columns, count)
+        rows = zip(*(values.tolist() for values in columns.values())) if columns else ((),) * count
+        names = list(columns)
+        # Rows of C-contiguous stacks share one layout and size: prepared once.
+        stacks = {name: np.ascontiguousarray(stack) for name, stack in stacks.items()}
+        _, layout, nbytes = _prepared(self.path, ids[0], epoch, {name: stack[0] for name, stack in stacks.items()})
+        for index, (object_id, values, text) in enumerate(zip(ids.tolist(), rows, texts)):
+            meta_row = EncodedMeta.__new__(EncodedMeta)
+            meta_row.meta = dict(zip(names, values))
+            meta_row.json = text
+            self._add(str(object_id), epoch, ({name: stack[index] for name, stack in stacks.items()}, layout, nbytes),
+                      meta_row)
+            if self._pending_bytes >= self.batch_bytes:
+                self.flush()
+
     def put_object(self, object_id, epochs: dict) -> None:
-        """Add several epochs of one object: ``{epoch_key: (arrays, meta)}``."""
+        """Add several epochs of one object: ``{epoch_key: (arrays, meta)}`` (meta as in :meth:`put`)."""
+        self._check_writable()
+        key = _object_key(object_id)
         for epoch, (arrays, meta) in epochs.items():
-            self.put(object_id, epoch, arrays, meta)
+            if epoch not in self._epoch_keys:
+                split_epoch_key(epoch)
+                self._epoch_keys.add(epoch)
+            self._add(key, epoch, _prepared(self.path, key, epoch, arrays), meta)
+        if self._pending_bytes >= self.batch_bytes:
+            self.flush()
 
     def mark_no_epoch(self, object_id, reason: str) -> None:
         """Record that ``object_id`` has no usable epoch, and why.
@@ -277,17 +725,40 @@ class StampStore:
         self._pending[key] = ObjectRecord(reason=str(reason))
 
     def flush(self) -> None:
-        """Write the buffered records in one transaction."""
+        """Write the buffered records in one transaction (in a writer thread: the
+        call returns once the records are encoded)."""
         self._check_writable()
-        for key, record in self._pending.items():
-            self._table[key] = record
-            self._flushed.add(key)
-        self._table.commit()
+        if self._pending:
+            rows = ((key, _pack(record)) for key, record in self._pending.items())
+            if not self._has_table:
+                first = list(itertools.islice(rows, _SIZE_SAMPLE))
+                self._ensure_table([len(value) for _, value in first])
+                rows = itertools.chain(first, rows)
+            if self._writer is None:
+                self._writer = _Writer(self._connection, self._file.work_path, self.durable)
+            chunk, size = [], 0
+            for row in rows:
+                chunk.append(row)
+                size += len(row[1])
+                if size >= _CHUNK_BYTES:
+                    self._writer.submit(("rows", chunk), self.path)
+                    chunk, size = [], 0
+            if chunk:
+                self._writer.submit(("rows", chunk), self.path)
+            self._writer.submit(("commit", None), self.path)
+            self._flushed.update(self._pending)
         self._pending.clear()
         self._pending_bytes = 0
 
-    def get(self, object_id) -> ObjectRecord:
+    def get(self, object_id, arrays: bool = True) -> ObjectRecord:
         """All epochs of one object.
+
+        Parameters
+        ----------
+        object_id : int
+        arrays : bool
+            Decode the arrays (False: only the metadata, epochs have empty
+            ``arrays``; ignored for records not yet written).
 
         Returns
         -------
@@ -303,28 +774,70 @@ class StampStore:
         key = _object_key(object_id)
         if key in self._pending:
             return self._pending[key]
-        try:
-            return self._table[key]
-        except KeyError:
-            raise KeyError(f"object {key} is not in stamp store {self.path}") from None
+        record = self._read(key, arrays)
+        if record is None:
+            raise KeyError(f"object {key} is not in stamp store {self.path}")
+        return record
+
+    def get_many(self, object_ids, arrays: bool = True) -> dict:
+        """Records of many objects, read in a few queries.
+
+        Parameters
+        ----------
+        object_ids : array_like of int
+        arrays : bool
+            As in :meth:`get`.
+
+        Returns
+        -------
+        dict of int to ObjectRecord
+            The objects found in the store (absent ids are left out).
+        """
+        keys = list(dict.fromkeys(_object_key(i) for i in np.asarray(object_ids).ravel().tolist()))
+        found = {}
+        missing = []
+        for key in keys:
+            if key in self._pending:
+                found[int(key)] = self._pending[key]
+            else:
+                missing.append(key)
+        if missing:
+            self._ensure_table()
+            self._idle()
+        for start in range(0, len(missing), _IN_CHUNK):
+            chunk = missing[start:start + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            query = f'SELECT key, value FROM "{TABLE}" WHERE key IN ({marks})'
+            for key, value in self._connection.execute(query, chunk):
+                found[int(key)] = self._decode(key, value, arrays)
+        return found
 
     def __getitem__(self, object_id) -> ObjectRecord:
         return self.get(object_id)
 
     def __contains__(self, object_id) -> bool:
         key = _object_key(object_id)
-        return key in self._pending or key in self._table
+        if key in self._pending:
+            return True
+        self._ensure_table()
+        self._idle()
+        return self._connection.execute(f'SELECT 1 FROM "{TABLE}" WHERE key = ?', (key,)).fetchone() is not None
 
     def object_ids(self) -> np.ndarray:
         """Sorted ids of every object in the store (with or without epochs)."""
-        keys = set(self._table.keys()) | set(self._pending)
+        self._ensure_table()
+        self._idle()
+        keys = {key for (key,) in self._connection.execute(f'SELECT key FROM "{TABLE}"')} | set(self._pending)
         return np.array(sorted(int(k) for k in keys), dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.object_ids())
 
-    def items(self):
-        """Iterate ``(object_id, ObjectRecord)`` over the stored objects (in write
-        mode, call :meth:`flush` first)."""
-        for key, record in self._table.items():
-            yield int(key), record
+    def items(self, arrays: bool = True):
+        """Iterate ``(object_id, ObjectRecord)`` over the stored objects, in the
+        order they were written (in write mode, call :meth:`flush` first)."""
+        self._ensure_table()
+        self._idle()
+        cursor = self._connection.execute(f'SELECT key, value FROM "{TABLE}" ORDER BY rowid')
+        for key, value in cursor:
+            yield int(key), self._decode(key, value, arrays)

@@ -9,7 +9,8 @@ The algorithms behind the ``psfinterp`` module, usable without the runner:
   pixel grid (``PSF_SAMP`` honoured), centred at a chosen sub-pixel offset
   and normalised to unit sum (see
   :meth:`shapepipe_modules.io.psfex_file.PSFModel.evaluate`).
-- :func:`hsm_shapes`: adaptive-moment shapes (``galsim.hsm``) of stamps.
+- :func:`hsm_shapes`: adaptive-moment shapes of stamps (HSM's algorithm, see
+  :mod:`shapepipe_modules.io.moments`; ``galsim.hsm`` as the reference).
 - :func:`classic`, :func:`validation`: the single-CCD modes as tables.
 - :mod:`.multi_epoch`: the tile mode.
 
@@ -127,11 +128,47 @@ def psf_stamps(model, x, y, size: int | None = None, dx=0.0, dy=0.0, dtype=np.fl
     if x.size == 0:
         side = int(size or model.grid_shape[1])
         return np.zeros((0, side, side), dtype=dtype)
+    if float(model.sampling) == 1.0 and not np.any(dx) and not np.any(dy):
+        return _unshifted_stamps(model, x, y, size, dtype)
     return model.evaluate(x, y, size=size, centre=(dx, dy), dtype=dtype)
 
 
-def hsm_shapes(stamps, bad_pixels=None) -> dict:
-    """Adaptive moments of stamps with ``galsim.hsm.FindAdaptiveMom``.
+def _overlap(size: int, grid: int):
+    """Slices of a stamp and of a model grid that overlap when their centres are aligned."""
+    first = grid // 2 - size // 2  # grid index of the stamp's first pixel
+    low, high = max(0, -first), min(size, grid - first)
+    return slice(low, high), slice(first + low, first + high)
+
+
+# Positions per block of :func:`_unshifted_stamps` (bounds the memory of the grids).
+_BLOCK = 1024
+
+
+def _unshifted_stamps(model, x, y, size, dtype):
+    """Stamps of a model whose grid is the pixel grid, centred on the central pixel.
+
+    Lanczos resampling at integer offsets on a grid of step 1 is the
+    identity, so the stamp is the grid itself, cropped or zero-padded: the
+    result of ``model.evaluate`` (up to rounding) for a fraction of its cost.
+    """
+    y = np.atleast_1d(np.asarray(y, dtype=float))
+    x, y = np.broadcast_arrays(x, y)
+    x, y = x.ravel(), y.ravel()
+    ny, nx = model.grid_shape
+    size = int(size or nx)
+    out_rows, grid_rows = _overlap(size, ny)
+    out_cols, grid_cols = _overlap(size, nx)
+    stamps = np.zeros((x.size, size, size), dtype=dtype)
+    for start in range(0, x.size, _BLOCK):
+        block = slice(start, start + _BLOCK)
+        grids = model.grid_images(x[block], y[block])[:, grid_rows, grid_cols]
+        grids /= grids.sum(axis=(1, 2), keepdims=True)
+        stamps[block, out_rows, out_cols] = grids
+    return stamps
+
+
+def hsm_shapes(stamps, bad_pixels=None, warm_start: bool = False, engine: str = "numba") -> dict:
+    """Adaptive-moment shapes of stamps (HSM's ``FindAdaptiveMom``).
 
     Parameters
     ----------
@@ -139,6 +176,14 @@ def hsm_shapes(stamps, bad_pixels=None) -> dict:
         Images; pixel scale 1 (sizes come out in pixels).
     bad_pixels : ndarray of bool (n, ny, nx), optional
         Pixels to ignore (e.g. SExtractor's -1e30 fill).
+    warm_start : bool
+        Start the iteration of every stamp from the size of the first one
+        (stamps of one PSF model are alike: about half the iterations; the
+        converged moments change by less than 1e-6).
+    engine : {'numba', 'galsim'}
+        :func:`shapepipe_modules.io.moments.adaptive_moments` (HSM's
+        algorithm compiled over the whole stack), or one
+        ``galsim.hsm.FindAdaptiveMom`` call per stamp (the reference).
 
     Returns
     -------
@@ -146,6 +191,25 @@ def hsm_shapes(stamps, bad_pixels=None) -> dict:
         ``e1``, ``e2`` (HSM's observed shape g1, g2), ``sigma`` (pixels) and
         ``flag`` (1 where HSM failed), each an array of length n.
     """
+    if engine == "galsim":
+        return _galsim_shapes(stamps, bad_pixels)
+    if engine != "numba":
+        raise ValueError(f"unknown moments engine {engine!r} (numba or galsim)")
+    from shapepipe_modules.io.moments import GUESS_SIGMA, adaptive_moments
+
+    stamps = np.asarray(stamps, dtype=np.float64)
+    guess = GUESS_SIGMA
+    if warm_start and len(stamps) > 1:
+        first = adaptive_moments(stamps[:1], None if bad_pixels is None else bad_pixels[:1])
+        if first["flag"][0] == 0:
+            guess = float(first["sigma"][0])
+    moments = adaptive_moments(stamps, bad_pixels, guess_sigma=guess)
+    failed = moments["flag"] != 0
+    return {"e1": moments["g1"], "e2": moments["g2"], "sigma": moments["sigma"], "flag": failed.astype(np.int32)}
+
+
+def _galsim_shapes(stamps, bad_pixels=None) -> dict:
+    """:func:`hsm_shapes` through ``galsim.hsm``, one call per stamp."""
     import galsim
 
     stamps = np.asarray(stamps, dtype=np.float64)
@@ -155,7 +219,6 @@ def hsm_shapes(stamps, bad_pixels=None) -> dict:
     sigma = np.zeros(count)
     flag = np.zeros(count, dtype=np.int32)
     for index in range(count):
-        # HSM is C++; one call per stamp is the cost that remains.
         image = galsim.Image(np.ascontiguousarray(stamps[index]), scale=1.0)
         badpix = None
         if bad_pixels is not None and bad_pixels[index].any():
@@ -224,7 +287,7 @@ def classic(model, status: ModelStatus, table, position_params, path, size=None,
         stamps = np.full((count, size, size), np.nan)
     columns["VIGNET"] = stamps.astype(np.float32)
     if get_shapes:
-        shapes = hsm_shapes(stamps) if status.usable else _failed_shapes(count)
+        shapes = hsm_shapes(stamps, warm_start=True) if status.usable else _failed_shapes(count)
         columns.update(_shape_columns(shapes, "PSF"))
     columns["PSF_FLAG"] = np.full(count, status.flag, dtype=np.int16)
     return columns
@@ -334,7 +397,7 @@ def validation(model, status: ModelStatus, table, position_params, path, fit_tab
         # HSM finds the centroid itself; a centred stamp avoids the interpolation a sub-pixel shift
         # needs (Lanczos-3 shifts add ~1e-3 of spurious ellipticity to a 2-pixel PSF).
         models = psf_stamps(model, x, y, size)
-        psf_shapes = hsm_shapes(models)
+        psf_shapes = hsm_shapes(models, warm_start=True)
     else:
         psf_shapes = _failed_shapes(count)
     columns = {**_shape_columns(psf_shapes, "PSF"), **_shape_columns(star_shapes, "STAR")}

@@ -209,15 +209,13 @@ def interpolate_tile(catalogue: TileCatalogue, psf_path, wcs_of, store, star_thr
         if centre_on_object:
             dx, dy = subpixel_offset(x), subpixel_offset(y)
         stamps = psf_stamps(model, x, y, size, dx, dy)
-        shapes = hsm_shapes(stamps) if get_shapes else None
-        stamps32 = stamps.astype(np.float32)
-        ids = catalogue.number[rows]
-        for index in range(len(rows)):
-            meta = {"X": float(x[index]), "Y": float(y[index]), "DX": float(dx[index]), "DY": float(dy[index])}
-            if shapes is not None:
-                meta.update(E1_PSF_HSM=float(shapes["e1"][index]), E2_PSF_HSM=float(shapes["e2"][index]),
-                            SIGMA_PSF_HSM=float(shapes["sigma"][index]), FLAG_PSF_HSM=int(shapes["flag"][index]))
-            store.put(int(ids[index]), key, {"VIGNET": stamps32[index]}, meta)
+        meta = {"X": x, "Y": y, "DX": dx, "DY": dy}
+        if get_shapes:
+            # One model per CCD: the stamps are alike, the first one's size starts the others.
+            shapes = hsm_shapes(stamps, warm_start=True)
+            meta.update(E1_PSF_HSM=shapes["e1"], E2_PSF_HSM=shapes["e2"], SIGMA_PSF_HSM=shapes["sigma"],
+                        FLAG_PSF_HSM=shapes["flag"])
+        store.put_many(catalogue.number[rows], key, {"VIGNET": stamps.astype(np.float32)}, meta)
         has_epoch[rows] = True
         result.n_object_epochs += len(rows)
     for row in np.flatnonzero(~has_epoch).tolist():

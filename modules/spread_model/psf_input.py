@@ -9,25 +9,26 @@ Combination: the PSF sigma is the mean of the epochs' HSM sigmas (as
 ShapePipe), over epochs whose HSM flag is 0 and sigma finite and positive;
 the PSF stamp is the mean of the epochs' stamps, each normalised to unit
 sum. An epoch without ``SIGMA_PSF_HSM`` gets the HSM sigma of its stamp
-(GalSim's adaptive moments). Objects absent from the store, recorded as
-having no epoch, or with no usable epoch have no PSF.
+(HSM's adaptive moments, :mod:`shapepipe_modules.io.moments`). Objects
+absent from the store, recorded as having no epoch, or with no usable epoch
+have no PSF.
+
+The store is read in bulk (:meth:`StampStore.get_many`), and without
+decoding the stamps when only the sigmas are needed.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 
 def _hsm_sigma(stamp) -> float:
-    import galsim
+    from shapepipe_modules.io.moments import adaptive_moments
 
-    try:
-        moments = galsim.hsm.FindAdaptiveMom(galsim.Image(np.asarray(stamp, float)), strict=False)
-    except galsim.errors.GalSimError:
-        return np.nan
-    if moments.moments_status != 0:
-        return np.nan
-    return float(moments.moments_sigma)
+    moments = adaptive_moments(np.asarray(stamp, float)[None])
+    return float(moments["sigma"][0]) if moments["flag"][0] == 0 else np.nan
 
 
 def combine_epochs(record, want_stamps: bool):
@@ -52,30 +53,33 @@ def combine_epochs(record, want_stamps: bool):
         if "SIGMA_PSF_HSM" in epoch.meta:
             sigma = float(epoch.meta["SIGMA_PSF_HSM"])
             if int(epoch.meta.get("FLAG_PSF_HSM", 0) or 0) != 0:
-                sigma = np.nan
+                sigma = math.nan
         elif stamp is not None:
             sigma = _hsm_sigma(stamp)
         else:
-            sigma = np.nan
-        if not (np.isfinite(sigma) and sigma > 0):
+            sigma = math.nan
+        if not (math.isfinite(sigma) and sigma > 0):
             continue
         if want_stamps:
             if stamp is None:
                 continue
-            total = float(np.sum(stamp))
-            if not (np.isfinite(total) and total > 0):
+            total = float(stamp.sum(dtype=np.float64))
+            if not (math.isfinite(total) and total > 0):
                 continue
-            stamps.append(np.asarray(stamp, float) / total)
+            stamps.append((stamp, total))
         sigmas.append(sigma)
     if not sigmas:
-        return np.nan, None
+        return math.nan, None
     stamp = None
     if want_stamps:
-        shapes = {s.shape for s in stamps}
+        shapes = {s.shape for s, _ in stamps}
         if len(shapes) != 1:
             raise ValueError(f"PSF stamps of one object have different shapes {sorted(shapes)}")
-        stamp = np.mean(stamps, axis=0)
-    return float(np.mean(sigmas)), stamp
+        # Mean of the unit-sum stamps.
+        stamp = np.zeros(stamps[0][0].shape)
+        for epoch_stamp, total in stamps:
+            stamp += epoch_stamp * np.float64(1.0 / (total * len(stamps)))  # in double precision
+    return sum(sigmas) / len(sigmas), stamp
 
 
 def read_object_psfs(store, object_ids, want_stamps: bool = False):
@@ -98,12 +102,16 @@ def read_object_psfs(store, object_ids, want_stamps: bool = False):
     ids = np.asarray(object_ids)
     sigma = np.full(ids.size, np.nan)
     stamps = None
-    for k, object_id in enumerate(ids):
-        try:
-            record = store.get(int(object_id))
-        except KeyError:
-            continue
-        if record.reason is not None:
+    records = store.get_many(ids, arrays=want_stamps)
+    if not want_stamps:
+        # Epochs without a stored sigma need their stamp: read those objects again, whole.
+        lacking = [object_id for object_id, record in records.items()
+                   if any("SIGMA_PSF_HSM" not in epoch.meta for epoch in record.values())]
+        if lacking:
+            records.update(store.get_many(lacking, arrays=True))
+    for k, object_id in enumerate(ids.tolist()):
+        record = records.get(int(object_id))
+        if record is None or record.reason is not None:
             continue
         value, stamp = combine_epochs(record, want_stamps)
         sigma[k] = value

@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from shapepipe.errors import JobError
-from shapepipe_modules.io.stamp_store import StampStore, epoch_key
+from shapepipe_modules.io.stamp_store import EncodedMeta, StampStore, epoch_key
 
 from .catalogue import read_epochs, read_objects
 from .stamps import central_pixels, check_stamp_size, cut_stamps, local_jacobians
@@ -139,8 +139,10 @@ def read_ccd(path: Path) -> np.ndarray:
     with fits.open(path, memmap=True) as hdus:
         for hdu in hdus:
             if hdu.is_image and hdu.header.get("NAXIS", 0) == 2:
-                # A copy: the file is closed on return (a CCD is the memory bound).
-                return np.array(hdu.data)
+                # One copy, in native byte order (FITS is big-endian): the file is closed on
+                # return, and stamps are cut from native pixels without a swap each.
+                data = hdu.data
+                return data.astype(data.dtype.newbyteorder("="), copy=True)
     raise OSError(f"{path}: no 2-D image HDU")
 
 
@@ -244,10 +246,13 @@ def make_multi_epoch_stamps(
                     pending.drop(row, key, cut)
             else:
                 arrays_by_kind, jac, meta = cut
-                for i, row in enumerate(rows):
+                names = list(meta)
+                # Python floats once per group (JSON-ready), not numpy scalars per object.
+                meta_rows = zip(*(np.asarray(values, dtype=float).tolist() for values in meta.values()))
+                for i, (row, values) in enumerate(zip(rows.tolist(), meta_rows)):
                     arrays = {kind: stamps[i] for kind, stamps in arrays_by_kind.items()}
                     arrays["JACOBIAN"] = jac[i]
-                    pending.add(row, key, arrays, {name: values[i] for name, values in meta.items()})
+                    pending.add(row, key, arrays, dict(zip(names, values)))
                 summary["n_epochs"] += rows.size
             pending.remaining[rows] -= 1
             for row in rows[pending.remaining[rows] == 0]:
@@ -350,14 +355,20 @@ def _write_object(stores, sources, object_id, epochs: dict, problems: list, off_
             store.mark_no_epoch(object_id, reason)
         return True
     jacobian_kind = jacobian_store_kind(sources)
+    dropped = "; ".join(problems)
+    encoded = {}
+    for key, (_, meta) in epochs.items():
+        record_meta = dict(meta)
+        record_meta["OFF_CCD_FLAG"] = int(off_ccd_flag)
+        if problems:
+            record_meta["DROPPED_EPOCHS"] = dropped
+        # The same metadata goes to every store: encoded once.
+        encoded[key] = EncodedMeta(record_meta)
     for store, source in zip(stores, sources):
-        for key, (arrays, meta) in epochs.items():
-            record_meta = {name: float(value) for name, value in meta.items()}
-            record_meta["OFF_CCD_FLAG"] = int(off_ccd_flag)
-            if problems:
-                record_meta["DROPPED_EPOCHS"] = "; ".join(problems)
-            record = {"VIGNET": arrays[source.kind]}
-            if source.kind == jacobian_kind:
-                record["JACOBIAN"] = arrays["JACOBIAN"]
-            store.put(object_id, key, record, record_meta)
+        kind = source.kind
+        with_jacobian = kind == jacobian_kind
+        store.put_object(object_id, {
+            key: ({"VIGNET": arrays[kind], "JACOBIAN": arrays["JACOBIAN"]} if with_jacobian
+                  else {"VIGNET": arrays[kind]}, encoded[key])
+            for key, (arrays, _) in epochs.items()})
     return False

@@ -71,8 +71,9 @@ def cut_stamps(image, ix, iy, size, fill=0, dtype=None):
     """Stamps of ``image`` centred on pixels ``(iy, ix)``.
 
     Stamps fully inside the image are taken from a strided window view (one
-    block copy each); stamps crossing the border are gathered with index
-    arrays and their outside pixels set to ``fill``.
+    block copy each, straight into the result when all are inside); stamps
+    crossing the border are gathered with index arrays and their outside
+    pixels set to ``fill``.
 
     Parameters
     ----------
@@ -102,13 +103,20 @@ def cut_stamps(image, ix, iy, size, fill=0, dtype=None):
     iy = np.atleast_1d(np.asarray(iy, dtype=np.int64))
     n = ix.size
     half = size // 2
-    out = np.empty((n, size, size), dtype=dtype or image.dtype)
+    dtype = np.dtype(dtype or image.dtype)
     missing = np.zeros((n, size, size), dtype=bool)
-    if n == 0:
-        return out, missing
     inside = stamps_inside(image.shape, ix, iy, size)
-    if inside.any():
-        if image.shape[0] >= size and image.shape[1] >= size:
+    fits_window = image.shape[0] >= size and image.shape[1] >= size
+    if n and fits_window and dtype == image.dtype:
+        # One gather straight into the result; stamps crossing the border take a
+        # window clipped to the image here and are redone below.
+        windows = np.lib.stride_tricks.sliding_window_view(image, (size, size))
+        out = windows[np.clip(iy - half, 0, image.shape[0] - size), np.clip(ix - half, 0, image.shape[1] - size)]
+    else:
+        out = np.empty((n, size, size), dtype=dtype)
+        if n == 0:
+            return out, missing
+        if inside.any() and fits_window:
             windows = np.lib.stride_tricks.sliding_window_view(image, (size, size))
             out[inside] = windows[iy[inside] - half, ix[inside] - half]
     edge = np.flatnonzero(~inside)
