@@ -253,7 +253,7 @@ def test_builtin_model_matches_the_true_psf(tiny_sim, builtin_models):
     # Issue 6: mean size residual < 0.3 %, e rms < 0.005, |de| < 0.01 at every
     # grid point. With ~50 stars of S/N > 50 on a 512 x 1024 CCD the noise of
     # the stars limits the model, for the PSFEx binary as much as for the
-    # built-in engine (same stars, seed 20240: e rms per CCD 0.0017-0.0054
+    # built-in engine (same stars, seed 20240: e rms per CCD 0.0018-0.0055
     # built-in, 0.0022-0.0061 PSFEx; |de| up to 0.017 and 0.019 at CCD
     # corners). So: size and e rms per CCD as asked, pooled e rms, |de| < 0.01
     # inside the CCD border, < 0.02 at the corners.
@@ -289,3 +289,30 @@ def test_builtin_no_worse_than_the_psfex_binary(tiny_sim, tiny_sep_catalogues, b
     positions = [(100.5, 200.2, 0.2, -0.4), (256.0, 512.0, 0.0, 0.0)]
     for key, path in binary["psfex"].items():
         assert des_reader_difference(path, positions) < 1e-4, key
+
+
+@pytest.fixture(scope="module")
+def bright_tiny_models(tmp_path_factory):
+    """Built-in models of a low-noise ``tiny`` (sky mag 25, gain 600: star peaks at S/N up to ~1e4)."""
+    from conftest import TINY_SEED, extract_ccds, split_exposures
+    from shapepipe_modules.simulate import simulate
+
+    work = tmp_path_factory.mktemp("bright_tiny")
+    sim_dir = Path(simulate(preset="tiny", output_dir=work / "sim", seed=TINY_SEED, n_workers=2,
+                            sky_mag=25.0, gain=600.0))
+    ccds, _ = split_exposures(sim_dir, work / "split")
+    catalogues = extract_ccds(ccds, work / "sexcat", engine="sep")
+    return sim_dir, build_models(catalogues, work / "psf", engines=("builtin",), sim_dir=sim_dir)
+
+
+def test_builtin_unbiased_at_high_snr(bright_tiny_models):
+    # At high S/N the PSF_ACCURACY term dominates the weights of the PSF core;
+    # a ridge not scaled per unknown made the model 0.8-1.4% too large here
+    # (seed 20240), the PSFEx binary being at +0.15-0.21%.
+    sim_dir, models = bright_tiny_models
+    summary = residual_summary(sim_dir, models)
+    print("\n" + residual_table(summary, models["n_stars"]))
+    for key, row in summary["builtin"].items():
+        assert abs(row["size"]) < 0.003, (key, row)
+        assert row["e_rms"] < 0.005, (key, row)
+        assert row["e_max"] < 0.01, (key, row)

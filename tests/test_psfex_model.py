@@ -124,3 +124,17 @@ def test_too_few_stars(field):
     sample = _sample(np.random.default_rng(2), field, count=6)
     with pytest.raises(PSFFitError, match="fewer than 10"):
         fit_psf(sample, FitOptions(psf_size=(SIZE, SIZE)))
+
+
+def test_accuracy_floor_does_not_bias_bright_stars(field):
+    """Very bright stars (peak S/N ~ 3e4): the PSF_ACCURACY term gives the core
+    pixels weights ~1e5 times smaller than the faint wings'. A ridge scaled to
+    the mean diagonal then shrank the core and made the model 8% too large
+    (and e off by up to 0.015); the ridge must be neutral to that range."""
+    sample = _sample(np.random.default_rng(12), field, noise=0.3)
+    result = fit_psf(sample, FitOptions(psf_size=(SIZE, SIZE), accuracy=0.01))
+    size_error, e_error = _errors(result.model, field)
+    assert abs(size_error.mean()) < 0.005
+    assert np.sqrt(np.mean(e_error**2)) < 0.002
+    assert np.abs(e_error).max() < 0.006
+    assert result.model.accepted == len(sample)
