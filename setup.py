@@ -11,10 +11,12 @@ builtin = [
     "shapepipe_modules" + name[len("modules"):]
     for name in find_packages(include=["modules", "modules.*"])
 ]
+# Configuration files shipped beside the code, in each package and in its data/ folder.
 data_patterns = [
     "*.sex", "*.param", "*.conv", "*.psfex", "*.setools", "*.mask", "*.txt",
     "*.csv", "*.fits", "*.json", "*.ini", "*.reg",
 ]
+data_patterns += [f"data/{pattern}" for pattern in data_patterns]
 
 setup(
     packages=core + builtin,
