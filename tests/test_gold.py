@@ -14,7 +14,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from shapepipe_modules.gold import chain
-from shapepipe_modules.gold.cli import main
+from shapepipe_modules.gold.cli import SimulationMismatch, ensure_simulation, main, simulation_mismatch
 from shapepipe_modules.gold.truth_checks import classify, match_positions
 
 simulate = pytest.importorskip("shapepipe_modules.simulate")
@@ -32,7 +32,7 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="module")
 def exposure_chain(tiny, tmp_path_factory):
     root = tmp_path_factory.mktemp("gold_run")
-    status = main(["--data", str(tiny), "--run-root", str(root), "--to", "MsPl"])
+    status = main(["--preset", "tiny", "--no-ring", "--data", str(tiny), "--run-root", str(root), "--to", "MsPl"])
     summary = json.loads((root / "output" / "gold_summary.json").read_text())
     return root, status, summary
 
@@ -110,13 +110,46 @@ def test_failed_stage_stops_the_chain(tiny, tmp_path, capsys):
     shutil.copytree(tiny, sim)
     (sim / "exposures" / "2100002p.flag.fits.fz").unlink()
     root = tmp_path / "run"
-    status = main(["--data", str(sim), "--run-root", str(root)])
+    status = main(["--preset", "tiny", "--no-ring", "--data", str(sim), "--run-root", str(root)])
     assert status == 1
     error = capsys.readouterr().err
     assert "config_GitFeGie.ini failed" in error
     assert "get_images_run_2" in error and "2100002p.flag.fits.fz" in error
     names = {p.name.rsplit("_", 2)[0] for p in (root / "output").iterdir() if p.is_dir()}
     assert names == {"run_sp_GitFeGie"}
+
+
+def test_simulation_is_reused_only_when_it_matches(tiny, tmp_path, capsys):
+    """simulation.json decides: same preset, seed and ring reused; a named folder that differs is refused."""
+    assert simulation_mismatch(tiny, "tiny", 1, False) is None
+    assert simulation_mismatch(tiny, "tiny", 1, True) == "ring False (wanted True)"
+    assert simulation_mismatch(tiny, "demo", 2, False) == "preset 'tiny' (wanted 'demo'), seed 1 (wanted 2)"
+    assert ensure_simulation(tiny, "tiny", 1, 1, ring=False, log=lambda _: None) is None
+    with pytest.raises(SimulationMismatch, match="ring False"):
+        ensure_simulation(tiny, "tiny", 1, 1, ring=True, replace_different=False)
+    # The default (ring) on tiny's folder, named with --data: refused before any run, exit status 2.
+    assert main(["--preset", "tiny", "--data", str(tiny), "--run-root", str(tmp_path)]) == 2
+    assert "ring False (wanted True)" in capsys.readouterr().err
+    assert not (tmp_path / "output").exists()
+
+
+def test_ring_partners_share_a_tile():
+    """The GOLD ring test needs both galaxies of a pair under one tile's shear: they lie 30 arcsec apart."""
+    from shapepipe_modules import cfis
+    from shapepipe_modules.simulate.presets import resolve_parameters
+    from shapepipe_modules.simulate.scene import make_scene
+
+    params = resolve_parameters("demo", ring=True)
+    ra0, dec0 = cfis.tile_centre(244, 252)
+    scene = make_scene(params, 1, (ra0 - 0.1, ra0 + 0.1, dec0 - 0.08, dec0 + 0.08))
+    galaxies = np.flatnonzero(~scene["is_star"] & ~scene["is_deep_sky"])
+    order = galaxies[np.argsort(scene["pair_id"][galaxies], kind="stable")]
+    first, second = order[0::2], order[1::2]
+    np.testing.assert_array_equal(scene["pair_id"][first], scene["pair_id"][second])
+    np.testing.assert_allclose(scene["e1_int"][first], -scene["e1_int"][second])
+    separation = 3600 * np.hypot((scene["ra"][first] - scene["ra"][second]) * np.cos(np.radians(dec0)),
+                                 scene["dec"][first] - scene["dec"][second])
+    np.testing.assert_allclose(separation, 30.0, rtol=5e-3)  # flat-sky offsets
 
 
 def test_classify_follows_shapepipe_rule():
@@ -130,7 +163,8 @@ def test_classify_follows_shapepipe_rule():
 def test_whole_chain_on_tiny(tiny, tmp_path):
     """Every stage, ngmix split in two by object id and merged back, then shapepipe_validate."""
     root = tmp_path / "run"
-    assert main(["--data", str(tiny), "--run-root", str(root), "--ng-splits", "2"]) == 0
+    assert main(["--preset", "tiny", "--no-ring", "--data", str(tiny), "--run-root", str(root),
+                 "--ng-splits", "2"]) == 0
     summary = json.loads((root / "output" / "gold_summary.json").read_text())
     rows = {row["module_run"]: row for row in summary["modules"]}
     for name in ("psfinterp", "vignetmaker_run_1", "spread_model", "vignetmaker_run_2", "ngmix",

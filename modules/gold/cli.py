@@ -1,10 +1,18 @@
 """``shapepipe_gold``: simulate the ``demo`` survey if needed, run the whole CFIS-like chain, report.
 
+The simulation is a ring test by default (galaxies in pairs rotated by 90
+degrees; ``shapepipe_validate --ring`` keeps pairs whose two galaxies are
+selected), which cancels most of the shape noise in m and c. Existing data
+are reused only if their ``simulation.json`` records the same preset, seed
+and ring option: the driver's own folder (``example/GOLD/data/<preset>``)
+is simulated again otherwise, a ``--data`` folder is refused.
+
 Examples::
 
     shapepipe_gold                              # from the repository root: demo data in example/GOLD/data/demo,
                                                 # runs in example/GOLD/output
     shapepipe_gold --preset tiny --data /tmp/sim_tiny --run-root /tmp/gold
+    shapepipe_gold --no-ring                    # independent galaxy shapes (default: a ring test)
     shapepipe_gold --from PiViSmVi              # rerun from a stage (earlier runs found with last:)
     shapepipe_gold --summary-only               # the report of the newest runs
 """
@@ -38,6 +46,9 @@ def parse_args(argv):
     parser.add_argument("--run-root", type=Path, default=gold,
                         help="SP_RUN: runs go to RUN_ROOT/output (default example/GOLD)")
     parser.add_argument("--config-dir", type=Path, default=gold, help="SP_CONFIG (default example/GOLD)")
+    parser.add_argument("--no-ring", dest="ring", action="store_false",
+                        help="simulate galaxies with independent shapes (default: ring test, galaxies in "
+                             "90-degree rotated pairs, which cancels most shape noise in the shear bias)")
     parser.add_argument("-j", "--workers", type=int, default=2, help="simulation workers (default 2)")
     parser.add_argument("--ng-splits", type=int, default=1,
                         help="ngmix runs per tile by object-id range, merged by merge_sep_cats (default 1)")
@@ -45,6 +56,7 @@ def parse_args(argv):
     parser.add_argument("--to", dest="last", choices=STAGE_NAMES, default=None, help="last stage to run")
     parser.add_argument("--summary-only", action="store_true", help="no run: report the newest runs")
     args = parser.parse_args(argv)
+    args.default_data = args.data is None
     if args.data is None:
         args.data = gold / "data" / args.preset
     if args.ng_splits < 1:
@@ -52,16 +64,62 @@ def parse_args(argv):
     return args
 
 
-def ensure_simulation(data_dir: Path, preset: str, seed: int, workers: int, log=print):
-    """Simulate into ``data_dir`` unless it already holds a simulation; return the time taken (None: reused)."""
+class SimulationMismatch(ValueError):
+    """A named data folder holds a simulation other than the one asked for."""
+
+
+def simulation_mismatch(data_dir: Path, preset: str, seed: int, ring: bool):
+    """How the simulation in ``data_dir`` differs from the one asked for (None: it matches).
+
+    The preset, the seed and the ring option are compared with the
+    ``simulation.json`` record, so that data simulated differently are
+    never reused silently.
+    """
+    record = json.loads((data_dir / "simulation.json").read_text())
+    parameters = record.get("parameters", {})
+    found = {"preset": record.get("preset"), "seed": record.get("seed"),
+             "ring": bool(parameters.get("ring", False))}
+    wanted = {"preset": preset, "seed": int(seed), "ring": bool(ring)}
+    differences = [f"{key} {found[key]!r} (wanted {wanted[key]!r})" for key in wanted if found[key] != wanted[key]]
+    return ", ".join(differences) or None
+
+
+def simulated_ring(data_dir) -> bool:
+    """Whether the simulation in ``data_dir`` is a ring test (its ``simulation.json``)."""
+    record = json.loads((Path(data_dir) / "simulation.json").read_text())
+    return bool(record.get("parameters", {}).get("ring", False))
+
+
+def ensure_simulation(data_dir: Path, preset: str, seed: int, workers: int, ring: bool = True, log=print,
+                      replace_different=True):
+    """Simulate into ``data_dir`` unless it holds the same simulation; return the time taken (None: reused).
+
+    Parameters
+    ----------
+    replace_different : bool
+        What to do with a simulation of another preset, seed or ring option
+        in ``data_dir``: simulate again (the driver's own data folder), or
+        raise (a folder the user named).
+
+    Raises
+    ------
+    SimulationMismatch
+        If ``data_dir`` holds a different simulation and ``replace_different`` is False.
+    """
     if (data_dir / "simulation.json").is_file():
-        log(f"simulated data: {data_dir} (reused)")
-        return None
+        mismatch = simulation_mismatch(data_dir, preset, seed, ring)
+        if mismatch is None:
+            log(f"simulated data: {data_dir} (reused: preset {preset}, seed {seed}, ring {ring})")
+            return None
+        if not replace_different:
+            raise SimulationMismatch(f"{data_dir / 'simulation.json'} records {mismatch}; pass the matching --preset, "
+                             "--seed and --no-ring options, or another --data folder")
+        log(f"simulated data in {data_dir} differ: {mismatch}; simulating again")
     from shapepipe_modules.simulate import simulate
 
-    log(f"simulating preset {preset!r} into {data_dir} ...")
+    log(f"simulating preset {preset!r} (seed {seed}, ring {ring}) into {data_dir} ...")
     started = time.perf_counter()
-    simulate(preset=preset, output_dir=data_dir, seed=seed, n_workers=workers)
+    simulate(preset=preset, output_dir=data_dir, seed=seed, n_workers=workers, ring=ring)
     elapsed = time.perf_counter() - started
     log(f"  {elapsed:.1f} s")
     return elapsed
@@ -121,6 +179,10 @@ def build_summary(data_dir, run_root, stage_runs=(), chain_wall_s=None, simulati
                 if value is not None and error is not None:
                     summary["shear"][f"{name}{k + 1}"] = (float(value), float(error))
         summary["shear"]["n_selected"] = values.get("n_selected")
+        summary["shear"]["ring"] = bool(values.get("ring", False))
+        summary["shear"]["selection"] = values.get("selection")
+        summary["shear"]["R"], summary["shear"]["R_sel"] = values.get("R"), values.get("R_sel")
+        summary["shear"]["counts"] = {key: values.get(key) for key in ("n_detected", "n_matched", "n_used")}
     else:
         summary["shear_note"] = "shear bias: no shapepipe_validate report (run the chain to the end)"
     return summary
@@ -149,7 +211,11 @@ def main(argv=None) -> int:
     simulation_s = None
     if not args.summary_only:
         try:
-            simulation_s = ensure_simulation(args.data, args.preset, args.seed, args.workers)
+            simulation_s = ensure_simulation(args.data, args.preset, args.seed, args.workers, args.ring,
+                                             replace_different=args.default_data)
+        except SimulationMismatch as error:
+            print(f"shapepipe_gold: {error}", file=sys.stderr)
+            return 2
         except (OSError, ValueError) as error:
             print(f"shapepipe_gold: cannot simulate into {args.data}: {error}", file=sys.stderr)
             return 1
@@ -167,7 +233,8 @@ def main(argv=None) -> int:
             if args.last in (None, "validate"):
                 print("[validate] shapepipe_validate: shear bias against the truth")
                 t0 = time.perf_counter()
-                run_validation(args.data, args.run_root)
+                ring = ("--ring",) if simulated_ring(args.data) else ()
+                run_validation(args.data, args.run_root, extra_args=ring)
                 stage_runs.append(StageRun("validate", [], time.perf_counter() - t0))
         except ChainError as error:
             print(f"shapepipe_gold: stopped: {error}", file=sys.stderr)

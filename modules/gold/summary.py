@@ -104,6 +104,24 @@ def format_summary(summary: dict) -> str:
     shear = summary.get("shear")
     if shear:
         lines += ["", "shear bias (shapepipe_validate):"]
+        if shear.get("ring"):
+            lines.append("  ring test: galaxies simulated in pairs rotated by 90 degrees (30 arcsec apart); only "
+                         "pairs with both galaxies selected in one tile are used, so that their intrinsic shapes "
+                         "cancel")
+        elif "ring" in shear:
+            lines.append("  galaxies with independent intrinsic shapes (no ring): shape noise is not cancelled")
+        if shear.get("selection"):
+            lines.append(f"  selection: {shear['selection']}")
+        if shear.get("n_selected") is not None:
+            counts = shear.get("counts", {})
+            lines.append("  selected per tile: " + ", ".join(str(n) for n in shear["n_selected"])
+                         + (f" (of {counts['n_used']} matched galaxies, {counts['n_matched']} matched objects, "
+                            f"{counts['n_detected']} detections)" if counts else ""))
+        for name in ("R", "R_sel"):
+            if shear.get(name) is not None:
+                matrix = shear[name]
+                lines.append(f"  {name:<5} = [[{matrix[0][0]:+.4f}, {matrix[0][1]:+.4f}], "
+                             f"[{matrix[1][0]:+.4f}, {matrix[1][1]:+.4f}]]")
         for key in ("m1", "m2", "c1", "c2"):
             if key in shear:
                 value, error = shear[key]

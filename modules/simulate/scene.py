@@ -32,6 +32,10 @@ def _power_law_mags(rng, n, low, high, slope):
     return np.log10(a + rng.uniform(size=n) * (b - a)) / slope
 
 
+#: Distance between the two galaxies of a ring pair (arcsec).
+RING_SEPARATION_ARCSEC = 30.0
+
+
 def _uniform_sky(rng, n, box):
     ra_min, ra_max, dec_min, dec_max = box
     sin_dec = rng.uniform(np.sin(np.radians(dec_min)), np.sin(np.radians(dec_max)), n)
@@ -146,7 +150,18 @@ def make_scene(params, seed: int, box) -> dict:
     else:
         pair_id = np.zeros(n_draw, dtype=int)
     n_gal = gal_mag.size
-    gal_ra, gal_dec = _uniform_sky(gal_rng, n_gal, box)
+    if ring:
+        # Partners RING_SEPARATION_ARCSEC apart in a random direction: nearly
+        # every pair lies in one tile (one shear), so its shapes cancel in the
+        # tile's mean, yet the two never blend.
+        ra_1, dec_1 = _uniform_sky(gal_rng, n_draw, box)
+        angle = gal_rng.uniform(0.0, 2.0 * np.pi, n_draw)
+        step = RING_SEPARATION_ARCSEC / 3600.0
+        ra_2 = np.mod(ra_1 + step * np.cos(angle) / np.cos(np.radians(dec_1)), 360.0)
+        dec_2 = dec_1 + step * np.sin(angle)
+        gal_ra, gal_dec = np.concatenate([ra_1, ra_2]), np.concatenate([dec_1, dec_2])
+    else:
+        gal_ra, gal_dec = _uniform_sky(gal_rng, n_gal, box)
 
     columns = {
         "ra": np.concatenate([star_ra, gal_ra]),

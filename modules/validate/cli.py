@@ -69,7 +69,8 @@ def read_truth(path) -> dict:
     missing = [c for c in ("ra", "dec", "g1", "g2", "is_star") if c not in table.colnames]
     if missing:
         raise ValidationError(f"truth {path}: columns {missing} missing")
-    return {name: np.asarray(table[name]) for name in ("ra", "dec", "g1", "g2", "is_star")}
+    names = ("ra", "dec", "g1", "g2", "is_star") + (("pair_id",) if "pair_id" in table.colnames else ())
+    return {name: np.asarray(table[name]) for name in names}
 
 
 def format_report(result) -> str:
@@ -118,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=1, help="bootstrap seed (default 1)")
     parser.add_argument("--ra-col", default="XWIN_WORLD")
     parser.add_argument("--dec-col", default="YWIN_WORLD")
+    parser.add_argument("--ring", action="store_true",
+                        help="ring test: keep only ring pairs (truth pair_id) whose two galaxies are both "
+                             "selected in the same tile, and bootstrap over pairs")
     parser.add_argument("--no-plots", action="store_true", help="write no figure")
     return parser
 
@@ -135,7 +139,8 @@ def run_validation(args) -> dict:
     truths = [read_truth(truth_for(path, truth_dir)) for path in paths]
     selection = Selection(args.snr_min, args.snr_max, args.size_ratio_min)
     result = validate_catalogues(catalogues, truths, selection, args.max_sep, args.keep_stars, args.n_boot,
-                                 args.seed, args.n_bins, ra_col=args.ra_col, dec_col=args.dec_col)
+                                 args.seed, args.n_bins, ra_col=args.ra_col, dec_col=args.dec_col,
+                                 ring=args.ring)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "validation.json", json.dumps(_jsonable(result), indent=1) + "\n")

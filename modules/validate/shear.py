@@ -12,7 +12,13 @@ Steps (:func:`validate_catalogues`):
    (:data:`shapepipe_modules.ngmix.flags.FATAL`) in ``NGMIX_MCAL_FLAGS``,
    finite shapes, ``snr_min < NGMIX_SNR_K < snr_max`` and
    ``NGMIX_T_K / NGMIX_Tpsf_K > size_ratio_min`` (ShapePipe's ``T``, a
-   half-light radius, over the reconvolution PSF's).
+   half-light radius, over the reconvolution PSF's). In a ring test
+   (``ring=True``: the simulator's galaxies come in pairs rotated by 90
+   degrees, truth column ``pair_id``), an object is kept only when both
+   galaxies of its pair are in the same tile and pass the selection on the
+   same branch (:class:`PairSelection`), so that their intrinsic shapes
+   cancel in the tile's mean; pairs broken by the selection on a sheared
+   branch enter the selection response like any other selection.
 3. **Response**: ``R`` (mean of ``(g_i[j+] - g_i[j-]) / 2 step``) and the
    selection response ``R_sel`` over all selected objects of all tiles
    (:func:`shapepipe_modules.ngmix.response.shear_response`).
@@ -23,9 +29,9 @@ Steps (:func:`validate_catalogues`):
    the true values differ between tiles; with a single true value, ``m``
    assumes ``c = 0`` (true value non-zero) or ``c`` is the mean estimate
    (true value zero), and the other is NaN.
-6. **Errors**: bootstrap over objects, resampled within each tile; the
-   whole chain (response, selection response, shear, fit) is redone for
-   every draw.
+6. **Errors**: bootstrap over objects (over ring pairs in a ring test),
+   resampled within each tile; the whole chain (response, selection
+   response, shear, fit) is redone for every draw.
 """
 
 from __future__ import annotations
@@ -73,6 +79,72 @@ class Selection:
     def describe(self) -> str:
         return (f"NGMIX_NO_SHAPE == 0, NGMIX_MCAL_FLAGS & {FATAL} == 0, finite g, "
                 f"{self.snr_min} < S/N < {self.snr_max}, T/Tpsf > {self.size_ratio_min} (per branch)")
+
+
+class PairSelection:
+    """A selection kept only for ring pairs whose two galaxies both pass it.
+
+    Parameters
+    ----------
+    base : callable
+        ``base(table) -> bool array``, applied to one branch table.
+
+    Notes
+    -----
+    Branch tables carry ``pair`` (the pair's key, unique over the tiles;
+    -1: no partner in the tile) and ``member`` (0 or 1, which galaxy of the
+    pair). A bootstrap draw may repeat a pair; the test is on keys, so it
+    still needs both members.
+    """
+
+    def __init__(self, base):
+        self.base = base
+
+    def __call__(self, table) -> np.ndarray:
+        selected = np.asarray(self.base(table), dtype=bool)
+        pair, member = np.asarray(table["pair"]), np.asarray(table["member"])
+        paired = selected & (pair >= 0)
+        both = np.intersect1d(pair[paired & (member == 0)], pair[paired & (member == 1)])
+        return paired & np.isin(pair, both)
+
+    def describe(self) -> str:
+        inner = self.base.describe() if hasattr(self.base, "describe") else "selection"
+        return f"{inner}; ring pairs with both galaxies selected in the same tile"
+
+
+#: Pair keys are ``tile_number * PAIR_KEY_STRIDE + pair_id``: unique over the tiles.
+PAIR_KEY_STRIDE = 2 ** 32
+
+
+def pair_keys(pair_id, truth_index, tile_number):
+    """``pair`` and ``member`` columns of the matched objects of one tile.
+
+    Parameters
+    ----------
+    pair_id : numpy.ndarray
+        Truth ``pair_id`` of the tile (0: not in a pair).
+    truth_index : numpy.ndarray of int
+        Truth row of each kept object.
+    tile_number : int
+        Position of the tile in the list (makes the keys unique over tiles).
+
+    Returns
+    -------
+    pair, member : numpy.ndarray of int64
+        ``pair`` is -1 for objects whose partner is not a kept object of
+        the tile; ``member`` is 0 for the truth row listed first.
+    """
+    pair_id = np.asarray(pair_id, dtype=np.int64)
+    ids = pair_id[truth_index]
+    unique_ids, first_rows = np.unique(pair_id, return_index=True)
+    first_row = first_rows[np.searchsorted(unique_ids, ids)]
+    member = (np.asarray(truth_index) != first_row).astype(np.int64)
+    counts = np.bincount(ids[ids > 0], minlength=int(ids.max(initial=0)) + 1)
+    complete = (ids > 0) & (counts[np.maximum(ids, 0)] == 2)
+    if ids.max(initial=0) >= PAIR_KEY_STRIDE:
+        raise ValidationError(f"pair_id values must be below {PAIR_KEY_STRIDE}")
+    pair = np.where(complete, tile_number * PAIR_KEY_STRIDE + ids, -1).astype(np.int64)
+    return pair, member
 
 
 def branch_tables(columns: dict) -> dict:
@@ -189,8 +261,30 @@ def _estimate(tables, tile_index, g_true, select, step):
     return est, m, c
 
 
-def bootstrap_m_c(tables, tile_index, g_true, select, n_boot, rng, step=STEP):
-    """Bootstrap standard deviations of m, c (objects resampled within each tile).
+def _resample_rows(tile_index, units, rng):
+    """Rows of one bootstrap draw: units (objects, or ring pairs) drawn with replacement within each tile."""
+    rows = []
+    for t in np.unique(tile_index):
+        members = np.flatnonzero(tile_index == t)
+        codes, inverse = np.unique(units[members], return_inverse=True)
+        order = members[np.argsort(inverse, kind="stable")]
+        counts = np.bincount(inverse, minlength=codes.size)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        drawn = rng.integers(0, codes.size, codes.size)
+        lengths = counts[drawn]
+        offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        rows.append(order[np.repeat(starts[drawn], lengths) + offsets])
+    return np.concatenate(rows)
+
+
+def bootstrap_m_c(tables, tile_index, g_true, select, n_boot, rng, step=STEP, units=None):
+    """Bootstrap standard deviations of m, c (units resampled within each tile).
+
+    Parameters
+    ----------
+    units : numpy.ndarray of int, optional
+        Resampling unit of each object (default: each object its own; a
+        ring test passes the pair keys, so that pairs are drawn whole).
 
     Returns
     -------
@@ -198,10 +292,11 @@ def bootstrap_m_c(tables, tile_index, g_true, select, n_boot, rng, step=STEP):
     samples : numpy.ndarray (n_boot, 4)
         m1, m2, c1, c2 of each draw.
     """
-    members = [np.flatnonzero(tile_index == t) for t in range(len(g_true))]
+    tile_index = np.asarray(tile_index)
+    units = np.arange(tile_index.size) if units is None else np.asarray(units)
     samples = np.full((n_boot, 4), np.nan)
     for b in range(n_boot):
-        rows = np.concatenate([rng.choice(idx, size=idx.size, replace=True) for idx in members if idx.size])
+        rows = _resample_rows(tile_index, units, rng)
         try:
             _, m, c = _estimate(_subset(tables, rows), tile_index[rows], g_true, select, step)
         except (ValueError, np.linalg.LinAlgError):
@@ -213,7 +308,7 @@ def bootstrap_m_c(tables, tile_index, g_true, select, n_boot, rng, step=STEP):
 
 
 def validate_catalogues(catalogues, truths, selection=None, max_sep=1.0, keep_stars=False, n_boot=200,
-                        seed=1, n_bins=4, step=STEP, ra_col="XWIN_WORLD", dec_col="YWIN_WORLD"):
+                        seed=1, n_bins=4, step=STEP, ra_col="XWIN_WORLD", dec_col="YWIN_WORLD", ring=False):
     """The whole validation.
 
     Parameters
@@ -236,6 +331,9 @@ def validate_catalogues(catalogues, truths, selection=None, max_sep=1.0, keep_st
         S/N and size-ratio bins (quantiles of the selected noshear values).
     step : float
         Metacal shear step.
+    ring : bool
+        Ring test: keep only pairs whose two galaxies are selected (truth
+        ``pair_id`` needed), and bootstrap over pairs.
 
     Returns
     -------
@@ -245,7 +343,8 @@ def validate_catalogues(catalogues, truths, selection=None, max_sep=1.0, keep_st
         and size bin: edges, m, c, errors); ``R_objects`` (per-object R11,
         R22 of the selection); counts.
     """
-    selection = selection or Selection()
+    base_selection = selection or Selection()
+    selection = PairSelection(base_selection) if ring else base_selection
     rng = np.random.default_rng(seed)
     parts, tile_index, g_true, names = [], [], [], []
     n_detected = n_matched = 0
@@ -265,7 +364,16 @@ def validate_catalogues(catalogues, truths, selection=None, max_sep=1.0, keep_st
         if np.ptp(shear, axis=0).max() > 1e-9:
             raise ValidationError(f"tile {name}: the true shear is not constant over the tile")
         rows = np.flatnonzero(keep)
-        parts.append(_subset(branch_tables(columns), rows))
+        part = _subset(branch_tables(columns), rows)
+        if ring:
+            if "pair_id" not in truth:
+                raise ValidationError(f"tile {name}: ring test asked but the truth has no pair_id column")
+            pair, member = pair_keys(truth["pair_id"], index[rows], t)
+        else:
+            pair = member = np.full(rows.size, -1, dtype=np.int64)
+        for table in part.values():
+            table["pair"], table["member"] = pair, member
+        parts.append(part)
         tile_index.append(np.full(rows.size, t, dtype=np.int64))
         g_true.append(shear[0])
         names.append(name)
@@ -275,8 +383,11 @@ def validate_catalogues(catalogues, truths, selection=None, max_sep=1.0, keep_st
               for branch in BRANCHES}
     tile_index = np.concatenate(tile_index)
     g_true = np.array(g_true)
+    # Bootstrap units: ring pairs drawn whole (objects outside complete pairs are never selected).
+    units = np.where(tables["noshear"]["pair"] >= 0, tables["noshear"]["pair"],
+                     -1 - np.arange(tile_index.size)) if ring else None
     est, m, c = _estimate(tables, tile_index, g_true, selection, step)
-    m_err, c_err, _ = bootstrap_m_c(tables, tile_index, g_true, selection, n_boot, rng, step)
+    m_err, c_err, _ = bootstrap_m_c(tables, tile_index, g_true, selection, n_boot, rng, step, units)
 
     selected = selection(tables["noshear"])
     response_objects = np.column_stack([
@@ -295,14 +406,15 @@ def validate_catalogues(catalogues, truths, selection=None, max_sep=1.0, keep_st
         edges[-1] = np.nextafter(edges[-1], np.inf)
         rows = []
         for low, high in zip(edges[:-1], edges[1:]):
-            def in_bin(table, low=low, high=high):
+            def in_bin_base(table, low=low, high=high):
                 with np.errstate(invalid="ignore", divide="ignore"):
                     value = quantity(table)
-                return selection(table) & (value >= low) & (value < high)
+                return base_selection(table) & (value >= low) & (value < high)
+            in_bin = PairSelection(in_bin_base) if ring else in_bin_base
             try:
                 _, bm, bc = _estimate(tables, tile_index, g_true, in_bin, step)
                 bm_err, bc_err, _ = bootstrap_m_c(tables, tile_index, g_true, in_bin, max(n_boot // 4, 2), rng,
-                                                  step)
+                                                  step, units)
             except (ValueError, np.linalg.LinAlgError):
                 continue
             rows.append({"low": float(low), "high": float(high), "m": bm.tolist(), "c": bc.tolist(),
@@ -313,7 +425,7 @@ def validate_catalogues(catalogues, truths, selection=None, max_sep=1.0, keep_st
         "m": m, "c": c, "m_err": m_err, "c_err": c_err, "R": est["R"], "R_sel": est["R_sel"],
         "tiles": names, "g_true": g_true, "g_est": est["shear"], "n_selected": est["n"],
         "n_detected": n_detected, "n_matched": n_matched, "n_used": int(tile_index.size),
-        "bins": bins, "R_objects": response_objects, "selection": selection.describe(),
+        "bins": bins, "R_objects": response_objects, "selection": selection.describe(), "ring": bool(ring),
     }
 
 
