@@ -7,6 +7,7 @@ every registered module with its options, so it never drifts from the code.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -19,12 +20,31 @@ def _cell(text) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def _packaged_name(path: str) -> str | None:
+    """``package/relative/path`` of a file inside an imported top-level package
+    (``shapepipe`` or the module packages), so defaults that point at packaged
+    files read the same wherever the package is installed."""
+    real = os.path.realpath(path)
+    names = {name.split(".")[0] for name in sys.modules if name.startswith("shapepipe")}
+    for name in sorted(names):
+        for folder in getattr(sys.modules.get(name), "__path__", None) or []:
+            folder = os.path.realpath(folder)
+            if real.startswith(folder + os.sep):
+                return f"{name}/{os.path.relpath(real, folder)}"
+    return None
+
+
 def _default(option) -> str:
     if option.required:
         return "**required**"
     if option.default is None or option.default == []:
         return "-"
-    return f"`{option.default}`"
+    value = option.default
+    if isinstance(value, str) and os.path.isabs(value):
+        packaged = _packaged_name(value)
+        if packaged:
+            return f"`{packaged}` (installed with the package)"
+    return f"`{value}`"
 
 
 def _table(options) -> list[str]:
