@@ -248,6 +248,15 @@ def prepare_epoch(assembled, rng):
     psf_fit = fit_psf_image(assembled["psf_image"], jac, T_guess)
     if psf_fit.status & ~FIT_BAD_COVARIANCE:
         return None, "psf_fit"
+    return epoch_from_pixels(assembled, psf_fit, rng)
+
+
+def epoch_from_pixels(assembled, psf_fit, rng):
+    """Epoch with masked pixels filled with noise and the weight from the noise level.
+
+    Shared by the engines once their PSF fit succeeded; returns
+    ``(Epoch, "")`` or ``(None, reason)``.
+    """
     image = assembled["image"]
     mask = (assembled["flag"] != 0) | (assembled["weight"] <= 0)
     usable = ~mask
@@ -261,7 +270,7 @@ def prepare_epoch(assembled, rng):
     if mask.any():
         filled[mask] = rng.normal(0.0, sigma, size=int(mask.sum()))
     return Epoch(image=filled, weight=usable / sigma ** 2, mask=mask,
-                 psf_image=assembled["psf_image"], jacobian=jac,
+                 psf_image=assembled["psf_image"], jacobian=assembled["jacobian"],
                  centre=assembled["centre"], noise_sigma=float(sigma),
                  flux_scale=assembled["flux_scale"], name=assembled["name"],
                  moments=moments, psf_fit=psf_fit), ""

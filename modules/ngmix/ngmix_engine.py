@@ -42,13 +42,13 @@ import numpy as np
 from . import flags as fl
 from .engine import (
     EngineConfig,
-    Epoch,
     _empty_branch,
     _weighted_psf_summary,
     assemble_epoch,
+    epoch_from_pixels,
 )
 from .metacal import BRANCHES
-from .moments import T_err_to_r50_err, T_to_r50, adaptive_moments, noise_sigma_outside_object
+from .moments import T_err_to_r50_err, T_to_r50, adaptive_moments
 
 #: Oldest ngmix major version whose API this engine uses.
 NGMIX_MAJOR = 2
@@ -285,23 +285,7 @@ def prepare_epoch(ngmix, assembled, rng, ntry=5):
     psf_fit = fit_psf(ngmix, psf_obs, rng, ntry=ntry)
     if psf_fit is None:
         return None, "psf_fit"
-    image = assembled["image"]
-    mask = (assembled["flag"] != 0) | (assembled["weight"] <= 0)
-    usable = ~mask
-    if not usable.any():
-        return None, "no_pixels"
-    moments = adaptive_moments(image, mask=mask)
-    sigma = noise_sigma_outside_object(image, usable, moments)
-    if not (np.isfinite(sigma) and sigma > 0):
-        return None, "no_pixels"
-    filled = image.copy()
-    if mask.any():
-        filled[mask] = rng.normal(0.0, sigma, size=int(mask.sum()))
-    return Epoch(image=filled, weight=usable / sigma ** 2, mask=mask,
-                 psf_image=assembled["psf_image"], jacobian=jac,
-                 centre=assembled["centre"], noise_sigma=float(sigma),
-                 flux_scale=assembled["flux_scale"], name=assembled["name"],
-                 moments=moments, psf_fit=psf_fit), ""
+    return epoch_from_pixels(assembled, psf_fit, rng)
 
 
 def _round_s2n(ngmix, pars, obslist):
