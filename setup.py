@@ -11,12 +11,11 @@ builtin = [
     "shapepipe_modules" + name[len("modules"):]
     for name in find_packages(include=["modules", "modules.*"])
 ]
-# Configuration files shipped beside the code, in each package and in its data/ folder.
+# Configuration files shipped beside the code (each module's data/ folder is a package).
 data_patterns = [
     "*.sex", "*.param", "*.conv", "*.psfex", "*.setools", "*.mask", "*.txt",
     "*.csv", "*.fits", "*.json", "*.ini", "*.reg",
 ]
-data_patterns += [f"data/{pattern}" for pattern in data_patterns]
 
 setup(
     packages=core + builtin,
