@@ -280,7 +280,10 @@ def _run_sep(job, paths, settings_files, zero_point, background_value, check_ima
     clock = time.perf_counter()
     image_header = header.copy()
     for key, (value, comment) in result.header_keys.items():
-        image_header[key] = (value, comment)
+        # Keep each card within 80 characters: long float values leave less room
+        # for the comment, and astropy would warn and truncate it anyway.
+        room = max(0, 80 - 33 - max(0, len(str(value)) - 20))
+        image_header[key] = (value, comment[:room])
     catalogue = job.output_path(job_names(job)["catalogue"])
     write_ldac(catalogue, result.table, image_header)
     check_data = {
