@@ -515,23 +515,32 @@ def measure_object(epochs, object_id, rng, config=None, n_dropped_psf=0):
         elif result.status & FIT_BAD_COVARIANCE:
             branch_flags |= fl.BAD_COVARIANCE
         if not branch_flags & fl.FIT_FAIL:
-            pars, errs = result.pars, result.errors
-            row.update(
-                g1=pars[2], g2=pars[3], g1_err=errs[2], g2_err=errs[3],
-                T_gauss_arcsec2=pars[4], T_gauss_arcsec2_err=errs[4],
-                T=float(T_to_r50(pars[4])), T_err=float(T_err_to_r50_err(pars[4], errs[4])),
-                flux=pars[5], flux_err=errs[5], s2n=result.s2n,
-            )
-            if pars[5] > 0:
-                row["mag"] = -2.5 * np.log10(pars[5]) + config.zero_point
-                row["mag_err"] = abs(2.5 * errs[5] / (pars[5] * np.log(10.0)))
-            else:
-                branch_flags |= fl.NONPOSITIVE_FLUX
+            branch_flags |= fill_branch_row(row, result.pars, result.errors, result.s2n, config.zero_point)
         row["flags"] = branch_flags
         mcal_flags |= branch_flags
     for row in rows.values():
         row["mcal_flags"] = mcal_flags
     return rows
+
+
+def fill_branch_row(row, pars, errs, s2n, zero_point):
+    """Write a successful Gaussian fit (g1, g2, T, flux) into a branch row.
+
+    ``T`` follows ShapePipe (half-light radius, arcsec); the Gaussian size is
+    also written as ``T_gauss_arcsec2``. Returns the flags to add
+    (NONPOSITIVE_FLUX when the flux is not positive, which leaves no magnitude).
+    """
+    row.update(
+        g1=pars[2], g2=pars[3], g1_err=errs[2], g2_err=errs[3],
+        T_gauss_arcsec2=pars[4], T_gauss_arcsec2_err=errs[4],
+        T=float(T_to_r50(pars[4])), T_err=float(T_err_to_r50_err(pars[4], errs[4])),
+        flux=pars[5], flux_err=errs[5], s2n=s2n,
+    )
+    if pars[5] <= 0:
+        return fl.NONPOSITIVE_FLUX
+    row["mag"] = -2.5 * np.log10(pars[5]) + zero_point
+    row["mag_err"] = abs(2.5 * errs[5] / (pars[5] * np.log(10.0)))
+    return 0
 
 
 def measure_raw_object(raw_epochs, object_id, rng, config=None):

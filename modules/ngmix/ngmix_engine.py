@@ -46,9 +46,10 @@ from .engine import (
     _weighted_psf_summary,
     assemble_epoch,
     epoch_from_pixels,
+    fill_branch_row,
 )
 from .metacal import BRANCHES
-from .moments import T_err_to_r50_err, T_to_r50, adaptive_moments
+from .moments import T_to_r50, adaptive_moments
 
 #: Oldest ngmix major version whose API this engine uses.
 NGMIX_MAJOR = 2
@@ -453,17 +454,7 @@ def measure_object(epochs, object_id, rng, config=None, n_dropped_psf=0):
                 # As the built-in engine: the sheared branches start from
                 # the noshear solution.
                 start = pars.copy()
-            row.update(
-                g1=pars[2], g2=pars[3], g1_err=errs[2], g2_err=errs[3],
-                T_gauss_arcsec2=pars[4], T_gauss_arcsec2_err=errs[4],
-                T=float(T_to_r50(pars[4])), T_err=float(T_err_to_r50_err(pars[4], errs[4])),
-                flux=pars[5], flux_err=errs[5], s2n=_round_s2n(ngmix, pars, obs),
-            )
-            if pars[5] > 0:
-                row["mag"] = -2.5 * np.log10(pars[5]) + config.zero_point
-                row["mag_err"] = abs(2.5 * errs[5] / (pars[5] * np.log(10.0)))
-            else:
-                branch_flags |= fl.NONPOSITIVE_FLUX
+            branch_flags |= fill_branch_row(row, pars, errs, _round_s2n(ngmix, pars, obs), config.zero_point)
         row["flags"] = branch_flags
         mcal_flags |= branch_flags
     for row in rows.values():
