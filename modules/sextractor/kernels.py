@@ -36,6 +36,23 @@ def _rint(value):
     return int(math.floor(value + 0.5))
 
 
+@numba.njit(cache=True, inline="always")
+def _ellipse_box(mx, my, c2x, c2y, c2xy, scale, width, height):
+    """Pixel range [xmin, xmax) x [ymin, ymax) of the ellipse
+    ``c2x dx^2 + c2y dy^2 + c2xy dx dy <= scale^2``, clipped to the image;
+    ``clipped`` tells whether the image edge cut it (FLAGS bit 16)."""
+    dxlim = c2x - c2xy * c2xy / (4.0 * c2y)
+    dxlim = scale / math.sqrt(dxlim) if dxlim > 0 else 0.0
+    dylim = c2y - c2xy * c2xy / (4.0 * c2x)
+    dylim = scale / math.sqrt(dylim) if dylim > 0 else 0.0
+    xmin = _rint(mx - dxlim)
+    xmax = _rint(mx + dxlim) + 1
+    ymin = _rint(my - dylim)
+    ymax = _rint(my + dylim) + 1
+    clipped = xmin < 0 or xmax > width or ymin < 0 or ymax > height
+    return max(xmin, 0), min(xmax, width), max(ymin, 0), min(ymax, height), clipped
+
+
 @numba.njit(cache=True)
 def auto_photometry(sub, var, bad, seg, x, y, cxx, cyy, cxy, a, b, kron_fact, kron_min,
                     gain, backnoise2, weight_gain):
@@ -73,26 +90,9 @@ def auto_photometry(sub, var, bad, seg, x, y, cxx, cyy, cxy, a, b, kron_fact, kr
         flag = 0
         c2x, c2y, c2xy = cxx[i], cyy[i], cxy[i]
         # Step 1: first moment of the radius within KRON_NSIG isophotal radii.
-        dxlim = c2x - c2xy * c2xy / (4.0 * c2y)
-        dxlim = KRON_NSIG / math.sqrt(dxlim) if dxlim > 0 else 0.0
-        dylim = c2y - c2xy * c2xy / (4.0 * c2x)
-        dylim = KRON_NSIG / math.sqrt(dylim) if dylim > 0 else 0.0
         klim2 = KRON_NSIG * KRON_NSIG
-        xmin = _rint(mx - dxlim)
-        xmax = _rint(mx + dxlim) + 1
-        ymin = _rint(my - dylim)
-        ymax = _rint(my + dylim) + 1
-        if xmin < 0:
-            xmin = 0
-            flag |= FLAG_APERTURE
-        if xmax > width:
-            xmax = width
-            flag |= FLAG_APERTURE
-        if ymin < 0:
-            ymin = 0
-            flag |= FLAG_APERTURE
-        if ymax > height:
-            ymax = height
+        xmin, xmax, ymin, ymax, clipped = _ellipse_box(mx, my, c2x, c2y, c2xy, KRON_NSIG, width, height)
+        if clipped:
             flag |= FLAG_APERTURE
         r1 = 0.0
         v1 = 0.0
@@ -122,26 +122,9 @@ def auto_photometry(sub, var, bad, seg, x, y, cxx, cyy, cxy, a, b, kron_fact, kr
         if areab > CROWD_THRESHOLD * area:
             flag |= FLAG_CROWDED
         # Step 2: integrate within the Kron ellipse.
-        dxlim = c2x - c2xy * c2xy / (4.0 * c2y)
-        dxlim = factor / math.sqrt(dxlim) if dxlim > 0 else 0.0
-        dylim = c2y - c2xy * c2xy / (4.0 * c2x)
-        dylim = factor / math.sqrt(dylim) if dylim > 0 else 0.0
         klim2 = factor * factor
-        xmin = _rint(mx - dxlim)
-        xmax = _rint(mx + dxlim) + 1
-        ymin = _rint(my - dylim)
-        ymax = _rint(my + dylim) + 1
-        if xmin < 0:
-            xmin = 0
-            flag |= FLAG_APERTURE
-        if xmax > width:
-            xmax = width
-            flag |= FLAG_APERTURE
-        if ymin < 0:
-            ymin = 0
-            flag |= FLAG_APERTURE
-        if ymax > height:
-            ymax = height
+        xmin, xmax, ymin, ymax, clipped = _ellipse_box(mx, my, c2x, c2y, c2xy, factor, width, height)
+        if clipped:
             flag |= FLAG_APERTURE
         area = 0
         areab = 0
