@@ -29,6 +29,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true",
                         help="validate, resolve inputs and print the job table; run nothing")
     parser.add_argument("-e", "--exclusive", metavar="NUMBER", help="process this file number only")
+    parser.add_argument("--numbers", metavar="LIST_OR_FILE",
+                        help="process these file numbers only: a comma list or a file with one per line")
+    parser.add_argument("--array-index", nargs="?", const="env", metavar="K",
+                        help="process slice K of the number list (--numbers, else [FILE] NUMBER_LIST): "
+                             "numbers K*N to K*N+N-1 for --per-task N; without K, the index of the batch "
+                             "array task (SLURM_ARRAY_TASK_ID, PBS_ARRAY_INDEX or PBS_ARRAYID)")
+    parser.add_argument("--per-task", type=int, default=1, metavar="N",
+                        help="numbers per array task (default 1)")
     parser.add_argument("--resume", nargs="?", const="", metavar="RUN_DIR",
                         help="continue the newest run of RUN_NAME (or RUN_DIR): done jobs are skipped")
     parser.add_argument("--resume-if-any", action="store_true",
@@ -53,6 +61,30 @@ def _registry_for(config):
 
             directories = [os.path.abspath(d) for d in split_list(expand_vars(text))]
     return default_registry(directories)
+
+
+def _selection(args):
+    """The command line's selection of numbers; a resumed run keeps its own."""
+    from .selection import Selection, make_selection
+
+    if args.resume and not (args.exclusive or args.numbers or args.array_index is not None):
+        from .records import read_record
+
+        record = read_record(args.resume)
+        if record is not None and record.get("selection"):
+            return Selection.from_record(record["selection"])
+    config_numbers = None
+    if args.array_index is not None and args.numbers is None:
+        from .config import expand_vars, read_ini
+        from .options import split_list
+
+        text, _ = read_ini(args.config).lookup(["FILE"], "NUMBER_LIST")
+        if text:
+            from .selection import read_numbers_argument
+
+            items = split_list(expand_vars(text))
+            config_numbers = read_numbers_argument(items[0])[0] if len(items) == 1 else items
+    return make_selection(args.exclusive, args.numbers, args.array_index, args.per_task, config_numbers)
 
 
 def _list_modules(registry) -> str:
@@ -98,7 +130,8 @@ def main(argv=None) -> int:
         from .plan import build_plan
         from .runner import Runner, dry_run, find_resume_dir
 
-        plan = build_plan(args.config, exclusive=args.exclusive)
+        selection = _selection(args)
+        plan = build_plan(args.config, selection=selection)
         if args.dry_run:
             print(dry_run(plan))
             return EXIT_OK

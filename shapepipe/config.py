@@ -1,7 +1,7 @@
 """Reading ``.ini`` configurations and the core option declarations.
 
 The core sections (``[DEFAULT]``, ``[EXECUTION]``, ``[FILE]``, ``[JOB]``,
-``[WORKER]``) and the generic keys of module sections are declared here as
+``[DASK]``, ``[WORKER]``) and the generic keys of module sections are declared here as
 :class:`~shapepipe.options.Option` objects, so validation, ``--describe``
 and ``docs/config_reference.md`` all come from one place.
 
@@ -33,8 +33,11 @@ CORE_OPTIONS: dict[str, tuple[Option, ...]] = {
     "EXECUTION": (
         Option("MODULE", "list", help="Modules to run, in order; a module may appear several times "
                "(its runs are then NAME_run_1, NAME_run_2, ...). ShapePipe's *_runner names are accepted."),
-        Option("MODE", "choice", "SMP", "SMP: jobs run on this machine with joblib. MPI is accepted "
-               "for ShapePipe compatibility but runs as SMP (a note is logged).", choices=("SMP", "MPI")),
+        Option("MODE", "choice", "SMP", "Where the jobs run. SMP: on this machine with joblib ([JOB]). "
+               "DASK: on a Dask cluster ([DASK]: an existing scheduler, a local cluster or SLURM/PBS "
+               "workers through dask-jobqueue). MPI: mpi4py's futures executor, only under an MPI "
+               "launcher (mpirun -np N python -m mpi4py.futures -m shapepipe.cli -c CONFIG); "
+               "without one the jobs run as SMP (a note is logged).", choices=("SMP", "DASK", "MPI")),
         Option("MODULE_DIR", "dir_list", [], "Extra folders of user modules (Python files or packages "
                "with a runner.py)."),
     ),
@@ -55,13 +58,38 @@ CORE_OPTIONS: dict[str, tuple[Option, ...]] = {
                "names that contain it before the number."),
     ),
     "JOB": (
-        Option("SMP_BATCH_SIZE", "int", 1, "Number of jobs run at the same time."),
+        Option("SMP_BATCH_SIZE", "int", None, "Number of jobs run at the same time (MODE = SMP). Unset: "
+               "the CPU count of the batch allocation (SLURM_CPUS_PER_TASK, PBS_NCPUS, NCPUS, NSLOTS), "
+               "else 1; a value above the allocation is capped to it."),
         Option("SMP_BACKEND", "choice", "loky", "joblib backend of the workers.",
                choices=("loky", "multiprocessing", "threading")),
         Option("TIMEOUT", "duration", None, "Time limit of each job (HH:MM:SS or seconds); absent means "
                "no limit. A job past it is killed with every program it started."),
         Option("SEED", "int", 0, "Run seed; each job derives its random streams from it, the module "
                "and the file number."),
+    ),
+    "DASK": (
+        Option("SCHEDULER_ADDRESS", "str", None, "Address of a running Dask scheduler "
+               "(tcp://host:8786); when set, no cluster is started."),
+        Option("CLUSTER", "choice", "local", "Cluster started when no scheduler address is given: local "
+               "(worker processes on this machine), slurm or pbs (batch jobs through dask-jobqueue).",
+               choices=("local", "slurm", "pbs")),
+        Option("N_WORKERS", "int", 2, "Worker processes of a local cluster."),
+        Option("N_JOBS", "int", 1, "Batch jobs of a slurm or pbs cluster."),
+        Option("CORES", "int", 1, "Cores per batch job (slurm, pbs)."),
+        Option("PROCESSES", "int", 1, "Worker processes per batch job (slurm, pbs)."),
+        Option("MEMORY", "str", "4GB", "Memory per batch job (slurm, pbs), e.g. 8GB."),
+        Option("WALLTIME", "str", "01:00:00", "Wall time per batch job (slurm, pbs)."),
+        Option("QUEUE", "str", None, "Partition (slurm) or queue (pbs) of the batch jobs."),
+        Option("ACCOUNT", "str", None, "Account charged for the batch jobs."),
+        Option("JOB_EXTRA_DIRECTIVES", "list", None, "Extra #SBATCH / #PBS directives of the batch jobs."),
+        Option("JOB_SCRIPT_PROLOGUE", "list", None, "Shell lines run before each batch worker starts "
+               "(e.g. activating the environment)."),
+        Option("THREADS_PER_WORKER", "int", 1, "Threads per worker process (jobs running at once per worker)."),
+        Option("ALLOWED_FAILURES", "int", 0, "Times a job is retried after its worker died before it fails; "
+               "0 fails it at once (a job that kills its worker cannot take other workers down)."),
+        Option("WORKER_WAIT", "duration", 600.0, "Longest wait for a first worker, or with every worker gone, "
+               "before the remaining jobs fail."),
     ),
     "WORKER": (
         Option("PROCESS_PRINT_LIMIT", "int", 200, "ShapePipe's limit on printed output lines." + IGNORED),

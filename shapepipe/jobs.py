@@ -279,6 +279,22 @@ def run_task(task: Task) -> dict:
     return row
 
 
+def failure_row(task: Task, message: str) -> dict:
+    """Row of a job lost outside :func:`run_task` (worker killed, executor failure).
+
+    The failure is also written to the job's log and status file, so that a
+    resumed run redoes the job and ``shapepipe_status`` reports it.
+    """
+    row = _row(task, {"status": "failed", "error": message}, time.time(), 0.0, 0.0, 0.0)
+    row["worker_pid"] = None
+    with contextlib.suppress(OSError):
+        Path(task.log_dir).mkdir(parents=True, exist_ok=True)
+        with open(task.log_path, "a", encoding="utf-8") as handle:
+            handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} ERROR {message}\n")
+        _write_status(task.status_path, json.dumps(row, indent=1))
+    return row
+
+
 def _write_status(path: Path, text: str) -> None:
     """Write a status file atomically with one create and one rename (hot path)."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")

@@ -79,6 +79,7 @@ class Plan:
     file_input_items: list = field(default_factory=list)
     module_dirs: tuple = ()
     exclusive: str | None = None
+    selection: object = None  # shapepipe.selection.Selection of the command line, if any
 
     @property
     def run_name(self) -> str:
@@ -373,8 +374,9 @@ def _configure_run(ini, run, core, registry, runs, records, output_dir, exclusiv
             run.numbers = read_number_list(numbers, scheme, numbers_where)
         except ConfigError as error:
             problems.extend(error.problems)
-    if exclusive is not None:
-        run.numbers = [n for n in (run.numbers if run.numbers is not None else [exclusive]) if n == exclusive]
+    if exclusive is not None:  # the command line's selection (-e, --numbers, --array-index)
+        chosen = set(exclusive)
+        run.numbers = [n for n in (exclusive if run.numbers is None else run.numbers) if n in chosen]
     method = generic.get("RUN_METHOD", (None, ""))[0]
     run.run_method = method or spec.run_method
 
@@ -483,8 +485,13 @@ def check_dependencies(runs) -> list[str]:
     return missing
 
 
-def build_plan(config_path, exclusive: str | None = None, registry: Registry | None = None) -> Plan:
+def build_plan(config_path, exclusive: str | None = None, registry: Registry | None = None,
+               selection=None) -> Plan:
     """Read and validate a configuration.
+
+    ``exclusive`` (``-e NUMBER``) or ``selection`` (a
+    :class:`~shapepipe.selection.Selection`) restrict every module run to
+    the chosen file numbers.
 
     Raises
     ------
@@ -529,8 +536,17 @@ def build_plan(config_path, exclusive: str | None = None, registry: Registry | N
         problems.append(f"{ini.where('EXECUTION', 'MODULE')}: no module given")
 
     execution, job = core["EXECUTION"], core["JOB"]
-    if execution.get("MODE") == "MPI":
-        notes.append("[EXECUTION] MODE = MPI is not implemented; jobs run with SMP (joblib) on this machine")
+    if selection is None and exclusive is not None:
+        from .selection import Selection
+
+        selection = Selection(numbers=[exclusive], source="-e")
+    chosen = list(selection.numbers) if selection is not None else None
+    if (execution.get("MODE") or "").upper() == "MPI":
+        from .executors import mpi_launcher_detected
+
+        if not mpi_launcher_detected():
+            notes.append("[EXECUTION] MODE = MPI but no MPI launcher started this process: jobs run with SMP "
+                         "(launch with: mpirun -np N python -m mpi4py.futures -m shapepipe.cli -c CONFIG)")
     if core["WORKER"].get("PROCESS_PRINT_LIMIT") not in (None, 200):
         notes.append("[WORKER] PROCESS_PRINT_LIMIT is ignored: job output goes to the job logs in full")
     if job.get("SMP_BATCH_SIZE") is not None and job["SMP_BATCH_SIZE"] < 1:
@@ -543,7 +559,13 @@ def build_plan(config_path, exclusive: str | None = None, registry: Registry | N
 
     file_items = core["FILE"].get("INPUT_DIR") or []
     for run in runs:
-        _configure_run(ini, run, core, registry, runs, records, output_dir, exclusive, problems)
+        _configure_run(ini, run, core, registry, runs, records, output_dir, chosen, problems)
+    if chosen is not None and runs:
+        schemes = [compile_scheme(r.scheme).fullmatch for r in runs if r.scheme is not None]
+        strangers = [n for n in chosen if schemes and not any(fits(n) for fits in schemes)]
+        if strangers:
+            problems.append(f"{selection.source}: {len(strangers)} selected number(s) fit no module's numbering "
+                            "scheme: " + ", ".join(strangers[:5]))
     # [FILE] INPUT_DIR is checked only if some module run reads it.
     readers = [r for r in runs if any(src == ("item", i) for i in file_items
                                       for src in input_sources(r, runs, registry, file_items))]
@@ -562,7 +584,7 @@ def build_plan(config_path, exclusive: str | None = None, registry: Registry | N
 
     plan = Plan(ini=ini, config_path=config_path, registry=registry, core=core, module_runs=runs,
                 output_dir=output_dir, records=records, notes=notes, file_input_items=file_items,
-                module_dirs=tuple(module_dirs), exclusive=exclusive)
+                module_dirs=tuple(module_dirs), exclusive=exclusive, selection=selection)
     if not problems:
         _discover_existing_inputs(plan, problems)
     if problems:

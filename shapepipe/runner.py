@@ -33,10 +33,12 @@ from pathlib import Path
 
 from .atomic import write_text_atomic
 from .errors import ConfigError, ReferenceError_
-from .jobs import STAGING, Task, read_status, run_task, status_path
+from .executors import SerialExecutor, make_executor, run_all
+from .jobs import STAGING, Task, failure_row, read_status, run_task, status_path
 from .numbering import compile_scheme, discover, sort_numbers
 from .plan import Plan, resolve_option_dirs, resolve_sources
 from .records import RECORD_NAME, new_record, read_record, scan_runs, write_record
+from .selection import worker_count
 
 OK = ("done", "done_previously")
 FAILED = ("failed", "timeout")
@@ -50,6 +52,8 @@ def _now() -> str:
 
 def _make_run_dir(plan: Plan) -> Path:
     base = plan.run_name
+    if plan.selection is not None and plan.selection.label:
+        base += f"_{plan.selection.label}"  # array tasks of one RUN_NAME never share a folder
     if plan.core["DEFAULT"]["RUN_DATETIME"]:
         base += dt.datetime.now().strftime("_%Y-%m-%d_%H-%M-%S")
     plan.output_dir.mkdir(parents=True, exist_ok=True)
@@ -78,7 +82,9 @@ def find_resume_dir(plan: Plan, given: str | None, missing_ok: bool = False) -> 
         if not (path / RECORD_NAME).is_file():
             raise ConfigError(f"--resume {given}: no run record ({RECORD_NAME}) in that folder")
         return path
-    runs = [r for r in scan_runs(plan.output_dir) if r.get("run_name") == plan.run_name]
+    wanted = plan.selection.numbers if plan.selection is not None else None
+    runs = [r for r in scan_runs(plan.output_dir) if r.get("run_name") == plan.run_name
+            and (r.get("selection") or {}).get("numbers") == wanted]
     if not runs:
         if missing_ok:
             return None
@@ -121,6 +127,19 @@ class _Progress:
             self.bar.close()
 
 
+class _FailingExecutor(SerialExecutor):
+    """Stands in for an executor that could not start: every job fails with the cause."""
+
+    name = "unavailable"
+
+    def __init__(self, message: str):
+        self.message = message
+
+    def run(self, function, tasks):
+        for task in tasks:
+            yield task, failure_row(task, self.message)
+
+
 class Runner:
     """Run a plan in a new run folder, or resume an earlier one."""
 
@@ -134,6 +153,13 @@ class Runner:
         self.missing_report: list[str] = []
         self.resuming = False
         self.config_changed = False
+        self.executor = None
+        self.run_notes: list[str] = []
+        self.workers, note = worker_count(plan.core["JOB"]["SMP_BATCH_SIZE"])
+        if note:
+            self.run_notes.append(note)
+        mode = (plan.core["EXECUTION"]["MODE"] or "SMP").upper()
+        self.executor_description = mode if mode != "SMP" else f"SMP ({self.workers} worker(s))"
 
     # -- set-up ---------------------------------------------------------
     def _setup_logging(self):
@@ -176,6 +202,9 @@ class Runner:
         (self.run_dir / copy_name).write_bytes(text)
         self.record = new_record(plan.run_name, self.run_dir, plan.config_path.resolve(), copy_name,
                                  hashlib.sha256(text).hexdigest(), self._module_entries(), _now())
+        if plan.selection is not None:
+            self.record["selection"] = plan.selection.as_record()
+        self.record["executor"] = self.executor_description
         write_record(self.record)
         run_log = plan.output_dir / f"{plan.core['FILE']['RUN_LOG_NAME']}.txt"
         line = f"{self.run_dir} {','.join(r.name for r in plan.module_runs)}\n"
@@ -313,23 +342,29 @@ class Runner:
         return [Task(number=n, inputs=list(paths), input_table={n: list(paths)}, **common)
                 for n, paths in complete.items()]
 
+    def _get_executor(self):
+        if self.executor is None:
+            self.executor = make_executor(self.plan.core["EXECUTION"]["MODE"], self.workers,
+                                          self.plan.core["JOB"]["SMP_BACKEND"], self.plan.core.get("DASK"),
+                                          notes=None)
+            self.logger.info("executor: %s", self.executor.describe())
+        return self.executor
+
     def _dispatch(self, run, tasks):
         if not tasks:
             return []
-        from joblib import Parallel, delayed
-
-        job = self.plan.core["JOB"]
         progress = _Progress(run.name, len(tasks), self.logger, self.plan.core["DEFAULT"]["VERBOSE"])
         rows = []
-        n_jobs = min(job["SMP_BATCH_SIZE"], len(tasks))
         try:
-            if n_jobs == 1:
-                results = (run_task(task) for task in tasks)
-            else:
-                results = Parallel(n_jobs=n_jobs, backend=job["SMP_BACKEND"], return_as="generator_unordered")(
-                    delayed(run_task)(task) for task in tasks
-                )
-            for row in results:
+            try:
+                executor = self._get_executor()
+            except Exception as error:  # e.g. no Dask scheduler at the address: the jobs fail, with the cause
+                message = f"executor could not start: {type(error).__name__}: {error}".splitlines()[0]
+                self.logger.error("   %s", message)
+                executor = _FailingExecutor(message)
+            if len(tasks) == 1 and executor.name == "joblib":
+                executor = SerialExecutor()  # no worker start-up for a single job
+            for _, row in run_all(executor, run_task, tasks):
                 rows.append(row)
                 progress.update(row)
                 if row["status"] not in OK:
@@ -422,8 +457,12 @@ class Runner:
                 self.logger.info("resuming: jobs recorded as done are skipped")
                 if self.config_changed:
                     self.logger.warning("the configuration differs from the one this run started with")
-            for note in plan.notes:
+            for note in [*plan.notes, *self.run_notes]:
                 self.logger.info("note: %s", note)
+            if plan.selection is not None:
+                self.logger.info("selection (%s): %d number(s): %s%s", plan.selection.source,
+                                 len(plan.selection.numbers), ", ".join(plan.selection.numbers[:10]),
+                                 " ..." if len(plan.selection.numbers) > 10 else "")
             produced: dict = {}
             not_ok: dict = {}
             for run in plan.module_runs:
@@ -445,6 +484,9 @@ class Runner:
             self.logger.error("interrupted")
             return 130
         finally:
+            if self.executor is not None:
+                with contextlib.suppress(Exception):  # closing must not hide the run's own outcome
+                    self.executor.close()
             self._close_logging()
 
 

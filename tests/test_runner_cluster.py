@@ -50,3 +50,78 @@ def test_array_tasks_resubmission_and_union(tmp_path):
     assert result.returncode == 0, result.stderr
     total = next(out.glob("union_*")) / "t_sum" / "output" / "all.txt"
     assert total.read_text() == "".join(f"value{n}" for n in NUMBERS)
+
+
+def _array_task(config, numbers_file, index, *extra, per_task=1):
+    """One task of a SLURM array: the index comes from SLURM_ARRAY_TASK_ID."""
+    env = dict(os.environ, SLURM_ARRAY_TASK_ID=str(index), SLURM_CPUS_PER_TASK="1")
+    return subprocess.Popen([sys.executable, "-m", "shapepipe.cli", "-c", str(config), "--numbers",
+                             str(numbers_file), "--array-index", "--per-task", str(per_task), "--resume-if-any",
+                             *extra], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_concurrent_array_tasks_share_one_output_dir(tmp_path):
+    """Eight array tasks of one RUN_NAME start at once in one OUTPUT_DIR."""
+    numbers = [f"-{i:03d}" for i in range(16)]
+    mods = make_modules(tmp_path)
+    inputs = make_inputs(tmp_path / "data", numbers)
+    listing = tmp_path / "numbers.txt"
+    listing.write_text("\n".join(numbers) + "\n")
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "array.ini", "t_copy,t_chain", inputs, out, mods, run_name="array",
+                          default="RUN_DATETIME = False", batch=4,
+                          extra="[T_COPY]\nFAIL_ON = -005\n")
+    tasks = [_array_task(config, listing, k, per_task=2) for k in range(8)]
+    codes = [task.wait(timeout=300) for task in tasks]
+    assert codes == [0, 0, 1, 0, 0, 0, 0, 0], [t.stderr.read() for t in tasks]
+    records = {}
+    for run_dir in sorted(out.glob("array_task*")):
+        record = json.loads((run_dir / "run.json").read_text())  # every record is whole JSON
+        records[record["selection"]["array_index"]] = record
+    assert sorted(records) == list(range(8))
+    for index, record in records.items():
+        chosen = numbers[2 * index:2 * index + 2]
+        assert record["selection"]["numbers"] == chosen
+        table = json.loads((out / f"array_task{index}" / "jobs.json").read_text())
+        assert sorted(r["number"] for r in table if r["module_run"] == "t_copy") == chosen
+        for number in chosen:
+            published = out / f"array_task{index}" / "t_chain" / "output" / f"up{number}.txt"
+            assert published.exists() == (number != "-005")
+            if number != "-005":
+                assert published.read_text() == f"VALUE{number}"
+        assert record["status"] == ("partial" if index == 2 else "done")
+    # The SMP worker count came from the allocation (SLURM_CPUS_PER_TASK=1), not from the config's 4.
+    assert "capped to the 1 CPU(s)" in (out / "array_task0" / "shapepipe.log").read_text()
+    assert len((out / "shapepipe_runs.txt").read_text().splitlines()) == 8
+    # Resubmitting the failed task after a fix continues its own run and redoes only the failure.
+    fixed = write_config(tmp_path / "array.ini", "t_copy,t_chain", inputs, out, mods, run_name="array",
+                         default="RUN_DATETIME = False", batch=4)
+    again = _array_task(fixed, listing, 2, per_task=2)
+    assert again.wait(timeout=120) == 0, again.stderr.read()
+    table = json.loads((out / "array_task2" / "jobs.json").read_text())
+    assert {(r["module_run"], r["number"], r["status"]) for r in table} == {
+        ("t_copy", "-004", "done_previously"), ("t_copy", "-005", "done"),
+        ("t_chain", "-004", "done_previously"), ("t_chain", "-005", "done")}
+    assert len(list(out.glob("array_task*"))) == 8
+
+
+def test_lost_worker_fails_its_job_only(tmp_path):
+    """A job that kills its loky worker fails; the other jobs' results are kept."""
+    numbers = ["-001", "-002", "-003", "-004"]
+    mods = make_modules(tmp_path)
+    inputs = make_inputs(tmp_path / "data", numbers)
+    config = write_config(tmp_path / "die.ini", "t_copy", inputs, tmp_path / "out", mods, batch=2,
+                          extra="[T_COPY]\nDIE_ON = -003\n")
+    result = subprocess.run([sys.executable, "-m", "shapepipe.cli", "-c", str(config)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    run_dir = next((tmp_path / "out").glob("test_*"))
+    table = {r["number"]: r for r in json.loads((run_dir / "jobs.json").read_text())}
+    assert set(table) == set(numbers)
+    assert table["-003"]["status"] == "failed" and "worker lost" in table["-003"]["error"]
+    status = json.loads((run_dir / "t_copy" / "logs" / "status" / "process-003.json").read_text())
+    assert status["status"] == "failed"
+    # Jobs that finished before the loss keep their results; none is left without a row.
+    done = [n for n, r in table.items() if r["status"] == "done"]
+    for number in done:
+        assert (run_dir / "t_copy" / "output" / f"out{number}.txt").read_text() == f"value{number}"

@@ -21,9 +21,13 @@ from shapepipe.options import Option
         options=(Option("FAIL_ON", "list", [], "numbers that fail"),
                  Option("SLEEP", "float", 0.0, "seconds to sleep"),
                  Option("TAG", "str", "", "text added"),
-                 Option("REF_DIR", "dir", None, "a directory option")))
+                 Option("REF_DIR", "dir", None, "a directory option"),
+                 Option("DIE_ON", "list", [], "numbers whose job kills its own process (a lost worker)")))
 def t_copy(job):
     """Copy the input, prefixed with TAG, into out<number>.txt and sub/side<number>.txt."""
+    if job.number in job.options["DIE_ON"]:
+        import signal
+        os.kill(os.getpid(), signal.SIGKILL)
     if job.options["SLEEP"]:
         time.sleep(job.options["SLEEP"])
     text = job.options["TAG"] + Path(job.inputs[0]).read_text()
