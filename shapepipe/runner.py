@@ -41,6 +41,9 @@ from .records import RECORD_NAME, new_record, read_record, scan_runs, write_reco
 from .selection import worker_count
 
 OK = ("done", "done_previously")
+#: Batch-system variables kept in the run record of an array task.
+BATCH_VARIABLES = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_SUBMIT_DIR",
+                   "PBS_JOBID", "PBS_ARRAY_INDEX", "PBS_ARRAYID", "PBS_O_WORKDIR", "SHAPEPIPE_BATCH_SCRIPT")
 FAILED = ("failed", "timeout")
 TABLE_COLUMNS = ("module_run", "module", "number", "status", "duration_s", "cpu_s",
                  "peak_memory_mb", "error", "log")
@@ -205,6 +208,9 @@ class Runner:
         if plan.selection is not None:
             self.record["selection"] = plan.selection.as_record()
         self.record["executor"] = self.executor_description
+        batch = {name: os.environ[name] for name in BATCH_VARIABLES if os.environ.get(name)}
+        if batch:
+            self.record["batch"] = batch  # lets shapepipe_status name the array tasks to resubmit
         write_record(self.record)
         run_log = plan.output_dir / f"{plan.core['FILE']['RUN_LOG_NAME']}.txt"
         line = f"{self.run_dir} {','.join(r.name for r in plan.module_runs)}\n"

@@ -209,7 +209,7 @@ def simulate(preset="demo", output_dir="simulation", seed=1, n_workers=1, progre
 
     Parameters
     ----------
-    preset : {"tiny", "demo", "cfis"}
+    preset : {"tiny", "demo", "cfis", "sp_field"}
         Base parameters; see :mod:`shapepipe_modules.simulate.presets`.
     output_dir : path-like
         Directory to write (created; existing files of the same names are replaced).

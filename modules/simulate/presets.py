@@ -96,6 +96,23 @@ _PRESET_OVERRIDES = {
         "star_density": 3.0,
         "galaxy_density": 25.0,
     },
+    # The shape of the field ShapePipe was timed on (2 exposures of 4 CFHT-size
+    # CCDs, one 4000x4000 tile) at CFIS densities, for benchmarks/bench_chain.py.
+    "sp_field": {
+        "tiles": ["244.252"],
+        "shear": [[0.02, 0.0]],
+        "tile_size": 4000,
+        "tile_block_rows": 1000,
+        "coverage_step": 8,
+        "exposures_per_tile": 2,
+        "ccd_rows": [2, 2],
+        "ccd_nx": 2048,
+        "ccd_ny": 4612,
+        "gap_x": 70,
+        "gap_y": 400,
+        "star_density": 3.0,
+        "galaxy_density": 25.0,
+    },
 }
 
 PRESETS = tuple(_PRESET_OVERRIDES)
