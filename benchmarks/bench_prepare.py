@@ -1,4 +1,4 @@
-"""Speed of the exposure preparation steps on CFHT-size CCDs: split_exp, merge_headers, uncompress_fits.
+"""Speed of the preparation steps on CFHT-size CCDs: get_images, find_exposures, split_exp, merge_headers, uncompress_fits.
 
 A synthetic exposure of ``--ccds`` CCDs of 2048 x 4612 pixels (the
 MegaCam CCD size) is written the way CFIS delivers it: a plain float32 image
@@ -9,7 +9,11 @@ The script then times:
 - ``split_exp`` on the exposure (open each mosaic once, decompress, write
   one file per CCD and type, check every WCS, save the header file);
 - ``merge_headers`` on ``--exposures`` header files of 40 CCDs each;
-- ``uncompress_fits`` on one compressed weight CCD.
+- ``uncompress_fits`` on one compressed weight CCD;
+- ``get_images`` bringing the exposure's three files in (symlink and copy),
+  given per CCD;
+- ``find_exposures`` on a tile whose header lists ``--tile-exposures``
+  exposures in HISTORY cards (a 2800 x 2800 tile: only the header is read).
 
 Wall and CPU seconds (this process) are medians over ``--repeats`` runs.
 ShapePipe's reference for split_exp: 1.05 s CPU per CCD.
@@ -29,6 +33,8 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from shapepipe_modules.find_exposures.find_exposures import find_exposures
+from shapepipe_modules.get_images.get_images import Transfer, retrieve
 from shapepipe_modules.merge_headers.merge_headers import merge_header_files
 from shapepipe_modules.split_exp.split_exp import split_exposure, write_header_file
 from shapepipe_modules.uncompress_fits.uncompress_fits import uncompress
@@ -98,6 +104,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ccds", type=int, default=4, help="CCDs in the synthetic exposure (CFIS: 40)")
     parser.add_argument("--exposures", type=int, default=50, help="exposures merged by merge_headers")
+    parser.add_argument("--tile-exposures", type=int, default=40, help="exposures in the tile's HISTORY")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
@@ -136,6 +143,28 @@ def main(argv=None):
 
         uz_wall, uz_cpu = timed(uncompress_one, args.repeats)
 
+        transfers = [Transfer("2113737", path, path.name.replace("-2113737", "-2113737p")) for path in paths]
+
+        def get_images(method):
+            out = work / f"get_{method}"
+            shutil.rmtree(out, ignore_errors=True)
+            retrieve(transfers, out, method=method)
+
+        link_wall, link_cpu = timed(lambda: get_images("symlink"), args.repeats)
+        copy_wall, copy_cpu = timed(lambda: get_images("copy"), args.repeats)
+
+        tile = fits.PrimaryHDU(np.zeros((2800, 2800), np.float32))
+        for index in range(args.tile_exposures):
+            tile.header.add_history(f"input image {2100000 + index}p.fits.fz 4 extension(s)")
+        tile_path = work / "CFIS_image-244-252.fits"
+        tile.writeto(tile_path)
+
+        def find():
+            names = find_exposures(tile_path)
+            assert len(names) == args.tile_exposures
+
+        find_wall, find_cpu = timed(find, args.repeats)
+
     print(f"{'step':<44} {'wall s':>8} {'cpu s':>8}")
     print(f"{'split_exp, per exposure':<44} {split_wall:8.3f} {split_cpu:8.3f}")
     print(f"{'split_exp, per CCD (image + weight + flag)':<44} {split_wall / args.ccds:8.3f} "
@@ -144,6 +173,9 @@ def main(argv=None):
     print(f"{'merge_headers, per exposure of 40 CCDs':<44} {merge_wall / args.exposures:8.4f} "
           f"{merge_cpu / args.exposures:8.4f}")
     print(f"{'uncompress_fits, per CCD (weight)':<44} {uz_wall:8.3f} {uz_cpu:8.3f}")
+    print(f"{'get_images symlink, per CCD (3 files)':<44} {link_wall / args.ccds:8.4f} {link_cpu / args.ccds:8.4f}")
+    print(f"{'get_images copy, per CCD (3 files)':<44} {copy_wall / args.ccds:8.3f} {copy_cpu / args.ccds:8.3f}")
+    print(f"{'find_exposures, per tile':<44} {find_wall:8.4f} {find_cpu:8.4f}")
 
 
 if __name__ == "__main__":

@@ -547,6 +547,12 @@ def build_plan(config_path, exclusive: str | None = None, registry: Registry | N
         if not mpi_launcher_detected():
             notes.append("[EXECUTION] MODE = MPI but no MPI launcher started this process: jobs run with SMP "
                          "(launch with: mpirun -np N python -m mpi4py.futures -m shapepipe.cli -c CONFIG)")
+        else:
+            from .executor_mpi import launch_problem
+
+            problem = launch_problem()
+            if problem:
+                problems.append(f"{ini.where('EXECUTION', 'MODE')}: {problem}")
     if core["WORKER"].get("PROCESS_PRINT_LIMIT") not in (None, 200):
         notes.append("[WORKER] PROCESS_PRINT_LIMIT is ignored: job output goes to the job logs in full")
     if job.get("SMP_BATCH_SIZE") is not None and job["SMP_BATCH_SIZE"] < 1:

@@ -1,0 +1,113 @@
+"""``[EXECUTION] MODE = MPI``: the jobs on the ranks of an MPI job (mpi4py.futures).
+
+Launch line::
+
+    mpirun -np N python -m mpi4py.futures -m shapepipe.cli -c CONFIG
+
+Rank 0 runs ``shapepipe_run``; ranks 1 to N-1 form mpi4py's shared worker
+pool and take one job at a time as they become free (dynamic load
+balancing). Under ``-m mpi4py.futures`` an exception or a non-zero exit on
+any rank calls ``MPI_Abort``, and Open MPI's ``mpirun`` stops every rank when
+one of them dies, so a broken rank ends the MPI job instead of hanging it.
+
+This module imports mpi4py, which initialises MPI: :mod:`shapepipe.executors`
+imports it only when an MPI launcher started the process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+from .executors import Executor
+from .jobs import failure_row
+
+LAUNCH_LINE = "mpirun -np N python -m mpi4py.futures -m shapepipe.cli -c CONFIG"
+
+
+def mpi_world_size() -> int:
+    """Number of processes in ``MPI.COMM_WORLD`` (imports mpi4py, initialising MPI)."""
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD.Get_size()
+
+
+def _shared_pool_running() -> bool:
+    """True when ``python -m mpi4py.futures`` made the other ranks a worker pool."""
+    # mpi4py keeps the pool of ``-m mpi4py.futures`` in a module attribute
+    # (``_core`` since mpi4py 4, ``_lib`` before); no public call tells.
+    for name in ("mpi4py.futures._core", "mpi4py.futures._lib"):
+        module = sys.modules.get(name)
+        if module is not None and getattr(module, "SharedPool", None) is not None:
+            return True
+    return False
+
+
+def launch_problem() -> str | None:
+    """Why ``MODE = MPI`` cannot run under this launch, or None.
+
+    Called (under an MPI launcher only) before anything is written: ``mpirun
+    -np N shapepipe_run`` without ``-m mpi4py.futures`` would start N
+    independent runs of the whole pipeline.
+    """
+    if _shared_pool_running():
+        return None
+    from mpi4py import MPI
+
+    world = MPI.COMM_WORLD
+    if world.Get_size() == 1:
+        return None  # one process: the jobs run with SMP, as without a launcher
+    return (f"MODE = MPI under an MPI launcher with {world.Get_size()} processes but without "
+            f"-m mpi4py.futures (rank {world.Get_rank()} would run the whole pipeline); "
+            f"launch with: {LAUNCH_LINE}")
+
+
+class MpiExecutor(Executor):
+    """Jobs on the worker ranks of ``python -m mpi4py.futures`` (world size - 1 workers).
+
+    Raises
+    ------
+    RuntimeError
+        When the ranks were not started through ``-m mpi4py.futures`` (each
+        rank would otherwise run the whole pipeline on its own).
+    """
+
+    name = "mpi"
+
+    def __init__(self):
+        from mpi4py import MPI
+        from mpi4py.futures import MPIPoolExecutor
+
+        world = MPI.COMM_WORLD
+        if world.Get_rank() != 0 or not _shared_pool_running():
+            raise RuntimeError(f"MODE = MPI needs the ranks started as a worker pool: {LAUNCH_LINE} "
+                               f"(this is rank {world.Get_rank()} of {world.Get_size()} without "
+                               "-m mpi4py.futures)")
+        self.workers = world.Get_size() - 1
+        self.pool = MPIPoolExecutor()
+
+    def describe(self) -> str:
+        return f"MPI (mpi4py.futures, {self.workers} worker rank{'s' if self.workers != 1 else ''})"
+
+    def run(self, function, tasks):
+        from concurrent.futures import as_completed
+
+        # A worker rank may run on another node, where the runner's process id
+        # means nothing; a dead rank 0 ends the whole MPI job anyway.
+        futures = {self.pool.submit(function, dataclasses.replace(task, main_pid=0)): task
+                   for task in tasks}
+        try:
+            for future in as_completed(futures):
+                task = futures.pop(future)
+                try:
+                    row = future.result()
+                except Exception as error:  # run_task records job errors itself: this is the pool failing
+                    message = f"MPI worker could not run the job: {type(error).__name__}: {error}"
+                    row = failure_row(task, message.splitlines()[0])
+                yield task, row
+        finally:
+            for future in futures:  # the caller stopped early (interrupt): drop what has not started
+                future.cancel()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
