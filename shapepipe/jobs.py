@@ -25,6 +25,7 @@ import resource
 import select
 import shutil
 import signal
+import socket
 import sys
 import time
 import traceback
@@ -37,6 +38,7 @@ from .errors import JobTimeout
 from .job import Job
 
 STAGING = ".staging"
+_HOST = socket.gethostname()
 
 
 @dataclass
@@ -57,6 +59,7 @@ class Task:
     seed: int = 0
     timeout: float | None = None
     main_pid: int = 0
+    main_host: str = ""  # the runner's host: its pid means nothing on another node
     extra: dict = field(default_factory=dict)
 
     @property
@@ -237,7 +240,8 @@ def run_task(task: Task) -> dict:
     """
     started = time.time()
     wall0 = time.perf_counter()
-    if task.main_pid and task.main_pid != os.getpid() and not _alive(task.main_pid):
+    if task.main_pid and task.main_pid != os.getpid() and task.main_host in ("", _HOST) \
+            and not _alive(task.main_pid):
         # The runner died (kill -9); an orphaned worker must not keep working.
         return _row(task, {"status": "failed", "error": "runner process gone"}, started, 0.0, 0.0, 0.0)
     Path(task.log_dir).mkdir(parents=True, exist_ok=True)
@@ -312,13 +316,9 @@ def _write_status(path: Path, text: str) -> None:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    from .records import process_alive
+
+    return process_alive(pid)
 
 
 def _row(task: Task, outcome: dict, started: float, duration: float, cpu: float, memory: float) -> dict:

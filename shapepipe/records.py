@@ -49,14 +49,27 @@ def write_record(record: dict) -> None:
     write_text_atomic(Path(record["run_dir"]) / RECORD_NAME, json.dumps(record, indent=1, sort_keys=True))
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True if process ``pid`` exists and is not a zombie.
+
+    A killed process whose parent is gone stays a zombie when the init
+    process of a container does not reap orphans; it must count as dead.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            state = handle.read().rsplit(b")", 1)[1].split()[0]
+        return state not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True
+
+
+
 
 
 def read_record(run_dir: str | Path) -> dict | None:
@@ -70,7 +83,7 @@ def read_record(run_dir: str | Path) -> dict | None:
     except (OSError, ValueError):
         return None
     if record.get("status") == "running" and record.get("host") == socket.gethostname():
-        if not _process_alive(int(record.get("pid", 0) or 0)):
+        if not process_alive(int(record.get("pid", 0) or 0)):
             record["status"] = "interrupted"
             for entry in record.get("modules", []):
                 if entry.get("status") == "running":

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -338,7 +339,8 @@ class Runner:
         function = (run.spec.run.__module__, run.spec.run.__qualname__)
         common = dict(module=run.spec.name, module_run=run.name, options=options, function=function,
                       module_dirs=plan.module_dirs, output_dir=str(output_dir), log_dir=str(log_dir),
-                      run_dir=str(self.run_dir), seed=job["SEED"], timeout=job["TIMEOUT"], main_pid=os.getpid())
+                      run_dir=str(self.run_dir), seed=job["SEED"], timeout=job["TIMEOUT"], main_pid=os.getpid(),
+                      main_host=socket.gethostname())
         if run.run_method == "serial":
             if not complete and run.patterns:
                 return []
@@ -350,10 +352,15 @@ class Runner:
 
     def _get_executor(self):
         if self.executor is None:
+            notes: list[str] = []
             self.executor = make_executor(self.plan.core["EXECUTION"]["MODE"], self.workers,
                                           self.plan.core["JOB"]["SMP_BACKEND"], self.plan.core.get("DASK"),
-                                          notes=None)
+                                          notes=notes)
+            for note in notes:
+                self.logger.info("note: %s", note)
             self.logger.info("executor: %s", self.executor.describe())
+            self.record["executor"] = self.executor.describe()
+            write_record(self.record)
         return self.executor
 
     def _dispatch(self, run, tasks):
