@@ -596,6 +596,10 @@ def build_plan(config_path, exclusive: str | None = None, registry: Registry | N
     if problems:
         raise ConfigError(problems)
     missing = check_dependencies(runs)
+    if (execution.get("MODE") or "").upper() == "DASK":
+        from .executor_dask import missing_packages
+
+        missing += missing_packages(core.get("DASK") or {})
     if missing:
         raise DependencyError("missing dependencies of the configured modules:\n  - " + "\n  - ".join(missing))
     return plan
