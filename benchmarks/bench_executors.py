@@ -116,16 +116,20 @@ def main(argv=None):
         for index in range(args.ccds):
             ccd = make_ccd(rng, nx=1024, ny=2048, n_stars=150, n_galaxies=450)
             write_ccd(ccd, ccd_in, number=f"-{2100000 + index:07d}-0")
-        for workload, module, inputs, module_dir, n_jobs in (
-                ("trivial", "bench_copy", trivial_in, mods, args.jobs),
-                ("real (sextractor, sep)", "sextractor", ccd_in, None, args.ccds)):
+        sextractor_section = ("[SEXTRACTOR]\nFILE_PATTERN = image, weight, pipeline_flag\n"
+                              "FILE_EXT = .fits, .fits, .fits\nNUMBERING_SCHEME = -0000000-0\n"
+                              "ENGINE = sep\nWEIGHT_IMAGE = True\nFLAG_IMAGE = True\n")
+        for workload, module, inputs, module_dir, n_jobs, extra in (
+                ("trivial", "bench_copy", trivial_in, mods, args.jobs, ""),
+                ("real (sextractor, sep)", "sextractor", ccd_in, None, args.ccds, sextractor_section)):
             for mode in modes:
                 why = _available(mode)
                 if why:
                     rows.append((workload, mode, None, why))
                     continue
                 config = _config(work / f"{mode}_{module}.ini", module, inputs,
-                                 work / f"out_{mode.lower()}_{module}", mode, args.workers, module_dir=module_dir)
+                                 work / f"out_{mode.lower()}_{module}", mode, args.workers, extra=extra,
+                                 module_dir=module_dir)
                 command_wall, record = _run(config, mode, args.workers)
                 entry = record["modules"][0]
                 rows.append((workload, mode, {"jobs": n_jobs, "module_wall": entry["wall_s"],

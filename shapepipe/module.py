@@ -105,6 +105,11 @@ class ModuleSpec:
         ``validate(options) -> list[str]``: cross-field problems, reported
         with the configuration errors before any job starts. ``options``
         maps option names to parsed values.
+    preload : tuple of str
+        Python modules a worker imports once before it forks a job (jobs with
+        a ``[JOB] TIMEOUT`` each run in a forked child, which inherits them
+        instead of importing them again). ``"package.module:function"`` also
+        calls ``function()`` once, e.g. to start numba.
     """
 
     name: str
@@ -122,6 +127,7 @@ class ModuleSpec:
     aliases: tuple = ()
     requirements: Callable | None = None
     validate: Callable | None = None
+    preload: tuple = ()
     source: str = field(default="", compare=False)
 
     @property
@@ -167,6 +173,7 @@ def module(
     aliases: Iterable[str] | str = (),
     requirements: Callable | None = None,
     validate: Callable | None = None,
+    preload: Iterable[str] | str = (),
 ):
     """Declare a module; see :class:`ModuleSpec` for the meaning of each field.
 
@@ -204,6 +211,7 @@ def module(
             aliases=tuple(a.lower() for a in _as_tuple(aliases)),
             requirements=requirements,
             validate=validate,
+            preload=_as_tuple(preload),
             source=getattr(function, "__module__", ""),
         )
         function.spec = spec

@@ -340,7 +340,7 @@ class Runner:
         common = dict(module=run.spec.name, module_run=run.name, options=options, function=function,
                       module_dirs=plan.module_dirs, output_dir=str(output_dir), log_dir=str(log_dir),
                       run_dir=str(self.run_dir), seed=job["SEED"], timeout=job["TIMEOUT"], main_pid=os.getpid(),
-                      main_host=socket.gethostname())
+                      main_host=socket.gethostname(), preload=run.spec.preload)
         if run.run_method == "serial":
             if not complete and run.patterns:
                 return []

@@ -117,6 +117,50 @@ def test_gauss_fit_gradient_matches_finite_differences():
         assert (up - down) / (4 * step[k]) == pytest.approx(grad[k], rel=1e-5)
 
 
+def _model_numpy(pars, du, dv, epoch, psf_cov, area):
+    """The joint Gaussian model, written independently of the numba kernel."""
+    u0, v0, g1, g2, T, flux = pars
+    gsq = g1 * g1 + g2 * g2
+    e1, e2 = 2 * g1 / (1 + gsq), 2 * g2 / (1 + gsq)
+    gal = 0.5 * T * np.array([[1 + e1, e2], [e2, 1 - e1]])
+    model = np.empty(du.size)
+    for e in range(psf_cov.shape[0]):
+        cov = gal + np.array([[psf_cov[e, 0], psf_cov[e, 1]], [psf_cov[e, 1], psf_cov[e, 2]]])
+        inv = np.linalg.inv(cov)
+        sel = epoch == e
+        d = np.stack([du[sel] - u0, dv[sel] - v0])
+        rho = np.einsum("ip,ij,jp->p", d, inv, d)
+        model[sel] = flux * area[e] / (2 * np.pi * np.sqrt(np.linalg.det(cov))) * np.exp(-0.5 * rho)
+    return model
+
+
+def test_gauss_fit_hessian_is_gauss_newton_of_an_independent_model():
+    """Two epochs (other Jacobian and PSF): chi^2, gradient and Hessian equal J^T W r and J^T W J of a numpy model."""
+    rng = np.random.default_rng(4)
+    jacs = [np.diag([0.187, 0.19]), np.array([[0.18, 0.02], [-0.01, 0.188]])]
+    images = [rng.normal(size=(N, N)) + 3.0 for _ in jacs]
+    weights = [rng.uniform(0.5, 2.0, size=(N, N)) for _ in jacs]
+    pixels = make_pixel_data(images, weights, jacs, [(25, 25), (24.6, 25.3)],
+                             [(0.1, 0.01, 0.12), (0.13, -0.02, 0.11)])
+    pars = np.array([0.03, -0.02, 0.15, -0.1, 0.5, 700.0])
+    args = (pixels.du, pixels.dv, pixels.data, pixels.weight, pixels.epoch, pixels.psf_cov, pixels.area)
+    hess, grad = np.empty((6, 6)), np.empty(6)
+    chi2 = _normal_equations(pars, *args, hess, grad, False)
+    geometry = (pixels.du, pixels.dv, pixels.epoch, pixels.psf_cov, pixels.area)
+    model = _model_numpy(pars, *geometry)
+    jac_model = np.empty((pixels.n_pixels, 6))
+    for k in range(6):
+        step = np.zeros(6)
+        step[k] = 1e-6 * max(1.0, abs(pars[k]))
+        jac_model[:, k] = (_model_numpy(pars + step, *geometry) - _model_numpy(pars - step, *geometry)) / (2 * step[k])
+    resid = model - pixels.data
+    assert chi2 == pytest.approx(np.sum(pixels.weight * resid ** 2), rel=1e-10)
+    assert np.allclose(grad, jac_model.T @ (pixels.weight * resid), rtol=1e-5, atol=1e-6 * np.abs(grad).max())
+    expected = jac_model.T @ (pixels.weight[:, None] * jac_model)
+    assert np.allclose(hess, hess.T)
+    assert np.allclose(hess, expected, rtol=1e-5, atol=1e-7 * np.abs(expected).max())
+
+
 def test_gauss_fit_recovers_noiseless_gaussian():
     jac = np.array([[0.186, 0.004], [-0.003, 0.188]])
     wcs = galsim.JacobianWCS(*jac.ravel())

@@ -221,3 +221,25 @@ def test_example_config_from_repository_root(tmp_path):
     assert "2 number(s) lack an input type, e.g. _3, _5" in result.stdout
     table = _table(run_dir)
     assert table[("python_example_run_1", "_3")]["status"] == "missing_input"
+
+
+def test_preload_runs_once_per_worker_and_never_fails_a_job(tmp_path, monkeypatch):
+    """ModuleSpec.preload: imported (and called) once per process; a bad entry is only logged."""
+    import logging
+
+    from shapepipe import jobs
+
+    (tmp_path / "warm_probe.py").write_text("CALLS = []\ndef warm():\n    CALLS.append(1)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(jobs, "_PRELOADED", set())
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("preload-test")
+    logger.addHandler(handler)
+    for _ in range(3):
+        jobs._preload(("warm_probe:warm", "no_such_module_xyz"), logger)
+    import warm_probe
+
+    assert warm_probe.CALLS == [1]
+    assert [r.getMessage().split(":")[0] for r in records] == ["preload of no_such_module_xyz failed"]

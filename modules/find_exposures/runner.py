@@ -30,6 +30,9 @@ def validate(options):
     file_ext=(".fits",),
     numbering_scheme="-000-000",
     depends=("astropy",),
+    preload=(
+             "astropy.io.fits",
+    ),
     options=OPTIONS,
     validate=validate,
 )

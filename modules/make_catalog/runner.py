@@ -81,6 +81,11 @@ def run_make_catalog(inputs, output_dir, number, options, logger):
     file_ext=(".fits", ".fits", ".sqlite", ".fits"),
     numbering_scheme="-000-000",
     depends=("numpy", "astropy"),
+    preload=(
+             "astropy.io.fits",
+             "astropy.table",
+             "shapepipe_modules.make_catalog.catalogue",
+    ),
     options=OPTIONS,
     validate=validate,
 )

@@ -158,6 +158,12 @@ def _output_header(image_header, result, params, input_paths):
     file_ext=(".fits", ".fits", ".fits"),
     numbering_scheme="-0000000-0",
     depends=("numpy", "scipy", "astropy"),
+    preload=(
+             "astropy.io.fits",
+             "astropy.wcs",
+             "scipy.ndimage",
+             "shapepipe_modules.mask.build",
+    ),
     options=OPTIONS,
     validate=validate,
 )

@@ -28,6 +28,8 @@ The correlated-noise correction adds, to each branch, a noise image rotated by
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from numba import njit
 from scipy import fft as sfft
@@ -170,6 +172,29 @@ def _embed(stamp, size, centre, out=None):
     return padded
 
 
+@lru_cache(maxsize=8)
+def _frequency_grid(size, half):
+    """Angular pixel frequencies ``(qy, qx)`` of a size x size transform (rfft2 layout if ``half``).
+
+    The same few sizes serve every object of a tile: computed once, read-only.
+    """
+    fy = sfft.fftfreq(size) * 2 * np.pi
+    fx = (sfft.rfftfreq(size) if half else sfft.fftfreq(size)) * 2 * np.pi
+    grids = np.meshgrid(fy, fx, indexing="ij")
+    for grid in grids:
+        grid.flags.writeable = False
+    return grids
+
+
+@lru_cache(maxsize=8)
+def _pixel_response(size):
+    """Transform of the square pixel on the rfft2 grid of ``size`` (separable: two 1-d sinc functions)."""
+    qy, qx = _frequency_grid(size, True)
+    pixel = np.sinc(qy[:, :1] / (2 * np.pi)) * np.sinc(qx[:1, :] / (2 * np.pi))
+    pixel.flags.writeable = False
+    return pixel
+
+
 class EpochMetacal:
     """Metacalibration operator for one epoch of one object.
 
@@ -234,9 +259,7 @@ class EpochMetacal:
 
     # ------------------------------------------------------------------
     def _pixel_freqs(self, size, half):
-        fy = sfft.fftfreq(size) * 2 * np.pi
-        fx = (sfft.rfftfreq(size) if half else sfft.fftfreq(size)) * 2 * np.pi
-        return np.meshgrid(fy, fx, indexing="ij")
+        return _frequency_grid(size, half)
 
     def _sky_ksq(self, qy, qx):
         # k_sky = J^-T q with q = (qx, qy) in the pixel frame.
@@ -247,10 +270,7 @@ class EpochMetacal:
 
     def _target_sigma(self, psf_k):
         qy, qx = self._pixel_freqs(self.in_size, half=True)
-        # The pixel response is separable: two 1-d sinc functions.
-        pixel = (np.sinc(qy[:, :1] / (2 * np.pi))
-                 * np.sinc(qx[:1, :] / (2 * np.pi)))
-        nopix = psf_k.real / pixel
+        nopix = psf_k.real / _pixel_response(self.in_size)
         ksq = self._sky_ksq(qy, qx)
         small = nopix < PSF_SMALL_KVAL
         if small.any():

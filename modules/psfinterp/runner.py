@@ -84,6 +84,16 @@ def validate(options) -> list[str]:
     file_ext=(".psf", ".fits"),
     numbering_scheme="-0000000-0",
     depends=("numpy", "astropy", "galsim", "scipy"),
+    preload=(
+             "astropy.io.fits",
+             "astropy.wcs",
+             "galsim",
+             "shapepipe_modules.io.warmup:numba",
+             "shapepipe_modules.psfinterp.interpolate",
+             "shapepipe_modules.psfinterp.multi_epoch",
+             "shapepipe_modules.io.psfex_file",
+             "shapepipe_modules.io.moments",
+    ),
     options=OPTIONS,
     validate=validate,
 )

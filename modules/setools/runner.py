@@ -60,6 +60,13 @@ def validate_options(options) -> list[str]:
     file_ext=".fits",
     numbering_scheme="-0000000-0",
     depends=("numpy", "astropy", "matplotlib"),
+    preload=(
+             "astropy.io.fits",
+             "shapepipe_modules.io.warmup:matplotlib_agg",
+             "shapepipe_modules.setools.actions",
+             "shapepipe_modules.setools.plots",
+             "shapepipe_modules.io.ldac",
+    ),
     options=(
         Option(
             "SETOOLS_CONFIG_PATH",

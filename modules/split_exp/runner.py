@@ -36,6 +36,11 @@ def validate(options):
     file_ext=(".fits.fz", ".fits.fz", ".fits.fz"),
     numbering_scheme="-0000000",
     depends=("numpy", "astropy"),
+    preload=(
+             "astropy.io.fits",
+             "astropy.wcs",
+             "shapepipe_modules.split_exp.split_exp",
+    ),
     options=OPTIONS,
     validate=validate,
 )

@@ -130,6 +130,11 @@ def compute_spread_model(table, weights, sigma, psf_stamps, options):
     file_pattern=("sexcat", "galaxy_psf", "weight_vign"),
     file_ext=(".fits", ".sqlite", ".fits"),
     depends=("numpy", "astropy", "sqlitedict", "galsim"),
+    preload=(
+             "astropy.io.fits",
+             "galsim",
+             "shapepipe_modules.spread_model.spread_model",
+    ),
     options=OPTIONS,
     validate=validate,
 )

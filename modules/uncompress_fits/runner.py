@@ -22,6 +22,9 @@ OPTIONS = (
     file_ext=(".fits.fz",),
     numbering_scheme="_0",
     depends=("numpy", "astropy"),
+    preload=(
+             "astropy.io.fits",
+    ),
     options=OPTIONS,
 )
 def uncompress_fits(job):

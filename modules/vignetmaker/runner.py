@@ -108,6 +108,13 @@ def validate(options) -> list[str]:
     file_pattern=("galaxy_selection", "image"),
     file_ext=(".fits", ".fits"),
     depends=("numpy", "astropy", "sqlitedict"),
+    preload=(
+             "astropy.io.fits",
+             "astropy.wcs",
+             "shapepipe_modules.vignetmaker.classic",
+             "shapepipe_modules.vignetmaker.multi_epoch",
+             "shapepipe_modules.io.stamp_store",
+    ),
     options=OPTIONS,
     validate=validate,
 )

@@ -1,0 +1,197 @@
+"""The whole GOLD chain on a field of ShapePipe's timed shape, against ShapePipe's CPU and wall time.
+
+Usage::
+
+    python benchmarks/bench_chain.py [--data /tmp/spfield/data] [--run-root /tmp/spfield]
+    python benchmarks/bench_chain.py --read        # table of the newest bench record, no run
+
+ShapePipe's whole CFIS chain took 575 s of wall time and 1081 s of CPU on
+this machine type for 2 exposures of 4 CFHT-size CCDs and one 4000x4000
+tile (78% of the CPU in ngmix). The ``sp_field`` simulator preset has that
+shape at CFIS densities; it is simulated into ``--data`` when absent (ring
+test, seed 1, as ``shapepipe_gold`` would) and the simulation is not counted.
+
+Every configuration of ``example/GOLD`` runs as its own ``shapepipe_run``
+process, as in ``shapepipe_gold``. This script makes itself a child
+subreaper (Linux), so that the CPU time of every process of a stage --
+the runner, its workers, the forked job processes and the external
+programs they start, even those orphaned when their parent exits -- is
+collected when they end (``RUSAGE_CHILDREN``). The table shows, per module,
+the jobs, the module's wall time and the summed CPU time of its jobs (a
+job's forked process and everything it waited for), and per stage the
+remaining CPU (interpreter start, imports and bookkeeping of the runner and
+its worker pool). The validation (``shapepipe_validate``) and the summary
+checks against truth are not part of ShapePipe's timed run: not counted.
+
+The result is written to ``RUN_ROOT/output/bench_chain.json``; ``--read``
+prints the newest one again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+SHAPEPIPE_CPU_S = 1081.0
+SHAPEPIPE_WALL_S = 575.0
+GOAL_FRACTION = 0.1
+SHAPEPIPE_NGMIX_MS = 186.0
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Make orphaned descendants our children, so that their CPU time is collected; False if unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+def reap_orphans(wait_s: float = 20.0) -> int:
+    """Wait for descendants left running after a stage (worker pools shutting down); return how many were reaped."""
+    reaped = 0
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return reaped
+        if pid:
+            reaped += 1
+            continue
+        if time.monotonic() > deadline:
+            return reaped
+        time.sleep(0.05)
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_stages(data_dir: Path, run_root: Path, stage_names, log=print) -> dict:
+    """Run the stages one by one; return the bench record (stages with their run folders, wall and CPU)."""
+    from shapepipe_modules.gold.chain import gold_folder, run_chain
+
+    subreaper = become_subreaper()
+    config_dir = gold_folder()
+    stages = []
+    for name in stage_names:
+        cpu0, wall0 = children_cpu(), time.perf_counter()
+        runs = run_chain(data_dir, run_root, config_dir, first=name, last=name, log=log)
+        reaped = reap_orphans()
+        wall, cpu = time.perf_counter() - wall0, children_cpu() - cpu0
+        stages.append({"stage": name, "wall_s": wall, "cpu_all_s": cpu, "orphans_reaped": reaped,
+                       "run_dirs": [str(d) for run in runs for d in run.run_dirs]})
+        log(f"  {name}: {wall:.1f} s wall, {cpu:.1f} s CPU (all processes)")
+    return {"data": str(data_dir), "run_root": str(run_root), "subreaper": subreaper,
+            "load_average": os.getloadavg(), "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "stages": stages}
+
+
+def module_rows(run_dirs) -> list[dict]:
+    from shapepipe_modules.gold.summary import module_times
+
+    return module_times([Path(d) for d in run_dirs])
+
+
+def ngmix_object_epochs(run_dirs) -> int:
+    """Object-epochs measured by the ngmix jobs of these run folders (their ``n_epochs`` results)."""
+    total = 0
+    for run_dir in run_dirs:
+        jobs = json.loads((Path(run_dir) / "jobs.json").read_text())
+        for job in jobs["jobs"] if isinstance(jobs, dict) else jobs:
+            if job.get("module") == "ngmix" or job.get("module_run") == "ngmix":
+                total += int((job.get("result") or {}).get("n_epochs", 0))
+    return total
+
+
+def format_table(record: dict) -> str:
+    """The per-module table with stage totals and the comparison with ShapePipe."""
+    header = f"{'stage':<13} {'module run':<20} {'jobs':>5} {'wall s':>8} {'CPU s':>8}"
+    lines = [f"GOLD chain on {record['data']} ({record['when']}, load average at the end "
+             f"{record['load_average'][0]:.1f})", "", header, "-" * len(header)]
+    total_wall = total_cpu = ngmix_cpu = 0.0
+    object_epochs = 0
+    for stage in record["stages"]:
+        rows = module_rows(stage["run_dirs"])
+        jobs_cpu = 0.0
+        for row in rows:
+            lines.append(f"{stage['stage']:<13} {row['module_run']:<20} {row['done']:>5} "
+                         f"{row['wall_s']:>8.1f} {row['cpu_s']:>8.1f}")
+            jobs_cpu += row["cpu_s"]
+            if row["module_run"] == "ngmix":
+                ngmix_cpu += row["cpu_s"]
+        object_epochs += ngmix_object_epochs(stage["run_dirs"])
+        runner_cpu = stage["cpu_all_s"] - jobs_cpu
+        lines.append(f"{stage['stage']:<13} {'(runner processes)':<20} {'':>5} {'':>8} {runner_cpu:>8.1f}")
+        lines.append(f"{stage['stage']:<13} {'= stage':<20} {'':>5} {stage['wall_s']:>8.1f} "
+                     f"{stage['cpu_all_s']:>8.1f}")
+        total_wall += stage["wall_s"]
+        total_cpu += stage["cpu_all_s"]
+    lines += ["-" * len(header),
+              f"{'chain':<13} {'all processes':<20} {'':>5} {total_wall:>8.1f} {total_cpu:>8.1f}",
+              f"{'ShapePipe':<13} {'same field shape':<20} {'':>5} {SHAPEPIPE_WALL_S:>8.1f} {SHAPEPIPE_CPU_S:>8.1f}",
+              "",
+              f"CPU: {total_cpu:.1f} s = {total_cpu / SHAPEPIPE_CPU_S:.3f} of ShapePipe's "
+              f"(goal <= {GOAL_FRACTION:g}: {GOAL_FRACTION * SHAPEPIPE_CPU_S:.0f} s) -> "
+              f"{'goal met' if total_cpu <= GOAL_FRACTION * SHAPEPIPE_CPU_S else 'goal not met'}",
+              f"wall: {total_wall:.1f} s = {total_wall / SHAPEPIPE_WALL_S:.3f} of ShapePipe's "
+              "(2 shared cores: wall times depend on the other load, CPU seconds do not much)",
+              (f"ngmix: {object_epochs} object-epochs, {1000 * ngmix_cpu / object_epochs:.1f} ms CPU each "
+               f"(ShapePipe: {SHAPEPIPE_NGMIX_MS:g} ms)" if object_epochs else "ngmix: no object-epoch count"),
+              "stages counted: " + ", ".join(s["stage"] for s in record["stages"])
+              + " (exposure preparation, masks, detection, star selection, PSF model and interpolation, "
+                "stamps, spread model, ngmix, catalogues); simulation and validation not counted"]
+    if not record.get("subreaper"):
+        lines.append("note: not a child subreaper here; CPU of processes orphaned before they ended is missing")
+    return "\n".join(lines)
+
+
+def newest_record(run_root: Path) -> Path:
+    records = sorted((run_root / "output").glob("bench_chain*.json"), key=lambda p: p.stat().st_mtime)
+    if not records:
+        raise SystemExit(f"bench_chain: no bench_chain*.json in {run_root / 'output'}; run without --read first")
+    return records[-1]
+
+
+def main(argv=None) -> int:
+    from shapepipe_modules.gold.chain import STAGES
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=Path("/tmp/spfield/data"), help="simulated field")
+    parser.add_argument("--run-root", type=Path, default=Path("/tmp/spfield"), help="runs go to RUN_ROOT/output")
+    parser.add_argument("--preset", default="sp_field", help="preset simulated when --data is absent")
+    parser.add_argument("--read", action="store_true", help="print the newest bench record, no run")
+    parser.add_argument("--from", dest="first", choices=[s.name for s in STAGES], default=STAGES[0].name)
+    parser.add_argument("--tag", default="", help="suffix of the record name (bench_chain<TAG>.json)")
+    args = parser.parse_args(argv)
+    run_root = args.run_root.resolve()
+    if args.read:
+        print(format_table(json.loads(newest_record(run_root).read_text())))
+        return 0
+    data_dir = args.data.resolve()
+    if not (data_dir / "simulation.json").is_file():
+        from shapepipe_modules.simulate import simulate
+
+        print(f"simulating preset {args.preset} into {data_dir} (not counted) ...")
+        simulate(preset=args.preset, output_dir=data_dir, seed=1, n_workers=2, ring=True)
+    names = [s.name for s in STAGES]
+    record = run_stages(data_dir, run_root, names[names.index(args.first):])
+    from shapepipe.atomic import atomic_path
+
+    path = run_root / "output" / f"bench_chain{args.tag}.json"
+    with atomic_path(path) as temporary:
+        Path(temporary).write_text(json.dumps(record, indent=1) + "\n")
+    print(format_table(record))
+    print(f"record: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
