@@ -5,8 +5,9 @@ import pytest
 
 galsim = pytest.importorskip("galsim")
 
+from shapepipe_modules.io.psfex_file import polynomial_terms  # noqa: E402
 from shapepipe_modules.psfex.model import (  # noqa: E402
-    FLAG_REJECTED_CHI2, FitOptions, PSFFitError, StarSample, choose_degree, fit_psf,
+    FLAG_REJECTED_CHI2, FitOptions, PSFFitError, StarSample, choose_degree, field_errors, fit_psf, select_degrees,
 )
 from shapepipe_modules.psfex.synthetic import SmoothPSFField  # noqa: E402
 
@@ -138,3 +139,87 @@ def test_accuracy_floor_does_not_bias_bright_stars(field):
     assert np.sqrt(np.mean(e_error**2)) < 0.002
     assert np.abs(e_error).max() < 0.006
     assert result.model.accepted == len(sample)
+
+
+def test_field_errors_estimate_the_error_over_the_box():
+    """The Mallows-type estimate of the error of a degree-1 fit over the star box,
+    averaged over noise draws, matches the actual error (truth quadratic)."""
+    rng = np.random.default_rng(3)
+    u, v = rng.uniform(-0.5, 0.5, (2, 50))
+    truth = lambda a, b: 0.01 * a + 0.02 * b**2  # noqa: E731
+    weights = rng.uniform(0.5, 2.0, 50)
+    gu, gv = np.meshgrid(np.linspace(-0.5, 0.5, 9), np.linspace(-0.5, 0.5, 9))
+    terms = polynomial_terms(u, v, 1)
+    exact_fit = np.linalg.solve(terms.T @ (weights[:, None] * terms), terms.T @ (weights * truth(u, v)))
+    bias2 = np.mean((polynomial_terms(gu, gv, 1) @ exact_fit - truth(gu, gv).ravel()) ** 2)
+    noise = 0.004
+    variance = np.mean(np.sum((polynomial_terms(gu, gv, 1) @ np.linalg.inv(terms.T @ (weights[:, None] * terms)))
+                              * polynomial_terms(gu, gv, 1), axis=1)) * noise**2
+    estimates = []
+    for _ in range(400):
+        values = truth(u, v) + rng.normal(0, noise, 50) / np.sqrt(weights)
+        errors, spread = field_errors(u, v, values[:, None], weights, 1, 2)
+        estimates.append(errors[0, 0])
+    assert np.mean(estimates) == pytest.approx(bias2 + variance, rel=0.1)
+
+
+def test_select_degrees_follows_the_evidence():
+    rng = np.random.default_rng(4)
+    u, v = rng.uniform(-0.5, 0.5, (2, 50))
+    snr = rng.uniform(80, 400, 50)
+    noise = lambda: rng.normal(0, 1, 50) / snr  # noqa: E731
+    sigma = np.exp(0.01 * u + 0.2 * v**2 + noise())
+    # Ellipticity linear in position: the quadratic does not earn its noise.
+    e1, e2 = 0.02 + 0.01 * u + noise(), -0.01 * v + noise()
+    shear, size, _ = select_degrees(u, v, sigma, e1, e2, snr, 2)
+    assert (shear, size) == (1, 2)
+    # A strong ellipticity curvature is kept.
+    shear, _, _ = select_degrees(u, v, sigma, e1 + 0.3 * v**2, e2, snr, 2)
+    assert shear == 2
+    # Pure noise: a constant.
+    shear, size, _ = select_degrees(u, v, np.exp(noise()), noise(), noise(), snr, 2)
+    assert (shear, size) == (0, 0)
+
+
+def test_size_curvature_with_linear_ellipticity():
+    """Size curving over the CCD (by 9%), ellipticity linear: a degree-1 pixel basis
+    plus dilation terms (a plain degree-2 PSFEx polynomial) follows the size as
+    well as a quadratic in every pixel, without its ellipticity noise."""
+    field = SmoothPSFField(1024, 2048, {"fwhm": np.array([0.72, 0.01, 0.02, 0.015, 0.0, 0.02]),
+                                        "e1": np.array([0.02, 0.01, -0.01, 0.0, 0.0, 0.0]),
+                                        "e2": np.array([-0.01, 0.0, 0.015, 0.0, 0.0, 0.0])})
+    sample = _sample(np.random.default_rng(9), field, count=60, flux=3e4)
+    result = fit_psf(sample, FitOptions(psf_size=(SIZE, SIZE)))
+    assert (result.info["shear_degree"], result.info["size_degree"]) == (1, 2)
+    assert result.model.degree == 2
+    size_error, e_error = _errors(result.model, field)
+    linear_size, _ = _errors(fit_psf(sample, FitOptions(psf_size=(SIZE, SIZE), degree=1)).model, field)
+    full_size, full_e = _errors(fit_psf(sample, FitOptions(psf_size=(SIZE, SIZE), select_degree=False)).model, field)
+    rms = lambda values: np.sqrt(np.mean(values**2))  # noqa: E731
+    # Measured: size rms 0.0024 (linear 0.0156, full quadratic 0.0021); |de| max 0.0050 (0.0063).
+    assert rms(size_error) < 0.25 * rms(linear_size)
+    assert rms(size_error) < 1.3 * rms(full_size)
+    assert abs(size_error.mean()) < 0.003
+    assert np.abs(e_error).max() < min(0.006, np.abs(full_e).max())
+
+
+def test_model_with_size_terms_is_a_valid_psfex_file(tmp_path):
+    import galsim.des
+
+    from shapepipe_modules.io.psfex_file import write_psf
+
+    field = SmoothPSFField(1024, 2048, {"fwhm": np.array([0.72, 0.0, 0.02, 0.0, 0.0, 0.02]),
+                                        "e1": np.array([0.02, 0.01, 0.0, 0.0, 0.0, 0.0]),
+                                        "e2": np.array([0.0, 0.0, 0.01, 0.0, 0.0, 0.0])})
+    sample = _sample(np.random.default_rng(10), field, count=50, flux=3e4)
+    result = fit_psf(sample, FitOptions(psf_size=(SIZE, SIZE)))
+    assert result.info["size_degree"] > result.info["shear_degree"]
+    path = tmp_path / "model.psf"
+    write_psf(path, result.model)
+    reader = galsim.des.DES_PSFEx(str(path))
+    for x, y in ((30.0, 40.0), (512.0, 1024.0), (1000.0, 2000.0)):
+        ours = result.model.evaluate(x, y, size=SIZE, clamp=False)[0]
+        image = galsim.ImageD(SIZE, SIZE, scale=1.0)
+        reader.getPSF(galsim.PositionD(x, y)).drawImage(image, method="no_pixel")
+        reference = image.array / image.array.sum()
+        assert np.abs(ours - reference).max() < 1e-4 * reference.max()

@@ -21,6 +21,19 @@ lower the polynomial degree when stars are too few or leave a quadrant of
 the field empty. Positions are scaled to the range covered by accepted
 stars, and evaluation clamps to that range (see
 :mod:`shapepipe_modules.io.psfex_file`).
+
+Degree guard against noisy extrapolation: ``PSFVAR_DEGREES`` is the
+highest degree allowed, not imposed. From the stars' own shapes
+(:func:`star_shapes`) the engine estimates, for each degree, the expected
+error of the PSF ellipticity and size over the whole star-covered box,
+corners included (:func:`field_errors`), and raises the degree only while
+that error drops by more than its standard error (:func:`select_degrees`).
+With ~50 stars per CCD a quadratic ellipticity mostly fits noise, which it
+extrapolates into the corners (errors up to 0.02 there, for PSFEx as for a
+full quadratic fit here), while the size curvature is often real. So the
+pixel basis takes the ellipticity's degree, and a higher size degree adds
+terms that only dilate the PSF (:class:`_SizeTerms`), fitted jointly with
+the pixel basis. The written model stays a plain PSFEx polynomial.
 """
 
 from __future__ import annotations
@@ -186,6 +199,10 @@ class FitOptions:
         Conjugate-gradient iterations per solve at most.
     cg_tolerance : float
         Relative residual at which the conjugate gradients stop.
+    select_degree : bool
+        Choose the degrees of the ellipticity and size variations (each at
+        most ``degree``) from the stars' shapes (:func:`select_degrees`);
+        False fits every pixel with ``degree`` (PSFEx's way).
     interpolant_order : int
         Lanczos order of the resampling inside the fit. A pixel-sampled PSF
         is not exactly band-limited; Lanczos-3 shifts change its size by up
@@ -207,6 +224,7 @@ class FitOptions:
     cg_iterations: int = 40
     cg_tolerance: float = 1e-6
     interpolant_order: int = 7
+    select_degree: bool = True
 
 
 @dataclass
@@ -250,10 +268,280 @@ def choose_degree(u: np.ndarray, v: np.ndarray, degree: int) -> int:
     return degree
 
 
-class _Problem:
-    """Weighted linear least squares for the basis images, in the stars' pixel frames."""
+def star_shapes(stamps: np.ndarray, valid: np.ndarray, noise: np.ndarray, gain: float = 0.0):
+    """Adaptive moments of star stamps with a round Gaussian weight.
 
-    def __init__(self, data, weights, amplitude, terms, offset_x, offset_y, grid_shape, step, order):
+    The weight is re-centred and re-sized to the star six times (its
+    variance set to the weighted variance of the star, which matches it to
+    a Gaussian star). Round weights underestimate ``|e|`` by a factor common
+    to all stars, which does not matter for comparing stars with each other.
+
+    Parameters
+    ----------
+    stamps, valid : ndarray (n, v, v)
+        Background-subtracted pixels and the mask of pixels that hold data.
+    noise : ndarray (n,)
+        Background noise per pixel.
+    gain : float
+        Electrons per ADU (0: no Poisson term in the S/N).
+
+    Returns
+    -------
+    sigma, e1, e2, snr : ndarray (n,)
+        Size ``sqrt((Ixx + Iyy) / 2)`` (pixels), distortion ``e1 = (Ixx -
+        Iyy) / (Ixx + Iyy)``, ``e2 = 2 Ixy / (Ixx + Iyy)``, and the S/N of
+        the weighted flux. NaN where the moments fail.
+    """
+    count, ny, nx = stamps.shape
+    y, x = np.mgrid[:ny, :nx].astype(float)
+    x -= nx // 2
+    y -= ny // 2
+    images = np.where(valid, stamps, 0.0)
+    cx, cy = np.zeros(count), np.zeros(count)
+    variance_w = np.full(count, 4.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for _ in range(6):
+            dx = x - cx[:, None, None]
+            dy = y - cy[:, None, None]
+            weight = np.exp(-0.5 * (dx**2 + dy**2) / variance_w[:, None, None]) * valid
+            weighted = weight * images
+            total = weighted.sum(axis=(1, 2))
+            total = np.where(total > 0, total, np.nan)
+            cx = np.clip(np.nan_to_num(cx + (weighted * dx).sum(axis=(1, 2)) / total), -2.0, 2.0)
+            cy = np.clip(np.nan_to_num(cy + (weighted * dy).sum(axis=(1, 2)) / total), -2.0, 2.0)
+            ixx = (weighted * dx * dx).sum(axis=(1, 2)) / total
+            iyy = (weighted * dy * dy).sum(axis=(1, 2)) / total
+            ixy = (weighted * dx * dy).sum(axis=(1, 2)) / total
+            # A Gaussian star of variance s2 under a weight of variance s2 shows s2 / 2 per axis.
+            variance_w = np.clip(np.nan_to_num(ixx + iyy, nan=4.0), 0.5, 100.0)
+        trace = ixx + iyy
+        pixel_variance = noise[:, None, None] ** 2 + (np.clip(images, 0, None) / gain if gain > 0 else 0.0)
+        snr = total / np.sqrt((weight**2 * pixel_variance).sum(axis=(1, 2)))
+        bad = ~(trace > 0) | ~np.isfinite(snr)
+        sigma = np.where(bad, np.nan, np.sqrt(np.abs(trace) / 2))
+        e1 = np.where(bad, np.nan, (ixx - iyy) / trace)
+        e2 = np.where(bad, np.nan, 2 * ixy / trace)
+    return sigma, e1, e2, np.where(bad, np.nan, snr)
+
+
+def field_errors(u, v, values, weights, low: int, high: int, grid: int = 9):
+    """Expected squared errors, over the star-covered box, of two polynomial fits of star quantities.
+
+    The weighted least-squares fits ``f_low`` and ``f_high`` of the values
+    (degrees ``low < high``) are judged where the model is used: on a ``grid
+    x grid`` raster of the box ``|u|, |v| <= 1/2`` that the stars span
+    (corners included; evaluation clamps to this box). The error of a fit
+    there is its variance plus its squared bias. Variances follow from the
+    fits, with the measurement scatter estimated from the residuals of
+    ``f_high``. ``f_high`` is taken as unbiased, and the squared bias of
+    ``f_low`` is estimated without bias as ``|f_low - f_high|^2`` minus the
+    variance of that difference (Mallows' Cp, taken over the box instead of
+    the stars' positions), so extrapolation into corners with few stars
+    counts against the higher degree.
+
+    Parameters
+    ----------
+    u, v : ndarray (n,)
+        Scaled star positions.
+    values : ndarray (n, m)
+        Quantities measured on each star (e.g. e1, e2, log size).
+    weights : ndarray (n,)
+        Relative inverse variances of the measurements.
+    low, high : int
+        The two degrees.
+    grid : int
+        Raster points per axis.
+
+    Returns
+    -------
+    errors : ndarray (2, m)
+        Mean estimated squared error over the box of ``f_low`` and ``f_high``.
+    spread : ndarray (m,)
+        Standard error of the difference of the two (the noise of the
+        squared-bias estimate).
+    """
+    gu, gv = np.meshgrid(np.linspace(-0.5, 0.5, grid), np.linspace(-0.5, 0.5, grid))
+    operators = []
+    for degree in (low, high):
+        terms = polynomial_terms(u, v, degree)
+        inverse = np.linalg.pinv(terms.T @ (weights[:, None] * terms))
+        # Row g: the linear map from the star values to the fit at raster point g.
+        operators.append(polynomial_terms(gu, gv, degree) @ inverse @ (terms * weights[:, None]).T)
+    terms = polynomial_terms(u, v, high)
+    fitted = terms @ np.linalg.pinv(terms.T @ (weights[:, None] * terms)) @ (terms.T @ (weights[:, None] * values))
+    residual = values - fitted
+    scatter = np.sum(weights[:, None] * residual**2, axis=0) / max(len(u) - n_terms(high), 1)
+    points = operators[0].shape[0]
+    variances = [np.mean(np.sum(operator**2 / weights, axis=1)) * scatter for operator in operators]
+    difference = operators[0] - operators[1]
+    shift = difference @ values
+    covariance = (difference / weights) @ difference.T
+    bias2 = np.mean(shift**2, axis=0) - np.trace(covariance) / points * scatter
+    # For shift ~ N(mu, s^2 C): var(|shift|^2 / G) = (2 s^4 tr(C^2) + 4 s^2 mu.C.mu) / G^2,
+    # with mu.C.mu estimated without bias as shift.C.shift - s^2 tr(C^2).
+    trace2 = np.sum(covariance**2)
+    quadratic = np.einsum("gq,gh,hq->q", shift, covariance, shift)
+    spread = np.sqrt(np.maximum(4 * scatter * quadratic - 2 * trace2 * scatter**2, 2 * trace2 * scatter**2)) / points
+    return np.array([bias2 + variances[0], variances[1]]), spread
+
+
+def select_degrees(u, v, sigma, e1, e2, snr, max_degree: int, floor: float = 1e-3, clip: float = 5.0):
+    """Polynomial degrees of the ellipticity and of the size variation, from the stars' shapes.
+
+    Each star's shape (:func:`star_shapes`) is a noisy sample of the PSF's
+    shape at its position. A polynomial of higher degree follows the true
+    variation more closely but carries more of the stars' noise, most of
+    all into the parts of the CCD that few stars cover (the corners).
+    Starting from a constant, the degree is raised while a higher degree
+    has an expected error over the star-covered box (:func:`field_errors`)
+    lower by more than one standard error of the comparison: a higher
+    degree must earn its noise. This is done separately for the ellipticity (e1 and e2
+    together) and for the size (log sigma): with ~50 stars the size
+    curvature of a PSF is often measurable while its ellipticity curvature
+    is not.
+
+    Parameters
+    ----------
+    u, v, sigma, e1, e2, snr : ndarray (n,)
+        Scaled positions and :func:`star_shapes` of the stars.
+    max_degree : int
+    floor : float
+        Shape scatter added to the noise (``1 / snr``) of every star, so the
+        brightest stars do not decide alone.
+    clip : float
+        Stars whose shape is off the ``max_degree`` fit by more than this
+        many robust sigmas (blends, artefacts) are left out.
+
+    Returns
+    -------
+    shear_degree, size_degree : int
+    scores : ndarray (max_degree + 1, max_degree + 1, 3, 3)
+        ``scores[low, high]``: :func:`field_errors` of e1, e2 and log sigma
+        (columns) for the two degrees (rows 0, 1) and the standard error of
+        their difference (row 2); NaN where ``low >= high``.
+    """
+    good = np.isfinite(sigma) & np.isfinite(e1) & np.isfinite(e2) & (snr > 0) & (sigma > 0)
+    u, v = u[good], v[good]
+    values = np.c_[e1[good], e2[good], np.log(sigma[good])]
+    weights = 1.0 / (1.0 / snr[good] ** 2 + floor**2)
+    max_degree = choose_degree(u, v, max_degree)
+    if max_degree == 0:
+        return 0, 0, np.zeros((1, 1, 3, 3))
+    terms = polynomial_terms(u, v, max_degree)
+    coefficients = np.linalg.lstsq(np.sqrt(weights)[:, None] * terms, np.sqrt(weights)[:, None] * values,
+                                   rcond=None)[0]
+    pulls = np.sqrt(weights)[:, None] * (values - terms @ coefficients)
+    spread = 1.4826 * np.median(np.abs(pulls - np.median(pulls, axis=0)), axis=0)
+    keep = np.all(np.abs(pulls) <= clip * np.where(spread > 0, spread, np.inf), axis=1)
+    u, v, values, weights = u[keep], v[keep], values[keep], weights[keep]
+    max_degree = choose_degree(u, v, max_degree)
+    # scores[low, high]: field_errors of the two fits (rows 0, 1) and the spread (row 2).
+    scores = np.full((max_degree + 1, max_degree + 1, 3, 3), np.nan)
+    for low in range(max_degree):
+        for high in range(low + 1, max_degree + 1):
+            scores[low, high] = np.vstack(field_errors(u, v, values, weights, low, high))
+    degrees = []
+    for columns in ([0, 1], [2]):
+        degree = 0
+        while degree < max_degree:
+            gains = [scores[degree, high, 0, columns].sum() - scores[degree, high, 1, columns].sum()
+                     - np.sqrt(np.sum(scores[degree, high, 2, columns] ** 2))
+                     for high in range(degree + 1, max_degree + 1)]
+            if max(gains) <= 0:
+                break
+            degree += 1
+        degrees.append(degree)
+    return degrees[0], degrees[1], scores
+
+
+def _monomials(degree: int) -> list:
+    """Exponents (i, j) of ``u**i v**j`` in the order of :func:`polynomial_terms`."""
+    return [(i, j) for j in range(degree + 1) for i in range(degree + 1 - j)]
+
+
+def _dilation(image: np.ndarray, weight: np.ndarray | None = None, taper: float | None = None) -> np.ndarray:
+    """Change of a PSF image under a small dilation, ``d/ds [P(x / s) / s^2]`` at ``s = 1``.
+
+    The gradient is taken in Fourier space: finite differences misjudge the
+    derivatives of a PSF a few pixels wide (by ~6% at FWHM 3.8 pixels).
+    With ``weight`` (the fit's weight of each pixel), the part along the
+    image itself is removed (weighted projection): each star's flux is
+    fitted on its own, and a dilation that also changed the fitted flux
+    would couple the two, biasing the size terms low (by ~20% with three
+    passes of the fit at a 2% size change). With ``taper`` (grid pixels) the
+    change is multiplied by a Gaussian of that width: ``x . grad P`` lifts
+    the noise of the fitted image's faint wings, and a noisy pattern
+    biases its fitted amplitude low. The fit uses 3 FWHM: on 60 stars with
+    a size curvature of ~10% over the CCD, the size terms then come out
+    2-9% low at S/N ~300 (11-15% without taper) and 11-14% high at S/N
+    ~1e4 (1% without taper; 3-6% with 6 FWHM).
+    """
+    ny, nx = image.shape
+    spectrum = np.fft.fft2(image)
+    grad_x = np.real(np.fft.ifft2(spectrum * (2j * np.pi * np.fft.fftfreq(nx))[None, :]))
+    grad_y = np.real(np.fft.ifft2(spectrum * (2j * np.pi * np.fft.fftfreq(ny))[:, None]))
+    y, x = np.mgrid[:ny, :nx].astype(float)
+    x -= nx // 2
+    y -= ny // 2
+    change = -(2.0 * image + x * grad_x + y * grad_y)
+    if taper is not None:
+        change *= np.exp(-0.5 * (x**2 + y**2) / taper**2)
+    if weight is not None:
+        change = change - np.sum(weight * change * image) / np.sum(weight * image**2) * image
+    return change
+
+
+class _SizeTerms:
+    """Higher-degree terms of the model that carry a size change only.
+
+    For monomials of degree ``pixel_degree + 1 .. size_degree`` the model
+    adds ``c_m q_m(u, v) D``, with ``D`` the dilation of the constant basis
+    image and ``q_m`` the monomial made orthogonal (over the stars) to the
+    monomials of the pixel basis, which keeps the joint fit well conditioned
+    and the constant image the mean PSF. The coefficients are fitted jointly
+    with the pixel basis (:class:`_Problem`). Folded back (:meth:`fold`), the
+    model is a plain polynomial of degree ``size_degree`` in PSFEx's layout.
+    """
+
+    def __init__(self, u, v, pixel_degree, size_degree):
+        self.pixel_degree, self.size_degree = pixel_degree, size_degree
+        low = polynomial_terms(u, v, pixel_degree)
+        self.extra = [(i, j) for (i, j) in _monomials(size_degree) if i + j > pixel_degree]
+        raw = np.stack([u**i * v**j for i, j in self.extra], axis=1) if self.extra else np.zeros((len(u), 0))
+        self.beta = np.linalg.lstsq(low, raw, rcond=None)[0]
+        self.q = raw - low @ self.beta
+        self.coefficients = np.zeros(len(self.extra))
+        self.dilation = None
+
+    def __bool__(self):
+        return bool(self.extra)
+
+    def fold(self, pixel_basis):
+        """The whole model as a basis of degree ``size_degree`` (PSFEx's monomial order)."""
+        full = _monomials(self.size_degree)
+        basis = np.zeros((len(full),) + pixel_basis.shape[1:])
+        for k, exponent in enumerate(_monomials(self.pixel_degree)):
+            basis[full.index(exponent)] = pixel_basis[k]
+        if self.dilation is None:
+            return basis
+        for m, exponent in enumerate(self.extra):
+            basis[full.index(exponent)] += self.coefficients[m] * self.dilation
+            for k, low in enumerate(_monomials(self.pixel_degree)):
+                basis[full.index(low)] -= self.beta[k, m] * self.coefficients[m] * self.dilation
+        return basis
+
+
+class _Problem:
+    """Weighted linear least squares for the basis images, in the stars' pixel frames.
+
+    With ``size_q`` (n, m) and ``size_image`` (ny, nx) the unknowns also hold
+    ``m`` coefficients ``c``, and star ``k`` sees the extra image ``(q_k . c)
+    size_image`` (the size-only terms of :class:`_SizeTerms`), solved jointly
+    with the basis. Unknowns are flat vectors: the basis, then ``c``.
+    """
+
+    def __init__(self, data, weights, amplitude, terms, offset_x, offset_y, grid_shape, step, order,
+                 size_q=None, size_image=None):
         self.data = data
         self.weights = weights
         self.amplitude = amplitude
@@ -264,6 +552,10 @@ class _Problem:
         self.rx = resampling_matrix(offset_x, size, nx, step, order)
         self.ry = resampling_matrix(offset_y, size, ny, step, order)
         self.grid_shape = grid_shape
+        self.basis_shape = (terms.shape[1], ny, nx)
+        self.basis_size = int(np.prod(self.basis_shape))
+        self.size_q = np.zeros((len(data), 0)) if size_q is None else size_q
+        self.size_unit = None if size_image is None else self.ry @ size_image @ self.rx.transpose(0, 2, 1)
 
     def grids(self, basis):
         ncomp = basis.shape[0]
@@ -278,14 +570,57 @@ class _Problem:
         weights = (self.amplitude[:, None] * self.terms).T
         return (weights @ projected.reshape(len(projected), -1)).reshape((-1,) + projected.shape[1:])
 
-    def normal(self, basis, ridge):
-        forward = self.amplitude[:, None, None] * self.shapes(basis)
-        return self.adjoint(self.weights * forward) + ridge * basis
+    def split(self, unknowns):
+        """(basis, size coefficients) of a flat vector of unknowns."""
+        return unknowns[:self.basis_size].reshape(self.basis_shape), unknowns[self.basis_size:]
+
+    def _adjoint_all(self, images):
+        parts = [self.adjoint(images).ravel()]
+        if self.size_q.shape[1]:
+            parts.append(self.size_q.T @ (self.amplitude * np.sum(self.size_unit * images, axis=(1, 2))))
+        return np.concatenate(parts)
+
+    def right(self, data):
+        """Right-hand side of the normal equations for the star images ``data``."""
+        return self._adjoint_all(self.weights * data)
+
+    def normal(self, unknowns, ridge):
+        basis, coefficients = self.split(unknowns)
+        forward = self.shapes(basis)
+        if self.size_q.shape[1]:
+            forward = forward + (self.size_q @ coefficients)[:, None, None] * self.size_unit
+        return self._adjoint_all(self.weights * self.amplitude[:, None, None] * forward) + ridge * unknowns
 
     def block_diagonal(self):
         """Per-grid-pixel (ncomp, ncomp) blocks of the normal matrix (pixel coupling dropped)."""
         diag = self.ry.transpose(0, 2, 1) ** 2 @ self.weights @ self.rx**2
         return _pixel_blocks(self.amplitude, self.terms, diag)
+
+    def grid_weight(self):
+        """Weight of each grid pixel summed over the stars, ``sum_k a_k^2 w_k`` (ny, nx)."""
+        return np.einsum("k,kab->ab", self.amplitude**2, self.ry.transpose(0, 2, 1) ** 2 @ self.weights @ self.rx**2)
+
+    def size_block(self):
+        """The (m, m) block of the normal matrix for the size coefficients (exact)."""
+        power = self.amplitude**2 * np.sum(self.weights * self.size_unit**2, axis=(1, 2))
+        return self.size_q.T @ (power[:, None] * self.size_q)
+
+    def preconditioner(self, regularisation):
+        """Ridge (flat) and the preconditioning solve: exact per pixel and for the size block."""
+        blocks = self.block_diagonal()
+        pixel_ridge = _ridge(blocks, regularisation)
+        size_block = self.size_block() if self.size_q.shape[1] else np.zeros((0, 0))
+        size_ridge = regularisation * np.diag(size_block)
+        ridge = np.concatenate([pixel_ridge.ravel(), size_ridge])
+
+        def solve(residual):
+            basis, coefficients = self.split(residual)
+            parts = [_solve_blocks(blocks, basis, pixel_ridge).ravel()]
+            if len(coefficients):
+                parts.append(np.linalg.solve(size_block + np.diag(size_ridge), coefficients))
+            return np.concatenate(parts)
+
+        return ridge, solve
 
 
 def _pixel_blocks(amplitude, terms, pixel_weights):
@@ -323,10 +658,11 @@ def _solve_blocks(blocks, right, ridge):
     return np.ascontiguousarray(np.moveaxis(solution, -1, 0))
 
 
-def _conjugate_gradient(problem, right, start, blocks, ridge, iterations, tolerance):
-    basis = start.copy()
-    residual = right - problem.normal(basis, ridge)
-    preconditioned = _solve_blocks(blocks, residual, ridge)
+def _conjugate_gradient(problem, right, start, ridge, precondition, iterations, tolerance):
+    """Preconditioned conjugate gradients for ``problem.normal(x, ridge) = right`` (flat vectors)."""
+    solution = start.copy()
+    residual = right - problem.normal(solution, ridge)
+    preconditioned = precondition(residual)
     direction = preconditioned.copy()
     product = np.vdot(residual, preconditioned)
     norm0 = np.sqrt(np.vdot(right, right)) or 1.0
@@ -334,15 +670,15 @@ def _conjugate_gradient(problem, right, start, blocks, ridge, iterations, tolera
     for done in range(1, iterations + 1):
         applied = problem.normal(direction, ridge)
         step = product / np.vdot(direction, applied)
-        basis += step * direction
+        solution += step * direction
         residual -= step * applied
         if np.sqrt(np.vdot(residual, residual)) < tolerance * norm0:
             break
-        preconditioned = _solve_blocks(blocks, residual, ridge)
+        preconditioned = precondition(residual)
         new_product = np.vdot(residual, preconditioned)
         direction = preconditioned + (new_product / product) * direction
         product = new_product
-    return basis, done
+    return solution, done
 
 
 def _recentred_stamps(sample, index, grid_shape, step, order=7):
@@ -444,7 +780,12 @@ def _fit_psf(sample, options, names):
     size = sample.stamps.shape[1]
     chi2 = np.full(count, np.nan)
     basis = None
+    grid_weight = None  # per grid pixel, from the last solve (for the size terms)
     iterations_used = 0
+    degree_scores = np.zeros((1, 1, 3, 3))
+    if options.select_degree:
+        shape_sigma, shape_e1, shape_e2, shape_snr = star_shapes(sample.stamps, sample.valid, sample.noise,
+                                                                 sample.gain)
     for clip_round in range(options.max_clip_iterations + 1):
         index = np.flatnonzero(accepted)
         cx, cy = sample.context_x[index], sample.context_y[index]
@@ -452,49 +793,76 @@ def _fit_psf(sample, options, names):
         scale = (max(cx.max() - cx.min(), 1.0), max(cy.max() - cy.min(), 1.0))
         u, v = (cx - zero[0]) / scale[0], (cy - zero[1]) / scale[1]
         degree = choose_degree(u, v, options.degree)
-        terms = polynomial_terms(u, v, degree)
+        shear_degree = size_degree = degree
+        if options.select_degree and degree > 0:
+            shear_degree, size_degree, degree_scores = select_degrees(
+                u, v, shape_sigma[index], shape_e1[index], shape_e2[index], shape_snr[index], degree)
+            size_degree = max(size_degree, shear_degree)
+            if not options.super_resolution:
+                # The plain per-pixel fit has no size-only terms: one degree for all.
+                shear_degree = size_degree
+        # The pixel basis follows the ellipticity's degree; higher terms carry a size change only.
+        size_terms = _SizeTerms(u, v, shear_degree, size_degree)
+        terms = polynomial_terms(u, v, shear_degree)
+        full_terms = polynomial_terms(u, v, size_degree)
         ncomp = terms.shape[1]
         if basis is None or basis.shape[0] != ncomp:
             basis = None
         data = sample.stamps[index]
         valid = sample.valid[index].astype(float)
         noise2 = sample.noise[index, None, None] ** 2
-        for outer in range(2):
+        stars = (offset_x[index], offset_y[index], size, step, options.interpolant_order)
+        # With size terms, the first pass fits the pixel basis alone, for the dilation image.
+        for outer in range(3 if size_terms else 2):
             amplitude = norm[index]
             if basis is None:
                 # Weights from the data themselves, for the first pass only.
                 signal = np.clip(data, 0, None)
             else:
-                signal = np.clip(amplitude[:, None, None] * _shapes(basis, terms, offset_x[index],
-                                                                   offset_y[index], size, step, options.interpolant_order), 0, None)
+                model_images = _shapes(size_terms.fold(basis), full_terms, *stars)
+                signal = np.clip(amplitude[:, None, None] * model_images, 0, None)
             variance = noise2 + (signal / sample.gain if sample.gain > 0 else 0.0) + (options.accuracy * signal) ** 2
             weights = valid / variance
             if options.super_resolution:
-                problem = _Problem(data, weights, amplitude, terms, offset_x[index], offset_y[index],
-                                   (ny, nx), step, options.interpolant_order)
-                blocks = problem.block_diagonal()
-                ridge = _ridge(blocks, options.regularisation)
-                right = problem.adjoint(weights * data)
-                start = basis if basis is not None else _solve_blocks(blocks, right, ridge)
-                basis, used = _conjugate_gradient(problem, right, start, blocks, ridge,
-                                                  options.cg_iterations, options.cg_tolerance)
+                joint = size_terms and basis is not None
+                if joint:
+                    fwhm = float(_moments(basis[0][None])[0][0])
+                    size_terms.dilation = _dilation(basis[0], grid_weight, taper=3.0 * fwhm)
+                problem = _Problem(data, weights, amplitude, terms, offset_x[index], offset_y[index], (ny, nx),
+                                   step, options.interpolant_order, size_q=size_terms.q if joint else None,
+                                   size_image=size_terms.dilation if joint else None)
+                ridge, precondition = problem.preconditioner(options.regularisation)
+                right = problem.right(data)
+                if basis is None:
+                    start = precondition(right)
+                else:
+                    start = np.concatenate([basis.ravel(), size_terms.coefficients if joint else []])
+                solution, used = _conjugate_gradient(problem, right, start, ridge, precondition,
+                                                     options.cg_iterations, options.cg_tolerance)
                 iterations_used += used
+                basis, coefficients = problem.split(solution)
+                grid_weight = problem.grid_weight()
+                if joint:
+                    size_terms.coefficients = coefficients
             else:
                 basis = _plain_fit(sample, index, weights, amplitude, terms, (ny, nx), step, options)
-            shapes = _shapes(basis, terms, offset_x[index], offset_y[index], size, step, options.interpolant_order)
+            shapes = _shapes(size_terms.fold(basis), full_terms, *stars)
             # Flux normalisation: best amplitude of each star given the model.
             norm[index] = np.sum(weights * shapes * data, axis=(1, 2)) / np.sum(weights * shapes**2, axis=(1, 2))
             if options.recenter and outer == 0:
-                shift_x, shift_y = _centre_shifts(basis, terms, offset_x[index], offset_y[index], size, step,
-                                                  data, weights, norm[index], options.interpolant_order)
+                shift_x, shift_y = _centre_shifts(size_terms.fold(basis), full_terms, offset_x[index],
+                                                  offset_y[index], size, step, data, weights, norm[index],
+                                                  options.interpolant_order)
                 offset_x[index] += shift_x
                 offset_y[index] += shift_y
+                stars = (offset_x[index], offset_y[index], size, step, options.interpolant_order)
+        model_basis, degree = size_terms.fold(basis), size_degree
         # Per-star chi2 of accepted and rejected stars alike.
         all_index = np.flatnonzero(sample.usable)
         all_u = np.clip((sample.context_x[all_index] - zero[0]) / scale[0], -0.5, 0.5)
         all_v = np.clip((sample.context_y[all_index] - zero[1]) / scale[1], -0.5, 0.5)
         all_terms = polynomial_terms(all_u, all_v, degree)
-        all_shapes = _shapes(basis, all_terms, offset_x[all_index], offset_y[all_index], size, step,
+        all_shapes = _shapes(model_basis, all_terms, offset_x[all_index], offset_y[all_index], size, step,
                              options.interpolant_order)
         all_data = sample.stamps[all_index]
         all_valid = sample.valid[all_index]
@@ -521,8 +889,8 @@ def _fit_psf(sample, options, names):
                               f"(fewer than {options.min_stars})")
     flags[sample.usable & ~accepted] |= FLAG_REJECTED_CHI2
     # Flux normalisation of the model: unit sum on the image pixel grid at the field centre.
-    basis = basis / (basis[0].sum() * step**2)
-    model = PSFModel(basis=basis, degree=degree, zero=zero, scale=scale, sampling=step, names=tuple(names),
+    model_basis = model_basis / (model_basis[0].sum() * step**2)
+    model = PSFModel(basis=model_basis, degree=degree, zero=zero, scale=scale, sampling=step, names=tuple(names),
                      loaded=count, accepted=int(accepted.sum()),
                      chi2=float(np.nanmean(chi2[accepted])))
     central = model.evaluate(zero[0], zero[1], size=min(nx, size))
@@ -539,7 +907,8 @@ def _fit_psf(sample, options, names):
                      residual=residual, fwhm=fwhm, ellipticity=ellipticity, offset_x=offset_x,
                      offset_y=offset_y, degree_requested=options.degree,
                      info={"cg_iterations": iterations_used, "clip_rounds": clip_round, "sampling": step,
-                           "degree": degree})
+                           "degree": degree, "shear_degree": shear_degree, "size_degree": size_degree,
+                           "degree_scores": degree_scores, "size_coefficients": size_terms.coefficients})
 
 
 def _shapes(basis, terms, offset_x, offset_y, size, step, order=7):

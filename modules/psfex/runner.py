@@ -81,6 +81,15 @@ def validate(options) -> list[str]:
     options=OPTIONS,
     requirements=_requirements,
     validate=validate,
+    preload=(
+             "astropy.io.fits",
+             "astropy.wcs",
+             "shapepipe_modules.io.warmup:numba",
+             "shapepipe_modules.psfex.model",
+             "shapepipe_modules.io.ldac",
+             "shapepipe_modules.io.psfex_file",
+             "shapepipe_modules.io.moments",
+    ),
 )
 def psfex(job):
     """Fit the PSF of one CCD; write ``<name><number>.psf`` and ``psfex_cat<number>.cat``."""
@@ -148,9 +157,10 @@ def _run_builtin(job, catalogue, psf_name, outcat):
         result = fit_psf(sample, options, names=settings.var_keys)
     except PSFFitError as error:
         raise JobError(f"{catalogue}: {error}") from None
-    job.logger.info("%s: %d/%d stars accepted, chi2 %.3f, degree %d, sampling %.3f, %d CG iterations",
-                    catalogue.name, result.model.accepted, result.model.loaded, result.model.chi2,
-                    result.info["degree"], result.info["sampling"], result.info["cg_iterations"])
+    job.logger.info("%s: %d/%d stars accepted, chi2 %.3f, degree %d (ellipticity %d, size %d), sampling %.3f, "
+                    "%d CG iterations", catalogue.name, result.model.accepted, result.model.loaded,
+                    result.model.chi2, result.info["degree"], result.info["shear_degree"],
+                    result.info["size_degree"], result.info["sampling"], result.info["cg_iterations"])
     write_psf(job.output_path(psf_name), result.model)
     write_ldac(outcat, residual_table(result, sample), header)
     return {"loaded": result.model.loaded, "accepted": result.model.accepted, "chi2": result.model.chi2}
