@@ -363,6 +363,30 @@ def _header(settings: BatchSettings, what: str) -> list[str]:
     return lines
 
 
+def _slurm_resources(settings: BatchSettings, cpus: int, mem: str | None, time: str) -> list[str]:
+    """``#SBATCH`` lines for CPUs, memory, wall time, partition and account."""
+    lines = ["#SBATCH --ntasks=1", f"#SBATCH --cpus-per-task={cpus}"]
+    if mem:
+        lines.append(f"#SBATCH --mem={mem}")
+    lines.append(f"#SBATCH --time={time}")
+    if settings.queue:
+        lines.append(f"#SBATCH --partition={settings.queue}")
+    if settings.account:
+        lines.append(f"#SBATCH --account={settings.account}")
+    return lines
+
+
+def _pbs_resources(settings: BatchSettings, cpus: int, mem: str | None, time: str) -> list[str]:
+    """``#PBS`` lines for CPUs, memory, wall time, queue and account."""
+    resources = f"select=1:ncpus={cpus}" + (f":mem={pbs_memory(mem)}" if mem else "")
+    lines = [f"#PBS -l {resources}", f"#PBS -l walltime={pbs_walltime(time)}"]
+    if settings.queue:
+        lines.append(f"#PBS -q {settings.queue}")
+    if settings.account:
+        lines.append(f"#PBS -A {settings.account}")
+    return lines
+
+
 def array_script(settings: BatchSettings, campaign: Campaign) -> str:
     """Text of the job-array script."""
     script = settings.script_path("array")
@@ -374,15 +398,8 @@ def array_script(settings: BatchSettings, campaign: Campaign) -> str:
     logs = _directive_path(settings.log_dir, "--log-dir")
     lines = ["#!/bin/bash"]
     if settings.scheduler == "slurm":
-        lines += [f"#SBATCH --job-name={settings.job_name}", f"#SBATCH --array=0-{last}{throttle}",
-                  "#SBATCH --ntasks=1", f"#SBATCH --cpus-per-task={settings.cpus}"]
-        if settings.mem:
-            lines.append(f"#SBATCH --mem={settings.mem}")
-        lines.append(f"#SBATCH --time={settings.time}")
-        if settings.queue:
-            lines.append(f"#SBATCH --partition={settings.queue}")
-        if settings.account:
-            lines.append(f"#SBATCH --account={settings.account}")
+        lines += [f"#SBATCH --job-name={settings.job_name}", f"#SBATCH --array=0-{last}{throttle}"]
+        lines += _slurm_resources(settings, settings.cpus, settings.mem, settings.time)
         lines += [f"#SBATCH --output={logs}/{settings.job_name}_%A_%a.out",
                   f"#SBATCH --error={logs}/{settings.job_name}_%A_%a.err"]
         lines += _header(settings, what)
@@ -394,12 +411,7 @@ def array_script(settings: BatchSettings, campaign: Campaign) -> str:
         lines += [f"#PBS -N {settings.job_name}"]
         if campaign.n_tasks > 1:
             lines.append(f"#PBS -J 0-{last}{throttle}")
-        resources = f"select=1:ncpus={settings.cpus}" + (f":mem={pbs_memory(settings.mem)}" if settings.mem else "")
-        lines += [f"#PBS -l {resources}", f"#PBS -l walltime={pbs_walltime(settings.time)}"]
-        if settings.queue:
-            lines.append(f"#PBS -q {settings.queue}")
-        if settings.account:
-            lines.append(f"#PBS -A {settings.account}")
+        lines += _pbs_resources(settings, settings.cpus, settings.mem, settings.time)
         # A folder (not a file name): PBS names each subjob's log after its job id,
         # so a resubmitted task never overwrites the log of an earlier attempt.
         lines += [f"#PBS -o {logs}/", f"#PBS -e {logs}/"]
@@ -432,25 +444,13 @@ def merge_script(settings: BatchSettings) -> str:
     what = f"ShapePipe merge job: {settings.merge_config}, after the array {settings.script_path('array').name}."
     lines = ["#!/bin/bash"]
     if settings.scheduler == "slurm":
-        lines += [f"#SBATCH --job-name={name}", "#SBATCH --ntasks=1", f"#SBATCH --cpus-per-task={settings.merge_cpus}"]
-        if mem:
-            lines.append(f"#SBATCH --mem={mem}")
-        lines.append(f"#SBATCH --time={time}")
-        if settings.queue:
-            lines.append(f"#SBATCH --partition={settings.queue}")
-        if settings.account:
-            lines.append(f"#SBATCH --account={settings.account}")
+        lines += [f"#SBATCH --job-name={name}"] + _slurm_resources(settings, settings.merge_cpus, mem, time)
         lines += [f"#SBATCH --output={logs}/{name}_%j.out", f"#SBATCH --error={logs}/{name}_%j.err"]
         lines += _header(settings, what)
         lines += [f"# Submit after the array: sbatch --dependency={settings.dependency}:ARRAY_JOB_ID {script}",
                   f"# ({settings.script_path('submit').name} does both.)"]
     else:
-        resources = f"select=1:ncpus={settings.merge_cpus}" + (f":mem={pbs_memory(mem)}" if mem else "")
-        lines += [f"#PBS -N {name}", f"#PBS -l {resources}", f"#PBS -l walltime={pbs_walltime(time)}"]
-        if settings.queue:
-            lines.append(f"#PBS -q {settings.queue}")
-        if settings.account:
-            lines.append(f"#PBS -A {settings.account}")
+        lines += [f"#PBS -N {name}"] + _pbs_resources(settings, settings.merge_cpus, mem, time)
         lines += [f"#PBS -o {logs}/", f"#PBS -e {logs}/"]
         lines += _header(settings, what)
         lines += [f"# Submit after the array: qsub -W depend={settings.dependency}:ARRAY_JOB_ID {script}",
