@@ -11,7 +11,10 @@ child the job runs twice:
 - cold: the first job of a fresh process (imports, numba loading, ...),
   as a job forked with a TIMEOUT or a one-job process pays;
 - warm: the same job again in that process, as in a joblib worker that
-  has already run one job.
+  has already run one job;
+- forked: in another fresh process, the module's ``preload`` list is run
+  (as a worker does once) and the job then runs in a forked child, as a
+  job with a TIMEOUT does.
 
 Reported per engine (best of ``--repeat`` children): whole-job wall and
 CPU time (user + system, including the SExtractor process), the
@@ -68,8 +71,31 @@ def run_job(engine: str, inputs: list[str], output: str, plot: bool = False) -> 
     return summary
 
 
+def forked_job(engine: str, inputs: list[str], output: str, plot: bool) -> dict:
+    """Preload the module as a worker does, then run the job in a forked child."""
+    from shapepipe.jobs import _preload
+    from shapepipe_modules.sextractor.runner import sextractor
+
+    _preload(sextractor.spec.preload, logging.getLogger("bench"))
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        summary = run_job(engine, inputs, output, plot)
+        os.write(write_end, json.dumps(summary).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as stream:
+        text = stream.read()
+    os.waitpid(pid, 0)
+    return json.loads(text)
+
+
 def child(engine: str, output: str, plot: bool, inputs: list[str]) -> None:
-    """Cold job then warm job in this process; print both summaries as JSON."""
+    """Cold job then warm job in this process, or a forked job; print the summaries as JSON."""
+    if engine.endswith(":forked"):
+        print(json.dumps({"forked": forked_job(engine.split(":")[0], inputs, f"{output}/forked", plot)}))
+        return
     cold = run_job(engine, inputs, f"{output}/cold", plot)
     warm = run_job(engine, inputs, f"{output}/warm", plot)
     print(json.dumps({"cold": cold, "warm": warm}))
@@ -116,6 +142,9 @@ def main():
             measure(engine, inputs, f"{directory}/warmup_{engine}", args.plot)
             results[engine] = [measure(engine, inputs, f"{directory}/{engine}_{k}", args.plot)
                                for k in range(args.repeat)]
+            for k, run in enumerate(results[engine]):
+                forked = measure(f"{engine}:forked", inputs, f"{directory}/{engine}_f{k}", args.plot)
+                run["forked"] = forked["forked"]
     print(f"CCD 2048 x 4612, {args.objects} simulated objects, best of {args.repeat} child processes per engine"
           f"{', with the PNG plot' if args.plot else ''}")
     metrics = [
@@ -124,6 +153,8 @@ def main():
         ("cold job CPU [s]", lambda runs: best(runs, "cold", "cpu"), ".2f"),
         ("warm job wall [s]", lambda runs: best(runs, "warm", "wall"), ".2f"),
         ("warm job CPU [s]", lambda runs: best(runs, "warm", "cpu"), ".2f"),
+        ("forked job wall [s]", lambda runs: best(runs, "forked", "wall"), ".2f"),
+        ("forked job CPU [s]", lambda runs: best(runs, "forked", "cpu"), ".2f"),
         ("extraction wall, cold [s]", lambda runs: best(runs, "cold", "extraction_seconds"), ".2f"),
         ("extraction CPU, cold [s]", lambda runs: best(runs, "cold", "extraction_cpu_seconds"), ".2f"),
         ("extraction wall, warm [s]", lambda runs: best(runs, "warm", "extraction_seconds"), ".2f"),

@@ -107,7 +107,8 @@ def fit_residuals(residual, bins=101, max_pixels=2_000_000):
     """
     residual = np.asarray(residual).ravel()
     if residual.size > max_pixels:
-        residual = residual[::-(-residual.size // max_pixels)]
+        # Contiguous copy: every later pass is several times faster than on a strided view.
+        residual = np.ascontiguousarray(residual[::-(-residual.size // max_pixels)])
     if residual.dtype.kind != "f":
         residual = residual.astype(np.float64)
     finite = np.isfinite(residual)
@@ -121,8 +122,14 @@ def fit_residuals(residual, bins=101, max_pixels=2_000_000):
     del deviation
     if mad_sigma <= 0:
         raise ValueError("background residuals have zero spread")
-    edges = np.linspace(median - 5 * mad_sigma, median + 5 * mad_sigma, bins + 1)
-    histogram, _ = np.histogram(residual, edges)
+    # Equal bins: the bin index is arithmetic (in the data's precision), no search per value.
+    low, high = median - 5 * mad_sigma, median + 5 * mad_sigma
+    edges = np.linspace(low, high, bins + 1)
+    scaled = residual - residual.dtype.type(low)
+    scaled *= residual.dtype.type(bins / (high - low))
+    inside = (scaled >= 0) & (scaled < bins)
+    histogram = np.bincount(scaled[inside].astype(np.int32), minlength=bins)[:bins]
+    del scaled, inside
     centres = 0.5 * (edges[1:] + edges[:-1])
     errors = np.sqrt(np.maximum(histogram, 1.0))
     (amplitude, mean, sigma), covariance = fit_gaussian(

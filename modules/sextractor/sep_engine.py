@@ -95,15 +95,6 @@ def _native(array, dtype=np.float32, copy=True):
     return np.array(array, dtype=target, order="C", copy=True)
 
 
-def _per_label_reduce(ufunc, labels_sorted, values_sorted, starts, n, fill):
-    """Reduce pixel values per object label (labels 1..n) with a ufunc."""
-    out = np.full(n, fill, dtype=np.result_type(values_sorted, type(fill)))
-    if values_sorted.size:
-        reduced = ufunc.reduceat(values_sorted, starts)
-        out[labels_sorted[starts] - 1] = reduced
-    return out
-
-
 def _pixel_scale_deg(wcs, x, y):
     """Local pixel scale (deg/pixel, sqrt of the Jacobian determinant) at 1-based positions."""
     step = 0.5
@@ -142,61 +133,6 @@ def _detect(sub, thresh, var, bad, settings, filter_kernel, gain):
                 pixstack = min(2 * pixstack, sub.size)
                 continue
             raise ExtractionError(f"sep.extract failed: {error}") from error
-
-
-def _isophotal_measures(seg, n, sub, var, flag_image, settings, global_rms, satur, x, y, a, b, peak, bkg_at):
-    """Reductions over each object's isophotal pixels.
-
-    Returns
-    -------
-    tuple of arrays
-        ``THRESHOLD``, ``IMAFLAGS_ISO``, ``NIMAFLAGS_ISO`` and ``FWHM_IMAGE``
-        per object. The per-pixel work arrays (about a dozen arrays of the
-        size of all isophotes) are freed on return.
-    """
-    pix_y, pix_x = np.nonzero(seg)
-    labels = seg[pix_y, pix_x]
-    order = np.argsort(labels, kind="stable")
-    labels_sorted = labels[order]
-    pix_y, pix_x = pix_y[order], pix_x[order]
-    starts = np.flatnonzero(np.r_[True, labels_sorted[1:] != labels_sorted[:-1]]) if labels.size else np.array([], int)
-    analysis_rms = np.sqrt(var[pix_y, pix_x]) if var is not None else np.full(pix_y.size, global_rms)
-    if settings.thresh_absolute:
-        threshold = np.full(n, settings.analysis_thresh)
-    else:
-        threshold = settings.analysis_thresh * _per_label_reduce(
-            np.minimum, labels_sorted, analysis_rms, starts, n, global_rms)
-    if flag_image is not None:
-        flag_values = flag_image[pix_y, pix_x].astype(np.int64)
-        imaflags = _per_label_reduce(np.bitwise_or, labels_sorted, flag_values, starts, n, 0)
-        nimaflags = _per_label_reduce(np.add, labels_sorted, (flag_values > 0).astype(np.int64), starts, n, 0)
-    else:
-        imaflags = np.zeros(n, np.int64)
-        nimaflags = np.zeros(n, np.int64)
-
-    # FWHM: weighted fit of log(pixel) against r^2 over the bright isophotal
-    # pixels, assuming a Gaussian core (SExtractor's FWHM_IMAGE).
-    thresh0 = np.maximum(peak / 5.0, threshold)
-    values = sub[pix_y, pix_x].astype(np.float64)
-    index = labels_sorted - 1
-    use = (values > thresh0[index]) & (values < (satur - bkg_at)[index]) & (thresh0[index] > 0)
-    d2 = (pix_x - x[index]) ** 2 + (pix_y - y[index]) ** 2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        lpix = np.where(use, np.log(np.where(use, values, 1.0)), 0.0)
-    w2 = np.where(use, values**2, 0.0)
-    s = np.bincount(index, w2, n)
-    sx = np.bincount(index, d2 * w2, n)
-    sxx = np.bincount(index, d2 * d2 * w2, n)
-    sy = np.bincount(index, lpix * w2, n)
-    sxy = np.bincount(index, lpix * d2 * w2, n)
-    det = s * sxx - sx * sx
-    with np.errstate(divide="ignore", invalid="ignore"):
-        slope = -(s * sxy - sx * sy) / det
-        slope = np.maximum(slope, 1.0 / (13.0 * a * b))
-        fwhm = 1.6651 / np.sqrt(slope)
-        fwhm = np.where(fwhm > 0, fwhm - 1.0 / (4.0 * fwhm), fwhm)
-    fwhm = np.where((np.abs(det) > 0) & (thresh0 > 0) & np.isfinite(fwhm), fwhm, 0.0)
-    return threshold, imaflags, nimaflags, fwhm
 
 
 def extract(
@@ -271,6 +207,8 @@ def extract(
             raise ExtractionError(f"flag shape {flag_image.shape} differs from image shape {data.shape}")
         if flag_image.dtype.kind not in "iub":
             raise ExtractionError(f"flag image must hold integers, got {flag_image.dtype}")
+        # Native byte order for the compiled kernels (FITS data are big-endian).
+        flag_image = flag_image.astype(flag_image.dtype.newbyteorder("="), copy=False)
     if bad.all():
         raise ExtractionError("no usable pixel (all weights are zero or values non-finite)")
     data[bad] = 0.0
@@ -316,7 +254,8 @@ def extract(
     if constant_background is None and settings.back_type == "MANUAL":
         constant_background = settings.back_value
     # Saturated pixels, found before the background is subtracted in place.
-    saturated_y, saturated_x = np.nonzero(data >= satur)
+    # (flat indices: np.nonzero on a 2-d mask costs 20 ms per CCD even when empty)
+    saturated_pixels = np.flatnonzero(data.ravel() >= satur)
     if constant_background is None:
         back = mesh.back()
         data -= back
@@ -361,10 +300,15 @@ def extract(
     else:
         bkg_at = np.full(n, float(constant_background))
     saturated = np.zeros(n + 1, bool)
-    saturated[seg[saturated_y, saturated_x]] = True
+    saturated[seg.ravel()[saturated_pixels]] = True
     saturated = saturated[1:]
-    threshold, imaflags, nimaflags, fwhm = _isophotal_measures(
-        seg, n, sub, var, flag_image, settings, global_rms, satur, x, y, a, b, peak, bkg_at)
+    threshold, imaflags, nimaflags, fwhm = kernels.isophotal_measures(
+        seg, objects["xmin"].astype(np.int64), objects["xmax"].astype(np.int64),
+        objects["ymin"].astype(np.int64), objects["ymax"].astype(np.int64), sub,
+        var if var is not None else np.zeros((1, 1), np.float32), var is not None,
+        flag_image if flag_image is not None else np.zeros((1, 1), np.int32), flag_image is not None,
+        global_rms, bool(settings.thresh_absolute), float(settings.analysis_thresh), float(satur),
+        x, y, a, b, peak, bkg_at)
 
     # AUTO photometry (Kron), with neighbours and bad pixels corrected.
     kron_fact, kron_min = settings.phot_autoparams
@@ -375,19 +319,9 @@ def extract(
         a, b, float(kron_fact), float(kron_min), float(gain), backnoise2, weight_gain,
     )
 
-    # Fraction-of-light radii within 6 A, normalised to FLUX_AUTO.
+    # Fraction-of-light radii from the growth curve within 6 A, normalised to FLUX_AUTO.
     fracs = np.asarray(settings.phot_fluxfrac, dtype=float)
-    rmax = np.maximum(kernels.KRON_NSIG * a, 1e-3)
-    if n:
-        all_fracs = np.r_[fracs, 0.5]
-        radii, _ = sep.flux_radius(sub, x, y, rmax, all_fracs,
-                                   normflux=np.where(flux_auto > 0, flux_auto, 1.0), mask=bad, subpix=5)
-        radii = np.asarray(radii).reshape(n, -1)
-        radii = np.minimum(radii, rmax[:, None])
-    else:
-        radii = np.zeros((0, fracs.size + 1))
-    flux_radius = radii[:, :-1]
-    hl_radius = np.maximum(radii[:, -1], 0.5)
+    flux_radius, hl_radius = kernels.flux_radius(sub, bad, x, y, a, fracs, flux_auto, 0.0)
 
     # Windowed parameters.
     (xwin, ywin, flux_win, fluxerr_win, x2win, y2win, xywin, ex2win, ey2win, exywin,
@@ -592,3 +526,28 @@ def vignets(sub, bad, seg, x, y, width, height):
     ix = (np.asarray(x) + 0.49999).astype(np.int64)
     iy = (np.asarray(y) + 0.49999).astype(np.int64)
     return kernels.vignets(sub, bad, seg, ix, iy, int(width), int(height), np.float32(MASKED_PIXEL))
+
+
+def warm_up() -> None:
+    """Run the engine once on a small synthetic image (a worker's ``preload``).
+
+    Loads every compiled kernel with the argument types a CCD job uses
+    (16- and 32-bit flag images), so jobs forked from the worker do not each
+    load them again.
+    """
+    from astropy.io import fits
+
+    from .config_files import ExtractionSettings, Parameter
+
+    rng = np.random.default_rng(0)
+    size = 96
+    yy, xx = np.mgrid[:size, :size]
+    image = rng.normal(100.0, 5.0, (size, size)).astype(np.float32)
+    for x0, y0 in ((30.0, 30.0), (60.0, 64.0)):
+        image += np.float32(500.0) * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / 4.0).astype(np.float32)
+    settings = ExtractionSettings(back_size=(32, 32), phot_apertures=(5.0, 10.0), phot_fluxfrac=(0.5,))
+    parameters = [Parameter(name) for name in COLUMNS if name != "VIGNET"] + [Parameter("VIGNET", (9, 9))]
+    kernel = np.array([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]])
+    for flag_type in (np.int16, np.int32):
+        extract(image, fits.Header(), settings, parameters, kernel, weight=np.ones_like(image),
+                flag_image=np.zeros((size, size), flag_type), keep_background=False)
