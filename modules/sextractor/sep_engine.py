@@ -1,9 +1,10 @@
 """The ``sep`` engine: SExtractor's detection and measurements in Python.
 
 Detection and the background map use `sep` (the SExtractor core as a
-library); the measurements that sep does not provide (AUTO photometry
-with neighbour correction, windowed parameters, FWHM, flags) follow
-SExtractor's definitions (see :mod:`.kernels`). Every column of
+library); the per-object measurements (AUTO photometry with neighbour
+correction, growth-curve FLUX_RADIUS, windowed parameters, FWHM, flags)
+are compiled loops over each object's own pixels that follow SExtractor's
+definitions (see :mod:`.kernels`). Every column of
 :data:`.columns.COLUMNS` is computed; pixel positions are 1-based, angles
 in degrees, magnitudes ``-2.5 log10(flux) + ZP`` (99 for non-positive flux).
 """
