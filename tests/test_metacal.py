@@ -181,6 +181,49 @@ def test_gauss_fit_recovers_noiseless_gaussian():
     assert np.allclose(result.pars, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_faint_small_galaxies_converge_to_the_minimum():
+    """Low-S/N, barely resolved galaxies: the fits converge (they hit the
+    200-iteration limit before the line search), to the true minimum of the cost."""
+    jac = np.array([[0.187, 0.0], [0.0, 0.187]])
+    wcs = galsim.JacobianWCS(*jac.ravel())
+    psf = galsim.Moffat(beta=4.8, fwhm=0.7)
+    psf_sigma2 = 0.5 * r50_to_T(psf.calculateHLR())
+    prior = ShapePipePrior()
+    rng = np.random.default_rng(17)
+    iterations, checked = [], 0
+    for _ in range(40):
+        gal = galsim.Exponential(half_light_radius=rng.uniform(0.15, 0.3), flux=rng.uniform(300, 600))
+        gal = gal.shear(g1=rng.normal(0, 0.25), g2=rng.normal(0, 0.25)).shift(*rng.normal(0, 0.1, 2))
+        image = galsim.Convolve(gal, psf).drawImage(nx=N, ny=N, wcs=wcs).array
+        image += rng.normal(0.0, 8.0, image.shape)
+        pixels = make_pixel_data([image], [np.full((N, N), 1 / 64.0)], [jac], [(25, 25)],
+                                 [(psf_sigma2, 0.0, psf_sigma2)], radius=12)
+        result = fit_gauss(pixels, [0, 0, 0, 0, 0.1, 400.0], prior=prior)
+        if result.status != FIT_OK:
+            continue
+        iterations.append(result.niter)
+        # Independent check of the minimum: no coordinate step of 0.01 sigma lowers the cost.
+        errors = result.errors
+        cost = _cost(pixels, result.pars, prior)
+        for a in range(6):
+            for sign in (-1, 1):
+                moved = result.pars.copy()
+                moved[a] += sign * 0.01 * errors[a]
+                assert _cost(pixels, moved, prior) >= cost - 1e-9
+        checked += 1
+    assert checked >= 36
+    assert np.median(iterations) < 30 and max(iterations) < 200
+
+
+def _cost(pixels, pars, prior):
+    """0.5 chi^2 - ln prior, from an independent numpy model of the Gaussian fit."""
+    model = _model_numpy(pars, pixels.du, pixels.dv, pixels.epoch, pixels.psf_cov, pixels.area)
+    chi2 = np.sum(pixels.weight * (pixels.data - model) ** 2)
+    g2 = pars[2] ** 2 + pars[3] ** 2
+    return (0.5 * chi2 + 0.5 * (pars[0] ** 2 + pars[1] ** 2) / prior.cen_sigma ** 2
+            - 2.0 * np.log(1.0 - g2) + 0.5 * g2 / prior.g_sigma ** 2)
+
+
 def test_size_conventions():
     sigma = 0.3
     r50 = galsim.Gaussian(sigma=sigma).half_light_radius

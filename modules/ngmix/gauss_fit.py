@@ -409,6 +409,9 @@ def _levenberg_marquardt(pars, du, dv, data, weight, epoch, psf_cov, area,
     new_grad = np.empty(NPARS)
     trial = np.empty(NPARS)
     system = np.empty((NPARS, NPARS))
+    searched = np.empty(NPARS)
+    searched_grad = np.empty(NPARS)
+    searched_hess = np.empty((NPARS, NPARS))
     cost, chi2 = _cost_nb(pars, du, dv, data, weight, epoch, psf_cov, area,
                           use_prior, prior_pars, hess, grad)
     if not np.isfinite(cost):
@@ -430,6 +433,33 @@ def _levenberg_marquardt(pars, du, dv, data, weight, epoch, psf_cov, area,
         new_cost, new_chi2 = _cost_nb(trial, du, dv, data, weight, epoch,
                                       psf_cov, area, use_prior, prior_pars,
                                       new_hess, new_grad)
+        # Line search along the step: where the Gauss-Newton Hessian misses
+        # the curvature (faint, small objects: the T-flux valley), the full
+        # step overshoots by up to 2x and plain LM then converges linearly
+        # over hundreds of iterations. The parabola through the cost at 0
+        # and 1 with the slope at 0 gives the minimum along the step.
+        slope = 0.0
+        for a in range(NPARS):
+            slope += grad[a] * (trial[a] - pars[a])
+        curvature = new_cost - cost - slope
+        if np.isfinite(new_cost) and slope < 0.0 and curvature > 0.0:
+            alpha = -slope / (2.0 * curvature)
+            if alpha < 0.8 or alpha > 1.25:
+                alpha = min(alpha, 4.0)
+                for a in range(NPARS):
+                    searched[a] = pars[a] + alpha * (trial[a] - pars[a])
+                if use_prior:
+                    _clip(searched, prior_pars)
+                searched_cost, searched_chi2 = _cost_nb(searched, du, dv, data, weight, epoch,
+                                                        psf_cov, area, use_prior, prior_pars,
+                                                        searched_hess, searched_grad)
+                if searched_cost < new_cost:
+                    new_cost, new_chi2 = searched_cost, searched_chi2
+                    for a in range(NPARS):
+                        trial[a] = searched[a]
+                        new_grad[a] = searched_grad[a]
+                        for b in range(NPARS):
+                            new_hess[a, b] = searched_hess[a, b]
         if new_cost <= cost:
             decrement = 0.0
             for a in range(NPARS):
