@@ -24,12 +24,23 @@ object-epoch.
 
 Run: ``python benchmarks/bench_psfex.py [--sim DIR] [--work DIR] [--exposures N]``
 (default: the GOLD example data if present, else a fresh ``demo`` simulation).
+
+One CCD's numbers are one noise realisation. ``--realisations K --ccds
+2100001-3,2100005-1`` redraws, K times per CCD, the same selected stars
+(true positions, fluxes and PSF, halos and spikes as the simulator draws
+them) with new noise, fits every engine on each realisation (PSFEx fits are
+cached in ``--work``) and prints per CCD and engine the mean and sd of the
+four residuals over the realisations, the fraction failing each absolute
+threshold, and the fraction where the engine is within 1.2 x PSFEx per
+metric. ``--variant NAME:key=value,...`` adds built-in variants
+(:class:`FitOptions` overrides, values as Python literals).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -100,6 +111,198 @@ def fit_binary(stars, config, work):
     return psf, time.perf_counter() - start
 
 
+def truth_moments(sim_dir, exposure, ccd, size, true_psf):
+    """galsim.hsm (sigma, e1, e2) of the true PSF on the 5 x 9 grid of one CCD, shape (n, 3)."""
+    import test_accept_psfex as accept
+
+    x, y = accept.grid_positions(*accept.ccd_shape(sim_dir))
+    return np.array([accept._hsm(true_psf.draw(int(exposure), ccd, px, py, size=size).array)
+                     for px, py in zip(x, y)])
+
+
+def grid_residuals(sim_dir, psf_path, truth):
+    """Residual summary of one model against :func:`truth_moments` (``size``, ``size_rms``, ``e_rms``, ``e_max``)."""
+    import test_accept_psfex as accept
+
+    from shapepipe_modules.io.psfex_file import read_psf
+
+    model = read_psf(psf_path)
+    x, y = accept.grid_positions(*accept.ccd_shape(sim_dir))
+    ours = np.array([accept._hsm(stamp) for stamp in model.evaluate(x, y, size=model.grid_shape[0])])
+    size = ours[:, 0] / truth[:, 0] - 1.0
+    de = ours[:, 1:] - truth[:, 1:]
+    return {"size": float(size.mean()), "size_rms": float(np.sqrt(np.mean(size**2))),
+            "e_rms": float(np.sqrt(np.mean(de**2))), "e_max": float(np.abs(de).max())}
+
+
+class Realiser:
+    """Noise realisations of one CCD's selected stars.
+
+    The noiseless stamps are drawn once, as the simulator draws stars
+    (:func:`star_profile`: PSF core, plus halo and spikes when bright) at
+    the true positions and fluxes; each realisation adds background and
+    Poisson noise (background level from the stamps' borders, the
+    catalogue's gain) and re-measures the windowed centres with sep, so
+    the engines see what they would see on a new exposure of the same stars.
+    """
+
+    def __init__(self, sim_dir, exposure, ccd, stars, halo=True):
+        import galsim
+        from astropy.table import Table
+        from scipy.spatial import cKDTree
+
+        from shapepipe_modules.io.ldac import read_ldac
+        from shapepipe_modules.psfex.model import load_stars
+        from shapepipe_modules.simulate import TruePSF
+        from shapepipe_modules.simulate.render import star_profile
+
+        self.table, self.header = read_ldac(stars)
+        truth = Table.read(Path(sim_dir) / "truth" / f"truth_exp-{exposure}.fits")
+        truth = truth[truth["ccd"] == ccd]
+        index = cKDTree(np.c_[truth["x"], truth["y"]]).query(
+            np.c_[self.table["XWIN_IMAGE"], self.table["YWIN_IMAGE"]])[1]
+        self.x, self.y = (np.asarray(truth[name], float)[index] for name in ("x", "y"))
+        flux, mag = (np.asarray(truth[name], float)[index] for name in ("flux", "mag"))
+        self.noise = load_stars(self.table, self.header).noise
+        self.gain = float(self.header["GAIN"])
+        params = json.loads((Path(sim_dir) / "simulation.json").read_text())["parameters"]
+        psf = TruePSF(sim_dir)
+        size = self.table["VIGNET"].shape[1]
+        self.clean = np.zeros((len(self.x), size, size))
+        for k in range(len(self.x)):
+            wcs = psf.local_wcs(exposure, ccd, self.x[k], self.y[k])
+            if halo:
+                fwhm, e1, e2 = psf.shape(exposure, ccd, self.x[k], self.y[k])
+                profile = star_profile(flux[k], mag[k], fwhm, e1, e2, params)
+            else:
+                profile = psf.galsim(exposure, ccd, self.x[k], self.y[k], flux=flux[k])
+            offset = (self.x[k] - np.rint(self.x[k]), self.y[k] - np.rint(self.y[k]))
+            image = galsim.ImageD(size, size)
+            profile.drawImage(image=image, wcs=wcs, offset=offset, method="no_pixel")
+            self.clean[k] = image.array
+        # sep's window: the catalogue's FLUX_RADIUS as a Gaussian sigma (SExtractor's WIN parameters).
+        self.window = 2.0 * np.asarray(self.table["FLUX_RADIUS"], float) / 2.35
+
+    def write(self, rng, path):
+        """One realisation drawn with ``rng``, written as an LDAC star catalogue at ``path``."""
+        import sep
+
+        from shapepipe_modules.io.ldac import write_ldac
+
+        half = self.clean.shape[1] // 2
+        variance = self.noise[:, None, None] ** 2 + np.clip(self.clean, 0, None) / self.gain
+        stamps = self.clean + rng.standard_normal(self.clean.shape) * np.sqrt(variance)
+        centres = [sep.winpos(np.ascontiguousarray(stamp), np.array([float(half)]), np.array([float(half)]),
+                              np.array([window]))[:2] for stamp, window in zip(stamps, self.window)]
+        xw, yw = (np.array([c[axis][0] for c in centres]) for axis in (0, 1))
+        table = self.table.copy()
+        table["VIGNET"][:] = stamps
+        table["XWIN_IMAGE"][:] = np.rint(self.x) - half + xw
+        table["YWIN_IMAGE"][:] = np.rint(self.y) - half + yw
+        table["X_IMAGE"][:] = np.rint(self.x)
+        table["Y_IMAGE"][:] = np.rint(self.y)
+        table["FLUX_AUTO"][:] = stamps.sum(axis=(1, 2))
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_ldac(path, table, self.header)
+        return path
+
+
+def parse_variant(text):
+    """``NAME:key=value,key=value`` -> (NAME, {key: literal value})."""
+    import ast
+
+    name, _, body = text.partition(":")
+    overrides = {}
+    for item in filter(None, re.split(r",(?=\s*[A-Za-z_]+\s*=)", body)):
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = ast.literal_eval(value.strip())
+    return name, overrides
+
+
+def realisation_stats(rows, engines):
+    """Text table over realisations: mean and sd per metric, failure and 1.2 x PSFEx fractions."""
+    metrics = ("size", "size_rms", "e_rms", "e_max")
+    lines = [f"{'engine':<16s} " + " ".join(f"{m + ' mean':>11s} {'sd':>8s}" for m in metrics)
+             + "   fail size/e_rms/e_max   <=1.2xPSFEx size/s_rms/e_rms/e_max  degrees"]
+    for engine in engines:
+        values = {m: np.array([row[engine][m] for row in rows]) for m in metrics}
+        cells = " ".join(f"{values[m].mean():+11.5f} {values[m].std(ddof=1) if len(rows) > 1 else 0:8.5f}"
+                         for m in metrics)
+        fails = (np.mean(np.abs(values["size"]) >= LIMITS["size"]), np.mean(values["e_rms"] >= LIMITS["e_rms"]),
+                 np.mean(values["e_max"] >= LIMITS["e_max"]))
+        text = f"{engine:<16s} {cells}   " + "/".join(f"{f:.2f}" for f in fails)
+        if "psfex" in engines and engine != "psfex":
+            theirs = {m: np.array([row["psfex"][m] for row in rows]) for m in metrics}
+            within = [np.mean(np.abs(values[m]) <= 1.2 * np.abs(theirs[m])) for m in metrics]
+            text += "        " + "/".join(f"{w:.2f}" for w in within)
+        else:
+            text += " " * 27
+        if "degrees" in rows[0][engine]:
+            counts = {}
+            for row in rows:
+                key = "{}/{}".format(*row[engine]["degrees"])
+                counts[key] = counts.get(key, 0) + 1
+            text += "     " + " ".join(f"{k}:{n}" for k, n in sorted(counts.items()))
+        lines.append(text)
+    return "\n".join(lines)
+
+
+def run_realisations(sim, work, ccds, count, variants, settings, config, use_binary, halo, seed):
+    """Fit every engine on ``count`` noise realisations of each CCD; print and return the rows."""
+    import test_accept_psfex as accept
+    from conftest import extract_ccds
+
+    from shapepipe_modules.simulate import TruePSF
+
+    true_psf = TruePSF(sim)
+    needed = [key for key in ccds if not (work / "stars" / f"star_selection-{key[0]}-{key[1]}.fits").exists()]
+    if needed:
+        from astropy.table import Table
+
+        split = split_some(sim, sorted({exposure for exposure, _ in needed}), work / "split")
+        catalogues = extract_ccds({key: split[key] for key in needed}, work / "sexcat", engine="sep")
+        for (exposure, ccd), catalogue in catalogues.items():
+            truth = Table.read(sim / "truth" / f"truth_exp-{exposure}.fits")
+            accept.select_truth_stars(catalogue, truth[truth["ccd"] == ccd],
+                                      work / "stars" / f"star_selection-{exposure}-{ccd}.fits")
+    engines = list(variants) + (["psfex"] if use_binary else [])
+    results = {}
+    for position, (exposure, ccd) in enumerate(ccds):
+        stars = work / "stars" / f"star_selection-{exposure}-{ccd}.fits"
+        label = f"{exposure}-{ccd}"
+        folder = work / "realisations" / ("halo" if halo else "core") / label
+        realiser = Realiser(sim, exposure, ccd, stars, halo=halo)
+        truth = truth_moments(sim, exposure, ccd, settings.psf_size[0], true_psf)
+        rows = []
+        for k in range(count):
+            # One generator per (seed, CCD, realisation): a realisation does not depend on K or the CCD list.
+            rng = np.random.default_rng([seed, int(exposure), ccd, k])
+            catalogue = realiser.write(rng, folder / f"real-{seed}-{k}.fits")
+            row = {}
+            for name, overrides in variants.items():
+                path, seconds, info = fit_builtin(catalogue, settings, folder / "models" / f"{name}-{seed}-{k}.psf",
+                                                  **overrides)
+                row[name] = grid_residuals(sim, path, truth)
+                row[name]["degrees"] = (info["shear_degree"], info["size_degree"])
+                row[name]["seconds"] = seconds
+            if use_binary:
+                cached = folder / "psfex" / f"{seed}-{k}"
+                paths = sorted(cached.glob("*.psf"))
+                path = paths[0] if paths else fit_binary(catalogue, config, cached)[0]
+                row["psfex"] = grid_residuals(sim, path, truth)
+            rows.append(row)
+            print(f"{label} realisation {k}: " + ", ".join(
+                f"{e} {row[e]['size']:+.4f}/{row[e]['size_rms']:.4f}/{row[e]['e_max']:.4f}" for e in engines),
+                flush=True)
+        results[label] = rows
+        print(f"\n{label}: {count} realisations ({'with' if halo else 'without'} halos), {len(realiser.x)} stars")
+        print(realisation_stats(rows, engines), flush=True)
+    pooled = [row for rows in results.values() for row in rows]
+    print(f"\nall CCDs pooled ({len(pooled)} realisations)")
+    print(realisation_stats(pooled, engines))
+    return results
+
+
 def table(summary, n_stars, degrees):
     """Side-by-side text table of the engines, per CCD."""
     engines = list(summary)
@@ -140,6 +343,12 @@ def main(argv=None):
     parser.add_argument("--exposures", type=int, default=1, help="first N exposures of every tile (0: all)")
     parser.add_argument("--seed", type=int, default=1, help="seed when simulating")
     parser.add_argument("--no-binary", action="store_true", help="skip the PSFEx binary")
+    parser.add_argument("--realisations", type=int, default=0, help="noise realisations per CCD (0: real data)")
+    parser.add_argument("--ccds", default="2100001-3,2100005-1,2100001-2",
+                        help="EXPOSURE-CCD list for --realisations")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="built-in variant NAME:key=value,... (FitOptions overrides), repeatable")
+    parser.add_argument("--no-halo", action="store_true", help="realisations without the stars' halos and spikes")
     args = parser.parse_args(argv)
     config = DATA_DIR / "default.psfex"
     settings = PSFExSettings.from_file(config)
@@ -156,6 +365,12 @@ def main(argv=None):
 
             sim = Path(simulate(preset="demo", output_dir=work / "sim", seed=args.seed, n_workers=2, ring=True))
         print(f"simulation {sim}")
+        if args.realisations > 0:
+            variants = {"builtin": {}, **dict(parse_variant(text) for text in args.variant)}
+            keys = [(item.split("-")[0], int(item.split("-")[1])) for item in args.ccds.split(",")]
+            run_realisations(sim, work, keys, args.realisations, variants, settings, config, use_binary,
+                             not args.no_halo, args.seed)
+            return
         ccds = split_some(sim, chosen_ccds(sim, args.exposures), work / "split")
         catalogues = extract_ccds(ccds, work / "sexcat", engine="sep")
         from astropy.table import Table

@@ -223,3 +223,28 @@ def test_model_with_size_terms_is_a_valid_psfex_file(tmp_path):
         reader.getPSF(galsim.PositionD(x, y)).drawImage(image, method="no_pixel")
         reference = image.array / image.array.sum()
         assert np.abs(ours - reference).max() < 1e-4 * reference.max()
+
+
+def test_selected_degree_errs_no_more_than_a_fixed_one():
+    """Over noise draws, the size fitted with the degree of least estimated error (margins 0)
+    is on average nearly as close to the truth over the box as the best fixed degree."""
+    rng = np.random.default_rng(11)
+    u, v = rng.uniform(-0.5, 0.5, (2, 50))
+    snr = rng.uniform(60, 400, 50)
+    gu, gv = np.meshgrid(np.linspace(-0.5, 0.5, 9), np.linspace(-0.5, 0.5, 9))
+    for curvature in (0.0, 0.004, 0.02):
+        truth = lambda a, b: 0.01 * a + curvature * (a**2 + b**2)  # noqa: E731
+        errors = {degree: [] for degree in ("selected", 0, 1, 2)}
+        for _ in range(150):
+            noise = rng.normal(0, 1, (3, 50)) / snr
+            log_sigma = truth(u, v) + noise[0]
+            shear, size, _ = select_degrees(u, v, np.exp(log_sigma), noise[1], noise[2], snr, 2, margins=(0.0, 0.0))
+            for label in errors:
+                degree = size if label == "selected" else label
+                terms = polynomial_terms(u, v, degree)
+                fit = np.linalg.lstsq(terms * snr[:, None], log_sigma * snr, rcond=None)[0]
+                errors[label].append(np.mean((polynomial_terms(gu, gv, degree) @ fit - truth(gu, gv).ravel()) ** 2))
+        means = {label: np.mean(values) for label, values in errors.items()}
+        # Measured (x 1e-6, selected vs best fixed): 1.9 vs 1.2 (linear truth), 2.5 vs 1.8, 3.7 vs 3.2
+        # (curved); the one-standard-error rule reached 6.0 vs 3.2 on the curved truth.
+        assert means["selected"] < 1.75 * min(means[0], means[1], means[2]), (curvature, means)
