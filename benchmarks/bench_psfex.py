@@ -6,8 +6,8 @@ sextractor (sep), selects the true, unsaturated, isolated stars with
 SNR_WIN > 50 (as the acceptance tests do), and fits, with the module's
 default ``.psfex`` configuration (PSF_SIZE 51, sampling 1, PSFVAR_DEGREES 2):
 
-- ``builtin``: the built-in engine as the module runs it (degrees chosen
-  from the stars' shapes, :func:`select_degrees`);
+- ``builtin``: the built-in engine as the module runs it (degrees of the
+  ellipticity and size chosen from the stars' shapes, :func:`select_degrees`);
 - ``builtin fixed``: the built-in engine with a quadratic in every pixel
   (``select_degree=False``), PSFEx's own model and the engine's behaviour
   before the degree guard;
@@ -31,8 +31,13 @@ One CCD's numbers are one noise realisation. ``--realisations K --ccds
 them) with new noise, fits every engine on each realisation (PSFEx fits are
 cached in ``--work``) and prints per CCD and engine the mean and sd of the
 four residuals over the realisations, the fraction failing each absolute
-threshold, and the fraction where the engine is within 1.2 x PSFEx per
-metric. ``--variant NAME:key=value,...`` adds built-in variants
+threshold, the fraction where the engine is within 1.2 x PSFEx per
+metric, and the engine's expected residuals over PSFEx's
+(:func:`expected_ratios`). One realisation per CCD compares two noisy
+estimators that share their stars' noise: where PSFEx's size bias
+(+0.2% on average) happens to cancel that noise, 1.2 times its size
+residual is no bound. #5's rule is therefore judged on the expected
+residuals per CCD. ``--variant NAME:key=value,...`` adds built-in variants
 (:class:`FitOptions` overrides, values as Python literals).
 """
 
@@ -219,11 +224,23 @@ def parse_variant(text):
     return name, overrides
 
 
+def expected_ratios(ours, theirs):
+    """Expected residuals of an engine over those of PSFEx: size, size rms, e rms, e max.
+
+    Expected over noise realisations of one CCD: the rms of the mean size
+    residual (its bias and its noise), the mean of the other metrics.
+    #5's rule (no worse than 1.2 x PSFEx on any CCD) is judged on these.
+    """
+    return [np.sqrt(np.mean(ours["size"] ** 2) / np.mean(theirs["size"] ** 2))] + [
+        np.mean(ours[m]) / np.mean(theirs[m]) for m in ("size_rms", "e_rms", "e_max")]
+
+
 def realisation_stats(rows, engines):
     """Text table over realisations: mean and sd per metric, failure and 1.2 x PSFEx fractions."""
     metrics = ("size", "size_rms", "e_rms", "e_max")
     lines = [f"{'engine':<16s} " + " ".join(f"{m + ' mean':>11s} {'sd':>8s}" for m in metrics)
-             + "   fail size/e_rms/e_max   <=1.2xPSFEx size/s_rms/e_rms/e_max  degrees"]
+             + "   fail size/e_rms/e_max   <=1.2xPSFEx size/s_rms/e_rms/e_max   expected/PSFEx's"
+             + "          degrees"]
     for engine in engines:
         values = {m: np.array([row[engine][m] for row in rows]) for m in metrics}
         cells = " ".join(f"{values[m].mean():+11.5f} {values[m].std(ddof=1) if len(rows) > 1 else 0:8.5f}"
@@ -235,8 +252,9 @@ def realisation_stats(rows, engines):
             theirs = {m: np.array([row["psfex"][m] for row in rows]) for m in metrics}
             within = [np.mean(np.abs(values[m]) <= 1.2 * np.abs(theirs[m])) for m in metrics]
             text += "        " + "/".join(f"{w:.2f}" for w in within)
+            text += "   " + "/".join(f"{ratio:.2f}" for ratio in expected_ratios(values, theirs))
         else:
-            text += " " * 27
+            text += " " * 52
         if "degrees" in rows[0][engine]:
             counts = {}
             for row in rows:
@@ -321,8 +339,7 @@ def table(summary, n_stars, degrees):
                             or row["e_max"] >= LIMITS["e_max"]) else " "
             if engine != "psfex" and "psfex" in summary:
                 theirs = summary["psfex"][key]
-                if (abs(row["size"]) > 1.2 * abs(theirs["size"]) or row["e_rms"] > 1.2 * theirs["e_rms"]
-                        or row["e_max"] > 1.2 * theirs["e_max"]):
+                if any(abs(row[c]) > 1.2 * abs(theirs[c]) for c in ("size", "size_rms", "e_rms", "e_max")):
                     marks += ">"
             cells.append(" ".join(f"{row[c]:+8.5f}" if c == "size" else f"{row[c]:8.5f}" for c in COLUMNS)
                          + f"  {marks:<13s}")

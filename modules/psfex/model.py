@@ -22,25 +22,24 @@ the field empty. Positions are scaled to the range covered by accepted
 stars, and evaluation clamps to that range (see
 :mod:`shapepipe_modules.io.psfex_file`).
 
-Degree guard against noisy extrapolation: ``PSFVAR_DEGREES`` is the
-highest degree allowed, not imposed. From the stars' own shapes
-(:func:`star_shapes`) the engine estimates, for each degree, the expected
-error of the PSF ellipticity and size over the whole star-covered box,
-corners included (:func:`field_errors`, Mallows' Cp over the box), and
-raises the degree only while that error drops by more than its standard
-error (:func:`select_degrees`; ``FitOptions.degree_margins``). Cp charges
-each degree the noise of the star moments, larger than that of the pixel
-model (on noise realisations of a demo CCD the model's variance over the
-box was ~0.5x the charged one for the ellipticity, 0.6-0.8x for the
-size), so the rule is cautious; the plain minimum (margins 0) helped the
-demo realisations but broke the acceptance mosaic (a corner |de| of 0.013,
-a size bias of 0.34%), so the margin stays.
-With ~50 stars per CCD a quadratic ellipticity mostly fits noise, which it
-extrapolates into the corners (errors up to 0.02 there, for PSFEx as for a
-full quadratic fit here), while the size curvature is often real. So the
-pixel basis takes the ellipticity's degree, and a higher size degree adds
-terms that only dilate the PSF (:class:`_SizeTerms`), fitted jointly with
-the pixel basis. The written model stays a plain PSFEx polynomial.
+Degree guard against noisy extrapolation. With ~50 stars per CCD a
+quadratic ellipticity mostly fits noise, which it extrapolates into the
+corners (errors up to 0.02 there, for PSFEx as for a full quadratic fit
+here), while the size curvature is often real. So the ellipticity and the
+size get their own degrees (each at most ``PSFVAR_DEGREES``), chosen from
+the stars' own shapes (:func:`star_shapes`): for each degree the engine
+estimates the expected error over the whole star-covered box, corners
+included (:func:`field_errors`, Mallows' Cp over the box), and raises the
+degree while that error drops (:func:`select_degrees`), by more than its
+standard error for a quadratic (``FitOptions.shear_margins``,
+``size_margins``). Cp charges the noise of the star moments; on noise
+realisations of a CCD the variance of the pixel model's ellipticity was
+about twice that for a linear model and four times for a quadratic one, so
+a quadratic must clear the margin. The pixel basis has the size degree,
+but its images of degree above the ellipticity's may change the PSF's
+profile and size only, not its centre or ellipticity
+(:class:`_ShapeFreeProjector`); the written model stays a plain PSFEx
+polynomial.
 """
 
 from __future__ import annotations
@@ -208,12 +207,15 @@ class FitOptions:
         Relative residual at which the conjugate gradients stop.
     select_degree : bool
         Choose the degrees of the ellipticity and size variations (each at
-        most ``degree``) from the stars' shapes (:func:`select_degrees`);
-        False fits every pixel with ``degree`` (PSFEx's way).
-    degree_margins : (float, float)
+        most ``degree``) from the stars' shapes (:func:`select_degrees`),
+        the images of the pixel basis above the ellipticity's degree
+        changing the size and profile only; False fits every pixel with
+        ``degree`` (PSFEx's way).
+    shear_margins, size_margins : sequence of float
         Standard errors by which a higher degree must lower the estimated
-        error to be chosen, for the ellipticity and the size (0: the degree
-        of least estimated error; 1: the one-standard-error rule).
+        error to be chosen, for the step to degree 1, then to degree 2 and
+        above (0: the degree of least estimated error; 1: the
+        one-standard-error rule).
     interpolant_order : int
         Lanczos order of the resampling inside the fit. A pixel-sampled PSF
         is not exactly band-limited; Lanczos-3 shifts change its size by up
@@ -236,7 +238,8 @@ class FitOptions:
     cg_tolerance: float = 1e-6
     interpolant_order: int = 7
     select_degree: bool = True
-    degree_margins: tuple = (1.0, 1.0)
+    shear_margins: tuple = (0.0, 1.0)
+    size_margins: tuple = (1.0,)
 
 
 @dataclass
@@ -398,7 +401,7 @@ def field_errors(u, v, values, weights, low: int, high: int, grid: int = 9):
 
 
 def select_degrees(u, v, sigma, e1, e2, snr, max_degree: int, floor: float = 1e-3, clip: float = 5.0,
-                   margins=(1.0, 1.0)):
+                   shear_margins=(0.0, 1.0), size_margins=(1.0,)):
     """Polynomial degrees of the ellipticity and of the size variation, from the stars' shapes.
 
     Each star's shape (:func:`star_shapes`) is a noisy sample of the PSF's
@@ -407,10 +410,9 @@ def select_degrees(u, v, sigma, e1, e2, snr, max_degree: int, floor: float = 1e-
     all into the parts of the CCD that few stars cover (the corners).
     Starting from a constant, the degree is raised while a higher degree
     has an expected error over the star-covered box (:func:`field_errors`)
-    lower by more than ``margins`` standard errors of the comparison. This
-    is done separately for the ellipticity (e1 and e2 together) and for the
-    size (log sigma): with ~50 stars the size curvature of a PSF is often
-    measurable while its ellipticity curvature is not.
+    lower by more than ``margins[d - 1]`` standard errors of the
+    comparison, ``d`` the degree raised to. This is done separately for the
+    ellipticity (e1 and e2 together) and for the size (log sigma).
 
     Parameters
     ----------
@@ -421,11 +423,10 @@ def select_degrees(u, v, sigma, e1, e2, snr, max_degree: int, floor: float = 1e-
         Shape scatter added to the noise (``1 / snr``) of every star, so the
         brightest stars do not decide alone.
     clip : float
-        Stars whose shape is off the ``max_degree`` fit by more than this
-        many robust sigmas (blends, artefacts) are left out.
-    margins : (float, float)
-        Standard errors by which a higher degree must lower the expected
-        error, for the ellipticity and for the size.
+        Stars whose shape (size included) is off the ``max_degree`` fit by
+        more than this many robust sigmas (blends, artefacts) are left out.
+    shear_margins, size_margins : sequence of float
+        Margin of each step up (the last one for any further step).
 
     Returns
     -------
@@ -456,9 +457,11 @@ def select_degrees(u, v, sigma, e1, e2, snr, max_degree: int, floor: float = 1e-
         for high in range(low + 1, max_degree + 1):
             scores[low, high] = np.vstack(field_errors(u, v, values, weights, low, high))
     degrees = []
-    for columns, margin in zip(([0, 1], [2]), margins):
+    for columns, margins in (([0, 1], shear_margins), ([2], size_margins)):
+        margins = list(np.atleast_1d(margins))
         degree = 0
         while degree < max_degree:
+            margin = margins[min(degree, len(margins) - 1)]
             gains = [scores[degree, high, 0, columns].sum() - scores[degree, high, 1, columns].sum()
                      - margin * np.sqrt(np.sum(scores[degree, high, 2, columns] ** 2))
                      for high in range(degree + 1, max_degree + 1)]
@@ -474,89 +477,96 @@ def _monomials(degree: int) -> list:
     return [(i, j) for j in range(degree + 1) for i in range(degree + 1 - j)]
 
 
-def _dilation(image: np.ndarray, weight: np.ndarray | None = None, taper: float | None = None) -> np.ndarray:
-    """Change of a PSF image under a small dilation, ``d/ds [P(x / s) / s^2]`` at ``s = 1``.
+def _shape_responses(image: np.ndarray) -> np.ndarray:
+    """Images whose inner products with a small change of a PSF image give the change of its shape.
 
-    The gradient is taken in Fourier space: finite differences misjudge the
-    derivatives of a PSF a few pixels wide (by ~6% at FWHM 3.8 pixels).
-    With ``weight`` (the fit's weight of each pixel), the part along the
-    image itself is removed (weighted projection): each star's flux is
-    fitted on its own, and a dilation that also changed the fitted flux
-    would couple the two, biasing the size terms low (by ~20% with three
-    passes of the fit at a 2% size change). With ``taper`` (grid pixels) the
-    change is multiplied by a Gaussian of that width: ``x . grad P`` lifts
-    the noise of the fitted image's faint wings, and a noisy pattern
-    biases its fitted amplitude low. The fit uses 3 FWHM: on 60 stars with
-    a size curvature of ~10% over the CCD, the size terms then come out
-    2-9% low at S/N ~300 (11-15% without taper) and 11-14% high at S/N
-    ~1e4 (1% without taper; 3-6% with 6 FWHM).
+    The shape is measured as by adaptive moments: a round Gaussian weight
+    ``W`` matched to the image and centred on it. To first order in a
+    change ``dP``, the centroid moves by ``<W x, dP>`` and ``<W y, dP>``
+    (over the weighted flux) and the distortion by ``<W (x^2 - y^2 - e1
+    r^2), dP>`` and ``<W (2 x y - e2 r^2), dP>`` (over the weighted
+    ``r^2`` moment). A dilation of the image (a pure size change) is
+    orthogonal to all four, whatever its ellipticity.
+
+    Returns
+    -------
+    ndarray (4, ny, nx)
+        The responses of x, y, e1 and e2 (unnormalised).
     """
     ny, nx = image.shape
-    spectrum = np.fft.fft2(image)
-    grad_x = np.real(np.fft.ifft2(spectrum * (2j * np.pi * np.fft.fftfreq(nx))[None, :]))
-    grad_y = np.real(np.fft.ifft2(spectrum * (2j * np.pi * np.fft.fftfreq(ny))[:, None]))
     y, x = np.mgrid[:ny, :nx].astype(float)
     x -= nx // 2
     y -= ny // 2
-    change = -(2.0 * image + x * grad_x + y * grad_y)
-    if taper is not None:
-        change *= np.exp(-0.5 * (x**2 + y**2) / taper**2)
-    if weight is not None:
-        change = change - np.sum(weight * change * image) / np.sum(weight * image**2) * image
-    return change
+    centre_x = centre_y = 0.0
+    variance = 4.0
+    for _ in range(6):
+        weight = np.exp(-0.5 * ((x - centre_x) ** 2 + (y - centre_y) ** 2) / variance)
+        weighted = weight * image
+        total = weighted.sum()
+        if not total > 0:
+            break
+        centre_x = float(np.clip((weighted * x).sum() / total, -2.0, 2.0))
+        centre_y = float(np.clip((weighted * y).sum() / total, -2.0, 2.0))
+        # A Gaussian image of variance s2 under a weight of variance s2 shows s2 / 2 per axis.
+        variance = float(np.clip(((weighted * ((x - centre_x) ** 2 + (y - centre_y) ** 2)).sum() / total), 0.5, 100.0))
+    dx, dy = x - centre_x, y - centre_y
+    weight = np.exp(-0.5 * (dx**2 + dy**2) / variance)
+    radius2 = dx**2 + dy**2
+    trace = np.sum(weight * radius2 * image)
+    e1 = np.sum(weight * (dx**2 - dy**2) * image) / trace if trace > 0 else 0.0
+    e2 = np.sum(weight * 2 * dx * dy * image) / trace if trace > 0 else 0.0
+    return np.stack([weight * dx, weight * dy, weight * (dx**2 - dy**2 - e1 * radius2),
+                     weight * (2 * dx * dy - e2 * radius2)])
 
 
-class _SizeTerms:
-    """Higher-degree terms of the model that carry a size change only.
+def _round_gaussian(shape, sigma: float) -> np.ndarray:
+    """A round Gaussian image of width ``sigma`` (grid pixels) centred on the central pixel."""
+    ny, nx = shape
+    y, x = np.mgrid[:ny, :nx].astype(float)
+    return np.exp(-0.5 * ((x - nx // 2) ** 2 + (y - ny // 2) ** 2) / max(sigma, 0.5) ** 2)
 
-    For monomials of degree ``pixel_degree + 1 .. size_degree`` the model
-    adds ``c_m q_m(u, v) D``, with ``D`` the dilation of the constant basis
-    image and ``q_m`` the monomial made orthogonal (over the stars) to the
-    monomials of the pixel basis, which keeps the joint fit well conditioned
-    and the constant image the mean PSF. The coefficients are fitted jointly
-    with the pixel basis (:class:`_Problem`). Folded back (:meth:`fold`), the
-    model is a plain polynomial of degree ``size_degree`` in PSFEx's layout.
+
+class _ShapeFreeProjector:
+    """Orthogonal projection of the higher-degree basis images onto changes that leave the shape alone.
+
+    The pixel basis has the size degree; its images of degree above the
+    ellipticity degree (``constrained``) may change the PSF's profile and
+    size but neither its centre nor its ellipticity (to first order,
+    :func:`_shape_responses` of the constant image). With ~50 stars a
+    polynomial of degree 2 in every pixel mostly fits noise in the
+    ellipticity and extrapolates it into the corners, while the size
+    curvature of the PSF is often real; a degree-2 fit in every pixel is
+    also the best size model on noise realisations of the demo CCDs (size
+    rms over the CCD 0.19% against 0.24% for degree-1 pixels plus a fitted
+    dilation image). The projection removes only four directions per image.
     """
 
-    def __init__(self, u, v, pixel_degree, size_degree):
-        self.pixel_degree, self.size_degree = pixel_degree, size_degree
-        low = polynomial_terms(u, v, pixel_degree)
-        self.extra = [(i, j) for (i, j) in _monomials(size_degree) if i + j > pixel_degree]
-        raw = np.stack([u**i * v**j for i, j in self.extra], axis=1) if self.extra else np.zeros((len(u), 0))
-        self.beta = np.linalg.lstsq(low, raw, rcond=None)[0]
-        self.q = raw - low @ self.beta
-        self.coefficients = np.zeros(len(self.extra))
-        self.dilation = None
+    def __init__(self, constrained: np.ndarray, responses: np.ndarray):
+        self.constrained = np.asarray(constrained, bool)
+        flat = responses.reshape(len(responses), -1)
+        # Orthonormal rows spanning the responses.
+        self.rows = np.linalg.qr(flat.T)[0].T
 
-    def __bool__(self):
-        return bool(self.extra)
-
-    def fold(self, pixel_basis):
-        """The whole model as a basis of degree ``size_degree`` (PSFEx's monomial order)."""
-        full = _monomials(self.size_degree)
-        basis = np.zeros((len(full),) + pixel_basis.shape[1:])
-        for k, exponent in enumerate(_monomials(self.pixel_degree)):
-            basis[full.index(exponent)] = pixel_basis[k]
-        if self.dilation is None:
+    def __call__(self, basis: np.ndarray) -> np.ndarray:
+        if not self.constrained.any():
             return basis
-        for m, exponent in enumerate(self.extra):
-            basis[full.index(exponent)] += self.coefficients[m] * self.dilation
-            for k, low in enumerate(_monomials(self.pixel_degree)):
-                basis[full.index(low)] -= self.beta[k, m] * self.coefficients[m] * self.dilation
+        basis = basis.copy()
+        flat = basis[self.constrained].reshape(int(self.constrained.sum()), -1)
+        flat -= (flat @ self.rows.T) @ self.rows
+        basis[self.constrained] = flat.reshape((-1,) + basis.shape[1:])
         return basis
 
 
 class _Problem:
     """Weighted linear least squares for the basis images, in the stars' pixel frames.
 
-    With ``size_q`` (n, m) and ``size_image`` (ny, nx) the unknowns also hold
-    ``m`` coefficients ``c``, and star ``k`` sees the extra image ``(q_k . c)
-    size_image`` (the size-only terms of :class:`_SizeTerms`), solved jointly
-    with the basis. Unknowns are flat vectors: the basis, then ``c``.
+    With ``project`` (a :class:`_ShapeFreeProjector`) the unknowns are
+    restricted to its subspace: the normal operator, the right-hand side and
+    the preconditioner are projected, so the conjugate gradients stay there.
+    Unknowns are flat vectors.
     """
 
-    def __init__(self, data, weights, amplitude, terms, offset_x, offset_y, grid_shape, step, order,
-                 size_q=None, size_image=None):
+    def __init__(self, data, weights, amplitude, terms, offset_x, offset_y, grid_shape, step, order, project=None):
         self.data = data
         self.weights = weights
         self.amplitude = amplitude
@@ -568,9 +578,12 @@ class _Problem:
         self.ry = resampling_matrix(offset_y, size, ny, step, order)
         self.grid_shape = grid_shape
         self.basis_shape = (terms.shape[1], ny, nx)
-        self.basis_size = int(np.prod(self.basis_shape))
-        self.size_q = np.zeros((len(data), 0)) if size_q is None else size_q
-        self.size_unit = None if size_image is None else self.ry @ size_image @ self.rx.transpose(0, 2, 1)
+        self.project_basis = project
+
+    def project(self, unknowns):
+        if self.project_basis is None:
+            return unknowns
+        return self.project_basis(unknowns.reshape(self.basis_shape)).ravel()
 
     def grids(self, basis):
         ncomp = basis.shape[0]
@@ -586,56 +599,32 @@ class _Problem:
         return (weights @ projected.reshape(len(projected), -1)).reshape((-1,) + projected.shape[1:])
 
     def split(self, unknowns):
-        """(basis, size coefficients) of a flat vector of unknowns."""
-        return unknowns[:self.basis_size].reshape(self.basis_shape), unknowns[self.basis_size:]
-
-    def _adjoint_all(self, images):
-        parts = [self.adjoint(images).ravel()]
-        if self.size_q.shape[1]:
-            parts.append(self.size_q.T @ (self.amplitude * np.sum(self.size_unit * images, axis=(1, 2))))
-        return np.concatenate(parts)
+        """The basis images of a flat vector of unknowns."""
+        return unknowns.reshape(self.basis_shape)
 
     def right(self, data):
         """Right-hand side of the normal equations for the star images ``data``."""
-        return self._adjoint_all(self.weights * data)
+        return self.project(self.adjoint(self.weights * data).ravel())
 
     def normal(self, unknowns, ridge):
-        basis, coefficients = self.split(unknowns)
-        forward = self.shapes(basis)
-        if self.size_q.shape[1]:
-            forward = forward + (self.size_q @ coefficients)[:, None, None] * self.size_unit
-        return self._adjoint_all(self.weights * self.amplitude[:, None, None] * forward) + ridge * unknowns
+        forward = self.shapes(self.split(unknowns))
+        normal = self.adjoint(self.weights * self.amplitude[:, None, None] * forward).ravel() + ridge * unknowns
+        return self.project(normal)
 
     def block_diagonal(self):
         """Per-grid-pixel (ncomp, ncomp) blocks of the normal matrix (pixel coupling dropped)."""
         diag = self.ry.transpose(0, 2, 1) ** 2 @ self.weights @ self.rx**2
         return _pixel_blocks(self.amplitude, self.terms, diag)
 
-    def grid_weight(self):
-        """Weight of each grid pixel summed over the stars, ``sum_k a_k^2 w_k`` (ny, nx)."""
-        return np.einsum("k,kab->ab", self.amplitude**2, self.ry.transpose(0, 2, 1) ** 2 @ self.weights @ self.rx**2)
-
-    def size_block(self):
-        """The (m, m) block of the normal matrix for the size coefficients (exact)."""
-        power = self.amplitude**2 * np.sum(self.weights * self.size_unit**2, axis=(1, 2))
-        return self.size_q.T @ (power[:, None] * self.size_q)
-
     def preconditioner(self, regularisation):
-        """Ridge (flat) and the preconditioning solve: exact per pixel and for the size block."""
+        """Ridge (flat) and the preconditioning solve, exact per pixel (then projected)."""
         blocks = self.block_diagonal()
         pixel_ridge = _ridge(blocks, regularisation)
-        size_block = self.size_block() if self.size_q.shape[1] else np.zeros((0, 0))
-        size_ridge = regularisation * np.diag(size_block)
-        ridge = np.concatenate([pixel_ridge.ravel(), size_ridge])
 
         def solve(residual):
-            basis, coefficients = self.split(residual)
-            parts = [_solve_blocks(blocks, basis, pixel_ridge).ravel()]
-            if len(coefficients):
-                parts.append(np.linalg.solve(size_block + np.diag(size_ridge), coefficients))
-            return np.concatenate(parts)
+            return self.project(_solve_blocks(blocks, self.split(residual), pixel_ridge).ravel())
 
-        return ridge, solve
+        return pixel_ridge.ravel(), solve
 
 
 def _pixel_blocks(amplitude, terms, pixel_weights):
@@ -795,7 +784,6 @@ def _fit_psf(sample, options, names):
     size = sample.stamps.shape[1]
     chi2 = np.full(count, np.nan)
     basis = None
-    grid_weight = None  # per grid pixel, from the last solve (for the size terms)
     iterations_used = 0
     degree_scores = np.zeros((1, 1, 3, 3))
     if options.select_degree:
@@ -809,70 +797,58 @@ def _fit_psf(sample, options, names):
         u, v = (cx - zero[0]) / scale[0], (cy - zero[1]) / scale[1]
         degree = choose_degree(u, v, options.degree)
         shear_degree = size_degree = degree
-        if options.select_degree and degree > 0:
+        if options.select_degree and options.super_resolution and degree > 0:
             shear_degree, size_degree, degree_scores = select_degrees(
                 u, v, shape_sigma[index], shape_e1[index], shape_e2[index], shape_snr[index], degree,
-                margins=options.degree_margins)
+                shear_margins=options.shear_margins, size_margins=options.size_margins)
             size_degree = max(size_degree, shear_degree)
-            if not options.super_resolution:
-                # The plain per-pixel fit has no size-only terms: one degree for all.
-                shear_degree = size_degree
-        # The pixel basis follows the ellipticity's degree; higher terms carry a size change only.
-        size_terms = _SizeTerms(u, v, shear_degree, size_degree)
-        terms = polynomial_terms(u, v, shear_degree)
-        full_terms = polynomial_terms(u, v, size_degree)
-        ncomp = terms.shape[1]
-        if basis is None or basis.shape[0] != ncomp:
+        # The pixel basis has the size degree; its images above the ellipticity degree change the size only.
+        terms = polynomial_terms(u, v, size_degree)
+        constrained = np.array([i + j > shear_degree for i, j in _monomials(size_degree)])
+        if basis is not None and basis.shape[0] != terms.shape[1]:
             basis = None
         data = sample.stamps[index]
         valid = sample.valid[index].astype(float)
         noise2 = sample.noise[index, None, None] ** 2
         stars = (offset_x[index], offset_y[index], size, step, options.interpolant_order)
-        # With size terms, the first pass fits the pixel basis alone, for the dilation image.
-        for outer in range(3 if size_terms else 2):
+        # With constrained images, a third pass takes their constraint from the refined constant image.
+        for outer in range(3 if constrained.any() else 2):
             amplitude = norm[index]
             if basis is None:
                 # Weights from the data themselves, for the first pass only.
                 signal = np.clip(data, 0, None)
             else:
-                model_images = _shapes(size_terms.fold(basis), full_terms, *stars)
+                model_images = _shapes(basis, terms, *stars)
                 signal = np.clip(amplitude[:, None, None] * model_images, 0, None)
             variance = noise2 + (signal / sample.gain if sample.gain > 0 else 0.0) + (options.accuracy * signal) ** 2
             weights = valid / variance
             if options.super_resolution:
-                joint = size_terms and basis is not None
-                if joint:
-                    fwhm = float(_moments(basis[0][None])[0][0])
-                    size_terms.dilation = _dilation(basis[0], grid_weight, taper=3.0 * fwhm)
+                project = None
+                if constrained.any():
+                    centre = basis[0] if basis is not None else _round_gaussian(
+                        (ny, nx), float(np.nanmedian(shape_sigma[index])) / step)
+                    project = _ShapeFreeProjector(constrained, _shape_responses(centre))
                 problem = _Problem(data, weights, amplitude, terms, offset_x[index], offset_y[index], (ny, nx),
-                                   step, options.interpolant_order, size_q=size_terms.q if joint else None,
-                                   size_image=size_terms.dilation if joint else None)
+                                   step, options.interpolant_order, project=project)
                 ridge, precondition = problem.preconditioner(options.regularisation)
                 right = problem.right(data)
-                if basis is None:
-                    start = precondition(right)
-                else:
-                    start = np.concatenate([basis.ravel(), size_terms.coefficients if joint else []])
+                start = precondition(right) if basis is None else problem.project(basis.ravel())
                 solution, used = _conjugate_gradient(problem, right, start, ridge, precondition,
                                                      options.cg_iterations, options.cg_tolerance)
                 iterations_used += used
-                basis, coefficients = problem.split(solution)
-                grid_weight = problem.grid_weight()
-                if joint:
-                    size_terms.coefficients = coefficients
+                basis = problem.split(solution)
             else:
                 basis = _plain_fit(sample, index, weights, amplitude, terms, (ny, nx), step, options)
-            shapes = _shapes(size_terms.fold(basis), full_terms, *stars)
+            shapes = _shapes(basis, terms, *stars)
             # Flux normalisation: best amplitude of each star given the model.
             norm[index] = np.sum(weights * shapes * data, axis=(1, 2)) / np.sum(weights * shapes**2, axis=(1, 2))
             if options.recenter and outer == 0:
-                shift_x, shift_y = _centre_shifts(size_terms.fold(basis), full_terms, offset_x[index],
-                                                  offset_y[index], size, step, data, weights, norm[index],
-                                                  options.interpolant_order)
+                shift_x, shift_y = _centre_shifts(basis, terms, offset_x[index], offset_y[index], size, step, data,
+                                                  weights, norm[index], options.interpolant_order)
                 offset_x[index] += shift_x
                 offset_y[index] += shift_y
                 stars = (offset_x[index], offset_y[index], size, step, options.interpolant_order)
-        model_basis, degree = size_terms.fold(basis), size_degree
+        model_basis, degree = basis, size_degree
         # Per-star chi2 of accepted and rejected stars alike.
         all_index = np.flatnonzero(sample.usable)
         all_u = np.clip((sample.context_x[all_index] - zero[0]) / scale[0], -0.5, 0.5)
@@ -924,7 +900,7 @@ def _fit_psf(sample, options, names):
                      offset_y=offset_y, degree_requested=options.degree,
                      info={"cg_iterations": iterations_used, "clip_rounds": clip_round, "sampling": step,
                            "degree": degree, "shear_degree": shear_degree, "size_degree": size_degree,
-                           "degree_scores": degree_scores, "size_coefficients": size_terms.coefficients})
+                           "degree_scores": degree_scores})
 
 
 def _shapes(basis, terms, offset_x, offset_y, size, step, order=7):
