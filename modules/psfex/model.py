@@ -283,6 +283,44 @@ def choose_degree(u: np.ndarray, v: np.ndarray, degree: int) -> int:
     return degree
 
 
+def _matched_round_weight(images: np.ndarray, valid: np.ndarray, iterations: int = 6):
+    """Round Gaussian weights matched to images: re-centred and re-sized to each image ``iterations`` times.
+
+    The weight's variance is set to the weighted variance of the image,
+    which matches it to a Gaussian image. Centres stay within 2 pixels of
+    the central pixel.
+
+    Returns
+    -------
+    cx, cy, variance : ndarray (n,)
+        The matched weight (centre from the central pixel, variance).
+    weight, total, ixx, iyy, ixy
+        The last iteration's weight images (n, ny, nx), weighted flux and
+        second moments (n,), about the centre before its last update.
+    """
+    count, ny, nx = images.shape
+    y, x = np.mgrid[:ny, :nx].astype(float)
+    x -= nx // 2
+    y -= ny // 2
+    cx, cy = np.zeros(count), np.zeros(count)
+    variance = np.full(count, 4.0)
+    for _ in range(iterations):
+        dx = x - cx[:, None, None]
+        dy = y - cy[:, None, None]
+        weight = np.exp(-0.5 * (dx**2 + dy**2) / variance[:, None, None]) * valid
+        weighted = weight * images
+        total = weighted.sum(axis=(1, 2))
+        total = np.where(total > 0, total, np.nan)
+        cx = np.clip(np.nan_to_num(cx + (weighted * dx).sum(axis=(1, 2)) / total), -2.0, 2.0)
+        cy = np.clip(np.nan_to_num(cy + (weighted * dy).sum(axis=(1, 2)) / total), -2.0, 2.0)
+        ixx = (weighted * dx * dx).sum(axis=(1, 2)) / total
+        iyy = (weighted * dy * dy).sum(axis=(1, 2)) / total
+        ixy = (weighted * dx * dy).sum(axis=(1, 2)) / total
+        # A Gaussian image of variance s2 under a weight of variance s2 shows s2 / 2 per axis.
+        variance = np.clip(np.nan_to_num(ixx + iyy, nan=4.0), 0.5, 100.0)
+    return cx, cy, variance, weight, total, ixx, iyy, ixy
+
+
 def star_shapes(stamps: np.ndarray, valid: np.ndarray, noise: np.ndarray, gain: float = 0.0):
     """Adaptive moments of star stamps with a round Gaussian weight.
 
@@ -307,28 +345,9 @@ def star_shapes(stamps: np.ndarray, valid: np.ndarray, noise: np.ndarray, gain: 
         Iyy) / (Ixx + Iyy)``, ``e2 = 2 Ixy / (Ixx + Iyy)``, and the S/N of
         the weighted flux. NaN where the moments fail.
     """
-    count, ny, nx = stamps.shape
-    y, x = np.mgrid[:ny, :nx].astype(float)
-    x -= nx // 2
-    y -= ny // 2
     images = np.where(valid, stamps, 0.0)
-    cx, cy = np.zeros(count), np.zeros(count)
-    variance_w = np.full(count, 4.0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        for _ in range(6):
-            dx = x - cx[:, None, None]
-            dy = y - cy[:, None, None]
-            weight = np.exp(-0.5 * (dx**2 + dy**2) / variance_w[:, None, None]) * valid
-            weighted = weight * images
-            total = weighted.sum(axis=(1, 2))
-            total = np.where(total > 0, total, np.nan)
-            cx = np.clip(np.nan_to_num(cx + (weighted * dx).sum(axis=(1, 2)) / total), -2.0, 2.0)
-            cy = np.clip(np.nan_to_num(cy + (weighted * dy).sum(axis=(1, 2)) / total), -2.0, 2.0)
-            ixx = (weighted * dx * dx).sum(axis=(1, 2)) / total
-            iyy = (weighted * dy * dy).sum(axis=(1, 2)) / total
-            ixy = (weighted * dx * dy).sum(axis=(1, 2)) / total
-            # A Gaussian star of variance s2 under a weight of variance s2 shows s2 / 2 per axis.
-            variance_w = np.clip(np.nan_to_num(ixx + iyy, nan=4.0), 0.5, 100.0)
+        _, _, _, weight, total, ixx, iyy, ixy = _matched_round_weight(images, valid)
         trace = ixx + iyy
         pixel_variance = noise[:, None, None] ** 2 + (np.clip(images, 0, None) / gain if gain > 0 else 0.0)
         snr = total / np.sqrt((weight**2 * pixel_variance).sum(axis=(1, 2)))
@@ -494,21 +513,12 @@ def _shape_responses(image: np.ndarray) -> np.ndarray:
         The responses of x, y, e1 and e2 (unnormalised).
     """
     ny, nx = image.shape
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centre_x, centre_y, variance = (float(value[0]) for value in
+                                        _matched_round_weight(image[None], np.ones((1, ny, nx)))[:3])
     y, x = np.mgrid[:ny, :nx].astype(float)
     x -= nx // 2
     y -= ny // 2
-    centre_x = centre_y = 0.0
-    variance = 4.0
-    for _ in range(6):
-        weight = np.exp(-0.5 * ((x - centre_x) ** 2 + (y - centre_y) ** 2) / variance)
-        weighted = weight * image
-        total = weighted.sum()
-        if not total > 0:
-            break
-        centre_x = float(np.clip((weighted * x).sum() / total, -2.0, 2.0))
-        centre_y = float(np.clip((weighted * y).sum() / total, -2.0, 2.0))
-        # A Gaussian image of variance s2 under a weight of variance s2 shows s2 / 2 per axis.
-        variance = float(np.clip(((weighted * ((x - centre_x) ** 2 + (y - centre_y) ** 2)).sum() / total), 0.5, 100.0))
     dx, dy = x - centre_x, y - centre_y
     weight = np.exp(-0.5 * (dx**2 + dy**2) / variance)
     radius2 = dx**2 + dy**2
@@ -532,23 +542,25 @@ class _ShapeFreeProjector:
     The pixel basis has the size degree; its images of degree above the
     ellipticity degree (``constrained``) may change the PSF's profile and
     size but neither its centre nor its ellipticity (to first order,
-    :func:`_shape_responses` of the constant image). With ~50 stars a
+    :func:`_shape_responses` of ``centre_image``, the constant image). With ~50 stars a
     polynomial of degree 2 in every pixel mostly fits noise in the
     ellipticity and extrapolates it into the corners, while the size
     curvature of the PSF is often real; a degree-2 fit in every pixel is
     also the best size model on noise realisations of the demo CCDs (size
     rms over the CCD 0.19% against 0.24% for degree-1 pixels plus a fitted
     dilation image). The projection removes only four directions per image.
-    The images are also kept to ``support``, a disc of 3 FWHM around the
-    centre: beyond it the stars' pixels are mostly noise, which a varying
+    The images are also kept to a disc of 3 FWHM of ``centre_image``: beyond it the stars' pixels are mostly noise, which a varying
     image would carry into the model's wings (the metacalibration target
     PSF, set where the PSF's transform falls off, grows with that noise).
     """
 
-    def __init__(self, constrained: np.ndarray, responses: np.ndarray, support: np.ndarray):
+    def __init__(self, constrained: np.ndarray, centre_image: np.ndarray):
         self.constrained = np.asarray(constrained, bool)
-        self.support = np.asarray(support, float).ravel()
-        flat = responses.reshape(len(responses), -1) * self.support
+        ny, nx = centre_image.shape
+        fwhm = float(_moments(centre_image[None])[0][0])
+        y, x = np.mgrid[:ny, :nx]
+        self.support = (((x - nx // 2) ** 2 + (y - ny // 2) ** 2) <= (3.0 * fwhm) ** 2).astype(float).ravel()
+        flat = _shape_responses(centre_image).reshape(4, -1) * self.support
         # Orthonormal rows spanning the responses (inside the support).
         self.rows = np.linalg.qr(flat.T)[0].T
 
@@ -832,10 +844,7 @@ def _fit_psf(sample, options, names):
                 if constrained.any():
                     centre = basis[0] if basis is not None else _round_gaussian(
                         (ny, nx), float(np.nanmedian(shape_sigma[index])) / step)
-                    fwhm = float(_moments(centre[None])[0][0])
-                    gy, gx = np.mgrid[:ny, :nx]
-                    support = (gx - nx // 2) ** 2 + (gy - ny // 2) ** 2 <= (3.0 * fwhm) ** 2
-                    project = _ShapeFreeProjector(constrained, _shape_responses(centre), support)
+                    project = _ShapeFreeProjector(constrained, centre)
                 problem = _Problem(data, weights, amplitude, terms, offset_x[index], offset_y[index], (ny, nx),
                                    step, options.interpolant_order, project=project)
                 ridge, precondition = problem.preconditioner(options.regularisation)
