@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError, DependencyError
+from .arguments import ArgumentParser
 
 EXIT_OK, EXIT_SUBMIT, EXIT_CONFIG = 0, 1, 2
 SCHEDULERS = ("slurm", "pbs")
@@ -589,7 +590,7 @@ def activation_lines(values: list[str] | None) -> list[str]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="shapepipe_batch",
         description="Write SLURM or PBS job-array scripts running shapepipe_run over a number list, and a "
                     "merge job that waits for the array. Submits only with --submit.")

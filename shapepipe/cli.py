@@ -12,12 +12,13 @@ import sys
 
 from . import __version__
 from .errors import ConfigError, DependencyError
+from .arguments import ArgumentParser
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_DEPENDENCY = 0, 1, 2, 3
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="shapepipe_run",
         description="Run the pipeline modules listed in a configuration file.",
     )

@@ -41,6 +41,7 @@ from pathlib import Path
 from .errors import ShapePipeError
 from .numbering import sort_numbers
 from .records import RECORD_NAME, read_record
+from .arguments import ArgumentParser
 
 EXIT_OK, EXIT_NOT_DONE, EXIT_BAD_PATH = 0, 1, 2
 #: Job statuses that count as done.
@@ -660,7 +661,7 @@ def _detail_status(outcome: Outcome) -> str:
 
 # -- command line ---------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="shapepipe_status",
         description="Done, failed and missing jobs of one or many runs (e.g. every array task of a "
                     "campaign), and the commands that re-run exactly the failures.")

@@ -30,6 +30,7 @@ from .chain import (STAGE_NAMES, STAGES, ChainError, StageRun, gold_folder, modu
                     run_validation)
 from .summary import format_summary, module_times, psf_residuals
 from .truth_checks import spread_model_quality, star_selection_quality
+from shapepipe.arguments import ArgumentParser
 
 RUN_NAMES = ("run_sp_GitFeGie", "run_sp_Uz", "run_sp_exp_SpMh", "run_sp_MaMa", "run_sp_tile_Sx_exp_SxSePsf",
              "run_sp_MsPl", "run_sp_tile_PsViSmVi", "run_sp_Ms", "run_sp_Mc")
@@ -37,7 +38,7 @@ RUN_NAMES = ("run_sp_GitFeGie", "run_sp_Uz", "run_sp_exp_SpMh", "run_sp_MaMa", "
 
 def parse_args(argv):
     gold = gold_folder()
-    parser = argparse.ArgumentParser(prog="shapepipe_gold", description=__doc__.split("\n")[0],
+    parser = ArgumentParser(prog="shapepipe_gold", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="demo", help="simulation preset when the data are absent (default demo)")
     parser.add_argument("--seed", type=int, default=1, help="simulation seed (default 1)")

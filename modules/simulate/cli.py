@@ -9,6 +9,7 @@ import sys
 from shapepipe.errors import ShapePipeError
 
 from .presets import PARAMETER_HELP, PRESETS
+from shapepipe.arguments import ArgumentParser
 
 
 def _parse_set(text):
@@ -31,7 +32,7 @@ def _parse_shear(text):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="shapepipe_simulate",
         description="Simulate a CFIS/UNIONS-like survey (exposures, tiles) with its truth.",
         epilog="Parameters for --set: " + "; ".join(f"{k}: {v}" for k, v in PARAMETER_HELP.items()),

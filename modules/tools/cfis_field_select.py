@@ -44,6 +44,7 @@ from shapepipe.atomic import write_text_atomic
 from shapepipe_modules import cfis
 
 from ._common import ToolError, read_lines, run, warn
+from shapepipe.arguments import ArgumentParser
 
 PROGRAM = "cfis_field_select"
 _HISTORY_RE = re.compile(r"^\s*input image\s+(\S+)", re.IGNORECASE)
@@ -377,7 +378,7 @@ def plot_footprints(path, tile_idents=(), exposure_entries=(), area=None, coord=
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROGRAM,
         description="Select the CFIS tiles and exposures covering a coordinate or an area, "
         "or the exposures used in tiles.",

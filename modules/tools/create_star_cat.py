@@ -39,6 +39,7 @@ import numpy as np
 from shapepipe_modules import cfis
 
 from ._common import ToolError, run, warn
+from shapepipe.arguments import ArgumentParser
 
 PROGRAM = "create_star_cat"
 OUTPUT_PREFIX = "star_cat"
@@ -279,7 +280,7 @@ def create_star_catalogues(input_dir, output_dir, reference, margin_arcsec: floa
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROGRAM,
         description="Write, for every image of a directory, the bright stars of a local reference "
         "catalogue that fall on it (star_cat<number>.fits, read by the mask module).",

@@ -27,6 +27,7 @@ import numpy as np
 from shapepipe_modules import cfis
 
 from ._common import ToolError, read_lines, run, warn
+from shapepipe.arguments import ArgumentParser
 
 PROGRAM = "merge_final_cat"
 HDU_NAME = "RESULTS"
@@ -173,7 +174,7 @@ def write_merged(path, merged: np.ndarray) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROGRAM, description="Concatenate the final catalogues of many tiles into one file.")
     parser.add_argument("-i", "--input-dir", default=".", help="directory of the final catalogues (default .)")
     parser.add_argument("-n", "--name-base", default="final_cat", help="catalogue name start (default final_cat)")

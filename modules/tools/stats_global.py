@@ -34,6 +34,7 @@ import numpy as np
 from shapepipe.atomic import atomic_path, write_text_atomic
 
 from ._common import ToolError, run, warn
+from shapepipe.arguments import ArgumentParser
 
 PROGRAM = "stats_global"
 DEFAULT_PATTERN = "star_stat-"
@@ -183,7 +184,7 @@ def write_outputs(output_dir, paths, labels, values, pattern: str = DEFAULT_PATT
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROGRAM, description="Histograms and summary numbers over all CCDs from setools statistics files.")
     parser.add_argument("inputs", nargs="+", help="run directories (searched for stat/<pattern>*.txt) or files")
     parser.add_argument("-o", "--output-dir", default="stats_global", help="output directory (default stats_global)")

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from shapepipe.arguments import ArgumentParser
 
 PROGRAM = "shapepipe_validate"
 
@@ -104,7 +105,7 @@ def _jsonable(value):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROGRAM, description="Shear bias (m, c) of final catalogues against "
+    parser = ArgumentParser(prog=PROGRAM, description="Shear bias (m, c) of final catalogues against "
                                      "the simulator's truth.")
     parser.add_argument("-i", "--input", nargs="+", required=True, help="final catalogues or folders of them")
     parser.add_argument("-t", "--truth", required=True, help="truth folder or simulation folder (with truth/)")
