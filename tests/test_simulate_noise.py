@@ -137,6 +137,9 @@ def test_star_truth_identical_and_galaxies_only_sheared(pair):
             else:
                 assert np.array_equal(a[name], b[name]), name
     assert np.all(tables[-1][0]["g1"][~np.asarray(tables[-1][0]["is_star"])] == 0.02)
+    # The guarantee for saturation trails assumes galaxies never saturate.
+    for a, _ in tables[:2]:
+        assert not np.any(a["saturated"][~np.asarray(a["is_star"])]) and np.any(a["saturated"])
 
 
 def test_scene_changes_only_the_galaxies_shear():
