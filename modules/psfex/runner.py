@@ -34,9 +34,9 @@ OPTIONS = (
            choices=("builtin", "psfex")),
     Option("EXEC_PATH", "str", "psfex", "PSFEx executable (ENGINE = psfex)."),
     Option("DOT_PSFEX_FILE", "file", str(DATA_DIR / "default.psfex"), "PSFEx configuration file (.psfex)."),
-    Option("OUTPUT_FILE_PATTERN", "str", "",
+    Option("OUTPUT_FILE_PATTERN", "name", "",
            "Name of the model before the file number; empty: the input catalogue's name (as PSFEx)."),
-    Option("CHECKIMAGE", "list", [], "PSFEx check images (ENGINE = psfex), e.g. RESIDUALS, SNAPSHOTS."),
+    Option("CHECKIMAGE", "name_list", [], "PSFEx check images (ENGINE = psfex), e.g. RESIDUALS, SNAPSHOTS."),
     Option("MIN_STARS", "int", 10, "Fewer usable or accepted stars than this fails the job."),
     Option("INTERPOLANT_ORDER", "int", 7, "Lanczos order of the resampling inside the built-in fit."),
 )

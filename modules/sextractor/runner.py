@@ -69,10 +69,10 @@ OPTIONS = (
     Option("ZP_KEY", "str", "", "Header key of the zero-point, e.g. PHOTZP."),
     Option("BKG_FROM_HEADER", "bool", False, "Use a constant background read from the image header (BKG_KEY)."),
     Option("BKG_KEY", "str", "", "Header key of the background value."),
-    Option("CHECKIMAGE", "list", [], "Check images to write: BACKGROUND, BACKGROUND_RMS, SEGMENTATION, "
+    Option("CHECKIMAGE", "name_list", [], "Check images to write: BACKGROUND, BACKGROUND_RMS, SEGMENTATION, "
            "-BACKGROUND (both engines) and the other SExtractor types (binary engine)."),
-    Option("PREFIX", "str", "", "Prefix of the output names (followed by '_')."),
-    Option("SUFFIX", "str", "sexcat", "Base name of the catalogue: <PREFIX_><SUFFIX><number>.fits."),
+    Option("PREFIX", "name", "", "Prefix of the output names (followed by '_')."),
+    Option("SUFFIX", "name", "sexcat", "Base name of the catalogue: <PREFIX_><SUFFIX><number>.fits."),
     Option("BKG_RESIDUAL", "bool", True, "Write the background-residual statistics (Gaussian fit to the "
            "histogram of undetected, usable pixels)."),
     Option("BKG_RESIDUAL_PLOT", "bool", False, "Also plot that histogram and fit as a PNG (imports "
