@@ -65,6 +65,9 @@ CORE_OPTIONS: dict[str, tuple[Option, ...]] = {
                choices=("loky", "multiprocessing", "threading")),
         Option("TIMEOUT", "duration", None, "Time limit of each job (HH:MM:SS or seconds); absent means "
                "no limit. A job past it is killed with every program it started."),
+        Option("RETRIES", "int", 1, "Times a job is run again after its worker process died (killed, out "
+               "of memory, a crash in compiled code) before it fails with 'worker died (signal N)'; job errors "
+               "are never retried. MODE = SMP with process workers."),
         Option("SEED", "int", 0, "Run seed; each job derives its random streams from it, the module "
                "and the file number."),
     ),

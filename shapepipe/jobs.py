@@ -34,7 +34,7 @@ from pathlib import Path
 
 from . import job as job_module
 from .atomic import write_text_atomic
-from .errors import JobTimeout
+from .errors import JobTimeout, RunInterrupted
 from .job import Job
 
 STAGING = ".staging"
@@ -182,6 +182,8 @@ def _call(task: Task, function, logger, staging: Path, deadline) -> dict:
             logger.warning("module returned %s instead of a dict; not recorded", type(result).__name__)
             result = None
         return {"status": "done", "result": _jsonable(result) if result else {}}
+    except RunInterrupted:
+        raise
     except BaseException as error:  # the job fails, the worker goes on
         text = traceback.format_exc()
         logger.error("job failed:\n%s", text)
@@ -202,6 +204,7 @@ def _run_forked(task: Task, function, logger, handler, staging: Path) -> tuple[d
         try:
             os.close(read_fd)
             os.setsid()
+            die_with_parent()
             job_module.COMMANDS_IN_OWN_SESSION = False
             outcome = _call(task, function, logger, staging, deadline)
             handler.flush()
@@ -293,6 +296,11 @@ def run_task(task: Task) -> dict:
             outcome["outputs"] = _publish(staging, Path(task.output_dir))
         else:
             shutil.rmtree(staging, ignore_errors=True)
+    except RunInterrupted:
+        shutil.rmtree(staging, ignore_errors=True)
+        handler.close()
+        logger.removeHandler(handler)
+        raise
     except BaseException as error:  # runner-side problem (import of the module, disk)
         shutil.rmtree(staging, ignore_errors=True)
         text = traceback.format_exc()
@@ -338,6 +346,16 @@ def _write_status(path: Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Ask Linux to send ``sig`` to this process when its parent dies (no-op elsewhere)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _alive(pid: int) -> bool:
