@@ -68,6 +68,9 @@ CORE_OPTIONS: dict[str, tuple[Option, ...]] = {
         Option("RETRIES", "int", 1, "Times a job is run again after its worker process died (killed, out "
                "of memory, a crash in compiled code) before it fails with 'worker died (signal N)'; job errors "
                "are never retried. MODE = SMP with process workers."),
+        Option("MAX_UNPROCESSABLE_FRACTION", "float", 1.0, "Largest fraction of the jobs of a module run "
+               "that may end 'unprocessable' (the data cannot give the product: too few stars, no object, "
+               "fully masked) with the run still a success; above it the module run fails (exit status 1)."),
         Option("SEED", "int", 0, "Run seed; each job derives its random streams from it, the module "
                "and the file number."),
     ),

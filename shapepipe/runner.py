@@ -156,7 +156,7 @@ class _Progress:
             self.bar = tqdm(total=total, desc=name, unit="job", leave=True, dynamic_ncols=True)
 
     def update(self, row):
-        if row["status"] in OK:
+        if row["status"] in OK or row["status"] in UNPROCESSABLE:
             self.done += 1
         else:
             self.failed += 1
@@ -199,6 +199,7 @@ class Runner:
         self.logger = logging.getLogger(f"shapepipe.run.{id(self)}")
         self.errors = 0
         self.missing_report: list[str] = []
+        self.lost_report: list[str] = []
         self.resuming = False
         self.config_changed = False
         self.executor = None
@@ -336,15 +337,20 @@ class Runner:
             if found.duplicates:
                 return self._module_error(run, "; ".join(found.duplicates), started)
         upstream_bad = set()  # numbers whose input failed upstream (not merely absent)
+        upstream_lost = {}  # numbers whose data proved unprocessable upstream: {number: module run}
         for name in upstream:
             upstream_bad |= {n for n, status in not_ok.get(name, {}).items()
                              if status in (*FAILED, "skipped_upstream")}
+            for number, status in not_ok.get(name, {}).items():
+                if status in UNPROCESSABLE:
+                    upstream_lost.setdefault(number, name)
+        upstream_lost = {n: m for n, m in upstream_lost.items() if n not in upstream_bad}
         complete = dict(found.complete) if found else {}
         missing = dict(found.missing) if found else {}
         if run.patterns and run.scheme is not None:
             # Numbers that failed upstream published nothing here: list them, never drop them.
             fits = compile_scheme(run.scheme).fullmatch
-            for number in upstream_bad:
+            for number in (*upstream_bad, *upstream_lost):
                 if number and number not in complete and number not in missing and fits(number):
                     missing[number] = list(found.patterns)
         if run.numbers is not None:
@@ -359,7 +365,10 @@ class Runner:
             else:
                 complete = {n: [] for n in wanted}
         for number in sort_numbers(missing):
-            if number in upstream_bad:
+            if number in upstream_lost:
+                rows.append(self._row(run, number, "skipped_unprocessable",
+                                      f"input unprocessable in {upstream_lost[number]}"))
+            elif number in upstream_bad:
                 rows.append(self._row(run, number, "skipped_upstream", "input failed in an earlier module run"))
             else:
                 rows.append(self._row(run, number, "missing_input", "no input file for " + ", ".join(missing[number])))
@@ -436,7 +445,10 @@ class Runner:
                 rows.append(row)
                 self._append_row(row)
                 progress.update(row)
-                if row["status"] not in OK:
+                if row["status"] in UNPROCESSABLE:
+                    self.logger.warning("   %s %s: unprocessable: %s", run.name, row["number"] or "serial",
+                                        row["error"].splitlines()[0] if row["error"] else "")
+                elif row["status"] not in OK:
                     self.logger.error("   %s %s: %s: %s (log: %s)", run.name, row["number"] or "serial",
                                       row["status"], row["error"].splitlines()[0] if row["error"] else "",
                                       row["log"])
@@ -468,14 +480,29 @@ class Runner:
             counts[row["status"]] = counts.get(row["status"], 0) + 1
         ok = sum(counts.get(s, 0) for s in OK)
         bad = sum(counts.get(s, 0) for s in (*FAILED, "skipped_upstream"))
-        if ok and not bad:
-            status = "done"
-        elif ok:
-            status = "partial"
-        elif bad:
-            status = "failed"
+        lost = sum(counts.get(s, 0) for s in UNPROCESSABLE)
+        if bad:
+            status = "partial" if ok else "failed"
+        elif ok or lost:
+            status = "done"  # unprocessable data is a result, not an error
         else:
             status = "done" if not rows else "failed"
+        extra = {}
+        unprocessable = counts.get("unprocessable", 0)
+        ran = ok + unprocessable + sum(counts.get(s, 0) for s in FAILED)
+        limit = self.plan.core["JOB"]["MAX_UNPROCESSABLE_FRACTION"]
+        if unprocessable and unprocessable > limit * ran:
+            message = (f"{unprocessable} of {ran} jobs unprocessable, more than MAX_UNPROCESSABLE_FRACTION = "
+                       f"{limit:g}")
+            self.logger.error("   %s: %s", run.name, message)
+            self.errors += 1
+            status = "partial" if ok else "failed"
+            extra["error"] = message
+        if lost:
+            first = [r["number"] for r in rows if r["status"] in UNPROCESSABLE][:5]
+            self.lost_report.append(f"{run.name}: {unprocessable} unprocessable, "
+                                    f"{counts.get('skipped_unprocessable', 0)} skipped as their input was, "
+                                    f"e.g. {', '.join(first)}")
         not_ok[run.name] = {r["number"]: r["status"] for r in rows if r["status"] not in OK}
         with contextlib.suppress(OSError):  # empty unless a job is still writing
             os.rmdir(self.run_dir / run.name / "output" / STAGING)
@@ -484,7 +511,7 @@ class Runner:
         self.rows.extend(rows)
         self._write_table()
         self._set_status(run.name, status, finished=_now(), counts=counts, wall_s=round(wall, 3),
-                         cpu_s=round(cpu, 3))
+                         cpu_s=round(cpu, 3), **extra)
         self.logger.info("   %s: %s (%s)", run.name, status,
                          ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no job")
         return status
@@ -503,21 +530,22 @@ class Runner:
     # -- summary --------------------------------------------------------
     def summary(self) -> str:
         """Table of module runs: jobs ok/failed/skipped, wall and CPU time."""
-        header = ("module run", "status", "ok", "previous", "failed", "timeout", "skipped", "missing",
-                  "wall s", "cpu s")
+        header = ("module run", "status", "ok", "previous", "failed", "timeout", "skipped", "unproc",
+                  "missing", "wall s", "cpu s")
         lines = []
         for run in self.plan.module_runs:
             entry = self._entry(run.name)
             c = entry.get("counts", {})
             lines.append((run.name, entry["status"], c.get("done", 0), c.get("done_previously", 0),
                           c.get("failed", 0), c.get("timeout", 0), c.get("skipped_upstream", 0),
-                          c.get("missing_input", 0), f"{entry.get('wall_s', 0):.2f}",
+                          c.get("unprocessable", 0) + c.get("skipped_unprocessable", 0), c.get("missing_input", 0), f"{entry.get('wall_s', 0):.2f}",
                           f"{entry.get('cpu_s', 0):.2f}"))
         widths = [max(len(str(x)) for x in column) for column in zip(header, *lines)]
         fmt = "  ".join(f"{{:<{w}}}" for w in widths)
         text = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
         text += [fmt.format(*map(str, line)) for line in lines]
         text += [f"numbers lacking an input type: {m}" for m in self.missing_report]
+        text += [f"unprocessable data (not failures): {m}" for m in self.lost_report]
         return "\n".join(text)
 
     # -- main -----------------------------------------------------------
