@@ -34,7 +34,7 @@ from pathlib import Path
 
 from . import job as job_module
 from .atomic import write_text_atomic
-from .errors import JobTimeout, RunInterrupted
+from .errors import JobTimeout, JobUnprocessable, RunInterrupted
 from .job import Job
 
 STAGING = ".staging"
@@ -184,11 +184,19 @@ def _call(task: Task, function, logger, staging: Path, deadline) -> dict:
         return {"status": "done", "result": _jsonable(result) if result else {}}
     except RunInterrupted:
         raise
+    except JobUnprocessable as error:  # a property of the data, not an error: no traceback
+        logger.warning("job unprocessable: %s", error)
+        return {"status": "unprocessable", "error": f"{type(error).__name__}: {error}".strip(), "traceback": ""}
     except BaseException as error:  # the job fails, the worker goes on
         text = traceback.format_exc()
         logger.error("job failed:\n%s", text)
         status = "timeout" if isinstance(error, JobTimeout) else "failed"
-        return {"status": status, "error": f"{type(error).__name__}: {error}".strip(), "traceback": text}
+        message = f"{type(error).__name__}: {error}".strip()
+        names = [str(p) for p in task.inputs[:4]]
+        if task.number and names and not any(n in message or Path(n).name in message for n in names):
+            # Errors from libraries (e.g. a truncated FITS file) often name no file: the job's inputs do.
+            message += f" (job inputs: {', '.join(names)})"
+        return {"status": status, "error": message, "traceback": text}
 
 
 def _run_forked(task: Task, function, logger, handler, staging: Path) -> tuple[dict, float, float]:
