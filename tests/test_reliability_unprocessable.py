@@ -11,6 +11,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from test_runner_helpers import make_inputs, make_modules, write_config
 
 NUMBERS = ["-001", "-002", "-003", "-004"]
@@ -65,3 +67,16 @@ def test_too_many_unprocessable_jobs_fail_the_run(tmp_path):
     result, _, _ = _run(tmp_path / "b", "limit", "[T_COPY]\nUNPROCESSABLE_ON = -002, -003\n",
                         job="MAX_UNPROCESSABLE_FRACTION = 0.5")
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.slow
+def test_gold_tiny_runs_to_the_end_counting_unprocessable_ccds(tmp_path):
+    """shapepipe_gold --preset tiny: CCDs with too few stars are dropped, the chain reaches validation."""
+    result = subprocess.run([sys.executable, "-m", "shapepipe_modules.gold.cli", "--preset", "tiny",
+                             "--data", str(tmp_path / "data"), "--run-root", str(tmp_path / "run"), "-j", "1"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "output" / "gold_summary.json").read_text())
+    lost = {r["module_run"]: r["unprocessable"] for r in summary["modules"] if r["unprocessable"]}
+    assert lost.get("setools", 0) >= 1 and lost.get("psfex", 0) == lost["setools"]
+    assert "shear" in summary and "unprocessable data (dropped, not failures" in result.stdout
