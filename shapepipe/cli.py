@@ -2,7 +2,8 @@
 
 Exit status: 0 every job ok; 1 some job failed or timed out; 2 the
 configuration is invalid (nothing written); 3 packages or executables are
-missing (nothing written); 130 interrupted.
+missing (nothing written); 128+N stopped by signal N (130 Ctrl-C, 143 SIGTERM):
+finished jobs are recorded and ``--resume`` continues the run.
 """
 
 from __future__ import annotations
@@ -146,6 +147,16 @@ def main(argv=None) -> int:
             status = runner.run(resume_dir)
         finally:
             _stop_idle_workers()
+        if runner.interrupted is not None:
+            import signal
+
+            name = signal.Signals(runner.interrupted).name
+            if runner.run_dir is not None:
+                print(f"shapepipe_run: interrupted by {name}: finished jobs are recorded, running jobs were "
+                      f"stopped.\nresume with: {runner.resume_command()}", file=sys.stderr)
+            else:
+                print(f"shapepipe_run: interrupted by {name} before the run started", file=sys.stderr)
+            return status
         if not plan.core["DEFAULT"]["VERBOSE"]:
             print(runner.summary())
         print(f"run folder: {runner.run_dir}")

@@ -27,7 +27,7 @@ IGNORED = " Accepted for ShapePipe compatibility and ignored (a note is logged).
 CORE_OPTIONS: dict[str, tuple[Option, ...]] = {
     "DEFAULT": (
         Option("VERBOSE", "bool", True, "Print progress and messages on the terminal."),
-        Option("RUN_NAME", "str", "shapepipe_run", "Name of the run; the run folder is OUTPUT_DIR/RUN_NAME[_date_time]."),
+        Option("RUN_NAME", "name", "shapepipe_run", "Name of the run; the run folder is OUTPUT_DIR/RUN_NAME[_date_time]."),
         Option("RUN_DATETIME", "bool", True, "Append _YYYY-MM-DD_HH-MM-SS to the run folder name."),
     ),
     "EXECUTION": (
@@ -45,14 +45,14 @@ CORE_OPTIONS: dict[str, tuple[Option, ...]] = {
         Option("INPUT_DIR", "dir_list", [], "Input folders of modules that do not take their inputs "
                "from an earlier module of this run; accepts last:MODULE, all:MODULE and run:RUN_NAME:MODULE."),
         Option("OUTPUT_DIR", "path", help="Folder holding the run folders and the run log; created if absent."),
-        Option("FILE_PATTERN", "list", None, "File name patterns (before the number) for every module; "
+        Option("FILE_PATTERN", "name_list", None, "File name patterns (before the number) for every module; "
                "overrides the module declarations."),
-        Option("FILE_EXT", "list", None, "File extensions, one per pattern or one for all ('.fits', "
+        Option("FILE_EXT", "name_list", None, "File extensions, one per pattern or one for all ('.fits', "
                "'fits', '.fitsfz' = '.fits.fz')."),
         Option("NUMBERING_SCHEME", "str", None, "Numbering template (-0000000-0, _0, RE:regex) for every module."),
         Option("NUMBER_LIST", "list", None, "Numbers to process (inline list or a file with one per line)."),
-        Option("LOG_NAME", "str", "shapepipe", "Name of the main log file in the run folder (.log added)."),
-        Option("RUN_LOG_NAME", "str", "shapepipe_runs", "Human-readable list of runs in OUTPUT_DIR (.txt "
+        Option("LOG_NAME", "name", "shapepipe", "Name of the main log file in the run folder (.log added)."),
+        Option("RUN_LOG_NAME", "name", "shapepipe_runs", "Human-readable list of runs in OUTPUT_DIR (.txt "
                "added); never used to resolve references (the run records are)."),
         Option("CORRECT_FILE_PATTERN", "bool", True, "When no file name starts with a pattern, accept "
                "names that contain it before the number."),
@@ -65,6 +65,12 @@ CORE_OPTIONS: dict[str, tuple[Option, ...]] = {
                choices=("loky", "multiprocessing", "threading")),
         Option("TIMEOUT", "duration", None, "Time limit of each job (HH:MM:SS or seconds); absent means "
                "no limit. A job past it is killed with every program it started."),
+        Option("RETRIES", "int", 1, "Times a job is run again after its worker process died (killed, out "
+               "of memory, a crash in compiled code) before it fails with 'worker died (signal N)'; job errors "
+               "are never retried. MODE = SMP with process workers."),
+        Option("MAX_UNPROCESSABLE_FRACTION", "float", 1.0, "Largest fraction of the jobs of a module run "
+               "that may end 'unprocessable' (the data cannot give the product: too few stars, no object, "
+               "fully masked) with the run still a success; above it the module run fails (exit status 1)."),
         Option("SEED", "int", 0, "Run seed; each job derives its random streams from it, the module "
                "and the file number."),
     ),
@@ -105,10 +111,10 @@ MODULE_SECTION_OPTIONS: tuple[Option, ...] = (
     Option("INPUT_MODULE", "list", None, "Modules (or module runs, NAME_RUN_N) whose outputs are the "
            "inputs; those not run earlier in this run are taken from their last successful run."),
     Option("ADD_INPUT_MODULE", "list", None, "Input modules added to the declared ones."),
-    Option("FILE_PATTERN", "list", None, "File name patterns of the inputs."),
-    Option("ADD_FILE_PATTERN", "list", None, "Patterns added to the declared ones."),
-    Option("FILE_EXT", "list", None, "Extensions of the inputs, one per pattern or one for all."),
-    Option("ADD_FILE_EXT", "list", None, "Extensions of the added patterns."),
+    Option("FILE_PATTERN", "name_list", None, "File name patterns of the inputs."),
+    Option("ADD_FILE_PATTERN", "name_list", None, "Patterns added to the declared ones."),
+    Option("FILE_EXT", "name_list", None, "Extensions of the inputs, one per pattern or one for all."),
+    Option("ADD_FILE_EXT", "name_list", None, "Extensions of the added patterns."),
     Option("NUMBERING_SCHEME", "str", None, "Numbering template of the inputs."),
     Option("NUMBER_LIST", "list", None, "Numbers processed by this module run (inline or a file)."),
     Option("RUN_METHOD", "choice", None, "Override the declared run method.", choices=("parallel", "serial")),

@@ -79,3 +79,20 @@ class ExternalCommandError(JobError):
         if stderr_tail:
             message += f"; last lines of its error output:\n{stderr_tail}"
         super().__init__(message)
+
+
+class JobUnprocessable(JobError):
+    """The data cannot give this product (too few stars, no object, fully masked).
+
+    Not an error of the pipeline: the job ends ``unprocessable``, its
+    downstream jobs are skipped with this reason, and the run still succeeds
+    unless ``[JOB] MAX_UNPROCESSABLE_FRACTION`` is exceeded.
+    """
+
+
+class RunInterrupted(BaseException):
+    """SIGTERM or SIGINT reached the runner: stop cleanly (never caught as a job error)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum

@@ -5,7 +5,10 @@ one row of the job table per job, in completion order. Executors never decide
 what to run (the runner and the batch system do); they only run it.
 
 - :class:`SerialExecutor`: in the runner's process (one worker).
-- :class:`JoblibExecutor`: ``[EXECUTION] MODE = SMP``, joblib on this machine.
+- :class:`shapepipe.pool.PoolExecutor`: ``[EXECUTION] MODE = SMP`` (backends
+  loky and multiprocessing): supervised worker processes; a dead worker costs
+  its job only, workers never outlive the runner.
+- :class:`JoblibExecutor`: ``MODE = SMP`` with ``SMP_BACKEND = threading``.
 - ``MODE = DASK``: :class:`shapepipe.executor_dask.DaskExecutor`.
 - ``MODE = MPI``: :class:`shapepipe.executor_mpi.MpiExecutor`, only under an
   MPI launcher; mpi4py is never imported otherwise.
@@ -107,7 +110,7 @@ class JoblibExecutor(Executor):
 
 
 def make_executor(mode: str, workers: int, backend: str, dask_options: dict | None = None,
-                  notes: list | None = None) -> Executor:
+                  notes: list | None = None, retries: int = 1, on_event=None) -> Executor:
     """The executor of ``[EXECUTION] MODE``.
 
     Parameters
@@ -122,6 +125,10 @@ def make_executor(mode: str, workers: int, backend: str, dask_options: dict | No
         The parsed ``[DASK]`` section.
     notes : list, optional
         Receives a line for the log when the mode falls back.
+    retries : int
+        SMP process workers: times a job is run again after its worker died.
+    on_event : callable, optional
+        SMP process workers: receives a line per worker death, for the log.
     """
     mode = (mode or "SMP").upper()
     if mode == "DASK":
@@ -140,7 +147,11 @@ def make_executor(mode: str, workers: int, backend: str, dask_options: dict | No
         elif notes is not None:
             notes.append("MODE = MPI but no MPI launcher started this process: jobs run with SMP "
                          "(launch with mpirun -np N python -m mpi4py.futures -m shapepipe.cli -c CONFIG)")
-    return JoblibExecutor(workers, backend)
+    if backend == "threading":
+        return JoblibExecutor(workers, backend)
+    from .pool import PoolExecutor
+
+    return PoolExecutor(workers, retries=retries, on_event=on_event)
 
 
 def run_all(executor: Executor, function, tasks: Iterable[Task]) -> Iterator[tuple[Task, dict]]:

@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .errors import ExternalCommandError, JobTimeout
+from .errors import ExternalCommandError, JobError, JobTimeout
 
 # Process groups of external programs started by jobs of this process, so a
 # time-out can stop them too (see shapepipe.jobs).
@@ -118,8 +118,19 @@ class Job:
         return np.random.default_rng(np.random.SeedSequence(entropy))
 
     def output_path(self, name: str) -> Path:
-        """Path of an output file inside the staging directory."""
+        """Path of an output file inside the staging directory.
+
+        Sub-folders are allowed; a name that would leave the staging folder
+        (absolute, ``..``, a symbolic link pointing out) raises
+        :class:`~shapepipe.errors.JobError`, so every output is published by
+        the runner and nothing is written outside the run.
+        """
         path = self.output_dir / name
+        root = os.path.realpath(self.output_dir)
+        target = os.path.realpath(path)
+        if os.path.commonpath([root, target]) != root or target == root:
+            raise JobError(f"output name {str(name)!r} leaves the job's output folder {self.output_dir}; "
+                           "output names must be plain names (sub-folders allowed)")
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from . import job as job_module
 from .atomic import write_text_atomic
-from .errors import JobTimeout
+from .errors import JobTimeout, JobUnprocessable, RunInterrupted
 from .job import Job
 
 STAGING = ".staging"
@@ -182,11 +182,21 @@ def _call(task: Task, function, logger, staging: Path, deadline) -> dict:
             logger.warning("module returned %s instead of a dict; not recorded", type(result).__name__)
             result = None
         return {"status": "done", "result": _jsonable(result) if result else {}}
+    except RunInterrupted:
+        raise
+    except JobUnprocessable as error:  # a property of the data, not an error: no traceback
+        logger.warning("job unprocessable: %s", error)
+        return {"status": "unprocessable", "error": f"{type(error).__name__}: {error}".strip(), "traceback": ""}
     except BaseException as error:  # the job fails, the worker goes on
         text = traceback.format_exc()
         logger.error("job failed:\n%s", text)
         status = "timeout" if isinstance(error, JobTimeout) else "failed"
-        return {"status": status, "error": f"{type(error).__name__}: {error}".strip(), "traceback": text}
+        message = f"{type(error).__name__}: {error}".strip()
+        names = [str(p) for p in task.inputs[:4]]
+        if task.number and names and not any(n in message or Path(n).name in message for n in names):
+            # Errors from libraries (e.g. a truncated FITS file) often name no file: the job's inputs do.
+            message += f" (job inputs: {', '.join(names)})"
+        return {"status": status, "error": message, "traceback": text}
 
 
 def _run_forked(task: Task, function, logger, handler, staging: Path) -> tuple[dict, float, float]:
@@ -202,6 +212,7 @@ def _run_forked(task: Task, function, logger, handler, staging: Path) -> tuple[d
         try:
             os.close(read_fd)
             os.setsid()
+            die_with_parent()
             job_module.COMMANDS_IN_OWN_SESSION = False
             outcome = _call(task, function, logger, staging, deadline)
             handler.flush()
@@ -293,6 +304,11 @@ def run_task(task: Task) -> dict:
             outcome["outputs"] = _publish(staging, Path(task.output_dir))
         else:
             shutil.rmtree(staging, ignore_errors=True)
+    except RunInterrupted:
+        shutil.rmtree(staging, ignore_errors=True)
+        handler.close()
+        logger.removeHandler(handler)
+        raise
     except BaseException as error:  # runner-side problem (import of the module, disk)
         shutil.rmtree(staging, ignore_errors=True)
         text = traceback.format_exc()
@@ -338,6 +354,16 @@ def _write_status(path: Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Ask Linux to send ``sig`` to this process when its parent dies (no-op elsewhere)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _alive(pid: int) -> bool:

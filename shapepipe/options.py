@@ -15,6 +15,10 @@ Types
     directory, as ShapePipe does).
 ``path``
     A path that need not exist yet (an output location).
+``name``, ``name_list``
+    A file-name part (prefix, suffix, pattern, log name): never a path. A
+    separator, ``.``/``..`` or an absolute path is refused at validation,
+    so no option can make a job or the runner write outside its folder.
 ``dir``
     Directory; accepts run references (``last:MODULE``, ``all:MODULE``,
     ``run:RUN_NAME:MODULE``) which the runner resolves before any job starts.
@@ -34,6 +38,7 @@ Types
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -61,6 +66,8 @@ OPTION_TYPES = (
     "bool_list",
     "file",
     "path",
+    "name",
+    "name_list",
     "dir",
     "dir_list",
     "store",
@@ -107,9 +114,26 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+def check_name(text: str) -> str:
+    """Return ``text`` if it is a plain file-name part, else raise :class:`OptionError`.
+
+    A name has no path separator, is not ``.`` or ``..`` and holds no NUL:
+    joined to a folder, it stays in that folder.
+    """
+    if "/" in text or "\\" in text or (os.sep != "/" and os.sep in text):
+        raise OptionError(f"expected a name, not a path: {text!r} contains a path separator")
+    if text in (".", ".."):
+        raise OptionError(f"expected a name, not a path: {text!r}")
+    if "\x00" in text:
+        raise OptionError(f"expected a name: {text!r} contains a NUL character")
+    return text
+
+
 def _parse_scalar(kind: str, text: str):
     if kind in ("str", "file", "path", "dir", "store"):
         return text.strip()
+    if kind == "name":
+        return check_name(text.strip())
     if kind == "int":
         try:
             return int(text.strip())

@@ -211,6 +211,22 @@ def _parse_core(ini, problems, module_tables):
     return core
 
 
+def _unwritable(folder: Path) -> str:
+    """Why no run folder can be made in ``folder`` (empty if one can); writes nothing lasting."""
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        return ""  # reported elsewhere (a file in the way)
+    probe = existing / f".shapepipe_write_test.{os.getpid()}"
+    try:
+        os.mkdir(probe)
+        os.rmdir(probe)
+    except OSError as error:
+        return f"cannot write in {existing} ({error.strerror}); nothing was run"
+    return ""
+
+
 def _absolute(path: str) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
@@ -561,6 +577,10 @@ def build_plan(config_path, exclusive: str | None = None, registry: Registry | N
     output_dir = Path(_absolute(core["FILE"]["OUTPUT_DIR"])) if core["FILE"].get("OUTPUT_DIR") else None
     if output_dir is not None and output_dir.exists() and not output_dir.is_dir():
         problems.append(f"{ini.where('FILE', 'OUTPUT_DIR')}: {output_dir} exists and is not a directory")
+    elif output_dir is not None:
+        problem = _unwritable(output_dir)
+        if problem:
+            problems.append(f"{ini.where('FILE', 'OUTPUT_DIR')}: {problem}")
     records = scan_runs(output_dir) if output_dir is not None else []
 
     file_items = core["FILE"].get("INPUT_DIR") or []

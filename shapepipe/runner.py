@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import datetime as dt
 import hashlib
 import io
@@ -27,13 +28,15 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
 from .atomic import write_text_atomic
-from .errors import ConfigError, ReferenceError_
+from .errors import ConfigError, ReferenceError_, RunInterrupted
 from .executors import SerialExecutor, make_executor, run_all
 from .jobs import STAGING, Task, failure_row, read_status, run_task, status_path
 from .numbering import compile_scheme, discover, sort_numbers
@@ -42,6 +45,9 @@ from .records import RECORD_NAME, new_record, read_record, scan_runs, write_reco
 from .selection import worker_count
 
 OK = ("done", "done_previously")
+#: Statuses of numbers whose data cannot give the product: not failures, but counted.
+UNPROCESSABLE = ("unprocessable", "skipped_unprocessable")
+LOCK_NAME = ".lock"
 #: Batch-system variables kept in the run record of an array task.
 BATCH_VARIABLES = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_SUBMIT_DIR",
                    "PBS_JOBID", "PBS_ARRAY_INDEX", "PBS_ARRAYID", "PBS_O_WORKDIR", "SHAPEPIPE_BATCH_SCRIPT")
@@ -74,6 +80,44 @@ def _make_run_dir(plan: Plan) -> Path:
                 ) from None
             suffix += 1
             candidate = plan.output_dir / f"{base}_{suffix}"
+
+
+def lock_run_dir(run_dir: Path):
+    """Take the lock of a run folder for this process; return the open lock file.
+
+    The lock (``flock`` on ``RUN_DIR/.lock``) is released by the kernel when
+    the process ends, even by ``kill -9``, so a stale lock never blocks a resume.
+
+    Raises
+    ------
+    ConfigError
+        If another process holds it (two ``--resume`` of one run at once).
+    """
+    path = Path(run_dir) / LOCK_NAME
+    handle = open(path, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ConfigError(f"run folder {run_dir} is in use by another shapepipe_run ({holder}, lock file "
+                          f"{path}); wait for it to finish, or stop it first") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    return handle
+
+
+def check_writable(folder: Path, where: str) -> None:
+    """Raise ConfigError unless a file can be created in ``folder``."""
+    try:
+        with open(folder / f".write_test.{os.getpid()}", "x") as handle:
+            handle.write("")
+        os.unlink(folder / f".write_test.{os.getpid()}")
+    except OSError as error:
+        raise ConfigError(f"{where}: cannot write in {folder} ({error.strerror}); nothing was run") from None
 
 
 def find_resume_dir(plan: Plan, given: str | None, missing_ok: bool = False) -> Path | None:
@@ -112,7 +156,7 @@ class _Progress:
             self.bar = tqdm(total=total, desc=name, unit="job", leave=True, dynamic_ncols=True)
 
     def update(self, row):
-        if row["status"] in OK:
+        if row["status"] in OK or row["status"] in UNPROCESSABLE:
             self.done += 1
         else:
             self.failed += 1
@@ -155,10 +199,16 @@ class Runner:
         self.logger = logging.getLogger(f"shapepipe.run.{id(self)}")
         self.errors = 0
         self.missing_report: list[str] = []
+        self.lost_report: list[str] = []
         self.resuming = False
         self.config_changed = False
         self.executor = None
         self.run_notes: list[str] = []
+        self.lock = None
+        self.interrupted: int | None = None  # the signal that stopped the run
+        self._stopping = False
+        self._module_rows: list[dict] | None = None  # rows of the module run in progress
+        self._module_name: str | None = None
         self.workers, note = worker_count(plan.core["JOB"]["SMP_BATCH_SIZE"])
         if note:
             self.run_notes.append(note)
@@ -201,6 +251,7 @@ class Runner:
     def _start_new(self):
         plan = self.plan
         self.run_dir = _make_run_dir(plan)
+        self.lock = lock_run_dir(self.run_dir)
         text = plan.config_path.read_bytes()
         copy_name = plan.config_path.name
         (self.run_dir / copy_name).write_bytes(text)
@@ -223,6 +274,9 @@ class Runner:
         record = read_record(resume_dir)
         if record is None:
             raise ConfigError(f"--resume: cannot read the run record of {resume_dir}")
+        check_writable(Path(resume_dir), f"--resume {resume_dir}")
+        self.lock = lock_run_dir(resume_dir)
+        record = read_record(resume_dir)  # read again under the lock
         if record.get("status") == "running":
             raise ConfigError(f"--resume: run {resume_dir} is still running (process {record.get('pid')})")
         names = [m["module_run"] for m in record.get("modules", [])]
@@ -269,6 +323,7 @@ class Runner:
         self._set_status(run.name, "running", started=_now())
         self.logger.info("== %s (module %s %s, %s)", run.name, run.spec.name, run.spec.version, run.run_method)
         rows: list[dict] = []
+        self._module_rows, self._module_name = rows, run.name
         try:
             dirs, upstream = resolve_sources(plan, run, self.record, produced)
             options = resolve_option_dirs(plan, run, self.record)
@@ -282,15 +337,20 @@ class Runner:
             if found.duplicates:
                 return self._module_error(run, "; ".join(found.duplicates), started)
         upstream_bad = set()  # numbers whose input failed upstream (not merely absent)
+        upstream_lost = {}  # numbers whose data proved unprocessable upstream: {number: module run}
         for name in upstream:
             upstream_bad |= {n for n, status in not_ok.get(name, {}).items()
                              if status in (*FAILED, "skipped_upstream")}
+            for number, status in not_ok.get(name, {}).items():
+                if status in UNPROCESSABLE:
+                    upstream_lost.setdefault(number, name)
+        upstream_lost = {n: m for n, m in upstream_lost.items() if n not in upstream_bad}
         complete = dict(found.complete) if found else {}
         missing = dict(found.missing) if found else {}
         if run.patterns and run.scheme is not None:
             # Numbers that failed upstream published nothing here: list them, never drop them.
             fits = compile_scheme(run.scheme).fullmatch
-            for number in upstream_bad:
+            for number in (*upstream_bad, *upstream_lost):
                 if number and number not in complete and number not in missing and fits(number):
                     missing[number] = list(found.patterns)
         if run.numbers is not None:
@@ -305,7 +365,10 @@ class Runner:
             else:
                 complete = {n: [] for n in wanted}
         for number in sort_numbers(missing):
-            if number in upstream_bad:
+            if number in upstream_lost:
+                rows.append(self._row(run, number, "skipped_unprocessable",
+                                      f"input unprocessable in {upstream_lost[number]}"))
+            elif number in upstream_bad:
                 rows.append(self._row(run, number, "skipped_upstream", "input failed in an earlier module run"))
             else:
                 rows.append(self._row(run, number, "missing_input", "no input file for " + ", ".join(missing[number])))
@@ -330,7 +393,7 @@ class Runner:
                 todo.append(task)
         if not tasks and not rows:
             self.logger.warning("   no job to run")
-        rows.extend(self._dispatch(run, todo))
+        self._dispatch(run, todo, rows)
         return self._finish_module(run, rows, started, not_ok)
 
     def _tasks(self, run, options, complete, output_dir, log_dir):
@@ -355,7 +418,8 @@ class Runner:
             notes: list[str] = []
             self.executor = make_executor(self.plan.core["EXECUTION"]["MODE"], self.workers,
                                           self.plan.core["JOB"]["SMP_BACKEND"], self.plan.core.get("DASK"),
-                                          notes=notes)
+                                          notes=notes, retries=self.plan.core["JOB"]["RETRIES"],
+                                          on_event=lambda text: self.logger.warning("   %s", text))
             for note in notes:
                 self.logger.info("note: %s", note)
             self.logger.info("executor: %s", self.executor.describe())
@@ -363,11 +427,11 @@ class Runner:
             write_record(self.record)
         return self.executor
 
-    def _dispatch(self, run, tasks):
+    def _dispatch(self, run, tasks, rows):
+        """Run the tasks; append each row to ``rows`` and to the job table as it finishes."""
         if not tasks:
-            return []
+            return
         progress = _Progress(run.name, len(tasks), self.logger, self.plan.core["DEFAULT"]["VERBOSE"])
-        rows = []
         try:
             try:
                 executor = self._get_executor()
@@ -375,18 +439,32 @@ class Runner:
                 message = f"executor could not start: {type(error).__name__}: {error}".splitlines()[0]
                 self.logger.error("   %s", message)
                 executor = _FailingExecutor(message)
-            if len(tasks) == 1 and executor.name == "joblib":
+            if len(tasks) == 1 and executor.name in ("joblib", "pool"):
                 executor = SerialExecutor()  # no worker start-up for a single job
             for _, row in run_all(executor, run_task, tasks):
                 rows.append(row)
+                self._append_row(row)
                 progress.update(row)
-                if row["status"] not in OK:
+                if row["status"] in UNPROCESSABLE:
+                    self.logger.warning("   %s %s: unprocessable: %s", run.name, row["number"] or "serial",
+                                        row["error"].splitlines()[0] if row["error"] else "")
+                elif row["status"] not in OK:
                     self.logger.error("   %s %s: %s: %s (log: %s)", run.name, row["number"] or "serial",
                                       row["status"], row["error"].splitlines()[0] if row["error"] else "",
                                       row["log"])
         finally:
             progress.close()
-        return rows
+
+    def _append_row(self, row):
+        """Add a finished job to jobs.csv at once (rewritten in order at the module run's end)."""
+        path = self.run_dir / "jobs.csv"
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=TABLE_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        if not path.exists():
+            writer.writeheader()
+        writer.writerow({**row, "error": (row.get("error") or "").replace("\n", " | ")})
+        with open(path, "a", encoding="utf-8") as handle:  # one short append per job
+            handle.write(buffer.getvalue())
 
     def _module_error(self, run, message, started):
         self.logger.error("   module run %s could not start: %s", run.name, message)
@@ -402,14 +480,29 @@ class Runner:
             counts[row["status"]] = counts.get(row["status"], 0) + 1
         ok = sum(counts.get(s, 0) for s in OK)
         bad = sum(counts.get(s, 0) for s in (*FAILED, "skipped_upstream"))
-        if ok and not bad:
-            status = "done"
-        elif ok:
-            status = "partial"
-        elif bad:
-            status = "failed"
+        lost = sum(counts.get(s, 0) for s in UNPROCESSABLE)
+        if bad:
+            status = "partial" if ok else "failed"
+        elif ok or lost:
+            status = "done"  # unprocessable data is a result, not an error
         else:
             status = "done" if not rows else "failed"
+        extra = {}
+        unprocessable = counts.get("unprocessable", 0)
+        ran = ok + unprocessable + sum(counts.get(s, 0) for s in FAILED)
+        limit = self.plan.core["JOB"]["MAX_UNPROCESSABLE_FRACTION"]
+        if unprocessable and unprocessable > limit * ran:
+            message = (f"{unprocessable} of {ran} jobs unprocessable, more than MAX_UNPROCESSABLE_FRACTION = "
+                       f"{limit:g}")
+            self.logger.error("   %s: %s", run.name, message)
+            self.errors += 1
+            status = "partial" if ok else "failed"
+            extra["error"] = message
+        if lost:
+            first = [r["number"] for r in rows if r["status"] in UNPROCESSABLE][:5]
+            self.lost_report.append(f"{run.name}: {unprocessable} unprocessable, "
+                                    f"{counts.get('skipped_unprocessable', 0)} skipped as their input was, "
+                                    f"e.g. {', '.join(first)}")
         not_ok[run.name] = {r["number"]: r["status"] for r in rows if r["status"] not in OK}
         with contextlib.suppress(OSError):  # empty unless a job is still writing
             os.rmdir(self.run_dir / run.name / "output" / STAGING)
@@ -418,7 +511,7 @@ class Runner:
         self.rows.extend(rows)
         self._write_table()
         self._set_status(run.name, status, finished=_now(), counts=counts, wall_s=round(wall, 3),
-                         cpu_s=round(cpu, 3))
+                         cpu_s=round(cpu, 3), **extra)
         self.logger.info("   %s: %s (%s)", run.name, status,
                          ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no job")
         return status
@@ -437,34 +530,42 @@ class Runner:
     # -- summary --------------------------------------------------------
     def summary(self) -> str:
         """Table of module runs: jobs ok/failed/skipped, wall and CPU time."""
-        header = ("module run", "status", "ok", "previous", "failed", "timeout", "skipped", "missing",
-                  "wall s", "cpu s")
+        header = ("module run", "status", "ok", "previous", "failed", "timeout", "skipped", "unproc",
+                  "missing", "wall s", "cpu s")
         lines = []
         for run in self.plan.module_runs:
             entry = self._entry(run.name)
             c = entry.get("counts", {})
             lines.append((run.name, entry["status"], c.get("done", 0), c.get("done_previously", 0),
                           c.get("failed", 0), c.get("timeout", 0), c.get("skipped_upstream", 0),
-                          c.get("missing_input", 0), f"{entry.get('wall_s', 0):.2f}",
+                          c.get("unprocessable", 0) + c.get("skipped_unprocessable", 0), c.get("missing_input", 0), f"{entry.get('wall_s', 0):.2f}",
                           f"{entry.get('cpu_s', 0):.2f}"))
         widths = [max(len(str(x)) for x in column) for column in zip(header, *lines)]
         fmt = "  ".join(f"{{:<{w}}}" for w in widths)
         text = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
         text += [fmt.format(*map(str, line)) for line in lines]
         text += [f"numbers lacking an input type: {m}" for m in self.missing_report]
+        text += [f"unprocessable data (not failures): {m}" for m in self.lost_report]
         return "\n".join(text)
 
     # -- main -----------------------------------------------------------
     def run(self, resume_dir: Path | None = None) -> int:
-        """Run every module run; return the exit status (0 ok, 1 failures)."""
+        """Run every module run; return the exit status.
+
+        0 ok, 1 failures, 128+N when signal N (SIGTERM, SIGINT) stopped the
+        run: no new job starts, running jobs are killed with the programs
+        they started, finished jobs stay recorded, unfinished staging is
+        removed and the record says ``interrupted`` (``--resume`` continues).
+        """
         plan = self.plan
         self.resuming = resume_dir is not None
-        if self.resuming:
-            self._start_resume(resume_dir)
-        else:
-            self._start_new()
-        self._setup_logging()
+        previous = self._install_signal_handlers()
         try:
+            if self.resuming:
+                self._start_resume(resume_dir)
+            else:
+                self._start_new()
+            self._setup_logging()
             self.logger.info("shapepipe run %s (config %s)", self.run_dir, plan.config_path)
             if self.resuming:
                 self.logger.info("resuming: jobs recorded as done are skipped")
@@ -480,6 +581,7 @@ class Runner:
             not_ok: dict = {}
             for run in plan.module_runs:
                 self._run_module(run, produced, not_ok)
+            self._module_rows = None
             failures = self.errors + sum(1 for r in self.rows if r["status"] in FAILED)
             statuses = {m["status"] for m in self.record["modules"]}
             self.record["status"] = "done" if statuses <= {"done"} else ("failed" if statuses == {"failed"} else "partial")
@@ -488,19 +590,91 @@ class Runner:
             self._write_table()
             self.logger.info("summary of %s:\n%s", self.run_dir, self.summary())
             return 1 if failures else 0
-        except KeyboardInterrupt:
-            self.record["status"] = "interrupted"
-            for entry in self.record["modules"]:
-                if entry["status"] == "running":
-                    entry["status"] = "interrupted"
-            write_record(self.record)
-            self.logger.error("interrupted")
-            return 130
+        except (RunInterrupted, KeyboardInterrupt) as stop:
+            self._stopping = True
+            signum = getattr(stop, "signum", signal.SIGINT)
+            self.interrupted = int(signum)
+            if self.run_dir is None or not self.record:
+                self._stop_workers()
+                return 128 + self.interrupted
+            self._interrupt_cleanup()
+            return 128 + self.interrupted
         finally:
             if self.executor is not None:
                 with contextlib.suppress(Exception):  # closing must not hide the run's own outcome
                     self.executor.close()
+            self._restore_signal_handlers(previous)
             self._close_logging()
+            if self.lock is not None:
+                self.lock.close()  # releases the run folder's lock
+                self.lock = None
+
+    # -- signals --------------------------------------------------------
+    def _install_signal_handlers(self):
+        if threading.current_thread() is not threading.main_thread():
+            return None  # signals reach the main thread only; its owner handles them
+        previous = {}
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, self._on_signal)
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous):
+        for signum, handler in (previous or {}).items():
+            signal.signal(signum, handler)
+
+    def _on_signal(self, signum, frame):
+        if self._stopping:  # a second signal while stopping: no more waiting
+            from .pool import kill_descendants
+
+            kill_descendants()
+            os._exit(128 + signum)
+        self._stopping = True
+        raise RunInterrupted(signum)
+
+    def _stop_workers(self):
+        """Kill every job and program still running (workers first, then any descendant)."""
+        from .pool import kill_descendants
+
+        executor, self.executor = self.executor, None
+        if executor is not None and hasattr(executor, "terminate"):
+            with contextlib.suppress(Exception):
+                executor.terminate()
+        elif executor is not None:
+            kill_descendants(sig=signal.SIGTERM)
+            time.sleep(0.5)
+            with contextlib.suppress(Exception):
+                executor.close()
+        kill_descendants()
+
+    def _interrupt_cleanup(self):
+        """After a signal: stop jobs, keep what finished, remove staging, record ``interrupted``."""
+        name = signal.Signals(self.interrupted).name
+        self._stop_workers()
+        rows = self._module_rows or []
+        self._module_rows = None
+        self.rows.extend(rows)
+        for entry in self.record.get("modules", []):
+            shutil.rmtree(Path(entry["output_dir"]) / STAGING, ignore_errors=True)
+            if entry["status"] == "running":
+                entry["status"] = "interrupted"
+                counts: dict = {}
+                for row in rows:
+                    counts[row["status"]] = counts.get(row["status"], 0) + 1
+                entry["counts"] = counts
+                entry["finished"] = _now()
+        self.record["status"] = "interrupted"
+        self.record["interrupted_by"] = name
+        self.record["finished"] = _now()
+        write_record(self.record)
+        self._write_table()
+        done = sum(1 for r in rows if r["status"] == "done")
+        self.logger.error("interrupted by %s: %d job(s) of %s finished and are recorded; running jobs were "
+                          "stopped; resume with: %s", name, done, self._module_name or "-", self.resume_command())
+
+    def resume_command(self) -> str:
+        """The command that continues this run."""
+        return f"shapepipe_run -c {self.plan.config_path} --resume {self.run_dir}"
 
 
 def dry_run(plan: Plan) -> str:

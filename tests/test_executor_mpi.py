@@ -181,9 +181,9 @@ def test_mode_mpi_without_launcher_runs_smp_and_never_imports_mpi4py(tmp_path):
     run_dir = tmp_path / "nolaunch" / "nolaunch"
     log = "".join(p.read_text() for p in run_dir.glob("*.log"))
     assert "MODE = MPI but no MPI launcher started this process" in log
-    assert "executor: SMP (joblib" in log
+    assert "executor: SMP (process pool" in log
     table = _table(run_dir)
     assert len(table) == 2 * len(NUMBERS)
     assert {row["status"] for row in table.values()} == {"done"}
     runner_pid = json.loads((run_dir / "run.json").read_text())["pid"]
-    assert runner_pid not in {row["worker_pid"] for row in table.values()}  # joblib workers ran them
+    assert runner_pid not in {row["worker_pid"] for row in table.values()}  # pool workers ran them

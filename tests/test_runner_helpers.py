@@ -22,12 +22,16 @@ from shapepipe.options import Option
                  Option("SLEEP", "float", 0.0, "seconds to sleep"),
                  Option("TAG", "str", "", "text added"),
                  Option("REF_DIR", "dir", None, "a directory option"),
-                 Option("DIE_ON", "list", [], "numbers whose job kills its own process (a lost worker)")))
+                 Option("DIE_ON", "list", [], "numbers whose job kills its own process (a lost worker)"),
+                 Option("UNPROCESSABLE_ON", "list", [], "numbers whose data cannot give the product")))
 def t_copy(job):
     """Copy the input, prefixed with TAG, into out<number>.txt and sub/side<number>.txt."""
     if job.number in job.options["DIE_ON"]:
         import signal
         os.kill(os.getpid(), signal.SIGKILL)
+    if job.number in job.options["UNPROCESSABLE_ON"]:
+        from shapepipe.errors import JobUnprocessable
+        raise JobUnprocessable(f"{job.inputs[0]}: too few stars")
     if job.options["SLEEP"]:
         time.sleep(job.options["SLEEP"])
     text = job.options["TAG"] + Path(job.inputs[0]).read_text()

@@ -8,7 +8,7 @@ OPTIONS = (
            "Index of the exposure file name in HISTORY cards split on single spaces (ShapePipe's "
            "rule). Cards reading 'input image <file>' always give <file>, wherever it stands; "
            "COLNUM applies to other HISTORY cards, which are ignored when it is unset."),
-    Option("EXP_PREFIX", "str", "",
+    Option("EXP_PREFIX", "name", "",
            "Prefix removed from the start of each exposure name."),
 )
 

@@ -12,11 +12,11 @@ OFFLINE = ("RETRIEVE = vos (download from VOSpace) is not available: this pipeli
 OPTIONS = (
     Option("INPUT_PATH", "list", help="Folder of each file type (one for all types, or one per "
            "INPUT_FILE_PATTERN); local folders only."),
-    Option("INPUT_FILE_PATTERN", "list", help="Input name of each file type with a dummy ID matched "
+    Option("INPUT_FILE_PATTERN", "name_list", help="Input name of each file type with a dummy ID matched "
            "by INPUT_NUMBERING (CFIS.000.000.r, 000000.flag); '*' is a wildcard."),
-    Option("INPUT_FILE_EXT", "list", help="Extension of each file type (.fits, .fits.fz; ShapePipe's "
+    Option("INPUT_FILE_EXT", "name_list", help="Extension of each file type (.fits, .fits.fz; ShapePipe's "
            ".fitsfz is read as .fits.fz); one for all types, or one per pattern."),
-    Option("OUTPUT_FILE_PATTERN", "list", help="Output name prefix of each file type (CFIS_image-, "
+    Option("OUTPUT_FILE_PATTERN", "name_list", help="Output name prefix of each file type (CFIS_image-, "
            "flag-); the output is <prefix><ID with dots as dashes, letters removed><ext>. '*' keeps "
            "the input names."),
     Option("INPUT_NUMBERING", "str", help=r"Regular expression matching the dummy ID in "

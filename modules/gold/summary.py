@@ -28,6 +28,7 @@ def module_times(run_dirs) -> list[dict]:
                 "status": module["status"],
                 "jobs": len(mine),
                 "done": sum(j["status"] in ("done", "done_previously") for j in mine),
+                "unprocessable": sum(j["status"] in ("unprocessable", "skipped_unprocessable") for j in mine),
                 "wall_s": float(module.get("wall_s") or 0.0),
                 "cpu_s": sum(float(j.get("cpu_s") or 0.0) for j in mine),
                 "max_job_s": max((float(j.get("duration_s") or 0.0) for j in mine), default=0.0),
@@ -67,6 +68,9 @@ def format_summary(summary: dict) -> str:
     for row in summary["modules"]:
         lines.append(f"{row['run']:<28} {row['module_run']:<18} {row['done']:>4}/{row['jobs']:<4} "
                      f"{row['wall_s']:>8.1f} {row['cpu_s']:>8.1f} {row['max_job_s']:>9.1f} {row['peak_memory_mb']:>8.0f}")
+    lost = [f"{r['module_run']} {r['unprocessable']}" for r in summary["modules"] if r.get("unprocessable")]
+    if lost:
+        lines.append("unprocessable data (dropped, not failures; jobs per module run): " + ", ".join(lost))
     stages = summary.get("stages", [])
     if stages:
         slowest = max(stages, key=lambda s: s["wall_s"])

@@ -67,7 +67,7 @@ OPTIONS = (
         "Deep-sky catalogue (FITS: ra, dec, radius in deg) for MP_MESSIER; "
         "overrides MESSIER_CAT_PATH of the .mask file.",
     ),
-    Option("PREFIX", "str", "pipeline", "Output name prefix: <PREFIX>_flag<number>.fits ('none' for no prefix).",
+    Option("PREFIX", "name", "pipeline", "Output name prefix: <PREFIX>_flag<number>.fits ('none' for no prefix).",
            aliases=("SUFFIX",)),
     Option("HDU", "int", 0, "HDU of the image, weight and flag files."),
     Option("REG_FILE", "bool", False, "Also write <PREFIX>_flag<number>.reg, a ds9 region file of the masks."),

@@ -4,7 +4,7 @@ from shapepipe.module import module
 from shapepipe.options import Option
 
 OPTIONS = (
-    Option("OUTPUT_PATH", "str", "",
+    Option("OUTPUT_PATH", "path", "",
            "ShapePipe's folder for log_exp_headers.sqlite. The store is always written into this "
            "module run's output folder (later modules reference it as last:merge_headers); when "
            "OUTPUT_PATH is set, a copy is also written there atomically, so ShapePipe configs that "

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shapepipe.errors import JobError
+from shapepipe.errors import JobError, JobUnprocessable
 from shapepipe.module import module
 from shapepipe.options import Option
 
@@ -34,10 +34,10 @@ OPTIONS = (
            choices=("builtin", "psfex")),
     Option("EXEC_PATH", "str", "psfex", "PSFEx executable (ENGINE = psfex)."),
     Option("DOT_PSFEX_FILE", "file", str(DATA_DIR / "default.psfex"), "PSFEx configuration file (.psfex)."),
-    Option("OUTPUT_FILE_PATTERN", "str", "",
+    Option("OUTPUT_FILE_PATTERN", "name", "",
            "Name of the model before the file number; empty: the input catalogue's name (as PSFEx)."),
-    Option("CHECKIMAGE", "list", [], "PSFEx check images (ENGINE = psfex), e.g. RESIDUALS, SNAPSHOTS."),
-    Option("MIN_STARS", "int", 10, "Fewer usable or accepted stars than this fails the job."),
+    Option("CHECKIMAGE", "name_list", [], "PSFEx check images (ENGINE = psfex), e.g. RESIDUALS, SNAPSHOTS."),
+    Option("MIN_STARS", "int", 10, "Fewer usable or accepted stars than this ends the job 'unprocessable' (the CCD is dropped downstream)."),
     Option("INTERPOLANT_ORDER", "int", 7, "Lanczos order of the resampling inside the built-in fit."),
 )
 
@@ -126,7 +126,7 @@ def _run_binary(job, catalogue, psf_name, outcat):
     except PSFFileError as error:
         raise JobError(f"{catalogue}: PSFEx output unreadable: {error}") from None
     if model.accepted < job.options["MIN_STARS"]:
-        raise JobError(f"{catalogue}: PSFEx accepted {model.accepted} stars, fewer than MIN_STARS")
+        raise JobUnprocessable(f"{catalogue}: PSFEx accepted {model.accepted} stars, fewer than MIN_STARS")
     return {"loaded": model.loaded, "accepted": model.accepted, "chi2": model.chi2}
 
 
@@ -155,8 +155,8 @@ def _run_builtin(job, catalogue, psf_name, outcat):
                          min_stars=job.options["MIN_STARS"], interpolant_order=job.options["INTERPOLANT_ORDER"])
     try:
         result = fit_psf(sample, options, names=settings.var_keys)
-    except PSFFitError as error:
-        raise JobError(f"{catalogue}: {error}") from None
+    except PSFFitError as error:  # too few stars: the CCD cannot give a PSF model
+        raise JobUnprocessable(f"{catalogue}: {error}") from None
     job.logger.info("%s: %d/%d stars accepted, chi2 %.3f, degree %d (ellipticity %d, size %d), sampling %.3f, "
                     "%d CG iterations", catalogue.name, result.model.accepted, result.model.loaded,
                     result.model.chi2, result.info["degree"], result.info["shear_degree"],

@@ -49,7 +49,7 @@ OPTIONS = (
     Option("CENTRE_ON_OBJECT", "bool", False, "Centre each PSF at the object's sub-pixel position "
            "(as in its VIGNET) instead of the stamp's central pixel (CLASSIC, MULTI-EPOCH)."),
     Option("ME_DOT_PSF_DIR", "dir", None, "MULTI-EPOCH: folder of the exposures' .psf models, e.g. last:psfex."),
-    Option("ME_DOT_PSF_PATTERN", "str", "star_split_ratio_80",
+    Option("ME_DOT_PSF_PATTERN", "name", "star_split_ratio_80",
            "MULTI-EPOCH: model file names are <pattern>-<exposure>-<ccd>.psf."),
     Option("ME_LOG_WCS", "store", None, "MULTI-EPOCH: header store of the exposures: the file, or a folder "
            "or reference holding log_exp_headers.sqlite (e.g. last:merge_headers).",

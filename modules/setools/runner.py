@@ -79,7 +79,7 @@ def validate_options(options) -> list[str]:
             "MIN_N_STARS",
             "int",
             10,
-            "A job fails (JobError) when the star sample has fewer objects than this: "
+            "A job ends 'unprocessable' (its CCD is dropped downstream, the run goes on) when the star sample has fewer objects than this: "
             "the STAR_MASK mask, or else the sample of every RAND_SPLIT section. 0 disables the check.",
         ),
         Option(
@@ -96,7 +96,7 @@ def setools(job):
     import numpy as np
 
     from shapepipe.atomic import write_text_atomic
-    from shapepipe.errors import JobError
+    from shapepipe.errors import JobError, JobUnprocessable
     from shapepipe_modules.io.ldac import LDACError, read_ldac, write_ldac
 
     from .actions import build_new_cat, combined_mask, compute_masks, compute_stats, random_split, stat_text
@@ -130,7 +130,7 @@ def setools(job):
     for description, names in _star_masks(selection, options["STAR_MASK"]):
         n_stars = int(combined_mask(names, masks, n_rows).sum())
         if n_stars < minimum:
-            raise JobError(
+            raise JobUnprocessable(
                 f"{catalogue_path}: only {n_stars} of {n_rows} objects in {description}, fewer than "
                 f"MIN_N_STARS = {minimum}; too few stars on this CCD to model the PSF"
             )

@@ -69,10 +69,10 @@ OPTIONS = (
     Option("ZP_KEY", "str", "", "Header key of the zero-point, e.g. PHOTZP."),
     Option("BKG_FROM_HEADER", "bool", False, "Use a constant background read from the image header (BKG_KEY)."),
     Option("BKG_KEY", "str", "", "Header key of the background value."),
-    Option("CHECKIMAGE", "list", [], "Check images to write: BACKGROUND, BACKGROUND_RMS, SEGMENTATION, "
+    Option("CHECKIMAGE", "name_list", [], "Check images to write: BACKGROUND, BACKGROUND_RMS, SEGMENTATION, "
            "-BACKGROUND (both engines) and the other SExtractor types (binary engine)."),
-    Option("PREFIX", "str", "", "Prefix of the output names (followed by '_')."),
-    Option("SUFFIX", "str", "sexcat", "Base name of the catalogue: <PREFIX_><SUFFIX><number>.fits."),
+    Option("PREFIX", "name", "", "Prefix of the output names (followed by '_')."),
+    Option("SUFFIX", "name", "sexcat", "Base name of the catalogue: <PREFIX_><SUFFIX><number>.fits."),
     Option("BKG_RESIDUAL", "bool", True, "Write the background-residual statistics (Gaussian fit to the "
            "histogram of undetected, usable pixels)."),
     Option("BKG_RESIDUAL_PLOT", "bool", False, "Also plot that histogram and fit as a PNG (imports "
@@ -204,9 +204,52 @@ def _read_image(path, dtype=None):
                     if dtype is not None:
                         data = np.array(data, dtype=np.dtype(dtype).newbyteorder("="), order="C")
                     return data, hdu.header.copy()
-    except (OSError, ValueError) as error:
-        raise JobError(f"{path}: cannot read as FITS ({error})") from error
+    except (OSError, ValueError, TypeError, IndexError, EOFError) as error:
+        # A truncated file raises TypeError ("buffer is too small") in astropy.
+        raise JobError(f"{path}: cannot read as FITS ({type(error).__name__}: {error})") from error
     raise JobError(f"{path}: no 2-d image HDU")
+
+
+def mask_bad_pixels(image, weight, image_path, weight_path, logger=None) -> dict:
+    """Give non-finite image or weight pixels weight 0 (in place); count them.
+
+    Returns ``{"bad_pixels_image": n, "bad_pixels_weight": m}``; the job logs
+    the files and counts. Detection in the valid part is that of the same
+    data with those pixels at weight 0.
+
+    Raises
+    ------
+    JobUnprocessable
+        If no usable pixel is left (the CCD is dropped downstream).
+    """
+    import numpy as np
+
+    from shapepipe.errors import JobUnprocessable
+
+    bad_image = ~np.isfinite(image)
+    counts = {"bad_pixels_image": int(bad_image.sum()), "bad_pixels_weight": 0}
+    bad = bad_image
+    if weight is not None:
+        bad_weight = ~np.isfinite(weight)
+        counts["bad_pixels_weight"] = int(bad_weight.sum())
+        bad = bad_image | bad_weight
+        weight[bad] = 0.0
+        usable = int(np.count_nonzero(weight > 0))
+    else:
+        usable = int(bad.size - bad.sum())
+    image[bad] = 0.0
+    if logger is not None:
+        if counts["bad_pixels_image"]:
+            logger.warning("%s: %d non-finite pixel(s) (NaN or inf) masked (weight 0)", image_path,
+                           counts["bad_pixels_image"])
+        if counts["bad_pixels_weight"]:
+            logger.warning("%s: %d non-finite weight pixel(s) masked (weight 0)", weight_path,
+                           counts["bad_pixels_weight"])
+    if usable == 0:
+        raise JobUnprocessable(f"{image_path}: no usable pixel ({counts['bad_pixels_image']} non-finite image "
+                               f"pixels, {counts['bad_pixels_weight']} non-finite weight pixels, the rest at "
+                               "weight 0): the image is entirely masked")
+    return counts
 
 
 def _header_float(header, key, path, option):
@@ -231,7 +274,7 @@ def _write_image(path, data, header):
         fits.PrimaryHDU(data, header=header).writeto(temporary)
 
 
-def _run_sep(job, paths, settings_files, zero_point, background_value, check_images):
+def _run_sep(job, paths, settings_files, zero_point, background_value, check_images, report=None):
     """Run the sep engine; return (catalogue path, residual pixels, number of objects, timings)."""
     import time
 
@@ -258,6 +301,10 @@ def _run_sep(job, paths, settings_files, zero_point, background_value, check_ima
     weight = flags = None
     if "weight" in paths:
         weight, _ = _read_image(paths["weight"], np.float32)
+    counts = mask_bad_pixels(image, weight, paths["image"], paths.get("weight"), job.logger)
+    if report is not None:
+        report.update(counts)
+    if weight is not None:
         weight_type = sex_settings.get("WEIGHT_TYPE", "MAP_WEIGHT").split(",")[-1].strip().upper()
         if weight_type in ("MAP_VAR", "MAP_RMS"):
             positive = weight > 0
@@ -301,7 +348,7 @@ def _run_sep(job, paths, settings_files, zero_point, background_value, check_ima
     return catalogue, result.residual, len(result.table), timings
 
 
-def _run_binary(job, paths, settings_files, zero_point, background_value, check_images):
+def _run_binary(job, paths, settings_files, zero_point, background_value, check_images, report=None):
     """Run the SExtractor binary; return (catalogue path, residual pixels, number of objects, timings)."""
     import tempfile
     import time
@@ -375,7 +422,7 @@ def job_names(job) -> dict:
     }
 
 
-def write_catalogue(job):
+def write_catalogue(job, report=None):
     """Extract the sources of one image with the configured engine.
 
     Returns
@@ -409,7 +456,7 @@ def write_catalogue(job):
     check_images = [c.strip().upper() for c in options.get("CHECKIMAGE", []) or [] if c.strip()]
     settings_files = (options["DOT_SEX_FILE"], options["DOT_PARAM_FILE"], options["DOT_CONV_FILE"])
     run = _run_binary if options.get("ENGINE", "sep") == "sextractor" else _run_sep
-    return run(job, paths, settings_files, zero_point, background_value, check_images)
+    return run(job, paths, settings_files, zero_point, background_value, check_images, report=report)
 
 
 @module(
@@ -441,7 +488,8 @@ def sextractor(job):
     """Extract sources of one image and write the diagnostics."""
     from . import background_residual
 
-    catalogue, residual, n_objects, timings = write_catalogue(job)
+    report: dict = {}
+    catalogue, residual, n_objects, timings = write_catalogue(job, report)
     epochs = None
     if job.options.get("MAKE_POST_PROCESS", False):
         epochs = _post_process(job, catalogue)
@@ -464,6 +512,7 @@ def sextractor(job):
                                      title=f"background residuals {job.number}")
         summary["bkg_resid_mean"] = result["mean"]
         summary["bkg_resid_sigma"] = result["sigma"]
+    summary.update(report)  # non-finite pixels masked (sep engine)
     if epochs is not None:
         summary["n_epochs"] = len(epochs.exposures)
         summary["n_exposures_unavailable"] = len(epochs.unavailable)

@@ -4,7 +4,7 @@ from shapepipe.module import module
 from shapepipe.options import Option
 
 OPTIONS = (
-    Option("OUTPUT_SUFFIX", "list", ["image", "weight", "flag"],
+    Option("OUTPUT_SUFFIX", "name_list", ["image", "weight", "flag"],
            "Output name prefix of each input mosaic, in FILE_PATTERN order (ShapePipe's name for "
            "it). A prefix containing 'flag' stores integer data; the one containing 'image' gives "
            "the per-CCD headers written to headers-NNNNNNN.npy for merge_headers."),

@@ -28,7 +28,7 @@ OPTIONS = (
            "change the result; kept for ShapePipe configurations."),
     Option("OUTPUT_MODE", "choice", "new", "new: a catalogue of NUMBER, MAG, SPREAD_MODEL, SPREADERR_MODEL, "
            "SPREAD_FLAGS; add: the input catalogue with the three columns added.", choices=("new", "add")),
-    Option("PREFIX", "str", "", "Output name prefix: <PREFIX>_sexcat_sm<number>.fits (empty or 'none': no prefix)."),
+    Option("PREFIX", "name", "", "Output name prefix: <PREFIX>_sexcat_sm<number>.fits (empty or 'none': no prefix)."),
     Option("PSF_MODEL", "choice", "gaussian", "gaussian: a Gaussian of the mean HSM sigma of the epochs "
            "(ShapePipe's); stamp: the mean of the epochs' PSF stamps.", choices=("gaussian", "stamp")),
     Option("SUBPIXEL_CENTRE", "bool", True, "Centre the models on the object's sub-pixel position "

@@ -7,7 +7,7 @@ OPTIONS = (
     Option("HDU_DATA", "int", None,
            "HDU holding the image. Unset: the first HDU with a 2-D image (HDU 1 of a .fits.fz "
            "file, HDU 0 of a plain file); ShapePipe's default was 0."),
-    Option("OUTPUT_PATTERN", "list", [],
+    Option("OUTPUT_PATTERN", "name_list", [],
            "Output name prefix of each input, in FILE_PATTERN order; the output is "
            "<prefix><number>.fits. Empty: each input keeps its own prefix."),
 )

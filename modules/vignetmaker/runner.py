@@ -46,16 +46,16 @@ OPTIONS = (
            "MULTI-EPOCH needs SPHE.", choices=("PIX", "SPHE")),
     Option("POSITION_PARAMS", "list", ["XWIN_IMAGE", "YWIN_IMAGE"], "The two catalogue columns of the positions "
            "(x, y or RA, Dec)."),
-    Option("PREFIX", "list", [], "CLASSIC: output prefix per input image (<PREFIX>_vignet<number>.fits); "
+    Option("PREFIX", "name_list", [], "CLASSIC: output prefix per input image (<PREFIX>_vignet<number>.fits); "
            "MASKING: one prefix (default cat). Ignored in MULTI-EPOCH mode (the stores are named after "
            "ME_IMAGE_PATTERN)."),
     Option("ME_IMAGE_DIR", "dir_list", [], "MULTI-EPOCH: folders (or last:MODULE references) of the "
            "single-exposure files, one for all patterns or one per pattern."),
-    Option("ME_IMAGE_PATTERN", "list", [], "MULTI-EPOCH: single-exposure file patterns "
+    Option("ME_IMAGE_PATTERN", "name_list", [], "MULTI-EPOCH: single-exposure file patterns "
            "(<pattern>-<exposure>-<ccd><ext>), e.g. flag, image, weight, background."),
     Option("ME_IMAGE_KIND", "list", [], "MULTI-EPOCH: kind of each pattern (image, weight, flag, background); "
            "empty: guessed from the pattern names (weight*, *flag*, background/bkg, else image)."),
-    Option("ME_IMAGE_EXT", "str", ".fits", "MULTI-EPOCH: extension of the single-exposure files."),
+    Option("ME_IMAGE_EXT", "name", ".fits", "MULTI-EPOCH: extension of the single-exposure files."),
     Option("ME_LOG_WCS", "store", "", "MULTI-EPOCH: header store of the exposures: the file, or a folder "
            "or reference holding log_exp_headers.sqlite (e.g. last:merge_headers).",
            file_name="log_exp_headers.sqlite"),
