@@ -344,6 +344,33 @@ def test_failures_are_flagged_not_dropped():
     assert tables["noshear"]["flags"].dtype == np.int64
 
 
+@pytest.mark.parametrize("scale", [0.0, -1.0, np.nan])
+def test_psf_stamp_without_positive_sum_drops_its_epoch_with_a_flag(scale):
+    """An epoch whose PSF stamp sums to <= 0 (or NaN) is dropped and flagged, the others are measured."""
+    import warnings
+
+    jac = np.diag([0.187, 0.187])
+    gal = galsim.Exponential(half_light_radius=0.4, flux=800)
+    psf = galsim.Moffat(beta=3.5, fwhm=0.7)
+    good = raw_epoch(gal, psf, jac, 1.0, np.random.default_rng(1), name="e0")
+    bad = raw_epoch(gal, psf, jac, 1.0, np.random.default_rng(2), name="e1")
+    bad.psf_image = bad.psf_image * scale if np.isfinite(scale) else np.full_like(bad.psf_image, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a flag, not a warning
+        rows = engine.measure_raw_object([good, bad], 44, engine.sky_rng(1, 244.0, 0.044))
+        alone = engine.measure_raw_object([bad], 45, engine.sky_rng(1, 244.0, 0.045))
+    for row in rows.values():
+        assert fl.flags_to_names(row["flags"]) == ["BAD_PSF_STAMP"]
+        assert row["mcal_flags"] == fl.BAD_PSF_STAMP and row["n_epoch_model"] == 1
+        assert np.isfinite(row["g1"])
+    single = engine.measure_raw_object([good], 44, engine.sky_rng(1, 244.0, 0.044))
+    assert rows["noshear"]["g1"] == single["noshear"]["g1"]
+    for row in alone.values():
+        assert fl.flags_to_names(row["flags"]) == ["NO_EPOCHS", "BAD_PSF_STAMP"]
+    with pytest.raises(ValueError, match="positive sum"):
+        engine.fit_psf_image(bad.psf_image, jac, 0.2)
+
+
 def test_flags_to_names():
     value = fl.FIT_FAIL | fl.MOMENTS_FAIL | (1 << 20)
     assert fl.flags_to_names(value) == ["MOMENTS_FAIL", "FIT_FAIL", "BIT20"]

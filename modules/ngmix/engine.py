@@ -200,6 +200,12 @@ def _psf_guess_T(psf_image, jacobian):
     return 2.0 * moments.sigma ** 2 * area, moments
 
 
+def psf_stamp_usable(psf_image):
+    """True when a PSF stamp can be normalised: finite pixels, positive sum."""
+    image = np.asarray(psf_image, dtype=float)
+    return bool(image.size and np.isfinite(image).all() and image.sum() > 0)
+
+
 def fit_psf_image(psf_image, jacobian, T_guess):
     """Fit one Gaussian to a PSF image (unit weight, as ngmix's PSF obs).
 
@@ -215,7 +221,14 @@ def fit_psf_image(psf_image, jacobian, T_guess):
     Returns
     -------
     FitResult
+
+    Raises
+    ------
+    ValueError
+        If the stamp cannot be normalised (:func:`psf_stamp_usable`).
     """
+    if not psf_stamp_usable(psf_image):
+        raise ValueError("PSF image must have finite pixels and a positive sum")
     image = np.asarray(psf_image, dtype=float)
     image = image / image.sum()
     centre = (image.shape[0] // 2, image.shape[1] // 2)
@@ -239,9 +252,12 @@ def prepare_epoch(assembled, rng):
     epoch : Epoch or None
         None when the epoch cannot be used (ShapePipe drops such epochs).
     reason : str
-        ``""``, ``"psf_fit"`` (the PSF fit failed) or ``"no_pixels"`` (no
-        usable pixel or no valid noise level).
+        ``""``, ``"psf_stamp"`` (the PSF stamp has a sum that is not finite
+        and positive), ``"psf_fit"`` (the PSF fit failed) or ``"no_pixels"``
+        (no usable pixel or no valid noise level).
     """
+    if not psf_stamp_usable(assembled["psf_image"]):
+        return None, "psf_stamp"
     jac = assembled["jacobian"]
     T_guess, _ = _psf_guess_T(assembled["psf_image"], jac)
     psf_fit = fit_psf_image(assembled["psf_image"], jac, T_guess)
@@ -600,7 +616,7 @@ def measure_raw_object(raw_epochs, object_id, rng, config=None):
     """
     config = config or EngineConfig()
     epochs = []
-    n_dropped_psf = 0
+    n_dropped_psf = n_bad_stamp = 0
     for raw in raw_epochs:
         assembled = assemble_epoch(raw, config.max_flagged_fraction)
         if assembled is None:
@@ -608,9 +624,20 @@ def measure_raw_object(raw_epochs, object_id, rng, config=None):
         epoch, reason = prepare_epoch(assembled, rng)
         if epoch is None:
             n_dropped_psf += reason == "psf_fit"
+            n_bad_stamp += reason == "psf_stamp"
             continue
         epochs.append(epoch)
-    return measure_object(epochs, object_id, rng, config, n_dropped_psf=n_dropped_psf)
+    rows = measure_object(epochs, object_id, rng, config, n_dropped_psf=n_dropped_psf)
+    return add_object_flags(rows, fl.BAD_PSF_STAMP if n_bad_stamp else 0)
+
+
+def add_object_flags(rows, bits):
+    """OR object-level flag bits into every branch's ``flags`` and ``mcal_flags``; return ``rows``."""
+    if bits:
+        for row in rows.values():
+            row["flags"] |= bits
+            row["mcal_flags"] |= bits
+    return rows
 
 
 def rows_to_tables(results):
