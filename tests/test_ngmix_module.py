@@ -228,3 +228,26 @@ def test_random_stream_follows_the_sky_position(tmp_path):
     write_fits_table(catalogue, moved, extname="LDAC_OBJECTS")
     with pytest.raises(JobError, match="no XWIN_WORLD column"):
         run_ngmix([catalogue, *tile.inputs[1:]], catalogue.parent, NUMBER, 2, options(tile), LOG)
+
+
+def test_final_catalogue_has_original_and_reconvolved_psf_shapes(tmp_path):
+    """PSFo: the PSF model at the object (Moffat, g = (0.02, -0.01 k) on the sky); PSFr: the round target."""
+    tile = make_tile(tmp_path / "in", ids=(1, 3))  # 2 and 1 epochs
+    path, _ = run_ngmix(tile.inputs, tmp_path, NUMBER, 1, options(tile), LOG)
+    final, _ = run_make_catalog([tile.inputs[0], tile.sm_path, tile.psf_path, path], tmp_path, NUMBER,
+                                {"SM_DO_CLASSIFICATION": True, "SM_STAR_THRESH": 0.003, "SM_GAL_THRESH": 0.01,
+                                 "SAVE_PSF_DATA": False, "PSF_N_EPOCH_MAX": 0}, LOG)
+    with fits.open(final) as hdus:
+        cat = hdus[1].data
+    for key in ("NOSHEAR", "1P", "2M"):
+        psfo, psfr = cat[f"NGMIX_ELL_PSFo_{key}"], cat[f"NGMIX_ELL_PSFr_{key}"]
+        # Object 1 (epochs k = 0, 1) averages g2 = 0 and -0.01; object 3 (k = 0) is (0.02, 0).
+        np.testing.assert_allclose(psfo[:, 0], 0.02, atol=0.004)
+        assert -0.012 < psfo[0, 1] < 0.0 and abs(psfo[1, 1]) < 0.002
+        np.testing.assert_allclose(psfr, 0.0, atol=1e-4)
+        # Sizes: two different fits (Moffat and pixel vs the Gaussian target); both near 0.37 arcsec.
+        ratio = cat[f"NGMIX_T_PSFr_{key}"] / cat[f"NGMIX_T_PSFo_{key}"]
+        assert np.all((np.abs(ratio - 1) > 0.01) & (np.abs(ratio - 1) < 0.2))
+        np.testing.assert_allclose(cat[f"NGMIX_T_PSFr_GAUSS_{key}"] / cat[f"NGMIX_T_PSFo_GAUSS_{key}"], ratio ** 2,
+                                   rtol=1e-3)  # epoch averages of T and of sqrt(T)
+        np.testing.assert_array_equal(cat[f"NGMIX_T_PSFr_{key}"], cat[f"NGMIX_Tpsf_{key}"])

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import flags as fl
-from .gauss_fit import FIT_BAD_COVARIANCE, FIT_OK, fit_gauss, fit_with_retries, make_pixel_data
+from .gauss_fit import (FIT_BAD_COVARIANCE, FIT_OK, fit_gauss, fit_with_retries, make_pixel_data,
+                        model_derivatives, cost_hessian)
 from .metacal import BRANCHES, EpochMetacal
 from .moments import T_err_to_r50_err, T_to_r50, adaptive_moments, noise_sigma_outside_object
 from .priors import ShapePipePrior
@@ -570,13 +571,83 @@ def measure_object(epochs, object_id, rng, config=None, n_dropped_psf=0):
             branch_flags |= fl.FIT_FAIL
         elif result.status & FIT_BAD_COVARIANCE:
             branch_flags |= fl.BAD_COVARIANCE
+        errors = result.errors
+        if result.status == FIT_OK:
+            # Computed the same way in every branch, so that weights made from
+            # the errors respond to shear like the shapes (selection response).
+            errors = metacal_errors(result, pixels, operators, [ep.noise_sigma for ep in epochs],
+                                    config.fix_noise, config.prior)
+            if not (np.isfinite(errors).all() and np.all(errors > 0)):
+                branch_flags |= fl.BAD_COVARIANCE
         if not branch_flags & fl.FIT_FAIL:
-            branch_flags |= fill_branch_row(row, result.pars, result.errors, result.s2n, config.zero_point)
+            branch_flags |= fill_branch_row(row, result.pars, errors, result.s2n, config.zero_point)
         row["flags"] = branch_flags
         mcal_flags |= branch_flags
     for row in rows.values():
         row["mcal_flags"] = mcal_flags
     return rows
+
+
+def metacal_covariance(result, pixels, operators, noise_sigmas, fix_noise=True, prior=None):
+    """Covariance of the fitted parameters under the metacal image's own noise.
+
+    The fit weights the metacal image with ``1/sigma^2`` (``1/(2 sigma^2)``
+    with the correlated-noise correction), but its noise is the epoch's white
+    noise pushed through the metacal operation ``A`` (deconvolution by the
+    PSF, reconvolution by the wider target: correlated and lower per pixel)
+    plus, with the correction, a second such image rotated by 90 degrees.
+    To first order the fit returns ``dp = H^-1 D^T W dy`` (``H`` the full
+    Hessian of the cost with the priors, :func:`~.gauss_fit.cost_hessian`;
+    ``D`` the model derivatives, ``W`` the weights), so::
+
+        Cov(p) = H^-1 [sum_e sigma_e^2 (|A_e^T W D|^2 + |A_e^T R W D|^2)] H^-1
+
+    with ``R`` the 90-degree rotation. The noshear operator stands for the
+    sheared ones (they differ by the 1% shear). Neither the inverse Hessian
+    (which assumes white noise of the weight's level) nor its scaling by the
+    reduced chi^2 (below 1 for the smoothed noise) describe that scatter: they
+    underestimate the shape errors by a factor 2-3 (``benchmarks/bench_metacal.py
+    --errors``).
+
+    Parameters
+    ----------
+    result : FitResult
+        Successful fit.
+    pixels : PixelData
+        The pixels fitted.
+    operators : list of EpochMetacal
+    noise_sigmas : list of float
+        Noise level of each epoch's image.
+    fix_noise : bool, optional
+        Whether the correlated-noise correction was applied.
+    prior : ShapePipePrior, optional
+        The fit's priors (their curvature enters ``H``).
+
+    Returns
+    -------
+    numpy.ndarray
+        6x6 covariance (NaN when the Hessian cannot be inverted).
+    """
+    try:
+        h_inv = np.linalg.inv(cost_hessian(result.pars, pixels, prior, scale=result.errors))
+        derivs = model_derivatives(result.pars, pixels) * pixels.weight[:, None]
+    except (np.linalg.LinAlgError, ValueError, TypeError):
+        return np.full((6, 6), np.nan)
+    middle = np.zeros((6, 6))
+    start = 0
+    for op, (rows, cols), sigma in zip(operators, pixels.pixel_index, noise_sigmas):
+        values = derivs[start:start + rows.size].T
+        start += rows.size
+        middle += sigma ** 2 * op.noshear_gram(values, rotated_noise=fix_noise, pixels=(rows, cols))
+    return h_inv @ middle @ h_inv.T
+
+
+def metacal_errors(result, pixels, operators, noise_sigmas, fix_noise=True, prior=None):
+    """Standard errors from :func:`metacal_covariance` (NaN where not positive)."""
+    cov = metacal_covariance(result, pixels, operators, noise_sigmas, fix_noise, prior)
+    diag = np.diag(cov)
+    with np.errstate(invalid="ignore"):
+        return np.where(diag > 0, np.sqrt(np.where(diag > 0, diag, 0.0)), np.nan)
 
 
 def fill_branch_row(row, pars, errs, s2n, zero_point):
