@@ -15,9 +15,19 @@ m and c are estimated from the +g/-g differences and sums with the mean
 metacal response; errors are jackknife errors over quadruples. The CPU time
 (process time) of the engine alone is reported per object-epoch.
 
+``--errors N`` checks instead the ellipticity errors the catalogue carries
+(``g1_err``, ``g2_err``, i.e. ``NGMIX_ELL_ERR``): N galaxies of the same kind
+(noise levels 1, 2 or 4 to cover S/N 10-150), each measured on
+``--realisations`` independent noise fields (and object streams); per S/N
+bin, the ratio of each galaxy's median reported error to the measured
+scatter of its noshear ellipticity (shape noise excluded), its median over
+the galaxies of the bin and the ratio of the rms values, with bootstrap
+errors over galaxies.
+
 Usage::
 
     python benchmarks/bench_metacal.py --n-quads 10000 --seed 1
+    python benchmarks/bench_metacal.py --errors 300 --realisations 30 --seed 1
 """
 
 from __future__ import annotations
@@ -29,7 +39,7 @@ import numpy as np
 
 from shapepipe_modules.ngmix import engine
 from shapepipe_modules.ngmix.metacal import BRANCHES
-from shapepipe_modules.ngmix.response import shear_response
+from shapepipe_modules.ngmix.response import shape_weight, shear_response  # noqa: F401
 
 STAMP = 51
 SHEAR = 0.02
@@ -51,8 +61,21 @@ def _epoch_setup(rng):
     return psf, jac, offset
 
 
-def simulate_quad(rng, index, noise_sigma=1.0):
+def simulate_quad(rng, index, noise_sigma=1.0, jacobian=None, star=False):
     """Stamps of one quadruple: {0, 90 deg} x {+g, -g}.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+    index : int
+        Quadruple index (even: shear along g1, odd: along g2).
+    noise_sigma : float, optional
+    jacobian : array_like, optional
+        2x2 Jacobian of every epoch instead of the random near-diagonal ones
+        (the random draws are made all the same, so the galaxies, PSFs and
+        noise are those of the default run).
+    star : bool, optional
+        A point source (the PSF alone) instead of the galaxy.
 
     Returns
     -------
@@ -69,10 +92,13 @@ def simulate_quad(rng, index, noise_sigma=1.0):
     shear = np.array([SHEAR, 0.0]) if index % 2 == 0 else np.array([0.0, SHEAR])
     n_epoch = 1 + int(rng.integers(0, 2))
     setups = [_epoch_setup(rng) for _ in range(n_epoch)]
+    if jacobian is not None:
+        setups = [(psf, np.asarray(jacobian, dtype=float), offset) for psf, _, offset in setups]
     noises = [rng.normal(0.0, noise_sigma, (STAMP, STAMP)) for _ in range(n_epoch)]
     out = {}
     for rotation in (0, 90):
-        base = galsim.Exponential(half_light_radius=hlr, flux=flux).shear(e1=e[0], e2=e[1])
+        base = (galsim.DeltaFunction(flux=flux) if star
+                else galsim.Exponential(half_light_radius=hlr, flux=flux).shear(e1=e[0], e2=e[1]))
         # np.rot90(k=1) maps pixel offsets (x, y) to (y, -x): a rotation by
         # -90 degrees, applied to galaxy, offset and noise alike.
         base = base.rotate(-rotation * galsim.degrees)
@@ -165,8 +191,58 @@ def estimate_bias(tables_plus, tables_minus, shears, groups):
     return out
 
 
-def run(n_quads, seed, noise_sigma=1.0, progress=False):
-    """Simulate, measure and return (bias dict, timing dict, s2n array)."""
+def paired_shear_bias(tables_plus, tables_minus, shears, weights=None, sel=None):
+    """m and c per component from +g/-g tables with the library's estimator (no errors).
+
+    Each run's shear is ``(R + R_sel)^-1 <g>`` (:func:`shear_response`, with
+    the same ``weights`` callable in every branch, so the weights' response
+    enters ``R_sel``); ``m_i = (shear_plus - shear_minus)_i / (2 g) - 1`` over
+    the objects sheared along ``i``, ``c_i = (shear_plus + shear_minus)_i / 2``
+    over all.
+
+    Parameters
+    ----------
+    tables_plus, tables_minus : dict
+        Branch tables of the +g and -g objects (row i: the same object).
+    shears : numpy.ndarray
+        (n, 2) applied +g shear of each object.
+    weights : callable, optional
+        ``weights(table) -> array`` (e.g. :func:`shape_weight`); None: uniform.
+    sel : numpy.ndarray of bool, optional
+        Objects to use (default all).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[m1, m2, c1, c2]``.
+    """
+    sel = np.ones(len(shears), dtype=bool) if sel is None else sel
+    axis1 = shears[:, 0] != 0
+
+    def shear_of(tables, mask):
+        sub = {b: {k: v[mask] for k, v in t.items()} for b, t in tables.items()}
+        return shear_response(sub, weights=weights)["shear"]
+
+    m1 = (shear_of(tables_plus, sel & axis1)[0] - shear_of(tables_minus, sel & axis1)[0]) / (2 * SHEAR) - 1
+    m2 = (shear_of(tables_plus, sel & ~axis1)[1] - shear_of(tables_minus, sel & ~axis1)[1]) / (2 * SHEAR) - 1
+    c = 0.5 * (shear_of(tables_plus, sel) + shear_of(tables_minus, sel))
+    return np.array([m1, m2, c[0], c[1]])
+
+
+def measure_quads(n_quads, seed, noise_sigma=1.0, jacobian=None, star=False, progress=False, minus=True):
+    """Simulate and measure quadruples (with ``minus=False``, only the +g objects: pairs).
+
+    Returns
+    -------
+    tables_plus, tables_minus : dict
+        Branch tables of the +g and -g objects (row i: the same object);
+        ``tables_minus`` is None with ``minus=False``.
+    shears : numpy.ndarray
+        (n, 2) applied +g shear per object.
+    groups : numpy.ndarray
+        Quadruple of each object (jackknife unit).
+    timing : dict
+    """
     rng = np.random.default_rng(seed)
     config = engine.EngineConfig(prior=engine.ShapePipePrior(cen_sigma=0.187))
     results = {key: [] for key in ((0, 1), (0, -1), (90, 1), (90, -1))}
@@ -174,11 +250,13 @@ def run(n_quads, seed, noise_sigma=1.0, progress=False):
     cpu = 0.0
     n_object_epochs = 0
     for index in range(n_quads):
-        stamps, shear, n_epoch = simulate_quad(rng, index, noise_sigma)
+        stamps, shear, n_epoch = simulate_quad(rng, index, noise_sigma, jacobian=jacobian, star=star)
         for key, raws in stamps.items():
+            if key[1] < 0 and not minus:
+                continue
             # Same object id (so same metacal noise) for +g and -g.
             object_id = 2 * index + (key[0] == 90)
-            obj_rng = engine.object_rng(seed, "-000-000", object_id)
+            obj_rng = engine.sky_rng(seed, 244.0, 0.001 * object_id)
             start = time.process_time()
             res = engine.measure_raw_object(raws, object_id, obj_rng, config)
             cpu += time.process_time() - start
@@ -190,18 +268,124 @@ def run(n_quads, seed, noise_sigma=1.0, progress=False):
                   f"{1e3 * cpu / n_object_epochs:.2f} ms per object-epoch", flush=True)
     shears = np.array(shears)
     plus = {rot: engine.rows_to_tables(results[(rot, 1)]) for rot in (0, 90)}
-    minus = {rot: engine.rows_to_tables(results[(rot, -1)]) for rot in (0, 90)}
     tables_plus = {b: {k: np.concatenate([plus[0][b][k], plus[90][b][k]])
                        for k in plus[0][b]} for b in BRANCHES}
-    tables_minus = {b: {k: np.concatenate([minus[0][b][k], minus[90][b][k]])
-                        for k in minus[0][b]} for b in BRANCHES}
+    tables_minus = None
+    if minus:
+        neg = {rot: engine.rows_to_tables(results[(rot, -1)]) for rot in (0, 90)}
+        tables_minus = {b: {k: np.concatenate([neg[0][b][k], neg[90][b][k]])
+                            for k in neg[0][b]} for b in BRANCHES}
     all_shears = np.concatenate([shears, shears])
     groups = np.concatenate([np.arange(n_quads), np.arange(n_quads)])
-    bias = estimate_bias(tables_plus, tables_minus, all_shears, groups)
     timing = {"cpu_s": cpu, "object_epochs": n_object_epochs,
               "ms_per_object_epoch": 1e3 * cpu / n_object_epochs,
-              "objects": 4 * n_quads}
+              "objects": (4 if minus else 2) * n_quads}
+    return tables_plus, tables_minus, all_shears, groups, timing
+
+
+def run(n_quads, seed, noise_sigma=1.0, progress=False):
+    """Simulate, measure and return (bias dict, timing dict, s2n array)."""
+    tables_plus, tables_minus, all_shears, groups, timing = measure_quads(
+        n_quads, seed, noise_sigma, progress=progress)
+    bias = estimate_bias(tables_plus, tables_minus, all_shears, groups)
     return bias, timing, tables_plus["noshear"]["s2n"]
+
+
+def simulate_galaxy(rng, noise_sigmas=(1.0, 2.0, 4.0)):
+    """Noiseless stamps of one galaxy (1 or 2 epochs) and its noise level.
+
+    Returns
+    -------
+    clean : list of tuple
+        Per epoch ``(image, psf_image, jacobian, centre)``.
+    sigma : float
+    """
+    import galsim
+
+    hlr = rng.uniform(0.3, 0.8)
+    flux = rng.uniform(600.0, 2000.0)
+    e = rng.normal(0.0, 0.2, 2)
+    while np.hypot(*e) > 0.7:
+        e = rng.normal(0.0, 0.2, 2)
+    sigma = float(rng.choice(noise_sigmas))
+    gal = galsim.Exponential(half_light_radius=hlr, flux=flux).shear(e1=e[0], e2=e[1])
+    clean = []
+    for _ in range(1 + int(rng.integers(0, 2))):
+        psf, jac, offset = _epoch_setup(rng)
+        wcs = galsim.JacobianWCS(*jac.ravel())
+        image = galsim.Convolve(gal, psf).drawImage(nx=STAMP, ny=STAMP, wcs=wcs, offset=offset).array
+        clean.append((image, psf.drawImage(nx=STAMP, ny=STAMP, wcs=wcs).array, jac,
+                      (STAMP // 2 + offset[1], STAMP // 2 + offset[0])))
+    return clean, sigma
+
+
+def noisy_epochs(clean, sigma, rng):
+    """RawEpochs of one noise realisation of :func:`simulate_galaxy`'s stamps."""
+    background = np.full((STAMP, STAMP), 100.0)
+    return [engine.RawEpoch(image=image + rng.normal(0.0, sigma, image.shape) + background,
+                            background=background, weight=np.full((STAMP, STAMP), 1.0 / sigma ** 2),
+                            flag=np.zeros((STAMP, STAMP), dtype=np.int64), psf_image=psf_image,
+                            jacobian=jac, name=f"e{k}", centre=centre)
+            for k, (image, psf_image, jac, centre) in enumerate(clean)]
+
+
+def error_calibration(n_galaxies, n_realisations, seed, config=None):
+    """Reported ellipticity error against the measured scatter, per galaxy.
+
+    Returns
+    -------
+    dict of numpy.ndarray
+        Per galaxy: ``s2n`` (median over realisations), ``reported`` (median
+        of ``g1_err`` and ``g2_err`` over realisations, mean of the two),
+        ``scatter`` (standard deviation of ``g1`` and ``g2`` over
+        realisations, rms of the two).
+    """
+    rng = np.random.default_rng(seed)
+    config = config or engine.EngineConfig(prior=engine.ShapePipePrior(cen_sigma=0.187))
+    out = {"s2n": [], "reported": [], "scatter": []}
+    for index in range(n_galaxies):
+        clean, sigma = simulate_galaxy(rng)
+        g, err, s2n = [], [], []
+        for realisation in range(n_realisations):
+            obj_rng = engine.sky_rng(seed, 10.0 + 0.01 * realisation, 0.01 * index)
+            row = engine.measure_raw_object(noisy_epochs(clean, sigma, rng), index, obj_rng, config)["noshear"]
+            if row["mcal_flags"] & engine.fl.FATAL:
+                continue
+            g.append((row["g1"], row["g2"]))
+            err.append((row["g1_err"], row["g2_err"]))
+            s2n.append(row["s2n"])
+        if len(g) < max(5, n_realisations // 2):
+            continue
+        g, err = np.array(g), np.array(err)
+        out["s2n"].append(np.median(s2n))
+        out["reported"].append(np.mean(np.median(err, axis=0)))
+        out["scatter"].append(np.sqrt(np.mean(np.var(g, axis=0, ddof=1))))
+    return {key: np.array(val) for key, val in out.items()}
+
+
+def print_error_table(calib, bins=(0, 20, 40, 80, np.inf), seed=0):
+    """Print the error ratio per S/N bin (bootstrap errors over galaxies)."""
+    rng = np.random.default_rng(seed)
+    print("| S/N | galaxies | median over galaxies of (median reported / scatter) | rms reported / rms scatter |")
+    print("|---|---|---|---|")
+    rows = []
+    for low, high in zip(bins[:-1], bins[1:]):
+        sel = (calib["s2n"] >= low) & (calib["s2n"] < high)
+        if sel.sum() < 3:
+            continue
+        rep, sca = calib["reported"][sel], calib["scatter"][sel]
+
+        def ratios(index):
+            return (np.median(rep[index] / sca[index]),
+                    np.sqrt(np.mean(rep[index] ** 2) / np.mean(sca[index] ** 2)))
+
+        value = ratios(np.arange(rep.size))
+        boot = np.array([ratios(rng.integers(0, rep.size, rep.size)) for _ in range(500)])
+        spread = boot.std(axis=0)
+        label = f"{low:g}-{high:g}" if np.isfinite(high) else f">= {low:g}"
+        print(f"| {label} | {rep.size} | {value[0]:.3f} +- {spread[0]:.3f} | {value[1]:.3f} +- {spread[1]:.3f} |")
+        rows.append((low, high, rep.size, *value, *spread))
+    return rows
 
 
 def main(argv=None):
@@ -211,7 +395,18 @@ def main(argv=None):
                         help="quadruples (4 objects each); default 10000 = 40000 objects")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--noise", type=float, default=1.0)
+    parser.add_argument("--errors", type=int, default=0, metavar="N",
+                        help="check the reported ellipticity errors on N galaxies instead")
+    parser.add_argument("--realisations", type=int, default=30,
+                        help="noise realisations per galaxy with --errors")
     args = parser.parse_args(argv)
+    if args.errors:
+        start = time.process_time()
+        calib = error_calibration(args.errors, args.realisations, args.seed)
+        print(f"{calib['s2n'].size} galaxies x {args.realisations} noise realisations, "
+              f"{time.process_time() - start:.0f} s CPU")
+        print_error_table(calib, seed=args.seed)
+        return calib
     bias, timing, s2n = run(args.n_quads, args.seed, args.noise, progress=True)
     print()
     print(f"objects: {timing['objects']} ({bias['n_used']} +g/-g pairs used, "

@@ -108,6 +108,9 @@ def test_final_catalogue_against_brute_force_join(tmp_path):
                 assert cat[f"NGMIX_SNR_{key}"][row] == t["s2n"][k]
                 assert cat[f"NGMIX_T_GAUSS_{key}"][row] == t["T_gauss_arcsec2"][k]
                 assert tuple(cat[f"NGMIX_ELL_PSFo_{key}"][row]) == (t["g1_psfo_ngmix"][k], t["g2_psfo_ngmix"][k])
+                assert tuple(cat[f"NGMIX_ELL_PSFr_{key}"][row]) == (t["g1_psf"][k], t["g2_psf"][k])
+                assert cat[f"NGMIX_T_PSFo_{key}"][row] == t["T_psfo_ngmix"][k]
+                assert cat[f"NGMIX_T_PSFr_{key}"][row] == t["Tpsf"][k]
             assert cat["NGMIX_N_EPOCH"][row] == tables["noshear"]["n_epoch_model"][k]
             fatal = tables["noshear"]["mcal_flags"][k] & fl.FATAL
             assert cat["NGMIX_NO_SHAPE"][row] == (2 if fatal else 0)

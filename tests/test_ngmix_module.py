@@ -160,3 +160,94 @@ def test_id_splits_merged_equal_the_single_job(tmp_path):
     with pytest.raises(JobError, match="overlap"):
         merge_tile([split_dirs[0] / f"ngmix{NUMBER}.fits"], merged_dir,
                    dict(merge_opts, SPLIT_INPUT_DIR=[*map(str, split_dirs[1:]), str(doubled)]), LOG)
+
+
+def test_three_id_splits_of_the_gold_chain_equal_one_job(tmp_path):
+    """The ranges of `shapepipe_gold --ng-splits 3` (chain.tile_object_ranges), merged, equal one job."""
+    import json
+
+    from shapepipe_modules.gold.chain import tile_object_ranges
+
+    tile = make_tile(tmp_path / "in", ids=range(1, 8))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text(json.dumps(
+        {"modules": [{"module_run": "sextractor_run_1", "output_dir": str(tile.directory)}]}))
+    ranges = tile_object_ranges(run_dir, 3)
+    assert ranges == [(1, 2), (3, 4), (5, 7)]
+    single = tmp_path / "single"
+    single.mkdir()
+    full_path, _ = run_ngmix(tile.inputs, single, NUMBER, 5, options(tile), LOG)
+    split_dirs = []
+    for k, (low, high) in enumerate(ranges):
+        folder = tmp_path / f"split{k + 1}"
+        folder.mkdir()
+        run_ngmix(tile.inputs, folder, NUMBER, 5, options(tile, low, high), LOG)
+        split_dirs.append(folder)
+    merged_dir = tmp_path / "merged"
+    merged_dir.mkdir()
+    merge_tile([split_dirs[0] / f"ngmix{NUMBER}.fits"], merged_dir,
+               {"SPLIT_INPUT_DIR": [str(d) for d in split_dirs[1:]], "N_SPLIT_MAX": 1, "WARNING": "error"}, LOG)
+    _, full_tables, _ = read_branches(full_path)
+    _, merged_tables, _ = read_branches(merged_dir / f"ngmix{NUMBER}.fits")
+    for name in full_tables:
+        assert np.isfinite(full_tables[name]["g1"]).all()
+        for column in full_tables[name].dtype.names:
+            np.testing.assert_array_equal(merged_tables[name][column], full_tables[name][column])
+
+
+def test_random_stream_follows_the_sky_position(tmp_path):
+    """An object moved within its sky cell keeps its shape; one moved to another cell changes alone."""
+    from shapepipe_modules.ngmix.engine import sky_cell
+    from shapepipe_modules.io.tables import write_fits_table
+
+    tile = make_tile(tmp_path / "in", ids=(4, 5, 6))
+    first = tmp_path / "a"
+    first.mkdir()
+    path, _ = run_ngmix(tile.inputs, first, NUMBER, 2, options(tile), LOG)
+    _, reference, _ = read_branches(path)
+    with fits.open(tile.inputs[0]) as hdus:
+        columns = {name: np.array(hdus["LDAC_OBJECTS"].data[name]) for name in hdus["LDAC_OBJECTS"].columns.names}
+    moved = dict(columns)
+    # Object 4 moves by 0.02 arcsec (within its cell), object 5 by 2 arcsec (another cell).
+    moved["YWIN_WORLD"] = columns["YWIN_WORLD"] + np.array([0.02, 2.0, 0.0]) / 3600
+    cells = [sky_cell(a, d) for a, d in zip(columns["XWIN_WORLD"], columns["YWIN_WORLD"])]
+    new_cells = [sky_cell(a, d) for a, d in zip(moved["XWIN_WORLD"], moved["YWIN_WORLD"])]
+    assert [new == old for new, old in zip(new_cells, cells)] == [True, False, True]
+    catalogue = tmp_path / "moved" / tile.inputs[0].name
+    catalogue.parent.mkdir()
+    write_fits_table(catalogue, moved, extname="LDAC_OBJECTS")
+    path, _ = run_ngmix([catalogue, *tile.inputs[1:]], catalogue.parent, NUMBER, 2, options(tile), LOG)
+    _, changed, _ = read_branches(path)
+    for name in reference:
+        for row in (0, 2):
+            assert reference[name]["g1"][row] == changed[name]["g1"][row]
+        assert reference[name]["g1"][1] != changed[name]["g1"][1]
+    # Without the position columns the stage names the missing column.
+    del moved["XWIN_WORLD"]
+    write_fits_table(catalogue, moved, extname="LDAC_OBJECTS")
+    with pytest.raises(JobError, match="no XWIN_WORLD column"):
+        run_ngmix([catalogue, *tile.inputs[1:]], catalogue.parent, NUMBER, 2, options(tile), LOG)
+
+
+def test_final_catalogue_has_original_and_reconvolved_psf_shapes(tmp_path):
+    """PSFo: the PSF model at the object (Moffat, g = (0.02, -0.01 k) on the sky); PSFr: the round target."""
+    tile = make_tile(tmp_path / "in", ids=(1, 3))  # 2 and 1 epochs
+    path, _ = run_ngmix(tile.inputs, tmp_path, NUMBER, 1, options(tile), LOG)
+    final, _ = run_make_catalog([tile.inputs[0], tile.sm_path, tile.psf_path, path], tmp_path, NUMBER,
+                                {"SM_DO_CLASSIFICATION": True, "SM_STAR_THRESH": 0.003, "SM_GAL_THRESH": 0.01,
+                                 "SAVE_PSF_DATA": False, "PSF_N_EPOCH_MAX": 0}, LOG)
+    with fits.open(final) as hdus:
+        cat = hdus[1].data
+    for key in ("NOSHEAR", "1P", "2M"):
+        psfo, psfr = cat[f"NGMIX_ELL_PSFo_{key}"], cat[f"NGMIX_ELL_PSFr_{key}"]
+        # Object 1 (epochs k = 0, 1) averages g2 = 0 and -0.01; object 3 (k = 0) is (0.02, 0).
+        np.testing.assert_allclose(psfo[:, 0], 0.02, atol=0.004)
+        assert -0.012 < psfo[0, 1] < 0.0 and abs(psfo[1, 1]) < 0.002
+        np.testing.assert_allclose(psfr, 0.0, atol=1e-4)
+        # Sizes: two different fits (Moffat and pixel vs the Gaussian target); both near 0.37 arcsec.
+        ratio = cat[f"NGMIX_T_PSFr_{key}"] / cat[f"NGMIX_T_PSFo_{key}"]
+        assert np.all((np.abs(ratio - 1) > 0.01) & (np.abs(ratio - 1) < 0.2))
+        np.testing.assert_allclose(cat[f"NGMIX_T_PSFr_GAUSS_{key}"] / cat[f"NGMIX_T_PSFo_GAUSS_{key}"], ratio ** 2,
+                                   rtol=1e-3)  # epoch averages of T and of sqrt(T)
+        np.testing.assert_array_equal(cat[f"NGMIX_T_PSFr_{key}"], cat[f"NGMIX_Tpsf_{key}"])

@@ -13,9 +13,13 @@ Columns, in order (ShapePipe's ``make_cat`` names):
   ``NGMIX_Tpsf_K`` (ShapePipe's ``T``: half-light radius, arcsec),
   ``NGMIX_SNR_K``, ``NGMIX_FLUX_K``, ``NGMIX_FLUX_ERR_K``, ``NGMIX_MAG_K``,
   ``NGMIX_MAG_ERR_K``, ``NGMIX_FLAGS_K``, ``NGMIX_ELL_PSFo_K``,
-  ``NGMIX_T_PSFo_K``, and, when the ngmix catalogue has them, the explicit
-  sizes ``NGMIX_T_GAUSS_K``, ``NGMIX_T_GAUSS_ERR_K``, ``NGMIX_Tpsf_GAUSS_K``,
-  ``NGMIX_T_PSFo_GAUSS_K`` (``T = 2 sigma^2`` in arcsec^2);
+  ``NGMIX_T_PSFo_K`` (the original PSF at the object, PSF model fitted per
+  epoch and averaged), ``NGMIX_ELL_PSFr_K``, ``NGMIX_T_PSFr_K`` (the
+  reconvolved, i.e. metacal target, PSF; ``NGMIX_T_PSFr_K`` equals
+  ``NGMIX_Tpsf_K``, ShapePipe's name), and, when the ngmix catalogue has
+  them, the explicit sizes ``NGMIX_T_GAUSS_K``, ``NGMIX_T_GAUSS_ERR_K``,
+  ``NGMIX_Tpsf_GAUSS_K``, ``NGMIX_T_PSFo_GAUSS_K``, ``NGMIX_T_PSFr_GAUSS_K``
+  (``T = 2 sigma^2`` in arcsec^2);
 - ``NGMIX_MCAL_FLAGS``, ``NGMIX_N_EPOCH``, ``NGMIX_MOM_FAIL``;
 - ``NGMIX_NO_SHAPE``: 0 when the object has a usable shape, bit 1 when it
   is absent from the ngmix catalogue, bit 2 when its ``NGMIX_MCAL_FLAGS``
@@ -56,6 +60,8 @@ NGMIX_BRANCH_COLUMNS = (
     ("NGMIX_FLAGS_{}", "flags", 0, np.int32),
     ("NGMIX_ELL_PSFo_{}", ("g1_psfo_ngmix", "g2_psfo_ngmix"), -10.0, np.float64),
     ("NGMIX_T_PSFo_{}", "T_psfo_ngmix", 0.0, np.float64),
+    ("NGMIX_ELL_PSFr_{}", ("g1_psf", "g2_psf"), -10.0, np.float64),
+    ("NGMIX_T_PSFr_{}", "Tpsf", 0.0, np.float64),
 )
 #: Explicit sizes, written when the ngmix catalogue has them.
 NGMIX_SIZE_COLUMNS = (
@@ -63,6 +69,7 @@ NGMIX_SIZE_COLUMNS = (
     ("NGMIX_T_GAUSS_ERR_{}", "T_gauss_arcsec2_err", 1e30, np.float64),
     ("NGMIX_Tpsf_GAUSS_{}", "Tpsf_gauss_arcsec2", 0.0, np.float64),
     ("NGMIX_T_PSFo_GAUSS_{}", "T_psfo_gauss_arcsec2", 0.0, np.float64),
+    ("NGMIX_T_PSFr_GAUSS_{}", "Tpsf_gauss_arcsec2", 0.0, np.float64),
 )
 NO_SHAPE_ABSENT = 1
 NO_SHAPE_FAILED = 2

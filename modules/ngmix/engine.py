@@ -18,7 +18,7 @@ The steps follow ShapePipe's ``ngmix`` stage (``ngmix_package/ngmix.py``):
 
 Differences from ShapePipe, on purpose: an object whose fit fails is
 returned with flags instead of vanishing; the random generator is seeded per
-object (:func:`object_rng`); every epoch's sky origin is the object's
+object from its sky position (:func:`sky_rng`); every epoch's sky origin is the object's
 catalogue position; the PSF of every branch is measured the same way; the
 size is written both as ShapePipe's ``T`` (a half-light radius) and as
 ``T_gauss_arcsec2`` (``2 sigma^2``).
@@ -26,13 +26,13 @@ size is written both as ShapePipe's ``T`` (a half-light radius) and as
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import flags as fl
-from .gauss_fit import FIT_BAD_COVARIANCE, FIT_OK, fit_gauss, fit_with_retries, make_pixel_data
+from .gauss_fit import (FIT_BAD_COVARIANCE, FIT_OK, fit_gauss, fit_with_retries, make_pixel_data,
+                        model_derivatives, cost_hessian)
 from .metacal import BRANCHES, EpochMetacal
 from .moments import T_err_to_r50_err, T_to_r50, adaptive_moments, noise_sigma_outside_object
 from .priors import ShapePipePrior
@@ -201,6 +201,12 @@ def _psf_guess_T(psf_image, jacobian):
     return 2.0 * moments.sigma ** 2 * area, moments
 
 
+def psf_stamp_usable(psf_image):
+    """True when a PSF stamp can be normalised: finite pixels, positive sum."""
+    image = np.asarray(psf_image, dtype=float)
+    return bool(image.size and np.isfinite(image).all() and image.sum() > 0)
+
+
 def fit_psf_image(psf_image, jacobian, T_guess):
     """Fit one Gaussian to a PSF image (unit weight, as ngmix's PSF obs).
 
@@ -216,7 +222,14 @@ def fit_psf_image(psf_image, jacobian, T_guess):
     Returns
     -------
     FitResult
+
+    Raises
+    ------
+    ValueError
+        If the stamp cannot be normalised (:func:`psf_stamp_usable`).
     """
+    if not psf_stamp_usable(psf_image):
+        raise ValueError("PSF image must have finite pixels and a positive sum")
     image = np.asarray(psf_image, dtype=float)
     image = image / image.sum()
     centre = (image.shape[0] // 2, image.shape[1] // 2)
@@ -240,9 +253,12 @@ def prepare_epoch(assembled, rng):
     epoch : Epoch or None
         None when the epoch cannot be used (ShapePipe drops such epochs).
     reason : str
-        ``""``, ``"psf_fit"`` (the PSF fit failed) or ``"no_pixels"`` (no
-        usable pixel or no valid noise level).
+        ``""``, ``"psf_stamp"`` (the PSF stamp has a sum that is not finite
+        and positive), ``"psf_fit"`` (the PSF fit failed) or ``"no_pixels"``
+        (no usable pixel or no valid noise level).
     """
+    if not psf_stamp_usable(assembled["psf_image"]):
+        return None, "psf_stamp"
     jac = assembled["jacobian"]
     T_guess, _ = _psf_guess_T(assembled["psf_image"], jac)
     psf_fit = fit_psf_image(assembled["psf_image"], jac, T_guess)
@@ -276,34 +292,75 @@ def epoch_from_pixels(assembled, psf_fit, rng):
                  moments=moments, psf_fit=psf_fit), ""
 
 
-def tile_number_to_int(tile_number):
-    """Integer from the digits of a tile number (``"-123-456"`` -> 123456)."""
-    if isinstance(tile_number, (int, np.integer)):
-        return int(tile_number)
-    digits = "".join(re.findall(r"\d+", str(tile_number)))
-    if not digits:
-        raise ValueError(f"tile number {tile_number!r} holds no digits")
-    return int(digits)
+#: Side (arcsec) of the sky cells that key the per-object random streams.
+RNG_CELL_ARCSEC = 1.0
+#: Mixed into every stream's key so that it differs from other SeedSequences of the run seed.
+_RNG_PURPOSE = 0x6D63616C  # "mcal"
 
 
-def object_rng(seed, tile_number, object_id):
-    """Random generator of one object, independent of how a tile is split.
+def sky_cell(ra, dec, cell_arcsec=RNG_CELL_ARCSEC):
+    """Integer indices of the sky cell holding a position.
+
+    Cells are ``cell_arcsec`` high in Dec and ``cell_arcsec`` wide in
+    ``RA cos(Dec)`` (``cos`` taken at the centre of the Dec row, so a cell is
+    square on the sky and the RA index depends on the Dec row only).
+
+    Parameters
+    ----------
+    ra, dec : float or array_like
+        Position in degrees.
+    cell_arcsec : float, optional
+        Cell side in arcsec.
+
+    Returns
+    -------
+    (ra_index, dec_index) : tuple of int or of numpy.ndarray
+        Non-negative integers.
+    """
+    ra = np.asarray(ra, dtype=float)
+    dec = np.asarray(dec, dtype=float)
+    if not (np.isfinite(ra).all() and np.isfinite(dec).all()):
+        raise ValueError("sky position must be finite")
+    if not cell_arcsec > 0:
+        raise ValueError(f"cell size must be positive, got {cell_arcsec}")
+    cell_deg = cell_arcsec / 3600.0
+    dec_index = np.floor((np.clip(dec, -90.0, 90.0) + 90.0) / cell_deg)
+    dec_centre = (dec_index + 0.5) * cell_deg - 90.0
+    width = cell_deg / np.maximum(np.cos(np.radians(dec_centre)), 1e-12)
+    ra_index = np.floor(np.mod(ra, 360.0) / width)
+    if ra_index.ndim == 0:
+        return int(ra_index), int(dec_index)
+    return ra_index.astype(np.int64), dec_index.astype(np.int64)
+
+
+def sky_rng(seed, ra, dec, cell_arcsec=RNG_CELL_ARCSEC):
+    """Random generator of one object, keyed by the run seed and its sky cell.
+
+    The key does not depend on the detection number, the image or how a
+    tile is split, so the same galaxy draws the same numbers (correlated-noise
+    image, masked-pixel fill, fit retries) in runs with opposite shears, in
+    any id range and with any number of workers. A galaxy whose detected
+    centroid moves across a cell edge between two runs gets another stream
+    (fraction about ``(<|dx|> + <|dy|>) / cell``: 0.02-0.04% for the
+    centroid shifts between +-0.02 shear on a simulated tile, 1 arcsec cell);
+    two objects in one cell share a stream.
 
     Parameters
     ----------
     seed : int
-        Run seed.
-    tile_number : int or str
-        Tile number (its digits are used).
-    object_id : int
-        Object id in the tile catalogue.
+        Run seed (non-negative).
+    ra, dec : float
+        Object position (degrees), e.g. the tile catalogue's ``XWIN_WORLD``,
+        ``YWIN_WORLD``.
+    cell_arcsec : float, optional
+        Cell side (arcsec).
 
     Returns
     -------
     numpy.random.Generator
     """
-    sequence = np.random.SeedSequence(
-        [int(seed), tile_number_to_int(tile_number), int(object_id)])
+    ra_index, dec_index = sky_cell(ra, dec, cell_arcsec)
+    sequence = np.random.SeedSequence([int(seed), _RNG_PURPOSE, ra_index, dec_index])
     return np.random.default_rng(sequence)
 
 
@@ -422,7 +479,7 @@ def measure_object(epochs, object_id, rng, config=None, n_dropped_psf=0):
     object_id : int
         Object id, written in the ``id`` column.
     rng : numpy.random.Generator
-        The object's generator (:func:`object_rng`): draws the noise images
+        The object's generator (:func:`sky_rng`): draws the noise images
         of the correlated-noise correction and the retry perturbations.
     config : EngineConfig, optional
     n_dropped_psf : int, optional
@@ -514,13 +571,83 @@ def measure_object(epochs, object_id, rng, config=None, n_dropped_psf=0):
             branch_flags |= fl.FIT_FAIL
         elif result.status & FIT_BAD_COVARIANCE:
             branch_flags |= fl.BAD_COVARIANCE
+        errors = result.errors
+        if result.status == FIT_OK:
+            # Computed the same way in every branch, so that weights made from
+            # the errors respond to shear like the shapes (selection response).
+            errors = metacal_errors(result, pixels, operators, [ep.noise_sigma for ep in epochs],
+                                    config.fix_noise, config.prior)
+            if not (np.isfinite(errors).all() and np.all(errors > 0)):
+                branch_flags |= fl.BAD_COVARIANCE
         if not branch_flags & fl.FIT_FAIL:
-            branch_flags |= fill_branch_row(row, result.pars, result.errors, result.s2n, config.zero_point)
+            branch_flags |= fill_branch_row(row, result.pars, errors, result.s2n, config.zero_point)
         row["flags"] = branch_flags
         mcal_flags |= branch_flags
     for row in rows.values():
         row["mcal_flags"] = mcal_flags
     return rows
+
+
+def metacal_covariance(result, pixels, operators, noise_sigmas, fix_noise=True, prior=None):
+    """Covariance of the fitted parameters under the metacal image's own noise.
+
+    The fit weights the metacal image with ``1/sigma^2`` (``1/(2 sigma^2)``
+    with the correlated-noise correction), but its noise is the epoch's white
+    noise pushed through the metacal operation ``A`` (deconvolution by the
+    PSF, reconvolution by the wider target: correlated and lower per pixel)
+    plus, with the correction, a second such image rotated by 90 degrees.
+    To first order the fit returns ``dp = H^-1 D^T W dy`` (``H`` the full
+    Hessian of the cost with the priors, :func:`~.gauss_fit.cost_hessian`;
+    ``D`` the model derivatives, ``W`` the weights), so::
+
+        Cov(p) = H^-1 [sum_e sigma_e^2 (|A_e^T W D|^2 + |A_e^T R W D|^2)] H^-1
+
+    with ``R`` the 90-degree rotation. The noshear operator stands for the
+    sheared ones (they differ by the 1% shear). Neither the inverse Hessian
+    (which assumes white noise of the weight's level) nor its scaling by the
+    reduced chi^2 (below 1 for the smoothed noise) describe that scatter: they
+    underestimate the shape errors by a factor 2-3 (``benchmarks/bench_metacal.py
+    --errors``).
+
+    Parameters
+    ----------
+    result : FitResult
+        Successful fit.
+    pixels : PixelData
+        The pixels fitted.
+    operators : list of EpochMetacal
+    noise_sigmas : list of float
+        Noise level of each epoch's image.
+    fix_noise : bool, optional
+        Whether the correlated-noise correction was applied.
+    prior : ShapePipePrior, optional
+        The fit's priors (their curvature enters ``H``).
+
+    Returns
+    -------
+    numpy.ndarray
+        6x6 covariance (NaN when the Hessian cannot be inverted).
+    """
+    try:
+        h_inv = np.linalg.inv(cost_hessian(result.pars, pixels, prior, scale=result.errors))
+        derivs = model_derivatives(result.pars, pixels) * pixels.weight[:, None]
+    except (np.linalg.LinAlgError, ValueError, TypeError):
+        return np.full((6, 6), np.nan)
+    middle = np.zeros((6, 6))
+    start = 0
+    for op, (rows, cols), sigma in zip(operators, pixels.pixel_index, noise_sigmas):
+        values = derivs[start:start + rows.size].T
+        start += rows.size
+        middle += sigma ** 2 * op.noshear_gram(values, rotated_noise=fix_noise, pixels=(rows, cols))
+    return h_inv @ middle @ h_inv.T
+
+
+def metacal_errors(result, pixels, operators, noise_sigmas, fix_noise=True, prior=None):
+    """Standard errors from :func:`metacal_covariance` (NaN where not positive)."""
+    cov = metacal_covariance(result, pixels, operators, noise_sigmas, fix_noise, prior)
+    diag = np.diag(cov)
+    with np.errstate(invalid="ignore"):
+        return np.where(diag > 0, np.sqrt(np.where(diag > 0, diag, 0.0)), np.nan)
 
 
 def fill_branch_row(row, pars, errs, s2n, zero_point):
@@ -560,7 +687,7 @@ def measure_raw_object(raw_epochs, object_id, rng, config=None):
     """
     config = config or EngineConfig()
     epochs = []
-    n_dropped_psf = 0
+    n_dropped_psf = n_bad_stamp = 0
     for raw in raw_epochs:
         assembled = assemble_epoch(raw, config.max_flagged_fraction)
         if assembled is None:
@@ -568,9 +695,20 @@ def measure_raw_object(raw_epochs, object_id, rng, config=None):
         epoch, reason = prepare_epoch(assembled, rng)
         if epoch is None:
             n_dropped_psf += reason == "psf_fit"
+            n_bad_stamp += reason == "psf_stamp"
             continue
         epochs.append(epoch)
-    return measure_object(epochs, object_id, rng, config, n_dropped_psf=n_dropped_psf)
+    rows = measure_object(epochs, object_id, rng, config, n_dropped_psf=n_dropped_psf)
+    return add_object_flags(rows, fl.BAD_PSF_STAMP if n_bad_stamp else 0)
+
+
+def add_object_flags(rows, bits):
+    """OR object-level flag bits into every branch's ``flags`` and ``mcal_flags``; return ``rows``."""
+    if bits:
+        for row in rows.values():
+            row["flags"] |= bits
+            row["mcal_flags"] |= bits
+    return rows
 
 
 def rows_to_tables(results):

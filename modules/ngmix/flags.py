@@ -6,8 +6,8 @@ Every object measured is written out; what went wrong is carried in the
 
 from __future__ import annotations
 
-#: No usable epoch (all off the chip edge, too many flagged pixels, or with
-#: a failed PSF fit).
+#: No usable epoch (all off the chip edge, too many flagged pixels, with a
+#: failed PSF fit or a bad PSF stamp).
 NO_EPOCHS = 1 << 0
 #: The Gaussian fit of the original PSF failed in at least one epoch (that
 #: epoch was dropped, as in ShapePipe).
@@ -24,6 +24,9 @@ BAD_COVARIANCE = 1 << 5
 TARGET_PSF_FIT_FAIL = 1 << 6
 #: The fitted flux is not positive (the magnitude is undefined).
 NONPOSITIVE_FLUX = 1 << 7
+#: The PSF stamp of at least one epoch has a sum that is not finite and
+#: positive (it cannot be normalised): that epoch was dropped.
+BAD_PSF_STAMP = 1 << 8
 
 FLAG_NAMES = {
     NO_EPOCHS: "NO_EPOCHS",
@@ -34,6 +37,7 @@ FLAG_NAMES = {
     BAD_COVARIANCE: "BAD_COVARIANCE",
     TARGET_PSF_FIT_FAIL: "TARGET_PSF_FIT_FAIL",
     NONPOSITIVE_FLUX: "NONPOSITIVE_FLUX",
+    BAD_PSF_STAMP: "BAD_PSF_STAMP",
 }
 
 #: Flags that mean the shape measurement of the branch is unusable.

@@ -546,6 +546,110 @@ def fit_gauss(pixels, guess, prior=None, max_iter=200, tol=1e-12):
                      dof=dof, niter=niter, s2n=s2n)
 
 
+def cost_hessian(pars, pixels, prior=None, scale=None):
+    """Full Hessian of ``0.5 chi^2 - ln p``, by forward differences of the analytic gradient.
+
+    Unlike the Gauss-Newton Hessian it includes the term of the residuals
+    times the second derivatives of the model, which does not vanish when the
+    model does not describe the galaxy (an exponential fitted with a
+    Gaussian) and changes the errors by about 10%.
+
+    Parameters
+    ----------
+    pars : array_like
+        Point (the fit's solution).
+    pixels : PixelData
+    prior : ShapePipePrior, optional
+    scale : array_like, optional
+        Parameter scales (e.g. the Gauss-Newton errors); steps are 1e-3 of them.
+
+    Returns
+    -------
+    numpy.ndarray
+        6x6 symmetric matrix (NaN if the cost is undefined near ``pars``).
+    """
+    pars = np.asarray(pars, dtype=float)
+    if prior is None:
+        prior_pars = np.zeros(6)
+    else:
+        prior_pars = np.array([prior.cen_sigma, prior.g_sigma, *prior.T_bounds,
+                               *prior.flux_bounds], dtype=float)
+    if scale is None:
+        scale = np.maximum(np.abs(pars), 1e-2)
+    steps = 1e-3 * np.asarray(scale, dtype=float)
+    hess = np.empty((NPARS, NPARS))
+    scratch = np.empty((NPARS, NPARS))
+    base = np.empty(NPARS)
+    grad = np.empty(NPARS)
+    args = (pixels.du, pixels.dv, pixels.data, pixels.weight, pixels.epoch, pixels.psf_cov, pixels.area,
+            prior is not None, prior_pars, scratch)
+    # One-sided steps (1e-3 of the errors): the curvature changes by ~1e-3 over them.
+    cost, _ = _cost_nb(pars, *args, base)
+    if not np.isfinite(cost):
+        return np.full((NPARS, NPARS), np.nan)
+    for j in range(NPARS):
+        point = pars.copy()
+        point[j] += steps[j]
+        cost, _ = _cost_nb(point, *args, grad)
+        if not np.isfinite(cost):
+            return np.full((NPARS, NPARS), np.nan)
+        hess[:, j] = (grad - base) / steps[j]
+    return 0.5 * (hess + hess.T)
+
+
+def model_derivatives(pars, pixels):
+    """Derivatives of the model at every pixel with respect to the parameters.
+
+    Parameters
+    ----------
+    pars : array_like
+        ``(u0, v0, g1, g2, T, flux)``.
+    pixels : PixelData
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_pixels, 6)``: ``d model / d par`` (the columns whose weighted
+        products make the Gauss-Newton Hessian of :func:`fit_gauss`).
+    """
+    u0, v0, g1, g2, T, flux = (float(p) for p in pars)
+    gsq = g1 * g1 + g2 * g2
+    if gsq >= 1.0:
+        raise ValueError(f"|g| must be below 1, got {np.sqrt(gsq)}")
+    opg = 1.0 + gsq
+    e1, e2 = 2.0 * g1 / opg, 2.0 * g2 / opg
+    half = 0.5 * T
+    de1 = np.array([2.0 / opg - 4.0 * g1 * g1 / opg ** 2, -4.0 * g1 * g2 / opg ** 2])
+    de2 = np.array([-4.0 * g1 * g2 / opg ** 2, 2.0 / opg - 4.0 * g2 * g2 / opg ** 2])
+    # dC/d(g1, g2, T) as (uu, uv, vv).
+    dcov = np.array([[half * de1[0], half * de2[0], -half * de1[0]],
+                     [half * de1[1], half * de2[1], -half * de1[1]],
+                     [0.5 * (1.0 + e1), 0.5 * e2, 0.5 * (1.0 - e1)]])
+    cov = pixels.psf_cov + np.array([half * (1.0 + e1), half * e2, half * (1.0 - e1)])
+    det = cov[:, 0] * cov[:, 2] - cov[:, 1] ** 2
+    if np.any(det <= 0) or np.any(cov[:, 0] <= 0):
+        raise ValueError("convolved covariance is not positive definite")
+    quu, quv, qvv = cov[:, 2] / det, -cov[:, 1] / det, cov[:, 0] / det
+    unit = pixels.area / (2.0 * np.pi * np.sqrt(det))
+    trace = (quu[:, None] * dcov[None, :, 0] + 2.0 * quv[:, None] * dcov[None, :, 1]
+             + qvv[:, None] * dcov[None, :, 2])
+    e = pixels.epoch
+    x = pixels.du - u0
+    y = pixels.dv - v0
+    qx = quu[e] * x + quv[e] * y
+    qy = quv[e] * x + qvv[e] * y
+    profile = unit[e] * np.exp(-0.5 * (x * qx + y * qy))
+    model = flux * profile
+    out = np.empty((x.size, NPARS))
+    out[:, 0] = model * qx
+    out[:, 1] = model * qy
+    for k in range(3):
+        out[:, 2 + k] = 0.5 * model * (qx * qx * dcov[k, 0] + 2.0 * qx * qy * dcov[k, 1]
+                                       + qy * qy * dcov[k, 2] - trace[e, k])
+    out[:, 5] = profile
+    return out
+
+
 def fit_with_retries(pixels, guess, rng, prior=None, ntry=5, scatter=0.1,
                      **kwargs):
     """Fit, retrying from perturbed guesses when the fit fails.
@@ -591,5 +695,5 @@ def fit_with_retries(pixels, guess, rng, prior=None, ntry=5, scatter=0.1,
     return result, ntry
 
 
-__all__ = ["PixelData", "make_pixel_data", "fit_gauss", "fit_with_retries",
+__all__ = ["PixelData", "make_pixel_data", "fit_gauss", "fit_with_retries", "model_derivatives", "cost_hessian",
            "FitResult", "ShapePipePrior", "PAR_NAMES"]

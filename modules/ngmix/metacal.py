@@ -342,6 +342,105 @@ class EpochMetacal:
         _resample(self._psf_k, spectra, pos_y, pos_x, self._target_k, out)
         return out
 
+    def noshear_adjoint(self, images):
+        """Apply the transpose of the noshear operation (image -> noshear image).
+
+        The noshear branch is linear in the image: ``out = A image``, a
+        circular convolution on the output period followed by the crop to the
+        stamp. For stamp-shaped ``v``, this returns ``A^T v``, from which the
+        covariance of any linear statistic of the metacal image follows
+        (``Var(u . A n) = sigma^2 |A^T u|^2`` for white noise ``n``).
+
+        Parameters
+        ----------
+        images : numpy.ndarray
+            Stamp-shaped array, or a stack ``(k, ny, nx)`` of them.
+
+        Returns
+        -------
+        numpy.ndarray
+            Same shape as ``images``.
+        """
+        stack = np.asarray(images, dtype=float)
+        single = stack.ndim == 2
+        if single:
+            stack = stack[None]
+        if stack.shape[1:] != self.stamp_shape:
+            raise ValueError(f"image shape {stack.shape[1:]} differs from {self.stamp_shape}")
+        psf = self._psf_k[self._grid_rows, self._grid_cols]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = self._target_k / psf
+        scale[~np.isfinite(scale)] = 0.0
+        conj = np.zeros(self._out_shape, dtype=complex)
+        conj[self._keep] = np.conj(scale)
+        padded = np.zeros((stack.shape[0], self.out_size, self.out_size))
+        padded[:, self._crop_rows[:, None], self._crop_cols[None, :]] = stack
+        out = sfft.irfft2(sfft.rfft2(padded, axes=(1, 2)) * conj, s=(self.out_size, self.out_size), axes=(1, 2))
+        out = out[:, self._crop_rows[:, None], self._crop_cols[None, :]]
+        return out[0] if single else out
+
+    def _noise_power(self, rotated):
+        """``|H(q)|^2`` of the noshear operation on the output rfft2 grid, plus ``|H(Rq)|^2`` if ``rotated``."""
+        key = bool(rotated)
+        cache = self.__dict__.setdefault("_power_cache", {})
+        if key not in cache:
+            psf = self._psf_k[self._grid_rows, self._grid_cols]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                scale = self._target_k / psf
+            scale[~np.isfinite(scale)] = 0.0
+            full = np.zeros(self._out_shape, dtype=complex)
+            full[self._keep] = scale
+            power = np.abs(full) ** 2
+            if rotated:
+                # The kernel rotated by 90 degrees about the origin of the periodic grid.
+                kernel = sfft.irfft2(full, s=(self.out_size, self.out_size))
+                turned = kernel.T[(-np.arange(self.out_size)) % self.out_size, :]
+                power = power + np.abs(sfft.rfft2(turned)) ** 2
+            # rfft2 stores half the plane: columns other than 0 and Nyquist count twice.
+            weight = np.full(self._out_shape[1], 2.0)
+            weight[0] = 1.0
+            if self.out_size % 2 == 0:
+                weight[-1] = 1.0
+            cache[key] = power * weight[None, :] / self.out_size ** 2
+        return cache[key]
+
+    def noshear_gram(self, images, rotated_noise=True, pixels=None):
+        """Gram matrix ``<A^T u_a, A^T u_b>`` of the noshear operation ``A`` (see :meth:`noshear_adjoint`).
+
+        Computed in Fourier space (Parseval), without the final crop to the
+        stamp: exact when the images ``u`` are zero within a kernel width of
+        the stamp edge, and an upper bound otherwise. With ``rotated_noise``
+        the term of the correlated-noise correction's rotated noise image,
+        ``<A^T R u_a, A^T R u_b>``, is added. Times ``sigma^2``, this is the
+        covariance of the statistics ``u_a . out`` under white input noise.
+
+        Parameters
+        ----------
+        images : numpy.ndarray
+            Stack ``(k, ny, nx)`` of stamp-shaped arrays, or with ``pixels``
+            their values ``(k, n)`` at those pixels (zero elsewhere).
+        rotated_noise : bool, optional
+        pixels : tuple of numpy.ndarray, optional
+            ``(rows, cols)`` of the values.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(k, k)`` symmetric matrix.
+        """
+        stack = np.asarray(images, dtype=float)
+        padded = np.zeros((stack.shape[0], self.out_size, self.out_size))
+        if pixels is not None:
+            rows, cols = pixels
+            padded[:, self._crop_rows[rows], self._crop_cols[cols]] = stack
+        else:
+            if stack.shape[1:] != self.stamp_shape:
+                raise ValueError(f"image shape {stack.shape[1:]} differs from {self.stamp_shape}")
+            padded[:, self._crop_rows[:, None], self._crop_cols[None, :]] = stack
+        spectra = sfft.rfft2(padded, axes=(1, 2)).reshape(stack.shape[0], -1)
+        weighted = spectra * self._noise_power(rotated_noise).ravel()[None, :]
+        return np.real(weighted @ spectra.conj().T)
+
     def _to_images(self, modes):
         full = np.zeros((modes.shape[0],) + self._out_shape, dtype=complex)
         full[:, self._keep] = modes

@@ -44,6 +44,7 @@ from .engine import (
     EngineConfig,
     _empty_branch,
     _weighted_psf_summary,
+    add_object_flags,
     assemble_epoch,
     epoch_from_pixels,
     fill_branch_row,
@@ -276,13 +277,14 @@ def prepare_epoch(ngmix, assembled, rng, ntry=5):
         None when the epoch cannot be used; ``psf_fit`` holds a
         :class:`GaussFit`.
     reason : str
-        ``""``, ``"psf_fit"`` or ``"no_pixels"`` (as the built-in engine).
+        ``""``, ``"psf_stamp"``, ``"psf_fit"`` or ``"no_pixels"`` (as the
+        built-in engine).
     """
     jac = assembled["jacobian"]
     try:
         psf_obs = psf_observation(ngmix, assembled["psf_image"], jac)
     except ValueError:
-        return None, "psf_fit"
+        return None, "psf_stamp"
     psf_fit = fit_psf(ngmix, psf_obs, rng, ntry=ntry)
     if psf_fit is None:
         return None, "psf_fit"
@@ -372,7 +374,7 @@ def measure_object(epochs, object_id, rng, config=None, n_dropped_psf=0):
         Prepared epochs (see :func:`prepare_epoch`); may be empty.
     object_id : int
     rng : numpy.random.Generator
-        The object's generator (:func:`~.engine.object_rng`), ngmix's rng.
+        The object's generator (:func:`~.engine.sky_rng`), ngmix's rng.
     config : EngineConfig, optional
         ``step``, ``prior``, ``ntry``, ``zero_point``, ``fix_noise`` are
         used (``aperture_sigmas`` is not: ngmix fits the whole stamp).
@@ -482,7 +484,7 @@ def measure_raw_object(raw_epochs, object_id, rng, config=None):
     ngmix = import_ngmix()
     config = config or EngineConfig()
     epochs = []
-    n_dropped_psf = 0
+    n_dropped_psf = n_bad_stamp = 0
     for raw in raw_epochs:
         assembled = assemble_epoch(raw, config.max_flagged_fraction)
         if assembled is None:
@@ -490,6 +492,8 @@ def measure_raw_object(raw_epochs, object_id, rng, config=None):
         epoch, reason = prepare_epoch(ngmix, assembled, rng, ntry=config.ntry)
         if epoch is None:
             n_dropped_psf += reason == "psf_fit"
+            n_bad_stamp += reason == "psf_stamp"
             continue
         epochs.append(epoch)
-    return measure_object(epochs, object_id, rng, config, n_dropped_psf=n_dropped_psf)
+    rows = measure_object(epochs, object_id, rng, config, n_dropped_psf=n_dropped_psf)
+    return add_object_flags(rows, fl.BAD_PSF_STAMP if n_bad_stamp else 0)

@@ -5,6 +5,12 @@
 ``Rs_ij = (<g_i>_{S(j+)} - <g_i>_{S(j-)}) / (2 step)`` uses the noshear
 shapes of the objects selected on the sheared branches' quantities
 (Sheldon & Huff 2017). The shear estimate is ``(R + Rs)^-1 <g>``.
+
+Weights: means are weighted. Weights made from branch quantities (e.g.
+:func:`shape_weight`, from each branch's shape errors) are passed as a
+callable evaluated on every branch like the selection: ``R`` and ``<g>`` use
+the noshear weights, and ``Rs`` the weights of the sheared branches, so the
+weights' own response to shear is included.
 """
 
 from __future__ import annotations
@@ -18,6 +24,27 @@ def _default_selection(table):
     # mcal_flags ORs every branch, so this keeps the same objects in all
     # branches: failures cause no selection response.
     return (table["mcal_flags"] & FATAL) == 0
+
+
+def shape_weight(table, sigma_e=0.26):
+    """Inverse-variance weight ``1 / (sigma_e^2 + (g1_err^2 + g2_err^2) / 2)`` of every object.
+
+    Parameters
+    ----------
+    table : mapping
+        One branch's columns (``g1_err``, ``g2_err``).
+    sigma_e : float, optional
+        Shape noise per component.
+
+    Returns
+    -------
+    numpy.ndarray
+        Weights (0 where the errors are not finite).
+    """
+    var = 0.5 * (np.asarray(table["g1_err"], dtype=float) ** 2 + np.asarray(table["g2_err"], dtype=float) ** 2)
+    with np.errstate(invalid="ignore"):
+        weight = 1.0 / (sigma_e ** 2 + var)
+    return np.where(np.isfinite(weight), weight, 0.0)
 
 
 def shear_response(tables, step=0.01, select=None, weights=None):
@@ -36,8 +63,10 @@ def shear_response(tables, step=0.01, select=None, weights=None):
         fatal flag in ``mcal_flags``). Selection on branch quantities gives
         a selection response. Objects whose sheared shapes are not finite
         are left out of the shear response.
-    weights : numpy.ndarray, optional
-        Per-object weights (default uniform).
+    weights : numpy.ndarray or callable, optional
+        Per-object weights (default uniform), or ``weights(table) -> array``
+        evaluated on each branch (weights from branch quantities, whose
+        response then enters ``R_sel``).
 
     Returns
     -------
@@ -49,14 +78,20 @@ def shear_response(tables, step=0.01, select=None, weights=None):
     select = select or _default_selection
     noshear = tables["noshear"]
     n_obj = len(noshear["g1"])
-    weights = np.ones(n_obj) if weights is None else np.asarray(weights, dtype=float)
+    if weights is None:
+        branch_weights = {name: np.ones(n_obj) for name in tables}
+    elif callable(weights):
+        branch_weights = {name: np.asarray(weights(table), dtype=float) for name, table in tables.items()}
+    else:
+        fixed = np.asarray(weights, dtype=float)
+        branch_weights = {name: fixed for name in tables}
     masks = {name: np.asarray(select(table), dtype=bool) for name, table in tables.items()}
     sel = masks["noshear"]
     if not sel.any():
         raise ValueError("no object passes the selection")
 
-    def wmean(values, mask):
-        w = weights[mask]
+    def wmean(values, mask, branch="noshear"):
+        w = branch_weights[branch][mask]
         return np.sum(w * values[mask]) / np.sum(w)
 
     g = np.stack([noshear["g1"], noshear["g2"]])
@@ -69,6 +104,6 @@ def shear_response(tables, step=0.01, select=None, weights=None):
         finite = sel & np.isfinite(gp).all(axis=0) & np.isfinite(gm).all(axis=0)
         for i in range(2):
             R[i, j] = wmean((gp[i] - gm[i]) / (2.0 * step), finite)
-            R_sel[i, j] = (wmean(g[i], masks[plus]) - wmean(g[i], masks[minus])) / (2.0 * step)
+            R_sel[i, j] = (wmean(g[i], masks[plus], plus) - wmean(g[i], masks[minus], minus)) / (2.0 * step)
     shear = np.linalg.solve(R + R_sel, g_mean)
     return {"R": R, "R_sel": R_sel, "g_mean": g_mean, "shear": shear, "n": int(sel.sum())}
