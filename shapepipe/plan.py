@@ -558,13 +558,13 @@ def build_plan(config_path, exclusive: str | None = None, registry: Registry | N
         selection = Selection(numbers=[exclusive], source="-e")
     chosen = list(selection.numbers) if selection is not None else None
     if (execution.get("MODE") or "").upper() == "MPI":
-        from .executors import mpi_launcher_detected
+        from .cluster.mpi_executor import mpi_launcher_detected
 
         if not mpi_launcher_detected():
             notes.append("[EXECUTION] MODE = MPI but no MPI launcher started this process: jobs run with SMP "
                          "(launch with: mpirun -np N python -m mpi4py.futures -m shapepipe.cli -c CONFIG)")
         else:
-            from .executor_mpi import launch_problem
+            from .cluster.mpi_executor import launch_problem
 
             problem = launch_problem()
             if problem:
@@ -617,7 +617,7 @@ def build_plan(config_path, exclusive: str | None = None, registry: Registry | N
         raise ConfigError(problems)
     missing = check_dependencies(runs)
     if (execution.get("MODE") or "").upper() == "DASK":
-        from .executor_dask import missing_packages
+        from .cluster.dask_executor import missing_packages
 
         missing += missing_packages(core.get("DASK") or {})
     if missing:

@@ -37,7 +37,8 @@ from pathlib import Path
 
 from .atomic import write_text_atomic
 from .errors import ConfigError, ReferenceError_, RunInterrupted
-from .executors import SerialExecutor, make_executor, run_all
+from .cluster.executor import SerialExecutor, run_all
+from .cluster.modes import make_executor
 from .jobs import STAGING, Task, failure_row, read_status, run_task, status_path
 from .numbering import compile_scheme, discover, sort_numbers
 from .plan import Plan, resolve_option_dirs, resolve_sources
@@ -625,7 +626,7 @@ class Runner:
 
     def _on_signal(self, signum, frame):
         if self._stopping:  # a second signal while stopping: no more waiting
-            from .pool import kill_descendants
+            from .cluster.pool import kill_descendants
 
             kill_descendants()
             os._exit(128 + signum)
@@ -634,7 +635,7 @@ class Runner:
 
     def _stop_workers(self):
         """Kill every job and program still running (workers first, then any descendant)."""
-        from .pool import kill_descendants
+        from .cluster.pool import kill_descendants
 
         executor, self.executor = self.executor, None
         if executor is not None and hasattr(executor, "terminate"):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from shapepipe.batch import main, pbs_memory, pbs_walltime
+from shapepipe.cluster.batch import main, pbs_memory, pbs_walltime
 from test_runner_helpers import make_inputs, make_modules, write_config
 
 GOLDEN = Path(__file__).parent / "data" / "batch"

@@ -20,7 +20,7 @@ import pytest
 distributed = pytest.importorskip("distributed")
 
 from test_runner_helpers import make_inputs, make_modules, write_config  # noqa: E402
-from shapepipe import executor_dask  # noqa: E402
+from shapepipe.cluster import dask_executor as executor_dask  # noqa: E402
 from shapepipe.cli import main  # noqa: E402
 from shapepipe.jobs import Task  # noqa: E402
 

@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from shapepipe.cli import main
-from shapepipe.executors import MPI_LAUNCHER_VARIABLES
+from shapepipe.cluster.mpi_executor import MPI_LAUNCHER_VARIABLES
 
 from test_runner_helpers import make_inputs, make_modules, write_config
 

@@ -133,7 +133,7 @@ def test_array_merge_and_resubmission_on_slurm(slurm_cluster, tmp_path):
 
     scripts = tmp_path / "scripts"
     result = subprocess.run(
-        [sys.executable, "-m", "shapepipe.batch", "--scheduler", "slurm", "-c", str(task_config),
+        [sys.executable, "-m", "shapepipe.cluster.batch", "--scheduler", "slurm", "-c", str(task_config),
          "--numbers", str(listing), "--per-task", "1", "--throttle", "2", "--time", "00:05:00", "--mem", "700M",
          "--cpus", "1", "--merge-config", str(merge_config), "--merge-mem", "500M", "-o", str(scripts),
          "--submit"],
@@ -179,7 +179,7 @@ def test_array_merge_and_resubmission_on_slurm(slurm_cluster, tmp_path):
 
     # Fix the input; shapepipe_status names exactly the failed task; resubmit it as printed.
     bad_image.write_bytes(good_bytes)
-    status = subprocess.run([sys.executable, "-m", "shapepipe.status", str(output), "--json"],
+    status = subprocess.run([sys.executable, "-m", "shapepipe.cluster.status", str(output), "--json"],
                             capture_output=True, text=True, timeout=120)
     assert status.returncode == 1, status.stderr
     report = json.loads(status.stdout)
@@ -194,7 +194,7 @@ def test_array_merge_and_resubmission_on_slurm(slurm_cluster, tmp_path):
     assert _job_rows(runs[bad_index]) == [(numbers[bad_index], "done")]
     for index in (0, 1, 3):
         assert _job_rows(runs[index]) == [(numbers[index], "done")]  # not touched
-    final = subprocess.run([sys.executable, "-m", "shapepipe.status", str(output), "--json"],
+    final = subprocess.run([sys.executable, "-m", "shapepipe.cluster.status", str(output), "--json"],
                            capture_output=True, text=True, timeout=120)
     assert final.returncode == 0, final.stdout
     assert json.loads(final.stdout)["resubmit_commands"] == []

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from shapepipe.status import StatusReport, collect, main, rerun_commands, resubmit_commands
+from shapepipe.cluster.status import StatusReport, collect, main, rerun_commands, resubmit_commands
 from test_runner_helpers import make_inputs, make_modules, write_config
 
 NUMBERS = [f"-{i:03d}" for i in range(6)]
@@ -189,7 +189,7 @@ def test_bad_paths_exit_2_naming_them(tmp_path, capsys):
     empty.mkdir()
     assert main([str(empty)]) == 2
     assert str(empty) in capsys.readouterr().err
-    result = subprocess.run([sys.executable, "-m", "shapepipe.status", str(missing)], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "shapepipe.cluster.status", str(missing)], capture_output=True, text=True)
     assert result.returncode == 2 and str(missing) in result.stderr
     # A record that cannot be read is named, and the campaign is not called done.
     broken = empty / "broken_run"

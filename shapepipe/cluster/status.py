@@ -38,10 +38,10 @@ import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .errors import ShapePipeError
-from .numbering import sort_numbers
-from .records import RECORD_NAME, read_record
-from .arguments import ArgumentParser
+from ..errors import ShapePipeError
+from ..numbering import sort_numbers
+from ..records import RECORD_NAME, read_record
+from ..arguments import ArgumentParser
 
 EXIT_OK, EXIT_NOT_DONE, EXIT_BAD_PATH = 0, 1, 2
 #: Job statuses that count as done.

@@ -12,7 +12,7 @@ numbers (one tile or exposure per line), this writes
 
 It submits only with ``--submit``. Everything is checked first: the
 configuration must build for the numbers of the first task, every number must
-fit a numbering scheme of the configuration. Also ``python -m shapepipe.batch``.
+fit a numbering scheme of the configuration. Also ``python -m shapepipe.cluster.batch``.
 
 Exit status: 0 written (and submitted); 1 submission failed; 2 invalid
 configuration, numbers or options (nothing written).
@@ -31,8 +31,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError, DependencyError
-from .arguments import ArgumentParser
+from ..errors import ConfigError, DependencyError
+from ..arguments import ArgumentParser
 
 EXIT_OK, EXIT_SUBMIT, EXIT_CONFIG = 0, 1, 2
 SCHEDULERS = ("slurm", "pbs")
@@ -214,9 +214,9 @@ def validate_array(settings: BatchSettings) -> Campaign:
     ConfigError
         Naming the file (and line, for a number) at fault.
     """
-    from .numbering import compile_scheme
-    from .plan import build_plan
-    from .selection import Selection
+    from ..numbering import compile_scheme
+    from ..plan import build_plan
+    from ..selection import Selection
 
     numbered = read_number_file(settings.numbers_file)
     numbers = [number for number, _ in numbered]
@@ -258,9 +258,9 @@ def _array_modules(config: Path, plan) -> tuple[list[str], Path | None]:
     """Modules of the array configuration and its OUTPUT_DIR (read from the file when no plan was built)."""
     if plan is not None:
         return [run.spec.name for run in plan.module_runs], plan.output_dir
-    from .config import expand_vars, read_ini
-    from .module import default_registry
-    from .options import split_list
+    from ..config import expand_vars, read_ini
+    from ..module import default_registry
+    from ..options import split_list
 
     ini = read_ini(config)
     text, _ = ini.lookup(["EXECUTION"], "MODULE_DIR")
@@ -276,7 +276,7 @@ def _array_modules(config: Path, plan) -> tuple[list[str], Path | None]:
 
 
 def _output_dir(ini) -> Path | None:
-    from .config import expand_vars
+    from ..config import expand_vars
 
     text, _ = ini.lookup(["FILE"], "OUTPUT_DIR")
     if not text:
@@ -294,8 +294,8 @@ def validate_merge(settings: BatchSettings, campaign: Campaign) -> list[str]:
     resolve before the array ran: those are accepted when the array's
     configuration runs the module and both write to the same OUTPUT_DIR.
     """
-    from .config import read_ini
-    from .plan import build_plan
+    from ..config import read_ini
+    from ..plan import build_plan
 
     try:
         build_plan(settings.merge_config)
@@ -499,7 +499,7 @@ class WrittenScripts:
 
 def write_scripts(settings: BatchSettings, campaign: Campaign) -> WrittenScripts:
     """Write the scripts atomically (mode 755) and create the log folder."""
-    from .atomic import write_text_atomic
+    from ..atomic import write_text_atomic
 
     texts = {"array": array_script(settings, campaign), "submit": submit_script(settings)}
     if settings.merge_config is not None:
@@ -638,7 +638,7 @@ def _existing_file(text: str, option: str) -> Path:
 
 def settings_from_args(args, environ=None) -> BatchSettings:
     """Checked :class:`BatchSettings` from parsed arguments (paths made absolute)."""
-    from .config import read_ini
+    from ..config import read_ini
 
     environ = os.environ if environ is None else environ
     config = _existing_file(args.config, "-c")

@@ -10,19 +10,31 @@ balancing). Under ``-m mpi4py.futures`` an exception or a non-zero exit on
 any rank calls ``MPI_Abort``, and Open MPI's ``mpirun`` stops every rank when
 one of them dies, so a broken rank ends the MPI job instead of hanging it.
 
-This module imports mpi4py, which initialises MPI: :mod:`shapepipe.executors`
-imports it only when an MPI launcher started the process.
+Importing mpi4py initialises MPI: it is imported inside the functions only,
+which :mod:`shapepipe.cluster.modes` calls only when an MPI launcher started
+the process (:func:`mpi_launcher_detected`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 
-from .executors import Executor
-from .jobs import failure_row
+from .executor import Executor
+from ..jobs import failure_row
 
 LAUNCH_LINE = "mpirun -np N python -m mpi4py.futures -m shapepipe.cli -c CONFIG"
+
+#: Environment variables set by MPI launchers (Open MPI, MPICH/Hydra, PMIx, MVAPICH, Intel MPI).
+MPI_LAUNCHER_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MV2_COMM_WORLD_SIZE",
+                          "MPI_LOCALNRANKS", "I_MPI_HYDRA_HOST_FILE")
+
+
+def mpi_launcher_detected(environ=None) -> bool:
+    """True when this process was started by an MPI launcher (mpirun, mpiexec, srun --mpi)."""
+    environ = os.environ if environ is None else environ
+    return any(environ.get(name) for name in MPI_LAUNCHER_VARIABLES)
 
 
 def mpi_world_size() -> int:

@@ -27,8 +27,8 @@ from collections import deque
 from multiprocessing.connection import wait
 from pathlib import Path
 
-from .executors import Executor, task_key
-from .jobs import STAGING, Task, failure_row
+from .executor import Executor, task_key
+from ..jobs import STAGING, Task, failure_row
 
 #: Seconds between two checks of the runner by a worker.
 WATCH_INTERVAL = 0.2
@@ -49,7 +49,7 @@ def kill_descendants(pid: int | None = None, sig: int = signal.SIGKILL) -> int:
 
 
 def _runner_alive(main_pid: int) -> bool:
-    from .records import process_alive
+    from ..records import process_alive
 
     return process_alive(main_pid)
 
@@ -73,7 +73,7 @@ def _on_terminate(signum, frame):
 
 def worker_main(connection, main_pid: int) -> None:
     """Body of a worker process: run ``(function, task)`` items until told to stop."""
-    from . import job as job_module
+    from .. import job as job_module
 
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)  # own group: killpg reaches the job's external programs
@@ -137,7 +137,7 @@ class PoolExecutor(Executor):
         self.on_event = on_event
         self._pool: list[_Worker] = []
         self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload(["shapepipe.jobs", "shapepipe.pool"])
+        self._context.set_forkserver_preload(["shapepipe.jobs", "shapepipe.cluster.pool"])
         self.deaths = 0
 
     def describe(self) -> str:

@@ -1,17 +1,19 @@
-"""Executors: where the jobs of a module run execute.
+"""Executors: where the jobs of a module run execute (the base every back end extends).
 
 The runner hands every job of a module run to one executor and reads back
 one row of the job table per job, in completion order. Executors never decide
 what to run (the runner and the batch system do); they only run it.
 
 - :class:`SerialExecutor`: in the runner's process (one worker).
-- :class:`shapepipe.pool.PoolExecutor`: ``[EXECUTION] MODE = SMP`` (backends
-  loky and multiprocessing): supervised worker processes; a dead worker costs
-  its job only, workers never outlive the runner.
 - :class:`JoblibExecutor`: ``MODE = SMP`` with ``SMP_BACKEND = threading``.
-- ``MODE = DASK``: :class:`shapepipe.executor_dask.DaskExecutor`.
-- ``MODE = MPI``: :class:`shapepipe.executor_mpi.MpiExecutor`, only under an
-  MPI launcher; mpi4py is never imported otherwise.
+- :class:`shapepipe.cluster.pool.PoolExecutor`: ``[EXECUTION] MODE = SMP``
+  (backends loky and multiprocessing): supervised worker processes; a dead
+  worker costs its job only, workers never outlive the runner.
+- ``MODE = DASK``: :class:`shapepipe.cluster.dask_executor.DaskExecutor`.
+- ``MODE = MPI``: :class:`shapepipe.cluster.mpi_executor.MpiExecutor`.
+
+:func:`shapepipe.cluster.modes.make_executor` chooses among them; this module
+imports none of the back ends, which all import it.
 
 A job that the executor itself loses (a worker process killed, a node gone)
 comes back as a ``failed`` row naming the cause, never as a hung run or an
@@ -20,21 +22,10 @@ exception that would lose the other jobs' results.
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from typing import Callable, Iterable, Iterator
 
-from .jobs import Task, failure_row
-
-#: Environment variables set by MPI launchers (Open MPI, MPICH/Hydra, PMIx, MVAPICH, Intel MPI).
-MPI_LAUNCHER_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MV2_COMM_WORLD_SIZE",
-                          "MPI_LOCALNRANKS", "I_MPI_HYDRA_HOST_FILE")
-
-
-def mpi_launcher_detected(environ=None) -> bool:
-    """True when this process was started by an MPI launcher (mpirun, mpiexec, srun --mpi)."""
-    environ = os.environ if environ is None else environ
-    return any(environ.get(name) for name in MPI_LAUNCHER_VARIABLES)
+from ..jobs import Task, failure_row
 
 
 def task_key(task: Task) -> tuple[str, str]:
@@ -107,51 +98,6 @@ class JoblibExecutor(Executor):
             for task in list(pending.values()):
                 yield task, failure_row(task, message)
             pending.clear()
-
-
-def make_executor(mode: str, workers: int, backend: str, dask_options: dict | None = None,
-                  notes: list | None = None, retries: int = 1, on_event=None) -> Executor:
-    """The executor of ``[EXECUTION] MODE``.
-
-    Parameters
-    ----------
-    mode : str
-        ``SMP``, ``DASK`` or ``MPI``.
-    workers : int
-        Workers of the SMP executor (from ``[JOB] SMP_BATCH_SIZE`` and the allocation).
-    backend : str
-        joblib backend of the SMP executor.
-    dask_options : dict, optional
-        The parsed ``[DASK]`` section.
-    notes : list, optional
-        Receives a line for the log when the mode falls back.
-    retries : int
-        SMP process workers: times a job is run again after its worker died.
-    on_event : callable, optional
-        SMP process workers: receives a line per worker death, for the log.
-    """
-    mode = (mode or "SMP").upper()
-    if mode == "DASK":
-        from .executor_dask import DaskExecutor
-
-        return DaskExecutor(dask_options or {})
-    if mode == "MPI":
-        if mpi_launcher_detected():
-            from .executor_mpi import MpiExecutor, mpi_world_size
-
-            if mpi_world_size() > 1:
-                return MpiExecutor()
-            if notes is not None:
-                notes.append("MODE = MPI with a single MPI process: jobs run with SMP on this process "
-                             "(launch with mpirun -np N python -m mpi4py.futures -m shapepipe.cli ...)")
-        elif notes is not None:
-            notes.append("MODE = MPI but no MPI launcher started this process: jobs run with SMP "
-                         "(launch with mpirun -np N python -m mpi4py.futures -m shapepipe.cli -c CONFIG)")
-    if backend == "threading":
-        return JoblibExecutor(workers, backend)
-    from .pool import PoolExecutor
-
-    return PoolExecutor(workers, retries=retries, on_event=on_event)
 
 
 def run_all(executor: Executor, function, tasks: Iterable[Task]) -> Iterator[tuple[Task, dict]]:

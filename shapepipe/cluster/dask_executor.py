@@ -38,9 +38,9 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
-from .atomic import write_text_atomic
-from .executors import Executor
-from .jobs import Task, failure_row
+from ..atomic import write_text_atomic
+from .executor import Executor
+from ..jobs import Task, failure_row
 
 #: Folder of a module run's ``logs`` holding the job markers of the running
 #: submissions (see :func:`_run_on_worker`); emptied and removed after.
@@ -60,7 +60,7 @@ WORKER_SATURATION = 1.0
 
 def dask_defaults() -> dict:
     """The declared defaults of the ``[DASK]`` section."""
-    from .config import CORE_OPTIONS
+    from ..config import CORE_OPTIONS
 
     return {option.name: option.default for option in CORE_OPTIONS["DASK"]}
 
