@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--array-index", nargs="?", const="env", metavar="K",
                         help="process slice K of the number list (--numbers, else [FILE] NUMBER_LIST): "
                              "numbers K*N to K*N+N-1 for --per-task N; without K, the index of the batch "
-                             "array task (SLURM_ARRAY_TASK_ID, PBS_ARRAY_INDEX or PBS_ARRAYID)")
+                             "array task (SLURM_ARRAY_TASK_ID, PBS_ARRAY_INDEX, PBS_ARRAYID, or SGE_TASK_ID - 1)")
     parser.add_argument("--per-task", type=int, default=1, metavar="N",
                         help="numbers per array task (default 1)")
     parser.add_argument("--resume", nargs="?", const="", metavar="RUN_DIR",

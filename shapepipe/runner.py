@@ -51,7 +51,8 @@ UNPROCESSABLE = ("unprocessable", "skipped_unprocessable")
 LOCK_NAME = ".lock"
 #: Batch-system variables kept in the run record of an array task.
 BATCH_VARIABLES = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_SUBMIT_DIR",
-                   "PBS_JOBID", "PBS_ARRAY_INDEX", "PBS_ARRAYID", "PBS_O_WORKDIR", "SHAPEPIPE_BATCH_SCRIPT")
+                   "PBS_JOBID", "PBS_ARRAY_INDEX", "PBS_ARRAYID", "PBS_O_WORKDIR",
+                   "JOB_ID", "SGE_TASK_ID", "SGE_O_WORKDIR", "SHAPEPIPE_BATCH_SCRIPT")
 FAILED = ("failed", "timeout")
 TABLE_COLUMNS = ("module_run", "module", "number", "status", "duration_s", "cpu_s",
                  "peak_memory_mb", "error", "log")

@@ -17,7 +17,9 @@ from pathlib import Path
 from .errors import ConfigError
 
 #: Environment variables holding the array index, in the order they are tried.
-ARRAY_INDEX_VARIABLES = ("SLURM_ARRAY_TASK_ID", "PBS_ARRAY_INDEX", "PBS_ARRAYID")
+ARRAY_INDEX_VARIABLES = ("SLURM_ARRAY_TASK_ID", "PBS_ARRAY_INDEX", "PBS_ARRAYID", "SGE_TASK_ID")
+#: Variables whose tasks are numbered from 1 (Grid Engine's ``-t 1-N``): the index is the value minus 1.
+ONE_BASED_INDEX_VARIABLES = ("SGE_TASK_ID",)
 #: Environment variables holding the CPU count of the allocation.
 ALLOCATION_CPU_VARIABLES = ("SLURM_CPUS_PER_TASK", "PBS_NCPUS", "NCPUS", "NSLOTS")
 
@@ -82,13 +84,13 @@ def read_numbers_argument(text: str) -> tuple[list[str], str]:
 
 
 def array_index_from_environment(environ=None) -> int | None:
-    """The array index set by SLURM or PBS, or None outside an array job."""
+    """The array index set by SLURM, PBS or Grid Engine (from 0), or None outside an array job."""
     environ = os.environ if environ is None else environ
     for name in ARRAY_INDEX_VARIABLES:
         value = environ.get(name, "").strip()
-        if value:
+        if value and value != "undefined":  # Grid Engine's SGE_TASK_ID in a job that is no array
             try:
-                return int(value)
+                return int(value) - (1 if name in ONE_BASED_INDEX_VARIABLES else 0)
             except ValueError:
                 raise ConfigError(f"environment variable {name}={value!r} is not an array index") from None
     return None

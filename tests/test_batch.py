@@ -1,4 +1,4 @@
-"""shapepipe_batch: golden SLURM and PBS scripts, their shell syntax, and the checks made before writing.
+"""shapepipe_batch: golden SLURM, PBS and Grid Engine scripts, their shell syntax, and the checks made before writing.
 
 The golden files in tests/data/batch/ hold the scripts written for a fixed
 configuration and number list, with the temporary folder shown as <ROOT>.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from shapepipe.cluster.batch import main, pbs_memory, pbs_walltime
+from shapepipe.cluster.batch import main, pbs_memory, pbs_walltime, sge_memory
 from test_runner_helpers import make_inputs, make_modules, write_config
 
 GOLDEN = Path(__file__).parent / "data" / "batch"
@@ -51,7 +51,7 @@ def _normalised(path: Path, root: Path) -> str:
     return path.read_text().replace(str(root), "<ROOT>")
 
 
-@pytest.mark.parametrize("scheduler, extension", [("slurm", ".slurm"), ("pbs", ".pbs")])
+@pytest.mark.parametrize("scheduler, extension", [("slurm", ".slurm"), ("pbs", ".pbs"), ("sge", ".sge")])
 def test_scripts_match_golden_files(campaign, scheduler, extension, capsys):
     assert main(_arguments(campaign, scheduler)) == 0
     printed = capsys.readouterr()
@@ -98,6 +98,33 @@ def test_pbs_array_details(campaign):
     merge = (campaign["out"] / "copy_merge.pbs").read_text()
     assert "#PBS -l select=1:ncpus=1:mem=2gb\n#PBS -l walltime=00:30:00\n" in merge
     assert "qsub -W depend=afterok:$array_job" in (campaign["out"] / "copy_submit.sh").read_text()
+
+
+def test_sge_array_details(campaign):
+    """Grid Engine numbers tasks from 1; 4 CPUs come from a parallel environment; h_vmem is per slot."""
+    assert main(_arguments(campaign, "sge", "--pe", "threads")) == 0
+    text = (campaign["out"] / "copy_array.sge").read_text()
+    assert "#$ -t 1-3\n#$ -tc 2\n#$ -S /bin/bash\n#$ -pe threads 4\n" in text  # ceil(5 / 2) = 3 tasks
+    assert "#$ -l h_rt=26:00:00\n#$ -l h_vmem=2048M\n#$ -q long\n#$ -P lensing\n" in text  # 8G over 4 slots
+    assert f"#$ -o {campaign['out']}/logs/copy.$JOB_ID.$TASK_ID.out" in text
+    assert f"cd {campaign['root']}\n" in text
+    assert "--array-index --per-task 2 --resume-if-any" in text  # the runner reads SGE_TASK_ID - 1
+    merge = (campaign["out"] / "copy_merge.sge").read_text()
+    assert "#$ -pe" not in merge and "#$ -l h_rt=00:30:00\n#$ -l h_vmem=2048M\n" in merge
+    assert "qsub -terse -hold_jid $array_job" in (campaign["out"] / "copy_submit.sh").read_text()
+
+
+def test_sge_refuses_afterok(campaign, capsys):
+    error = _fails(_arguments(campaign, "sge", "--dependency", "afterok"), capsys)
+    assert "--dependency afterok with --scheduler sge" in error and "-hold_jid" in error
+    assert not campaign["out"].exists()
+
+
+def test_sge_memory_per_slot():
+    assert sge_memory("8G", 4) == "2048M"
+    assert sge_memory("1000", 3) == "334M"  # rounded up: a task never gets less than asked
+    assert sge_memory("1T", 1) == f"{1024 * 1024}M"
+    assert sge_memory("512K", 1) == "1M"
 
 
 def test_single_task_pbs_job_is_no_array(campaign):

@@ -27,12 +27,17 @@ def test_array_index_slices_the_list(tmp_path):
     assert make_selection(numbers=str(listing), array_index=2, per_task=3).label == "task2"
     with pytest.raises(ConfigError, match="selects nothing.*indices run from 0 to 2"):
         make_selection(numbers=str(listing), array_index=3, per_task=3)
-    # The index comes from SLURM, then PBS Pro, then Torque.
+    # The index comes from SLURM, then PBS Pro, then Torque, then Grid Engine.
     for variable in ("SLURM_ARRAY_TASK_ID", "PBS_ARRAY_INDEX", "PBS_ARRAYID"):
         chosen = make_selection(numbers=str(listing), array_index="env", environ={variable: "5"})
         assert chosen.numbers == ["-005"] and chosen.array_index == 5
+    # Grid Engine numbers its tasks from 1 and says "undefined" outside an array.
+    chosen = make_selection(numbers=str(listing), array_index="env", environ={"SGE_TASK_ID": "6"})
+    assert chosen.numbers == ["-005"] and chosen.array_index == 5
     with pytest.raises(ConfigError, match="SLURM_ARRAY_TASK_ID"):
         make_selection(numbers=str(listing), array_index="env", environ={})
+    with pytest.raises(ConfigError, match="SGE_TASK_ID"):
+        make_selection(numbers=str(listing), array_index="env", environ={"SGE_TASK_ID": "undefined"})
     # Without --numbers, the configuration's NUMBER_LIST is sliced.
     assert make_selection(array_index=1, config_numbers=["-a", "-b"]).numbers == ["-b"]
     with pytest.raises(ConfigError, match="needs a number list"):

@@ -4,7 +4,9 @@ shapepipe_batch writes and submits a job array over simulated exposures
 (split_exp, one exposure per task, one exposure's image truncated) and the
 dependent merge job (merge_headers over ``all:split_exp``). Then the input is
 fixed and the failed task is resubmitted with the command shapepipe_status
-prints. Skipped when no cluster answers, unless SHAPEPIPE_REQUIRE_SLURM=1.
+prints. ``MODE = DASK`` with ``CLUSTER = slurm`` runs a module's jobs on Dask
+workers that dask-jobqueue submits as SLURM jobs. Skipped when no cluster
+answers, unless SHAPEPIPE_REQUIRE_SLURM=1.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from campaign_helpers import job_rows, merged_store, task_runs, truth_crval, write_campaign
 
 pytestmark = pytest.mark.slurm
 
@@ -65,66 +68,12 @@ def _wait(job_id: str, timeout: float = JOB_TIMEOUT) -> None:
     pytest.fail(f"SLURM job {job_id} still queued after {timeout} s:\n{queue}")
 
 
-def _write_campaign(root: Path, sim: Path) -> tuple[list[str], Path, Path, Path]:
-    """Pipeline-named inputs, the number list and the two configurations."""
-    data = root / "data"
-    data.mkdir()
-    exposures = (sim / "exposure_list.txt").read_text().split()
-    for exposure in exposures:
-        source = sim / "exposures" / f"{exposure}p"
-        shutil.copy(f"{source}.fits", data / f"image-{exposure}.fits")
-        shutil.copy(f"{source}.weight.fits.fz", data / f"weight-{exposure}.fits.fz")
-        shutil.copy(f"{source}.flag.fits.fz", data / f"flag-{exposure}.fits.fz")
-    numbers = [f"-{exposure}" for exposure in exposures]
-    listing = root / "exposures.txt"
-    listing.write_text("# one exposure per array task\n" + "\n".join(numbers) + "\n")
-    common = f"[FILE]\nINPUT_DIR = {data}\nOUTPUT_DIR = {root / 'output'}\n\n"
-    task = root / "split.ini"
-    task.write_text("[DEFAULT]\nVERBOSE = False\nRUN_NAME = split\n\n[EXECUTION]\nMODULE = split_exp\n\n" + common
-                    + "[SPLIT_EXP]\nFILE_EXT = .fits, .fits.fz, .fits.fz\nNUMBERING_SCHEME = -0000000\n")
-    merge = root / "merge.ini"
-    merge.write_text("[DEFAULT]\nVERBOSE = False\nRUN_NAME = merge\n\n[EXECUTION]\nMODULE = merge_headers\n\n"
-                     + common + "[MERGE_HEADERS]\nINPUT_DIR = all:split_exp\nNUMBERING_SCHEME = -0000000\n")
-    return numbers, listing, task, merge
-
-
-def _task_runs(output: Path) -> dict[int, Path]:
-    runs = {}
-    for run_dir in output.glob("split_task*"):
-        record = json.loads((run_dir / "run.json").read_text())
-        runs[record["selection"]["array_index"]] = run_dir
-    return runs
-
-
-def _job_rows(run_dir: Path) -> list[tuple[str, str]]:
-    return [(row["number"], row["status"]) for row in json.loads((run_dir / "jobs.json").read_text())]
-
-
-def _merged_store(output: Path):
-    """Newest merge run: (record, {exposure: {ccd: CRVAL1}}) read from its header store."""
-    from shapepipe_modules.io.header_store import HeaderStore
-
-    runs = sorted(output.glob("merge_*"), key=lambda p: json.loads((p / "run.json").read_text())["started"])
-    record = json.loads((runs[-1] / "run.json").read_text())
-    with HeaderStore(runs[-1] / "merge_headers" / "output" / "log_exp_headers.sqlite") as store:
-        values = {e: {c: store.header(e, c)["CRVAL1"] for c in store.ccds(e)} for e in store.exposures()}
-    return record, values
-
-
-def _truth_crval(sim: Path, exposure: str) -> dict[int, float]:
-    """CRVAL1 of every CCD of a simulated mosaic, read directly from its file."""
-    from astropy.io import fits
-
-    with fits.open(sim / "exposures" / f"{exposure}p.fits") as hdus:
-        return {k: hdus[k + 1].header["CRVAL1"] for k in range(len(hdus) - 1)}
-
-
 def test_array_merge_and_resubmission_on_slurm(slurm_cluster, tmp_path):
     from shapepipe_modules.simulate import simulate
 
     sim = Path(simulate(preset="tiny", output_dir=tmp_path / "sim", seed=11, n_workers=1, exposures_per_tile=4,
                         tile_size=300))
-    numbers, listing, task_config, merge_config = _write_campaign(tmp_path, sim)
+    numbers, listing, task_config, merge_config = write_campaign(tmp_path, sim)
     assert len(numbers) == 4
     bad_index = 2
     bad_image = tmp_path / "data" / f"image{numbers[bad_index]}.fits"
@@ -148,11 +97,11 @@ def test_array_merge_and_resubmission_on_slurm(slurm_cluster, tmp_path):
     _wait(merge_id)
 
     output = tmp_path / "output"
-    runs = _task_runs(output)
+    runs = task_runs(output)
     assert sorted(runs) == [0, 1, 2, 3]
     for index, run_dir in runs.items():
         expected = "failed" if index == bad_index else "done"
-        assert _job_rows(run_dir) == [(numbers[index], expected)]
+        assert job_rows(run_dir) == [(numbers[index], expected)]
         record = json.loads((run_dir / "run.json").read_text())
         assert record["batch"]["SLURM_ARRAY_JOB_ID"] == array_id
         assert record["batch"]["SLURM_ARRAY_TASK_ID"] == str(index)
@@ -168,14 +117,14 @@ def test_array_merge_and_resubmission_on_slurm(slurm_cluster, tmp_path):
     assert str(bad_image) in failed["error"] and "truncated" in failed["error"]
 
     # The merge job waited for the whole array and merged the three good exposures.
-    record, merged = _merged_store(output)
+    record, merged = merged_store(output)
     assert record["batch"]["SLURM_JOB_ID"] == merge_id
     finished = max(json.loads((r / "run.json").read_text())["finished"] for r in runs.values())
     assert record["started"] >= finished
     good = [n[1:] for i, n in enumerate(numbers) if i != bad_index]
     assert sorted(merged) == sorted(good)
     for exposure in good:
-        assert merged[exposure] == _truth_crval(sim, exposure)
+        assert merged[exposure] == truth_crval(sim, exposure)
 
     # Fix the input; shapepipe_status names exactly the failed task; resubmit it as printed.
     bad_image.write_bytes(good_bytes)
@@ -189,11 +138,11 @@ def test_array_merge_and_resubmission_on_slurm(slurm_cluster, tmp_path):
     assert again.returncode == 0, again.stderr
     _wait(again.stdout.split()[-1])  # "Submitted batch job N"
 
-    runs_after = _task_runs(output)
+    runs_after = task_runs(output)
     assert runs_after == runs  # the task resumed its own run
-    assert _job_rows(runs[bad_index]) == [(numbers[bad_index], "done")]
+    assert job_rows(runs[bad_index]) == [(numbers[bad_index], "done")]
     for index in (0, 1, 3):
-        assert _job_rows(runs[index]) == [(numbers[index], "done")]  # not touched
+        assert job_rows(runs[index]) == [(numbers[index], "done")]  # not touched
     final = subprocess.run([sys.executable, "-m", "shapepipe.cluster.status", str(output), "--json"],
                            capture_output=True, text=True, timeout=120)
     assert final.returncode == 0, final.stdout
@@ -204,6 +153,66 @@ def test_array_merge_and_resubmission_on_slurm(slurm_cluster, tmp_path):
                                  capture_output=True, text=True, timeout=60)
     assert merge_again.returncode == 0, merge_again.stderr
     _wait(merge_again.stdout.strip().split(";")[0])
-    _, merged = _merged_store(output)
+    _, merged = merged_store(output)
     assert sorted(merged) == [n[1:] for n in numbers]
-    assert merged[numbers[bad_index][1:]] == _truth_crval(sim, numbers[bad_index][1:])
+    assert merged[numbers[bad_index][1:]] == truth_crval(sim, numbers[bad_index][1:])
+
+
+WHERE_MODULE = """
+import os
+import socket
+from pathlib import Path
+
+from shapepipe.module import module
+
+
+@module(name="t_where", version="0.1", file_pattern=("in",), file_ext=".txt", numbering_scheme="-000")
+def t_where(job):
+    \"\"\"Write the input and where the job ran: SLURM job id, process id, host.\"\"\"
+    where = {"SLURM_JOB_ID": os.environ.get("SLURM_JOB_ID", ""), "pid": os.getpid(), "host": socket.gethostname()}
+    job.output_path(f"where{job.number}.json").write_text(json.dumps(where))
+    job.output_path(f"copy{job.number}.txt").write_text(Path(job.inputs[0]).read_text())
+""".replace("import os", "import json\nimport os", 1)
+
+
+def test_dask_jobqueue_workers_run_as_slurm_jobs(slurm_cluster, tmp_path):
+    pytest.importorskip("dask_jobqueue")
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "where_module.py").write_text(WHERE_MODULE)
+    data = tmp_path / "data"
+    data.mkdir()
+    numbers = ["-001", "-002", "-003"]
+    for number in numbers:
+        (data / f"in{number}.txt").write_text(f"value{number}")
+    output = tmp_path / "output"
+    config = tmp_path / "dask.ini"
+    config.write_text(
+        f"[DEFAULT]\nVERBOSE = False\nRUN_NAME = dask\n\n[EXECUTION]\nMODULE = t_where\nMODE = DASK\n"
+        f"MODULE_DIR = {mods}\n\n[FILE]\nINPUT_DIR = {data}\nOUTPUT_DIR = {output}\n\n"
+        "[DASK]\nCLUSTER = slurm\nN_JOBS = 1\nCORES = 1\nPROCESSES = 1\nMEMORY = 1GB\nWALLTIME = 00:05:00\n"
+        "WORKER_WAIT = 90\n")
+    before = set(subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True,
+                                timeout=20).stdout.split())
+    result = subprocess.run([sys.executable, "-m", "shapepipe.cli", "-c", str(config)], capture_output=True,
+                            text=True, timeout=JOB_TIMEOUT, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    run_dir = next(output.glob("dask_*"))
+    log = (run_dir / "shapepipe.log").read_text()
+    assert "DASK (slurm cluster through dask-jobqueue, 1 job(s) x 1 worker process(es)" in log
+    rows = json.loads((run_dir / "jobs.json").read_text())
+    assert sorted((r["number"], r["status"]) for r in rows) == [(n, "done") for n in numbers]
+    published = run_dir / "t_where" / "output"
+    where = [json.loads((published / f"where{n}.json").read_text()) for n in numbers]
+    for number in numbers:
+        assert (published / f"copy{number}.txt").read_text() == f"value{number}"
+    # Every job ran in the one Dask worker, a process of a SLURM job that the runner submitted.
+    job_ids = {w["SLURM_JOB_ID"] for w in where}
+    assert len(job_ids) == 1 and job_ids.pop().isdigit()
+    assert len({w["pid"] for w in where}) == 1
+    assert where[0]["pid"] != json.loads((run_dir / "run.json").read_text())["pid"]
+    assert {r["worker_pid"] for r in rows} == {where[0]["pid"]}
+    # The runner cancelled its worker job at the end.
+    worker_job = where[0]["SLURM_JOB_ID"]
+    assert worker_job not in before
+    _wait(worker_job, timeout=60)

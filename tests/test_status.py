@@ -235,16 +235,23 @@ def test_resubmission_commands_per_scheduler(tmp_path):
                  "2024-01-01T10:00:00", batch={"PBS_ARRAYID": str(k), "SHAPEPIPE_BATCH_SCRIPT": "/s/torque.sh"})
         make_run(out, f"pbspro_task{k}", [f"-{k}"], {("c", f"-{k}"): "failed" if failed else "done"},
                  "2024-01-01T10:00:00", batch={"PBS_ARRAY_INDEX": str(k), "SHAPEPIPE_BATCH_SCRIPT": "/s/pro.sh"})
+        make_run(out, f"sge_task{k}", [f"-{k}"], {("d", f"-{k}"): "failed" if failed else "done"},
+                 "2024-01-01T10:00:00", batch={"JOB_ID": "9", "SGE_TASK_ID": str(k + 1),
+                                               "SHAPEPIPE_BATCH_SCRIPT": "/s/array.sge"})
+    make_run(out, "sge_plain", ["-9"], {("e", "-9"): "failed"}, "2024-01-01T10:00:00",
+             batch={"JOB_ID": "10", "SGE_TASK_ID": "undefined", "SHAPEPIPE_BATCH_SCRIPT": "/s/plain.sge"})
     report = collect(out)
     commands = resubmit_commands(report)
     assert ["sbatch", "--array=1-2,4", "/home/me/campaign/jobs/array.sh"] in commands
     assert ["qsub", "-t", "1-2,4", "/s/torque.sh"] in commands
     # PBS Pro takes ranges of two or more: the lone 4 is paired with task 5, which redoes nothing.
     assert ["qsub", "-J", "1-2", "/s/pro.sh"] in commands and ["qsub", "-J", "4-5", "/s/pro.sh"] in commands
-    assert len(commands) == 4
-    assert len(rerun_commands(report)) == 9
+    # Grid Engine: its own task numbers (from 1), one range per qsub; a plain job is no array task.
+    assert ["qsub", "-t", "2-3", "/s/array.sge"] in commands and ["qsub", "-t", "5-5", "/s/array.sge"] in commands
+    assert len(commands) == 6
+    assert len(rerun_commands(report)) == 13
     assert {o.error for o in report.failures() if o.status == "failed"} == {"ValueError: bad pixel"}
-    assert sorted(o.status for o in report.failures()) == ["failed"] * 6 + ["timeout"] * 3
+    assert sorted(o.status for o in report.failures()) == ["failed"] * 10 + ["timeout"] * 3
 
 
 def test_newest_outcome_wins_and_absence_never_hides(tmp_path):

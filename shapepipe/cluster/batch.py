@@ -1,9 +1,9 @@
-"""``shapepipe_batch``: job-array scripts for SLURM and PBS from a configuration.
+"""``shapepipe_batch``: job-array scripts for SLURM, PBS and Grid Engine from a configuration.
 
 The batch system is the scheduler. From a configuration and a file of
 numbers (one tile or exposure per line), this writes
 
-- ``<name>_array.slurm`` (``.pbs``): a job array whose task ``K`` runs
+- ``<name>_array.slurm`` (``.pbs``, ``.sge``): a job array whose task ``K`` runs
   ``shapepipe_run -c CONFIG --numbers FILE --array-index --per-task N
   --resume-if-any`` on numbers ``K*N .. K*N+N-1`` of the file;
 - ``<name>_merge.slurm`` (with ``--merge-config``): one serial job running the
@@ -35,9 +35,9 @@ from ..errors import ConfigError, DependencyError
 from ..arguments import ArgumentParser
 
 EXIT_OK, EXIT_SUBMIT, EXIT_CONFIG = 0, 1, 2
-SCHEDULERS = ("slurm", "pbs")
-EXTENSIONS = {"slurm": ".slurm", "pbs": ".pbs"}
-SUBMIT_PROGRAMS = {"slurm": "sbatch", "pbs": "qsub"}
+SCHEDULERS = ("slurm", "pbs", "sge")
+EXTENSIONS = {"slurm": ".slurm", "pbs": ".pbs", "sge": ".sge"}
+SUBMIT_PROGRAMS = {"slurm": "sbatch", "pbs": "qsub", "sge": "qsub"}
 _TIME = re.compile(r"^(?:(?P<days>\d+)-)?(?P<hours>\d+):(?P<minutes>[0-5]\d):(?P<seconds>[0-5]\d)$")
 _MEMORY = re.compile(r"^(?P<value>\d+)(?P<unit>[KMGT]?)B?$", re.IGNORECASE)
 _JOB_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
@@ -50,7 +50,7 @@ class BatchSettings:
 
     Attributes
     ----------
-    scheduler : {"slurm", "pbs"}
+    scheduler : {"slurm", "pbs", "sge"}
     config, numbers_file, out_dir, log_dir, workdir : Path
         The array's configuration, the number list, where the scripts go,
         where the batch system writes the task logs, and the folder every job
@@ -73,6 +73,9 @@ class BatchSettings:
     dependency : {"afterany", "afterok"}
         When the merge job may start: after every task ended, or only if all
         succeeded.
+    parallel_environment : str
+        Grid Engine: the parallel environment that grants ``cpus`` slots on
+        one host (``-pe NAME cpus``, only when ``cpus`` > 1).
     """
 
     scheduler: str
@@ -96,6 +99,7 @@ class BatchSettings:
     merge_mem: str | None = None
     merge_cpus: int = 1
     dependency: str = "afterany"
+    parallel_environment: str = "smp"
     command_line: str = ""
 
     def script_path(self, kind: str) -> Path:
@@ -180,6 +184,13 @@ def pbs_walltime(text: str) -> str:
     match = _TIME.match(text)
     hours = int(match.group("days") or 0) * 24 + int(match.group("hours"))
     return f"{hours:02d}:{match.group('minutes')}:{match.group('seconds')}"
+
+
+def sge_memory(text: str, cpus: int) -> str:
+    """Grid Engine ``h_vmem`` of a task's memory: per slot, in megabytes (``8G`` on 4 CPUs -> ``2048M``)."""
+    match = _MEMORY.match(text)
+    scale = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 ** 2}[match.group("unit").upper()]
+    return f"{max(math.ceil(int(match.group('value')) * scale / cpus), 1)}M"
 
 
 def config_variables(paths) -> list[str]:
@@ -388,6 +399,23 @@ def _pbs_resources(settings: BatchSettings, cpus: int, mem: str | None, time: st
     return lines
 
 
+def _sge_resources(settings: BatchSettings, cpus: int, mem: str | None, time: str) -> list[str]:
+    """``#$`` lines for the shell, slots, memory, wall time, queue and project."""
+    lines = ["#$ -S /bin/bash"]
+    if cpus > 1:
+        lines.append(f"#$ -pe {settings.parallel_environment} {cpus}")
+    lines.append(f"#$ -l h_rt={pbs_walltime(time)}")
+    if mem:
+        # h_vmem is per slot and limits virtual memory (sites that use mem_free
+        # or m_mem_free instead: edit this line).
+        lines.append(f"#$ -l h_vmem={sge_memory(mem, cpus)}")
+    if settings.queue:
+        lines.append(f"#$ -q {settings.queue}")
+    if settings.account:
+        lines.append(f"#$ -P {settings.account}")
+    return lines
+
+
 def array_script(settings: BatchSettings, campaign: Campaign) -> str:
     """Text of the job-array script."""
     script = settings.script_path("array")
@@ -407,6 +435,20 @@ def array_script(settings: BatchSettings, campaign: Campaign) -> str:
         lines += [f"# Submit: sbatch {script}",
                   f"# Re-run some tasks only (after a fix): sbatch --array=LIST {script}",
                   "# with LIST such as 0,2-3 (shapepipe_status OUTPUT_DIR prints this command for the failures).",
+                  "# Each task resumes its own run (--resume-if-any): finished jobs are never redone."]
+    elif settings.scheduler == "sge":
+        # Grid Engine numbers tasks from 1: the runner's index is SGE_TASK_ID - 1.
+        lines += [f"#$ -N {settings.job_name}", f"#$ -t 1-{campaign.n_tasks}"]
+        if settings.throttle:
+            lines.append(f"#$ -tc {settings.throttle}")
+        lines += _sge_resources(settings, settings.cpus, settings.mem, settings.time)
+        lines += [f"#$ -o {logs}/{settings.job_name}.$JOB_ID.$TASK_ID.out",
+                  f"#$ -e {logs}/{settings.job_name}.$JOB_ID.$TASK_ID.err"]
+        lines += _header(settings, what)
+        lines += [f"# Submit: qsub {script}",
+                  "# Grid Engine numbers the tasks from 1: task K+1 (SGE_TASK_ID) runs index K.",
+                  f"# Re-run some tasks only (after a fix): qsub -t A-B {script}",
+                  "# one range per qsub (shapepipe_status OUTPUT_DIR prints these commands for the failures).",
                   "# Each task resumes its own run (--resume-if-any): finished jobs are never redone."]
     else:
         lines += [f"#PBS -N {settings.job_name}"]
@@ -450,6 +492,13 @@ def merge_script(settings: BatchSettings) -> str:
         lines += _header(settings, what)
         lines += [f"# Submit after the array: sbatch --dependency={settings.dependency}:ARRAY_JOB_ID {script}",
                   f"# ({settings.script_path('submit').name} does both.)"]
+    elif settings.scheduler == "sge":
+        lines += [f"#$ -N {name}"] + _sge_resources(settings, settings.merge_cpus, mem, time)
+        lines += [f"#$ -o {logs}/{name}.$JOB_ID.out", f"#$ -e {logs}/{name}.$JOB_ID.err"]
+        lines += _header(settings, what)
+        lines += [f"# Submit after the array: qsub -hold_jid ARRAY_JOB_ID {script}",
+                  "# (it starts when every task of the array has ended, whatever its exit status)",
+                  f"# ({settings.script_path('submit').name} does both.)"]
     else:
         lines += [f"#PBS -N {name}"] + _pbs_resources(settings, settings.merge_cpus, mem, time)
         lines += [f"#PBS -o {logs}/", f"#PBS -e {logs}/"]
@@ -479,6 +528,13 @@ def submit_script(settings: BatchSettings) -> str:
         if settings.merge_config:
             lines += [f"merge_job=$(sbatch --parsable --dependency={settings.dependency}:$array_job {_quote(merge)})",
                       "merge_job=${merge_job%%;*}",
+                      f'echo "merge job $merge_job ({settings.dependency}:$array_job): {merge}"']
+    elif settings.scheduler == "sge":
+        lines += [f"array_job=$(qsub -terse {_quote(array)})",
+                  "array_job=${array_job%%.*}  # -terse prints JOBID.FIRST-LAST:STEP for an array",
+                  f'echo "array job $array_job: {array}"']
+        if settings.merge_config:
+            lines += [f"merge_job=$(qsub -terse -hold_jid $array_job {_quote(merge)})",
                       f'echo "merge job $merge_job ({settings.dependency}:$array_job): {merge}"']
     else:
         lines += [f"array_job=$(qsub {_quote(array)})", f'echo "array job $array_job: {array}"']
@@ -554,6 +610,11 @@ def submit(settings: BatchSettings, scripts: WrittenScripts) -> tuple[str, str |
         if scripts.merge is not None:
             merge_id = _submit_one([executable, "--parsable", f"--dependency={settings.dependency}:{array_id}",
                                     str(scripts.merge)])
+    elif settings.scheduler == "sge":
+        array_id = _submit_one([executable, "-terse", str(scripts.array)]).split(".", 1)[0]
+        merge_id = None
+        if scripts.merge is not None:
+            merge_id = _submit_one([executable, "-terse", "-hold_jid", array_id, str(scripts.merge)])
     else:
         array_id = _submit_one([executable, str(scripts.array)])
         merge_id = None
@@ -592,7 +653,7 @@ def activation_lines(values: list[str] | None) -> list[str]:
 def _parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="shapepipe_batch",
-        description="Write SLURM or PBS job-array scripts running shapepipe_run over a number list, and a "
+        description="Write SLURM, PBS or Grid Engine (sge) job-array scripts running shapepipe_run over a number list, and a "
                     "merge job that waits for the array. Submits only with --submit.")
     parser.add_argument("--scheduler", required=True, choices=SCHEDULERS, help="batch system")
     parser.add_argument("-c", "--config", required=True, help="configuration of every array task")
@@ -604,7 +665,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--cpus", type=int, default=1, metavar="N",
                         help="CPUs per task (default 1); the runner starts that many workers")
     parser.add_argument("--partition", "--queue", dest="queue", default=None, metavar="Q", help="partition or queue")
-    parser.add_argument("--account", default=None, metavar="A", help="account charged")
+    parser.add_argument("--account", default=None, metavar="A", help="account charged (Grid Engine: the project, -P)")
+    parser.add_argument("--pe", default="smp", metavar="NAME",
+                        help="Grid Engine: parallel environment granting --cpus slots on one host (default smp)")
     parser.add_argument("--job-name", default=None, metavar="NAME",
                         help="job name and script prefix (default: the configuration's RUN_NAME)")
     parser.add_argument("--log-dir", default=None, metavar="DIR", help="task logs (default OUTDIR/logs)")
@@ -649,6 +712,10 @@ def settings_from_args(args, environ=None) -> BatchSettings:
             raise ConfigError(f"{option} {value}: must be at least 1")
     if args.throttle is not None and args.throttle < 1:
         raise ConfigError(f"--throttle {args.throttle}: must be at least 1")
+    if args.scheduler == "sge" and args.dependency == "afterok":
+        raise ConfigError("--dependency afterok with --scheduler sge: Grid Engine's -hold_jid starts the merge "
+                          "job when the array has ended, whatever its exit status; use afterany (the merge "
+                          "reads what succeeded)")
     exports = []
     for item in args.export:
         name, equals, value = item.partition("=")
@@ -677,7 +744,7 @@ def settings_from_args(args, environ=None) -> BatchSettings:
         activation=activation_lines(args.env), exports=exports, merge_config=merge_config,
         merge_time=check_time(args.merge_time, "--merge-time") if args.merge_time else None,
         merge_mem=check_memory(args.merge_mem, "--merge-mem"), merge_cpus=args.merge_cpus,
-        dependency=args.dependency)
+        dependency=args.dependency, parallel_environment=args.pe)
 
 
 def main(argv=None) -> int:

@@ -477,7 +477,10 @@ def rerun_commands(report: StatusReport, original_config: bool = False) -> list[
 
 
 def _array_task(run: RunStatus) -> tuple[str, str, int] | None:
-    """(scheduler, batch script, array index) of a run started by a batch array, else None."""
+    """(scheduler, batch script, array index) of a run started by a batch array, else None.
+
+    The index is the batch system's own (Grid Engine's SGE_TASK_ID counts from 1).
+    """
     batch = run.batch
     script = batch.get("SHAPEPIPE_BATCH_SCRIPT")
     if not script:
@@ -488,6 +491,8 @@ def _array_task(run: RunStatus) -> tuple[str, str, int] | None:
         scheduler, index, workdir = "pbspro", batch["PBS_ARRAY_INDEX"], batch.get("PBS_O_WORKDIR")
     elif batch.get("PBS_ARRAYID"):
         scheduler, index, workdir = "torque", batch["PBS_ARRAYID"], batch.get("PBS_O_WORKDIR")
+    elif batch.get("SGE_TASK_ID") not in (None, "", "undefined"):
+        scheduler, index, workdir = "sge", batch["SGE_TASK_ID"], batch.get("SGE_O_WORKDIR")
     else:
         return None
     try:
@@ -518,7 +523,8 @@ def resubmit_commands(report: StatusReport) -> list[list[str]]:
     """Batch commands resubmitting the array tasks whose runs have jobs not done.
 
     SLURM: ``sbatch --array=LIST SCRIPT``; Torque (``PBS_ARRAYID``):
-    ``qsub -t LIST SCRIPT``; PBS Pro (``PBS_ARRAY_INDEX``): ``qsub -J A-B
+    ``qsub -t LIST SCRIPT``; Grid Engine (``SGE_TASK_ID``): ``qsub -t A-B
+    SCRIPT`` per range (its ``-t`` takes one range); PBS Pro (``PBS_ARRAY_INDEX``): ``qsub -J A-B
     SCRIPT`` per range, since its arrays take ranges only and hold at least
     two sub-jobs: a lone index is paired with a neighbouring task of the same
     array, which resumes its own finished run and redoes nothing. Only runs
@@ -541,6 +547,8 @@ def resubmit_commands(report: StatusReport) -> list[list[str]]:
             commands.append(["sbatch", f"--array={_range_text(spans)}", script])
         elif scheduler == "torque":
             commands.append(["qsub", "-t", _range_text(spans), script])
+        elif scheduler == "sge":
+            commands += [["qsub", "-t", f"{first}-{last}", script] for first, last in spans]
         else:
             for first, last in spans:
                 if first == last:
