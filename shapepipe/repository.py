@@ -91,15 +91,22 @@ class Repository:
     ----------
     output_dir : path
         A run root's ``OUTPUT_DIR`` (the folder holding the run folders).
+    module_dirs : list of path, optional
+        Folders of user modules (``[EXECUTION] MODULE_DIR``) whose products to know.
     table : shapepipe.datasets.DatasetTable, optional
-        Dataset types (default: declared by the built-in and entry-point modules).
+        Dataset types (default: declared by the built-in, entry-point and
+        ``module_dirs`` modules).
     """
 
-    def __init__(self, output_dir, table: DatasetTable | None = None):
+    def __init__(self, output_dir, module_dirs=(), table: DatasetTable | None = None):
         self.output_dir = Path(output_dir)
         if not self.output_dir.is_dir():
             raise RepositoryError(f"output folder {self.output_dir} does not exist")
-        self.table = table or DatasetTable()
+        if table is None:
+            from .module import default_registry
+
+            table = DatasetTable(default_registry(module_dirs))
+        self.table = table
         self._index = None
 
     # -- index ------------------------------------------------------------------

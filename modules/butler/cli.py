@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     for name, count in sorted(report.registered.items()):
         print(f"  {name:<24} {count:>6}")
     skipped = ", ".join(f"{name} {count}" for name, count in sorted(report.skipped.items()))
-    print(f"{report.files} products of {len(report.runs)} run(s) in {args.repo} ({report.new} new) "
+    print(f"{report.files} products of {len(report.runs)} run(s) registered in {args.repo} (those already there skipped) "
           f"in {report.seconds:.2f} s" + (f"; not registered (no dimensions): {skipped}" if skipped else ""))
     return 0
 

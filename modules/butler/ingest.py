@@ -89,7 +89,6 @@ class IngestReport:
 
     runs: list = field(default_factory=list)
     registered: dict = field(default_factory=dict)  # ShapePipe type -> datasets of this ingest (new or not)
-    new: int = 0
     skipped: dict = field(default_factory=dict)  # ShapePipe type -> products with no dimensions to map to
     files: int = 0
     seconds: float = 0.0
@@ -245,13 +244,11 @@ def ingest(output_dir, root, runs=None, log=print) -> IngestReport:
                                     id_generation_mode=DatasetIdGenEnum.DATAID_TYPE_RUN)
             datasets.append(FileDataset(path=str(ref.path.resolve()), refs=[butler_ref], formatter=FORMATTER))
             report.registered[kind.name] = report.registered.get(kind.name, 0) + 1
-        before = len(set(butler.registry.queryDatasets(..., collections=collection)))
         if datasets:
+            # Already registered (same type, data id and run: same dataset id) are skipped.
             butler.ingest(*datasets, transfer="direct", skip_existing=True)
-        after = len(set(butler.registry.queryDatasets(..., collections=collection)))
-        report.new += after - before
         report.files += len(datasets)
-        log(f"  {collection}: {len(datasets)} products ({after - before} new)")
+        log(f"  {collection}: {len(datasets)} products")
     existing = set(butler.registry.queryCollections())
     chain = [run_collection(run) for run in reversed(repo.runs()) if run_collection(run) in existing]
     butler.registry.registerCollection(LATEST, CollectionType.CHAINED)
