@@ -366,14 +366,14 @@ class DatasetTable:
 
     def markdown(self) -> list[str]:
         """The dataset table as Markdown lines."""
-        lines = ["| dataset type | data-id keys | module | file | reader | storage | Python type |",
-                 "|---|---|---|---|---|---|---|"]
+        lines = ["| dataset type | data-id keys | module | file | reader | storage | Python type | what |",
+                 "|---|---|---|---|---|---|---|---|"]
         for name in self.names():
             dataset = self.types[name]
             keys = " or ".join(", ".join(k) if k else "(none)" for k in dataset.key_sets)
             reader = dataset.reader
             lines.append(f"| `{name}` | {keys} | {dataset.module} | `{dataset.product.path}` | {reader.name} "
-                         f"| {reader.storage} | `{reader.python_type}` |")
+                         f"| {reader.storage} | `{reader.python_type}` | {dataset.product.description} |")
         return lines
 
     def scheme_markdown(self) -> list[str]:
