@@ -153,6 +153,8 @@ class ModuleSpec:
         ]
         if self.aliases:
             lines.append(f"  also known as: {', '.join(self.aliases)}")
+        if self.products:
+            lines.append("  dataset types: " + ", ".join(f"{p.dataset} ({p.path})" for p in self.products))
         lines.append("  options:")
         if not self.options:
             lines.append("    (none)")

@@ -19,6 +19,8 @@ def main(argv=None) -> int:
     command.add_argument("output_dir", help="folder holding the run folders")
     command.add_argument("repo", help="butler repository folder")
     command.add_argument("--run", action="append", help="only this run folder or RUN_NAME (repeatable)")
+    command.add_argument("--module-dir", action="append", default=[],
+                         help="folder of user modules (MODULE_DIR) whose products to register (repeatable)")
     args = parser.parse_args(argv)
     try:
         from .ingest import IngestError, ingest
@@ -27,7 +29,7 @@ def main(argv=None) -> int:
               f"install it with: pip install \"shapepipe[butler]\"", file=sys.stderr)
         return 3
     try:
-        report = ingest(args.output_dir, args.repo, runs=args.run)
+        report = ingest(args.output_dir, args.repo, runs=args.run, module_dirs=args.module_dir)
     except IngestError as error:
         print(f"shapepipe_butler: {error}", file=sys.stderr)
         return 1

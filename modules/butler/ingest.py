@@ -161,7 +161,7 @@ def _insert_dimensions(butler, repo, exposures: dict, tiles: set) -> None:
                                      skip_existing=True)
 
 
-def ingest(output_dir, root, runs=None, log=print) -> IngestReport:
+def ingest(output_dir, root, runs=None, module_dirs=(), log=print) -> IngestReport:
     """Register the products of the runs under ``output_dir`` in the butler repository ``root``.
 
     Parameters
@@ -172,6 +172,8 @@ def ingest(output_dir, root, runs=None, log=print) -> IngestReport:
         Butler repository; created (SQLite registry) if it does not exist.
     runs : list of str, optional
         Run folders (or RUN_NAMEs) to ingest; default every run.
+    module_dirs : list of path
+        Folders of user modules whose products to know (``MODULE_DIR``).
 
     Raises
     ------
@@ -186,7 +188,7 @@ def ingest(output_dir, root, runs=None, log=print) -> IngestReport:
     from .formatter import storage_class_name
 
     started = time.perf_counter()
-    repo = Repository(output_dir)
+    repo = Repository(output_dir, module_dirs=module_dirs)
     if repo.problems():
         raise IngestError("cannot ingest: " + "; ".join(repo.problems()))
     root = Path(root)
@@ -228,11 +230,9 @@ def ingest(output_dir, root, runs=None, log=print) -> IngestReport:
         plan[run] = items
     _insert_dimensions(butler, repo, exposures, tiles)
 
-    known = {}
+    known, datasets = {}, []
     for run in names:
         collection = run_collection(run)
-        butler.registry.registerCollection(collection, CollectionType.RUN)
-        datasets = []
         for kind, scheme, ref in plan[run]:
             name = butler_name(kind, scheme, ref.data_id)
             if name not in known:
@@ -244,11 +244,16 @@ def ingest(output_dir, root, runs=None, log=print) -> IngestReport:
                                     id_generation_mode=DatasetIdGenEnum.DATAID_TYPE_RUN)
             datasets.append(FileDataset(path=str(ref.path.resolve()), refs=[butler_ref], formatter=FORMATTER))
             report.registered[kind.name] = report.registered.get(kind.name, 0) + 1
+        log(f"  {collection}: {len(plan[run])} products")
+    # One transaction (SQLite commits cost ~20 ms each) and one ingest call for every run
+    # (the butler groups the refs by run); those already registered (same type, data
+    # id and run: same dataset id) are skipped.
+    with butler.transaction():
+        for run in names:
+            butler.registry.registerCollection(run_collection(run), CollectionType.RUN)
         if datasets:
-            # Already registered (same type, data id and run: same dataset id) are skipped.
             butler.ingest(*datasets, transfer="direct", skip_existing=True)
-        report.files += len(datasets)
-        log(f"  {collection}: {len(datasets)} products")
+    report.files = len(datasets)
     existing = set(butler.registry.queryCollections())
     chain = [run_collection(run) for run in reversed(repo.runs()) if run_collection(run) in existing]
     butler.registry.registerCollection(LATEST, CollectionType.CHAINED)
