@@ -247,3 +247,52 @@ def cfis_file_name(identifier, image_type: str, band: str = "r") -> str:
         return f"CFIS.{tile_id(xxx, yyy)}.{band}{middle}{suffix}"
     middle = {"exposure": "", "exposure_weight": ".weight", "exposure_flag": ".flag"}[kind]
     return f"{str(identifier).lstrip('-')}p{middle}{suffix}"
+
+
+# -- data-id schemes of the file numbers (shapepipe.datasets) ---------------------------------
+def _tile_id(number: str) -> dict:
+    return {"tile": f"{number[1:4]}.{number[5:8]}"}
+
+
+def _tile_number(tile) -> str:
+    match = re.fullmatch(r"(\d{3})[.\-_](\d{3})", str(tile).strip())
+    if match is None:
+        raise ValueError(f"tile {tile!r} is not XXX.YYY")
+    return f"-{match.group(1)}-{match.group(2)}"
+
+
+def _exposure_number(exposure) -> str:
+    text = str(exposure).strip()
+    if not re.fullmatch(r"\d{1,7}", text):
+        raise ValueError(f"exposure {exposure!r} is not a number of at most 7 digits")
+    return f"-{int(text):07d}"
+
+
+def _ccd_number(ccd) -> str:
+    text = str(ccd).strip()
+    if not re.fullmatch(r"\d{1,2}", text):
+        raise ValueError(f"ccd {ccd!r} is not a CCD number")
+    return f"-{int(text)}"
+
+
+def _exposure_ccd_id(number: str) -> dict:
+    exposure, ccd = number[1:].split("-")
+    return {"exposure": int(exposure), "ccd": int(ccd)}
+
+
+def _declare_schemes():
+    from shapepipe.datasets import IdScheme
+
+    tile = IdScheme("tile", ("tile",), r"-\d{3}-\d{3}", _tile_id, lambda tile: _tile_number(tile),
+                    "CFIS tile XXX.YYY (file number -XXX-YYY)")
+    exposure = IdScheme("exposure", ("exposure",), r"-\d{7}", lambda number: {"exposure": int(number[1:])},
+                        lambda exposure: _exposure_number(exposure),
+                        "CFIS exposure (file number -NNNNNNN)")
+    exposure_ccd = IdScheme("exposure_ccd", ("exposure", "ccd"), r"-\d{7}-\d{1,2}", _exposure_ccd_id,
+                            lambda exposure, ccd: _exposure_number(exposure) + _ccd_number(ccd),
+                            "one CCD of a CFIS exposure (file number -NNNNNNN-C, C from 0)")
+    return tile, exposure, exposure_ccd
+
+
+#: Id schemes of CFIS file numbers (entry points of group ``shapepipe.id_schemes``).
+TILE_SCHEME, EXPOSURE_SCHEME, EXPOSURE_CCD_SCHEME = _declare_schemes()

@@ -90,12 +90,31 @@ def config_reference(registry=None) -> str:
             ("numbering scheme", f"`{spec.numbering_scheme}`" if spec.numbering_scheme else "-"),
             ("Python packages", ", ".join(spec.depends) or "-"),
             ("executables", ", ".join(spec.executes) or "-"),
+            ("dataset types", ", ".join(f"`{p.dataset}`" for p in spec.products) or "-"),
         ]
         out += [f"- {name}: {value}" for name, value in facts] + [""]
         out += (_table(spec.options) if spec.options else ["No module-specific option."]) + [""]
     for source, error in registry.load_errors.items():
         out += [f"(Module file {source} could not be imported: {_cell(error)})", ""]
+    out += _datasets(registry)
     return "\n".join(out)
+
+
+def _datasets(registry) -> list[str]:
+    """The dataset table of the data butler (``shapepipe.Repository``, docs/butler.md)."""
+    from .datasets import DatasetTable
+
+    table = DatasetTable(registry)
+    return [
+        "## Datasets",
+        "",
+        "What the modules write, by name (declared with `products=` in `@module`), for "
+        "`shapepipe.Repository`, `shapepipe_datasets` and `shapepipe_butler` (docs/butler.md). "
+        "`repo.get(TYPE, **data_id)` reads a product, `TYPE_filename` gives its path and `TYPE_md` "
+        "its header or summary. In a file template, `{number}` is the file number (parsed into the "
+        "data-id keys by the id schemes below), `{key}` an extra data-id key and `*` any prefix.",
+        "",
+    ] + table.markdown() + ["", "### Id schemes", ""] + table.scheme_markdown() + [""]
 
 
 def main(argv=None) -> int:

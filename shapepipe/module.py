@@ -110,6 +110,9 @@ class ModuleSpec:
         a ``[JOB] TIMEOUT`` each run in a forked child, which inherits them
         instead of importing them again). ``"package.module:function"`` also
         calls ``function()`` once, e.g. to start numba.
+    products : tuple of shapepipe.datasets.Product
+        What the module writes, by dataset type (see :mod:`shapepipe.datasets`);
+        the data butler (:class:`shapepipe.Repository`) finds them by name.
     """
 
     name: str
@@ -128,6 +131,7 @@ class ModuleSpec:
     requirements: Callable | None = None
     validate: Callable | None = None
     preload: tuple = ()
+    products: tuple = ()
     source: str = field(default="", compare=False)
 
     @property
@@ -149,6 +153,8 @@ class ModuleSpec:
         ]
         if self.aliases:
             lines.append(f"  also known as: {', '.join(self.aliases)}")
+        if self.products:
+            lines.append("  dataset types: " + ", ".join(f"{p.dataset} ({p.path})" for p in self.products))
         lines.append("  options:")
         if not self.options:
             lines.append("    (none)")
@@ -174,6 +180,7 @@ def module(
     requirements: Callable | None = None,
     validate: Callable | None = None,
     preload: Iterable[str] | str = (),
+    products: Iterable = (),
 ):
     """Declare a module; see :class:`ModuleSpec` for the meaning of each field.
 
@@ -212,6 +219,7 @@ def module(
             requirements=requirements,
             validate=validate,
             preload=_as_tuple(preload),
+            products=tuple(products),
             source=getattr(function, "__module__", ""),
         )
         function.spec = spec

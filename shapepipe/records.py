@@ -262,3 +262,104 @@ def new_record(run_name: str, run_dir: Path, config_file: Path, config_copy: str
         "resumed": [],
         "modules": modules,
     }
+
+
+# -- reading records for the data butler (shapepipe.repository) --------------------------------
+JOB_TABLE_NAME = "jobs.json"
+_MODULE_ENTRY_KEYS = ("module", "module_run", "status", "output_dir")
+
+
+def check_record(run_dir: str | Path) -> tuple[dict | None, str | None]:
+    """Read a run record and check its structure.
+
+    Returns
+    -------
+    record, problem : dict or None, str or None
+        ``(record, None)``, or ``(None, message naming the file)`` when the
+        record is unreadable or lacks what a reader of products needs.
+    """
+    path = Path(run_dir) / RECORD_NAME
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        return None, f"{path}: unreadable run record ({error})"
+    record = read_record(run_dir)
+    if not isinstance(record, dict) or not isinstance(record.get("modules"), list) \
+            or not record.get("run_dir"):
+        return None, f"{path}: damaged run record (no run_dir or modules list)"
+    for entry in record["modules"]:
+        missing = [key for key in _MODULE_ENTRY_KEYS if not isinstance(entry, dict) or key not in entry]
+        if missing:
+            return None, f"{path}: damaged run record (a module entry lacks {', '.join(missing)})"
+    return record, None
+
+
+def scan_run_folders(output_dir: str | Path) -> tuple[list[tuple[Path, dict]], list[str]]:
+    """Every run folder under ``output_dir`` with its record, oldest first, and the damaged ones.
+
+    Returns
+    -------
+    runs : list of (Path, dict)
+        Folder (as found now, even if moved since the run) and record.
+    problems : list of str
+        One message per folder whose ``run.json`` is unreadable or damaged.
+    """
+    output_dir = Path(output_dir)
+    runs, problems = [], []
+    if not output_dir.is_dir():
+        return runs, problems
+    for child in output_dir.iterdir():
+        if child.is_dir() and (child / RECORD_NAME).is_file():
+            record, problem = check_record(child)
+            if problem:
+                problems.append(problem)
+            else:
+                runs.append((child, record))
+    runs.sort(key=lambda item: (str(item[1].get("started") or ""), item[0].name))
+    return runs, sorted(problems)
+
+
+def job_rows(run_dir: str | Path, record: dict) -> list[dict]:
+    """Rows of a run's job table (module_run, number, status, outputs, ...).
+
+    ``jobs.json`` holds the module runs it was last written for; the module
+    runs of the record it lacks (a run still going or interrupted) are read
+    from their status files (``<module_run>/logs/status/*.json``), which are
+    written after a job's outputs are published.
+
+    Raises
+    ------
+    ValueError
+        If ``jobs.json`` or a status file exists but is unreadable (the
+        message names it).
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / JOB_TABLE_NAME
+    rows = []
+    if path.is_file():
+        try:
+            table = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{path}: unreadable job table ({error})") from None
+        table = table.get("jobs", []) if isinstance(table, dict) else table
+        if not isinstance(table, list) or not all(isinstance(row, dict) for row in table):
+            raise ValueError(f"{path}: damaged job table (not a list of rows)")
+        rows = list(table)
+    covered = {row.get("module_run") for row in rows}
+    for entry in record.get("modules", []):
+        name = entry["module_run"]
+        if name in covered or entry.get("status") == "pending":
+            continue
+        folder = run_dir / name / "logs" / "status"
+        if not folder.is_dir():
+            continue
+        for status_file in sorted(folder.glob("*.json")):
+            if status_file.name.startswith("."):
+                continue
+            try:
+                row = json.loads(status_file.read_text())
+            except (OSError, ValueError) as error:
+                raise ValueError(f"{status_file}: unreadable job status file ({error})") from None
+            row.setdefault("module_run", name)
+            rows.append(row)
+    return rows

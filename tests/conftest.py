@@ -151,3 +151,20 @@ def tiny_tile_catalogue(tiny_sim, tiny_split, tmp_path_factory):
     _, store = tiny_split
     tile = (tiny_sim / "tile_list.txt").read_text().split()[0]
     return extract_tile(tiny_sim, tile, store, tmp_path_factory.mktemp("tiny_tile"), ccd_shape(tiny_sim))
+
+
+@pytest.fixture(scope="session")
+def tiny_gold_run(tmp_path_factory):
+    """The whole GOLD chain (get_images ... make_catalog) on a ``tiny`` survey: its OUTPUT_DIR.
+
+    As ``tests/test_gold.py``: seed 1, no star brighter than 17 (their halos
+    would leave too few PSF stars on tiny's small CCDs). About 55 s of CPU.
+    """
+    from shapepipe_modules.gold import chain
+    from shapepipe_modules.simulate import simulate
+
+    sim = tmp_path_factory.mktemp("gold_tiny_sim")
+    simulate(preset="tiny", output_dir=sim, seed=1, n_workers=2, star_mag_range=[17.0, 24.0])
+    root = tmp_path_factory.mktemp("gold_tiny_run")
+    chain.run_chain(sim, root, chain.gold_folder(), log=lambda *args: None)
+    return root / "output"

@@ -1,13 +1,20 @@
 """Declaration of the ``execute_example`` module."""
 
+from shapepipe.datasets import Product
 from shapepipe.module import module
 from shapepipe.options import Option
 
 from .execute_example import head_command
 
 
+PRODUCTS = (
+    Product("head_output", "head_output{number}.txt", "text", ids=("number",), description="example output"),
+)
+
+
 @module(
     name="execute_example",
+    products=PRODUCTS,
     version="1.0",
     description="Example: save the output of the external program head for each input file.",
     aliases=("execute_example_runner",),

@@ -1,5 +1,6 @@
 """Declaration of the ``find_exposures`` module."""
 
+from shapepipe.datasets import Product
 from shapepipe.module import module
 from shapepipe.options import Option
 
@@ -20,8 +21,15 @@ def validate(options):
     return []
 
 
+PRODUCTS = (
+    Product("exp_numbers", "exp_numbers{number}.txt", "text", ids=("tile",),
+            description="exposures contributing to a tile, one per line"),
+)
+
+
 @module(
     name="find_exposures",
+    products=PRODUCTS,
     version="2.0",
     description="List the exposures stacked into each tile (HISTORY cards) in exp_numbers<number>.txt.",
     aliases=("find_exposures_runner",),

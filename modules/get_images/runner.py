@@ -3,6 +3,7 @@
 import os
 import re
 
+from shapepipe.datasets import Product
 from shapepipe.module import module
 from shapepipe.options import Option
 
@@ -76,8 +77,23 @@ def validate(options):
     return problems
 
 
+PRODUCTS = (
+    Product("tile_image", "CFIS_image{number}.fits", "fits_image", ids=("tile",),
+            description="stacked tile image (a link to the retrieved file)"),
+    Product("tile_weight_fz", "CFIS_weight{number}.fits.fz", "fits_image", ids=("tile",),
+            description="tile weight, tile-compressed"),
+    Product("raw", "image{number}.fits", "fits_images", ids=("exposure",),
+            description="single exposure, one HDU per CCD"),
+    Product("raw_weight", "weight{number}.fits.fz", "fits_images", ids=("exposure",),
+            description="single-exposure weight, one HDU per CCD"),
+    Product("raw_flag", "flag{number}.fits.fz", "fits_images", ids=("exposure",),
+            description="single-exposure flag, one HDU per CCD"),
+)
+
+
 @module(
     name="get_images",
+    products=PRODUCTS,
     version="2.0",
     description="Bring tiles or exposures listed by ID into the run (symlink or copy), renamed "
                 "to pipeline names.",

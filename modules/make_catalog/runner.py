@@ -13,6 +13,7 @@ per-epoch columns, or select columns with a param file).
 
 from __future__ import annotations
 
+from shapepipe.datasets import Product
 from shapepipe.errors import JobError
 from shapepipe.module import module
 from shapepipe.options import Option
@@ -71,8 +72,15 @@ def run_make_catalog(inputs, output_dir, number, options, logger):
     return path, summary
 
 
+PRODUCTS = (
+    Product("final_cat", "final_cat{number}.fits", "fits_table", ids=("tile",),
+            description="the final shear catalogue of a tile"),
+)
+
+
 @module(
     name="make_catalog",
+    products=PRODUCTS,
     version="2.0",
     description="Final catalogue of a tile: detections, spread-model class, metacal shapes, PSF per epoch.",
     aliases=("make_cat_runner",),

@@ -23,6 +23,7 @@ import re
 import warnings
 from pathlib import Path
 
+from shapepipe.datasets import Product
 from shapepipe.errors import ConfigError, JobError
 from shapepipe.module import module
 from shapepipe.options import Option
@@ -148,8 +149,17 @@ def _output_header(image_header, result, params, input_paths):
     return header
 
 
+PRODUCTS = (
+    Product("pipeline_flag", "*flag{number}.fits", "fits_image", ids=("tile", "exposure_ccd"),
+            description="flag image of the masks (halos, spikes, borders, ...)"),
+    Product("mask_region", "*flag{number}.reg", "text", ids=("tile", "exposure_ccd"),
+            description="ds9 regions of the masks"),
+)
+
+
 @module(
     name="mask",
+    products=PRODUCTS,
     version="1.0",
     description="Pipeline flag image: border, star halos and spikes, deep-sky objects, saturation, input flag.",
     aliases=("mask_runner",),

@@ -1,5 +1,6 @@
 """Declaration of the ``merge_headers`` module."""
 
+from shapepipe.datasets import Product
 from shapepipe.module import module
 from shapepipe.options import Option
 
@@ -12,8 +13,15 @@ OPTIONS = (
 )
 
 
+PRODUCTS = (
+    Product("log_exp_headers", "log_exp_headers.sqlite", "header_store",
+            description="every CCD header of every exposure (WCS for multi-epoch work)"),
+)
+
+
 @module(
     name="merge_headers",
+    products=PRODUCTS,
     version="2.0",
     description="Merge the per-CCD headers written by split_exp into one header store "
                 "(log_exp_headers.sqlite, text headers, WCS on demand).",

@@ -16,6 +16,7 @@ logged warning otherwise.
 
 from __future__ import annotations
 
+from shapepipe.datasets import Product
 from shapepipe.errors import JobError
 from shapepipe.module import module
 from shapepipe.options import Option
@@ -94,8 +95,15 @@ def merge_tile(inputs, output_dir, options, logger):
     return summary
 
 
+PRODUCTS = (
+    Product("ngmix_merged", "*{number}.fits", "fits_tables", ids=("tile",),
+            description="ngmix catalogues of the object-id splits merged"),
+)
+
+
 @module(
     name="merge_sep_cats",
+    products=PRODUCTS,
     version="2.0",
     description="Merge the id-range splits of a tile's catalogues (e.g. ngmix) into one file, checked.",
     aliases=("merge_sep_cats_runner",),

@@ -7,6 +7,7 @@ ShapePipe), adding ``EXP_NAME`` and ``CCD_NB`` from each file number.
 
 from __future__ import annotations
 
+from shapepipe.datasets import Product
 from shapepipe.errors import JobError
 from shapepipe.module import module
 from shapepipe.options import Option
@@ -18,8 +19,15 @@ OPTIONS = (
 )
 
 
+PRODUCTS = (
+    Product("full_starcat", "full_starcat-0000000.fits", "ldac",
+            description="every validation star of the run (FITS-LDAC)"),
+)
+
+
 @module(
     name="merge_starcat",
+    products=PRODUCTS,
     version="2.0",
     description="Merge psfinterp VALIDATION star catalogues into one (with exposure and CCD columns).",
     aliases=("merge_starcat_runner",),

@@ -25,6 +25,7 @@ the same columns and flags.
 
 from __future__ import annotations
 
+from shapepipe.datasets import Product
 from shapepipe.errors import JobError
 from shapepipe.module import module
 from shapepipe.options import Option
@@ -138,8 +139,15 @@ def run_ngmix(inputs, output_dir, number, seed, options, logger):
     return path, summary
 
 
+PRODUCTS = (
+    Product("ngmix", "ngmix{number}.fits", "fits_tables", ids=("tile",),
+            description="metacalibration shapes, one table per shear branch"),
+)
+
+
 @module(
     name="ngmix",
+    products=PRODUCTS,
     version="2.0",
     description="Multi-epoch metacalibration shapes of every tile object (built-in or ngmix engine).",
     aliases=("ngmix_runner",),

@@ -17,6 +17,7 @@ default, and rows of rejected models (``PSF_FLAG``) or failed HSM never do.
 
 from __future__ import annotations
 
+from shapepipe.datasets import Product
 from shapepipe.errors import JobError
 from shapepipe.module import module
 from shapepipe.options import Option
@@ -65,8 +66,17 @@ def validate(options) -> list[str]:
     return problems
 
 
+PRODUCTS = (
+    Product("psf_validation_stats", "psf_validation_stats.json", "json", description="PSF residual statistics"),
+    Product("psf_validation_report", "psf_validation_stats.txt", "text", description="the statistics as text"),
+    Product("rho_stats", "rho_stats.fits", "fits_table", description="rho statistics"),
+    Product("psf_validation_plot", "{plot}.png", "png", description="focal-plane maps, histograms, rho plot"),
+)
+
+
 @module(
     name="psf_validation",
+    products=PRODUCTS,
     version="1.0",
     description="PSF validation: focal-plane maps, rho statistics, histograms and summary numbers.",
     aliases=("mccd_plots_runner",),

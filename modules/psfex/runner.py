@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from shapepipe.datasets import Product
 from shapepipe.errors import JobError, JobUnprocessable
 from shapepipe.module import module
 from shapepipe.options import Option
@@ -69,8 +70,17 @@ def validate(options) -> list[str]:
     return problems
 
 
+PRODUCTS = (
+    Product("psf", "*{number}.psf", "psfex", ids=("exposure_ccd",),
+            description="PSFEx model of a CCD: psf.evaluate(x, y) gives PSF stamps"),
+    Product("psfex_cat", "psfex_cat{number}.cat", "ldac", ids=("exposure_ccd",),
+            description="PSFEx output catalogue of the fitted stars"),
+)
+
+
 @module(
     name="psfex",
+    products=PRODUCTS,
     version="2.0",
     description="PSF model per CCD (built-in PSFEx-equivalent engine or the PSFEx binary).",
     aliases=("psfex_runner",),

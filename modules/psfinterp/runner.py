@@ -28,6 +28,7 @@ with the reason.
 
 from __future__ import annotations
 
+from shapepipe.datasets import Product
 from shapepipe.errors import JobError
 from shapepipe.module import module
 from shapepipe.options import Option
@@ -74,8 +75,21 @@ def validate(options) -> list[str]:
     return problems
 
 
+PRODUCTS = (
+    Product("validation_psf", "validation_psf{number}.fits", "ldac", ids=("exposure_ccd",),
+            description="stars with the PSF model at their positions (VALIDATION)"),
+    Product("galaxy_psf", "galaxy_psf{number}.sqlite", "stamp_store", ids=("tile",),
+            description="PSF stamps of every object and epoch (MULTI-EPOCH)"),
+    Product("galaxy_psf_classic", "galaxy_psf{number}.fits", "ldac", ids=("exposure_ccd", "tile"),
+            description="PSF at every object of one image (CLASSIC)"),
+    Product("psf_ccd_status", "psf_ccd_status{number}.fits", "fits_table", ids=("tile",),
+            description="usable or rejected PSF model of each CCD epoch"),
+)
+
+
 @module(
     name="psfinterp",
+    products=PRODUCTS,
     version="2.0",
     description="PSF from PSFEx models at object positions (CLASSIC, VALIDATION, MULTI-EPOCH).",
     aliases=("psfex_interp_runner", "psfex_interp"),

@@ -1,13 +1,20 @@
 """Declaration of the ``python_example`` module."""
 
+from shapepipe.datasets import Product
 from shapepipe.module import module
 from shapepipe.options import Option
 
 from .python_example import combine, write_output
 
 
+PRODUCTS = (
+    Product("pyex_output", "pyex_output{number}.cat", "text", ids=("number",), description="example output"),
+)
+
+
 @module(
     name="python_example",
+    products=PRODUCTS,
     version="1.1",
     description="Example: write MESSAGE followed by the contents of two input files.",
     aliases=("python_example_runner",),

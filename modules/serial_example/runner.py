@@ -1,5 +1,6 @@
 """Declaration of the ``serial_example`` module."""
 
+from shapepipe.datasets import Product
 from shapepipe.module import module
 
 from .serial_example import concatenate
@@ -9,8 +10,14 @@ from .serial_example import concatenate
 OUTPUT_NAME = "serial_outputfile_number_string.cat"
 
 
+PRODUCTS = (
+    Product("serial_output", "serial_outputfile_number_string.cat", "text", description="example output"),
+)
+
+
 @module(
     name="serial_example",
+    products=PRODUCTS,
     version="1.1",
     description="Example: one job that concatenates the inputs of every file number.",
     aliases=("serial_example_runner",),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from shapepipe.datasets import Product
 from shapepipe.module import module
 from shapepipe.options import Option
 
@@ -50,8 +51,29 @@ def validate_options(options) -> list[str]:
     return messages
 
 
+PRODUCTS = (
+    Product("star_selection", "mask/star_selection{number}.fits", "ldac", ids=("exposure_ccd", "tile"),
+            description="selected stars (FITS-LDAC)"),
+    Product("star_split_ratio_80", "rand_split/star_split_ratio_80{number}.fits", "ldac",
+            ids=("exposure_ccd", "tile"), description="stars for the PSF fit (80% random split)"),
+    Product("star_split_ratio_20", "rand_split/star_split_ratio_20{number}.fits", "ldac",
+            ids=("exposure_ccd", "tile"), description="reserved stars for validation (20% random split)"),
+    Product("star_stat", "stat/star_stat{number}.txt", "text", ids=("exposure_ccd", "tile"),
+            description="statistics of the star selection"),
+    Product("setools_mask", "mask/{selection}{number}.fits", "ldac", ids=("exposure_ccd", "tile"),
+            description="any other selection of a setools configuration (key: its name)"),
+    Product("setools_split", "rand_split/{split}{number}.fits", "ldac", ids=("exposure_ccd", "tile"),
+            description="any other random split (key: its name)"),
+    Product("setools_stat", "stat/{stat}{number}.txt", "text", ids=("exposure_ccd", "tile"),
+            description="any other statistics file (key: its name)"),
+    Product("setools_plot", "plot/{plot}{number}.png", "png", ids=("exposure_ccd", "tile"),
+            description="setools plots (key: the plot name)"),
+)
+
+
 @module(
     name="setools",
+    products=PRODUCTS,
     version="2.0",
     description="Select samples (stars) from SExtractor catalogues with the SETools language.",
     aliases=("setools_runner",),

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from shapepipe.datasets import Product
 from shapepipe.errors import JobError
 from shapepipe.module import module
 from shapepipe.options import Option
@@ -459,8 +460,21 @@ def write_catalogue(job, report=None):
     return run(job, paths, settings_files, zero_point, background_value, check_images, report=report)
 
 
+PRODUCTS = (
+    Product("sexcat", "*sexcat{number}.fits", "ldac", ids=("tile", "exposure_ccd"),
+            description="SExtractor catalogue (FITS-LDAC)"),
+    Product("bkg_resid", "*bkg_resid{number}.txt", "text", ids=("tile", "exposure_ccd"),
+            description="background residual statistics"),
+    Product("bkg_resid_plot", "*bkg_resid{number}.png", "png", ids=("tile", "exposure_ccd"),
+            description="background residual plot"),
+    Product("check_image", "*{check}{number}.fits", "fits_image", ids=("tile", "exposure_ccd"),
+            description="SExtractor check image (key: its kind, e.g. background)"),
+)
+
+
 @module(
     name="sextractor",
+    products=PRODUCTS,
     version="2.0",
     description="Source extraction on a CCD or tile (sep engine or the SExtractor binary), FITS-LDAC output.",
     aliases=("sextractor_runner",),

@@ -1,5 +1,6 @@
 """Declaration of the ``split_exp`` module."""
 
+from shapepipe.datasets import Product
 from shapepipe.module import module
 from shapepipe.options import Option
 
@@ -25,8 +26,21 @@ def validate(options):
     return problems
 
 
+PRODUCTS = (
+    Product("exposure", "image{number}.fits", "fits_image", ids=("exposure_ccd",),
+            description="one CCD of a single exposure"),
+    Product("exposure_weight", "weight{number}.fits", "fits_image", ids=("exposure_ccd",),
+            description="weight of one CCD"),
+    Product("exposure_flag", "flag{number}.fits", "fits_image", ids=("exposure_ccd",),
+            description="flag of one CCD"),
+    Product("exposure_headers", "headers{number}.npy", "npy", ids=("exposure",),
+            description="CCD headers of an exposure (text, one per CCD)"),
+)
+
+
 @module(
     name="split_exp",
+    products=PRODUCTS,
     version="2.0",
     description="Split exposure mosaics (image, weight, flag) into one FITS file per CCD, "
                 "keeping each CCD's header and WCS.",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from shapepipe.datasets import Product
 from shapepipe.errors import JobError
 from shapepipe.module import module
 from shapepipe.options import Option
@@ -121,8 +122,15 @@ def compute_spread_model(table, weights, sigma, psf_stamps, options):
     return sm, sm_err, flags
 
 
+PRODUCTS = (
+    Product("sexcat_sm", "*sexcat_sm{number}.fits", "ldac", ids=("tile", "exposure_ccd"),
+            description="tile catalogue with SPREAD_MODEL"),
+)
+
+
 @module(
     name="spread_model",
+    products=PRODUCTS,
     version="2.0",
     description="SPREAD_MODEL star/galaxy classifier of tile objects from their stamps and PSF.",
     aliases=("spread_model_runner",),

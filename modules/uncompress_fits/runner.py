@@ -1,5 +1,6 @@
 """Declaration of the ``uncompress_fits`` module."""
 
+from shapepipe.datasets import Product
 from shapepipe.module import module
 from shapepipe.options import Option
 
@@ -13,8 +14,17 @@ OPTIONS = (
 )
 
 
+PRODUCTS = (
+    Product("tile_weight", "CFIS_weight{number}.fits", "fits_image", ids=("tile",),
+            description="tile weight, uncompressed"),
+    Product("uncompressed_image", "{prefix}{number}.fits", "fits_image", ids=("tile", "exposure_ccd", "exposure"),
+            description="any other uncompressed image (key: its file prefix)"),
+)
+
+
 @module(
     name="uncompress_fits",
+    products=PRODUCTS,
     version="2.0",
     description="Uncompress tile-compressed .fits.fz images into plain single-HDU FITS files.",
     aliases=("uncompress_fits_runner",),

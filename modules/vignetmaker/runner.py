@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from shapepipe.datasets import Product
 from shapepipe.errors import JobError
 from shapepipe.module import module
 from shapepipe.options import Option
@@ -98,8 +99,25 @@ def validate(options) -> list[str]:
     return problems
 
 
+PRODUCTS = (
+    Product("image_vignet", "image_vignet{number}.sqlite", "stamp_store", ids=("tile",),
+            description="image stamps of every object and epoch (MULTI-EPOCH)"),
+    Product("weight_vignet", "weight_vignet{number}.sqlite", "stamp_store", ids=("tile",),
+            description="weight stamps (MULTI-EPOCH)"),
+    Product("flag_vignet", "flag_vignet{number}.sqlite", "stamp_store", ids=("tile",),
+            description="flag stamps (MULTI-EPOCH)"),
+    Product("background_vignet", "background_vignet{number}.sqlite", "stamp_store", ids=("tile",),
+            description="background stamps (MULTI-EPOCH)"),
+    Product("vignet_store", "{pattern}_vignet{number}.sqlite", "stamp_store", ids=("tile",),
+            description="stamps of another ME_IMAGE_PATTERN (key: the pattern)"),
+    Product("vignet", "{prefix}_vignet{number}.fits", "ldac", ids=("tile", "exposure_ccd"),
+            description="stamps of one image in a VIGNET column (CLASSIC; key: the PREFIX)"),
+)
+
+
 @module(
     name="vignetmaker",
+    products=PRODUCTS,
     version="2.0",
     description="Postage stamps around catalogue positions (CLASSIC) or in every epoch of every tile object "
                 "(MULTI-EPOCH).",
