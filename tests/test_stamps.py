@@ -237,6 +237,12 @@ def test_exposure_stamps_and_psf(archive, stamps_run):
                 if half <= ix < data.shape[1] - half and half <= iy < data.shape[0] - half:
                     assert np.array_equal(record["data"][slot], data[iy - half:iy + half + 1, ix - half:ix + half + 1])
                     checked += 1
+                # The stamp's WCS (the CCD's TPV WCS moved to the stamp) puts the truth where it is.
+                stamp_header = fits.Header.fromstring(record["headers"][slot])
+                assert "PV1_7" in stamp_header  # the TPV terms (astropy writes TPV as SCAMP's TAN + PV)
+                wcs = WCS(stamp_header)
+                sx, sy = wcs.all_world2pix(row["ra"], row["dec"], 1)
+                assert abs(float(sx) - (x - (ix - half))) < 0.05 and abs(float(sy) - (y - (iy - half))) < 0.05
                 if (exposure, ccd) == stamps_run["no_psf"]:
                     assert not record["psf_present"][slot]
                     continue
@@ -317,3 +323,31 @@ def test_module_form_two_bands(stamps_run, tmp_path):
         record = archive.target(str(truth["id"][3]))
         assert record["images"] == ["tile r", "tile s"]
         assert np.array_equal(record["data"][0], record["data"][1])
+
+
+@pytest.mark.parametrize("distortion", ["sip", "tpv"])
+def test_stamp_wcs_keeps_distortion(distortion):
+    """A stamp's header maps its pixels to the sky as the parent image does at the shifted pixels."""
+    from shapepipe_modules.stamps.extract import StampWCS
+
+    header = fits.Header()
+    header.update({"NAXIS": 2, "NAXIS1": 2000, "NAXIS2": 4000, "CRPIX1": 1012.3, "CRPIX2": -205.7,
+                   "CRVAL1": 244.1, "CRVAL2": 36.2, "CD1_1": -5.2e-5, "CD1_2": 1e-7, "CD2_1": -2e-7,
+                   "CD2_2": 5.2e-5})
+    if distortion == "sip":
+        header.update({"CTYPE1": "RA---TAN-SIP", "CTYPE2": "DEC--TAN-SIP", "A_ORDER": 2, "B_ORDER": 2,
+                       "A_2_0": 3e-6, "A_0_2": -2e-6, "A_1_1": 1e-6, "B_2_0": 1e-6, "B_0_2": 4e-6})
+    else:
+        header.update({"CTYPE1": "RA---TPV", "CTYPE2": "DEC--TPV", "PV1_1": 1.0, "PV2_1": 1.0,
+                       "PV1_4": 2e-3, "PV1_7": 5e-3, "PV2_5": -3e-3, "PV2_9": 4e-3})
+    parent = WCS(header)
+    stamp_wcs = StampWCS(header)
+    x0, y0 = 1500, 3100
+    stamp = WCS(fits.Header.fromstring(stamp_wcs.text(x0, y0)))
+    px = np.array([1.0, 26.0, 51.0, 13.3])
+    py = np.array([1.0, 26.0, 51.0, 40.7])
+    a = np.array(stamp.all_pix2world(px, py, 1))
+    b = np.array(parent.all_pix2world(px + x0, py + y0, 1))
+    assert np.max(np.abs(a - b)) * 3600 < 1e-6  # arcsec
+    moved = np.array(parent.all_pix2world(px + x0 + 0.01, py + y0, 1))
+    assert np.max(np.abs(moved - a)) * 3600 > 1e-4  # the comparison can tell 0.01 px

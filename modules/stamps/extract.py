@@ -103,21 +103,27 @@ class StampWCS:
     Parameters
     ----------
     header : astropy.io.fits.Header or str
-        The image header (or its text), whose celestial WCS (with SIP or TPV
-        distortion) the stamps inherit.
+        The image header (or its text, as the header store holds it), whose
+        celestial WCS (with SIP or TPV distortion) the stamps inherit. Treat
+        ``self.wcs`` as read-only (it may be the store's cached WCS).
     """
 
     def __init__(self, header):
         import warnings
 
-        from astropy.io import fits
         from astropy.wcs import WCS, FITSFixedWarning
 
-        if isinstance(header, str):
-            header = fits.Header.fromstring(header)
+        from shapepipe_modules.io.header_store import wcs_from_header_text
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FITSFixedWarning)
-            self.wcs = WCS(header).celestial
+            if isinstance(header, str):
+                # The header store's per-process cache: the multi-epoch bookkeeping built it already.
+                self.wcs = wcs_from_header_text(header)
+            else:
+                self.wcs = WCS(header)
+            if self.wcs.naxis != 2:
+                self.wcs = self.wcs.celestial
             cards = self.wcs.to_header(relax=True)
         self.crpix = (float(cards["CRPIX1"]), float(cards["CRPIX2"]))
         images = [card.image for card in cards.cards]
@@ -560,13 +566,15 @@ def write_batch(path, tiles, layout, settings: Settings, batch: int = 0, logger=
     -------
     dict
         ``done`` (ids with stamps), ``failed`` ({id: reason}), ``notes``,
-        ``files_read``, ``bytes``, ``stamps`` (stamps present), ``seconds``.
+        ``files_read``, ``bytes``, ``stamps`` (stamps present), ``seconds``
+        (wall) and ``cpu_seconds`` (of the process cutting the batch).
     """
     import h5py
 
     from shapepipe_modules.io.header_store import HeaderStore
 
     start = time.perf_counter()
+    cpu_start = time.process_time()
     logger = logger or logging.getLogger(__name__)
     done, failed, notes, files_read = [], {}, [], set()
     stamps = 0
@@ -605,4 +613,5 @@ def write_batch(path, tiles, layout, settings: Settings, batch: int = 0, logger=
     for note in notes:
         logger.warning("batch %d: %s", batch, note)
     return {"done": done, "failed": failed, "notes": notes, "files_read": sorted(files_read),
-            "bytes": Path(path).stat().st_size, "stamps": stamps, "seconds": time.perf_counter() - start}
+            "bytes": Path(path).stat().st_size, "stamps": stamps, "seconds": time.perf_counter() - start,
+            "cpu_seconds": time.process_time() - cpu_start}

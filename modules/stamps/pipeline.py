@@ -172,7 +172,7 @@ def extract(archive_dir, layout, settings: Settings, workers: int = 1, retry_fai
     -------
     dict
         Counts (``done``, ``failed``, ``new``), ``batches`` cut, ``stamps``, ``bytes`` written,
-        ``seconds``.
+        ``seconds`` (wall) and ``batch_cpu_seconds`` (CPU of the batches, over every worker).
     """
     from shapepipe.executors import JoblibExecutor, run_all
     from shapepipe.jobs import Task
@@ -205,6 +205,7 @@ def extract(archive_dir, layout, settings: Settings, workers: int = 1, retry_fai
                                      "settings": settings}))
         row_of = {target: i for i, target in enumerate(table.ids.tolist())}
         stamps = written = 0
+        cpu = 0.0
         executor = JoblibExecutor(workers)
         logger.info("%s: %d batch(es) to cut with %s", archive_dir, len(tasks), executor.describe())
         for task, row in run_all(executor, _batch_task, tasks):
@@ -215,6 +216,7 @@ def extract(archive_dir, layout, settings: Settings, workers: int = 1, retry_fai
                     table.status[row_of[target]] = FAILED_PREFIX + reason
                 stamps += row["stamps"]
                 written += row["bytes"]
+                cpu += row["cpu_seconds"]
             else:
                 reason = f"batch {task.extra['batch']}: {row.get('error', 'lost')}"
                 logger.error("%s", reason)
@@ -227,5 +229,6 @@ def extract(archive_dir, layout, settings: Settings, workers: int = 1, retry_fai
     finally:
         lock.unlink(missing_ok=True)
     result = table.counts()
-    result.update(batches=len(tasks), stamps=stamps, bytes=written, seconds=time.perf_counter() - start)
+    result.update(batches=len(tasks), stamps=stamps, bytes=written, seconds=time.perf_counter() - start,
+                  batch_cpu_seconds=cpu)
     return result
