@@ -17,6 +17,8 @@ import numpy as np
 
 BATCH_FILE_RE = re.compile(r"^stamps-b(\d{5,})-p(\d+)\.h5$")
 STATUS_NAME = "targets.csv"
+#: HDF5 chunk cache per open batch file (bytes).
+CHUNK_CACHE_BYTES = 32 << 20
 SETTINGS_NAME = "archive.json"
 
 
@@ -87,11 +89,14 @@ class Archive:
 
         self.files = batch_files(source)
         self._handles = {}
+        self._datasets = {}
         self.index: dict[str, Location] = {}
         self.order: list[str] = []
         for path in self.files:
             try:
-                h5 = h5py.File(path, "r")
+                # A chunk holds the stamps of several targets in one slot: a cache holding every
+                # chunk of a few targets makes reading targets in order decompress each chunk once.
+                h5 = h5py.File(path, "r", rdcc_nbytes=CHUNK_CACHE_BYTES, rdcc_nslots=100003)
             except OSError as error:
                 raise ArchiveError(f"{path}: cannot open ({error})") from error
             self._handles[path] = h5
@@ -110,6 +115,7 @@ class Archive:
         self.close()
 
     def close(self):
+        self._datasets.clear()
         for h5 in self._handles.values():
             h5.close()
         self._handles.clear()
@@ -120,6 +126,14 @@ class Archive:
     def __len__(self) -> int:
         return len(self.index)
 
+    def _dataset(self, group, name):
+        """Open datasets are kept: HDF5 drops a dataset's chunk cache when it is closed."""
+        key = (group.file.filename, group.name, name)
+        dataset = self._datasets.get(key)
+        if dataset is None:
+            dataset = self._datasets[key] = group[name]
+        return dataset
+
     def group(self, target):
         location = self.index[str(target)]
         return self._handles[location.path][location.tile], location.row
@@ -129,9 +143,9 @@ class Archive:
         ``masked``, ``present``, ``psf_present``, ``ccd``, ``x``, ``y``, ``headers`` (text) per slot,
         and ``images`` (slot names), ``tile``, ``id``, ``ra``, ``dec``."""
         group, row = self.group(target)
-        record = {name: group[name][row] for name in ("data", "weight", "flag", "psf", "masked", "present",
-                                                     "psf_present", "ccd", "x", "y")}
-        record["headers"] = [h.decode("ascii") for h in group["headers"][row]]
+        record = {name: self._dataset(group, name)[row] for name in ("data", "weight", "flag", "psf", "masked",
+                                                                    "present", "psf_present", "ccd", "x", "y")}
+        record["headers"] = [h.decode("ascii") for h in self._dataset(group, "headers")[row]]
         record["images"] = [str(v) for v in group.attrs["images"]]
         record["tile"] = group.name.strip("/")
         record["id"] = str(target)

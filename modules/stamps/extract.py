@@ -489,11 +489,12 @@ def _mean_psf(tile_slot: SlotStamps, exposure_slots):
     total = np.zeros(tile_slot.psf.shape, dtype=np.float64)
     count = np.zeros(tile_slot.n, dtype=np.int64)
     for slot in exposure_slots:
-        have = slot.psf_present
-        total[have] += slot.psf[have]
-        count += have
+        # In place, without copying the selected stamps (absent PSFs are zero).
+        np.add(total, slot.psf, out=total, where=slot.psf_present[:, None, None])
+        count += slot.psf_present
     have = count > 0
-    tile_slot.psf[have] = (total[have] / count[have, None, None]).astype(np.float32)
+    np.divide(total, np.maximum(count, 1)[:, None, None], out=total)
+    tile_slot.psf[:] = total
     tile_slot.psf_present[:] = have & tile_slot.present
 
 
