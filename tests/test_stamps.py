@@ -86,6 +86,8 @@ def _targets(run, path):
                                                                   truth["dec"][pick].tolist(), truth["mag"][pick])]
     lines += [f"border{i},{r!r},{d!r},0" for i, (r, d) in enumerate(zip(b_ra.tolist(), b_dec.tolist()))]
     lines += [f"off{i},{r!r},{d!r},0" for i, (r, d) in enumerate(zip(o_ra.tolist(), o_dec.tolist()))]
+    f_ra, f_dec = wcs.all_pix2world([231.0], [131.0], 1)  # inside the flagged block of the tile flag
+    lines += [f"flagged,{float(f_ra[0])!r},{float(f_dec[0])!r},0"]
     Path(path).write_text("\n".join(lines) + "\n")
     return truth[pick], (border_x, border_y)
 
@@ -156,7 +158,7 @@ def test_status_and_outside(archive):
     folder, truth, _, summary = archive
     table = read_status_table(folder / "targets.csv")
     status = dict(zip(table.ids.tolist(), table.status.tolist()))
-    assert summary["done"] == len(truth) + 4 and summary["failed"] == 3 and summary["new"] == 0
+    assert summary["done"] == len(truth) + 5 and summary["failed"] == 3 and summary["new"] == 0
     assert all(status[f"off{i}"] == "failed: outside every tile of the run" for i in range(3))
     assert all(status[f"border{i}"] == "done" for i in range(4))
     assert (folder / "quicklook.png").stat().st_size > 1000
@@ -203,10 +205,10 @@ def test_border_padding_and_masked_counts(archive, stamps_run):
             assert np.all(record["weight"][0][outside] == 0) and np.all(record["data"][0][outside] == 0)
             masked = outside | (record["flag"][0] != 0) | (record["weight"][0] <= 0)
             assert record["masked"][0] == masked.sum()
-    # A stamp over the flagged block counts its pixels.
+    # A stamp inside the flagged block: every pixel keeps the file's flag and counts as masked.
     with Archive(folder) as stamps:
-        group, _ = stamps.group("border0")
-        assert group["masked"][:, 0].min() >= 0
+        record = stamps.target("flagged")
+        assert np.all(record["flag"][0] == 4) and record["masked"][0] == SIZE * SIZE
 
 
 def test_exposure_stamps_and_psf(archive, stamps_run):
@@ -351,3 +353,35 @@ def test_stamp_wcs_keeps_distortion(distortion):
     assert np.max(np.abs(a - b)) * 3600 < 1e-6  # arcsec
     moved = np.array(parent.all_pix2world(px + x0 + 0.01, py + y0, 1))
     assert np.max(np.abs(moved - a)) * 3600 > 1e-4  # the comparison can tell 0.01 px
+
+
+def test_missing_file_fails_then_retry_failed(stamps_run, tmp_path):
+    """A missing tile flag fails the tile's targets naming the file; --retry-failed cuts them into part 1."""
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    number = stamps_run["tile"].replace(".", "-")
+    for name in (f"CFIS_image-{number}.fits", f"CFIS_weight-{number}.fits"):
+        os.symlink(stamps_run["tiles"] / name, tiles / name)
+    truth = Table.read(stamps_run["sim"] / "truth" / f"truth_tile-{number}.fits")[:6]
+    table = tmp_path / "t.csv"
+    table.write_text("id,ra,dec\n" + "".join(f"{i},{r!r},{d!r}\n" for i, r, d in
+                                             zip(truth["id"], truth["ra"].tolist(), truth["dec"].tolist())))
+    args = ["run", str(table), "-o", str(tmp_path / "a"), "--tile-dir", str(tiles), "--exposure-stamps", "false",
+            "--stamp-size", "11", "--quicklook", "0"]
+    assert stamps_main(args) == 0
+    status = read_status_table(tmp_path / "a" / "targets.csv")
+    assert status.counts()["failed"] == 6
+    assert f"tile flag pipeline_flag-{number}.fits not found in {tiles}" in status.status[0]
+    assert stamps_main(args) == 0  # a plain rerun leaves failed targets alone
+    assert [p.name for p in batch_files(tmp_path / "a")] == ["stamps-b00000-p0.h5"]
+    os.symlink(stamps_run["tiles"] / f"pipeline_flag-{number}.fits", tiles / f"pipeline_flag-{number}.fits")
+    assert stamps_main(args + ["--retry-failed"]) == 0
+    assert read_status_table(tmp_path / "a" / "targets.csv").counts()["done"] == 6
+    assert [p.name for p in batch_files(tmp_path / "a")] == ["stamps-b00000-p0.h5", "stamps-b00000-p1.h5"]
+    flag = fits.getdata(stamps_run["tiles"] / f"pipeline_flag-{number}.fits")
+    with Archive(tmp_path / "a") as archive:
+        assert len(archive) == 6 and not archive.failed()
+        record = archive.target(str(truth["id"][2]))
+        ix, iy = int(np.floor(truth["x"][2] - 0.5)), int(np.floor(truth["y"][2] - 0.5))
+        if 5 <= ix < flag.shape[1] - 5 and 5 <= iy < flag.shape[0] - 5:
+            assert np.array_equal(record["flag"][0], flag[iy - 5:iy + 6, ix - 5:ix + 6])
