@@ -13,7 +13,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 BATCH_FILE_RE = re.compile(r"^stamps-b(\d{5,})-p(\d+)\.h5$")
 STATUS_NAME = "targets.csv"

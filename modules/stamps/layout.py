@@ -15,7 +15,7 @@ the file wins.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from shapepipe_modules.cfis import parse_tile_id, tile_id
@@ -50,7 +50,6 @@ class Layout:
     header_store: Path | None = None
     ext: str = ".fits"
     psf_ext: str = ".psf"
-    notes: list = field(default_factory=list, compare=False)
 
     @property
     def exposures(self) -> bool:

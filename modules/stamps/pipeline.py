@@ -70,7 +70,7 @@ def prepare(targets_path, archive_dir, layout, settings: Settings, columns=("id"
     archive_dir.mkdir(parents=True, exist_ok=True)
     record = {"targets": str(Path(targets_path).resolve()), "columns": list(columns), "rule": rule,
               "batch_size": int(batch_size), "run_tiles": run_tiles, "settings": asdict(settings),
-              "layout": {k: str(v) for k, v in asdict(layout).items() if k != "notes"}}
+              "layout": {k: str(v) for k, v in asdict(layout).items()}}
     write_text_atomic(archive_dir / SETTINGS_NAME, json.dumps(record, indent=1) + "\n")
     write_status_table(status_path, table)
     logger.info("%s: %d targets, %d on %d tiles in %d batches, %d outside every tile", archive_dir,
