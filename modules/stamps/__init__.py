@@ -1,0 +1,1 @@
+"""Postage-stamp archives of target lists (``shapepipe_stamps``, module ``stamps``)."""

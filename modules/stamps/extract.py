@@ -1,0 +1,618 @@
+"""Cutting the stamps of a batch of tiles into one HDF5 file.
+
+For every target of a tile, and every *slot* of that tile (per band: the
+tile image, then each exposure named by the tile's ``HISTORY`` and found in
+the header store), the file holds
+
+``data``, ``weight``, ``flag``
+    ``(n, slots, size, size)`` stamps of the image, weight and flag, cut
+    with the project's centre convention
+    (:mod:`shapepipe_modules.vignetmaker.stamps`: the central pixel
+    ``size // 2`` contains the target); pixel values are the file's own
+    (exactly; ``data`` keeps the image type, ``weight`` float32, ``flag``
+    int32). Pixels beyond the image border are padded with image 0,
+    weight 0 and flag :data:`PADDED_FLAG`;
+``psf``
+    ``(n, slots, psf_size, psf_size)`` float32 PSF model at the target,
+    centred on it (the same sub-pixel offset as the object in the stamp),
+    unit sum. Exposure slots: the PSFEx model of the CCD
+    (:func:`shapepipe_modules.psfinterp.interpolate.psf_stamps`). Tile
+    slots: the mean of the exposure PSFs of the target in that band (the
+    stacks are mean stacks; there is no PSF model of a tile);
+``masked``
+    ``(n, slots)`` pixels flagged, with zero weight or padded;
+``present``, ``psf_present``
+    ``(n, slots)`` whether the slot has a stamp (an exposure that did not
+    see the target has none) and a PSF;
+``ccd``
+    ``(n, slots)`` CCD of the exposure slots (-1: tile slot or absent);
+``x``, ``y``
+    ``(n, slots)`` FITS (1-based) position of the target in the source
+    image; in the stamp it is at ``x - x0`` where ``x0 = floor(x - 0.5) -
+    size // 2`` is the stamp's offset;
+``headers``
+    ``(n, slots)`` the stamp's WCS as FITS header text (80-character
+    cards): the source image's WCS, distortion (TPV, SIP) included, with
+    ``CRPIX`` moved to the stamp;
+``ids``, ``ra``, ``dec``
+    the targets (ids as UTF-8 text); group attributes ``images`` (slot
+    names, ``tile r``, ``exposure 2100001 r``), ``bands``, ``exposures``.
+
+One group per tile (``/244.252``) and a ``/failed`` group (``ids``,
+``reasons``) for the targets of the batch that got no stamp.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from shapepipe.atomic import atomic_path
+from shapepipe_modules.vignetmaker.multi_epoch import OFF_CCD_FLAG
+from shapepipe_modules.vignetmaker.stamps import central_pixels, check_stamp_size, cut_stamps
+
+FORMAT = "shapepipe_stamps"
+FORMAT_VERSION = 1
+#: Flag bit of stamp pixels beyond the image border (the MULTI-EPOCH stamps' bit).
+PADDED_FLAG = OFF_CCD_FLAG
+#: Target size of an HDF5 chunk in bytes (stamps are chunked whole, several per chunk).
+CHUNK_BYTES = 1 << 18
+COMPRESSIONS = ("gzip", "lzf", "none")
+
+
+class ExtractionError(RuntimeError):
+    """A tile cannot be cut (the message names the file)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What is cut and how it is stored."""
+
+    stamp_size: int = 51
+    psf_size: int = 51
+    compression: str = "gzip"
+    compression_level: int = 1
+
+    def __post_init__(self):
+        check_stamp_size(self.stamp_size)
+        check_stamp_size(self.psf_size)
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(f"COMPRESSION must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}")
+
+
+# ---------------------------------------------------------------------------
+# Per-stamp WCS headers.
+
+
+def _crpix_card(name: str, value: float) -> str:
+    text = repr(float(value))
+    if "e" in text or "n" in text or len(text) > 20:
+        from astropy.io import fits
+
+        return fits.Card(name, float(value)).image
+    return f"{name:<8}= {text:>20}".ljust(80)
+
+
+class StampWCS:
+    """The WCS of an image as header text, re-centred on stamps.
+
+    Parameters
+    ----------
+    header : astropy.io.fits.Header or str
+        The image header (or its text, as the header store holds it), whose
+        celestial WCS (with SIP or TPV distortion) the stamps inherit. Treat
+        ``self.wcs`` as read-only (it may be the store's cached WCS).
+    """
+
+    def __init__(self, header):
+        import warnings
+
+        from astropy.wcs import WCS, FITSFixedWarning
+
+        from shapepipe_modules.io.header_store import wcs_from_header_text
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)
+            if isinstance(header, str):
+                # The header store's per-process cache: the multi-epoch bookkeeping built it already.
+                self.wcs = wcs_from_header_text(header)
+            else:
+                self.wcs = WCS(header)
+            if self.wcs.naxis != 2:
+                self.wcs = self.wcs.celestial
+            cards = self.wcs.to_header(relax=True)
+        self.crpix = (float(cards["CRPIX1"]), float(cards["CRPIX2"]))
+        images = [card.image for card in cards.cards]
+        names = [card.keyword for card in cards.cards]
+        self._index = (names.index("CRPIX1"), names.index("CRPIX2"))
+        self._cards = images
+        self.length = 80 * len(images)
+
+    def text(self, x0: int, y0: int) -> str:
+        """Header text of a stamp whose first pixel is image pixel ``(x0 + 1, y0 + 1)`` (FITS)."""
+        cards = list(self._cards)
+        cards[self._index[0]] = _crpix_card("CRPIX1", self.crpix[0] - x0)
+        cards[self._index[1]] = _crpix_card("CRPIX2", self.crpix[1] - y0)
+        return "".join(cards)
+
+    def texts(self, x0, y0) -> list[str]:
+        return [self.text(a, b) for a, b in zip(np.asarray(x0).tolist(), np.asarray(y0).tolist())]
+
+
+def world_to_pixel(wcs, ra, dec):
+    """FITS (1-based) positions, distortion included (best solution if the inversion stalls)."""
+    from astropy.wcs import NoConvergence
+
+    if np.size(ra) == 0:
+        return np.zeros(0), np.zeros(0)
+    try:
+        x, y = wcs.all_world2pix(ra, dec, 1, quiet=True)
+    except NoConvergence as error:
+        x, y = error.best_solution.T
+    return np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+
+
+# ---------------------------------------------------------------------------
+# Reading images.
+
+
+class _Image:
+    """A 2-D FITS image opened with memory mapping (pages read only where stamps are cut)."""
+
+    def __init__(self, path):
+        from astropy.io import fits
+
+        self.path = Path(path)
+        try:
+            self._hdus = fits.open(self.path, memmap=True)
+        except OSError as error:
+            raise ExtractionError(f"{self.path}: cannot read ({error})") from error
+        for hdu in self._hdus:
+            if hdu.is_image and hdu.header.get("NAXIS", 0) == 2:
+                self.header = hdu.header
+                self.data = hdu.data
+                break
+        else:
+            self._hdus.close()
+            raise ExtractionError(f"{self.path}: no 2-D image HDU")
+
+    def cut(self, ix, iy, size, fill, dtype=None):
+        dtype = np.dtype(dtype or self.data.dtype).newbyteorder("=")
+        return cut_stamps(self.data, ix, iy, size, fill=fill, dtype=dtype)
+
+    def close(self):
+        self.data = None
+        self._hdus.close()
+
+
+def read_image_header(path):
+    """Header of the first 2-D image HDU of a FITS file (the pixels are not read)."""
+    image = _Image(path)
+    try:
+        return image.header.copy()
+    finally:
+        image.close()
+
+
+# ---------------------------------------------------------------------------
+# Slots.
+
+
+@dataclass
+class SlotStamps:
+    """Stamps of one slot for the targets of a tile (rows without a stamp stay empty)."""
+
+    n: int
+    size: int
+    psf_size: int
+    data_dtype: np.dtype = np.dtype(np.float32)
+    data: np.ndarray = None
+    weight: np.ndarray = None
+    flag: np.ndarray = None
+    psf: np.ndarray = None
+    present: np.ndarray = None
+    psf_present: np.ndarray = None
+    masked: np.ndarray = None
+    ccd: np.ndarray = None
+    x: np.ndarray = None
+    y: np.ndarray = None
+    headers: list = field(default_factory=list)
+
+    def __post_init__(self):
+        n, s, p = self.n, self.size, self.psf_size
+        self.data = np.zeros((n, s, s), dtype=self.data_dtype)
+        self.weight = np.zeros((n, s, s), dtype=np.float32)
+        self.flag = np.full((n, s, s), PADDED_FLAG, dtype=np.int32)
+        self.psf = np.zeros((n, p, p), dtype=np.float32)
+        self.present = np.zeros(n, dtype=bool)
+        self.psf_present = np.zeros(n, dtype=bool)
+        self.masked = np.full(n, s * s, dtype=np.int32)
+        self.ccd = np.full(n, -1, dtype=np.int16)
+        self.x = np.full(n, np.nan)
+        self.y = np.full(n, np.nan)
+        self.headers = [""] * n
+
+
+def cut_into(slot: SlotStamps, rows, image: _Image, weight: _Image | None, flag: _Image | None,
+             x, y, stamp_wcs: StampWCS):
+    """Cut the stamps of targets ``rows`` at FITS positions ``(x, y)`` into a slot.
+
+    Weight without a weight file: 1 on the image, 0 beyond it. Returns the
+    0-based central pixels ``(ix, iy)``.
+    """
+    size = slot.size
+    half = size // 2
+    ix, iy, _, _ = central_pixels(x, y)
+    data, missing = image.cut(ix, iy, size, fill=0, dtype=slot.data_dtype)
+    shape = image.data.shape
+    for other in (weight, flag):
+        if other is not None and other.data.shape != shape:
+            raise ExtractionError(f"{other.path}: shape {other.data.shape}, image {image.path} {shape}")
+    if weight is not None:
+        weights, _ = weight.cut(ix, iy, size, fill=0, dtype=np.float32)
+    else:
+        weights = (~missing).astype(np.float32)
+    if flag is not None:
+        if not np.issubdtype(flag.data.dtype, np.integer):
+            raise ExtractionError(f"{flag.path}: holds {flag.data.dtype} values; a flag image must hold integers")
+        flags, _ = flag.cut(ix, iy, size, fill=0, dtype=np.int32)
+    else:
+        flags = np.zeros(data.shape, dtype=np.int32)
+    flags[missing] |= PADDED_FLAG
+    slot.data[rows] = data
+    slot.weight[rows] = weights
+    slot.flag[rows] = flags
+    slot.masked[rows] = (missing | (flags != 0) | (weights <= 0)).reshape(len(rows), -1).sum(axis=1)
+    slot.present[rows] = True
+    slot.x[rows] = x
+    slot.y[rows] = y
+    for row, text in zip(np.asarray(rows).tolist(), stamp_wcs.texts(ix - half, iy - half)):
+        slot.headers[row] = text
+    return ix, iy
+
+
+# ---------------------------------------------------------------------------
+# One tile.
+
+
+@dataclass
+class TileResult:
+    """What :func:`extract_tile` produced."""
+
+    slots: list
+    names: list
+    bands: list
+    exposures: list
+    rows: np.ndarray          # targets (indices into the tile's list) that got stamps
+    failed: dict              # index -> reason
+    notes: list = field(default_factory=list)
+    files_read: set = field(default_factory=set)
+
+
+def _open(path, files_read):
+    image = _Image(path)
+    files_read.add(str(path))
+    return image
+
+
+def extract_tile(tile: str, ra, dec, layout, settings: Settings, store=None, logger=None) -> TileResult:
+    """Stamps of every slot for targets ``(ra, dec)`` of one tile.
+
+    Targets whose position falls outside the tile image of the first band
+    fail (reason given); a band or exposure whose file is missing leaves
+    its slot absent (noted). A missing tile file of the first band, or a
+    declared weight or flag file missing, fails every target of the tile.
+
+    Parameters
+    ----------
+    tile : str
+        Tile id ``XXX.YYY``.
+    ra, dec : arrays
+        Target positions (degrees).
+    layout : Layout
+    settings : Settings
+    store : HeaderStore, optional
+        Open header store (exposure slots need it).
+    logger : logging.Logger, optional
+    """
+    from shapepipe_modules.sextractor.multi_epoch import assign_ccds, history_exposures
+
+    logger = logger or logging.getLogger(__name__)
+    ra = np.asarray(ra, dtype=float)
+    dec = np.asarray(dec, dtype=float)
+    n = ra.size
+    size, psf_size = settings.stamp_size, settings.psf_size
+    files_read: set = set()
+    notes = []
+
+    # Tiles of every band; the first band decides which targets are on the tile.
+    band_files = []
+    for band in layout.bands:
+        paths = {}
+        for kind in ("image", "weight", "flag"):
+            pattern = getattr(band, kind)
+            if pattern is None:
+                paths[kind] = None
+                continue
+            path = layout.tile_file(band, kind, tile)
+            if path is None:
+                message = (f"tile {kind} {pattern}-{tile.replace('.', '-')}{layout.ext} not found in "
+                           f"{', '.join(str(d) for d in layout.tile_dirs)}")
+                if band is layout.bands[0]:
+                    return TileResult([], [], [], [], np.zeros(0, dtype=np.int64), dict.fromkeys(range(n), message),
+                                      [message], files_read)
+                notes.append(message + f"; band {band.name} has no tile slot")
+                paths = None
+                break
+            paths[kind] = path
+        band_files.append(paths)
+
+    images = {}
+    try:
+        first = band_files[0]
+        images[(0, "image")] = _open(first["image"], files_read)
+        tile_header = images[(0, "image")].header
+        wcs0 = StampWCS(tile_header)
+        x0, y0 = world_to_pixel(wcs0.wcs, ra, dec)
+        ny, nx = images[(0, "image")].data.shape
+        ix, iy, _, _ = central_pixels(x0, y0)
+        on = np.isfinite(x0) & np.isfinite(y0) & (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
+        failed = {int(i): f"outside the image of tile {tile} (x = {x0[i]:.1f}, y = {y0[i]:.1f}, "
+                  f"image {nx} x {ny})" for i in np.flatnonzero(~on)}
+        rows = np.flatnonzero(on)
+        m = rows.size
+        ra_on, dec_on = ra[rows], dec[rows]
+
+        slots, names, bands, exposures_of_slot = [], [], [], []
+        for b, (band, paths) in enumerate(zip(layout.bands, band_files)):
+            band_slots = []
+            # Tile slot.
+            if paths is not None:
+                for kind in ("image", "weight", "flag"):
+                    if paths[kind] is not None and (b, kind) not in images:
+                        images[(b, kind)] = _open(paths[kind], files_read)
+                image = images[(b, "image")]
+                stamp_wcs = wcs0 if b == 0 else StampWCS(image.header)
+                slot = SlotStamps(m, size, psf_size, data_dtype=image.data.dtype.newbyteorder("="))
+                x, y = (x0[rows], y0[rows]) if b == 0 else world_to_pixel(stamp_wcs.wcs, ra_on, dec_on)
+                bix, biy, _, _ = central_pixels(x, y)
+                bny, bnx = image.data.shape
+                inside = np.flatnonzero((bix >= 0) & (bix < bnx) & (biy >= 0) & (biy < bny))
+                cut_into(slot, inside, image, images.get((b, "weight")), images.get((b, "flag")),
+                         x[inside], y[inside], stamp_wcs)
+                tile_slot = slot
+                slots.append(slot)
+                names.append(f"tile {band.name}")
+                bands.append(band.name)
+                exposures_of_slot.append("")
+                for kind in ("image", "weight", "flag"):
+                    if (b, kind) in images and b > 0:
+                        images.pop((b, kind)).close()
+            else:
+                tile_slot = None
+            # Exposure slots: the exposures stacked into this band's tile.
+            if layout.exposures and store is not None and m and paths is not None:
+                header = tile_header if b == 0 else read_image_header(paths["image"])
+                history = history_exposures(header)
+                available = [e for e in history if e in store]
+                for missing_exposure in (e for e in history if e not in store):
+                    notes.append(f"exposure {missing_exposure} of tile {tile} is not in header store {store.path}")
+                for exposure in available:
+                    slot = _exposure_slot(exposure, ra_on, dec_on, layout, settings, store, files_read, notes,
+                                          assign_ccds, logger)
+                    slots.append(slot)
+                    names.append(f"exposure {exposure} {band.name}")
+                    bands.append(band.name)
+                    exposures_of_slot.append(exposure)
+                    band_slots.append(slot)
+            if tile_slot is not None and band_slots:
+                _mean_psf(tile_slot, band_slots)
+    finally:
+        for image in images.values():
+            image.close()
+    return TileResult(slots, names, bands, exposures_of_slot, rows, failed, notes, files_read)
+
+
+def _exposure_slot(exposure, ra, dec, layout, settings, store, files_read, notes, assign_ccds, logger):
+    """Stamps and PSFs of one exposure for targets (ra, dec)."""
+    from shapepipe_modules.io.psfex_file import PSFFileError, read_psf
+    from shapepipe_modules.psfinterp.interpolate import psf_stamps
+
+    size, psf_size = settings.stamp_size, settings.psf_size
+    ccds = store.ccds(exposure)
+    slot = SlotStamps(ra.size, size, psf_size)
+    if not ccds:
+        return slot
+    first = store.header(exposure, ccds[0])
+    nx, ny = int(first.get("NAXIS1", 0)), int(first.get("NAXIS2", 0))
+    if nx <= 0 or ny <= 0:
+        notes.append(f"exposure {exposure}: header store {store.path} has no NAXIS1/NAXIS2; exposure skipped")
+        return slot
+    ccd_of = assign_ccds(ra, dec, store, [exposure], (-0.5, nx - 0.5, -0.5, ny - 0.5))[0]
+    dtype_set = False
+    for ccd in np.unique(ccd_of[ccd_of >= 0]).tolist():
+        rows = np.flatnonzero(ccd_of == ccd)
+        paths = {kind: layout.exposure_file(kind, exposure, ccd) for kind in ("image", "weight", "flag")}
+        lost = [kind for kind in ("image", "weight", "flag")
+                if getattr(layout, f"exp_{kind}") is not None and paths[kind] is None]
+        if lost:
+            notes.append(f"exposure {exposure} CCD {ccd}: no {' or '.join(lost)} file "
+                         f"({getattr(layout, 'exp_' + lost[0])}-{exposure}-{ccd}{layout.ext}) in "
+                         f"{', '.join(str(d) for d in layout.exp_dirs)}; {rows.size} stamp(s) absent")
+            continue
+        opened = {}
+        try:
+            for kind, path in paths.items():
+                if path is not None:
+                    opened[kind] = _open(path, files_read)
+            if not dtype_set:
+                native = opened["image"].data.dtype.newbyteorder("=")
+                if native != slot.data.dtype:
+                    slot.data = slot.data.astype(native)
+                dtype_set = True
+            text = store.header_text(exposure, ccd)
+            stamp_wcs = StampWCS(text)
+            x, y = world_to_pixel(stamp_wcs.wcs, ra[rows], dec[rows])
+            cut_into(slot, rows, opened["image"], opened.get("weight"), opened.get("flag"), x, y, stamp_wcs)
+            slot.ccd[rows] = ccd
+        except ExtractionError as error:
+            notes.append(f"exposure {exposure} CCD {ccd}: {error}; {rows.size} stamp(s) absent")
+            slot.present[rows] = False
+            continue
+        finally:
+            for image in opened.values():
+                image.close()
+        psf_path = layout.psf_file(exposure, ccd)
+        if psf_path is None:
+            if layout.psf_pattern is not None:
+                notes.append(f"exposure {exposure} CCD {ccd}: no PSF model {layout.psf_pattern}-{exposure}-{ccd}"
+                             f"{layout.psf_ext}; {rows.size} stamp(s) without PSF")
+            continue
+        try:
+            model = read_psf(psf_path)
+        except (PSFFileError, OSError, KeyError, ValueError) as error:
+            notes.append(f"{psf_path}: unreadable PSF model ({error}); {rows.size} stamp(s) without PSF")
+            continue
+        files_read.add(str(psf_path))
+        _, _, dx, dy = central_pixels(x, y)
+        slot.psf[rows] = psf_stamps(model, x, y, size=psf_size, dx=dx, dy=dy, dtype=np.float32)
+        slot.psf_present[rows] = True
+    return slot
+
+
+def _mean_psf(tile_slot: SlotStamps, exposure_slots):
+    """Tile PSF: the mean of the target's exposure PSFs in the band (unit sum kept)."""
+    total = np.zeros(tile_slot.psf.shape, dtype=np.float64)
+    count = np.zeros(tile_slot.n, dtype=np.int64)
+    for slot in exposure_slots:
+        # In place, without copying the selected stamps (absent PSFs are zero).
+        np.add(total, slot.psf, out=total, where=slot.psf_present[:, None, None])
+        count += slot.psf_present
+    have = count > 0
+    np.divide(total, np.maximum(count, 1)[:, None, None], out=total)
+    tile_slot.psf[:] = total
+    tile_slot.psf_present[:] = have & tile_slot.present
+
+
+# ---------------------------------------------------------------------------
+# One batch: one HDF5 file.
+
+
+def _filters(settings: Settings) -> dict:
+    if settings.compression == "none":
+        return {}
+    if settings.compression == "lzf":
+        return {"compression": "lzf", "shuffle": True}
+    return {"compression": "gzip", "compression_opts": int(settings.compression_level), "shuffle": True}
+
+
+def _write_tile(group, ids, ra, dec, result: TileResult, settings: Settings):
+    import h5py
+
+    rows = result.rows
+    n, k = rows.size, len(result.slots)
+    size, psf_size = settings.stamp_size, settings.psf_size
+    filters = _filters(settings)
+    text = h5py.string_dtype("utf-8")
+    group.create_dataset("ids", data=np.asarray(ids)[rows].astype(object), dtype=text)
+    group.create_dataset("ra", data=np.asarray(ra)[rows])
+    group.create_dataset("dec", data=np.asarray(dec)[rows])
+    group.attrs["images"] = np.asarray(result.names, dtype=object).astype(str).tolist()
+    group.attrs["bands"] = list(result.bands)
+    group.attrs["exposures"] = list(result.exposures)
+    dtype = np.result_type(*[slot.data.dtype for slot in result.slots])
+    per_chunk = max(1, min(n, CHUNK_BYTES // (size * size * 4)))
+    cube = {
+        "data": (dtype, size), "weight": (np.float32, size), "flag": (np.int32, size),
+        "psf": (np.float32, psf_size),
+    }
+    datasets = {name: group.create_dataset(name, shape=(n, k, side, side), dtype=kind,
+                                           chunks=(per_chunk, 1, side, side), **filters)
+                for name, (kind, side) in cube.items()}
+    small = {"masked": np.int32, "present": bool, "psf_present": bool, "ccd": np.int16, "x": np.float64,
+             "y": np.float64}
+    tables = {name: np.empty((n, k), dtype=kind) for name, kind in small.items()}
+    length = max([len(h) for slot in result.slots for h in slot.headers] + [80])
+    headers = np.zeros((n, k), dtype=f"S{length}")
+    for j, slot in enumerate(result.slots):
+        for name in cube:
+            datasets[name][:, j] = getattr(slot, name)
+        for name in small:
+            tables[name][:, j] = getattr(slot, name)
+        headers[:, j] = np.asarray(slot.headers, dtype=f"S{length}")
+    for name, values in tables.items():
+        group.create_dataset(name, data=values, **filters)
+    group.create_dataset("headers", data=headers, **filters)
+
+
+def write_batch(path, tiles, layout, settings: Settings, batch: int = 0, logger=None) -> dict:
+    """Cut every target of a batch of tiles and write one HDF5 file, atomically.
+
+    Parameters
+    ----------
+    path : path-like
+        The batch file (``.h5``); it appears only when complete.
+    tiles : list of (tile, ids, ra, dec)
+        The targets of each tile of the batch.
+    layout : Layout
+    settings : Settings
+    batch : int
+        Batch number (recorded in the file).
+
+    Returns
+    -------
+    dict
+        ``done`` (ids with stamps), ``failed`` ({id: reason}), ``notes``,
+        ``files_read``, ``bytes``, ``stamps`` (stamps present), ``seconds``
+        (wall) and ``cpu_seconds`` (of the process cutting the batch).
+    """
+    import h5py
+
+    from shapepipe_modules.io.header_store import HeaderStore
+
+    start = time.perf_counter()
+    cpu_start = time.process_time()
+    logger = logger or logging.getLogger(__name__)
+    done, failed, notes, files_read = [], {}, [], set()
+    stamps = 0
+    store = HeaderStore(layout.header_store) if layout.exposures else None
+    try:
+        with atomic_path(path) as temporary:
+            with h5py.File(temporary, "w") as h5:
+                h5.attrs["format"] = FORMAT
+                h5.attrs["version"] = FORMAT_VERSION
+                h5.attrs["batch"] = int(batch)
+                h5.attrs["stamp_size"] = settings.stamp_size
+                h5.attrs["psf_size"] = settings.psf_size
+                h5.attrs["padded_flag"] = PADDED_FLAG
+                for tile, ids, ra, dec in tiles:
+                    ids = np.asarray(ids).astype(str)
+                    try:
+                        result = extract_tile(tile, ra, dec, layout, settings, store, logger)
+                    except ExtractionError as error:
+                        failed.update(dict.fromkeys(ids.tolist(), f"tile {tile}: {error}"))
+                        notes.append(f"tile {tile}: {error}")
+                        continue
+                    failed.update({ids[i]: reason for i, reason in result.failed.items()})
+                    notes.extend(result.notes)
+                    files_read |= result.files_read
+                    if result.rows.size and result.slots:
+                        _write_tile(h5.create_group(tile), ids, ra, dec, result, settings)
+                        done.extend(ids[result.rows].tolist())
+                        stamps += int(sum(slot.present.sum() for slot in result.slots))
+                group = h5.create_group("failed")
+                text = h5py.string_dtype("utf-8")
+                group.create_dataset("ids", data=np.asarray(list(failed), dtype=object), dtype=text)
+                group.create_dataset("reasons", data=np.asarray(list(failed.values()), dtype=object), dtype=text)
+    finally:
+        if store is not None:
+            store.close()
+    for note in notes:
+        logger.warning("batch %d: %s", batch, note)
+    return {"done": done, "failed": failed, "notes": notes, "files_read": sorted(files_read),
+            "bytes": Path(path).stat().st_size, "stamps": stamps, "seconds": time.perf_counter() - start,
+            "cpu_seconds": time.process_time() - cpu_start}
