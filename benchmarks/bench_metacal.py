@@ -178,7 +178,7 @@ def run(n_quads, seed, noise_sigma=1.0, progress=False):
         for key, raws in stamps.items():
             # Same object id (so same metacal noise) for +g and -g.
             object_id = 2 * index + (key[0] == 90)
-            obj_rng = engine.object_rng(seed, "-000-000", object_id)
+            obj_rng = engine.sky_rng(seed, 244.0, 0.001 * object_id)
             start = time.process_time()
             res = engine.measure_raw_object(raws, object_id, obj_rng, config)
             cpu += time.process_time() - start

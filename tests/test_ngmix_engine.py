@@ -58,8 +58,8 @@ def test_noiseless_round_galaxy(ngmix_engine):
     jac = np.diag([0.187, 0.187])
     raws = [raw_epoch(galsim.Gaussian(half_light_radius=0.5, flux=1000),
                       galsim.Moffat(beta=3.5, fwhm=0.7), jac, 1e-3)]
-    rows = ngmix_engine.measure_raw_object(raws, 7, engine.object_rng(1, "-123-456", 7), SAME_PIXELS)
-    builtin = engine.measure_raw_object(raws, 7, engine.object_rng(1, "-123-456", 7), SAME_PIXELS)
+    rows = ngmix_engine.measure_raw_object(raws, 7, engine.sky_rng(1, 244.0, 0.001 * 7), SAME_PIXELS)
+    builtin = engine.measure_raw_object(raws, 7, engine.sky_rng(1, 244.0, 0.001 * 7), SAME_PIXELS)
     assert set(rows) == set(builtin)
     assert abs(rows["noshear"]["g1"]) < 1e-5 and abs(rows["noshear"]["g2"]) < 1e-5
     assert np.allclose(response(rows), np.eye(2), atol=1e-3)
@@ -80,8 +80,8 @@ def test_noiseless_sheared_galaxy_recovers_the_shear(ngmix_engine):
     shear = np.array([0.02, -0.01])
     gal = galsim.Exponential(half_light_radius=0.5, flux=2000, gsparams=ACCURATE).shear(g1=shear[0], g2=shear[1])
     raws = two_epochs(gal, 1e-3)
-    rows = ngmix_engine.measure_raw_object(raws, 3, engine.object_rng(2, 2, 3), SAME_PIXELS)
-    builtin = engine.measure_raw_object(raws, 3, engine.object_rng(2, 2, 3), SAME_PIXELS)
+    rows = ngmix_engine.measure_raw_object(raws, 3, engine.sky_rng(2, 244.0, 0.001 * 3), SAME_PIXELS)
+    builtin = engine.measure_raw_object(raws, 3, engine.sky_rng(2, 244.0, 0.001 * 3), SAME_PIXELS)
     assert rows["noshear"]["n_epoch_model"] == 2 and rows["noshear"]["mcal_flags"] == 0
     assert np.allclose(shear_estimate(rows), shear, atol=2e-4)
     assert np.allclose(shear_estimate(rows), shear_estimate(builtin), atol=1e-4)
@@ -95,8 +95,8 @@ def test_noisy_sheared_galaxies_agree_with_the_builtin_engine(ngmix_engine):
         gal = (galsim.Exponential(half_light_radius=rng.uniform(0.4, 0.7), flux=2000, gsparams=ACCURATE)
                .shear(g1=e_int[0], g2=e_int[1]).shear(g1=0.02, g2=-0.01))
         raws = two_epochs(gal, 2.0, rng)
-        rows = ngmix_engine.measure_raw_object(raws, seed, engine.object_rng(seed, 2, seed), SAME_PIXELS)
-        builtin = engine.measure_raw_object(raws, seed, engine.object_rng(seed, 2, seed), SAME_PIXELS)
+        rows = ngmix_engine.measure_raw_object(raws, seed, engine.sky_rng(seed, 244.0, 0.001 * seed), SAME_PIXELS)
+        builtin = engine.measure_raw_object(raws, seed, engine.sky_rng(seed, 244.0, 0.001 * seed), SAME_PIXELS)
         for name in rows:
             ours, ref = rows[name], builtin[name]
             assert ours["flags"] == ref["flags"] == 0
@@ -108,7 +108,7 @@ def test_noisy_sheared_galaxies_agree_with_the_builtin_engine(ngmix_engine):
 
 
 def test_failures_are_flagged_as_by_the_builtin_engine(ngmix_engine):
-    rows = ngmix_engine.measure_object([], 42, engine.object_rng(1, 1, 42))
+    rows = ngmix_engine.measure_object([], 42, engine.sky_rng(1, 244.0, 0.001 * 42))
     for row in rows.values():
         assert row["id"] == 42 and fl.flags_to_names(row["flags"]) == ["NO_EPOCHS"]
         assert np.isnan(row["g1"]) and row["n_epoch_model"] == 0
@@ -116,8 +116,8 @@ def test_failures_are_flagged_as_by_the_builtin_engine(ngmix_engine):
     gal = galsim.Exponential(half_light_radius=0.5, flux=2000)
     raws = two_epochs(gal, 1.0, np.random.default_rng(4))
     raws[1].psf_image = np.zeros_like(raws[1].psf_image)
-    ours = ngmix_engine.measure_raw_object(raws, 5, engine.object_rng(1, 1, 5))
-    builtin = engine.measure_raw_object(raws, 5, engine.object_rng(1, 1, 5))
+    ours = ngmix_engine.measure_raw_object(raws, 5, engine.sky_rng(1, 244.0, 0.001 * 5))
+    builtin = engine.measure_raw_object(raws, 5, engine.sky_rng(1, 244.0, 0.001 * 5))
     for name, row in ours.items():
         assert row["flags"] == builtin[name]["flags"] == fl.PSF_FIT_FAIL
         assert row["n_epoch_model"] == 1 and np.isfinite(row["g1"])

@@ -160,3 +160,71 @@ def test_id_splits_merged_equal_the_single_job(tmp_path):
     with pytest.raises(JobError, match="overlap"):
         merge_tile([split_dirs[0] / f"ngmix{NUMBER}.fits"], merged_dir,
                    dict(merge_opts, SPLIT_INPUT_DIR=[*map(str, split_dirs[1:]), str(doubled)]), LOG)
+
+
+def test_three_id_splits_of_the_gold_chain_equal_one_job(tmp_path):
+    """The ranges of `shapepipe_gold --ng-splits 3` (chain.tile_object_ranges), merged, equal one job."""
+    import json
+
+    from shapepipe_modules.gold.chain import tile_object_ranges
+
+    tile = make_tile(tmp_path / "in", ids=range(1, 8))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text(json.dumps(
+        {"modules": [{"module_run": "sextractor_run_1", "output_dir": str(tile.directory)}]}))
+    ranges = tile_object_ranges(run_dir, 3)
+    assert ranges == [(1, 2), (3, 4), (5, 7)]
+    single = tmp_path / "single"
+    single.mkdir()
+    full_path, _ = run_ngmix(tile.inputs, single, NUMBER, 5, options(tile), LOG)
+    split_dirs = []
+    for k, (low, high) in enumerate(ranges):
+        folder = tmp_path / f"split{k + 1}"
+        folder.mkdir()
+        run_ngmix(tile.inputs, folder, NUMBER, 5, options(tile, low, high), LOG)
+        split_dirs.append(folder)
+    merged_dir = tmp_path / "merged"
+    merged_dir.mkdir()
+    merge_tile([split_dirs[0] / f"ngmix{NUMBER}.fits"], merged_dir,
+               {"SPLIT_INPUT_DIR": [str(d) for d in split_dirs[1:]], "N_SPLIT_MAX": 1, "WARNING": "error"}, LOG)
+    _, full_tables, _ = read_branches(full_path)
+    _, merged_tables, _ = read_branches(merged_dir / f"ngmix{NUMBER}.fits")
+    for name in full_tables:
+        assert np.isfinite(full_tables[name]["g1"]).all()
+        for column in full_tables[name].dtype.names:
+            np.testing.assert_array_equal(merged_tables[name][column], full_tables[name][column])
+
+
+def test_random_stream_follows_the_sky_position(tmp_path):
+    """An object moved within its sky cell keeps its shape; one moved to another cell changes alone."""
+    from shapepipe_modules.ngmix.engine import sky_cell
+    from shapepipe_modules.io.tables import write_fits_table
+
+    tile = make_tile(tmp_path / "in", ids=(4, 5, 6))
+    first = tmp_path / "a"
+    first.mkdir()
+    path, _ = run_ngmix(tile.inputs, first, NUMBER, 2, options(tile), LOG)
+    _, reference, _ = read_branches(path)
+    with fits.open(tile.inputs[0]) as hdus:
+        columns = {name: np.array(hdus["LDAC_OBJECTS"].data[name]) for name in hdus["LDAC_OBJECTS"].columns.names}
+    moved = dict(columns)
+    # Object 4 moves by 0.02 arcsec (within its cell), object 5 by 2 arcsec (another cell).
+    moved["YWIN_WORLD"] = columns["YWIN_WORLD"] + np.array([0.02, 2.0, 0.0]) / 3600
+    cells = [sky_cell(a, d) for a, d in zip(columns["XWIN_WORLD"], columns["YWIN_WORLD"])]
+    new_cells = [sky_cell(a, d) for a, d in zip(moved["XWIN_WORLD"], moved["YWIN_WORLD"])]
+    assert [new == old for new, old in zip(new_cells, cells)] == [True, False, True]
+    catalogue = tmp_path / "moved" / tile.inputs[0].name
+    catalogue.parent.mkdir()
+    write_fits_table(catalogue, moved, extname="LDAC_OBJECTS")
+    path, _ = run_ngmix([catalogue, *tile.inputs[1:]], catalogue.parent, NUMBER, 2, options(tile), LOG)
+    _, changed, _ = read_branches(path)
+    for name in reference:
+        for row in (0, 2):
+            assert reference[name]["g1"][row] == changed[name]["g1"][row]
+        assert reference[name]["g1"][1] != changed[name]["g1"][1]
+    # Without the position columns the stage names the missing column.
+    del moved["XWIN_WORLD"]
+    write_fits_table(catalogue, moved, extname="LDAC_OBJECTS")
+    with pytest.raises(JobError, match="no XWIN_WORLD column"):
+        run_ngmix([catalogue, *tile.inputs[1:]], catalogue.parent, NUMBER, 2, options(tile), LOG)

@@ -1,7 +1,8 @@
 """Assembling each tile object's epochs from the stamp stores, and the tile loop.
 
 Inputs (ShapePipe's ``ngmix`` stage, in its ``FILE_PATTERN`` order): the
-tile catalogue (``NUMBER``, optionally ``VIGNET``), then the stamp stores of
+tile catalogue (``NUMBER``, the sky position, by default ``XWIN_WORLD``,
+``YWIN_WORLD``, optionally ``VIGNET``), then the stamp stores of
 ``vignetmaker`` MULTI-EPOCH (image, background, weight, flag) and of
 ``psfinterp`` MULTI-EPOCH (PSF), all read with
 :class:`~shapepipe_modules.io.stamp_store.StampStore`.
@@ -17,8 +18,10 @@ read it). The engine then applies ShapePipe's per-epoch selection and
 scaling (:func:`~.engine.assemble_epoch`).
 
 :func:`measure_tile` measures every object of an id range in increasing id
-order with the object's own generator (:func:`~.engine.object_rng`), so a
-tile split into id ranges gives the same rows as the whole tile. Every
+order with the object's own generator, keyed by the run seed and the
+object's sky cell (:func:`~.engine.sky_rng`), so a tile split into id ranges
+gives the same rows as the whole tile, and the same galaxy gets the same
+stream in runs whose detection numbers differ (opposite shears). Every
 object of the range is returned; objects without usable epochs carry the
 ``NO_EPOCHS`` flag.
 """
@@ -33,7 +36,7 @@ import numpy as np
 
 from shapepipe.errors import JobError
 
-from .engine import (EngineConfig, RawEpoch, measure_raw_object, object_rng, rows_to_tables)
+from .engine import (RNG_CELL_ARCSEC, EngineConfig, RawEpoch, measure_raw_object, rows_to_tables, sky_rng)
 from .metacal import BRANCHES
 
 #: Store kinds in ShapePipe's input order (after the tile catalogue).
@@ -52,23 +55,34 @@ class TileObjects:
     ----------
     ids : numpy.ndarray of int64
         ``NUMBER`` of every object, in catalogue order.
+    ra, dec : numpy.ndarray of float64
+        Sky position (degrees) of every object: keys its random stream.
     vignets : numpy.ndarray or None
         Tile stamps (``VIGNET``), used to flag pixels missing from the tile.
     """
 
     ids: np.ndarray
+    ra: np.ndarray
+    dec: np.ndarray
     vignets: np.ndarray | None
 
 
-def read_tile_objects(path) -> TileObjects:
-    """Read ``NUMBER`` (and ``VIGNET`` if present) from a tile catalogue.
+def read_tile_objects(path, position_params=("XWIN_WORLD", "YWIN_WORLD")) -> TileObjects:
+    """Read ``NUMBER``, the sky position (and ``VIGNET`` if present) from a tile catalogue.
 
     The objects table is ``LDAC_OBJECTS`` when present, else HDU 1.
+
+    Parameters
+    ----------
+    path : path-like
+    position_params : sequence of str, optional
+        Columns of RA and Dec (degrees).
 
     Raises
     ------
     JobError
-        If the file cannot be read or has no ``NUMBER`` column.
+        If the file cannot be read, lacks ``NUMBER`` or a position column, or
+        a position is not finite.
     """
     from astropy.io import fits
 
@@ -84,12 +98,22 @@ def read_tile_objects(path) -> TileObjects:
             if "NUMBER" not in columns:
                 raise JobError(f"tile catalogue {path}: no NUMBER column")
             ids = np.asarray(data["NUMBER"]).astype(np.int64)
+            for name in position_params:
+                if name not in columns:
+                    raise JobError(f"tile catalogue {path}: no {name} column (the sky position that keys "
+                                   "each object's random stream; see [NGMIX_RUNNER] POSITION_PARAMS)")
+            ra = np.asarray(data[position_params[0]], dtype=np.float64)
+            dec = np.asarray(data[position_params[1]], dtype=np.float64)
             vignets = np.array(data["VIGNET"], dtype=np.float64) if "VIGNET" in columns else None
     except OSError as error:
         raise JobError(f"tile catalogue {path}: cannot read ({error})") from error
     if np.unique(ids).size != ids.size:
         raise JobError(f"tile catalogue {path}: NUMBER values are not unique")
-    return TileObjects(ids, vignets)
+    bad = ~(np.isfinite(ra) & np.isfinite(dec))
+    if bad.any():
+        raise JobError(f"tile catalogue {path}: {bad.sum()} object(s) without a finite "
+                       f"{'/'.join(position_params)} (e.g. NUMBER {ids[bad][0]})")
+    return TileObjects(ids, ra, dec, vignets)
 
 
 def select_id_range(ids, id_min=-1, id_max=-1) -> np.ndarray:
@@ -270,7 +294,8 @@ def open_stores(store_paths: dict) -> dict:
 
 
 def measure_tile(catalogue_path, store_paths: dict, tile_number: str, seed: int, config=None,
-                 header_store_path=None, id_min: int = -1, id_max: int = -1, logger=None, measure=None):
+                 header_store_path=None, id_min: int = -1, id_max: int = -1, logger=None, measure=None,
+                 position_params=("XWIN_WORLD", "YWIN_WORLD"), rng_cell_arcsec=RNG_CELL_ARCSEC):
     """Measure every object of a tile (or of an id range of it).
 
     Parameters
@@ -280,9 +305,9 @@ def measure_tile(catalogue_path, store_paths: dict, tile_number: str, seed: int,
     store_paths : dict
         Store kind (:data:`STORE_KINDS`) to its path.
     tile_number : str
-        File number of the tile (``-244-252``): seeds the object generators.
+        File number of the tile (``-244-252``).
     seed : int
-        Run seed.
+        Run seed: with the object's sky cell, seeds its generator.
     config : EngineConfig, optional
     header_store_path : path-like, optional
         Header store giving ``FSCALE`` (ShapePipe's ``LOG_WCS``).
@@ -293,6 +318,11 @@ def measure_tile(catalogue_path, store_paths: dict, tile_number: str, seed: int,
         ``measure(raw_epochs, object_id, rng, config)`` measuring one object
         (default: the built-in :func:`~.engine.measure_raw_object`; the
         ngmix engine's has the same signature and result).
+    position_params : sequence of str, optional
+        Tile catalogue columns of RA and Dec (degrees).
+    rng_cell_arcsec : float, optional
+        Side of the sky cells keying the object generators
+        (:func:`~.engine.sky_rng`).
 
     Returns
     -------
@@ -312,7 +342,7 @@ def measure_tile(catalogue_path, store_paths: dict, tile_number: str, seed: int,
     logger = logger or logging.getLogger(__name__)
     config = config or EngineConfig()
     measure = measure or measure_raw_object
-    tile = read_tile_objects(catalogue_path)
+    tile = read_tile_objects(catalogue_path, position_params)
     rows = select_id_range(tile.ids, id_min, id_max)
     stores = open_stores(store_paths)
     flux_scales = FluxScales(header_store_path)
@@ -343,7 +373,8 @@ def measure_tile(catalogue_path, store_paths: dict, tile_number: str, seed: int,
                 if reason is not None:
                     logger.debug("object %d has no epoch: %s", object_id, reason)
                 try:
-                    result = measure(raw, object_id, object_rng(seed, tile_number, object_id), config)
+                    rng = sky_rng(seed, tile.ra[row], tile.dec[row], rng_cell_arcsec)
+                    result = measure(raw, object_id, rng, config)
                 except ValueError as error:
                     raise JobError(f"object {object_id} of {catalogue_path}: {error}") from error
                 flags = result["noshear"]["mcal_flags"]

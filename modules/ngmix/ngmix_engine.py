@@ -372,7 +372,7 @@ def measure_object(epochs, object_id, rng, config=None, n_dropped_psf=0):
         Prepared epochs (see :func:`prepare_epoch`); may be empty.
     object_id : int
     rng : numpy.random.Generator
-        The object's generator (:func:`~.engine.object_rng`), ngmix's rng.
+        The object's generator (:func:`~.engine.sky_rng`), ngmix's rng.
     config : EngineConfig, optional
         ``step``, ``prior``, ``ntry``, ``zero_point``, ``fix_noise`` are
         used (``aperture_sigmas`` is not: ngmix fits the whole stamp).

@@ -11,9 +11,11 @@ Output: ``ngmix<number>.fits`` with HDUs ``1M``, ``1P``, ``2M``, ``2P``,
 tile's object count for ``merge_sep_cats``.
 
 ``ID_OBJ_MIN`` / ``ID_OBJ_MAX`` split a tile over several jobs (module
-runs); every object draws its random numbers from its own generator
-(seeded by ``[JOB] SEED``, the tile number and the object id), so the
-merged splits equal the single job.
+runs); every object draws its random numbers from its own generator,
+seeded by ``[JOB] SEED`` and the object's sky cell (``POSITION_PARAMS``
+rounded to ``RNG_CELL_ARCSEC``; see ``docs/metacal.md``), so the merged
+splits equal the single job and the same galaxy gets the same stream in runs
+whose detection numbers differ (e.g. opposite shears).
 
 ``ENGINE`` chooses the measurement: ``builtin`` (default, :mod:`.engine`)
 or ``ngmix`` (:mod:`.ngmix_engine`, the ngmix 2.x package, which must be
@@ -34,6 +36,11 @@ OPTIONS = (
     Option("PIXEL_SCALE", "float", 0.186, "Pixel scale (arcsec): width of the Gaussian prior on the centre."),
     Option("ID_OBJ_MIN", "int", -1, "First object id (NUMBER) to process; <= 0: from the first."),
     Option("ID_OBJ_MAX", "int", -1, "Last object id (NUMBER) to process; <= 0: to the last."),
+    Option("POSITION_PARAMS", "list", ["XWIN_WORLD", "YWIN_WORLD"], "Tile catalogue columns of RA and Dec "
+           "(degrees): each object's random stream is keyed by the run seed and its sky cell."),
+    Option("RNG_CELL_ARCSEC", "float", 1.0, "Side (arcsec) of the sky cells keying the per-object random "
+           "streams: a galaxy whose detection moves across a cell edge between two runs gets another stream; "
+           "objects in one cell share one."),
     Option("ENGINE", "choice", "builtin", "Metacal engine: builtin (this package) or ngmix (the ngmix 2.x "
            "package, which must be installed); same output columns and flags.", choices=("builtin", "ngmix")),
 )
@@ -52,6 +59,12 @@ def validate(options) -> list[str]:
     low, high = options.get("ID_OBJ_MIN", -1), options.get("ID_OBJ_MAX", -1)
     if low is not None and high is not None and low > 0 and high > 0 and high < low:
         problems.append(f"ID_OBJ_MAX ({high}) is smaller than ID_OBJ_MIN ({low})")
+    cell = options.get("RNG_CELL_ARCSEC")
+    if cell is not None and not cell > 0:
+        problems.append(f"RNG_CELL_ARCSEC must be positive, got {cell}")
+    position = options.get("POSITION_PARAMS")
+    if position is not None and len(position) != 2:
+        problems.append(f"POSITION_PARAMS must name 2 columns (RA, Dec), got {len(position)}: {position}")
     scale = options.get("PIXEL_SCALE")
     if scale is not None and scale <= 0:
         problems.append(f"PIXEL_SCALE must be positive, got {scale}")
@@ -72,7 +85,7 @@ def run_ngmix(inputs, output_dir, number, seed, options, logger):
         Run seed.
     options : mapping
         ``LOG_WCS``, ``MAG_ZP``, ``PIXEL_SCALE``, ``ID_OBJ_MIN``, ``ID_OBJ_MAX``,
-        ``ENGINE`` (optional, default ``builtin``).
+        ``ENGINE``, ``POSITION_PARAMS``, ``RNG_CELL_ARCSEC`` (optional).
     logger : logging.Logger
 
     Returns
@@ -82,7 +95,7 @@ def run_ngmix(inputs, output_dir, number, seed, options, logger):
     """
     from pathlib import Path
 
-    from .engine import EngineConfig
+    from .engine import RNG_CELL_ARCSEC, EngineConfig
     from .epochs import STORE_KINDS, measure_tile, ngmix_header, write_ngmix_catalogue
     from .priors import ShapePipePrior
 
@@ -110,7 +123,10 @@ def run_ngmix(inputs, output_dir, number, seed, options, logger):
         measure = measure_raw_object
     tables, summary = measure_tile(catalogue, store_paths, number, seed, config,
                                    header_store_path=options["LOG_WCS"] or None,
-                                   id_min=id_min, id_max=id_max, logger=logger, measure=measure)
+                                   id_min=id_min, id_max=id_max, logger=logger, measure=measure,
+                                   position_params=tuple(options.get("POSITION_PARAMS")
+                                                         or ("XWIN_WORLD", "YWIN_WORLD")),
+                                   rng_cell_arcsec=float(options.get("RNG_CELL_ARCSEC", RNG_CELL_ARCSEC)))
     header = ngmix_header(number, id_min, id_max, summary)
     header["ENGINE"] = engine
     path = write_ngmix_catalogue(Path(output_dir) / f"ngmix{number}.fits", tables, header)
