@@ -261,3 +261,27 @@ def run_validation(sim_dir, run_root, log=print, extra_args=()) -> Path:
         if line.startswith(("m1", "m2", "R ", "tiles")):
             log("    " + line)
     return report_dir
+
+
+def run_paired_validation(sim_plus, sim_minus, run_root_plus, run_root_minus, report_dir, log=print,
+                          ring=False, extra_args=()) -> Path:
+    """Run ``shapepipe_validate --paired`` on the newest final catalogues of two runs; return its report folder.
+
+    Raises
+    ------
+    ChainError
+        If the validation fails.
+    """
+    catalogues = [module_output(newest_run(Path(root).resolve() / "output", "run_sp_Mc"), "make_catalog")
+                  for root in (run_root_plus, run_root_minus)]
+    command = [sys.executable, "-m", "shapepipe_modules.validate.cli", "--paired", *map(str, catalogues),
+               "-t", str(Path(sim_plus).resolve()), str(Path(sim_minus).resolve()), "-o", str(report_dir),
+               *(("--ring",) if ring else ()), *extra_args]
+    completed = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if completed.returncode != 0:
+        raise ChainError(f"shapepipe_validate --paired failed (exit status {completed.returncode}):\n"
+                         + "\n".join(completed.stdout.strip().splitlines()[-15:]))
+    for line in completed.stdout.splitlines():
+        if line.startswith(("m1", "m2", "R ", "paired")):
+            log("    " + line)
+    return Path(report_dir)

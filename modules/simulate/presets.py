@@ -66,7 +66,8 @@ _BASE = {
 }
 
 _PRESET_OVERRIDES = {
-    "demo": {},
+    # The GOLD run's survey; a ring test, so that shapepipe_validate --ring cancels shape noise.
+    "demo": {"ring": True},
     "tiny": {
         "tiles": ["244.252"],
         "shear": [[0.02, 0.0]],
