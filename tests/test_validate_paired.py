@@ -126,6 +126,7 @@ def test_join_drops_unmatched_and_one_sided_galaxies(tmp_path):
             cat[f"NGMIX_SNR_{key}"] = np.full(rows.size, 30.0)
             cat[f"NGMIX_T_{key}"] = np.full(rows.size, 0.6)
             cat[f"NGMIX_Tpsf_{key}"] = np.full(rows.size, 0.4)
+        cat["NGMIX_ELL_1P"][np.isin(rows, flagged)] = np.nan  # failed fits: no shape, out of every sum
         return cat, truth
 
     cat_p, truth_p = run(+1, drop=[3, 4], flagged=[10])

@@ -172,8 +172,12 @@ def tile_object_ranges(run_dir, n_splits) -> list[tuple[int, int]]:
     return [(edges[k], edges[k + 1] - 1) for k in range(n_splits) if edges[k + 1] > edges[k]]
 
 
-def run_chain(sim_dir, run_root, config_dir, first=None, last=None, ng_splits=1, log=print) -> list[StageRun]:
+def run_chain(sim_dir, run_root, config_dir, first=None, last=None, ng_splits=1, log=print,
+              extra_env=None) -> list[StageRun]:
     """Run the stages from ``first`` to ``last`` (names of :data:`STAGES`), in order.
+
+    ``extra_env`` adds variables to every stage's environment (e.g.
+    ``SLURM_CPUS_PER_TASK=1``, which caps each stage's workers to one).
 
     Returns
     -------
@@ -187,7 +191,7 @@ def run_chain(sim_dir, run_root, config_dir, first=None, last=None, ng_splits=1,
     names = [stage.name for stage in STAGES]
     start = names.index(first) if first else 0
     stop = names.index(last) + 1 if last else len(names)
-    env = environment(sim_dir, run_root, config_dir)
+    env = {**environment(sim_dir, run_root, config_dir), **(extra_env or {})}
     env["SP_NG_SPLITS"] = str(int(ng_splits))
     output_dir = Path(env["SP_RUN"]) / "output"
     output_dir.mkdir(parents=True, exist_ok=True)
