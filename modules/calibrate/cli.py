@@ -284,10 +284,19 @@ def main(argv=None) -> int:
         if not pending:
             print(f"{PROGRAM}: every seed is finished; nothing to submit")
             return 0 if run_merge(campaign, args) else 1
+        # Task K of an array always means line K of its number list: every submission gets its own list
+        # and scripts (named by their seeds), never rewritten while its tasks may still run or be resubmitted.
+        import hashlib
+
+        text = pending_file.read_text()
+        tag = f"calibration_{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+        (campaign / "batch").mkdir(exist_ok=True)
+        numbers_file = campaign / "batch" / f"{tag}_seeds.txt"
+        write_text_atomic(numbers_file, text)
         command = [sys.executable, "-m", "shapepipe.batch", "--scheduler", args.batch,
-                   "-c", str(campaign / "config_seeds.ini"), "--numbers", str(pending_file), "--per-task", "1",
+                   "-c", str(campaign / "config_seeds.ini"), "--numbers", str(numbers_file), "--per-task", "1",
                    "--cpus", str(args.cpus), "--time", args.time, "--merge-config", str(campaign / "config_merge.ini"),
-                   "--merge-time", "00:30:00", "--job-name", "calibration", "-o", str(campaign / "batch"),
+                   "--merge-time", "00:30:00", "--job-name", tag, "-o", str(campaign / "batch"),
                    "--chdir", str(campaign)]
         for flag, value in (("--mem", args.mem), ("--partition", args.partition), ("--account", args.account),
                             ("--throttle", args.throttle)):
