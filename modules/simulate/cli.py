@@ -1,4 +1,4 @@
-"""Command line: ``shapepipe_simulate [--preset demo] [-o DIR] [--seed N] ...``."""
+"""Command line: ``shapepipe_simulate [--preset demo] [-o DIR] [--seed N] [--paired] ...``."""
 
 from __future__ import annotations
 
@@ -45,6 +45,8 @@ def build_parser():
     parser.add_argument("--shear", type=_parse_shear, action="append", help="G1,G2 for one tile; repeat in tile order")
     parser.add_argument("--ring", action="store_true", default=None, help="galaxies in 90-degree rotated pairs")
     parser.add_argument("--set", type=_parse_set, action="append", default=[], metavar="NAME=VALUE", help="override any preset parameter")
+    parser.add_argument("--paired", action="store_true",
+                        help="write DIR/plus and DIR/minus: the same simulation with every tile's shear negated in minus")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -59,15 +61,17 @@ def main(argv=None):
         overrides["shear"] = args.shear
     if args.ring:
         overrides["ring"] = True
-    from .core import simulate
+    from .core import simulate, simulate_paired
 
+    run = simulate_paired if args.paired else simulate
     try:
-        path = simulate(preset=args.preset, output_dir=args.output_dir, seed=args.seed, n_workers=args.n_workers,
-                        progress=not args.no_progress, **overrides)
+        paths = run(preset=args.preset, output_dir=args.output_dir, seed=args.seed, n_workers=args.n_workers,
+                    progress=not args.no_progress, **overrides)
     except (ShapePipeError, ValueError, OSError) as error:
         print(f"shapepipe_simulate: error: {error}", file=sys.stderr)
         return 2
-    print(f"shapepipe_simulate: wrote {path}")
+    for path in paths if args.paired else [paths]:
+        print(f"shapepipe_simulate: wrote {path}")
     return 0
 
 

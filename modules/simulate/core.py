@@ -17,6 +17,7 @@ from . import geometry, presets
 from .psf import draw_exposure_psf
 from .render import render_ccd, render_tile_block, stamp_radius
 from .scene import make_scene
+from .streams import MAX_SEED, RANDOM_STREAMS_VERSION
 
 EXPOSURE_TRUTH_COLUMNS = [
     "id", "ra", "dec", "ccd", "x", "y", "mag", "flux", "is_star", "is_deep_sky", "hlr",
@@ -228,12 +229,59 @@ def simulate(preset="demo", output_dir="simulation", seed=1, n_workers=1, progre
     pathlib.Path
         The output directory.
     """
+    return _simulate(preset, output_dir, seed, n_workers, progress, overrides, {})
+
+
+#: Sub-folders of a paired simulation: the shear as given, and negated.
+PAIR_MEMBERS = ("plus", "minus")
+
+
+def simulate_paired(preset="demo", output_dir="simulation", seed=1, n_workers=1, progress=False, **overrides):
+    """Two simulations that differ only in the sign of the shear.
+
+    ``output_dir/plus`` is :func:`simulate` with the given parameters;
+    ``output_dir/minus`` has every tile's shear ``(g1, g2)`` replaced by
+    ``(-g1, -g2)`` and every other parameter, the seed and so the scene,
+    the PSFs, the pointings and every noise stream identical: outside the
+    galaxies' drawing stamps the two are identical pixel for pixel. Each
+    folder's ``simulation.json`` records the full resolved ``parameters``
+    (compare them: they differ in ``shear`` only), the ``overrides`` that
+    made it (both members list ``shear``, given explicitly) and ``pair``
+    (``member``, ``shear_sign`` +1 / -1, ``partner`` folder name).
+
+    Parameters
+    ----------
+    preset, seed, n_workers, progress, **overrides
+        As for :func:`simulate` (``shear`` may be overridden too).
+    output_dir : path-like
+        Parent directory of ``plus`` and ``minus``.
+
+    Returns
+    -------
+    tuple of pathlib.Path
+        ``(plus_dir, minus_dir)``.
+    """
+    params = presets.resolve_parameters(preset, **overrides)
+    # 0.0 rather than -0.0: the negated record compares equal and prints plainly.
+    negated = [[-g if g != 0 else 0.0 for g in pair] for pair in params["shear"]]
+    out = Path(output_dir)
+    done = []
+    for member, sign, shear in (("plus", 1, params["shear"]), ("minus", -1, negated)):
+        partner = "minus" if member == "plus" else "plus"
+        member_overrides = dict(overrides, shear=shear)
+        record = {"pair": {"member": member, "shear_sign": sign, "partner": partner}}
+        done.append(_simulate(preset, out / member, seed, n_workers, progress, member_overrides, record))
+    return done[0], done[1]
+
+
+def _simulate(preset, output_dir, seed, n_workers, progress, overrides, extra_record):
+    """:func:`simulate`, with extra entries for ``simulation.json``."""
     from astropy.io import fits
 
     params = presets.resolve_parameters(preset, **overrides)
     seed = int(seed)
-    if seed < 0:
-        raise ValueError(f"simulate: seed must be a non-negative integer, got {seed}")
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"simulate: seed must be an integer in 0..{MAX_SEED}, got {seed}")
     n_workers = max(int(n_workers), 1)
     out = Path(output_dir)
     for sub in ("exposures", "tiles", "truth", "catalogues"):
@@ -344,7 +392,7 @@ def simulate(preset="demo", output_dir="simulation", seed=1, n_workers=1, progre
         exposure_ccds = [[ccd_cards[(e, k)] for k in overlaps[t_index][e]] for e in contributing]
         for row0 in range(0, n, params["tile_block_rows"]):
             tile_tasks.append({
-                "params": params, "seed": seed, "tile_index": t_index, "row0": row0,
+                "params": params, "seed": seed, "tile_index": t_index, "tile": t, "row0": row0,
                 "row1": min(row0 + params["tile_block_rows"], n), "wcs_cards": cards,
                 "psf": tile_psf[tile_ids[t_index]], "n_exposures": len(contributing),
                 "exposure_ccds": exposure_ccds, "objects": objects,
@@ -400,6 +448,7 @@ def simulate(preset="demo", output_dir="simulation", seed=1, n_workers=1, progre
     record = {
         "preset": preset,
         "parameters": params,
+        "overrides": {name: params[name] for name in sorted(overrides) if overrides[name] is not None},
         "seed": seed,
         "versions": _versions(),
         "exposures": exposure_names,
@@ -409,7 +458,9 @@ def simulate(preset="demo", output_dir="simulation", seed=1, n_workers=1, progre
         "pointings": pointings,
         "n_objects": int(scene["id"].size),
         "sky_box_deg": [float(v) for v in box],
+        "random_streams": RANDOM_STREAMS_VERSION,
     }
+    record.update(extra_record)
     write_text_atomic(out / "simulation.json", json.dumps(record, indent=1, sort_keys=True) + "\n")
     write_text_atomic(out / "tile_list.txt", "".join(f"{t}\n" for t in tile_ids))
     write_text_atomic(out / "exposure_list.txt", "".join(f"{e}\n" for e in exposure_names))

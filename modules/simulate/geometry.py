@@ -16,6 +16,8 @@ import numpy as np
 
 from shapepipe_modules import cfis
 
+from . import streams
+
 ARCSEC = 1.0 / 3600.0
 
 
@@ -215,7 +217,7 @@ def exposure_pointings(params, seed: int):
     for tile_index, tile in enumerate(params["tiles"]):
         ra_c, dec_c = cfis.tile_centre(*cfis.parse_tile_id(tile))
         for j in range(params["exposures_per_tile"]):
-            rng = np.random.default_rng(np.random.SeedSequence([seed, 2, number]))
+            rng = streams.stream(seed, streams.POINTING, number)
             offset = pattern[j % len(pattern)] + rng.uniform(-0.2, 0.2, size=2)
             dx, dy = offset * params["dither_arcsec"]
             ra = (ra_c - dx * ARCSEC / np.cos(np.radians(dec_c))) % 360.0

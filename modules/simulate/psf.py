@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import streams
+
 N_TERMS = 5
 
 
@@ -33,7 +35,7 @@ def _monomials(u, v):
 
 def draw_exposure_psf(params, seed: int, exposure: int) -> dict:
     """Random PSF parameters of one exposure (from seed and exposure number)."""
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 1, exposure]))
+    rng = streams.stream(seed, streams.PSF, exposure)
     low, high = params["psf_fwhm_range"]
     # Bound the polynomial so the FWHM stays inside the documented range.
     margin = 3 * params["psf_fwhm_variation"]

@@ -1,14 +1,15 @@
 """Pixel rendering of one CCD or one block of tile rows.
 
 Each function is one unit of parallel work: it receives the objects that may
-touch its pixels and returns arrays; all randomness comes from a generator
-seeded from (seed, exposure, CCD) or (seed, tile, block).
+touch its pixels and returns arrays. Every random quantity has its own
+stream (:mod:`.streams`), so no draw depends on the pixel values of another.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from . import streams
 from .geometry import local_jacobians, world_to_pixel
 from .psf import moffat
 from .scene import galaxy_profile
@@ -83,17 +84,64 @@ def star_profile(flux, mag, fwhm, e1, e2, params):
     return galsim.Add([core.withFlux(0.96 * flux), halo] + spikes)
 
 
-def draw_objects(image, objects, x, y, jacobians, fwhm, e1, e2, radius, params, with_psf=True):
-    """Add the objects to a GalSim image (bounds 1..nx, 1..ny) in place."""
+def stamp_boxes(x, y, radius):
+    """Pixel boxes drawn for objects at FITS positions ``(x, y)``.
+
+    Returns ``(x_low, x_high, y_low, y_high)``, 1-based inclusive: the box
+    ``rint(x) - r .. rint(x) + r`` (same in y), before clipping to the image.
+    Every pixel an object adds light (and photon noise) to lies in its box.
+    """
+    ix = np.rint(np.asarray(x, float)).astype(int)
+    iy = np.rint(np.asarray(y, float)).astype(int)
+    r = np.asarray(radius, int)
+    return ix - r, ix + r, iy - r, iy + r
+
+
+def footprint_mask(x, y, radius, nx, row0, row1):
+    """Pixels of rows ``row0 .. row1-1`` (0-based) and ``nx`` columns inside any object's box.
+
+    Parameters
+    ----------
+    x, y : array
+        FITS pixel positions of the objects.
+    radius : array of int
+        Stamp half sizes (:func:`stamp_radius`).
+    nx, row0, row1 : int
+        Image width and the block of rows (a whole CCD: ``0, ny``).
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean ``(row1 - row0, nx)`` mask.
+    """
+    mask = np.zeros((row1 - row0, nx), bool)
+    x_low, x_high, y_low, y_high = stamp_boxes(x, y, radius)
+    for i in range(np.size(x_low)):
+        c0, c1 = max(x_low[i], 1) - 1, min(x_high[i], nx)
+        r0, r1 = max(y_low[i] - 1, row0) - row0, min(y_high[i], row1) - row0
+        if c1 > c0 and r1 > r0:
+            mask[r0:r1, c0:c1] = True
+    return mask
+
+
+def draw_stamps(bounds, objects, x, y, jacobians, fwhm, e1, e2, radius, params):
+    """Draw each object on its own stamp, clipped to ``bounds``.
+
+    Yields
+    ------
+    tuple
+        ``(index, rows, columns, array)``: the object's index in ``x``, the
+        0-based slices of the stamp in an array covering ``bounds``, and the
+        stamp (float32, image units).
+    """
     import galsim
 
+    x_low, x_high, y_low, y_high = stamp_boxes(x, y, radius)
     for i in range(x.size):
-        ix, iy = int(np.rint(x[i])), int(np.rint(y[i]))
-        r = int(radius[i])
-        bounds = galsim.BoundsI(ix - r, ix + r, iy - r, iy + r) & image.bounds
-        if not bounds.isDefined():
+        box = galsim.BoundsI(int(x_low[i]), int(x_high[i]), int(y_low[i]), int(y_high[i])) & bounds
+        if not box.isDefined():
             continue
-        stamp = image[bounds]
+        stamp = galsim.ImageF(box)
         wcs = galsim.JacobianWCS(*jacobians[i])
         if objects["is_star"][i]:
             profile = star_profile(objects["flux"][i], objects["mag"][i], fwhm[i], e1[i], e2[i], params)
@@ -103,25 +151,31 @@ def draw_objects(image, objects, x, y, jacobians, fwhm, e1, e2, radius, params, 
                 objects["e1_int"][i], objects["e2_int"][i], objects["g1"][i], objects["g2"][i],
                 flux=objects["flux"][i], gsparams=gsparams(),
             )
-            if with_psf:
-                psf = moffat(params["psf_beta"], fwhm[i], e1[i], e2[i], gsparams=gsparams())
-                profile = galsim.Convolve([profile, psf], gsparams=gsparams())
+            psf = moffat(params["psf_beta"], fwhm[i], e1[i], e2[i], gsparams=gsparams())
+            profile = galsim.Convolve([profile, psf], gsparams=gsparams())
         offset = (x[i] - stamp.true_center.x, y[i] - stamp.true_center.y)
-        method = "no_pixel" if with_psf else "auto"
-        profile.drawImage(image=stamp, wcs=wcs, offset=offset, method=method, add_to_image=True)
+        profile.drawImage(image=stamp, wcs=wcs, offset=offset, method="no_pixel")
+        rows = slice(box.ymin - bounds.ymin, box.ymax - bounds.ymin + 1)
+        columns = slice(box.xmin - bounds.xmin, box.xmax - bounds.xmin + 1)
+        yield i, rows, columns, stamp.array
 
 
-def apply_saturation(image, saturate):
+def apply_saturation(image, saturate, base=None):
     """Clip at the saturation level and bleed the excess charge along columns.
 
-    Returns the boolean mask of saturated (clipped or bled) pixels. The loop
-    runs over saturated columns only (a handful per CCD).
+    The bleed trails are those of ``base`` (default: the image itself): the
+    image without the galaxies, so that galaxies (which never saturate) do
+    not change the trails outside their stamps. Pixels of the image above
+    ``saturate`` are clipped in any case. Returns the boolean mask of
+    saturated (clipped or bled) pixels. The loop runs over saturated columns
+    only (a handful per CCD).
     """
-    over = image > saturate
-    mask = over.copy()
+    base = image if base is None else base
+    over = base > saturate
+    mask = over | (image > saturate)
     for column in np.flatnonzero(over.any(axis=0)):
         rows = np.flatnonzero(over[:, column])
-        excess = float(np.sum(image[rows, column] - saturate))
+        excess = float(np.sum(base[rows, column] - saturate))
         extra = int(excess / saturate / 2.0)
         low = max(rows.min() - extra, 0)
         high = min(rows.max() + extra + 1, image.shape[0])
@@ -155,6 +209,14 @@ def add_cosmic_rays(image, flag, rng, params):
 def render_ccd(task):
     """Image, weight, flag and truth of one CCD.
 
+    Noise and defects come from separate streams (:mod:`.streams`) of
+    ``(seed, exposure, CCD)``: sky gradient, sky photons, read noise, cosmic
+    rays, bad columns; the photon noise of each object comes from its own
+    stream of ``(seed, exposure, CCD, object id)`` and lands in its stamp
+    only (a sum of independent Poisson draws is the Poisson draw of the
+    sum). So a pixel outside every galaxy's stamp does not depend on the
+    galaxies at all.
+
     Parameters
     ----------
     task : dict
@@ -165,7 +227,7 @@ def render_ccd(task):
     -------
     dict
         ``image`` (float32), ``weight`` (float32), ``flag`` (int16),
-        ``truth`` (dict of arrays), ``n_saturated``.
+        ``truth`` (dict of arrays).
     """
     import galsim
 
@@ -176,7 +238,7 @@ def render_ccd(task):
     nx, ny = params["ccd_nx"], params["ccd_ny"]
     objects = task["objects"]
     wcs = make_wcs(task["wcs_cards"])
-    rng = np.random.default_rng(np.random.SeedSequence([task["seed"], 3, task["exposure"], task["ccd"]]))
+    seed, key = task["seed"], (task["exposure"], task["ccd"])
 
     x, y = world_to_pixel(wcs, objects["ra"], objects["dec"])
     fwhm, e1, e2 = psf_shape_at(task["psf_model"], task["focal_x0"] + x - 1.0, task["focal_y0"] + y - 1.0, task["half_extent"])
@@ -188,26 +250,36 @@ def render_ccd(task):
     x, y, fwhm, e1, e2, radius = x[idx], y[idx], fwhm[idx], e1[idx], e2[idx], radius[idx]
     jac = local_jacobians(wcs, x, y)
 
-    model = galsim.ImageF(nx, ny)
-    draw_objects(model, sub, x, y, jac, fwhm, e1, e2, radius, params)
-    noiseless = model.array.astype(np.float64)
-    peak_over = noiseless  # kept for the per-object saturation flag below
+    gain = params["gain"]
+    # Stars and galaxies apart: the galaxies' light and photons are added last,
+    # so that everything else (and the saturation trails) ignores them.
+    model = {True: np.zeros((ny, nx), np.float32), False: np.zeros((ny, nx), np.float32)}
+    photons = {True: np.zeros((ny, nx), np.int32), False: np.zeros((ny, nx), np.int32)}
+    for i, rows, columns, stamp in draw_stamps(galsim.BoundsI(1, nx, 1, ny), sub, x, y, jac, fwhm, e1, e2, radius, params):
+        star = bool(sub["is_star"][i])
+        rng = streams.stream(seed, streams.OBJECT_PHOTONS, *key, sub["id"][i])
+        model[star][rows, columns] += stamp
+        photons[star][rows, columns] += rng.poisson(np.maximum(stamp, 0.0) * gain)
 
     # Sky with a gentle linear gradient across the CCD.
-    grad = rng.normal(0.0, params["sky_gradient"], 2)
+    grad = streams.stream(seed, streams.SKY_GRADIENT, *key).normal(0.0, params["sky_gradient"], 2)
     gx = (np.arange(nx) + 0.5) / nx - 0.5
     gy = (np.arange(ny) + 0.5) / ny - 0.5
     sky = sky_level(params) * (1.0 + grad[0] * gx[None, :] + grad[1] * gy[:, None])
-    gain = params["gain"]
-    expected = np.maximum(noiseless + sky, 0.0)
-    image = rng.poisson(expected * gain) / gain + rng.normal(0.0, params["read_noise"] / gain, expected.shape)
+    sky_photons = streams.stream(seed, streams.SKY_PHOTONS, *key).poisson(sky * gain)
+    base = (sky_photons + photons[True]) / gain
+    del sky_photons
+    base += streams.stream(seed, streams.READ_NOISE, *key).normal(0.0, params["read_noise"] / gain, base.shape)
     weight = (1.0 / (sky / gain + (params["read_noise"] / gain) ** 2)).astype(np.float32)
-    del expected
 
     flag = np.zeros((ny, nx), np.int16)
-    add_cosmic_rays(image, flag, rng, params)
-    saturated = apply_saturation(image, params["saturate"])
+    add_cosmic_rays(base, flag, streams.stream(seed, streams.COSMIC_RAYS, *key), params)
+    image = base + photons[False] / gain
+    del photons
+    saturated = apply_saturation(image, params["saturate"], base)
+    del base
     flag[saturated] |= FLAG_SATURATED
+    rng = streams.stream(seed, streams.BAD_COLUMNS, *key)
     for _ in range(params["bad_columns"]):
         column = rng.integers(0, nx)
         start = rng.integers(0, ny // 2) if rng.uniform() < 0.5 else 0
@@ -218,10 +290,12 @@ def render_ccd(task):
     on_ccd = (x >= 0.5) & (x < nx + 0.5) & (y >= 0.5) & (y < ny + 0.5)
     ix = np.clip(np.rint(x).astype(int) - 1, 0, nx - 1)
     iy = np.clip(np.rint(y).astype(int) - 1, 0, ny - 1)
+    # A star's saturation truth ignores the galaxies (they never saturate).
+    peak = model[True][iy, ix] + np.where(sub["is_star"], 0.0, model[False][iy, ix])
     truth = {name: column[on_ccd] for name, column in sub.items()}
     truth.update(
         x=x[on_ccd], y=y[on_ccd], psf_fwhm=fwhm[on_ccd], psf_e1=e1[on_ccd], psf_e2=e2[on_ccd],
-        saturated=(peak_over[iy, ix] + sky[iy, ix] > params["saturate"])[on_ccd],
+        saturated=(peak + sky[iy, ix] > params["saturate"])[on_ccd],
         flag=flag[iy, ix][on_ccd].astype(np.int16),
     )
     return {"image": image.astype(np.float32), "weight": weight, "flag": flag, "truth": truth}
@@ -234,6 +308,9 @@ def render_tile_block(task):
     PSF; its noise is Gaussian with the variance of a mean stack of the
     ``n_cov`` exposures covering each pixel (background and object shot
     noise), and its weight is the inverse background variance of that stack.
+    The unit normal deviates come from one stream of ``(seed, tile, row0)``
+    with one draw per pixel, so the noise outside the galaxies' stamps does
+    not depend on them.
     """
     import galsim
 
@@ -244,7 +321,6 @@ def render_tile_block(task):
     row0, row1 = task["row0"], task["row1"]
     objects = task["objects"]
     wcs = make_wcs(task["wcs_cards"])
-    rng = np.random.default_rng(np.random.SeedSequence([task["seed"], 4, task["tile_index"], row0]))
 
     x, y = world_to_pixel(wcs, objects["ra"], objects["dec"])
     psf = task["psf"]
@@ -260,18 +336,23 @@ def render_tile_block(task):
     x, y, fwhm, e1, e2, radius = x[idx], y[idx], fwhm[idx], e1[idx], e2[idx], radius[idx]
     jac = local_jacobians(wcs, x, y)
 
-    model = galsim.ImageF(galsim.BoundsI(1, size, row0 + 1, row1))
-    draw_objects(model, sub, x, y, jac, fwhm, e1, e2, radius, params)
-    noiseless = model.array.astype(np.float64)
+    stars = np.zeros((row1 - row0, size))
+    galaxies = np.zeros((row1 - row0, size))
+    for i, rows, columns, stamp in draw_stamps(galsim.BoundsI(1, size, row0 + 1, row1), sub, x, y, jac, fwhm, e1, e2, radius, params):
+        (stars if sub["is_star"][i] else galaxies)[rows, columns] += stamp
 
     n_cov = task["coverage"].astype(np.float64)
     covered = n_cov > 0
     safe = np.where(covered, n_cov, 1.0)
     gain = params["gain"]
-    variance = (background_variance(params) + np.maximum(noiseless, 0.0) / gain) / safe
-    image = noiseless + rng.normal(0.0, 1.0, noiseless.shape) * np.sqrt(variance)
-    saturated = apply_saturation(image, params["saturate"])
-    del saturated
+    deviates = streams.stream(task["seed"], streams.TILE_NOISE, *task["tile"], row0).normal(0.0, 1.0, stars.shape)
+    base = stars + deviates * np.sqrt((background_variance(params) + np.maximum(stars, 0.0) / gain) / safe)
+    noiseless = stars + galaxies
+    del stars, galaxies
+    image = noiseless + deviates * np.sqrt((background_variance(params) + np.maximum(noiseless, 0.0) / gain) / safe)
+    del deviates, noiseless
+    apply_saturation(image, params["saturate"], base)
+    del base
     image[~covered] = 0.0
     weight = np.where(covered, safe / background_variance(params), 0.0)
 

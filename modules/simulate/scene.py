@@ -15,6 +15,8 @@ from scipy import optimize, special
 
 from shapepipe_modules import cfis
 
+from . import streams
+
 ZERO_POINT = 30.0
 BULGE_TRUNCATION = 5.0  # bulge truncated at this many of its half-light radii
 BULGE_TO_DISK_SIZE = 0.4
@@ -128,12 +130,12 @@ def make_scene(params, seed: int, box) -> dict:
         g2, pair_id``; ids start at 1 and are unique.
     """
     area = box_area_arcmin2(box)
-    star_rng = np.random.default_rng(np.random.SeedSequence([seed, 10]))
+    star_rng = streams.stream(seed, streams.STAR_SCENE)
     n_star = star_rng.poisson(params["star_density"] * area)
     star_ra, star_dec = _uniform_sky(star_rng, n_star, box)
     star_mag = _power_law_mags(star_rng, n_star, *params["star_mag_range"], params["star_count_slope"])
 
-    gal_rng = np.random.default_rng(np.random.SeedSequence([seed, 11]))
+    gal_rng = streams.stream(seed, streams.GALAXY_SCENE)
     n_gal = gal_rng.poisson(params["galaxy_density"] * area)
     ring = bool(params["ring"])
     n_draw = (n_gal + 1) // 2 if ring else n_gal

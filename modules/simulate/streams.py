@@ -1,0 +1,78 @@
+"""Named random streams of the simulator.
+
+Every random quantity comes from its own generator, keyed by the simulation
+seed, a purpose and the identifiers of what it belongs to (exposure, CCD,
+tile, block, object). Because no two quantities share a generator, the
+number of draws one of them consumes (e.g. Poisson noise, whose draw count
+depends on the expected value) cannot shift any other: with the same seed,
+changing the shear, or one galaxy, changes no noise outside that galaxy's
+stamp and no other object.
+
+Keys are ``numpy.random.SeedSequence([seed, purpose, *key])``. Each purpose
+has a fixed key length (checked), and the seed is below 2**32 (one word), so
+two different keys never give the same entropy words.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Purpose -> (number, names of the key). The numbers of the first four are
+# those the scene, PSF and pointings always used (their draws are unchanged).
+PSF = 1                 # per exposure: PSF polynomial coefficients
+POINTING = 2            # per exposure: dither jitter
+STAR_SCENE = 10         # stars of the scene
+GALAXY_SCENE = 11       # galaxies of the scene
+SKY_GRADIENT = 20       # per (exposure, CCD): linear sky gradient
+SKY_PHOTONS = 21        # per (exposure, CCD): Poisson noise of the sky
+OBJECT_PHOTONS = 22     # per (exposure, CCD, object id): Poisson noise of one object's stamp
+READ_NOISE = 23         # per (exposure, CCD): Gaussian read noise
+COSMIC_RAYS = 24        # per (exposure, CCD): cosmic-ray tracks
+BAD_COLUMNS = 25        # per (exposure, CCD): bad columns
+TILE_NOISE = 30         # per (tile XXX, tile YYY, first row of the block): Gaussian stack noise
+
+KEYS = {
+    PSF: ("exposure",),
+    POINTING: ("exposure",),
+    STAR_SCENE: (),
+    GALAXY_SCENE: (),
+    SKY_GRADIENT: ("exposure", "ccd"),
+    SKY_PHOTONS: ("exposure", "ccd"),
+    OBJECT_PHOTONS: ("exposure", "ccd", "object id"),
+    READ_NOISE: ("exposure", "ccd"),
+    COSMIC_RAYS: ("exposure", "ccd"),
+    BAD_COLUMNS: ("exposure", "ccd"),
+    TILE_NOISE: ("tile xxx", "tile yyy", "block row0"),
+}
+
+MAX_SEED = 2**32 - 1
+
+#: Recorded in ``simulation.json`` (``random_streams``). 1 (no record): one
+#: generator per CCD shared by all its noise; 2: the streams of this module.
+RANDOM_STREAMS_VERSION = 2
+
+
+def stream(seed: int, purpose: int, *key) -> np.random.Generator:
+    """The generator of one purpose and key.
+
+    Parameters
+    ----------
+    seed : int
+        Simulation seed, 0 .. 2**32 - 1.
+    purpose : int
+        One of the purpose constants of this module.
+    *key : int
+        Non-negative integers, as many as ``KEYS[purpose]`` names.
+
+    Raises
+    ------
+    ValueError
+        Unknown purpose, wrong key length, or a seed out of range.
+    """
+    if purpose not in KEYS:
+        raise ValueError(f"simulate: unknown random-stream purpose {purpose!r}")
+    if len(key) != len(KEYS[purpose]):
+        raise ValueError(f"simulate: stream {purpose} is keyed by {KEYS[purpose]}, got {key!r}")
+    if not 0 <= int(seed) <= MAX_SEED:
+        raise ValueError(f"simulate: seed must be in 0..{MAX_SEED}, got {seed}")
+    return np.random.default_rng(np.random.SeedSequence([int(seed), int(purpose), *(int(k) for k in key)]))
