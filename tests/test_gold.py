@@ -129,7 +129,7 @@ def test_simulation_is_reused_only_when_it_matches(tiny, tmp_path, capsys):
     assert simulation_mismatch(tiny, "tiny", 1) == "star_mag_range [17.0, 24.0] (wanted [14.0, 24.0])"
     assert simulation_mismatch(tiny, "tiny", 1, {**stars, "shear": [[-0.02, 0.0]]}) == \
         "shear [[0.02, 0.0]] (wanted [[-0.02, 0.0]])"
-    assert simulation_mismatch(tiny, "tiny", 1, stars, negate_shear=True) == "shear [[0.02, 0.0]] (wanted [[-0.02, -0.0]])"
+    assert simulation_mismatch(tiny, "tiny", 1, stars, negate_shear=True) == "shear [[0.02, 0.0]] (wanted [[-0.02, 0.0]])"
     assert simulation_mismatch(tiny, "demo", 2, stars).startswith("preset 'tiny' (wanted 'demo'), seed 1 (wanted 2), ")
     assert ensure_simulation(tiny, "tiny", 1, 1, stars, log=lambda _: None) is None
     with pytest.raises(SimulationMismatch, match="ring False"):

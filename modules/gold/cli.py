@@ -111,7 +111,8 @@ def wanted_parameters(preset: str, overrides=None, negate_shear=False) -> dict:
 
     params = resolve_parameters(preset, **(overrides or {}))
     if negate_shear:
-        params["shear"] = [[-g1, -g2] for g1, g2 in params["shear"]]
+        # 0.0, not -0.0, as simulate_paired records it.
+        params["shear"] = [[-g if g != 0 else 0.0 for g in pair] for pair in params["shear"]]
     return _normalised(params)
 
 
@@ -145,26 +146,18 @@ def simulated_ring(data_dir) -> bool:
 def simulate_pair(preset, data_dir, seed, workers, overrides=None):
     """Simulate ``data_dir/plus`` (the preset's shears) and ``data_dir/minus`` (every shear negated).
 
-    Uses the simulator's ``simulate_paired`` when it has one; otherwise two
-    ``simulate`` calls with the same seed and opposite shears.
+    Same seed, so the same scene, PSFs and noise streams
+    (:func:`shapepipe_modules.simulate.simulate_paired`).
 
     Returns
     -------
     (pathlib.Path, pathlib.Path)
     """
-    from shapepipe_modules import simulate as simulator
+    from shapepipe_modules.simulate import simulate_paired
 
-    overrides = dict(overrides or {})
-    paired = getattr(simulator, "simulate_paired", None)
-    if paired is not None:
-        plus, minus = paired(preset=preset, output_dir=data_dir, seed=seed, n_workers=workers, **overrides)
-        return Path(plus), Path(minus)
-    shear = wanted_parameters(preset, overrides)["shear"]
-    simulator.simulate(preset=preset, output_dir=Path(data_dir) / "plus", seed=seed, n_workers=workers,
-                       **{**overrides, "shear": shear})
-    simulator.simulate(preset=preset, output_dir=Path(data_dir) / "minus", seed=seed, n_workers=workers,
-                       **{**overrides, "shear": [[-g1, -g2] for g1, g2 in shear]})
-    return Path(data_dir) / "plus", Path(data_dir) / "minus"
+    plus, minus = simulate_paired(preset=preset, output_dir=data_dir, seed=seed, n_workers=workers,
+                                  **dict(overrides or {}))
+    return Path(plus), Path(minus)
 
 
 def ensure_simulation(data_dir: Path, preset: str, seed: int, workers: int, overrides=None, log=print,
