@@ -192,3 +192,13 @@ def test_paired_command(tmp_path, capsys):
     status = cli.main(["--paired", str(tmp_path / "plus" / "cats"), str(tmp_path / "minus" / "cats"),
                        "-t", str(tmp_path / "plus" / "sim"), str(tmp_path / "plus" / "sim"), "-o", str(out)])
     assert status == 1 and "sign-flipped" in capsys.readouterr().err
+
+
+def test_ring_units_are_per_seed():
+    from shapepipe_modules.validate.paired import resampling_units
+
+    pairs = {"ring": np.array([5, 5, -1, 7, 5, 5]), "seed": np.array([1, 1, 1, 1, 2, 2])}
+    units = resampling_units(pairs, ring=True)
+    assert units[0] == units[1] and units[4] == units[5] and units[0] != units[4]
+    assert len(set(units.tolist())) == 4
+    assert resampling_units(pairs, ring=False) is None

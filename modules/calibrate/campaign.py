@@ -74,7 +74,7 @@ def sigma_m(m_err) -> float:
 
 
 def merge_campaign(results, out_dir, selection=None, weights="none", n_boot=200, n_bins=4, target_sigma_m=1e-3,
-                   boot_seed=1, plots=True) -> dict:
+                   boot_seed=1, plots=True, ring=None) -> dict:
     """Pool the seeds, estimate m and c, write the results table, the record and the figures.
 
     Parameters
@@ -88,6 +88,9 @@ def merge_campaign(results, out_dir, selection=None, weights="none", n_boot=200,
     weights : {"none", "ivar"}
     target_sigma_m : float
         sigma_m for which the CPU hours are projected.
+    ring : bool, optional
+        Bootstrap ring pairs whole (default: when the seeds were simulated
+        with ``ring``).
 
     Returns
     -------
@@ -109,14 +112,17 @@ def merge_campaign(results, out_dir, selection=None, weights="none", n_boot=200,
     if len(presets) > 1:
         raise ValidationError("the seeds were simulated with different presets or parameters: "
                               + "; ".join(sorted({p for p, _ in presets})) + " (one campaign, one preset)")
+    if ring is None:
+        ring = bool(next(iter(records.values()))["parameters"].get("ring", False))
     pooled = concatenate_pairs(tables.values())
-    combined = paired_estimate(pooled, selection, weights, n_boot, boot_seed, n_bins)
+    combined = paired_estimate(pooled, selection, weights, n_boot, boot_seed, n_bins, ring=ring)
     cpu_s = float(sum(r["cpu_s"] for r in records.values()))
     cpu_hours = cpu_s / 3600.0
     rows, per_seed = [], []
     for seed, table in tables.items():
         try:
-            estimate = paired_estimate(table, selection, weights, max(n_boot // 2, 20), boot_seed + seed, bins=())
+            estimate = paired_estimate(table, selection, weights, max(n_boot // 2, 20), boot_seed + seed, bins=(),
+                                       ring=ring)
         except (ValueError, np.linalg.LinAlgError):
             continue
         hours = records[seed]["cpu_s"] / 3600.0
@@ -135,7 +141,7 @@ def merge_campaign(results, out_dir, selection=None, weights="none", n_boot=200,
     first = next(iter(records.values()))
     record = {
         "preset": first["preset"], "overrides": first.get("overrides", {}), "parameters": first["parameters"],
-        "seeds": list(tables), "n_seeds": len(tables), "selection": combined["selection"], "weights": weights,
+        "seeds": list(tables), "n_seeds": len(tables), "selection": combined["selection"], "weights": weights, "ring_bootstrap": bool(ring),
         "m": combined["m"].tolist(), "m_err": combined["m_err"].tolist(), "c": combined["c"].tolist(),
         "c_err": combined["c_err"].tolist(), "R": combined["R"].tolist(), "R_sel": combined["R_sel"].tolist(),
         "n_pairs": combined["n_pairs"], "n_selected": combined["n_selected"], "n_m": combined["n_m"].tolist(),

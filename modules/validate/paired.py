@@ -331,7 +331,10 @@ def resampling_units(pairs, ring=False):
     if not ring:
         return None
     ring_key = np.asarray(pairs["ring"])
-    return np.where(ring_key >= 0, ring_key, -1 - np.arange(ring_key.size))
+    units = np.where(ring_key >= 0, ring_key, -1 - np.arange(ring_key.size))
+    if "seed" in pairs:  # pooled seeds: the same ring key in two seeds is two units
+        _, units = np.unique(np.column_stack([np.asarray(pairs["seed"]), units]), axis=0, return_inverse=True)
+    return units.ravel()
 
 
 def bootstrap_errors(terms, n_boot, rng, units=None, mask=None):
