@@ -32,7 +32,8 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="module")
 def exposure_chain(tiny, tmp_path_factory):
     root = tmp_path_factory.mktemp("gold_run")
-    status = main(["--preset", "tiny", "--no-ring", "--data", str(tiny), "--run-root", str(root), "--to", "MsPl"])
+    status = main(["--preset", "tiny", "--set", "star_mag_range=[17, 24]", "--data", str(tiny), "--run-root", str(root),
+                   "--to", "MsPl"])
     summary = json.loads((root / "output" / "gold_summary.json").read_text())
     return root, status, summary
 
@@ -110,7 +111,7 @@ def test_failed_stage_stops_the_chain(tiny, tmp_path, capsys):
     shutil.copytree(tiny, sim)
     (sim / "exposures" / "2100002p.flag.fits.fz").unlink()
     root = tmp_path / "run"
-    status = main(["--preset", "tiny", "--no-ring", "--data", str(sim), "--run-root", str(root)])
+    status = main(["--preset", "tiny", "--set", "star_mag_range=[17,24]", "--data", str(sim), "--run-root", str(root)])
     assert status == 1
     error = capsys.readouterr().err
     assert "config_GitFeGie.ini failed" in error
@@ -120,17 +121,35 @@ def test_failed_stage_stops_the_chain(tiny, tmp_path, capsys):
 
 
 def test_simulation_is_reused_only_when_it_matches(tiny, tmp_path, capsys):
-    """simulation.json decides: same preset, seed and ring reused; a named folder that differs is refused."""
-    assert simulation_mismatch(tiny, "tiny", 1, False) is None
-    assert simulation_mismatch(tiny, "tiny", 1, True) == "ring False (wanted True)"
-    assert simulation_mismatch(tiny, "demo", 2, False) == "preset 'tiny' (wanted 'demo'), seed 1 (wanted 2)"
-    assert ensure_simulation(tiny, "tiny", 1, 1, ring=False, log=lambda _: None) is None
+    """simulation.json decides: same preset, seed and resolved parameters reused; a named folder that differs is refused."""
+    stars = {"star_mag_range": [17.0, 24.0]}
+    assert simulation_mismatch(tiny, "tiny", 1, stars) is None
+    assert simulation_mismatch(tiny, "tiny", 1, {**stars, "ring": True}) == "ring False (wanted True)"
+    # Any parameter counts, not only preset, seed and ring: the override the fixture used, a shear.
+    assert simulation_mismatch(tiny, "tiny", 1) == "star_mag_range [17.0, 24.0] (wanted [14.0, 24.0])"
+    assert simulation_mismatch(tiny, "tiny", 1, {**stars, "shear": [[-0.02, 0.0]]}) == \
+        "shear [[0.02, 0.0]] (wanted [[-0.02, 0.0]])"
+    assert simulation_mismatch(tiny, "tiny", 1, stars, negate_shear=True) == "shear [[0.02, 0.0]] (wanted [[-0.02, 0.0]])"
+    assert simulation_mismatch(tiny, "demo", 2, stars).startswith("preset 'tiny' (wanted 'demo'), seed 1 (wanted 2), ")
+    assert ensure_simulation(tiny, "tiny", 1, 1, stars, log=lambda _: None) is None
     with pytest.raises(SimulationMismatch, match="ring False"):
-        ensure_simulation(tiny, "tiny", 1, 1, ring=True, replace_different=False)
-    # The default (ring) on tiny's folder, named with --data: refused before any run, exit status 2.
+        ensure_simulation(tiny, "tiny", 1, 1, {**stars, "ring": True}, replace_different=False)
+    # Without the fixture's override, the folder named with --data is refused before any run, exit status 2.
     assert main(["--preset", "tiny", "--data", str(tiny), "--run-root", str(tmp_path)]) == 2
-    assert "ring False (wanted True)" in capsys.readouterr().err
+    assert "star_mag_range [17.0, 24.0] (wanted [14.0, 24.0])" in capsys.readouterr().err
     assert not (tmp_path / "output").exists()
+    # A bad override is refused by name.
+    assert main(["--preset", "tiny", "--set", "no_such=1", "--data", str(tmp_path / "x"), "--run-root",
+                 str(tmp_path)]) == 2
+    assert "no_such" in capsys.readouterr().err
+
+
+def test_demo_preset_is_a_ring_test():
+    """The preset, shapepipe_gold and the docs agree: demo is a ring test, tiny is not."""
+    from shapepipe_modules.simulate.presets import resolve_parameters
+
+    assert resolve_parameters("demo")["ring"] is True
+    assert resolve_parameters("tiny")["ring"] is False
 
 
 def test_ring_partners_share_a_tile():
@@ -163,7 +182,7 @@ def test_classify_follows_shapepipe_rule():
 def test_whole_chain_on_tiny(tiny, tmp_path):
     """Every stage, ngmix split in two by object id and merged back, then shapepipe_validate."""
     root = tmp_path / "run"
-    assert main(["--preset", "tiny", "--no-ring", "--data", str(tiny), "--run-root", str(root),
+    assert main(["--preset", "tiny", "--set", "star_mag_range=[17,24]", "--data", str(tiny), "--run-root", str(root),
                  "--ng-splits", "2"]) == 0
     summary = json.loads((root / "output" / "gold_summary.json").read_text())
     rows = {row["module_run"]: row for row in summary["modules"]}

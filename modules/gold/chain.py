@@ -172,8 +172,12 @@ def tile_object_ranges(run_dir, n_splits) -> list[tuple[int, int]]:
     return [(edges[k], edges[k + 1] - 1) for k in range(n_splits) if edges[k + 1] > edges[k]]
 
 
-def run_chain(sim_dir, run_root, config_dir, first=None, last=None, ng_splits=1, log=print) -> list[StageRun]:
+def run_chain(sim_dir, run_root, config_dir, first=None, last=None, ng_splits=1, log=print,
+              extra_env=None) -> list[StageRun]:
     """Run the stages from ``first`` to ``last`` (names of :data:`STAGES`), in order.
+
+    ``extra_env`` adds variables to every stage's environment (e.g.
+    ``SLURM_CPUS_PER_TASK=1``, which caps each stage's workers to one).
 
     Returns
     -------
@@ -187,7 +191,7 @@ def run_chain(sim_dir, run_root, config_dir, first=None, last=None, ng_splits=1,
     names = [stage.name for stage in STAGES]
     start = names.index(first) if first else 0
     stop = names.index(last) + 1 if last else len(names)
-    env = environment(sim_dir, run_root, config_dir)
+    env = {**environment(sim_dir, run_root, config_dir), **(extra_env or {})}
     env["SP_NG_SPLITS"] = str(int(ng_splits))
     output_dir = Path(env["SP_RUN"]) / "output"
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -261,3 +265,27 @@ def run_validation(sim_dir, run_root, log=print, extra_args=()) -> Path:
         if line.startswith(("m1", "m2", "R ", "tiles")):
             log("    " + line)
     return report_dir
+
+
+def run_paired_validation(sim_plus, sim_minus, run_root_plus, run_root_minus, report_dir, log=print,
+                          ring=False, extra_args=()) -> Path:
+    """Run ``shapepipe_validate --paired`` on the newest final catalogues of two runs; return its report folder.
+
+    Raises
+    ------
+    ChainError
+        If the validation fails.
+    """
+    catalogues = [module_output(newest_run(Path(root).resolve() / "output", "run_sp_Mc"), "make_catalog")
+                  for root in (run_root_plus, run_root_minus)]
+    command = [sys.executable, "-m", "shapepipe_modules.validate.cli", "--paired", *map(str, catalogues),
+               "-t", str(Path(sim_plus).resolve()), str(Path(sim_minus).resolve()), "-o", str(report_dir),
+               *(("--ring",) if ring else ()), *extra_args]
+    completed = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if completed.returncode != 0:
+        raise ChainError(f"shapepipe_validate --paired failed (exit status {completed.returncode}):\n"
+                         + "\n".join(completed.stdout.strip().splitlines()[-15:]))
+    for line in completed.stdout.splitlines():
+        if line.startswith(("m1", "m2", "R ", "paired")):
+            log("    " + line)
+    return Path(report_dir)

@@ -131,6 +131,22 @@ def format_summary(summary: dict) -> str:
                 value, error = shear[key]
                 lines.append(f"  {key} = {value:+.4f} +- {error:.4f}" + (
                     f"  ({value / error:+.1f} sigma)" if key.startswith("m") and error > 0 else ""))
-    elif summary.get("shear_note"):
+    elif summary.get("shear_note") and not summary.get("paired"):
         lines += ["", summary["shear_note"]]
+    paired = summary.get("paired")
+    if paired:
+        lines += ["", "paired shear bias (shapepipe_validate --paired; +g and -g runs of the same galaxies and "
+                      "noise, joined by truth id):"]
+        lines.append(f"  galaxies in both runs: {paired['n_pairs']} (plus {paired.get('n_plus')}, minus "
+                     f"{paired.get('n_minus')} matched); selected on both: {paired['n_selected']}")
+        if paired.get("selection"):
+            lines.append(f"  selection: {paired['selection']}")
+        for k in (0, 1):
+            m, m_err = paired["m"][k], paired["m_err"][k]
+            c, c_err = paired["c"][k], paired["c_err"][k]
+            lines.append(f"  m{k + 1} = {_number(m, 4)} +- {_number(m_err, 2)}    c{k + 1} = {_number(c, 3)} +- "
+                         f"{_number(c_err, 2)}")
+        cpu = paired.get("chain_cpu_s", {})
+        if cpu:
+            lines.append("  summed job CPU time of the chains: " + ", ".join(f"{k} {v:.0f} s" for k, v in cpu.items()))
     return "\n".join(lines) + "\n"

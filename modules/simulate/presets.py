@@ -66,7 +66,8 @@ _BASE = {
 }
 
 _PRESET_OVERRIDES = {
-    "demo": {},
+    # The GOLD run's survey; a ring test, so that shapepipe_validate --ring cancels shape noise.
+    "demo": {"ring": True},
     "tiny": {
         "tiles": ["244.252"],
         "shear": [[0.02, 0.0]],
@@ -80,6 +81,22 @@ _PRESET_OVERRIDES = {
         "gap_x": 40,
         "star_density": 40.0,
         "galaxy_density": 15.0,
+        "deep_sky": False,
+    },
+    # Shear calibration campaigns (shapepipe_calibrate; docs/calibration.md): the demo geometry with the
+    # CPU spent where it buys precision on m. Both shear components in every tile (each galaxy measures
+    # m1 and m2); galaxies only as faint as mag 23.5 (the faint ones cost ngmix time and their
+    # responses scatter most); no star brighter than 17 (no halo masks) and fewer stars (ngmix
+    # measures every tile detection), still ~60 PSF candidates per CCD; two exposures per tile;
+    # no deep-sky galaxy masking the field; ring pairs (c cancels shape noise).
+    "calib": {
+        "shear": [[0.02, 0.02], [0.02, 0.02]],
+        "exposures_per_tile": 2,
+        "star_density": 6.0,
+        "star_mag_range": [17.0, 23.0],
+        "galaxy_density": 25.0,
+        "galaxy_mag_range": [20.0, 23.5],
+        "ring": True,
         "deep_sky": False,
     },
     "cfis": {

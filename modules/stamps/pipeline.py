@@ -3,7 +3,7 @@
 :func:`prepare` reads and checks the target table (every row, before any
 extraction), assigns tiles and batches and writes the status table;
 :func:`extract` cuts the batches not yet done, in parallel through the
-project's executors (:mod:`shapepipe.executors`), and rewrites the status
+project's executors (:mod:`shapepipe.cluster.executor`), and rewrites the status
 table atomically each time a batch file is complete.
 
 Restarts: a batch file appears only when complete (atomic rename), and the
@@ -174,7 +174,7 @@ def extract(archive_dir, layout, settings: Settings, workers: int = 1, retry_fai
         Counts (``done``, ``failed``, ``new``), ``batches`` cut, ``stamps``, ``bytes`` written,
         ``seconds`` (wall) and ``batch_cpu_seconds`` (CPU of the batches, over every worker).
     """
-    from shapepipe.executors import JoblibExecutor, run_all
+    from shapepipe.cluster.executor import JoblibExecutor, run_all
     from shapepipe.jobs import Task
 
     logger = logger or logging.getLogger(__name__)

@@ -92,3 +92,30 @@ def plot_bins(result, path):
     _save(fig, path)
     plt.close(fig)
     return Path(path)
+
+
+BIN_LABELS = {"snr": "S/N", "size_ratio": "T / Tpsf", "psf_size": "PSF T (arcsec)", "mag": "magnitude"}
+
+
+def plot_paired_bins(result, path, title=None):
+    """m1, m2 per bin of each quantity of a paired result (``result['bins']``), one panel per quantity."""
+    plt = _pyplot()
+    names = [name for name in BIN_LABELS if result["bins"].get(name)]
+    fig, axes = plt.subplots(1, max(len(names), 1), figsize=(3.6 * max(len(names), 1), 3.4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        rows = result["bins"][name]
+        centre = np.array([0.5 * (r["low"] + r["high"]) for r in rows])
+        for i in range(2):
+            values = np.array([r["m"][i] for r in rows], dtype=float)
+            errors = np.array([r["m_err"][i] for r in rows], dtype=float)
+            ax.errorbar(centre * (1 + 0.01 * (2 * i - 1)), values, yerr=errors, fmt="o-", label=f"m{i + 1}")
+        ax.axhline(0.0, color="k", lw=0.5)
+        ax.set_xlabel(BIN_LABELS[name])
+        ax.set_ylabel("m")
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,204 @@
+"""Tests of the paired shear estimator (shapepipe_validate --paired) on synthetic +g/-g tables with known m and c."""
+
+import json
+
+import numpy as np
+import pytest
+
+from shapepipe_modules.io.tables import write_fits_table
+from shapepipe_modules.validate import cli
+from shapepipe_modules.validate.paired import (BRANCH_ORDER, KEY_STRIDE, PairTerms, concatenate_pairs, join_pairs,
+                                               member_table, paired_estimate, read_pairs, write_pairs)
+from shapepipe_modules.validate.shear import Selection
+
+M_TRUE = np.array([0.03, -0.02])
+C_TRUE = np.array([0.004, -0.003])
+R_TRUE = np.array([[0.80, 0.02], [0.01, 0.75]])
+STEP = 0.01
+DELTAS = np.array([[0.0, 0.0], [STEP, 0.0], [-STEP, 0.0], [0.0, STEP], [0.0, -STEP]])
+SHEARS = {"244.252": (0.02, 0.0), "245.252": (0.0, -0.02)}
+
+
+def synthetic_members(rng, n=8000, snr_tilt=0.0, shared_noise=0.02, own_noise=0.003):
+    """Plus and minus member tables of the same galaxies (two tiles, one shear each).
+
+    Each branch measures ``e_int + R_k ((1 + m) g + c + delta) + noise``: the
+    per-galaxy response R_k scatters (and depends on |e_int|), the noise has a
+    part shared by the two members and a part of their own, and each
+    sheared branch a little noise of its own. With ``snr_tilt`` the S/N
+    grows with the branch's e1, so an S/N cut depends on the shear.
+    """
+    members = {"plus": [], "minus": []}
+    for tile, shear in SHEARS.items():
+        code = int(tile.replace(".", ""))
+        e_int = rng.normal(0.0, 0.25, (n, 2))
+        r_obj = R_TRUE * (1.0 - 0.5 * np.sum(e_int ** 2, axis=1))[:, None, None] + rng.normal(0.0, 0.08, (n, 2, 2))
+        shared = rng.normal(0.0, shared_noise, (n, 2))
+        snr0 = rng.uniform(5.0, 60.0, n)
+        ids = rng.permutation(50000)[:n] + 1
+        for sign, label in ((1.0, "plus"), (-1.0, "minus")):
+            g = sign * np.asarray(shear)
+            branches = []
+            for b, delta in enumerate(DELTAS):
+                own = rng.normal(0.0, own_noise if b == 0 else 3e-4, (n, 2))
+                applied = (1.0 + M_TRUE) * g + C_TRUE + delta
+                branches.append(e_int + np.einsum("nij,j->ni", r_obj, applied) + shared + own)
+            e = np.stack(branches, axis=1)
+            member = {
+                "key": (code // 1000 * 1000 + code % 1000) * KEY_STRIDE + ids,
+                "g_true": np.tile(g, (n, 1)), "truth_mag": rng.uniform(20, 25, n),
+                "ring": np.full(n, -1, np.int64),
+                "g": e, "s2n": snr0[:, None] * (1.0 + snr_tilt * e[:, :, 0]), "T": np.full((n, 5), 0.6),
+                "Tpsf": np.full((n, 5), 0.4), "psf_T": np.full(n, 0.4), "mag": 30 - np.log10(snr0),
+                "mcal_flags": np.zeros(n, np.int64), "no_shape": np.zeros(n, np.int64),
+                "g_err": np.full((n, 2), 0.05),
+            }
+            members[label].append(member)
+    return tuple({name: np.concatenate([m[name] for m in members[label]]) for name in members[label][0]}
+                 for label in ("plus", "minus"))
+
+
+def test_paired_estimator_recovers_m_and_c():
+    rng = np.random.default_rng(11)
+    plus, minus = synthetic_members(rng)
+    pairs = join_pairs(plus, minus)
+    assert pairs["key"].size == 16000
+    result = paired_estimate(pairs, Selection(snr_min=10.0), n_boot=100, seed=3, n_bins=3)
+    # Shared noise and intrinsic shapes cancel in d; the error left comes from the members' own noise
+    # (0.003 / sqrt(2)) and the sheared branches' noise in R: ~ 0.0021 / (0.02 * 0.77 * sqrt(6500)) ~ 0.0017.
+    assert np.all((result["m_err"] > 0.001) & (result["m_err"] < 0.004))
+    assert np.all(np.abs(result["m"] - M_TRUE) < 3 * result["m_err"])
+    # c keeps the shape noise: 0.25 / 0.77 / sqrt(13000) ~ 0.003.
+    assert np.all((result["c_err"] > 0.002) & (result["c_err"] < 0.005))
+    assert np.all(np.abs(result["c"] - C_TRUE) < 3 * result["c_err"])
+    np.testing.assert_allclose(np.diag(result["R"]), np.diag(R_TRUE) * (1 - 0.25 ** 2), rtol=0.02)
+    assert set(result["bins"]) == {"snr", "mag"}  # constant T/Tpsf and PSF size: no bins
+    assert len(result["bins"]["snr"]) == 3
+    for row in result["bins"]["snr"]:
+        assert np.all(np.abs(np.array(row["m"]) - M_TRUE) < 4 * np.array(row["m_err"]))
+    # Per component, only the galaxies with a non-zero applied shear measure m.
+    assert np.all(result["n_m"] < result["n_selected"]) and result["n_m"].sum() == result["n_selected"]
+
+
+def test_shear_dependent_selection_needs_no_selection_response():
+    """An S/N that grows with e1 makes the cut shear-dependent: one run alone needs R_sel, the pair does not."""
+    rng = np.random.default_rng(12)
+    plus, minus = synthetic_members(rng, snr_tilt=4.0)
+    pairs = join_pairs(plus, minus)
+    result = paired_estimate(pairs, Selection(snr_min=25.0), n_boot=100, seed=4, bins=())
+    assert np.all(np.abs(result["m"] - M_TRUE) < 3 * result["m_err"])
+    # The single-run selection response (cut on the sheared branches of both members) is large ...
+    assert abs(result["R_sel"][0, 0]) > 0.1
+    # ... while its paired counterpart is zero within its error.
+    assert abs(result["R_sel_pair"][0, 0]) < 3 * result["R_sel_pair_err"][0, 0]
+    # The plus run alone, mean shear over its own selection with R only, is biased well beyond the error.
+    terms = PairTerms(pairs, Selection(snr_min=25.0))
+    alone = Selection(snr_min=25.0)({"g1": plus["g"][:, 0, 0], "g2": plus["g"][:, 0, 1], "s2n": plus["s2n"][:, 0],
+                                     "T": plus["T"][:, 0], "Tpsf": plus["Tpsf"][:, 0],
+                                     "mcal_flags": plus["mcal_flags"], "no_shape": plus["no_shape"]})
+    tile1 = alone & (plus["g_true"][:, 0] != 0)
+    m_alone = np.mean(plus["g"][tile1, 0, 0]) / (np.mean(terms.response[tile1, 0, 0]) * 0.02) - 1
+    assert m_alone - M_TRUE[0] > 0.5
+
+
+def test_join_drops_unmatched_and_one_sided_galaxies(tmp_path):
+    """Final catalogues and truths: a galaxy missing from one run, or selected in one run only, is left out."""
+    rng = np.random.default_rng(13)
+    n = 300
+    truth_ra = 244.0 + rng.uniform(0, 0.1, n)
+    truth_dec = 52.0 + rng.uniform(0, 0.1, n)
+    is_star = np.arange(n) >= 280
+    ids = np.arange(1, n + 1) * 7
+
+    def run(sign, drop, flagged):
+        truth = {"ra": truth_ra, "dec": truth_dec, "is_star": is_star, "id": ids,
+                 "g1": np.where(is_star, 0.0, 0.02 * sign), "g2": np.zeros(n), "mag": np.full(n, 22.0)}
+        keep = np.setdiff1d(np.arange(n), drop)
+        rows = rng.permutation(keep)  # the detection order differs between runs
+        cat = {"XWIN_WORLD": truth_ra[rows] + 1e-5, "YWIN_WORLD": truth_dec[rows],
+               "NGMIX_MCAL_FLAGS": np.isin(rows, flagged).astype(np.int32) * 16,
+               "NGMIX_NO_SHAPE": np.zeros(rows.size, np.int16)}
+        for key in ("NOSHEAR", "1P", "1M", "2P", "2M"):
+            delta = {"1P": STEP, "1M": -STEP}.get(key, 0.0)
+            delta2 = {"2P": STEP, "2M": -STEP}.get(key, 0.0)
+            cat[f"NGMIX_ELL_{key}"] = np.column_stack([0.8 * (0.02 * sign + delta) + 0.01 * (rows % 5),
+                                                       np.full(rows.size, 0.7 * delta2)])
+            cat[f"NGMIX_SNR_{key}"] = np.full(rows.size, 30.0)
+            cat[f"NGMIX_T_{key}"] = np.full(rows.size, 0.6)
+            cat[f"NGMIX_Tpsf_{key}"] = np.full(rows.size, 0.4)
+        cat["NGMIX_ELL_1P"][np.isin(rows, flagged)] = np.nan  # failed fits: no shape, out of every sum
+        return cat, truth
+
+    cat_p, truth_p = run(+1, drop=[3, 4], flagged=[10])
+    cat_m, truth_m = run(-1, drop=[5], flagged=[11, 12])
+    plus = member_table([("final_cat-244-252.fits", cat_p)], [truth_p])
+    minus = member_table([("final_cat-244-252.fits", cat_m)], [truth_m])
+    assert plus["key"].size == 278 and minus["key"].size == 279  # stars left out
+    pairs = join_pairs(plus, minus)
+    assert pairs["key"].size == 277
+    np.testing.assert_array_equal(np.sort(pairs["key"] % KEY_STRIDE), np.setdiff1d(ids[:280], ids[[3, 4, 5]]))
+    terms = PairTerms(pairs, Selection(snr_min=10.0))
+    assert terms.selected.sum() == 274
+    dropped = np.setdiff1d(ids[:280], pairs["key"][terms.selected] % KEY_STRIDE)
+    np.testing.assert_array_equal(dropped, ids[[3, 4, 5, 10, 11, 12]])
+    # Each member's row is the same galaxy: the difference is exactly the applied shear's.
+    est = terms.estimate()
+    assert est["m"][0] == pytest.approx(0.0, abs=1e-12)
+    # Pair tables round-trip through FITS and pool over seeds.
+    path = write_pairs(tmp_path / "pairs.fits", pairs, extra={"seed": np.full(pairs["key"].size, 5)})
+    again = read_pairs(path)
+    np.testing.assert_array_equal(again["plus"]["g"], pairs["plus"]["g"])
+    pooled = concatenate_pairs([again, again])
+    assert pooled["key"].size == 2 * 277 and pooled["minus"]["g"].shape == (554, len(BRANCH_ORDER), 2)
+    # Runs that are not a sign flip are refused.
+    with pytest.raises(ValueError, match="not a sign-flipped pair"):
+        join_pairs(plus, member_table([("final_cat-244-252.fits", cat_p)], [truth_p]))
+
+
+def test_paired_command(tmp_path, capsys):
+    rng = np.random.default_rng(14)
+    plus, minus = synthetic_members(rng, n=1500)
+    for label, member in (("plus", plus), ("minus", minus)):
+        for tile in SHEARS:
+            xxx, yyy = tile.split(".")
+            code = int(xxx) * 1000 + int(yyy)
+            rows = np.flatnonzero(member["key"] // KEY_STRIDE == code)
+            ra = 244.0 + (member["key"][rows] % KEY_STRIDE) * 1e-4
+            cat = {"XWIN_WORLD": ra, "YWIN_WORLD": np.full(rows.size, 52.0),
+                   "NGMIX_MCAL_FLAGS": member["mcal_flags"][rows], "NGMIX_NO_SHAPE": member["no_shape"][rows]}
+            for b, key in enumerate(("NOSHEAR", "1P", "1M", "2P", "2M")):
+                cat[f"NGMIX_ELL_{key}"] = member["g"][rows, b]
+                cat[f"NGMIX_SNR_{key}"] = member["s2n"][rows, b]
+                cat[f"NGMIX_T_{key}"] = member["T"][rows, b]
+                cat[f"NGMIX_Tpsf_{key}"] = member["Tpsf"][rows, b]
+            write_fits_table(tmp_path / label / "cats" / f"final_cat-{xxx}-{yyy}.fits", cat, extname="RESULTS")
+            truth = {"id": member["key"][rows] % KEY_STRIDE, "ra": ra, "dec": np.full(rows.size, 52.0),
+                     "is_star": np.zeros(rows.size, bool), "g1": member["g_true"][rows, 0],
+                     "g2": member["g_true"][rows, 1], "mag": member["truth_mag"][rows]}
+            write_fits_table(tmp_path / label / "sim" / "truth" / f"truth_tile-{xxx}-{yyy}.fits", truth,
+                             extname="TRUTH")
+    out = tmp_path / "val"
+    status = cli.main(["--paired", str(tmp_path / "plus" / "cats"), str(tmp_path / "minus" / "cats"),
+                       "-t", str(tmp_path / "plus" / "sim"), str(tmp_path / "minus" / "sim"), "-o", str(out),
+                       "--n-boot", "30", "--n-bins", "2"])
+    assert status == 0, capsys.readouterr().err
+    report = json.loads((out / "validation_paired.json").read_text())
+    assert report["n_pairs"] == 3000
+    assert np.all(np.abs(np.array(report["m"]) - M_TRUE) < 4 * np.array(report["m_err"]))
+    assert (out / "m_bins_paired.png").stat().st_size > 1000
+    printed = capsys.readouterr().out
+    assert "paired" in printed and "m1 = " in printed
+    # Swapped truths: the shears of the runs are not opposite to their truth pairing -> refused, exit 1.
+    status = cli.main(["--paired", str(tmp_path / "plus" / "cats"), str(tmp_path / "minus" / "cats"),
+                       "-t", str(tmp_path / "plus" / "sim"), str(tmp_path / "plus" / "sim"), "-o", str(out)])
+    assert status == 1 and "sign-flipped" in capsys.readouterr().err
+
+
+def test_ring_units_are_per_seed():
+    from shapepipe_modules.validate.paired import resampling_units
+
+    pairs = {"ring": np.array([5, 5, -1, 7, 5, 5]), "seed": np.array([1, 1, 1, 1, 2, 2])}
+    units = resampling_units(pairs, ring=True)
+    assert units[0] == units[1] and units[4] == units[5] and units[0] != units[4]
+    assert len(set(units.tolist())) == 4
+    assert resampling_units(pairs, ring=False) is None
