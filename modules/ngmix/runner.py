@@ -36,6 +36,11 @@ OPTIONS = (
     Option("ID_OBJ_MAX", "int", -1, "Last object id (NUMBER) to process; <= 0: to the last."),
     Option("ENGINE", "choice", "builtin", "Metacal engine: builtin (this package) or ngmix (the ngmix 2.x "
            "package, which must be installed); same output columns and flags.", choices=("builtin", "ngmix")),
+    Option("TARGET_PSF", "choice", "gauss_nopix", "Metacal reconvolution PSF, used by both engines: gauss_nopix "
+           "(round Gaussian from the PSF with its pixel removed: the built-in rule, ngmix 2.0-2.2 psf='gauss'), "
+           "gauss_pix (the same rule on the PSF with its pixel, 5-10% larger: ngmix 2.3+ psf='gauss') or "
+           "shapepipe (the gauss_nopix Gaussian convolved with the pixel: ngmix 1.3 as called by ShapePipe "
+           "1.3.6).", choices=("gauss_nopix", "gauss_pix", "shapepipe")),
 )
 
 
@@ -72,7 +77,8 @@ def run_ngmix(inputs, output_dir, number, seed, options, logger):
         Run seed.
     options : mapping
         ``LOG_WCS``, ``MAG_ZP``, ``PIXEL_SCALE``, ``ID_OBJ_MIN``, ``ID_OBJ_MAX``,
-        ``ENGINE`` (optional, default ``builtin``).
+        ``ENGINE`` (optional, default ``builtin``), ``TARGET_PSF`` (optional,
+        default ``gauss_nopix``).
     logger : logging.Logger
 
     Returns
@@ -96,7 +102,8 @@ def run_ngmix(inputs, output_dir, number, seed, options, logger):
     catalogue = inputs[0]
     store_paths = dict(zip(STORE_KINDS, inputs[1:]))
     config = EngineConfig(prior=ShapePipePrior(cen_sigma=float(options["PIXEL_SCALE"])),
-                          zero_point=float(options["MAG_ZP"]))
+                          zero_point=float(options["MAG_ZP"]),
+                          target_psf=options.get("TARGET_PSF", "gauss_nopix"))
     id_min, id_max = int(options["ID_OBJ_MIN"]), int(options["ID_OBJ_MAX"])
     engine = options.get("ENGINE", "builtin")
     measure = None
