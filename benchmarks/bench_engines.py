@@ -162,6 +162,8 @@ def main(argv=None):
     parser.add_argument("--target-psf", default="gauss_nopix", choices=TARGET_RULES)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--chunk", type=int, default=50, help="quadruples per task")
+    parser.add_argument("--report-every", type=int, default=0,
+                        help="also print the table every this many tasks (0: at the end only)")
     args = parser.parse_args(argv)
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     unknown = sorted(set(engines) - set(ENGINES))
@@ -184,11 +186,18 @@ def main(argv=None):
                 cpu[name] += c[name]
             shears.extend(sh)
             n_object_epochs += ne
-            if done % 10 == 0 or done == len(tasks):
-                print(f"  {done}/{len(tasks)} tasks, {time.time() - wall:.0f} s", flush=True)
+            if args.report_every and done % args.report_every == 0 and done < len(tasks):
+                print(f"  {done}/{len(tasks)} tasks, {time.time() - wall:.0f} s wall", flush=True)
+                report(results, shears, engines, cpu, n_object_epochs, args)
+    print(f"  {len(tasks)} tasks, {time.time() - wall:.0f} s wall", flush=True)
+    return report(results, shears, engines, cpu, n_object_epochs, args)
+
+
+def report(results, shears, engines, cpu, n_object_epochs, args):
+    """Print the table of the quadruples measured so far; return the measurements."""
     out, n_used, n_failed = analyse(results, np.array(shears), engines)
     print()
-    print(f"{args.n_quads} quadruples: {n_used} +g/-g pairs used by every engine, {n_failed} with fatal "
+    print(f"{len(shears)} quadruples: {n_used} +g/-g pairs used by every engine, {n_failed} with fatal "
           f"flags; target PSF rule {args.target_psf}; seed {args.seed}")
     print()
     print("| engine | m1 | m2 | m1 - m1(builtin) | m2 - m2(builtin) | R11 | CPU ms/object-epoch |")
@@ -199,6 +208,7 @@ def main(argv=None):
             f"{row[k][0]:+.5f} +- {row[k][1]:.5f}" for k in ("dm1", "dm2")]
         print(f"| {name} | {row['m1'][0]:+.4f} +- {row['m1'][1]:.4f} | {row['m2'][0]:+.4f} +- {row['m2'][1]:.4f}"
               f" | {diff[0]} | {diff[1]} | {row['R11'][0]:.4f} | {1e3 * cpu[name] / n_object_epochs:.1f} |")
+    print(flush=True)
     return out
 
 

@@ -497,8 +497,9 @@ def measure_object(epochs, object_id, rng, config=None, n_dropped_psf=0):
         # A pixel-convolved kernel: its fitted Gaussian, as ngmix does.
         psf_covs = [gaussian_covariance(*f.pars[2:5]) for f in target_fits]
     else:
-        psf_covs = [(op.target_sigma ** 2 + area / 12.0, 0.0, op.target_sigma ** 2 + area / 12.0)
-                    for op, area in zip(operators, (abs(np.linalg.det(o.jacobian)) for o in operators))]
+        # No fitted kernel: the Gaussian plus the pixel's variance (1/12 pixel^2 per axis).
+        var = [op.target_sigma ** 2 + abs(np.linalg.det(op.jacobian)) / 12.0 for op in operators]
+        psf_covs = [(v, 0.0, v) for v in var]
     jacobians = [ep.jacobian for ep in epochs]
     centres = [ep.centre for ep in epochs]
     radius = fit_radius(guess[4], operators, config.aperture_sigmas)
@@ -520,7 +521,7 @@ def measure_object(epochs, object_id, rng, config=None, n_dropped_psf=0):
             # The sheared branches differ by 1%: starting them from the
             # noshear solution saves iterations. The fit converges to
             # d^T H d < 1e-12, so the start changes g by < 1e-6
-            # (tests/test_metacal.py::test_sheared_fits_do_not_depend_on_start).
+            # (tests/test_metacal_engines.py).
             start = result.pars.copy()
         row["ntry_fit"] = ntry
         branch_flags = object_flags
