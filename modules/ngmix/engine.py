@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import flags as fl
-from .gauss_fit import (FIT_BAD_COVARIANCE, FIT_OK, fit_gauss, fit_with_retries, make_pixel_data,
-                        model_derivatives, cost_hessian)
+from .gauss_fit import (FIT_BAD_COVARIANCE, FIT_OK, cost_hessian, fit_gauss, fit_with_retries, gaussian_covariance,
+                        make_pixel_data, model_derivatives)
 from .metacal import BRANCHES, EpochMetacal
 from .moments import T_err_to_r50_err, T_to_r50, adaptive_moments, noise_sigma_outside_object
 from .priors import ShapePipePrior
@@ -387,6 +387,9 @@ class EngineConfig:
         (PSF-convolved) profile around the object (the same aperture in all
         branches; the model is below 1e-5 of its peak outside 5 sigma).
         None fits the whole stamp as ShapePipe does.
+    target_psf : str
+        Reconvolution-PSF rule, one of :data:`.metacal.TARGET_RULES`
+        (``TARGET_PSF`` of the module).
     """
 
     step: float = 0.01
@@ -396,6 +399,7 @@ class EngineConfig:
     max_flagged_fraction: float = 1.0 / 3.0
     fix_noise: bool = True
     aperture_sigmas: float = 5.0
+    target_psf: str = "gauss_nopix"
 
 
 def fit_radius(T_guess, operators, n_sigma, min_radius=6.0):
@@ -505,7 +509,8 @@ def measure_object(epochs, object_id, rng, config=None, n_dropped_psf=0):
     operators = []
     try:
         for ep in epochs:
-            op = EpochMetacal(ep.psf_image, ep.jacobian, ep.image.shape, step=config.step)
+            op = EpochMetacal(ep.psf_image, ep.jacobian, ep.image.shape, step=config.step,
+                              target_rule=config.target_psf)
             noise = (rng.normal(0.0, ep.noise_sigma, size=ep.image.shape)
                      if config.fix_noise else None)
             images = op.make_images(ep.image, noise)
@@ -542,7 +547,15 @@ def measure_object(epochs, object_id, rng, config=None, n_dropped_psf=0):
         object_flags |= fl.TARGET_PSF_FIT_FAIL
         psf_branch = {}
 
-    psf_covs = [(op.target_sigma ** 2, 0.0, op.target_sigma ** 2) for op in operators]
+    if all(op.target_is_gaussian for op in operators):
+        psf_covs = [(op.target_sigma ** 2, 0.0, op.target_sigma ** 2) for op in operators]
+    elif target_ok:
+        # A pixel-convolved kernel: its fitted Gaussian, as ngmix does.
+        psf_covs = [gaussian_covariance(*f.pars[2:5]) for f in target_fits]
+    else:
+        # No fitted kernel: the Gaussian plus the pixel's variance (1/12 pixel^2 per axis).
+        var = [op.target_sigma ** 2 + abs(np.linalg.det(op.jacobian)) / 12.0 for op in operators]
+        psf_covs = [(v, 0.0, v) for v in var]
     jacobians = [ep.jacobian for ep in epochs]
     centres = [ep.centre for ep in epochs]
     radius = fit_radius(guess[4], operators, config.aperture_sigmas)
@@ -562,8 +575,9 @@ def measure_object(epochs, object_id, rng, config=None, n_dropped_psf=0):
                                         ntry=config.ntry)
         if name == "noshear" and result.status == FIT_OK:
             # The sheared branches differ by 1%: starting them from the
-            # noshear solution saves iterations (convergence is tight, so
-            # the result does not depend on the start).
+            # noshear solution saves iterations. The fit converges to
+            # d^T H d < 1e-12, so the start changes g by < 1e-6
+            # (tests/test_metacal_engines.py).
             start = result.pars.copy()
         row["ntry_fit"] = ntry
         branch_flags = object_flags

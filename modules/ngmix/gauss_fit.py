@@ -650,14 +650,47 @@ def model_derivatives(pars, pixels):
     return out
 
 
+def gaussian_covariance(g1, g2, T):
+    """Covariance ``(Cuu, Cuv, Cvv)`` of a Gaussian of shape ``(g1, g2)`` and size ``T``."""
+    cuu, cuv, cvv, _, _, _ = _galaxy_cov(float(g1), float(g2), float(T))
+    return cuu, cuv, cvv
+
+
+def perturb_guess(guess, rng, scatter=0.1):
+    """Starting point of a retried fit, perturbed on the scale of each parameter.
+
+    The centre (arcsec) and ``g`` get uniform deviates in ``[-scatter,
+    scatter]`` added (``|g|`` kept below 0.9); ``T`` and the flux are
+    multiplied by ``1 + u`` with ``u`` in the same interval, so their sign
+    and scale are kept (an additive 0.1 arcsec^2 would give a non-positive
+    ``T`` to a galaxy smaller than 0.1 arcsec^2).
+
+    Parameters
+    ----------
+    guess : array_like
+        ``(u0, v0, g1, g2, T, flux)``.
+    rng : numpy.random.Generator
+    scatter : float, optional
+
+    Returns
+    -------
+    numpy.ndarray
+    """
+    trial = np.array(guess, dtype=float)
+    trial[:4] += rng.uniform(-scatter, scatter, 4)
+    trial[4:6] *= 1.0 + rng.uniform(-scatter, scatter, 2)
+    gnorm = np.hypot(trial[2], trial[3])
+    if gnorm >= 0.9:
+        trial[2:4] *= 0.9 / gnorm
+    return trial
+
+
 def fit_with_retries(pixels, guess, rng, prior=None, ntry=5, scatter=0.1,
                      **kwargs):
     """Fit, retrying from perturbed guesses when the fit fails.
 
-    The first try starts from ``guess`` itself (so every metacal branch of
-    an object starts from the same point); later tries perturb the centre,
-    shape and size additively and the flux multiplicatively by uniform
-    deviates in ``[-scatter, scatter]``, as ShapePipe does.
+    The first try starts from ``guess`` itself; later tries start from
+    :func:`perturb_guess` (relative perturbations of size and flux).
 
     Parameters
     ----------
@@ -681,14 +714,7 @@ def fit_with_retries(pixels, guess, rng, prior=None, ntry=5, scatter=0.1,
     guess = np.asarray(guess, dtype=float)
     result = None
     for attempt in range(ntry):
-        trial = guess.copy()
-        if attempt > 0:
-            trial[:5] += rng.uniform(-scatter, scatter, 5)
-            trial[5] *= 1.0 + rng.uniform(-scatter, scatter)
-            # keep |g| valid
-            gnorm = np.hypot(trial[2], trial[3])
-            if gnorm >= 0.99:
-                trial[2:4] *= 0.9 / gnorm
+        trial = perturb_guess(guess, rng, scatter) if attempt > 0 else guess.copy()
         result = fit_gauss(pixels, trial, prior=prior, **kwargs)
         if result.status == FIT_OK:
             return result, attempt + 1
@@ -696,4 +722,5 @@ def fit_with_retries(pixels, guess, rng, prior=None, ntry=5, scatter=0.1,
 
 
 __all__ = ["PixelData", "make_pixel_data", "fit_gauss", "fit_with_retries", "model_derivatives", "cost_hessian",
+           "perturb_guess", "gaussian_covariance",
            "FitResult", "ShapePipePrior", "PAR_NAMES"]

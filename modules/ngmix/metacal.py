@@ -44,11 +44,25 @@ BRANCHES = {
     "2m": (0.0, -1.0),
 }
 
-#: Where the PSF transform (pixel removed) falls to this fraction of its
-#: peak, the target Gaussian is at TARGET_SMALLER_KVAL (ngmix's rule for its
-#: "gauss" metacal PSF).
+#: Where the PSF transform falls to this fraction of its peak, the target
+#: Gaussian is at TARGET_SMALLER_KVAL (ngmix's rule for its "gauss" metacal
+#: PSF).
 PSF_SMALL_KVAL = 1.0e-2
 TARGET_SMALLER_KVAL = 3.0e-3
+
+#: Reconvolution (target) PSF rules, see :data:`TARGET_RULES`.
+#:
+#: ``gauss_nopix``
+#:     round Gaussian from the PSF transform with the pixel removed, drawn
+#:     without pixel (the built-in engine's rule; ngmix 2.0-2.2 ``psf='gauss'``).
+#: ``gauss_pix``
+#:     the same rule applied to the PSF with its pixel, so a 5-10% larger
+#:     target (ngmix 2.3 and later, ``psf='gauss'``).
+#: ``shapepipe``
+#:     the ``gauss_nopix`` Gaussian convolved with the pixel (ngmix 1.3's
+#:     ``MetacalGaussPSF``, called by ShapePipe 1.3.6); the kernel is not a
+#:     Gaussian, so the fits use a Gaussian fitted to its image.
+TARGET_RULES = ("gauss_nopix", "gauss_pix", "shapepipe")
 
 #: Fourier modes where the target is below this fraction of its peak are set
 #: to zero (they carry no signal, only amplified noise; GalSim truncates its
@@ -218,6 +232,8 @@ class EpochMetacal:
         The input transform is sampled this many times more finely than the
         output one (zero padding), so the unsheared branch uses exact grid
         values and the sheared ones interpolate a well-sampled transform.
+    target_rule : str, optional
+        One of :data:`TARGET_RULES` (default ``gauss_nopix``).
 
     Attributes
     ----------
@@ -227,7 +243,10 @@ class EpochMetacal:
     """
 
     def __init__(self, psf_image, jacobian, stamp_shape, step=0.01,
-                 out_factor=1.25, oversample=3):
+                 out_factor=1.25, oversample=3, target_rule="gauss_nopix"):
+        if target_rule not in TARGET_RULES:
+            raise ValueError(f"target_rule must be one of {TARGET_RULES}, got {target_rule!r}")
+        self.target_rule = target_rule
         psf_image = np.asarray(psf_image, dtype=float)
         jac = np.asarray(jacobian, dtype=float)
         if jac.shape != (2, 2) or not np.isfinite(jac).all():
@@ -251,7 +270,7 @@ class EpochMetacal:
         self._oversample = oversample
         psf_centre = (psf_image.shape[0] // 2, psf_image.shape[1] // 2)
         self._psf_k = sfft.rfft2(_embed(psf_image / psf_sum, self.in_size, psf_centre))
-        self.target_sigma = (self._target_sigma(self._psf_k)
+        self.target_sigma = (self._target_sigma(self._psf_k, target_rule != "gauss_pix")
                              * (1.0 + 2.0 * abs(self.step)))
         self._setup_output_grid()
         self._crop_rows = (np.arange(ny) - self.centre[0]) % self.out_size
@@ -268,11 +287,11 @@ class EpochMetacal:
         kv = inv_t[1, 0] * qx + inv_t[1, 1] * qy
         return ku * ku + kv * kv
 
-    def _target_sigma(self, psf_k):
+    def _target_sigma(self, psf_k, remove_pixel=True):
         qy, qx = self._pixel_freqs(self.in_size, half=True)
-        nopix = psf_k.real / _pixel_response(self.in_size)
+        kval = psf_k.real / _pixel_response(self.in_size) if remove_pixel else psf_k.real
         ksq = self._sky_ksq(qy, qx)
-        small = nopix < PSF_SMALL_KVAL
+        small = kval < PSF_SMALL_KVAL
         if small.any():
             ksq_max = ksq[small].min()
         else:
@@ -286,6 +305,9 @@ class EpochMetacal:
         ksq = self._sky_ksq(qy, qx)
         target = np.exp(-0.5 * self.target_sigma ** 2 * ksq)
         self._keep = target > TARGET_KVAL_CUT
+        if self.target_rule == "shapepipe":
+            # The kernel is the Gaussian convolved with the pixel.
+            target = target * _pixel_response(self.out_size)
         self._q = np.stack([qx[self._keep], qy[self._keep]])
         self._target_k = target[self._keep]
         self._out_shape = qy.shape
@@ -321,12 +343,25 @@ class EpochMetacal:
             central pixel, normalised to unit flux.
         """
         ny, nx = shape or self.stamp_shape
+        if self.target_rule == "shapepipe":
+            return self._kernel_image((ny, nx))
         y, x = np.mgrid[0:ny, 0:nx]
         du = self.jacobian[0, 0] * (x - nx // 2) + self.jacobian[0, 1] * (y - ny // 2)
         dv = self.jacobian[1, 0] * (x - nx // 2) + self.jacobian[1, 1] * (y - ny // 2)
         var = self.target_sigma ** 2
         area = abs(np.linalg.det(self.jacobian))
         return area / (2 * np.pi * var) * np.exp(-0.5 * (du * du + dv * dv) / var)
+
+    def _kernel_image(self, shape):
+        """Kernel drawn from its Fourier modes (Gaussian and pixel), centred on the central pixel."""
+        if tuple(shape) != self.stamp_shape:
+            raise ValueError(f"the pixel-convolved target is drawn on {self.stamp_shape} stamps only")
+        return self._to_images(self._target_k[None, :])[0]
+
+    @property
+    def target_is_gaussian(self):
+        """True when the kernel is exactly the Gaussian of sigma ``target_sigma``."""
+        return self.target_rule != "shapepipe"
 
     def _branch_modes(self, spectra, name):
         """Output Fourier modes (kept ones) of every image for a branch."""

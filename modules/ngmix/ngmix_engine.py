@@ -10,15 +10,21 @@ ngmix package (version 2.x API):
    Gaussian by ``ngmix.fitting.Fitter`` (unit weight, as ShapePipe; an epoch
    whose fit fails is dropped), adaptive moments, noise level, masked pixels
    filled with noise, weight ``1/sigma^2``;
-3. ``ngmix.metacal.get_all_metacal`` on the ``ObsList`` of all epochs, with
-   ShapePipe's settings: ``psf='gauss'``, step 0.01, ``fixnoise=True`` with
-   ``use_noise_image=True`` (each epoch carries a noise image of its own
-   level);
-4. the reconvolution PSF of every epoch fitted with a Gaussian (its mixture
-   set on the PSF observation), then in each branch a ``'gauss'`` model
-   fitted jointly to all epochs with ShapePipe's priors (centre Gaussian of
-   width the pixel scale, Bernstein & Armstrong shape prior of width 0.4,
-   flat priors on T and flux) and up to ``ntry`` tries.
+3. ``ngmix.metacal.get_all_metacal`` on each epoch, with ShapePipe's
+   settings (step 0.01, ``fixnoise=True`` with ``use_noise_image=True``: each
+   epoch carries a noise image of its own level, drawn before anything else
+   as in the built-in engine, so both engines add the same one) and the
+   reconvolution kernel of ``config.target_psf`` computed as by the built-in
+   engine (:func:`target_psf_object`), so both engines use the same kernel;
+4. the reconvolution PSF of every epoch fitted with a Gaussian (for the
+   catalogue columns), then in each branch a ``'gauss'`` model fitted
+   jointly to all epochs, convolved with the kernel's Gaussian, with
+   ShapePipe's priors (centre Gaussian of width the pixel scale, Bernstein &
+   Armstrong shape prior of width 0.4, flat priors on T and flux) and up to
+   ``ntry`` tries. Every branch starts from the same moments guess and the
+   fitter runs at tight tolerances (:data:`LM_PARS`): ngmix's defaults
+   (1e-5) from the noshear solution left the sheared fits short and the
+   response 0.7-1.5% low (issue 23).
 
 The per-object generator is ngmix's ``rng`` everywhere (PSF-image noise of
 the metacal step, priors, retries), so results do not depend on how a tile
@@ -49,13 +55,22 @@ from .engine import (
     epoch_from_pixels,
     fill_branch_row,
 )
-from .metacal import BRANCHES
+from .gauss_fit import perturb_guess
+from .metacal import BRANCHES, EpochMetacal
 from .moments import T_to_r50, adaptive_moments
 
 #: Oldest ngmix major version whose API this engine uses.
 NGMIX_MAJOR = 2
 #: Half-width of the uniform perturbations of retried fits (ShapePipe's).
 RETRY_SCATTER = 0.1
+#: Tolerances of ngmix's Levenberg-Marquardt fitter (scipy's leastsq). ngmix's
+#: defaults (ftol = xtol = 1e-5) stop a fit while it still moves g by up to
+#: 1e-4 at S/N 50-100 (the metacal response R came out 0.7-1.5% low when the
+#: sheared branches started from the noshear solution); 1e-10 converges to
+#: the built-in engine's minimum.
+LM_PARS = {"maxfev": 4000, "ftol": 1.0e-10, "xtol": 1.0e-10}
+#: ngmix's default tolerances, for comparison (benchmarks/bench_engines.py).
+NGMIX_DEFAULT_LM_PARS = {"maxfev": 4000, "ftol": 1.0e-5, "xtol": 1.0e-5}
 
 
 def import_ngmix():
@@ -157,12 +172,12 @@ def _moments_T_guess(image, jacobian, guess_sigma=2.0):
     return 2.0 * moments.sigma ** 2 * abs(np.linalg.det(np.asarray(jacobian, dtype=float)))
 
 
-def fit_gauss(ngmix, obs, guess, rng, prior=None, ntry=5):
+def fit_gauss(ngmix, obs, guess, rng, prior=None, ntry=5, lm_pars=None, accept_bad_covariance=False):
     """Fit a ``'gauss'`` model with ngmix, retrying from perturbed guesses.
 
-    The first try starts from ``guess``; later ones perturb the centre,
-    shape and size additively and the flux multiplicatively by uniform
-    deviates in ``[-0.1, 0.1]`` (ShapePipe's rule).
+    The first try starts from ``guess``; later ones from
+    :func:`~.gauss_fit.perturb_guess` (the built-in engine's rule: centre and
+    shape additive, size and flux relative, half-width 0.1).
 
     Parameters
     ----------
@@ -174,6 +189,12 @@ def fit_gauss(ngmix, obs, guess, rng, prior=None, ntry=5):
     rng : numpy.random.Generator
     prior : ngmix joint prior, optional
     ntry : int, optional
+    lm_pars : dict, optional
+        Fitter settings (default :data:`LM_PARS`).
+    accept_bad_covariance : bool, optional
+        Stop at the first converged fit even if its covariance is unusable
+        (PSF fits: the built-in engine does not retry them either, and a
+        retry would consume random numbers).
 
     Returns
     -------
@@ -183,18 +204,13 @@ def fit_gauss(ngmix, obs, guess, rng, prior=None, ntry=5):
         (non-zero ``flags``), else None when every try raised.
     ntry_used : int
     """
-    fitter = ngmix.fitting.Fitter(model="gauss", prior=prior)
+    fitter = ngmix.fitting.Fitter(model="gauss", prior=prior,
+                                  fit_pars=dict(LM_PARS if lm_pars is None else lm_pars))
     covariance_only = _covariance_flags(ngmix)
     guess = np.asarray(guess, dtype=float)
     last = None
     for attempt in range(ntry):
-        trial = guess.copy()
-        if attempt > 0:
-            trial[:5] += rng.uniform(-RETRY_SCATTER, RETRY_SCATTER, 5)
-            trial[5] *= 1.0 + rng.uniform(-RETRY_SCATTER, RETRY_SCATTER)
-            gnorm = np.hypot(trial[2], trial[3])
-            if gnorm >= 0.99:
-                trial[2:4] *= 0.9 / gnorm
+        trial = perturb_guess(guess, rng, RETRY_SCATTER) if attempt > 0 else guess.copy()
         try:
             result = fitter.go(obs, trial)
         except ngmix.GMixRangeError:
@@ -210,7 +226,7 @@ def fit_gauss(ngmix, obs, guess, rng, prior=None, ntry=5):
                 errors = np.full(pars.size, np.nan)
             gmix = result.get_gmix()
         fit = GaussFit(pars=pars, errors=errors, gmix=gmix, flags=flags)
-        if flags == 0:
+        if flags == 0 or (accept_bad_covariance and gmix is not None):
             return fit, attempt + 1
         if last is None or last.gmix is None:
             # Keep a converged fit over later failed tries.
@@ -231,14 +247,21 @@ def fit_psf(ngmix, psf_obs, rng, ntry=5):
     if T_guess is None:
         T_guess = 2.0 * 4.0 * abs(np.linalg.det(matrix))
     fit, _ = fit_gauss(ngmix, psf_obs, [0.0, 0.0, 0.0, 0.0, T_guess, float(psf_obs.image.sum())],
-                       rng, ntry=ntry)
+                       rng, ntry=ntry, accept_bad_covariance=True)
     if fit is None or fit.gmix is None:
         return None
     return fit
 
 
-def shapepipe_ngmix_prior(ngmix, prior, rng):
+def shapepipe_ngmix_prior(ngmix, prior, rng, bounds=False):
     """ngmix's separable prior with the values of a :class:`~.priors.ShapePipePrior`.
+
+    Outside its range a flat prior raises ``GMixRangeError``, which ngmix's
+    fitter turns into a wall (the step is refused): the ranges act as the
+    built-in engine's bounds. ``bounds=True`` also passes them to scipy's
+    ``leastsqbound``, which then fits ``sin``-transformed parameters; over
+    ShapePipe's ranges ([-10, 1e6] for T) that costs precision (see
+    docs/metacal.md), so it is off by default.
 
     Parameters
     ----------
@@ -247,6 +270,8 @@ def shapepipe_ngmix_prior(ngmix, prior, rng):
         Centre width (the pixel scale), shape-prior width and bounds.
     rng : numpy.random.Generator
         Given to every ngmix prior (ngmix requires one).
+    bounds : bool, optional
+        Give the flat priors ``bounds`` for ``leastsqbound``.
 
     Returns
     -------
@@ -256,6 +281,10 @@ def shapepipe_ngmix_prior(ngmix, prior, rng):
     shape = ngmix.priors.GPriorBA(prior.g_sigma, rng=rng)
     size = ngmix.priors.FlatPrior(prior.T_bounds[0], prior.T_bounds[1], rng=rng)
     flux = ngmix.priors.FlatPrior(prior.flux_bounds[0], prior.flux_bounds[1], rng=rng)
+    if bounds:
+        # ngmix's FlatPrior sets no bounds of its own.
+        size.bounds = tuple(prior.T_bounds)
+        flux.bounds = tuple(prior.flux_bounds)
     return ngmix.joint_prior.PriorSimpleSep(cen, shape, size, flux)
 
 
@@ -365,7 +394,82 @@ def _metacal_errors(ngmix):
             np.linalg.LinAlgError)
 
 
-def measure_object(epochs, object_id, rng, config=None, n_dropped_psf=0):
+def target_psf_object(ngmix, epoch, config):
+    """Undilated reconvolution kernel of one epoch as a GalSim object.
+
+    The kernel follows ``config.target_psf`` and is computed as by the
+    built-in engine (:class:`~.metacal.EpochMetacal`), so both engines
+    reconvolve with the same kernel; ngmix dilates it by ``1 + 2|step|``.
+
+    Returns
+    -------
+    kernel : galsim.GSObject
+    sigma : float
+        Sigma (arcsec) of the dilated Gaussian.
+    """
+    import galsim
+
+    op = EpochMetacal(epoch.psf_image, epoch.jacobian, epoch.image.shape, step=config.step,
+                      target_rule=config.target_psf)
+    dilation = 1.0 + 2.0 * abs(config.step)
+    kernel = galsim.Gaussian(sigma=op.target_sigma / dilation)
+    if not op.target_is_gaussian:
+        jac = np.asarray(epoch.jacobian, dtype=float)
+        pixel = galsim.JacobianWCS(*jac.ravel()).toWorld(galsim.Pixel(scale=1.0))
+        # Dilated with the Gaussian by ngmix, the pixel comes back to its size.
+        kernel = galsim.Convolve(kernel, pixel.dilate(1.0 / dilation))
+    return kernel, op.target_sigma
+
+
+def _metacal_obs(ngmix, epochs, config, rng, native=False):
+    """Metacal observations of every branch, one epoch at a time (one kernel each).
+
+    Returns
+    -------
+    branch_obs : dict
+        Branch name to ``ngmix.ObsList``.
+    sigmas : list of float
+        Dilated target sigma of each epoch.
+    gaussian : bool
+        Whether the kernels are Gaussians of known sigma.
+    native : bool, optional
+        Let ngmix choose the kernel (``psf='gauss'``, its own rule) instead.
+    """
+    branch_obs = {name: ngmix.ObsList() for name in BRANCHES}
+    sigmas = []
+    gaussian = config.target_psf != "shapepipe"
+    # All noise images first, in the built-in engine's order, so both engines
+    # add the same noise (ngmix draws from rng too).
+    noises = [rng.normal(0.0, ep.noise_sigma, size=ep.image.shape) if config.fix_noise else None
+              for ep in epochs]
+    if native:
+        obslist = ngmix.ObsList()
+        for ep, noise in zip(epochs, noises):
+            obslist.append(ngmix.Observation(
+                np.array(ep.image, dtype=float), weight=np.array(ep.weight, dtype=float),
+                jacobian=ngmix_jacobian(ngmix, ep.jacobian, ep.centre),
+                psf=psf_observation(ngmix, ep.psf_image, ep.jacobian), noise=noise))
+        branch_obs = ngmix.metacal.get_all_metacal(
+            obslist, psf="gauss", step=config.step, fixnoise=config.fix_noise, rng=rng,
+            use_noise_image=config.fix_noise, types=list(BRANCHES))
+        return branch_obs, [np.nan] * len(epochs), False
+    for ep, noise in zip(epochs, noises):
+        obs = ngmix.Observation(
+            np.array(ep.image, dtype=float), weight=np.array(ep.weight, dtype=float),
+            jacobian=ngmix_jacobian(ngmix, ep.jacobian, ep.centre),
+            psf=psf_observation(ngmix, ep.psf_image, ep.jacobian), noise=noise)
+        kernel, sigma = target_psf_object(ngmix, ep, config)
+        sigmas.append(sigma)
+        odict = ngmix.metacal.get_all_metacal(
+            obs, psf=kernel, step=config.step, fixnoise=config.fix_noise, rng=rng,
+            use_noise_image=config.fix_noise, types=list(BRANCHES))
+        for name in BRANCHES:
+            branch_obs[name].append(odict[name])
+    return branch_obs, sigmas, gaussian
+
+
+def measure_object(epochs, object_id, rng, config=None, n_dropped_psf=0, target_gmix="analytic",
+                   lm_pars=None, start="guess", prior_bounds=False, native_target=False):
     """Metacalibration shape measurement of one object with ngmix.
 
     Parameters
@@ -376,10 +480,27 @@ def measure_object(epochs, object_id, rng, config=None, n_dropped_psf=0):
     rng : numpy.random.Generator
         The object's generator (:func:`~.engine.sky_rng`), ngmix's rng.
     config : EngineConfig, optional
-        ``step``, ``prior``, ``ntry``, ``zero_point``, ``fix_noise`` are
-        used (``aperture_sigmas`` is not: ngmix fits the whole stamp).
+        ``step``, ``prior``, ``ntry``, ``zero_point``, ``fix_noise`` and
+        ``target_psf`` are used (``aperture_sigmas`` is not: ngmix fits the
+        whole stamp).
     n_dropped_psf : int, optional
         Epochs dropped because their PSF fit failed (sets PSF_FIT_FAIL).
+    target_gmix : {"analytic", "fit"}, optional
+        PSF of the galaxy fits: the kernel's own Gaussian (exact for the
+        Gaussian rules, as in the built-in engine) or a Gaussian fitted to
+        ngmix's noisy image of it (always for the ``shapepipe`` rule).
+    lm_pars : dict, optional
+        Fitter settings (default :data:`LM_PARS`).
+    start : {"guess", "noshear"}, optional
+        Start of the sheared fits: the moments guess shared by all branches
+        (as ngmix's bootstrapper, default) or the noshear solution.
+    prior_bounds : bool, optional
+        Pass the flat priors' ranges to ``leastsqbound`` as bounds (see
+        :func:`shapepipe_ngmix_prior`).
+    native_target : bool, optional
+        Let ngmix choose the kernel with its own ``psf='gauss'`` code (the
+        PSF with its pixel in ngmix 2.3+, on its own k grid) and fit it from
+        its noisy image, as the engine did before issue 23.
 
     Returns
     -------
@@ -401,35 +522,35 @@ def measure_object(epochs, object_id, rng, config=None, n_dropped_psf=0):
     if not epochs:
         return finish(fl.NO_EPOCHS, 0)
 
-    obslist = ngmix.ObsList()
-    for ep in epochs:
-        noise = rng.normal(0.0, ep.noise_sigma, size=ep.image.shape) if config.fix_noise else None
-        obslist.append(ngmix.Observation(
-            np.array(ep.image, dtype=float), weight=np.array(ep.weight, dtype=float),
-            jacobian=ngmix_jacobian(ngmix, ep.jacobian, ep.centre),
-            psf=psf_observation(ngmix, ep.psf_image, ep.jacobian), noise=noise))
     try:
-        branch_obs = ngmix.metacal.get_all_metacal(
-            obslist, psf="gauss", step=config.step, fixnoise=config.fix_noise, rng=rng,
-            use_noise_image=config.fix_noise, types=list(BRANCHES))
-    except _metacal_errors(ngmix):
+        branch_obs, sigmas, gaussian = _metacal_obs(ngmix, epochs, config, rng, native=native_target)
+    except (ValueError, *_metacal_errors(ngmix)):
         return finish(fl.METACAL_FAIL, len(epochs))
 
     psf_columns = _weighted_psf_summary(epochs)
     target_fits = _fit_target_psfs(ngmix, branch_obs, rng, config.ntry)
-    if target_fits is None:
+    if target_fits is None and not (gaussian and target_gmix == "analytic"):
         # Without the reconvolution PSF no branch can be fitted.
         for row in rows.values():
             row.update(psf_columns)
         return finish(fl.TARGET_PSF_FIT_FAIL, len(epochs))
+    if gaussian and target_gmix == "analytic":
+        for obslist in branch_obs.values():
+            for obs, sigma in zip(obslist, sigmas):
+                obs.psf.set_gmix(ngmix.GMixModel([0.0, 0.0, 0.0, 0.0, 2.0 * sigma ** 2, 1.0], "gauss"))
+    if target_fits is None:
+        object_flags |= fl.TARGET_PSF_FIT_FAIL
+        fallback = [GaussFit(pars=np.array([0.0, 0.0, 0.0, 0.0, 2.0 * sig ** 2, 1.0]),
+                             errors=np.full(6, np.nan)) for sig in sigmas]
+        target_fits = {name: fallback for name in BRANCHES}
 
     guess, moments_failed = _galaxy_guess(epochs, target_fits["noshear"])
     if moments_failed:
         object_flags |= fl.MOMENTS_FAIL
-    prior = shapepipe_ngmix_prior(ngmix, config.prior, rng)
+    prior = shapepipe_ngmix_prior(ngmix, config.prior, rng, bounds=prior_bounds)
     covariance_only = _covariance_flags(ngmix)
     mcal_flags = object_flags
-    start = guess
+    branch_start = guess
     for name in BRANCHES:
         row = rows[name]
         obs = branch_obs[name]
@@ -441,7 +562,8 @@ def measure_object(epochs, object_id, rng, config=None, n_dropped_psf=0):
                    g1_psf=weights @ tpars[:, 2], g2_psf=weights @ tpars[:, 3])
         row["n_epoch_model"] = len(epochs)
         row["moments_fail"] = int(moments_failed)
-        fit, ntry = fit_gauss(ngmix, obs, start, rng, prior=prior, ntry=config.ntry)
+        fit, ntry = fit_gauss(ngmix, obs, branch_start, rng, prior=prior, ntry=config.ntry,
+                              lm_pars=lm_pars)
         row["ntry_fit"] = ntry
         branch_flags = object_flags
         if fit is None or not np.isfinite(fit.pars).all():
@@ -452,10 +574,8 @@ def measure_object(epochs, object_id, rng, config=None, n_dropped_psf=0):
             branch_flags |= fl.BAD_COVARIANCE
         if not branch_flags & fl.FIT_FAIL:
             pars, errs = fit.pars, fit.errors
-            if name == "noshear" and fit.flags == 0:
-                # As the built-in engine: the sheared branches start from
-                # the noshear solution.
-                start = pars.copy()
+            if start == "noshear" and name == "noshear" and fit.flags == 0:
+                branch_start = pars.copy()
             branch_flags |= fill_branch_row(row, pars, errs, _round_s2n(ngmix, pars, obs), config.zero_point)
         row["flags"] = branch_flags
         mcal_flags |= branch_flags
@@ -464,7 +584,7 @@ def measure_object(epochs, object_id, rng, config=None, n_dropped_psf=0):
     return rows
 
 
-def measure_raw_object(raw_epochs, object_id, rng, config=None):
+def measure_raw_object(raw_epochs, object_id, rng, config=None, **options):
     """Assemble, prepare and measure one object with ngmix.
 
     Same signature and result as :func:`.engine.measure_raw_object`.
@@ -475,6 +595,9 @@ def measure_raw_object(raw_epochs, object_id, rng, config=None):
     object_id : int
     rng : numpy.random.Generator
     config : EngineConfig, optional
+    **options
+        Passed to :func:`measure_object` (``target_gmix``, ``lm_pars``,
+        ``start``, ``prior_bounds``, ``native_target``).
 
     Returns
     -------
@@ -495,5 +618,5 @@ def measure_raw_object(raw_epochs, object_id, rng, config=None):
             n_bad_stamp += reason == "psf_stamp"
             continue
         epochs.append(epoch)
-    rows = measure_object(epochs, object_id, rng, config, n_dropped_psf=n_dropped_psf)
+    rows = measure_object(epochs, object_id, rng, config, n_dropped_psf=n_dropped_psf, **options)
     return add_object_flags(rows, fl.BAD_PSF_STAMP if n_bad_stamp else 0)

@@ -44,6 +44,11 @@ OPTIONS = (
            "objects in one cell share one."),
     Option("ENGINE", "choice", "builtin", "Metacal engine: builtin (this package) or ngmix (the ngmix 2.x "
            "package, which must be installed); same output columns and flags.", choices=("builtin", "ngmix")),
+    Option("TARGET_PSF", "choice", "gauss_nopix", "Metacal reconvolution PSF, used by both engines: gauss_nopix "
+           "(round Gaussian from the PSF with its pixel removed: the built-in rule, ngmix 2.0-2.2 psf='gauss'), "
+           "gauss_pix (the same rule on the PSF with its pixel, 5-10% larger: ngmix 2.3+ psf='gauss') or "
+           "shapepipe (the gauss_nopix Gaussian convolved with the pixel: ngmix 1.3 as called by ShapePipe "
+           "1.3.6).", choices=("gauss_nopix", "gauss_pix", "shapepipe")),
 )
 
 
@@ -86,7 +91,8 @@ def run_ngmix(inputs, output_dir, number, seed, options, logger):
         Run seed.
     options : mapping
         ``LOG_WCS``, ``MAG_ZP``, ``PIXEL_SCALE``, ``ID_OBJ_MIN``, ``ID_OBJ_MAX``,
-        ``ENGINE``, ``POSITION_PARAMS``, ``RNG_CELL_ARCSEC`` (optional).
+        ``ENGINE`` (optional, default ``builtin``), ``TARGET_PSF`` (optional,
+        default ``gauss_nopix``), ``POSITION_PARAMS``, ``RNG_CELL_ARCSEC`` (optional).
     logger : logging.Logger
 
     Returns
@@ -110,7 +116,8 @@ def run_ngmix(inputs, output_dir, number, seed, options, logger):
     catalogue = inputs[0]
     store_paths = dict(zip(STORE_KINDS, inputs[1:]))
     config = EngineConfig(prior=ShapePipePrior(cen_sigma=float(options["PIXEL_SCALE"])),
-                          zero_point=float(options["MAG_ZP"]))
+                          zero_point=float(options["MAG_ZP"]),
+                          target_psf=options.get("TARGET_PSF", "gauss_nopix"))
     id_min, id_max = int(options["ID_OBJ_MIN"]), int(options["ID_OBJ_MAX"])
     engine = options.get("ENGINE", "builtin")
     measure = None
