@@ -102,7 +102,7 @@ def measure_quads(args):
             object_id = 2 * index + (key[0] == 90)
             n_object_epochs += n_epoch
             for name, (measure, options) in functions.items():
-                obj_rng = engine.object_rng(seed, "-000-000", object_id)
+                obj_rng = np.random.default_rng([seed, object_id])
                 start = time.process_time()
                 res = measure(raws, object_id, obj_rng, config, **options)
                 cpu[name] += time.process_time() - start

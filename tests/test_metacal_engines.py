@@ -124,7 +124,7 @@ def test_builtin_engine_recovers_shear_with_each_target_rule(rule):
     gal = galsim.Exponential(half_light_radius=0.5, flux=1000, gsparams=ACCURATE).shear(g1=shear[0], g2=shear[1])
     raws = [raw_epoch(gal, PSF, JAC, 1e-3)]
     config = engine.EngineConfig(fix_noise=False, target_psf=rule)
-    rows = engine.measure_raw_object(raws, 1, engine.object_rng(1, "-000-000", 1), config)
+    rows = engine.measure_raw_object(raws, 1, np.random.default_rng([1, 1]), config)
     assert rows["noshear"]["flags"] == 0
     g = np.array([rows["noshear"]["g1"], rows["noshear"]["g2"]])
     # The pixel-convolved kernel is fitted with a Gaussian: calibrated to 1%.
@@ -154,8 +154,8 @@ def test_ngmix_engine_equals_builtin_per_object(ngmix_engine, rule):
     """Same kernel, same correlated-noise image, converged fits: the engines agree per object."""
     config = engine.EngineConfig(target_psf=rule, aperture_sigmas=None)
     for index, raws in _noisy_objects(3):
-        built = engine.measure_raw_object(raws, index, engine.object_rng(1, "-000-000", index), config)
-        other = ngmix_engine.measure_raw_object(raws, index, engine.object_rng(1, "-000-000", index), config)
+        built = engine.measure_raw_object(raws, index, np.random.default_rng([1, index]), config)
+        other = ngmix_engine.measure_raw_object(raws, index, np.random.default_rng([1, index]), config)
         for name in built:
             assert built[name]["flags"] == 0 and other[name]["flags"] == 0
             for key in ("g1", "g2"):
@@ -171,7 +171,7 @@ def test_ngmix_sheared_fits_converge_from_either_start(ngmix_engine):
     config = engine.EngineConfig(aperture_sigmas=None)
     for index, raws in _noisy_objects(3, seed=11):
         def measure(module, **options):
-            return response(module.measure_raw_object(raws, index, engine.object_rng(1, "-000-000", index),
+            return response(module.measure_raw_object(raws, index, np.random.default_rng([1, index]),
                                                       config, **options))
 
         built = measure(engine)
