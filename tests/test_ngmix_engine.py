@@ -112,14 +112,14 @@ def test_failures_are_flagged_as_by_the_builtin_engine(ngmix_engine):
     for row in rows.values():
         assert row["id"] == 42 and fl.flags_to_names(row["flags"]) == ["NO_EPOCHS"]
         assert np.isnan(row["g1"]) and row["n_epoch_model"] == 0
-    # An epoch whose PSF stamp cannot be fitted is dropped; the other one is measured.
+    # An epoch whose PSF stamp is empty (sum 0) is dropped with BAD_PSF_STAMP; the other one is measured.
     gal = galsim.Exponential(half_light_radius=0.5, flux=2000)
     raws = two_epochs(gal, 1.0, np.random.default_rng(4))
     raws[1].psf_image = np.zeros_like(raws[1].psf_image)
     ours = ngmix_engine.measure_raw_object(raws, 5, engine.sky_rng(1, 244.0, 0.001 * 5))
     builtin = engine.measure_raw_object(raws, 5, engine.sky_rng(1, 244.0, 0.001 * 5))
     for name, row in ours.items():
-        assert row["flags"] == builtin[name]["flags"] == fl.PSF_FIT_FAIL
+        assert row["flags"] == builtin[name]["flags"] == fl.BAD_PSF_STAMP
         assert row["n_epoch_model"] == 1 and np.isfinite(row["g1"])
     tables = engine.rows_to_tables([ours])
     assert tables["noshear"]["flags"].dtype == np.int64 and tables["1p"]["g1"].dtype == np.float64
