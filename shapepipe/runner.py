@@ -53,7 +53,7 @@ BATCH_VARIABLES = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", 
                    "PBS_JOBID", "PBS_ARRAY_INDEX", "PBS_ARRAYID", "PBS_O_WORKDIR", "SHAPEPIPE_BATCH_SCRIPT")
 FAILED = ("failed", "timeout")
 TABLE_COLUMNS = ("module_run", "module", "number", "status", "duration_s", "cpu_s",
-                 "peak_memory_mb", "error", "log")
+                 "peak_memory_mb", "error", "log", "peak_rss_mb")
 
 
 def _now() -> str:

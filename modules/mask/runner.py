@@ -111,7 +111,9 @@ def _read_image(path, hdu, what, integer=False):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            with fits.open(path, memmap=False) as hdus:
+            # memmap: a full tile is 400 MB per image; its pages are read as the mask needs them and
+            # are not the job's own memory.
+            with fits.open(path, memmap=True) as hdus:
                 header = hdus[hdu].header.copy()
                 data = hdus[hdu].data
                 data = None if data is None else np.asarray(data)
