@@ -244,6 +244,7 @@ class Runner:
                 "started": None,
                 "finished": None,
                 "counts": {},
+                "keep": run.keep,
             }
             for run in self.plan.module_runs
         ]
@@ -516,6 +517,16 @@ class Runner:
                          ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no job")
         return status
 
+    def _delete_scratch(self):
+        """Delete the outputs of the module runs with ``KEEP = False`` (the run has succeeded)."""
+        for run in self.plan.module_runs:
+            entry = self._entry(run.name)
+            if run.keep or entry.get("outputs_deleted") is not None:
+                continue
+            freed = delete_outputs(Path(entry["output_dir"]))
+            entry["outputs_deleted"] = freed
+            self.logger.info("%s: KEEP = False: outputs deleted (%.1f MB)", run.name, freed / 1e6)
+
     def _write_table(self):
         ordered = sorted(self.rows, key=lambda r: ([m.name for m in self.plan.module_runs].index(r["module_run"]),
                                                    r["number"]))
@@ -585,6 +596,8 @@ class Runner:
             failures = self.errors + sum(1 for r in self.rows if r["status"] in FAILED)
             statuses = {m["status"] for m in self.record["modules"]}
             self.record["status"] = "done" if statuses <= {"done"} else ("failed" if statuses == {"failed"} else "partial")
+            if self.record["status"] == "done":
+                self._delete_scratch()
             self.record["finished"] = _now()
             write_record(self.record)
             self._write_table()
@@ -675,6 +688,21 @@ class Runner:
     def resume_command(self) -> str:
         """The command that continues this run."""
         return f"shapepipe_run -c {self.plan.config_path} --resume {self.run_dir}"
+
+
+def delete_outputs(output_dir: Path) -> int:
+    """Delete every file under a module run's output folder (the folder stays); return the bytes freed."""
+    freed = 0
+    if not output_dir.is_dir():
+        return 0
+    for path in sorted(output_dir.rglob("*"), reverse=True):
+        if path.is_symlink() or path.is_file():
+            if not path.is_symlink():
+                freed += path.stat().st_size
+            path.unlink()
+        elif path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+    return freed
 
 
 def dry_run(plan: Plan) -> str:

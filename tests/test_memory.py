@@ -152,3 +152,39 @@ def test_status_prints_memory_and_batch_sizes_mem(tmp_path, capsys):
     assert "--mem and --mem-from" in capsys.readouterr().err
     mem, _ = memory_from_runs(str(tmp_path / "out"), cpus=4)
     assert mem == f"{4 * 300 * 1.25 + 512:.0f}M"
+
+
+def test_keep_false_deletes_scratch_outputs_after_a_successful_run(tmp_path):
+    from test_runner_helpers import make_modules
+
+    mods = make_modules(tmp_path)
+    inputs = make_inputs(tmp_path / "data", ["-001", "-002"])
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "c.ini", "t_copy, t_chain", inputs, out, mods, extra="[T_COPY]\nKEEP = False\n")
+    assert main(["-c", str(config)]) == 0
+    run_dir = next(out.glob("test_*"))
+    record = json.loads((run_dir / "run.json").read_text())
+    entries = {m["module_run"]: m for m in record["modules"]}
+    # t_chain read t_copy's outputs during the run; then they went, t_chain's stayed.
+    assert sorted(p.name for p in (run_dir / "t_chain" / "output").glob("up*.txt")) == ["up-001.txt", "up-002.txt"]
+    assert not [p for p in (run_dir / "t_copy" / "output").rglob("*") if p.is_file()]
+    # out-00N.txt holds "value-00N" (9 bytes); sub/side-00N.txt a random integer (1 byte or more).
+    assert entries["t_copy"]["outputs_deleted"] >= 2 * (9 + 1) and entries["t_copy"]["keep"] is False
+    assert entries["t_chain"].get("outputs_deleted") is None and entries["t_chain"]["keep"] is True
+    # A later run cannot resolve the deleted outputs: a validation error naming the reference.
+    later = write_config(tmp_path / "d.ini", "t_chain", inputs, out, mods, run_name="later",
+                         extra="[T_CHAIN]\nINPUT_DIR = last:t_copy\n")
+    assert main(["-c", str(later)]) == 2
+
+
+def test_failed_run_keeps_scratch_outputs(tmp_path):
+    from test_runner_helpers import make_modules
+
+    mods = make_modules(tmp_path)
+    inputs = make_inputs(tmp_path / "data", ["-001", "-002"])
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "c.ini", "t_copy", inputs, out, mods,
+                          extra="[T_COPY]\nKEEP = False\nFAIL_ON = -002\n")
+    assert main(["-c", str(config)]) == 1
+    run_dir = next(out.glob("test_*"))
+    assert (run_dir / "t_copy" / "output" / "out-001.txt").is_file()  # kept for the resume

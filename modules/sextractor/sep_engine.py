@@ -96,6 +96,17 @@ def _native(array, dtype=np.float32, copy=True):
     return np.array(array, dtype=target, order="C", copy=True)
 
 
+def _checked_flags(flag_image, shape):
+    """An integer flag image of this shape in native byte order (compiled kernels), or ExtractionError."""
+    flag_image = np.asarray(flag_image)
+    if flag_image.shape != shape:
+        raise ExtractionError(f"flag shape {flag_image.shape} differs from image shape {shape}")
+    if flag_image.dtype.kind not in "iub":
+        raise ExtractionError(f"flag image must hold integers, got {flag_image.dtype}")
+    # Native byte order for the compiled kernels (FITS data are big-endian).
+    return flag_image.astype(flag_image.dtype.newbyteorder("="), copy=False)
+
+
 def _pixel_scale_deg(wcs, x, y):
     """Local pixel scale (deg/pixel, sqrt of the Jacobian determinant) at 1-based positions."""
     step = 0.5
@@ -109,6 +120,10 @@ def _pixel_scale_deg(wcs, x, y):
     return np.sqrt(det)
 
 
+#: Largest initial active-pixel stack of sep.extract (it doubles on overflow).
+PIXSTACK_START_MAX = 2_000_000
+
+
 def _detect(sub, thresh, var, bad, settings, filter_kernel, gain):
     """sep.extract, growing the active-pixel stack when it overflows.
 
@@ -118,7 +133,9 @@ def _detect(sub, thresh, var, bad, settings, filter_kernel, gain):
     """
     import sep
 
-    pixstack = max(300000, sub.size // 16)
+    # At most 2 million pixels to start with (~80 MB): a full 10,000 x 10,000 tile would
+    # otherwise allocate 250 MB of stack it does not use.
+    pixstack = min(max(300000, sub.size // 16), PIXSTACK_START_MAX)
     while True:
         sep.set_extract_pixstack(pixstack)
         try:
@@ -166,8 +183,10 @@ def extract(
         Detection filter (``.conv``); used when ``settings.filter``.
     weight : 2-d array, optional
         Inverse-variance map; pixels with weight 0 are unusable.
-    flag_image : 2-d int array, optional
-        Flags OR-ed into IMAFLAGS_ISO.
+    flag_image : 2-d int array or callable, optional
+        Flags OR-ed into IMAFLAGS_ISO; a callable returning them is called
+        only after detection, once the full-size background map is freed
+        (a full tile's flags then never coexist with it).
     zero_point : float, optional
         Overrides ``MAG_ZEROPOINT`` (ZP_FROM_HEADER).
     background_value : float, optional
@@ -202,14 +221,11 @@ def extract(
         if weight.shape != data.shape:
             raise ExtractionError(f"weight shape {weight.shape} differs from image shape {data.shape}")
         bad |= ~(weight > 0)
+    flag_loader = flag_image if callable(flag_image) else None
+    if flag_loader is not None:
+        flag_image = None
     if flag_image is not None:
-        flag_image = np.asarray(flag_image)
-        if flag_image.shape != data.shape:
-            raise ExtractionError(f"flag shape {flag_image.shape} differs from image shape {data.shape}")
-        if flag_image.dtype.kind not in "iub":
-            raise ExtractionError(f"flag image must hold integers, got {flag_image.dtype}")
-        # Native byte order for the compiled kernels (FITS data are big-endian).
-        flag_image = flag_image.astype(flag_image.dtype.newbyteorder("="), copy=False)
+        flag_image = _checked_flags(flag_image, data.shape)
     if bad.all():
         raise ExtractionError("no usable pixel (all weights are zero or values non-finite)")
     data[bad] = 0.0
@@ -300,6 +316,8 @@ def extract(
             back = None
     else:
         bkg_at = np.full(n, float(constant_background))
+    if flag_loader is not None:
+        flag_image = _checked_flags(flag_loader(), data.shape)
     saturated = np.zeros(n + 1, bool)
     saturated[seg.ravel()[saturated_pixels]] = True
     saturated = saturated[1:]
