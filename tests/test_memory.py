@@ -188,3 +188,32 @@ def test_failed_run_keeps_scratch_outputs(tmp_path):
     assert main(["-c", str(config)]) == 1
     run_dir = next(out.glob("test_*"))
     assert (run_dir / "t_copy" / "output" / "out-001.txt").is_file()  # kept for the resume
+
+
+def test_gold_keep_final_deletes_all_but_the_kept_module_runs(tmp_path):
+    from shapepipe.errors import ShapePipeError
+    from shapepipe.records import parse_reference, resolve_reference
+    from shapepipe_modules.gold.chain import delete_intermediates
+
+    run_dir = tmp_path / "output" / "run_sp_Mc_1"
+    entries = []
+    for name, size in (("split_exp", 3000), ("make_catalog", 500)):
+        output = run_dir / name / "output"
+        (output / "sub").mkdir(parents=True)
+        (output / "a.fits").write_bytes(b"x" * size)
+        (output / "sub" / "b.fits").write_bytes(b"y" * size)
+        entries.append({"module_run": name, "module": name, "status": "done", "output_dir": str(output)})
+    (run_dir / "run.json").write_text(json.dumps({"run_dir": str(run_dir), "run_name": "run_sp_Mc",
+                                                  "status": "done", "modules": entries}))
+    freed, kept = delete_intermediates([run_dir], log=lambda *_: None)
+    assert (freed, kept) == (6000, 1000)
+    assert not list((run_dir / "split_exp" / "output").rglob("*.fits"))
+    assert (run_dir / "make_catalog" / "output" / "sub" / "b.fits").is_file()
+    record = json.loads((run_dir / "run.json").read_text())
+    assert [m.get("outputs_deleted") for m in record["modules"]] == [6000, None]
+    def reference(name):
+        return parse_reference(f"last:{name}", lambda module: module)
+
+    assert resolve_reference(reference("make_catalog"), [record], tmp_path / "output")
+    with pytest.raises(ShapePipeError):
+        resolve_reference(reference("split_exp"), [record], tmp_path / "output")

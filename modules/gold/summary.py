@@ -84,6 +84,10 @@ def format_summary(summary: dict) -> str:
                      f"{row.get('bytes', 0) / 1e6:>8.1f}")
     total = sum(row.get("bytes", 0) for row in summary["modules"])
     lines.append(f"outputs on disk: {total / 1e6:.1f} MB (peak MB: largest job's real memory, anonymous pages)")
+    after = summary.get("disk_after_keep")
+    if after:
+        lines.append(f"--keep final: {after['freed_bytes'] / 1e6:.1f} MB of intermediate outputs deleted, "
+                     f"{after['kept_bytes'] / 1e6:.1f} MB kept (final catalogues, PSF validation)")
     lost = [f"{r['module_run']} {r['unprocessable']}" for r in summary["modules"] if r.get("unprocessable")]
     if lost:
         lines.append("unprocessable data (dropped, not failures; jobs per module run): " + ", ".join(lost))
