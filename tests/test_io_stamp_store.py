@@ -293,8 +293,8 @@ def test_compressed_store_round_trips_exactly_and_is_smaller(tmp_path):
                 np.testing.assert_array_equal(record["2100002-5"].arrays["FLAG"], flags[k])
                 assert record["2100001-3"].meta["MASKED_FRACTION"] == pytest.approx(0.1 * k)
             assert store.get(99).reason == "off every CCD"
-    # Noisy float32 stamps barely compress, the flags almost vanish: about half the bytes.
-    assert sizes[True] < 0.75 * sizes[False]
+    # Noisy float32 stamps compress 1.2-1.5x (shuffled), the flags almost vanish: about half the bytes.
+    assert sizes[True] < 0.7 * sizes[False]
     with sqlite3.connect(tmp_path / "s1.sqlite") as connection:
         value = connection.execute("SELECT value FROM objects WHERE key = '1'").fetchone()[0]
-    assert value.startswith(b"SPZREC1\n")
+    assert value.startswith(b"SPZREC2\n")

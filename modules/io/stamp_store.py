@@ -42,7 +42,8 @@ Reading: :meth:`StampStore.get` (one object), :meth:`StampStore.get_many`
 
 The file is a plain sqlitedict table (``sqlitedict.SqliteDict(path,
 tablename='objects')`` with bytes values reads it; a value written with
-``compress=True`` is ``SPZREC1\n`` followed by the zlib-compressed record); the store itself reads and
+``compress=True`` is ``SPZREC2\n`` followed by the zlib-compressed record,
+its array bytes shuffled in 4-byte lanes); the store itself reads and
 writes it through ``sqlite3``, with a page size chosen from the record sizes.
 
 Example
@@ -76,8 +77,12 @@ from .arrays import (RECORD_MAGIC, EncodingError, StoreError, _npy_header, pack_
 
 TABLE = "objects"
 NO_EPOCH = "__no_epoch__"
-#: Start of a zlib-compressed record (``StampStore(..., compress=True)``); readers accept both.
-ZRECORD_MAGIC = b"SPZREC1\n"
+#: Start of a compressed record (``StampStore(..., compress=True)``): the record with the bytes after
+#: its metadata shuffled in 4-byte lanes (the first bytes of every float32 together, ...), then zlib.
+#: Readers accept compressed and plain records.
+ZRECORD_MAGIC = b"SPZREC2\n"
+#: Earlier compressed records: zlib of the record, not shuffled (still read).
+_ZRECORD_UNSHUFFLED = b"SPZREC1\n"
 #: zlib level of compressed records: level 1 gets most of the gain (flags 35x, weights and
 #: backgrounds 2x, images 1.3x) at a fraction of the cost of higher levels.
 ZLIB_LEVEL = 1
@@ -296,14 +301,35 @@ def _pack(record: ObjectRecord) -> bytes:
     return b"".join([RECORD_MAGIC, len(header).to_bytes(4, "little"), header, *parts])
 
 
+def _body_offset(value) -> int:
+    """Offset of the arrays in a packed record (after the magic, the length and the metadata)."""
+    start = len(RECORD_MAGIC)
+    return start + 4 + int.from_bytes(bytes(value[start:start + 4]), "little")
+
+
 def _compress(value: bytes) -> bytes:
-    return ZRECORD_MAGIC + zlib.compress(value, ZLIB_LEVEL)
+    """Shuffle the array bytes of a packed record in 4-byte lanes, then zlib: float32 stamps compress
+    1.5x (noisy images) to 3x (weights, backgrounds) instead of 1.3x and 2x with zlib alone."""
+    offset = _body_offset(value)
+    n = (len(value) - offset) // 4 * 4
+    body = np.frombuffer(value, np.uint8, count=n, offset=offset).reshape(-1, 4).T.tobytes()
+    return ZRECORD_MAGIC + zlib.compress(b"".join([value[:offset], body, value[offset + n:]]), ZLIB_LEVEL)
+
+
+def _decompress(data) -> bytes:
+    value = zlib.decompress(memoryview(data)[len(ZRECORD_MAGIC):])
+    if bytes(data[:len(ZRECORD_MAGIC)]) == _ZRECORD_UNSHUFFLED:
+        return value
+    offset = _body_offset(value)
+    n = (len(value) - offset) // 4 * 4
+    body = np.frombuffer(value, np.uint8, count=n, offset=offset).reshape(4, -1).T.tobytes()
+    return b"".join([value[:offset], body, value[offset + n:]])
 
 
 def _unpack(data, arrays: bool = True) -> ObjectRecord:
-    if bytes(data[:len(ZRECORD_MAGIC)]) == ZRECORD_MAGIC:
+    if bytes(data[:len(ZRECORD_MAGIC)]) in (ZRECORD_MAGIC, _ZRECORD_UNSHUFFLED):
         try:
-            data = zlib.decompress(memoryview(data)[len(ZRECORD_MAGIC):])
+            data = _decompress(data)
         except zlib.error as error:
             raise EncodingError(f"compressed record: {error}") from None
     decoded, meta = unpack_record(data, arrays)

@@ -120,6 +120,24 @@ def _pixel_scale_deg(wcs, x, y):
     return np.sqrt(det)
 
 
+#: Images at least this large keep their background map in an unlinked temporary file, memory-mapped:
+#: it is needed again only at the objects' positions (and for a BACKGROUND check image), and a full
+#: 10,000 x 10,000 tile would otherwise hold 400 MB more of the worker's own memory during detection.
+FILE_BACKED_PIXELS = 25_000_000
+
+
+def _file_backed(array: np.ndarray) -> np.ndarray:
+    """A copy of ``array`` in a memory-mapped, already unlinked temporary file (same values, file pages)."""
+    import tempfile
+
+    with tempfile.TemporaryFile(prefix="shapepipe_sep_") as handle:
+        handle.truncate(array.nbytes)
+        mapped = np.memmap(handle, dtype=array.dtype, mode="r+", shape=array.shape)
+    # The map keeps the (unlinked) file alive; its space is freed with the last view.
+    mapped[...] = array
+    return mapped
+
+
 #: Largest initial active-pixel stack of sep.extract (it doubles on overflow).
 PIXSTACK_START_MAX = 2_000_000
 
@@ -275,6 +293,8 @@ def extract(
     saturated_pixels = np.flatnonzero(data.ravel() >= satur)
     if constant_background is None:
         back = mesh.back()
+        if back.size >= FILE_BACKED_PIXELS:
+            back = _file_backed(back)
         data -= back
         # SExtractor's SEXBKGND: the median of the background meshes.
         median_background = float(mesh.globalback)
