@@ -153,3 +153,16 @@ def test_file_backed_background_of_large_images_gives_the_same_outputs(sep_run, 
         with fits.open(job.output_dir / f"{kind}{NUMBER}.fits") as ours, \
                 fits.open(reference_job.output_dir / f"{kind}{NUMBER}.fits") as theirs:
             np.testing.assert_array_equal(image_hdu(ours).data, image_hdu(theirs).data)
+
+
+@pytest.mark.parametrize("max_pixels", [10**9, 1000, 997])
+def test_sky_sample_equals_the_strided_full_selection(max_pixels):
+    from shapepipe_modules.sextractor.sep_engine import sky_sample
+
+    rng = np.random.default_rng(8)
+    sub = rng.normal(size=(700, 300)).astype(np.float32)
+    seg = (rng.random((700, 300)) < 0.3) * rng.integers(1, 50, (700, 300))
+    bad = rng.random((700, 300)) < 0.05
+    full = sub[(seg == 0) & ~bad]
+    step = max(1, -(-full.size // max_pixels))
+    np.testing.assert_array_equal(sky_sample(sub, seg, bad, max_pixels, block_rows=64), full[::step])

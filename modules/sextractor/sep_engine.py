@@ -62,7 +62,8 @@ class Extraction:
         -BACKGROUND).
     residual : 1-d float32 array
         Background-subtracted values of the usable pixels outside every
-        detection (for the background-residual diagnostic).
+        detection (for the background-residual diagnostic): at most
+        :data:`RESIDUAL_MAX_PIXELS`, a regular subsample (:func:`sky_sample`).
     timings : dict
         Seconds spent in each step (``background``, ``detection``,
         ``measurement``, ``table``), for benchmarks and logs.
@@ -118,6 +119,36 @@ def _pixel_scale_deg(wcs, x, y):
     dra2 = ((ra2 - ra0 + 180) % 360 - 180) * cosd
     det = np.abs(dra1 * (dec2 - dec0) - dra2 * (dec1 - dec0)) / step**2
     return np.sqrt(det)
+
+
+#: Most sky pixels handed to the background-residual fit (its own subsampling limit, so that the
+#: fit sees the same pixels as from the full list).
+RESIDUAL_MAX_PIXELS = 2_000_000
+
+
+def sky_sample(sub, seg, bad, max_pixels=RESIDUAL_MAX_PIXELS, block_rows=512):
+    """Usable undetected pixels ``sub[(seg == 0) & ~bad]``, every k-th (k = ceil(n / max_pixels)).
+
+    The same values as selecting them all and taking every k-th, computed by
+    blocks of rows: a full tile's selection would otherwise hold 3.6 bytes per
+    pixel plus image-size masks (0.5 GB) at the end of the extraction.
+    """
+    height = sub.shape[0]
+    blocks = [(r0, min(r0 + block_rows, height)) for r0 in range(0, height, block_rows)]
+
+    def usable(r0, r1):
+        mask = seg[r0:r1] == 0
+        mask &= ~bad[r0:r1]
+        return mask
+
+    n = sum(int(np.count_nonzero(usable(r0, r1))) for r0, r1 in blocks)
+    step = 1 if n <= max_pixels else -(-n // max_pixels)
+    parts, seen = [], 0
+    for r0, r1 in blocks:
+        values = sub[r0:r1][usable(r0, r1)]
+        parts.append(values[(-seen) % step::step])
+        seen += values.size
+    return np.concatenate(parts) if parts else np.empty(0, sub.dtype)
 
 
 #: Images at least this large keep their background map in an unlinked temporary file, memory-mapped:
@@ -516,10 +547,7 @@ def extract(
         table[parameter.name].unit = unit or None
         table[parameter.name].description = description
 
-    usable_sky = seg == 0
-    usable_sky &= ~bad
-    residual = sub[usable_sky]
-    del usable_sky
+    residual = sky_sample(sub, seg, bad)
     header_keys = {
         "SEXBKGND": (median_background, "Median background level (ADU)"),
         "SEXBKDEV": (global_rms, "Median background RMS (ADU)"),
