@@ -37,6 +37,7 @@ time.sleep(0.6)
 
 MODULES = '''
 import mmap
+import time
 import numpy as np
 from pathlib import Path
 from shapepipe.module import module
@@ -53,6 +54,7 @@ def t_alloc(job):
     else:
         block = np.ones(job.options["MB"] * 2**20 // 8)
         total = float(block.sum())
+        time.sleep(0.3)  # the sampler (every 20 ms) sees arrays that live longer than a few samples
         del block
     job.output_path(f"out{job.number}.txt").write_text(str(total))
 '''
