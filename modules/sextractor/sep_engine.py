@@ -146,7 +146,7 @@ def sky_sample(sub, seg, bad, max_pixels=RESIDUAL_MAX_PIXELS, block_rows=512):
     parts, seen = [], 0
     for r0, r1 in blocks:
         values = sub[r0:r1][usable(r0, r1)]
-        parts.append(values[(-seen) % step::step])
+        parts.append(values[(-seen) % step::step].copy())  # a view would keep the whole block alive
         seen += values.size
     return np.concatenate(parts) if parts else np.empty(0, sub.dtype)
 
