@@ -256,7 +256,7 @@ def _run_forked(task: Task, function, logger, handler, staging: Path) -> tuple[d
         pass
     cpu = usage.ru_utime + usage.ru_stime
     rss = usage.ru_maxrss / 1024.0
-    memory = rss if real is None else real
+    memory = real or rss  # a job ended before the first sample: its resident size, an upper bound
     if timed_out:
         message = f"JobTimeout: job still running after the TIMEOUT of {task.timeout:g} s; its processes were killed"
         logger.error(message)
