@@ -118,6 +118,10 @@ MODULE_SECTION_OPTIONS: tuple[Option, ...] = (
     Option("NUMBERING_SCHEME", "str", None, "Numbering template of the inputs."),
     Option("NUMBER_LIST", "list", None, "Numbers processed by this module run (inline or a file)."),
     Option("RUN_METHOD", "choice", None, "Override the declared run method.", choices=("parallel", "serial")),
+    Option("KEEP", "bool", None, "Keep this module run's outputs (default True). False: scratch products, "
+           "deleted once the whole run has succeeded (every module run done; the job table and logs stay, "
+           "run.json records the bytes freed), so that a campaign keeps only what it needs. Later runs "
+           "cannot resolve them with last:/all:/run: references."),
     Option("DEPENDS", "list", None, "Python packages checked before the run (added to the declared ones)."),
     Option("ADD_DEPENDS", "list", None, "Same as DEPENDS."),
     Option("EXECUTES", "list", None, "Executables checked before the run (added to the declared ones)."),

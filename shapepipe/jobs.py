@@ -36,6 +36,7 @@ from . import job as job_module
 from .atomic import write_text_atomic
 from .errors import JobTimeout, JobUnprocessable, RunInterrupted
 from .job import Job
+from .memory import PeakSampler, peak_rss_mb, reset_peak_rss
 
 STAGING = ".staging"
 _HOST = socket.gethostname()
@@ -199,10 +200,12 @@ def _call(task: Task, function, logger, staging: Path, deadline) -> dict:
         return {"status": status, "error": message, "traceback": text}
 
 
-def _run_forked(task: Task, function, logger, handler, staging: Path) -> tuple[dict, float, float]:
+def _run_forked(task: Task, function, logger, handler, staging: Path) -> tuple[dict, float, float, float]:
     """Run the job in a child process group; kill the group on time-out.
 
-    Returns the status dict, the child's CPU seconds and its peak memory (MB).
+    Returns the status dict, the child's CPU seconds, its peak real memory
+    (MB; sampled, see :mod:`shapepipe.memory`; ``ru_maxrss`` where it cannot
+    be sampled) and its peak resident size (``ru_maxrss``, file pages included).
     """
     read_fd, write_fd = os.pipe()
     deadline = time.monotonic() + task.timeout
@@ -224,6 +227,7 @@ def _run_forked(task: Task, function, logger, handler, staging: Path) -> tuple[d
         finally:
             os._exit(code)
     os.close(write_fd)
+    sampler = PeakSampler(pid).start()
     chunks = []
     timed_out = False
     with os.fdopen(read_fd, "rb") as pipe:
@@ -243,6 +247,7 @@ def _run_forked(task: Task, function, logger, handler, staging: Path) -> tuple[d
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    real = sampler.stop()
     _, wait_status, usage = os.wait4(pid, 0)
     # Anything the job left running in its group (daemonised helpers) goes too.
     try:
@@ -250,11 +255,12 @@ def _run_forked(task: Task, function, logger, handler, staging: Path) -> tuple[d
     except (ProcessLookupError, PermissionError):
         pass
     cpu = usage.ru_utime + usage.ru_stime
-    memory = usage.ru_maxrss / 1024.0
+    rss = usage.ru_maxrss / 1024.0
+    memory = real or rss  # a job ended before the first sample: its resident size, an upper bound
     if timed_out:
         message = f"JobTimeout: job still running after the TIMEOUT of {task.timeout:g} s; its processes were killed"
         logger.error(message)
-        return {"status": "timeout", "error": message, "traceback": ""}, cpu, memory
+        return {"status": "timeout", "error": message, "traceback": ""}, cpu, memory, rss
     try:
         outcome = json.loads(b"".join(chunks).decode())
     except ValueError:
@@ -264,7 +270,7 @@ def _run_forked(task: Task, function, logger, handler, staging: Path) -> tuple[d
             message = f"job process ended with status {os.WEXITSTATUS(wait_status)} without a result"
         logger.error(message)
         outcome = {"status": "failed", "error": message, "traceback": ""}
-    return outcome, cpu, memory
+    return outcome, cpu, memory, rss
 
 
 def run_task(task: Task) -> dict:
@@ -289,8 +295,10 @@ def run_task(task: Task) -> dict:
         function = _load_function(task)
         if task.timeout:
             _preload(task.preload, logger)
-            outcome, cpu, memory = _run_forked(task, function, logger, handler, staging)
+            outcome, cpu, memory, rss = _run_forked(task, function, logger, handler, staging)
         else:
+            reset = reset_peak_rss()
+            sampler = PeakSampler().start()
             usage0 = resource.getrusage(resource.RUSAGE_THREAD)
             children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             outcome = _call(task, function, logger, staging, None)
@@ -298,8 +306,10 @@ def run_task(task: Task) -> dict:
             children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu = (usage1.ru_utime + usage1.ru_stime - usage0.ru_utime - usage0.ru_stime
                    + children1.ru_utime + children1.ru_stime - children0.ru_utime - children0.ru_stime)
-            # Peak resident memory of the worker so far: an upper bound for this job.
-            memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+            real = sampler.stop()
+            # Peak resident size of the worker during this job (reset at its start; else so far: an upper bound).
+            rss = (peak_rss_mb() if reset else None) or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+            memory = rss if real is None else real
         if outcome["status"] == "done":
             outcome["outputs"] = _publish(staging, Path(task.output_dir))
         else:
@@ -313,10 +323,10 @@ def run_task(task: Task) -> dict:
         shutil.rmtree(staging, ignore_errors=True)
         text = traceback.format_exc()
         logger.error("job could not run:\n%s", text)
-        outcome, cpu, memory = {"status": "failed", "error": f"{type(error).__name__}: {error}",
-                                "traceback": text}, 0.0, 0.0
+        outcome, cpu, memory, rss = {"status": "failed", "error": f"{type(error).__name__}: {error}",
+                                     "traceback": text}, 0.0, 0.0, 0.0
     duration = time.perf_counter() - wall0
-    row = _row(task, outcome, started, duration, cpu, memory)
+    row = _row(task, outcome, started, duration, cpu, memory, rss)
     logger.info("%s %s: %s in %.3f s", task.module_run, task.number or "serial", row["status"], duration)
     handler.close()
     logger.removeHandler(handler)
@@ -372,7 +382,8 @@ def _alive(pid: int) -> bool:
     return process_alive(pid)
 
 
-def _row(task: Task, outcome: dict, started: float, duration: float, cpu: float, memory: float) -> dict:
+def _row(task: Task, outcome: dict, started: float, duration: float, cpu: float, memory: float,
+         rss: float = 0.0) -> dict:
     return {
         "module": task.module,
         "module_run": task.module_run,
@@ -381,6 +392,7 @@ def _row(task: Task, outcome: dict, started: float, duration: float, cpu: float,
         "duration_s": round(duration, 6),
         "cpu_s": round(cpu, 6),
         "peak_memory_mb": round(memory, 3),
+        "peak_rss_mb": round(rss, 3),
         "error": outcome.get("error", ""),
         "traceback": outcome.get("traceback", ""),
         "result": outcome.get("result", {}),

@@ -62,6 +62,7 @@ class ModuleRun:
     packages: list = field(default_factory=list)
     executables: list = field(default_factory=list)
     discovery: Discovery | None = None  # inputs found at plan time (None: produced in this run)
+    keep: bool = True  # KEEP: outputs kept after the run succeeded
 
 
 @dataclass
@@ -393,6 +394,8 @@ def _configure_run(ini, run, core, registry, runs, records, output_dir, exclusiv
     if exclusive is not None:  # the command line's selection (-e, --numbers, --array-index)
         chosen = set(exclusive)
         run.numbers = [n for n in (exclusive if run.numbers is None else run.numbers) if n in chosen]
+    keep = generic.get("KEEP", (None, ""))[0]
+    run.keep = True if keep is None else bool(keep)
     method = generic.get("RUN_METHOD", (None, ""))[0]
     run.run_method = method or spec.run_method
 

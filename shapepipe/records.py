@@ -204,6 +204,7 @@ def resolve_reference(reference: Reference, records: list[dict], output_dir: str
         return [
             entry for entry in record.get("modules", [])
             if reference.matches(entry) and entry.get("status") in RESOLVABLE
+            and entry.get("outputs_deleted") is None
         ]
 
     if reference.kind == "run":

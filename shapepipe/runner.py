@@ -55,7 +55,7 @@ BATCH_VARIABLES = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", 
                    "JOB_ID", "SGE_TASK_ID", "SGE_O_WORKDIR", "SHAPEPIPE_BATCH_SCRIPT")
 FAILED = ("failed", "timeout")
 TABLE_COLUMNS = ("module_run", "module", "number", "status", "duration_s", "cpu_s",
-                 "peak_memory_mb", "error", "log")
+                 "peak_memory_mb", "error", "log", "peak_rss_mb")
 
 
 def _now() -> str:
@@ -246,6 +246,7 @@ class Runner:
                 "started": None,
                 "finished": None,
                 "counts": {},
+                "keep": run.keep,
             }
             for run in self.plan.module_runs
         ]
@@ -518,6 +519,16 @@ class Runner:
                          ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no job")
         return status
 
+    def _delete_scratch(self):
+        """Delete the outputs of the module runs with ``KEEP = False`` (the run has succeeded)."""
+        for run in self.plan.module_runs:
+            entry = self._entry(run.name)
+            if run.keep or entry.get("outputs_deleted") is not None:
+                continue
+            freed = delete_outputs(Path(entry["output_dir"]))
+            entry["outputs_deleted"] = freed
+            self.logger.info("%s: KEEP = False: outputs deleted (%.1f MB)", run.name, freed / 1e6)
+
     def _write_table(self):
         ordered = sorted(self.rows, key=lambda r: ([m.name for m in self.plan.module_runs].index(r["module_run"]),
                                                    r["number"]))
@@ -587,6 +598,8 @@ class Runner:
             failures = self.errors + sum(1 for r in self.rows if r["status"] in FAILED)
             statuses = {m["status"] for m in self.record["modules"]}
             self.record["status"] = "done" if statuses <= {"done"} else ("failed" if statuses == {"failed"} else "partial")
+            if self.record["status"] == "done":
+                self._delete_scratch()
             self.record["finished"] = _now()
             write_record(self.record)
             self._write_table()
@@ -677,6 +690,21 @@ class Runner:
     def resume_command(self) -> str:
         """The command that continues this run."""
         return f"shapepipe_run -c {self.plan.config_path} --resume {self.run_dir}"
+
+
+def delete_outputs(output_dir: Path) -> int:
+    """Delete every file under a module run's output folder (the folder stays); return the bytes freed."""
+    freed = 0
+    if not output_dir.is_dir():
+        return 0
+    for path in sorted(output_dir.rglob("*"), reverse=True):
+        if path.is_symlink() or path.is_file():
+            if not path.is_symlink():
+                freed += path.stat().st_size
+            path.unlink()
+        elif path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+    return freed
 
 
 def dry_run(plan: Plan) -> str:

@@ -66,9 +66,11 @@ def coverage_of_image(flag_path, sim_dir, margin=MARGIN, deep_sky_margin=1.0):
     """
     from shapepipe_modules.mask import mask_bits
 
-    with fits.open(flag_path) as hdus:
-        flag = hdus[0].data.astype(np.int64)
-        header = hdus[0].header
+    from shapepipe_modules.io.images import image_hdu
+
+    with fits.open(flag_path) as hdus:  # plain, or tile-compressed (mask COMPRESS)
+        flag = image_hdu(hdus).data.astype(np.int64)
+        header = image_hdu(hdus).header
     wcs = WCS(header)
     star_bits = mask_bits(header, ["MP_HALO", "MP_SPIKE"])
     deep_bit = mask_bits(header, "MP_MESSIER")

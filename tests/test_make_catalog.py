@@ -154,3 +154,28 @@ def test_output_merges_over_tiles_and_wrong_inputs_fail(tmp_path):
         run_make_catalog(inputs[:3] + [other / "ngmix-244-252.fits"], tmp_path, "-244-252",
                          dict(OPTIONS, PSF_N_EPOCH_MAX=1), LOG)
     assert validate({"SHAPE_MEASUREMENT_TYPE": ["galsim"], "PSF_N_EPOCH_MAX": 0})
+
+
+def test_hdf5_copy_holds_every_fits_column(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    rng = np.random.default_rng(4)
+    inputs, _, _ = write_inputs(tmp_path, rng)
+    out = tmp_path / "out"
+    out.mkdir()
+    path, _ = run_make_catalog(inputs, out, NUMBER, dict(OPTIONS, EXTRA_FORMATS=["hdf5"]), LOG)
+    with fits.open(path) as hdus:
+        cat = hdus["RESULTS"].data
+        names = cat.columns.names
+        with h5py.File(out / f"final_cat{NUMBER}.h5", "r") as handle:
+            group = handle["RESULTS"]
+            assert sorted(group) == sorted(names) and group.attrs["TILE"] == NUMBER
+            for name in names:
+                stored = group[name][:]
+                expected = np.asarray(cat[name])
+                if expected.dtype.kind in "SU":
+                    assert [bytes(v).decode().rstrip() for v in stored] == [str(v).rstrip() for v in expected]
+                else:
+                    np.testing.assert_array_equal(stored, expected.astype(expected.dtype.newbyteorder("=")))
+    assert validate(dict(OPTIONS, SHAPE_MEASUREMENT_TYPE=["ngmix"], EXTRA_FORMATS=["parquet"])) != []
+    run_make_catalog(inputs, tmp_path, NUMBER, dict(OPTIONS, EXTRA_FORMATS=["none"]), LOG)
+    assert not (tmp_path / f"final_cat{NUMBER}.h5").exists()

@@ -5,6 +5,8 @@ import logging
 import numpy as np
 import pytest
 from astropy.io import fits
+
+from shapepipe_modules.io.images import image_hdu
 from astropy.table import Table
 
 from shapepipe.errors import JobError
@@ -78,9 +80,10 @@ def test_ccd_flag_image_written_with_planes_and_wcs(tmp_path):
     )
     stats = mask(job)
     out = tmp_path / "output" / "pipeline_flag-0000001-3.fits"
-    with fits.open(out) as hdus:
-        flag, header = hdus[0].data, hdus[0].header
-    assert flag.dtype == np.dtype(">i2") and flag.shape == SHAPE
+    with fits.open(out) as hdus:  # tile-compressed without loss (COMPRESS = True, the default)
+        assert isinstance(hdus[1], fits.CompImageHDU)
+        flag, header = image_hdu(hdus).data, image_hdu(hdus).header
+    assert flag.dtype.kind == "i" and flag.dtype.itemsize == 2 and flag.shape == SHAPE
     assert header["CRVAL1"] == pytest.approx(35.0) and header["CTYPE2"] == "DEC--TAN"
     planes = {"BORDER": 4, "HALO": 2, "SPIKE": 128, "MESSIER": 16, "SATUR": 8, "EXTERNAL": 1}
     for name, bits in planes.items():
@@ -109,7 +112,8 @@ def test_tile_without_flag_and_with_star_input(tmp_path):
     )
     mask(job)
     out = tmp_path / "output" / "flag-244-252.fits"
-    header = fits.getheader(out)
+    with fits.open(out) as hdus:
+        header = image_hdu(hdus).header
     assert header["MASKCONF"] == "config_tile.mask"
     assert "MP_EXTERNAL" not in header and "MP_BORDER" not in header and header["MP_HALO"] == 2
 

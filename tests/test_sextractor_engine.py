@@ -132,3 +132,37 @@ def test_bad_inputs_are_job_errors_naming_the_file(simulated, tmp_path):
     broken.write_text("not a fits file")
     with pytest.raises(JobError, match="broken.fits"):
         sextractor(make_job(tmp_path, [broken, *paths[1:]], name="c"))
+
+
+def test_file_backed_background_of_large_images_gives_the_same_outputs(sep_run, simulated, tmp_path, monkeypatch):
+    """A full tile keeps its background map in a memory-mapped temporary file: same catalogue and check images."""
+    from shapepipe_modules.io.images import image_hdu
+    from shapepipe_modules.sextractor import sep_engine
+
+    _, reference_job, _, reference, _ = sep_run
+    _, paths = simulated
+    monkeypatch.setattr(sep_engine, "FILE_BACKED_PIXELS", 1)
+    job = make_job(tmp_path, paths, CHECKIMAGE=["BACKGROUND", "SEGMENTATION", "BACKGROUND_RMS"],
+                   ZP_FROM_HEADER=True, ZP_KEY="PHOTZP")
+    sextractor(job)
+    table, _ = read_ldac(job.output_dir / f"sexcat{NUMBER}.fits")
+    assert table.colnames == reference.colnames and len(table) == len(reference)
+    for name in table.colnames:
+        np.testing.assert_array_equal(np.asarray(table[name]), np.asarray(reference[name]), err_msg=name)
+    for kind in ("background", "segmentation"):
+        with fits.open(job.output_dir / f"{kind}{NUMBER}.fits") as ours, \
+                fits.open(reference_job.output_dir / f"{kind}{NUMBER}.fits") as theirs:
+            np.testing.assert_array_equal(image_hdu(ours).data, image_hdu(theirs).data)
+
+
+@pytest.mark.parametrize("max_pixels", [10**9, 1000, 997])
+def test_sky_sample_equals_the_strided_full_selection(max_pixels):
+    from shapepipe_modules.sextractor.sep_engine import sky_sample
+
+    rng = np.random.default_rng(8)
+    sub = rng.normal(size=(700, 300)).astype(np.float32)
+    seg = (rng.random((700, 300)) < 0.3) * rng.integers(1, 50, (700, 300))
+    bad = rng.random((700, 300)) < 0.05
+    full = sub[(seg == 0) & ~bad]
+    step = max(1, -(-full.size // max_pixels))
+    np.testing.assert_array_equal(sky_sample(sub, seg, bad, max_pixels, block_rows=64), full[::step])

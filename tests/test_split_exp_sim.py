@@ -10,6 +10,8 @@ mosaic's pixels.
 import json
 
 import numpy as np
+
+from shapepipe_modules.io.images import image_hdu
 import pytest
 from astropy.io import fits
 
@@ -125,6 +127,13 @@ def test_split_files_hold_the_mosaic_pixels(prepared):
         for ccd in range(len(image) - 1):
             np.testing.assert_array_equal(fits.getdata(split / f"image-{exposure}-{ccd}.fits"), image[ccd + 1].data)
             np.testing.assert_array_equal(fits.getdata(split / f"flag-{exposure}-{ccd}.fits"), flag[ccd + 1].data)
-            header = fits.getheader(split / f"image-{exposure}-{ccd}.fits")
+            # Flags (and weights) tile-compressed without loss by default (the pixels above are equal);
+            # images plain. The pipeline's readers take the image HDU of both layouts.
+            with fits.open(split / f"flag-{exposure}-{ccd}.fits") as hdus:
+                assert isinstance(hdus[1], fits.CompImageHDU) and hdus[0].header["NAXIS"] == 0
+                assert image_hdu(hdus).header["EXTNAME"] == image[ccd + 1].header["EXTNAME"]
+            with fits.open(split / f"image-{exposure}-{ccd}.fits") as hdus:
+                assert len(hdus) == 1
+                header = image_hdu(hdus).header
             for key in ("GAIN", "SATURATE", "PHOTZP", "FSCALE", "EXPTIME", "MJD-OBS", "FILTER", "EXTNAME"):
                 assert header[key] == image[ccd + 1].header[key]

@@ -289,3 +289,34 @@ def run_paired_validation(sim_plus, sim_minus, run_root_plus, run_root_minus, re
         if line.startswith(("m1", "m2", "R ", "paired")):
             log("    " + line)
     return Path(report_dir)
+#: Module runs whose outputs a campaign keeps (``shapepipe_gold --keep final``): the final catalogues
+#: and the PSF validation products; everything else is scratch once the chain has succeeded.
+KEPT_MODULE_RUNS = ("make_catalog", "merge_starcat", "psf_validation")
+
+
+def delete_intermediates(run_dirs, keep=KEPT_MODULE_RUNS, log=print) -> tuple[int, int]:
+    """Delete the outputs of every module run of these run folders except ``keep`` (KEEP = False applied
+    to a whole chain once it succeeded); return (bytes freed, bytes kept).
+
+    Each record marks the deleted module runs (``outputs_deleted``), so that later ``last:``
+    references do not resolve to them.
+    """
+    from shapepipe.records import write_record
+    from shapepipe.runner import delete_outputs
+
+    from .summary import folder_bytes
+
+    freed = kept = 0
+    for run_dir in run_dirs:
+        record = json.loads((Path(run_dir) / "run.json").read_text())
+        for entry in record["modules"]:
+            if entry["module_run"] in keep or entry.get("outputs_deleted") is not None:
+                kept += folder_bytes(entry.get("output_dir")) if entry["module_run"] in keep else 0
+                continue
+            entry["outputs_deleted"] = delete_outputs(Path(entry["output_dir"]))
+            entry["keep"] = False
+            freed += entry["outputs_deleted"]
+        write_record(record)
+    log(f"intermediate outputs deleted: {freed / 1e6:.1f} MB; kept: {kept / 1e6:.1f} MB "
+        f"({', '.join(keep)})")
+    return freed, kept

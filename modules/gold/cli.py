@@ -78,6 +78,10 @@ def parse_args(argv):
     parser.add_argument("--from", dest="first", choices=STAGE_NAMES, default=None, help="first stage to run")
     parser.add_argument("--to", dest="last", choices=STAGE_NAMES, default=None, help="last stage to run")
     parser.add_argument("--summary-only", action="store_true", help="no run: report the newest runs")
+    parser.add_argument("--keep", choices=("all", "final"), default="all",
+                        help="after a successful chain and its summary: keep every output (all, default) or only "
+                             "the final catalogues and the PSF validation products (final: the KEEP policy of a "
+                             "campaign; the summary records the bytes freed)")
     args = parser.parse_args(argv)
     args.overrides = dict(args.set)
     if args.ring is not None:
@@ -372,6 +376,12 @@ def main(argv=None) -> int:
             summary["chain_wall_s"] = chain_wall_s["plus"] + chain_wall_s["minus"]
         if (report_dir / "validation_paired.json").is_file():
             summary["paired"] = paired_summary(args.data, args.run_root, report_dir)
+    if args.keep == "final" and not args.summary_only and args.last in (None, "validate"):
+        from .chain import delete_intermediates
+
+        run_dirs = sorted({d for sign in signs for s in stage_runs[sign] for d in s.run_dirs})
+        freed, kept = delete_intermediates(run_dirs)
+        summary["disk_after_keep"] = {"freed_bytes": freed, "kept_bytes": kept}
     json_path, text_path = write_summary(summary, run_roots[first])
     print(format_summary(summary))
     print(f"summary: {text_path} and {json_path.name}")

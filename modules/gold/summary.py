@@ -7,12 +7,23 @@ import math
 from pathlib import Path
 
 
+def folder_bytes(folder) -> int:
+    """Bytes of the files under ``folder`` (0 if absent); symbolic links are not followed."""
+    total = 0
+    if not folder or not Path(folder).is_dir():
+        return 0
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            total += path.stat().st_size
+    return total
+
+
 def module_times(run_dirs) -> list[dict]:
     """One row per module run of the given run folders, from their records and job tables.
 
     Each row: stage run name, module run, jobs done / total, module wall time
-    (s), summed job CPU time (s), largest job peak memory (MB), and the
-    slowest job's duration (s).
+    (s), summed job CPU time (s), largest job peak real memory (MB), the
+    slowest job's duration (s) and the bytes its output folder holds now.
     """
     rows = []
     for run_dir in run_dirs:
@@ -33,6 +44,7 @@ def module_times(run_dirs) -> list[dict]:
                 "cpu_s": sum(float(j.get("cpu_s") or 0.0) for j in mine),
                 "max_job_s": max((float(j.get("duration_s") or 0.0) for j in mine), default=0.0),
                 "peak_memory_mb": max((float(j.get("peak_memory_mb") or 0.0) for j in mine), default=0.0),
+                "bytes": folder_bytes(module.get("output_dir")),
             })
     return rows
 
@@ -63,11 +75,19 @@ def format_summary(summary: dict) -> str:
     lines.append(f"chain wall time: {summary['chain_wall_s']:.1f} s; summed job CPU time: "
                  f"{sum(r['cpu_s'] for r in summary['modules']):.1f} s")
     lines.append("")
-    header = f"{'run':<28} {'module run':<18} {'jobs':>9} {'wall s':>8} {'cpu s':>8} {'max job s':>9} {'peak MB':>8}"
+    header = (f"{'run':<28} {'module run':<18} {'jobs':>9} {'wall s':>8} {'cpu s':>8} {'max job s':>9} "
+              f"{'peak MB':>8} {'disk MB':>8}")
     lines += [header, "-" * len(header)]
     for row in summary["modules"]:
         lines.append(f"{row['run']:<28} {row['module_run']:<18} {row['done']:>4}/{row['jobs']:<4} "
-                     f"{row['wall_s']:>8.1f} {row['cpu_s']:>8.1f} {row['max_job_s']:>9.1f} {row['peak_memory_mb']:>8.0f}")
+                     f"{row['wall_s']:>8.1f} {row['cpu_s']:>8.1f} {row['max_job_s']:>9.1f} {row['peak_memory_mb']:>8.0f} "
+                     f"{row.get('bytes', 0) / 1e6:>8.1f}")
+    total = sum(row.get("bytes", 0) for row in summary["modules"])
+    lines.append(f"outputs on disk: {total / 1e6:.1f} MB (peak MB: largest job's real memory, anonymous pages)")
+    after = summary.get("disk_after_keep")
+    if after:
+        lines.append(f"--keep final: {after['freed_bytes'] / 1e6:.1f} MB of intermediate outputs deleted, "
+                     f"{after['kept_bytes'] / 1e6:.1f} MB kept (final catalogues, PSF validation)")
     lost = [f"{r['module_run']} {r['unprocessable']}" for r in summary["modules"] if r.get("unprocessable")]
     if lost:
         lines.append("unprocessable data (dropped, not failures; jobs per module run): " + ", ".join(lost))

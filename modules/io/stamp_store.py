@@ -41,7 +41,9 @@ Reading: :meth:`StampStore.get` (one object), :meth:`StampStore.get_many`
 ``arrays=False`` only the metadata is decoded.
 
 The file is a plain sqlitedict table (``sqlitedict.SqliteDict(path,
-tablename='objects')`` with bytes values reads it); the store itself reads and
+tablename='objects')`` with bytes values reads it; a value written with
+``compress=True`` is ``SPZREC2\n`` followed by the zlib-compressed record,
+its array bytes shuffled in 4-byte lanes); the store itself reads and
 writes it through ``sqlite3``, with a page size chosen from the record sizes.
 
 Example
@@ -64,6 +66,7 @@ import queue
 import re
 import sqlite3
 import threading
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -74,6 +77,15 @@ from .arrays import (RECORD_MAGIC, EncodingError, StoreError, _npy_header, pack_
 
 TABLE = "objects"
 NO_EPOCH = "__no_epoch__"
+#: Start of a compressed record (``StampStore(..., compress=True)``): the record with the bytes after
+#: its metadata shuffled in 4-byte lanes (the first bytes of every float32 together, ...), then zlib.
+#: Readers accept compressed and plain records.
+ZRECORD_MAGIC = b"SPZREC2\n"
+#: Earlier compressed records: zlib of the record, not shuffled (still read).
+_ZRECORD_UNSHUFFLED = b"SPZREC1\n"
+#: zlib level of compressed records: level 1 gets most of the gain (flags 35x, weights and
+#: backgrounds 2x, images 1.3x) at a fraction of the cost of higher levels.
+ZLIB_LEVEL = 1
 _EPOCH_RE = re.compile(r"^([^\s-]+)-(\d+)$")
 # sqlitedict's own table layout: the file stays a plain sqlitedict table.
 _MAKE_TABLE = f'CREATE TABLE IF NOT EXISTS "{TABLE}" (key TEXT PRIMARY KEY, value BLOB)'
@@ -289,7 +301,37 @@ def _pack(record: ObjectRecord) -> bytes:
     return b"".join([RECORD_MAGIC, len(header).to_bytes(4, "little"), header, *parts])
 
 
+def _body_offset(value) -> int:
+    """Offset of the arrays in a packed record (after the magic, the length and the metadata)."""
+    start = len(RECORD_MAGIC)
+    return start + 4 + int.from_bytes(bytes(value[start:start + 4]), "little")
+
+
+def _compress(value: bytes) -> bytes:
+    """Shuffle the array bytes of a packed record in 4-byte lanes, then zlib: float32 stamps compress
+    1.5x (noisy images) to 3x (weights, backgrounds) instead of 1.3x and 2x with zlib alone."""
+    offset = _body_offset(value)
+    n = (len(value) - offset) // 4 * 4
+    body = np.frombuffer(value, np.uint8, count=n, offset=offset).reshape(-1, 4).T.tobytes()
+    return ZRECORD_MAGIC + zlib.compress(b"".join([value[:offset], body, value[offset + n:]]), ZLIB_LEVEL)
+
+
+def _decompress(data) -> bytes:
+    value = zlib.decompress(memoryview(data)[len(ZRECORD_MAGIC):])
+    if bytes(data[:len(ZRECORD_MAGIC)]) == _ZRECORD_UNSHUFFLED:
+        return value
+    offset = _body_offset(value)
+    n = (len(value) - offset) // 4 * 4
+    body = np.frombuffer(value, np.uint8, count=n, offset=offset).reshape(4, -1).T.tobytes()
+    return b"".join([value[:offset], body, value[offset + n:]])
+
+
 def _unpack(data, arrays: bool = True) -> ObjectRecord:
+    if bytes(data[:len(ZRECORD_MAGIC)]) in (ZRECORD_MAGIC, _ZRECORD_UNSHUFFLED):
+        try:
+            data = _decompress(data)
+        except zlib.error as error:
+            raise EncodingError(f"compressed record: {error}") from None
     decoded, meta = unpack_record(data, arrays)
     if NO_EPOCH in meta:
         return ObjectRecord(reason=meta[NO_EPOCH])
@@ -468,6 +510,10 @@ class StampStore:
         pipeline's other outputs, a store is by default published atomically
         but left to the system to write out: syncing costs about 0.7 s per
         GB written).
+    compress : bool
+        In write mode, compress each record with zlib (prefix
+        :data:`ZRECORD_MAGIC`); reading detects compressed records, so a
+        store may hold both.
 
     Notes
     -----
@@ -476,7 +522,8 @@ class StampStore:
     every key through a worker thread, which cost more than the encoding.
     """
 
-    def __init__(self, path, mode: str = "r", batch_bytes: int = 256 * 2**20, durable: bool = False):
+    def __init__(self, path, mode: str = "r", batch_bytes: int = 256 * 2**20, durable: bool = False,
+                 compress: bool = False):
         self._file = SqliteFile(path, mode, "stamp store")
         self.path = self._file.path
         self.mode = mode
@@ -491,6 +538,7 @@ class StampStore:
         self._epoch_keys: set[str] = set()
         self.batch_bytes = int(batch_bytes)
         self.durable = bool(durable)
+        self.compress = bool(compress)
 
     def _connect(self) -> sqlite3.Connection:
         work = self._file.work_path
@@ -729,7 +777,10 @@ class StampStore:
         call returns once the records are encoded)."""
         self._check_writable()
         if self._pending:
-            rows = ((key, _pack(record)) for key, record in self._pending.items())
+            if self.compress:
+                rows = ((key, _compress(_pack(record))) for key, record in self._pending.items())
+            else:
+                rows = ((key, _pack(record)) for key, record in self._pending.items())
             if not self._has_table:
                 first = list(itertools.islice(rows, _SIZE_SAMPLE))
                 self._ensure_table([len(value) for _, value in first])

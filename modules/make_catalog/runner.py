@@ -5,7 +5,8 @@ catalogue (``sexcat``), the spread-model catalogue (``sexcat_sm``), the PSF
 store of ``psfinterp`` MULTI-EPOCH (``galaxy_psf``) and the merged ngmix
 catalogue (``ngmix``).
 
-Output: ``final_cat<number>.fits``, one table in HDU ``RESULTS``; the
+Output: ``final_cat<number>.fits``, one table in HDU ``RESULTS`` (and, by
+default, the same columns in ``final_cat<number>.h5``: ``EXTRA_FORMATS``); the
 columns are listed in :mod:`.catalogue`. ``merge_final_cat`` concatenates
 the tiles (give ``PSF_N_EPOCH_MAX`` so that every tile has the same
 per-epoch columns, or select columns with a param file).
@@ -26,6 +27,10 @@ OPTIONS = (
            "pipeline measures."),
     Option("SAVE_PSF_DATA", "bool", True, "Write the per-epoch PSF columns (PSF_ELL_i, PSF_FWHM_i, PSF_FLAG_i, "
            "PSF_EXP_i, PSF_CCD_i)."),
+    Option("EXTRA_FORMATS", "name_list", ["hdf5"], "Also write the final catalogue in these formats (the FITS "
+           "file is always written): hdf5 gives final_cat<number>.h5, one gzip-compressed dataset per column "
+           "in group RESULTS (h5py; read column by column: h5py.File(path)['RESULTS/NGMIX_G_1P'][:]); 'none' "
+           "for none."),
     Option("PSF_N_EPOCH_MAX", "int", 0, "Number of per-epoch PSF column sets; 0: the most epochs of an object "
            "of the tile (ShapePipe's choice; tiles may then differ)."),
 )
@@ -38,6 +43,9 @@ def validate(options) -> list[str]:
     if types != ["ngmix"]:
         problems.append(f"SHAPE_MEASUREMENT_TYPE must be ngmix (the shape catalogue this pipeline makes), "
                         f"got {options.get('SHAPE_MEASUREMENT_TYPE')}")
+    unknown = [f for f in options.get("EXTRA_FORMATS") or [] if f.lower() not in ("hdf5", "none")]
+    if unknown:
+        problems.append(f"EXTRA_FORMATS {', '.join(unknown)}: the formats written are hdf5 (or none)")
     if (options.get("PSF_N_EPOCH_MAX") or 0) < 0:
         problems.append("PSF_N_EPOCH_MAX must be 0 or positive")
     return problems
@@ -49,7 +57,7 @@ def run_make_catalog(inputs, output_dir, number, options, logger):
 
     import numpy as np
 
-    from shapepipe_modules.io.tables import write_fits_table
+    from shapepipe_modules.io.tables import write_fits_table, write_hdf5_table
 
     from .catalogue import make_final_catalogue
 
@@ -64,6 +72,9 @@ def run_make_catalog(inputs, output_dir, number, options, logger):
                                    star_thresh=options["SM_STAR_THRESH"], gal_thresh=options["SM_GAL_THRESH"],
                                    save_psf=options["SAVE_PSF_DATA"], n_epoch_max=options["PSF_N_EPOCH_MAX"])
     path = write_fits_table(Path(output_dir) / f"final_cat{number}.fits", columns, extname="RESULTS")
+    if "hdf5" in [f.lower() for f in options.get("EXTRA_FORMATS") or []]:
+        write_hdf5_table(Path(output_dir) / f"final_cat{number}.h5", columns, group="RESULTS",
+                         attributes={"TILE": number})
     n = len(columns["NUMBER"])
     no_shape = columns["NGMIX_NO_SHAPE"]
     summary = {"n_objects": n, "n_with_shape": int(np.count_nonzero(no_shape == 0)),
@@ -88,7 +99,7 @@ PRODUCTS = (
     file_pattern=("tile_sexcat", "sexcat_sm", "galaxy_psf", "ngmix"),
     file_ext=(".fits", ".fits", ".sqlite", ".fits"),
     numbering_scheme="-000-000",
-    depends=("numpy", "astropy"),
+    depends=("numpy", "astropy", "h5py"),
     preload=(
              "astropy.io.fits",
              "astropy.table",

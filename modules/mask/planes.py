@@ -79,8 +79,11 @@ def _read_header(header_or_path):
     if isinstance(header_or_path, (str, os.PathLike)):
         from astropy.io import fits
 
+        from shapepipe_modules.io.images import image_hdu
+
         try:
-            return fits.getheader(os.fspath(header_or_path), 0)
+            with fits.open(os.fspath(header_or_path)) as hdus:  # the image HDU of a tile-compressed file too
+                return image_hdu(hdus, 0).header.copy()
         except (OSError, ValueError) as error:
             raise OSError(f"cannot read the header of flag image {header_or_path}: {error}") from error
     return header_or_path

@@ -70,7 +70,10 @@ OPTIONS = (
     ),
     Option("PREFIX", "name", "pipeline", "Output name prefix: <PREFIX>_flag<number>.fits ('none' for no prefix).",
            aliases=("SUFFIX",)),
-    Option("HDU", "int", 0, "HDU of the image, weight and flag files."),
+    Option("HDU", "int", 0, "HDU of the image, weight and flag files (0 also finds the image of a "
+           "tile-compressed file, after its empty primary HDU)."),
+    Option("COMPRESS", "bool", True, "Write the flag image tile-compressed without loss (RICE_1, fpack layout: "
+           "50-80x smaller; sextractor, vignetmaker and astropy read it)."),
     Option("REG_FILE", "bool", False, "Also write <PREFIX>_flag<number>.reg, a ds9 region file of the masks."),
 )
 
@@ -109,12 +112,17 @@ def _read_image(path, hdu, what, integer=False):
     import numpy as np
     from astropy.io import fits
 
+    from shapepipe_modules.io.images import image_hdu
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            with fits.open(path, memmap=False) as hdus:
-                header = hdus[hdu].header.copy()
-                data = hdus[hdu].data
+            # memmap: a full tile is 400 MB per image; its pages are read as the mask needs them and
+            # are not the job's own memory.
+            with fits.open(path, memmap=True) as hdus:
+                chosen = image_hdu(hdus, hdu)  # HDU 0 of a tile-compressed (fpack) file: its image
+                header = chosen.header.copy()
+                data = chosen.data
                 data = None if data is None else np.asarray(data)
         except Exception as error:  # astropy raises many types on corrupt files
             raise JobError(
@@ -263,8 +271,10 @@ def mask(job):
     prefix = "" if prefix.lower() in ("", "none") else prefix + "_"
     out_name = f"{prefix}flag{job.number}.fits"
     out_header = _output_header(header, result, params, inputs)
-    with atomic_path(job.output_path(out_name)) as temporary:
-        fits.PrimaryHDU(data=result.flag, header=out_header).writeto(temporary)
+    from shapepipe_modules.io.images import write_image
+
+    write_image(job.output_path(out_name), result.flag, out_header, compress=options["COMPRESS"],
+                output_verify="exception")
     if options["REG_FILE"] or params.keep_reg_file:
         with atomic_path(job.output_path(f"{prefix}flag{job.number}.reg")) as temporary:
             temporary.write_text(region_text(result.shapes))

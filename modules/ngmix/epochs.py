@@ -58,13 +58,20 @@ class TileObjects:
     ra, dec : numpy.ndarray of float64
         Sky position (degrees) of every object: keys its random stream.
     vignets : numpy.ndarray or None
-        Tile stamps (``VIGNET``), used to flag pixels missing from the tile.
+        Tile stamps (``VIGNET``), used to flag pixels missing from the tile:
+        a view of the memory-mapped file column (its own byte order and
+        type), so that a job measuring an id range of a large tile reads the
+        pages of its own objects only; :meth:`vignet` gives one as float64.
     """
 
     ids: np.ndarray
     ra: np.ndarray
     dec: np.ndarray
     vignets: np.ndarray | None
+
+    def vignet(self, row: int) -> np.ndarray | None:
+        """The tile stamp of one row as float64 (None without ``VIGNET``)."""
+        return None if self.vignets is None else np.asarray(self.vignets[row], dtype=np.float64)
 
 
 def read_tile_objects(path, position_params=("XWIN_WORLD", "YWIN_WORLD")) -> TileObjects:
@@ -88,7 +95,9 @@ def read_tile_objects(path, position_params=("XWIN_WORLD", "YWIN_WORLD")) -> Til
 
     path = Path(path)
     try:
-        with fits.open(path, memmap=False) as hdus:
+        # memmap: VIGNET is ~98% of a detection catalogue (a full tile: GBs as float64); only the rows
+        # of the objects measured are read, when they are measured.
+        with fits.open(path, memmap=True) as hdus:
             names = [hdu.name for hdu in hdus]
             index = names.index("LDAC_OBJECTS") if "LDAC_OBJECTS" in names else 1
             if index >= len(hdus) or not isinstance(hdus[index], fits.BinTableHDU):
@@ -104,7 +113,7 @@ def read_tile_objects(path, position_params=("XWIN_WORLD", "YWIN_WORLD")) -> Til
                                    "each object's random stream; see [NGMIX_RUNNER] POSITION_PARAMS)")
             ra = np.asarray(data[position_params[0]], dtype=np.float64)
             dec = np.asarray(data[position_params[1]], dtype=np.float64)
-            vignets = np.array(data["VIGNET"], dtype=np.float64) if "VIGNET" in columns else None
+            vignets = data["VIGNET"] if "VIGNET" in columns else None
     except OSError as error:
         raise JobError(f"tile catalogue {path}: cannot read ({error})") from error
     if np.unique(ids).size != ids.size:
@@ -366,7 +375,7 @@ def measure_tile(catalogue_path, store_paths: dict, tile_number: str, seed: int,
                         raise JobError(f"object {object_id} of {catalogue_path} is not in the {kind} stamp "
                                        f"store {stores[kind].path}")
                     records[kind] = record
-                tile_stamp = tile.vignets[row] if tile.vignets is not None else None
+                tile_stamp = tile.vignet(row)
                 raw, n_incomplete, reason = object_raw_epochs(object_id, records, flux_scales, tile_stamp)
                 summary["n_epochs_incomplete"] += n_incomplete
                 summary["n_epochs"] += len(raw)

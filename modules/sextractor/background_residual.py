@@ -81,7 +81,7 @@ def fit_gaussian(centres, counts, errors, start, max_iterations=100):
     return parameters, np.linalg.inv(normal)
 
 
-def fit_residuals(residual, bins=101, max_pixels=2_000_000):
+def fit_residuals(residual, bins=101, max_pixels=2_000_000):  # sep_engine.RESIDUAL_MAX_PIXELS: the same limit
     """Gaussian fit to the histogram of background residuals.
 
     The histogram spans +-5 robust sigma (MAD) about the median, so bright

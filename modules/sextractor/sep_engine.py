@@ -62,7 +62,8 @@ class Extraction:
         -BACKGROUND).
     residual : 1-d float32 array
         Background-subtracted values of the usable pixels outside every
-        detection (for the background-residual diagnostic).
+        detection (for the background-residual diagnostic): at most
+        :data:`RESIDUAL_MAX_PIXELS`, a regular subsample (:func:`sky_sample`).
     timings : dict
         Seconds spent in each step (``background``, ``detection``,
         ``measurement``, ``table``), for benchmarks and logs.
@@ -96,6 +97,17 @@ def _native(array, dtype=np.float32, copy=True):
     return np.array(array, dtype=target, order="C", copy=True)
 
 
+def _checked_flags(flag_image, shape):
+    """An integer flag image of this shape in native byte order (compiled kernels), or ExtractionError."""
+    flag_image = np.asarray(flag_image)
+    if flag_image.shape != shape:
+        raise ExtractionError(f"flag shape {flag_image.shape} differs from image shape {shape}")
+    if flag_image.dtype.kind not in "iub":
+        raise ExtractionError(f"flag image must hold integers, got {flag_image.dtype}")
+    # Native byte order for the compiled kernels (FITS data are big-endian).
+    return flag_image.astype(flag_image.dtype.newbyteorder("="), copy=False)
+
+
 def _pixel_scale_deg(wcs, x, y):
     """Local pixel scale (deg/pixel, sqrt of the Jacobian determinant) at 1-based positions."""
     step = 0.5
@@ -109,6 +121,58 @@ def _pixel_scale_deg(wcs, x, y):
     return np.sqrt(det)
 
 
+#: Most sky pixels handed to the background-residual fit (its own subsampling limit, so that the
+#: fit sees the same pixels as from the full list).
+RESIDUAL_MAX_PIXELS = 2_000_000
+
+
+def sky_sample(sub, seg, bad, max_pixels=RESIDUAL_MAX_PIXELS, block_rows=512):
+    """Usable undetected pixels ``sub[(seg == 0) & ~bad]``, every k-th (k = ceil(n / max_pixels)).
+
+    The same values as selecting them all and taking every k-th, computed by
+    blocks of rows: a full tile's selection would otherwise hold 3.6 bytes per
+    pixel plus image-size masks (0.5 GB) at the end of the extraction.
+    """
+    height = sub.shape[0]
+    blocks = [(r0, min(r0 + block_rows, height)) for r0 in range(0, height, block_rows)]
+
+    def usable(r0, r1):
+        mask = seg[r0:r1] == 0
+        mask &= ~bad[r0:r1]
+        return mask
+
+    n = sum(int(np.count_nonzero(usable(r0, r1))) for r0, r1 in blocks)
+    step = 1 if n <= max_pixels else -(-n // max_pixels)
+    parts, seen = [], 0
+    for r0, r1 in blocks:
+        values = sub[r0:r1][usable(r0, r1)]
+        parts.append(values[(-seen) % step::step].copy())  # a view would keep the whole block alive
+        seen += values.size
+    return np.concatenate(parts) if parts else np.empty(0, sub.dtype)
+
+
+#: Images at least this large keep their background map in an unlinked temporary file, memory-mapped:
+#: it is needed again only at the objects' positions (and for a BACKGROUND check image), and a full
+#: 10,000 x 10,000 tile would otherwise hold 400 MB more of the worker's own memory during detection.
+FILE_BACKED_PIXELS = 25_000_000
+
+
+def _file_backed(array: np.ndarray) -> np.ndarray:
+    """A copy of ``array`` in a memory-mapped, already unlinked temporary file (same values, file pages)."""
+    import tempfile
+
+    with tempfile.TemporaryFile(prefix="shapepipe_sep_") as handle:
+        handle.truncate(array.nbytes)
+        mapped = np.memmap(handle, dtype=array.dtype, mode="r+", shape=array.shape)
+    # The map keeps the (unlinked) file alive; its space is freed with the last view.
+    mapped[...] = array
+    return mapped
+
+
+#: Largest initial active-pixel stack of sep.extract (it doubles on overflow).
+PIXSTACK_START_MAX = 2_000_000
+
+
 def _detect(sub, thresh, var, bad, settings, filter_kernel, gain):
     """sep.extract, growing the active-pixel stack when it overflows.
 
@@ -118,7 +182,9 @@ def _detect(sub, thresh, var, bad, settings, filter_kernel, gain):
     """
     import sep
 
-    pixstack = max(300000, sub.size // 16)
+    # At most 2 million pixels to start with (~80 MB): a full 10,000 x 10,000 tile would
+    # otherwise allocate 250 MB of stack it does not use.
+    pixstack = min(max(300000, sub.size // 16), PIXSTACK_START_MAX)
     while True:
         sep.set_extract_pixstack(pixstack)
         try:
@@ -166,8 +232,10 @@ def extract(
         Detection filter (``.conv``); used when ``settings.filter``.
     weight : 2-d array, optional
         Inverse-variance map; pixels with weight 0 are unusable.
-    flag_image : 2-d int array, optional
-        Flags OR-ed into IMAFLAGS_ISO.
+    flag_image : 2-d int array or callable, optional
+        Flags OR-ed into IMAFLAGS_ISO; a callable returning them is called
+        only after detection, once the full-size background map is freed
+        (a full tile's flags then never coexist with it).
     zero_point : float, optional
         Overrides ``MAG_ZEROPOINT`` (ZP_FROM_HEADER).
     background_value : float, optional
@@ -202,14 +270,11 @@ def extract(
         if weight.shape != data.shape:
             raise ExtractionError(f"weight shape {weight.shape} differs from image shape {data.shape}")
         bad |= ~(weight > 0)
+    flag_loader = flag_image if callable(flag_image) else None
+    if flag_loader is not None:
+        flag_image = None
     if flag_image is not None:
-        flag_image = np.asarray(flag_image)
-        if flag_image.shape != data.shape:
-            raise ExtractionError(f"flag shape {flag_image.shape} differs from image shape {data.shape}")
-        if flag_image.dtype.kind not in "iub":
-            raise ExtractionError(f"flag image must hold integers, got {flag_image.dtype}")
-        # Native byte order for the compiled kernels (FITS data are big-endian).
-        flag_image = flag_image.astype(flag_image.dtype.newbyteorder("="), copy=False)
+        flag_image = _checked_flags(flag_image, data.shape)
     if bad.all():
         raise ExtractionError("no usable pixel (all weights are zero or values non-finite)")
     data[bad] = 0.0
@@ -259,6 +324,8 @@ def extract(
     saturated_pixels = np.flatnonzero(data.ravel() >= satur)
     if constant_background is None:
         back = mesh.back()
+        if back.size >= FILE_BACKED_PIXELS:
+            back = _file_backed(back)
         data -= back
         # SExtractor's SEXBKGND: the median of the background meshes.
         median_background = float(mesh.globalback)
@@ -300,6 +367,8 @@ def extract(
             back = None
     else:
         bkg_at = np.full(n, float(constant_background))
+    if flag_loader is not None:
+        flag_image = _checked_flags(flag_loader(), data.shape)
     saturated = np.zeros(n + 1, bool)
     saturated[seg.ravel()[saturated_pixels]] = True
     saturated = saturated[1:]
@@ -478,10 +547,7 @@ def extract(
         table[parameter.name].unit = unit or None
         table[parameter.name].description = description
 
-    usable_sky = seg == 0
-    usable_sky &= ~bad
-    residual = sub[usable_sky]
-    del usable_sky
+    residual = sky_sample(sub, seg, bad)
     header_keys = {
         "SEXBKGND": (median_background, "Median background level (ADU)"),
         "SEXBKDEV": (global_rms, "Median background RMS (ADU)"),

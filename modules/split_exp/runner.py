@@ -9,6 +9,11 @@ OPTIONS = (
            "Output name prefix of each input mosaic, in FILE_PATTERN order (ShapePipe's name for "
            "it). A prefix containing 'flag' stores integer data; the one containing 'image' gives "
            "the per-CCD headers written to headers-NNNNNNN.npy for merge_headers."),
+    Option("COMPRESS", "name_list", ["weight", "flag"],
+           "Prefixes (of OUTPUT_SUFFIX) whose CCD files are tile-compressed without loss (fpack layout: "
+           "RICE_1 for flags, 60-90x, nearly free; unquantised GZIP_2 for floats: weights 3x, images 1.5x, "
+           "at about 0.1 s CPU per million pixels to write and 0.025 s per read); 'none' for none. The "
+           "pipeline's readers and astropy read them (SExtractor's binary through a plain copy)."),
     Option("N_HDU", "int", 0,
            "Number of CCDs (HDUs 1 to N_HDU) to split; 0 splits every image extension. A mosaic "
            "with fewer extensions fails its job."),
@@ -70,8 +75,10 @@ def split_exp(job):
             f"OUTPUT_SUFFIX gives {len(prefixes)} prefixes but the job has {len(job.inputs)} input "
             f"files ({', '.join(p.name for p in job.inputs)}): give one prefix per FILE_PATTERN"
         )
+    compress = {name for name in job.options["COMPRESS"] if name.lower() != "none"}
     result = split_exposure(
-        job.inputs, prefixes, job.number, job.output_dir, n_hdu=job.options["N_HDU"], logger=job.logger
+        job.inputs, prefixes, job.number, job.output_dir, n_hdu=job.options["N_HDU"], logger=job.logger,
+        compress=compress,
     )
     job.logger.info("split %d mosaics of %d CCDs", len(job.inputs), result.n_ccd)
     return {"ccds": result.n_ccd, "files": len(result.files)}

@@ -129,6 +129,7 @@ def split_exposure(
     n_hdu: int = 0,
     header_prefix: str | None = "image",
     logger=None,
+    compress=(),
 ) -> SplitResult:
     """Write every CCD of the given mosaics as its own FITS file.
 
@@ -150,6 +151,9 @@ def split_exposure(
         The mosaic whose prefix contains this word gives the per-CCD headers
         saved for ``merge_headers`` (its WCS is checked); None: none saved.
     logger : logging.Logger, optional
+    compress : collection of str
+        Prefixes whose CCD files are tile-compressed without loss
+        (:func:`shapepipe_modules.io.images.write_image`).
 
     Returns
     -------
@@ -208,7 +212,7 @@ def split_exposure(
                     check_wcs(header, where)
                     header_texts.append(stored_header(header, data.shape).tostring())
                 target = output_dir / ccd_file_name(prefix, number, ccd)
-                write_single_hdu(target, data, header)
+                write_single_hdu(target, data, header, compress=prefix in compress)
                 result.files.append(target)
             shapes = shapes or these_shapes
         if header_index is not None:
@@ -233,14 +237,12 @@ def stored_header(header, shape):
     return stored
 
 
-def write_single_hdu(path, data, header) -> Path:
-    """Write one image with its header as a single-HDU FITS file, atomically."""
-    from astropy.io import fits
+def write_single_hdu(path, data, header, compress: bool = False) -> Path:
+    """Write one image with its header as a single-HDU FITS file (or, with ``compress``, tile-compressed
+    without loss after an empty primary HDU), atomically."""
+    from shapepipe_modules.io.images import write_image
 
-    hdu = fits.PrimaryHDU(data=data, header=header)
-    with atomic_path(path) as temporary:
-        hdu.writeto(temporary, output_verify="silentfix")
-    return Path(path)
+    return write_image(path, data, header, compress=compress)
 
 
 def write_header_file(path, header_texts) -> Path:

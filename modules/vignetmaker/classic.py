@@ -50,7 +50,8 @@ def read_image(path):
 
     path = Path(path)
     try:
-        with fits.open(path, memmap=False) as hdus:
+        # memmap: only the pages under the stamps are read (a full tile image is 400 MB).
+        with fits.open(path, memmap=True) as hdus:
             for hdu in hdus:
                 if hdu.is_image and hdu.header.get("NAXIS", 0) == 2:
                     return np.asarray(hdu.data), hdu.header.copy()

@@ -172,6 +172,7 @@ def make_multi_epoch_stamps(
     logger: logging.Logger | None = None,
     off_ccd_flag: int = OFF_CCD_FLAG,
     batch_bytes: int = 64 * 2**20,
+    compress: bool = False,
 ) -> dict:
     """Cut the single-exposure stamps of every object of a tile catalogue.
 
@@ -196,6 +197,9 @@ def make_multi_epoch_stamps(
         Flag value of pixels off the CCD.
     batch_bytes : int
         Buffered bytes per store before a write transaction.
+    compress : bool
+        zlib-compress the store records (flag stamps 35x, weight and
+        background 2x, image 1.3x smaller).
 
     Returns
     -------
@@ -223,7 +227,7 @@ def make_multi_epoch_stamps(
 
     output_dir = Path(output_dir)
     paths = [output_dir / store_name(s.pattern, number) for s in sources]
-    stores = [StampStore(p, mode="w", batch_bytes=batch_bytes) for p in paths]
+    stores = [StampStore(p, mode="w", batch_bytes=batch_bytes, compress=compress) for p in paths]
     pending = _Pending(np.bincount(epochs.row, minlength=ids.size))
     summary = {"n_objects": int(ids.size), "n_epochs": 0, "n_epochs_dropped": 0, "n_no_epoch": 0,
                "n_ccds": 0, "missing_files": []}

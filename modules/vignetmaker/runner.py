@@ -60,6 +60,8 @@ OPTIONS = (
     Option("ME_LOG_WCS", "store", "", "MULTI-EPOCH: header store of the exposures: the file, or a folder "
            "or reference holding log_exp_headers.sqlite (e.g. last:merge_headers).",
            file_name="log_exp_headers.sqlite"),
+    Option("ME_COMPRESS", "bool", True, "MULTI-EPOCH: zlib-compress the stamp-store records without loss "
+           "(flag stamps 35x, weight and background 2x, image 1.3x smaller; readers detect it)."),
     Option("ME_OFF_CCD_FLAG", "int", 512, "MULTI-EPOCH: flag value set on stamp pixels outside the CCD "
            "(their weight is 0)."),
 )
@@ -157,6 +159,7 @@ def vignetmaker(job):
         summary = make_multi_epoch_stamps(
             catalogue, options["ME_LOG_WCS"], sources, job.output_dir, job.number, size,
             position_params=positions, logger=job.logger, off_ccd_flag=int(options["ME_OFF_CCD_FLAG"]),
+            compress=bool(options["ME_COMPRESS"]),
         )
         missing = summary.pop("missing_files")
         summary["n_missing_files"] = len(missing)

@@ -662,6 +662,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--throttle", type=int, default=None, metavar="M", help="at most M tasks running at once")
     parser.add_argument("--time", default="04:00:00", metavar="HH:MM:SS", help="wall time per task (default 04:00:00)")
     parser.add_argument("--mem", default=None, metavar="SIZE", help="memory per task, e.g. 8G (default: scheduler's)")
+    parser.add_argument("--mem-from", default=None, metavar="PATH",
+                        help="size --mem from the peak real memory per job recorded in earlier runs (an "
+                             "OUTPUT_DIR or run folder, e.g. of a pilot task): --cpus jobs of the largest at once, "
+                             f"x{MEM_MARGIN:g}, plus {MEM_BASE_MB} MB for the runner")
     parser.add_argument("--cpus", type=int, default=1, metavar="N",
                         help="CPUs per task (default 1); the runner starts that many workers")
     parser.add_argument("--partition", "--queue", dest="queue", default=None, metavar="Q", help="partition or queue")
@@ -690,6 +694,36 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output-dir", default=".", metavar="OUTDIR", help="where the scripts go (default .)")
     parser.add_argument("--submit", action="store_true", help="submit the scripts and print the job ids")
     return parser
+
+
+#: Margin on the largest recorded job peak and memory of the runner process, for ``--mem-from``.
+MEM_MARGIN, MEM_BASE_MB = 1.25, 512
+
+
+def memory_from_runs(path: str, cpus: int) -> tuple[str, str]:
+    """``--mem`` value (``NNNNM``) sized from the job tables under ``path``, and a note saying why.
+
+    Each of the ``cpus`` workers may hold a job of the module run with the
+    largest recorded ``peak_memory_mb`` at the same time.
+
+    Raises
+    ------
+    ConfigError
+        If ``path`` holds no run or no job with a recorded peak.
+    """
+    from .status import StatusError, find_run_dirs, peak_memory
+
+    try:
+        table = peak_memory(find_run_dirs(path))
+    except StatusError as error:
+        raise ConfigError(f"--mem-from {path}: {error}") from None
+    if not table or max(e["peak_memory_mb"] for e in table.values()) <= 0:
+        raise ConfigError(f"--mem-from {path}: no job with a recorded peak memory")
+    name, entry = max(table.items(), key=lambda item: item[1]["peak_memory_mb"])
+    megabytes = int(-(-(cpus * entry["peak_memory_mb"] * MEM_MARGIN + MEM_BASE_MB) // 1))
+    note = (f"--mem {megabytes}M from {path}: largest job {entry['peak_memory_mb']:.0f} MB ({name} "
+            f"{entry['number'] or 'serial'}) x {cpus} CPU(s) x {MEM_MARGIN:g} + {MEM_BASE_MB} MB")
+    return f"{megabytes}M", note
 
 
 def _existing_file(text: str, option: str) -> Path:
@@ -735,12 +769,18 @@ def settings_from_args(args, environ=None) -> BatchSettings:
     if not _JOB_NAME.match(job_name):
         raise ConfigError(f"--job-name {job_name!r}: use letters, digits, '_', '.', '-', starting with a letter")
     out_dir = Path(args.output_dir).expanduser().resolve()
+    mem = check_memory(args.mem, "--mem")
+    if getattr(args, "mem_from", None):
+        if mem is not None:
+            raise ConfigError("--mem and --mem-from: give one of them")
+        mem, note = memory_from_runs(args.mem_from, args.cpus)
+        print(note)
     return BatchSettings(
         scheduler=args.scheduler, config=config, numbers_file=numbers_file, out_dir=out_dir,
         log_dir=Path(args.log_dir).expanduser().resolve() if args.log_dir else out_dir / "logs",
         workdir=Path(args.chdir).expanduser().resolve() if args.chdir else Path.cwd(),
         job_name=job_name, per_task=args.per_task, throttle=args.throttle, time=check_time(args.time, "--time"),
-        mem=check_memory(args.mem, "--mem"), cpus=args.cpus, queue=args.queue, account=args.account,
+        mem=mem, cpus=args.cpus, queue=args.queue, account=args.account,
         activation=activation_lines(args.env), exports=exports, merge_config=merge_config,
         merge_time=check_time(args.merge_time, "--merge-time") if args.merge_time else None,
         merge_mem=check_memory(args.merge_mem, "--merge-mem"), merge_cpus=args.merge_cpus,

@@ -667,7 +667,40 @@ def _detail_status(outcome: Outcome) -> str:
     return outcome.status
 
 
-# -- command line ---------------------------------------------------------
+# -- memory ---------------------------------------------------------------
+def peak_memory(run_dirs) -> dict[str, dict]:
+    """Largest peak real memory of a job (``peak_memory_mb`` of the job tables), per module run.
+
+    Returns ``{module_run: {"peak_memory_mb", "peak_rss_mb", "number", "run_dir", "jobs"}}`` over
+    the jobs that ran (``done``, ``failed``, ``timeout``, ``unprocessable``), in first-seen order.
+    """
+    table: dict[str, dict] = {}
+    for run_dir in run_dirs:
+        rows = _read_json(Path(run_dir) / "jobs.json")
+        rows = rows.get("jobs", []) if isinstance(rows, dict) else rows if isinstance(rows, list) else []
+        for row in rows:
+            if row.get("status") not in ("done", "failed", "timeout", "unprocessable"):
+                continue
+            entry = table.setdefault(row.get("module_run", "?"), {"peak_memory_mb": 0.0, "peak_rss_mb": 0.0,
+                                                                   "number": "", "run_dir": "", "jobs": 0})
+            entry["jobs"] += 1
+            value = float(row.get("peak_memory_mb") or 0.0)
+            entry["peak_rss_mb"] = max(entry["peak_rss_mb"], float(row.get("peak_rss_mb") or 0.0))
+            if value > entry["peak_memory_mb"]:
+                entry.update(peak_memory_mb=value, number=row.get("number", ""), run_dir=str(run_dir))
+    return table
+
+
+def format_memory(table: dict[str, dict]) -> list[str]:
+    """Lines of the memory table printed by ``shapepipe_status``."""
+    if not table:
+        return []
+    rows = [(name, entry["jobs"], f"{entry['peak_memory_mb']:.0f}", f"{entry['peak_rss_mb']:.0f}",
+             entry["number"] or "serial") for name, entry in table.items()]
+    return ["", "peak memory per job (real: anonymous + shared pages; RSS: with file pages), MB:"] + _table(
+        ("module run", "jobs", "real", "RSS", "largest job"), rows)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="shapepipe_status",
@@ -704,10 +737,14 @@ def main(argv=None) -> int:
         data["rerun_commands"] = rerun_commands(report, original_config=args.original_config)
         data["resubmit_commands"] = resubmit_commands(report)
         data["exit_status"] = status
+        data["peak_memory"] = peak_memory(r.run_dir for r in report.runs)
         print(json.dumps(data, indent=1))
     else:
         print(format_report(report, failed_only=args.failed_only, detail=args.detail,
                             original_config=args.original_config))
+        memory = format_memory(peak_memory(r.run_dir for r in report.runs))
+        if memory:
+            print("\n".join(memory))
     return status
 
 

@@ -1,0 +1,92 @@
+"""Single-image FITS files, plain or tile-compressed without loss.
+
+A compressed file follows the fpack convention: an empty primary HDU, then
+the image in a ``CompImageHDU`` whose header is the image's. Integers use
+RICE_1 (flag images: 60-90x smaller), floats GZIP_2 with no quantisation
+(byte-shuffled gzip: every value is kept exactly; weights 3x, images 1.5x,
+smooth backgrounds 3x), in blocks of 64 rows; a float map may instead be
+quantised with a fixed step (RICE_1, e.g. a background to 0.01 ADU: 17x).
+Readers find the image with :func:`image_hdu`, which accepts both layouts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from shapepipe.atomic import atomic_path
+
+
+#: Rows per compression tile: whole rows in blocks of 64 cost a tenth of astropy's row-by-row tiles
+#: to read (per-tile overhead) and compress better.
+TILE_ROWS = 64
+
+
+def compressed_hdu(data, header=None, quantize: float = 0.0):
+    """A ``CompImageHDU`` of ``data``: RICE_1 for integers; for floats unquantised GZIP_2 (lossless) or,
+    with ``quantize`` > 0, RICE_1 of the values rounded to multiples of ``quantize`` (no dither: the
+    same file every time; smooth maps such as backgrounds, 17x smaller with 0.01 ADU)."""
+    from astropy.io import fits
+
+    data = np.asarray(data)
+    if data.dtype.kind == "b":
+        data = data.astype(np.uint8)
+    tile = (min(TILE_ROWS, data.shape[0]), data.shape[1]) if data.ndim == 2 else None
+    if data.dtype.kind in "iu":
+        return fits.CompImageHDU(data=data, header=header, compression_type="RICE_1", tile_shape=tile)
+    if quantize > 0:
+        return fits.CompImageHDU(data=data, header=header, compression_type="RICE_1", tile_shape=tile,
+                                 quantize_level=-float(quantize), quantize_method=-1)
+    return fits.CompImageHDU(data=data, header=header, compression_type="GZIP_2", quantize_level=0.0,
+                             tile_shape=tile)
+
+
+def write_image(path, data, header=None, compress: bool = False, output_verify: str = "silentfix",
+                quantize: float = 0.0) -> Path:
+    """Write one image with its header, atomically; tile-compressed without loss if ``compress``.
+
+    Parameters
+    ----------
+    path : path-like
+        Output file (``.fits``; a compressed file keeps the name).
+    data : numpy.ndarray
+    header : astropy.io.fits.Header, optional
+    compress : bool
+        Empty primary HDU plus a ``CompImageHDU`` (fpack layout) instead of a
+        single primary HDU; lossless unless ``quantize``.
+    quantize : float
+        Float images: step of the values kept (0: lossless); see
+        :func:`compressed_hdu`.
+    """
+    from astropy.io import fits
+
+    if compress:
+        hdus = fits.HDUList([fits.PrimaryHDU(), compressed_hdu(data, header, quantize)])
+    else:
+        hdus = fits.HDUList([fits.PrimaryHDU(data=data, header=header)])
+    with atomic_path(path) as temporary:
+        hdus.writeto(temporary, output_verify=output_verify)
+    return Path(path)
+
+
+def image_hdu(hdus, index: int = 0):
+    """HDU ``index`` of an open file, or, for ``index`` 0 of an fpack-layout file, its compressed image.
+
+    An empty primary HDU followed by a ``CompImageHDU`` is read as the image
+    (as fpack/funpack and astropy's ``getdata`` do).
+    """
+    from astropy.io import fits
+
+    hdu = hdus[index]
+    if index == 0 and hdu.header.get("NAXIS", 0) == 0 and len(hdus) > 1 and isinstance(hdus[1], fits.CompImageHDU):
+        return hdus[1]
+    return hdu
+
+
+def is_compressed(path) -> bool:
+    """Whether a FITS file holds a tile-compressed image HDU."""
+    from astropy.io import fits
+
+    with fits.open(path) as hdus:
+        return any(isinstance(hdu, fits.CompImageHDU) for hdu in hdus)
