@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from shapepipe import memory
-from shapepipe.batch import memory_from_runs
+from shapepipe.cluster.batch import memory_from_runs
 from shapepipe.cli import main
-from shapepipe.status import format_memory, peak_memory
+from shapepipe.cluster.status import format_memory, peak_memory
 from test_runner_helpers import make_inputs, write_config
 
 pytestmark = pytest.mark.skipif(not memory.available(), reason="needs Linux /proc RssAnon")
@@ -127,8 +127,8 @@ def test_runner_records_real_peak_per_job(tmp_path, big_file, timeout, capsys):
 
 
 def test_status_prints_memory_and_batch_sizes_mem(tmp_path, capsys):
-    from shapepipe.batch import main as batch_main
-    from shapepipe.status import main as status_main
+    from shapepipe.cluster.batch import main as batch_main
+    from shapepipe.cluster.status import main as status_main
 
     run_dir = tmp_path / "out" / "r_1"
     run_dir.mkdir(parents=True)
