@@ -89,6 +89,15 @@ def _compare(reader, product, path, where):
         assert np.array_equal(product, np.load(path, allow_pickle=False)), where
     elif reader == "png":
         assert product == Path(path).read_bytes(), where
+    elif reader == "hdf5_table":
+        import h5py
+
+        with h5py.File(path, "r") as handle:
+            names = list(handle["RESULTS"])
+            assert sorted(product) == sorted(names) and names, where
+            for name in names:
+                direct = handle["RESULTS"][name][()]
+                assert np.array_equal(product[name], direct, equal_nan=direct.dtype.kind in "fc"), where
     else:
         raise AssertionError(f"{where}: no direct read for reader {reader}")
 
@@ -112,6 +121,12 @@ def _compare_md(reader, md, path, where):
         assert md["entries"] == len(_sqlite_keys(path, table)), where
     elif reader == "npy":
         assert md["shape"] == np.load(path, allow_pickle=False).shape, where
+    elif reader == "hdf5_table":
+        import h5py
+
+        with h5py.File(path, "r") as handle:
+            assert md["columns"] == list(handle["RESULTS"]), where
+            assert md["rows"] == len(handle["RESULTS"][md["columns"][0]]), where
     elif reader == "png":
         import matplotlib.image
 

@@ -181,6 +181,25 @@ def header_store_summary(path) -> dict:
     return _sqlite_summary(path, TABLE)
 
 
+def read_hdf5_table(path, group="RESULTS") -> dict:
+    """Every column of an HDF5 table written by :func:`~.tables.write_hdf5_table`: name to array."""
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        return {name: dataset[()] for name, dataset in handle[group].items()}
+
+
+def hdf5_table_summary(path, group="RESULTS") -> dict:
+    """Attributes, columns and rows of an HDF5 table, without reading a column."""
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        table = handle[group]
+        columns = list(table)
+        rows = table[columns[0]].shape[0] if columns else 0
+        return {"attributes": {key: table.attrs[key] for key in table.attrs}, "columns": columns, "rows": rows}
+
+
 def read_text(path) -> str:
     return Path(path).read_text()
 
@@ -233,6 +252,8 @@ STAMP_STORE = Reader("stamp_store", open_stamp_store, stamp_store_summary, "stam
                      "shapepipe_modules.io.stamp_store.StampStore")
 HEADER_STORE = Reader("header_store", open_header_store, header_store_summary, "header store (SQLite)",
                       "shapepipe_modules.io.header_store.HeaderStore")
+HDF5_TABLE = Reader("hdf5_table", read_hdf5_table, hdf5_table_summary,
+                     "HDF5 table, one dataset per column in group RESULTS (md: attributes, columns, rows)", "dict")
 TEXT = Reader("text", read_text, file_summary, "text", "str")
 JSON = Reader("json", read_json, file_summary, "JSON", "dict")
 NPY = Reader("npy", read_npy, npy_header, "numpy .npy (no pickle)", "numpy.ndarray")

@@ -86,6 +86,8 @@ def run_make_catalog(inputs, output_dir, number, options, logger):
 PRODUCTS = (
     Product("final_cat", "final_cat{number}.fits", "fits_table", ids=("tile",),
             description="the final shear catalogue of a tile"),
+    Product("final_cat_hdf5", "final_cat{number}.h5", "hdf5_table", ids=("tile",),
+            description="the same final catalogue in HDF5, one dataset per column (EXTRA_FORMATS = hdf5)"),
 )
 
 

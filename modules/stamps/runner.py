@@ -36,21 +36,21 @@ OPTIONS = (
            "<pattern>-XXX-YYY.fits, e.g. last:get_images_runner_run_1, last:uncompress_fits_runner, "
            "last:mask_runner_run_1."),
     Option("BANDS", "list", ["r"], "Band names, one per TILE_IMAGE_PATTERN."),
-    Option("TILE_IMAGE_PATTERN", "list", ["CFIS_image"], "Tile image pattern, one per band."),
-    Option("TILE_WEIGHT_PATTERN", "list", ["CFIS_weight"], "Tile weight pattern, one for all bands or one per "
+    Option("TILE_IMAGE_PATTERN", "name_list", ["CFIS_image"], "Tile image pattern, one per band."),
+    Option("TILE_WEIGHT_PATTERN", "name_list", ["CFIS_weight"], "Tile weight pattern, one for all bands or one per "
            "band; none: no weight file (weight 1 on the image)."),
-    Option("TILE_FLAG_PATTERN", "list", ["pipeline_flag"], "Tile flag pattern, one for all bands or one per band; "
+    Option("TILE_FLAG_PATTERN", "name_list", ["pipeline_flag"], "Tile flag pattern, one for all bands or one per band; "
            "none: no flag file."),
     Option("EXPOSURE_STAMPS", "bool", True, "Also cut every exposure CCD that saw each target (the exposures "
            "named by the tile's HISTORY and found in HEADER_STORE), with its PSF model."),
     Option("EXP_DIR", "dir_list", [], "Folders (or references) of the exposure CCD files "
            "<pattern>-<exposure>-<ccd>.fits, e.g. last:split_exp_runner, last:mask_runner_run_2."),
-    Option("EXP_IMAGE_PATTERN", "str", "image", "Exposure CCD image pattern."),
-    Option("EXP_WEIGHT_PATTERN", "str", "weight", "Exposure CCD weight pattern (none: no weight file)."),
-    Option("EXP_FLAG_PATTERN", "str", "pipeline_flag", "Exposure CCD flag pattern (none: no flag file)."),
+    Option("EXP_IMAGE_PATTERN", "name", "image", "Exposure CCD image pattern."),
+    Option("EXP_WEIGHT_PATTERN", "name", "weight", "Exposure CCD weight pattern (none: no weight file)."),
+    Option("EXP_FLAG_PATTERN", "name", "pipeline_flag", "Exposure CCD flag pattern (none: no flag file)."),
     Option("PSF_DIR", "dir_list", [], "Folders (or references) of the PSF models "
            "<PSF_PATTERN>-<exposure>-<ccd>.psf, e.g. last:psfex_runner."),
-    Option("PSF_PATTERN", "str", "star_split_ratio_80", "PSF model pattern (none: no PSF stamps)."),
+    Option("PSF_PATTERN", "name", "star_split_ratio_80", "PSF model pattern (none: no PSF stamps)."),
     Option("HEADER_STORE", "store", "", "Header store of the exposures (log_exp_headers.sqlite), or a folder or "
            "reference holding it (last:merge_headers_runner).", file_name="log_exp_headers.sqlite"),
     Option("STAMP_SIZE", "int", 51, "Stamp side in pixels (odd)."),
