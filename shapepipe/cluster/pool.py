@@ -106,6 +106,29 @@ def death_cause(exitcode: int | None) -> str:
     return f"worker died (exit status {exitcode})"
 
 
+def _stop_fork_server() -> None:
+    """Stop and reap the fork server, so that its workers' CPU time reaches this process's
+    ``RUSAGE_CHILDREN`` (what a caller timing ``shapepipe_run`` measures); left running, it is
+    reaped by init and that time is lost."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    if server is not None and getattr(server, "_forkserver_pid", None) is not None:
+        with contextlib.suppress(Exception):
+            server._stop()
+
+
+_AT_EXIT = []
+
+
+def _stop_fork_server_at_exit() -> None:
+    if not _AT_EXIT:
+        import atexit
+
+        atexit.register(_stop_fork_server)
+        _AT_EXIT.append(True)
+
+
 class _Worker:
     def __init__(self, process, connection):
         self.process, self.connection = process, connection
@@ -139,6 +162,7 @@ class PoolExecutor(Executor):
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(["shapepipe.jobs", "shapepipe.cluster.pool"])
         self.deaths = 0
+        _stop_fork_server_at_exit()
 
     def describe(self) -> str:
         return (f"SMP (process pool), {self.workers} worker(s); a job whose worker dies is retried "
