@@ -9,7 +9,7 @@ measurements, so m is measured with far fewer galaxies than from tile means
 Steps:
 
 1. **Members** (:func:`member_table`): each run's final catalogues are
-   matched to the truth of their tile by position (:func:`.shear.match_positions`);
+   matched to the truth of their tile by position (:func:`.shear.match_to_truth`);
    every matched galaxy gets a key (tile, truth ``id``). Truth stars are left
    out unless ``keep_stars``.
 2. **Join** (:func:`join_pairs`): inner join of the plus and minus members by
@@ -53,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .shear import STEP, Selection, ValidationError, match_positions
+from .shear import STEP, Selection, ValidationError, match_to_truth
 
 #: Metacal branches in the order of the branch axis of the pair arrays.
 BRANCH_ORDER = ("noshear", "1p", "1m", "2p", "2m")
@@ -98,14 +98,9 @@ def member_table(catalogues, truths, max_sep=1.0, keep_stars=False, ra_col="XWIN
         except ValueError as error:
             raise ValidationError(f"{name}: {error}") from None
         tile_code = xxx * 1000 + yyy
-        ra = np.asarray(columns[ra_col], dtype=float)
-        dec = np.asarray(columns[dec_col], dtype=float)
-        index = match_positions(ra, dec, truth["ra"], truth["dec"], max_sep)
-        keep = index >= 0
-        n_detected += ra.size
-        n_matched += int(keep.sum())
-        if not keep_stars:
-            keep &= ~np.asarray(truth["is_star"], dtype=bool)[np.maximum(index, 0)]
+        index, keep, matched = match_to_truth(columns, truth, ra_col, dec_col, max_sep, keep_stars)
+        n_detected += index.size
+        n_matched += matched
         rows = np.flatnonzero(keep)
         truth_rows = index[rows]
         ids = np.asarray(truth["id"], dtype=np.int64) if "id" in truth else np.arange(len(truth["ra"]))
@@ -126,7 +121,7 @@ def member_table(catalogues, truths, max_sep=1.0, keep_stars=False, ra_col="XWIN
         for field, prefix in (("s2n", "NGMIX_SNR_"), ("T", "NGMIX_T_"), ("Tpsf", "NGMIX_Tpsf_")):
             part[field] = np.stack([np.asarray(columns[prefix + _BRANCH_KEYS[b]], float)[rows]
                                     for b in BRANCH_ORDER], axis=1)
-        total = ra.size
+        total = index.size
         psf_name = "NGMIX_T_PSFo_NOSHEAR" if "NGMIX_T_PSFo_NOSHEAR" in columns else "NGMIX_Tpsf_NOSHEAR"
         part["psf_T"] = _column(columns, psf_name, total)[rows]
         part["mag"] = _column(columns, "NGMIX_MAG_NOSHEAR", total)[rows]

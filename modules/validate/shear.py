@@ -197,6 +197,28 @@ def match_positions(ra, dec, truth_ra, truth_dec, max_sep_arcsec=1.0):
     return index
 
 
+def match_to_truth(columns, truth, ra_col, dec_col, max_sep, keep_stars=False):
+    """Truth row of every detection and which detections are kept.
+
+    Returns
+    -------
+    index : numpy.ndarray
+        Truth row of each detection (-1: unmatched), from :func:`match_positions`.
+    keep : numpy.ndarray
+        Matched detections, true stars removed unless ``keep_stars``.
+    n_matched : int
+        Matched detections, stars included.
+    """
+    ra = np.asarray(columns[ra_col], dtype=float)
+    dec = np.asarray(columns[dec_col], dtype=float)
+    index = match_positions(ra, dec, truth["ra"], truth["dec"], max_sep)
+    keep = index >= 0
+    n_matched = int(keep.sum())
+    if not keep_stars:
+        keep &= ~np.asarray(truth["is_star"], dtype=bool)[np.maximum(index, 0)]
+    return index, keep, n_matched
+
+
 def fit_m_c(g_true, g_est, weights=None):
     """m and c per component from per-tile true and estimated shears.
 
@@ -349,14 +371,9 @@ def validate_catalogues(catalogues, truths, selection=None, max_sep=1.0, keep_st
     parts, tile_index, g_true, names = [], [], [], []
     n_detected = n_matched = 0
     for t, ((name, columns), truth) in enumerate(zip(catalogues, truths)):
-        ra = np.asarray(columns[ra_col], dtype=float)
-        dec = np.asarray(columns[dec_col], dtype=float)
-        index = match_positions(ra, dec, truth["ra"], truth["dec"], max_sep)
-        keep = index >= 0
-        n_detected += ra.size
-        n_matched += int(keep.sum())
-        if not keep_stars:
-            keep &= ~np.asarray(truth["is_star"], dtype=bool)[np.maximum(index, 0)]
+        index, keep, matched = match_to_truth(columns, truth, ra_col, dec_col, max_sep, keep_stars)
+        n_detected += index.size
+        n_matched += matched
         galaxies = ~np.asarray(truth["is_star"], dtype=bool)
         if not galaxies.any():
             raise ValidationError(f"tile {name}: the truth holds no galaxy")
