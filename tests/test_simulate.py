@@ -276,3 +276,44 @@ def test_bad_parameters_are_named():
         resolve_parameters("tiny", distortion="zpn")
     with pytest.raises(ConfigError, match="preset"):
         resolve_parameters("huge")
+
+
+@pytest.mark.parametrize("ring", [False, True])
+def test_min_separation_moves_only_close_objects(ring):
+    """min_separation: no two objects closer (ring partners kept 30 arcsec apart), every property but the position kept."""
+    from scipy.spatial import cKDTree
+
+    from shapepipe_modules.simulate.scene import RING_SEPARATION_ARCSEC
+
+    ra0, dec0 = cfis.tile_centre(244, 252)
+    box = (ra0 - 0.05, ra0 + 0.05, dec0 - 0.05, dec0 + 0.05)
+    base = resolve_parameters("calib", ring=ring)
+    poisson = make_scene(base, 5, box)
+    separated = make_scene(resolve_parameters("calib", ring=ring, min_separation=7.0), 5, box)
+
+    def plane(scene):
+        return np.column_stack([(scene["ra"] - ra0) * np.cos(np.radians(scene["dec"])) * 3600.0, scene["dec"] * 3600.0])
+
+    def nearest(scene):
+        xy = plane(scene)
+        return cKDTree(xy).query(xy, k=2)[0][:, 1]
+
+    assert nearest(poisson).min() < 2.0  # the Poisson scene has blends to remove
+    assert nearest(separated).min() > 7.0 * (1 - 2e-3)  # tangent-plane approximation of the placement
+    moved = (poisson["ra"] != separated["ra"]) | (poisson["dec"] != separated["dec"])
+    assert 0.05 < moved.mean() < 0.8  # ring pairs need both points free: more of them move
+    # Objects stay in the box (ring partners up to 30 arcsec outside, as in the Poisson scene).
+    margin = RING_SEPARATION_ARCSEC / 3600.0 * 1.01 if ring else 0.0
+    assert np.all(np.abs(separated["dec"] - dec0) <= 0.05 + margin)
+    for name in ("id", "mag", "hlr", "e1_int", "e2_int", "is_star", "pair_id"):
+        np.testing.assert_array_equal(poisson[name], separated[name])
+    if ring:
+        xy = plane(separated)
+        galaxy = np.flatnonzero(~separated["is_star"])
+        order = galaxy[np.argsort(separated["pair_id"][galaxy], kind="stable")]
+        first, second = order[0::2], order[1::2]
+        np.testing.assert_array_equal(separated["pair_id"][first], separated["pair_id"][second])
+        np.testing.assert_allclose(np.hypot(*(xy[first] - xy[second]).T), RING_SEPARATION_ARCSEC, rtol=3e-3)
+    # Placement is a pure function of the seed.
+    again = make_scene(resolve_parameters("calib", ring=ring, min_separation=7.0), 5, box)
+    np.testing.assert_array_equal(again["ra"], separated["ra"])

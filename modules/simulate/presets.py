@@ -62,6 +62,8 @@ _BASE = {
     "hlr_slope": (-0.1, "d log10 hlr / d mag"),
     "hlr_scatter": (0.15, "log10 scatter of the half-light radius"),
     "ring": (False, "galaxies in pairs rotated by 90 degrees"),
+    "min_separation": (0.0, "smallest distance between two objects, arcsec (0: independent uniform positions; "
+                            "> 0: an object too close to one placed before it is moved to a new random position)"),
     "deep_sky": (True, "add one large bright galaxy listed in catalogues/deep_sky.fits"),
 }
 
@@ -88,8 +90,12 @@ _PRESET_OVERRIDES = {
     # m1 and m2); galaxies only as faint as mag 23.5 (the faint ones cost ngmix time and their
     # responses scatter most); no star brighter than 17 (no halo masks) and fewer stars (ngmix
     # measures every tile detection), still ~60 PSF candidates per CCD; two exposures per tile;
-    # no deep-sky galaxy masking the field; ring pairs (c cancels shape noise).
+    # no deep-sky galaxy masking the field; ring pairs (c cancels shape noise). No two objects closer
+    # than 7 arcsec: the simulator shears galaxies but not their positions, so a blend's metacal response
+    # (which includes its separation vector) is not the response of the simulated blend (m ~ -0.27 for
+    # galaxies with a neighbour within 2 arcsec, 10-seed campaign; docs/calibration.md).
     "calib": {
+        "min_separation": 7.0,
         "shear": [[0.02, 0.02], [0.02, 0.02]],
         "exposures_per_tile": 2,
         "star_density": 6.0,
