@@ -16,8 +16,9 @@ from shapepipe_modules import cfis
 from . import geometry, presets
 from .psf import draw_exposure_psf
 from .render import render_ccd, render_tile_block, stamp_radius
-from .scene import make_scene
+from .scene import mag_to_flux, make_scene
 from .streams import MAX_SEED, RANDOM_STREAMS_VERSION
+from .variability import VARIABLE_COLUMNS, delta_mag, exposure_mjd, exposure_zero_point, make_variables
 
 EXPOSURE_TRUTH_COLUMNS = [
     "id", "ra", "dec", "ccd", "x", "y", "mag", "flux", "is_star", "is_deep_sky", "hlr",
@@ -30,6 +31,9 @@ TILE_TRUTH_COLUMNS = [
     "n_exposures",
 ]
 BRIGHT_STAR_MAG = 18.0
+EXPOSURE_CONDITION_COLUMNS = ["exposure", "index", "tile", "mjd", "zero_point", "psf_fwhm0", "bad_zero_point",
+                              "bad_seeing"]
+VARIABLE_TRUTH_COLUMNS = ["id", "ra", "dec", "mag", *VARIABLE_COLUMNS]
 _OBJECT_COLUMNS = ("id", "ra", "dec", "mag", "flux", "is_star", "is_deep_sky", "hlr", "disk_hlr", "bulge_hlr",
                    "bulge_frac", "disk_n", "bulge_n", "e1_int", "e2_int", "g1", "g2", "pair_id")
 
@@ -69,7 +73,7 @@ def _header(cards):
     return header
 
 
-def _ccd_cards(params, exposure, ccd, wcs_cards):
+def _ccd_cards(params, exposure, ccd, wcs_cards, zero_point=30.0):
     return [
         ("EXTNAME", f"ccd{ccd:02d}", "CCD name"),
         ("CCDNUM", ccd, "0-based CCD index (HDU index - 1)"),
@@ -78,7 +82,7 @@ def _ccd_cards(params, exposure, ccd, wcs_cards):
         ("GAIN", params["gain"], "e-/ADU"),
         ("RDNOISE", params["read_noise"], "read noise, e-"),
         ("SATURATE", params["saturate"], "saturation level, ADU"),
-        ("PHOTZP", 30.0, "mag = PHOTZP - 2.5 log10(ADU * FSCALE)"),
+        ("PHOTZP", zero_point, "mag = PHOTZP - 2.5 log10(ADU * FSCALE)"),
         ("FSCALE", 1.0, "flux scale to PHOTZP"),
         ("EXPTIME", params["exptime"], "s"),
         ("FILTER", params["filter"], ""),
@@ -90,7 +94,8 @@ def _ccd_job(task, work_dir):
     from astropy.io import fits
 
     result = render_ccd(task)
-    cards = _ccd_cards(task["params"], task["exposure"], task["ccd"], task["wcs_cards"]) + [("MJD-OBS", task["mjd"], "")]
+    cards = _ccd_cards(task["params"], task["exposure"], task["ccd"], task["wcs_cards"],
+                       task["zero_point"]) + [("MJD-OBS", task["mjd"], "")]
     stem = Path(work_dir) / f"{task['exposure']}-{task['ccd']:03d}"
     image = fits.ImageHDU(result["image"], header=_header(cards))
     Path(f"{stem}.image").write_bytes(hdu_bytes(image))
@@ -313,6 +318,18 @@ def _simulate(preset, output_dir, seed, n_workers, progress, overrides, extra_re
     bound = stamp_radius(scene, np.full(scene["ra"].size, params["psf_fwhm_range"][1] * 1.2), params, 1.0)
 
     psf_models = {p["exposure"]: draw_exposure_psf(params, seed, p["exposure"]) for p in pointings}
+    # Observing conditions (variability.py); the defaults leave the dates, zero points and PSFs as before.
+    mjds = {p["exposure"]: exposure_mjd(params, p["index"]) for p in pointings}
+    zero_points = {p["exposure"]: exposure_zero_point(params, seed, p["exposure"], p["index"]) for p in pointings}
+    for p in pointings:
+        if p["index"] in params["bad_seeing_exposures"]:
+            psf_models[p["exposure"]]["fwhm0"] *= params["bad_seeing_factor"]
+    variable = params["variable_fraction"] > 0
+    object_columns = _OBJECT_COLUMNS + (VARIABLE_COLUMNS + ("mag_ref",) if variable else ())
+    exposure_truth_columns = EXPOSURE_TRUTH_COLUMNS + (list(VARIABLE_COLUMNS) + ["mag_ref"] if variable else [])
+    tile_truth_columns = TILE_TRUTH_COLUMNS + (list(VARIABLE_COLUMNS) if variable else [])
+    scene.update(make_variables(params, seed, scene["is_star"], (min(mjds.values()), max(mjds.values()))))
+    scene["mag_ref"] = scene["mag"]
 
     # Which CCDs of which exposure overlap each tile.
     overlaps = []
@@ -327,16 +344,22 @@ def _simulate(preset, output_dir, seed, n_workers, progress, overrides, extra_re
     # Exposures, one task per CCD.
     tasks = []
     for p in pointings:
-        mjd = params["mjd_start"] + p["index"] * (params["exptime"] + 40.0) / 86400.0
+        mjd = mjds[p["exposure"]]
         for k in range(mosaic.n_ccd):
             x_range = (mosaic.x0[k] - 0.5, mosaic.x0[k] + mosaic.nx - 0.5)
             y_range = (mosaic.y0[k] - 0.5, mosaic.y0[k] + mosaic.ny - 0.5)
             idx = _candidates(scene, bound, p["ra"], p["dec"], x_range, y_range, scale)
+            objects = {name: scene[name][idx] for name in object_columns}
+            if variable:  # the magnitude of this date
+                dmag = delta_mag(objects, mjd, params["mjd_start"])
+                objects["mag"] = objects["mag_ref"] + dmag
+                objects["flux"] = np.where(dmag != 0, mag_to_flux(objects["mag"]), objects["flux"])
             tasks.append({
                 "params": params, "seed": seed, "exposure": p["exposure"], "ccd": k, "mjd": mjd,
+                "zero_point": zero_points[p["exposure"]],
                 "wcs_cards": ccd_cards[(p["exposure"], k)], "psf_model": psf_models[p["exposure"]],
                 "half_extent": mosaic.half_extent, "focal_x0": mosaic.x0[k], "focal_y0": mosaic.y0[k],
-                "objects": {name: scene[name][idx] for name in _OBJECT_COLUMNS},
+                "objects": objects,
             })
     truths = _run_parallel(_ccd_job, tasks, work_dir, n_workers, "exposure CCDs", progress)
 
@@ -344,7 +367,7 @@ def _simulate(preset, output_dir, seed, n_workers, progress, overrides, extra_re
     for p in pointings:
         number = f"{p['exposure']:07d}"
         exposure_names.append(number)
-        mjd = params["mjd_start"] + p["index"] * (params["exptime"] + 40.0) / 86400.0
+        mjd = mjds[p["exposure"]]
         primary = fits.PrimaryHDU(header=_header([
             ("EXPNUM", p["exposure"], "exposure number"),
             ("OBJECT", f"CFIS sim {p['tile']}", ""),
@@ -355,7 +378,7 @@ def _simulate(preset, output_dir, seed, n_workers, progress, overrides, extra_re
             ("EXPTIME", params["exptime"], "s"),
             ("MJD-OBS", mjd, ""),
             ("FILTER", params["filter"], ""),
-            ("PHOTZP", 30.0, "mag zero point"),
+            ("PHOTZP", zero_points[p["exposure"]], "mag zero point"),
             ("NEXTEND", mosaic.n_ccd, "number of CCD extensions"),
             ("SIMSEED", seed, "shapepipe_simulate seed"),
             ("ORIGIN", "shapepipe_simulate", ""),
@@ -369,8 +392,8 @@ def _simulate(preset, output_dir, seed, n_workers, progress, overrides, extra_re
                     with open(work_dir / f"{p['exposure']}-{k:03d}.{kind}", "rb") as part:
                         shutil.copyfileobj(part, handle)
         parts = [truths[p["index"] * mosaic.n_ccd + k] for k in range(mosaic.n_ccd)]
-        columns = _concat(parts, EXPOSURE_TRUTH_COLUMNS)
-        _write_table(out / "truth" / f"truth_exp-{number}.fits", columns, EXPOSURE_TRUTH_COLUMNS)
+        columns = _concat(parts, exposure_truth_columns)
+        _write_table(out / "truth" / f"truth_exp-{number}.fits", columns, exposure_truth_columns)
 
     # Tiles, one task per block of rows.
     tile_psf = {}
@@ -388,7 +411,7 @@ def _simulate(preset, output_dir, seed, n_workers, progress, overrides, extra_re
         ra0, dec0 = cfis.tile_centre(*t)
         half = n / 2.0 + 0.5
         idx = _candidates(scene, bound, ra0, dec0, (-half, half), (-half, half), scale)
-        objects = {name: scene[name][idx] for name in _OBJECT_COLUMNS}
+        objects = {name: scene[name][idx] for name in object_columns}
         exposure_ccds = [[ccd_cards[(e, k)] for k in overlaps[t_index][e]] for e in contributing]
         for row0 in range(0, n, params["tile_block_rows"]):
             tile_tasks.append({
@@ -426,8 +449,8 @@ def _simulate(preset, output_dir, seed, n_workers, progress, overrides, extra_re
             handle.write(hdu_bytes(compressed))
         del weight, compressed
         parts = [tile_truths[i] for i, task in enumerate(tile_tasks) if task["tile_index"] == t_index]
-        columns = _concat(parts, TILE_TRUTH_COLUMNS)
-        _write_table(out / "truth" / f"truth_tile-{cfis.tile_id(*t, sep='-')}.fits", columns, TILE_TRUTH_COLUMNS)
+        columns = _concat(parts, tile_truth_columns)
+        _write_table(out / "truth" / f"truth_tile-{cfis.tile_id(*t, sep='-')}.fits", columns, tile_truth_columns)
 
     # Catalogues for masking.
     bright = scene["is_star"] & (scene["mag"] < BRIGHT_STAR_MAG)
@@ -437,6 +460,22 @@ def _simulate(preset, output_dir, seed, n_workers, progress, overrides, extra_re
         "name": np.array([f"SIMGAL{int(i)}" for i in scene["id"][deep]], dtype="U16"),
         "ra": scene["ra"][deep], "dec": scene["dec"][deep], "radius": 6.0 * scene["hlr"][deep] / 3600.0,
     }, ["name", "ra", "dec", "radius"])
+
+    # Observing conditions of every exposure, and the variables' light curves.
+    _write_table(out / "truth" / "exposures.fits", {
+        "exposure": np.array([p["exposure"] for p in pointings], np.int64),
+        "index": np.array([p["index"] for p in pointings], np.int32),
+        "tile": np.array([p["tile"] for p in pointings], dtype="U16"),
+        "mjd": np.array([mjds[p["exposure"]] for p in pointings]),
+        "zero_point": np.array([zero_points[p["exposure"]] for p in pointings]),
+        "psf_fwhm0": np.array([psf_models[p["exposure"]]["fwhm0"] for p in pointings]),
+        "bad_zero_point": np.array([p["index"] in params["bad_zero_point_exposures"] for p in pointings]),
+        "bad_seeing": np.array([p["index"] in params["bad_seeing_exposures"] for p in pointings]),
+    }, EXPOSURE_CONDITION_COLUMNS)
+    if variable:
+        chosen = scene["var_type"] > 0
+        _write_table(out / "truth" / "variables.fits", {name: scene[name][chosen] for name in VARIABLE_TRUTH_COLUMNS},
+                     VARIABLE_TRUTH_COLUMNS)
 
     psf_record = {
         "model": "Moffat(beta, fwhm).shear(e1=e1, e2=e2); see shapepipe_modules.simulate.psf",

@@ -34,6 +34,17 @@ _BASE = {
     "distortion_arcsec": (1.0, "radial distortion displacement 0.5 deg from the pointing"),
     "exptime": (200.0, "exposure time, s"),
     "mjd_start": (58800.0, "MJD-OBS of the first exposure"),
+    "exposures_per_night": (0, "0: every exposure in one sequence (exptime + 40 s apart); n > 0: n consecutive "
+                               "exposures per night, nights night_gap_days apart"),
+    "night_gap_days": (1.0, "days between the first exposures of two nights (exposures_per_night > 0)"),
+    "zero_point_range": ([30.0, 30.0], "range of an exposure's photometric zero point PHOTZP (uniform, ZERO_POINT "
+                                       "stream): objects and sky give 10^(0.4 (PHOTZP - 30)) times the ADU of PHOTZP 30"),
+    "bad_zero_point_exposures": ([], "indices (0-based, simulation order) of exposures whose zero point is "
+                                     "shifted by bad_zero_point_offset (clouds)"),
+    "bad_zero_point_offset": (-0.5, "zero-point shift of the bad_zero_point_exposures, mag"),
+    "bad_seeing_exposures": ([], "indices (0-based, simulation order) of exposures whose PSF FWHM is multiplied "
+                                 "by bad_seeing_factor"),
+    "bad_seeing_factor": (1.6, "FWHM factor of the bad_seeing_exposures"),
     "filter": ("r.MP9602", "FILTER keyword"),
     "gain": (6.0, "e-/ADU of the calibrated (PHOTZP=30) pixel values"),
     "read_noise": (5.0, "read noise, e-"),
@@ -53,6 +64,14 @@ _BASE = {
     "star_mag_range": ([14.0, 24.0], "star magnitudes"),
     "star_count_slope": (0.2, "d log10 N / d mag of star counts"),
     "halo_mag": (17.0, "stars brighter than this get a halo and diffraction spikes"),
+    "variable_fraction": (0.0, "fraction of the stars that vary (VARIABLES stream; 0: none, the scene as before)"),
+    "transient_fraction": (0.3, "fraction of the variables that are transients (one Gaussian brightening in time); "
+                                "the others are periodic (a sinusoid in magnitude)"),
+    "variable_amplitude_range": ([0.05, 0.5], "semi-amplitude of a periodic variable, peak brightening of a "
+                                              "transient, mag (uniform)"),
+    "variable_period_range": ([0.2, 5.0], "period of the periodic variables, days (log-uniform)"),
+    "transient_width_range": ([0.3, 1.5], "Gaussian sigma in time of a transient, days (uniform); its peak is "
+                                          "uniform over the exposures' dates"),
     # galaxies
     "galaxy_density": (25.0, "galaxies per arcmin^2 over galaxy_mag_range"),
     "galaxy_mag_range": ([20.0, 25.5], "galaxy magnitudes"),
@@ -104,6 +123,33 @@ _PRESET_OVERRIDES = {
         "galaxy_mag_range": [20.0, 23.5],
         "ring": True,
         "deep_sky": False,
+    },
+    # Light curves and exposure quality (docs/lightcurves.md): the tiny geometry seen 8 times over 4 nights
+    # (2 exposures a night), zero points 29.9-30.1 and FWHM 0.6-0.85 arcsec varying between exposures,
+    # exposure index 3 under clouds (zero point -0.5 mag) and index 6 in bad seeing (FWHM x 1.6); 15% of
+    # the stars vary (periodic and transient). No star brighter than 17 (no halos: clean PSF stars).
+    "lightcurve": {
+        "tiles": ["244.252"],
+        "shear": [[0.02, 0.0]],
+        "tile_size": 900,
+        "tile_block_rows": 512,
+        "exposures_per_tile": 8,
+        "dither_arcsec": 10.0,
+        "ccd_rows": [2],
+        "ccd_nx": 512,
+        "ccd_ny": 1024,
+        "gap_x": 40,
+        "star_density": 40.0,
+        "star_mag_range": [17.0, 24.0],
+        "galaxy_density": 10.0,
+        "deep_sky": False,
+        "exposures_per_night": 2,
+        "night_gap_days": 1.0,
+        "zero_point_range": [29.9, 30.1],
+        "psf_fwhm_range": [0.6, 0.85],
+        "bad_zero_point_exposures": [3],
+        "bad_seeing_exposures": [6],
+        "variable_fraction": 0.15,
     },
     "cfis": {
         "tile_size": 10000,
@@ -200,6 +246,8 @@ def _coerce(name, value, default):
     if isinstance(default, list):
         if not isinstance(value, (list, tuple)):
             raise problem
+        if not default:  # an empty default list holds integers (exposure indices)
+            return [_coerce(name, v, 0) for v in value]
         if default and isinstance(default[0], list):
             return [[float(v) for v in item] for item in value]
         if default and isinstance(default[0], str):
@@ -260,6 +308,21 @@ def _check(params):
     n_exposures = len(params["tiles"]) * params["exposures_per_tile"]
     if not 1000000 <= params["first_exposure"] <= 10000000 - n_exposures:
         problems.append("simulate: 'first_exposure' must have 7 digits")
+    for name in ("bad_zero_point_exposures", "bad_seeing_exposures"):
+        if any(not 0 <= index < n_exposures for index in params[name]):
+            problems.append(f"simulate: {name!r} lists indices outside 0..{n_exposures - 1}")
+    if params["exposures_per_night"] < 0:
+        problems.append("simulate: 'exposures_per_night' must be 0 or more")
+    if not 0.0 <= params["variable_fraction"] <= 1.0 or not 0.0 <= params["transient_fraction"] <= 1.0:
+        problems.append("simulate: 'variable_fraction' and 'transient_fraction' must be in 0..1")
+    if params["bad_seeing_factor"] <= 0:
+        problems.append("simulate: 'bad_seeing_factor' must be positive")
+    for name in ("zero_point_range", "variable_amplitude_range", "variable_period_range", "transient_width_range"):
+        low, high = params[name]
+        if not low <= high:
+            problems.append(f"simulate: {name!r} must be non-decreasing")
+    if params["variable_period_range"][0] <= 0 or params["transient_width_range"][0] <= 0:
+        problems.append("simulate: periods and transient widths must be positive")
     for name in ("psf_fwhm_range", "star_mag_range", "galaxy_mag_range"):
         low, high = params[name]
         if not low < high:

@@ -249,13 +249,16 @@ def render_ccd(task):
     sub = {name: column[idx] for name, column in objects.items()}
     x, y, fwhm, e1, e2, radius = x[idx], y[idx], fwhm[idx], e1[idx], e2[idx], radius[idx]
     jac = local_jacobians(wcs, x, y)
+    # Zero point: objects and sky give 10^(0.4 (ZP - 30)) times their ADU at PHOTZP 30 (a transparency change).
+    scale = 10.0 ** (0.4 * (task.get("zero_point", 30.0) - 30.0))
+    drawn = sub if scale == 1.0 else dict(sub, flux=sub["flux"] * scale)
 
     gain = params["gain"]
     # Stars and galaxies apart: the galaxies' light and photons are added last,
     # so that everything else (and the saturation trails) ignores them.
     model = {True: np.zeros((ny, nx), np.float32), False: np.zeros((ny, nx), np.float32)}
     photons = {True: np.zeros((ny, nx), np.int32), False: np.zeros((ny, nx), np.int32)}
-    for i, rows, columns, stamp in draw_stamps(galsim.BoundsI(1, nx, 1, ny), sub, x, y, jac, fwhm, e1, e2, radius, params):
+    for i, rows, columns, stamp in draw_stamps(galsim.BoundsI(1, nx, 1, ny), drawn, x, y, jac, fwhm, e1, e2, radius, params):
         star = bool(sub["is_star"][i])
         rng = streams.stream(seed, streams.OBJECT_PHOTONS, *key, sub["id"][i])
         model[star][rows, columns] += stamp
@@ -265,7 +268,7 @@ def render_ccd(task):
     grad = streams.stream(seed, streams.SKY_GRADIENT, *key).normal(0.0, params["sky_gradient"], 2)
     gx = (np.arange(nx) + 0.5) / nx - 0.5
     gy = (np.arange(ny) + 0.5) / ny - 0.5
-    sky = sky_level(params) * (1.0 + grad[0] * gx[None, :] + grad[1] * gy[:, None])
+    sky = scale * sky_level(params) * (1.0 + grad[0] * gx[None, :] + grad[1] * gy[:, None])
     sky_photons = streams.stream(seed, streams.SKY_PHOTONS, *key).poisson(sky * gain)
     base = (sky_photons + photons[True]) / gain
     del sky_photons

@@ -21,9 +21,11 @@ import numpy as np
 # those the scene, PSF and pointings always used (their draws are unchanged).
 PSF = 1                 # per exposure: PSF polynomial coefficients
 POINTING = 2            # per exposure: dither jitter
+ZERO_POINT = 3          # per exposure: photometric zero point (transparency)
 STAR_SCENE = 10         # stars of the scene
 GALAXY_SCENE = 11       # galaxies of the scene
 PLACEMENT = 12          # new positions of objects moved to keep min_separation
+VARIABLES = 13          # which stars vary, and their light-curve parameters
 SKY_GRADIENT = 20       # per (exposure, CCD): linear sky gradient
 SKY_PHOTONS = 21        # per (exposure, CCD): Poisson noise of the sky
 OBJECT_PHOTONS = 22     # per (exposure, CCD, object id): Poisson noise of one object's stamp
@@ -35,9 +37,11 @@ TILE_NOISE = 30         # per (tile XXX, tile YYY, first row of the block): Gaus
 KEYS = {
     PSF: ("exposure",),
     POINTING: ("exposure",),
+    ZERO_POINT: ("exposure",),
     STAR_SCENE: (),
     GALAXY_SCENE: (),
     PLACEMENT: (),
+    VARIABLES: (),
     SKY_GRADIENT: ("exposure", "ccd"),
     SKY_PHOTONS: ("exposure", "ccd"),
     OBJECT_PHOTONS: ("exposure", "ccd", "object id"),
