@@ -168,3 +168,37 @@ def tiny_gold_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("gold_tiny_run")
     chain.run_chain(sim, root, chain.gold_folder(), log=lambda *args: None)
     return root / "output"
+
+
+#: Seed of the shared ``lightcurve`` simulation (tests/test_exposure_quality.py, tests/test_lightcurve.py).
+LIGHTCURVE_SEED = 7
+
+
+@pytest.fixture(scope="session")
+def lightcurve_sim(tmp_path_factory):
+    """Folder of one ``lightcurve`` simulation (8 exposures over 4 nights, variable stars)."""
+    from shapepipe_modules.simulate import simulate
+
+    out = tmp_path_factory.mktemp("lightcurve_sim")
+    return Path(simulate(preset="lightcurve", output_dir=out, seed=LIGHTCURVE_SEED, n_workers=2))
+
+
+@pytest.fixture(scope="session")
+def lightcurve_chain(lightcurve_sim, tmp_path_factory):
+    """The exposure chain (split, sextractor, psfex) and the tile catalogue of :func:`lightcurve_sim`."""
+    from lightcurve_chain import run_exposure_chain, run_tile_catalogue
+
+    work = tmp_path_factory.mktemp("lightcurve_chain")
+    chain = run_exposure_chain(lightcurve_sim, work)
+    chain["tile_catalogue"] = run_tile_catalogue(lightcurve_sim, chain["store"], work)
+    return chain
+
+
+@pytest.fixture(scope="session")
+def lightcurve_quality(lightcurve_sim, lightcurve_chain, tmp_path_factory):
+    """Output folder of exposure_quality on every CCD of :func:`lightcurve_chain`."""
+    from lightcurve_chain import run_quality
+
+    out = tmp_path_factory.mktemp("lightcurve_quality")
+    run_quality(lightcurve_sim, lightcurve_chain, out)
+    return out

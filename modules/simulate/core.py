@@ -31,6 +31,7 @@ TILE_TRUTH_COLUMNS = [
     "n_exposures",
 ]
 BRIGHT_STAR_MAG = 18.0
+REFERENCE_STAR_MAG = 22.5
 EXPOSURE_CONDITION_COLUMNS = ["exposure", "index", "tile", "mjd", "zero_point", "psf_fwhm0", "bad_zero_point",
                               "bad_seeing"]
 VARIABLE_TRUTH_COLUMNS = ["id", "ra", "dec", "mag", *VARIABLE_COLUMNS]
@@ -455,6 +456,11 @@ def _simulate(preset, output_dir, seed, n_workers, progress, overrides, extra_re
     # Catalogues for masking.
     bright = scene["is_star"] & (scene["mag"] < BRIGHT_STAR_MAG)
     _write_table(out / "catalogues" / "bright_stars.fits", {"ra": scene["ra"][bright], "dec": scene["dec"][bright], "mag": scene["mag"][bright]}, ["ra", "dec", "mag"])
+    # A photometric reference catalogue (as Gaia or Pan-STARRS would be): every star to mag 22.5, at its
+    # constant magnitude (a variable at its reference magnitude).
+    reference = scene["is_star"] & (scene["mag"] <= REFERENCE_STAR_MAG)
+    _write_table(out / "catalogues" / "reference_stars.fits", {"ra": scene["ra"][reference], "dec": scene["dec"][reference],
+                 "mag": scene["mag"][reference]}, ["ra", "dec", "mag"])
     deep = scene["is_deep_sky"]
     _write_table(out / "catalogues" / "deep_sky.fits", {
         "name": np.array([f"SIMGAL{int(i)}" for i in scene["id"][deep]], dtype="U16"),

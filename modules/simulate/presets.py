@@ -127,7 +127,8 @@ _PRESET_OVERRIDES = {
     # Light curves and exposure quality (docs/lightcurves.md): the tiny geometry seen 8 times over 4 nights
     # (2 exposures a night), zero points 29.9-30.1 and FWHM 0.6-0.85 arcsec varying between exposures,
     # exposure index 3 under clouds (zero point -0.5 mag) and index 6 in bad seeing (FWHM x 1.6); 15% of
-    # the stars vary (periodic and transient). No star brighter than 17 (no halos: clean PSF stars).
+    # the stars vary (periodic and transient). More stars, more of them bright (count slope 0.12: ~100
+    # stars brighter than 20.5 in the tile, to calibrate zero points); none brighter than 17 (no halos).
     "lightcurve": {
         "tiles": ["244.252"],
         "shear": [[0.02, 0.0]],
@@ -139,8 +140,9 @@ _PRESET_OVERRIDES = {
         "ccd_nx": 512,
         "ccd_ny": 1024,
         "gap_x": 40,
-        "star_density": 40.0,
+        "star_density": 50.0,
         "star_mag_range": [17.0, 24.0],
+        "star_count_slope": 0.12,
         "galaxy_density": 10.0,
         "deep_sky": False,
         "exposures_per_night": 2,

@@ -1,0 +1,1 @@
+"""Per-exposure, per-CCD quality table with outlier rules (``exposure_quality``)."""

@@ -1,0 +1,1 @@
+"""Forced photometry of tile objects on the single exposures (``forced_phot``)."""
