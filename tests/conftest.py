@@ -202,3 +202,14 @@ def lightcurve_quality(lightcurve_sim, lightcurve_chain, tmp_path_factory):
     out = tmp_path_factory.mktemp("lightcurve_quality")
     run_quality(lightcurve_sim, lightcurve_chain, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def lightcurve_forced(lightcurve_chain, lightcurve_quality, tmp_path_factory):
+    """forced_phot (quality zero points, exclusion list) and lightcurve on :func:`lightcurve_chain`:
+    ``(forced_phot path, lightcurve_stats path)``."""
+    from lightcurve_chain import run_forced_phot, run_lightcurve
+
+    out = tmp_path_factory.mktemp("lightcurve_forced")
+    forced = run_forced_phot(lightcurve_chain, lightcurve_quality, out)
+    return forced, run_lightcurve(forced, out)

@@ -111,3 +111,56 @@ def run_quality(sim_dir, chain, output_dir, **options):
 
     options.setdefault("REF_CATALOGUE", str(Path(sim_dir) / "catalogues" / "reference_stars.fits"))
     return run_serial_module(exposure_quality, quality_inputs(chain), output_dir, **options)
+
+
+def run_forced_phot(chain, quality_dir, output_dir, **options):
+    """forced_phot on the chain's tile catalogue; the output table path."""
+    from shapepipe_modules.forced_phot.runner import forced_phot
+
+    catalogue = Path(chain["tile_catalogue"])
+    number = catalogue.stem.removeprefix("sexcat")
+    if quality_dir is not None:
+        options.setdefault("QUALITY_TABLE", str(Path(quality_dir) / "exposure_quality-0000000.fits"))
+        options.setdefault("EXCLUDE_LIST", str(Path(quality_dir) / "exposure_exclude-0000000.txt"))
+    run_module(forced_phot, [catalogue], output_dir, number, ME_IMAGE_DIR=str(chain["split_dir"]),
+               ME_DOT_PSF_DIR=str(chain["psf_dir"]), **options)
+    return Path(output_dir) / f"forced_phot{number}.fits"
+
+
+def match_tile_truth(sim_dir, catalogue_path, radius_arcsec=0.5):
+    """Tile truth row of every tile-catalogue object (-1: none within the radius).
+
+    Returns
+    -------
+    number : ndarray
+        The catalogue's ``NUMBER``.
+    index : ndarray
+        Row in the tile truth, or -1.
+    truth : astropy.table.Table
+    """
+    from astropy.table import Table
+    from scipy.spatial import cKDTree
+
+    from shapepipe_modules.io.ldac import read_ldac
+
+    catalogue, _ = read_ldac(catalogue_path)
+    tile = (Path(sim_dir) / "tile_list.txt").read_text().split()[0]
+    truth = Table.read(Path(sim_dir) / "truth" / f"truth_tile-{tile.replace('.', '-')}.fits")
+    dec0 = np.radians(np.mean(truth["dec"]))
+
+    def plane(ra, dec):
+        return np.c_[np.asarray(ra) * np.cos(dec0), np.asarray(dec)] * 3600.0
+
+    distance, index = cKDTree(plane(truth["ra"], truth["dec"])).query(
+        plane(catalogue["XWIN_WORLD"], catalogue["YWIN_WORLD"]))
+    return np.asarray(catalogue["NUMBER"]), np.where(distance < radius_arcsec, index, -1), truth
+
+
+def run_lightcurve(forced_path, output_dir, **options):
+    """The lightcurve module on a forced_phot table; the statistics path."""
+    from shapepipe_modules.lightcurve.runner import lightcurve
+
+    forced_path = Path(forced_path)
+    number = forced_path.stem.removeprefix("forced_phot")
+    run_module(lightcurve, [forced_path], output_dir, number, **options)
+    return Path(output_dir) / f"lightcurve_stats{number}.fits"

@@ -13,7 +13,9 @@ square root of the flux's variance in the inverse normal matrix.
 The aperture flux is the sum of ``data - b`` over the pixels whose centres
 lie within ``aperture_radius`` of the position (masked pixels replaced by
 the fitted model); its variance sums the pixel variances and the
-background's.
+background's. Neighbours: the fitted models of the other objects are
+subtracted from each stamp and the fit repeated (see
+:func:`forced_photometry`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ FLAG_EDGE = 1        # the stamp runs off the CCD
 FLAG_MASKED = 2      # masked (zero-weight or flagged) pixels hold more than 5% of the PSF
 FLAG_NO_FIT = 4      # singular fit (no usable pixel)
 FLAG_NEGATIVE = 8    # PSF flux <= 0: no magnitude
+FLAG_BLENDED = 16    # another tile object within the blend radius (set by forced.measure_tile)
 MASKED_PSF_FRACTION = 0.05
 
 
@@ -56,13 +59,66 @@ def cut_stamps(array, x, y, size: int, fill=0.0):
     ok_r = (rows >= 0) & (rows < array.shape[0])
     ok_c = (cols >= 0) & (cols < array.shape[1])
     inside = ok_r[:, :, None] & ok_c[:, None, :]
+    if ok_r.all() and ok_c.all():  # the common case: no stamp runs off the array
+        return array[rows[:, :, None], cols[:, None, :]], inside
     stamps = array[np.clip(rows, 0, array.shape[0] - 1)[:, :, None], np.clip(cols, 0, array.shape[1] - 1)[:, None, :]]
     return np.where(inside, stamps, fill), inside
 
 
+def _fit(data, ivar, psf):
+    """Weighted least squares of ``F psf + b`` on every stamp: flux, background and their variances."""
+    a11 = np.einsum("nij,nij,nij->n", ivar, psf, psf)
+    a12 = np.einsum("nij,nij->n", ivar, psf)
+    a22 = ivar.sum(axis=(1, 2))
+    b1 = np.einsum("nij,nij,nij->n", ivar, psf, data)
+    b2 = np.einsum("nij,nij->n", ivar, data)
+    det = a11 * a22 - a12 * a12
+    ok = det > 0
+    safe = np.where(ok, det, 1.0)
+    flux = np.where(ok, (a22 * b1 - a12 * b2) / safe, np.nan)
+    bkg = np.where(ok, (a11 * b2 - a12 * b1) / safe, np.nan)
+    return flux, bkg, np.where(ok, a22 / safe, np.nan), np.where(ok, a11 / safe, np.nan), ok
+
+
+def overlapping_pairs(x, y, size: int):
+    """Directed pairs ``(i, j)`` of objects whose stamps overlap, and the offsets of ``j``'s stamp."""
+    from scipy.spatial import cKDTree
+
+    ix = np.rint(np.asarray(x, float)).astype(np.int64)
+    iy = np.rint(np.asarray(y, float)).astype(np.int64)
+    if ix.size < 2:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty, empty
+    pairs = cKDTree(np.c_[ix, iy]).query_pairs(size - 1 + 1e-6, p=np.inf, output_type="ndarray")
+    target = np.concatenate([pairs[:, 0], pairs[:, 1]])
+    source = np.concatenate([pairs[:, 1], pairs[:, 0]])
+    return target, source, ix[source] - ix[target], iy[source] - iy[target]
+
+
+def _neighbour_light(flux, psf, pairs, n):
+    """In each stamp, the fitted PSF models of the overlapping objects (their light to subtract)."""
+    target, source, shift_x, shift_y = pairs
+    size = psf.shape[1]
+    light = np.zeros((n, size, size))
+    if target.size == 0:
+        return light
+    index = np.arange(size)
+    rows = index[None, :] - shift_y[:, None]            # row of the source stamp seen at each target row
+    cols = index[None, :] - shift_x[:, None]
+    valid = ((rows >= 0) & (rows < size))[:, :, None] & ((cols >= 0) & (cols < size))[:, None, :]
+    gathered = psf[source[:, None, None], np.clip(rows, 0, size - 1)[:, :, None], np.clip(cols, 0, size - 1)[:, None, :]]
+    np.add.at(light, target, np.where(valid, gathered, 0.0) * np.nan_to_num(flux[source])[:, None, None])
+    return light
+
+
 def forced_photometry(image, weight, model, x, y, gain: float, stamp_size: int = 21, aperture_radius: float = 5.0,
-                      flag=None) -> dict:
+                      flag=None, deblend_iterations: int = 2) -> dict:
     """PSF-fit and aperture fluxes at FITS positions on one CCD.
+
+    Neighbours: after a first fit of every object alone, each object's stamp
+    has the fitted models of the other objects subtracted and is fitted
+    again (``deblend_iterations`` times; a Jacobi iteration of the joint
+    linear fit of all the point sources).
 
     Parameters
     ----------
@@ -71,7 +127,7 @@ def forced_photometry(image, weight, model, x, y, gain: float, stamp_size: int =
     model : PSFModel
         The CCD's PSF model (:func:`shapepipe_modules.io.psfex_file.read_psf`).
     x, y : array_like (n,)
-        1-based positions.
+        1-based positions of every object measured on the CCD.
     gain : float
         e-/ADU, for the objects' shot noise (<= 0: none).
     stamp_size : int
@@ -80,6 +136,8 @@ def forced_photometry(image, weight, model, x, y, gain: float, stamp_size: int =
         Pixels.
     flag : ndarray (ny, nx), optional
         Non-zero pixels are unusable.
+    deblend_iterations : int
+        Refits with the neighbours' models subtracted (0: each object alone).
 
     Returns
     -------
@@ -103,39 +161,36 @@ def forced_photometry(image, weight, model, x, y, gain: float, stamp_size: int =
     psf = model.evaluate(x, y, size=size, centre=(dx, dy), normalise=False)
     psf /= model_total(model, x, y)[:, None, None]
 
-    variance_bkg = np.where(w > 0, 1.0 / np.where(w > 0, w, 1.0), 0.0)
-    ivar = w
-    flux = np.zeros(n)
-    for iteration in range(2):
-        a11 = np.einsum("nij,nij,nij->n", ivar, psf, psf)
-        a12 = np.einsum("nij,nij->n", ivar, psf)
-        a22 = ivar.sum(axis=(1, 2))
-        b1 = np.einsum("nij,nij,nij->n", ivar, psf, data)
-        b2 = np.einsum("nij,nij->n", ivar, data)
-        det = a11 * a22 - a12 * a12
-        ok = det > 0
-        safe = np.where(ok, det, 1.0)
-        flux = np.where(ok, (a22 * b1 - a12 * b2) / safe, np.nan)
-        bkg = np.where(ok, (a11 * b2 - a12 * b1) / safe, np.nan)
-        if iteration == 0 and gain > 0:
-            # Add the object's shot noise to the variance (the fitted model, never negative).
-            source = np.maximum(np.nan_to_num(flux)[:, None, None] * psf, 0.0) / gain
-            with np.errstate(divide="ignore"):
-                ivar = np.where(w > 0, 1.0 / (variance_bkg + source), 0.0)
-        else:
+    usable = w > 0
+    variance_bkg = np.where(usable, 1.0 / np.where(usable, w, 1.0), 0.0)
+    flux, bkg, flux_var, bkg_var, ok = _fit(data, w, psf)
+    neighbours = np.zeros_like(data)
+    pairs = overlapping_pairs(x, y, size) if deblend_iterations > 0 else (np.zeros(0, np.int64),) * 4
+    crowded = np.unique(pairs[0])  # only objects with an overlapping stamp are refitted
+    for _ in range(max(int(deblend_iterations), 0)):
+        if crowded.size == 0:
             break
-    flux_var = np.where(ok, a22 / safe, np.nan)
-    bkg_var = np.where(ok, a11 / safe, np.nan)
+        neighbours = np.where(usable, _neighbour_light(flux, psf, pairs, n), 0.0)
+        refit = _fit(data[crowded] - neighbours[crowded], w[crowded], psf[crowded])
+        for array, value in zip((flux, bkg, flux_var, bkg_var, ok), refit):
+            array[crowded] = value
+    ivar = w
+    if gain > 0:
+        # Once more with the object's own shot noise in the variance (the fitted model, never negative).
+        source = np.maximum(np.nan_to_num(flux)[:, None, None] * psf, 0.0) / gain
+        with np.errstate(divide="ignore"):
+            ivar = np.where(usable, 1.0 / (variance_bkg + source), 0.0)
+        flux, bkg, flux_var, bkg_var, ok = _fit(data - neighbours, ivar, psf)
+    clean = data - neighbours
     fitted = np.nan_to_num(flux)[:, None, None] * psf + np.nan_to_num(bkg)[:, None, None]
-    n_pix = (ivar > 0).sum(axis=(1, 2))
-    chi2 = np.einsum("nij,nij->n", ivar, (data - fitted) ** 2) / np.maximum(n_pix - 2, 1)
+    n_pix = usable.sum(axis=(1, 2))
+    chi2 = np.einsum("nij,nij->n", ivar, (clean - fitted) ** 2) / np.maximum(n_pix - 2, 1)
 
-    # Aperture: pixel centres within the radius of the position; masked pixels take the model.
+    # Aperture (neighbours subtracted): pixel centres within the radius; masked pixels take the model.
     offsets = np.arange(size) - size // 2
     r2 = (offsets[None, None, :] - dx[:, None, None]) ** 2 + (offsets[None, :, None] - dy[:, None, None]) ** 2
     aperture = r2 <= aperture_radius**2
-    usable = ivar > 0
-    filled = np.where(usable, data, fitted)
+    filled = np.where(usable, clean, fitted)
     flux_aper = np.where(aperture, filled - np.nan_to_num(bkg)[:, None, None], 0.0).sum(axis=(1, 2))
     pixel_var = np.where(usable, 1.0 / np.where(usable, ivar, 1.0), 0.0)
     n_aper = aperture.sum(axis=(1, 2))
