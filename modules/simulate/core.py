@@ -310,6 +310,11 @@ def _simulate(preset, output_dir, seed, n_workers, progress, overrides, extra_re
     ra_ref = cfis.tile_centre(*tiles[0])[0]
     box = _sky_box(np.concatenate([p[0] for p in sky_points]), np.concatenate([p[1] for p in sky_points]), ra_ref, 10.0 / 3600.0)
     scene = make_scene(params, seed, box)
+    # The cluster's truth column, only when there is a cluster (other simulations keep their files).
+    extra_columns = ["cluster_role"] if "cluster_role" in scene else []
+    object_columns = _OBJECT_COLUMNS + tuple(extra_columns)
+    exposure_truth_columns = EXPOSURE_TRUTH_COLUMNS + extra_columns
+    tile_truth_columns = TILE_TRUTH_COLUMNS + extra_columns
     bound = stamp_radius(scene, np.full(scene["ra"].size, params["psf_fwhm_range"][1] * 1.2), params, 1.0)
 
     psf_models = {p["exposure"]: draw_exposure_psf(params, seed, p["exposure"]) for p in pointings}
@@ -336,7 +341,7 @@ def _simulate(preset, output_dir, seed, n_workers, progress, overrides, extra_re
                 "params": params, "seed": seed, "exposure": p["exposure"], "ccd": k, "mjd": mjd,
                 "wcs_cards": ccd_cards[(p["exposure"], k)], "psf_model": psf_models[p["exposure"]],
                 "half_extent": mosaic.half_extent, "focal_x0": mosaic.x0[k], "focal_y0": mosaic.y0[k],
-                "objects": {name: scene[name][idx] for name in _OBJECT_COLUMNS},
+                "objects": {name: scene[name][idx] for name in object_columns},
             })
     truths = _run_parallel(_ccd_job, tasks, work_dir, n_workers, "exposure CCDs", progress)
 
@@ -369,8 +374,8 @@ def _simulate(preset, output_dir, seed, n_workers, progress, overrides, extra_re
                     with open(work_dir / f"{p['exposure']}-{k:03d}.{kind}", "rb") as part:
                         shutil.copyfileobj(part, handle)
         parts = [truths[p["index"] * mosaic.n_ccd + k] for k in range(mosaic.n_ccd)]
-        columns = _concat(parts, EXPOSURE_TRUTH_COLUMNS)
-        _write_table(out / "truth" / f"truth_exp-{number}.fits", columns, EXPOSURE_TRUTH_COLUMNS)
+        columns = _concat(parts, exposure_truth_columns)
+        _write_table(out / "truth" / f"truth_exp-{number}.fits", columns, exposure_truth_columns)
 
     # Tiles, one task per block of rows.
     tile_psf = {}
@@ -388,7 +393,7 @@ def _simulate(preset, output_dir, seed, n_workers, progress, overrides, extra_re
         ra0, dec0 = cfis.tile_centre(*t)
         half = n / 2.0 + 0.5
         idx = _candidates(scene, bound, ra0, dec0, (-half, half), (-half, half), scale)
-        objects = {name: scene[name][idx] for name in _OBJECT_COLUMNS}
+        objects = {name: scene[name][idx] for name in object_columns}
         exposure_ccds = [[ccd_cards[(e, k)] for k in overlaps[t_index][e]] for e in contributing]
         for row0 in range(0, n, params["tile_block_rows"]):
             tile_tasks.append({
@@ -426,8 +431,8 @@ def _simulate(preset, output_dir, seed, n_workers, progress, overrides, extra_re
             handle.write(hdu_bytes(compressed))
         del weight, compressed
         parts = [tile_truths[i] for i, task in enumerate(tile_tasks) if task["tile_index"] == t_index]
-        columns = _concat(parts, TILE_TRUTH_COLUMNS)
-        _write_table(out / "truth" / f"truth_tile-{cfis.tile_id(*t, sep='-')}.fits", columns, TILE_TRUTH_COLUMNS)
+        columns = _concat(parts, tile_truth_columns)
+        _write_table(out / "truth" / f"truth_tile-{cfis.tile_id(*t, sep='-')}.fits", columns, tile_truth_columns)
 
     # Catalogues for masking.
     bright = scene["is_star"] & (scene["mag"] < BRIGHT_STAR_MAG)

@@ -281,6 +281,13 @@ def make_scene(params, seed: int, box) -> dict:
         for name, value in extra.items():
             columns[name] = np.append(columns[name], value)
 
+    if params.get("cluster", False):
+        from . import cluster
+
+        columns["cluster_role"] = np.zeros(columns["ra"].size, np.int16)
+        for name, value in cluster.cluster_objects(params, seed).items():
+            columns[name] = np.append(columns[name], value).astype(columns[name].dtype)
+
     n = columns["ra"].size
     columns["id"] = np.arange(1, n + 1, dtype=np.int64)
     columns["flux"] = mag_to_flux(columns["mag"])
@@ -300,6 +307,12 @@ def make_scene(params, seed: int, box) -> dict:
     for (tx, ty), (s1, s2) in shear_of_tile.items():
         inside = galaxy & (xxx == tx) & (yyy == ty)
         g1[inside], g2[inside] = s1, s2
+    if params.get("cluster", False):
+        # Every galaxy but the cluster's own lies behind it (docs/crowded.md): the NFW shear adds to the tile's.
+        behind = galaxy & (columns["cluster_role"] == cluster.ROLE_FIELD)
+        n1, n2 = cluster.background_shear(params, columns["ra"][behind], columns["dec"][behind])
+        g1[behind] += n1
+        g2[behind] += n2
     columns["g1"], columns["g2"] = g1, g2
     return columns
 
