@@ -93,6 +93,19 @@ OPTIONS = (
            file_name="log_exp_headers.sqlite"),
     Option("WORLD_POSITION", "list", ["XWIN_WORLD", "YWIN_WORLD"],
            "MAKE_POST_PROCESS: catalogue columns of RA and Dec (deg)."),
+    Option("PASSES", "name_list", [], "Detection passes in one job (crowded fields; docs/crowded.md), e.g. "
+           "HOT, COLD: each extracts with its own .sex settings (PASS_DOT_SEX_FILES, PASS_SETTINGS); every "
+           "object of the first pass is kept, an object of a later pass only when its centre lies outside the "
+           "scaled Kron ellipse of every object kept before (PASS_ELLIPSE_SCALE). The catalogue has the usual "
+           "columns plus PASS (1-based index; header keys PASS1, PASS2... hold the names). Check images and "
+           "background residuals are those of the first pass. Empty: one pass, as before."),
+    Option("PASS_DOT_SEX_FILES", "list", [], "One .sex file per pass, in PASSES order ('-': DOT_SEX_FILE); "
+           "empty: DOT_SEX_FILE for every pass."),
+    Option("PASS_SETTINGS", "list", [], "One entry per pass, in PASSES order: space-separated KEY=VALUE .sex "
+           "settings overriding that pass's file, e.g. DETECT_THRESH=5 DEBLEND_MINCONT=0.05 ('-': none; "
+           "values with commas need their own .sex file)."),
+    Option("PASS_ELLIPSE_SCALE", "float", 1.0, "Join of the passes: factor on the ellipse KRON_RADIUS x "
+           "(A_IMAGE, B_IMAGE) of each kept object inside which a later pass's object is a duplicate."),
     Option("CCD_SIZE", "float_list", [33.0, 2080.0, 1.0, 4612.0],
            "MAKE_POST_PROCESS: usable pixel range of a CCD, xmin, xmax, ymin, ymax (0-based pixel "
            "coordinates, bounds excluded, as ShapePipe)."),
@@ -178,6 +191,8 @@ def validate(options) -> list[str]:
         if len(size) != 4 or not (size[0] < size[1] and size[2] < size[3]):
             problems.append(f"CCD_SIZE needs xmin, xmax, ymin, ymax with xmin < xmax and ymin < ymax, "
                             f"got {', '.join(map(str, size)) or 'nothing'}")
+    if options.get("PASSES"):
+        problems += _validate_passes(options, engine)
     if engine == "sep" and parameters:
         unsupported = unsupported_parameters(parameters)
         if unsupported:
@@ -192,6 +207,116 @@ def validate(options) -> list[str]:
             if not settings.phot_apertures:
                 problems.append(f"DOT_SEX_FILE {options['DOT_SEX_FILE']}: PHOT_APERTURES is empty")
     return problems
+
+
+def pass_sex_settings(options) -> list[tuple[str, str, dict]]:
+    """``(name, .sex file, overrides)`` of each pass of ``PASSES``.
+
+    Raises
+    ------
+    ConfigFileError
+        Lists of the wrong length or a bad PASS_SETTINGS entry (named).
+    """
+    from .config_files import ConfigFileError
+    from .passes import parse_pass_settings
+
+    names = [str(n) for n in options.get("PASSES") or []]
+    files = list(options.get("PASS_DOT_SEX_FILES") or [])
+    settings = list(options.get("PASS_SETTINGS") or [])
+    for key, values in (("PASS_DOT_SEX_FILES", files), ("PASS_SETTINGS", settings)):
+        if values and len(values) != len(names):
+            raise ConfigFileError(f"{key} has {len(values)} entries for {len(names)} PASSES ({', '.join(names)})")
+    out = []
+    for i, name in enumerate(names):
+        path = files[i] if files and files[i].strip() not in ("", "-") else options["DOT_SEX_FILE"]
+        overrides = parse_pass_settings(settings[i] if settings else "", f"PASS_SETTINGS entry {i + 1} ({name})")
+        out.append((name, str(path), overrides))
+    return out
+
+
+def _validate_passes(options, engine) -> list[str]:
+    from pathlib import Path
+
+    from .config_files import ConfigFileError, ExtractionSettings, read_dot_sex
+
+    problems = []
+    names = [str(n).upper() for n in options.get("PASSES") or []]
+    if len(set(names)) != len(names):
+        problems.append(f"PASSES: names must differ, got {', '.join(names)}")
+    if not options.get("PASS_ELLIPSE_SCALE", 1.0) > 0:
+        problems.append(f"PASS_ELLIPSE_SCALE must be positive, got {options.get('PASS_ELLIPSE_SCALE')}")
+    try:
+        passes = pass_sex_settings(options)
+    except ConfigFileError as error:
+        return problems + [str(error)]
+    for name, path, overrides in passes:
+        if not Path(path).is_file():
+            problems.append(f"PASS_DOT_SEX_FILES: pass {name}: no file {path}")
+            continue
+        try:
+            settings = read_dot_sex(path)
+            settings.update(overrides)
+            ExtractionSettings.from_dot_sex(settings, f"{path} with PASS_SETTINGS of pass {name}")
+        except ConfigFileError as error:
+            problems.append(f"pass {name}: {error}")
+    return problems
+
+
+def _run_passes(job, run, paths, settings_files, zero_point, background_value, check_images, report=None):
+    """Extract every pass of PASSES, join them (:func:`.passes.join_passes`), write the catalogue.
+
+    Returns what the engine functions return: the residual pixels, check
+    images and the report are those of the first pass; the timings add up
+    the passes and the join (``join``), with ``pass_<name>`` per pass.
+    """
+    import tempfile
+    import time
+
+    from shapepipe_modules.io.ldac import read_ldac, write_ldac
+
+    from .config_files import ConfigFileError, read_dot_param
+    from .passes import join_passes, with_join_columns, write_pass_sex
+
+    dot_sex, dot_param, dot_conv = settings_files
+    try:
+        passes = pass_sex_settings(job.options)
+        parameters, added = with_join_columns(read_dot_param(dot_param))
+    except ConfigFileError as error:
+        raise JobError(str(error)) from error
+    timings: dict = {}
+    tables, residual, header = [], None, None
+    with tempfile.TemporaryDirectory(prefix="sextractor_passes_") as scratch:
+        scratch = Path(scratch)
+        param_path = scratch / "passes.param"
+        param_path.write_text("".join(f"{p}\n" for p in parameters))
+        for index, (name, sex_path, overrides) in enumerate(passes):
+            pass_sex = scratch / f"pass{index + 1}.sex"
+            write_pass_sex(sex_path, overrides, pass_sex)
+            first = index == 0
+            catalogue, pass_residual, _, pass_timings = run(
+                job, paths, (pass_sex, param_path, dot_conv), zero_point, background_value,
+                check_images if first else [], report=report if first else None,
+                catalogue=scratch / f"pass{index + 1}_cat.fits", residual=first)
+            if first:
+                residual = pass_residual
+            for step, seconds in pass_timings.items():
+                timings[step] = timings.get(step, 0.0) + seconds
+            timings[f"pass_{name}"] = sum(v for k, v in pass_timings.items() if k != "extraction_cpu")
+            table, pass_header = read_ldac(catalogue)
+            header = header if header is not None else pass_header
+            tables.append(table)
+        clock, cpu = time.perf_counter(), time.process_time()
+        joined = join_passes(tables, float(job.options.get("PASS_ELLIPSE_SCALE", 1.0)))
+        joined.remove_columns(added)
+        header["NPASS"] = (len(passes), "detection passes joined (sextractor PASSES)")
+        for index, (name, _, _) in enumerate(passes, start=1):
+            header[f"PASS{index}"] = (name, f"name of pass {index} (PASS column)")
+            header[f"NPASS{index}"] = (int((joined["PASS"] == index).sum()), f"objects kept from pass {index}")
+        output = job.output_path(job_names(job)["catalogue"])
+        write_ldac(output, joined, header)
+        timings["join"] = time.perf_counter() - clock
+        timings["extraction_cpu"] = timings.get("extraction_cpu", 0.0) + time.process_time() - cpu
+    return output, residual, len(joined), timings
 
 
 def _read_image(path, dtype=None):
@@ -310,8 +435,12 @@ def _plain_copies(paths: dict, scratch: Path) -> dict:
     return plain
 
 
-def _run_sep(job, paths, settings_files, zero_point, background_value, check_images, report=None):
-    """Run the sep engine; return (catalogue path, residual pixels, number of objects, timings)."""
+def _run_sep(job, paths, settings_files, zero_point, background_value, check_images, report=None,
+             catalogue=None, residual=True):
+    """Run the sep engine; return (catalogue path, residual pixels, number of objects, timings).
+
+    ``catalogue``: output path (default: the job's catalogue name).
+    """
     import time
 
     import functools
@@ -370,7 +499,7 @@ def _run_sep(job, paths, settings_files, zero_point, background_value, check_ima
         # for the comment, and astropy would warn and truncate it anyway.
         room = max(0, 80 - 33 - max(0, len(str(value)) - 20))
         image_header[key] = (value, comment[:room])
-    catalogue = job.output_path(job_names(job)["catalogue"])
+    catalogue = job.output_path(job_names(job)["catalogue"]) if catalogue is None else catalogue
     write_ldac(catalogue, result.table, image_header)
     check_data = {
         "BACKGROUND": lambda: result.background,
@@ -388,8 +517,12 @@ def _run_sep(job, paths, settings_files, zero_point, background_value, check_ima
     return catalogue, result.residual, len(result.table), timings
 
 
-def _run_binary(job, paths, settings_files, zero_point, background_value, check_images, report=None):
-    """Run the SExtractor binary; return (catalogue path, residual pixels, number of objects, timings)."""
+def _run_binary(job, paths, settings_files, zero_point, background_value, check_images, report=None,
+                catalogue=None, residual=True):
+    """Run the SExtractor binary; return (catalogue path, residual pixels, number of objects, timings).
+
+    ``catalogue``: output path (default: the job's catalogue name); ``residual``: compute the residual pixels.
+    """
     import tempfile
     import time
 
@@ -401,7 +534,7 @@ def _run_binary(job, paths, settings_files, zero_point, background_value, check_
 
     dot_sex, dot_param, dot_conv = settings_files
     names = job_names(job)
-    catalogue = job.output_path(names["catalogue"])
+    catalogue = job.output_path(names["catalogue"]) if catalogue is None else catalogue
     weight_type = None
     if "weight" in paths:
         declared = read_dot_sex(dot_sex).get("WEIGHT_TYPE", "NONE").split(",")[0].strip().upper()
@@ -410,7 +543,7 @@ def _run_binary(job, paths, settings_files, zero_point, background_value, check_
     with tempfile.TemporaryDirectory(prefix="sextractor_") as scratch:
         paths = _plain_copies(paths, Path(scratch))
         wanted = {kind: job.output_path(_check_name(names["prefix"], kind, job.number)) for kind in check_images}
-        want_residual = job.options.get("BKG_RESIDUAL", True)
+        want_residual = job.options.get("BKG_RESIDUAL", True) and residual
         if want_residual:
             for kind in ("BACKGROUND", "SEGMENTATION"):
                 wanted.setdefault(kind, Path(scratch) / f"{kind.lower()}.fits")
@@ -500,6 +633,8 @@ def write_catalogue(job, report=None):
     check_images = [c.strip().upper() for c in options.get("CHECKIMAGE", []) or [] if c.strip()]
     settings_files = (options["DOT_SEX_FILE"], options["DOT_PARAM_FILE"], options["DOT_CONV_FILE"])
     run = _run_binary if options.get("ENGINE", "sep") == "sextractor" else _run_sep
+    if options.get("PASSES"):
+        return _run_passes(job, run, paths, settings_files, zero_point, background_value, check_images, report)
     return run(job, paths, settings_files, zero_point, background_value, check_images, report=report)
 
 
@@ -553,7 +688,7 @@ def sextractor(job):
     job.logger.info("%s: %d objects; seconds per step: %s", catalogue.name, n_objects,
                     ", ".join(f"{step} {seconds:.2f}" for step, seconds in timings.items()))
     # From the input files to the catalogue file, for both engines.
-    steps = ("read", "background", "detection", "measurement", "table", "write", "extraction")
+    steps = ("read", "background", "detection", "measurement", "table", "write", "extraction", "join")
     summary = {"n_objects": int(n_objects),
                "extraction_seconds": round(sum(timings.get(step, 0.0) for step in steps), 4),
                "extraction_cpu_seconds": round(timings.get("extraction_cpu", 0.0), 4)}

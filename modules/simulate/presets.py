@@ -124,7 +124,8 @@ _PRESET_OVERRIDES = {
     },
     # A galaxy cluster at the centre of one small tile covered by one CCD per exposure (docs/crowded.md):
     # tests and benchmarks of crowded-field detection, object masks and local sky. No tile shear: the
-    # galaxies behind the cluster carry its NFW tangential shear only.
+    # galaxies behind the cluster carry its NFW tangential shear only. Background galaxies down to 24.5, the
+    # tile's detection limit (two exposures), 60 per arcmin^2: about 45 within 30 arcsec of the centre.
     "cluster": {
         "tiles": ["244.252"],
         "shear": [[0.0, 0.0]],
@@ -136,7 +137,8 @@ _PRESET_OVERRIDES = {
         "ccd_nx": 1024,
         "ccd_ny": 1024,
         "star_density": 15.0,
-        "galaxy_density": 40.0,
+        "galaxy_density": 60.0,
+        "galaxy_mag_range": [21.0, 24.5],
         "deep_sky": False,
         "cluster": True,
     },

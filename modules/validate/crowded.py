@@ -1,0 +1,90 @@
+"""Scores of a detection catalogue of the simulated cluster against its truth (docs/crowded.md).
+
+Each detection is given to the truth object nearest to it in units of that
+object's size, ``distance / (hlr + 0.3 arcsec)`` (stars: hlr 0), when that
+ratio is below ``max_ratio``: a fragment of a large member a few arcsec from
+its centre belongs to the member, a faint galaxy on the member's wing to
+itself. A member is whole when exactly one detection belongs to it; a truth
+object is duplicated when more than one does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SIZE_FLOOR_ARCSEC = 0.3
+
+
+def assign_detections(det_x, det_y, truth, pixel_scale, max_ratio=2.0):
+    """Index of the truth row each detection belongs to (-1: none).
+
+    Parameters
+    ----------
+    det_x, det_y : array
+        Detection positions (pixels, same frame as ``truth['x'], truth['y']``).
+    truth : table-like
+        Columns ``x, y, hlr`` (hlr in arcsec).
+    pixel_scale : float
+        Arcsec per pixel.
+    """
+    from scipy.spatial import cKDTree
+
+    tx, ty = np.asarray(truth["x"], float), np.asarray(truth["y"], float)
+    size = (np.asarray(truth["hlr"], float) + SIZE_FLOOR_ARCSEC) / pixel_scale
+    det = np.column_stack([np.asarray(det_x, float), np.asarray(det_y, float)])
+    owner = np.full(len(det), -1)
+    if not len(det) or not tx.size:
+        return owner
+    # Candidates within the largest reach; then the smallest size-scaled distance.
+    reach = max_ratio * size.max()
+    neighbours = cKDTree(np.column_stack([tx, ty])).query_ball_point(det, r=reach)
+    for i, candidates in enumerate(neighbours):
+        if not candidates:
+            continue
+        c = np.asarray(candidates)
+        ratio = np.hypot(tx[c] - det[i, 0], ty[c] - det[i, 1]) / size[c]
+        best = np.argmin(ratio)
+        if ratio[best] < max_ratio:
+            owner[i] = c[best]
+    return owner
+
+
+def detections_per_truth(owner, n_truth):
+    """Number of detections belonging to each truth row."""
+    return np.bincount(owner[owner >= 0], minlength=n_truth)
+
+
+def cluster_scores(det_x, det_y, truth, centre_xy, pixel_scale, radius_arcsec=30.0):
+    """Completeness, duplicates and shredding of one catalogue on the cluster tile.
+
+    Returns
+    -------
+    dict
+        ``n_background`` (background galaxies within ``radius_arcsec`` of
+        the centre), ``background_found`` (fraction with >= 1 detection),
+        ``background_duplicated`` (number with > 1), ``n_members``,
+        ``members_whole`` (fraction with exactly 1), ``members_shredded``
+        (number with > 1), ``duplicated_truth`` (any truth row with > 1),
+        ``n_detections``, ``unassigned``.
+    """
+    from shapepipe_modules.simulate.cluster import ROLE_FIELD, ROLE_ICL, ROLE_MEMBER
+
+    # The intracluster light is no object to detect: its size would claim every fragment near the centre.
+    truth = truth[np.asarray(truth["cluster_role"]) != ROLE_ICL]
+    owner = assign_detections(det_x, det_y, truth, pixel_scale)
+    counts = detections_per_truth(owner, len(truth))
+    role = np.asarray(truth["cluster_role"])
+    r = np.hypot(np.asarray(truth["x"]) - centre_xy[0], np.asarray(truth["y"]) - centre_xy[1]) * pixel_scale
+    background = (role == ROLE_FIELD) & ~np.asarray(truth["is_star"], bool) & (r < radius_arcsec)
+    members = role == ROLE_MEMBER
+    return {
+        "n_background": int(background.sum()),
+        "background_found": float(np.mean(counts[background] >= 1)) if background.any() else float("nan"),
+        "background_duplicated": int(np.sum(counts[background] > 1)),
+        "n_members": int(members.sum()),
+        "members_whole": float(np.mean(counts[members] == 1)),
+        "members_shredded": int(np.sum(counts[members] > 1)),
+        "duplicated_truth": int(np.sum(counts > 1)),
+        "n_detections": int(len(owner)),
+        "unassigned": int(np.sum(owner < 0)),
+    }
