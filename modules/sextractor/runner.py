@@ -106,6 +106,35 @@ OPTIONS = (
            "values with commas need their own .sex file)."),
     Option("PASS_ELLIPSE_SCALE", "float", 1.0, "Join of the passes: factor on the ellipse KRON_RADIUS x "
            "(A_IMAGE, B_IMAGE) of each kept object inside which a later pass's object is a duplicate."),
+    Option("OBJECT_MASK", "bool", False, "Write objmask<number>.fits: int32 image with each object's ellipse "
+           "(MASK_SCALE x KRON_RADIUS x (A, B) + MASK_OFFSET; KRON_RADIUS 3.5 when not a column) filled with "
+           "its NUMBER, larger objects first, saturated-star regions -1 (SATURATION_REGIONS)."),
+    Option("MASK_SCALE", "float", 1.0, "Object mask, local sky and regions: factor on KRON_RADIUS x (A, B)."),
+    Option("MASK_OFFSET", "float", 2.0, "Object mask, local sky and regions: pixels added to both semi-axes."),
+    Option("SATURATION_REGIONS", "bool", False, "Write satmask<number>.fits (uint8, 1 in a saturated star's "
+           "box over its core and bleed trail and circle on its core) and satstars<number>.reg (ds9), from "
+           "pixels at the saturation level (the SATUR_KEY header key, else SATUR_LEVEL), the flag bits "
+           "SATURATION_FLAG_BITS and the catalogue (FLAGS bit 4 gives the centre)."),
+    Option("SATURATION_FLAG_BITS", "int", 0, "Bits of the flag image marking saturated pixels (the simulator: "
+           "4); 0: the saturation level only."),
+    Option("SATURATION_RADIUS_SCALE", "float", 1.5, "Saturated regions: circle radius in half widths of the "
+           "saturated core (its widest row)."),
+    Option("SATURATION_PAD", "float", 3.0, "Saturated regions: pixels added around boxes and circles."),
+    Option("LOCAL_SKY", "bool", False, "Add BKG_LOCAL, BKG_LOCAL_STD (rms of the sky pixels used) and "
+           "BKG_METHOD (1 RING, 2 BOXES, 0 none converged: values NaN) to the catalogue, measured on the input "
+           "image skipping every object's mask ellipse, saturated regions and zero weights."),
+    Option("LOCAL_SKY_METHODS", "list", ["RING", "BOXES"], "Local-sky methods in the order tried: RING "
+           "(elliptical rings growing until the mean stops falling), BOXES (random unmasked boxes)."),
+    Option("LOCAL_SKY_RADIUS", "float", 150.0, "Local sky: farthest ring or box from the object, pixels."),
+    Option("LOCAL_SKY_RING_WIDTH", "float", 3.0, "Local sky: ring width, pixels."),
+    Option("LOCAL_SKY_BOX_SIZE", "int", 9, "Local sky: random box side, pixels."),
+    Option("REGIONS", "bool", False, "Write <catalogue name>.reg: a ds9 ellipse per object (the mask "
+           "ellipse), labelled with its NUMBER."),
+    Option("REGIONS_SELECTION", "list", [], "REGIONS: SETools comparisons (AND-ed) choosing the objects, e.g. "
+           "MAG_AUTO < 24, FLAGS == 0."),
+    Option("REGIONS_COLOR_BY", "str", "", "REGIONS: integer column colouring the ellipses (e.g. PASS)."),
+    Option("REGIONS_COLOR_MODE", "choice", "class", "REGIONS: class (one colour per value) or flag (red when "
+           "non-zero).", choices=("class", "flag")),
     Option("CCD_SIZE", "float_list", [33.0, 2080.0, 1.0, 4612.0],
            "MAKE_POST_PROCESS: usable pixel range of a CCD, xmin, xmax, ymin, ymax (0-based pixel "
            "coordinates, bounds excluded, as ShapePipe)."),
@@ -193,6 +222,19 @@ def validate(options) -> list[str]:
                             f"got {', '.join(map(str, size)) or 'nothing'}")
     if options.get("PASSES"):
         problems += _validate_passes(options, engine)
+    for method in options.get("LOCAL_SKY_METHODS") or []:
+        if method.strip().upper() not in ("RING", "BOXES"):
+            problems.append(f"LOCAL_SKY_METHODS: unknown method {method!r} (RING, BOXES)")
+    if options.get("LOCAL_SKY") and not options.get("LOCAL_SKY_METHODS"):
+        problems.append("LOCAL_SKY = True needs at least one LOCAL_SKY_METHODS entry")
+    if options.get("REGIONS"):
+        from shapepipe_modules.setools.language import SetoolsError, parse
+
+        for line in options.get("REGIONS_SELECTION") or []:
+            try:
+                parse(line, allow_compare=True)
+            except SetoolsError as error:
+                problems.append(f"REGIONS_SELECTION {line!r}: {error}")
     if engine == "sep" and parameters:
         unsupported = unsupported_parameters(parameters)
         if unsupported:
@@ -682,13 +724,16 @@ def sextractor(job):
 
     report: dict = {}
     catalogue, residual, n_objects, timings = write_catalogue(job, report)
+    if any(job.options.get(key) for key in ("OBJECT_MASK", "SATURATION_REGIONS", "LOCAL_SKY", "REGIONS")):
+        report.update(_crowded_products(job, catalogue, timings))
     epochs = None
     if job.options.get("MAKE_POST_PROCESS", False):
         epochs = _post_process(job, catalogue)
     job.logger.info("%s: %d objects; seconds per step: %s", catalogue.name, n_objects,
                     ", ".join(f"{step} {seconds:.2f}" for step, seconds in timings.items()))
     # From the input files to the catalogue file, for both engines.
-    steps = ("read", "background", "detection", "measurement", "table", "write", "extraction", "join")
+    steps = ("read", "background", "detection", "measurement", "table", "write", "extraction", "join",
+             "saturation", "object_mask", "local_sky", "regions")
     summary = {"n_objects": int(n_objects),
                "extraction_seconds": round(sum(timings.get(step, 0.0) for step in steps), 4),
                "extraction_cpu_seconds": round(timings.get("extraction_cpu", 0.0), 4)}
@@ -709,6 +754,85 @@ def sextractor(job):
         summary["n_epochs"] = len(epochs.exposures)
         summary["n_exposures_unavailable"] = len(epochs.unavailable)
     return summary
+
+
+def _crowded_products(job, catalogue, timings) -> dict:
+    """Saturated regions, object mask, local sky and ds9 regions of one catalogue (docs/crowded.md)."""
+    import time
+
+    import numpy as np
+
+    from shapepipe_modules.crowded import localsky, masks, regions
+    from shapepipe_modules.io.ldac import read_ldac, update_ldac
+
+    from .config_files import ExtractionSettings, read_dot_sex
+
+    options = job.options
+    paths = {role: Path(path) for role, path in zip(_input_layout(options), job.inputs)}
+    names = job_names(job)
+    table, _ = read_ldac(catalogue)
+    image, header = _read_image(paths["image"], np.float32)
+    shape = image.shape
+    summary = {}
+    scale, offset = float(options.get("MASK_SCALE", 1.0)), float(options.get("MASK_OFFSET", 2.0))
+    clock = time.perf_counter()
+    saturated = None
+    if options.get("SATURATION_REGIONS"):
+        settings = ExtractionSettings.from_dot_sex(read_dot_sex(options["DOT_SEX_FILE"]), options["DOT_SEX_FILE"])
+        level = float(header.get(settings.satur_key, settings.satur_level)) if settings.satur_key else settings.satur_level
+        flag = _read_native(paths["flag"]) if "flag" in paths else None
+        found = masks.saturated_regions(image, level, flag, int(options.get("SATURATION_FLAG_BITS", 0)), table,
+                                        float(options.get("SATURATION_RADIUS_SCALE", 1.5)),
+                                        float(options.get("SATURATION_PAD", 3.0)))
+        saturated = masks.regions_plane(shape, found)
+        _write_image(job.output_path(f"{names['prefix']}satmask{job.number}.fits"), saturated.astype(np.uint8),
+                     header, compress=options.get("CHECKIMAGE_COMPRESS", True))
+        regions.write_regions(job.output_path(f"{names['prefix']}satstars{job.number}.reg"),
+                              regions.saturated_star_regions(found))
+        summary.update(n_saturated_regions=len(found), saturated_fraction=round(float(saturated.mean()), 6))
+        timings["saturation"] = time.perf_counter() - clock
+    mask = None
+    if options.get("OBJECT_MASK") or options.get("LOCAL_SKY"):
+        clock = time.perf_counter()
+        mask = masks.object_mask(shape, table, scale, offset, saturated)
+        summary["masked_fraction"] = round(float(np.mean(mask != 0)), 6)
+        if options.get("OBJECT_MASK"):
+            _write_image(job.output_path(f"{names['prefix']}objmask{job.number}.fits"), mask, header,
+                         compress=options.get("CHECKIMAGE_COMPRESS", True))
+        timings["object_mask"] = time.perf_counter() - clock
+    if options.get("LOCAL_SKY"):
+        clock = time.perf_counter()
+        weight = _read_image(paths["weight"], np.float32)[0] if "weight" in paths else None
+        methods = [m.strip().upper() for m in options.get("LOCAL_SKY_METHODS") or []]
+        columns = localsky.local_sky(image, mask, table, methods, weight=weight, scale=scale, offset=offset,
+                                     ring_width=float(options.get("LOCAL_SKY_RING_WIDTH", 3.0)),
+                                     max_radius=float(options.get("LOCAL_SKY_RADIUS", 150.0)),
+                                     box_size=int(options.get("LOCAL_SKY_BOX_SIZE", 9)),
+                                     seed=_number_seed(job.number))
+        update_ldac(catalogue, columns=columns)
+        table = read_ldac(catalogue)[0]
+        summary["local_sky_not_converged"] = int(np.sum(columns["BKG_METHOD"] == localsky.NOT_CONVERGED))
+        timings["local_sky"] = time.perf_counter() - clock
+    if options.get("REGIONS"):
+        clock = time.perf_counter()
+        from shapepipe_modules.setools.language import SetoolsError
+
+        try:
+            text = regions.catalogue_regions(table, options.get("REGIONS_SELECTION") or [],
+                                             str(options.get("REGIONS_COLOR_BY") or "").strip() or None,
+                                             options.get("REGIONS_COLOR_MODE", "class"), scale, offset)
+        except (SetoolsError, KeyError) as error:
+            raise JobError(f"{catalogue}: [SEXTRACTOR] REGIONS_SELECTION or REGIONS_COLOR_BY: {error}") from error
+        regions.write_regions(catalogue.with_suffix(".reg"), text)
+        timings["regions"] = time.perf_counter() - clock
+    return summary
+
+
+def _number_seed(number: str) -> int:
+    """A stable seed from a file number (the random boxes of the local sky)."""
+    import zlib
+
+    return zlib.crc32(str(number).encode())
 
 
 def _post_process(job, catalogue):

@@ -10,6 +10,8 @@ object is duplicated when more than one does.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 SIZE_FLOOR_ARCSEC = 0.3
@@ -87,4 +89,61 @@ def cluster_scores(det_x, det_y, truth, centre_xy, pixel_scale, radius_arcsec=30
         "duplicated_truth": int(np.sum(counts > 1)),
         "n_detections": int(len(owner)),
         "unassigned": int(np.sum(owner < 0)),
+    }
+
+
+def diffuse_light(sim_dir, tile="244.252"):
+    """Noise-free image of the simulated intracluster light on a tile (the tile's sky is 0).
+
+    Drawn like the simulator draws it: the truth profile convolved with the
+    tile's mean PSF, on the tile's WCS, without pixel convolution.
+    """
+    import galsim
+    from astropy.io import fits
+
+    from shapepipe_modules import cfis
+    from shapepipe_modules.simulate import TruePSF, load_truth
+    from shapepipe_modules.simulate.cluster import ROLE_ICL
+    from shapepipe_modules.simulate.scene import truth_galaxy_profile
+
+    path = Path(sim_dir) / "tiles" / cfis.tile_file_name(*cfis.parse_tile_id(tile), kind="image")
+    header = fits.getheader(path)
+    image = galsim.ImageF(header["NAXIS1"], header["NAXIS2"], wcs=galsim.FitsWCS(header=header))
+    truth = load_truth(sim_dir, tile=tile)
+    psf = TruePSF(sim_dir).tile_galsim(cfis.tile_id(*cfis.parse_tile_id(tile)))
+    for row in truth[np.asarray(truth["cluster_role"]) == ROLE_ICL]:
+        profile = galsim.Convolve([truth_galaxy_profile(row), psf])
+        profile.drawImage(image=image, center=galsim.PositionD(float(row["x"]), float(row["y"])),
+                          method="no_pixel", add_to_image=True)
+    return image.array
+
+
+def local_sky_scores(table, true_sky):
+    """How the local sky of each object compares with the true diffuse light at its position.
+
+    Returns
+    -------
+    dict
+        ``n``, ``converged`` (fraction with BKG_METHOD > 0),
+        ``within_1_sigma`` (fraction of the converged with
+        ``|BKG_LOCAL - true| < BKG_LOCAL_STD``), ``median_offset`` and
+        ``median_std``; ``within_1_sigma_icl`` for objects where the true
+        diffuse light exceeds the median BKG_LOCAL_STD.
+    """
+    x = np.clip(np.rint(np.asarray(table["X_IMAGE"], float)).astype(int) - 1, 0, true_sky.shape[1] - 1)
+    y = np.clip(np.rint(np.asarray(table["Y_IMAGE"], float)).astype(int) - 1, 0, true_sky.shape[0] - 1)
+    truth = true_sky[y, x]
+    ok = np.asarray(table["BKG_METHOD"]) > 0
+    sky = np.asarray(table["BKG_LOCAL"], float)
+    std = np.asarray(table["BKG_LOCAL_STD"], float)
+    within = np.abs(sky - truth) < std
+    strong = ok & (truth > np.nanmedian(std[ok]))
+    return {
+        "n": int(len(table)),
+        "converged": float(np.mean(ok)),
+        "within_1_sigma": float(np.mean(within[ok])),
+        "median_offset": float(np.median((sky - truth)[ok])),
+        "median_std": float(np.median(std[ok])),
+        "n_icl": int(strong.sum()),
+        "within_1_sigma_icl": float(np.mean(within[strong])) if strong.any() else float("nan"),
     }
