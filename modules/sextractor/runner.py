@@ -35,6 +35,14 @@ The job returns ``n_objects``, ``extraction_seconds`` and
 ``extraction_cpu_seconds`` (wall and CPU time from the input files to the
 catalogue file), ``bkg_resid_mean`` and ``bkg_resid_sigma``, and with
 ``MAKE_POST_PROCESS`` ``n_epochs`` and ``n_exposures_unavailable``.
+
+Crowded fields (docs/crowded.md): ``PASSES`` runs several detection passes
+and joins them (:mod:`.passes`); ``SATURATION_REGIONS``, ``OBJECT_MASK``,
+``LOCAL_SKY`` and ``REGIONS`` write saturated-star regions, the object mask,
+local-sky columns and ds9 regions (:mod:`shapepipe_modules.crowded`). The
+job then also returns ``seconds_pass_<name>``, ``seconds_join`` and
+``seconds_<product>``, ``n_saturated_regions``, ``masked_fraction`` and
+``local_sky_not_converged``.
 """
 
 from __future__ import annotations
@@ -750,6 +758,9 @@ def sextractor(job):
         summary["bkg_resid_mean"] = result["mean"]
         summary["bkg_resid_sigma"] = result["sigma"]
     summary.update(report)  # non-finite pixels masked (sep engine)
+    for step, seconds in timings.items():  # passes and crowded-field products (docs/crowded.md)
+        if step.startswith("pass_") or step in ("join", "saturation", "object_mask", "local_sky", "regions"):
+            summary[f"seconds_{step}"] = round(seconds, 4)
     if epochs is not None:
         summary["n_epochs"] = len(epochs.exposures)
         summary["n_exposures_unavailable"] = len(epochs.unavailable)

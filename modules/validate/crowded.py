@@ -147,3 +147,80 @@ def local_sky_scores(table, true_sky):
         "n_icl": int(strong.sum()),
         "within_1_sigma_icl": float(np.mean(within[strong])) if strong.any() else float("nan"),
     }
+
+
+def hsm_shears(image, object_mask, table, psf_image, pixel_scale, stamp_size=41, responsivity=None):
+    """PSF-corrected shear estimates of catalogue objects (GalSim HSM REGAUSS) with neighbours masked.
+
+    Each object's stamp ignores the pixels of other objects and saturated
+    regions in the object mask. REGAUSS returns distortions ``e``; the shear
+    estimate is ``e / (2 R)`` with the responsivity ``R = 1 - <e^2>/2``
+    of the measured sample (unless given).
+
+    Returns
+    -------
+    dict
+        ``ok`` (bool per row), ``g1``, ``g2`` (NaN where HSM failed),
+        ``responsivity``.
+    """
+    import galsim
+
+    n = len(table)
+    e1, e2 = np.full(n, np.nan), np.full(n, np.nan)
+    half = stamp_size // 2
+    psf = galsim.ImageF(np.asarray(psf_image, np.float32), scale=pixel_scale)
+    ny, nx = image.shape
+    for i, row in enumerate(table):
+        ix, iy = int(round(row["X_IMAGE"])) - 1, int(round(row["Y_IMAGE"])) - 1
+        if not (half <= ix < nx - half and half <= iy < ny - half):
+            continue
+        window = (slice(iy - half, iy + half + 1), slice(ix - half, ix + half + 1))
+        local = object_mask[window]
+        bad = ((local != 0) & (local != row["NUMBER"])).astype(np.int32)
+        stamp = galsim.ImageF(np.ascontiguousarray(image[window], np.float32), scale=pixel_scale)
+        try:
+            result = galsim.hsm.EstimateShear(stamp, psf, badpix=galsim.ImageI(bad, scale=pixel_scale),
+                                              shear_est="REGAUSS", strict=True)
+        except (galsim.GalSimHSMError, galsim.GalSimError):
+            continue
+        if result.correction_status == 0 and np.hypot(result.corrected_e1, result.corrected_e2) < 1.5:
+            e1[i], e2[i] = result.corrected_e1, result.corrected_e2
+    ok = np.isfinite(e1)
+    if responsivity is None:
+        responsivity = 1.0 - 0.5 * float(np.mean(e1[ok] ** 2 + e2[ok] ** 2)) if ok.any() else 1.0
+    return {"ok": ok, "g1": e1 / (2 * responsivity), "g2": e2 / (2 * responsivity), "responsivity": responsivity}
+
+
+def tangential_profile(g1, g2, dx, dy, true_g_t, edges):
+    """Binned tangential shear of measured galaxies against the input.
+
+    Returns
+    -------
+    rows : list of dict
+        Per radial bin (``edges``, same unit as ``dx, dy``): ``r_min, r_max,
+        n, g_t`` (mean measured), ``error`` (its standard error), ``g_x``
+        (mean cross shear), ``true`` (mean input tangential shear of the
+        same galaxies).
+    fit : dict
+        ``A``, ``A_error``: least-squares amplitude of ``g_t = A * true``
+        (error from the scatter of ``g_t - true`` and ``g_x``); ``n``;
+        ``cross_mean``, ``cross_error``.
+    """
+    from shapepipe_modules.simulate.cluster import tangential_shear
+
+    g_t, g_x = tangential_shear(np.asarray(g1), np.asarray(g2), np.asarray(dx), np.asarray(dy))
+    r = np.hypot(dx, dy)
+    rows = []
+    for low, high in zip(edges[:-1], edges[1:]):
+        inside = (r >= low) & (r < high)
+        m = int(inside.sum())
+        rows.append({"r_min": float(low), "r_max": float(high), "n": m,
+                     "g_t": float(np.mean(g_t[inside])) if m else float("nan"),
+                     "error": float(np.std(g_t[inside]) / np.sqrt(m)) if m > 1 else float("nan"),
+                     "g_x": float(np.mean(g_x[inside])) if m else float("nan"),
+                     "true": float(np.mean(true_g_t[inside])) if m else float("nan")})
+    sigma = np.std(np.concatenate([g_t - true_g_t, g_x]))
+    amplitude = float(np.sum(g_t * true_g_t) / np.sum(true_g_t**2))
+    error = float(sigma / np.sqrt(np.sum(true_g_t**2)))
+    return rows, {"A": amplitude, "A_error": error, "n": int(r.size),
+                  "cross_mean": float(np.mean(g_x)), "cross_error": float(np.std(g_x) / np.sqrt(r.size))}
