@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-HOT = "BACK_TYPE=AUTO BACK_SIZE=128 DETECT_THRESH=3 DETECT_MINAREA=10 DEBLEND_MINCONT=0.005"
+HOT = "BACK_TYPE=AUTO BACK_SIZE=64 DETECT_THRESH=3 DETECT_MINAREA=10 DEBLEND_MINCONT=0.01"
 COLD = "BACK_TYPE=AUTO BACK_SIZE=24 DETECT_THRESH=1.2 DEBLEND_MINCONT=0.0005"
 RADIUS_ARCSEC = 30.0
 
@@ -64,8 +64,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="1-3")
     parser.add_argument("--engine", default="sep", choices=("sep", "sextractor"))
-    parser.add_argument("--scale", type=float, default=0.3, help="PASS_ELLIPSE_SCALE")
+    parser.add_argument("--scale", type=float, default=1.0, help="PASS_ELLIPSE_SCALE")
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--shear-local-sky", action="store_true",
+                        help="subtract BKG_LOCAL from the stamps before measuring shapes")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
 
@@ -85,7 +87,7 @@ def main(argv=None):
                "HOT+COLD": dict(PASSES=["HOT", "COLD"], PASS_SETTINGS=[HOT, COLD], OBJECT_MASK=True,
                                 SATURATION_REGIONS=True, LOCAL_SKY=True)}
     totals = {name: {} for name in configs}
-    sky_rows, costs, shear = [], [], {"g1": [], "g2": [], "dx": [], "dy": [], "true": []}
+    sky_rows, costs, shear = [], [], {"g1": [], "g2": [], "dx": [], "dy": [], "true": [], "mag": []}
     for seed in _seeds(args.seeds):
         sim = work / f"seed{seed}"
         if not (sim / "simulation.json").exists():
@@ -126,12 +128,14 @@ def main(argv=None):
                     ~np.asarray(truth_no_icl["is_star"])[owner[good]] & (counts[owner[good]] == 1)
                 psf = TruePSF(sim).tile_galsim("244.252").drawImage(nx=41, ny=41, scale=scale, method="no_pixel").array
                 mask = fits.getdata(out / "objmask-244-252.fits", 1)
-                measured = crowded.hsm_shears(fits.getdata(tile).astype(np.float32), mask, table[good], psf, scale)
+                measured = crowded.hsm_shears(fits.getdata(tile).astype(np.float32), mask, table[good], psf, scale,
+                                              local_sky=args.shear_local_sky)
                 rows = truth_no_icl[owner[good]][measured["ok"]]
                 dx = (np.asarray(rows["x"]) - centre["x"]) * scale
                 dy = (np.asarray(rows["y"]) - centre["y"]) * scale
                 shear["g1"].append(measured["g1"][measured["ok"]])
                 shear["g2"].append(measured["g2"][measured["ok"]])
+                shear["mag"].append(np.asarray(rows["mag"]))
                 shear["dx"].append(dx)
                 shear["dy"].append(dy)
                 shear["true"].append(nfw_reduced_tangential_shear(np.maximum(np.hypot(dx, dy), NFW_MIN_RADIUS_ARCSEC),
@@ -174,6 +178,12 @@ def main(argv=None):
               f"{r['g_x']:8.4f}")
     print(f"amplitude g_t / input: {fit['A']:.3f} +- {fit['A_error']:.3f} ({fit['n']} galaxies); "
           f"mean cross shear {fit['cross_mean']:.4f} +- {fit['cross_error']:.4f}")
+    for limit in (23.0, 22.0):
+        bright = data["mag"] < limit
+        _, fit = crowded.tangential_profile(data["g1"][bright], data["g2"][bright], data["dx"][bright],
+                                            data["dy"][bright], data["true"][bright], np.array([0.0, 90.0]))
+        print(f"  galaxies brighter than {limit:.0f}: amplitude {fit['A']:.3f} +- {fit['A_error']:.3f} "
+              f"({fit['n']} galaxies)")
 
     print("\nCost per image (wall seconds, sep on the shared machine)")
     steps = ("seconds_pass_HOT", "seconds_pass_COLD", "seconds_join", "seconds_saturation", "seconds_object_mask",

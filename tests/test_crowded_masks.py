@@ -14,7 +14,7 @@ from shapepipe_modules.sextractor.runner import DATA_DIR, sextractor
 
 galsim = pytest.importorskip("galsim")
 
-HOT = "BACK_TYPE=AUTO BACK_SIZE=128 DETECT_THRESH=3 DETECT_MINAREA=10 DEBLEND_MINCONT=0.005"
+HOT = "BACK_TYPE=AUTO BACK_SIZE=64 DETECT_THRESH=3 DETECT_MINAREA=10 DEBLEND_MINCONT=0.01"
 COLD = "BACK_TYPE=AUTO BACK_SIZE=24 DETECT_THRESH=1.2 DEBLEND_MINCONT=0.0005"
 
 
@@ -103,7 +103,7 @@ def cluster_run(tmp_path_factory):
     summary = run_module(
         sextractor, [sim / "tiles" / "CFIS.244.252.r.fits", sim / "weight.fits"], out, "-244-252",
         DOT_SEX_FILE=str(DATA_DIR / "default_tile.sex"), FLAG_IMAGE=False, PASSES=["HOT", "COLD"],
-        PASS_SETTINGS=[HOT, COLD], PASS_ELLIPSE_SCALE=0.3, OBJECT_MASK=True, SATURATION_REGIONS=True,
+        PASS_SETTINGS=[HOT, COLD], PASS_ELLIPSE_SCALE=1.0, OBJECT_MASK=True, SATURATION_REGIONS=True,
         LOCAL_SKY=True, REGIONS=True, REGIONS_COLOR_BY="PASS", REGIONS_SELECTION=["MAG_AUTO < 23", "FLAGS < 4"])
     return sim, out, summary
 

@@ -15,7 +15,7 @@ from shapepipe_modules.sextractor.runner import DATA_DIR, sextractor, validate
 
 galsim = pytest.importorskip("galsim")
 
-HOT = "BACK_TYPE=AUTO BACK_SIZE=128 DETECT_THRESH=3 DETECT_MINAREA=10 DEBLEND_MINCONT=0.005"
+HOT = "BACK_TYPE=AUTO BACK_SIZE=64 DETECT_THRESH=3 DETECT_MINAREA=10 DEBLEND_MINCONT=0.01"
 COLD = "BACK_TYPE=AUTO BACK_SIZE=24 DETECT_THRESH=1.2 DEBLEND_MINCONT=0.0005"
 
 
@@ -97,7 +97,7 @@ def cluster_tile(tmp_path_factory):
 def _extract(sim, out, engine, **options):
     inputs = [sim / "tiles" / "CFIS.244.252.r.fits", sim / "weight.fits", sim / "flag.fits"]
     summary = run_module(sextractor, inputs, out, "-244-252", ENGINE=engine, BKG_RESIDUAL=False,
-                         DOT_SEX_FILE=str(DATA_DIR / "default_tile.sex"), PASS_ELLIPSE_SCALE=0.3, **options)
+                         DOT_SEX_FILE=str(DATA_DIR / "default_tile.sex"), PASS_ELLIPSE_SCALE=1.0, **options)
     table, header = read_ldac(out / "sexcat-244-252.fits")
     return summary, table, header
 
@@ -131,6 +131,9 @@ def test_dual_pass_on_the_cluster(cluster_tile, tmp_path, engine):
     dual, hot, cold = scores["dual"], scores["hot"], scores["cold"]
     # The cold pass finds the faint background galaxies the hot pass cannot; the join keeps most of them.
     assert dual["background_found"] > hot["background_found"] + 0.1
-    assert dual["background_found"] >= cold["background_found"] - 0.1
+    assert dual["background_found"] >= cold["background_found"] - 0.15
     assert dual["background_duplicated"] == 0
-    assert dual["members_whole"] >= 0.95
+    # The cold pass shreds the knotty members; the hot pass keeps them whole, and so does the join.
+    assert cold["members_shredded"] >= 3
+    assert dual["members_shredded"] <= 1 and dual["members_whole"] >= 0.85
+    assert dual["members_whole"] > cold["members_whole"] + 0.15

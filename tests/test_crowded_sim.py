@@ -87,3 +87,34 @@ def test_bright_stars_saturate_with_bleed_trails(cluster_sim):
         saturated_columns = np.flatnonzero(flag[iy, max(ix - 50, 0):ix + 50] & 4)
         # The bleed trail runs along the column beyond the star's saturated core.
         assert saturated_rows.size > 0 and np.ptp(saturated_rows) > 1.5 * np.ptp(saturated_columns)
+
+
+def test_member_knots_keep_the_flux_and_are_reproducible(cluster_sim):
+    from shapepipe_modules.simulate.scene import galaxy_profile, knots_of, truth_galaxy_profile
+
+    truth = load_truth(cluster_sim, tile="244.252")
+    members = truth[np.asarray(truth["cluster_role"]) == cluster.ROLE_MEMBER]
+    fraction = resolve_parameters("cluster")["cluster_knot_fraction"]
+    assert fraction > 0 and np.all(members["knot_frac"] == fraction)
+    assert len(set(members["knot_seed"])) == len(members)
+    assert knots_of(truth[np.asarray(truth["cluster_role"]) == cluster.ROLE_FIELD][0]) is None
+    row = members[1]
+    psf = galsim.Moffat(beta=3.5, fwhm=0.7)
+
+    def draw(profile):
+        return galsim.Convolve(profile, psf).drawImage(nx=129, ny=129, scale=0.187, method="no_pixel").array
+
+    with_knots, again = draw(truth_galaxy_profile(row)), draw(truth_galaxy_profile(row))
+    smooth = draw(galaxy_profile(row["disk_hlr"], row["bulge_hlr"], row["bulge_frac"], row["e1_int"], row["e2_int"],
+                                 0.0, 0.0, flux=row["flux"]))
+    np.testing.assert_array_equal(with_knots, again)
+    assert with_knots.sum() == pytest.approx(smooth.sum(), rel=0.02)
+    # Beyond the smooth part, the light is point-like knots: many separate local maxima.
+    from scipy import ndimage
+
+    knots = with_knots - (1 - fraction) * smooth
+    assert knots.sum() == pytest.approx(fraction * smooth.sum(), rel=0.03)
+    maxima = (knots == ndimage.maximum_filter(knots, 3)) & (knots > 0.02 * knots.max())
+    assert maxima.sum() >= 3
+    smooth_maxima = (smooth == ndimage.maximum_filter(smooth, 3)) & (smooth > 0.02 * smooth.max())
+    assert smooth_maxima.sum() == 1

@@ -8,8 +8,11 @@ applied to every other galaxy (the background). All its random quantities
 come from the stream ``streams.CLUSTER``, so a simulation without the
 cluster draws exactly what it drew before.
 
-Truth column ``cluster_role`` (only when the cluster is on):
-0 field object, 1 member, 2 intracluster light, 3 added bright star.
+Truth columns (only when the cluster is on): ``cluster_role`` 0 field
+object, 1 member, 2 intracluster light, 3 added bright star; ``knot_frac``,
+``knot_n``, ``knot_seed``: the members' knots (``cluster_knot_fraction`` of
+their flux in ``cluster_knots`` point-like knots, ``galsim.RandomKnots``;
+:func:`.scene.galaxy_profile`).
 """
 
 from __future__ import annotations
@@ -110,7 +113,8 @@ def cluster_objects(params, seed):
     -------
     dict
         ``ra, dec, mag, is_star, is_deep_sky, disk_hlr, bulge_frac, e1_int,
-        e2_int, pair_id, cluster_role`` (the scene derives the rest).
+        e2_int, pair_id, cluster_role, knot_frac, knot_n, knot_seed`` (the
+        scene derives the rest).
     """
     from .scene import BULGE_TO_DISK_SIZE, _intrinsic_ellipticities
 
@@ -138,7 +142,12 @@ def cluster_objects(params, seed):
         extra.append({"dx": x, "dy": y, "mag": rng.uniform(*params["cluster_bright_mag_range"]), "is_star": True,
                       "disk_hlr": 0.0, "bulge_frac": 0.0, "e1_int": 0.0, "e2_int": 0.0,
                       "cluster_role": ROLE_BRIGHT_STAR})
+    # Knots (star-forming regions, globular clusters) on the members: what shreds them in a cold pass.
+    columns["knot_frac"] = np.full(n, float(params["cluster_knot_fraction"]))
+    columns["knot_n"] = np.full(n, int(params["cluster_knots"]))
+    columns["knot_seed"] = rng.integers(1, 2**31 - 1, n)
     for row in extra:
+        row.update(knot_frac=0.0, knot_n=0, knot_seed=0)
         for name, value in row.items():
             columns[name] = np.append(columns[name], value)
     m = columns["mag"].size

@@ -311,7 +311,7 @@ def _simulate(preset, output_dir, seed, n_workers, progress, overrides, extra_re
     box = _sky_box(np.concatenate([p[0] for p in sky_points]), np.concatenate([p[1] for p in sky_points]), ra_ref, 10.0 / 3600.0)
     scene = make_scene(params, seed, box)
     # The cluster's truth column, only when there is a cluster (other simulations keep their files).
-    extra_columns = ["cluster_role"] if "cluster_role" in scene else []
+    extra_columns = ["cluster_role", "knot_frac", "knot_n", "knot_seed"] if "cluster_role" in scene else []
     object_columns = _OBJECT_COLUMNS + tuple(extra_columns)
     exposure_truth_columns = EXPOSURE_TRUTH_COLUMNS + extra_columns
     tile_truth_columns = TILE_TRUTH_COLUMNS + extra_columns

@@ -149,11 +149,13 @@ def local_sky_scores(table, true_sky):
     }
 
 
-def hsm_shears(image, object_mask, table, psf_image, pixel_scale, stamp_size=41, responsivity=None):
+def hsm_shears(image, object_mask, table, psf_image, pixel_scale, stamp_size=41, responsivity=None,
+               local_sky=False):
     """PSF-corrected shear estimates of catalogue objects (GalSim HSM REGAUSS) with neighbours masked.
 
     Each object's stamp ignores the pixels of other objects and saturated
-    regions in the object mask. REGAUSS returns distortions ``e``; the shear
+    regions in the object mask; with ``local_sky``, the catalogue's
+    BKG_LOCAL (where measured) is subtracted from it first. REGAUSS returns distortions ``e``; the shear
     estimate is ``e / (2 R)`` with the responsivity ``R = 1 - <e^2>/2``
     of the measured sample (unless given).
 
@@ -177,7 +179,10 @@ def hsm_shears(image, object_mask, table, psf_image, pixel_scale, stamp_size=41,
         window = (slice(iy - half, iy + half + 1), slice(ix - half, ix + half + 1))
         local = object_mask[window]
         bad = ((local != 0) & (local != row["NUMBER"])).astype(np.int32)
-        stamp = galsim.ImageF(np.ascontiguousarray(image[window], np.float32), scale=pixel_scale)
+        pixels = np.array(image[window], np.float32)
+        if local_sky and np.isfinite(row["BKG_LOCAL"]):
+            pixels -= np.float32(row["BKG_LOCAL"])
+        stamp = galsim.ImageF(pixels, scale=pixel_scale)
         try:
             result = galsim.hsm.EstimateShear(stamp, psf, badpix=galsim.ImageI(bad, scale=pixel_scale),
                                               shear_est="REGAUSS", strict=True)
