@@ -109,11 +109,11 @@ def main(argv=None):
                            BKG_RESIDUAL=False, PASS_ELLIPSE_SCALE=args.scale, **options)
             table, _ = read_ldac(out / "sexcat-244-252.fits")
             scores = crowded.cluster_scores(table["X_IMAGE"], table["Y_IMAGE"], truth, (centre["x"], centre["y"]),
-                                            scale, RADIUS_ARCSEC)
+                                            scale, RADIUS_ARCSEC, passes=table["PASS"])
             pool = totals[name]
             pool["found"] = pool.get("found", 0) + scores["background_found"] * scores["n_background"]
             for key in ("n_background", "background_duplicated", "n_members", "members_shredded",
-                        "duplicated_truth", "n_detections"):
+                        "duplicated_truth", "duplicated_across_passes", "n_detections"):
                 pool[key] = pool.get(key, 0) + scores[key]
             pool["members_whole"] = pool.get("members_whole", 0) + scores["members_whole"] * scores["n_members"]
             if name == "HOT+COLD":
@@ -154,12 +154,12 @@ def main(argv=None):
     print(f"\nBackground galaxies within {RADIUS_ARCSEC:.0f} arcsec of the cluster centre, {len(sky_rows)} seed(s), "
           f"engine {args.engine}, PASS_ELLIPSE_SCALE {args.scale}")
     print(f"{'passes':10s} {'found':>12s} {'complete':>9s} {'dup bg':>7s} {'members 1x':>11s} {'shredded':>9s} "
-          f"{'dup truth':>10s} {'detections':>11s}")
+          f"{'dup truth':>10s} {'across passes':>14s} {'detections':>11s}")
     for name, pool in totals.items():
         print(f"{name:10s} {int(round(pool['found'])):5d} / {pool['n_background']:4d} "
               f"{pool['found'] / pool['n_background']:9.3f} {pool['background_duplicated']:7d} "
               f"{pool['members_whole'] / pool['n_members']:11.3f} {pool['members_shredded']:9d} "
-              f"{pool['duplicated_truth']:10d} {pool['n_detections']:11d}")
+              f"{pool['duplicated_truth']:10d} {pool['duplicated_across_passes']:14d} {pool['n_detections']:11d}")
 
     print("\nLocal sky (HOT+COLD catalogue) against the true sky + intracluster light at each object")
     print(f"{'seed':>4s} {'objects':>8s} {'converged':>10s} {'|d|<1 sigma':>12s} {'median d':>9s} {'sigma':>6s} "

@@ -117,7 +117,8 @@ def test_dual_pass_on_the_cluster(cluster_tile, tmp_path, engine):
                           ("cold", dict(PASSES=["COLD"], PASS_SETTINGS=[COLD])),
                           ("dual", dict(PASSES=["HOT", "COLD"], PASS_SETTINGS=[HOT, COLD]))):
         summary, table, header = _extract(cluster_tile, tmp_path / name, engine, **options)
-        scores[name] = cluster_scores(table["X_IMAGE"], table["Y_IMAGE"], truth, (centre["x"], centre["y"]), 0.187)
+        scores[name] = cluster_scores(table["X_IMAGE"], table["Y_IMAGE"], truth, (centre["x"], centre["y"]), 0.187,
+                                      passes=table["PASS"])
         if name == "dual":
             single, _ = read_ldac(tmp_path / "hot" / "sexcat-244-252.fits")
             assert table.colnames == single.colnames and "KRON_RADIUS" not in table.colnames
@@ -133,6 +134,7 @@ def test_dual_pass_on_the_cluster(cluster_tile, tmp_path, engine):
     assert dual["background_found"] > hot["background_found"] + 0.1
     assert dual["background_found"] >= cold["background_found"] - 0.15
     assert dual["background_duplicated"] == 0
+    assert dual["duplicated_across_passes"] == 0  # the join adds no second detection of any truth object
     # The cold pass shreds the knotty members; the hot pass keeps them whole, and so does the join.
     assert cold["members_shredded"] >= 3
     assert dual["members_shredded"] <= 1 and dual["members_whole"] >= 0.85

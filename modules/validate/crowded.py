@@ -56,7 +56,7 @@ def detections_per_truth(owner, n_truth):
     return np.bincount(owner[owner >= 0], minlength=n_truth)
 
 
-def cluster_scores(det_x, det_y, truth, centre_xy, pixel_scale, radius_arcsec=30.0):
+def cluster_scores(det_x, det_y, truth, centre_xy, pixel_scale, radius_arcsec=30.0, passes=None):
     """Completeness, duplicates and shredding of one catalogue on the cluster tile.
 
     Returns
@@ -67,7 +67,9 @@ def cluster_scores(det_x, det_y, truth, centre_xy, pixel_scale, radius_arcsec=30
         ``background_duplicated`` (number with > 1), ``n_members``,
         ``members_whole`` (fraction with exactly 1), ``members_shredded``
         (number with > 1), ``duplicated_truth`` (any truth row with > 1),
-        ``n_detections``, ``unassigned``.
+        ``n_detections``, ``unassigned``; with ``passes`` (the PASS of each
+        detection) ``duplicated_across_passes``: truth rows detected by more
+        than one pass (what the join must prevent).
     """
     from shapepipe_modules.simulate.cluster import ROLE_FIELD, ROLE_ICL, ROLE_MEMBER
 
@@ -79,7 +81,13 @@ def cluster_scores(det_x, det_y, truth, centre_xy, pixel_scale, radius_arcsec=30
     r = np.hypot(np.asarray(truth["x"]) - centre_xy[0], np.asarray(truth["y"]) - centre_xy[1]) * pixel_scale
     background = (role == ROLE_FIELD) & ~np.asarray(truth["is_star"], bool) & (r < radius_arcsec)
     members = role == ROLE_MEMBER
-    return {
+    scores = {}
+    if passes is not None:
+        passes = np.asarray(passes)
+        assigned = owner >= 0
+        pairs = np.unique(np.column_stack([owner[assigned], passes[assigned]]), axis=0)
+        scores["duplicated_across_passes"] = int(np.sum(np.bincount(pairs[:, 0], minlength=len(truth)) > 1))
+    return scores | {
         "n_background": int(background.sum()),
         "background_found": float(np.mean(counts[background] >= 1)) if background.any() else float("nan"),
         "background_duplicated": int(np.sum(counts[background] > 1)),
