@@ -26,6 +26,8 @@ from __future__ import annotations
 import numpy as np
 
 METHOD_CODES = {"RING": 1, "BOXES": 2}
+#: Reach (pixels beyond the mask ellipse) of the first, cheaper ring search.
+FIRST_RADIUS = 30.0
 NOT_CONVERGED = 0
 
 
@@ -125,7 +127,13 @@ def local_sky(image, mask, table, methods=("RING", "BOXES"), weight=None, scale=
     for i in range(n):
         for name in methods:
             if name == "RING":
-                found = ring_sky(image, usable, x[i], y[i], a[i], b[i], theta[i], ring_width, max_radius)
+                # Most rings turn within a few widths: try a small box first. Rings inside it are the same
+                # rings as in the full box, so the result is that of the full search.
+                found = None
+                if max_radius > FIRST_RADIUS:
+                    found = ring_sky(image, usable, x[i], y[i], a[i], b[i], theta[i], ring_width, FIRST_RADIUS)
+                if found is None:
+                    found = ring_sky(image, usable, x[i], y[i], a[i], b[i], theta[i], ring_width, max_radius)
             else:
                 found = box_sky(image, usable, x[i], y[i], rng, box_size, n_boxes, max_radius, min_distance=a[i])
             if found is not None:
