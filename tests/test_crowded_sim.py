@@ -53,6 +53,17 @@ def test_cluster_objects_do_not_change_the_field():
         np.testing.assert_array_equal(with_cluster[name][field], without[name])
 
 
+def test_nfw_sign_negates_the_background_shear_only():
+    box = (244.28, 244.36, 51.95, 52.05)
+    plus = make_scene(resolve_parameters("cluster"), 3, box)
+    minus = make_scene(resolve_parameters("cluster", nfw_sign=-1), 3, box)
+    np.testing.assert_array_equal(minus["g1"], -plus["g1"])
+    np.testing.assert_array_equal(minus["g2"], -plus["g2"])
+    assert np.any(plus["g1"] != 0)
+    for name in ("ra", "dec", "mag", "e1_int", "knot_seed"):
+        np.testing.assert_array_equal(minus[name], plus[name])
+
+
 def test_cluster_truth(cluster_sim):
     params = resolve_parameters("cluster")
     truth = load_truth(cluster_sim, tile="244.252")

@@ -164,5 +164,5 @@ def background_shear(params, ra, dec):
     ra_c, dec_c = cluster_centre(params)
     dx, dy = offsets_arcsec(ra, dec, ra_c, dec_c)
     r = np.maximum(np.hypot(dx, dy), NFW_MIN_RADIUS_ARCSEC)
-    g_t = nfw_reduced_tangential_shear(r, params["nfw_kappa_s"], params["nfw_rs"])
+    g_t = params.get("nfw_sign", 1) * nfw_reduced_tangential_shear(r, params["nfw_kappa_s"], params["nfw_rs"])
     return tangential_components(dx, dy, g_t)

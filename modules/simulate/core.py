@@ -241,11 +241,12 @@ def simulate_paired(preset="demo", output_dir="simulation", seed=1, n_workers=1,
 
     ``output_dir/plus`` is :func:`simulate` with the given parameters;
     ``output_dir/minus`` has every tile's shear ``(g1, g2)`` replaced by
-    ``(-g1, -g2)`` and every other parameter, the seed and so the scene,
+    ``(-g1, -g2)`` (with a cluster, its NFW shear too: ``nfw_sign = -1``)
+    and every other parameter, the seed and so the scene,
     the PSFs, the pointings and every noise stream identical: outside the
     galaxies' drawing stamps the two are identical pixel for pixel. Each
     folder's ``simulation.json`` records the full resolved ``parameters``
-    (compare them: they differ in ``shear`` only), the ``overrides`` that
+    (compare them: they differ in ``shear`` only, and ``nfw_sign``), the ``overrides`` that
     made it (both members list ``shear``, given explicitly) and ``pair``
     (``member``, ``shear_sign`` +1 / -1, ``partner`` folder name).
 
@@ -269,6 +270,8 @@ def simulate_paired(preset="demo", output_dir="simulation", seed=1, n_workers=1,
     for member, sign, shear in (("plus", 1, params["shear"]), ("minus", -1, negated)):
         partner = "minus" if member == "plus" else "plus"
         member_overrides = dict(overrides, shear=shear)
+        if params["cluster"]:  # the cluster's NFW shear changes sign with the tiles' shear
+            member_overrides["nfw_sign"] = sign
         record = {"pair": {"member": member, "shear_sign": sign, "partner": partner}}
         done.append(_simulate(preset, out / member, seed, n_workers, progress, member_overrides, record))
     return done[0], done[1]

@@ -83,6 +83,7 @@ _BASE = {
     "icl_hlr": (15.0, "half-light radius of the intracluster light, arcsec"),
     "nfw_kappa_s": (0.1, "NFW convergence scale kappa_s = rho_s r_s / Sigma_crit of the tangential shear"),
     "nfw_rs": (60.0, "NFW scale radius, arcsec"),
+    "nfw_sign": (1, "+1, or -1 to negate the NFW shear (the minus member of a paired simulation)"),
     "cluster_bright_stars": (3, "saturated stars added in the first tile, at least 40 arcsec from the centre"),
     "cluster_bright_mag_range": ([13.0, 14.0], "their magnitudes"),
 }
@@ -310,6 +311,8 @@ def _check(params):
             problems.append("simulate: 'cluster_offset' needs (east, north) in arcsec")
         if params["nfw_rs"] <= 0 or not 0 <= params["nfw_kappa_s"] <= 0.12:
             problems.append("simulate: 'nfw_rs' must be positive and 'nfw_kappa_s' in [0, 0.12] (weak lensing beyond 2 arcsec)")
+        if params["nfw_sign"] not in (1, -1):
+            problems.append("simulate: 'nfw_sign' must be 1 or -1")
         if params["icl_mag"] > 0 and params["icl_hlr"] <= 0:
             problems.append("simulate: 'icl_hlr' must be positive")
     for name in ("psf_fwhm_range", "star_mag_range", "galaxy_mag_range", "cluster_mag_range",
