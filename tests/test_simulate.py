@@ -287,7 +287,7 @@ def test_min_separation_moves_only_close_objects(ring):
 
     ra0, dec0 = cfis.tile_centre(244, 252)
     box = (ra0 - 0.05, ra0 + 0.05, dec0 - 0.05, dec0 + 0.05)
-    base = resolve_parameters("calib", ring=ring)
+    base = resolve_parameters("calib", ring=ring, min_separation=0.0)  # the calib preset separates by default
     poisson = make_scene(base, 5, box)
     separated = make_scene(resolve_parameters("calib", ring=ring, min_separation=7.0), 5, box)
 
