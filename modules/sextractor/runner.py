@@ -35,6 +35,14 @@ The job returns ``n_objects``, ``extraction_seconds`` and
 ``extraction_cpu_seconds`` (wall and CPU time from the input files to the
 catalogue file), ``bkg_resid_mean`` and ``bkg_resid_sigma``, and with
 ``MAKE_POST_PROCESS`` ``n_epochs`` and ``n_exposures_unavailable``.
+
+Crowded fields (docs/crowded.md): ``PASSES`` runs several detection passes
+and joins them (:mod:`.passes`); ``SATURATION_REGIONS``, ``OBJECT_MASK``,
+``LOCAL_SKY`` and ``REGIONS`` write saturated-star regions, the object mask,
+local-sky columns and ds9 regions (:mod:`shapepipe_modules.crowded`). The
+job then also returns ``seconds_pass_<name>``, ``seconds_join`` and
+``seconds_<product>``, ``n_saturated_regions``, ``masked_fraction`` and
+``local_sky_not_converged``.
 """
 
 from __future__ import annotations
@@ -93,6 +101,48 @@ OPTIONS = (
            file_name="log_exp_headers.sqlite"),
     Option("WORLD_POSITION", "list", ["XWIN_WORLD", "YWIN_WORLD"],
            "MAKE_POST_PROCESS: catalogue columns of RA and Dec (deg)."),
+    Option("PASSES", "name_list", [], "Detection passes in one job (crowded fields; docs/crowded.md), e.g. "
+           "HOT, COLD: each extracts with its own .sex settings (PASS_DOT_SEX_FILES, PASS_SETTINGS); every "
+           "object of the first pass is kept, an object of a later pass only when its centre lies outside the "
+           "scaled Kron ellipse of every object kept before (PASS_ELLIPSE_SCALE). The catalogue has the usual "
+           "columns plus PASS (1-based index; header keys PASS1, PASS2... hold the names). Check images and "
+           "background residuals are those of the first pass. Empty: one pass, as before."),
+    Option("PASS_DOT_SEX_FILES", "list", [], "One .sex file per pass, in PASSES order ('-': DOT_SEX_FILE); "
+           "empty: DOT_SEX_FILE for every pass."),
+    Option("PASS_SETTINGS", "list", [], "One entry per pass, in PASSES order: space-separated KEY=VALUE .sex "
+           "settings overriding that pass's file, e.g. DETECT_THRESH=5 DEBLEND_MINCONT=0.05 ('-': none; "
+           "values with commas need their own .sex file)."),
+    Option("PASS_ELLIPSE_SCALE", "float", 1.0, "Join of the passes: factor on the ellipse KRON_RADIUS x "
+           "(A_IMAGE, B_IMAGE) of each kept object inside which a later pass's object is a duplicate."),
+    Option("OBJECT_MASK", "bool", False, "Write objmask<number>.fits: int32 image with each object's ellipse "
+           "(MASK_SCALE x KRON_RADIUS x (A, B) + MASK_OFFSET; KRON_RADIUS 3.5 when not a column) filled with "
+           "its NUMBER, larger objects first, saturated-star regions -1 (SATURATION_REGIONS)."),
+    Option("MASK_SCALE", "float", 1.0, "Object mask, local sky and regions: factor on KRON_RADIUS x (A, B)."),
+    Option("MASK_OFFSET", "float", 2.0, "Object mask, local sky and regions: pixels added to both semi-axes."),
+    Option("SATURATION_REGIONS", "bool", False, "Write satmask<number>.fits (uint8, 1 in a saturated star's "
+           "box over its core and bleed trail and circle on its core) and satstars<number>.reg (ds9), from "
+           "pixels at the saturation level (the SATUR_KEY header key, else SATUR_LEVEL), the flag bits "
+           "SATURATION_FLAG_BITS and the catalogue (FLAGS bit 4 gives the centre)."),
+    Option("SATURATION_FLAG_BITS", "int", 0, "Bits of the flag image marking saturated pixels (the simulator: "
+           "4); 0: the saturation level only."),
+    Option("SATURATION_RADIUS_SCALE", "float", 1.5, "Saturated regions: circle radius in half widths of the "
+           "saturated core (its widest row)."),
+    Option("SATURATION_PAD", "float", 3.0, "Saturated regions: pixels added around boxes and circles."),
+    Option("LOCAL_SKY", "bool", False, "Add BKG_LOCAL, BKG_LOCAL_STD (rms of the sky pixels used) and "
+           "BKG_METHOD (1 RING, 2 BOXES, 0 none converged: values NaN) to the catalogue, measured on the input "
+           "image skipping every object's mask ellipse, saturated regions and zero weights."),
+    Option("LOCAL_SKY_METHODS", "list", ["RING", "BOXES"], "Local-sky methods in the order tried: RING "
+           "(elliptical rings growing until the mean stops falling), BOXES (random unmasked boxes)."),
+    Option("LOCAL_SKY_RADIUS", "float", 150.0, "Local sky: farthest ring or box from the object, pixels."),
+    Option("LOCAL_SKY_RING_WIDTH", "float", 3.0, "Local sky: ring width, pixels."),
+    Option("LOCAL_SKY_BOX_SIZE", "int", 9, "Local sky: random box side, pixels."),
+    Option("REGIONS", "bool", False, "Write <catalogue name>.reg: a ds9 ellipse per object (the mask "
+           "ellipse), labelled with its NUMBER."),
+    Option("REGIONS_SELECTION", "list", [], "REGIONS: SETools comparisons (AND-ed) choosing the objects, e.g. "
+           "MAG_AUTO < 24, FLAGS == 0."),
+    Option("REGIONS_COLOR_BY", "str", "", "REGIONS: integer column colouring the ellipses (e.g. PASS)."),
+    Option("REGIONS_COLOR_MODE", "choice", "class", "REGIONS: class (one colour per value) or flag (red when "
+           "non-zero).", choices=("class", "flag")),
     Option("CCD_SIZE", "float_list", [33.0, 2080.0, 1.0, 4612.0],
            "MAKE_POST_PROCESS: usable pixel range of a CCD, xmin, xmax, ymin, ymax (0-based pixel "
            "coordinates, bounds excluded, as ShapePipe)."),
@@ -178,6 +228,21 @@ def validate(options) -> list[str]:
         if len(size) != 4 or not (size[0] < size[1] and size[2] < size[3]):
             problems.append(f"CCD_SIZE needs xmin, xmax, ymin, ymax with xmin < xmax and ymin < ymax, "
                             f"got {', '.join(map(str, size)) or 'nothing'}")
+    if options.get("PASSES"):
+        problems += _validate_passes(options, engine)
+    for method in options.get("LOCAL_SKY_METHODS") or []:
+        if method.strip().upper() not in ("RING", "BOXES"):
+            problems.append(f"LOCAL_SKY_METHODS: unknown method {method!r} (RING, BOXES)")
+    if options.get("LOCAL_SKY") and not options.get("LOCAL_SKY_METHODS"):
+        problems.append("LOCAL_SKY = True needs at least one LOCAL_SKY_METHODS entry")
+    if options.get("REGIONS"):
+        from shapepipe_modules.setools.language import SetoolsError, parse
+
+        for line in options.get("REGIONS_SELECTION") or []:
+            try:
+                parse(line, allow_compare=True)
+            except SetoolsError as error:
+                problems.append(f"REGIONS_SELECTION {line!r}: {error}")
     if engine == "sep" and parameters:
         unsupported = unsupported_parameters(parameters)
         if unsupported:
@@ -192,6 +257,116 @@ def validate(options) -> list[str]:
             if not settings.phot_apertures:
                 problems.append(f"DOT_SEX_FILE {options['DOT_SEX_FILE']}: PHOT_APERTURES is empty")
     return problems
+
+
+def pass_sex_settings(options) -> list[tuple[str, str, dict]]:
+    """``(name, .sex file, overrides)`` of each pass of ``PASSES``.
+
+    Raises
+    ------
+    ConfigFileError
+        Lists of the wrong length or a bad PASS_SETTINGS entry (named).
+    """
+    from .config_files import ConfigFileError
+    from .passes import parse_pass_settings
+
+    names = [str(n) for n in options.get("PASSES") or []]
+    files = list(options.get("PASS_DOT_SEX_FILES") or [])
+    settings = list(options.get("PASS_SETTINGS") or [])
+    for key, values in (("PASS_DOT_SEX_FILES", files), ("PASS_SETTINGS", settings)):
+        if values and len(values) != len(names):
+            raise ConfigFileError(f"{key} has {len(values)} entries for {len(names)} PASSES ({', '.join(names)})")
+    out = []
+    for i, name in enumerate(names):
+        path = files[i] if files and files[i].strip() not in ("", "-") else options["DOT_SEX_FILE"]
+        overrides = parse_pass_settings(settings[i] if settings else "", f"PASS_SETTINGS entry {i + 1} ({name})")
+        out.append((name, str(path), overrides))
+    return out
+
+
+def _validate_passes(options, engine) -> list[str]:
+    from pathlib import Path
+
+    from .config_files import ConfigFileError, ExtractionSettings, read_dot_sex
+
+    problems = []
+    names = [str(n).upper() for n in options.get("PASSES") or []]
+    if len(set(names)) != len(names):
+        problems.append(f"PASSES: names must differ, got {', '.join(names)}")
+    if not options.get("PASS_ELLIPSE_SCALE", 1.0) > 0:
+        problems.append(f"PASS_ELLIPSE_SCALE must be positive, got {options.get('PASS_ELLIPSE_SCALE')}")
+    try:
+        passes = pass_sex_settings(options)
+    except ConfigFileError as error:
+        return problems + [str(error)]
+    for name, path, overrides in passes:
+        if not Path(path).is_file():
+            problems.append(f"PASS_DOT_SEX_FILES: pass {name}: no file {path}")
+            continue
+        try:
+            settings = read_dot_sex(path)
+            settings.update(overrides)
+            ExtractionSettings.from_dot_sex(settings, f"{path} with PASS_SETTINGS of pass {name}")
+        except ConfigFileError as error:
+            problems.append(f"pass {name}: {error}")
+    return problems
+
+
+def _run_passes(job, run, paths, settings_files, zero_point, background_value, check_images, report=None):
+    """Extract every pass of PASSES, join them (:func:`.passes.join_passes`), write the catalogue.
+
+    Returns what the engine functions return: the residual pixels, check
+    images and the report are those of the first pass; the timings add up
+    the passes and the join (``join``), with ``pass_<name>`` per pass.
+    """
+    import tempfile
+    import time
+
+    from shapepipe_modules.io.ldac import read_ldac, write_ldac
+
+    from .config_files import ConfigFileError, read_dot_param
+    from .passes import join_passes, with_join_columns, write_pass_sex
+
+    dot_sex, dot_param, dot_conv = settings_files
+    try:
+        passes = pass_sex_settings(job.options)
+        parameters, added = with_join_columns(read_dot_param(dot_param))
+    except ConfigFileError as error:
+        raise JobError(str(error)) from error
+    timings: dict = {}
+    tables, residual, header = [], None, None
+    with tempfile.TemporaryDirectory(prefix="sextractor_passes_") as scratch:
+        scratch = Path(scratch)
+        param_path = scratch / "passes.param"
+        param_path.write_text("".join(f"{p}\n" for p in parameters))
+        for index, (name, sex_path, overrides) in enumerate(passes):
+            pass_sex = scratch / f"pass{index + 1}.sex"
+            write_pass_sex(sex_path, overrides, pass_sex)
+            first = index == 0
+            catalogue, pass_residual, _, pass_timings = run(
+                job, paths, (pass_sex, param_path, dot_conv), zero_point, background_value,
+                check_images if first else [], report=report if first else None,
+                catalogue=scratch / f"pass{index + 1}_cat.fits", residual=first)
+            if first:
+                residual = pass_residual
+            for step, seconds in pass_timings.items():
+                timings[step] = timings.get(step, 0.0) + seconds
+            timings[f"pass_{name}"] = sum(v for k, v in pass_timings.items() if k != "extraction_cpu")
+            table, pass_header = read_ldac(catalogue)
+            header = header if header is not None else pass_header
+            tables.append(table)
+        clock, cpu = time.perf_counter(), time.process_time()
+        joined = join_passes(tables, float(job.options.get("PASS_ELLIPSE_SCALE", 1.0)))
+        joined.remove_columns(added)
+        header["NPASS"] = (len(passes), "detection passes joined (sextractor PASSES)")
+        for index, (name, _, _) in enumerate(passes, start=1):
+            header[f"PASS{index}"] = (name, f"name of pass {index} (PASS column)")
+            header[f"NPASS{index}"] = (int((joined["PASS"] == index).sum()), f"objects kept from pass {index}")
+        output = job.output_path(job_names(job)["catalogue"])
+        write_ldac(output, joined, header)
+        timings["join"] = time.perf_counter() - clock
+        timings["extraction_cpu"] = timings.get("extraction_cpu", 0.0) + time.process_time() - cpu
+    return output, residual, len(joined), timings
 
 
 def _read_image(path, dtype=None):
@@ -310,8 +485,12 @@ def _plain_copies(paths: dict, scratch: Path) -> dict:
     return plain
 
 
-def _run_sep(job, paths, settings_files, zero_point, background_value, check_images, report=None):
-    """Run the sep engine; return (catalogue path, residual pixels, number of objects, timings)."""
+def _run_sep(job, paths, settings_files, zero_point, background_value, check_images, report=None,
+             catalogue=None, residual=True):
+    """Run the sep engine; return (catalogue path, residual pixels, number of objects, timings).
+
+    ``catalogue``: output path (default: the job's catalogue name).
+    """
     import time
 
     import functools
@@ -370,7 +549,7 @@ def _run_sep(job, paths, settings_files, zero_point, background_value, check_ima
         # for the comment, and astropy would warn and truncate it anyway.
         room = max(0, 80 - 33 - max(0, len(str(value)) - 20))
         image_header[key] = (value, comment[:room])
-    catalogue = job.output_path(job_names(job)["catalogue"])
+    catalogue = job.output_path(job_names(job)["catalogue"]) if catalogue is None else catalogue
     write_ldac(catalogue, result.table, image_header)
     check_data = {
         "BACKGROUND": lambda: result.background,
@@ -388,8 +567,12 @@ def _run_sep(job, paths, settings_files, zero_point, background_value, check_ima
     return catalogue, result.residual, len(result.table), timings
 
 
-def _run_binary(job, paths, settings_files, zero_point, background_value, check_images, report=None):
-    """Run the SExtractor binary; return (catalogue path, residual pixels, number of objects, timings)."""
+def _run_binary(job, paths, settings_files, zero_point, background_value, check_images, report=None,
+                catalogue=None, residual=True):
+    """Run the SExtractor binary; return (catalogue path, residual pixels, number of objects, timings).
+
+    ``catalogue``: output path (default: the job's catalogue name); ``residual``: compute the residual pixels.
+    """
     import tempfile
     import time
 
@@ -401,7 +584,7 @@ def _run_binary(job, paths, settings_files, zero_point, background_value, check_
 
     dot_sex, dot_param, dot_conv = settings_files
     names = job_names(job)
-    catalogue = job.output_path(names["catalogue"])
+    catalogue = job.output_path(names["catalogue"]) if catalogue is None else catalogue
     weight_type = None
     if "weight" in paths:
         declared = read_dot_sex(dot_sex).get("WEIGHT_TYPE", "NONE").split(",")[0].strip().upper()
@@ -410,7 +593,7 @@ def _run_binary(job, paths, settings_files, zero_point, background_value, check_
     with tempfile.TemporaryDirectory(prefix="sextractor_") as scratch:
         paths = _plain_copies(paths, Path(scratch))
         wanted = {kind: job.output_path(_check_name(names["prefix"], kind, job.number)) for kind in check_images}
-        want_residual = job.options.get("BKG_RESIDUAL", True)
+        want_residual = job.options.get("BKG_RESIDUAL", True) and residual
         if want_residual:
             for kind in ("BACKGROUND", "SEGMENTATION"):
                 wanted.setdefault(kind, Path(scratch) / f"{kind.lower()}.fits")
@@ -500,6 +683,8 @@ def write_catalogue(job, report=None):
     check_images = [c.strip().upper() for c in options.get("CHECKIMAGE", []) or [] if c.strip()]
     settings_files = (options["DOT_SEX_FILE"], options["DOT_PARAM_FILE"], options["DOT_CONV_FILE"])
     run = _run_binary if options.get("ENGINE", "sep") == "sextractor" else _run_sep
+    if options.get("PASSES"):
+        return _run_passes(job, run, paths, settings_files, zero_point, background_value, check_images, report)
     return run(job, paths, settings_files, zero_point, background_value, check_images, report=report)
 
 
@@ -547,13 +732,16 @@ def sextractor(job):
 
     report: dict = {}
     catalogue, residual, n_objects, timings = write_catalogue(job, report)
+    if any(job.options.get(key) for key in ("OBJECT_MASK", "SATURATION_REGIONS", "LOCAL_SKY", "REGIONS")):
+        report.update(_crowded_products(job, catalogue, timings))
     epochs = None
     if job.options.get("MAKE_POST_PROCESS", False):
         epochs = _post_process(job, catalogue)
     job.logger.info("%s: %d objects; seconds per step: %s", catalogue.name, n_objects,
                     ", ".join(f"{step} {seconds:.2f}" for step, seconds in timings.items()))
     # From the input files to the catalogue file, for both engines.
-    steps = ("read", "background", "detection", "measurement", "table", "write", "extraction")
+    steps = ("read", "background", "detection", "measurement", "table", "write", "extraction", "join",
+             "saturation", "object_mask", "local_sky", "regions")
     summary = {"n_objects": int(n_objects),
                "extraction_seconds": round(sum(timings.get(step, 0.0) for step in steps), 4),
                "extraction_cpu_seconds": round(timings.get("extraction_cpu", 0.0), 4)}
@@ -570,10 +758,92 @@ def sextractor(job):
         summary["bkg_resid_mean"] = result["mean"]
         summary["bkg_resid_sigma"] = result["sigma"]
     summary.update(report)  # non-finite pixels masked (sep engine)
+    for step, seconds in timings.items():  # passes and crowded-field products (docs/crowded.md)
+        if step.startswith("pass_") or step in ("join", "saturation", "object_mask", "local_sky", "regions"):
+            summary[f"seconds_{step}"] = round(seconds, 4)
     if epochs is not None:
         summary["n_epochs"] = len(epochs.exposures)
         summary["n_exposures_unavailable"] = len(epochs.unavailable)
     return summary
+
+
+def _crowded_products(job, catalogue, timings) -> dict:
+    """Saturated regions, object mask, local sky and ds9 regions of one catalogue (docs/crowded.md)."""
+    import time
+
+    import numpy as np
+
+    from shapepipe_modules.crowded import localsky, masks, regions
+    from shapepipe_modules.io.ldac import read_ldac, update_ldac
+
+    from .config_files import ExtractionSettings, read_dot_sex
+
+    options = job.options
+    paths = {role: Path(path) for role, path in zip(_input_layout(options), job.inputs)}
+    names = job_names(job)
+    table, _ = read_ldac(catalogue)
+    image, header = _read_image(paths["image"], np.float32)
+    shape = image.shape
+    summary = {}
+    scale, offset = float(options.get("MASK_SCALE", 1.0)), float(options.get("MASK_OFFSET", 2.0))
+    clock = time.perf_counter()
+    saturated = None
+    if options.get("SATURATION_REGIONS"):
+        settings = ExtractionSettings.from_dot_sex(read_dot_sex(options["DOT_SEX_FILE"]), options["DOT_SEX_FILE"])
+        level = float(header.get(settings.satur_key, settings.satur_level)) if settings.satur_key else settings.satur_level
+        flag = _read_native(paths["flag"]) if "flag" in paths else None
+        found = masks.saturated_regions(image, level, flag, int(options.get("SATURATION_FLAG_BITS", 0)), table,
+                                        float(options.get("SATURATION_RADIUS_SCALE", 1.5)),
+                                        float(options.get("SATURATION_PAD", 3.0)))
+        saturated = masks.regions_plane(shape, found)
+        _write_image(job.output_path(f"{names['prefix']}satmask{job.number}.fits"), saturated.astype(np.uint8),
+                     header, compress=options.get("CHECKIMAGE_COMPRESS", True))
+        regions.write_regions(job.output_path(f"{names['prefix']}satstars{job.number}.reg"),
+                              regions.saturated_star_regions(found))
+        summary.update(n_saturated_regions=len(found), saturated_fraction=round(float(saturated.mean()), 6))
+        timings["saturation"] = time.perf_counter() - clock
+    mask = None
+    if options.get("OBJECT_MASK") or options.get("LOCAL_SKY"):
+        clock = time.perf_counter()
+        mask = masks.object_mask(shape, table, scale, offset, saturated)
+        summary["masked_fraction"] = round(float(np.mean(mask != 0)), 6)
+        if options.get("OBJECT_MASK"):
+            _write_image(job.output_path(f"{names['prefix']}objmask{job.number}.fits"), mask, header,
+                         compress=options.get("CHECKIMAGE_COMPRESS", True))
+        timings["object_mask"] = time.perf_counter() - clock
+    if options.get("LOCAL_SKY"):
+        clock = time.perf_counter()
+        weight = _read_image(paths["weight"], np.float32)[0] if "weight" in paths else None
+        methods = [m.strip().upper() for m in options.get("LOCAL_SKY_METHODS") or []]
+        columns = localsky.local_sky(image, mask, table, methods, weight=weight, scale=scale, offset=offset,
+                                     ring_width=float(options.get("LOCAL_SKY_RING_WIDTH", 3.0)),
+                                     max_radius=float(options.get("LOCAL_SKY_RADIUS", 150.0)),
+                                     box_size=int(options.get("LOCAL_SKY_BOX_SIZE", 9)),
+                                     seed=_number_seed(job.number))
+        update_ldac(catalogue, columns=columns)
+        table = read_ldac(catalogue)[0]
+        summary["local_sky_not_converged"] = int(np.sum(columns["BKG_METHOD"] == localsky.NOT_CONVERGED))
+        timings["local_sky"] = time.perf_counter() - clock
+    if options.get("REGIONS"):
+        clock = time.perf_counter()
+        from shapepipe_modules.setools.language import SetoolsError
+
+        try:
+            text = regions.catalogue_regions(table, options.get("REGIONS_SELECTION") or [],
+                                             str(options.get("REGIONS_COLOR_BY") or "").strip() or None,
+                                             options.get("REGIONS_COLOR_MODE", "class"), scale, offset)
+        except (SetoolsError, KeyError) as error:
+            raise JobError(f"{catalogue}: [SEXTRACTOR] REGIONS_SELECTION or REGIONS_COLOR_BY: {error}") from error
+        regions.write_regions(catalogue.with_suffix(".reg"), text)
+        timings["regions"] = time.perf_counter() - clock
+    return summary
+
+
+def _number_seed(number: str) -> int:
+    """A stable seed from a file number (the random boxes of the local sky)."""
+    import zlib
+
+    return zlib.crc32(str(number).encode())
 
 
 def _post_process(job, catalogue):

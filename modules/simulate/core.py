@@ -247,11 +247,12 @@ def simulate_paired(preset="demo", output_dir="simulation", seed=1, n_workers=1,
 
     ``output_dir/plus`` is :func:`simulate` with the given parameters;
     ``output_dir/minus`` has every tile's shear ``(g1, g2)`` replaced by
-    ``(-g1, -g2)`` and every other parameter, the seed and so the scene,
+    ``(-g1, -g2)`` (with a cluster, its NFW shear too: ``nfw_sign = -1``)
+    and every other parameter, the seed and so the scene,
     the PSFs, the pointings and every noise stream identical: outside the
     galaxies' drawing stamps the two are identical pixel for pixel. Each
     folder's ``simulation.json`` records the full resolved ``parameters``
-    (compare them: they differ in ``shear`` only), the ``overrides`` that
+    (compare them: they differ in ``shear`` only, and ``nfw_sign``), the ``overrides`` that
     made it (both members list ``shear``, given explicitly) and ``pair``
     (``member``, ``shear_sign`` +1 / -1, ``partner`` folder name).
 
@@ -275,6 +276,8 @@ def simulate_paired(preset="demo", output_dir="simulation", seed=1, n_workers=1,
     for member, sign, shear in (("plus", 1, params["shear"]), ("minus", -1, negated)):
         partner = "minus" if member == "plus" else "plus"
         member_overrides = dict(overrides, shear=shear)
+        if params["cluster"]:  # the cluster's NFW shear changes sign with the tiles' shear
+            member_overrides["nfw_sign"] = sign
         record = {"pair": {"member": member, "shear_sign": sign, "partner": partner}}
         done.append(_simulate(preset, out / member, seed, n_workers, progress, member_overrides, record))
     return done[0], done[1]
@@ -316,6 +319,11 @@ def _simulate(preset, output_dir, seed, n_workers, progress, overrides, extra_re
     ra_ref = cfis.tile_centre(*tiles[0])[0]
     box = _sky_box(np.concatenate([p[0] for p in sky_points]), np.concatenate([p[1] for p in sky_points]), ra_ref, 10.0 / 3600.0)
     scene = make_scene(params, seed, box)
+    # The cluster's truth column, only when there is a cluster (other simulations keep their files).
+    extra_columns = ["cluster_role", "knot_frac", "knot_n", "knot_seed"] if "cluster_role" in scene else []
+    object_columns = _OBJECT_COLUMNS + tuple(extra_columns)
+    exposure_truth_columns = EXPOSURE_TRUTH_COLUMNS + extra_columns
+    tile_truth_columns = TILE_TRUTH_COLUMNS + extra_columns
     bound = stamp_radius(scene, np.full(scene["ra"].size, params["psf_fwhm_range"][1] * 1.2), params, 1.0)
 
     psf_models = {p["exposure"]: draw_exposure_psf(params, seed, p["exposure"]) for p in pointings}
@@ -360,7 +368,11 @@ def _simulate(preset, output_dir, seed, n_workers, progress, overrides, extra_re
                 "zero_point": zero_points[p["exposure"]],
                 "wcs_cards": ccd_cards[(p["exposure"], k)], "psf_model": psf_models[p["exposure"]],
                 "half_extent": mosaic.half_extent, "focal_x0": mosaic.x0[k], "focal_y0": mosaic.y0[k],
+<<<<<<< HEAD
                 "objects": objects,
+=======
+                "objects": {name: scene[name][idx] for name in object_columns},
+>>>>>>> crowded
             })
     truths = _run_parallel(_ccd_job, tasks, work_dir, n_workers, "exposure CCDs", progress)
 

@@ -84,6 +84,27 @@ _BASE = {
     "min_separation": (0.0, "smallest distance between two objects, arcsec (0: independent uniform positions; "
                             "> 0: an object too close to one placed before it is moved to a new random position)"),
     "deep_sky": (True, "add one large bright galaxy listed in catalogues/deep_sky.fits"),
+    # galaxy cluster (crowded field; off unless cluster = True; docs/crowded.md)
+    "cluster": (False, "add a galaxy cluster at the first tile: members, intracluster light, NFW tangential "
+                       "shear of every other galaxy, bright saturated stars (truth column cluster_role)"),
+    "cluster_offset": ([0.0, 0.0], "cluster centre from the first tile centre, arcsec (east, north)"),
+    "cluster_members": (20, "member galaxies (the first is the brightest cluster galaxy, at the centre)"),
+    "cluster_radius": (20.0, "Gaussian sigma of the members' positions, arcsec"),
+    "cluster_min_separation": (4.0, "smallest distance between two members, arcsec"),
+    "cluster_mag_range": ([17.5, 20.5], "member magnitudes (uniform); the central galaxy is cluster_bcg_mag"),
+    "cluster_bcg_mag": (16.0, "magnitude of the central galaxy"),
+    "cluster_hlr_range": ([0.8, 2.0], "member half-light radii (log-uniform), arcsec; the central galaxy 3 arcsec"),
+    "cluster_knot_fraction": (0.0, "fraction of each member's flux in point-like knots (star-forming regions, "
+                                    "globular clusters): what shreds a bright galaxy in a finely deblended pass"),
+    "cluster_knots": (30, "knots per member"),
+    "cluster_e_sigma": (0.15, "rms per component of the members' ellipticity"),
+    "icl_mag": (16.5, "magnitude of the intracluster light (exponential profile at the centre; 0: none)"),
+    "icl_hlr": (15.0, "half-light radius of the intracluster light, arcsec"),
+    "nfw_kappa_s": (0.1, "NFW convergence scale kappa_s = rho_s r_s / Sigma_crit of the tangential shear"),
+    "nfw_rs": (60.0, "NFW scale radius, arcsec"),
+    "nfw_sign": (1, "+1, or -1 to negate the NFW shear (the minus member of a paired simulation)"),
+    "cluster_bright_stars": (3, "saturated stars added in the first tile, at least 40 arcsec from the centre"),
+    "cluster_bright_mag_range": ([13.0, 14.0], "their magnitudes"),
 }
 
 _PRESET_OVERRIDES = {
@@ -124,6 +145,7 @@ _PRESET_OVERRIDES = {
         "ring": True,
         "deep_sky": False,
     },
+<<<<<<< HEAD
     # Light curves and exposure quality (docs/lightcurves.md): the tiny geometry seen 8 times over 4 nights
     # (2 exposures a night), zero points 29.9-30.1 and FWHM 0.6-0.85 arcsec varying between exposures,
     # exposure index 3 under clouds (zero point -0.5 mag) and index 6 in bad seeing (FWHM x 1.6); 15% of
@@ -152,6 +174,30 @@ _PRESET_OVERRIDES = {
         "bad_zero_point_exposures": [3],
         "bad_seeing_exposures": [6],
         "variable_fraction": 0.15,
+=======
+    # A galaxy cluster at the centre of one small tile covered by one CCD per exposure (docs/crowded.md):
+    # tests and benchmarks of crowded-field detection, object masks and local sky. No tile shear: the
+    # galaxies behind the cluster carry its NFW tangential shear only. Background galaxies down to 24.5, the
+    # tile's detection limit (two exposures), 60 per arcmin^2: about 45 within 30 arcsec of the centre.
+    # Members carry 30% of their flux in 30 knots: smooth de Vaucouleurs members are never shredded, even
+    # by a finely deblended pass, so without knots a crowded field has nothing to teach (docs/crowded.md).
+    "cluster": {
+        "tiles": ["244.252"],
+        "shear": [[0.0, 0.0]],
+        "tile_size": 900,
+        "tile_block_rows": 512,
+        "exposures_per_tile": 2,
+        "dither_arcsec": 10.0,
+        "ccd_rows": [1],
+        "ccd_nx": 1024,
+        "ccd_ny": 1024,
+        "star_density": 15.0,
+        "galaxy_density": 60.0,
+        "galaxy_mag_range": [21.0, 24.5],
+        "deep_sky": False,
+        "cluster": True,
+        "cluster_knot_fraction": 0.3,
+>>>>>>> crowded
     },
     "cfis": {
         "tile_size": 10000,
@@ -310,6 +356,7 @@ def _check(params):
     n_exposures = len(params["tiles"]) * params["exposures_per_tile"]
     if not 1000000 <= params["first_exposure"] <= 10000000 - n_exposures:
         problems.append("simulate: 'first_exposure' must have 7 digits")
+<<<<<<< HEAD
     for name in ("bad_zero_point_exposures", "bad_seeing_exposures"):
         if any(not 0 <= index < n_exposures for index in params[name]):
             problems.append(f"simulate: {name!r} lists indices outside 0..{n_exposures - 1}")
@@ -326,6 +373,21 @@ def _check(params):
     if params["variable_period_range"][0] <= 0 or params["transient_width_range"][0] <= 0:
         problems.append("simulate: periods and transient widths must be positive")
     for name in ("psf_fwhm_range", "star_mag_range", "galaxy_mag_range"):
+=======
+    if params["cluster"]:
+        if params["cluster_members"] < 1:
+            problems.append("simulate: 'cluster_members' must be at least 1 (the central galaxy)")
+        if len(params["cluster_offset"]) != 2:
+            problems.append("simulate: 'cluster_offset' needs (east, north) in arcsec")
+        if params["nfw_rs"] <= 0 or not 0 <= params["nfw_kappa_s"] <= 0.12:
+            problems.append("simulate: 'nfw_rs' must be positive and 'nfw_kappa_s' in [0, 0.12] (weak lensing beyond 2 arcsec)")
+        if params["nfw_sign"] not in (1, -1):
+            problems.append("simulate: 'nfw_sign' must be 1 or -1")
+        if params["icl_mag"] > 0 and params["icl_hlr"] <= 0:
+            problems.append("simulate: 'icl_hlr' must be positive")
+    for name in ("psf_fwhm_range", "star_mag_range", "galaxy_mag_range", "cluster_mag_range",
+                 "cluster_hlr_range", "cluster_bright_mag_range"):
+>>>>>>> crowded
         low, high = params[name]
         if not low < high:
             problems.append(f"simulate: {name!r} must be increasing")

@@ -12,7 +12,7 @@ import numpy as np
 from . import streams
 from .geometry import local_jacobians, world_to_pixel
 from .psf import moffat
-from .scene import galaxy_profile
+from .scene import galaxy_profile, knots_of
 
 FLAG_BAD_COLUMN = 1
 FLAG_COSMIC_RAY = 2
@@ -149,7 +149,7 @@ def draw_stamps(bounds, objects, x, y, jacobians, fwhm, e1, e2, radius, params):
             profile = galaxy_profile(
                 objects["disk_hlr"][i], objects["bulge_hlr"][i], objects["bulge_frac"][i],
                 objects["e1_int"][i], objects["e2_int"][i], objects["g1"][i], objects["g2"][i],
-                flux=objects["flux"][i], gsparams=gsparams(),
+                flux=objects["flux"][i], gsparams=gsparams(), knots=knots_of(objects, i),
             )
             psf = moffat(params["psf_beta"], fwhm[i], e1[i], e2[i], gsparams=gsparams())
             profile = galsim.Convolve([profile, psf], gsparams=gsparams())

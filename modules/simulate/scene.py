@@ -281,6 +281,16 @@ def make_scene(params, seed: int, box) -> dict:
         for name, value in extra.items():
             columns[name] = np.append(columns[name], value)
 
+    if params.get("cluster", False):
+        from . import cluster
+
+        columns["cluster_role"] = np.zeros(columns["ra"].size, np.int16)
+        columns["knot_frac"] = np.zeros(columns["ra"].size)
+        columns["knot_n"] = np.zeros(columns["ra"].size, np.int16)
+        columns["knot_seed"] = np.zeros(columns["ra"].size, np.int64)
+        for name, value in cluster.cluster_objects(params, seed).items():
+            columns[name] = np.append(columns[name], value).astype(columns[name].dtype)
+
     n = columns["ra"].size
     columns["id"] = np.arange(1, n + 1, dtype=np.int64)
     columns["flux"] = mag_to_flux(columns["mag"])
@@ -300,12 +310,24 @@ def make_scene(params, seed: int, box) -> dict:
     for (tx, ty), (s1, s2) in shear_of_tile.items():
         inside = galaxy & (xxx == tx) & (yyy == ty)
         g1[inside], g2[inside] = s1, s2
+    if params.get("cluster", False):
+        # Every galaxy but the cluster's own lies behind it (docs/crowded.md): the NFW shear adds to the tile's.
+        behind = galaxy & (columns["cluster_role"] == cluster.ROLE_FIELD)
+        n1, n2 = cluster.background_shear(params, columns["ra"][behind], columns["dec"][behind])
+        g1[behind] += n1
+        g2[behind] += n2
     columns["g1"], columns["g2"] = g1, g2
     return columns
 
 
-def galaxy_profile(disk_hlr, bulge_hlr, bulge_frac, e1_int, e2_int, g1, g2, flux=1.0, gsparams=None):
-    """GalSim profile of a simulated galaxy, sheared, without PSF (arcsec, sky frame)."""
+def galaxy_profile(disk_hlr, bulge_hlr, bulge_frac, e1_int, e2_int, g1, g2, flux=1.0, gsparams=None, knots=None):
+    """GalSim profile of a simulated galaxy, sheared, without PSF (arcsec, sky frame).
+
+    ``knots``: optional ``(fraction, number, seed)``: that fraction of the
+    flux in ``number`` point-like knots (``galsim.RandomKnots``, distributed
+    like an exponential of the galaxy's half-light radius; seeded), the rest
+    in the smooth profile (cluster members, docs/crowded.md).
+    """
     import galsim
 
     parts = []
@@ -316,6 +338,12 @@ def galaxy_profile(disk_hlr, bulge_hlr, bulge_frac, e1_int, e2_int, g1, g2, flux
             galsim.DeVaucouleurs(half_light_radius=bulge_hlr, trunc=BULGE_TRUNCATION * bulge_hlr, flux=bulge_frac, gsparams=gsparams)
         )
     profile = parts[0] if len(parts) == 1 else galsim.Add(parts, gsparams=gsparams)
+    if knots is not None and knots[0] > 0:
+        fraction, number, seed = knots
+        hlr = float(composite_hlr(disk_hlr, bulge_hlr, bulge_frac))
+        spots = galsim.RandomKnots(int(number), half_light_radius=hlr, flux=fraction,
+                                   rng=galsim.BaseDeviate(int(seed)), gsparams=gsparams)
+        profile = galsim.Add([profile.withFlux(1.0 - fraction), spots], gsparams=gsparams)
     return profile.shear(g1=e1_int, g2=e2_int).shear(g1=g1, g2=g2).withFlux(flux)
 
 
@@ -324,5 +352,15 @@ def truth_galaxy_profile(row, gsparams=None):
     return galaxy_profile(
         float(row["disk_hlr"]), float(row["bulge_hlr"]), float(row["bulge_frac"]),
         float(row["e1_int"]), float(row["e2_int"]), float(row["g1"]), float(row["g2"]),
-        flux=float(row["flux"]), gsparams=gsparams,
+        flux=float(row["flux"]), gsparams=gsparams, knots=knots_of(row),
     )
+
+
+def knots_of(row, index=None):
+    """``(fraction, number, seed)`` of an object's knots from a truth row or scene columns (None: none)."""
+    names = ("knot_frac", "knot_n", "knot_seed")
+    try:
+        values = [row[name] if index is None else row[name][index] for name in names]
+    except (KeyError, ValueError):
+        return None
+    return (float(values[0]), int(values[1]), int(values[2])) if float(values[0]) > 0 else None

@@ -26,6 +26,7 @@ STAR_SCENE = 10         # stars of the scene
 GALAXY_SCENE = 11       # galaxies of the scene
 PLACEMENT = 12          # new positions of objects moved to keep min_separation
 VARIABLES = 13          # which stars vary, and their light-curve parameters
+CLUSTER = 14            # cluster members, intracluster light and the added bright stars (cluster = True)
 SKY_GRADIENT = 20       # per (exposure, CCD): linear sky gradient
 SKY_PHOTONS = 21        # per (exposure, CCD): Poisson noise of the sky
 OBJECT_PHOTONS = 22     # per (exposure, CCD, object id): Poisson noise of one object's stamp
@@ -42,6 +43,7 @@ KEYS = {
     GALAXY_SCENE: (),
     PLACEMENT: (),
     VARIABLES: (),
+    CLUSTER: (),
     SKY_GRADIENT: ("exposure", "ccd"),
     SKY_PHOTONS: ("exposure", "ccd"),
     OBJECT_PHOTONS: ("exposure", "ccd", "object id"),

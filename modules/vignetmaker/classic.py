@@ -107,7 +107,8 @@ def _write(path, columns, catalogue_path):
 
 
 def make_classic_stamps(catalogue_path, image_paths, prefixes, output_dir, number, stamp_size,
-                        coord="PIX", position_params=("XWIN_IMAGE", "YWIN_IMAGE"), fill=0):
+                        coord="PIX", position_params=("XWIN_IMAGE", "YWIN_IMAGE"), fill=0,
+                        neighbour_mask=None, masked_prefixes=()):
     """Cut stamps from each image around the catalogue positions.
 
     Parameters
@@ -128,6 +129,12 @@ def make_classic_stamps(catalogue_path, image_paths, prefixes, output_dir, numbe
         Position columns (x, y or RA, Dec).
     fill : scalar
         Value of pixels outside the image.
+    neighbour_mask : path-like, optional
+        Object mask (int32, each object's ellipse holds its NUMBER,
+        saturated regions -1): in the stamps of the images whose prefix is
+        in ``masked_prefixes``, pixels of other objects are set to 0 and a
+        ``MASKED_FRACTION`` column is written.
+    masked_prefixes : sequence of str
 
     Returns
     -------
@@ -144,6 +151,16 @@ def make_classic_stamps(catalogue_path, image_paths, prefixes, output_dir, numbe
     except JobError:
         columns = read_objects(catalogue_path, list(position_params))
     positions = (columns[position_params[0]], columns[position_params[1]])
+    neighbours = None
+    if neighbour_mask is not None:
+        from shapepipe_modules.crowded.masks import neighbour_pixels
+
+        if "NUMBER" not in columns:
+            raise ValueError(f"NEIGHBOUR_MASK needs a NUMBER column in {catalogue_path}")
+        mask, mask_header = read_image(neighbour_mask)
+        x, y = pixel_positions(positions, mask_header, coord, neighbour_mask)
+        ix, iy, _, _ = central_pixels(x, y)
+        neighbours = neighbour_pixels(cut_stamps(np.asarray(mask), ix, iy, size, fill=0)[0], columns["NUMBER"])
     written = []
     for image_path, prefix in zip(image_paths, prefixes):
         data, header = read_image(image_path)
@@ -153,6 +170,10 @@ def make_classic_stamps(catalogue_path, image_paths, prefixes, output_dir, numbe
         out = {}
         if "NUMBER" in columns:
             out["NUMBER"] = columns["NUMBER"]
+        if neighbours is not None and prefix in masked_prefixes:
+            stamps = np.array(stamps, copy=True)
+            stamps[neighbours] = 0
+            out["MASKED_FRACTION"] = neighbours.mean(axis=(1, 2)).astype(np.float32)
         out["VIGNET"] = stamps
         path = Path(output_dir) / output_name(prefix, number)
         _write(path, out, catalogue_path)

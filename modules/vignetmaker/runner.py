@@ -50,6 +50,13 @@ OPTIONS = (
     Option("PREFIX", "name_list", [], "CLASSIC: output prefix per input image (<PREFIX>_vignet<number>.fits); "
            "MASKING: one prefix (default cat). Ignored in MULTI-EPOCH mode (the stores are named after "
            "ME_IMAGE_PATTERN)."),
+    Option("NEIGHBOUR_MASK", "bool", False, "CLASSIC: the last image of FILE_PATTERN is an object mask "
+           "(sextractor OBJECT_MASK: each object's ellipse holds its NUMBER). In the stamps of the images whose "
+           "PREFIX is in NEIGHBOUR_MASK_PREFIXES, pixels of other objects and saturated regions are set to 0 "
+           "(zero weight), and a MASKED_FRACTION column gives the fraction of each stamp so set. Needs NUMBER "
+           "in the catalogue."),
+    Option("NEIGHBOUR_MASK_PREFIXES", "name_list", ["weight"], "NEIGHBOUR_MASK: PREFIX entries of the images "
+           "whose stamps get the neighbours zeroed."),
     Option("ME_IMAGE_DIR", "dir_list", [], "MULTI-EPOCH: folders (or last:MODULE references) of the "
            "single-exposure files, one for all patterns or one per pattern."),
     Option("ME_IMAGE_PATTERN", "name_list", [], "MULTI-EPOCH: single-exposure file patterns "
@@ -76,6 +83,8 @@ def validate(options) -> list[str]:
     positions = options.get("POSITION_PARAMS") or []
     if len(positions) != 2 and not options.get("MASKING"):
         problems.append(f"POSITION_PARAMS needs two column names, got {positions}")
+    if options.get("NEIGHBOUR_MASK") and (options.get("MODE") != "CLASSIC" or options.get("MASKING")):
+        problems.append("NEIGHBOUR_MASK = True works in CLASSIC mode without MASKING")
     if options.get("MODE") == "MULTI-EPOCH":
         if options.get("MASKING"):
             problems.append("MASKING = True works in CLASSIC mode only")
@@ -177,6 +186,12 @@ def vignetmaker(job):
         job.logger.info("wrote %s", path.name)
         return {"n_files": 1}
     images = inputs[1:]
+    neighbour_mask = None
+    if options.get("NEIGHBOUR_MASK"):
+        if len(images) < 2:
+            raise JobError(f"{catalogue}: [VIGNETMAKER] NEIGHBOUR_MASK needs an image and the object mask "
+                           "after the catalogue in FILE_PATTERN")
+        images, neighbour_mask = images[:-1], images[-1]
     if not images:
         raise JobError(f"{catalogue}: CLASSIC mode needs at least one image after the catalogue in FILE_PATTERN")
     if len(prefixes) != len(images):
@@ -184,7 +199,9 @@ def vignetmaker(job):
                        f"({', '.join(p.name for p in images)})")
     try:
         written = make_classic_stamps(catalogue, images, prefixes, job.output_dir, job.number, size,
-                                      coord=options["COORD"], position_params=positions)
+                                      coord=options["COORD"], position_params=positions,
+                                      neighbour_mask=neighbour_mask,
+                                      masked_prefixes=options.get("NEIGHBOUR_MASK_PREFIXES") or ())
     except ValueError as error:
         raise JobError(f"{catalogue}: {error}") from None
     for path in written:

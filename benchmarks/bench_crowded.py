@@ -1,0 +1,204 @@
+"""Crowded fields on the simulated cluster (not a test: prints tables; docs/crowded.md).
+
+Usage: ``python benchmarks/bench_crowded.py [--seeds 1-3] [--engine sep] [--scale 0.3] [--workdir DIR]``
+
+For each seed, the ``cluster`` preset is simulated and its tile extracted
+by the sextractor module three ways: the HOT pass alone, the COLD pass
+alone and both (PASSES = HOT, COLD, joined at PASS_ELLIPSE_SCALE), the
+last one with the saturated regions, object mask and local sky. Printed:
+
+1. against the truth (:mod:`shapepipe_modules.validate.crowded`), pooled
+   over the seeds: completeness of the background galaxies within 30 arcsec
+   of the cluster centre, duplicated background galaxies, members detected
+   exactly once, all duplicated truth objects;
+2. the local sky of the dual-pass catalogue against the true diffuse light
+   (sky + intracluster light) at each object;
+3. a direct check of the tangential shear: REGAUSS shapes (GalSim HSM,
+   neighbours masked with the object mask) of the detected background
+   galaxies, binned by radius, against the input NFW shear of the same
+   galaxies, and the fitted amplitude (1 when recovered);
+4. the cost per image (wall seconds of each step, from the job summary):
+   tile and one exposure CCD (1024 x 1024), second pass and join, masks and
+   local sky.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+HOT = "BACK_TYPE=AUTO BACK_SIZE=64 DETECT_THRESH=3 DETECT_MINAREA=10 DEBLEND_MINCONT=0.01"
+COLD = "BACK_TYPE=AUTO BACK_SIZE=24 DETECT_THRESH=1.2 DEBLEND_MINCONT=0.0005"
+RADIUS_ARCSEC = 30.0
+
+
+def _seeds(text):
+    if "-" in text:
+        low, high = text.split("-")
+        return list(range(int(low), int(high) + 1))
+    return [int(s) for s in text.split(",")]
+
+
+def _run(function, inputs, output_dir, number, **options):
+    """One module job in-process, as the runner would (option defaults + overrides)."""
+    import logging
+
+    from shapepipe.job import Job
+
+    values = {option.name: option.default for option in function.spec.options}
+    values.update(options)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    job = Job(module=function.spec.name, module_run=function.spec.name, number=number,
+              inputs=[Path(p) for p in inputs], output_dir=output_dir, log_dir=output_dir, options=values,
+              logger=logging.getLogger("bench_crowded"), run_dir=output_dir)
+    return function(job) or {}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="1-3")
+    parser.add_argument("--engine", default="sep", choices=("sep", "sextractor"))
+    parser.add_argument("--scale", type=float, default=1.0, help="PASS_ELLIPSE_SCALE")
+    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--shear-local-sky", action="store_true",
+                        help="subtract BKG_LOCAL from the stamps before measuring shapes")
+    args = parser.parse_args(argv)
+    warnings.simplefilter("ignore")
+
+    from astropy.io import fits
+
+    from shapepipe_modules.io.ldac import read_ldac
+    from shapepipe_modules.sextractor.runner import DATA_DIR, sextractor
+    from shapepipe_modules.simulate import TruePSF, load_truth, resolve_parameters, simulate
+    from shapepipe_modules.simulate.cluster import ROLE_FIELD, ROLE_ICL, nfw_reduced_tangential_shear, NFW_MIN_RADIUS_ARCSEC
+    from shapepipe_modules.validate import crowded
+
+    params = resolve_parameters("cluster")
+    scale = params["pixel_scale"]
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_crowded_"))
+    configs = {"HOT": dict(PASSES=["HOT"], PASS_SETTINGS=[HOT]),
+               "COLD": dict(PASSES=["COLD"], PASS_SETTINGS=[COLD]),
+               "HOT+COLD": dict(PASSES=["HOT", "COLD"], PASS_SETTINGS=[HOT, COLD], OBJECT_MASK=True,
+                                SATURATION_REGIONS=True, LOCAL_SKY=True)}
+    totals = {name: {} for name in configs}
+    sky_rows, costs, shear = [], [], {"g1": [], "g2": [], "dx": [], "dy": [], "true": [], "mag": []}
+    for seed in _seeds(args.seeds):
+        sim = work / f"seed{seed}"
+        if not (sim / "simulation.json").exists():
+            clock = time.perf_counter()
+            simulate("cluster", sim, seed=seed, n_workers=1)
+            print(f"seed {seed}: simulated in {time.perf_counter() - clock:.1f} s", file=sys.stderr)
+        tile = sim / "tiles" / "CFIS.244.252.r.fits"
+        header = fits.getheader(tile)
+        weight = fits.getdata(sim / "tiles" / "CFIS.244.252.r.weight.fits.fz", 1)
+        fits.PrimaryHDU(weight, header=header).writeto(sim / "weight.fits", overwrite=True)
+        fits.PrimaryHDU(np.zeros(weight.shape, np.int16), header=header).writeto(sim / "flag.fits", overwrite=True)
+        truth = load_truth(sim, tile="244.252")
+        centre = truth[truth["cluster_role"] == ROLE_ICL][0]
+        inputs = [tile, sim / "weight.fits"] + ([sim / "flag.fits"] if args.engine == "sextractor" else [])
+        for name, options in configs.items():
+            out = sim / f"sex_{args.engine}_{name}"
+            summary = _run(sextractor, inputs, out, "-244-252", ENGINE=args.engine,
+                           DOT_SEX_FILE=str(DATA_DIR / "default_tile.sex"), FLAG_IMAGE=args.engine == "sextractor",
+                           BKG_RESIDUAL=False, PASS_ELLIPSE_SCALE=args.scale, **options)
+            table, _ = read_ldac(out / "sexcat-244-252.fits")
+            scores = crowded.cluster_scores(table["X_IMAGE"], table["Y_IMAGE"], truth, (centre["x"], centre["y"]),
+                                            scale, RADIUS_ARCSEC, passes=table["PASS"])
+            pool = totals[name]
+            pool["found"] = pool.get("found", 0) + scores["background_found"] * scores["n_background"]
+            for key in ("n_background", "background_duplicated", "n_members", "members_shredded",
+                        "duplicated_truth", "duplicated_across_passes", "n_detections"):
+                pool[key] = pool.get(key, 0) + scores[key]
+            pool["members_whole"] = pool.get("members_whole", 0) + scores["members_whole"] * scores["n_members"]
+            if name == "HOT+COLD":
+                costs.append(("tile 900x900", seed, summary))
+                sky_rows.append((seed, crowded.local_sky_scores(table, crowded.diffuse_light(sim))))
+                # Direct shear check: background galaxies detected once, shapes with neighbours masked.
+                truth_no_icl = truth[truth["cluster_role"] != ROLE_ICL]
+                owner = crowded.assign_detections(table["X_IMAGE"], table["Y_IMAGE"], truth_no_icl, scale)
+                counts = crowded.detections_per_truth(owner, len(truth_no_icl))
+                good = owner >= 0
+                good[good] = (truth_no_icl["cluster_role"][owner[good]] == ROLE_FIELD) & \
+                    ~np.asarray(truth_no_icl["is_star"])[owner[good]] & (counts[owner[good]] == 1)
+                psf = TruePSF(sim).tile_galsim("244.252").drawImage(nx=41, ny=41, scale=scale, method="no_pixel").array
+                mask = fits.getdata(out / "objmask-244-252.fits", 1)
+                measured = crowded.hsm_shears(fits.getdata(tile).astype(np.float32), mask, table[good], psf, scale,
+                                              local_sky=args.shear_local_sky)
+                rows = truth_no_icl[owner[good]][measured["ok"]]
+                dx = (np.asarray(rows["x"]) - centre["x"]) * scale
+                dy = (np.asarray(rows["y"]) - centre["y"]) * scale
+                shear["g1"].append(measured["g1"][measured["ok"]])
+                shear["g2"].append(measured["g2"][measured["ok"]])
+                shear["mag"].append(np.asarray(rows["mag"]))
+                shear["dx"].append(dx)
+                shear["dy"].append(dy)
+                shear["true"].append(nfw_reduced_tangential_shear(np.maximum(np.hypot(dx, dy), NFW_MIN_RADIUS_ARCSEC),
+                                                                  params["nfw_kappa_s"], params["nfw_rs"]))
+        # One exposure CCD (1024 x 1024, with sky, flags): cost of the second pass and of the masks.
+        exposure = sim / "exposures" / "2100001p.fits"
+        out = sim / f"sex_{args.engine}_exposure"
+        if args.engine == "sep":
+            summary = _run(sextractor, [exposure, sim / "exposures" / "2100001p.weight.fits.fz",
+                                        sim / "exposures" / "2100001p.flag.fits.fz"], out, "-2100001-0",
+                           PASSES=["HOT", "COLD"], PASS_SETTINGS=[HOT, COLD], PASS_ELLIPSE_SCALE=args.scale,
+                           OBJECT_MASK=True, SATURATION_REGIONS=True, SATURATION_FLAG_BITS=4, LOCAL_SKY=True,
+                           BKG_RESIDUAL=False)
+            costs.append(("CCD 1024x1024", seed, summary))
+
+    print(f"\nBackground galaxies within {RADIUS_ARCSEC:.0f} arcsec of the cluster centre, {len(sky_rows)} seed(s), "
+          f"engine {args.engine}, PASS_ELLIPSE_SCALE {args.scale}")
+    print(f"{'passes':10s} {'found':>12s} {'complete':>9s} {'dup bg':>7s} {'members 1x':>11s} {'shredded':>9s} "
+          f"{'dup truth':>10s} {'across passes':>14s} {'detections':>11s}")
+    for name, pool in totals.items():
+        print(f"{name:10s} {int(round(pool['found'])):5d} / {pool['n_background']:4d} "
+              f"{pool['found'] / pool['n_background']:9.3f} {pool['background_duplicated']:7d} "
+              f"{pool['members_whole'] / pool['n_members']:11.3f} {pool['members_shredded']:9d} "
+              f"{pool['duplicated_truth']:10d} {pool['duplicated_across_passes']:14d} {pool['n_detections']:11d}")
+
+    print("\nLocal sky (HOT+COLD catalogue) against the true sky + intracluster light at each object")
+    print(f"{'seed':>4s} {'objects':>8s} {'converged':>10s} {'|d|<1 sigma':>12s} {'median d':>9s} {'sigma':>6s} "
+          f"{'ICL > sigma: n':>15s} {'|d|<1 sigma':>12s}")
+    for seed, s in sky_rows:
+        print(f"{seed:4d} {s['n']:8d} {s['converged']:10.3f} {s['within_1_sigma']:12.3f} {s['median_offset']:9.3f} "
+              f"{s['median_std']:6.2f} {s['n_icl']:15d} {s['within_1_sigma_icl']:12.3f}")
+
+    data = {key: np.concatenate(values) for key, values in shear.items()}
+    rows, fit = crowded.tangential_profile(data["g1"], data["g2"], data["dx"], data["dy"], data["true"],
+                                           np.array([0.0, 20.0, 35.0, 50.0, 65.0, 90.0]))
+    print("\nTangential shear of the detected background galaxies (HSM REGAUSS, neighbours masked) vs input")
+    print(f"{'r (arcsec)':>12s} {'n':>5s} {'g_t':>8s} {'error':>7s} {'input':>7s} {'g_x':>8s}")
+    for r in rows:
+        print(f"{r['r_min']:5.0f}-{r['r_max']:<5.0f} {r['n']:6d} {r['g_t']:8.4f} {r['error']:7.4f} {r['true']:7.4f} "
+              f"{r['g_x']:8.4f}")
+    print(f"amplitude g_t / input: {fit['A']:.3f} +- {fit['A_error']:.3f} ({fit['n']} galaxies); "
+          f"mean cross shear {fit['cross_mean']:.4f} +- {fit['cross_error']:.4f}")
+    for limit in (23.0, 22.0):
+        bright = data["mag"] < limit
+        _, fit = crowded.tangential_profile(data["g1"][bright], data["g2"][bright], data["dx"][bright],
+                                            data["dy"][bright], data["true"][bright], np.array([0.0, 90.0]))
+        print(f"  galaxies brighter than {limit:.0f}: amplitude {fit['A']:.3f} +- {fit['A_error']:.3f} "
+              f"({fit['n']} galaxies)")
+
+    print("\nCost per image (wall seconds, sep on the shared machine)")
+    steps = ("seconds_pass_HOT", "seconds_pass_COLD", "seconds_join", "seconds_saturation", "seconds_object_mask",
+             "seconds_local_sky")
+    print(f"{'image':14s} {'seed':>4s} {'objects':>8s} " + " ".join(f"{s[8:]:>11s}" for s in steps)
+          + f" {'2nd pass %':>10s} {'masks %':>8s}")
+    for label, seed, summary in costs:
+        first = summary.get("seconds_pass_HOT", 0.0)
+        second = summary.get("seconds_pass_COLD", 0.0) + summary.get("seconds_join", 0.0)
+        mask_cost = sum(summary.get(s, 0.0) for s in ("seconds_saturation", "seconds_object_mask"))
+        print(f"{label:14s} {seed:4d} {summary['n_objects']:8d} " + " ".join(f"{summary.get(s, 0.0):11.3f}" for s in steps)
+              + f" {100 * second / first:10.0f} {100 * mask_cost / first:8.0f}")
+    print(f"\n(work folder: {work})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

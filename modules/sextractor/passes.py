@@ -1,0 +1,138 @@
+"""Several detection passes in one job, joined as CluSex joins them (docs/crowded.md).
+
+A crowded field (a cluster core, the surroundings of a bright star) needs
+two detection configurations: a "hot" pass (high threshold, coarse
+deblending) that keeps large bright galaxies whole, and a "cold" pass (low
+threshold, fine deblending) that finds the faint galaxies between them but
+shreds the bright ones. The catalogues are joined by geometry: every object
+of the first pass is kept; an object of a later pass is added only when its
+centre lies outside the ellipse of every object kept so far, scaled by a
+factor. A KD-tree of the kept centres limits the exact ellipse test to the
+pairs closer than the largest scaled semi-major axis.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .config_files import ConfigFileError, Parameter
+
+#: Columns the join needs; added to a pass's extraction when the .param file lacks them, dropped after.
+JOIN_COLUMNS = ("X_IMAGE", "Y_IMAGE", "A_IMAGE", "B_IMAGE", "THETA_IMAGE", "KRON_RADIUS")
+
+
+def parse_pass_settings(text: str, where: str) -> dict[str, str]:
+    """``KEY=VALUE`` pairs separated by spaces (``-`` or empty: none) as ``{KEY: VALUE}``.
+
+    Raises
+    ------
+    ConfigFileError
+        A word without ``=``; the message names ``where``.
+    """
+    text = (text or "").strip()
+    if text in ("", "-"):
+        return {}
+    settings = {}
+    for word in text.split():
+        key, sep, value = word.partition("=")
+        if not sep or not key or not value:
+            raise ConfigFileError(f"{where}: {word!r} is not KEY=VALUE (e.g. DETECT_THRESH=5)")
+        settings[key.strip().upper()] = value.strip()
+    return settings
+
+
+def write_pass_sex(base_path, overrides: dict, target) -> None:
+    """Write a copy of the ``.sex`` file ``base_path`` with ``overrides`` replacing or adding keys."""
+    from pathlib import Path
+
+    lines, seen = [], set()
+    for line in Path(base_path).read_text().splitlines():
+        words = line.split("#", 1)[0].split()
+        if words and words[0].upper() in overrides:
+            key = words[0].upper()
+            seen.add(key)
+            lines.append(f"{key} {overrides[key]}")
+        else:
+            lines.append(line)
+    lines += [f"{key} {value}" for key, value in overrides.items() if key not in seen]
+    Path(target).write_text("\n".join(lines) + "\n")
+
+
+def with_join_columns(parameters) -> tuple[list, list[str]]:
+    """The parameters plus the join columns they lack, and the names added."""
+    names = {p.name for p in parameters}
+    added = [name for name in JOIN_COLUMNS if name not in names]
+    return list(parameters) + [Parameter(name) for name in added], added
+
+
+def ellipse_axes(table, scale: float):
+    """Semi-axes (pixels) and angle (radians) of each object's join ellipse.
+
+    ``scale * KRON_RADIUS * (A_IMAGE, B_IMAGE)``; an object without a Kron
+    radius (0 or NaN, e.g. at an image edge) gets 3.5, SExtractor's usual
+    minimum-radius scale times 1.
+    """
+    kron = np.asarray(table["KRON_RADIUS"], float)
+    kron = np.where(np.isfinite(kron) & (kron > 0), kron, 3.5)
+    a = scale * kron * np.asarray(table["A_IMAGE"], float)
+    b = scale * kron * np.asarray(table["B_IMAGE"], float)
+    return a, b, np.radians(np.asarray(table["THETA_IMAGE"], float))
+
+
+def inside_ellipses(px, py, cx, cy, a, b, theta):
+    """Whether points ``(px, py)`` lie inside ellipses ``(cx, cy, a, b, theta)``, element-wise."""
+    dx, dy = px - cx, py - cy
+    c, s = np.cos(theta), np.sin(theta)
+    u = (dx * c + dy * s) / np.maximum(a, 1e-6)
+    v = (-dx * s + dy * c) / np.maximum(b, 1e-6)
+    return u * u + v * v <= 1.0
+
+
+def join_passes(tables, scale: float = 1.0):
+    """Join the catalogues of the passes (first pass first) by the CluSex rule.
+
+    Parameters
+    ----------
+    tables : list of astropy.table.Table
+        One per pass, each with the :data:`JOIN_COLUMNS`.
+    scale : float
+        Factor on each kept object's Kron ellipse.
+
+    Returns
+    -------
+    astropy.table.Table
+        Rows of every pass that were kept, pass by pass in the input order,
+        with a ``PASS`` column (1-based pass index) and ``NUMBER`` renumbered
+        1..n when present.
+    """
+    from astropy.table import Table, vstack
+    from scipy.spatial import cKDTree
+
+    kept_parts = []
+    cx = cy = a = b = theta = np.empty(0)
+    for index, table in enumerate(tables, start=1):
+        table = Table(table, copy=False)
+        x = np.asarray(table["X_IMAGE"], float)
+        y = np.asarray(table["Y_IMAGE"], float)
+        keep = np.ones(len(table), bool)
+        if cx.size and len(table):
+            tree = cKDTree(np.column_stack([cx, cy]))
+            # Prefilter: only kept objects closer than the largest semi-major axis can contain a centre.
+            neighbours = tree.query_ball_point(np.column_stack([x, y]), r=float(a.max()))
+            counts = np.fromiter((len(n) for n in neighbours), int, len(neighbours))
+            if counts.sum():
+                rows = np.repeat(np.arange(len(table)), counts)
+                cols = np.fromiter((j for n in neighbours for j in n), int, counts.sum())
+                hit = inside_ellipses(x[rows], y[rows], cx[cols], cy[cols], a[cols], b[cols], theta[cols])
+                keep[np.unique(rows[hit])] = False
+        part = table[keep]
+        part["PASS"] = np.full(len(part), index, np.int16)
+        kept_parts.append(part)
+        pa, pb, pt = ellipse_axes(part, scale)
+        cx = np.concatenate([cx, np.asarray(part["X_IMAGE"], float)])
+        cy = np.concatenate([cy, np.asarray(part["Y_IMAGE"], float)])
+        a, b, theta = np.concatenate([a, pa]), np.concatenate([b, pb]), np.concatenate([theta, pt])
+    joined = vstack(kept_parts, join_type="exact", metadata_conflicts="silent") if kept_parts else Table()
+    if "NUMBER" in joined.colnames:
+        joined["NUMBER"] = np.arange(1, len(joined) + 1, dtype=joined["NUMBER"].dtype)
+    return joined

@@ -1,0 +1,239 @@
+"""Scores of a detection catalogue of the simulated cluster against its truth (docs/crowded.md).
+
+Each detection is given to the truth object nearest to it in units of that
+object's size, ``distance / (hlr + 0.3 arcsec)`` (stars: hlr 0), when that
+ratio is below ``max_ratio``: a fragment of a large member a few arcsec from
+its centre belongs to the member, a faint galaxy on the member's wing to
+itself. A member is whole when exactly one detection belongs to it; a truth
+object is duplicated when more than one does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+SIZE_FLOOR_ARCSEC = 0.3
+
+
+def assign_detections(det_x, det_y, truth, pixel_scale, max_ratio=2.0):
+    """Index of the truth row each detection belongs to (-1: none).
+
+    Parameters
+    ----------
+    det_x, det_y : array
+        Detection positions (pixels, same frame as ``truth['x'], truth['y']``).
+    truth : table-like
+        Columns ``x, y, hlr`` (hlr in arcsec).
+    pixel_scale : float
+        Arcsec per pixel.
+    """
+    from scipy.spatial import cKDTree
+
+    tx, ty = np.asarray(truth["x"], float), np.asarray(truth["y"], float)
+    size = (np.asarray(truth["hlr"], float) + SIZE_FLOOR_ARCSEC) / pixel_scale
+    det = np.column_stack([np.asarray(det_x, float), np.asarray(det_y, float)])
+    owner = np.full(len(det), -1)
+    if not len(det) or not tx.size:
+        return owner
+    # Candidates within the largest reach; then the smallest size-scaled distance.
+    reach = max_ratio * size.max()
+    neighbours = cKDTree(np.column_stack([tx, ty])).query_ball_point(det, r=reach)
+    for i, candidates in enumerate(neighbours):
+        if not candidates:
+            continue
+        c = np.asarray(candidates)
+        ratio = np.hypot(tx[c] - det[i, 0], ty[c] - det[i, 1]) / size[c]
+        best = np.argmin(ratio)
+        if ratio[best] < max_ratio:
+            owner[i] = c[best]
+    return owner
+
+
+def detections_per_truth(owner, n_truth):
+    """Number of detections belonging to each truth row."""
+    return np.bincount(owner[owner >= 0], minlength=n_truth)
+
+
+def cluster_scores(det_x, det_y, truth, centre_xy, pixel_scale, radius_arcsec=30.0, passes=None):
+    """Completeness, duplicates and shredding of one catalogue on the cluster tile.
+
+    Returns
+    -------
+    dict
+        ``n_background`` (background galaxies within ``radius_arcsec`` of
+        the centre), ``background_found`` (fraction with >= 1 detection),
+        ``background_duplicated`` (number with > 1), ``n_members``,
+        ``members_whole`` (fraction with exactly 1), ``members_shredded``
+        (number with > 1), ``duplicated_truth`` (any truth row with > 1),
+        ``n_detections``, ``unassigned``; with ``passes`` (the PASS of each
+        detection) ``duplicated_across_passes``: truth rows detected by more
+        than one pass (what the join must prevent).
+    """
+    from shapepipe_modules.simulate.cluster import ROLE_FIELD, ROLE_ICL, ROLE_MEMBER
+
+    # The intracluster light is no object to detect: its size would claim every fragment near the centre.
+    truth = truth[np.asarray(truth["cluster_role"]) != ROLE_ICL]
+    owner = assign_detections(det_x, det_y, truth, pixel_scale)
+    counts = detections_per_truth(owner, len(truth))
+    role = np.asarray(truth["cluster_role"])
+    r = np.hypot(np.asarray(truth["x"]) - centre_xy[0], np.asarray(truth["y"]) - centre_xy[1]) * pixel_scale
+    background = (role == ROLE_FIELD) & ~np.asarray(truth["is_star"], bool) & (r < radius_arcsec)
+    members = role == ROLE_MEMBER
+    scores = {}
+    if passes is not None:
+        passes = np.asarray(passes)
+        assigned = owner >= 0
+        pairs = np.unique(np.column_stack([owner[assigned], passes[assigned]]), axis=0)
+        scores["duplicated_across_passes"] = int(np.sum(np.bincount(pairs[:, 0], minlength=len(truth)) > 1))
+    return scores | {
+        "n_background": int(background.sum()),
+        "background_found": float(np.mean(counts[background] >= 1)) if background.any() else float("nan"),
+        "background_duplicated": int(np.sum(counts[background] > 1)),
+        "n_members": int(members.sum()),
+        "members_whole": float(np.mean(counts[members] == 1)),
+        "members_shredded": int(np.sum(counts[members] > 1)),
+        "duplicated_truth": int(np.sum(counts > 1)),
+        "n_detections": int(len(owner)),
+        "unassigned": int(np.sum(owner < 0)),
+    }
+
+
+def diffuse_light(sim_dir, tile="244.252"):
+    """Noise-free image of the simulated intracluster light on a tile (the tile's sky is 0).
+
+    Drawn like the simulator draws it: the truth profile convolved with the
+    tile's mean PSF, on the tile's WCS, without pixel convolution.
+    """
+    import galsim
+    from astropy.io import fits
+
+    from shapepipe_modules import cfis
+    from shapepipe_modules.simulate import TruePSF, load_truth
+    from shapepipe_modules.simulate.cluster import ROLE_ICL
+    from shapepipe_modules.simulate.scene import truth_galaxy_profile
+
+    path = Path(sim_dir) / "tiles" / cfis.tile_file_name(*cfis.parse_tile_id(tile), kind="image")
+    header = fits.getheader(path)
+    image = galsim.ImageF(header["NAXIS1"], header["NAXIS2"], wcs=galsim.FitsWCS(header=header))
+    truth = load_truth(sim_dir, tile=tile)
+    psf = TruePSF(sim_dir).tile_galsim(cfis.tile_id(*cfis.parse_tile_id(tile)))
+    for row in truth[np.asarray(truth["cluster_role"]) == ROLE_ICL]:
+        profile = galsim.Convolve([truth_galaxy_profile(row), psf])
+        profile.drawImage(image=image, center=galsim.PositionD(float(row["x"]), float(row["y"])),
+                          method="no_pixel", add_to_image=True)
+    return image.array
+
+
+def local_sky_scores(table, true_sky):
+    """How the local sky of each object compares with the true diffuse light at its position.
+
+    Returns
+    -------
+    dict
+        ``n``, ``converged`` (fraction with BKG_METHOD > 0),
+        ``within_1_sigma`` (fraction of the converged with
+        ``|BKG_LOCAL - true| < BKG_LOCAL_STD``), ``median_offset`` and
+        ``median_std``; ``within_1_sigma_icl`` for objects where the true
+        diffuse light exceeds the median BKG_LOCAL_STD.
+    """
+    x = np.clip(np.rint(np.asarray(table["X_IMAGE"], float)).astype(int) - 1, 0, true_sky.shape[1] - 1)
+    y = np.clip(np.rint(np.asarray(table["Y_IMAGE"], float)).astype(int) - 1, 0, true_sky.shape[0] - 1)
+    truth = true_sky[y, x]
+    ok = np.asarray(table["BKG_METHOD"]) > 0
+    sky = np.asarray(table["BKG_LOCAL"], float)
+    std = np.asarray(table["BKG_LOCAL_STD"], float)
+    within = np.abs(sky - truth) < std
+    strong = ok & (truth > np.nanmedian(std[ok]))
+    return {
+        "n": int(len(table)),
+        "converged": float(np.mean(ok)),
+        "within_1_sigma": float(np.mean(within[ok])),
+        "median_offset": float(np.median((sky - truth)[ok])),
+        "median_std": float(np.median(std[ok])),
+        "n_icl": int(strong.sum()),
+        "within_1_sigma_icl": float(np.mean(within[strong])) if strong.any() else float("nan"),
+    }
+
+
+def hsm_shears(image, object_mask, table, psf_image, pixel_scale, stamp_size=41, responsivity=None,
+               local_sky=False):
+    """PSF-corrected shear estimates of catalogue objects (GalSim HSM REGAUSS) with neighbours masked.
+
+    Each object's stamp ignores the pixels of other objects and saturated
+    regions in the object mask; with ``local_sky``, the catalogue's
+    BKG_LOCAL (where measured) is subtracted from it first. REGAUSS returns distortions ``e``; the shear
+    estimate is ``e / (2 R)`` with the responsivity ``R = 1 - <e^2>/2``
+    of the measured sample (unless given).
+
+    Returns
+    -------
+    dict
+        ``ok`` (bool per row), ``g1``, ``g2`` (NaN where HSM failed),
+        ``responsivity``.
+    """
+    import galsim
+
+    n = len(table)
+    e1, e2 = np.full(n, np.nan), np.full(n, np.nan)
+    half = stamp_size // 2
+    psf = galsim.ImageF(np.asarray(psf_image, np.float32), scale=pixel_scale)
+    ny, nx = image.shape
+    for i, row in enumerate(table):
+        ix, iy = int(round(row["X_IMAGE"])) - 1, int(round(row["Y_IMAGE"])) - 1
+        if not (half <= ix < nx - half and half <= iy < ny - half):
+            continue
+        window = (slice(iy - half, iy + half + 1), slice(ix - half, ix + half + 1))
+        local = object_mask[window]
+        bad = ((local != 0) & (local != row["NUMBER"])).astype(np.int32)
+        pixels = np.array(image[window], np.float32)
+        if local_sky and np.isfinite(row["BKG_LOCAL"]):
+            pixels -= np.float32(row["BKG_LOCAL"])
+        stamp = galsim.ImageF(pixels, scale=pixel_scale)
+        try:
+            result = galsim.hsm.EstimateShear(stamp, psf, badpix=galsim.ImageI(bad, scale=pixel_scale),
+                                              shear_est="REGAUSS", strict=True)
+        except (galsim.GalSimHSMError, galsim.GalSimError):
+            continue
+        if result.correction_status == 0 and np.hypot(result.corrected_e1, result.corrected_e2) < 1.5:
+            e1[i], e2[i] = result.corrected_e1, result.corrected_e2
+    ok = np.isfinite(e1)
+    if responsivity is None:
+        responsivity = 1.0 - 0.5 * float(np.mean(e1[ok] ** 2 + e2[ok] ** 2)) if ok.any() else 1.0
+    return {"ok": ok, "g1": e1 / (2 * responsivity), "g2": e2 / (2 * responsivity), "responsivity": responsivity}
+
+
+def tangential_profile(g1, g2, dx, dy, true_g_t, edges):
+    """Binned tangential shear of measured galaxies against the input.
+
+    Returns
+    -------
+    rows : list of dict
+        Per radial bin (``edges``, same unit as ``dx, dy``): ``r_min, r_max,
+        n, g_t`` (mean measured), ``error`` (its standard error), ``g_x``
+        (mean cross shear), ``true`` (mean input tangential shear of the
+        same galaxies).
+    fit : dict
+        ``A``, ``A_error``: least-squares amplitude of ``g_t = A * true``
+        (error from the scatter of ``g_t - true`` and ``g_x``); ``n``;
+        ``cross_mean``, ``cross_error``.
+    """
+    from shapepipe_modules.simulate.cluster import tangential_shear
+
+    g_t, g_x = tangential_shear(np.asarray(g1), np.asarray(g2), np.asarray(dx), np.asarray(dy))
+    r = np.hypot(dx, dy)
+    rows = []
+    for low, high in zip(edges[:-1], edges[1:]):
+        inside = (r >= low) & (r < high)
+        m = int(inside.sum())
+        rows.append({"r_min": float(low), "r_max": float(high), "n": m,
+                     "g_t": float(np.mean(g_t[inside])) if m else float("nan"),
+                     "error": float(np.std(g_t[inside]) / np.sqrt(m)) if m > 1 else float("nan"),
+                     "g_x": float(np.mean(g_x[inside])) if m else float("nan"),
+                     "true": float(np.mean(true_g_t[inside])) if m else float("nan")})
+    sigma = np.std(np.concatenate([g_t - true_g_t, g_x]))
+    amplitude = float(np.sum(g_t * true_g_t) / np.sum(true_g_t**2))
+    error = float(sigma / np.sqrt(np.sum(true_g_t**2)))
+    return rows, {"A": amplitude, "A_error": error, "n": int(r.size),
+                  "cross_mean": float(np.mean(g_x)), "cross_error": float(np.std(g_x) / np.sqrt(r.size))}

@@ -1,0 +1,141 @@
+"""Dual-pass detection (sextractor PASSES) on the simulated cluster, both engines."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from astropy.table import Table
+
+from conftest import run_module
+from shapepipe_modules.io.ldac import read_ldac
+from shapepipe_modules.sextractor.passes import inside_ellipses, join_passes
+from shapepipe_modules.sextractor.runner import DATA_DIR, sextractor, validate
+
+galsim = pytest.importorskip("galsim")
+
+HOT = "BACK_TYPE=AUTO BACK_SIZE=64 DETECT_THRESH=3 DETECT_MINAREA=10 DEBLEND_MINCONT=0.01"
+COLD = "BACK_TYPE=AUTO BACK_SIZE=24 DETECT_THRESH=1.2 DEBLEND_MINCONT=0.0005"
+
+
+def _table(x, y, a, b, theta, kron):
+    n = len(x)
+    return Table({"NUMBER": np.arange(1, n + 1, dtype=np.int32), "X_IMAGE": np.asarray(x, float),
+                  "Y_IMAGE": np.asarray(y, float), "A_IMAGE": np.full(n, a, float) if np.isscalar(a) else a,
+                  "B_IMAGE": np.full(n, b, float) if np.isscalar(b) else b,
+                  "THETA_IMAGE": np.full(n, theta, float) if np.isscalar(theta) else theta,
+                  "KRON_RADIUS": np.full(n, kron, float)})
+
+
+def test_join_keeps_first_pass_and_drops_centres_inside_scaled_ellipses():
+    # One pass-1 object elongated along x (a = 10 px, b = 2 px after Kron 2 x (5, 1)).
+    first = _table([100.0], [100.0], 5.0, 1.0, 0.0, 2.0)
+    second = _table([108.0, 100.0, 100.0, 300.0], [100.0, 104.0, 101.0, 300.0], 1.0, 1.0, 0.0, 2.0)
+    joined = join_passes([first, second], scale=1.0)
+    # (108, 100) is inside along the major axis, (100, 104) outside across it, (100, 101) inside.
+    assert list(joined["PASS"]) == [1, 2, 2]
+    assert list(zip(joined["X_IMAGE"], joined["Y_IMAGE"])) == [(100.0, 100.0), (100.0, 104.0), (300.0, 300.0)]
+    assert list(joined["NUMBER"]) == [1, 2, 3]
+    # Scale 0.7: a = 7 px no longer reaches (108, 100).
+    assert len(join_passes([first, second], scale=0.7)) == 4
+    # Rotated by 90 degrees: now (100, 104) is inside and (108, 100) outside.
+    rotated = join_passes([_table([100.0], [100.0], 5.0, 1.0, 90.0, 2.0), second])
+    assert (100.0, 104.0) not in list(zip(rotated["X_IMAGE"], rotated["Y_IMAGE"]))
+    assert (108.0, 100.0) in list(zip(rotated["X_IMAGE"], rotated["Y_IMAGE"]))
+
+
+def test_join_matches_brute_force_over_three_passes():
+    rng = np.random.default_rng(5)
+    tables = []
+    for n in (60, 200, 150):
+        tables.append(_table(rng.uniform(0, 500, n), rng.uniform(0, 500, n), rng.uniform(1, 8, n),
+                             rng.uniform(0.5, 1, n), rng.uniform(-90, 90, n), 2.5))
+        tables[-1]["B_IMAGE"] *= tables[-1]["A_IMAGE"]
+    joined = join_passes(tables, scale=1.3)
+    # Brute force: every object against every kept object of earlier passes.
+    kept = [tables[0]]
+    for table in tables[1:]:
+        earlier = Table(np.concatenate([np.asarray(k.as_array()) for k in kept]))
+        a = 1.3 * 2.5 * np.asarray(earlier["A_IMAGE"])
+        b = 1.3 * 2.5 * np.asarray(earlier["B_IMAGE"])
+        inside = inside_ellipses(np.asarray(table["X_IMAGE"])[:, None], np.asarray(table["Y_IMAGE"])[:, None],
+                                 np.asarray(earlier["X_IMAGE"])[None], np.asarray(earlier["Y_IMAGE"])[None],
+                                 a[None], b[None], np.radians(np.asarray(earlier["THETA_IMAGE"]))[None])
+        kept.append(table[~inside.any(axis=1)])
+    assert [int((joined["PASS"] == i).sum()) for i in (1, 2, 3)] == [len(k) for k in kept]
+    assert 0 < len(kept[1]) < 200 and 0 < len(kept[2]) < 150
+
+
+def test_pass_options_are_checked():
+    base = {"DOT_SEX_FILE": str(DATA_DIR / "default_tile.sex"), "DOT_PARAM_FILE": str(DATA_DIR / "default.param"),
+            "DOT_CONV_FILE": str(DATA_DIR / "default.conv"), "FLAG_IMAGE": True}
+    problems = validate(dict(base, PASSES=["HOT", "COLD"], PASS_SETTINGS=["DETECT_THRESH=3"]))
+    assert any("PASS_SETTINGS has 1 entries for 2 PASSES" in p for p in problems)
+    problems = validate(dict(base, PASSES=["HOT"], PASS_SETTINGS=["DETECT_THRESH"]))
+    assert any("PASS_SETTINGS entry 1 (HOT)" in p for p in problems)
+    problems = validate(dict(base, PASSES=["HOT"], PASS_SETTINGS=["DETECT_THRESH=abc"]))
+    assert any("pass HOT" in p and "DETECT_THRESH" in p for p in problems)
+    assert validate(dict(base, PASSES=["HOT", "COLD"], PASS_SETTINGS=[HOT, COLD])) == []
+
+
+@pytest.fixture(scope="module")
+def cluster_tile(tmp_path_factory):
+    from astropy.io import fits
+
+    from shapepipe_modules.simulate import simulate
+
+    sim = simulate("cluster", tmp_path_factory.mktemp("cluster") / "sim", seed=1, n_workers=1)
+    # Plain weight and an empty flag image: the SExtractor binary reads neither a GZIP tile nor no flag.
+    header = fits.getheader(sim / "tiles" / "CFIS.244.252.r.fits")
+    weight = fits.getdata(sim / "tiles" / "CFIS.244.252.r.weight.fits.fz", 1)
+    fits.PrimaryHDU(weight, header=header).writeto(sim / "weight.fits")
+    fits.PrimaryHDU(np.zeros(weight.shape, np.int16), header=header).writeto(sim / "flag.fits")
+    return sim
+
+
+def _extract(sim, out, engine, **options):
+    inputs = [sim / "tiles" / "CFIS.244.252.r.fits", sim / "weight.fits", sim / "flag.fits"]
+    summary = run_module(sextractor, inputs, out, "-244-252", ENGINE=engine, BKG_RESIDUAL=False,
+                         DOT_SEX_FILE=str(DATA_DIR / "default_tile.sex"), PASS_ELLIPSE_SCALE=1.0, **options)
+    table, header = read_ldac(out / "sexcat-244-252.fits")
+    return summary, table, header
+
+
+@pytest.mark.parametrize("engine", ["sep", "sextractor"])
+def test_dual_pass_on_the_cluster(cluster_tile, tmp_path, engine):
+    from shapepipe_modules.simulate import load_truth
+    from shapepipe_modules.simulate.cluster import ROLE_ICL
+    from shapepipe_modules.validate.crowded import cluster_scores
+
+    if engine == "sextractor" and not (shutil.which("source-extractor") or shutil.which("sex")):
+        pytest.skip("no SExtractor binary")
+    truth = load_truth(cluster_tile, tile="244.252")
+    centre = truth[truth["cluster_role"] == ROLE_ICL][0]
+    scores = {}
+    for name, options in (("hot", dict(PASSES=["HOT"], PASS_SETTINGS=[HOT])),
+                          ("cold", dict(PASSES=["COLD"], PASS_SETTINGS=[COLD])),
+                          ("dual", dict(PASSES=["HOT", "COLD"], PASS_SETTINGS=[HOT, COLD]))):
+        summary, table, header = _extract(cluster_tile, tmp_path / name, engine, **options)
+        scores[name] = cluster_scores(table["X_IMAGE"], table["Y_IMAGE"], truth, (centre["x"], centre["y"]), 0.187,
+                                      passes=table["PASS"])
+        if name == "dual":
+            single, _ = read_ldac(tmp_path / "hot" / "sexcat-244-252.fits")
+            assert table.colnames == single.colnames and "KRON_RADIUS" not in table.colnames
+            assert header["PASS1"] == "HOT" and header["PASS2"] == "COLD"
+            n_hot = len(single)
+            assert (table["PASS"] == 1).sum() == n_hot == header["NPASS1"]
+            # Pass 1 kept whole and first; pass 2 adds objects; NUMBER runs 1..n.
+            np.testing.assert_array_equal(table["X_IMAGE"][:n_hot], single["X_IMAGE"])
+            assert len(table) > n_hot and list(table["NUMBER"]) == list(range(1, len(table) + 1))
+            assert summary["n_objects"] == len(table)
+    dual, hot, cold = scores["dual"], scores["hot"], scores["cold"]
+    # The cold pass finds the faint background galaxies the hot pass cannot; the join keeps most of them.
+    assert dual["background_found"] > hot["background_found"] + 0.1
+    assert dual["background_found"] >= cold["background_found"] - 0.15
+    assert dual["background_duplicated"] == 0
+    assert dual["duplicated_across_passes"] == 0  # the join adds no second detection of any truth object
+    # The cold pass shreds the knotty members; the hot pass keeps them whole, and so does the join.
+    assert cold["members_shredded"] >= 3
+    assert dual["members_shredded"] <= 1 and dual["members_whole"] >= 0.85
+    assert dual["members_whole"] > cold["members_whole"] + 0.15
