@@ -334,9 +334,9 @@ def _simulate(preset, output_dir, seed, n_workers, progress, overrides, extra_re
         if p["index"] in params["bad_seeing_exposures"]:
             psf_models[p["exposure"]]["fwhm0"] *= params["bad_seeing_factor"]
     variable = params["variable_fraction"] > 0
-    object_columns = _OBJECT_COLUMNS + (VARIABLE_COLUMNS + ("mag_ref",) if variable else ())
-    exposure_truth_columns = EXPOSURE_TRUTH_COLUMNS + (list(VARIABLE_COLUMNS) + ["mag_ref"] if variable else [])
-    tile_truth_columns = TILE_TRUTH_COLUMNS + (list(VARIABLE_COLUMNS) if variable else [])
+    object_columns = object_columns + (VARIABLE_COLUMNS + ("mag_ref",) if variable else ())
+    exposure_truth_columns = exposure_truth_columns + (list(VARIABLE_COLUMNS) + ["mag_ref"] if variable else [])
+    tile_truth_columns = tile_truth_columns + (list(VARIABLE_COLUMNS) if variable else [])
     scene.update(make_variables(params, seed, scene["is_star"], (min(mjds.values()), max(mjds.values()))))
     scene["mag_ref"] = scene["mag"]
 
@@ -368,11 +368,7 @@ def _simulate(preset, output_dir, seed, n_workers, progress, overrides, extra_re
                 "zero_point": zero_points[p["exposure"]],
                 "wcs_cards": ccd_cards[(p["exposure"], k)], "psf_model": psf_models[p["exposure"]],
                 "half_extent": mosaic.half_extent, "focal_x0": mosaic.x0[k], "focal_y0": mosaic.y0[k],
-<<<<<<< HEAD
                 "objects": objects,
-=======
-                "objects": {name: scene[name][idx] for name in object_columns},
->>>>>>> crowded
             })
     truths = _run_parallel(_ccd_job, tasks, work_dir, n_workers, "exposure CCDs", progress)
 

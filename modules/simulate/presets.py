@@ -145,7 +145,6 @@ _PRESET_OVERRIDES = {
         "ring": True,
         "deep_sky": False,
     },
-<<<<<<< HEAD
     # Light curves and exposure quality (docs/lightcurves.md): the tiny geometry seen 8 times over 4 nights
     # (2 exposures a night), zero points 29.9-30.1 and FWHM 0.6-0.85 arcsec varying between exposures,
     # exposure index 3 under clouds (zero point -0.5 mag) and index 6 in bad seeing (FWHM x 1.6); 15% of
@@ -174,7 +173,7 @@ _PRESET_OVERRIDES = {
         "bad_zero_point_exposures": [3],
         "bad_seeing_exposures": [6],
         "variable_fraction": 0.15,
-=======
+    },
     # A galaxy cluster at the centre of one small tile covered by one CCD per exposure (docs/crowded.md):
     # tests and benchmarks of crowded-field detection, object masks and local sky. No tile shear: the
     # galaxies behind the cluster carry its NFW tangential shear only. Background galaxies down to 24.5, the
@@ -197,7 +196,6 @@ _PRESET_OVERRIDES = {
         "deep_sky": False,
         "cluster": True,
         "cluster_knot_fraction": 0.3,
->>>>>>> crowded
     },
     "cfis": {
         "tile_size": 10000,
@@ -356,7 +354,6 @@ def _check(params):
     n_exposures = len(params["tiles"]) * params["exposures_per_tile"]
     if not 1000000 <= params["first_exposure"] <= 10000000 - n_exposures:
         problems.append("simulate: 'first_exposure' must have 7 digits")
-<<<<<<< HEAD
     for name in ("bad_zero_point_exposures", "bad_seeing_exposures"):
         if any(not 0 <= index < n_exposures for index in params[name]):
             problems.append(f"simulate: {name!r} lists indices outside 0..{n_exposures - 1}")
@@ -372,8 +369,6 @@ def _check(params):
             problems.append(f"simulate: {name!r} must be non-decreasing")
     if params["variable_period_range"][0] <= 0 or params["transient_width_range"][0] <= 0:
         problems.append("simulate: periods and transient widths must be positive")
-    for name in ("psf_fwhm_range", "star_mag_range", "galaxy_mag_range"):
-=======
     if params["cluster"]:
         if params["cluster_members"] < 1:
             problems.append("simulate: 'cluster_members' must be at least 1 (the central galaxy)")
@@ -387,7 +382,6 @@ def _check(params):
             problems.append("simulate: 'icl_hlr' must be positive")
     for name in ("psf_fwhm_range", "star_mag_range", "galaxy_mag_range", "cluster_mag_range",
                  "cluster_hlr_range", "cluster_bright_mag_range"):
->>>>>>> crowded
         low, high = params[name]
         if not low < high:
             problems.append(f"simulate: {name!r} must be increasing")
