@@ -178,3 +178,41 @@ def test_n_split_max_zero_means_the_input_alone(tmp_path):
     first = tmp_path / "run_1" / "ngmix-244-252.fits"
     assert split_candidates(first, {"N_SPLIT_MAX": 0, "SPLIT_INPUT_DIR": []}) == [first]
     assert len(split_candidates(first, {"N_SPLIT_MAX": 3, "SPLIT_INPUT_DIR": []})) == 3
+
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "shapepipe.md"
+
+
+def _runner_options():
+    table = {}
+    for line in (FORMS / "runner_options.txt").read_text().splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        runner, _, keys = line.partition(":")
+        table[runner.strip()] = keys.split()
+    return table
+
+
+def test_every_shapepipe_runner_key_is_declared_and_documented():
+    from shapepipe.config import MODULE_SECTION_TABLE
+
+    registry = default_registry()
+    doc = DOC.read_text()
+    table = _runner_options()
+    assert len(table) == 28
+    for runner, keys in table.items():
+        spec = registry.get(runner)
+        row = next(line for line in doc.splitlines() if line.startswith(f"| {runner} | {spec.name} |"))
+        for key in keys:
+            assert key in spec.option_table or key in MODULE_SECTION_TABLE, (runner, key)
+            assert f"`{key}`" in row, (runner, key)
+
+
+def test_every_no_effect_key_is_in_the_documented_list():
+    """Keys accepted with a warning are exactly those the no-effect table of docs/shapepipe.md names."""
+    doc = DOC.read_text()
+    listed = doc.split("only this documented list passes:")[1].split("- **Sections")[0]
+    for spec in default_registry():
+        for option in spec.options:
+            if option.ignored:
+                assert f"`{option.name}`" in listed, (spec.name, option.name)

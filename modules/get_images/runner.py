@@ -6,6 +6,7 @@ import re
 from shapepipe.datasets import Product
 from shapepipe.module import module
 from shapepipe.options import Option
+from shapepipe_modules.shapepipe_compat import NO_EFFECT
 
 OFFLINE = ("RETRIEVE = vos (download from VOSpace) is not available: this pipeline works on local "
            "files only; copy the data to a local folder and use RETRIEVE = symlink or copy")
@@ -26,11 +27,10 @@ OPTIONS = (
            "input) or copy. ShapePipe's vos (with vos: INPUT_PATHs) validates, and its jobs fail "
            "saying that VOSpace is not available here (offline).",
            choices=("symlink", "copy", "vos")),
-    Option("RETRIEVE_OPTIONS", "str", "", "Options of ShapePipe's vcp download; accepted and "
-           "ignored (a note is logged)."),
+    Option("RETRIEVE_OPTIONS", "str", "", "Options of ShapePipe's vcp download." + NO_EFFECT, ignored=True),
     Option("N_TRY", "int", 3, "Attempts per file when copying."),
-    Option("OUTPUT_PATH", "str", "", "ShapePipe's output folder; accepted and ignored (a note is "
-           "logged): files go into the module run's output folder."),
+    Option("OUTPUT_PATH", "str", "", "ShapePipe's output folder: files go into the module run's output "
+           "folder." + NO_EFFECT, ignored=True),
     Option("CHECK_EXISTING_DIR", "str", "", "If set, a file whose output or input name is found "
            "N_EXPECTED times anywhere below this folder is not retrieved again."),
     Option("N_EXPECTED", "int", 1, "Number of copies of a file under CHECK_EXISTING_DIR that count as "
