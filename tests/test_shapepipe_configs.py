@@ -166,7 +166,7 @@ def test_mccd_modules_check_their_config_and_refuse_to_run_clearly(tmp_path):
     assert "missing section(s) INSTANCE, FIT, VALIDATION" in _check_mccd_config({"CONFIG_PATH": str(bad)})[0]
     job = Job(module="mccd_fit_val", module_run="mccd_fit_val", number="-2113737", inputs=[], output_dir=tmp_path,
               log_dir=tmp_path, options={}, logger=logging.getLogger("t"), run_dir=tmp_path)
-    with pytest.raises(JobError, match="MCCD focal-plane PSF model is not available.*psfex"):
+    with pytest.raises(JobError, match="this MCCD step is not available here; fit the focal-plane model with mccd_fit"):
         mccd_fit_val(job)
 
 

@@ -2,11 +2,17 @@
 ``mccd_fit_val``, ``mccd_val`` and ``mccd_interp`` (``*_runner`` too).
 
 MCCD (Liaudat et al. 2021) fits one PSF model per exposure over all its
-CCDs. Its modules are declared here with ShapePipe's options, so that
-configurations using them validate (the MCCD configuration file is read
-and checked); the focal-plane model itself is not in this version: a job
-of these modules fails with a message naming the per-CCD chain to use
-instead (``psfex`` + ``psfinterp``). See ``docs/shapepipe.md``.
+CCDs. Here ``mccd_fit`` runs this project's focal-plane model
+(:mod:`.focal_plane`: a constant image per CCD plus a polynomial of the
+focal-plane position, fitted with every star of the exposure) on the
+per-CCD star selections (``setools``), and writes one PSFEx model per CCD
+(``<input name>.psf``) that ``psfinterp`` (ShapePipe's ``psfex_interp``),
+``merge_starcat`` and ``psf_validation`` use as they use ``psfex``'s.
+
+The other MCCD modules are declared with ShapePipe's options, so that
+configurations using them validate (the MCCD configuration file is read and
+checked), but they do not run here: their jobs fail with a message naming
+what to use instead (``mccd_fit`` then ``psfinterp``). See ``docs/shapepipe.md``.
 """
 
 from __future__ import annotations
@@ -17,9 +23,13 @@ from shapepipe.errors import JobError
 from shapepipe.module import module
 from shapepipe.options import Option
 
-NOT_AVAILABLE = ("the MCCD focal-plane PSF model is not available in this version; model the PSF per CCD "
-                 "with psfex, interpolate it with psfinterp (ShapePipe's psfex_interp) and validate it with "
-                 "merge_starcat + psf_validation (docs/shapepipe.md)")
+from ..psfex.runner import DATA_DIR as _PSFEX_DATA
+
+_PSFEX_DEFAULT = _PSFEX_DATA / "default.psfex"
+
+NOT_AVAILABLE = ("this MCCD step is not available here; fit the focal-plane model with mccd_fit on the "
+                 "setools star selections (or per CCD with psfex), interpolate it with psfinterp (ShapePipe's "
+                 "psfex_interp) and validate it with merge_starcat + psf_validation (docs/shapepipe.md)")
 
 #: Sections ShapePipe's config_MCCD.ini holds.
 MCCD_SECTIONS = ("INPUTS", "INSTANCE", "FIT", "VALIDATION")
@@ -74,13 +84,40 @@ def mccd_preprocessing(job):
     _refuse(job)
 
 
-@module(name="mccd_fit", version="0.1", aliases=("mccd_fit_runner",),
-        description="ShapePipe's MCCD model fit (validates; focal-plane model not available yet).",
-        input_module="mccd_preprocessing", file_pattern="train_star_selection", file_ext=".fits",
-        numbering_scheme="-0000000", options=MCCD_OPTIONS, validate=_check_mccd_config)
+FIT_OPTIONS = (
+    Option("CONFIG_PATH", "file", "", "ShapePipe's MCCD configuration file: read and checked, its settings are "
+           "not used (the model's are GLOBAL_DEGREE and DOT_PSFEX_FILE)."),
+    Option("MODE", "choice", "FIT", "ShapePipe's MCCD mode; FIT and FIT_VALIDATION both fit (reserved stars are "
+           "validated downstream with psfinterp VALIDATION).", choices=("FIT", "FIT_VALIDATION", "VALIDATION")),
+    Option("VERBOSE", "bool", False, "Verbose MCCD messages (in the job log)."),
+    Option("GLOBAL_DEGREE", "int", 2, "Degree of the polynomial of the focal-plane position."),
+    Option("DOT_PSFEX_FILE", "file", str(_PSFEX_DEFAULT), "PSFEx configuration (.psfex) giving PSF_SIZE, "
+           "PSF_SAMPLING, PSF_ACCURACY, CENTER_KEYS, PSFVAR_KEYS and PHOTFLUX_KEY."),
+    Option("MIN_STARS", "int", 20, "Fewer usable stars in an exposure than this: no model for it (logged)."),
+    Option("INTERPOLANT_ORDER", "int", 7, "Lanczos order of the resampling inside the fit."),
+)
+
+
+def _check_fit(options) -> list[str]:
+    problems = _check_mccd_config(options)
+    if options.get("MODE") == "VALIDATION":
+        problems.append("MODE = VALIDATION validates an existing MCCD model, which is not available here; "
+                        "use FIT (validate with psfinterp VALIDATION)")
+    if (options.get("GLOBAL_DEGREE") or 0) < 0:
+        problems.append("GLOBAL_DEGREE must be at least 0")
+    return problems
+
+
+@module(name="mccd_fit", version="1.0", aliases=("mccd_fit_runner",),
+        description="PSF model per exposure over all its CCDs (focal-plane polynomial + per-CCD terms), "
+                    "written per CCD as PSFEx models.",
+        input_module="setools", file_pattern="star_selection", file_ext=".fits", numbering_scheme="-0000000-0",
+        run_method="serial", depends=("numpy", "astropy"), options=FIT_OPTIONS, validate=_check_fit)
 def mccd_fit(job):
-    """Refuse with a clear message (see the module docstring)."""
-    _refuse(job)
+    """Fit every exposure of the star selections; write one ``.psf`` per CCD."""
+    from .fit_job import fit_star_selections
+
+    return fit_star_selections(job)
 
 
 @module(name="mccd_fit_val", version="0.1", aliases=("mccd_fit_val_runner",),
