@@ -356,7 +356,8 @@ def _configure_run(ini, run, core, registry, runs, records, output_dir, exclusiv
             value = _absolute(value)
         run.options[option.name] = value
     # Cross-field checks only on options that parsed cleanly (no repeated messages).
-    if spec.validate is not None and len(problems) == problems_before:
+    options_clean = len(problems) == problems_before
+    if spec.validate is not None and options_clean:
         for problem in spec.validate(dict(run.options)) or []:
             problems.append(f"{where_default}: {problem}")
 
@@ -443,7 +444,8 @@ def _configure_run(ini, run, core, registry, runs, records, output_dir, exclusiv
         packages += list(generic.get(key, (None, ""))[0] or [])
     for key in ("EXECUTES", "ADD_EXECUTES"):
         executables += list(generic.get(key, (None, ""))[0] or [])
-    if spec.requirements is not None and all(v is not None for v in run.options.values()):
+    # Options may default to None (unset); only a parse failure keeps the requirements from being asked.
+    if spec.requirements is not None and options_clean:
         try:
             more_packages, more_executables = spec.requirements(dict(run.options))
             packages += list(more_packages)
