@@ -15,8 +15,8 @@ from shapepipe.options import Option
 
 OPTIONS = (
     Option("HDU", "int_list", [], "HDU of each input's table, one per input; empty: 2 for every input."),
-    Option("EXT_NAME", "list", [], "EXTNAME of each output HDU, one per input; empty: the input file names."),
-    Option("CHECK_COL_NAME", "str", "", "Column that must hold the same values in every table (e.g. NUMBER)."),
+    Option("EXT_NAME", "name_list", [], "EXTNAME of each output HDU, one per input; empty: the input file names."),
+    Option("CHECK_COL_NAME", "name", "", "Column that must hold the same values in every table (e.g. NUMBER)."),
     Option("PREFIX", "name", "cat_pasted", "Output name before the number."),
 )
 
