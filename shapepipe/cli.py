@@ -93,6 +93,8 @@ def _list_modules(registry) -> str:
     lines = []
     for spec in registry:
         lines.append(f"{spec.name:<24} {spec.version:<8} {spec.description}")
+        if spec.aliases:
+            lines.append(f"{'':<24} {'':<8} also: {', '.join(spec.aliases)}")
     for source, error in registry.load_errors.items():
         lines.append(f"(could not import {source}: {error})")
     return "\n".join(lines) if lines else "no module found"

@@ -109,7 +109,8 @@ MODULE_SECTION_OPTIONS: tuple[Option, ...] = (
            "INPUT_MODULE and [FILE] INPUT_DIR); accepts run references."),
     Option("ADD_INPUT_DIR", "dir_list", None, "Folders searched in addition to the other inputs."),
     Option("INPUT_MODULE", "list", None, "Modules (or module runs, NAME_RUN_N) whose outputs are the "
-           "inputs; those not run earlier in this run are taken from their last successful run."),
+           "inputs; those not run earlier in this run are taken from their last successful run "
+           "(ShapePipe's last:NAME form means the same)."),
     Option("ADD_INPUT_MODULE", "list", None, "Input modules added to the declared ones."),
     Option("FILE_PATTERN", "name_list", None, "File name patterns of the inputs."),
     Option("ADD_FILE_PATTERN", "name_list", None, "Patterns added to the declared ones."),

@@ -197,6 +197,7 @@ def module(
     if run_method not in RUN_METHODS:
         raise ValueError(f"module {name}: run_method must be one of {RUN_METHODS}")
     options = tuple(options)
+    aliases = _alias_variants(name, aliases)
     names = [o.name.upper() for o in options]
     if len(set(names)) != len(names):
         raise ValueError(f"module {name}: duplicate option names")
@@ -215,7 +216,7 @@ def module(
             depends=_as_tuple(depends),
             executes=_as_tuple(executes),
             options=options,
-            aliases=tuple(a.lower() for a in _as_tuple(aliases)),
+            aliases=aliases,
             requirements=requirements,
             validate=validate,
             preload=_as_tuple(preload),
@@ -227,6 +228,22 @@ def module(
         return function
 
     return decorate
+
+
+def _alias_variants(name: str, aliases) -> tuple:
+    """Declared aliases plus each name with and without ShapePipe's ``_runner`` suffix.
+
+    ShapePipe's configs write ``make_cat_runner``, its documentation and users
+    ``make_cat``: both spellings of every name are accepted.
+    """
+    out = []
+    for item in (name, *_as_tuple(aliases)):
+        item = item.lower()
+        base = item[: -len("_runner")] if item.endswith("_runner") else item
+        for variant in (base, f"{base}_runner"):
+            if variant != name.lower() and variant not in out:
+                out.append(variant)
+    return tuple(out)
 
 
 # Every spec declared by an imported file; registries pick theirs by source.
@@ -242,6 +259,9 @@ class Registry:
         # Module files that failed to import: {python module: error text}.
         # Reported only when a configuration uses a name they might define.
         self.load_errors: dict[str, str] = {}
+        # Sections of modules ShapePipe configs hold but no module here runs:
+        # {name: why}. Such a section is accepted with a note.
+        self.retired: dict[str, str] = {}
 
     def add(self, spec: ModuleSpec) -> None:
         """Register a spec; a name clash with a different module is an error."""
@@ -296,6 +316,9 @@ class Registry:
             package = importlib.import_module("shapepipe_modules")
         except ImportError:
             return
+        for retired, why in getattr(package, "RETIRED_SECTIONS", {}).items():
+            self.retired[retired.lower()] = why
+            self.retired[f"{retired.lower()}_runner"] = why
         sources = []
         for info in pkgutil.iter_modules(package.__path__):
             if not info.ispkg:

@@ -170,6 +170,9 @@ class Option:
         Other accepted key names (e.g. ShapePipe's spelling).
     file_name : str, optional
         For ``store`` options: the file looked up in a folder or reference.
+    ignored : bool, optional
+        A key of ShapePipe's configurations with no effect here: accepted,
+        parsed, and named in a warning when set.
     """
 
     name: str
@@ -179,6 +182,7 @@ class Option:
     choices: tuple = ()
     aliases: tuple = field(default_factory=tuple)
     file_name: str = ""
+    ignored: bool = False
 
     def __post_init__(self):
         if self.type not in OPTION_TYPES:

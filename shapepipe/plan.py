@@ -137,6 +137,11 @@ def _map_sections(ini, registry, runs, problems, notes):
             spec = registry.get(base)
         elif section.lower() in registry:
             spec, index = registry.get(section.lower()), None
+        if spec is None and (base.lower() in registry.retired or section.lower() in registry.retired):
+            name = base.lower() if base.lower() in registry.retired else section.lower()
+            notes.append(f"warning: section [{ini.spelling[section]}] is not read: {name} is no module here "
+                         f"({registry.retired[name]})")
+            continue
         if spec is None:
             choices = list(CORE_SECTIONS) + [n.upper() for n in registry.names()]
             problems.append(f"{ini.where(section)}: unknown section{_suggest(base, choices)}")
@@ -297,7 +302,7 @@ def _gather_generic(ini, run, problems):
     return values
 
 
-def _configure_run(ini, run, core, registry, runs, records, output_dir, exclusive, problems):
+def _configure_run(ini, run, core, registry, runs, records, output_dir, exclusive, problems, notes):
     spec = run.spec
     table = spec.option_table
     for section in run.sections:
@@ -322,6 +327,8 @@ def _configure_run(ini, run, core, registry, runs, records, output_dir, exclusiv
             continue
         where = ini.where(found_in, option.name)
         value = parse_value(option, text, where, problems)
+        if option.ignored and found_in != "DEFAULT":
+            notes.append(f"warning: {where} is a ShapePipe key with no effect here ({option.help})")
         if value is None:
             run.options[option.name] = None
             continue
@@ -349,7 +356,8 @@ def _configure_run(ini, run, core, registry, runs, records, output_dir, exclusiv
             value = _absolute(value)
         run.options[option.name] = value
     # Cross-field checks only on options that parsed cleanly (no repeated messages).
-    if spec.validate is not None and len(problems) == problems_before:
+    options_clean = len(problems) == problems_before
+    if spec.validate is not None and options_clean:
         for problem in spec.validate(dict(run.options)) or []:
             problems.append(f"{where_default}: {problem}")
 
@@ -404,7 +412,11 @@ def _configure_run(ini, run, core, registry, runs, records, output_dir, exclusiv
         for item in run.input_dir_items:
             _check_reference_item(item, run.input_dir_where, ctx, run, problems)
     if "INPUT_MODULE" in generic and generic["INPUT_MODULE"][0] is not None:
-        run.input_modules, run.input_modules_explicit = list(generic["INPUT_MODULE"][0]), True
+        # 'last:NAME' (written in ShapePipe's configs) means NAME: an input module not run
+        # earlier in this run is taken from its last successful run anyway.
+        run.input_modules = [m[len("last:"):] if m.lower().startswith("last:") else m
+                             for m in generic["INPUT_MODULE"][0]]
+        run.input_modules_explicit = True
     else:
         run.input_modules = list(spec.input_modules)
     extra_modules = generic.get("ADD_INPUT_MODULE", (None, ""))[0]
@@ -432,7 +444,8 @@ def _configure_run(ini, run, core, registry, runs, records, output_dir, exclusiv
         packages += list(generic.get(key, (None, ""))[0] or [])
     for key in ("EXECUTES", "ADD_EXECUTES"):
         executables += list(generic.get(key, (None, ""))[0] or [])
-    if spec.requirements is not None and all(v is not None for v in run.options.values()):
+    # Options may default to None (unset); only a parse failure keeps the requirements from being asked.
+    if spec.requirements is not None and options_clean:
         try:
             more_packages, more_executables = spec.requirements(dict(run.options))
             packages += list(more_packages)
@@ -588,7 +601,7 @@ def build_plan(config_path, exclusive: str | None = None, registry: Registry | N
 
     file_items = core["FILE"].get("INPUT_DIR") or []
     for run in runs:
-        _configure_run(ini, run, core, registry, runs, records, output_dir, chosen, problems)
+        _configure_run(ini, run, core, registry, runs, records, output_dir, chosen, problems, notes)
     if chosen is not None and runs:
         schemes = [compile_scheme(r.scheme).fullmatch for r in runs if r.scheme is not None]
         strangers = [n for n in chosen if schemes and not any(fits(n) for fits in schemes)]

@@ -170,14 +170,15 @@ def base_options(**changes):
     return values
 
 
-def test_validate_refuses_vos_and_bad_lists(tmp_path):
+def test_validate_accepts_vos_form_and_refuses_bad_lists(tmp_path):
+    # ShapePipe's VOSpace form validates (it fails at run time: no network here) ...
     options = base_options(INPUT_PATH=["vos:cfis/tiles_DR3"], INPUT_FILE_PATTERN=["CFIS.000.000.r"],
                            INPUT_FILE_EXT=[".fits"], OUTPUT_FILE_PATTERN=["CFIS_image-"],
                            INPUT_NUMBERING=r"\d{3}\.\d{3}", RETRIEVE="vos")
-    problems = validate(options)
-    assert len(problems) == 1 and "RETRIEVE = vos" in problems[0] and "not available" in problems[0]
+    assert validate(options) == []
+    # ... but vos: paths without RETRIEVE = vos are refused.
     options.update(RETRIEVE="symlink")
-    assert "VOSpace paths are not available" in validate(options)[0]
+    assert "VOSpace paths need RETRIEVE = vos" in validate(options)[0]
     options.update(INPUT_PATH=[str(tmp_path), str(tmp_path / "nope")], INPUT_NUMBERING=r"\d{4}(")
     problems = validate(options)
     assert any("INPUT_NUMBERING" in p and "regular expression" in p for p in problems)
@@ -208,3 +209,17 @@ def test_runner_function_reads_every_list(tmp_path):
               logger=logging.getLogger("test_get_images"), run_dir=tmp_path)
     assert get_images(job) == {"ids": 2, "retrieved": 2, "skipped": 0}
     assert sorted(p.name for p in out.iterdir()) == ["CFIS_image-244-252.fits", "CFIS_image-245-252.fits"]
+
+
+def test_vos_job_fails_with_a_clear_message(tmp_path):
+    from shapepipe.errors import JobError
+    from shapepipe_modules.get_images.runner import get_images
+
+    from conftest import run_module
+
+    ids = tmp_path / "tile_numbers.txt"
+    ids.write_text("244.252\n")
+    with pytest.raises(JobError, match="VOSpace.*not available"):
+        run_module(get_images, [ids], tmp_path / "out", "", INPUT_PATH=["vos:cfis/tiles_DR3"],
+                   INPUT_FILE_PATTERN=["CFIS.000.000.r"], INPUT_FILE_EXT=[".fits"],
+                   OUTPUT_FILE_PATTERN=["CFIS_image-"], INPUT_NUMBERING=r"\d{3}\.\d{3}", RETRIEVE="vos")

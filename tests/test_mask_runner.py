@@ -160,3 +160,50 @@ def test_validate_needs_catalogues():
     both = dict(defaults, USE_EXT_STAR=True, STAR_CAT_PATH="/x.fits", DEEP_SKY_CAT_PATH="/d.fits")
     assert validate(both) == ["USE_EXT_STAR and STAR_CAT_PATH both set: give the star catalogue one way"]
     assert validate(dict(defaults, USE_EXT_STAR=True, DEEP_SKY_CAT_PATH="/d.fits")) == []
+
+
+def _onthefly_config(tmp_path):
+    """The shipped config.mask with ShapePipe's network star query named (its 'onthefly' form)."""
+    from shapepipe_modules.mask.config import default_config_path
+
+    import shutil
+
+    shipped = default_config_path("exposure")
+    text = shipped.read_text()
+    assert "[PROGRAM_PATH]" not in text
+    folder = tmp_path / "mask_config"
+    shutil.copytree(shipped.parent, folder)  # with the .reg files it names
+    path = folder / "onthefly.mask"
+    path.write_text("[PROGRAM_PATH]\nCDSCLIENT_PATH = findgsc2.2\n" + text)
+    return path
+
+
+def test_onthefly_form_validates_and_its_job_fails_clearly(tmp_path):
+    paths, _, deep = write_ccd(tmp_path)
+    config = _onthefly_config(tmp_path)
+    defaults = {option.name: option.default for option in OPTIONS}
+    options = dict(defaults, MASK_CONFIG_PATH=str(config), DEEP_SKY_CAT_PATH=str(deep))
+    assert validate(options) == []
+    job = make_job(tmp_path, paths.values(), MASK_CONFIG_PATH=str(config), DEEP_SKY_CAT_PATH=str(deep))
+    with pytest.raises(JobError, match=r"on-the-fly star query .*not available here: give a local bright-star "
+                                       r"catalogue with STAR_CAT_PATH"):
+        mask(job)
+
+
+def test_check_existing_dir_reuses_an_earlier_flag_image(tmp_path):
+    paths, stars, deep = write_ccd(tmp_path)
+    first = make_job(tmp_path, paths.values(), STAR_CAT_PATH=str(stars), DEEP_SKY_CAT_PATH=str(deep))
+    mask(first)
+    earlier = tmp_path / "earlier"
+    (tmp_path / "output").rename(earlier)
+    made = earlier / "pipeline_flag-0000001-3.fits"
+    job = make_job(tmp_path, paths.values(), STAR_CAT_PATH=str(stars), DEEP_SKY_CAT_PATH=str(deep),
+                   CHECK_EXISTING_DIR=str(earlier))
+    assert mask(job) == {"reused": 1}
+    out = tmp_path / "output" / "pipeline_flag-0000001-3.fits"
+    assert out.is_symlink() and out.resolve() == made.resolve()
+    # Not there: the flag image is made.
+    job = make_job(tmp_path, paths.values(), number="-0000001-3", STAR_CAT_PATH=str(stars),
+                   DEEP_SKY_CAT_PATH=str(deep), CHECK_EXISTING_DIR=str(tmp_path / "nowhere"))
+    out.unlink()
+    assert "n_halo" in mask(job) and not out.is_symlink() and out.is_file()

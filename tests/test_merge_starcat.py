@@ -27,11 +27,15 @@ def validation_table(rng, count, ccd):
     return table
 
 
-def make_job(tmp_path, input_table):
+def make_job(tmp_path, input_table, **options):
+    from shapepipe_modules.merge_starcat.runner import OPTIONS
+
     output = Path(tempfile.mkdtemp(prefix="out", dir=tmp_path))
+    values = {option.name: option.default for option in OPTIONS}
+    values.update(options)
     return Job(module="merge_starcat", module_run="merge_starcat", number="",
                inputs=[p for paths in input_table.values() for p in paths], input_table=input_table,
-               output_dir=output, log_dir=tmp_path, options={"PSF_MODEL": "psfex"},
+               output_dir=output, log_dir=tmp_path, options=values,
                logger=logging.getLogger("test_merge_starcat"), run_dir=tmp_path)
 
 
@@ -70,3 +74,26 @@ def test_merge_names_bad_file(tmp_path):
     write_ldac(path, Table({"NUMBER": [1], "X": [2.0]}), ccd_header(0))
     with pytest.raises(JobError, match="validation_psf-2113737-1.fits: missing column"):
         merge_starcat(make_job(tmp_path, {"-2113737-1": [path]}))
+
+
+def test_merge_setools_star_selections_from_an_hdu(tmp_path):
+    """PSF_MODEL = setools: any columns (those every catalogue has), read from HDU."""
+    from astropy.io import fits
+
+    input_table = {}
+    for ccd, count in ((3, 4), (7, 6)):
+        number = f"-2113737-{ccd}"
+        path = tmp_path / f"star_selection{number}.fits"
+        columns = {"X_WORLD": np.arange(count, dtype=float) + ccd, "MAG": np.full(count, 20.0 + ccd)}
+        if ccd == 7:
+            columns["EXTRA"] = np.zeros(count)
+        fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU(Table(columns))]).writeto(path)
+        input_table[number] = [path]
+    job = make_job(tmp_path, input_table, PSF_MODEL="setools", HDU=1)
+    assert merge_starcat(job) == {"stars": 10, "catalogues": 2, "exposures": 1}
+    merged, _ = read_ldac(job.output_dir / "full_starcat-0000000.fits")
+    assert set(merged.colnames) == {"X_WORLD", "MAG", "EXP_NAME", "CCD_NB"}
+    np.testing.assert_array_equal(merged["CCD_NB"], [3] * 4 + [7] * 6)
+    np.testing.assert_array_equal(merged["MAG"], [23.0] * 4 + [27.0] * 6)
+    with pytest.raises(JobError, match="HDU 3 is not a table"):
+        merge_starcat(make_job(tmp_path, input_table, PSF_MODEL="setools", HDU=3))

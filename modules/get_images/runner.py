@@ -6,6 +6,7 @@ import re
 from shapepipe.datasets import Product
 from shapepipe.module import module
 from shapepipe.options import Option
+from shapepipe_modules.shapepipe_compat import NO_EFFECT
 
 OFFLINE = ("RETRIEVE = vos (download from VOSpace) is not available: this pipeline works on local "
            "files only; copy the data to a local folder and use RETRIEVE = symlink or copy")
@@ -23,13 +24,13 @@ OPTIONS = (
     Option("INPUT_NUMBERING", "str", help=r"Regular expression matching the dummy ID in "
            r"INPUT_FILE_PATTERN (\d{3}\.\d{3} for tiles, \d{6} for exposures)."),
     Option("RETRIEVE", "choice", "symlink", "How files are brought in: symlink (a link to the "
-           "input) or copy. ShapePipe's vos is refused with a configuration error (offline).",
+           "input) or copy. ShapePipe's vos (with vos: INPUT_PATHs) validates, and its jobs fail "
+           "saying that VOSpace is not available here (offline).",
            choices=("symlink", "copy", "vos")),
-    Option("RETRIEVE_OPTIONS", "str", "", "Options of ShapePipe's vcp download; accepted and "
-           "ignored (a note is logged)."),
+    Option("RETRIEVE_OPTIONS", "str", "", "Options of ShapePipe's vcp download." + NO_EFFECT, ignored=True),
     Option("N_TRY", "int", 3, "Attempts per file when copying."),
-    Option("OUTPUT_PATH", "str", "", "ShapePipe's output folder; accepted and ignored (a note is "
-           "logged): files go into the module run's output folder."),
+    Option("OUTPUT_PATH", "str", "", "ShapePipe's output folder: files go into the module run's output "
+           "folder." + NO_EFFECT, ignored=True),
     Option("CHECK_EXISTING_DIR", "str", "", "If set, a file whose output or input name is found "
            "N_EXPECTED times anywhere below this folder is not retrieved again."),
     Option("N_EXPECTED", "int", 1, "Number of copies of a file under CHECK_EXISTING_DIR that count as "
@@ -42,14 +43,12 @@ def validate(options):
     from .get_images import file_types
 
     problems = []
-    if options["RETRIEVE"] == "vos":
-        problems.append(OFFLINE)
     paths = options["INPUT_PATH"]
     if any(path.lower().startswith("vos:") for path in paths):
+        # ShapePipe's VOSpace form validates; its jobs fail with OFFLINE (no network here).
         if options["RETRIEVE"] != "vos":
-            problems.append(f"INPUT_PATH {', '.join(paths)}: VOSpace paths are not available (this "
-                            "pipeline works offline); copy the data to a local folder and give it here")
-        return problems
+            problems.append(f"INPUT_PATH {', '.join(paths)}: VOSpace paths need RETRIEVE = vos, which is "
+                            "not available here (offline); copy the data to a local folder and give it here")
     try:
         numbering = re.compile(options["INPUT_NUMBERING"])
     except re.error as error:
@@ -65,7 +64,7 @@ def validate(options):
                 problems.append(f"INPUT_FILE_PATTERN {pattern!r} holds no match of INPUT_NUMBERING "
                                 f"{options['INPUT_NUMBERING']!r}: the ID would not appear in the file name")
     for path in paths:
-        if not os.path.isdir(os.path.expanduser(path)):
+        if not path.lower().startswith("vos:") and not os.path.isdir(os.path.expanduser(path)):
             problems.append(f"INPUT_PATH: directory {path} does not exist")
     if options["N_TRY"] < 1:
         problems.append("N_TRY must be at least 1")

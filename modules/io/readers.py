@@ -258,3 +258,24 @@ TEXT = Reader("text", read_text, file_summary, "text", "str")
 JSON = Reader("json", read_json, file_summary, "JSON", "dict")
 NPY = Reader("npy", read_npy, npy_header, "numpy .npy (no pickle)", "numpy.ndarray")
 PNG = Reader("png", read_bytes, png_header, "PNG plot (bytes)", "bytes")
+
+
+def read_healsparse(path):
+    """A HealSparse map (needs the ``healsparse`` package)."""
+    import healsparse
+
+    return healsparse.HealSparseMap.read(str(path))
+
+
+def healsparse_summary(path) -> dict:
+    """nside, coverage nside and data type of a HealSparse map, from its header cards."""
+    from astropy.io import fits
+
+    with fits.open(path, memmap=False) as hdus:
+        header = hdus[1].header if len(hdus) > 1 else hdus[0].header
+        cards = {key: header[key] for key in ("NSIDE", "NSIDE_COV", "SENTINEL") if key in header}
+    return {"path": str(path), **cards}
+
+
+HEALSPARSE = Reader("healsparse", read_healsparse, healsparse_summary, "HealSparse map (FITS)",
+                    "healsparse.HealSparseMap")

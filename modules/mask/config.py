@@ -189,6 +189,8 @@ class MaskParameters:
     missing_data: MissingDataParams | None = None
     keep_reg_file: bool = False
     notes: tuple = field(default_factory=tuple)
+    #: The file names ShapePipe's network star query ([PROGRAM_PATH] CDSCLIENT_PATH).
+    network_stars: bool = False
 
     def plane_bits(self) -> dict[str, int]:
         """Bits of the planes this configuration makes (``MP_EXTERNAL`` excluded)."""
@@ -432,6 +434,7 @@ def read_mask_config(path: str | os.PathLike) -> MaskParameters:
         missing_data=missing,
         keep_reg_file=bool(keep_reg),
         notes=tuple(notes),
+        network_stars=parser.has_option("PROGRAM_PATH", "CDSCLIENT_PATH"),
     )
 
 

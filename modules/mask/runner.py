@@ -19,6 +19,7 @@ cards list it, and a warning is logged).
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from pathlib import Path
@@ -59,7 +60,8 @@ OPTIONS = (
         "file",
         "",
         "One bright-star catalogue (FITS: ra, dec, mag) for every image; needed for halos and spikes "
-        "unless USE_EXT_STAR.",
+        "unless USE_EXT_STAR. A .mask file naming ShapePipe's network query (CDSCLIENT_PATH) without either "
+        "validates, and its jobs fail with a message saying so (no network here).",
     ),
     Option(
         "DEEP_SKY_CAT_PATH",
@@ -75,6 +77,8 @@ OPTIONS = (
     Option("COMPRESS", "bool", True, "Write the flag image tile-compressed without loss (RICE_1, fpack layout: "
            "50-80x smaller; sextractor, vignetmaker and astropy read it)."),
     Option("REG_FILE", "bool", False, "Also write <PREFIX>_flag<number>.reg, a ds9 region file of the masks."),
+    Option("CHECK_EXISTING_DIR", "path", None, "Folder (need not exist) of an earlier run's flag images (ShapePipe's key): a "
+           "job whose output name exists there links that file instead of remaking it."),
 )
 
 
@@ -92,7 +96,7 @@ def validate(options) -> list[str]:
     if params.halo is not None or params.spike is not None:
         if options.get("USE_EXT_STAR") and options.get("STAR_CAT_PATH"):
             problems.append("USE_EXT_STAR and STAR_CAT_PATH both set: give the star catalogue one way")
-        elif not options.get("USE_EXT_STAR") and not options.get("STAR_CAT_PATH"):
+        elif not options.get("USE_EXT_STAR") and not options.get("STAR_CAT_PATH") and not params.network_stars:
             problems.append(
                 f"{_config_path(options)} makes halo/spike masks: set STAR_CAT_PATH or USE_EXT_STAR "
                 "(stars are never queried over the network)"
@@ -211,6 +215,15 @@ def mask(job):
     image_path, weight_path = inputs[0], inputs[1]
     flag_path = inputs[2] if use_flag else None
     star_path = inputs[-1] if use_star else options.get("STAR_CAT_PATH") or None
+    existing = options.get("CHECK_EXISTING_DIR")
+    prefix = str(options["PREFIX"]).replace(" ", "")
+    prefix = "" if prefix.lower() in ("", "none") else prefix + "_"
+    out_name = f"{prefix}flag{job.number}.fits"
+    if existing and (Path(existing) / out_name).is_file():
+        # ShapePipe's CHECK_EXISTING_DIR: a flag image made by an earlier run is reused, not remade.
+        os.symlink((Path(existing) / out_name).resolve(), job.output_path(out_name))
+        job.logger.info("%s: reused from CHECK_EXISTING_DIR %s", out_name, existing)
+        return {"reused": 1}
 
     try:
         params = read_mask_config(_config_path(options))
@@ -218,6 +231,12 @@ def mask(job):
         raise JobError(str(error)) from None
     for note in params.notes:
         job.logger.info("%s: %s", params.source, note)
+    if (params.halo or params.spike) and not star_path:
+        raise JobError(
+            f"{params.source} asks for ShapePipe's on-the-fly star query ([PROGRAM_PATH] CDSCLIENT_PATH, a "
+            "network service), which is not available here: give a local bright-star catalogue with "
+            "STAR_CAT_PATH (FITS: ra, dec, mag; e.g. from create_star_cat) or one per image with USE_EXT_STAR"
+        )
 
     hdu = int(options["HDU"])
     image, header = _read_image(image_path, hdu, "image")
@@ -267,9 +286,6 @@ def mask(job):
     except (MaskInputError, ValueError) as error:
         raise JobError(f"image {image_path}: {error}") from None
 
-    prefix = str(options["PREFIX"]).replace(" ", "")
-    prefix = "" if prefix.lower() in ("", "none") else prefix + "_"
-    out_name = f"{prefix}flag{job.number}.fits"
     out_header = _output_header(header, result, params, inputs)
     from shapepipe_modules.io.images import write_image
 

@@ -23,7 +23,8 @@ from shapepipe.options import Option
 
 OPTIONS = (
     Option("N_SPLIT_MAX", "int", 1, "Number of split catalogues per tile, found with ShapePipe's rule "
-           "(first '1' of the input path replaced by 2..N) when SPLIT_INPUT_DIR is empty."),
+           "(first '1' of the input path replaced by 2..N) when SPLIT_INPUT_DIR is empty. 0 (the literal of "
+           "ShapePipe's cfis_simu template, with which ShapePipe reads nothing) means 1: the input alone."),
     Option("SPLIT_INPUT_DIR", "dir_list", [], "Folders (or run references) holding the split catalogues; "
            "the input's own folder is included automatically."),
     Option("WARNING", "choice", "error", "What a missing split catalogue does: error (the job fails) or a "
@@ -35,8 +36,8 @@ OPTIONS = (
 def validate(options) -> list[str]:
     """Cross-field checks made before any job starts."""
     problems = []
-    if (options.get("N_SPLIT_MAX") or 0) < 1:
-        problems.append(f"N_SPLIT_MAX must be at least 1, got {options.get('N_SPLIT_MAX')}")
+    if (options.get("N_SPLIT_MAX") or 0) < 0:
+        problems.append(f"N_SPLIT_MAX must be at least 0, got {options.get('N_SPLIT_MAX')}")
     return problems
 
 
@@ -51,7 +52,7 @@ def split_candidates(first, options) -> list:
     if folders:
         candidates = [first] + [Path(folder) / first.name for folder in folders]
     else:
-        candidates = shapepipe_split_paths(first, int(options["N_SPLIT_MAX"]))
+        candidates = shapepipe_split_paths(first, max(1, int(options["N_SPLIT_MAX"])))
     unique, seen = [], set()
     for path in candidates:
         key = path.resolve()

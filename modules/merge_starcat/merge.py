@@ -35,7 +35,28 @@ def split_number(number: str) -> tuple[str, int]:
     return match.group(1), int(match.group(2))
 
 
-def merge_validation(input_table: dict, logger=None):
+def _read(path, hdu):
+    """Rows of HDU ``hdu`` of a catalogue (``None``: the LDAC objects table)."""
+    from astropy.io import fits
+    from astropy.table import Table
+
+    from shapepipe_modules.io.ldac import LDACError, read_ldac
+
+    if hdu is None:
+        try:
+            return read_ldac(path)[0]
+        except LDACError as error:
+            raise MergeError(str(error)) from None
+    try:
+        with fits.open(path, memmap=False) as hdus:
+            if hdu >= len(hdus) or not isinstance(hdus[hdu], fits.BinTableHDU):
+                raise MergeError(f"{path}: HDU {hdu} is not a table (the file has {len(hdus)} HDUs)")
+            return Table(hdus[hdu].data)
+    except OSError as error:
+        raise MergeError(f"{path}: cannot read the catalogue: {error}") from None
+
+
+def merge_validation(input_table: dict, logger=None, required=REQUIRED, hdu=None):
     """Concatenate the validation catalogues of every file number.
 
     Parameters
@@ -43,6 +64,11 @@ def merge_validation(input_table: dict, logger=None):
     input_table : dict
         ``{number: [path]}`` (a serial job's ``input_table``).
     logger : logging.Logger, optional
+    required : tuple of str
+        Columns every catalogue must hold (psfinterp VALIDATION's by default;
+        empty for star selections).
+    hdu : int, optional
+        HDU of the rows; ``None``: the FITS-LDAC objects table.
 
     Returns
     -------
@@ -56,24 +82,19 @@ def merge_validation(input_table: dict, logger=None):
     """
     from astropy.table import Table, vstack
 
-    from shapepipe_modules.io.ldac import LDACError, read_ldac
-
     tables = []
     for number in sorted(input_table):
         path = input_table[number][0]
         exposure, ccd = split_number(number)
-        try:
-            table, _ = read_ldac(path)
-        except LDACError as error:
-            raise MergeError(str(error)) from None
-        missing = [name for name in REQUIRED if name not in table.colnames]
+        table = _read(path, hdu)
+        missing = [name for name in required if name not in table.colnames]
         if missing:
             raise MergeError(f"{path}: missing column(s) {', '.join(missing)}; is it a psfinterp VALIDATION "
                              "catalogue?")
         table = Table(table, masked=False, copy=False)
         table["EXP_NAME"] = np.full(len(table), exposure, dtype=f"U{max(len(exposure), 1)}")
         table["CCD_NB"] = np.full(len(table), ccd, dtype=np.int32)
-        if "PSF_FLAG" not in table.colnames:
+        if required and "PSF_FLAG" not in table.colnames:
             table["PSF_FLAG"] = np.zeros(len(table), dtype=np.int16)
         tables.append(table)
         if logger is not None:

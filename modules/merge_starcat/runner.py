@@ -1,6 +1,7 @@
 """Module declaration of ``merge_starcat`` (ShapePipe's ``merge_starcat_runner``).
 
-Serial: merges every psfinterp VALIDATION catalogue (``validation_psf``)
+Serial: merges every psfinterp VALIDATION catalogue (``validation_psf``;
+``PSF_MODEL = setools``: star selections, any columns)
 into ``full_starcat-0000000.fits`` (FITS-LDAC, objects in HDU 2 as in
 ShapePipe), adding ``EXP_NAME`` and ``CCD_NB`` from each file number.
 """
@@ -11,11 +12,17 @@ from shapepipe.datasets import Product
 from shapepipe.errors import JobError
 from shapepipe.module import module
 from shapepipe.options import Option
+from shapepipe_modules.shapepipe_compat import MCCD_CONFIG_PATH, MCCD_MODE, MCCD_VERBOSE
 
 OPTIONS = (
-    Option("PSF_MODEL", "choice", "psfex", "Kind of validation catalogues; psfinterp VALIDATION outputs "
-           "(ShapePipe's psfex). ShapePipe's mccd and setools variants are not supported.",
-           choices=("psfex",)),
+    Option("PSF_MODEL", "choice", "psfex", "Kind of catalogues merged: psfex and mccd, PSF validation "
+           "catalogues (psfinterp VALIDATION columns, whatever the PSF model); setools, star selections "
+           "(any columns, kept when every catalogue has them).", choices=("psfex", "mccd", "setools")),
+    Option("HDU", "int", None, "HDU of the rows in every input; unset: the FITS-LDAC objects table "
+           "(HDU 2 of ShapePipe's catalogues)."),
+    MCCD_VERBOSE,
+    MCCD_MODE,
+    MCCD_CONFIG_PATH,
 )
 
 
@@ -45,10 +52,11 @@ def merge_starcat(job):
 
     from shapepipe_modules.io.ldac import write_ldac
 
-    from .merge import MergeError, merge_validation
+    from .merge import REQUIRED, MergeError, merge_validation
 
     try:
-        merged = merge_validation(job.input_table, job.logger)
+        required = () if job.options["PSF_MODEL"] == "setools" else REQUIRED
+        merged = merge_validation(job.input_table, job.logger, required=required, hdu=job.options.get("HDU"))
     except MergeError as error:
         raise JobError(str(error)) from None
     header = fits.Header()

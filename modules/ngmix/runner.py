@@ -29,6 +29,7 @@ from shapepipe.datasets import Product
 from shapepipe.errors import JobError
 from shapepipe.module import module
 from shapepipe.options import Option
+from shapepipe_modules.shapepipe_compat import CHECK_EXISTING_DIR, NO_EFFECT
 
 OPTIONS = (
     Option("LOG_WCS", "path", "", "Header store of the exposures (log_exp_headers.sqlite), read for each "
@@ -49,6 +50,10 @@ OPTIONS = (
            "gauss_pix (the same rule on the PSF with its pixel, 5-10% larger: ngmix 2.3+ psf='gauss') or "
            "shapepipe (the gauss_nopix Gaussian convolved with the pixel: ngmix 1.3 as called by ShapePipe "
            "1.3.6).", choices=("gauss_nopix", "gauss_pix", "shapepipe")),
+    CHECK_EXISTING_DIR,
+    Option("SAVE_BATCH", "int", None, "ShapePipe writes its ngmix catalogue every SAVE_BATCH objects and appends "
+           "to it on a rerun (with CHECK_EXISTING_DIR); here a job writes its catalogue once and --resume "
+           "reruns only unfinished jobs." + NO_EFFECT, ignored=True),
 )
 
 

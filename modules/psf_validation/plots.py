@@ -161,7 +161,9 @@ def plot_histograms(sample, path, bins: int = 50):
 def plot_rho(rho: dict, path, ylim_left=None, ylim_right=None, style: str = "HSC"):
     """Rho statistics on two panels: rho0, rho1, rho3, rho4 | rho2, rho5.
 
-    ``style`` HSC plots ``|xi+|``; DES plots ``theta * |xi+|``.
+    ``style`` HSC plots ``|xi+|``; DES plots ``theta * |xi+|``; UNIONS plots
+    the signed ``xi+`` on a symmetric-log axis (as ShapePipe's UNIONS style,
+    through shear_psf_leakage, plots it without absolute values).
     """
     plt = _pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(14, 6))
@@ -175,6 +177,9 @@ def plot_rho(rho: dict, path, ylim_left=None, ylim_right=None, style: str = "HSC
             xip = values["xip"][filled] * factor
             sigma = values["sigma_xip"][filled] * factor
             colour = f"C{index if axis is axes[0] else index + 4}"
+            if style == "UNIONS":
+                axis.errorbar(theta, xip, yerr=sigma, fmt="o-", color=colour, lw=0.8, label=f"{name}")
+                continue
             positive = xip >= 0
             axis.errorbar(theta[positive], xip[positive], yerr=sigma[positive], fmt="o", color=colour,
                           label=f"{name}")
@@ -182,11 +187,17 @@ def plot_rho(rho: dict, path, ylim_left=None, ylim_right=None, style: str = "HSC
                           color=colour)
             axis.plot(theta, np.abs(xip), color=colour, lw=0.8)
         axis.set_xscale("log")
-        axis.set_yscale("log")
+        if style == "UNIONS":
+            finite = [np.abs(rho[n]["xip"][rho[n]["npairs"] > 0]) for n in names]
+            finite = np.concatenate(finite) if finite else np.array([])
+            finite = finite[finite > 0]
+            axis.set_yscale("symlog", linthresh=float(np.min(finite)) if finite.size else 1e-8)
+        else:
+            axis.set_yscale("log")
         if ylim:
             axis.set_ylim(*ylim)
         axis.set_xlabel("theta [arcmin]")
-        axis.set_ylabel("theta |xi+|" if style == "DES" else "|xi+|  (open: negative)")
+        axis.set_ylabel({"DES": "theta |xi+|", "UNIONS": "xi+"}.get(style, "|xi+|  (open: negative)"))
         axis.legend()
     figure.suptitle("Rho statistics (reserved stars)")
     _save(figure, Path(path))

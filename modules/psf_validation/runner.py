@@ -21,14 +21,16 @@ from shapepipe.datasets import Product
 from shapepipe.errors import JobError
 from shapepipe.module import module
 from shapepipe.options import Option
+from shapepipe_modules.shapepipe_compat import MCCD_CONFIG_PATH, MCCD_MODE, MCCD_VERBOSE, NO_EFFECT
 
 OPTIONS = (
     Option("HEADER_STORE", "store", None, "Header store whose CCD WCSs place the CCDs in the focal plane: the "
            "file, or a folder or reference holding log_exp_headers.sqlite (e.g. last:merge_headers); "
            "without it, MegaCam's layout (or a grid) is used.", file_name="log_exp_headers.sqlite"),
     Option("HDU", "int", 2, "HDU of the star table in the merged catalogue."),
-    Option("PSF", "choice", "psfex", "Kind of merged catalogue (ShapePipe key); psfinterp VALIDATION (psfex).",
-           choices=("psfex",)),
+    Option("PSF", "choice", "psfex", "PSF model of the merged catalogue (ShapePipe key): psfex or mccd; "
+           "merge_starcat writes the same columns for both, so the value is only logged.",
+           choices=("psfex", "mccd")),
     Option("X_GRID", "int", 5, "Bins per CCD along x."),
     Option("Y_GRID", "int", 10, "Bins per CCD along y."),
     Option("RESERVED_ONLY", "bool", True, "Use only stars not used by the PSF fit (ACCEPTED = 0)."),
@@ -36,7 +38,8 @@ OPTIONS = (
     Option("PLOT_MEANSHAPES", "bool", True, "Draw the focal-plane maps."),
     Option("PLOT_HISTOGRAMS", "bool", True, "Draw the histograms."),
     Option("PLOT_RHO_STATS", "bool", True, "Compute and draw the rho statistics."),
-    Option("RHO_STATS_STYLE", "choice", "HSC", "HSC: |xi+|; DES: theta |xi+|.", choices=("HSC", "DES")),
+    Option("RHO_STATS_STYLE", "choice", "HSC", "HSC: |xi+|; DES: theta |xi+|; UNIONS: signed xi+ "
+           "(symmetric-log axis).", choices=("HSC", "DES", "UNIONS")),
     Option("RHO_STATS_YLIM_L", "float_list", [], "y range of the left rho panel (two numbers)."),
     Option("RHO_STATS_YLIM_R", "float_list", [], "y range of the right rho panel (two numbers)."),
     Option("RHO_MIN_SEP", "float", 0.1, "Smallest separation of the rho statistics, arcmin."),
@@ -48,6 +51,11 @@ OPTIONS = (
     Option("MIN_R2", "float", None, "Lower colour limit of the size maps (T, pixel^2)."),
     Option("MAX_R2", "float", None, "Upper colour limit of the size maps (T, pixel^2)."),
     Option("MAX_DR2", "float", None, "Colour range (+-) of the relative size residual map."),
+    Option("EHO_STATS_YLIM_R", "str", None, "ShapePipe's misspelling of RHO_STATS_YLIM_R in its example "
+           "configs, which ShapePipe never reads." + NO_EFFECT, ignored=True),
+    MCCD_VERBOSE,
+    MCCD_MODE,
+    MCCD_CONFIG_PATH,
 )
 
 
@@ -118,6 +126,7 @@ def psf_validation(job):
         size_limits=(options["MIN_R2"], options["MAX_R2"]) if options["MIN_R2"] is not None else None,
         dsize_limit=options["MAX_DR2"],
     )
+    job.logger.info("%s: PSF model %s", path, options["PSF"])
     store = HeaderStore(options["HEADER_STORE"]) if options["HEADER_STORE"] else None
     try:
         stats = make_report(table, job.output_dir, settings, store, job.logger)

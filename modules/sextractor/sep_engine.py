@@ -28,6 +28,7 @@ from .columns import (
     magnitude_error,
 )
 from .config_files import ExtractionSettings
+from .world_shapes import is_j2000, local_jacobian, world_ellipse, world_moments
 
 MASKED_PIXEL = -1e30  # SExtractor's value for unusable VIGNET pixels
 
@@ -461,6 +462,24 @@ def extract(
         awin = np.sqrt(0.5 * (x2win + y2win) + half_diff)
         bwin = np.sqrt(np.maximum(0.5 * (x2win + y2win) - half_diff, 0.0))
 
+    # World-coordinate shapes through the local WCS Jacobian (see world_shapes).
+    if has_wcs and n:
+        jacobian = local_jacobian(wcs, x1, y1)
+        moments_world = world_moments(objects["x2"], objects["y2"], objects["xy"], jacobian)
+        longitude_first = not (0 <= wcs.wcs.lat < wcs.wcs.lng)
+        a_world, b_world, theta_world, theta_sky = world_ellipse(*moments_world, longitude_first)
+        awin_world, bwin_world, _, thetawin_sky = world_ellipse(
+            *world_moments(x2win, y2win, xywin, local_jacobian(wcs, xwin1, ywin1)), longitude_first)
+        j2000 = is_j2000(header)
+    else:
+        moments_world = (np.zeros(n),) * 3
+        a_world = b_world = theta_world = theta_sky = awin_world = bwin_world = thetawin_sky = np.zeros(n)
+        j2000 = True
+    if not j2000 and any(p.name in ("THETA_J2000", "THETAWIN_J2000") for p in parameters):
+        raise ExtractionError("THETA_J2000 needs a J2000 or ICRS WCS (RADESYS/EQUINOX); this image's is "
+                              f"{header.get('RADESYS', header.get('RADECSYS', '?'))} "
+                              f"{header.get('EQUINOX', '')}")
+
     snr_win = np.where(fluxerr_win > 0, flux_win / np.where(fluxerr_win > 0, fluxerr_win, 1.0), 1e30)
     values = {
         "NUMBER": np.arange(1, n + 1),
@@ -502,6 +521,17 @@ def extract(
         "A_IMAGE": a,
         "B_IMAGE": b,
         "THETA_IMAGE": theta_deg,
+        "X2_WORLD": moments_world[0],
+        "Y2_WORLD": moments_world[1],
+        "XY_WORLD": moments_world[2],
+        "A_WORLD": a_world,
+        "B_WORLD": b_world,
+        "THETA_WORLD": theta_world,
+        "THETA_SKY": theta_sky,
+        "THETA_J2000": theta_sky,
+        "AWIN_WORLD": awin_world,
+        "BWIN_WORLD": bwin_world,
+        "THETAWIN_J2000": thetawin_sky,
         "XWIN_IMAGE": xwin1,
         "YWIN_IMAGE": ywin1,
         "XWIN_WORLD": rawin,

@@ -1,0 +1,1 @@
+"""Match a catalogue to an external one (ShapePipe's ``match_external_runner``)."""

@@ -1,0 +1,1 @@
+"""Paste the tables of several catalogues into one file (ShapePipe's ``pastecat_runner``)."""

@@ -1,0 +1,210 @@
+"""``shapepipe_campaign``: what a campaign over a tile list has done, stage by stage.
+
+On top of :mod:`shapepipe.cluster.status` (the run records of every run
+under the output folders, the newest outcome of each job):
+
+- ``summary``: per stage (module run), how many of the expected tiles or
+  exposures are done, failed, or not done yet (ShapePipe's ``summary_run``);
+- ``missing``: the tile IDs (or exposure names) a stage has not done, one a
+  line, ready to be given back as a tile list (``--numbers``: as file
+  numbers for ``shapepipe_run --numbers``; ShapePipe's ``missing_unique``);
+- ``duplicates``: jobs done by more than one run (ShapePipe's
+  ``remove_duplicates`` lists them to delete; here ``last:``/``all:``
+  references already pick the newest, so they are only reported).
+
+A stage's unit is read from its job numbers: ``-XXX-YYY`` are tiles,
+``-NNNNNNN`` exposures, ``-NNNNNNN-C`` CCDs of an exposure (an exposure is
+done at a stage when all its CCD jobs there are done). Expected exposures
+come from ``--exposures`` or else from the ``exp_numbers-XXX-YYY.txt`` lists
+that ``find_exposures`` wrote for the listed tiles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from shapepipe.arguments import ArgumentParser
+
+from ..cfis import parse_exposure_name, parse_tile_id, tile_id
+from ._common import ToolError, read_lines
+
+PROGRAM = "shapepipe_campaign"
+_TILE = re.compile(r"^-?(\d{3})-(\d{3})$")
+_EXPOSURE = re.compile(r"^-?(\d{6,8})$")
+_CCD = re.compile(r"^-?(\d{6,8})-(\d+)$")
+DONE = ("done", "done_previously")
+FAILED = ("failed", "timeout")
+
+
+def read_tiles(path) -> list[str]:
+    """Tile IDs ``XXX.YYY`` of a tile list (any spelling ``parse_tile_id`` reads), in order, unique."""
+    tiles = []
+    for line_number, text in read_lines(path):
+        try:
+            tiles.append(tile_id(*parse_tile_id(text)))
+        except ValueError as error:
+            raise ToolError(f"{path}:{line_number}: {error}") from None
+    return list(dict.fromkeys(tiles))
+
+
+def read_exposures(path) -> list[str]:
+    """Exposure names of an exposure list, unique."""
+    names = []
+    for line_number, text in read_lines(path):
+        try:
+            names.append(parse_exposure_name(text))
+        except ValueError as error:
+            raise ToolError(f"{path}:{line_number}: {error}") from None
+    return list(dict.fromkeys(names))
+
+
+def exposures_of_tiles(paths, tiles) -> list[str]:
+    """Exposures listed by ``find_exposures`` (``exp_numbers-XXX-YYY.txt``) for the tiles, under ``paths``."""
+    wanted = {t.replace(".", "-") for t in tiles}
+    names = []
+    for root in paths:
+        for listing in sorted(Path(root).rglob("exp_numbers-*.txt")):
+            match = re.search(r"exp_numbers-(\d{3}-\d{3})\.txt$", listing.name)
+            if match and match.group(1) in wanted:
+                names += read_exposures(listing)
+    return list(dict.fromkeys(names))
+
+
+def unit_of(number: str):
+    """``('tile', 'XXX.YYY')``, ``('exposure', name)``, ``('ccd', name)`` or ``(None, number)``."""
+    if (match := _TILE.match(number)):
+        return "tile", f"{match.group(1)}.{match.group(2)}"
+    if (match := _EXPOSURE.match(number)):
+        return "exposure", match.group(1)
+    if (match := _CCD.match(number)):
+        return "ccd", match.group(1)
+    return None, number
+
+
+def stage_table(report, tiles, exposures) -> list[dict]:
+    """One row per module run: unit, expected, done, failed, not done, and the IDs not done."""
+    by_stage = defaultdict(list)
+    for outcome in report.outcomes:
+        by_stage[outcome.module_run].append(outcome)
+    rows = []
+    for module_run, module in report.module_runs:
+        outcomes = by_stage.get(module_run, [])
+        units = {unit_of(o.number)[0] for o in outcomes}
+        if units <= {"tile"} and outcomes:
+            unit, expected = "tile", list(tiles)
+        elif units and units <= {"exposure", "ccd"}:
+            unit, expected = "exposure", list(exposures)
+        else:
+            unit, expected = "job", sorted({o.number for o in outcomes})
+        status = defaultdict(list)  # id -> statuses of its jobs
+        for outcome in outcomes:
+            kind, identifier = unit_of(outcome.number)
+            status[identifier if unit != "job" else outcome.number].append(outcome.status)
+        done = [i for i in expected if status.get(i) and all(s in DONE for s in status[i])]
+        failed = [i for i in expected if any(s in FAILED for s in status.get(i, []))]
+        not_done = [i for i in expected if i not in set(done)]
+        extra = sorted(set(status) - set(expected)) if unit != "job" else []
+        rows.append({"stage": module_run, "module": module, "unit": unit, "expected": len(expected),
+                     "done": len(done), "failed": len(failed), "not_done": len(not_done),
+                     "not_done_ids": not_done, "failed_ids": failed, "outside_list": extra})
+    return rows
+
+
+def duplicates(paths) -> list[dict]:
+    """Jobs (module run, number) done in more than one run, with those runs (oldest first)."""
+    from shapepipe.cluster.status import find_run_dirs, read_run
+
+    seen = defaultdict(list)
+    for root in paths:
+        for folder in find_run_dirs(root):
+            result = read_run(folder)
+            if result is None:
+                continue
+            status, outcomes = result
+            for outcome in outcomes:
+                if outcome.status == "done":
+                    seen[(outcome.module_run, outcome.number)].append((status.started, status.run_dir))
+    return [{"stage": stage, "number": number, "runs": [run for _, run in sorted(runs)]}
+            for (stage, number), runs in sorted(seen.items()) if len(runs) > 1]
+
+
+def _parser():
+    parser = ArgumentParser(prog=PROGRAM, description="Summary, missing and duplicate lists of a campaign over a "
+                                                      "tile list (from the run records).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("summary", "done / failed / not done per stage"),
+                            ("missing", "IDs a stage has not done, one a line"),
+                            ("duplicates", "jobs done by more than one run")):
+        command = sub.add_parser(name, help=help_text)
+        command.add_argument("paths", nargs="+", metavar="OUTPUT_DIR", help="output folders (or run folders)")
+        if name != "duplicates":
+            command.add_argument("--tiles", required=True, help="tile list, one ID a line")
+            command.add_argument("--exposures", help="exposure list (default: find_exposures outputs)")
+        command.add_argument("--run-name", help="only the runs of this RUN_NAME")
+    sub.choices["summary"].add_argument("--json", action="store_true", help="print JSON")
+    sub.choices["missing"].add_argument("--stage", required=True, help="module run, e.g. sextractor_run_2")
+    sub.choices["missing"].add_argument("--numbers", action="store_true",
+                                        help="write file numbers (-244-252) instead of IDs (244.252)")
+    sub.choices["missing"].add_argument("-o", "--output", help="write the list to this file")
+    return parser
+
+
+def main(argv=None) -> int:
+    """Entry point; 0 when everything asked for is done, 1 when something is not, 2 on bad input."""
+    from shapepipe.cluster.status import StatusError, collect
+
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "duplicates":
+            rows = duplicates(args.paths)
+            for row in rows:
+                print(f"{row['stage']} {row['number']}: {len(row['runs'])} runs: {', '.join(row['runs'])}")
+            print(f"{len(rows)} job(s) done by more than one run")
+            return 0
+        report = collect(args.paths, run_name=args.run_name)
+        tiles = read_tiles(args.tiles)
+        exposures = read_exposures(args.exposures) if args.exposures else exposures_of_tiles(args.paths, tiles)
+        rows = stage_table(report, tiles, exposures)
+    except (ToolError, StatusError) as error:
+        print(f"{PROGRAM}: {error}", file=sys.stderr)
+        return 2
+    if args.command == "summary":
+        if args.json:
+            print(json.dumps(rows, indent=1))
+        else:
+            print(f"{'stage':<28} {'unit':<9} {'expected':>8} {'done':>6} {'failed':>6} {'not done':>8} {'done %':>7}")
+            for row in rows:
+                share = 100.0 * row["done"] / row["expected"] if row["expected"] else 0.0
+                print(f"{row['stage']:<28} {row['unit']:<9} {row['expected']:>8} {row['done']:>6} {row['failed']:>6} "
+                      f"{row['not_done']:>8} {share:>6.1f}%")
+                if row["outside_list"]:
+                    print(f"  ({len(row['outside_list'])} {row['unit']}(s) outside the list: "
+                          f"{', '.join(row['outside_list'][:5])})")
+        return 0 if all(r["not_done"] == 0 for r in rows) else 1
+    chosen = [r for r in rows if r["stage"] == args.stage.lower()]
+    if not chosen:
+        print(f"{PROGRAM}: no stage {args.stage!r} in the runs (stages: "
+              f"{', '.join(r['stage'] for r in rows)})", file=sys.stderr)
+        return 2
+    row = chosen[0]
+    ids = row["not_done_ids"]
+    if args.numbers:
+        ids = ["-" + i.replace(".", "-") for i in ids]
+    text = "".join(f"{i}\n" for i in ids)
+    if args.output:
+        from shapepipe.atomic import write_text_atomic
+
+        write_text_atomic(Path(args.output), text)
+    else:
+        sys.stdout.write(text)
+    print(f"{row['stage']}: {len(ids)} of {row['expected']} {row['unit']}(s) not done", file=sys.stderr)
+    return 0 if not ids else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
