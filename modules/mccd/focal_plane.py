@@ -37,6 +37,7 @@ from ..psfex.model import (
     _Problem,
     _shapes,
     auto_sampling,
+    clip_stars,
     single_threaded_blas,
 )
 
@@ -164,16 +165,7 @@ def _fit_exposure(samples, to_focal, ccd_shapes, options, global_degree, names):
         rejected = ~accepted[every]
         norm[every[rejected]] = amp[rejected]
         prediction = norm[every, None, None] * all_shapes
-        signal = np.clip(prediction, 0, None)
-        variance = (sample.noise[every, None, None] ** 2 + (signal / sample.gain if sample.gain > 0 else 0.0)
-                    + (options.accuracy * signal) ** 2)
-        resid = (sample.stamps[every] - prediction) * all_valid
-        chi2[every] = np.sum(resid**2 / variance, axis=(1, 2)) / np.maximum(all_valid.sum(axis=(1, 2)) - 1, 1)
-        current = chi2[accepted]
-        median = np.median(current)
-        spread = 1.4826 * np.median(np.abs(current - median))
-        threshold = max(median + options.clip_sigma * spread, options.clip_floor * median)
-        selection = sample.usable & (chi2 <= threshold)
+        selection = clip_stars(sample, every, sample.stamps[every], prediction, all_valid, chi2, accepted, options)
         if (selection == accepted).all() or clip_round == options.max_clip_iterations:
             break
         accepted = selection

@@ -879,17 +879,8 @@ def _fit_psf(sample, options, names):
         rejected_norm = ~accepted[all_index]
         norm[all_index[rejected_norm]] = amp[rejected_norm]
         prediction = norm[all_index, None, None] * all_shapes
-        signal = np.clip(prediction, 0, None)
-        variance = (sample.noise[all_index, None, None] ** 2 + (signal / sample.gain if sample.gain > 0 else 0.0)
-                    + (options.accuracy * signal) ** 2)
-        resid = (all_data - prediction) * all_valid
-        chi2[all_index] = np.sum(resid**2 / variance, axis=(1, 2)) / np.maximum(all_valid.sum(axis=(1, 2)) - 1, 1)
-        current = chi2[accepted]
-        median = np.median(current)
-        spread = 1.4826 * np.median(np.abs(current - median))
-        threshold = max(median + options.clip_sigma * spread, options.clip_floor * median)
         # Stars rejected against a model still spoilt by outliers may come back.
-        selection = sample.usable & (chi2 <= threshold)
+        selection = clip_stars(sample, all_index, all_data, prediction, all_valid, chi2, accepted, options)
         if (selection == accepted).all() or clip_round == options.max_clip_iterations:
             break
         accepted = selection
@@ -918,6 +909,26 @@ def _fit_psf(sample, options, names):
                      info={"cg_iterations": iterations_used, "clip_rounds": clip_round, "sampling": step,
                            "degree": degree, "shear_degree": shear_degree, "size_degree": size_degree,
                            "degree_scores": degree_scores})
+
+
+def clip_stars(sample, index, data, prediction, valid, chi2, accepted, options):
+    """Reduced chi^2 of stars ``index`` against ``prediction`` (into ``chi2``) and the stars the clip keeps.
+
+    The noise model is the stars' background noise, their shot noise (``gain``)
+    and ``options.accuracy`` of the signal; a star is kept when usable and its
+    chi^2 is below ``median + clip_sigma * MAD`` of the ``accepted`` stars
+    (never below ``clip_floor * median``).
+    """
+    signal = np.clip(prediction, 0, None)
+    variance = (sample.noise[index, None, None] ** 2 + (signal / sample.gain if sample.gain > 0 else 0.0)
+                + (options.accuracy * signal) ** 2)
+    resid = (data - prediction) * valid
+    chi2[index] = np.sum(resid**2 / variance, axis=(1, 2)) / np.maximum(valid.sum(axis=(1, 2)) - 1, 1)
+    current = chi2[accepted]
+    median = np.median(current)
+    spread = 1.4826 * np.median(np.abs(current - median))
+    threshold = max(median + options.clip_sigma * spread, options.clip_floor * median)
+    return sample.usable & (chi2 <= threshold)
 
 
 def _shapes(basis, terms, offset_x, offset_y, size, step, order=7):
