@@ -107,6 +107,23 @@ _BASE = {
     "cluster_bright_mag_range": ([13.0, 14.0], "their magnitudes"),
 }
 
+# The CFIS camera (40 CCDs of 2048x4612), tiles of 10,000 pixels, three dithered exposures: presets
+# cfis (the survey) and cfis_tile (one tile of it).
+_CFIS_SURVEY = {
+    "tile_size": 10000,
+    "tile_block_rows": 1000,
+    "coverage_step": 16,
+    "exposures_per_tile": 3,
+    "dither_arcsec": 120.0,
+    "ccd_rows": [9, 11, 11, 9],
+    "ccd_nx": 2048,
+    "ccd_ny": 4612,
+    "gap_x": 70,
+    "gap_y": 400,
+    "star_density": 3.0,
+    "galaxy_density": 25.0,
+}
+
 _PRESET_OVERRIDES = {
     # The GOLD run's survey; a ring test, so that shapepipe_validate --ring cancels shape noise.
     "demo": {"ring": True},
@@ -197,41 +214,13 @@ _PRESET_OVERRIDES = {
         "cluster": True,
         "cluster_knot_fraction": 0.3,
     },
-    "cfis": {
-        "tile_size": 10000,
-        "tile_block_rows": 1000,
-        "coverage_step": 16,
-        "exposures_per_tile": 3,
-        "dither_arcsec": 120.0,
-        "ccd_rows": [9, 11, 11, 9],
-        "ccd_nx": 2048,
-        "ccd_ny": 4612,
-        "gap_x": 70,
-        "gap_y": 400,
-        "star_density": 3.0,
-        "galaxy_density": 25.0,
-    },
+    "cfis": dict(_CFIS_SURVEY),
     # One full-size CFIS tile (10,000 x 10,000 pixels, 0.52 deg) with its own
     # exposures of the 40-CCD camera, for benchmarks/bench_tile.py (memory
     # and disk of a real tile, cost per object-epoch). exposures_per_tile can
     # be lowered (bench_tile.py --exposures) when simulating all three is too
     # long: every tile-size stage still sees a full tile.
-    "cfis_tile": {
-        "tiles": ["244.252"],
-        "shear": [[0.02, 0.0]],
-        "tile_size": 10000,
-        "tile_block_rows": 1000,
-        "coverage_step": 16,
-        "exposures_per_tile": 3,
-        "dither_arcsec": 120.0,
-        "ccd_rows": [9, 11, 11, 9],
-        "ccd_nx": 2048,
-        "ccd_ny": 4612,
-        "gap_x": 70,
-        "gap_y": 400,
-        "star_density": 3.0,
-        "galaxy_density": 25.0,
-    },
+    "cfis_tile": {"tiles": ["244.252"], "shear": [[0.02, 0.0]], **_CFIS_SURVEY},
     # The shape of the field ShapePipe was timed on (2 exposures of 4 CFHT-size
     # CCDs, one 4000x4000 tile), for benchmarks/bench_chain.py. CFIS star
     # density; the galaxy density gives ~2,500 detections in the tile (~4,500
