@@ -648,3 +648,57 @@ def test_rotated_sheared_pixels_calibrate_like_square_ones():
     assert np.all(errors[8:] < 0.04)
     assert np.all(np.abs(values[8:]) < 3 * errors[8:]), (values[8:], errors[8:])
     assert np.all(np.abs(values[4:6]) < np.maximum(0.03, 3 * errors[4:6])), (values[4:6], errors[4:6])
+
+
+@pytest.mark.parametrize("column", [20, 29])
+def test_masked_column_filled_with_the_model_keeps_a_round_galaxy_round(column):
+    """A masked column beside a round galaxy: noise fill makes it look elongated, the model fill does not.
+
+    The noise is tiny, so the noshear shape of the unmasked galaxy is 0; with
+    the column masked, whatever the fill puts there enters the metacal images
+    (deconvolution and reconvolution spread it) although the fit itself
+    gives those pixels no weight.
+    """
+    jac = np.diag([0.187, 0.187])
+    gal = galsim.Exponential(half_light_radius=0.5, flux=1000)
+    psf = galsim.Moffat(beta=3.5, fwhm=0.7)
+    g1 = {}
+    for fill in engine.MASK_FILLS:
+        raw = raw_epoch(gal, psf, jac, 1e-3, rng=np.random.default_rng(3))
+        raw.flag[:, column] = 1
+        config = engine.EngineConfig(fix_noise=False, mask_fill=fill)
+        rows = engine.measure_raw_object([raw], 7, engine.sky_rng(1, 244.0, 0.007), config)
+        assert rows["noshear"]["flags"] == 0
+        g1[fill] = rows["noshear"]["g1"]
+    # Measured: noise fill |g1| ~ 1e-2 (a vertical hole reads as an e1 < 0
+    # elongation after reconvolution), model fill ~ 1e-3.
+    assert abs(g1["noise"]) > 3e-3
+    assert abs(g1["model"]) < 0.25 * abs(g1["noise"])
+
+
+def test_mask_fill_values():
+    """Masked pixels: the moments' Gaussian plus noise (model), noise only (noise); others untouched."""
+    jac = np.diag([0.187, 0.187])
+    gal = galsim.Gaussian(half_light_radius=0.6, flux=1000)
+    psf = galsim.Moffat(beta=3.5, fwhm=0.7)
+    raw = raw_epoch(gal, psf, jac, 1.0, rng=np.random.default_rng(5))
+    clean = raw_epoch(gal, psf, jac, 1.0).image - 50.0
+    raw.flag[:, 27] = 1
+    assembled = engine.assemble_epoch(raw)
+    psf_fit = engine.fit_psf_image(raw.psf_image, jac, 0.3)
+    filled = {}
+    for fill in engine.MASK_FILLS:
+        epoch, reason = engine.epoch_from_pixels(assembled, psf_fit, np.random.default_rng(9), fill)
+        assert reason == ""
+        filled[fill] = epoch.image
+        usable = ~epoch.mask
+        assert np.array_equal(epoch.image[usable], assembled["image"][usable])
+        assert np.all(epoch.weight[epoch.mask] == 0)
+    column = (slice(None), 27)
+    # The same noise in both: their difference is the model alone, close to the true profile.
+    model = filled["model"][column] - filled["noise"][column]
+    truth = clean[column]
+    assert np.abs(model - truth).max() < 0.1 * truth.max()
+    assert abs(model.sum() - truth.sum()) < 0.05 * truth.sum()
+    with pytest.raises(ValueError, match="mask_fill"):
+        engine.epoch_from_pixels(assembled, psf_fit, np.random.default_rng(9), "zero")

@@ -105,6 +105,27 @@ def adaptive_moments(image, mask=None, guess_sigma=3.0):
                    amplitude=result.moments_amp)
 
 
+def gaussian_image(moments, shape):
+    """The elliptical Gaussian described by adaptive ``moments``, drawn on a stamp of ``shape``.
+
+    Its total flux is ``moments.amplitude`` (pixel values sampled at pixel centres).
+    """
+    ny, nx = shape
+    y, x = np.mgrid[0:ny, 0:nx]
+    dy = y - moments.row
+    dx = x - moments.col
+    e1, e2 = moments.e1, moments.e2
+    sig2 = moments.sigma ** 2
+    # Distortion e with det(M) = sigma^4: M = sigma^2 / sqrt(1-e^2) [[1+e1, e2], [e2, 1-e1]]
+    root = np.sqrt(max(1.0 - e1 * e1 - e2 * e2, 1e-6))
+    mxx = sig2 * (1 + e1) / root
+    myy = sig2 * (1 - e1) / root
+    mxy = sig2 * e2 / root
+    det = mxx * myy - mxy * mxy
+    rho = (myy * dx * dx - 2 * mxy * dx * dy + mxx * dy * dy) / det
+    return moments.amplitude / (2 * np.pi * np.sqrt(det)) * np.exp(-0.5 * rho)
+
+
 def noise_sigma_outside_object(image, usable, moments=None, threshold=1.2):
     """Noise sigma from the pixels where the object is faint.
 
@@ -132,20 +153,7 @@ def noise_sigma_outside_object(image, usable, moments=None, threshold=1.2):
     first = sigma_mad(image[usable])
     if moments is None or not np.isfinite(first) or first <= 0:
         return first
-    ny, nx = image.shape
-    y, x = np.mgrid[0:ny, 0:nx]
-    dy = y - moments.row
-    dx = x - moments.col
-    e1, e2 = moments.e1, moments.e2
-    sig2 = moments.sigma ** 2
-    # Distortion e with det(M) = sigma^4: M = sigma^2 / sqrt(1-e^2) [[1+e1, e2], [e2, 1-e1]]
-    root = np.sqrt(max(1.0 - e1 * e1 - e2 * e2, 1e-6))
-    mxx = sig2 * (1 + e1) / root
-    myy = sig2 * (1 - e1) / root
-    mxy = sig2 * e2 / root
-    det = mxx * myy - mxy * mxy
-    rho = (myy * dx * dx - 2 * mxy * dx * dy + mxx * dy * dy) / det
-    model = moments.amplitude / (2 * np.pi * np.sqrt(det)) * np.exp(-0.5 * rho)
+    model = gaussian_image(moments, image.shape)
     background = usable & (model < threshold * first)
     if background.sum() < 10:
         return first

@@ -288,7 +288,7 @@ def shapepipe_ngmix_prior(ngmix, prior, rng, bounds=False):
     return ngmix.joint_prior.PriorSimpleSep(cen, shape, size, flux)
 
 
-def prepare_epoch(ngmix, assembled, rng, ntry=5):
+def prepare_epoch(ngmix, assembled, rng, ntry=5, mask_fill="model"):
     """Fit the original PSF with ngmix, estimate the noise and fill masked pixels.
 
     Parameters
@@ -299,6 +299,8 @@ def prepare_epoch(ngmix, assembled, rng, ntry=5):
     rng : numpy.random.Generator
     ntry : int, optional
         Tries of the PSF fit.
+    mask_fill : {"model", "noise"}
+        What masked pixels hold (:func:`~.engine.epoch_from_pixels`).
 
     Returns
     -------
@@ -317,7 +319,7 @@ def prepare_epoch(ngmix, assembled, rng, ntry=5):
     psf_fit = fit_psf(ngmix, psf_obs, rng, ntry=ntry)
     if psf_fit is None:
         return None, "psf_fit"
-    return epoch_from_pixels(assembled, psf_fit, rng)
+    return epoch_from_pixels(assembled, psf_fit, rng, mask_fill)
 
 
 def _round_s2n(ngmix, pars, obslist):
@@ -612,7 +614,7 @@ def measure_raw_object(raw_epochs, object_id, rng, config=None, **options):
         assembled = assemble_epoch(raw, config.max_flagged_fraction)
         if assembled is None:
             continue
-        epoch, reason = prepare_epoch(ngmix, assembled, rng, ntry=config.ntry)
+        epoch, reason = prepare_epoch(ngmix, assembled, rng, ntry=config.ntry, mask_fill=config.mask_fill)
         if epoch is None:
             n_dropped_psf += reason == "psf_fit"
             n_bad_stamp += reason == "psf_stamp"

@@ -50,6 +50,10 @@ OPTIONS = (
            "gauss_pix (the same rule on the PSF with its pixel, 5-10% larger: ngmix 2.3+ psf='gauss') or "
            "shapepipe (the gauss_nopix Gaussian convolved with the pixel: ngmix 1.3 as called by ShapePipe "
            "1.3.6).", choices=("gauss_nopix", "gauss_pix", "shapepipe")),
+    Option("MASK_FILL", "choice", "model", "What masked pixels (flags, zero weight, off the chip) hold before "
+           "the metacal images are made; they never enter a fit. model: an elliptical Gaussian fitted to the "
+           "usable pixels, plus noise; noise: noise only (ShapePipe), which biases galaxies near a masked "
+           "column (c1 -0.005, m1 +0.02 with one within 10 pixels; docs/metacal.md).", choices=("model", "noise")),
     CHECK_EXISTING_DIR,
     Option("SAVE_BATCH", "int", None, "ShapePipe writes its ngmix catalogue every SAVE_BATCH objects and appends "
            "to it on a rerun (with CHECK_EXISTING_DIR); here a job writes its catalogue once and --resume "
@@ -122,7 +126,8 @@ def run_ngmix(inputs, output_dir, number, seed, options, logger):
     store_paths = dict(zip(STORE_KINDS, inputs[1:]))
     config = EngineConfig(prior=ShapePipePrior(cen_sigma=float(options["PIXEL_SCALE"])),
                           zero_point=float(options["MAG_ZP"]),
-                          target_psf=options.get("TARGET_PSF", "gauss_nopix"))
+                          target_psf=options.get("TARGET_PSF", "gauss_nopix"),
+                          mask_fill=options.get("MASK_FILL", "model"))
     id_min, id_max = int(options["ID_OBJ_MIN"]), int(options["ID_OBJ_MAX"])
     engine = options.get("ENGINE", "builtin")
     measure = None
