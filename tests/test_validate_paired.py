@@ -8,7 +8,8 @@ import pytest
 from shapepipe_modules.io.tables import write_fits_table
 from shapepipe_modules.validate import cli
 from shapepipe_modules.validate.paired import (BRANCH_ORDER, KEY_STRIDE, PairTerms, concatenate_pairs, join_pairs,
-                                               member_table, paired_estimate, read_pairs, write_pairs)
+                                               member_table, paired_estimate, pairs_from_columns, read_pairs,
+                                               write_pairs)
 from shapepipe_modules.validate.shear import Selection
 
 M_TRUE = np.array([0.03, -0.02])
@@ -51,7 +52,7 @@ def synthetic_members(rng, n=8000, snr_tilt=0.0, shared_noise=0.02, own_noise=0.
                 "g": e, "s2n": snr0[:, None] * (1.0 + snr_tilt * e[:, :, 0]), "T": np.full((n, 5), 0.6),
                 "Tpsf": np.full((n, 5), 0.4), "psf_T": np.full(n, 0.4), "mag": 30 - np.log10(snr0),
                 "mcal_flags": np.zeros(n, np.int64), "no_shape": np.zeros(n, np.int64),
-                "g_err": np.full((n, 2), 0.05),
+                "g_err": np.full((n, 2), 0.05), "psf_g": np.zeros((n, 2)), "xy": rng.uniform(0, 1000, (n, 2)),
             }
             members[label].append(member)
     return tuple({name: np.concatenate([m[name] for m in members[label]]) for name in members[label][0]}
@@ -117,7 +118,9 @@ def test_join_drops_unmatched_and_one_sided_galaxies(tmp_path):
         rows = rng.permutation(keep)  # the detection order differs between runs
         cat = {"XWIN_WORLD": truth_ra[rows] + 1e-5, "YWIN_WORLD": truth_dec[rows],
                "NGMIX_MCAL_FLAGS": np.isin(rows, flagged).astype(np.int32) * 16,
-               "NGMIX_NO_SHAPE": np.zeros(rows.size, np.int16)}
+               "NGMIX_NO_SHAPE": np.zeros(rows.size, np.int16),
+               "XWIN_IMAGE": 10.0 * rows, "YWIN_IMAGE": 5.0 * rows,
+               "NGMIX_ELL_PSFo_NOSHEAR": np.column_stack([1e-3 * rows, -1e-3 * rows])}
         for key in ("NOSHEAR", "1P", "1M", "2P", "2M"):
             delta = {"1P": STEP, "1M": -STEP}.get(key, 0.0)
             delta2 = {"2P": STEP, "2M": -STEP}.get(key, 0.0)
@@ -148,6 +151,18 @@ def test_join_drops_unmatched_and_one_sided_galaxies(tmp_path):
     path = write_pairs(tmp_path / "pairs.fits", pairs, extra={"seed": np.full(pairs["key"].size, 5)})
     again = read_pairs(path)
     np.testing.assert_array_equal(again["plus"]["g"], pairs["plus"]["g"])
+    # Diagnostic fields follow their galaxy: truth row r was catalogue row r in both runs' columns.
+    truth_row = np.searchsorted(ids, pairs["key"] % KEY_STRIDE)
+    for side in ("plus", "minus"):
+        np.testing.assert_allclose(again[side]["xy"], np.column_stack([10.0 * truth_row, 5.0 * truth_row]))
+        np.testing.assert_allclose(again[side]["psf_g"], np.column_stack([1e-3 * truth_row, -1e-3 * truth_row]))
+    # A table written before these fields existed reads with NaN in their place.
+    from astropy.io import fits
+    with fits.open(path) as hdul:
+        old_columns = {name: hdul[1].data[name] for name in hdul[1].columns.names
+                       if not name.endswith(("_psf_g", "_xy"))}
+    old = pairs_from_columns(old_columns)
+    assert old["plus"]["psf_g"].shape == (277, 2) and np.isnan(old["minus"]["xy"]).all()
     pooled = concatenate_pairs([again, again])
     assert pooled["key"].size == 2 * 277 and pooled["minus"]["g"].shape == (554, len(BRANCH_ORDER), 2)
     # Runs that are not a sign flip are refused.

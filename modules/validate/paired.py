@@ -59,7 +59,9 @@ from .shear import STEP, Selection, ValidationError, match_to_truth
 BRANCH_ORDER = ("noshear", "1p", "1m", "2p", "2m")
 _BRANCH_KEYS = {"noshear": "NOSHEAR", "1p": "1P", "1m": "1M", "2p": "2P", "2m": "2M"}
 #: Per-member fields: name -> shape after the galaxy axis.
-MEMBER_FIELDS = ("g", "s2n", "T", "Tpsf", "psf_T", "mag", "mcal_flags", "no_shape", "g_err")
+MEMBER_FIELDS = ("g", "s2n", "T", "Tpsf", "psf_T", "mag", "mcal_flags", "no_shape", "g_err", "psf_g", "xy")
+#: Member fields added after the first campaigns: filled with NaN when a pair table lacks them.
+OPTIONAL_FIELDS = {"psf_g": 2, "xy": 2}
 #: Keys are ``tile_code * KEY_STRIDE + truth id`` (tile_code = XXX * 1000 + YYY).
 KEY_STRIDE = 2 ** 36
 #: Quantities of the bins (pair means of the members' noshear values).
@@ -129,6 +131,11 @@ def member_table(catalogues, truths, max_sep=1.0, keep_stars=False, ra_col="XWIN
         part["no_shape"] = np.asarray(columns["NGMIX_NO_SHAPE"]).astype(np.int64)[rows]
         part["g_err"] = (np.asarray(columns["NGMIX_ELL_ERR_NOSHEAR"], float)[rows]
                          if "NGMIX_ELL_ERR_NOSHEAR" in columns else np.full((n, 2), np.nan))
+        # For additive-bias diagnostics: the original PSF's shape and the tile pixel position.
+        part["psf_g"] = (np.asarray(columns["NGMIX_ELL_PSFo_NOSHEAR"], float).reshape(total, -1)[rows, :2]
+                         if "NGMIX_ELL_PSFo_NOSHEAR" in columns else np.full((n, 2), np.nan))
+        part["xy"] = np.column_stack([_column(columns, "XWIN_IMAGE", total)[rows],
+                                      _column(columns, "YWIN_IMAGE", total)[rows]])
         parts.append(part)
     if not parts:
         raise ValidationError("no final catalogue given")
@@ -439,8 +446,11 @@ def pairs_from_columns(columns) -> dict:
     """Inverse of :func:`pairs_to_columns` (extra columns kept at the top level)."""
     pairs = {name: np.asarray(value) for name, value in columns.items()
              if not name.startswith(("plus_", "minus_"))}
+    n = np.asarray(columns["key"]).size
     for side in ("plus", "minus"):
-        pairs[side] = {name: np.asarray(columns[f"{side}_{name}"]) for name in MEMBER_FIELDS}
+        pairs[side] = {name: (np.asarray(columns[f"{side}_{name}"]) if f"{side}_{name}" in columns
+                              else np.full((n, OPTIONAL_FIELDS[name]), np.nan))
+                       for name in MEMBER_FIELDS}
     return pairs
 
 
