@@ -217,3 +217,32 @@ def test_ring_units_are_per_seed():
     assert units[0] == units[1] and units[4] == units[5] and units[0] != units[4]
     assert len(set(units.tolist())) == 4
     assert resampling_units(pairs, ring=False) is None
+
+
+def test_seed_jackknife_sees_what_a_seed_shares():
+    """A c offset common to all galaxies of a seed: the galaxy bootstrap misses it, the seed jackknife does not.
+
+    Independent check: with one offset per seed of rms ``s`` and many galaxies
+    per seed, the pooled c scatters by about ``s / sqrt(n_seeds)``.
+    """
+    from shapepipe_modules.validate.paired import group_jackknife_errors
+
+    rng = np.random.default_rng(21)
+    plus, minus = synthetic_members(rng, n=3000, shared_noise=0.0, own_noise=0.003)
+    pairs = join_pairs(plus, minus)
+    n = pairs["key"].size
+    n_seeds = 12
+    seed = rng.integers(0, n_seeds, n)
+    offsets = rng.normal(0.0, 0.05, n_seeds)
+    for side in ("plus", "minus"):
+        pairs[side]["g"] = pairs[side]["g"] + offsets[seed][:, None, None] * np.array([1.0, 0.0])
+    pairs["seed"] = seed
+    terms = PairTerms(pairs, Selection(snr_min=0.0, size_ratio_min=0.0))
+    jack = group_jackknife_errors(terms, seed)
+    result = paired_estimate(pairs, Selection(snr_min=0.0, size_ratio_min=0.0), n_boot=30, bins=())
+    np.testing.assert_allclose(result["c_err_seeds"], jack[2:])
+    # Seed offsets plus the galaxies' own scatter (shape noise: no ring here), which the bootstrap measures.
+    per_seed = offsets.std(ddof=1) / np.sqrt(n_seeds) / terms.estimate()["R"][0, 0]
+    assert jack[2] == pytest.approx(np.hypot(per_seed, result["c_err"][0]), rel=0.35)
+    assert result["c_err"][0] < 0.5 * jack[2]
+    assert jack[3] == pytest.approx(result["c_err"][1], rel=0.5)  # no offset on c2

@@ -143,14 +143,20 @@ def merge_campaign(results, out_dir, selection=None, weights="none", n_boot=200,
         "preset": first["preset"], "overrides": first.get("overrides", {}), "parameters": first["parameters"],
         "seeds": list(tables), "n_seeds": len(tables), "selection": combined["selection"], "weights": weights, "ring_bootstrap": bool(ring),
         "m": combined["m"].tolist(), "m_err": combined["m_err"].tolist(), "c": combined["c"].tolist(),
-        "c_err": combined["c_err"].tolist(), "R": combined["R"].tolist(), "R_sel": combined["R_sel"].tolist(),
+        "c_err": combined["c_err"].tolist(), "m_err_seeds": combined["m_err_seeds"].tolist(),
+        "c_err_seeds": combined["c_err_seeds"].tolist(), "R": combined["R"].tolist(), "R_sel": combined["R_sel"].tolist(),
         "n_pairs": combined["n_pairs"], "n_selected": combined["n_selected"], "n_m": combined["n_m"].tolist(),
         "bins": combined["bins"], "per_seed": per_seed,
         "cpu_s": cpu_s, "cpu_hours": cpu_hours, "cpu_hours_per_seed": cpu_hours / len(tables),
         "sigma_m": sig, "figure_of_merit": float(figure_of_merit),
         "target_sigma_m": float(target_sigma_m), "projected_cpu_hours": float(projected),
-        "significance": [float(m / e) if e and np.isfinite(e) else None
-                         for m, e in zip(combined["m"], combined["m_err"])],
+        "significance": [float(m / max(e, j)) if np.isfinite(e) and e > 0 else None
+                         for m, e, j in zip(combined["m"], combined["m_err"],
+                                            np.nan_to_num(combined["m_err_seeds"], nan=0.0))],
+        # Against the larger of the two errors: galaxy bootstrap or seed jackknife.
+        "c_significance": [float(c / max(e, j)) if np.isfinite(e) and e > 0 else None
+                           for c, e, j in zip(combined["c"], combined["c_err"],
+                                              np.nan_to_num(combined["c_err_seeds"], nan=0.0))],
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -191,14 +197,26 @@ def format_campaign(record) -> str:
              f"({', '.join(map(str, record['seeds'][:12]))}{' ...' if record['n_seeds'] > 12 else ''})",
              f"  galaxies in both runs {record['n_pairs']}, selected on both {record['n_selected']}; "
              f"selection: {record['selection']}; weights {record['weights']}"]
+    seeds_m = record.get("m_err_seeds") or [None, None]
+    seeds_c = record.get("c_err_seeds") or [None, None]
+    c_sig = record.get("c_significance") or [None, None]
+
+    def jack(value):
+        return f" (seeds {value:.5f})" if value is not None and np.isfinite(value) else ""
+
     for i in range(2):
-        lines.append(f"  m{i + 1} = {record['m'][i]:+.5f} +- {record['m_err'][i]:.5f}"
+        lines.append(f"  m{i + 1} = {record['m'][i]:+.5f} +- {record['m_err'][i]:.5f}{jack(seeds_m[i])}"
                      f" ({(record['significance'][i] or float('nan')):+.1f} sigma)    "
-                     f"c{i + 1} = {record['c'][i]:+.5f} +- {record['c_err'][i]:.5f}")
-    lines.append(f"  per seed:  {'seed':>6} {'n':>6} {'m1':>9} {'+-':>7} {'m2':>9} {'+-':>7} {'CPU h':>7}")
+                     f"c{i + 1} = {record['c'][i]:+.5f} +- {record['c_err'][i]:.5f}{jack(seeds_c[i])}"
+                     f" ({(c_sig[i] if c_sig[i] is not None else float('nan')):+.1f} sigma)")
+    lines.append("  errors: bootstrap over galaxies (ring pairs whole); in brackets, jackknife over seeds; "
+                 "sigma against the larger")
+    lines.append(f"  per seed:  {'seed':>6} {'n':>6} {'m1':>9} {'+-':>7} {'m2':>9} {'+-':>7} {'c1':>9} {'+-':>7} "
+                 f"{'c2':>9} {'+-':>7} {'CPU h':>7}")
     for row in record["per_seed"]:
         lines.append(f"             {row['seed']:>6} {row['n_selected']:>6} {row['m'][0]:+9.4f} {row['m_err'][0]:7.4f} "
-                     f"{row['m'][1]:+9.4f} {row['m_err'][1]:7.4f} {row['cpu_hours']:7.3f}")
+                     f"{row['m'][1]:+9.4f} {row['m_err'][1]:7.4f} {row['c'][0]:+9.4f} {row['c_err'][0]:7.4f} "
+                     f"{row['c'][1]:+9.4f} {row['c_err'][1]:7.4f} {row['cpu_hours']:7.3f}")
     for quantity, bins in record["bins"].items():
         text = "; ".join(f"[{b['low']:.3g}, {b['high']:.3g}) m1 {b['m'][0]:+.3f}+-{b['m_err'][0]:.3f} "
                          f"m2 {b['m'][1]:+.3f}+-{b['m_err'][1]:.3f}" for b in bins)

@@ -354,6 +354,34 @@ def bootstrap_errors(terms, n_boot, rng, units=None, mask=None):
     return spread, samples
 
 
+def group_jackknife_errors(terms, groups):
+    """Delete-one-group jackknife errors of m1, m2, c1, c2 (e.g. one group per seed).
+
+    The bootstrap over galaxies (or ring pairs) misses what a whole seed
+    shares: its PSF pattern, its exposures' noise, its bad columns. Leaving
+    out one seed at a time measures the scatter of the pooled estimate
+    itself.
+
+    Returns
+    -------
+    numpy.ndarray (4,)
+        NaN with fewer than 3 groups.
+    """
+    groups = np.asarray(groups)
+    codes = np.unique(groups)
+    if codes.size < 3:
+        return np.full(4, np.nan)
+    samples = []
+    for code in codes:
+        est = terms.estimate(mask=(groups != code).astype(float))
+        samples.append([est["m"][0], est["m"][1], est["c"][0], est["c"][1]])
+    samples = np.array(samples)
+    n = codes.size
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.sqrt((n - 1) / n * np.nansum((samples - np.nanmean(samples, axis=0)) ** 2, axis=0))
+
+
 def bin_edges(values, n_bins):
     """Quantile edges of the finite values (last edge nudged up to include the maximum)."""
     values = values[np.isfinite(values)]
@@ -385,7 +413,9 @@ def paired_estimate(pairs, selection=None, weights="none", n_boot=200, seed=1, n
     Returns
     -------
     dict
-        ``m``, ``c``, ``m_err``, ``c_err``, ``R``, ``R_sel``, ``R_sel_pair``
+        ``m``, ``c``, ``m_err``, ``c_err``, ``m_err_seeds``, ``c_err_seeds``
+        (jackknife over the ``seed`` column of pooled tables, NaN without
+        it), ``R``, ``R_sel``, ``R_sel_pair``
         (with ``R_sel_pair_err``), ``n_pairs`` (joined), ``n_selected``,
         ``n_m``, ``bins`` (name -> list of ``low``, ``high``, ``n``, ``m``,
         ``m_err``, ``c``, ``c_err``), ``selection``, ``weights``.
@@ -396,6 +426,8 @@ def paired_estimate(pairs, selection=None, weights="none", n_boot=200, seed=1, n
     units = resampling_units(pairs, ring)
     est = terms.estimate()
     spread, _ = bootstrap_errors(terms, n_boot, rng, units)
+    seed_jackknife = (group_jackknife_errors(terms, pairs["seed"]) if "seed" in pairs
+                      else np.full(4, np.nan))
     r_sel_pair = []
     for counts in bootstrap_draws(terms.n, max(n_boot // 4, 2), rng, units):
         try:
@@ -403,7 +435,8 @@ def paired_estimate(pairs, selection=None, weights="none", n_boot=200, seed=1, n
         except ValueError:
             pass
     result = {
-        "m": est["m"], "c": est["c"], "m_err": spread[:2], "c_err": spread[2:], "R": est["R"],
+        "m": est["m"], "c": est["c"], "m_err": spread[:2], "c_err": spread[2:],
+        "m_err_seeds": seed_jackknife[:2], "c_err_seeds": seed_jackknife[2:], "R": est["R"],
         "R_sel": est["R_sel"], "R_sel_pair": est["R_sel_pair"],
         "R_sel_pair_err": np.nanstd(np.array(r_sel_pair), axis=0, ddof=1) if len(r_sel_pair) > 1 else None,
         "n_pairs": int(terms.n), "n_selected": est["n"], "n_m": est["n_m"],
