@@ -69,7 +69,7 @@ def run(n_quads, seed, noise, kind="column"):
     shears = np.array(shears)
     all_shears = np.concatenate([shears, shears])
     groups = np.concatenate([np.arange(n_quads), np.arange(n_quads)])
-    out = {}
+    out, functions = {}, {}
     for case in cases:
         tables = {}
         for sign in (1, -1):
@@ -78,6 +78,18 @@ def run(n_quads, seed, noise, kind="column"):
                             for b in BRANCHES}
         out[case] = bench_metacal.estimate_bias(tables[1], tables[-1], all_shears, groups)
         out[case]["cpu_s"] = cpu[case]
+        functions[case] = bench_metacal.bias_function(tables[1], tables[-1], all_shears)
+    # Differences from the unmasked measurement of the same objects, jackknifed together.
+    for case in ("noise", "model"):
+        both = functions[case][1] & functions["unmasked"][1]
+
+        def difference(keep, case=case):
+            return functions[case][0](keep & both) - functions["unmasked"][0](keep & both)
+
+        values, errors = bench_metacal._jackknife(difference, groups)
+        out[f"{case} - unmasked"] = {name: float(v) for name, v in zip(("m1", "m2", "c1", "c2"), values)}
+        out[f"{case} - unmasked"].update({f"{name}_err": float(e) for name, e in zip(("m1", "m2", "c1", "c2"), errors)})
+        out[f"{case} - unmasked"]["cpu_s"] = float("nan")
     return out
 
 
@@ -91,10 +103,10 @@ def main(argv=None):
     out = run(args.n_quads, args.seed, args.noise, args.kind)
     print(f"masked {args.kind} within 10 pixels of the centre in every epoch; {args.n_quads} quadruples, "
           f"noise {args.noise}, seed {args.seed}")
-    print(f"{'case':>10} {'m1':>18} {'m2':>18} {'c1':>18} {'c2':>18} {'CPU s':>7}")
+    print(f"{'case':>18} {'m1':>18} {'m2':>18} {'c1':>18} {'c2':>18} {'CPU s':>7}")
     for case, r in out.items():
         cells = [f"{r[k]:+.4f} +- {r[k + '_err']:.4f}" for k in ("m1", "m2", "c1", "c2")]
-        print(f"{case:>10} " + " ".join(f"{c:>18}" for c in cells) + f" {r['cpu_s']:7.1f}")
+        print(f"{case:>18} " + " ".join(f"{c:>18}" for c in cells) + f" {r['cpu_s']:7.1f}")
 
 
 if __name__ == "__main__":

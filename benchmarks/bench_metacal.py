@@ -140,23 +140,12 @@ def _jackknife(values_fn, groups, n_blocks=100):
     return full, err
 
 
-def estimate_bias(tables_plus, tables_minus, shears, groups):
-    """m and c per component with jackknife errors over objects.
+def bias_function(tables_plus, tables_minus, shears):
+    """``compute(keep) -> [m1, m2, c1, c2, R11, R22]`` on the kept objects, and the usable-object mask.
 
-    Parameters
-    ----------
-    tables_plus, tables_minus : dict
-        Branch tables (see :func:`engine.rows_to_tables`) of the +g and -g
-        objects, row i of both being the same object.
-    shears : numpy.ndarray
-        (n, 2) applied shear of each object (the +g one).
-    groups : numpy.ndarray
-        Quadruple index of each row (jackknife unit).
-
-    Returns
-    -------
-    dict
-        ``m1, m2, c1, c2`` and their errors, ``R`` (mean response).
+    The function :func:`estimate_bias` jackknifes; exposed so that a
+    benchmark can jackknife differences between two measurements of the same
+    objects.
     """
     n = len(shears)
     ok = np.ones(n, dtype=bool)
@@ -181,6 +170,29 @@ def estimate_bias(tables_plus, tables_minus, shears, groups):
         c1 = summ[:, 0].mean() / R[0, 0]
         c2 = summ[:, 1].mean() / R[1, 1]
         return np.array([m1, m2, c1, c2, R[0, 0], R[1, 1]])
+
+    return compute, ok
+
+
+def estimate_bias(tables_plus, tables_minus, shears, groups):
+    """m and c per component with jackknife errors over objects.
+
+    Parameters
+    ----------
+    tables_plus, tables_minus : dict
+        Branch tables (see :func:`engine.rows_to_tables`) of the +g and -g
+        objects, row i of both being the same object.
+    shears : numpy.ndarray
+        (n, 2) applied shear of each object (the +g one).
+    groups : numpy.ndarray
+        Quadruple index of each row (jackknife unit).
+
+    Returns
+    -------
+    dict
+        ``m1, m2, c1, c2`` and their errors, ``R`` (mean response).
+    """
+    compute, ok = bias_function(tables_plus, tables_minus, shears)
 
     values, errors = _jackknife(compute, np.asarray(groups))
     names = ["m1", "m2", "c1", "c2", "R11", "R22"]
