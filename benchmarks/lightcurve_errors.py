@@ -13,18 +13,23 @@ light curves are those of two objects):
 ``model``      the pipeline: PSFEx model, measured position, measured ZP_PSF;
 ``model/ZP``   PSFEx model, measured position, true zero point;
 ``true PSF``   true PSF, measured position, true zero point;
-``true pos``   true PSF, true position, true zero point (photon noise only).
+``true pos``   true PSF, true position, true zero point (photon noise only;
+               the true-PSF refits subtract no neighbour).
 
 Per magnitude bin (true magnitude of the star): number of stars, pooled
 chi2/dof of the light curves about their weighted mean with the statistical
-errors (``FLUXERR``) and its uncertainty (``sqrt(2 / dof)``, a chi2 law), and
-the same with the lightcurve module's error model (``CHI2_RED`` of its
-output). Also the rms of ``ZP_PSF - ZP_true`` over the used exposures (its
-mean, common to all epochs, does not enter a light curve).
+errors (``FLUXERR``), its uncertainty for a chi2 law (``sqrt(2 / dof)``) and
+a bootstrap over the stars; then the same with the lightcurve module's error
+models (:data:`VARIANTS`: the former fixed 4 mmag floor, the systematics per
+exposure CCD with and without offsets, the default). Also the rms of
+``ZP_PSF - ZP_true`` per seed (its mean, common to all epochs, does not enter
+a light curve), the systematic and offset of each exposure CCD, and the
+VARIABLE flags of each variant (false positives among isolated constant
+stars, detectable variables flagged).
 
 Usage::
 
-    python benchmarks/lightcurve_errors.py --seeds 1 2 3 [--work /tmp/lc] [--keep]
+    python benchmarks/lightcurve_errors.py --seeds 1 2 3 [--work /tmp/lc] [--tables-only] [--keep-neighbours]
 
 The per-epoch table of every seed (``epochs-<seed>.fits`` in ``--work``) is
 kept for a second look (``--tables-only`` re-reads them without rerunning).
@@ -146,15 +151,45 @@ VARIANTS = {
 }
 
 
+#: Per variant: false positives, constant stars, variables flagged, detectable variables (all seeds).
+FLAG_COUNTS = {}
+
+
 def module_chi2(work: Path, seed: int, table):
     """CHI2_RED of the lightcurve statistics of each variant's options, on each row of ``table``."""
+    from astropy.table import Table
+
     from shapepipe_modules.lightcurve.curves import variability
     from shapepipe_modules.lightcurve.runner import read_forced
 
-    forced = read_forced(work / f"seed{seed}" / "forced" / "forced_phot-244-252.fits")
+    from lightcurve_chain import isolated_in_truth, match_tile_truth
+
+    root = work / f"seed{seed}"
+    forced = read_forced(root / "forced" / "forced_phot-244-252.fits")
+    # Truth of every object, for the flags: constant isolated stars and detectable variables.
+    number, index, truth = match_tile_truth(root / "sim", root / "chain" / "tile" / "sexcat-244-252.fits")
+    of_number = dict(zip(number.tolist(), index.tolist()))
+    exposures = sorted(set(np.char.strip(np.asarray(forced["EXP_NAME"]).astype(str)).tolist()))
+    mags = {}
+    for exposure in exposures:
+        exp_truth = Table.read(root / "sim" / "truth" / f"truth_exp-{exposure}.fits")
+        for object_id, mag in zip(exp_truth["id"], exp_truth["mag"]):
+            mags.setdefault(int(object_id), []).append(float(mag))
     out = {}
     for name, options in VARIANTS.items():
         stats = variability(forced, **options)
+        row = np.array([of_number.get(int(n), -1) for n in stats["NUMBER"]])
+        safe = np.where(row >= 0, row, 0)
+        star = (row >= 0) & np.asarray(truth["is_star"])[safe]
+        kind = np.asarray(truth["var_type"])[safe]
+        ids = np.asarray(truth["id"])[safe]
+        usable = star & ~stats["BLENDED"] & (stats["N_EPOCHS"] >= 4)
+        constant = usable & (kind == 0) & isolated_in_truth(root / "sim", ids)
+        spread = np.array([np.ptp(mags.get(int(i), [0.0])) for i in ids])
+        detectable = usable & (kind > 0) & (np.asarray(truth["mag"])[safe] < 22) & (spread >= 0.1)
+        FLAG_COUNTS.setdefault(name, np.zeros(4, int))
+        FLAG_COUNTS[name] += [stats["VARIABLE"][constant].sum(), constant.sum(), stats["VARIABLE"][detectable].sum(),
+                              detectable.sum()]
         of = dict(zip(stats["NUMBER"].tolist(), stats["CHI2_RED"].tolist()))
         out[name] = np.array([of.get(int(n), np.nan) for n in table["NUMBER"]])
         systematic = stats["SYSTEMATICS"]
@@ -201,7 +236,10 @@ def table_rows(tables):
             chosen = (star_mag[ids] >= low) & (star_mag[ids] < high) & (dof >= 3)
             total_dof = dof[chosen].sum()
             value = chi2[chosen].sum() / max(total_dof, 1)
-            cells.append((name, int(chosen.sum()), value, np.sqrt(2.0 / max(total_dof, 1))))
+            # Bootstrap over the stars (heavy tails make sqrt(2 / dof) optimistic).
+            pick = np.random.default_rng(1).integers(0, max(chosen.sum(), 1), (300, chosen.sum()))
+            boot = chi2[chosen][pick].sum(axis=1) / np.maximum(dof[chosen][pick].sum(axis=1), 1)
+            cells.append((name, int(chosen.sum()), value, np.sqrt(2.0 / max(total_dof, 1)), np.std(boot)))
         lines.append((low, high, cells))
     return lines
 
@@ -214,6 +252,8 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", required=True)
     parser.add_argument("--work", default="/tmp/lightcurve_errors")
     parser.add_argument("--tables-only", action="store_true", help="re-read the per-epoch tables")
+    parser.add_argument("--keep-neighbours", action="store_true",
+                        help="keep the stars with an undetected simulated neighbour within 3 arcsec")
     args = parser.parse_args(argv)
 
     from astropy.table import Table
@@ -233,7 +273,8 @@ def main(argv=None):
         alone = isolated_in_truth(work / f"seed{seed}" / "sim", table["TRUE_ID"])
         print(f"seed {seed}: {len(set(table['NUMBER'][~alone]))} of {len(set(table['NUMBER']))} constant stars "
               "unflagged but with a simulated neighbour within 3 arcsec: left out")
-        table = table[alone]
+        if not args.keep_neighbours:
+            table = table[alone]
         for name, values in module_chi2(work, seed, table).items():
             table[f"CHI2_{name}"] = values
         tables.append(table)
@@ -244,18 +285,23 @@ def main(argv=None):
         values = np.array(list(dzp.values()))
         print(f"seed {seed}: ZP_PSF - true per exposure (mmag): "
               f"{' '.join(f'{1e3 * v:+.1f}' for v in values)}; rms about their mean {1e3 * values.std():.1f}")
-    print(f"pooled chi2/dof of constant unblended stars (seeds {' '.join(map(str, args.seeds))}), "
-          "+- sqrt(2/dof)")
+    print(f"pooled chi2/dof of constant unblended stars (seeds {' '.join(map(str, args.seeds))}): "
+          "value, sqrt(2/dof), bootstrap sigma over the stars")
     header = f"{'mag':>6s} {'stars':>6s}"
     lines = table_rows(tables)
     for name, *_ in lines[0][2]:
-        header += f" {name:>14s}"
+        header += f" {name:>15s}"
     print(header)
     for low, high, cells in lines:
         text = f"{low:>3d}-{high:<2d} {cells[0][1]:>6d}"
-        for _, _, value, sigma in cells:
-            text += f" {value:>7.2f} +-{sigma:4.2f}"
+        for _, _, value, sigma, boot in cells:
+            text += f" {value:>5.2f} {sigma:4.2f} {boot:4.2f}"
         print(text)
+    print("VARIABLE flags (isolated unblended constant stars; unblended variables brighter than 22 with a true "
+          "range >= 0.1 mag over the used epochs)")
+    for name, (false, constant, found, detectable) in FLAG_COUNTS.items():
+        print(f"{name:>18s}: false positives {false} of {constant} ({100 * false / max(constant, 1):.2f}%), "
+              f"variables flagged {found} of {detectable}")
 
 
 if __name__ == "__main__":
