@@ -156,6 +156,30 @@ def match_tile_truth(sim_dir, catalogue_path, radius_arcsec=0.5):
     return np.asarray(catalogue["NUMBER"]), np.where(distance < radius_arcsec, index, -1), truth
 
 
+def isolated_in_truth(sim: Path, ids, radius_arcsec: float = 3.0, faintest: float = 25.0):
+    """Objects with no other simulated object brighter than ``faintest`` within the radius.
+
+    Every object of the exposures' truth (the tile truth may miss some that the exposures draw).
+
+    The forced_phot blend flag sees only the detected neighbours; a neighbour
+    merged with the star in detection makes its light curve that of two
+    objects, whatever the error model.
+    """
+    from astropy.table import Table, unique, vstack
+    from scipy.spatial import cKDTree
+
+    truth = unique(vstack([Table.read(path)["id", "ra", "dec", "mag"]
+                           for path in sorted((Path(sim) / "truth").glob("truth_exp-*.fits"))]), keys="id")
+    dec0 = np.radians(np.mean(truth["dec"]))
+    points = np.c_[np.asarray(truth["ra"]) * np.cos(dec0), np.asarray(truth["dec"])] * 3600.0
+    bright = np.asarray(truth["mag"]) < faintest
+    tree = cKDTree(points[bright])
+    row_of = {int(i): k for k, i in enumerate(truth["id"])}
+    rows = np.array([row_of[int(i)] for i in ids])
+    counts = np.array([len(found) for found in tree.query_ball_point(points[rows], radius_arcsec)])
+    return counts <= np.where(bright[rows], 1, 0)
+
+
 def run_lightcurve(forced_path, output_dir, **options):
     """The lightcurve module on a forced_phot table; the statistics path."""
     from shapepipe_modules.lightcurve.runner import lightcurve

@@ -112,7 +112,7 @@ def _neighbour_light(flux, psf, pairs, n):
 
 
 def forced_photometry(image, weight, model, x, y, gain: float, stamp_size: int = 21, aperture_radius: float = 5.0,
-                      flag=None, deblend_iterations: int = 2) -> dict:
+                      flag=None, deblend_iterations: int = 2, psf=None) -> dict:
     """PSF-fit and aperture fluxes at FITS positions on one CCD.
 
     Neighbours: after a first fit of every object alone, each object's stamp
@@ -138,6 +138,10 @@ def forced_photometry(image, weight, model, x, y, gain: float, stamp_size: int =
         Non-zero pixels are unusable.
     deblend_iterations : int
         Refits with the neighbours' models subtracted (0: each object alone).
+    psf : ndarray (n, stamp_size, stamp_size), optional
+        PSF stamps to fit instead of the model's (unit total flux, centred
+        as the model's would be): e.g. the simulation's true PSF, to tell the
+        model's errors from the others. ``model`` is then not used.
 
     Returns
     -------
@@ -158,8 +162,11 @@ def forced_photometry(image, weight, model, x, y, gain: float, stamp_size: int =
     data = np.where(w > 0, data, 0.0)
     dx = x - np.rint(x)
     dy = y - np.rint(y)
-    psf = model.evaluate(x, y, size=size, centre=(dx, dy), normalise=False)
-    psf /= model_total(model, x, y)[:, None, None]
+    if psf is None:
+        psf = model.evaluate(x, y, size=size, centre=(dx, dy), normalise=False)
+        psf /= model_total(model, x, y)[:, None, None]
+    else:
+        psf = np.asarray(psf, float).reshape(n, size, size)
 
     usable = w > 0
     variance_bkg = np.where(usable, 1.0 / np.where(usable, w, 1.0), 0.0)

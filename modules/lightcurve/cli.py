@@ -34,7 +34,7 @@ def main(argv=None):
     from shapepipe_modules.io.tables import FitsTableError, read_fits_table
 
     from .curves import STAT_COLUMNS, light_curve, plot_light_curve, variability
-    from .runner import OPTIONS, read_forced
+    from .runner import OPTIONS, read_forced, variability_options
 
     try:
         table = read_forced(args.forced)
@@ -47,10 +47,10 @@ def main(argv=None):
             chosen = np.asarray(stats_table["NUMBER"]) == args.id
             stats = {name: stats_table[name][chosen][0] for name, _ in STAT_COLUMNS} if chosen.any() else None
         else:
-            defaults = {option.name: option.default for option in OPTIONS}
-            computed = variability(rows, defaults["FLAG_MASK"], defaults["ERROR_FLOOR"], defaults["MIN_EPOCHS"],
-                                   defaults["FALSE_ALARM"], defaults["SCALE_BY_FIT_CHI2"])
-            stats = {name: computed[name][0] for name, _ in STAT_COLUMNS} if len(computed["NUMBER"]) else None
+            # The whole table: the systematics of each exposure CCD come from all its objects.
+            computed = variability(table, **variability_options({option.name: option.default for option in OPTIONS}))
+            chosen = np.asarray(computed["NUMBER"]) == args.id
+            stats = {name: computed[name][chosen][0] for name, _ in STAT_COLUMNS} if chosen.any() else None
     except (JobError, FitsTableError, OSError) as error:
         print(f"shapepipe_lightcurve: error: {error}", file=sys.stderr)
         return 2

@@ -2,7 +2,8 @@
 
 Input: ``forced_phot<number>.fits`` (``forced_phot``). Outputs:
 ``lightcurve_stats<number>.fits`` (one row per object, joinable on
-``NUMBER``; columns in :mod:`.curves`) and ``lightcurve_summary<number>.png``
+``NUMBER``; columns in :mod:`.curves`; HDU ``SYSTEMATICS``: the systematic error of
+each exposure CCD) and ``lightcurve_summary<number>.png``
 (variability against magnitude). One object's light curve:
 ``shapepipe_lightcurve ID --forced forced_phot-244-252.fits``.
 """
@@ -17,10 +18,21 @@ from shapepipe.options import Option
 OPTIONS = (
     Option("FLAG_MASK", "int", 15, "forced_phot FLAGS bits that drop an epoch (1 edge, 2 masked, "
            "4 no fit, 8 negative flux; 16 blended never drops one: blended objects are never flagged variable)."),
-    Option("ERROR_FLOOR", "float", 0.004, "Systematic error added in quadrature to every epoch, mag of the "
-           "mean flux (PSF model and zero-point errors; docs/lightcurves.md)."),
+    Option("EXPOSURE_SYSTEMATICS", "bool", True, "Add to every epoch the systematic error of its exposure CCD "
+           "(PSF model and zero point), measured on the scatter of the bright objects' light curves "
+           "(docs/lightcurves.md)."),
+    Option("RELATIVE_CALIBRATION", "bool", True, "With EXPOSURE_SYSTEMATICS: correct each exposure CCD's "
+           "fluxes by the mean offset of its bright objects from their other epochs (zero-point and PSF-model "
+           "normalisation errors; ensemble relative photometry)."),
+    Option("SYSTEMATIC_MAX_ERROR", "float", 0.01, "Objects whose statistical error is below this (mag) "
+           "measure the systematics (unblended, MIN_EPOCHS epochs or more)."),
+    Option("SYSTEMATIC_MIN_STARS", "int", 5, "An exposure CCD with fewer such epochs takes the median "
+           "systematic of the others."),
+    Option("ERROR_FLOOR", "float", 0.0, "A fixed systematic error added in quadrature to every epoch, mag of "
+           "the mean flux (on top of EXPOSURE_SYSTEMATICS)."),
     Option("SCALE_BY_FIT_CHI2", "bool", True, "Multiply an epoch's flux error by sqrt(CHI2_PSF) when its PSF "
-           "fit is worse than its noise (PSF model errors on bright stars)."),
+           "fit is worse than its noise (the PSF model's error at that star; EXPOSURE_SYSTEMATICS measures "
+           "what is left per exposure CCD)."),
     Option("MIN_EPOCHS", "int", 4, "Fewer usable epochs: never flagged variable."),
     Option("FALSE_ALARM", "float", 1e-3, "Flag VARIABLE when the probability of the chi2 for a constant "
            "source is below this."),
@@ -31,6 +43,8 @@ OPTIONS = (
 def validate(options) -> list[str]:
     """Cross-field checks made before any job starts."""
     problems = []
+    if options.get("SYSTEMATIC_MAX_ERROR") is not None and options["SYSTEMATIC_MAX_ERROR"] <= 0:
+        problems.append("SYSTEMATIC_MAX_ERROR must be positive")
     if options.get("ERROR_FLOOR") is not None and options["ERROR_FLOOR"] < 0:
         problems.append("ERROR_FLOOR must be 0 or more")
     if options.get("FALSE_ALARM") is not None and not 0 < options["FALSE_ALARM"] < 1:
@@ -61,6 +75,17 @@ def read_forced(path):
     return table
 
 
+def variability_options(options) -> dict:
+    """Keyword arguments of :func:`.curves.variability` from the module's options."""
+    return {"flag_mask": options["FLAG_MASK"], "error_floor": options["ERROR_FLOOR"],
+            "min_epochs": options["MIN_EPOCHS"], "false_alarm": options["FALSE_ALARM"],
+            "scale_by_fit_chi2": options["SCALE_BY_FIT_CHI2"],
+            "exposure_systematics_on": options["EXPOSURE_SYSTEMATICS"],
+            "relative_calibration": options["RELATIVE_CALIBRATION"],
+            "systematic_max_error": options["SYSTEMATIC_MAX_ERROR"],
+            "systematic_min_stars": options["SYSTEMATIC_MIN_STARS"]}
+
+
 @module(
     name="lightcurve",
     products=PRODUCTS,
@@ -79,20 +104,27 @@ def lightcurve(job):
     from astropy.io import fits
     from astropy.table import Table
 
-    from shapepipe_modules.io.tables import write_fits_table
+    from shapepipe_modules.io.tables import write_fits_tables
+
+    import numpy as np
 
     from .curves import STAT_COLUMNS, plot_summary, variability
 
     options = job.options
     table = read_forced(job.inputs[0])
-    stats = variability(table, options["FLAG_MASK"], options["ERROR_FLOOR"], options["MIN_EPOCHS"],
-                        options["FALSE_ALARM"], options["SCALE_BY_FIT_CHI2"])
+    stats = variability(table, **variability_options(options))
     header = fits.Header()
     for key, name in (("FLAGMASK", "FLAG_MASK"), ("ERRFLOOR", "ERROR_FLOOR"), ("MINEPOCH", "MIN_EPOCHS"),
                       ("FALSEALM", "FALSE_ALARM")):
         header[key] = (options[name], name)
-    write_fits_table(job.output_path(f"lightcurve_stats{job.number}.fits"),
-                     Table({name: stats[name] for name, _ in STAT_COLUMNS}), header, extname="LIGHTCURVE_STATS")
+    header["EXPSYST"] = (options["EXPOSURE_SYSTEMATICS"], "EXPOSURE_SYSTEMATICS")
+    write_fits_tables(job.output_path(f"lightcurve_stats{job.number}.fits"),
+                      [("LIGHTCURVE_STATS", Table({name: stats[name] for name, _ in STAT_COLUMNS}), header),
+                       ("SYSTEMATICS", Table(stats["SYSTEMATICS"]), None)])
+    systematic = stats["SYSTEMATICS"]["SYSTEMATIC"]
+    if systematic.size:
+        job.logger.info("systematic error per exposure CCD: median %.4f mag, %.4f to %.4f",
+                        np.median(systematic), systematic.min(), systematic.max())
     n_variable = int(stats["VARIABLE"].sum())
     if options["PLOT"]:
         plot_summary(stats, job.output_path(f"lightcurve_summary{job.number}.png"),
