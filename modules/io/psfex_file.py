@@ -419,6 +419,65 @@ _MODEL_KEYS = {"LOADED", "ACCEPTED", "CHI2", "POLNAXIS", "POLGRP1", "POLNAME1", 
                "PSF_SAMP", "PSFNAXIS", "PSFAXIS1", "PSFAXIS2", "PSFAXIS3"}
 
 
+_FITS_BLOCK = 2880
+
+
+def _header_bytes(handle) -> bytes | None:
+    """The next FITS header (whole 2880-byte blocks, through the END card), or None at a short read."""
+    blocks = []
+    while len(blocks) < 100:
+        block = handle.read(_FITS_BLOCK)
+        if len(block) < _FITS_BLOCK:
+            return None
+        blocks.append(block)
+        if any(block[i:i + 8] == b"END     " for i in range(0, _FITS_BLOCK, 80)):
+            return b"".join(blocks)
+    return None
+
+
+def _read_plain_psf_data(path):
+    """``(PSF_DATA header, basis)`` of a file laid out as PSFEx writes it, else None.
+
+    That layout: a primary HDU without data, then the ``PSF_DATA`` binary
+    table with one row and the single column ``PSF_MASK`` of 32- or 64-bit
+    floats, unscaled. Reading it directly (astropy parsing only the table's
+    header) is several times faster than opening the table with astropy,
+    which counts when thousands of CCD models are read; anything else
+    returns None and is read by astropy.
+    """
+    from astropy.io import fits
+
+    with open(path, "rb") as handle:
+        primary = _header_bytes(handle)
+        if primary is None or b"NAXIS   =                    0" not in primary:
+            return None
+        text = _header_bytes(handle)
+        if text is None:
+            return None
+        header = fits.Header.fromstring(text.decode("ascii", "replace"))
+        form = str(header.get("TFORM1", "")).strip().upper()
+        if (header.get("XTENSION") != "BINTABLE" or header.get("EXTNAME") != "PSF_DATA"
+                or header.get("TFIELDS") != 1 or header.get("TTYPE1") != "PSF_MASK" or header.get("NAXIS2") != 1
+                or header.get("PCOUNT", 0) != 0 or "TSCAL1" in header or "TZERO1" in header
+                or form[-1:] not in ("E", "D")):
+            return None
+        count = int(form[:-1] or 1)
+        dtype = np.dtype(">f4" if form[-1] == "E" else ">f8")
+        if header.get("NAXIS1") != count * dtype.itemsize:
+            return None
+        dims = str(header.get("TDIM1", f"({count})")).strip()
+        try:
+            shape = tuple(int(v) for v in dims.strip("()").split(","))[::-1]
+        except ValueError:
+            return None
+        if int(np.prod(shape)) != count:
+            return None
+        data = handle.read(count * dtype.itemsize)
+        if len(data) < count * dtype.itemsize:
+            return None
+    return header, np.frombuffer(data, dtype=dtype).astype(float).reshape(shape)
+
+
 def read_psf(path) -> PSFModel:
     """Read a PSFEx ``.psf`` file (written by PSFEx or by :func:`write_psf`).
 
@@ -431,12 +490,16 @@ def read_psf(path) -> PSFModel:
 
     path = Path(path)
     try:
-        with fits.open(path, memmap=False) as hdus:
-            if "PSF_DATA" not in hdus:
-                raise PSFFileError(f"{path}: no PSF_DATA extension")
-            hdu = hdus["PSF_DATA"]
-            header = hdu.header
-            basis = np.array(hdu.data["PSF_MASK"][0], dtype=float)
+        found = _read_plain_psf_data(path)
+        if found is not None:
+            header, basis = found
+        else:
+            with fits.open(path, memmap=False) as hdus:
+                if "PSF_DATA" not in hdus:
+                    raise PSFFileError(f"{path}: no PSF_DATA extension")
+                hdu = hdus["PSF_DATA"]
+                header = hdu.header
+                basis = np.array(hdu.data["PSF_MASK"][0], dtype=float)
     except OSError as error:
         raise PSFFileError(f"{path}: cannot read as FITS ({error})") from error
     except KeyError as error:
