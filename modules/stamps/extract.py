@@ -129,16 +129,19 @@ class StampWCS:
         self.crpix = (float(cards["CRPIX1"]), float(cards["CRPIX2"]))
         images = [card.image for card in cards.cards]
         names = [card.keyword for card in cards.cards]
-        self._index = (names.index("CRPIX1"), names.index("CRPIX2"))
-        self._cards = images
+        first, second = sorted((names.index("CRPIX1"), names.index("CRPIX2")))
+        self._swap = names[first] == "CRPIX2"
+        # The text around the two CRPIX cards, joined once: a stamp's text is then five pieces.
+        self._pieces = ("".join(images[:first]), "".join(images[first + 1:second]), "".join(images[second + 1:]))
         self.length = 80 * len(images)
 
     def text(self, x0: int, y0: int) -> str:
         """Header text of a stamp whose first pixel is image pixel ``(x0 + 1, y0 + 1)`` (FITS)."""
-        cards = list(self._cards)
-        cards[self._index[0]] = _crpix_card("CRPIX1", self.crpix[0] - x0)
-        cards[self._index[1]] = _crpix_card("CRPIX2", self.crpix[1] - y0)
-        return "".join(cards)
+        one = _crpix_card("CRPIX1", self.crpix[0] - x0)
+        two = _crpix_card("CRPIX2", self.crpix[1] - y0)
+        if self._swap:
+            one, two = two, one
+        return self._pieces[0] + one + self._pieces[1] + two + self._pieces[2]
 
     def texts(self, x0, y0) -> list[str]:
         return [self.text(a, b) for a, b in zip(np.asarray(x0).tolist(), np.asarray(y0).tolist())]
@@ -654,13 +657,13 @@ def deflate_function(level: int):
     return lambda data: zlib.compress(data, level)
 
 
-def shuffle_bytes(array: np.ndarray) -> bytes:
+def shuffle_bytes(array: np.ndarray) -> memoryview:
     """The bytes of ``array`` through HDF5's shuffle filter (byte ``j`` of every element together)."""
     array = np.ascontiguousarray(array)
     size = array.dtype.itemsize
     if size == 1:
-        return array.tobytes()
-    return np.ascontiguousarray(array.view(np.uint8).reshape(-1, size).T).tobytes()
+        return array.data
+    return np.ascontiguousarray(array.view(np.uint8).reshape(-1, size).T).data
 
 
 class _ChunkWriter:
@@ -687,7 +690,7 @@ class _ChunkWriter:
             padded = np.zeros((rows,) + block.shape[1:], dtype=dataset.dtype)
             padded[: block.shape[0]] = block
             block = padded
-        payload = block.tobytes() if self.deflate is None else self.deflate(shuffle_bytes(block))
+        payload = block.data if self.deflate is None else self.deflate(shuffle_bytes(block))
         dataset.id.write_direct_chunk((start,) + (0,) * (block.ndim - 1), payload)
 
 
