@@ -666,32 +666,69 @@ def shuffle_bytes(array: np.ndarray) -> memoryview:
     return np.ascontiguousarray(array.view(np.uint8).reshape(-1, size).T).data
 
 
+#: Threads compressing chunks in each process cutting a batch (zlib and ISA-L release the GIL).
+COMPRESSION_THREADS = 2
+
+
 class _ChunkWriter:
     """Writes whole chunks: compressed here (gzip: shuffle and deflate, as HDF5's filters would, in one
-    call per chunk) or left to h5py (``lzf``), or raw (``none``)."""
+    call per chunk, on :data:`COMPRESSION_THREADS` threads) or left to h5py (``lzf``), or raw (``none``).
 
-    def __init__(self, settings: Settings):
+    Compressed chunks are written to the file in the order they were handed over, by
+    :meth:`drain` (called by the thread that owns the file), so the file layout does not
+    depend on thread timing; a tile's chunks compress while the next tile is cut.
+    """
+
+    def __init__(self, settings: Settings, threads: int = COMPRESSION_THREADS):
+        from concurrent.futures import ThreadPoolExecutor
+
         self.filters = _filters(settings)
         self.direct = settings.compression in ("gzip", "none")
         self.deflate = deflate_function(settings.compression_level) if settings.compression == "gzip" else None
+        self.pool = ThreadPoolExecutor(threads) if self.deflate is not None and threads > 0 else None
+        self.pending = []
 
     def create(self, group, name, shape, dtype, chunks):
         return group.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, **self.filters)
 
-    def write(self, dataset, start: int, block: np.ndarray):
-        """Chunk of ``dataset`` beginning at row ``start`` (a multiple of the chunk rows), from ``block``
-        (its rows; a last, shorter block is padded to the chunk with zeros, the fill value)."""
-        rows = dataset.chunks[0]
-        block = np.ascontiguousarray(block, dtype=dataset.dtype)
-        if not self.direct:
-            dataset[start:start + block.shape[0]] = block
-            return
+    def _chunk(self, block, dtype, rows):
+        block = np.ascontiguousarray(block() if callable(block) else block, dtype=dtype)
         if block.shape[0] < rows:
-            padded = np.zeros((rows,) + block.shape[1:], dtype=dataset.dtype)
+            padded = np.zeros((rows,) + block.shape[1:], dtype=dtype)
             padded[: block.shape[0]] = block
             block = padded
-        payload = block.data if self.deflate is None else self.deflate(shuffle_bytes(block))
-        dataset.id.write_direct_chunk((start,) + (0,) * (block.ndim - 1), payload)
+        return block
+
+    def _compress(self, block, dtype, rows):
+        return self.deflate(shuffle_bytes(self._chunk(block, dtype, rows)))
+
+    def write(self, dataset, start: int, block):
+        """Chunk of ``dataset`` beginning at row ``start`` (a multiple of the chunk rows), from ``block``
+        (its rows, or a function returning them; a last, shorter block is padded to the chunk with
+        zeros, the fill value). Compressed chunks reach the file at the next :meth:`drain`."""
+        offset = (start,) + (0,) * (len(dataset.shape) - 1)
+        if self.pool is not None:
+            self.pending.append((dataset, offset, self.pool.submit(self._compress, block, dataset.dtype,
+                                                                   dataset.chunks[0])))
+            return
+        if not self.direct:
+            block = np.ascontiguousarray(block() if callable(block) else block, dtype=dataset.dtype)
+            dataset[start:start + block.shape[0]] = block
+            return
+        chunk = self._chunk(block, dataset.dtype, dataset.chunks[0])
+        payload = chunk.data if self.deflate is None else self.deflate(shuffle_bytes(chunk))
+        dataset.id.write_direct_chunk(offset, payload)
+
+    def drain(self):
+        """Write every chunk handed over so far, in order."""
+        pending, self.pending = self.pending, []
+        for dataset, offset, future in pending:
+            dataset.id.write_direct_chunk(offset, future.result())
+
+    def close(self):
+        self.pending = []
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _write_tile(group, ids, ra, dec, result: TileResult, settings: Settings, writer: _ChunkWriter):
@@ -720,8 +757,9 @@ def _write_tile(group, ids, ra, dec, result: TileResult, settings: Settings, wri
         dataset = writer.create(group, name, (n, k, side, side), kind, (per_chunk, k, side, side))
         arrays = [getattr(slot, name) for slot in result.slots]
         for start in range(0, n, per_chunk):
-            stop = min(n, start + per_chunk)
-            writer.write(dataset, start, np.stack([a[start:stop] for a in arrays], axis=1))
+            # Stacked where it is compressed (a worker thread), from the slot arrays.
+            writer.write(dataset, start, lambda a=arrays, b=start, e=min(n, start + per_chunk):
+                         np.stack([x[b:e] for x in a], axis=1))
     small = {"masked": np.int32, "present": bool, "psf_present": bool, "ccd": np.int16, "x": np.float64,
              "y": np.float64}
     for name, kind in small.items():
@@ -789,15 +827,18 @@ def write_batch(path, tiles, layout, settings: Settings, batch: int = 0, logger=
                     failed.update({ids[i]: reason for i, reason in result.failed.items()})
                     notes.extend(result.notes)
                     files_read |= result.files_read
+                    writer.drain()  # the previous tile's chunks, compressed while this tile was cut
                     if result.rows.size and result.slots:
                         _write_tile(h5.create_group(tile), ids, ra, dec, result, settings, writer)
                         done.extend(ids[result.rows].tolist())
                         stamps += int(sum(slot.present.sum() for slot in result.slots))
+                writer.drain()
                 group = h5.create_group("failed")
                 text = h5py.string_dtype("utf-8")
                 group.create_dataset("ids", data=np.asarray(list(failed), dtype=object), dtype=text)
                 group.create_dataset("reasons", data=np.asarray(list(failed.values()), dtype=object), dtype=text)
     finally:
+        writer.close()
         if store is not None:
             store.close()
     for note in notes:
