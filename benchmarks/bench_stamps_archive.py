@@ -16,9 +16,12 @@ objects of the exposures' truth that lie on no tile. Prints
 - a kill and restart (SIGKILL when the first batch file appears, and in the
   middle of the first batch) against an uninterrupted archive;
 - the FITS export round trip of ``--export`` targets;
-- stamps per second and MB per thousand stamps for 1 and 2 workers and the
-  I/O floor: the time to read once every file the extraction opened (raw
-  bytes, and as FITS pixels), page cache warm as for the extraction.
+- stamps per second and MB per thousand stamps for 1 and 2 workers (best of
+  ``--repeats``, page cache warm, then cold: the input files evicted first)
+  and the I/O floor: the time to read once every file the extraction opened
+  (raw bytes, and as FITS pixels read into memory), warm and cold, best of
+  ``--repeats`` too; the ratios of both wall and CPU times, and the load
+  average (run it on a quiet machine, or compare CPU times).
 
 Usage: ``python benchmarks/bench_stamps_archive.py --data DATA --run-output RUN/output``
 """
