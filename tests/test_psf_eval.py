@@ -81,3 +81,28 @@ def test_bad_file_is_named(tmp_path):
     path.write_text("not fits")
     with pytest.raises(PSFFileError, match="broken.psf"):
         read_psf(path)
+
+
+def test_psfex_layout_read_directly_equals_astropy(tmp_path):
+    """The direct read of PSFEx's layout gives astropy's header and basis; other layouts go through astropy."""
+    from astropy.io import fits
+
+    from shapepipe_modules.io.psfex_file import _read_plain_psf_data
+
+    path = tmp_path / "model.psf"
+    model = _model(0.8)
+    write_psf(path, model)
+    header, basis = _read_plain_psf_data(path)
+    with fits.open(path) as hdus:
+        table = hdus["PSF_DATA"]
+        assert np.array_equal(basis, np.asarray(table.data["PSF_MASK"][0], dtype=float))
+        assert header.tostring() == table.header.tostring()
+        columns = fits.ColDefs(list(table.columns) + [fits.Column(name="EXTRA", format="J", array=np.array([7]))])
+        other = fits.BinTableHDU.from_columns(columns, header=table.header, name="PSF_DATA")
+    fits.HDUList([fits.PrimaryHDU(), other]).writeto(tmp_path / "two_columns.psf")
+    assert _read_plain_psf_data(tmp_path / "two_columns.psf") is None
+    direct, general = read_psf(path), read_psf(tmp_path / "two_columns.psf")
+    assert np.abs(direct.basis - model.basis).max() < 1e-6 * np.abs(model.basis).max()  # float32 on disk
+    assert np.array_equal(direct.basis, general.basis)
+    assert (direct.degree, direct.zero, direct.scale, direct.sampling, direct.accepted, direct.chi2) == (
+        general.degree, general.zero, general.scale, general.sampling, general.accepted, general.chi2)
