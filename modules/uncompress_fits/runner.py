@@ -21,7 +21,7 @@ OPTIONS = (
 
 PRODUCTS = (
     Product("tile_weight", "CFIS_weight{number}.fits", "fits_image", ids=("tile",),
-            description="tile weight, uncompressed"),
+            description="tile weight: plain, or its compressed tiles with KEEP_COMPRESSION"),
     Product("uncompressed_image", "{prefix}{number}.fits", "fits_image", ids=("tile", "exposure_ccd", "exposure"),
             description="any other uncompressed image (key: its file prefix)"),
 )
