@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from astropy.io import fits
 
 from shapepipe_modules.io.images import image_hdu, is_compressed, write_image
@@ -42,3 +43,32 @@ def test_lossless_and_quantised_round_trips(tmp_path):
     again = tmp_path / "again.fits"
     write_image(again, smooth, header, compress=True, quantize=0.01)
     assert again.read_bytes() == (tmp_path / "smooth_c.fits").read_bytes()
+
+
+def test_copy_compressed_keeps_quantised_values_and_size(tmp_path):
+    """A quantised (dithered RICE) HDU copied tile for tile reads back bit for bit, with the new header."""
+    from shapepipe_modules.io.images import copy_compressed
+
+    rng = np.random.default_rng(3)
+    data = rng.normal(1.0, 0.05, (150, 90)).astype(np.float32)
+    source = tmp_path / "mosaic.fits.fz"
+    header = fits.Header({"EXTNAME": "ccd01", "GAIN": 1.5})
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(np.zeros((4, 4), np.float32)),
+                  fits.CompImageHDU(data, header=header, compression_type="RICE_1", quantize_level=4.0,
+                                    quantize_method=2, dither_seed=7)]).writeto(source)
+    with fits.open(source) as hdus:
+        expected = hdus[2].data.copy()
+    # Quantised: the values read are not the ones written, and a lossless recompression would be larger.
+    assert not np.array_equal(expected, data)
+    target = tmp_path / "ccd.fits"
+    copy_compressed(source, 2, target, fits.Header({"GAIN": 1.5, "CTYPE1": "RA---TAN", "NAXIS1": 3}))
+    with fits.open(target) as hdus:
+        image = image_hdu(hdus)
+        assert isinstance(image, fits.CompImageHDU)
+        np.testing.assert_array_equal(image.data, expected)
+        assert image.header["GAIN"] == 1.5 and image.header["CTYPE1"] == "RA---TAN"
+        assert image.header["NAXIS1"] == 90 and image.header.get("EXTNAME") != "ccd01"
+    write_image(tmp_path / "lossless.fits", expected, compress=True)
+    assert target.stat().st_size < (tmp_path / "lossless.fits").stat().st_size
+    with pytest.raises(ValueError, match="not a tile-compressed image"):
+        copy_compressed(tmp_path / "lossless.fits", 0, tmp_path / "x.fits")

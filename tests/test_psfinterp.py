@@ -295,3 +295,44 @@ def test_shapes_match_galsim_hsm():
         assert not ours["flag"].any() and not reference["flag"].any()
         for name in ("e1", "e2", "sigma"):
             np.testing.assert_allclose(ours[name], reference[name], rtol=0, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("centre", [False, True])
+def test_multi_epoch_stamps_from_model_read_back_identical(tmp_path, centre):
+    """ME_STAMPS_FROM_MODEL: the store keeps one model per CCD and its readers get the stamps psfinterp
+    stores otherwise, bit for bit (get, get_many, items), at a fraction of the size."""
+    from shapepipe_modules.io.psfex_file import PSFModel
+
+    tile, psf_dir, truth, headers, _ = _me_setup(tmp_path, n_objects=120)
+    # Degree-2 models with arbitrary components, so that the stamps vary with the position.
+    rng = np.random.default_rng(8)
+    for path in psf_dir.glob("*.psf"):
+        base = gaussian_model(1.6, size=33, nx=256, ny=512)
+        basis = np.concatenate([base.basis, 0.01 * rng.normal(size=(5, 33, 33)) * base.basis.max()])
+        write_psf(path, PSFModel(basis=basis, degree=2, zero=base.zero, scale=base.scale, loaded=50,
+                                 accepted=50, chi2=1.0, fwhm=base.fwhm))
+    common = dict(number="-244-252", MODE="MULTI-EPOCH", ME_DOT_PSF_DIR=str(psf_dir), STAR_THRESH=20,
+                  ME_LOG_WCS=str(tmp_path / "log_exp_headers.sqlite"), CHI2_THRESH=2.0, CENTRE_ON_OBJECT=centre)
+    stored, drawn = make_job(tmp_path, [tile], **common), make_job(tmp_path, [tile], ME_STAMPS_FROM_MODEL=True,
+                                                                     **common)
+    assert psfinterp(stored) == psfinterp(drawn)
+    name = "galaxy_psf-244-252.sqlite"
+    # 7 models of 6 components against about 200 stamps: the saving grows with the objects per CCD.
+    assert (drawn.output_dir / name).stat().st_size < (stored.output_dir / name).stat().st_size / 2
+    with StampStore(stored.output_dir / name) as a, StampStore(drawn.output_dir / name) as b:
+        ids = a.object_ids()
+        assert np.array_equal(ids, b.object_ids())
+        many = b.get_many(ids[::-1])
+        items = dict(b.items())
+        n_epochs = 0
+        for object_id in ids.tolist():
+            expected = a.get(object_id)
+            for record in (b.get(object_id), many[object_id], items[object_id]):
+                assert record.reason == expected.reason and set(record) == set(expected)
+                for key, epoch in expected.items():
+                    assert record[key].meta == epoch.meta
+                    assert record[key]["VIGNET"].dtype == np.float32
+                    np.testing.assert_array_equal(record[key]["VIGNET"], epoch["VIGNET"])
+            n_epochs += len(expected)
+            assert all(not epoch.arrays for epoch in b.get(object_id, arrays=False).values())
+        assert n_epochs > 100

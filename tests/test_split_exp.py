@@ -253,3 +253,31 @@ def test_runner_function_and_validation(tmp_path):
         "N_HDU must be 0 (every CCD) or a positive number of CCDs",
         "OUTPUT_SUFFIX has repeated prefixes: a, a",
     ]
+
+
+def test_compressed_float_ccds_keep_their_tiles(tmp_path):
+    """COMPRESS on a quantised float mosaic: each CCD's tiles are copied (the values read are the mosaic's,
+    bit for bit, and the file is as small as the input's HDU); integer flags are recompressed losslessly."""
+    from shapepipe_modules.io.images import image_hdu
+
+    paths, truth = make_exposure(tmp_path / "in", compressed_image=True)
+    plain, packed = tmp_path / "plain", tmp_path / "packed"
+    plain.mkdir()
+    packed.mkdir()
+    split_exposure(paths, ["image", "weight", "flag"], "-2113737", plain)
+    split_exposure(paths, ["image", "weight", "flag"], "-2113737", packed, compress={"image", "weight", "flag"})
+    with fits.open(paths[0], disable_image_compression=True) as mosaic:
+        input_bytes = mosaic[2].fileinfo()["datSpan"]
+    for ccd in range(3):
+        for prefix in ("image", "weight", "flag"):
+            with fits.open(plain / f"{prefix}-2113737-{ccd}.fits") as a, \
+                    fits.open(packed / f"{prefix}-2113737-{ccd}.fits") as b:
+                assert isinstance(image_hdu(b), fits.CompImageHDU)
+                np.testing.assert_array_equal(image_hdu(b).data, a[0].data)
+                structural = {"SIMPLE", "XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "PCOUNT", "GCOUNT",
+                              "EXTEND", "EXTNAME"}
+                cards = [{(c.keyword, str(c.value)) for c in h.cards if c.keyword not in structural}
+                         for h in (a[0].header, image_hdu(b).header)]
+                assert cards[0] == cards[1] and ("GAIN", str(truth["header"][ccd]["GAIN"])) in cards[1]
+    with fits.open(packed / "image-2113737-1.fits", disable_image_compression=True) as copied:
+        assert copied[1].fileinfo()["datSpan"] == input_bytes

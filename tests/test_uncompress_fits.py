@@ -76,3 +76,25 @@ def test_runner_function(tmp_path):
         uncompress_fits(job(OUTPUT_PATTERN=["w"]))
     with pytest.raises(JobError, match="same file"):
         uncompress_fits(job(OUTPUT_PATTERN=["w", "w"]))
+
+
+def test_keep_compression_copies_the_tiles(tmp_path):
+    """KEEP_COMPRESSION: a quantised input is written as its own tiles (same values, same size), a plain one plain."""
+    from shapepipe_modules.io.images import image_hdu
+
+    rng = np.random.default_rng(5)
+    data = rng.normal(1.0, 0.1, (64, 48)).astype(np.float32)
+    source = tmp_path / "CFIS_weight-244-252.fits.fz"
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(data, header=fits.Header({"GAIN": 1.7}),
+                                                       compression_type="RICE_1", quantize_level=4.0)]).writeto(source)
+    plain, kept = tmp_path / "plain.fits", tmp_path / "kept.fits"
+    uncompress(source, plain)
+    uncompress(source, kept, keep_compressed=True)
+    assert kept.stat().st_size == source.stat().st_size < plain.stat().st_size
+    with fits.open(plain) as a, fits.open(kept) as b:
+        np.testing.assert_array_equal(image_hdu(b).data, a[0].data)
+        assert image_hdu(b).header["GAIN"] == 1.7
+    fits.PrimaryHDU(data).writeto(tmp_path / "p.fits")
+    uncompress(tmp_path / "p.fits", tmp_path / "p_out.fits", keep_compressed=True)
+    with fits.open(tmp_path / "p_out.fits") as hdus:
+        assert len(hdus) == 1 and np.array_equal(hdus[0].data, data)

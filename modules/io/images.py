@@ -11,6 +11,7 @@ Readers find the image with :func:`image_hdu`, which accepts both layouts.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +91,62 @@ def is_compressed(path) -> bool:
 
     with fits.open(path) as hdus:
         return any(isinstance(hdu, fits.CompImageHDU) for hdu in hdus)
+
+
+# Keys of a compressed image's binary table that describe the compression (kept by
+# :func:`copy_compressed`); checksums are dropped, the header changes.
+_TABLE_KEY = re.compile(r"^(XTENSION|BITPIX|NAXIS\d?|PCOUNT|GCOUNT|TFIELDS|T(TYPE|FORM|DIM|UNIT|NULL|SCAL|ZERO)\d+"
+                        r"|ZIMAGE|ZBITPIX|ZCMPTYPE|ZQUANTIZ|ZDITHER0|ZSIMPLE|ZEXTEND|ZBLOCKED|ZPCOUNT|ZGCOUNT"
+                        r"|ZTENSION|ZMASKCMP|ZBLANK|ZSCALE|ZZERO|ZNAXIS\d*|ZTILE\d+|ZNAME\d+|ZVAL\d+)$")
+
+
+def copy_compressed(source, index: int, target, header=None) -> Path:
+    """Write HDU ``index`` of ``source``, a tile-compressed image, to ``target`` without recompressing it.
+
+    The compressed tiles are copied byte for byte (fpack layout: empty primary HDU, then the
+    compressed HDU), so the image read back is the source's, bit for bit, at the source's size
+    (quantised inputs stay as small as given, where a recompression would be lossy or larger).
+
+    Parameters
+    ----------
+    source : path-like
+        A FITS file whose HDU ``index`` is a ``CompImageHDU``.
+    index : int
+    target : path-like
+        Output file, written atomically.
+    header : astropy.io.fits.Header, optional
+        Image header to store instead of the source's (structural and
+        compression keys in it are ignored).
+
+    Raises
+    ------
+    ValueError
+        If the HDU is not a tile-compressed image.
+    """
+    from astropy.io import fits
+
+    with fits.open(source, disable_image_compression=True) as hdus:
+        table = hdus[index]
+        if not table.header.get("ZIMAGE", False):
+            raise ValueError(f"HDU {index} of {source} is not a tile-compressed image")
+        info = table.fileinfo()
+        kept = [card for card in table.header.cards if _TABLE_KEY.match(card.keyword)]
+        image = header if header is not None else [card for card in table.header.cards
+                                                   if not _TABLE_KEY.match(card.keyword)]
+        image_cards = image.cards if hasattr(image, "cards") else image
+        names = {card.keyword for card in kept}
+        extra = [card for card in image_cards
+                 if card.keyword not in names and not _TABLE_KEY.match(card.keyword)
+                 and card.keyword not in ("SIMPLE", "EXTEND", "CHECKSUM", "DATASUM", "ZHECKSUM", "ZDATASUM", "END")
+                 and not (card.keyword.startswith("NAXIS") or card.keyword in ("BSCALE", "BZERO"))]
+        new_header = fits.Header(kept + extra)
+        with open(source, "rb") as handle:
+            handle.seek(info["datLoc"])
+            data = handle.read(info["datSpan"])
+    primary = fits.PrimaryHDU().header.tostring(padding=True)
+    with atomic_path(target) as temporary:
+        with open(temporary, "wb") as handle:
+            handle.write(primary.encode("ascii"))
+            handle.write(new_header.tostring(padding=True).encode("ascii"))
+            handle.write(data)
+    return Path(target)

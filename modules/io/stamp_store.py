@@ -40,6 +40,12 @@ Reading: :meth:`StampStore.get` (one object), :meth:`StampStore.get_many`
 (many objects in a few queries) and :meth:`StampStore.items`; with
 ``arrays=False`` only the metadata is decoded.
 
+PSF stores may hold models instead of stamps (:meth:`StampStore.put_psf_model`,
+psfinterp's ``ME_STAMPS_FROM_MODEL``): a second table, ``psf_models``, holds
+one PSF model per epoch key, the records of such an epoch keep only their
+metadata (``X``, ``Y``, ``DX``, ``DY``...), and reading draws the stamps
+from the model, the float32 arrays psfinterp would have stored.
+
 The file is a plain sqlitedict table (``sqlitedict.SqliteDict(path,
 tablename='objects')`` with bytes values reads it; a value written with
 ``compress=True`` is ``SPZREC2\n`` followed by the zlib-compressed record,
@@ -101,6 +107,11 @@ PAGE_WASTE = 0.05
 _SIZE_SAMPLE = 500
 # Keys per SELECT ... IN (...) of a bulk read (below SQLite's parameter limit).
 _IN_CHUNK = 500
+#: Table of PSF models (:meth:`StampStore.put_psf_model`): one row per epoch key; a store without
+#: it is a plain sqlitedict table as before.
+MODELS_TABLE = "psf_models"
+_MAKE_MODELS = f'CREATE TABLE IF NOT EXISTS "{MODELS_TABLE}" (key TEXT PRIMARY KEY, value BLOB)'
+_PUT_MODEL = f'REPLACE INTO "{MODELS_TABLE}" (key, value) VALUES (?, ?)'
 
 
 def epoch_key(exposure, ccd) -> str:
@@ -465,6 +476,8 @@ class _Writer(threading.Thread):
                     kind, rows = task
                     if kind == "rows":
                         self.connection.executemany(_PUT, rows)
+                    elif kind == "models":
+                        self.connection.executemany(_PUT_MODEL, rows)
                     else:
                         self.connection.commit()
                         if self.durable:
@@ -539,6 +552,9 @@ class StampStore:
         self.batch_bytes = int(batch_bytes)
         self.durable = bool(durable)
         self.compress = bool(compress)
+        self._pending_models: dict[str, bytes] = {}
+        self._has_models = False
+        self._models: dict | None = None  # read mode: epoch key -> (PSFModel, settings), loaded on first use
 
     def _connect(self) -> sqlite3.Connection:
         work = self._file.work_path
@@ -592,6 +608,7 @@ class StampStore:
         try:
             if success and self.mode == "w":
                 self.flush()
+                self._idle()
                 self._ensure_table()
                 self._idle()
         except BaseException:
@@ -624,7 +641,12 @@ class StampStore:
         self._ensure_table()
         self._idle()
         row = self._connection.execute(f'SELECT value FROM "{TABLE}" WHERE key = ?', (key,)).fetchone()
-        return None if row is None else self._decode(key, row[0], arrays)
+        if row is None:
+            return None
+        record = self._decode(key, row[0], arrays)
+        if arrays and self.mode == "r":
+            self._draw_psf([record])
+        return record
 
     def _stored(self, key: str) -> ObjectRecord | None:
         record = self._pending.get(key)
@@ -800,6 +822,17 @@ class StampStore:
             self._flushed.update(self._pending)
         self._pending.clear()
         self._pending_bytes = 0
+        if self._pending_models:
+            if not self._has_models:
+                self._idle()  # the connection is the writer thread's while it works
+                self._connection.execute(_MAKE_MODELS)
+                self._connection.commit()
+                self._has_models = True
+            if self._writer is None:
+                self._writer = _Writer(self._connection, self._file.work_path, self.durable)
+            self._writer.submit(("models", list(self._pending_models.items())), self.path)
+            self._writer.submit(("commit", None), self.path)
+            self._pending_models = {}
 
     def get(self, object_id, arrays: bool = True) -> ObjectRecord:
         """All epochs of one object.
@@ -861,6 +894,8 @@ class StampStore:
             query = f'SELECT key, value FROM "{TABLE}" WHERE key IN ({marks})'
             for key, value in self._connection.execute(query, chunk):
                 found[int(key)] = self._decode(key, value, arrays)
+        if arrays and missing:
+            self._draw_psf(found.values())
         return found
 
     def __getitem__(self, object_id) -> ObjectRecord:
@@ -891,4 +926,91 @@ class StampStore:
         self._idle()
         cursor = self._connection.execute(f'SELECT key, value FROM "{TABLE}" ORDER BY rowid')
         for key, value in cursor:
-            yield int(key), self._decode(key, value, arrays)
+            record = self._decode(key, value, arrays)
+            if arrays:
+                self._draw_psf([record])
+            yield int(key), record
+
+    # PSF stamps drawn from stored models -------------------------------------------------
+
+    def put_psf_model(self, epoch: str, model, size: int | None = None, array: str = "VIGNET") -> None:
+        """Store the PSF model of one epoch instead of its objects' PSF stamps.
+
+        Records of this epoch are then written without ``array`` but with
+        meta ``X``, ``Y`` (1-based position on the CCD) and ``DX``, ``DY``
+        (centre offset); readers get ``array`` drawn from the model
+        (:func:`shapepipe_modules.psfinterp.interpolate.psf_stamps`, float32),
+        the stamp psfinterp would have stored: a 40-CCD tile's models take
+        a few MB where its 175,000 stamps took 1.8 GB.
+
+        Parameters
+        ----------
+        epoch : str
+            Epoch key ``'<exposure>-<ccd>'``.
+        model : PSFModel
+            As read by :func:`shapepipe_modules.io.psfex_file.read_psf`.
+        size : int, optional
+            Stamp side (default: the model grid's).
+        array : str
+            Name under which readers find the stamp.
+        """
+        self._check_writable()
+        split_epoch_key(epoch)
+        settings = {"array": str(array), "size": None if size is None else int(size), "degree": int(model.degree),
+                    "zero": [float(v) for v in model.zero], "scale": [float(v) for v in model.scale],
+                    "sampling": float(model.sampling), "names": [str(n) for n in model.names]}
+        basis = np.ascontiguousarray(model.basis)
+        single = basis.astype(np.float32)
+        if np.array_equal(single, basis):  # a model read from a .psf file (float32 PSF_MASK): half the bytes
+            basis = single
+        self._pending_models[epoch] = pack_record({"basis": basis}, settings)
+
+    def _load_models(self) -> dict:
+        if self._models is None:
+            self._models = {}
+            found = self._connection.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                             (MODELS_TABLE,)).fetchone()
+            if found is not None:
+                from .psfex_file import PSFModel
+
+                for key, value in self._connection.execute(f'SELECT key, value FROM "{MODELS_TABLE}"'):
+                    try:
+                        arrays, settings = unpack_record(value)
+                        model = PSFModel(basis=arrays["basis"], degree=settings["degree"],
+                                         zero=tuple(settings["zero"]), scale=tuple(settings["scale"]),
+                                         sampling=settings["sampling"], names=tuple(settings["names"]))
+                    except (EncodingError, KeyError, TypeError, ValueError) as error:
+                        raise StoreError(f"stamp store {self.path}: unreadable PSF model of epoch {key} "
+                                         f"({error})") from error
+                    self._models[key] = (model, settings)
+        return self._models
+
+    def _draw_psf(self, records) -> None:
+        """Add the PSF stamps of epochs stored as models to these records (in place), one
+        vectorised call per epoch."""
+        if self.mode != "r":
+            return
+        models = self._load_models()
+        if not models:
+            return
+        groups: dict[str, list] = {}
+        for record in records:
+            for key, epoch in record.items():
+                entry = models.get(key)
+                if entry is not None and entry[1]["array"] not in epoch.arrays:
+                    groups.setdefault(key, []).append(epoch)
+        if not groups:
+            return
+        from shapepipe_modules.psfinterp.interpolate import psf_stamps
+
+        for key, epochs in groups.items():
+            model, settings = models[key]
+            try:
+                x, y, dx, dy = (np.array([epoch.meta[name] for epoch in epochs], dtype=float)
+                                for name in ("X", "Y", "DX", "DY"))
+            except KeyError as error:
+                raise StoreError(f"stamp store {self.path}: epoch {key} is stored as a PSF model but a record "
+                                 f"lacks {error.args[0]}") from None
+            stamps = psf_stamps(model, x, y, settings["size"], dx, dy).astype(np.float32)
+            for epoch, stamp in zip(epochs, stamps):
+                epoch.arrays[settings["array"]] = stamp

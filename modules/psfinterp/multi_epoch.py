@@ -16,7 +16,9 @@ Output: a :class:`~shapepipe_modules.io.stamp_store.StampStore` keyed by
 object id and ``'<exposure>-<ccd>'`` with ``VIGNET`` (float32 stamp) and
 meta ``E1_PSF_HSM``, ``E2_PSF_HSM``, ``SIGMA_PSF_HSM``, ``FLAG_PSF_HSM``
 (with ``GET_SHAPES``), ``X``, ``Y`` (position on the CCD) and ``DX``,
-``DY`` (PSF centre relative to the central pixel). An object with no usable
+``DY`` (PSF centre relative to the central pixel). With ``stamps_from_model`` the
+store holds each CCD's model instead of the stamps, and its readers draw
+the same stamps from it. An object with no usable
 epoch is stored with the reason (every rejected epoch listed), never
 dropped; and a table lists the status of every (exposure, CCD).
 """
@@ -130,7 +132,7 @@ class MultiEpochResult:
 
 def interpolate_tile(catalogue: TileCatalogue, psf_path, wcs_of, store, star_thresh: int, chi2_thresh: float,
                      get_shapes: bool = True, size: int | None = None, centre_on_object: bool = False,
-                     logger=None) -> MultiEpochResult:
+                     logger=None, stamps_from_model: bool = False) -> MultiEpochResult:
     """Draw the PSF of every object in every epoch into a stamp store.
 
     Parameters
@@ -153,6 +155,10 @@ def interpolate_tile(catalogue: TileCatalogue, psf_path, wcs_of, store, star_thr
         Centre the PSF at the object's sub-pixel position (else on the
         central pixel).
     logger : logging.Logger, optional
+    stamps_from_model : bool
+        Store each CCD's model once (:meth:`StampStore.put_psf_model`)
+        instead of the stamps: readers of the store get the same stamps,
+        drawn from the model.
 
     Returns
     -------
@@ -215,7 +221,11 @@ def interpolate_tile(catalogue: TileCatalogue, psf_path, wcs_of, store, star_thr
             shapes = hsm_shapes(stamps, warm_start=True)
             meta.update(E1_PSF_HSM=shapes["e1"], E2_PSF_HSM=shapes["e2"], SIGMA_PSF_HSM=shapes["sigma"],
                         FLAG_PSF_HSM=shapes["flag"])
-        store.put_many(catalogue.number[rows], key, {"VIGNET": stamps.astype(np.float32)}, meta)
+        if stamps_from_model:
+            store.put_psf_model(key, model, size)
+            store.put_many(catalogue.number[rows], key, {}, meta)
+        else:
+            store.put_many(catalogue.number[rows], key, {"VIGNET": stamps.astype(np.float32)}, meta)
         has_epoch[rows] = True
         result.n_object_epochs += len(rows)
     for row in np.flatnonzero(~has_epoch).tolist():

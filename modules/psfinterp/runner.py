@@ -49,6 +49,11 @@ OPTIONS = (
            "(VALIDATION uses the stars' VIGNET size)."),
     Option("CENTRE_ON_OBJECT", "bool", False, "Centre each PSF at the object's sub-pixel position "
            "(as in its VIGNET) instead of the stamp's central pixel (CLASSIC, MULTI-EPOCH)."),
+    Option("ME_STAMPS_FROM_MODEL", "bool", False,
+           "MULTI-EPOCH: store each CCD's PSF model once in galaxy_psf<number>.sqlite instead of every "
+           "object-epoch's stamp (10 kB each at 51 x 51: 1.8 GB on a real tile); readers of the store "
+           "(spread_model, ngmix, make_catalog) get the same float32 stamps, drawn from the model when "
+           "read (about 0.05 ms per stamp)."),
     Option("ME_DOT_PSF_DIR", "dir", None, "MULTI-EPOCH: folder of the exposures' .psf models, e.g. last:psfex."),
     Option("ME_DOT_PSF_PATTERN", "name", "star_split_ratio_80",
            "MULTI-EPOCH: model file names are <pattern>-<exposure>-<ccd>.psf."),
@@ -214,7 +219,8 @@ def _run_multi_epoch(job):
         with StampStore(job.output_path(f"galaxy_psf{job.number}.sqlite"), mode="w") as store:
             result = interpolate_tile(catalogue, psf_path, headers.wcs, store, options["STAR_THRESH"],
                                       options["CHI2_THRESH"], options["GET_SHAPES"],
-                                      options["STAMP_SIZE"] or None, options["CENTRE_ON_OBJECT"], job.logger)
+                                      options["STAMP_SIZE"] or None, options["CENTRE_ON_OBJECT"], job.logger,
+                                      stamps_from_model=options["ME_STAMPS_FROM_MODEL"])
     header = fits.Header()
     header["STARTHR"] = (options["STAR_THRESH"], "STAR_THRESH")
     header["CHI2THR"] = (options["CHI2_THRESH"], "CHI2_THRESH")

@@ -121,6 +121,12 @@ class StrictFits:
                 indices.append(index)
         return indices
 
+    def is_compressed(self, index: int) -> bool:
+        """Whether HDU ``index`` is a tile-compressed image."""
+        from astropy.io import fits
+
+        return isinstance(self.hdul[index], fits.CompImageHDU)
+
     def header(self, index: int):
         """Header of HDU ``index`` (the image header for compressed HDUs)."""
         return self.hdul[index].header

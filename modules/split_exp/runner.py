@@ -11,9 +11,11 @@ OPTIONS = (
            "the per-CCD headers written to headers-NNNNNNN.npy for merge_headers."),
     Option("COMPRESS", "name_list", ["weight", "flag"],
            "Prefixes (of OUTPUT_SUFFIX) whose CCD files are tile-compressed without loss (fpack layout: "
-           "RICE_1 for flags, 60-90x, nearly free; unquantised GZIP_2 for floats: weights 3x, images 1.5x, "
-           "at about 0.1 s CPU per million pixels to write and 0.025 s per read); 'none' for none. The "
-           "pipeline's readers and astropy read them (SExtractor's binary through a plain copy)."),
+           "a float CCD tile-compressed in the input keeps its compressed tiles, copied byte for byte: the "
+           "same values at the input's size; else RICE_1 for flags, 60-90x, nearly free; unquantised GZIP_2 "
+           "for floats: weights 3x, images 1.5x, at about 0.1 s CPU per million pixels to write and 0.025 s "
+           "per read); 'none' for none. The pipeline's readers and astropy read them (SExtractor's binary "
+           "through a plain copy)."),
     Option("N_HDU", "int", 0,
            "Number of CCDs (HDUs 1 to N_HDU) to split; 0 splits every image extension. A mosaic "
            "with fewer extensions fails its job."),

@@ -28,6 +28,8 @@ import numpy as np
 from shapepipe.atomic import atomic_path
 from shapepipe.errors import JobError
 
+from shapepipe_modules.io.images import copy_compressed
+
 from .fits_input import StrictFits, clean_header
 
 HEADER_PREFIX = "headers"
@@ -153,7 +155,10 @@ def split_exposure(
     logger : logging.Logger, optional
     compress : collection of str
         Prefixes whose CCD files are tile-compressed without loss
-        (:func:`shapepipe_modules.io.images.write_image`).
+        (:func:`shapepipe_modules.io.images.write_image`); a CCD that is
+        tile-compressed in the mosaic keeps its compressed tiles, copied byte
+        for byte (:func:`~shapepipe_modules.io.images.copy_compressed`: the
+        same values, at the input's size).
 
     Returns
     -------
@@ -206,13 +211,21 @@ def split_exposure(
                     raise JobError(
                         f"{where}: shape {data.shape} differs from {shapes[ccd]} of {mosaics[0].path.name}"
                     )
+                source_type = data.dtype
                 if is_flag:
                     data = as_flag_array(data, where)
                 if which == header_index:
                     check_wcs(header, where)
                     header_texts.append(stored_header(header, data.shape).tostring())
                 target = output_dir / ccd_file_name(prefix, number, ccd)
-                write_single_hdu(target, data, header, compress=prefix in compress)
+                if (prefix in compress and mosaic.is_compressed(hdu_index) and data.dtype == source_type
+                        and data.dtype.kind == "f"):
+                    # A float CCD keeps the input's own tiles, byte for byte: the same values at the
+                    # input's size (recompressing quantised floats without loss is 2-3x larger);
+                    # integers are recompressed in 64-row tiles, smaller than fpack's rows.
+                    copy_compressed(mosaic.path, hdu_index, target, header)
+                else:
+                    write_single_hdu(target, data, header, compress=prefix in compress)
                 result.files.append(target)
             shapes = shapes or these_shapes
         if header_index is not None:

@@ -8,6 +8,11 @@ OPTIONS = (
     Option("HDU_DATA", "int", None,
            "HDU holding the image. Unset: the first HDU with a 2-D image (HDU 1 of a .fits.fz "
            "file, HDU 0 of a plain file); ShapePipe's default was 0."),
+    Option("KEEP_COMPRESSION", "bool", False,
+           "Write a tile-compressed input HDU as its compressed tiles, copied byte for byte (fpack "
+           "layout: the same values for the pipeline's readers, which take both layouts, at the "
+           "input's size) instead of a plain image; for SExtractor's binary, which needs plain "
+           "files, leave False."),
     Option("OUTPUT_PATTERN", "name_list", [],
            "Output name prefix of each input, in FILE_PATTERN order; the output is "
            "<prefix><number>.fits. Empty: each input keeps its own prefix."),
@@ -16,7 +21,7 @@ OPTIONS = (
 
 PRODUCTS = (
     Product("tile_weight", "CFIS_weight{number}.fits", "fits_image", ids=("tile",),
-            description="tile weight, uncompressed"),
+            description="tile weight: plain, or its compressed tiles with KEEP_COMPRESSION"),
     Product("uncompressed_image", "{prefix}{number}.fits", "fits_image", ids=("tile", "exposure_ccd", "exposure"),
             description="any other uncompressed image (key: its file prefix)"),
 )
@@ -53,6 +58,7 @@ def uncompress_fits(job):
     if len(set(names)) != len(names):
         raise JobError(f"two inputs would be written to the same file: {', '.join(names)}; set OUTPUT_PATTERN")
     for path, name in zip(job.inputs, names):
-        info = uncompress(path, job.output_path(name), job.options["HDU_DATA"])
+        info = uncompress(path, job.output_path(name), job.options["HDU_DATA"],
+                          keep_compressed=job.options["KEEP_COMPRESSION"])
         job.logger.info("%s HDU %d -> %s", path, info["hdu"], name)
     return {"files": len(names)}

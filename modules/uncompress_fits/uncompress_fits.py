@@ -9,12 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from shapepipe.errors import JobError
+from shapepipe_modules.io.images import copy_compressed
 from shapepipe_modules.split_exp.fits_input import StrictFits, clean_header
 from shapepipe_modules.split_exp.split_exp import write_single_hdu
 
 
-def uncompress(path, output_path, hdu: int | None = None) -> dict:
-    """Write the image of one HDU as a plain FITS file.
+def uncompress(path, output_path, hdu: int | None = None, keep_compressed: bool = False) -> dict:
+    """Write the image of one HDU as a plain FITS file (or, with ``keep_compressed``, as its compressed tiles).
 
     Parameters
     ----------
@@ -25,6 +26,11 @@ def uncompress(path, output_path, hdu: int | None = None) -> dict:
     hdu : int or None
         HDU holding the image; None takes the first HDU with a 2-D image
         (HDU 1 of a ``.fits.fz`` file, HDU 0 of a plain file).
+    keep_compressed : bool
+        A tile-compressed HDU is written as its compressed tiles copied byte
+        for byte (fpack layout, :func:`~shapepipe_modules.io.images.copy_compressed`):
+        the same values for the pipeline's readers, at the input's size. A
+        plain HDU is written plain.
 
     Returns
     -------
@@ -50,7 +56,10 @@ def uncompress(path, output_path, hdu: int | None = None) -> dict:
         primary = fits_file.header(0) if hdu > 0 else None
         header = clean_header(fits_file.header(hdu), primary)
         data = fits_file.data(hdu)
-        write_single_hdu(output_path, data, header)
+        if keep_compressed and fits_file.is_compressed(hdu):
+            copy_compressed(path, hdu, output_path, header)
+        else:
+            write_single_hdu(output_path, data, header)
     return {"hdu": hdu, "shape": list(data.shape)}
 
 
