@@ -155,7 +155,7 @@ def test_bad_star_catalogue_fails_naming_the_file(tmp_path):
 def test_validate_needs_catalogues():
     defaults = {option.name: option.default for option in OPTIONS}
     problems = validate(defaults)
-    assert any("STAR_CAT_PATH or USE_EXT_STAR" in p for p in problems)
+    assert any("STAR_CAT_PATH, LOCAL_STAR_CAT or USE_EXT_STAR" in p for p in problems)
     assert any("DEEP_SKY_CAT_PATH" in p for p in problems)
     both = dict(defaults, USE_EXT_STAR=True, STAR_CAT_PATH="/x.fits", DEEP_SKY_CAT_PATH="/d.fits")
     assert validate(both) == ["USE_EXT_STAR and STAR_CAT_PATH both set: give the star catalogue one way"]
@@ -207,3 +207,44 @@ def test_check_existing_dir_reuses_an_earlier_flag_image(tmp_path):
                    DEEP_SKY_CAT_PATH=str(deep), CHECK_EXISTING_DIR=str(tmp_path / "nowhere"))
     out.unlink()
     assert "n_halo" in mask(job) and not out.is_symlink() and out.is_file()
+
+
+def _flag_of(tmp_path, job):
+    mask(job)
+    with fits.open(tmp_path / "output" / "pipeline_flag-0000001-3.fits") as hdus:
+        return image_hdu(hdus).data.copy()
+
+
+def test_onthefly_form_with_local_star_catalogues(tmp_path):
+    """The on-the-fly form reads LOCAL_STAR_CAT offline: create_star_cat's per-image folder or a CSV reference."""
+    from shapepipe_modules.tools.create_star_cat import create_star_catalogues
+
+    paths, stars, deep = write_ccd(tmp_path)
+    config = _onthefly_config(tmp_path)
+    reference = tmp_path / "reference.csv"
+    Table.read(stars).write(reference, format="ascii.csv")
+    common = dict(DEEP_SKY_CAT_PATH=str(deep))
+    direct = _flag_of(tmp_path, make_job(tmp_path, paths.values(), STAR_CAT_PATH=str(stars), **common))
+    assert direct[120, 20] & 2 and not direct[120, 35] & 2  # the halo of the star off the left edge
+    defaults = {option.name: option.default for option in OPTIONS}
+    assert validate(dict(defaults, MASK_CONFIG_PATH=str(config), LOCAL_STAR_CAT=str(reference), **common)) == []
+
+    # A folder of per-image catalogues, as create_star_cat writes them from the CSV reference.
+    per_image = tmp_path / "star_cats"
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "image-0000001-3.fits").symlink_to(paths["image"])
+    counts = create_star_catalogues(images, per_image, reference, margin_arcsec=600.0, kind="image")
+    assert counts["written"] == 1 and (per_image / "star_cat-0000001-3.fits").is_file()
+    for source in (per_image, reference):
+        (tmp_path / "output" / "pipeline_flag-0000001-3.fits").unlink()
+        job = make_job(tmp_path, paths.values(), MASK_CONFIG_PATH=str(config), LOCAL_STAR_CAT=str(source), **common)
+        np.testing.assert_array_equal(_flag_of(tmp_path, job), direct)
+
+    # A folder without this image's catalogue: the job fails naming the folder, the section and the key.
+    (tmp_path / "output" / "pipeline_flag-0000001-3.fits").unlink()
+    empty = tmp_path / "no_cats"
+    empty.mkdir()
+    job = make_job(tmp_path, paths.values(), MASK_CONFIG_PATH=str(config), LOCAL_STAR_CAT=str(empty), **common)
+    with pytest.raises(JobError, match=r"\[MASK_RUNNER\] LOCAL_STAR_CAT: .*no_cats holds no star_cat-0000001-3"):
+        mask(job)

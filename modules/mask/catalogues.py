@@ -44,10 +44,32 @@ class DeepSkyCatalogue:
     path: str = ""
 
 
+class _CsvTable:
+    """A CSV table seen through the ``columns.names`` / ``field(i)`` interface of a FITS table."""
+
+    def __init__(self, table):
+        self._table = table
+        self.columns = type("Columns", (), {"names": list(table.colnames)})()
+
+    def field(self, index):
+        return np.asarray(self._table[self._table.colnames[index]])
+
+    def __getitem__(self, name):
+        return np.asarray(self._table[name])
+
+
 def _open_table(path):
     from astropy.io import fits
 
     path = Path(path)
+    if path.suffix.lower() == ".csv":
+        from astropy.table import Table
+
+        try:
+            table = Table.read(path, format="ascii.csv")
+        except (OSError, ValueError, IndexError) as error:
+            raise ValueError(f"cannot read catalogue {path}: {error}") from None
+        return _CsvTable(table), fits.Header()
     try:
         with fits.open(path, memmap=False) as hdus:
             for hdu in hdus:
@@ -84,7 +106,7 @@ def _in_degrees(values, unit, path, column):
 
 
 def read_star_catalogue(path) -> StarCatalogue:
-    """Read a bright-star catalogue (``ra``, ``dec``, ``mag``).
+    """Read a bright-star catalogue (``ra``, ``dec``, ``mag``; FITS, or CSV when named ``.csv``).
 
     Raises
     ------
@@ -125,3 +147,45 @@ def read_deep_sky_catalogue(path) -> DeepSkyCatalogue:
     names = np.asarray(data[name_column]).astype(str) if name_column else np.arange(len(ra)).astype(str)
     good = np.isfinite(ra) & np.isfinite(dec) & np.isfinite(radius) & (radius > 0)
     return DeepSkyCatalogue(ra=ra[good], dec=dec[good], radius=radius[good], names=names[good], path=str(path))
+
+
+def local_star_catalogue(source, number: str, header, margin_arcsec: float) -> StarCatalogue:
+    """The bright stars of one image from a local source (the offline on-the-fly query).
+
+    Parameters
+    ----------
+    source : path
+        A folder of ``create_star_cat`` outputs (``star_cat<number>.fits`` or
+        ``.csv``), or one FITS or CSV reference catalogue (``ra``, ``dec``,
+        ``mag``).
+    number : str
+        The image's file number (``-2113737-3``, ``-244-252``).
+    header : astropy.io.fits.Header
+        The image header (WCS and size), to pick the stars of a reference catalogue.
+    margin_arcsec : float
+        Stars up to this far outside the image are kept.
+
+    Raises
+    ------
+    ValueError
+        Naming the file or folder, when no catalogue is there or it cannot be read.
+    """
+    source = Path(source)
+    if source.is_dir():
+        for suffix in (".fits", ".csv"):
+            path = source / f"star_cat{number}{suffix}"
+            if path.is_file():
+                return read_star_catalogue(path)
+        raise ValueError(f"{source} holds no star_cat{number}.fits or .csv (create_star_cat writes them)")
+    if not source.is_file():
+        raise ValueError(f"star catalogue {source} does not exist")
+    from shapepipe_modules.tools._common import ToolError
+    from shapepipe_modules.tools.create_star_cat import read_reference_catalogue, stars_on_image
+
+    try:
+        reference = read_reference_catalogue(source)
+    except ToolError as error:
+        raise ValueError(str(error)) from None
+    table = stars_on_image(header, reference, margin_arcsec)
+    return StarCatalogue(ra=np.asarray(table["ra"], float), dec=np.asarray(table["dec"], float),
+                         mag=np.asarray(table["mag"], float), path=str(source))

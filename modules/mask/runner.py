@@ -64,6 +64,17 @@ OPTIONS = (
         "validates, and its jobs fail with a message saying so (no network here).",
     ),
     Option(
+        "LOCAL_STAR_CAT",
+        "path",
+        "",
+        "Offline form of ShapePipe's on-the-fly star query, used when STAR_CAT_PATH is empty and USE_EXT_STAR is "
+        "False: a folder of create_star_cat's per-image catalogues (star_cat<number>.fits or .csv, picked by "
+        "the job's number), or one FITS or CSV reference catalogue (ra, dec in deg, mag) from which the stars "
+        "on the image and within LOCAL_STAR_MARGIN of it are taken at run time.",
+    ),
+    Option("LOCAL_STAR_MARGIN", "float", 600.0, "Margin (arcsec) around the image within which the stars of a "
+           "LOCAL_STAR_CAT reference catalogue are kept (halos and spikes of stars off the image reach in)."),
+    Option(
         "DEEP_SKY_CAT_PATH",
         "file",
         "",
@@ -96,9 +107,10 @@ def validate(options) -> list[str]:
     if params.halo is not None or params.spike is not None:
         if options.get("USE_EXT_STAR") and options.get("STAR_CAT_PATH"):
             problems.append("USE_EXT_STAR and STAR_CAT_PATH both set: give the star catalogue one way")
-        elif not options.get("USE_EXT_STAR") and not options.get("STAR_CAT_PATH") and not params.network_stars:
+        elif (not options.get("USE_EXT_STAR") and not options.get("STAR_CAT_PATH")
+              and not options.get("LOCAL_STAR_CAT") and not params.network_stars):
             problems.append(
-                f"{_config_path(options)} makes halo/spike masks: set STAR_CAT_PATH or USE_EXT_STAR "
+                f"{_config_path(options)} makes halo/spike masks: set STAR_CAT_PATH, LOCAL_STAR_CAT or USE_EXT_STAR "
                 "(stars are never queried over the network)"
             )
     if params.messier is not None and params.messier.cat_path is None and not options.get("DEEP_SKY_CAT_PATH"):
@@ -198,7 +210,7 @@ def mask(job):
     from shapepipe.atomic import atomic_path
 
     from .build import MaskInputError, build_mask, region_text
-    from .catalogues import read_deep_sky_catalogue, read_star_catalogue
+    from .catalogues import local_star_catalogue, read_deep_sky_catalogue, read_star_catalogue
 
     options = job.options
     use_flag, use_star = bool(options["USE_EXT_FLAG"]), bool(options["USE_EXT_STAR"])
@@ -231,11 +243,13 @@ def mask(job):
         raise JobError(str(error)) from None
     for note in params.notes:
         job.logger.info("%s: %s", params.source, note)
-    if (params.halo or params.spike) and not star_path:
+    local_stars = options.get("LOCAL_STAR_CAT") or None
+    if (params.halo or params.spike) and not star_path and not local_stars:
         raise JobError(
             f"{params.source} asks for ShapePipe's on-the-fly star query ([PROGRAM_PATH] CDSCLIENT_PATH, a "
             "network service), which is not available here: give a local bright-star catalogue with "
-            "STAR_CAT_PATH (FITS: ra, dec, mag; e.g. from create_star_cat) or one per image with USE_EXT_STAR"
+            "STAR_CAT_PATH (FITS: ra, dec, mag; e.g. from create_star_cat), a per-image folder or a reference "
+            "catalogue (FITS or CSV) with LOCAL_STAR_CAT, or one per image with USE_EXT_STAR"
         )
 
     hdu = int(options["HDU"])
@@ -261,6 +275,12 @@ def mask(job):
     try:
         if (params.halo or params.spike) and star_path:
             star_cat = read_star_catalogue(star_path)
+        elif params.halo or params.spike:
+            try:
+                star_cat = local_star_catalogue(local_stars, job.number, header, options["LOCAL_STAR_MARGIN"])
+            except ValueError as error:
+                raise ValueError(f"[{job.module_run.upper()}_RUNNER] LOCAL_STAR_CAT: {error}") from None
+            job.logger.info("on-the-fly stars offline: %d from %s", star_cat.ra.size, star_cat.path)
         if params.messier is not None:
             deep_path = options.get("DEEP_SKY_CAT_PATH") or params.messier.cat_path
             if deep_path:

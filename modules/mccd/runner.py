@@ -90,6 +90,10 @@ FIT_OPTIONS = (
     Option("MODE", "choice", "FIT", "ShapePipe's MCCD mode; FIT and FIT_VALIDATION both fit (reserved stars are "
            "validated downstream with psfinterp VALIDATION).", choices=("FIT", "FIT_VALIDATION", "VALIDATION")),
     Option("VERBOSE", "bool", False, "Verbose MCCD messages (in the job log)."),
+    Option("ENGINE", "choice", "builtin", "builtin: this project's focal-plane model (a constant image per CCD "
+           "plus a polynomial of the focal-plane position); piff: Piff (pip install piff) with a PixelGrid "
+           "model whose pixels are a polynomial of the focal-plane position (no per-CCD term), re-expanded "
+           "per CCD; slower (benchmarks/bench_focal_plane.py).", choices=("builtin", "piff")),
     Option("GLOBAL_DEGREE", "int", 2, "Degree of the polynomial of the focal-plane position."),
     Option("DOT_PSFEX_FILE", "file", str(_PSFEX_DEFAULT), "PSFEx configuration (.psfex) giving PSF_SIZE, "
            "PSF_SAMPLING, PSF_ACCURACY, CENTER_KEYS, PSFVAR_KEYS and PHOTFLUX_KEY."),
@@ -108,11 +112,17 @@ def _check_fit(options) -> list[str]:
     return problems
 
 
+def _fit_requirements(options):
+    """Piff only for ENGINE = piff."""
+    return (("piff", "galsim") if options.get("ENGINE") == "piff" else ()), ()
+
+
 @module(name="mccd_fit", version="1.0", aliases=("mccd_fit_runner",),
         description="PSF model per exposure over all its CCDs (focal-plane polynomial + per-CCD terms), "
                     "written per CCD as PSFEx models.",
         input_module="setools", file_pattern="star_selection", file_ext=".fits", numbering_scheme="-0000000-0",
-        run_method="serial", depends=("numpy", "astropy"), options=FIT_OPTIONS, validate=_check_fit)
+        run_method="serial", depends=("numpy", "astropy"), options=FIT_OPTIONS, validate=_check_fit,
+        requirements=_fit_requirements)
 def mccd_fit(job):
     """Fit every exposure of the star selections; write one ``.psf`` per CCD."""
     from .fit_job import fit_star_selections

@@ -143,6 +143,15 @@ OPTIONS = (
     Option("REGIONS_COLOR_BY", "str", "", "REGIONS: integer column colouring the ellipses (e.g. PASS)."),
     Option("REGIONS_COLOR_MODE", "choice", "class", "REGIONS: class (one colour per value) or flag (red when "
            "non-zero).", choices=("class", "flag")),
+    Option("FORCED_CAT_PATH", "file", "", "External detection catalogue (FITS table, FITS-LDAC or CSV; RA, Dec "
+           "in deg): the sep engine measures at its positions instead of its own detections, so that several "
+           "bands or a photo-z catalogue share the objects. Detection still runs, to mask neighbours; a "
+           "detected blend of several given positions is split between them (nearest position). Rows off the "
+           "image are left out. Empty: detect."),
+    Option("FORCED_RA_COL", "str", "RA", "FORCED_CAT_PATH: column of the right ascension (deg; any case)."),
+    Option("FORCED_DEC_COL", "str", "DEC", "FORCED_CAT_PATH: column of the declination (deg; any case)."),
+    Option("FORCED_ID_COL", "str", "", "FORCED_CAT_PATH: integer column written as NUMBER (shared by every "
+           "image measured with that catalogue); empty: the 1-based row number in the catalogue."),
     Option("CCD_SIZE", "float_list", [33.0, 2080.0, 1.0, 4612.0],
            "MAKE_POST_PROCESS: usable pixel range of a CCD, xmin, xmax, ymin, ymax (0-based pixel "
            "coordinates, bounds excluded, as ShapePipe)."),
@@ -230,6 +239,15 @@ def validate(options) -> list[str]:
                             f"got {', '.join(map(str, size)) or 'nothing'}")
     if options.get("PASSES"):
         problems += _validate_passes(options, engine)
+    if options.get("FORCED_CAT_PATH"):
+        if engine != "sep":
+            problems.append("FORCED_CAT_PATH needs ENGINE = sep (forced positions are measured by the sep engine)")
+        if options.get("PASSES"):
+            problems.append("FORCED_CAT_PATH and PASSES exclude each other: the external catalogue gives the objects")
+        try:
+            read_forced_catalogue(options)
+        except ValueError as error:
+            problems.append(str(error))
     for method in options.get("LOCAL_SKY_METHODS") or []:
         if method.strip().upper() not in ("RING", "BOXES"):
             problems.append(f"LOCAL_SKY_METHODS: unknown method {method!r} (RING, BOXES)")
@@ -257,6 +275,67 @@ def validate(options) -> list[str]:
             if not settings.phot_apertures:
                 problems.append(f"DOT_SEX_FILE {options['DOT_SEX_FILE']}: PHOT_APERTURES is empty")
     return problems
+
+
+def read_forced_catalogue(options):
+    """``(ra, dec, number)`` of the FORCED_CAT_PATH catalogue; ValueError naming the file and the key."""
+    import numpy as np
+    from astropy.io import fits
+    from astropy.table import Table
+
+    path = Path(options["FORCED_CAT_PATH"])
+    try:
+        if path.suffix.lower() == ".csv":
+            table = Table.read(path, format="ascii.csv")
+        else:
+            with fits.open(path) as hdus:
+                chosen = next((h for h in hdus if h.name == "LDAC_OBJECTS"), None) or next(
+                    (h for h in hdus if isinstance(h, fits.BinTableHDU)), None)
+                if chosen is None:
+                    raise ValueError("no FITS table in it")
+                table = Table(chosen.data)
+    except (OSError, ValueError, IndexError) as error:
+        raise ValueError(f"FORCED_CAT_PATH {path}: cannot read the catalogue ({error})") from None
+    lower = {name.lower(): name for name in table.colnames}
+    columns = []
+    for key in ("FORCED_RA_COL", "FORCED_DEC_COL") + (("FORCED_ID_COL",) if options.get("FORCED_ID_COL") else ()):
+        name = str(options[key]).strip()
+        if name.lower() not in lower:
+            raise ValueError(f"FORCED_CAT_PATH {path} has no column {name!r} ({key}; columns: "
+                             f"{', '.join(table.colnames)})")
+        columns.append(np.asarray(table[lower[name.lower()]]))
+    ra, dec = (np.asarray(c, dtype=np.float64) for c in columns[:2])
+    if len(columns) == 3:
+        number = columns[2]
+        if number.dtype.kind not in "iu" or (number.size and (number.min() < -2**31 or number.max() >= 2**31)):
+            raise ValueError(f"FORCED_CAT_PATH {path}: FORCED_ID_COL {options['FORCED_ID_COL']} must hold 32-bit "
+                             "integers (it becomes NUMBER)")
+    else:
+        number = np.arange(1, ra.size + 1)
+    bad = ~(np.isfinite(ra) & np.isfinite(dec))
+    if bad.any():
+        raise ValueError(f"FORCED_CAT_PATH {path}: {int(bad.sum())} rows without a finite RA/Dec")
+    return ra, dec, number.astype(np.int64)
+
+
+def forced_pixels(options, header, shape):
+    """``(x, y, number)`` (0-based pixels) of the forced objects on an image of ``shape``."""
+    import warnings
+
+    import numpy as np
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    ra, dec, number = read_forced_catalogue(options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        wcs = WCS(header, naxis=2)
+    if not wcs.has_celestial:
+        raise ValueError("FORCED_CAT_PATH needs an image with a celestial WCS")
+    x, y = wcs.all_world2pix(ra, dec, 0, quiet=True)
+    ny, nx = shape
+    with np.errstate(invalid="ignore"):
+        inside = np.isfinite(x) & np.isfinite(y) & (x >= -0.5) & (x < nx - 0.5) & (y >= -0.5) & (y < ny - 0.5)
+    return x[inside], y[inside], number[inside]
 
 
 def pass_sex_settings(options) -> list[tuple[str, str, dict]]:
@@ -532,12 +611,19 @@ def _run_sep(job, paths, settings_files, zero_point, background_value, check_ima
     if "flag" in paths:
         # Read after detection, when the engine has freed the background map (full tile: 400 MB).
         flags = functools.partial(_read_native, paths["flag"])
+    forced = None
+    if job.options.get("FORCED_CAT_PATH"):
+        try:
+            forced = forced_pixels(job.options, header, image.shape)
+        except ValueError as error:
+            raise JobError(f"{paths['image']}: [{job.module_run.upper()}_RUNNER] {error}") from None
+        job.logger.info("forced positions: %d of %s on the image", forced[0].size, job.options["FORCED_CAT_PATH"])
     timings = {"read": time.perf_counter() - clock}
     try:
         result = sep_engine.extract(image, header, settings, parameters, kernel, weight=weight,
                                     flag_image=flags, zero_point=zero_point,
                                     background_value=background_value, overwrite_input=True,
-                                    keep_background="BACKGROUND" in check_images)
+                                    keep_background="BACKGROUND" in check_images, forced=forced)
     except sep_engine.ExtractionError as error:
         raise JobError(f"{paths['image']}: {error}") from error
     del image, weight, flags

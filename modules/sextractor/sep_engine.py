@@ -216,6 +216,7 @@ def extract(
     ext_number=1,
     overwrite_input=False,
     keep_background=True,
+    forced=None,
 ):
     """Detect and measure the sources of one image.
 
@@ -249,6 +250,10 @@ def extract(
         lost.
     keep_background : bool
         Return the background map in ``Extraction.background``.
+    forced : tuple of 3 arrays, optional
+        ``(x, y, number)``: measure at these 0-based pixel positions instead of
+        the detections (:mod:`.forced`), one row each in this order, with
+        these NUMBER values.
 
     Returns
     -------
@@ -349,7 +354,14 @@ def extract(
         thresh, var_arg = settings.detect_thresh * global_rms, None
     objects, seg = _detect(sub, thresh, var_arg, bad, settings, filter_kernel, gain)
     seg = np.asarray(seg, dtype=np.int32)
-    n = len(objects)
+    if forced is not None:
+        from . import forced as forced_positions
+
+        forced_x, forced_y = (np.asarray(v, dtype=np.float64) for v in forced[:2])
+        seg = forced_positions.relabel(seg, forced_x, forced_y)
+        objects = forced_positions.forced_objects(seg, sub, var if var is not None else backnoise2,
+                                                  forced_x, forced_y)
+    n = len(objects["x"])
     height, width = data.shape
     timings["detection"] = time.perf_counter() - clock
     clock = time.perf_counter()
@@ -482,7 +494,7 @@ def extract(
 
     snr_win = np.where(fluxerr_win > 0, flux_win / np.where(fluxerr_win > 0, fluxerr_win, 1.0), 1e30)
     values = {
-        "NUMBER": np.arange(1, n + 1),
+        "NUMBER": np.arange(1, n + 1) if forced is None else np.asarray(forced[2]),
         "EXT_NUMBER": np.full(n, ext_number),
         "FLUX_AUTO": flux_auto,
         "FLUXERR_AUTO": fluxerr_auto,
