@@ -242,3 +242,23 @@ def test_snakemake_workflow_fails_one_tile_and_resumes(toy_campaign, capsys):
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     assert (root / "tile_runs" / "246.252" / "stages" / "Final.done").is_file()
     _check_final(root / "final_cat.fits", truth, seen)
+
+
+def test_campaign_preset_is_tiny_enlarged_with_overlapping_tiles():
+    """Neighbouring tiles of the campaign preset overlap by ~200 arcsec, each covered by its own exposures, and
+    the scene has tiny's sampling: PSF and galaxy sizes in pixels, objects per pixel."""
+    from shapepipe_modules.simulate.presets import preset_parameters
+
+    campaign_params, tiny = preset_parameters("campaign"), preset_parameters("tiny")
+    scale = campaign_params["pixel_scale"] / tiny["pixel_scale"]
+    width = campaign_params["tile_size"] * campaign_params["pixel_scale"] / 3600
+    centres = [tile_centre(*map(int, t.split("."))) for t in campaign_params["tiles"]]
+    gaps = [angular_distance(*a, *b) for a, b in zip(centres, centres[1:])]
+    assert len(centres) == 4 and all(abs(width - g - 200 / 3600) < 10 / 3600 for g in gaps)
+    mosaic = (2 * campaign_params["ccd_nx"] + campaign_params["gap_x"]) * campaign_params["pixel_scale"]
+    assert mosaic > width * 3600 + 2 * 1.2 * campaign_params["dither_arcsec"]  # the dithered pattern covers it
+    np.testing.assert_allclose(np.array(campaign_params["psf_fwhm_range"]) / scale, tiny["psf_fwhm_range"], rtol=0.07)
+    np.testing.assert_allclose(campaign_params["hlr_at_22"] / scale, tiny["hlr_at_22"], rtol=0.03)
+    for name in ("star_density", "galaxy_density"):
+        np.testing.assert_allclose(campaign_params[name] * scale**2, tiny[name], rtol=0.03)
+    np.testing.assert_allclose(campaign_params["sky_mag"] - 5 * np.log10(scale), tiny["sky_mag"], atol=0.05)

@@ -126,6 +126,7 @@ def combine(tables: dict, ra_column="XWIN_WORLD", dec_column="YWIN_WORLD", match
         If a table lacks a position column.
     """
     from astropy.table import Table, vstack
+    from astropy.table.operations import TableMergeError
 
     parts = []
     for tile, table in tables.items():
@@ -139,7 +140,14 @@ def combine(tables: dict, ra_column="XWIN_WORLD", dec_column="YWIN_WORLD", match
         part["TILE_DIST"] = angular_distance(np.asarray(part[ra_column], float), np.asarray(part[dec_column], float),
                                              ra0, dec0)
         parts.append(part)
-    joined = vstack(parts, join_type="exact", metadata_conflicts="silent") if parts else Table()
+    try:
+        joined = vstack(parts, join_type="exact", metadata_conflicts="silent") if parts else Table()
+    except TableMergeError as error:
+        names = {tile: set(part.colnames) for tile, part in zip(tables, parts)}
+        common = set.intersection(*names.values())
+        differing = {tile: sorted(n - common)[:5] for tile, n in names.items() if n - common}
+        raise ToolError(f"tile catalogues differ in their columns ({error}); columns not in every tile: {differing} "
+                        "(select common columns with -p)") from None
     n = len(joined)
     keep = np.ones(n, dtype=bool)
     groups = []
