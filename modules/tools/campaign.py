@@ -303,7 +303,8 @@ def _run_commands(args) -> int:
             chosen = [s for s in stages if s.name == args.stage]
             if not chosen:
                 raise ToolError(f"no stage {args.stage!r}; stages: {', '.join(s.name for s in stages)}")
-            campaign_run.run_stage(args.root, args.tile, chosen[0], args.data, config_dir)
+            # A process of its own (a Snakemake job): shapepipe_run runs here, not in a second interpreter.
+            campaign_run.run_stage(args.root, args.tile, chosen[0], args.data, config_dir, in_process=True)
             return 0
         tiles = list(dict.fromkeys([campaign_run.canonical_tile(t) for t in args.tile_ids]
                                    + (read_tiles(args.tiles) if args.tiles else [])))

@@ -136,8 +136,39 @@ def stage_environment(root, tile: str, config_dir, extra_env=None) -> dict:
     return env
 
 
-def run_stage(root, tile: str, stage: CampaignStage, data_dir, config_dir, log=print, extra_env=None) -> dict:
+def run_config_here(config, env, output_dir, log=print) -> Path:
+    """:func:`shapepipe_modules.gold.chain.run_config` in this process (for a process started for one stage,
+    such as a Snakemake job: one interpreter start instead of two). Sets ``env`` in ``os.environ``.
+
+    Raises
+    ------
+    shapepipe_modules.gold.chain.ChainError
+        If ``shapepipe_run`` returns a non-zero status.
+    """
+    from shapepipe.cli import main as shapepipe_run
+
+    from ..gold.chain import ChainError, failed_jobs, run_folders
+
+    before = run_folders(output_dir)
+    os.environ.update(env)
+    status = shapepipe_run(["-c", str(config)])
+    new = sorted(run_folders(output_dir) - before)
+    run_dir = new[-1] if new else None
+    if status != 0:
+        detail = "\n  ".join(failed_jobs(run_dir)) if run_dir else ""
+        raise ChainError(f"{config} failed (shapepipe_run exit status {status}"
+                         f"{', run folder ' + str(run_dir) if run_dir else ''})" + (f"\n  {detail}" if detail else ""))
+    if run_dir is None:
+        raise ChainError(f"{config}: shapepipe_run exited with 0 but wrote no run folder in {output_dir}")
+    return run_dir
+
+
+def run_stage(root, tile: str, stage: CampaignStage, data_dir, config_dir, log=print, extra_env=None,
+              in_process=False) -> dict:
     """Run one stage of one tile with ``shapepipe_run``; write its marker; return the marker's content.
+
+    ``in_process`` runs ``shapepipe_run`` in this process (:func:`run_config_here`)
+    instead of a subprocess.
 
     Raises
     ------
@@ -156,7 +187,7 @@ def run_stage(root, tile: str, stage: CampaignStage, data_dir, config_dir, log=p
     folder = prepare_tile(root, tile, data_dir)
     env = stage_environment(root, tile, config_dir, extra_env)
     started = time.perf_counter()
-    run_dir = run_config(config, env, folder / "output", log)
+    run_dir = (run_config_here if in_process else run_config)(config, env, folder / "output", log)
     record = {"tile": canonical_tile(tile), "stage": stage.name, "config": str(config), "run_dir": str(run_dir),
               "wall_s": round(time.perf_counter() - started, 3), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
     write_text_atomic(marker_path(root, tile, stage.name), json.dumps(record, indent=1) + "\n")
