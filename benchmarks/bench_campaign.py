@@ -53,6 +53,9 @@ def main(argv=None) -> int:
     parser.add_argument("--fail-tile", default="245.252")
     parser.add_argument("--snakemake", action="store_true", help="run through the generated Snakemake workflow")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--match-radius", type=float, default=4.0,
+                        help="final-cat radius, arcsec (default 2 pixels of the campaign preset: the positions of "
+                             "one object in two tiles differ by up to ~2 arcsec there)")
     args = parser.parse_args(argv)
     try:  # a subreaper collects the CPU of orphaned grandchildren too (Linux)
         import ctypes
@@ -82,7 +85,8 @@ def main(argv=None) -> int:
         if args.snakemake:
             snakemake = shutil.which("snakemake", path=f"{Path(sys.executable).parent}{os.pathsep}"
                                                         f"{os.environ.get('PATH', '')}")
-            subprocess.run([*campaign, "snakefile", "--tiles", str(tile_list), *common], check=True,
+            subprocess.run([*campaign, "snakefile", "--tiles", str(tile_list), *common, "--match-radius",
+                            str(args.match_radius)], check=True,
                            stdout=subprocess.DEVNULL)
             first = [snakemake, "-s", str(root / "Snakefile"), "-d", str(root), "--cores", "2", "--keep-going"]
         else:
@@ -101,16 +105,19 @@ def main(argv=None) -> int:
     joined, final = work / "joined.fits", root / "final_cat.fits"
     if not args.snakemake:
         rows.append(("final-cat", *timed([*campaign, "final-cat", "--tiles", str(tile_list), "--root", str(root),
-                                          "-o", str(final)], work / "final.log")))
+                                          "-o", str(final), "--match-radius", str(args.match_radius)],
+                                         work / "final.log")))
     subprocess.run([*campaign, "final-cat", "--tiles", str(tile_list), "--root", str(root), "-o", str(joined),
-                    "--keep-duplicates"], check=True, stdout=subprocess.DEVNULL)
+                    "--keep-duplicates", "--match-radius", str(args.match_radius)], check=True,
+                   stdout=subprocess.DEVNULL)
     from astropy.table import Table
 
     from shapepipe_modules.gold.truth_checks import overlap_duplicates
 
     check = overlap_duplicates(Table.read(joined, hdu="RESULTS"), Table.read(final, hdu="RESULTS"), sim / "truth")
     per_tile = {t: len(list((root / "tile_runs" / t / "output").glob("*/run.json"))) for t in tiles}
-    print(f"campaign: {len(tiles)} tiles {', '.join(tiles)}; corrupt tile {args.fail_tile}; "
+    print(f"campaign: {len(tiles)} tiles {', '.join(tiles)}; corrupt tile {args.fail_tile}; match radius "
+          f"{args.match_radius} arcsec; "
           f"{'Snakemake' if args.snakemake else 'shapepipe_campaign run'}")
     print(f"{'step':<36} {'status':>6} {'wall s':>8} {'CPU s':>8}")
     for name, status, wall, cpu in rows:

@@ -262,3 +262,21 @@ def test_campaign_preset_is_tiny_enlarged_with_overlapping_tiles():
     for name in ("star_density", "galaxy_density"):
         np.testing.assert_allclose(campaign_params[name] * scale**2, tiny[name], rtol=0.03)
     np.testing.assert_allclose(campaign_params["sky_mag"] - 5 * np.log10(scale), tiny["sky_mag"], atol=0.05)
+
+
+def test_final_cat_names_a_bad_tile_catalogue(toy_campaign, capsys):
+    folder, _, _, options = toy_campaign
+    assert campaign(["run", "244.252", "245.252", *options]) == 0
+    capsys.readouterr()
+    bad = next((folder / "campaign" / "tile_runs" / "245.252" / "output").glob("run_final_*/t_final/output/*.fits"))
+    from astropy.table import Table as T
+
+    T({"NUMBER": [1], "RA": [1.0], "DEC": [2.0]}).write(bad, overwrite=True)
+    (folder / "two.txt").write_text("244.252\n245.252\n")
+    final_options = ["--tiles", str(folder / "two.txt"), "-o", str(folder / "f.fits"), *options[:2], "--module-run",
+                     "t_final"]
+    assert campaign(["final-cat", *final_options]) == 2
+    assert "tile 245.252: final catalogue has no column 'XWIN_WORLD'" in capsys.readouterr().err
+    bad.write_bytes(b"garbage")
+    assert campaign(["final-cat", *final_options]) == 2
+    assert str(bad) in capsys.readouterr().err

@@ -283,6 +283,7 @@ def _stages_and_configs(args):
 def _run_commands(args) -> int:
     """``run``, ``run-stage``, ``final-cat``, ``snakefile``: 0 done, 1 a tile or stage failed, 2 bad input."""
     from ..gold.chain import ChainError
+    from ..io.tables import FitsTableError
     from . import campaign_run
 
     try:
@@ -310,7 +311,7 @@ def _run_commands(args) -> int:
                                    + (read_tiles(args.tiles) if args.tiles else [])))
         if not tiles:
             raise ToolError("no tile given (TILE arguments or --tiles)")
-    except ToolError as error:
+    except (ToolError, FitsTableError) as error:
         print(f"{PROGRAM}: {error}", file=sys.stderr)
         return 2
     except ChainError as error:

@@ -201,5 +201,8 @@ def create_final_catalogue(root, tiles, output, columns=None, module_run="make_c
 def _has_results(path) -> bool:
     from astropy.io import fits
 
-    with fits.open(path) as hdus:
-        return "RESULTS" in hdus
+    try:
+        with fits.open(path) as hdus:
+            return "RESULTS" in hdus
+    except (OSError, ValueError):
+        return True  # unreadable: read_fits_table names the file
