@@ -232,3 +232,51 @@ def spread_model_quality(pairs, truth_dir, mag_edges=(16.0, 20.0, 21.0, 22.0, 22
     bright["mag_limit"] = float(mag_limit)
     return {"bins": bins, "bright": bright, "n_unmatched": n_unmatched,
             "star_thresh": star_thresh, "gal_thresh": gal_thresh}
+
+
+def overlap_duplicates(joined, final, truth_dir, ra_column="XWIN_WORLD", dec_column="YWIN_WORLD",
+                       max_distance_arcsec=2.0) -> dict:
+    """Duplicates across tile overlaps before and after ``shapepipe_campaign final-cat``, by truth id.
+
+    ``joined`` holds every tile row (``final-cat --keep-duplicates``), ``final``
+    the rows kept; both have ``TILE``. Rows are matched to the union of the
+    ``truth_tile-*.fits`` objects (nearest on the sky within the distance).
+
+    Returns
+    -------
+    dict
+        ``joined_rows``, ``final_rows``, ``matched`` (joined rows with a true
+        object), ``truth_in_several_tiles`` (true objects matched by rows of
+        two or more tiles before), ``final_in_several_tiles`` (the same in the
+        final catalogue: 0 when every duplicate is gone), ``lost`` (true
+        objects matched before and not after), ``removed`` (rows).
+    """
+    from astropy import units as u
+    from astropy.coordinates import SkyCoord
+    from astropy.table import Table, unique, vstack
+
+    truth = unique(vstack([Table.read(p)["id", "ra", "dec"] for p in sorted(Path(truth_dir).glob("truth_tile-*.fits"))]),
+                   keys="id")
+    sky = SkyCoord(np.asarray(truth["ra"]) * u.deg, np.asarray(truth["dec"]) * u.deg)
+
+    def truth_ids(table):
+        coords = SkyCoord(np.asarray(table[ra_column], float) * u.deg, np.asarray(table[dec_column], float) * u.deg)
+        index, distance, _ = coords.match_to_catalog_sky(sky)
+        ids = np.asarray(truth["id"])[index]
+        return np.where(distance.arcsec <= max_distance_arcsec, ids, -1)
+
+    def several_tiles(ids, tiles):
+        pairs = {(i, t) for i, t in zip(ids.tolist(), np.asarray(tiles).astype(str).tolist()) if i >= 0}
+        per_id = {}
+        for i, _ in pairs:
+            per_id[i] = per_id.get(i, 0) + 1
+        return {i for i, n in per_id.items() if n > 1}
+
+    before, after = truth_ids(joined), truth_ids(final)
+    return {
+        "joined_rows": len(joined), "final_rows": len(final), "removed": len(joined) - len(final),
+        "matched": int(np.sum(before >= 0)),
+        "truth_in_several_tiles": len(several_tiles(before, joined["TILE"])),
+        "final_in_several_tiles": len(several_tiles(after, final["TILE"])),
+        "lost": len(set(before[before >= 0].tolist()) - set(after[after >= 0].tolist())),
+    }

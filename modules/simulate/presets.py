@@ -214,6 +214,34 @@ _PRESET_OVERRIDES = {
         "cluster": True,
         "cluster_knot_fraction": 0.3,
     },
+    # Campaign tools (shapepipe_campaign, docs/campaign.md): four neighbouring tiles of one row that
+    # overlap as real CFIS tiles do (a CFIS tile is 0.52 deg, its neighbours' centres 0.5 deg away). To
+    # keep that with few pixels, the tiny scene is enlarged ~10.7 times in angle: 2 arcsec pixels, tiles
+    # of 1000 pixels (0.56 deg, 200 arcsec overlap strips), PSF and galaxy sizes, dithers and distortion
+    # scaled with the pixel, densities divided by 10.7^2 (the tiny counts per pixel) and the sky 5.1 mag
+    # fainter per arcsec^2 (tiny's sky per pixel, hence its noise). Two exposures per tile, each covering
+    # its tile and a strip of the neighbours'.
+    "campaign": {
+        "tiles": ["244.252", "245.252", "246.252", "247.252"],
+        "shear": [[0.02, 0.0], [0.0, 0.02], [-0.02, 0.0], [0.0, -0.02]],
+        "pixel_scale": 2.0,
+        "tile_size": 1000,
+        "tile_block_rows": 512,
+        "exposures_per_tile": 2,
+        "dither_arcsec": 40.0,
+        "distortion_arcsec": 10.0,
+        "ccd_rows": [2],
+        "ccd_nx": 540,
+        "ccd_ny": 1080,
+        "gap_x": 20,
+        "psf_fwhm_range": [7.0, 8.5],
+        "hlr_at_22": 5.9,
+        "sky_mag": 25.9,
+        "star_density": 0.35,
+        "star_mag_range": [17.0, 24.0],
+        "galaxy_density": 0.13,
+        "deep_sky": False,
+    },
     "cfis": dict(_CFIS_SURVEY),
     # One full-size CFIS tile (10,000 x 10,000 pixels, 0.52 deg) with its own
     # exposures of the 40-CCD camera, for benchmarks/bench_tile.py (memory

@@ -12,6 +12,20 @@ under the output folders, the newest outcome of each job):
   ``remove_duplicates`` lists them to delete; here ``last:``/``all:``
   references already pick the newest, so they are only reported).
 
+Running a campaign (:mod:`.campaign_run`, :mod:`.final_cat`,
+:mod:`.snakemake_workflow`; a campaign root holds ``tile_runs/XXX.YYY``):
+
+- ``run``: tiles through every stage, one ``shapepipe_run`` per stage and
+  tile, each tile in its own folder, resuming at the first stage not done
+  (ShapePipe's ``job_sp``); ``run-stage`` runs one stage of one tile;
+- ``final-cat``: the newest final catalogue of every tile joined, each object
+  kept from the tile whose centre is nearest (``create_final_cat``,
+  ``remove_duplicates`` across tile overlaps);
+- ``snakefile``: the same campaign as a Snakemake workflow.
+
+``summary``, ``missing`` and ``duplicates`` accept a campaign root in place
+of output folders (its ``tile_runs/*/output``).
+
 A stage's unit is read from its job numbers: ``-XXX-YYY`` are tiles,
 ``-NNNNNNN`` exposures, ``-NNNNNNN-C`` CCDs of an exposure (an exposure is
 done at a stage when all its CCD jobs there are done). Expected exposures
@@ -133,10 +147,59 @@ def duplicates(paths) -> list[dict]:
             for (stage, number), runs in sorted(seen.items()) if len(runs) > 1]
 
 
+def expand_paths(paths) -> list[Path]:
+    """Output folders: a campaign root (holding ``tile_runs``) stands for every ``tile_runs/*/output`` with runs."""
+    expanded = []
+    for path in map(Path, paths):
+        if (path / "tile_runs").is_dir():
+            expanded += [out for out in sorted((path / "tile_runs").glob("*/output")) if any(out.glob("*/run.json"))]
+        else:
+            expanded.append(path)
+    return expanded
+
+
+def _campaign_options(parser, data_required=True):
+    """Options shared by the commands that run stages: root, data, configurations, stages."""
+    parser.add_argument("--root", required=True, help="campaign root (tile_runs/XXX.YYY under it)")
+    parser.add_argument("--data", required=data_required, help="input data folder (SP_DATA; e.g. a simulation)")
+    parser.add_argument("--config-dir", help="configuration folder (SP_CONFIG; default example/GOLD)")
+    parser.add_argument("--stages", help="NAME=CONFIG, ... in order (default: the GOLD chain's stages)")
+
+
 def _parser():
-    parser = ArgumentParser(prog=PROGRAM, description="Summary, missing and duplicate lists of a campaign over a "
-                                                      "tile list (from the run records).")
+    parser = ArgumentParser(prog=PROGRAM, description="Run a campaign over a tile list (one shapepipe_run per "
+                                                      "stage and tile, or a Snakemake workflow), follow it, and "
+                                                      "make its final catalogue.")
     sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="tiles through every stage (job_sp), resuming at the first stage not done")
+    run.add_argument("tile_ids", nargs="*", metavar="TILE", help="tile IDs (XXX.YYY)")
+    run.add_argument("--tiles", help="tile list, one ID a line")
+    _campaign_options(run)
+    run.add_argument("--from", dest="first", help="first stage")
+    run.add_argument("--to", dest="last", help="last stage")
+    run.add_argument("--force", action="store_true", help="run the stages again even if done")
+    one = sub.add_parser("run-stage", help="one stage of one tile (a Snakemake job)")
+    one.add_argument("tile", metavar="TILE")
+    one.add_argument("stage", metavar="STAGE")
+    _campaign_options(one)
+    final = sub.add_parser("final-cat", help="final catalogue of the tiles, duplicates across overlaps removed")
+    final.add_argument("--tiles", required=True, help="tile list, one ID a line")
+    _campaign_options(final, data_required=False)
+    final.add_argument("-o", "--output", required=True, help="output FITS file")
+    final.add_argument("-p", "--param", help="columns to keep, one a line (as merge_final_cat)")
+    final.add_argument("--module-run", default="make_catalog", help="module run writing the tile catalogues")
+    final.add_argument("--prefix", default="final_cat", help="tile catalogue name start")
+    final.add_argument("--ra-column", default="XWIN_WORLD")
+    final.add_argument("--dec-column", default="YWIN_WORLD")
+    final.add_argument("--match-radius", type=float, default=1.0,
+                       help="arcsec: detections of two tiles closer than this are one object")
+    final.add_argument("--keep-duplicates", action="store_true", help="write every row with a KEEP column")
+    snake = sub.add_parser("snakefile", help="write the campaign as a Snakemake workflow")
+    snake.add_argument("--tiles", required=True, help="tile list, one ID a line")
+    _campaign_options(snake)
+    snake.add_argument("-o", "--output", help="Snakefile path (default ROOT/Snakefile)")
+    snake.add_argument("--match-radius", type=float, default=1.0, help="passed to final-cat")
+    snake.add_argument("--module-run", default="make_catalog", help="passed to final-cat")
     for name, help_text in (("summary", "done / failed / not done per stage"),
                             ("missing", "IDs a stage has not done, one a line"),
                             ("duplicates", "jobs done by more than one run")):
@@ -159,6 +222,9 @@ def main(argv=None) -> int:
     from shapepipe.cluster.status import StatusError, collect
 
     args = _parser().parse_args(argv)
+    if args.command in ("run", "run-stage", "final-cat", "snakefile"):
+        return _run_commands(args)
+    args.paths = expand_paths(args.paths)
     try:
         if args.command == "duplicates":
             rows = duplicates(args.paths)
@@ -204,6 +270,85 @@ def main(argv=None) -> int:
         sys.stdout.write(text)
     print(f"{row['stage']}: {len(ids)} of {row['expected']} {row['unit']}(s) not done", file=sys.stderr)
     return 0 if not ids else 1
+
+
+def _stages_and_configs(args):
+    from ..gold.chain import gold_folder
+    from .campaign_run import gold_stages, parse_stages
+
+    stages = parse_stages(args.stages) if args.stages else gold_stages()
+    return stages, Path(args.config_dir) if args.config_dir else gold_folder()
+
+
+def _run_commands(args) -> int:
+    """``run``, ``run-stage``, ``final-cat``, ``snakefile``: 0 done, 1 a tile or stage failed, 2 bad input."""
+    from ..gold.chain import ChainError
+    from ..io.tables import FitsTableError
+    from . import campaign_run
+
+    try:
+        stages, config_dir = _stages_and_configs(args)
+        if args.command == "final-cat":
+            return _final_cat(args)
+        if args.command == "snakefile":
+            from .snakemake_workflow import write_snakefile
+
+            tiles = read_tiles(args.tiles)
+            extra = ("--match-radius", str(args.match_radius), "--module-run", args.module_run)
+            path = write_snakefile(args.output or Path(args.root) / "Snakefile", args.root, tiles, stages, args.data,
+                                   config_dir, final_args=extra)
+            print(f"wrote {path}: {len(stages)} stage rules over {len(tiles)} tiles, then final_cat; run "
+                  f"snakemake -s {path} -d {Path(args.root).resolve()} --cores N --keep-going")
+            return 0
+        if args.command == "run-stage":
+            chosen = [s for s in stages if s.name == args.stage]
+            if not chosen:
+                raise ToolError(f"no stage {args.stage!r}; stages: {', '.join(s.name for s in stages)}")
+            # A process of its own (a Snakemake job): shapepipe_run runs here, not in a second interpreter.
+            campaign_run.run_stage(args.root, args.tile, chosen[0], args.data, config_dir, in_process=True)
+            return 0
+        tiles = list(dict.fromkeys([campaign_run.canonical_tile(t) for t in args.tile_ids]
+                                   + (read_tiles(args.tiles) if args.tiles else [])))
+        if not tiles:
+            raise ToolError("no tile given (TILE arguments or --tiles)")
+    except (ToolError, FitsTableError) as error:
+        print(f"{PROGRAM}: {error}", file=sys.stderr)
+        return 2
+    except ChainError as error:
+        print(f"{PROGRAM}: {error}", file=sys.stderr)
+        return 1
+    failed = []
+    for tile in tiles:
+        try:
+            campaign_run.run_tile(args.root, tile, stages, args.data, config_dir, args.first, args.last, args.force)
+        except ToolError as error:
+            print(f"{PROGRAM}: {error}", file=sys.stderr)
+            return 2
+        except ChainError as error:
+            # As job_sp: the tile stops at its failing stage; the other tiles go on.
+            print(f"{PROGRAM}: tile {tile}: {error}", file=sys.stderr)
+            failed.append(tile)
+    print(f"{len(tiles) - len(failed)} of {len(tiles)} tile(s) done" + (f"; failed: {', '.join(failed)}"
+                                                                         if failed else ""))
+    return 1 if failed else 0
+
+
+def _final_cat(args) -> int:
+    from .final_cat import create_final_catalogue
+    from .merge_final_cat import read_param_file
+
+    columns = read_param_file(args.param) if args.param else None
+    counts = create_final_catalogue(args.root, read_tiles(args.tiles), args.output, columns, args.module_run,
+                                    args.prefix, args.ra_column, args.dec_column, args.match_radius,
+                                    args.keep_duplicates)
+    for tile, (rows, kept) in counts["tiles"].items():
+        print(f"{tile}: {rows} rows, {kept} kept")
+    print(f"{counts['rows']} rows from {len(counts['tiles'])} tile(s); {counts['removed']} duplicate(s) removed "
+          f"in {counts['groups']} overlap group(s); {counts['kept']} written to {args.output}")
+    if counts["missing_tiles"]:
+        print(f"tiles without a final catalogue: {', '.join(counts['missing_tiles'])}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
