@@ -17,6 +17,8 @@ galsim = pytest.importorskip("galsim")
 
 HOT = "BACK_TYPE=AUTO BACK_SIZE=64 DETECT_THRESH=3 DETECT_MINAREA=10 DEBLEND_MINCONT=0.01"
 COLD = "BACK_TYPE=AUTO BACK_SIZE=24 DETECT_THRESH=1.2 DEBLEND_MINCONT=0.0005"
+HOT_SMOOTH = ("BACK_TYPE=AUTO BACK_SIZE=64 DETECT_THRESH=5 DETECT_MINAREA=10 DEBLEND_MINCONT=0.005 "
+              "FILTER_NAME=gauss_6.0_13x13.conv")
 
 
 def _table(x, y, a, b, theta, kron):
@@ -77,6 +79,10 @@ def test_pass_options_are_checked():
     problems = validate(dict(base, PASSES=["HOT"], PASS_SETTINGS=["DETECT_THRESH=abc"]))
     assert any("pass HOT" in p and "DETECT_THRESH" in p for p in problems)
     assert validate(dict(base, PASSES=["HOT", "COLD"], PASS_SETTINGS=[HOT, COLD])) == []
+    # A pass's own detection filter: a file, or a name of the module's data folder.
+    problems = validate(dict(base, PASSES=["HOT"], PASS_SETTINGS=["FILTER_NAME=no_such.conv"]))
+    assert any("pass HOT" in p and "FILTER_NAME" in p and "no_such.conv" in p for p in problems)
+    assert validate(dict(base, PASSES=["HOT", "COLD"], PASS_SETTINGS=[HOT_SMOOTH, COLD])) == []
 
 
 @pytest.fixture(scope="module")
