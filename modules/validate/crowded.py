@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 SIZE_FLOOR_ARCSEC = 0.3
+#: A member with a brighter truth star closer than this is star-blended (cluster_scores).
+STAR_BLEND_ARCSEC = 3.0
 
 
 def assign_detections(det_x, det_y, truth, pixel_scale, max_ratio=2.0):
@@ -69,7 +71,15 @@ def cluster_scores(det_x, det_y, truth, centre_xy, pixel_scale, radius_arcsec=30
         (number with > 1), ``duplicated_truth`` (any truth row with > 1),
         ``n_detections``, ``unassigned``; with ``passes`` (the PASS of each
         detection) ``duplicated_across_passes``: truth rows detected by more
-        than one pass (what the join must prevent).
+        than one pass (what the join must prevent). Members not detected
+        exactly once are split in ``members_missed`` (no detection of
+        their own: blended into a neighbour) and ``members_shredded``;
+        ``members_star_blended`` counts the missed members with a truth
+        star brighter than themselves within ``STAR_BLEND_ARCSEC`` (a
+        superposition no detection pass separates; the simulated star
+        density is boosted), and ``members_whole_no_star`` is the
+        fraction detected exactly once among the members without such a
+        star.
     """
     from shapepipe_modules.simulate.cluster import ROLE_FIELD, ROLE_ICL, ROLE_MEMBER
 
@@ -87,7 +97,20 @@ def cluster_scores(det_x, det_y, truth, centre_xy, pixel_scale, radius_arcsec=30
         assigned = owner >= 0
         pairs = np.unique(np.column_stack([owner[assigned], passes[assigned]]), axis=0)
         scores["duplicated_across_passes"] = int(np.sum(np.bincount(pairs[:, 0], minlength=len(truth)) > 1))
+    # Members with a brighter star close by: a superposition, not a crowding failure of the passes.
+    stars = np.flatnonzero(np.asarray(truth["is_star"], bool))
+    star_near = np.zeros(len(truth), bool)
+    if stars.size:
+        tx, ty = np.asarray(truth["x"], float), np.asarray(truth["y"], float)
+        for i in np.flatnonzero(members):
+            d = np.hypot(tx[stars] - tx[i], ty[stars] - ty[i]) * pixel_scale
+            star_near[i] = np.any((d < STAR_BLEND_ARCSEC) & (np.asarray(truth["mag"])[stars] < truth["mag"][i]))
+    clear = members & ~star_near
     return scores | {
+        "members_missed": int(np.sum(counts[members] == 0)),
+        "members_star_blended": int(np.sum(counts[members & star_near] == 0)),
+        "n_members_no_star": int(clear.sum()),
+        "members_whole_no_star": float(np.mean(counts[clear] == 1)) if clear.any() else float("nan"),
         "n_background": int(background.sum()),
         "background_found": float(np.mean(counts[background] >= 1)) if background.any() else float("nan"),
         "background_duplicated": int(np.sum(counts[background] > 1)),
