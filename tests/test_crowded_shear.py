@@ -122,3 +122,63 @@ def test_paired_profile_cancels_the_shape_noise():
     # Unpaired (the plus member alone): the shape noise is there.
     alone = crowded.metacal_tangential_profile(plus, dx, dy, g_t, EDGES, n_boot=50)
     assert alone["A_error"] > 0.05
+
+
+@pytest.mark.parametrize("name", ["cluster_exposure.mask", "cluster_tile.mask"])
+def test_cluster_chain_halo_masks_end_where_the_simulated_star_light_reaches_a_tenth_of_the_noise(tmp_path, name):
+    # example/crowded sizes the halo masks from the simulator's star profile (docs/crowded.md): at the mask
+    # radius the azimuthal mean of a drawn star (core, 3% halo; spikes excluded) is at most 0.1 sigma of an
+    # exposure's pixel noise, and at 0.6 of the radius it is still above it (the mask is not oversized).
+    import shutil
+    from pathlib import Path
+
+    galsim = pytest.importorskip("galsim")
+    from shapepipe_modules.mask.config import read_mask_config
+    from shapepipe_modules.mask.geometry import magnitude_scale
+    from shapepipe_modules.simulate import render, resolve_parameters
+
+    repo = Path(__file__).resolve().parents[1]
+    data = Path(crowded.__file__).resolve().parents[1] / "mask" / "data"
+    shutil.copy(repo / "example" / "crowded" / name, tmp_path / name)
+    for template in ("halo.reg", "spike.reg"):
+        shutil.copy(data / template, tmp_path / template)
+    halo = read_mask_config(tmp_path / name).halo
+    params = resolve_parameters("cluster")
+    sigma = np.sqrt(render.background_variance(params))
+    scale = params["pixel_scale"]
+    for mag in (13.0, 14.0, 15.0, 16.0):
+        radius = 49.7 * float(magnitude_scale(mag, halo.mag_pivot, halo.scale_factor, halo.min_scale))  # arcsec
+        flux = 10.0 ** (-0.4 * (mag - 30.0))
+        star = render.star_profile(flux, mag, 0.7, 0.0, 0.0, dict(params, halo_mag=17.0))
+        # Without the spikes (thin lines along the axes, masked by the spike template): core + halo only.
+        core_halo = galsim.Add(list(star.obj_list[:2]))
+        n = int(2.2 * radius / scale) | 1
+        image = core_halo.drawImage(nx=n, ny=n, scale=scale).array
+        y, x = np.indices(image.shape) - n // 2
+        r = np.hypot(x, y) * scale
+
+        def ring(at):
+            return image[np.abs(r - at) < 0.5].mean()
+
+        assert ring(radius) <= 0.1 * sigma * 1.05, (mag, radius, ring(radius) / sigma)
+        assert ring(0.6 * radius) > 0.1 * sigma, (mag, radius, ring(0.6 * radius) / sigma)
+
+
+def test_cluster_chain_configuration_folder(tmp_path):
+    # The benchmark's configuration folder: GOLD's stages, the cluster's files on top, the mask templates.
+    import importlib.util
+    from pathlib import Path
+
+    from shapepipe_modules.gold.chain import STAGES
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_cluster_shear.py"
+    spec = importlib.util.spec_from_file_location("bench_cluster_shear", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    folder = bench.cluster_config_dir(tmp_path / "cfg")
+    for stage in STAGES:
+        assert (folder / stage.config).is_file()
+    text = (folder / "config_tile_Sx_exp_psfex.ini").read_text()
+    assert "PASSES = HOT, COLD" in text and "gauss_6.0_13x13.conv" in text
+    assert "MASK_CONFIG_PATH = $SP_CONFIG/cluster_tile.mask" in (folder / "config_MaMa.ini").read_text()
+    assert (folder / "halo.reg").is_file() and (folder / "cluster_exposure.mask").is_file()
