@@ -3,9 +3,10 @@
 Usage: ``python benchmarks/bench_crowded.py [--seeds 1-3] [--engine sep] [--scale 0.3] [--workdir DIR]``
 
 For each seed, the ``cluster`` preset is simulated and its tile extracted
-by the sextractor module three ways: the HOT pass alone, the COLD pass
-alone and both (PASSES = HOT, COLD, joined at PASS_ELLIPSE_SCALE), the
-last one with the saturated regions, object mask and local sky. Printed:
+by the sextractor module four ways: the HOT pass alone, the COLD pass
+alone, the earlier hot pass (3x3 filter) with COLD, and both (PASSES =
+HOT, COLD, joined at PASS_ELLIPSE_SCALE), the last one with the saturated
+regions, object mask and local sky. Printed:
 
 1. against the truth (:mod:`shapepipe_modules.validate.crowded`), pooled
    over the seeds: completeness of the background galaxies within 30 arcsec
@@ -33,7 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
-HOT = "BACK_TYPE=AUTO BACK_SIZE=64 DETECT_THRESH=3 DETECT_MINAREA=10 DEBLEND_MINCONT=0.01"
+# The hot pass detects on the image smoothed by a Gaussian of 6 pixels FWHM (1.1 arcsec, about a member's
+# half-light radius): the members' point-like knots are smoothed away, so it deblends neighbouring members
+# (DEBLEND_MINCONT 0.005) without shredding them. HOT_3X3 is the earlier hot pass (the 3x3 default filter).
+HOT = ("BACK_TYPE=AUTO BACK_SIZE=64 DETECT_THRESH=5 DETECT_MINAREA=10 DEBLEND_MINCONT=0.005 "
+       "FILTER_NAME=gauss_6.0_13x13.conv")
+HOT_3X3 = "BACK_TYPE=AUTO BACK_SIZE=64 DETECT_THRESH=3 DETECT_MINAREA=10 DEBLEND_MINCONT=0.01"
 COLD = "BACK_TYPE=AUTO BACK_SIZE=24 DETECT_THRESH=1.2 DEBLEND_MINCONT=0.0005"
 RADIUS_ARCSEC = 30.0
 
@@ -84,6 +90,7 @@ def main(argv=None):
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_crowded_"))
     configs = {"HOT": dict(PASSES=["HOT"], PASS_SETTINGS=[HOT]),
                "COLD": dict(PASSES=["COLD"], PASS_SETTINGS=[COLD]),
+               "HOT3x3+COLD": dict(PASSES=["HOT", "COLD"], PASS_SETTINGS=[HOT_3X3, COLD]),
                "HOT+COLD": dict(PASSES=["HOT", "COLD"], PASS_SETTINGS=[HOT, COLD], OBJECT_MASK=True,
                                 SATURATION_REGIONS=True, LOCAL_SKY=True)}
     totals = {name: {} for name in configs}
@@ -113,9 +120,12 @@ def main(argv=None):
             pool = totals[name]
             pool["found"] = pool.get("found", 0) + scores["background_found"] * scores["n_background"]
             for key in ("n_background", "background_duplicated", "n_members", "members_shredded",
-                        "duplicated_truth", "duplicated_across_passes", "n_detections"):
+                        "duplicated_truth", "duplicated_across_passes", "n_detections", "members_missed",
+                        "members_star_blended", "n_members_no_star"):
                 pool[key] = pool.get(key, 0) + scores[key]
             pool["members_whole"] = pool.get("members_whole", 0) + scores["members_whole"] * scores["n_members"]
+            pool["whole_no_star"] = (pool.get("whole_no_star", 0)
+                                     + scores["members_whole_no_star"] * scores["n_members_no_star"])
             if name == "HOT+COLD":
                 costs.append(("tile 900x900", seed, summary))
                 sky_rows.append((seed, crowded.local_sky_scores(table, crowded.diffuse_light(sim))))
@@ -153,13 +163,18 @@ def main(argv=None):
 
     print(f"\nBackground galaxies within {RADIUS_ARCSEC:.0f} arcsec of the cluster centre, {len(sky_rows)} seed(s), "
           f"engine {args.engine}, PASS_ELLIPSE_SCALE {args.scale}")
-    print(f"{'passes':10s} {'found':>12s} {'complete':>9s} {'dup bg':>7s} {'members 1x':>11s} {'shredded':>9s} "
-          f"{'dup truth':>10s} {'across passes':>14s} {'detections':>11s}")
+    print(f"{'passes':12s} {'found':>12s} {'complete':>9s} {'dup bg':>7s} {'members 1x':>11s} {'shredded':>9s} "
+          f"{'missed':>7s} {'by a star':>10s} {'1x, no star':>12s} {'dup truth':>10s} {'across passes':>14s} "
+          f"{'detections':>11s}")
     for name, pool in totals.items():
-        print(f"{name:10s} {int(round(pool['found'])):5d} / {pool['n_background']:4d} "
+        print(f"{name:12s} {int(round(pool['found'])):5d} / {pool['n_background']:4d} "
               f"{pool['found'] / pool['n_background']:9.3f} {pool['background_duplicated']:7d} "
               f"{pool['members_whole'] / pool['n_members']:11.3f} {pool['members_shredded']:9d} "
+              f"{pool['members_missed']:7d} {pool['members_star_blended']:10d} "
+              f"{pool['whole_no_star'] / pool['n_members_no_star']:12.3f} "
               f"{pool['duplicated_truth']:10d} {pool['duplicated_across_passes']:14d} {pool['n_detections']:11d}")
+    print("(missed: members with no detection of their own, blended into a neighbour; by a star: of those, with a "
+          "brighter star within 3 arcsec; 1x, no star: detected exactly once among the members without such a star)")
 
     print("\nLocal sky (HOT+COLD catalogue) against the true sky + intracluster light at each object")
     print(f"{'seed':>4s} {'objects':>8s} {'converged':>10s} {'|d|<1 sigma':>12s} {'median d':>9s} {'sigma':>6s} "

@@ -17,6 +17,8 @@ galsim = pytest.importorskip("galsim")
 
 HOT = "BACK_TYPE=AUTO BACK_SIZE=64 DETECT_THRESH=3 DETECT_MINAREA=10 DEBLEND_MINCONT=0.01"
 COLD = "BACK_TYPE=AUTO BACK_SIZE=24 DETECT_THRESH=1.2 DEBLEND_MINCONT=0.0005"
+HOT_SMOOTH = ("BACK_TYPE=AUTO BACK_SIZE=64 DETECT_THRESH=5 DETECT_MINAREA=10 DEBLEND_MINCONT=0.005 "
+              "FILTER_NAME=gauss_6.0_13x13.conv")
 
 
 def _table(x, y, a, b, theta, kron):
@@ -77,15 +79,28 @@ def test_pass_options_are_checked():
     problems = validate(dict(base, PASSES=["HOT"], PASS_SETTINGS=["DETECT_THRESH=abc"]))
     assert any("pass HOT" in p and "DETECT_THRESH" in p for p in problems)
     assert validate(dict(base, PASSES=["HOT", "COLD"], PASS_SETTINGS=[HOT, COLD])) == []
+    # A pass's own detection filter: a file, or a name of the module's data folder.
+    problems = validate(dict(base, PASSES=["HOT"], PASS_SETTINGS=["FILTER_NAME=no_such.conv"]))
+    assert any("pass HOT" in p and "FILTER_NAME" in p and "no_such.conv" in p for p in problems)
+    assert validate(dict(base, PASSES=["HOT", "COLD"], PASS_SETTINGS=[HOT_SMOOTH, COLD])) == []
 
 
 @pytest.fixture(scope="module")
 def cluster_tile(tmp_path_factory):
+    return _cluster_tile(tmp_path_factory, 1)
+
+
+@pytest.fixture(scope="module")
+def cluster_tile_seed3(tmp_path_factory):
+    return _cluster_tile(tmp_path_factory, 3)
+
+
+def _cluster_tile(tmp_path_factory, seed):
     from astropy.io import fits
 
     from shapepipe_modules.simulate import simulate
 
-    sim = simulate("cluster", tmp_path_factory.mktemp("cluster") / "sim", seed=1, n_workers=1)
+    sim = simulate("cluster", tmp_path_factory.mktemp("cluster") / "sim", seed=seed, n_workers=1)
     # Plain weight and an empty flag image: the SExtractor binary reads neither a GZIP tile nor no flag.
     header = fits.getheader(sim / "tiles" / "CFIS.244.252.r.fits")
     weight = fits.getdata(sim / "tiles" / "CFIS.244.252.r.weight.fits.fz", 1)
@@ -139,3 +154,28 @@ def test_dual_pass_on_the_cluster(cluster_tile, tmp_path, engine):
     assert cold["members_shredded"] >= 3
     assert dual["members_shredded"] <= 1 and dual["members_whole"] >= 0.85
     assert dual["members_whole"] > cold["members_whole"]  # (seed-dependent margin: 0.10 on this tile, 0.2-0.3 in bench_crowded)
+
+
+@pytest.mark.parametrize("engine", ["sep", "sextractor"])
+def test_smoothed_hot_pass_deblends_members_without_shredding(cluster_tile_seed3, tmp_path, engine):
+    # The hot pass's own detection filter (a Gaussian of 6 pixels FWHM) smooths the members' knots away:
+    # it splits members the 3x3 filter leaves blended (seed 3: two members, 20.1 and 20.3 mag, 11 arcsec
+    # from the centre), and shreds none (docs/crowded.md).
+    cluster_tile = cluster_tile_seed3
+    from shapepipe_modules.simulate import load_truth
+    from shapepipe_modules.simulate.cluster import ROLE_ICL
+    from shapepipe_modules.validate.crowded import cluster_scores
+
+    if engine == "sextractor" and not (shutil.which("source-extractor") or shutil.which("sex")):
+        pytest.skip("no SExtractor binary")
+    truth = load_truth(cluster_tile, tile="244.252")
+    centre = truth[truth["cluster_role"] == ROLE_ICL][0]
+    scores = {}
+    for name, hot in (("3x3", HOT), ("smooth", HOT_SMOOTH)):
+        _, table, _ = _extract(cluster_tile, tmp_path / name, engine, PASSES=["HOT", "COLD"], PASS_SETTINGS=[hot, COLD])
+        scores[name] = cluster_scores(table["X_IMAGE"], table["Y_IMAGE"], truth, (centre["x"], centre["y"]), 0.187,
+                                      passes=table["PASS"])
+    assert scores["smooth"]["members_whole"] > scores["3x3"]["members_whole"]
+    assert scores["smooth"]["members_shredded"] == 0
+    assert scores["smooth"]["duplicated_across_passes"] == 0
+    assert scores["smooth"]["background_found"] >= scores["3x3"]["background_found"] - 0.05

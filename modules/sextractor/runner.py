@@ -47,6 +47,7 @@ job then also returns ``seconds_pass_<name>``, ``seconds_join`` and
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from shapepipe.datasets import Product
@@ -111,7 +112,10 @@ OPTIONS = (
            "empty: DOT_SEX_FILE for every pass."),
     Option("PASS_SETTINGS", "list", [], "One entry per pass, in PASSES order: space-separated KEY=VALUE .sex "
            "settings overriding that pass's file, e.g. DETECT_THRESH=5 DEBLEND_MINCONT=0.05 ('-': none; "
-           "values with commas need their own .sex file)."),
+           "values with commas need their own .sex file). FILTER_NAME=<.conv file> gives the pass its own "
+           "detection filter instead of DOT_CONV_FILE (a bare name is also looked up among the module's "
+           "files: gauss_4.0_9x9.conv, gauss_6.0_13x13.conv, gauss_8.0_17x17.conv, Gaussians of that FWHM "
+           "in pixels)."),
     Option("PASS_ELLIPSE_SCALE", "float", 1.0, "Join of the passes: factor on the ellipse KRON_RADIUS x "
            "(A_IMAGE, B_IMAGE) of each kept object inside which a later pass's object is a duplicate."),
     Option("OBJECT_MASK", "bool", False, "Write objmask<number>.fits: int32 image with each object's ellipse "
@@ -363,10 +367,25 @@ def pass_sex_settings(options) -> list[tuple[str, str, dict]]:
     return out
 
 
+def pass_filter_file(overrides) -> Path | None:
+    """The detection filter a pass names with ``FILTER_NAME`` in PASS_SETTINGS (None: DOT_CONV_FILE).
+
+    A name that is not an existing file is looked up in the module's data
+    folder (e.g. ``gauss_6.0_13x13.conv``).
+    """
+    value = overrides.get("FILTER_NAME")
+    if not value:
+        return None
+    path = Path(os.path.expandvars(str(value)))
+    if not path.is_file() and (DATA_DIR / path.name).is_file() and path.name == str(value):
+        return DATA_DIR / path.name
+    return path
+
+
 def _validate_passes(options, engine) -> list[str]:
     from pathlib import Path
 
-    from .config_files import ConfigFileError, ExtractionSettings, read_dot_sex
+    from .config_files import ConfigFileError, ExtractionSettings, read_dot_conv, read_dot_sex
 
     problems = []
     names = [str(n).upper() for n in options.get("PASSES") or []]
@@ -382,6 +401,12 @@ def _validate_passes(options, engine) -> list[str]:
         if not Path(path).is_file():
             problems.append(f"PASS_DOT_SEX_FILES: pass {name}: no file {path}")
             continue
+        conv = pass_filter_file(overrides)
+        if conv is not None:
+            try:
+                read_dot_conv(conv)
+            except ConfigFileError as error:
+                problems.append(f"PASS_SETTINGS of pass {name}: FILTER_NAME: {error}")
         try:
             settings = read_dot_sex(path)
             settings.update(overrides)
@@ -422,8 +447,10 @@ def _run_passes(job, run, paths, settings_files, zero_point, background_value, c
             pass_sex = scratch / f"pass{index + 1}.sex"
             write_pass_sex(sex_path, overrides, pass_sex)
             first = index == 0
+            # A pass's own detection filter (FILTER_NAME in its settings), else DOT_CONV_FILE.
+            pass_conv = pass_filter_file(overrides) or dot_conv
             catalogue, pass_residual, _, pass_timings = run(
-                job, paths, (pass_sex, param_path, dot_conv), zero_point, background_value,
+                job, paths, (pass_sex, param_path, pass_conv), zero_point, background_value,
                 check_images if first else [], report=report if first else None,
                 catalogue=scratch / f"pass{index + 1}_cat.fits", residual=first)
             if first:

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 SIZE_FLOOR_ARCSEC = 0.3
+#: A member with a brighter truth star closer than this is star-blended (cluster_scores).
+STAR_BLEND_ARCSEC = 3.0
 
 
 def assign_detections(det_x, det_y, truth, pixel_scale, max_ratio=2.0):
@@ -69,7 +71,15 @@ def cluster_scores(det_x, det_y, truth, centre_xy, pixel_scale, radius_arcsec=30
         (number with > 1), ``duplicated_truth`` (any truth row with > 1),
         ``n_detections``, ``unassigned``; with ``passes`` (the PASS of each
         detection) ``duplicated_across_passes``: truth rows detected by more
-        than one pass (what the join must prevent).
+        than one pass (what the join must prevent). Members not detected
+        exactly once are split in ``members_missed`` (no detection of
+        their own: blended into a neighbour) and ``members_shredded``;
+        ``members_star_blended`` counts the missed members with a truth
+        star brighter than themselves within ``STAR_BLEND_ARCSEC`` (a
+        superposition no detection pass separates; the simulated star
+        density is boosted), and ``members_whole_no_star`` is the
+        fraction detected exactly once among the members without such a
+        star.
     """
     from shapepipe_modules.simulate.cluster import ROLE_FIELD, ROLE_ICL, ROLE_MEMBER
 
@@ -87,7 +97,20 @@ def cluster_scores(det_x, det_y, truth, centre_xy, pixel_scale, radius_arcsec=30
         assigned = owner >= 0
         pairs = np.unique(np.column_stack([owner[assigned], passes[assigned]]), axis=0)
         scores["duplicated_across_passes"] = int(np.sum(np.bincount(pairs[:, 0], minlength=len(truth)) > 1))
+    # Members with a brighter star close by: a superposition, not a crowding failure of the passes.
+    stars = np.flatnonzero(np.asarray(truth["is_star"], bool))
+    star_near = np.zeros(len(truth), bool)
+    if stars.size:
+        tx, ty = np.asarray(truth["x"], float), np.asarray(truth["y"], float)
+        for i in np.flatnonzero(members):
+            d = np.hypot(tx[stars] - tx[i], ty[stars] - ty[i]) * pixel_scale
+            star_near[i] = np.any((d < STAR_BLEND_ARCSEC) & (np.asarray(truth["mag"])[stars] < truth["mag"][i]))
+    clear = members & ~star_near
     return scores | {
+        "members_missed": int(np.sum(counts[members] == 0)),
+        "members_star_blended": int(np.sum(counts[members & star_near] == 0)),
+        "n_members_no_star": int(clear.sum()),
+        "members_whole_no_star": float(np.mean(counts[clear] == 1)) if clear.any() else float("nan"),
         "n_background": int(background.sum()),
         "background_found": float(np.mean(counts[background] >= 1)) if background.any() else float("nan"),
         "background_duplicated": int(np.sum(counts[background] > 1)),
@@ -237,3 +260,140 @@ def tangential_profile(g1, g2, dx, dy, true_g_t, edges):
     error = float(sigma / np.sqrt(np.sum(true_g_t**2)))
     return rows, {"A": amplitude, "A_error": error, "n": int(r.size),
                   "cross_mean": float(np.mean(g_x)), "cross_error": float(np.std(g_x) / np.sqrt(r.size))}
+
+
+def background_shapes(columns, truth, centre_radec, max_sep=1.0, ra_col="XWIN_WORLD", dec_col="YWIN_WORLD"):
+    """Metacal branch tables of the background galaxies of a final catalogue, with their input shear.
+
+    Each final-catalogue object is matched to the truth of its tile
+    (:func:`shapepipe_modules.validate.shear.match_to_truth`); kept are the
+    objects matched to a background galaxy (truth ``cluster_role`` 0, not a
+    star): a real survey would select them by colour or photometric
+    redshift, here the truth does it, so that the profile tests the shear
+    chain and not the background selection.
+
+    Returns
+    -------
+    dict
+        ``tables`` (per branch, as :func:`.shear.branch_tables`), ``dx, dy``
+        (arcsec from the cluster centre along the pixel axes, catalogue
+        positions), ``g_t_true`` (input tangential shear at the galaxy's true
+        position, from its truth ``g1, g2``), ``truth_index``.
+    """
+    from shapepipe_modules.simulate.cluster import ROLE_FIELD, offsets_arcsec, tangential_shear
+
+    from .shear import _subset, branch_tables, match_to_truth
+
+    index, keep, _ = match_to_truth(columns, truth, ra_col, dec_col, max_sep)
+    keep &= np.asarray(truth["cluster_role"])[np.maximum(index, 0)] == ROLE_FIELD
+    rows = np.flatnonzero(keep)
+    tables = _subset(branch_tables(columns), rows)
+    ra_c, dec_c = centre_radec
+    dx, dy = offsets_arcsec(np.asarray(columns[ra_col], float)[rows], np.asarray(columns[dec_col], float)[rows],
+                            ra_c, dec_c)
+    t = truth[index[rows]]
+    tdx, tdy = offsets_arcsec(np.asarray(t["ra"], float), np.asarray(t["dec"], float), ra_c, dec_c)
+    g_t_true, _ = tangential_shear(np.asarray(t["g1"], float), np.asarray(t["g2"], float), tdx, tdy)
+    return {"tables": tables, "dx": dx, "dy": dy, "g_t_true": g_t_true, "truth_index": index[rows]}
+
+
+def _metacal_profile(tables, dx, dy, g_t_true, edges, select, step, sign):
+    """Binned tangential shear of metacal shapes calibrated by the sample's response (one estimate)."""
+    from shapepipe_modules.ngmix.response import shear_response
+    from shapepipe_modules.simulate.cluster import tangential_shear
+
+    response = shear_response(tables, step=step, select=select)
+    total = response["R"] + response["R_sel"]
+    selected = np.asarray(select(tables["noshear"]), bool)
+    g = np.linalg.solve(total, np.stack([tables["noshear"]["g1"][selected], tables["noshear"]["g2"][selected]]))
+    g_t, g_x = tangential_shear(g[0], g[1], dx[selected], dy[selected])
+    g_t, g_x = g_t * sign[selected], g_x * sign[selected]
+    true = g_t_true[selected] * sign[selected]
+    r = np.hypot(dx[selected], dy[selected])
+    which = np.digitize(r, edges) - 1
+    inside = (which >= 0) & (which < len(edges) - 1)
+    n_bins = len(edges) - 1
+
+    def binned(values):
+        sums = np.bincount(which[inside], weights=values[inside], minlength=n_bins)
+        counts = np.bincount(which[inside], minlength=n_bins)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return sums / counts, counts
+
+    mean_t, counts = binned(g_t)
+    mean_x, _ = binned(g_x)
+    mean_true, _ = binned(true)
+    use = inside
+    amplitude = float(np.sum(g_t[use] * true[use]) / np.sum(true[use] ** 2))
+    return {"g_t": mean_t, "g_x": mean_x, "true": mean_true, "n": counts, "A": amplitude,
+            "cross": float(np.mean(g_x[use])), "R": total}
+
+
+def metacal_tangential_profile(tables, dx, dy, g_t_true, edges, select=None, group=None, n_boot=200, rng=None,
+                               step=0.01, sign=None, unit=None):
+    """Tangential shear profile of metacal shapes against the input, with bootstrap errors.
+
+    The shapes are calibrated by the 2x2 response ``R + R_sel`` of the whole
+    selected sample (:func:`shapepipe_modules.ngmix.response.shear_response`;
+    the response is isotropic, so one matrix serves every position angle),
+    projected on the direction to the centre and averaged in radial bins
+    (``edges``, the unit of ``dx, dy``). ``A`` is the least-squares
+    amplitude of ``g_t = A x input`` over the galaxies in the bins (1 when
+    the input is recovered). Errors: half the central 68 % interval of each
+    number over ``n_boot`` bootstrap draws of the galaxies (within each ``group``,
+    e.g. the simulation seed), the response and the selection redone for
+    every draw.
+
+    Paired simulations (the same galaxies sheared by the input and by its
+    opposite, ``nfw_sign = -1``): pass the galaxies of both with ``sign``
+    +1 / -1 (their ``g_t_true`` as measured: opposite) and ``unit`` the same
+    for the two measurements of one galaxy. The measured shears are
+    multiplied by ``sign``, so each bin holds ``(g_t(+) - g_t(-)) / 2``
+    where both were selected, in which the galaxy's own shape cancels; the
+    bootstrap draws units (both measurements together) and the profile is
+    compared with the input of the ``+`` member.
+
+    Returns
+    -------
+    dict
+        ``r_min, r_max, n, g_t, g_t_error, g_x, g_x_error, true`` (arrays per
+        bin), ``A``, ``A_error``, ``cross``, ``cross_error``, ``R``, ``n_total``.
+    """
+    from .shear import STEP, Selection, _subset
+
+    select = select or Selection()
+    step = step or STEP
+    rng = rng if rng is not None else np.random.default_rng(0)
+    edges = np.asarray(edges, float)
+    dx, dy, g_t_true = (np.asarray(v, float) for v in (dx, dy, g_t_true))
+    group = np.zeros(dx.size, int) if group is None else np.asarray(group)
+    sign = np.ones(dx.size) if sign is None else np.asarray(sign, float)
+    unit = np.arange(dx.size) if unit is None else np.asarray(unit)
+    best = _metacal_profile(tables, dx, dy, g_t_true, edges, select, step, sign)
+    draws = {"g_t": [], "g_x": [], "A": [], "cross": []}
+    # Rows of each unit, and the units of each group.
+    _, unit_index = np.unique(np.column_stack([group, unit]), axis=0, return_inverse=True)
+    unit_index = unit_index.ravel()
+    order = np.argsort(unit_index, kind="stable")
+    starts = np.searchsorted(unit_index[order], np.arange(unit_index.max() + 2))
+    rows_of = [order[starts[k]:starts[k + 1]] for k in range(unit_index.max() + 1)]
+    unit_group = np.array([group[r[0]] for r in rows_of])
+    groups = [np.flatnonzero(unit_group == g) for g in np.unique(unit_group)]
+    for _ in range(n_boot):
+        drawn = np.concatenate([rng.choice(units, units.size) for units in groups])
+        rows = np.concatenate([rows_of[k] for k in drawn])
+        try:
+            draw = _metacal_profile(_subset(tables, rows), dx[rows], dy[rows], g_t_true[rows], edges, select, step,
+                                    sign[rows])
+        except (ValueError, np.linalg.LinAlgError):
+            continue
+        for key in draws:
+            draws[key].append(draw[key])
+    # Half the central 68 % interval: robust to the few draws whose response matrix is nearly singular
+    # (small samples), which would dominate a standard deviation.
+    spread = {key: 0.5 * np.diff(np.nanpercentile(np.array(values), [15.87, 84.13], axis=0), axis=0)[0]
+              for key, values in draws.items()}
+    return {"r_min": edges[:-1], "r_max": edges[1:], "n": best["n"], "g_t": best["g_t"], "g_t_error": spread["g_t"],
+            "g_x": best["g_x"], "g_x_error": spread["g_x"], "true": best["true"], "A": best["A"],
+            "A_error": float(spread["A"]), "cross": best["cross"], "cross_error": float(spread["cross"]),
+            "R": best["R"], "n_total": int(best["n"].sum())}

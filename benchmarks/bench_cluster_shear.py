@@ -1,0 +1,178 @@
+"""Tangential shear of the simulated cluster through the whole chain (not a test: prints tables; docs/crowded.md).
+
+Usage::
+
+    python benchmarks/bench_cluster_shear.py [--seeds 1-5] [--workdir DIR] [--n-boot 200] [--no-paired]
+
+For each seed the ``cluster`` preset is simulated twice, with the NFW shear
+and with its opposite (``simulate_paired``: same galaxies, same noise;
+``WORKDIR/seedN/plus``, ``.../minus``, reused when present), and each is
+run through the GOLD chain (``shapepipe_gold``'s stages,
+:func:`shapepipe_modules.gold.chain.run_chain`) with the configuration
+folder ``WORKDIR/config``: ``example/GOLD`` with the files of
+``example/crowded`` on top (dual-pass detection of the tile, halo masks
+sized by the simulated star profile) and the mask module's templates. A
+run whose final catalogue exists is not run again (``--rerun`` to force).
+
+Printed: per run the masked fraction of the tile, the background galaxies
+of the final catalogue (truth ``cluster_role`` 0, matched within 1
+arcsec), how many pass the selection within 90 arcsec and the amplitude of
+their tangential shear; then, pooled over the seeds, the metacal
+tangential shear profile of the background galaxies (shapes calibrated by
+the sample's response ``R + R_sel``, :mod:`shapepipe_modules.validate.crowded`)
+in radial bins against the input NFW reduced shear of the same galaxies,
+with bootstrap errors (galaxies resampled within each seed, the response
+redone), and the fitted amplitude ``g_t = A x input``: once for the
+``+`` runs alone (what a survey measures) and once paired,
+``(g_t(+) - g_t(-)) / 2`` per galaxy, where the galaxies' own shapes
+cancel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+EDGES = (0.0, 20.0, 35.0, 50.0, 65.0, 90.0)
+
+
+def _seeds(text):
+    if "-" in text:
+        low, high = text.split("-")
+        return list(range(int(low), int(high) + 1))
+    return [int(s) for s in text.split(",")]
+
+
+def cluster_config_dir(destination: Path) -> Path:
+    """``example/GOLD`` + ``example/crowded`` + the mask templates, in ``destination``."""
+    import shapepipe_modules.mask as mask_module
+
+    destination.mkdir(parents=True, exist_ok=True)
+    for folder in (REPO / "example" / "GOLD", REPO / "example" / "crowded"):
+        for path in folder.iterdir():
+            if path.is_file() and path.suffix in (".ini", ".mask", ".sex", ".setools", ".param", ".conv"):
+                shutil.copy(path, destination / path.name)
+    for name in ("halo.reg", "spike.reg"):
+        shutil.copy(Path(mask_module.__file__).parent / "data" / name, destination / name)
+    return destination
+
+
+def final_catalogue(run_root: Path):
+    """The final catalogue of the newest make_catalog run, or None."""
+    from shapepipe_modules.gold.chain import ChainError, module_output, newest_run
+
+    try:
+        folder = module_output(newest_run(run_root / "output", "run_sp_Mc"), "make_catalog")
+    except ChainError:
+        return None
+    found = sorted(folder.glob("final_cat*.fits"))
+    return found[0] if found else None
+
+
+def masked_fraction(run_root: Path) -> float:
+    from astropy.io import fits
+
+    from shapepipe_modules.gold.chain import module_output, newest_run
+
+    folder = module_output(newest_run(run_root / "output", "run_sp_MaMa"), "mask_run_1")
+    return float(np.mean(fits.getdata(next(folder.glob("*flag*.fits"))) != 0))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="1-5")
+    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--n-boot", type=int, default=200)
+    parser.add_argument("--rerun", action="store_true", help="run the chain even where a final catalogue exists")
+    parser.add_argument("--no-paired", dest="paired", action="store_false",
+                        help="only the + member of each seed (default: + and - members, shear of opposite sign)")
+    args = parser.parse_args(argv)
+    warnings.simplefilter("ignore")
+
+    from shapepipe_modules.gold.chain import run_chain
+    from shapepipe_modules.simulate import load_truth
+    from shapepipe_modules.simulate.core import simulate_paired
+    from shapepipe_modules.simulate.cluster import cluster_centre
+    from shapepipe_modules.validate import crowded
+    from shapepipe_modules.validate.shear import read_final_catalogue
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_cluster_shear_"))
+    config = cluster_config_dir(work / "config")
+    pooled = {"tables": [], "dx": [], "dy": [], "g_t_true": [], "group": [], "sign": [], "unit": []}
+    per_seed = []
+    for seed in _seeds(args.seeds):
+        members = (("plus", 1), ("minus", -1)) if args.paired else (("plus", 1),)
+        if not all((work / f"seed{seed}" / m / "simulation.json").exists() for m, _ in members):
+            simulate_paired("cluster", work / f"seed{seed}", seed=seed, n_workers=1)
+        for member, sign in members:
+            sim, run_root = work / f"seed{seed}" / member, work / f"chain{seed}" / member
+            catalogue = final_catalogue(run_root)
+            if catalogue is None or args.rerun:
+                clock = time.perf_counter()
+                run_chain(sim, run_root, config, log=lambda *a: None)
+                print(f"seed {seed} {member}: chain in {time.perf_counter() - clock:.0f} s (wall)", file=sys.stderr)
+                catalogue = final_catalogue(run_root)
+            params = json.loads((sim / "simulation.json").read_text())["parameters"]
+            data = crowded.background_shapes(read_final_catalogue(catalogue), load_truth(sim, tile="244.252"),
+                                             cluster_centre(params))
+            one = crowded.metacal_tangential_profile(data["tables"], data["dx"], data["dy"], data["g_t_true"],
+                                                     np.array([0.0, 90.0]), n_boot=50)
+            per_seed.append((seed, member, masked_fraction(run_root), len(data["dx"]), one))
+            for key in ("tables", "dx", "dy", "g_t_true"):
+                pooled[key].append(data[key])
+            pooled["group"].append(np.full(len(data["dx"]), seed))
+            pooled["sign"].append(np.full(len(data["dx"]), sign))
+            pooled["unit"].append(data["truth_index"])
+
+    print(f"\nCluster preset through the GOLD chain (config {config}), per seed "
+          "(A: amplitude g_t / input of that run alone, r < 90 arcsec)")
+    print(f"{'seed':>4s} {'run':>6s} {'tile masked':>12s} {'background in cat':>18s} {'selected':>9s} {'A':>7s} "
+          f"{'error':>6s}")
+    for seed, member, masked, n, one in per_seed:
+        print(f"{seed:4d} {member:>6s} {masked:12.3f} {n:18d} {one['n_total']:9d} {one['A']:7.3f} {one['A_error']:6.3f}")
+
+    def pool(keep):
+        tables = {branch: {key: np.concatenate([t[branch][key] for t, k in zip(pooled["tables"], keep) if k])
+                           for key in pooled["tables"][0][branch]} for branch in pooled["tables"][0]}
+        rest = {key: np.concatenate([v for v, k in zip(pooled[key], keep) if k])
+                for key in ("dx", "dy", "g_t_true", "group", "sign", "unit")}
+        return tables, rest
+
+    plus_only = [member == "plus" for _, member, *_ in per_seed]
+    estimates = [("the + runs alone (what a survey measures)", plus_only)]
+    if args.paired:
+        estimates.append(("paired, (g_t(+) - g_t(-)) / 2 (shape noise cancelled)", [True] * len(per_seed)))
+    n_seeds = len({seed for seed, *_ in per_seed})
+    for title, keep in estimates:
+        tables, rest = pool(keep)
+        result = crowded.metacal_tangential_profile(tables, rest["dx"], rest["dy"], rest["g_t_true"], np.array(EDGES),
+                                                    group=rest["group"], sign=rest["sign"], unit=rest["unit"],
+                                                    n_boot=args.n_boot, rng=np.random.default_rng(1))
+        print(f"\nTangential shear of the background galaxies, {title}: {n_seeds} seed(s), metacal with R + R_sel "
+              f"of the sample, bootstrap errors ({args.n_boot} draws of galaxies within seeds)")
+        print(f"R + R_sel = [[{result['R'][0, 0]:.3f}, {result['R'][0, 1]:.3f}], [{result['R'][1, 0]:.3f}, "
+              f"{result['R'][1, 1]:.3f}]]")
+        print(f"{'r (arcsec)':>12s} {'n':>5s} {'g_t':>8s} {'error':>7s} {'input':>7s} {'g_t/input':>10s} "
+              f"{'(g_t-in)/err':>13s} {'g_x':>8s} {'error':>7s}")
+        for i in range(len(result["n"])):
+            pull = (result["g_t"][i] - result["true"][i]) / result["g_t_error"][i]
+            print(f"{result['r_min'][i]:5.0f}-{result['r_max'][i]:<5.0f} {result['n'][i]:6d} {result['g_t'][i]:8.4f} "
+                  f"{result['g_t_error'][i]:7.4f} {result['true'][i]:7.4f} {result['g_t'][i] / result['true'][i]:10.2f} "
+                  f"{pull:13.2f} {result['g_x'][i]:8.4f} {result['g_x_error'][i]:7.4f}")
+        print(f"amplitude g_t / input: {result['A']:.3f} +- {result['A_error']:.3f} ({result['n_total']} "
+              f"measurements); mean cross shear {result['cross']:.4f} +- {result['cross_error']:.4f}")
+    print(f"\n(work folder: {work})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Tangential shear profile of metacal shapes around the simulated cluster (validate.crowded)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shapepipe_modules.simulate import cluster
+from shapepipe_modules.validate import crowded
+
+EDGES = np.array([0.0, 20.0, 40.0, 60.0, 90.0])
+
+
+def _tables(g1, g2, response, rng, sigma_e=0.0):
+    """Metacal branches of galaxies whose measured shape responds to shear with the 2x2 ``response``."""
+    n = g1.size
+    e = rng.normal(0.0, sigma_e, (2, n))
+    base = e + response @ np.stack([g1, g2])
+    tables = {}
+    for name, step in (("noshear", (0, 0)), ("1p", (0.01, 0)), ("1m", (-0.01, 0)), ("2p", (0, 0.01)), ("2m", (0, -0.01))):
+        g = base + response @ np.array(step, float)[:, None]
+        tables[name] = {"g1": g[0], "g2": g[1], "s2n": np.full(n, 50.0), "T": np.ones(n), "Tpsf": np.ones(n),
+                        "mcal_flags": np.zeros(n, np.int64), "no_shape": np.zeros(n, np.int64)}
+    return tables
+
+
+def _field(n, rng):
+    r = 90.0 * np.sqrt(rng.uniform(0.0, 1.0, n))
+    phi = rng.uniform(0.0, 2 * np.pi, n)
+    dx, dy = r * np.cos(phi), r * np.sin(phi)
+    g_t = cluster.nfw_reduced_tangential_shear(np.maximum(r, 2.0), 0.1, 60.0)
+    return dx, dy, g_t
+
+
+def test_noiseless_profile_is_the_input_after_the_response():
+    rng = np.random.default_rng(2)
+    dx, dy, g_t = _field(400, rng)
+    g1, g2 = cluster.tangential_components(dx, dy, g_t)
+    response = np.array([[0.7, 0.02], [-0.01, 0.65]])
+    result = crowded.metacal_tangential_profile(_tables(g1, g2, response, rng), dx, dy, g_t, EDGES, n_boot=5)
+    np.testing.assert_allclose(result["R"], response, atol=1e-12)
+    assert result["A"] == pytest.approx(1.0, abs=1e-10)
+    np.testing.assert_allclose(result["g_t"], result["true"], atol=1e-10)
+    np.testing.assert_allclose(result["g_x"], 0.0, atol=1e-10)
+    # The mean input per bin is that of the galaxies in the bin.
+    r = np.hypot(dx, dy)
+    inner = r < 20.0
+    assert result["true"][0] == pytest.approx(g_t[inner].mean())
+    assert result["n"].sum() == 400
+
+
+def test_noisy_profile_recovers_the_input_within_its_bootstrap_errors():
+    rng = np.random.default_rng(5)
+    n = 6000
+    dx, dy, g_t = _field(n, rng)
+    g1, g2 = cluster.tangential_components(dx, dy, g_t)
+    response = np.diag([0.6, 0.6])
+    tables = _tables(g1, g2, response, rng, sigma_e=0.2)
+    group = rng.integers(0, 3, n)
+    result = crowded.metacal_tangential_profile(tables, dx, dy, g_t, EDGES, group=group, n_boot=100,
+                                                rng=np.random.default_rng(1))
+    # Bootstrap error of A against its expected value: shape noise sigma_e / R per component.
+    expected = 0.2 / 0.6 / np.sqrt(np.sum(g_t**2))
+    assert result["A_error"] == pytest.approx(expected, rel=0.25)
+    assert abs(result["A"] - 1.0) < 3 * result["A_error"]
+    assert np.all(np.abs(result["g_t"] - result["true"]) < 3.5 * result["g_t_error"])
+    assert abs(result["cross"]) < 3 * result["cross_error"]
+    # Uncalibrated shapes would be 0.6 of the input: far outside the errors.
+    raw = _tables(g1, g2, response, np.random.default_rng(5), sigma_e=0.2)
+    t, _ = cluster.tangential_shear(raw["noshear"]["g1"], raw["noshear"]["g2"], dx, dy)
+    assert abs(np.sum(t * g_t) / np.sum(g_t**2) - 1.0) > 5 * result["A_error"]
+
+
+def test_background_shapes_match_truth_and_keep_only_background_galaxies():
+    from astropy.table import Table
+
+    rng = np.random.default_rng(3)
+    ra_c, dec_c = 150.0, 2.0
+    n = 30
+    dx, dy = rng.uniform(-80, 80, n), rng.uniform(-80, 80, n)
+    ra = ra_c - dx / 3600.0 / np.cos(np.radians(dec_c))
+    dec = dec_c + dy / 3600.0
+    g_t = rng.uniform(0.01, 0.1, n)
+    g1, g2 = cluster.tangential_components(dx, dy, g_t)
+    role = np.zeros(n, int)
+    role[:3] = cluster.ROLE_MEMBER
+    is_star = np.zeros(n, bool)
+    is_star[3] = True
+    truth = Table({"ra": ra, "dec": dec, "g1": g1, "g2": g2, "cluster_role": role, "is_star": is_star})
+    # Catalogue: every truth object 0.1 arcsec off, in another order, plus one object matching nothing.
+    order = rng.permutation(n)
+    columns = {"XWIN_WORLD": np.append(ra[order] + 0.1 / 3600.0, ra_c + 0.02),
+               "YWIN_WORLD": np.append(dec[order], dec_c), "NGMIX_MCAL_FLAGS": np.zeros(n + 1, int),
+               "NGMIX_NO_SHAPE": np.zeros(n + 1, int)}
+    for key in ("NOSHEAR", "1P", "1M", "2P", "2M"):
+        columns[f"NGMIX_ELL_{key}"] = np.zeros((n + 1, 2))
+        for name in ("SNR", "T", "Tpsf"):
+            columns[f"NGMIX_{name}_{key}"] = np.ones(n + 1)
+    got = crowded.background_shapes(columns, truth, (ra_c, dec_c))
+    assert sorted(got["truth_index"]) == list(range(4, n))
+    np.testing.assert_allclose(got["g_t_true"], g_t[got["truth_index"]], atol=1e-12)
+    np.testing.assert_allclose(got["dy"], dy[got["truth_index"]], atol=1e-6)
+    np.testing.assert_allclose(got["dx"], dx[got["truth_index"]] - 0.1 * np.cos(np.radians(dec_c)), atol=1e-3)
+
+
+def test_paired_profile_cancels_the_shape_noise():
+    rng = np.random.default_rng(8)
+    n = 500
+    dx, dy, g_t = _field(n, rng)
+    g1, g2 = cluster.tangential_components(dx, dy, g_t)
+    response = np.diag([0.6, 0.6])
+    plus = _tables(g1, g2, response, np.random.default_rng(4), sigma_e=0.25)
+    minus = _tables(-g1, -g2, response, np.random.default_rng(4), sigma_e=0.25)  # same intrinsic shapes
+    tables = {b: {k: np.concatenate([plus[b][k], minus[b][k]]) for k in plus[b]} for b in plus}
+    both = np.concatenate
+    result = crowded.metacal_tangential_profile(tables, both([dx, dx]), both([dy, dy]), both([g_t, -g_t]), EDGES,
+                                                sign=both([np.ones(n), -np.ones(n)]), unit=both([np.arange(n)] * 2),
+                                                n_boot=20)
+    np.testing.assert_allclose(result["g_t"], result["true"], atol=1e-10)
+    assert result["A"] == pytest.approx(1.0, abs=1e-10)
+    assert result["A_error"] < 1e-8
+    # Unpaired (the plus member alone): the shape noise is there.
+    alone = crowded.metacal_tangential_profile(plus, dx, dy, g_t, EDGES, n_boot=50)
+    assert alone["A_error"] > 0.05
+
+
+@pytest.mark.parametrize("name", ["cluster_exposure.mask", "cluster_tile.mask"])
+def test_cluster_chain_halo_masks_end_where_the_simulated_star_light_reaches_a_tenth_of_the_noise(tmp_path, name):
+    # example/crowded sizes the halo masks from the simulator's star profile (docs/crowded.md): at the mask
+    # radius the azimuthal mean of a drawn star (core, 3% halo; spikes excluded) is at most 0.1 sigma of an
+    # exposure's pixel noise, and at 0.6 of the radius it is still above it (the mask is not oversized).
+    import shutil
+    from pathlib import Path
+
+    galsim = pytest.importorskip("galsim")
+    from shapepipe_modules.mask.config import read_mask_config
+    from shapepipe_modules.mask.geometry import magnitude_scale
+    from shapepipe_modules.simulate import render, resolve_parameters
+
+    repo = Path(__file__).resolve().parents[1]
+    data = Path(crowded.__file__).resolve().parents[1] / "mask" / "data"
+    shutil.copy(repo / "example" / "crowded" / name, tmp_path / name)
+    for template in ("halo.reg", "spike.reg"):
+        shutil.copy(data / template, tmp_path / template)
+    halo = read_mask_config(tmp_path / name).halo
+    params = resolve_parameters("cluster")
+    sigma = np.sqrt(render.background_variance(params))
+    scale = params["pixel_scale"]
+    for mag in (13.0, 14.0, 15.0, 16.0):
+        radius = 49.7 * float(magnitude_scale(mag, halo.mag_pivot, halo.scale_factor, halo.min_scale))  # arcsec
+        flux = 10.0 ** (-0.4 * (mag - 30.0))
+        star = render.star_profile(flux, mag, 0.7, 0.0, 0.0, dict(params, halo_mag=17.0))
+        # Without the spikes (thin lines along the axes, masked by the spike template): core + halo only.
+        core_halo = galsim.Add(list(star.obj_list[:2]))
+        n = int(2.2 * radius / scale) | 1
+        image = core_halo.drawImage(nx=n, ny=n, scale=scale).array
+        y, x = np.indices(image.shape) - n // 2
+        r = np.hypot(x, y) * scale
+
+        def ring(at):
+            return image[np.abs(r - at) < 0.5].mean()
+
+        assert ring(radius) <= 0.1 * sigma * 1.05, (mag, radius, ring(radius) / sigma)
+        assert ring(0.6 * radius) > 0.1 * sigma, (mag, radius, ring(0.6 * radius) / sigma)
+
+
+def test_cluster_chain_configuration_folder(tmp_path):
+    # The benchmark's configuration folder: GOLD's stages, the cluster's files on top, the mask templates.
+    import importlib.util
+    from pathlib import Path
+
+    from shapepipe_modules.gold.chain import STAGES
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_cluster_shear.py"
+    spec = importlib.util.spec_from_file_location("bench_cluster_shear", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    folder = bench.cluster_config_dir(tmp_path / "cfg")
+    for stage in STAGES:
+        assert (folder / stage.config).is_file()
+    text = (folder / "config_tile_Sx_exp_psfex.ini").read_text()
+    assert "PASSES = HOT, COLD" in text and "gauss_6.0_13x13.conv" in text
+    assert "MASK_CONFIG_PATH = $SP_CONFIG/cluster_tile.mask" in (folder / "config_MaMa.ini").read_text()
+    assert (folder / "halo.reg").is_file() and (folder / "cluster_exposure.mask").is_file()
