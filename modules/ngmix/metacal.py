@@ -28,6 +28,7 @@ The correlated-noise correction adds, to each branch, a noise image rotated by
 
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
 
 import numpy as np
@@ -173,6 +174,24 @@ def _resample(spectra, offset_y, offset_x, pos_y, pos_x, target, out):
         factor = target[ip] * psf.conjugate() / norm if norm > 0.0 else 0.0j
         for s in range(nimg):
             out[s, ip] = acc[s + 1] * factor
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(shape):
+    """A complex work array of ``shape``, reused by the calls of one thread.
+
+    A fresh megabyte-size array per call costs more in page faults than the
+    kernel that fills it (measured: the engine got slower by ~0.8 ms per
+    object-epoch with a fresh array).
+    """
+    cache = _SCRATCH.__dict__.setdefault("arrays", {})
+    if shape not in cache:
+        if len(cache) > 8:
+            cache.clear()
+        cache[shape] = np.empty(shape, dtype=complex)
+    return cache[shape]
 
 
 def _fast_even(n):
@@ -559,8 +578,7 @@ class EpochMetacal:
         extended = None
         if any(BRANCHES[name] != (0.0, 0.0) for name in names):
             size, half = spectra.shape[1:]
-            extended = np.empty((size + 2 * self._margin, half + 2 * self._margin, len(stack) + 1),
-                                dtype=complex)
+            extended = _scratch((size + 2 * self._margin, half + 2 * self._margin, len(stack) + 1))
             _extend(self._psf_k, spectra, self._margin, extended)
         modes = np.concatenate([self._branch_modes(spectra, extended, name) for name in names])
         # One inverse transform for all branches and images.
