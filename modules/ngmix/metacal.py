@@ -28,6 +28,7 @@ The correlated-noise correction adds, to each branch, a noise image rotated by
 
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
 
 import numpy as np
@@ -91,82 +92,106 @@ def shear_matrix(g1, g2):
 
 
 @njit(cache=True)
-def _quintic(x):
-    x = abs(x)
-    if x <= 1.0:
-        return 1.0 + x * x * x * (-95.0 + 138.0 * x - 55.0 * x * x) / 12.0
-    if x <= 2.0:
-        return ((x - 1.0) * (x - 2.0)
-                * (-138.0 + 348.0 * x - 249.0 * x * x + 55.0 * x * x * x)
-                / 24.0)
-    if x <= 3.0:
-        return (x - 2.0) * (x - 3.0) ** 2 * (-54.0 + 50.0 * x - 11.0 * x * x) / 24.0
-    return 0.0
+def _quintic_weights(frac, w):
+    """Quintic kernel at the six grid points around a sample (``frac`` its offset from the third)."""
+    # Distances 2+f, 1+f, f, 1-f, 2-f, 3-f fall on the pieces [2,3], [1,2], [0,1], [0,1], [1,2], [2,3].
+    for a in range(6):
+        x = abs(frac + 2.0 - a)
+        if x <= 1.0:
+            w[a] = 1.0 + x * x * x * (-95.0 + 138.0 * x - 55.0 * x * x) / 12.0
+        elif x <= 2.0:
+            w[a] = ((x - 1.0) * (x - 2.0)
+                    * (-138.0 + 348.0 * x - 249.0 * x * x + 55.0 * x * x * x) / 24.0)
+        elif x <= 3.0:
+            w[a] = (x - 2.0) * (x - 3.0) ** 2 * (-54.0 + 50.0 * x - 11.0 * x * x) / 24.0
+        else:
+            w[a] = 0.0
+
+
+@njit(cache=True)
+def _extend(psf, spectra, margin, out):
+    """Real-input transforms (rfft2 layout) laid out for :func:`_resample`.
+
+    ``psf`` is ``(L, L//2+1)``, ``spectra`` ``(k, L, L//2+1)``; ``out`` is
+    ``(L + 2m, L//2+1 + 2m, k + 1)`` (``m = margin``) and receives, at row
+    ``fy + L//2 + m`` and column ``fx + m``, the PSF's and the images' values
+    at the frequency ``(fy, fx)``: rows in centred order, the columns
+    continued past both ends by Hermitian symmetry and periodicity, the
+    transforms last so that the kernel reads them together.
+    """
+    k, size, half = spectra.shape
+    for r in range(out.shape[0]):
+        fy = r - size // 2 - margin
+        for c in range(out.shape[1]):
+            fxm = (c - margin) % size
+            if fxm < half:
+                row = fy % size
+                out[r, c, 0] = psf[row, fxm]
+                for s in range(k):
+                    out[r, c, s + 1] = spectra[s, row, fxm]
+            else:
+                # F(fy, fx) = conj(F(-fy, -fx)).
+                row = (-fy) % size
+                col = size - fxm
+                out[r, c, 0] = psf[row, col].conjugate()
+                for s in range(k):
+                    out[r, c, s + 1] = spectra[s, row, col].conjugate()
 
 
 @njit(cache=True, fastmath=True)
-def _resample(psf, images, pos_y, pos_x, target, out):
+def _resample(spectra, offset_y, offset_x, pos_y, pos_x, target, out):
     """Sheared, deconvolved and reconvolved Fourier modes.
 
-    ``psf`` and ``images[s]`` are real-input transforms in rfft2 layout
-    (size L x L//2+1). Each is interpolated at the positions (grid-index
-    units, possibly negative: negative x frequencies use Hermitian symmetry)
-    with the Quintic kernel; ``out[s, i] = target[i] * image_s / psf``.
+    ``spectra`` is the output of :func:`_extend` (PSF transform first, then
+    the images), ``(offset_y, offset_x)`` its indices of frequency 0. Each
+    transform is interpolated at the positions (grid-index units, possibly
+    negative) with the Quintic kernel; ``out[s, i] = target[i] * image_s / psf``.
+    The caller keeps every position at least 3 points inside the array.
     """
-    nimg = images.shape[0]
-    size = psf.shape[0]
+    nimg = spectra.shape[2] - 1
     wy = np.empty(6)
     wx = np.empty(6)
-    acc_re = np.zeros(nimg)
-    acc_im = np.zeros(nimg)
+    acc = np.empty(nimg + 1, dtype=np.complex128)
     for ip in range(pos_y.size):
         py = pos_y[ip]
         px = pos_x[ip]
-        iy0 = int(np.floor(py)) - 2
-        ix0 = int(np.floor(px)) - 2
+        fy = np.floor(py)
+        fx = np.floor(px)
+        _quintic_weights(py - fy, wy)
+        _quintic_weights(px - fx, wx)
+        row0 = int(fy) - 2 + offset_y
+        col0 = int(fx) - 2 + offset_x
+        for s in range(nimg + 1):
+            acc[s] = 0.0
         for a in range(6):
-            wy[a] = _quintic(py - (iy0 + a))
-            wx[a] = _quintic(px - (ix0 + a))
-        p_re = 0.0
-        p_im = 0.0
-        for s in range(nimg):
-            acc_re[s] = 0.0
-            acc_im[s] = 0.0
-        for a in range(6):
-            iy = iy0 + a
-            # Hermitian symmetry: F(-ky, -kx) = conj(F(ky, kx)).
-            row = iy % size
-            mrow = (-iy) % size
             for b in range(6):
-                ix = ix0 + b
                 w = wy[a] * wx[b]
-                if ix >= 0:
-                    val = psf[row, ix]
-                    p_re += w * val.real
-                    p_im += w * val.imag
-                    for s in range(nimg):
-                        val = images[s, row, ix]
-                        acc_re[s] += w * val.real
-                        acc_im[s] += w * val.imag
-                else:
-                    val = psf[mrow, -ix]
-                    p_re += w * val.real
-                    p_im -= w * val.imag
-                    for s in range(nimg):
-                        val = images[s, mrow, -ix]
-                        acc_re[s] += w * val.real
-                        acc_im[s] -= w * val.imag
-        norm = p_re * p_re + p_im * p_im
-        if norm > 0.0:
-            # target / psf = target * conj(psf) / |psf|^2
-            f_re = target[ip] * p_re / norm
-            f_im = -target[ip] * p_im / norm
-        else:
-            f_re = 0.0
-            f_im = 0.0
+                for s in range(nimg + 1):
+                    acc[s] += w * spectra[row0 + a, col0 + b, s]
+        psf = acc[0]
+        norm = psf.real * psf.real + psf.imag * psf.imag
+        # target / psf = target * conj(psf) / |psf|^2
+        factor = target[ip] * psf.conjugate() / norm if norm > 0.0 else 0.0j
         for s in range(nimg):
-            out[s, ip] = complex(acc_re[s] * f_re - acc_im[s] * f_im,
-                                 acc_re[s] * f_im + acc_im[s] * f_re)
+            out[s, ip] = acc[s + 1] * factor
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(shape):
+    """A complex work array of ``shape``, reused by the calls of one thread.
+
+    A fresh megabyte-size array per call costs more in page faults than the
+    kernel that fills it (measured: the engine got slower by ~0.8 ms per
+    object-epoch with a fresh array).
+    """
+    cache = _SCRATCH.__dict__.setdefault("arrays", {})
+    if shape not in cache:
+        if len(cache) > 8:
+            cache.clear()
+        cache[shape] = np.empty(shape, dtype=complex)
+    return cache[shape]
 
 
 def _fast_even(n):
@@ -275,6 +300,20 @@ class EpochMetacal:
         self._setup_output_grid()
         self._crop_rows = (np.arange(ny) - self.centre[0]) % self.out_size
         self._crop_cols = (np.arange(nx) - self.centre[1]) % self.out_size
+        # Sample points of the sheared branches, and the margin of the
+        # extended transforms that keeps the kernel's 6x6 taps inside them.
+        self._sheared_positions = {}
+        lowest, highest_y, highest_x = 0.0, 0.0, 0.0
+        for name, (s1, s2) in BRANCHES.items():
+            if s1 == 0.0 and s2 == 0.0:
+                continue
+            pos_y, pos_x = self._positions(s1 * self.step, s2 * self.step)
+            self._sheared_positions[name] = (pos_y, pos_x)
+            if pos_y.size:
+                lowest = min(lowest, pos_y.min() + self.in_size // 2, pos_x.min())
+                highest_y = max(highest_y, pos_y.max() - (self.in_size - self.in_size // 2))
+                highest_x = max(highest_x, pos_x.max() - (self.in_size // 2 + 1))
+        self._margin = int(max(3, 2 - np.floor(lowest), np.floor(highest_y) + 4, np.floor(highest_x) + 4))
 
     # ------------------------------------------------------------------
     def _pixel_freqs(self, size, half):
@@ -363,19 +402,30 @@ class EpochMetacal:
         """True when the kernel is exactly the Gaussian of sigma ``target_sigma``."""
         return self.target_rule != "shapepipe"
 
-    def _branch_modes(self, spectra, name):
-        """Output Fourier modes (kept ones) of every image for a branch."""
+    def _branch_modes(self, spectra, extended, name):
+        """Output Fourier modes (kept ones) of every image for a branch.
+
+        ``spectra`` are the images' transforms, ``extended`` the output of
+        :func:`_extend` (PSF and images) for the sheared branches.
+        """
         s1, s2 = BRANCHES[name]
         if s1 == 0.0 and s2 == 0.0:
+            return spectra[:, self._grid_rows, self._grid_cols] * self._noshear_scale()
+        pos_y, pos_x = self._sheared_positions[name]
+        out = np.empty((spectra.shape[0], pos_x.size), dtype=complex)
+        _resample(extended, self.in_size // 2 + self._margin, self._margin, pos_y, pos_x, self._target_k, out)
+        return out
+
+    def _noshear_scale(self):
+        """``target / psf`` at the kept output modes (grid points of the input transform); 0 where undefined."""
+        cache = self.__dict__.setdefault("_scale_cache", [])
+        if not cache:
             psf = self._psf_k[self._grid_rows, self._grid_cols]
             with np.errstate(divide="ignore", invalid="ignore"):
                 scale = self._target_k / psf
             scale[~np.isfinite(scale)] = 0.0
-            return spectra[:, self._grid_rows, self._grid_cols] * scale
-        pos_y, pos_x = self._positions(s1 * self.step, s2 * self.step)
-        out = np.empty((spectra.shape[0], pos_x.size), dtype=complex)
-        _resample(self._psf_k, spectra, pos_y, pos_x, self._target_k, out)
-        return out
+            cache.append(scale)
+        return cache[0]
 
     def noshear_adjoint(self, images):
         """Apply the transpose of the noshear operation (image -> noshear image).
@@ -402,10 +452,7 @@ class EpochMetacal:
             stack = stack[None]
         if stack.shape[1:] != self.stamp_shape:
             raise ValueError(f"image shape {stack.shape[1:]} differs from {self.stamp_shape}")
-        psf = self._psf_k[self._grid_rows, self._grid_cols]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            scale = self._target_k / psf
-        scale[~np.isfinite(scale)] = 0.0
+        scale = self._noshear_scale()
         conj = np.zeros(self._out_shape, dtype=complex)
         conj[self._keep] = np.conj(scale)
         padded = np.zeros((stack.shape[0], self.out_size, self.out_size))
@@ -419,10 +466,7 @@ class EpochMetacal:
         key = bool(rotated)
         cache = self.__dict__.setdefault("_power_cache", {})
         if key not in cache:
-            psf = self._psf_k[self._grid_rows, self._grid_cols]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                scale = self._target_k / psf
-            scale[~np.isfinite(scale)] = 0.0
+            scale = self._noshear_scale()
             full = np.zeros(self._out_shape, dtype=complex)
             full[self._keep] = scale
             power = np.abs(full) ** 2
@@ -476,10 +520,28 @@ class EpochMetacal:
         weighted = spectra * self._noise_power(rotated_noise).ravel()[None, :]
         return np.real(weighted @ spectra.conj().T)
 
+    def _padded_transform(self, stamps):
+        """rfft2 of stamps ``(k, ny, nx)`` zero-padded to the input period, centre at index 0.
+
+        Only the stamp's rows are transformed along x (the other rows are
+        zero), then all columns along y: equal to ``rfft2`` of the padded
+        stamps, at a third of its cost for a 4x padding.
+        """
+        k, ny, nx = stamps.shape
+        size = self.in_size
+        rows = (np.arange(ny) - self.centre[0]) % size
+        cols = (np.arange(nx) - self.centre[1]) % size
+        padded_rows = np.zeros((k, ny, size))
+        padded_rows[:, :, cols] = stamps
+        spectra = np.zeros((k, size, size // 2 + 1), dtype=complex)
+        spectra[:, rows, :] = sfft.rfft(padded_rows, axis=2)
+        return sfft.fft(spectra, axis=1, overwrite_x=True)
+
     def _to_images(self, modes):
         full = np.zeros((modes.shape[0],) + self._out_shape, dtype=complex)
         full[:, self._keep] = modes
-        images = sfft.irfft2(full, s=(self.out_size, self.out_size))
+        # Two 1-d passes: as irfft2, and (measured) 3x faster than scipy's irfft2 on fresh arrays.
+        images = sfft.irfft(sfft.ifft(full, axis=1, overwrite_x=True), n=self.out_size, axis=2)
         return images[:, self._crop_rows[:, None], self._crop_cols[None, :]]
 
     def make_images(self, image, noise_image=None, branches=None):
@@ -511,15 +573,20 @@ class EpochMetacal:
             if noise_image.shape != self.stamp_shape:
                 raise ValueError("noise image shape differs from the stamp")
             stack.append(np.rot90(noise_image, k=1))
-        padded = np.zeros((len(stack), self.in_size, self.in_size))
-        for index, stamp in enumerate(stack):
-            _embed(stamp, self.in_size, self.centre, out=padded[index])
-        spectra = sfft.rfft2(padded, axes=(1, 2))
+        spectra = self._padded_transform(np.stack(stack))
+        names = list(branches or BRANCHES)
+        extended = None
+        if any(BRANCHES[name] != (0.0, 0.0) for name in names):
+            size, half = spectra.shape[1:]
+            extended = _scratch((size + 2 * self._margin, half + 2 * self._margin, len(stack) + 1))
+            _extend(self._psf_k, spectra, self._margin, extended)
+        modes = np.concatenate([self._branch_modes(spectra, extended, name) for name in names])
+        # One inverse transform for all branches and images.
+        images = self._to_images(modes).reshape(len(names), len(stack), *self.stamp_shape)
         result = {}
-        for name in branches or BRANCHES:
-            images = self._to_images(self._branch_modes(spectra, name))
-            out = images[0]
+        for name, branch in zip(names, images):
+            out = branch[0]
             if noise_image is not None:
-                out = out + np.rot90(images[1], k=-1)
+                out = out + np.rot90(branch[1], k=-1)
             result[name] = out
         return result
