@@ -112,7 +112,7 @@ FIT_OPTIONS = (
     Option("CONFIG_PATH", "file", "", "ShapePipe's MCCD configuration file: read and checked, its settings are "
            "not used (the model's are GLOBAL_DEGREE and DOT_PSFEX_FILE)."),
     Option("MODE", "choice", "FIT", "ShapePipe's MCCD mode; FIT and FIT_VALIDATION both fit (reserved stars are "
-           "validated downstream with psfinterp VALIDATION).", choices=("FIT", "FIT_VALIDATION", "VALIDATION")),
+           "validated downstream with mccd_val or psfinterp VALIDATION).", choices=("FIT", "FIT_VALIDATION", "VALIDATION")),
     Option("VERBOSE", "bool", False, "Verbose MCCD messages (in the job log)."),
     Option("ENGINE", "choice", "builtin", "builtin: this project's focal-plane model (a constant image per CCD "
            "plus a polynomial of the focal-plane position); piff: Piff (pip install piff) with a PixelGrid "
@@ -130,7 +130,7 @@ def _check_fit(options) -> list[str]:
     problems = _check_mccd_config(options)
     if options.get("MODE") == "VALIDATION":
         problems.append("MODE = VALIDATION validates an existing MCCD model, which is not available here; "
-                        "use FIT (validate with psfinterp VALIDATION)")
+                        "use FIT (validate with mccd_val or psfinterp VALIDATION)")
     if (options.get("GLOBAL_DEGREE") or 0) < 0:
         problems.append("GLOBAL_DEGREE must be at least 0")
     return problems
