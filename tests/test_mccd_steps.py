@@ -186,3 +186,15 @@ def test_mccd_interp_multi_epoch_equals_psfinterp(tmp_path):
 def test_interp_options_are_checked():
     assert runner._check_interp({"MODE": "MULTI-EPOCH", "POSITION_PARAMS": ["A"], "ME_LOG_WCS": ""}) == [
         "POSITION_PARAMS: expected two column names, got 1", "ME_LOG_WCS is required with MODE = MULTI-EPOCH"]
+
+
+def test_every_output_is_a_declared_product(chain):
+    from shapepipe.datasets import DatasetTable
+
+    _, _, _, fit_val, _, _ = chain
+    types = DatasetTable().by_module["mccd_fit_val"]
+    names = sorted(p.name for p in fit_val.output_dir.iterdir())
+    assert len(names) == 16  # 8 models, 8 validation catalogues
+    for name in names:
+        matched = [t.product.dataset for t in types if t.match(name)]
+        assert len(matched) == 1, name

@@ -27,6 +27,7 @@ from __future__ import annotations
 import configparser
 import dataclasses
 
+from shapepipe.datasets import Product
 from shapepipe.errors import JobError
 from shapepipe.module import module
 from shapepipe.options import Option
@@ -90,6 +91,10 @@ def _job_error(error):
                     "with EXP_NAME and CCD_NB.",
         input_module="setools", file_pattern=("star_split_ratio_80", "star_split_ratio_20"),
         file_ext=(".fits", ".fits"), numbering_scheme="-0000000-0",
+        products=(Product("mccd_train_stars", "train_star_selection{number}.fits", "ldac", ids=("exposure_ccd",),
+                          description="stars of one CCD for the focal-plane fit"),
+                  Product("mccd_test_stars", "test_star_selection{number}.fits", "ldac", ids=("exposure_ccd",),
+                          description="reserved stars of one CCD for the validation")),
         depends=("numpy", "astropy"), options=MCCD_OPTIONS, validate=_check_mccd_config)
 def mccd_preprocessing(job):
     """Write ``train_star_selection<number>.fits`` and ``test_star_selection<number>.fits``."""
@@ -177,6 +182,10 @@ FIT_VAL_OPTIONS = tuple(o for o in FIT_OPTIONS if o.name not in ("MODE",)) + (
                     "(validation_psf<number>.fits), in one job.",
         input_module="mccd_preprocessing", file_pattern=("train_star_selection", "test_star_selection"),
         file_ext=(".fits", ".fits"), numbering_scheme="-0000000-0", run_method="serial",
+        products=(Product("mccd_fitted_model", "fitted_model{number}.psf", "psfex", ids=("exposure_ccd",),
+                          description="focal-plane model of one CCD as a PSFEx model"),
+                  Product("mccd_fit_validation", "validation_psf{number}.fits", "ldac", ids=("exposure_ccd",),
+                          description="test stars with the model at their positions (psfinterp VALIDATION)")),
         depends=("numpy", "astropy", "galsim"), options=FIT_VAL_OPTIONS, validate=_check_fit,
         requirements=_fit_requirements)
 def mccd_fit_val(job):
@@ -201,6 +210,8 @@ def mccd_fit_val(job):
                     "(validation_psf<number>.fits) and psf_validation's residual statistics.",
         input_module=("mccd_fit_val", "mccd_preprocessing"), file_pattern=("fitted_model", "test_star_selection"),
         file_ext=(".psf", ".fits"), numbering_scheme="-0000000-0",
+        products=(Product("mccd_validation", "validation_psf{number}.fits", "ldac", ids=("exposure_ccd",),
+                          description="test stars with the model at their positions (psfinterp VALIDATION)"),),
         depends=("numpy", "astropy", "galsim"), options=MCCD_OPTIONS, validate=_check_mccd_config)
 def mccd_val(job):
     """Validate one CCD's model on its test stars."""
@@ -224,6 +235,14 @@ def _check_interp(options) -> list[str]:
                     "MULTI-EPOCH or VALIDATION on the models in PSF_MODEL_DIR.",
         input_module="setools", file_pattern="galaxy_selection", file_ext=".fits",
         numbering_scheme="-0000000-0", depends=("numpy", "astropy", "galsim"), options=INTERP_OPTIONS,
+        products=(Product("mccd_galaxy_psf_classic", "galaxy_psf{number}.fits", "ldac", ids=("exposure_ccd",),
+                          description="PSF at every object of one CCD (CLASSIC)"),
+                  Product("mccd_galaxy_psf", "galaxy_psf{number}.sqlite", "stamp_store", ids=("tile",),
+                          description="PSF stamps of every object and epoch (MULTI-EPOCH)"),
+                  Product("mccd_psf_ccd_status", "psf_ccd_status{number}.fits", "fits_table", ids=("tile",),
+                          description="usable or missing model of each CCD epoch (MULTI-EPOCH)"),
+                  Product("mccd_interp_validation", "validation_psf{number}.fits", "ldac", ids=("exposure_ccd",),
+                          description="stars with the model at their positions (VALIDATION)")),
         validate=_check_interp)
 def mccd_interp(job):
     """Run psfinterp's job of the MODE on the model named by PSF_MODEL_DIR/PATTERN/SEPARATOR."""
