@@ -150,12 +150,12 @@ INPUT_MODULE = last:sextractor_runner
     assert plan.module_runs[1].input_modules == ["sextractor_runner"]
 
 
-def test_mccd_modules_check_their_config_and_refuse_to_run_clearly(tmp_path):
+def test_mccd_modules_check_their_config_and_name_bad_numbers(tmp_path):
     import logging
 
     from shapepipe.errors import JobError
     from shapepipe.job import Job
-    from shapepipe_modules.mccd.runner import _check_mccd_config, mccd_fit_val
+    from shapepipe_modules.mccd.runner import INTERP_OPTIONS, _check_mccd_config, mccd_interp
 
     good = tmp_path / "config_MCCD.ini"
     good.write_text("[INPUTS]\nMIN_N_STARS = 20\n[INSTANCE]\nD_COMP_GLOB = 8\n[FIT]\nPSF_SIZE = 6.2\n[VALIDATION]\n"
@@ -164,10 +164,13 @@ def test_mccd_modules_check_their_config_and_refuse_to_run_clearly(tmp_path):
     bad = tmp_path / "not_mccd.ini"
     bad.write_text("[INPUTS]\nA = 1\n")
     assert "missing section(s) INSTANCE, FIT, VALIDATION" in _check_mccd_config({"CONFIG_PATH": str(bad)})[0]
-    job = Job(module="mccd_fit_val", module_run="mccd_fit_val", number="-2113737", inputs=[], output_dir=tmp_path,
-              log_dir=tmp_path, options={}, logger=logging.getLogger("t"), run_dir=tmp_path)
-    with pytest.raises(JobError, match="this MCCD step is not available here; fit the focal-plane model with mccd_fit"):
-        mccd_fit_val(job)
+    options = {o.name: o.default for o in INTERP_OPTIONS}
+    options["PSF_MODEL_DIR"] = str(tmp_path)
+    job = Job(module="mccd_interp", module_run="mccd_interp", number="-2113737", inputs=[tmp_path / "cat.fits"],
+              output_dir=tmp_path, log_dir=tmp_path, options=options, logger=logging.getLogger("t"), run_dir=tmp_path)
+    # CLASSIC reads one CCD's catalogue: its number must name the exposure and the CCD (the model's name).
+    with pytest.raises(JobError, match="cat.fits: file number '-2113737' is not -<exposure>-<ccd>"):
+        mccd_interp(job)
 
 
 def test_n_split_max_zero_means_the_input_alone(tmp_path):

@@ -53,8 +53,11 @@ def focal_plane_maps(wcs_by_ccd: dict, shapes: dict):
     return {ccd: mapping(wcs) for ccd, wcs in wcs_by_ccd.items()}
 
 
-def fit_star_selections(job) -> dict:
-    """Group the job's star selections by exposure, fit each, write ``<input name>.psf`` per CCD."""
+def fit_star_selections(job, model_name=None) -> dict:
+    """Group the job's star selections by exposure, fit each, write ``<input name>.psf`` per CCD.
+
+    ``model_name(number, input_path)`` overrides the model file names (``mccd_fit_val``).
+    """
     import warnings
 
     from astropy.wcs import WCS, FITSFixedWarning
@@ -74,12 +77,14 @@ def fit_star_selections(job) -> dict:
     except PSFExConfigError as error:
         raise JobError(f"DOT_PSFEX_FILE: {error}") from None
     exposures: dict = {}
+    numbers: dict = {}
     for number, paths in sorted(job.input_table.items()):
         try:
             exposure, ccd = split_number(number)
         except MergeError as error:
             raise JobError(f"{paths[0]}: {error}") from None
         exposures.setdefault(exposure, {})[ccd] = Path(paths[0])
+        numbers[(exposure, ccd)] = number
     fit_options = FitOptions(psf_size=settings.psf_size, sampling=settings.sampling, degree=options["GLOBAL_DEGREE"],
                              accuracy=settings.accuracy, recenter=False, min_stars=options["MIN_STARS"],
                              interpolant_order=options["INTERPOLANT_ORDER"])
@@ -119,7 +124,9 @@ def fit_star_selections(job) -> dict:
             skipped.append(exposure)
             continue
         for ccd, model in models.items():
-            write_psf(job.output_path(files[ccd].with_suffix(".psf").name), model)
+            name = (model_name(numbers[(exposure, ccd)], files[ccd]) if model_name
+                    else files[ccd].with_suffix(".psf").name)
+            write_psf(job.output_path(name), model)
             written += 1
         accepted += n_accepted
     if not written:

@@ -190,7 +190,8 @@ def _run_single(job, mode):
     return {"objects": len(table), "psf_flag": status.flag}
 
 
-def _run_multi_epoch(job):
+def _run_multi_epoch(job, psf_path=None):
+    """MULTI-EPOCH job; ``psf_path(exposure, ccd)`` overrides the model file names (``mccd_interp``)."""
     from pathlib import Path
 
     from astropy.io import fits
@@ -203,7 +204,7 @@ def _run_multi_epoch(job):
 
     options = job.options
     params = options["POSITION_PARAMS"] or ["XWIN_WORLD", "YWIN_WORLD"]
-    psf_dir = Path(options["ME_DOT_PSF_DIR"])
+    psf_dir = Path(options["ME_DOT_PSF_DIR"] or ".")
     pattern = options["ME_DOT_PSF_PATTERN"]
     try:
         catalogue = read_tile_catalogue(job.inputs[0], params)
@@ -212,8 +213,9 @@ def _run_multi_epoch(job):
     job.logger.info("%s: %d objects, %d epoch HDUs, %d object-epochs", job.inputs[0], len(catalogue.number),
                     catalogue.n_epoch_hdus, len(catalogue.epochs.row))
 
-    def psf_path(exposure, ccd):
-        return psf_dir / f"{pattern}-{exposure}-{ccd}.psf"
+    if psf_path is None:
+        def psf_path(exposure, ccd):
+            return psf_dir / f"{pattern}-{exposure}-{ccd}.psf"
 
     with HeaderStore(options["ME_LOG_WCS"]) as headers:
         with StampStore(job.output_path(f"galaxy_psf{job.number}.sqlite"), mode="w") as store:
