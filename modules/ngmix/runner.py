@@ -53,7 +53,7 @@ OPTIONS = (
     Option("MASK_FILL", "choice", "model", "What masked pixels (flags, zero weight, off the chip) hold before "
            "the metacal images are made; they never enter a fit. model: an elliptical Gaussian fitted to the "
            "usable pixels, plus noise; noise: noise only (ShapePipe), which biases galaxies near a masked "
-           "column (c1 -0.005, m1 +0.02 with one within 10 pixels; docs/metacal.md).", choices=("model", "noise")),
+           "column (c1 -0.005, m1 +0.025 with one within 10 pixels; docs/metacal.md).", choices=("model", "noise")),
     CHECK_EXISTING_DIR,
     Option("SAVE_BATCH", "int", None, "ShapePipe writes its ngmix catalogue every SAVE_BATCH objects and appends "
            "to it on a rerun (with CHECK_EXISTING_DIR); here a job writes its catalogue once and --resume "
