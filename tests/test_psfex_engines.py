@@ -30,7 +30,7 @@ SIZE = 25  # PSF_SIZE of the test: keeps the PSFEx run to a few seconds
 
 def _job(tmp_path, catalogue, engine, config, name):
     options = {"ENGINE": engine, "EXEC_PATH": "psfex", "DOT_PSFEX_FILE": str(config), "OUTPUT_FILE_PATTERN": "",
-               "CHECKIMAGE": [], "MIN_STARS": 10, "INTERPOLANT_ORDER": 7}
+               "CHECKIMAGE": [], "MIN_STARS": 10, "INTERPOLANT_ORDER": 7, "SHAPE_CLIP": 5.0}
     out = tmp_path / name
     out.mkdir()
     return Job(module="psfex", module_run="psfex", number=NUMBER, inputs=[catalogue], output_dir=out,

@@ -7,7 +7,7 @@ galsim = pytest.importorskip("galsim")
 
 from shapepipe_modules.io.psfex_file import polynomial_terms  # noqa: E402
 from shapepipe_modules.psfex.model import (  # noqa: E402
-    FLAG_REJECTED_CHI2, FitOptions, PSFFitError, StarSample, choose_degree, field_errors, fit_psf, select_degrees,
+    FLAG_REJECTED_CHI2, FLAG_REJECTED_SHAPE, FitOptions, PSFFitError, StarSample, choose_degree, field_errors, fit_psf, select_degrees,
 )
 from shapepipe_modules.psfex.synthetic import SmoothPSFField  # noqa: E402
 
@@ -85,10 +85,39 @@ def test_bad_stars_are_rejected(field):
     # Three "stars" are blends: a second star 3 pixels away.
     for index in (3, 17, 29):
         sample.stamps[index] += np.roll(sample.stamps[index], 3, axis=1) * 0.6
-    result = fit_psf(sample, FitOptions(psf_size=(SIZE, SIZE)))
-    assert not result.accepted[[3, 17, 29]].any()
-    assert result.accepted.sum() >= 36
-    assert (result.flags[[3, 17, 29]] & FLAG_REJECTED_CHI2).all()
+    # The shape clip (default) or, without it, the chi2 clip rejects them.
+    for shape_clip, flag in ((5.0, FLAG_REJECTED_SHAPE), (0.0, FLAG_REJECTED_CHI2)):
+        result = fit_psf(sample, FitOptions(psf_size=(SIZE, SIZE), shape_clip=shape_clip))
+        assert not result.accepted[[3, 17, 29]].any()
+        assert result.accepted.sum() >= 36
+        assert (result.flags[[3, 17, 29]] & flag).all()
+
+
+def test_compact_galaxies_are_rejected(field):
+    """Compact galaxies in the star sample (the PSF convolved with a round Gaussian of 1 pixel, at
+    the faint end of stars spread over 3 mag) pass the chi2 clip, which is relative to the median,
+    and make the model ~0.7% too large; the shape clip leaves them out."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(6)
+    sample = _sample(rng, field, count=60)
+    sample.flux[:] = 2e5 * 10 ** (-0.4 * rng.uniform(0, 3, 60))
+    galaxies = np.arange(0, 60, 8)  # 8 of 60
+    sample.flux[galaxies] = 2e5 * 10 ** (-0.4 * 2.5)
+    for index in range(60):
+        clean = field.image(sample.centre_x[index], sample.centre_y[index], SIZE,
+                            offset=(sample.offset_x[index], sample.offset_y[index])) * sample.flux[index]
+        if index in galaxies:
+            clean = gaussian_filter(clean, 1.0)
+        sample.stamps[index] = clean + rng.normal(0, sample.noise[index], clean.shape)
+    biased = fit_psf(sample, FitOptions(psf_size=(SIZE, SIZE), shape_clip=0.0))
+    clipped = fit_psf(sample, FitOptions(psf_size=(SIZE, SIZE)))
+    assert biased.accepted[galaxies].all()  # the chi2 clip keeps them
+    assert _errors(biased.model, field)[0].mean() > 0.004
+    assert not clipped.accepted[galaxies].any()
+    assert (clipped.flags[galaxies] & FLAG_REJECTED_SHAPE).all()
+    assert clipped.accepted.sum() >= 50
+    assert abs(_errors(clipped.model, field)[0].mean()) < 0.002
 
 
 def test_degree_guard_for_poor_coverage():

@@ -57,6 +57,7 @@ BAD_PIXEL = -1e29  # SExtractor fills VIGNET pixels outside the image with -1e30
 # FLAGS_PSF bits written to the residual catalogue.
 FLAG_REJECTED_CHI2 = 1
 FLAG_BAD_INPUT = 2
+FLAG_REJECTED_SHAPE = 4
 
 
 class PSFFitError(ValueError):
@@ -196,6 +197,10 @@ class FitOptions:
         few; only stars this many times above the median chi2 are outliers.
     max_clip_iterations : int
         Rejection rounds at most.
+    shape_clip : float
+        Before the fit, stars whose size or ellipticity is off the smooth
+        field by more than this many robust sigmas are left out
+        (:func:`shape_outliers`; flag ``FLAG_REJECTED_SHAPE``); 0: keep all.
     min_stars : int
         Fewer accepted stars than this is an error.
     regularisation : float
@@ -232,6 +237,7 @@ class FitOptions:
     clip_sigma: float = 4.0
     max_clip_iterations: int = 4
     clip_floor: float = 4.0
+    shape_clip: float = 5.0
     min_stars: int = 10
     regularisation: float = 1e-5
     cg_iterations: int = 40
@@ -419,6 +425,57 @@ def field_errors(u, v, values, weights, low: int, high: int, grid: int = 9):
     return np.array([bias2 + variances[0], variances[1]]), spread
 
 
+def shape_outliers(u, v, sigma, e1, e2, snr, degree: int, clip: float = 5.0, floor: float = 1e-3) -> np.ndarray:
+    """Stars whose shape is off the smooth PSF field: compact galaxies, blends, artefacts.
+
+    Each star's size (log sigma) and ellipticity (:func:`star_shapes`) are
+    compared with a polynomial of degree ``degree`` fitted to all stars,
+    each residual in units of the star's own noise (``1 / snr``, plus
+    ``floor``); a star is an outlier when any residual exceeds ``clip`` times
+    the robust spread (MAD) of those pulls. A compact galaxy 20-40% larger
+    than the PSF sits tens of sigmas off at any useful S/N, while the
+    chi2 clip of the pixel fit (relative to the median chi2) keeps it, and
+    a few of them in ~50 stars make the model ~1% too large.
+
+    Returns
+    -------
+    ndarray of bool (n,)
+        True for outliers; stars without measured shapes are not outliers.
+    """
+    outlier = np.zeros(np.shape(sigma), dtype=bool)
+    good = np.isfinite(sigma) & np.isfinite(e1) & np.isfinite(e2) & (snr > 0) & (sigma > 0)
+    if clip <= 0 or good.sum() < 3:
+        return outlier
+    u, v = u[good], v[good]
+    degree = choose_degree(u, v, degree)
+    values = np.c_[e1[good], e2[good], np.log(sigma[good])]
+    root_weights = 1.0 / np.sqrt(1.0 / snr[good] ** 2 + floor**2)
+    terms = polynomial_terms(u, v, degree)
+    coefficients = np.linalg.lstsq(root_weights[:, None] * terms, root_weights[:, None] * values, rcond=None)[0]
+    pulls = root_weights[:, None] * (values - terms @ coefficients)
+    spread = 1.4826 * np.median(np.abs(pulls - np.median(pulls, axis=0)), axis=0)
+    outlier[good] = np.any(np.abs(pulls) > clip * np.where(spread > 0, spread, np.inf), axis=1)
+    return outlier
+
+
+def sample_shape_outliers(sample: StarSample, degree: int, clip: float, shapes=None) -> np.ndarray:
+    """:func:`shape_outliers` among the usable stars of a sample (False for the others).
+
+    ``shapes``: the sample's :func:`star_shapes`, if already measured.
+    """
+    sigma, e1, e2, snr = shapes if shapes is not None else star_shapes(sample.stamps, sample.valid, sample.noise,
+                                                                        sample.gain)
+    outlier = np.zeros(len(sample), dtype=bool)
+    index = np.flatnonzero(sample.usable)
+    if index.size == 0:
+        return outlier
+    cx, cy = sample.context_x[index], sample.context_y[index]
+    u = (cx - (cx.min() + cx.max()) / 2) / max(cx.max() - cx.min(), 1.0)
+    v = (cy - (cy.min() + cy.max()) / 2) / max(cy.max() - cy.min(), 1.0)
+    outlier[index] = shape_outliers(u, v, sigma[index], e1[index], e2[index], snr[index], degree, clip)
+    return outlier
+
+
 def select_degrees(u, v, sigma, e1, e2, snr, max_degree: int, floor: float = 1e-3, clip: float = 5.0,
                    shear_margins=(0.0, 1.0), size_margins=(1.0,)):
     """Polynomial degrees of the ellipticity and of the size variation, from the stars' shapes.
@@ -456,19 +513,12 @@ def select_degrees(u, v, sigma, e1, e2, snr, max_degree: int, floor: float = 1e-
         their difference (row 2); NaN where ``low >= high``.
     """
     good = np.isfinite(sigma) & np.isfinite(e1) & np.isfinite(e2) & (snr > 0) & (sigma > 0)
+    if choose_degree(u[good], v[good], max_degree) == 0:
+        return 0, 0, np.zeros((1, 1, 3, 3))
+    good &= ~shape_outliers(u, v, sigma, e1, e2, snr, max_degree, clip, floor)
     u, v = u[good], v[good]
     values = np.c_[e1[good], e2[good], np.log(sigma[good])]
     weights = 1.0 / (1.0 / snr[good] ** 2 + floor**2)
-    max_degree = choose_degree(u, v, max_degree)
-    if max_degree == 0:
-        return 0, 0, np.zeros((1, 1, 3, 3))
-    terms = polynomial_terms(u, v, max_degree)
-    coefficients = np.linalg.lstsq(np.sqrt(weights)[:, None] * terms, np.sqrt(weights)[:, None] * values,
-                                   rcond=None)[0]
-    pulls = np.sqrt(weights)[:, None] * (values - terms @ coefficients)
-    spread = 1.4826 * np.median(np.abs(pulls - np.median(pulls, axis=0)), axis=0)
-    keep = np.all(np.abs(pulls) <= clip * np.where(spread > 0, spread, np.inf), axis=1)
-    u, v, values, weights = u[keep], v[keep], values[keep], weights[keep]
     max_degree = choose_degree(u, v, max_degree)
     # scores[low, high]: field_errors of the two fits (rows 0, 1) and the spread (row 2).
     scores = np.full((max_degree + 1, max_degree + 1, 3, 3), np.nan)
@@ -803,9 +853,18 @@ def _fit_psf(sample, options, names):
     basis = None
     iterations_used = 0
     degree_scores = np.zeros((1, 1, 3, 3))
-    if options.select_degree:
+    if options.select_degree or options.shape_clip > 0:
         shape_sigma, shape_e1, shape_e2, shape_snr = star_shapes(sample.stamps, sample.valid, sample.noise,
                                                                  sample.gain)
+    if options.shape_clip > 0:
+        odd = np.flatnonzero(sample_shape_outliers(sample, options.degree, options.shape_clip,
+                                                   (shape_sigma, shape_e1, shape_e2, shape_snr)))
+        accepted[odd] = False
+        flags[odd] |= FLAG_REJECTED_SHAPE
+        if accepted.sum() < options.min_stars:
+            raise PSFFitError(f"only {int(accepted.sum())} stars left after rejecting {odd.size} with outlying "
+                              f"shapes (fewer than {options.min_stars})")
+    eligible = accepted.copy()  # the chi2 clip may bring back its own rejections, not these
     for clip_round in range(options.max_clip_iterations + 1):
         index = np.flatnonzero(accepted)
         cx, cy = sample.context_x[index], sample.context_y[index]
@@ -881,13 +940,14 @@ def _fit_psf(sample, options, names):
         prediction = norm[all_index, None, None] * all_shapes
         # Stars rejected against a model still spoilt by outliers may come back.
         selection = clip_stars(sample, all_index, all_data, prediction, all_valid, chi2, accepted, options)
+        selection &= eligible
         if (selection == accepted).all() or clip_round == options.max_clip_iterations:
             break
         accepted = selection
         if accepted.sum() < options.min_stars:
             raise PSFFitError(f"only {int(accepted.sum())} stars left after rejecting bad ones "
                               f"(fewer than {options.min_stars})")
-    flags[sample.usable & ~accepted] |= FLAG_REJECTED_CHI2
+    flags[eligible & ~accepted] |= FLAG_REJECTED_CHI2
     # Flux normalisation of the model: unit sum on the image pixel grid at the field centre.
     model_basis = model_basis / (model_basis[0].sum() * step**2)
     model = PSFModel(basis=model_basis, degree=degree, zero=zero, scale=scale, sampling=step, names=tuple(names),
