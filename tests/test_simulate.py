@@ -317,3 +317,16 @@ def test_min_separation_moves_only_close_objects(ring):
     # Placement is a pure function of the seed.
     again = make_scene(resolve_parameters("calib", ring=ring, min_separation=7.0), 5, box)
     np.testing.assert_array_equal(again["ra"], separated["ra"])
+
+
+def test_calib_highsnr_is_calib_with_ten_times_less_noise():
+    """The high-S/N calibration preset changes only the pixel noise: same scene, noise rms / 10."""
+    calib, bright = resolve_parameters("calib"), resolve_parameters("calib_highsnr")
+    assert {name for name in calib if calib[name] != bright[name]} == {"gain"}
+    ratio = background_variance(calib) / background_variance(bright)
+    assert 100.0 <= ratio < 105.0  # sky photon noise / 10; read noise (e-) / 100, and it is small
+    ra0, dec0 = cfis.tile_centre(244, 252)
+    box = (ra0 - 0.02, ra0 + 0.02, dec0 - 0.02, dec0 + 0.02)
+    scene, same = make_scene(calib, 3, box), make_scene(bright, 3, box)
+    for name in ("ra", "dec", "flux", "e1_int", "g1", "disk_hlr"):
+        np.testing.assert_array_equal(scene[name], same[name])
