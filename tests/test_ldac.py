@@ -83,3 +83,75 @@ def test_reads_a_catalogue_written_by_sextractor(tmp_path):
     assert table["FLUX_APER"].shape == (len(table), 2) and table["VIGNET"].shape == (len(table), 7, 5)
     assert image_header["CRVAL2"] == 5.0 and image_header["NAXIS1"] == 128
     assert "SEXBKDEV" in image_header
+
+
+def _vignet_table(rng, n=300):
+    table = Table()
+    table["NUMBER"] = np.arange(1, n + 1, dtype=np.int32)
+    table["VIGNET"] = rng.normal(0, 1, (n, 15, 15)).astype(np.float32)
+    table["VIGNET"].unit = "count"
+    table["MAG_AUTO"] = rng.uniform(16, 25, n).astype(np.float32)
+    table["FLAGS"] = (rng.random(n) < 0.2).astype(np.int16) * 2
+    return table
+
+
+def test_vignets_stored_by_rows_read_back_in_place(tmp_path):
+    from shapepipe_modules.io.ldac import VIGNET_FILL, missing_vignets
+
+    rng = np.random.default_rng(5)
+    table = _vignet_table(rng)
+    rows = (table["MAG_AUTO"] < 21) & (table["FLAGS"] == 0)
+    assert 0 < rows.sum() < len(table)
+    dense, sparse = tmp_path / "dense.fits", tmp_path / "sparse.fits"
+    write_ldac(dense, table, _header())
+    write_ldac(sparse, table, _header(), vignet_rows=rows, vignet_selection="MAG_AUTO < 21, FLAGS == 0")
+    with fits.open(sparse) as hdus:
+        assert [h.name for h in hdus] == ["PRIMARY", "LDAC_IMHEAD", "LDAC_OBJECTS", "LDAC_VIGNET"]
+        assert "VIGNET" not in hdus["LDAC_OBJECTS"].columns.names
+        assert len(hdus["LDAC_VIGNET"].data) == rows.sum()
+    # Smaller by the stamps of the rows left out (225 float32 each), less the new table's header,
+    # ROW column and FITS block padding.
+    saved = dense.stat().st_size - sparse.stat().st_size
+    assert abs(saved - (len(table) - rows.sum()) * 225 * 4) <= 3 * 2880 + 4 * rows.sum()
+
+    back, header = read_ldac(sparse)
+    assert back.colnames == table.colnames
+    assert header["CRVAL1"] == 150.25
+    np.testing.assert_array_equal(back["VIGNET"][rows], table["VIGNET"][rows])
+    assert np.all(back["VIGNET"][~rows] == VIGNET_FILL)
+    for name in ("NUMBER", "MAG_AUTO", "FLAGS"):
+        np.testing.assert_array_equal(back[name], table[name])
+    assert missing_vignets(back) == (int((~rows).sum()), "MAG_AUTO < 21, FLAGS == 0")
+    assert missing_vignets(back, rows)[0] == 0
+    assert missing_vignets(back, ~rows)[0] == int((~rows).sum())
+    # A table of stored rows written again is an ordinary catalogue.
+    write_ldac(tmp_path / "again.fits", back[rows], header)
+    again, _ = read_ldac(tmp_path / "again.fits")
+    assert missing_vignets(again) == (0, "")
+    np.testing.assert_array_equal(again["VIGNET"], table["VIGNET"][rows])
+
+
+def test_store_vignets_for_rewrites_keeping_other_hdus(tmp_path):
+    from shapepipe_modules.io.ldac import append_hdus, store_vignets_for
+
+    rng = np.random.default_rng(6)
+    table = _vignet_table(rng)
+    path, direct = tmp_path / "cat.fits", tmp_path / "direct.fits"
+    write_ldac(path, table, _header())
+    epoch = fits.BinTableHDU(Table({"NUMBER": table["NUMBER"], "CCD_N": np.arange(len(table))}), name="EPOCH_0")
+    append_hdus(path, [epoch])
+    cards = fits.getheader(path, 1).tostring()
+    kept, total = store_vignets_for(path, lambda t: np.asarray(t["FLAGS"]) == 0, "FLAGS == 0")
+    rows = np.asarray(table["FLAGS"]) == 0
+    assert (kept, total) == (rows.sum(), len(table))
+    with fits.open(path) as hdus:
+        assert [h.name for h in hdus] == ["PRIMARY", "LDAC_IMHEAD", "LDAC_OBJECTS", "LDAC_VIGNET", "EPOCH_0"]
+        assert hdus[1].header.tostring() == cards
+        np.testing.assert_array_equal(hdus["EPOCH_0"].data["CCD_N"], np.arange(len(table)))
+    write_ldac(direct, table, _header(), vignet_rows=rows, vignet_selection="FLAGS == 0")
+    a, _ = read_ldac(path)
+    b, _ = read_ldac(direct)
+    for name in table.colnames:
+        np.testing.assert_array_equal(a[name], b[name])
+    # Already stored by rows: nothing to do.
+    assert store_vignets_for(path, lambda t: np.ones(len(t), bool)) == (0, 0)

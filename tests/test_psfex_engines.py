@@ -121,3 +121,17 @@ def test_too_few_stars_is_a_job_error(ccd, tmp_path):
     write_ldac(small, table[:5], header)
     with pytest.raises(JobError, match=f"star_selection{NUMBER}.fits"):
         psfex(_job(tmp_path, small, "builtin", config, "few"))
+
+
+@pytest.mark.parametrize("engine", ["builtin", "psfex"])
+def test_catalogue_with_vignets_stored_by_rows(ccd, tmp_path, engine):
+    """A catalogue keeping VIGNET for some rows only (sextractor VIGNET_ROWS): a clear error, not a bad model."""
+    _, catalogue, config, _, _ = ccd
+    table, header = read_ldac(catalogue)
+    rows = np.arange(len(table)) % 3 != 0
+    sparse = tmp_path / f"star_selection{NUMBER}.fits"
+    write_ldac(sparse, table, header, vignet_rows=rows, vignet_selection="every third row left out")
+    with pytest.raises(JobError, match=f"star_selection{NUMBER}.fits.*VIGNET") as error:
+        psfex(_job(tmp_path, sparse, engine, config, "sparse"))
+    if engine == "builtin":
+        assert f"{(~rows).sum()} objects" in str(error.value)

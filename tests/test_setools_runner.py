@@ -365,3 +365,36 @@ def test_empty_catalogue_runs_without_crashing(tmp_path, caplog):
     assert np.isnan(stat["Mode fwhm used (arcsec)"])
     for name in ("size_mag", "hist_mag_stars", "fwhm_field"):
         assert (job.output_dir / f"plot/{name}{NUMBER}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_catalogue_with_vignets_of_candidate_rows_gives_identical_outputs(tmp_path, catalogue):
+    """VIGNET stored only for rows meeting the star mask's fixed cuts: same star catalogues, byte for byte."""
+    from astropy.table import Table
+
+    from shapepipe_modules.sextractor.columns import rows_meeting
+
+    path, columns, _ = catalogue
+    conditions = ["FLAGS == 0", "IMAFLAGS_ISO == 0", "MAG_AUTO > 18", "MAG_AUTO < 22"]
+    table = Table(columns)
+    rows = rows_meeting(table, conditions)
+    assert rows.sum() < 0.8 * len(table)
+    sparse = tmp_path / "sparse" / path.name
+    sparse.parent.mkdir()
+    write_ldac(sparse, table, image_header(), vignet_rows=rows, vignet_selection=", ".join(conditions))
+    selection = selection_without_plots(tmp_path)
+    dense_job = make_job(tmp_path, path, SETOOLS_CONFIG_PATH=selection)
+    sparse_job = make_job(tmp_path, sparse, SETOOLS_CONFIG_PATH=selection)
+    assert setools(dense_job) == setools(sparse_job)
+    written = sorted(p.relative_to(dense_job.output_dir) for p in dense_job.output_dir.rglob("*.fits"))
+    assert len(written) == 3
+    for name in written:
+        assert (dense_job.output_dir / name).read_bytes() == (sparse_job.output_dir / name).read_bytes(), name
+
+    # Stamps kept for too few rows: the job stops rather than write unusable stamps.
+    narrow = tmp_path / "narrow" / path.name
+    narrow.parent.mkdir()
+    write_ldac(narrow, table, image_header(), vignet_rows=rows & (table["MAG_AUTO"] < 20),
+               vignet_selection="MAG_AUTO < 20")
+    with pytest.raises(JobError, match="VIGNET_ROWS") as error:
+        setools(make_job(tmp_path, narrow, SETOOLS_CONFIG_PATH=selection))
+    assert "star_selection" in str(error.value) and "MAG_AUTO < 20" in str(error.value)

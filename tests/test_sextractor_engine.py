@@ -166,3 +166,37 @@ def test_sky_sample_equals_the_strided_full_selection(max_pixels):
     full = sub[(seg == 0) & ~bad]
     step = max(1, -(-full.size // max_pixels))
     np.testing.assert_array_equal(sky_sample(sub, seg, bad, max_pixels, block_rows=64), full[::step])
+
+
+def test_vignet_rows_keeps_stamps_of_selected_rows_only(simulated, sep_run, tmp_path):
+    from shapepipe_modules.io.ldac import VIGNET_FILL, missing_vignets
+    from shapepipe_modules.sextractor.runner import validate
+
+    _, paths = simulated
+    _, dense_job, _, dense, _ = sep_run
+    conditions = ["FLAGS == 0", "IMAFLAGS_ISO == 0", "MAG_AUTO < 24.5"]
+    job = make_job(tmp_path, paths, CHECKIMAGE=["BACKGROUND", "SEGMENTATION", "BACKGROUND_RMS"],
+                   ZP_FROM_HEADER=True, ZP_KEY="PHOTZP", VIGNET_ROWS=conditions)
+    summary = sextractor(job)
+    table, _ = read_ldac(job.output_dir / f"sexcat{NUMBER}.fits")
+    rows = (dense["FLAGS"] == 0) & (dense["IMAFLAGS_ISO"] == 0) & (dense["MAG_AUTO"] < 24.5)
+    assert 0 < rows.sum() < len(dense)
+    assert summary["n_vignets_stored"] == rows.sum()
+    assert table.colnames == dense.colnames
+    for name in dense.colnames:
+        if name != "VIGNET":
+            np.testing.assert_array_equal(table[name], dense[name], err_msg=name)
+    np.testing.assert_array_equal(table["VIGNET"][rows], dense["VIGNET"][rows])
+    assert np.all(table["VIGNET"][~rows] == VIGNET_FILL)
+    assert missing_vignets(table)[0] == (~rows).sum()
+    dense_size = (dense_job.output_dir / f"sexcat{NUMBER}.fits").stat().st_size
+    size = (job.output_dir / f"sexcat{NUMBER}.fits").stat().st_size
+    # Less the LDAC_VIGNET header, its ROW column and FITS block padding.
+    assert dense_size - size >= (~rows).sum() * 51 * 51 * 4 - 2 * 2880 - 4 * rows.sum()
+
+    options = {o.name: o.default for o in OPTIONS}
+    assert validate({**options, "VIGNET_ROWS": conditions}) == []
+    problems = validate({**options, "VIGNET_ROWS": ["MAG_AUTO << 3"]})
+    assert any("VIGNET_ROWS" in p and "MAG_AUTO << 3" in p for p in problems)
+    problems = validate({**options, "VIGNET_ROWS": ["NOPE > 3"]})
+    assert any("VIGNET_ROWS" in p and "NOPE" in p for p in problems)

@@ -16,6 +16,13 @@ A FITS-LDAC file has three HDUs:
 
 Multi-epoch catalogues may hold further HDUs (``EPOCH_i``) after these;
 :func:`read_ldac` ignores them and :func:`append_hdus` adds them.
+
+A catalogue written with ``vignet_rows`` keeps ``VIGNET`` only for those
+rows, in a fourth table ``LDAC_VIGNET`` (columns ``ROW``, 0-based row of
+``LDAC_OBJECTS``, and ``VIGNET``). :func:`read_ldac` puts the column back in
+place, the other rows filled with -1e30 (SExtractor's unusable pixel), and
+records which rows hold real stamps (:func:`missing_vignets`). SExtractor and
+PSFEx binaries cannot read that layout: it is for the pipeline's readers.
 """
 
 from __future__ import annotations
@@ -32,6 +39,10 @@ IMHEAD_EXTNAME = "LDAC_IMHEAD"
 OBJECTS_EXTNAME = "LDAC_OBJECTS"
 HEADER_COLUMN = "Field Header Card"
 CARD_LENGTH = 80
+VIGNET_EXTNAME = "LDAC_VIGNET"
+VIGNET_FILL = np.float32(-1e30)  # SExtractor's value of an unusable VIGNET pixel
+# Table.meta key of (rows holding a stored VIGNET, the selection's text) after read_ldac.
+STORED_VIGNETS = "LDAC_VIGNET_ROWS"
 
 
 class LDACError(ValueError):
@@ -142,7 +153,53 @@ def _fast_objects_rows(table: Table):
     return header.tostring().encode("ascii"), rows
 
 
-def write_ldac(path, table: Table, image_header: fits.Header, extra_hdus=()) -> None:
+def vignet_hdu(table: Table, rows, selection: str = "") -> fits.BinTableHDU:
+    """The ``LDAC_VIGNET`` table: ``ROW`` and ``VIGNET`` of the rows where ``rows`` is True."""
+    rows = np.asarray(rows, dtype=bool)
+    if rows.shape != (len(table),):
+        raise LDACError(f"vignet_rows has shape {rows.shape}, the table {len(table)} rows")
+    index = np.flatnonzero(rows)
+    column = table["VIGNET"]
+    kept = Table({"ROW": index.astype(np.int32), "VIGNET": np.asarray(column)[index]})
+    kept["VIGNET"].unit = column.unit
+    kept["VIGNET"].description = column.description
+    hdu = fits.table_to_hdu(kept)
+    hdu.header["EXTNAME"] = VIGNET_EXTNAME
+    hdu.header["VIGNCOL"] = (table.colnames.index("VIGNET"), "0-based position of VIGNET in LDAC_OBJECTS")
+    hdu.header["VIGNNROW"] = (len(table), "rows of LDAC_OBJECTS")
+    hdu.header["VIGNSEL"] = selection  # the rows whose VIGNET is stored (CONTINUE cards when long)
+    return hdu
+
+
+def _without_stored_vignets(table: Table) -> Table:
+    """``table`` without the read-side record of stored vignets (not a header value)."""
+    if STORED_VIGNETS not in table.meta:
+        return table
+    table = Table(table, copy=False)
+    table.meta = {key: value for key, value in table.meta.items() if key != STORED_VIGNETS}
+    return table
+
+
+def missing_vignets(table: Table, selected=None) -> tuple[int, str]:
+    """Rows of ``table`` (or of its ``selected`` rows) read without a stored VIGNET.
+
+    Returns
+    -------
+    count : int
+        0 when every (selected) row has its stamp, or the catalogue stores all of them.
+    selection : str
+        The rows the catalogue stores (its ``VIGNSEL`` text), for messages.
+    """
+    stored = table.meta.get(STORED_VIGNETS)
+    if stored is None:
+        return 0, ""
+    rows, selection = stored
+    missing = ~rows if selected is None else np.asarray(selected) & ~rows
+    return int(np.count_nonzero(missing)), selection
+
+
+def write_ldac(path, table: Table, image_header: fits.Header, extra_hdus=(), vignet_rows=None,
+               vignet_selection: str = "") -> None:
     """Write a FITS-LDAC catalogue atomically.
 
     Parameters
@@ -155,7 +212,17 @@ def write_ldac(path, table: Table, image_header: fits.Header, extra_hdus=()) -> 
         Header of the image (WCS, size, ``SEX*`` keys), stored in ``LDAC_IMHEAD``.
     extra_hdus : sequence of HDU
         Further HDUs appended after ``LDAC_OBJECTS``.
+    vignet_rows : array of bool, optional
+        Store ``VIGNET`` only for these rows (``LDAC_VIGNET``, see the module
+        docstring); None keeps the column in ``LDAC_OBJECTS``.
+    vignet_selection : str
+        Text saying which rows those are (``VIGNSEL``), for messages.
     """
+    table = _without_stored_vignets(table)
+    if vignet_rows is not None and "VIGNET" in table.colnames:
+        extra_hdus = (vignet_hdu(table, vignet_rows, vignet_selection), *extra_hdus)
+        table = Table(table, copy=False)
+        table.remove_column("VIGNET")
     imhead = imhead_hdu(image_header)
     cards = b"".join(header_to_cards(image_header))
     objects = None if extra_hdus else _fast_objects_rows(table)
@@ -206,12 +273,81 @@ def read_ldac(path) -> tuple[Table, fits.Header]:
                 raise LDACError(f"{path}: {IMHEAD_EXTNAME} has no '{HEADER_COLUMN}' column")
             header = cards_to_header(imhead.data[HEADER_COLUMN][0])
             table = Table.read(hdus[OBJECTS_EXTNAME], format="fits", character_as_bytes=False)
+            if VIGNET_EXTNAME in names:
+                _restore_vignets(table, hdus[VIGNET_EXTNAME], path)
     except OSError as error:
         raise LDACError(f"{path}: cannot read as FITS ({error})") from error
     # Keep the table free of the FITS structural keys astropy copies into meta.
     for key in ("EXTNAME",):
         table.meta.pop(key, None)
     return table, header
+
+
+def _restore_vignets(table: Table, hdu, path) -> None:
+    """Put the ``LDAC_VIGNET`` stamps back as the ``VIGNET`` column, -1e30 elsewhere."""
+    header = hdu.header
+    if header.get("VIGNNROW") != len(table) or "ROW" not in hdu.columns.names:
+        raise LDACError(f"{path}: {VIGNET_EXTNAME} does not match {OBJECTS_EXTNAME} "
+                        f"({header.get('VIGNNROW')} rows recorded, {len(table)} present)")
+    stamps = Table.read(hdu, format="fits")
+    index = np.asarray(stamps["ROW"], dtype=np.int64)
+    values = np.asarray(stamps["VIGNET"])
+    full = np.full((len(table), *values.shape[1:]), VIGNET_FILL, dtype=values.dtype.newbyteorder("="))
+    full[index] = values
+    rows = np.zeros(len(table), dtype=bool)
+    rows[index] = True
+    position = min(int(header.get("VIGNCOL", len(table.colnames))), len(table.colnames))
+    table.add_column(full, name="VIGNET", index=position)
+    table["VIGNET"].unit = stamps["VIGNET"].unit
+    table["VIGNET"].description = stamps["VIGNET"].description
+    table.meta[STORED_VIGNETS] = (rows, str(header.get("VIGNSEL", "")))
+
+
+def store_vignets_for(path, select, selection: str = "") -> tuple[int, int]:
+    """Rewrite a catalogue, atomically, keeping ``VIGNET`` only for some rows (``LDAC_VIGNET``).
+
+    Parameters
+    ----------
+    path : path-like
+        A FITS-LDAC catalogue with a ``VIGNET`` column in ``LDAC_OBJECTS``.
+    select : callable
+        ``select(table)`` -> array of bool, the rows whose stamps are kept,
+        from the ``LDAC_OBJECTS`` table.
+    selection : str
+        Text saying which rows those are (``VIGNSEL``), for messages.
+
+    Returns
+    -------
+    kept, total : int
+        Rows whose stamp is kept, rows of the catalogue; (0, 0) when the
+        catalogue has no ``VIGNET`` column or already stores it by rows.
+    """
+    path = Path(path)
+    try:
+        with fits.open(path, memmap=False) as existing:
+            names = [hdu.name for hdu in existing]
+            if names[1:3] != [IMHEAD_EXTNAME, OBJECTS_EXTNAME]:
+                raise LDACError(f"{path}: not a FITS-LDAC catalogue (HDUs {names})")
+            objects = existing[2]
+            if VIGNET_EXTNAME in names or "VIGNET" not in objects.columns.names:
+                return 0, 0
+            table = Table.read(objects, format="fits", character_as_bytes=False)
+            rows = np.asarray(select(table), dtype=bool)
+            stamps = vignet_hdu(table, rows, selection)
+            kept = [column for column in objects.columns if column.name != "VIGNET"]
+            reduced = fits.BinTableHDU.from_columns(fits.ColDefs(kept), header=objects.header.copy())
+            reduced.header["EXTNAME"] = OBJECTS_EXTNAME
+            location = existing.fileinfo(1)
+            with open(path, "rb") as handle:
+                handle.seek(location["datLoc"])
+                imhead = existing[1]
+                imhead_bytes = handle.read(imhead.header["NAXIS1"] * imhead.header["NAXIS2"])
+            full = fits.HDUList([existing[0].copy(), imhead.copy(), reduced, stamps,
+                                 *(hdu.copy() for hdu in existing[3:])])
+            _write_hdus(path, full, imhead_bytes)
+    except OSError as error:
+        raise LDACError(f"{path}: cannot read as FITS ({error})") from error
+    return int(rows.sum()), len(rows)
 
 
 def append_hdus(path, hdus) -> None:

@@ -127,8 +127,17 @@ def _run_binary(job, catalogue, psf_name, outcat):
 
     from shapepipe_modules.io.psfex_file import PSFFileError, read_psf
 
+    from astropy.io import fits
+
+    from shapepipe_modules.io.ldac import VIGNET_EXTNAME
+
     from .binary import run_psfex
 
+    with fits.open(catalogue, memmap=False) as hdus:
+        if VIGNET_EXTNAME in [hdu.name for hdu in hdus]:
+            raise JobError(f"{catalogue}: VIGNET stored by rows ({VIGNET_EXTNAME}, sextractor VIGNET_ROWS), "
+                           "which the PSFEx binary cannot read: give it a star selection (setools) of that "
+                           "catalogue, or ENGINE = builtin")
     work = job.output_dir / ".psfex_work"
     stars = job.output_dir / ".psfex_stars"
     if job.options["SHAPE_CLIP"] > 0:
@@ -177,7 +186,7 @@ def _without_shape_outliers(job, catalogue, work):
 
 
 def _run_builtin(job, catalogue, psf_name, outcat):
-    from shapepipe_modules.io.ldac import LDACError, read_ldac, write_ldac
+    from shapepipe_modules.io.ldac import LDACError, missing_vignets, read_ldac, write_ldac
     from shapepipe_modules.io.psfex_file import write_psf
 
     from .config import PSFExConfigError, PSFExSettings
@@ -191,6 +200,10 @@ def _run_builtin(job, catalogue, psf_name, outcat):
         table, header = read_ldac(catalogue)
     except LDACError as error:
         raise JobError(str(error)) from None
+    missing, stored = missing_vignets(table)
+    if missing:
+        raise JobError(f"{catalogue}: {missing} objects have no stored VIGNET (kept only for {stored!r}, "
+                       "sextractor VIGNET_ROWS); give PSFEx a star selection (setools) of that catalogue")
     try:
         sample = load_stars(table, header, settings.center_keys, settings.var_keys, settings.flux_key)
     except KeyError as error:

@@ -10,7 +10,10 @@ Outputs, in ``job.output_dir`` (ShapePipe's names):
 - ``new_cat/<name><number>.fits`` or ``.txt``.
 
 FITS-LDAC outputs keep every input column (``VIGNET`` included) and the
-``LDAC_IMHEAD`` image header, so PSFEx reads them directly.
+``LDAC_IMHEAD`` image header, so PSFEx reads them directly. An input that
+stores ``VIGNET`` for some rows only (sextractor ``VIGNET_ROWS``) gives the
+same outputs as long as every written row has its stamp; a job that would
+write one without it fails and names the option.
 """
 
 from __future__ import annotations
@@ -119,7 +122,7 @@ def setools(job):
 
     from shapepipe.atomic import write_text_atomic
     from shapepipe.errors import JobError, JobUnprocessable
-    from shapepipe_modules.io.ldac import LDACError, read_ldac, write_ldac
+    from shapepipe_modules.io.ldac import LDACError, missing_vignets, read_ldac, write_ldac
 
     from .actions import build_new_cat, combined_mask, compute_masks, compute_stats, random_split, stat_text
     from .config import read_setools
@@ -157,10 +160,19 @@ def setools(job):
                 f"MIN_N_STARS = {minimum}; too few stars on this CCD to model the PSF"
             )
 
+    def check_vignets(selected, what):
+        # A catalogue that stores VIGNET for some rows only (sextractor VIGNET_ROWS):
+        # a written sample must not hold a row whose stamp was not stored.
+        missing, stored = missing_vignets(table, selected)
+        if missing:
+            raise JobError(f"{catalogue_path}: {missing} objects of {what} have no stored VIGNET (the catalogue "
+                           f"keeps it only for {stored!r}: widen [SEXTRACTOR_RUNNER] VIGNET_ROWS)")
+
     summary = {"n_objects": n_rows}
     for name, section in selection.masks.items():
         if not section.save:
             continue
+        check_vignets(masks[name], f"[MASK:{name}]")
         write_ldac(job.output_path(f"mask/{name}{number}.fits"), table[masks[name]], image_header)
         summary[f"n_{name}"] = int(masks[name].sum())
 
@@ -189,6 +201,7 @@ def setools(job):
                 "no random-split catalogue written", catalogue_path, name, int(sample.sum()))
             continue
         for base, part in zip(section.output_names(), parts):
+            check_vignets(part, f"[RAND_SPLIT:{name}]")
             write_ldac(job.output_path(f"rand_split/{base}{number}.fits"), table[part], image_header)
             summary[f"n_{base}"] = int(part.sum())
 

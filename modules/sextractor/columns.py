@@ -7,6 +7,8 @@ The ``sep`` engine computes every column listed in :data:`COLUMNS`; a
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 # name: (numpy dtype, unit, description). Units and types follow the
@@ -166,3 +168,37 @@ def magnitude_error(flux, flux_error):
     positive = flux > 0
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(positive, 1.0857 * np.asarray(flux_error) / np.where(positive, flux, 1.0), 99.0)
+
+
+_CONDITION = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(==|!=|<=|>=|<|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*")
+_COMPARE = {"==": np.equal, "!=": np.not_equal, "<=": np.less_equal, ">=": np.greater_equal,
+            "<": np.less, ">": np.greater}
+
+
+def parse_conditions(conditions) -> list[tuple[str, str, float]]:
+    """``COLUMN OP NUMBER`` strings as (column, operator, value); ValueError names a bad one."""
+    parsed = []
+    for text in conditions:
+        match = _CONDITION.fullmatch(text)
+        if match is None:
+            raise ValueError(f"{text!r} is not 'COLUMN OP NUMBER' (OP one of ==, !=, <, <=, >, >=)")
+        name, operator, value = match.groups()
+        parsed.append((name.upper(), operator, float(value)))
+    return parsed
+
+
+def rows_meeting(table, conditions) -> np.ndarray:
+    """Rows of ``table`` meeting every condition (:func:`parse_conditions`); True for all if none.
+
+    The comparisons are numpy's on the stored column values, as setools makes
+    them, so rows selected there by the same conditions are a subset of these.
+    """
+    rows = np.ones(len(table), dtype=bool)
+    for name, operator, value in parse_conditions(conditions):
+        if name not in table.colnames:
+            raise ValueError(f"{name} is not a catalogue column (DOT_PARAM_FILE)")
+        column = np.asarray(table[name])
+        if column.ndim != 1:
+            raise ValueError(f"{name} is a vector column; conditions take scalar columns")
+        rows &= _COMPARE[operator](column, value)
+    return rows

@@ -88,6 +88,13 @@ OPTIONS = (
            "BACKGROUND_RMS check images are rounded: 0 (default) keeps every value (GZIP_2, 3x smaller); "
            "0.01 ADU (1/500 of a CFIS exposure's pixel noise) gives RICE_1 17x smaller and 5x cheaper, and "
            "moves the demo's m by 1e-3 of its error. Other check images are lossless."),
+    Option("VIGNET_ROWS", "list", [], "Store the VIGNET column only for the rows meeting all these "
+           "conditions, 'COLUMN OP NUMBER' (OP ==, !=, <, <=, >, >=), e.g. FLAGS == 0, MAG_AUTO < 22: the "
+           "stamps go to an LDAC_VIGNET table and the pipeline's readers (setools, psfex ENGINE = builtin) "
+           "see the other rows as unusable pixels (-1e30); setools stops with an error if it would write a "
+           "row without its stamp. For the exposure catalogues, whose stamps only the selected stars need: "
+           "conditions that every star selection also makes keep its results identical. Empty (default): "
+           "VIGNET for every row. The SExtractor and PSFEx binaries cannot read that layout."),
     Option("PREFIX", "name", "", "Prefix of the output names (followed by '_')."),
     Option("SUFFIX", "name", "sexcat", "Base name of the catalogue: <PREFIX_><SUFFIX><number>.fits."),
     Option("BKG_RESIDUAL", "bool", True, "Write the background-residual statistics (Gaussian fit to the "
@@ -241,6 +248,20 @@ def validate(options) -> list[str]:
         if len(size) != 4 or not (size[0] < size[1] and size[2] < size[3]):
             problems.append(f"CCD_SIZE needs xmin, xmax, ymin, ymax with xmin < xmax and ymin < ymax, "
                             f"got {', '.join(map(str, size)) or 'nothing'}")
+    if options.get("VIGNET_ROWS"):
+        from .columns import parse_conditions
+
+        try:
+            conditions = parse_conditions(options["VIGNET_ROWS"])
+        except ValueError as error:
+            problems.append(f"VIGNET_ROWS: {error}")
+            conditions = []
+        names = {p.name for p in parameters}
+        if parameters and "VIGNET" not in names:
+            problems.append(f"VIGNET_ROWS needs a VIGNET column in DOT_PARAM_FILE {options.get('DOT_PARAM_FILE')}")
+        missing = sorted({name for name, _, _ in conditions} - names) if parameters else []
+        if missing:
+            problems.append(f"VIGNET_ROWS: {', '.join(missing)} not in DOT_PARAM_FILE {options.get('DOT_PARAM_FILE')}")
     if options.get("PASSES"):
         problems += _validate_passes(options, engine)
     if options.get("FORCED_CAT_PATH"):
@@ -746,6 +767,23 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _store_selected_vignets(job, catalogue) -> dict:
+    """Keep the catalogue's VIGNET only for the rows meeting VIGNET_ROWS (a rewrite of the file)."""
+    import functools
+
+    from shapepipe_modules.io.ldac import LDACError, store_vignets_for
+
+    from .columns import rows_meeting
+
+    conditions = job.options["VIGNET_ROWS"]
+    text = ", ".join(conditions)
+    try:
+        kept, total = store_vignets_for(catalogue, functools.partial(rows_meeting, conditions=conditions), text)
+    except (LDACError, ValueError) as error:
+        raise JobError(f"{catalogue}: [{job.module_run.upper()}] VIGNET_ROWS: {error}") from None
+    return {"n_vignets_stored": kept} if total else {}
+
+
 def job_names(job) -> dict:
     """Output names of a job: ``prefix`` (with its '_'), ``catalogue``, residual stats and plot."""
     prefix = str(job.options.get("PREFIX", "") or "").strip()
@@ -850,6 +888,8 @@ def sextractor(job):
     epochs = None
     if job.options.get("MAKE_POST_PROCESS", False):
         epochs = _post_process(job, catalogue)
+    if job.options.get("VIGNET_ROWS"):
+        report.update(_store_selected_vignets(job, catalogue))
     job.logger.info("%s: %d objects; seconds per step: %s", catalogue.name, n_objects,
                     ", ".join(f"{step} {seconds:.2f}" for step, seconds in timings.items()))
     # From the input files to the catalogue file, for both engines.
