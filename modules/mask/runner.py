@@ -111,6 +111,8 @@ OPTIONS = (
            "its arm."),
     Option("ZERO_POINT_KEY", "str", "PHOTZP", "With STAR_MASK_SIZING = profile: image header keyword of the "
            "magnitude zero point (mag = ZP - 2.5 log10 ADU) that turns catalogue magnitudes into fluxes."),
+    Option("BORDER_WIDTH", "int", -1, "Width (pixels) of the border mask, replacing the .mask file's "
+           "[BORDER_PARAMETERS] BORDER_WIDTH when >= 0 (the border is made only if the .mask file makes it)."),
     Option("CHECK_EXISTING_DIR", "path", None, "Folder (need not exist) of an earlier run's flag images (ShapePipe's key): a "
            "job whose output name exists there links that file instead of remaking it."),
 )
@@ -277,6 +279,10 @@ def mask(job):
         raise JobError(str(error)) from None
     for note in params.notes:
         job.logger.info("%s: %s", params.source, note)
+    if params.border is not None and options["BORDER_WIDTH"] >= 0:
+        import dataclasses
+
+        params = dataclasses.replace(params, border=dataclasses.replace(params.border, width=options["BORDER_WIDTH"]))
     local_stars = options.get("LOCAL_STAR_CAT") or None
     if (params.halo or params.spike) and not star_path and not local_stars:
         raise JobError(
