@@ -263,3 +263,45 @@ def test_top_bit_of_a_signed_input_flag_is_kept():
     result = build_mask(np.zeros(shape), None, tan_wcs(shape), {}, None, None, MaskParameters(), external_flag=external)
     assert result.flag.dtype == np.int32 and result.planes == {"MP_EXTERNAL": 32768 | 3}
     assert result.flag[5, 6] == 32768 and result.flag[5, 7] == 3 and result.flag.sum() == 32771
+
+
+def test_profile_sizing_masks_where_the_light_exceeds_the_level():
+    # One star of mag 15 at zero point 30 on a 0.187" image of noise 5 ADU; masks at 0.1 sigma.
+    from shapepipe_modules.mask.profile import StarProfile
+
+    shape = (700, 700)
+    wcs = tan_wcs(shape)
+    x0, y0 = 350.3, 349.6
+    ra, dec = sky_of(wcs, x0, y0)
+    profile = StarProfile(psf_fwhm=0.7, halo_fwhm=5.6, spike_width=0.175, noise_fraction=0.1)
+    params = MaskParameters(halo=StarMaskParams(DATA / "halo.reg", mag_lim=17.0, scale_factor=0.05,
+                                                mag_pivot=13.8, bit=2), spike=star_params("spike"))
+    weight = np.full(shape, 1.0 / 25.0)
+    result = build_mask(np.zeros(shape), weight, wcs, {}, StarCatalogue(ra, dec, np.array([15.0])), None, params,
+                        star_profile=profile, zero_point=30.0)
+    assert result.stats["noise_sigma"] == pytest.approx(5.0)
+    # Independent light: the simulator's profile of the same star, per pixel.
+    from shapepipe_modules.simulate.render import star_surface_brightness
+
+    xx, yy = pixel_grid(shape)
+    scale = np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix))) * 3600.0
+    sim = {"psf_beta": 3.5, "pixel_scale": scale}
+    light = star_surface_brightness((xx - x0) * scale, (yy - y0) * scale, 1e6, 0.7, True, sim)
+    halo = (result.flag & 2) != 0
+    spike = (result.flag & 128) != 0
+    masked = halo | spike
+    # Halo and spikes are sized apart: where the spike's wing crosses the halo's edge their sum is
+    # above the level just outside both masks. Every pixel above twice the level is masked.
+    lit = light > 0.5
+    # Measured: 99.7 % of the pixels above the level masked, none above 1.42 times it left, the mask
+    # 1.05 times the area above the level.
+    assert masked[light > 1.0].all()
+    assert masked[lit].mean() > 0.99
+    assert light[~masked].max() < 0.75
+    assert masked.sum() < 1.1 * lit.sum()
+    # The halo disc: radius where core + halo falls to 0.5 ADU (9.6" for this star).
+    r = np.hypot(xx - x0, yy - y0) * scale
+    assert r[halo].max() == pytest.approx(9.6, abs=0.25)
+    # The spikes: along x out to where the spike alone falls to the level (26").
+    assert np.abs(xx[spike] - x0).max() * scale == pytest.approx(10.0 * np.sqrt(2 * np.log(
+        0.005e6 / (2 * np.pi * 10.0 * 0.175) * scale**2 / 0.5)), abs=0.3)

@@ -248,3 +248,34 @@ def test_onthefly_form_with_local_star_catalogues(tmp_path):
     job = make_job(tmp_path, paths.values(), MASK_CONFIG_PATH=str(config), LOCAL_STAR_CAT=str(empty), **common)
     with pytest.raises(JobError, match=r"\[MASK_RUNNER\] LOCAL_STAR_CAT: .*no_cats holds no star_cat-0000001-3"):
         mask(job)
+
+
+def test_border_width_option_and_profile_sizing_through_the_runner(tmp_path):
+    paths, stars, deep = write_ccd(tmp_path)
+    with fits.open(paths["image"], mode="update") as hdus:
+        hdus[0].header["PHOTZP"] = 30.0
+    job = make_job(tmp_path, paths.values(), STAR_CAT_PATH=str(stars), DEEP_SKY_CAT_PATH=str(deep),
+                   BORDER_WIDTH=7, STAR_MASK_SIZING="profile")
+    stats = mask(job)
+    out = tmp_path / "output" / "pipeline_flag-0000001-3.fits"
+    with fits.open(out) as hdus:
+        flag = image_hdu(hdus).data
+    border = (flag & 4) != 0
+    assert border[:, :7].all() and border[:7, :].all() and not border[7:-7, 7:-7].any()
+    # Weight 1: noise 1 ADU. The mag 17.5 star (x 140, y 30) gets spikes only (HALO_MAG_LIM 17):
+    # arms where 0.005 F / (2 pi 10" 0.18") per arcsec^2 falls to 0.1 ADU per pixel.
+    assert stats["noise_sigma"] == pytest.approx(1.0)
+    assert stats["n_halo"] == 0 and stats["n_spike"] == 1
+    flux = 10 ** (-0.4 * (17.5 - 30.0))
+    peak = 0.005 * flux / (2 * np.pi * 10.0 * 0.18) * 0.187**2
+    arm = 10.0 * np.sqrt(2 * np.log(peak / 0.1)) / 0.187
+    spike_rows = np.flatnonzero((flag[:, 140] & 128) != 0)
+    assert spike_rows.max() == pytest.approx(min(30 + arm, SHAPE[0] - 1), abs=1.5)
+    # The mag 12.95 star 436 px off the left edge: its profile halo (about 30") does not reach in.
+    assert not (flag[:, :40] & 2).any()
+    # Without PHOTZP the profile sizing fails naming the keyword.
+    with fits.open(paths["image"], mode="update") as hdus:
+        del hdus[0].header["PHOTZP"]
+    out.unlink()
+    with pytest.raises(JobError, match="PHOTZP"):
+        mask(make_job(tmp_path, paths.values(), STAR_CAT_PATH=str(stars), STAR_MASK_SIZING="profile"))

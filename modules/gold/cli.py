@@ -39,7 +39,7 @@ from pathlib import Path
 from .chain import (STAGE_NAMES, STAGES, ChainError, StageRun, gold_folder, module_output, newest_run, run_chain,
                     run_paired_validation, run_validation)
 from .summary import format_summary, module_times, psf_residuals
-from .truth_checks import spread_model_quality, star_selection_quality
+from .truth_checks import spread_model_quality, star_light_coverage, star_selection_quality
 from shapepipe.arguments import ArgumentParser
 
 RUN_NAMES = ("run_sp_GitFeGie", "run_sp_Uz", "run_sp_exp_SpMh", "run_sp_MaMa", "run_sp_tile_Sx_exp_SxSePsf",
@@ -78,6 +78,9 @@ def parse_args(argv):
     parser.add_argument("--from", dest="first", choices=STAGE_NAMES, default=None, help="first stage to run")
     parser.add_argument("--to", dest="last", choices=STAGE_NAMES, default=None, help="last stage to run")
     parser.add_argument("--summary-only", action="store_true", help="no run: report the newest runs")
+    parser.add_argument("--star-light-fraction", type=float, default=0.1, metavar="F",
+                        help="per-CCD mask report: compare the halo and spike masks with the area where the true "
+                             "light of the bright stars exceeds F times the pixel noise (default 0.1)")
     parser.add_argument("--keep", choices=("all", "final"), default="all",
                         help="after a successful chain and its summary: keep every output (all, default) or only "
                              "the final catalogues and the PSF validation products (final: the KEEP policy of a "
@@ -223,7 +226,8 @@ def _newest(output_dir, run_name):
         return None
 
 
-def build_summary(data_dir, run_root, stage_runs=(), chain_wall_s=None, simulation_s=None) -> dict:
+def build_summary(data_dir, run_root, stage_runs=(), chain_wall_s=None, simulation_s=None,
+                  star_light_fraction=0.1) -> dict:
     """Everything the report shows, from the newest run folder of each stage."""
     output_dir = Path(run_root).resolve() / "output"
     parameters = json.loads((Path(data_dir) / "simulation.json").read_text())
@@ -253,6 +257,11 @@ def build_summary(data_dir, run_root, stage_runs=(), chain_wall_s=None, simulati
                                       recursive=True))
         quality = star_selection_quality(selections, truth_dir, module_output(mask_run, "mask_run_2"))
         summary["star_selection"] = quality.as_dict()
+    if mask_run:
+        flags = sorted(module_output(mask_run, "mask_run_2").glob("pipeline_flag-*.fits"))
+        if flags:
+            summary["star_masks"] = {"noise_fraction": star_light_fraction,
+                                     "ccds": star_light_coverage(flags, data_dir, star_light_fraction)}
     tile_run = _newest(output_dir, "run_sp_tile_PsViSmVi")
     if exposure_run and tile_run:
         detections = module_output(exposure_run, "sextractor_run_1")
@@ -369,7 +378,8 @@ def main(argv=None) -> int:
             print(f"shapepipe_gold: stopped: {error}", file=sys.stderr)
             return 1
     first = signs[0]
-    summary = build_summary(data_dirs[first], run_roots[first], stage_runs[first], chain_wall_s[first], simulation_s)
+    summary = build_summary(data_dirs[first], run_roots[first], stage_runs[first], chain_wall_s[first], simulation_s,
+                            star_light_fraction=args.star_light_fraction)
     if args.paired:
         summary["data"] = str(args.data)
         if chain_wall_s["minus"] is not None:

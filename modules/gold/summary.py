@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 import json
 import math
 from pathlib import Path
@@ -114,6 +116,22 @@ def format_summary(summary: dict) -> str:
                       f"completeness {stars['completeness']:.3f} ({stars['n_true_stars_found']}/{stars['n_true_stars']}), "
                       f"over unflagged stars {stars['completeness_unflagged']:.3f} "
                       f"({stars['n_true_stars_unflagged_found']}/{stars['n_true_stars_unflagged']})"]
+    masks = summary.get("star_masks")
+    if masks:
+        ccds = masks["ccds"]
+        keys = ("masked", "star_masked", "light", "light_masked", "star_masked_dark")
+        lines += ["", f"masks of exposure CCDs vs the true light of bright stars (above {masks['noise_fraction']:g} "
+                      "x pixel noise); fractions of the CCD area, light_masked of the light area, "
+                      "star_masked_dark of the halo/spike mask:"]
+        lines.append(f"  {'CCD':<12}" + "".join(f" {k:>16}" for k in keys))
+        for row in ccds:
+            lines.append(f"  {row['ccd']:<12}" + "".join(f" {row[k]:>16.4f}" for k in keys))
+        # light_masked and star_masked_dark: means over the CCDs where they are defined.
+        lit = [r for r in ccds if r["light"] > 0] or ccds
+        masked = [r for r in ccds if r["star_masked"] > 0] or ccds
+        pool = {"light_masked": lit, "star_masked_dark": masked}
+        lines.append(f"  {'mean':<12}" + "".join(f" {np.mean([r[k] for r in pool.get(k, ccds)]):>16.4f}"
+                                               for k in keys))
     sm = summary.get("spread_model")
     if sm:
         lines += ["", f"SPREAD_MODEL classification (s = SPREAD_MODEL + 2 SPREADERR_MODEL; star |s| < "

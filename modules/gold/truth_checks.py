@@ -280,3 +280,96 @@ def overlap_duplicates(joined, final, truth_dir, ra_column="XWIN_WORLD", dec_col
         "final_in_several_tiles": len(several_tiles(after, final["TILE"])),
         "lost": len(set(before[before >= 0].tolist()) - set(after[after >= 0].tolist())),
     }
+
+
+def star_light_coverage(flag_files, sim_dir, noise_fraction=0.1, step=4):
+    """Per CCD: the masked fractions against the area the true light of bright stars covers.
+
+    The true light is the simulator's noise-free profile of every star
+    brighter than ``halo_mag`` (core, halo and spikes,
+    :func:`shapepipe_modules.simulate.render.star_surface_brightness`), summed
+    over the stars of ``catalogues/bright_stars.fits`` (on the CCD or off it),
+    at the CCD's zero point (median of ``mag + 2.5 log10 flux`` of its truth)
+    and PSF FWHM (median of the truth ``psf_fwhm``); the pixel noise is the
+    simulated background's. Evaluated on every ``step``-th pixel.
+
+    Parameters
+    ----------
+    flag_files : iterable of path-like
+        The mask module's ``pipeline_flag-NNNNNNN-C.fits`` of exposure CCDs.
+    sim_dir : path-like
+        The simulation folder (``simulation.json``, ``truth/``, ``catalogues/``).
+    noise_fraction : float
+        The light area is where the star light exceeds this fraction of the noise.
+    step : int
+        Sampling step in pixels.
+
+    Returns
+    -------
+    list of dict
+        Per CCD: ``ccd`` (``NNNNNNN-C``), ``masked`` (any flag bit),
+        ``star_masked`` (halo or spike bits), ``light`` (true light above the
+        level), ``light_masked`` (fraction of the light area with a halo or
+        spike bit), ``star_masked_dark`` (fraction of the halo/spike mask
+        where the light is below the level): fractions of the CCD area.
+    """
+    import json
+
+    from astropy.io import fits
+    from astropy.table import Table
+    from astropy.wcs import WCS
+
+    from shapepipe_modules.io.images import image_hdu
+    from shapepipe_modules.mask import mask_bits
+    from shapepipe_modules.simulate.render import background_variance, sky_level, star_surface_brightness
+
+    sim_dir = Path(sim_dir)
+    params = json.loads((sim_dir / "simulation.json").read_text())["parameters"]
+    stars = Table.read(sim_dir / "catalogues" / "bright_stars.fits")
+    stars = stars[np.asarray(stars["mag"]) < params["halo_mag"]]
+    scale = params["pixel_scale"]
+    rows = []
+    truths = {}
+    for path in sorted(Path(p) for p in flag_files):
+        found = CCD_NUMBER.search(path.name)
+        if found is None:
+            raise ValueError(f"{path}: no -NNNNNNN-C exposure and CCD number in the name")
+        exposure, ccd = found.group(1), int(found.group(2))
+        if exposure not in truths:
+            truths[exposure] = Table.read(sim_dir / "truth" / f"truth_exp-{exposure}.fits")
+        truth = truths[exposure]
+        on = np.asarray(truth["ccd"]) == ccd
+        good = np.asarray(truth["flux"]) > 0
+        zero_point = float(np.median(np.asarray(truth["mag"])[good] + 2.5 * np.log10(np.asarray(truth["flux"])[good])))
+        fwhm = float(np.median(np.asarray(truth["psf_fwhm"])[on])) if on.any() else float(
+            np.median(truth["psf_fwhm"]))
+        gain_factor = 10.0 ** (0.4 * (zero_point - 30.0))
+        sigma = float(np.sqrt(background_variance(params) + sky_level(params) * (gain_factor - 1.0) / params["gain"]))
+        with fits.open(path) as hdus:
+            hdu = image_hdu(hdus)
+            flag = hdu.data[::step, ::step].astype(np.int64)
+            header = hdu.header
+            ny, nx = hdu.data.shape
+        star_bits = mask_bits(header, ["MP_HALO", "MP_SPIKE"])
+        gx = np.arange(0, nx, step, dtype=float)
+        gy = np.arange(0, ny, step, dtype=float)
+        x, y = WCS(header).all_world2pix(np.asarray(stars["ra"]), np.asarray(stars["dec"]), 0)
+        flux = 10.0 ** (-0.4 * (np.asarray(stars["mag"]) - zero_point))
+        light = np.zeros((gy.size, gx.size))
+        reach = 1500.0
+        for k in np.flatnonzero((x > -reach) & (x < nx + reach) & (y > -reach) & (y < ny + reach)):
+            dx = (gx - x[k]) * scale
+            dy = (gy - y[k]) * scale
+            light += star_surface_brightness(dx[None, :], dy[:, None], flux[k], fwhm, True, params)
+        lit = light > noise_fraction * sigma
+        star_masked = (flag & star_bits) != 0
+        n = lit.size
+        rows.append({
+            "ccd": f"{exposure}-{ccd}",
+            "masked": float(np.count_nonzero(flag)) / n,
+            "star_masked": float(star_masked.sum()) / n,
+            "light": float(lit.sum()) / n,
+            "light_masked": float((lit & star_masked).sum()) / max(int(lit.sum()), 1),
+            "star_masked_dark": float((star_masked & ~lit).sum()) / max(int(star_masked.sum()), 1),
+        })
+    return rows

@@ -30,6 +30,7 @@ from .geometry import (
     sky_to_pixel,
 )
 from .planes import overlapping_planes
+from .profile import StarProfile, noise_sigma
 from .saturation import saturated_patches
 
 _LOG = logging.getLogger(__name__)
@@ -111,6 +112,44 @@ def _star_shapes(plane, params: StarMaskParams, stars: StarCatalogue, wcs, footp
     return count
 
 
+def _profile_star_shapes(params, profile: StarProfile, zero_point, sigma, stars: StarCatalogue, wcs,
+                         footprint: ImageFootprint, flag, shapes):
+    """Halo discs and spike bars sized by each star's flux and ``profile`` (:mod:`.profile`).
+
+    Returns the numbers of halos and of spike pairs drawn on the image.
+    """
+    scale = footprint.pixel_scale_arcsec
+    counts = {"MP_HALO": 0, "MP_SPIKE": 0}
+    mag_lim = max(p.mag_lim for p in (params.halo, params.spike) if p is not None)
+    bright = np.flatnonzero(stars.mag < mag_lim)
+    radius, length, half_width = profile.sizes(stars.mag[bright], zero_point, sigma, scale)
+    reach_px = np.maximum(radius, length)
+    separation = angular_separation_deg(footprint.centre_ra, footprint.centre_dec, stars.ra[bright],
+                                        stars.dec[bright])
+    near = separation < footprint.radius_deg + reach_px * scale / 3600.0
+    bright, radius, length, half_width = bright[near], radius[near], length[near], half_width[near]
+    x, y = sky_to_pixel(wcs, stars.ra[bright], stars.dec[bright])
+    for k in range(bright.size):
+        if not (np.isfinite(x[k]) and np.isfinite(y[k])):
+            continue
+        mag = stars.mag[bright[k]]
+        label = f"mag={mag:.2f}"
+        if params.halo is not None and mag < params.halo.mag_lim and radius[k] > 0:
+            if discs_touching_rectangle(x[k:k + 1], y[k:k + 1], radius[k:k + 1], footprint.shape)[0]:
+                fill_disc(flag, x[k], y[k], radius[k], params.halo.bit)
+                shapes.append(MaskShape("MP_HALO", "circle", (x[k], y[k], radius[k]), label))
+                counts["MP_HALO"] += 1
+        if params.spike is not None and mag < params.spike.mag_lim and length[k] > 0:
+            drawn = 0
+            hw = max(half_width[k], 0.5)
+            for dx, dy in ((length[k], hw), (hw, length[k])):
+                vertices = np.array([[-dx, -dy], [dx, -dy], [dx, dy], [-dx, dy]]) + (x[k], y[k])
+                drawn += fill_polygon(flag, vertices, params.spike.bit)
+                shapes.append(MaskShape("MP_SPIKE", "polygon", tuple(vertices.ravel()), label))
+            counts["MP_SPIKE"] += int(drawn > 0)
+    return counts
+
+
 def _deep_sky_shapes(plane, size_plus, bit, catalogue: DeepSkyCatalogue, wcs, footprint, flag, shapes):
     """Rasterise the disc of every deep-sky object overlapping the image."""
     radius_deg = catalogue.radius * (1.0 + size_plus)
@@ -143,6 +182,8 @@ def build_mask(
     ngc_cat: DeepSkyCatalogue | None = None,
     external_flag: np.ndarray | None = None,
     logger: logging.Logger | None = None,
+    star_profile: StarProfile | None = None,
+    zero_point: float | None = None,
 ) -> MaskResult:
     """Build the flag image of one CCD or tile.
 
@@ -167,6 +208,12 @@ def build_mask(
     external_flag : 2-d integer ndarray, optional
         Input flag image, OR-ed into the result.
     logger : logging.Logger, optional
+    star_profile : StarProfile, optional
+        Size halos and spikes by each star's flux and this profile
+        (:mod:`.profile`) instead of scaling the ``.mask`` templates;
+        the pixel noise comes from ``weight``.
+    zero_point : float, optional
+        Magnitude zero point of the image (needed with ``star_profile``).
 
     Returns
     -------
@@ -234,12 +281,28 @@ def build_mask(
             for box in strips:
                 shapes.append(MaskShape("MP_BORDER", "box", box, "border"))
 
-    for plane, star_params in (("MP_HALO", params.halo), ("MP_SPIKE", params.spike)):
-        if star_params is None:
-            continue
+    if star_profile is not None and (params.halo is not None or params.spike is not None):
         if star_cat is None:
-            raise MaskInputError(f"{plane} is made but no bright-star catalogue was given")
-        stats[f"n_{plane[3:].lower()}"] = _star_shapes(plane, star_params, star_cat, wcs, footprint, flag, shapes)
+            raise MaskInputError("halo/spike masks are made but no bright-star catalogue was given")
+        if zero_point is None:
+            raise MaskInputError("masks sized by the star profile need the image zero point")
+        if weight is None:
+            raise MaskInputError("masks sized by the star profile need the weight (for the pixel noise)")
+        sigma = noise_sigma(weight)
+        stats["noise_sigma"] = sigma
+        counts = _profile_star_shapes(params, star_profile, zero_point, sigma, star_cat, wcs, footprint, flag,
+                                      shapes)
+        for plane, star_params in (("MP_HALO", params.halo), ("MP_SPIKE", params.spike)):
+            if star_params is not None:
+                stats[f"n_{plane[3:].lower()}"] = counts[plane]
+    else:
+        for plane, star_params in (("MP_HALO", params.halo), ("MP_SPIKE", params.spike)):
+            if star_params is None:
+                continue
+            if star_cat is None:
+                raise MaskInputError(f"{plane} is made but no bright-star catalogue was given")
+            stats[f"n_{plane[3:].lower()}"] = _star_shapes(plane, star_params, star_cat, wcs, footprint, flag,
+                                                           shapes)
 
     for plane, dso_params, catalogue in (
         ("MP_MESSIER", params.messier, deep_sky_cat),

@@ -88,6 +88,31 @@ OPTIONS = (
     Option("COMPRESS", "bool", True, "Write the flag image tile-compressed without loss (RICE_1, fpack layout: "
            "50-80x smaller; sextractor, vignetmaker and astropy read it)."),
     Option("REG_FILE", "bool", False, "Also write <PREFIX>_flag<number>.reg, a ds9 region file of the masks."),
+    Option("STAR_MASK_SIZING", "choice", "template", "How halo and spike masks are sized: 'template' scales the "
+           ".mask file's templates linearly in magnitude (ShapePipe); 'profile' masks each star brighter than the "
+           "HALO_/SPIKE_MAG_LIM of the .mask file out to where its light, its flux (catalogue magnitude and the "
+           "image zero point) times the STAR_PROFILE_* profile, falls to STAR_MASK_NOISE_FRACTION of the pixel "
+           "noise (from the weight): a disc for the halo, two bars along the pixel axes for the spikes.",
+           choices=("template", "profile")),
+    Option("STAR_MASK_NOISE_FRACTION", "float", 0.1, "With STAR_MASK_SIZING = profile: masks end where the "
+           "star's modelled light falls to this fraction of the pixel noise."),
+    Option("STAR_PROFILE_PSF_FWHM", "float", 0.725, "Star profile (STAR_MASK_SIZING = profile; defaults: the "
+           "simulator's, docs/simulation.md): FWHM (arcsec) of the PSF core, a Moffat."),
+    Option("STAR_PROFILE_PSF_BETA", "float", 3.5, "Star profile: Moffat index of the PSF core."),
+    Option("STAR_PROFILE_HALO_FRACTION", "float", 0.03, "Star profile: fraction of the flux in the halo."),
+    Option("STAR_PROFILE_HALO_FWHM", "float", 5.8, "Star profile: FWHM (arcsec) of the halo, a Moffat."),
+    Option("STAR_PROFILE_HALO_BETA", "float", 2.0, "Star profile: Moffat index of the halo (surface brightness "
+           "~ r^(-2 beta) far out)."),
+    Option("STAR_PROFILE_SPIKE_FRACTION", "float", 0.005, "Star profile: fraction of the flux in each of the two "
+           "diffraction spikes (horizontal, vertical)."),
+    Option("STAR_PROFILE_SPIKE_LENGTH", "float", 10.0, "Star profile: Gaussian sigma (arcsec) of a spike along "
+           "its arm."),
+    Option("STAR_PROFILE_SPIKE_WIDTH", "float", 0.18, "Star profile: Gaussian sigma (arcsec) of a spike across "
+           "its arm."),
+    Option("ZERO_POINT_KEY", "str", "PHOTZP", "With STAR_MASK_SIZING = profile: image header keyword of the "
+           "magnitude zero point (mag = ZP - 2.5 log10 ADU) that turns catalogue magnitudes into fluxes."),
+    Option("BORDER_WIDTH", "int", -1, "Width (pixels) of the border mask, replacing the .mask file's "
+           "[BORDER_PARAMETERS] BORDER_WIDTH when >= 0 (the border is made only if the .mask file makes it)."),
     Option("CHECK_EXISTING_DIR", "path", None, "Folder (need not exist) of an earlier run's flag images (ShapePipe's key): a "
            "job whose output name exists there links that file instead of remaking it."),
 )
@@ -118,6 +143,17 @@ def validate(options) -> list[str]:
             f"{_config_path(options)} [MESSIER_PARAMETERS] MESSIER_MAKE = True: set MESSIER_CAT_PATH there "
             "or DEEP_SKY_CAT_PATH in the module section"
         )
+    for name in ("STAR_MASK_NOISE_FRACTION", "STAR_PROFILE_PSF_FWHM", "STAR_PROFILE_PSF_BETA",
+                 "STAR_PROFILE_HALO_FWHM", "STAR_PROFILE_HALO_BETA", "STAR_PROFILE_SPIKE_LENGTH",
+                 "STAR_PROFILE_SPIKE_WIDTH"):
+        if options.get(name) is not None and not options.get(name) > 0:
+            problems.append(f"{name} must be positive, got {options.get(name)}")
+    for name in ("STAR_PROFILE_PSF_BETA", "STAR_PROFILE_HALO_BETA"):
+        if options.get(name) is not None and options.get(name) <= 1:
+            problems.append(f"{name} must exceed 1 (a Moffat of finite flux), got {options.get(name)}")
+    fractions = [options.get(name) for name in ("STAR_PROFILE_HALO_FRACTION", "STAR_PROFILE_SPIKE_FRACTION")]
+    if None not in fractions and (min(fractions) < 0 or fractions[0] + 2 * fractions[1] >= 1):
+        problems.append("STAR_PROFILE_HALO_FRACTION + 2 STAR_PROFILE_SPIKE_FRACTION must lie in [0, 1)")
     if params.ngc is not None and params.ngc.cat_path is None:
         problems.append(f"{_config_path(options)} [NGC_PARAMETERS] NGC_MAKE = True: NGC_CAT_PATH is missing")
     return problems
@@ -243,6 +279,10 @@ def mask(job):
         raise JobError(str(error)) from None
     for note in params.notes:
         job.logger.info("%s: %s", params.source, note)
+    if params.border is not None and options["BORDER_WIDTH"] >= 0:
+        import dataclasses
+
+        params = dataclasses.replace(params, border=dataclasses.replace(params.border, width=options["BORDER_WIDTH"]))
     local_stars = options.get("LOCAL_STAR_CAT") or None
     if (params.halo or params.spike) and not star_path and not local_stars:
         raise JobError(
@@ -290,6 +330,24 @@ def mask(job):
     except ValueError as error:
         raise JobError(str(error)) from None
 
+    profile = zero_point = None
+    if options["STAR_MASK_SIZING"] == "profile" and (params.halo or params.spike):
+        from .profile import StarProfile
+
+        profile = StarProfile(
+            psf_fwhm=options["STAR_PROFILE_PSF_FWHM"], psf_beta=options["STAR_PROFILE_PSF_BETA"],
+            halo_fraction=options["STAR_PROFILE_HALO_FRACTION"], halo_fwhm=options["STAR_PROFILE_HALO_FWHM"],
+            halo_beta=options["STAR_PROFILE_HALO_BETA"], spike_fraction=options["STAR_PROFILE_SPIKE_FRACTION"],
+            spike_length=options["STAR_PROFILE_SPIKE_LENGTH"], spike_width=options["STAR_PROFILE_SPIKE_WIDTH"],
+            noise_fraction=options["STAR_MASK_NOISE_FRACTION"],
+        )
+        key = options["ZERO_POINT_KEY"]
+        try:
+            zero_point = float(header[key])
+        except (KeyError, TypeError, ValueError):
+            raise JobError(f"image {image_path}: no numeric header keyword {key} (ZERO_POINT_KEY), needed by "
+                           "STAR_MASK_SIZING = profile") from None
+
     try:
         result = build_mask(
             image,
@@ -302,6 +360,8 @@ def mask(job):
             ngc_cat=ngc_cat,
             external_flag=external,
             logger=job.logger,
+            star_profile=profile,
+            zero_point=zero_point,
         )
     except (MaskInputError, ValueError) as error:
         raise JobError(f"image {image_path}: {error}") from None

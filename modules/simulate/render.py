@@ -41,47 +41,116 @@ def background_variance(params) -> float:
     return sky_level(params) / params["gain"] + (params["read_noise"] / params["gain"]) ** 2
 
 
+#: Bright stars (mag < ``halo_mag``) have, beyond the PSF core (96 % of the flux), a scattered-light
+#: halo and two diffraction spikes of fixed shapes (docs/simulation.md, "Bright stars"): an optical
+#: system is linear, so a star's light is its flux times one profile, and only the extent above the
+#: noise grows with the flux. Halo: Moffat, beta 2 (surface brightness ~ r^-4 far out), FWHM 8 times
+#: the PSF's, 3 % of the flux. Spikes: along the pixel axes, each (horizontal, vertical) a Gaussian
+#: of sigma 10 arcsec along the arm and 0.25 PSF FWHM across, 0.5 % of the flux.
+HALO_FRACTION = 0.03
+HALO_BETA = 2.0
+HALO_FWHM_FACTOR = 8.0
+SPIKE_FRACTION = 0.005
+SPIKE_LENGTH_ARCSEC = 10.0
+SPIKE_WIDTH_FACTOR = 0.25
+#: Stamps of stars reach where their light falls to this fraction of the pixel noise.
+STAMP_NOISE_FRACTION = 0.01
+
+
+def bright_star_extent(flux, fwhm, pixel_scale, level):
+    """Radius (pixels) beyond which the halo and the spikes of bright stars are below ``level``.
+
+    Parameters
+    ----------
+    flux : array
+        Star fluxes (ADU).
+    fwhm : array or float
+        PSF FWHM (arcsec).
+    pixel_scale : float
+        Arcsec per pixel.
+    level : float
+        ADU per pixel.
+
+    Returns
+    -------
+    halo, spike : arrays
+        Halo radius and spike arm length (pixels; 0 where the peak is below ``level``).
+    """
+    flux = np.asarray(flux, float)
+    area = pixel_scale**2
+    rd = HALO_FWHM_FACTOR * np.asarray(fwhm, float) / (2.0 * np.sqrt(2.0 ** (1.0 / HALO_BETA) - 1.0))
+    peak = HALO_FRACTION * flux * (HALO_BETA - 1.0) / (np.pi * rd**2) * area
+    halo = rd * np.sqrt(np.maximum(peak / level, 1.0) ** (1.0 / HALO_BETA) - 1.0)
+    width = SPIKE_WIDTH_FACTOR * np.asarray(fwhm, float)
+    spike_peak = SPIKE_FRACTION * flux / (2.0 * np.pi * SPIKE_LENGTH_ARCSEC * width) * area
+    spike = SPIKE_LENGTH_ARCSEC * np.sqrt(2.0 * np.log(np.maximum(spike_peak / level, 1.0)))
+    return halo / pixel_scale, spike / pixel_scale
+
+
+def star_surface_brightness(dx, dy, flux, fwhm, bright, params):
+    """Noise-free light (ADU per pixel) of one star at offsets ``dx, dy`` (arcsec, pixel axes).
+
+    The round PSF core (its ellipticity of a few per cent is ignored) plus,
+    when ``bright``, the halo and the spikes of :func:`star_profile`: the
+    truth against which the mask sizes are checked.
+    """
+    beta = params["psf_beta"]
+    r2 = np.asarray(dx, float) ** 2 + np.asarray(dy, float) ** 2
+    area = params["pixel_scale"] ** 2
+    rd = fwhm / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
+    core_flux = (1.0 - HALO_FRACTION - 2.0 * SPIKE_FRACTION) * flux if bright else flux
+    light = core_flux * (beta - 1.0) / (np.pi * rd**2) * (1.0 + r2 / rd**2) ** -beta
+    if bright:
+        rh = HALO_FWHM_FACTOR * fwhm / (2.0 * np.sqrt(2.0 ** (1.0 / HALO_BETA) - 1.0))
+        light = light + HALO_FRACTION * flux * (HALO_BETA - 1.0) / (np.pi * rh**2) * (1.0 + r2 / rh**2) ** -HALO_BETA
+        length, width = SPIKE_LENGTH_ARCSEC, SPIKE_WIDTH_FACTOR * fwhm
+        norm = SPIKE_FRACTION * flux / (2.0 * np.pi * length * width)
+        light = light + norm * (np.exp(-0.5 * (dx**2 / length**2 + dy**2 / width**2))
+                                + np.exp(-0.5 * (dy**2 / length**2 + dx**2 / width**2)))
+    return light * area
+
+
 def stamp_radius(objects, fwhm, params, noise_sigma):
     """Half size (pixels) of the drawing stamp of each object.
 
-    Stars: out to where the Moffat falls below 0.01 sigma of the background
-    (larger for stars with halos). Galaxies: 4.5 half-light radii of the
-    larger component plus 1.5 PSF FWHM.
+    Stars: out to where the Moffat core, and for bright stars the halo and
+    the spikes, fall below ``STAMP_NOISE_FRACTION`` (0.01) of the background
+    noise. Galaxies: 4.5 half-light radii of the larger component plus 1.5
+    PSF FWHM.
     """
     scale = params["pixel_scale"]
     beta = params["psf_beta"]
+    level = STAMP_NOISE_FRACTION * noise_sigma
     rd = fwhm / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0)) / scale
     peak = objects["flux"] * (beta - 1.0) / (np.pi * rd**2)
-    star_r = rd * np.sqrt(np.maximum(peak / (0.01 * noise_sigma), 1.0) ** (1.0 / beta) - 1.0)
+    star_r = rd * np.sqrt(np.maximum(peak / level, 1.0) ** (1.0 / beta) - 1.0)
     star_r = np.maximum(star_r, 4.0 * fwhm / scale)
-    halo = objects["mag"] < params["halo_mag"]
-    star_r = np.where(halo, np.maximum(star_r, _halo_radius(objects["mag"], params)), star_r)
+    bright = objects["mag"] < params["halo_mag"]
+    halo_r, spike_r = bright_star_extent(objects["flux"], fwhm, scale, level)
+    star_r = np.where(bright, np.maximum(star_r, np.maximum(halo_r, spike_r)), star_r)
     gal_r = (4.5 * np.maximum(objects["disk_hlr"], objects["bulge_hlr"]) + 1.5 * fwhm) / scale
     radius = np.where(objects["is_star"], star_r, gal_r)
     return np.clip(np.ceil(radius), 6, 1500).astype(int)
 
 
-def _halo_radius(mag, params):
-    """Radius (pixels) of the halo and spikes of a bright star."""
-    return np.clip(60.0 * 10.0 ** (-0.2 * (mag - params["halo_mag"])), 60.0, 600.0) / 1.0
-
-
 def star_profile(flux, mag, fwhm, e1, e2, params):
-    """Star: the local PSF, plus a halo and diffraction spikes when bright."""
+    """Star: the local PSF, plus the halo and diffraction spikes when brighter than ``halo_mag``."""
     import galsim
 
     core = moffat(params["psf_beta"], fwhm, e1, e2, flux=flux, gsparams=gsparams())
     if mag >= params["halo_mag"]:
         return core
-    halo = galsim.Moffat(beta=2.0, fwhm=8.0 * fwhm, flux=0.03 * flux, gsparams=gsparams())
-    length = _halo_radius(mag, params) * params["pixel_scale"] / 3.0
-    width = 0.25 * fwhm
-    # Spikes along the pixel axes: a very elongated Gaussian per direction.
-    spike = galsim.Gaussian(sigma=np.sqrt(length * width), flux=0.005 * flux, gsparams=gsparams())
+    halo = galsim.Moffat(beta=HALO_BETA, fwhm=HALO_FWHM_FACTOR * fwhm, flux=HALO_FRACTION * flux,
+                         gsparams=gsparams())
+    length = SPIKE_LENGTH_ARCSEC
+    width = SPIKE_WIDTH_FACTOR * fwhm
+    # Spikes along the pixel axes: a Gaussian of sigma sqrt(length width) sheared to axis ratio
+    # width / length (area-preserving: sigmas length and width), one per direction.
+    spike = galsim.Gaussian(sigma=np.sqrt(length * width), flux=SPIKE_FRACTION * flux, gsparams=gsparams())
     axis_ratio = width / length
     e = (1 - axis_ratio**2) / (1 + axis_ratio**2)
     spikes = [spike.shear(e1=e, e2=0.0), spike.shear(e1=-e, e2=0.0)]
-    return galsim.Add([core.withFlux(0.96 * flux), halo] + spikes)
+    return galsim.Add([core.withFlux((1.0 - HALO_FRACTION - 2.0 * SPIKE_FRACTION) * flux), halo] + spikes)
 
 
 def stamp_boxes(x, y, radius):
