@@ -181,6 +181,12 @@ def main(argv=None) -> int:
 
         print(f"simulating preset {args.preset} into {data_dir} (not counted) ...")
         simulate(preset=args.preset, output_dir=data_dir, seed=1, n_workers=2, ring=True)
+        # The simulation's reusable loky workers idle for minutes and, reaped during a stage, would
+        # add the simulation's CPU to that stage: stop and reap them before the first stage.
+        from joblib.externals.loky import get_reusable_executor
+
+        get_reusable_executor().shutdown(wait=True, kill_workers=True)
+        reap_orphans(wait_s=2.0)
     names = [s.name for s in STAGES]
     record = run_stages(data_dir, run_root, names[names.index(args.first):])
     from shapepipe.atomic import atomic_path
