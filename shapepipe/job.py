@@ -19,9 +19,10 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from .errors import ExternalCommandError, JobError, JobTimeout
 
@@ -112,6 +113,8 @@ class Job:
         Extra ``keys`` (e.g. an object id) give independent streams, so a
         result does not depend on how the work is split or scheduled.
         """
+        import numpy as np  # here: the runner's command-line path needs no numpy
+
         text = "\x1f".join(str(k) for k in (self.module, self.number, *keys))
         digest = hashlib.sha256(text.encode()).digest()
         entropy = [self.seed, *np.frombuffer(digest[:16], dtype=np.uint32).tolist()]

@@ -125,6 +125,30 @@ def _preload(names, logger) -> None:
             logger.warning("preload of %s failed: %s: %s", name, type(error).__name__, error)
 
 
+def preload_for_children(names) -> list[str]:
+    """Run preload entries in a process that only forks workers (the SMP fork server).
+
+    Every worker forked from it then starts with them done, instead of each
+    worker importing astropy, numba and the modules' kernels again. An entry
+    that fails is not marked done: the worker runs it again and logs the
+    failure in the job's log, as without this step. Returns the entries done.
+    """
+    done = []
+    for name in names:
+        if not name or name in _PRELOADED:
+            continue
+        module_name, _, function_name = name.partition(":")
+        try:
+            target = importlib.import_module(module_name)
+            if function_name:
+                getattr(target, function_name)()
+        except Exception:  # noqa: BLE001  the worker retries and reports it
+            continue
+        _PRELOADED.add(name)
+        done.append(name)
+    return done
+
+
 def _job_logger(task: Task) -> tuple[logging.Logger, logging.Handler]:
     logger = logging.getLogger(f"shapepipe.job.{task.module_run}.{task.label}.{os.getpid()}")
     logger.setLevel(logging.INFO)

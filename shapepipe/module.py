@@ -324,8 +324,14 @@ class Registry:
             if not info.ispkg:
                 continue
             runner = f"shapepipe_modules.{info.name}.runner"
+            # Look for the runner file without importing the package: find_spec of a submodule
+            # imports its package, and some (simulate: galsim, astropy) cost a second to import.
+            folder = getattr(info.module_finder, "path", None)
+            if folder is not None and not any(
+                    (Path(folder) / info.name / name).exists() for name in ("runner.py", "runner")):
+                continue
             try:
-                if importlib.util.find_spec(runner) is None:
+                if folder is None and importlib.util.find_spec(runner) is None:
                     continue
                 importlib.import_module(runner)
             except Exception as error:  # one broken module must not hide the others

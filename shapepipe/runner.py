@@ -211,6 +211,7 @@ class Runner:
         self._stopping = False
         self._module_rows: list[dict] | None = None  # rows of the module run in progress
         self._module_name: str | None = None
+        self._pool_expected: bool | None = None  # some module run is known to have several jobs
         self.workers, note = worker_count(plan.core["JOB"]["SMP_BATCH_SIZE"])
         if note:
             self.run_notes.append(note)
@@ -419,16 +420,35 @@ class Runner:
     def _get_executor(self):
         if self.executor is None:
             notes: list[str] = []
+            preload = [name for run in self.plan.module_runs for name in run.spec.preload]
             self.executor = make_executor(self.plan.core["EXECUTION"]["MODE"], self.workers,
                                           self.plan.core["JOB"]["SMP_BACKEND"], self.plan.core.get("DASK"),
                                           notes=notes, retries=self.plan.core["JOB"]["RETRIES"],
-                                          on_event=lambda text: self.logger.warning("   %s", text))
+                                          on_event=lambda text: self.logger.warning("   %s", text),
+                                          preload=preload)
             for note in notes:
                 self.logger.info("note: %s", note)
             self.logger.info("executor: %s", self.executor.describe())
             self.record["executor"] = self.executor.describe()
             write_record(self.record)
         return self.executor
+
+    def _pool_for_single(self, executor) -> bool:
+        """Whether a single job goes to the process pool rather than this process.
+
+        Yes when the pool runs already or a module run of this plan is known
+        (its inputs found at plan time) to have several jobs: the pool's fork
+        server then loads the modules once for every job of the run, where a
+        job in this process would load them a second time (astropy, numba:
+        about a second of CPU).
+        """
+        if executor.name != "pool":
+            return False
+        if getattr(executor, "started", False):
+            return True
+        if self._pool_expected is None:
+            self._pool_expected = any((count or 0) > 1 for count in map(known_job_count, self.plan.module_runs))
+        return self._pool_expected
 
     def _dispatch(self, run, tasks, rows):
         """Run the tasks; append each row to ``rows`` and to the job table as it finishes."""
@@ -442,7 +462,7 @@ class Runner:
                 message = f"executor could not start: {type(error).__name__}: {error}".splitlines()[0]
                 self.logger.error("   %s", message)
                 executor = _FailingExecutor(message)
-            if len(tasks) == 1 and executor.name in ("joblib", "pool"):
+            if len(tasks) == 1 and executor.name in ("joblib", "pool") and not self._pool_for_single(executor):
                 executor = SerialExecutor()  # no worker start-up for a single job
             for _, row in run_all(executor, run_task, tasks):
                 rows.append(row)
@@ -690,6 +710,19 @@ class Runner:
     def resume_command(self) -> str:
         """The command that continues this run."""
         return f"shapepipe_run -c {self.plan.config_path} --resume {self.run_dir}"
+
+
+def known_job_count(run) -> int | None:
+    """Jobs of a module run as far as known at plan time (None: its inputs are produced in this run)."""
+    if run.run_method == "serial":
+        return 1
+    found = run.discovery
+    if found is None:
+        return None if run.patterns else (len(run.numbers) if run.numbers is not None else None)
+    complete = dict(found.complete)
+    if run.numbers is not None:
+        return sum(1 for number in run.numbers if number in complete)
+    return len(complete)
 
 
 def delete_outputs(output_dir: Path) -> int:

@@ -99,3 +99,17 @@ def test_other_presets_are_the_defaults_with_their_own_overrides_only():
         overrides = _PRESET_OVERRIDES[preset]
         for name, (default, _) in _BASE.items():
             assert params[name] == overrides.get(name, default), (preset, name)
+
+
+def test_compare_puts_old_and_new_cpu_side_by_side(tmp_path):
+    bench = load_bench()
+    old_run = write_run(tmp_path, "run_old", {"mask_run_1": (2.0, [1.0, 2.0])})
+    new_run = write_run(tmp_path, "run_new", {"mask_run_1": (2.0, [1.0, 1.5])})
+    old = {"run_root": "a", "when": "t0", "load_average": [2.0], "stages":
+           [{"stage": "MaMa", "wall_s": 4.0, "cpu_all_s": 5.0, "run_dirs": [str(old_run)]}]}
+    new = {"run_root": "b", "when": "t1", "load_average": [3.0], "stages":
+           [{"stage": "MaMa", "wall_s": 3.0, "cpu_all_s": 3.0, "run_dirs": [str(new_run)]}]}
+    rows = {tuple(line.split()[:2]): line.split()[2:] for line in bench.compare_tables(old, new).splitlines()}
+    assert rows[("MaMa", "mask_run_1")] == ["3.0", "2.5"]
+    assert rows[("MaMa", "(runner")] == ["processes)", "2.0", "0.5"]
+    assert rows[("chain", "all")] == ["processes", "5.0", "3.0"]

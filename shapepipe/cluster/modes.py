@@ -13,7 +13,7 @@ from .mpi_executor import MpiExecutor, mpi_launcher_detected, mpi_world_size
 
 
 def make_executor(mode: str, workers: int, backend: str, dask_options: dict | None = None,
-                  notes: list | None = None, retries: int = 1, on_event=None) -> Executor:
+                  notes: list | None = None, retries: int = 1, on_event=None, preload=()) -> Executor:
     """The executor of ``[EXECUTION] MODE``.
 
     Parameters
@@ -32,6 +32,9 @@ def make_executor(mode: str, workers: int, backend: str, dask_options: dict | No
         SMP process workers: times a job is run again after its worker died.
     on_event : callable, optional
         SMP process workers: receives a line per worker death, for the log.
+    preload : sequence of str, optional
+        SMP process workers: the run's module ``preload`` entries, run once by
+        the workers' fork server.
     """
     mode = (mode or "SMP").upper()
     if mode == "DASK":
@@ -52,4 +55,4 @@ def make_executor(mode: str, workers: int, backend: str, dask_options: dict | No
         return JoblibExecutor(workers, backend)
     from .pool import PoolExecutor
 
-    return PoolExecutor(workers, retries=retries, on_event=on_event)
+    return PoolExecutor(workers, retries=retries, on_event=on_event, preload=preload)

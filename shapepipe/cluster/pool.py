@@ -32,6 +32,8 @@ from ..jobs import STAGING, Task, failure_row
 
 #: Seconds between two checks of the runner by a worker.
 WATCH_INTERVAL = 0.2
+#: Environment variable through which the fork server receives the preload entries (see :mod:`.preload`).
+PRELOAD_VARIABLE = "SHAPEPIPE_FORKSERVER_PRELOAD"
 
 
 def kill_descendants(pid: int | None = None, sig: int = signal.SIGKILL) -> int:
@@ -150,25 +152,52 @@ class PoolExecutor(Executor):
         Times a job is run again after its worker died (job errors are never retried).
     on_event : callable, optional
         Receives one line per worker death, for the run log.
+    preload : sequence of str, optional
+        ``preload`` entries of the modules the run will use (``ModuleSpec.preload``):
+        the fork server runs them once, before it forks the first worker, so
+        that every worker starts with them done.
     """
 
     name = "pool"
 
-    def __init__(self, workers: int, retries: int = 1, on_event=None):
+    def __init__(self, workers: int, retries: int = 1, on_event=None, preload=()):
         self.workers = max(int(workers), 1)
         self.retries = max(int(retries), 0)
         self.on_event = on_event
+        self.preload = tuple(dict.fromkeys(preload))
         self._pool: list[_Worker] = []
         self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload(["shapepipe.jobs", "shapepipe.cluster.pool"])
+        self._context.set_forkserver_preload(["shapepipe.jobs", "shapepipe.cluster.pool", "shapepipe.cluster.preload"])
+        self.started = False  # True once a worker was started (the fork server runs, preloaded)
         self.deaths = 0
         _stop_fork_server_at_exit()
+
+    def _start_server(self) -> None:
+        """Start the fork server with the preload entries in its environment (and nowhere else).
+
+        A fork server already running in this process (an earlier run of the
+        same Python session) is kept: workers then run what it lacks themselves.
+        """
+        from multiprocessing import forkserver
+
+        previous = os.environ.get(PRELOAD_VARIABLE)
+        os.environ[PRELOAD_VARIABLE] = ",".join(self.preload)
+        try:
+            forkserver.ensure_running()
+        finally:
+            if previous is None:
+                os.environ.pop(PRELOAD_VARIABLE, None)
+            else:
+                os.environ[PRELOAD_VARIABLE] = previous
 
     def describe(self) -> str:
         return (f"SMP (process pool), {self.workers} worker(s); a job whose worker dies is retried "
                 f"{self.retries} time(s)")
 
     def _start_worker(self) -> _Worker:
+        if not self.started:
+            self._start_server()
+            self.started = True
         ours, theirs = self._context.Pipe()
         process = self._context.Process(target=worker_main, args=(theirs, os.getpid()), daemon=True,
                                         name="shapepipe-worker")
