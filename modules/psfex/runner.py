@@ -125,11 +125,10 @@ def psfex(job):
 def _run_binary(job, catalogue, psf_name, outcat):
     import os
 
-    from shapepipe_modules.io.psfex_file import PSFFileError, read_psf
-
     from astropy.io import fits
 
     from shapepipe_modules.io.ldac import VIGNET_EXTNAME
+    from shapepipe_modules.io.psfex_file import PSFFileError, read_psf
 
     from .binary import run_psfex
 
