@@ -702,3 +702,126 @@ def test_mask_fill_values():
     assert abs(model.sum() - truth.sum()) < 0.05 * truth.sum()
     with pytest.raises(ValueError, match="mask_fill"):
         engine.epoch_from_pixels(assembled, psf_fit, np.random.default_rng(9), "zero")
+
+
+# ------------------------------------------------- fast paths against slow references
+def _two_epoch_fit():
+    """A noisy galaxy in two epochs, its metacal operators, noshear fit and pixels."""
+    rng = np.random.default_rng(11)
+    gal = galsim.Exponential(half_light_radius=0.5, flux=900.0).shear(g1=0.2, g2=-0.1)
+    jacs = [np.array([[0.187, 0.004], [-0.003, 0.186]]), np.array([[0.0, 0.188], [-0.186, 0.002]])]
+    psfs = [galsim.Moffat(beta=3.5, fwhm=0.7).shear(g1=0.02, g2=0.01), galsim.Moffat(beta=3.5, fwhm=0.65)]
+    raws = [raw_epoch(gal, psf, jac, 1.0, rng, name=f"e{k}") for k, (psf, jac) in enumerate(zip(psfs, jacs))]
+    epochs = [engine.prepare_epoch(engine.assemble_epoch(raw), rng)[0] for raw in raws]
+    ops = [EpochMetacal(ep.psf_image, ep.jacobian, ep.image.shape) for ep in epochs]
+    images = [op.make_images(ep.image, rng.normal(0.0, ep.noise_sigma, ep.image.shape)) for op, ep in zip(ops, epochs)]
+    covs = [(op.target_sigma ** 2, 0.0, op.target_sigma ** 2) for op in ops]
+    pixels = make_pixel_data([im["noshear"] for im in images], [0.5 * ep.weight for ep in epochs],
+                             [ep.jacobian for ep in epochs], [ep.centre for ep in epochs], covs, radius=14)
+    guess, _ = engine._initial_guess(epochs, ops)
+    prior = ShapePipePrior(cen_sigma=0.187)
+    fits = {"noshear": fit_gauss(pixels, guess, prior=prior)}
+    pixel_sets = {"noshear": pixels}
+    for name in ("1p", "2m"):
+        pixel_sets[name] = pixels.with_images([im[name] for im in images])
+        fits[name] = fit_gauss(pixel_sets[name], guess, prior=prior)
+    assert all(f.status == FIT_OK for f in fits.values())
+    return epochs, ops, fits, pixel_sets, prior
+
+
+def test_fast_error_terms_match_slow_references():
+    """Numba derivatives, batched Gram matrices and batched covariances against direct computations."""
+    from scipy import fft as sfft
+
+    from shapepipe_modules.ngmix.gauss_fit import model_derivatives, weighted_model_derivatives
+
+    epochs, ops, fits, pixel_sets, prior = _two_epoch_fit()
+    pixels, fit = pixel_sets["noshear"], fits["noshear"]
+    slow = (model_derivatives(fit.pars, pixels) * pixels.weight[:, None]).T
+    fast = weighted_model_derivatives(fit.pars, pixels)
+    np.testing.assert_allclose(fast, slow, rtol=1e-12, atol=1e-14 * np.abs(slow).max())
+    # Gram matrices of several stacks at once against rfft2 of each padded stack (Parseval, Fourier-space weights).
+    op = ops[0]
+    rows, cols = pixels.pixel_index[0]
+    rng = np.random.default_rng(5)
+    values = rng.normal(size=(3, 6, rows.size))
+    batched = op.noshear_grams(values, (rows, cols), rotated_noise=True)
+    size = op.out_size
+    for rotated in (True, False):
+        power = op._noise_power(rotated)
+        for b in range(3):
+            padded = np.zeros((6, size, size))
+            padded[:, (rows - op.centre[0]) % size, (cols - op.centre[1]) % size] = values[b]
+            spectra = sfft.rfft2(padded, axes=(1, 2)).reshape(6, -1)
+            reference = np.real((spectra * power.ravel()) @ spectra.conj().T)
+            got = batched[b] if rotated else op.noshear_grams(values[b:b + 1], (rows, cols), rotated_noise=False)[0]
+            np.testing.assert_allclose(got, reference, rtol=1e-10, atol=1e-12 * np.abs(reference).max())
+    # Covariances of the branches in one call equal those computed one by one.
+    names = list(fits)
+    sigmas = [ep.noise_sigma for ep in epochs]
+    together = engine.metacal_covariances([fits[n] for n in names], [pixel_sets[n] for n in names], ops, sigmas,
+                                          True, prior)
+    for name, cov in zip(names, together):
+        h_inv = np.linalg.inv(engine.cost_hessian(fits[name].pars, pixel_sets[name], prior, scale=fits[name].errors))
+        derivs = model_derivatives(fits[name].pars, pixel_sets[name]) * pixel_sets[name].weight[:, None]
+        middle, start = np.zeros((6, 6)), 0
+        for o, (r, c), sigma in zip(ops, pixel_sets[name].pixel_index, sigmas):
+            middle += sigma ** 2 * o.noshear_gram(derivs[start:start + r.size].T, True, pixels=(r, c))
+            start += r.size
+        np.testing.assert_allclose(cov, h_inv @ middle @ h_inv.T, rtol=1e-9, atol=1e-14)
+    assert not np.allclose(together[0], together[1], rtol=1e-3)  # the branches do differ
+
+
+def test_normal_equations_skip_only_negligible_pixels():
+    """Chi^2, gradient and Hessian of a PSF-stamp fit (far pixels skipped) against numpy on every pixel."""
+    from shapepipe_modules.ngmix.gauss_fit import model_derivatives
+
+    jac = np.array([[0.187, 0.01], [-0.005, 0.185]])
+    psf = galsim.Moffat(beta=3.5, fwhm=0.7).shear(g1=0.03, g2=-0.02)
+    image = psf.drawImage(nx=N, ny=N, wcs=galsim.JacobianWCS(*jac.ravel())).array
+    pixels = make_pixel_data([image], [np.ones_like(image)], [jac], [(N // 2, N // 2)], [(0.0, 0.0, 0.0)])
+    pars = np.array([0.003, -0.002, 0.02, -0.01, 0.2, 0.98])
+    hess, grad = np.empty((6, 6)), np.empty(6)
+    chi2 = _normal_equations(pars, pixels.du, pixels.dv, pixels.data, pixels.weight, pixels.epoch,
+                             pixels.psf_cov, pixels.area, hess, grad, False)
+    derivs = model_derivatives(pars, pixels)
+    model = pars[5] * derivs[:, 5]
+    resid = model - pixels.data
+    assert chi2 == pytest.approx(np.sum(resid ** 2), rel=1e-13)
+    np.testing.assert_allclose(grad, derivs.T @ resid, rtol=1e-11, atol=1e-13 * np.abs(derivs.T @ resid).max())
+    np.testing.assert_allclose(hess, derivs.T @ derivs, rtol=1e-11, atol=1e-13 * np.abs(hess).max())
+    # Most of the stamp is beyond the cut, so the test exercises it.
+    x = pixels.du - pars[0]
+    y = pixels.dv - pars[1]
+    assert np.mean((x * x + y * y) / (0.5 * pars[4]) > 140) > 0.3
+
+
+def test_gaussian_target_fit_shortcut_equals_the_fit():
+    """The parameters given for a Gaussian reconvolution PSF are those the fitter finds on its image."""
+    jac = np.array([[0.186, 0.012], [-0.008, 0.189]])
+    psf = galsim.Moffat(beta=3.5, fwhm=0.75).shear(g1=0.03, g2=0.02)
+    image = psf.drawImage(nx=N, ny=N, wcs=galsim.JacobianWCS(*jac.ravel())).array
+    for rule in ("gauss_nopix", "gauss_pix"):
+        op = EpochMetacal(image, jac, (N, N), target_rule=rule)
+        given = engine.fit_target_psf(op)
+        fitted = engine.fit_psf_image(op.target_psf_image(), jac, 1.1 * 2 * op.target_sigma ** 2)
+        assert given.status == fitted.status == FIT_OK
+        np.testing.assert_allclose(given.pars, fitted.pars, rtol=1e-9, atol=1e-10)
+
+
+def test_resample_image_pair_path_equals_general_path():
+    from shapepipe_modules.ngmix.metacal import _resample
+
+    rng = np.random.default_rng(8)
+    spectra = rng.normal(size=(30, 20, 3)) + 1j * rng.normal(size=(30, 20, 3))
+    pos_y = rng.uniform(-10.0, 10.0, 50)
+    pos_x = rng.uniform(-5.0, 8.0, 50)
+    target = rng.uniform(0.0, 1.0, 50)
+    pair = np.empty((2, 50), dtype=complex)
+    _resample(spectra, 15, 6, pos_y, pos_x, target, pair)
+    # Three images (the third a copy of the second) take the general loop.
+    general = np.empty((3, 50), dtype=complex)
+    _resample(np.ascontiguousarray(np.concatenate([spectra, spectra[:, :, 2:]], axis=2)), 15, 6, pos_y, pos_x,
+              target, general)
+    np.testing.assert_allclose(pair, general[:2], rtol=1e-12)
+    np.testing.assert_allclose(general[2], general[1], rtol=1e-12)

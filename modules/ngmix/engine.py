@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import flags as fl
-from .gauss_fit import (FIT_BAD_COVARIANCE, FIT_OK, cost_hessian, fit_gauss, fit_with_retries, gaussian_covariance,
-                        make_pixel_data, model_derivatives)
+from .gauss_fit import (FIT_BAD_COVARIANCE, FIT_OK, FitResult, cost_hessian, fit_gauss, fit_with_retries, gaussian_covariance,
+                        make_pixel_data, model_derivatives, weighted_model_derivatives)
 from .metacal import BRANCHES, EpochMetacal
 from .moments import T_err_to_r50_err, T_to_r50, adaptive_moments, noise_sigma_outside_object
 from .priors import ShapePipePrior
@@ -235,7 +235,27 @@ def fit_psf_image(psf_image, jacobian, T_guess):
     centre = (image.shape[0] // 2, image.shape[1] // 2)
     pixels = make_pixel_data([image], [np.ones_like(image)], [jacobian], [centre],
                              [(0.0, 0.0, 0.0)])
-    return fit_gauss(pixels, [0.0, 0.0, 0.0, 0.0, T_guess, 1.0])
+    return fit_gauss(pixels, [0.0, 0.0, 0.0, 0.0, T_guess, 1.0], s2n=False)
+
+
+def fit_target_psf(operator):
+    """Gaussian fit of an epoch's reconvolution PSF (its :meth:`~.metacal.EpochMetacal.target_psf_image`).
+
+    A Gaussian target (``gauss_nopix``, ``gauss_pix``) is drawn at pixel
+    centres exactly as the fitter's model with ``(0, 0, 0, 0, 2 sigma^2, 1)``,
+    so its fit returns those parameters to rounding (1e-16; it stopped at its
+    first step): they are returned directly (``tests/test_metacal.py``
+    compares them with the fit). The pixel-convolved kernel (``shapepipe``) is
+    fitted with :func:`fit_psf_image`.
+
+    Returns
+    -------
+    FitResult
+    """
+    T_target = 2.0 * operator.target_sigma ** 2
+    if operator.target_is_gaussian:
+        return FitResult(pars=np.array([0.0, 0.0, 0.0, 0.0, T_target, 1.0]), cov=np.zeros((6, 6)), status=FIT_OK)
+    return fit_psf_image(operator.target_psf_image(), operator.jacobian, T_target)
 
 
 def prepare_epoch(assembled, rng, mask_fill="model"):
@@ -607,8 +627,7 @@ def measure_object(epochs, object_id, rng, config=None, n_dropped_psf=0):
     # per epoch, with the same pixel convention for every branch.
     weight_factor = 0.5 if config.fix_noise else 1.0
     weights = [ep.weight * weight_factor for ep in epochs]
-    target_fits = [fit_psf_image(op.target_psf_image(), op.jacobian,
-                                 2.0 * op.target_sigma ** 2) for op in operators]
+    target_fits = [fit_target_psf(op) for op in operators]
     target_ok = all(f.status == FIT_OK for f in target_fits)
     wsum = np.array([w.sum() for w in weights])
     wsum = wsum / wsum.sum()
@@ -637,12 +656,8 @@ def measure_object(epochs, object_id, rng, config=None, n_dropped_psf=0):
     start = guess
     pixels = make_pixel_data(branch_images["noshear"], weights, jacobians, centres,
                              psf_covs, radius=radius)
+    fits = {}
     for name in BRANCHES:
-        row = rows[name]
-        row.update(psf_columns)
-        row.update(psf_branch)
-        row["n_epoch_model"] = len(epochs)
-        row["moments_fail"] = int(moments_failed)
         if name != "noshear":
             pixels = pixels.with_images(branch_images[name])
         result, ntry = fit_with_retries(pixels, start, rng, prior=config.prior,
@@ -653,6 +668,21 @@ def measure_object(epochs, object_id, rng, config=None, n_dropped_psf=0):
             # d^T H d < 1e-12, so the start changes g by < 1e-6
             # (tests/test_metacal_engines.py).
             start = result.pars.copy()
+        fits[name] = (result, ntry, pixels)
+    # Computed the same way in every branch, so that weights made from the
+    # errors respond to shear like the shapes (selection response); one
+    # transform per epoch serves the five branches.
+    ok_names = [name for name in BRANCHES if fits[name][0].status == FIT_OK]
+    covariances = metacal_covariances([fits[name][0] for name in ok_names], [fits[name][2] for name in ok_names],
+                                      operators, [ep.noise_sigma for ep in epochs], config.fix_noise, config.prior)
+    covariances = dict(zip(ok_names, covariances))
+    for name in BRANCHES:
+        row = rows[name]
+        row.update(psf_columns)
+        row.update(psf_branch)
+        row["n_epoch_model"] = len(epochs)
+        row["moments_fail"] = int(moments_failed)
+        result, ntry, pixels = fits[name]
         row["ntry_fit"] = ntry
         branch_flags = object_flags
         if result.status & ~FIT_BAD_COVARIANCE:
@@ -661,10 +691,7 @@ def measure_object(epochs, object_id, rng, config=None, n_dropped_psf=0):
             branch_flags |= fl.BAD_COVARIANCE
         errors = result.errors
         if result.status == FIT_OK:
-            # Computed the same way in every branch, so that weights made from
-            # the errors respond to shear like the shapes (selection response).
-            errors = metacal_errors(result, pixels, operators, [ep.noise_sigma for ep in epochs],
-                                    config.fix_noise, config.prior)
+            errors = _standard_errors(covariances[name])
             if not (np.isfinite(errors).all() and np.all(errors > 0)):
                 branch_flags |= fl.BAD_COVARIANCE
         if not branch_flags & fl.FIT_FAIL:
@@ -716,26 +743,63 @@ def metacal_covariance(result, pixels, operators, noise_sigmas, fix_noise=True, 
     numpy.ndarray
         6x6 covariance (NaN when the Hessian cannot be inverted).
     """
-    try:
-        h_inv = np.linalg.inv(cost_hessian(result.pars, pixels, prior, scale=result.errors))
-        derivs = model_derivatives(result.pars, pixels) * pixels.weight[:, None]
-    except (np.linalg.LinAlgError, ValueError, TypeError):
-        return np.full((6, 6), np.nan)
-    middle = np.zeros((6, 6))
+    return metacal_covariances([result], [pixels], operators, noise_sigmas, fix_noise, prior)[0]
+
+
+def metacal_covariances(results, pixel_sets, operators, noise_sigmas, fix_noise=True, prior=None):
+    """:func:`metacal_covariance` of several fits on the same pixels (e.g. the five branches).
+
+    The derivative images of all the fits go through one Fourier transform
+    per epoch (:meth:`~.metacal.EpochMetacal.noshear_grams`).
+
+    Parameters
+    ----------
+    results : list of FitResult
+    pixel_sets : list of PixelData
+        The pixels of each fit (the same pixel positions for all).
+    operators, noise_sigmas, fix_noise, prior
+        As :func:`metacal_covariance`.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        One 6x6 covariance per fit (NaN when its Hessian cannot be inverted).
+    """
+    h_invs, derivs, good = [], [], []
+    for result, pixels in zip(results, pixel_sets):
+        try:
+            h_invs.append(np.linalg.inv(cost_hessian(result.pars, pixels, prior, scale=result.errors)))
+            derivs.append(weighted_model_derivatives(result.pars, pixels))
+            good.append(True)
+        except (np.linalg.LinAlgError, ValueError, TypeError):
+            h_invs.append(None)
+            derivs.append(None)
+            good.append(False)
+    out = [np.full((6, 6), np.nan) for _ in results]
+    used = [i for i, ok in enumerate(good) if ok]
+    if not used:
+        return out
+    stacked = np.stack([derivs[i] for i in used])
+    middle = np.zeros((len(used), 6, 6))
     start = 0
-    for op, (rows, cols), sigma in zip(operators, pixels.pixel_index, noise_sigmas):
-        values = derivs[start:start + rows.size].T
+    for op, (rows, cols), sigma in zip(operators, pixel_sets[used[0]].pixel_index, noise_sigmas):
+        values = stacked[:, :, start:start + rows.size]
         start += rows.size
-        middle += sigma ** 2 * op.noshear_gram(values, rotated_noise=fix_noise, pixels=(rows, cols))
-    return h_inv @ middle @ h_inv.T
+        middle += sigma ** 2 * op.noshear_grams(values, (rows, cols), rotated_noise=fix_noise)
+    for j, i in enumerate(used):
+        out[i] = h_invs[i] @ middle[j] @ h_invs[i].T
+    return out
+
+
+def _standard_errors(cov):
+    diag = np.diag(cov)
+    with np.errstate(invalid="ignore"):
+        return np.where(diag > 0, np.sqrt(np.where(diag > 0, diag, 0.0)), np.nan)
 
 
 def metacal_errors(result, pixels, operators, noise_sigmas, fix_noise=True, prior=None):
     """Standard errors from :func:`metacal_covariance` (NaN where not positive)."""
-    cov = metacal_covariance(result, pixels, operators, noise_sigmas, fix_noise, prior)
-    diag = np.diag(cov)
-    with np.errstate(invalid="ignore"):
-        return np.where(diag > 0, np.sqrt(np.where(diag > 0, diag, 0.0)), np.nan)
+    return _standard_errors(metacal_covariance(result, pixels, operators, noise_sigmas, fix_noise, prior))
 
 
 def fill_branch_row(row, pars, errs, s2n, zero_point):

@@ -140,6 +140,14 @@ def make_pixel_data(images, weights, jacobians, centres, psf_covs, radius=None):
                      **joined)
 
 
+#: Pixels farther than this squared Mahalanobis distance (model below 1e-30
+#: of its peak, e.g. the corners of a PSF stamp) skip the model and its
+#: derivatives: their terms are far below the rounding of the sums, so the
+#: fit is unchanged (``tests/test_metacal.py``), at a third of the cost for
+#: PSF stamps.
+_RHO_NEGLIGIBLE = 140.0
+
+
 @njit(cache=True)
 def _galaxy_cov(g1, g2, T):
     gsq = g1 * g1 + g2 * g2
@@ -224,6 +232,11 @@ def _normal_equations(pars, du, dv, data, weight, epoch, psf_cov, area,
         qx = quu[e] * x + quv[e] * y
         qy = quv[e] * x + qvv[e] * y
         rho = x * qx + y * qy
+        if rho > _RHO_NEGLIGIBLE:
+            # model / peak < 1e-30: its terms are below the sums' rounding.
+            if not round_model:
+                chi2 += weight[i] * data[i] * data[i]
+            continue
         profile = unit[e] * np.exp(-0.5 * rho)
         model = flux * profile
         if round_model:
@@ -489,7 +502,7 @@ def _levenberg_marquardt(pars, du, dv, data, weight, epoch, psf_cov, area,
     return FIT_NOT_CONVERGED, niter, chi2
 
 
-def fit_gauss(pixels, guess, prior=None, max_iter=200, tol=1e-12):
+def fit_gauss(pixels, guess, prior=None, max_iter=200, tol=1e-12, s2n=True):
     """Fit one elliptical Gaussian jointly to all epochs.
 
     Parameters
@@ -506,6 +519,8 @@ def fit_gauss(pixels, guess, prior=None, max_iter=200, tol=1e-12):
         Convergence when an accepted step ``d`` has ``d^T H d < tol``
         (``H`` the Hessian of the cost): the step is then below
         ``sqrt(tol)`` times the statistical errors of the parameters.
+    s2n : bool, optional
+        Compute the round-model S/N (NaN otherwise; PSF fits do not need it).
 
     Returns
     -------
@@ -536,14 +551,16 @@ def fit_gauss(pixels, guess, prior=None, max_iter=200, tol=1e-12):
     except np.linalg.LinAlgError:
         cov = np.full((NPARS, NPARS), np.nan)
         status |= FIT_BAD_COVARIANCE
-    scratch_h = np.empty((NPARS, NPARS))
-    scratch_g = np.empty(NPARS)
-    s2n_sq = _normal_equations(pars, pixels.du, pixels.dv, pixels.data,
-                               pixels.weight, pixels.epoch, pixels.psf_cov,
-                               pixels.area, scratch_h, scratch_g, True)
-    s2n = float(np.sqrt(s2n_sq)) if s2n_sq > 0 else 0.0
+    s2n_value = np.nan
+    if s2n:
+        scratch_h = np.empty((NPARS, NPARS))
+        scratch_g = np.empty(NPARS)
+        s2n_sq = _normal_equations(pars, pixels.du, pixels.dv, pixels.data,
+                                   pixels.weight, pixels.epoch, pixels.psf_cov,
+                                   pixels.area, scratch_h, scratch_g, True)
+        s2n_value = float(np.sqrt(s2n_sq)) if s2n_sq > 0 else 0.0
     return FitResult(pars=pars, cov=cov, status=status, chi2=float(chi2),
-                     dof=dof, niter=niter, s2n=s2n)
+                     dof=dof, niter=niter, s2n=s2n_value)
 
 
 def cost_hessian(pars, pixels, prior=None, scale=None):
@@ -578,23 +595,116 @@ def cost_hessian(pars, pixels, prior=None, scale=None):
         scale = np.maximum(np.abs(pars), 1e-2)
     steps = 1e-3 * np.asarray(scale, dtype=float)
     hess = np.empty((NPARS, NPARS))
+    # One-sided steps (1e-3 of the errors): the curvature changes by ~1e-3 over them.
+    if not _cost_hessian_nb(pars, steps, pixels.du, pixels.dv, pixels.data, pixels.weight, pixels.epoch,
+                            pixels.psf_cov, pixels.area, prior is not None, prior_pars, hess):
+        return np.full((NPARS, NPARS), np.nan)
+    return 0.5 * (hess + hess.T)
+
+
+@njit(cache=True)
+def _cost_hessian_nb(pars, steps, du, dv, data, weight, epoch, psf_cov, area, use_prior, prior_pars, hess):
+    """Forward differences of the analytic gradient into ``hess`` (column j: step j); False if undefined."""
     scratch = np.empty((NPARS, NPARS))
     base = np.empty(NPARS)
     grad = np.empty(NPARS)
-    args = (pixels.du, pixels.dv, pixels.data, pixels.weight, pixels.epoch, pixels.psf_cov, pixels.area,
-            prior is not None, prior_pars, scratch)
-    # One-sided steps (1e-3 of the errors): the curvature changes by ~1e-3 over them.
-    cost, _ = _cost_nb(pars, *args, base)
+    point = np.empty(NPARS)
+    cost, _ = _cost_nb(pars, du, dv, data, weight, epoch, psf_cov, area, use_prior, prior_pars, scratch, base)
     if not np.isfinite(cost):
-        return np.full((NPARS, NPARS), np.nan)
+        return False
     for j in range(NPARS):
-        point = pars.copy()
+        for a in range(NPARS):
+            point[a] = pars[a]
         point[j] += steps[j]
-        cost, _ = _cost_nb(point, *args, grad)
+        cost, _ = _cost_nb(point, du, dv, data, weight, epoch, psf_cov, area, use_prior, prior_pars,
+                           scratch, grad)
         if not np.isfinite(cost):
-            return np.full((NPARS, NPARS), np.nan)
-        hess[:, j] = (grad - base) / steps[j]
-    return 0.5 * (hess + hess.T)
+            return False
+        for a in range(NPARS):
+            hess[a, j] = (grad[a] - base[a]) / steps[j]
+    return True
+
+
+def weighted_model_derivatives(pars, pixels):
+    """``weight * d model / d par`` at every pixel, as ``(6, n_pixels)`` (numba).
+
+    The same values as ``(model_derivatives(pars, pixels) * pixels.weight[:, None]).T``
+    (to rounding; ``tests/test_metacal.py``), without the temporaries.
+
+    Raises
+    ------
+    ValueError
+        As :func:`model_derivatives`.
+    """
+    pars = np.asarray(pars, dtype=float)
+    out = np.empty((NPARS, pixels.n_pixels))
+    status = _weighted_derivatives_nb(pars, pixels.du, pixels.dv, pixels.weight, pixels.epoch, pixels.psf_cov,
+                                      pixels.area, out)
+    if status == 1:
+        raise ValueError(f"|g| must be below 1, got {np.hypot(pars[2], pars[3])}")
+    if status == 2:
+        raise ValueError("convolved covariance is not positive definite")
+    return out
+
+
+@njit(cache=True, fastmath=True)
+def _weighted_derivatives_nb(pars, du, dv, weight, epoch, psf_cov, area, out):
+    u0, v0, g1, g2, T, flux = pars[0], pars[1], pars[2], pars[3], pars[4], pars[5]
+    cuu, cuv, cvv, e1, e2, gsq = _galaxy_cov(g1, g2, T)
+    if gsq >= 1.0:
+        return 1
+    opg = 1.0 + gsq
+    de1_dg1 = 2.0 / opg - 4.0 * g1 * g1 / (opg * opg)
+    de1_dg2 = -4.0 * g1 * g2 / (opg * opg)
+    de2_dg2 = 2.0 / opg - 4.0 * g2 * g2 / (opg * opg)
+    half = 0.5 * T
+    dcov = np.empty((3, 3))
+    dcov[0, 0] = half * de1_dg1
+    dcov[0, 1] = half * de1_dg2
+    dcov[0, 2] = -half * de1_dg1
+    dcov[1, 0] = half * de1_dg2
+    dcov[1, 1] = half * de2_dg2
+    dcov[1, 2] = -half * de1_dg2
+    dcov[2, 0] = 0.5 * (1.0 + e1)
+    dcov[2, 1] = 0.5 * e2
+    dcov[2, 2] = 0.5 * (1.0 - e1)
+    n_epoch = psf_cov.shape[0]
+    quu = np.empty(n_epoch)
+    quv = np.empty(n_epoch)
+    qvv = np.empty(n_epoch)
+    unit = np.empty(n_epoch)
+    trace = np.empty((n_epoch, 3))
+    for e in range(n_epoch):
+        c11 = cuu + psf_cov[e, 0]
+        c12 = cuv + psf_cov[e, 1]
+        c22 = cvv + psf_cov[e, 2]
+        det = c11 * c22 - c12 * c12
+        if det <= 0.0 or c11 <= 0.0:
+            return 2
+        quu[e] = c22 / det
+        quv[e] = -c12 / det
+        qvv[e] = c11 / det
+        unit[e] = area[e] / (2.0 * np.pi * np.sqrt(det))
+        for k in range(3):
+            trace[e, k] = quu[e] * dcov[k, 0] + 2.0 * quv[e] * dcov[k, 1] + qvv[e] * dcov[k, 2]
+    for i in range(du.size):
+        e = epoch[i]
+        x = du[i] - u0
+        y = dv[i] - v0
+        qx = quu[e] * x + quv[e] * y
+        qy = quv[e] * x + qvv[e] * y
+        profile = unit[e] * np.exp(-0.5 * (x * qx + y * qy))
+        w = weight[i]
+        wmodel = w * flux * profile
+        out[0, i] = wmodel * qx
+        out[1, i] = wmodel * qy
+        qxx = qx * qx
+        qxy = 2.0 * qx * qy
+        qyy = qy * qy
+        for k in range(3):
+            out[2 + k, i] = 0.5 * wmodel * (qxx * dcov[k, 0] + qxy * dcov[k, 1] + qyy * dcov[k, 2] - trace[e, k])
+        out[5, i] = w * profile
+    return 0
 
 
 def model_derivatives(pars, pixels):
@@ -722,5 +832,6 @@ def fit_with_retries(pixels, guess, rng, prior=None, ntry=5, scatter=0.1,
 
 
 __all__ = ["PixelData", "make_pixel_data", "fit_gauss", "fit_with_retries", "model_derivatives", "cost_hessian",
+           "weighted_model_derivatives",
            "perturb_guess", "gaussian_covariance",
            "FitResult", "ShapePipePrior", "PAR_NAMES"]

@@ -120,22 +120,29 @@ def _extend(psf, spectra, margin, out):
     transforms last so that the kernel reads them together.
     """
     k, size, half = spectra.shape
+    n_cols = out.shape[1]
+    # Source column of each output column, and whether it is read conjugated.
+    source = np.empty(n_cols, dtype=np.int64)
+    mirrored = np.empty(n_cols, dtype=np.bool_)
+    for c in range(n_cols):
+        fxm = (c - margin) % size
+        mirrored[c] = fxm >= half
+        source[c] = size - fxm if fxm >= half else fxm
     for r in range(out.shape[0]):
         fy = r - size // 2 - margin
-        for c in range(out.shape[1]):
-            fxm = (c - margin) % size
-            if fxm < half:
-                row = fy % size
-                out[r, c, 0] = psf[row, fxm]
+        row = fy % size
+        # F(fy, fx) = conj(F(-fy, -fx)).
+        row_mirror = (-fy) % size
+        for c in range(n_cols):
+            col = source[c]
+            if mirrored[c]:
+                out[r, c, 0] = psf[row_mirror, col].conjugate()
                 for s in range(k):
-                    out[r, c, s + 1] = spectra[s, row, fxm]
+                    out[r, c, s + 1] = spectra[s, row_mirror, col].conjugate()
             else:
-                # F(fy, fx) = conj(F(-fy, -fx)).
-                row = (-fy) % size
-                col = size - fxm
-                out[r, c, 0] = psf[row, col].conjugate()
+                out[r, c, 0] = psf[row, col]
                 for s in range(k):
-                    out[r, c, s + 1] = spectra[s, row, col].conjugate()
+                    out[r, c, s + 1] = spectra[s, row, col]
 
 
 @njit(cache=True, fastmath=True)
@@ -149,6 +156,11 @@ def _resample(spectra, offset_y, offset_x, pos_y, pos_x, target, out):
     The caller keeps every position at least 3 points inside the array.
     """
     nimg = spectra.shape[2] - 1
+    if nimg == 2:
+        # Image and noise image (the usual case): scalar accumulators stay in
+        # registers (about twice faster than the general loop, same sums).
+        _resample_two(spectra, offset_y, offset_x, pos_y, pos_x, target, out)
+        return
     wy = np.empty(6)
     wx = np.empty(6)
     acc = np.empty(nimg + 1, dtype=np.complex128)
@@ -174,6 +186,35 @@ def _resample(spectra, offset_y, offset_x, pos_y, pos_x, target, out):
         factor = target[ip] * psf.conjugate() / norm if norm > 0.0 else 0.0j
         for s in range(nimg):
             out[s, ip] = acc[s + 1] * factor
+
+
+@njit(cache=True, fastmath=True)
+def _resample_two(spectra, offset_y, offset_x, pos_y, pos_x, target, out):
+    """:func:`_resample` for the PSF and two images."""
+    wy = np.empty(6)
+    wx = np.empty(6)
+    for ip in range(pos_y.size):
+        py = pos_y[ip]
+        px = pos_x[ip]
+        fy = np.floor(py)
+        fx = np.floor(px)
+        _quintic_weights(py - fy, wy)
+        _quintic_weights(px - fx, wx)
+        row0 = int(fy) - 2 + offset_y
+        col0 = int(fx) - 2 + offset_x
+        acc0 = 0.0j
+        acc1 = 0.0j
+        acc2 = 0.0j
+        for a in range(6):
+            for b in range(6):
+                w = wy[a] * wx[b]
+                acc0 += w * spectra[row0 + a, col0 + b, 0]
+                acc1 += w * spectra[row0 + a, col0 + b, 1]
+                acc2 += w * spectra[row0 + a, col0 + b, 2]
+        norm = acc0.real * acc0.real + acc0.imag * acc0.imag
+        factor = target[ip] * acc0.conjugate() / norm if norm > 0.0 else 0.0j
+        out[0, ip] = acc1 * factor
+        out[1, ip] = acc2 * factor
 
 
 _SCRATCH = threading.local()
@@ -294,7 +335,7 @@ class EpochMetacal:
         self.in_size = oversample * self.out_size
         self._oversample = oversample
         psf_centre = (psf_image.shape[0] // 2, psf_image.shape[1] // 2)
-        self._psf_k = sfft.rfft2(_embed(psf_image / psf_sum, self.in_size, psf_centre))
+        self._psf_k = self._padded_transform((psf_image / psf_sum)[None], psf_centre)[0]
         self.target_sigma = (self._target_sigma(self._psf_k, target_rule != "gauss_pix")
                              * (1.0 + 2.0 * abs(self.step)))
         self._setup_output_grid()
@@ -344,6 +385,7 @@ class EpochMetacal:
         ksq = self._sky_ksq(qy, qx)
         target = np.exp(-0.5 * self.target_sigma ** 2 * ksq)
         self._keep = target > TARGET_KVAL_CUT
+        self._keep_flat = np.flatnonzero(self._keep)
         if self.target_rule == "shapepipe":
             # The kernel is the Gaussian convolved with the pixel.
             target = target * _pixel_response(self.out_size)
@@ -508,20 +550,52 @@ class EpochMetacal:
             ``(k, k)`` symmetric matrix.
         """
         stack = np.asarray(images, dtype=float)
-        padded = np.zeros((stack.shape[0], self.out_size, self.out_size))
-        if pixels is not None:
-            rows, cols = pixels
-            padded[:, self._crop_rows[rows], self._crop_cols[cols]] = stack
-        else:
+        if pixels is None:
             if stack.shape[1:] != self.stamp_shape:
                 raise ValueError(f"image shape {stack.shape[1:]} differs from {self.stamp_shape}")
-            padded[:, self._crop_rows[:, None], self._crop_cols[None, :]] = stack
-        spectra = sfft.rfft2(padded, axes=(1, 2)).reshape(stack.shape[0], -1)
-        weighted = spectra * self._noise_power(rotated_noise).ravel()[None, :]
-        return np.real(weighted @ spectra.conj().T)
+            rows, cols = np.nonzero(np.ones(self.stamp_shape, dtype=bool))
+            stack = stack.reshape(stack.shape[0], -1)
+            pixels = (rows, cols)
+        return self.noshear_grams(stack[None], pixels, rotated_noise)[0]
 
-    def _padded_transform(self, stamps):
-        """rfft2 of stamps ``(k, ny, nx)`` zero-padded to the input period, centre at index 0.
+    def noshear_grams(self, values, pixels, rotated_noise=True):
+        """:meth:`noshear_gram` of several stacks on the same pixels, with one transform.
+
+        Parameters
+        ----------
+        values : numpy.ndarray
+            ``(b, k, n)``: ``b`` stacks of ``k`` images given by their values
+            at the ``n`` pixels (zero elsewhere).
+        pixels : tuple of numpy.ndarray
+            ``(rows, cols)`` in the stamp.
+        rotated_noise : bool, optional
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(b, k, k)``.
+        """
+        values = np.asarray(values, dtype=float)
+        n_stack, k = values.shape[:2]
+        rows, cols = pixels
+        size = self.out_size
+        out_rows = self._crop_rows[rows]
+        used, row_of = np.unique(out_rows, return_inverse=True)
+        # Only the rows holding pixels are transformed along x (the others
+        # are zero), then every column along y: rfft2 at a fraction of its cost.
+        buffer = np.zeros((n_stack * k, used.size, size))
+        buffer[:, row_of, self._crop_cols[cols]] = values.reshape(n_stack * k, -1)
+        spectra = np.zeros((n_stack * k, size, size // 2 + 1), dtype=complex)
+        spectra[:, used, :] = sfft.rfft(buffer, axis=2)
+        spectra = sfft.fft(spectra, axis=1, overwrite_x=True).reshape(n_stack, k, -1)
+        power = self._noise_power(rotated_noise).ravel()
+        # Re(X P X^H) with P real: two real products per stack.
+        real, imag = spectra.real, spectra.imag
+        return (np.matmul(real * power, real.transpose(0, 2, 1))
+                + np.matmul(imag * power, imag.transpose(0, 2, 1)))
+
+    def _padded_transform(self, stamps, centre=None):
+        """rfft2 of stamps ``(k, ny, nx)`` zero-padded to the input period, ``centre`` (default the stamp's) at index 0.
 
         Only the stamp's rows are transformed along x (the other rows are
         zero), then all columns along y: equal to ``rfft2`` of the padded
@@ -529,8 +603,9 @@ class EpochMetacal:
         """
         k, ny, nx = stamps.shape
         size = self.in_size
-        rows = (np.arange(ny) - self.centre[0]) % size
-        cols = (np.arange(nx) - self.centre[1]) % size
+        centre = self.centre if centre is None else centre
+        rows = (np.arange(ny) - centre[0]) % size
+        cols = (np.arange(nx) - centre[1]) % size
         padded_rows = np.zeros((k, ny, size))
         padded_rows[:, :, cols] = stamps
         spectra = np.zeros((k, size, size // 2 + 1), dtype=complex)
@@ -538,11 +613,14 @@ class EpochMetacal:
         return sfft.fft(spectra, axis=1, overwrite_x=True)
 
     def _to_images(self, modes):
-        full = np.zeros((modes.shape[0],) + self._out_shape, dtype=complex)
-        full[:, self._keep] = modes
-        # Two 1-d passes: as irfft2, and (measured) 3x faster than scipy's irfft2 on fresh arrays.
-        images = sfft.irfft(sfft.ifft(full, axis=1, overwrite_x=True), n=self.out_size, axis=2)
-        return images[:, self._crop_rows[:, None], self._crop_cols[None, :]]
+        full = np.zeros((modes.shape[0], self._out_shape[0] * self._out_shape[1]), dtype=complex)
+        full[:, self._keep_flat] = modes
+        full = full.reshape((modes.shape[0],) + self._out_shape)
+        # Two 1-d passes, as irfft2 (measured 3x faster than scipy's irfft2 on
+        # fresh arrays); the second only on the rows of the stamp.
+        rows = sfft.ifft(full, axis=1, overwrite_x=True)[:, self._crop_rows, :]
+        images = sfft.irfft(rows, n=self.out_size, axis=2)
+        return images[:, :, self._crop_cols]
 
     def make_images(self, image, noise_image=None, branches=None):
         """Make the metacalibration images of all branches.
