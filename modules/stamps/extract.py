@@ -56,6 +56,8 @@ from shapepipe.atomic import atomic_path
 from shapepipe_modules.vignetmaker.multi_epoch import OFF_CCD_FLAG
 from shapepipe_modules.vignetmaker.stamps import central_pixels, check_stamp_size, cut_stamps
 
+from .kernels import cut_into_cube, fill_inside, masked_counts
+
 FORMAT = "shapepipe_stamps"
 FORMAT_VERSION = 1
 #: Flag bit of stamp pixels beyond the image border (the MULTI-EPOCH stamps' bit).
@@ -143,8 +145,34 @@ class StampWCS:
             one, two = two, one
         return self._pieces[0] + one + self._pieces[1] + two + self._pieces[2]
 
-    def texts(self, x0, y0) -> list[str]:
-        return [self.text(a, b) for a, b in zip(np.asarray(x0).tolist(), np.asarray(y0).tolist())]
+    def texts(self, x0, y0) -> np.ndarray:
+        """Header texts of many stamps (:meth:`text`), as an array of ASCII bytes (``S<80 * cards>``).
+
+        Every stamp's text is the same but for the two ``CRPIX`` values: a copy of one template with
+        the two 20-character value fields written in, the values formatted as :meth:`text` does.
+        """
+        x0 = np.atleast_1d(np.asarray(x0))
+        y0 = np.atleast_1d(np.asarray(y0))
+        n = x0.size
+        if n == 0:
+            return np.zeros(0, dtype=f"S{self.length}")
+        template = np.frombuffer(self.text(0, 0).encode("ascii"), dtype=np.uint8)
+        out = np.empty((n, template.size), dtype=np.uint8)
+        out[:] = template
+        first = len(self._pieces[0])
+        second = first + 80 + len(self._pieces[1])
+        columns = (first, second) if not self._swap else (second, first)
+        for axis, (column, values) in enumerate(zip(columns, (self.crpix[0] - x0, self.crpix[1] - y0))):
+            texts = [repr(v) for v in values.tolist()]
+            plain = [t for t in texts if len(t) <= 20 and "e" not in t and "n" not in t]
+            if len(plain) == n:
+                field = np.frombuffer("".join(f"{t:>20}" for t in texts).encode("ascii"), dtype=np.uint8)
+                out[:, column + 10:column + 30] = field.reshape(n, 20)
+                continue
+            name = f"CRPIX{axis + 1}"
+            for i, value in enumerate(values.tolist()):
+                out[i, column:column + 80] = np.frombuffer(_crpix_card(name, value).encode("ascii"), np.uint8)
+        return out.view(f"S{template.size}").reshape(n)
 
 
 def world_to_pixel(wcs, ra, dec):
@@ -300,39 +328,77 @@ def read_image_header(path):
 # Slots.
 
 
-@dataclass
+class TileCubes:
+    """The stamps of one tile, every slot of a target together: arrays ``(n, slots, ...)``.
+
+    This is the layout of the batch file (a chunk holds every slot of a few
+    targets), so the arrays are written out without rearranging. Rows
+    without a stamp in a slot keep image 0, weight 0, flag
+    :data:`PADDED_FLAG` (set by :meth:`finish`), every pixel masked.
+    """
+
+    def __init__(self, n: int, slots: int, size: int, psf_size: int, data_dtype=np.float32):
+        self.n, self.k, self.size, self.psf_size = n, slots, size, psf_size
+        shape = (n, slots, size, size)
+        self.data = np.zeros(shape, dtype=data_dtype)
+        self.weight = np.zeros(shape, dtype=np.float32)
+        self.flag = np.zeros(shape, dtype=np.int32)
+        self.psf = np.zeros((n, slots, psf_size, psf_size), dtype=np.float32)
+        self.present = np.zeros((n, slots), dtype=bool)
+        self.psf_present = np.zeros((n, slots), dtype=bool)
+        self.masked = np.full((n, slots), size * size, dtype=np.int32)
+        self.ccd = np.full((n, slots), -1, dtype=np.int16)
+        self.x = np.full((n, slots), np.nan)
+        self.y = np.full((n, slots), np.nan)
+        self.headers = [[] for _ in range(slots)]  # per slot: (rows, S-array of header texts)
+        # Type of the image each slot was cut from (the data cube's type is the common type of all).
+        self.slot_dtypes = [None] * slots
+
+    def slot(self, j: int) -> "SlotStamps":
+        return SlotStamps(self, j)
+
+    def data_type_for(self, j: int, dtype):
+        """Record that slot ``j`` holds pixels of ``dtype``; widen the data cube if it cannot hold them
+        exactly (the values already cut convert exactly)."""
+        dtype = np.dtype(dtype).newbyteorder("=")
+        if self.slot_dtypes[j] is None:
+            self.slot_dtypes[j] = dtype
+        common = np.result_type(self.data.dtype, dtype)
+        if common != self.data.dtype:
+            self.data = self.data.astype(common)
+
+    def finish(self):
+        """Padding flag on the rows of absent slots; the data cube in the common type of the slots
+        (a slot that got no stamp counts as float32)."""
+        absent = ~self.present
+        if absent.any():
+            self.flag[absent] = PADDED_FLAG
+        kinds = [d if d is not None else np.dtype(np.float32) for d in self.slot_dtypes]
+        common = np.result_type(*kinds) if kinds else self.data.dtype
+        if common != self.data.dtype:
+            self.data = self.data.astype(common)
+
+    def header_array(self) -> np.ndarray:
+        """``(n, slots)`` header texts (empty where no stamp), as wide as the longest."""
+        length = max([texts.dtype.itemsize for pieces in self.headers for _, texts in pieces] + [80])
+        headers = np.zeros((self.n, self.k), dtype=f"S{length}")
+        for j, pieces in enumerate(self.headers):
+            for rows, texts in pieces:
+                headers[rows, j] = texts
+        return headers
+
+
 class SlotStamps:
-    """Stamps of one slot for the targets of a tile (rows without a stamp stay empty)."""
+    """One slot of a :class:`TileCubes`: views ``(n, ...)`` of its arrays."""
 
-    n: int
-    size: int
-    psf_size: int
-    data_dtype: np.dtype = np.dtype(np.float32)
-    data: np.ndarray = None
-    weight: np.ndarray = None
-    flag: np.ndarray = None
-    psf: np.ndarray = None
-    present: np.ndarray = None
-    psf_present: np.ndarray = None
-    masked: np.ndarray = None
-    ccd: np.ndarray = None
-    x: np.ndarray = None
-    y: np.ndarray = None
-    headers: list = field(default_factory=list)
+    def __init__(self, cubes: TileCubes, j: int):
+        self.cubes, self.j = cubes, j
+        self.n, self.size, self.psf_size = cubes.n, cubes.size, cubes.psf_size
 
-    def __post_init__(self):
-        n, s, p = self.n, self.size, self.psf_size
-        self.data = np.zeros((n, s, s), dtype=self.data_dtype)
-        self.weight = np.zeros((n, s, s), dtype=np.float32)
-        self.flag = np.full((n, s, s), PADDED_FLAG, dtype=np.int32)
-        self.psf = np.zeros((n, p, p), dtype=np.float32)
-        self.present = np.zeros(n, dtype=bool)
-        self.psf_present = np.zeros(n, dtype=bool)
-        self.masked = np.full(n, s * s, dtype=np.int32)
-        self.ccd = np.full(n, -1, dtype=np.int16)
-        self.x = np.full(n, np.nan)
-        self.y = np.full(n, np.nan)
-        self.headers = [""] * n
+    def __getattr__(self, name):
+        if name in ("data", "weight", "flag", "psf", "present", "psf_present", "masked", "ccd", "x", "y"):
+            return getattr(self.cubes, name)[:, self.j]
+        raise AttributeError(name)
 
 
 def cut_into(slot: SlotStamps, rows, image: _Image, weight: _Image | None, flag: _Image | None,
@@ -340,37 +406,48 @@ def cut_into(slot: SlotStamps, rows, image: _Image, weight: _Image | None, flag:
     """Cut the stamps of targets ``rows`` at FITS positions ``(x, y)`` into a slot.
 
     Weight without a weight file: 1 on the image, 0 beyond it. Returns the
-    0-based central pixels ``(ix, iy)``.
+    0-based central pixels ``(ix, iy)``. Nothing is written when a file
+    does not fit (ExtractionError).
     """
-    size = slot.size
+    cubes, j = slot.cubes, slot.j
+    size = cubes.size
     half = size // 2
+    rows = np.asarray(rows, dtype=np.int64)
     ix, iy, _, _ = central_pixels(x, y)
-    data, missing = image.cut(ix, iy, size, fill=0, dtype=slot.data_dtype)
     shape = image.data.shape
     for other in (weight, flag):
         if other is not None and other.data.shape != shape:
             raise ExtractionError(f"{other.path}: shape {other.data.shape}, image {image.path} {shape}")
+    if flag is not None and not np.issubdtype(flag.data.dtype, np.integer):
+        raise ExtractionError(f"{flag.path}: holds {flag.data.dtype} values; a flag image must hold integers")
+    cubes.data_type_for(j, image.data.dtype)
+    _cut(image, ix, iy, size, 0, cubes.data, rows, j)
     if weight is not None:
-        weights, _ = weight.cut(ix, iy, size, fill=0, dtype=np.float32)
+        _cut(weight, ix, iy, size, 0, cubes.weight, rows, j)
     else:
-        weights = (~missing).astype(np.float32)
+        fill_inside(shape, ix, iy, size, 1, 0, cubes.weight, rows, j)
     if flag is not None:
-        if not np.issubdtype(flag.data.dtype, np.integer):
-            raise ExtractionError(f"{flag.path}: holds {flag.data.dtype} values; a flag image must hold integers")
-        flags, _ = flag.cut(ix, iy, size, fill=0, dtype=np.int32)
+        _cut(flag, ix, iy, size, PADDED_FLAG, cubes.flag, rows, j)
     else:
-        flags = np.zeros(data.shape, dtype=np.int32)
-    flags[missing] |= PADDED_FLAG
-    slot.data[rows] = data
-    slot.weight[rows] = weights
-    slot.flag[rows] = flags
-    slot.masked[rows] = (missing | (flags != 0) | (weights <= 0)).reshape(len(rows), -1).sum(axis=1)
-    slot.present[rows] = True
-    slot.x[rows] = x
-    slot.y[rows] = y
-    for row, text in zip(np.asarray(rows).tolist(), stamp_wcs.texts(ix - half, iy - half)):
-        slot.headers[row] = text
+        fill_inside(shape, ix, iy, size, 0, PADDED_FLAG, cubes.flag, rows, j)
+    masked_counts(cubes.flag, cubes.weight, rows, j, cubes.masked)
+    cubes.present[rows, j] = True
+    cubes.x[rows, j] = x
+    cubes.y[rows, j] = y
+    cubes.headers[j].append((rows, stamp_wcs.texts(ix - half, iy - half)))
     return ix, iy
+
+
+def _cut(image: _Image, ix, iy, size, fill, cube, rows, j):
+    """Stamps of an image into ``cube[rows, j]``: the compiled one-pass copy when it handles the types,
+    else numpy (cast to the cube's type; ``fill`` on pixels beyond the border, where a flag stamp also
+    gets the padding bit: ``fill`` is :data:`PADDED_FLAG` for flags)."""
+    if cut_into_cube(image.data, ix, iy, size, fill, cube, rows, j):
+        return
+    stamps, missing = cut_stamps(image.data, ix, iy, size, fill=0, dtype=cube.dtype)
+    if fill:
+        stamps[missing] |= fill
+    cube[rows, j] = stamps
 
 
 # ---------------------------------------------------------------------------
@@ -381,7 +458,7 @@ def cut_into(slot: SlotStamps, rows, image: _Image, weight: _Image | None, flag:
 class TileResult:
     """What :func:`extract_tile` produced."""
 
-    slots: list
+    slots: list               # SlotStamps views of ``cubes``
     names: list
     bands: list
     exposures: list
@@ -389,6 +466,7 @@ class TileResult:
     failed: dict              # index -> reason
     notes: list = field(default_factory=list)
     files_read: set = field(default_factory=set)
+    cubes: TileCubes = None
 
 
 def _open(path, files_read):
@@ -465,8 +543,34 @@ def extract_tile(tile: str, ra, dec, layout, settings: Settings, store=None, log
         m = rows.size
         ra_on, dec_on = ra[rows], dec[rows]
 
-        slots, names, bands, exposures_of_slot = [], [], [], []
+        # The slots first (per band: the tile, then the exposures stacked into it), so that the
+        # stamps of every slot are cut straight into one array per kind.
+        plan = []  # (band index, band, paths, exposures, notes on missing exposures)
         for b, (band, paths) in enumerate(zip(layout.bands, band_files)):
+            available, missing = [], []
+            if layout.exposures and store is not None and m and paths is not None:
+                header = tile_header if b == 0 else read_image_header(paths["image"])
+                history = history_exposures(header)
+                available = [e for e in history if e in store]
+                missing = [f"exposure {e} of tile {tile} is not in header store {store.path}"
+                           for e in history if e not in store]
+            plan.append((b, band, paths, available, missing))
+        names, bands, exposures_of_slot = [], [], []
+        for _, band, paths, available, _ in plan:
+            if paths is not None:
+                names.append(f"tile {band.name}")
+                bands.append(band.name)
+                exposures_of_slot.append("")
+            for exposure in available:
+                names.append(f"exposure {exposure} {band.name}")
+                bands.append(band.name)
+                exposures_of_slot.append(exposure)
+        cubes = TileCubes(m, len(names), size, psf_size,
+                          data_dtype=images[(0, "image")].data.dtype.newbyteorder("="))
+        slots = [cubes.slot(j) for j in range(len(names))]
+
+        j = 0
+        for b, band, paths, available, missing in plan:
             band_slots = []
             # Tile slot.
             if paths is not None:
@@ -475,61 +579,52 @@ def extract_tile(tile: str, ra, dec, layout, settings: Settings, store=None, log
                         images[(b, kind)] = _open(paths[kind], files_read)
                 image = images[(b, "image")]
                 stamp_wcs = wcs0 if b == 0 else StampWCS(image.header)
-                slot = SlotStamps(m, size, psf_size, data_dtype=image.data.dtype.newbyteorder("="))
+                tile_slot = slots[j]
+                j += 1
+                cubes.data_type_for(tile_slot.j, image.data.dtype)
                 x, y = (x0[rows], y0[rows]) if b == 0 else world_to_pixel(stamp_wcs.wcs, ra_on, dec_on)
                 bix, biy, _, _ = central_pixels(x, y)
                 bny, bnx = image.data.shape
                 inside = np.flatnonzero((bix >= 0) & (bix < bnx) & (biy >= 0) & (biy < bny))
-                cut_into(slot, inside, image, images.get((b, "weight")), images.get((b, "flag")),
+                cut_into(tile_slot, inside, image, images.get((b, "weight")), images.get((b, "flag")),
                          x[inside], y[inside], stamp_wcs)
-                tile_slot = slot
-                slots.append(slot)
-                names.append(f"tile {band.name}")
-                bands.append(band.name)
-                exposures_of_slot.append("")
                 for kind in ("image", "weight", "flag"):
                     if (b, kind) in images and b > 0:
                         images.pop((b, kind)).close()
             else:
                 tile_slot = None
             # Exposure slots: the exposures stacked into this band's tile.
-            if layout.exposures and store is not None and m and paths is not None:
-                header = tile_header if b == 0 else read_image_header(paths["image"])
-                history = history_exposures(header)
-                available = [e for e in history if e in store]
-                for missing_exposure in (e for e in history if e not in store):
-                    notes.append(f"exposure {missing_exposure} of tile {tile} is not in header store {store.path}")
-                for exposure in available:
-                    slot = _exposure_slot(exposure, ra_on, dec_on, layout, settings, store, files_read, notes,
-                                          assign_ccds, logger)
-                    slots.append(slot)
-                    names.append(f"exposure {exposure} {band.name}")
-                    bands.append(band.name)
-                    exposures_of_slot.append(exposure)
-                    band_slots.append(slot)
+            notes.extend(missing)
+            for exposure in available:
+                slot = slots[j]
+                j += 1
+                _exposure_slot(slot, exposure, ra_on, dec_on, layout, settings, store, files_read, notes,
+                               assign_ccds, logger)
+                band_slots.append(slot)
             if tile_slot is not None and band_slots:
                 _mean_psf(tile_slot, band_slots)
+        cubes.finish()
     finally:
         for image in images.values():
             image.close()
-    return TileResult(slots, names, bands, exposures_of_slot, rows, failed, notes, files_read)
+    return TileResult(slots, names, bands, exposures_of_slot, rows, failed, notes, files_read, cubes)
 
 
-def _exposure_slot(exposure, ra, dec, layout, settings, store, files_read, notes, assign_ccds, logger):
-    """Stamps and PSFs of one exposure for targets (ra, dec)."""
+def _exposure_slot(slot, exposure, ra, dec, layout, settings, store, files_read, notes, assign_ccds, logger):
+    """Stamps and PSFs of one exposure for targets (ra, dec), into ``slot``."""
     from shapepipe_modules.io.psfex_file import PSFFileError, read_psf
     from shapepipe_modules.psfinterp.interpolate import psf_stamps
 
     size, psf_size = settings.stamp_size, settings.psf_size
+    cubes, j = slot.cubes, slot.j
     ccds = store.ccds(exposure)
-    slot = SlotStamps(ra.size, size, psf_size)
     if not ccds:
-        return slot
+        return
     first = store.header(exposure, ccds[0])
     nx, ny = int(first.get("NAXIS1", 0)), int(first.get("NAXIS2", 0))
     if nx <= 0 or ny <= 0:
         notes.append(f"exposure {exposure}: header store {store.path} has no NAXIS1/NAXIS2; exposure skipped")
-        return slot
+        return
     ccd_of = assign_ccds(ra, dec, store, [exposure], (-0.5, nx - 0.5, -0.5, ny - 0.5))[0]
     # First the positions on every CCD, so that the next CCD's files can be read ahead while one is cut.
     plans = []
@@ -546,7 +641,6 @@ def _exposure_slot(exposure, ra, dec, layout, settings, store, files_read, notes
         stamp_wcs = StampWCS(store.header_text(exposure, ccd))
         x, y = world_to_pixel(stamp_wcs.wcs, ra[rows], dec[rows])
         plans.append((ccd, rows, paths, stamp_wcs, x, y))
-    dtype_set = False
     opened_next = _open_plan(plans[0], files_read, notes, exposure, size) if plans else None
     for index, (ccd, rows, paths, stamp_wcs, x, y) in enumerate(plans):
         opened = opened_next
@@ -555,16 +649,10 @@ def _exposure_slot(exposure, ra, dec, layout, settings, store, files_read, notes
         if opened is None:
             continue
         try:
-            if not dtype_set:
-                native = opened["image"].data.dtype.newbyteorder("=")
-                if native != slot.data.dtype:
-                    slot.data = slot.data.astype(native)
-                dtype_set = True
             cut_into(slot, rows, opened["image"], opened.get("weight"), opened.get("flag"), x, y, stamp_wcs)
-            slot.ccd[rows] = ccd
+            cubes.ccd[rows, j] = ccd
         except ExtractionError as error:
             notes.append(f"exposure {exposure} CCD {ccd}: {error}; {rows.size} stamp(s) absent")
-            slot.present[rows] = False
             continue
         finally:
             for image in opened.values():
@@ -582,12 +670,11 @@ def _exposure_slot(exposure, ra, dec, layout, settings, store, files_read, notes
             continue
         files_read.add(str(psf_path))
         _, _, dx, dy = central_pixels(x, y)
-        slot.psf[rows] = psf_stamps(model, x, y, size=psf_size, dx=dx, dy=dy, dtype=np.float32)
-        slot.psf_present[rows] = True
+        cubes.psf[rows, j] = psf_stamps(model, x, y, size=psf_size, dx=dx, dy=dy, dtype=np.float32)
+        cubes.psf_present[rows, j] = True
     if opened_next is not None:  # only when the loop was left early; never in practice
         for image in opened_next.values():
             image.close()
-    return slot
 
 
 def _open_plan(plan, files_read, notes, exposure, size):
@@ -613,16 +700,18 @@ def _open_plan(plan, files_read, notes, exposure, size):
 
 def _mean_psf(tile_slot: SlotStamps, exposure_slots):
     """Tile PSF: the mean of the target's exposure PSFs in the band (unit sum kept)."""
-    total = np.zeros(tile_slot.psf.shape, dtype=np.float64)
-    count = np.zeros(tile_slot.n, dtype=np.int64)
+    cubes = tile_slot.cubes
+    total = np.zeros((cubes.n, cubes.psf_size, cubes.psf_size), dtype=np.float64)
+    count = np.zeros(cubes.n, dtype=np.int64)
     for slot in exposure_slots:
         # In place, without copying the selected stamps (absent PSFs are zero).
-        np.add(total, slot.psf, out=total, where=slot.psf_present[:, None, None])
-        count += slot.psf_present
+        present = cubes.psf_present[:, slot.j]
+        np.add(total, cubes.psf[:, slot.j], out=total, where=present[:, None, None])
+        count += present
     have = count > 0
     np.divide(total, np.maximum(count, 1)[:, None, None], out=total)
-    tile_slot.psf[:] = total
-    tile_slot.psf_present[:] = have & tile_slot.present
+    cubes.psf[:, tile_slot.j] = total
+    cubes.psf_present[:, tile_slot.j] = have & cubes.present[:, tile_slot.j]
 
 
 # ---------------------------------------------------------------------------
@@ -736,7 +825,7 @@ def _write_tile(group, ids, ra, dec, result: TileResult, settings: Settings, wri
 
     rows = result.rows
     n, k = rows.size, len(result.slots)
-    size, psf_size = settings.stamp_size, settings.psf_size
+    size = settings.stamp_size
     filters = _filters(settings)
     text = h5py.string_dtype("utf-8")
     group.create_dataset("ids", data=np.asarray(ids)[rows].astype(object), dtype=text)
@@ -745,31 +834,20 @@ def _write_tile(group, ids, ra, dec, result: TileResult, settings: Settings, wri
     group.attrs["images"] = np.asarray(result.names, dtype=object).astype(str).tolist()
     group.attrs["bands"] = list(result.bands)
     group.attrs["exposures"] = list(result.exposures)
-    dtype = np.result_type(*[slot.data.dtype for slot in result.slots])
+    cubes = result.cubes
     # A chunk holds every slot of a few targets: reading a target (the access pattern of the archive,
-    # export and quick look) decompresses one chunk per array.
+    # export and quick look) decompresses one chunk per array. The cubes have that layout already: a
+    # chunk is a contiguous block of rows.
     per_chunk = max(1, min(n, CHUNK_BYTES // (k * size * size * 4)))
-    cube = {
-        "data": (dtype, size), "weight": (np.float32, size), "flag": (np.int32, size),
-        "psf": (np.float32, psf_size),
-    }
-    for name, (kind, side) in cube.items():
-        dataset = writer.create(group, name, (n, k, side, side), kind, (per_chunk, k, side, side))
-        arrays = [getattr(slot, name) for slot in result.slots]
+    for name in ("data", "weight", "flag", "psf"):
+        values = getattr(cubes, name)
+        dataset = writer.create(group, name, values.shape, values.dtype, (per_chunk,) + values.shape[1:])
         for start in range(0, n, per_chunk):
-            # Stacked where it is compressed (a worker thread), from the slot arrays.
-            writer.write(dataset, start, lambda a=arrays, b=start, e=min(n, start + per_chunk):
-                         np.stack([x[b:e] for x in a], axis=1))
-    small = {"masked": np.int32, "present": bool, "psf_present": bool, "ccd": np.int16, "x": np.float64,
-             "y": np.float64}
-    for name, kind in small.items():
-        values = np.stack([getattr(slot, name) for slot in result.slots], axis=1).astype(kind)
-        group.create_dataset(name, data=values, **filters)
-    length = max([len(h) for slot in result.slots for h in slot.headers] + [80])
-    headers = np.zeros((n, k), dtype=f"S{length}")
-    for j, slot in enumerate(result.slots):
-        headers[:, j] = np.asarray(slot.headers, dtype=f"S{length}")
-    per_chunk = max(1, min(n, CHUNK_BYTES // (k * length)))
+            writer.write(dataset, start, values[start:start + per_chunk])
+    for name in ("masked", "present", "psf_present", "ccd", "x", "y"):
+        group.create_dataset(name, data=getattr(cubes, name), **filters)
+    headers = cubes.header_array()
+    per_chunk = max(1, min(n, CHUNK_BYTES // (k * headers.dtype.itemsize)))
     dataset = writer.create(group, "headers", (n, k), headers.dtype, (per_chunk, k))
     for start in range(0, n, per_chunk):
         writer.write(dataset, start, headers[start:start + per_chunk])
@@ -831,7 +909,7 @@ def write_batch(path, tiles, layout, settings: Settings, batch: int = 0, logger=
                     if result.rows.size and result.slots:
                         _write_tile(h5.create_group(tile), ids, ra, dec, result, settings, writer)
                         done.extend(ids[result.rows].tolist())
-                        stamps += int(sum(slot.present.sum() for slot in result.slots))
+                        stamps += int(result.cubes.present.sum())
                 writer.drain()
                 group = h5.create_group("failed")
                 text = h5py.string_dtype("utf-8")
