@@ -158,6 +158,53 @@ def _galaxy_cov(g1, g2, T):
 
 
 @njit(cache=True, fastmath=True)
+def _epoch_terms(g1, g2, T, cuu, cuv, cvv, e1, e2, gsq, psf_cov, area):
+    """Per-epoch terms shared by the fit and the model derivatives.
+
+    Returns ``dcov`` (dC/dtheta as (uu, uv, vv) rows for theta = g1, g2,
+    T), the inverse convolved covariance ``quu, quv, qvv`` and the
+    normalisation ``unit`` of each epoch, ``trace[e, k] = tr(C^-1 dC/dtheta_k)``,
+    and False if a convolved covariance is not positive definite.
+    """
+    # d e_j / d g_i
+    opg = 1.0 + gsq
+    de1_dg1 = 2.0 / opg - 4.0 * g1 * g1 / (opg * opg)
+    de1_dg2 = -4.0 * g1 * g2 / (opg * opg)
+    de2_dg2 = 2.0 / opg - 4.0 * g2 * g2 / (opg * opg)
+    half = 0.5 * T
+    dcov = np.empty((3, 3))
+    dcov[0, 0] = half * de1_dg1
+    dcov[0, 1] = half * de1_dg2  # d e2 / d g1 = d e1 / d g2
+    dcov[0, 2] = -half * de1_dg1
+    dcov[1, 0] = half * de1_dg2
+    dcov[1, 1] = half * de2_dg2
+    dcov[1, 2] = -half * de1_dg2
+    dcov[2, 0] = 0.5 * (1.0 + e1)
+    dcov[2, 1] = 0.5 * e2
+    dcov[2, 2] = 0.5 * (1.0 - e1)
+    n_epoch = psf_cov.shape[0]
+    quu = np.empty(n_epoch)
+    quv = np.empty(n_epoch)
+    qvv = np.empty(n_epoch)
+    unit = np.empty(n_epoch)
+    trace = np.empty((n_epoch, 3))
+    for e in range(n_epoch):
+        c11 = cuu + psf_cov[e, 0]
+        c12 = cuv + psf_cov[e, 1]
+        c22 = cvv + psf_cov[e, 2]
+        det = c11 * c22 - c12 * c12
+        if det <= 0.0 or c11 <= 0.0:
+            return dcov, quu, quv, qvv, unit, trace, False
+        quu[e] = c22 / det
+        quv[e] = -c12 / det
+        qvv[e] = c11 / det
+        unit[e] = area[e] / (2.0 * np.pi * np.sqrt(det))
+        for k in range(3):
+            trace[e, k] = quu[e] * dcov[k, 0] + 2.0 * quv[e] * dcov[k, 1] + qvv[e] * dcov[k, 2]
+    return dcov, quu, quv, qvv, unit, trace, True
+
+
+@njit(cache=True, fastmath=True)
 def _normal_equations(pars, du, dv, data, weight, epoch, psf_cov, area,
                       hess, grad, round_model):
     """Fill chi^2 gradient and Gauss-Newton Hessian; return chi^2.
@@ -173,45 +220,9 @@ def _normal_equations(pars, du, dv, data, weight, epoch, psf_cov, area,
     cuu, cuv, cvv, e1, e2, gsq = _galaxy_cov(g1, g2, T)
     if gsq >= 1.0:
         return -1.0
-    # d e_j / d g_i
-    opg = 1.0 + gsq
-    de1_dg1 = 2.0 / opg - 4.0 * g1 * g1 / (opg * opg)
-    de1_dg2 = -4.0 * g1 * g2 / (opg * opg)
-    de2_dg1 = de1_dg2
-    de2_dg2 = 2.0 / opg - 4.0 * g2 * g2 / (opg * opg)
-    half = 0.5 * T
-    # dC/dtheta as (uu, uv, vv) for theta = g1, g2, T
-    dcov = np.empty((3, 3))
-    dcov[0, 0] = half * de1_dg1
-    dcov[0, 1] = half * de2_dg1
-    dcov[0, 2] = -half * de1_dg1
-    dcov[1, 0] = half * de1_dg2
-    dcov[1, 1] = half * de2_dg2
-    dcov[1, 2] = -half * de1_dg2
-    dcov[2, 0] = 0.5 * (1.0 + e1)
-    dcov[2, 1] = 0.5 * e2
-    dcov[2, 2] = 0.5 * (1.0 - e1)
-
-    n_epoch = psf_cov.shape[0]
-    quu = np.empty(n_epoch)
-    quv = np.empty(n_epoch)
-    qvv = np.empty(n_epoch)
-    unit = np.empty(n_epoch)
-    trace = np.empty((n_epoch, 3))
-    for e in range(n_epoch):
-        c11 = cuu + psf_cov[e, 0]
-        c12 = cuv + psf_cov[e, 1]
-        c22 = cvv + psf_cov[e, 2]
-        det = c11 * c22 - c12 * c12
-        if det <= 0.0 or c11 <= 0.0:
-            return -1.0
-        quu[e] = c22 / det
-        quv[e] = -c12 / det
-        qvv[e] = c11 / det
-        unit[e] = area[e] / (2.0 * np.pi * np.sqrt(det))
-        for k in range(3):
-            trace[e, k] = (quu[e] * dcov[k, 0] + 2.0 * quv[e] * dcov[k, 1]
-                           + qvv[e] * dcov[k, 2])
+    dcov, quu, quv, qvv, unit, trace, valid = _epoch_terms(g1, g2, T, cuu, cuv, cvv, e1, e2, gsq, psf_cov, area)
+    if not valid:
+        return -1.0
 
     # Scalar accumulators (6 gradient terms gr*, 21 Hessian terms h* of the
     # lower triangle, derivatives a*) keep the pixel loop in registers: 2.3x
@@ -653,40 +664,9 @@ def _weighted_derivatives_nb(pars, du, dv, weight, epoch, psf_cov, area, out):
     cuu, cuv, cvv, e1, e2, gsq = _galaxy_cov(g1, g2, T)
     if gsq >= 1.0:
         return 1
-    opg = 1.0 + gsq
-    de1_dg1 = 2.0 / opg - 4.0 * g1 * g1 / (opg * opg)
-    de1_dg2 = -4.0 * g1 * g2 / (opg * opg)
-    de2_dg2 = 2.0 / opg - 4.0 * g2 * g2 / (opg * opg)
-    half = 0.5 * T
-    dcov = np.empty((3, 3))
-    dcov[0, 0] = half * de1_dg1
-    dcov[0, 1] = half * de1_dg2
-    dcov[0, 2] = -half * de1_dg1
-    dcov[1, 0] = half * de1_dg2
-    dcov[1, 1] = half * de2_dg2
-    dcov[1, 2] = -half * de1_dg2
-    dcov[2, 0] = 0.5 * (1.0 + e1)
-    dcov[2, 1] = 0.5 * e2
-    dcov[2, 2] = 0.5 * (1.0 - e1)
-    n_epoch = psf_cov.shape[0]
-    quu = np.empty(n_epoch)
-    quv = np.empty(n_epoch)
-    qvv = np.empty(n_epoch)
-    unit = np.empty(n_epoch)
-    trace = np.empty((n_epoch, 3))
-    for e in range(n_epoch):
-        c11 = cuu + psf_cov[e, 0]
-        c12 = cuv + psf_cov[e, 1]
-        c22 = cvv + psf_cov[e, 2]
-        det = c11 * c22 - c12 * c12
-        if det <= 0.0 or c11 <= 0.0:
-            return 2
-        quu[e] = c22 / det
-        quv[e] = -c12 / det
-        qvv[e] = c11 / det
-        unit[e] = area[e] / (2.0 * np.pi * np.sqrt(det))
-        for k in range(3):
-            trace[e, k] = quu[e] * dcov[k, 0] + 2.0 * quv[e] * dcov[k, 1] + qvv[e] * dcov[k, 2]
+    dcov, quu, quv, qvv, unit, trace, valid = _epoch_terms(g1, g2, T, cuu, cuv, cvv, e1, e2, gsq, psf_cov, area)
+    if not valid:
+        return 2
     for i in range(du.size):
         e = epoch[i]
         x = du[i] - u0
