@@ -135,3 +135,12 @@ def test_catalogue_with_vignets_stored_by_rows(ccd, tmp_path, engine):
         psfex(_job(tmp_path, sparse, engine, config, "sparse"))
     if engine == "builtin":
         assert f"{(~rows).sum()} objects" in str(error.value)
+
+
+def test_option_checks_name_the_key():
+    """Bad numeric options fail before any job, naming the key."""
+    from shapepipe_modules.psfex.runner import validate
+
+    assert validate({"SHAPE_CLIP": 5.0, "MIN_STARS": 10, "INTERPOLANT_ORDER": 7}) == []
+    problems = validate({"SHAPE_CLIP": -1.0, "MIN_STARS": 0, "INTERPOLANT_ORDER": 7})
+    assert any("SHAPE_CLIP" in p for p in problems) and any("MIN_STARS" in p for p in problems)
