@@ -240,9 +240,93 @@ def test_seed_jackknife_sees_what_a_seed_shares():
     terms = PairTerms(pairs, Selection(snr_min=0.0, size_ratio_min=0.0))
     jack = group_jackknife_errors(terms, seed)
     result = paired_estimate(pairs, Selection(snr_min=0.0, size_ratio_min=0.0), n_boot=30, bins=())
-    np.testing.assert_allclose(result["c_err_seeds"], jack[2:])
+    np.testing.assert_allclose(result["c_err_seeds"], jack[2:4])
     # Seed offsets plus the galaxies' own scatter (shape noise: no ring here), which the bootstrap measures.
     per_seed = offsets.std(ddof=1) / np.sqrt(n_seeds) / terms.estimate()["R"][0, 0]
     assert jack[2] == pytest.approx(np.hypot(per_seed, result["c_err"][0]), rel=0.35)
     assert result["c_err"][0] < 0.5 * jack[2]
     assert jack[3] == pytest.approx(result["c_err"][1], rel=0.5)  # no offset on c2
+
+
+def ring_members(rng, n_pairs=6000, drop_x_elongated=0.0, noise=0.01):
+    """Plus and minus member tables of ring pairs (partners' intrinsic shapes opposite), one tile.
+
+    Each galaxy measures ``R e_int + R ((1 + m) g + c) + noise``. With
+    ``drop_x_elongated`` that fraction of the galaxies with ``e1_int > 0``
+    get S/N 5 (below the cut): a selection that depends on orientation.
+    """
+    n = 2 * n_pairs
+    half = rng.normal(0.0, 0.25, (n_pairs, 2))
+    e_int = np.concatenate([half, -half])
+    ring = np.concatenate([np.arange(n_pairs), np.arange(n_pairs)]) + 1
+    code = 244252
+    ids = np.arange(1, n + 1)
+    snr = rng.uniform(12.0, 60.0, n)
+    lost = (e_int[:, 0] > 0) & (rng.uniform(size=n) < drop_x_elongated)
+    snr[lost] = 5.0
+    shared = rng.normal(0.0, noise, (n, 2))
+    members = []
+    for sign in (1.0, -1.0):
+        g = sign * np.array([0.02, 0.0])
+        branches = [np.einsum("ij,nj->ni", R_TRUE, e_int + (1.0 + M_TRUE) * g + C_TRUE + delta) + shared
+                    for delta in DELTAS]
+        members.append({
+            "key": (code // 1000 * 1000 + code % 1000) * KEY_STRIDE + ids, "g_true": np.tile(g, (n, 1)),
+            "truth_mag": np.full(n, 22.0), "ring": (code // 1000 * 1000 + code % 1000) * KEY_STRIDE + ring,
+            "e_int": e_int, "g": np.stack(branches, axis=1), "s2n": np.repeat(snr[:, None], 5, axis=1),
+            "T": np.full((n, 5), 0.6), "Tpsf": np.full((n, 5), 0.4), "psf_T": np.full(n, 0.4),
+            "mag": np.full(n, 22.0), "mcal_flags": np.zeros(n, np.int64), "no_shape": np.zeros(n, np.int64),
+            "g_err": np.full((n, 2), 0.05), "psf_g": np.zeros((n, 2)), "xy": rng.uniform(0, 1000, (n, 2)),
+        })
+    return members
+
+
+def test_ring_c_uses_complete_ring_pairs_and_e_int_shows_selection():
+    """c over complete ring pairs cancels shape noise; e_int_mean measures an orientation-dependent selection."""
+    from shapepipe_modules.validate.paired import ring_complete
+
+    rng = np.random.default_rng(5)
+    plus, minus = ring_members(rng, drop_x_elongated=0.0)
+    pairs = join_pairs(plus, minus)
+    assert np.array_equal(pairs["e_int"], plus["e_int"])
+    result = paired_estimate(pairs, Selection(snr_min=10.0), n_boot=60, seed=2, bins=(), ring=True)
+    # No galaxy lost: every galaxy is in a complete pair, c = c_all, and the shapes cancel exactly.
+    assert result["n_c"] == result["n_selected"] == pairs["key"].size
+    np.testing.assert_allclose(result["c"], result["c_all"])
+    np.testing.assert_allclose(result["c"], C_TRUE, atol=5e-4)
+    np.testing.assert_allclose(result["e_int_mean"], 0.0, atol=1e-12)
+
+    # A fifth of the x-elongated galaxies lost: their partners (e1_int < 0) stay without them.
+    plus, minus = ring_members(rng, drop_x_elongated=0.2)
+    pairs = join_pairs(plus, minus)
+    result = paired_estimate(pairs, Selection(snr_min=10.0), n_boot=60, seed=2, bins=(), ring=True)
+    selected = pairs["plus"]["s2n"][:, 0] > 10.0
+    complete = ring_complete(pairs, selected)
+    ring_key = pairs["ring"]
+    # Independent count: a galaxy is complete when both galaxies of its ring key are selected.
+    n_selected_in_ring = {k: int(np.sum(selected & (ring_key == k))) for k in np.unique(ring_key[:50])}
+    for i in range(50):
+        assert complete[i] == (selected[i] and n_selected_in_ring[ring_key[i]] == 2)
+    assert result["n_c"] == int(complete.sum()) < result["n_selected"]
+    # The complete pairs still give c; all selected galaxies carry the lost partners' shapes.
+    assert np.all(np.abs(result["c"] - C_TRUE) < 3 * result["c_err"] + 1e-4)
+    assert result["c_all"][0] - C_TRUE[0] < -5 * result["c_all_err"][0]
+    # What the selection left of the intrinsic shapes, against a direct mean.
+    np.testing.assert_allclose(result["e_int_mean"], pairs["e_int"][selected].mean(axis=0), rtol=1e-10)
+    assert result["e_int_mean"][0] < -5 * result["e_int_mean_err"][0]
+    assert abs(result["e_int_mean"][1]) < 4 * result["e_int_mean_err"][1]
+
+
+def test_pair_tables_keep_e_int_and_pool_with_old_tables(tmp_path):
+    rng = np.random.default_rng(8)
+    plus, minus = ring_members(rng, n_pairs=50)
+    pairs = join_pairs(plus, minus)
+    write_pairs(tmp_path / "new.fits", pairs)
+    back = read_pairs(tmp_path / "new.fits")
+    np.testing.assert_array_equal(back["e_int"], pairs["e_int"])
+    old = {k: v for k, v in back.items() if k != "e_int"}  # a table written before e_int existed
+    pooled = concatenate_pairs([back, old])
+    assert pooled["e_int"].shape == (200, 2)
+    assert np.all(np.isnan(pooled["e_int"][100:])) and np.all(np.isfinite(pooled["e_int"][:100]))
+    result = paired_estimate(pooled, Selection(snr_min=10.0), n_boot=10, bins=(), ring=True)
+    assert np.all(np.isnan(result["e_int_mean"]))  # not every selected galaxy has its truth shape

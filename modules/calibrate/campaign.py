@@ -144,7 +144,11 @@ def merge_campaign(results, out_dir, selection=None, weights="none", n_boot=200,
         "seeds": list(tables), "n_seeds": len(tables), "selection": combined["selection"], "weights": weights, "ring_bootstrap": bool(ring),
         "m": combined["m"].tolist(), "m_err": combined["m_err"].tolist(), "c": combined["c"].tolist(),
         "c_err": combined["c_err"].tolist(), "m_err_seeds": combined["m_err_seeds"].tolist(),
-        "c_err_seeds": combined["c_err_seeds"].tolist(), "R": combined["R"].tolist(), "R_sel": combined["R_sel"].tolist(),
+        "c_err_seeds": combined["c_err_seeds"].tolist(), "ring": bool(ring), "n_c": combined["n_c"],
+        "c_all": combined["c_all"].tolist(), "c_all_err": combined["c_all_err"].tolist(),
+        "c_all_err_seeds": combined["c_all_err_seeds"].tolist(),
+        "e_int_mean": combined["e_int_mean"].tolist(), "e_int_mean_err": combined["e_int_mean_err"].tolist(),
+        "R": combined["R"].tolist(), "R_sel": combined["R_sel"].tolist(),
         "n_pairs": combined["n_pairs"], "n_selected": combined["n_selected"], "n_m": combined["n_m"].tolist(),
         "bins": combined["bins"], "per_seed": per_seed,
         "cpu_s": cpu_s, "cpu_hours": cpu_hours, "cpu_hours_per_seed": cpu_hours / len(tables),
@@ -211,6 +215,9 @@ def format_campaign(record) -> str:
                      f" ({(c_sig[i] if c_sig[i] is not None else float('nan')):+.1f} sigma)")
     lines.append("  errors: bootstrap over galaxies (ring pairs whole); in brackets, jackknife over seeds; "
                  "sigma against the larger")
+    from shapepipe_modules.validate.cli import additive_lines
+
+    lines.extend("  " + line for line in additive_lines(record))
     lines.append(f"  per seed:  {'seed':>6} {'n':>6} {'m1':>9} {'+-':>7} {'m2':>9} {'+-':>7} {'c1':>9} {'+-':>7} "
                  f"{'c2':>9} {'+-':>7} {'CPU h':>7}")
     for row in record["per_seed"]:

@@ -114,7 +114,8 @@ def run_seed(seed, preset, work_dir, config_dir, overrides=None, chain_workers=1
         truths = [read_truth(truth_for(path, data)) for path in paths]
         members[sign] = member_table(catalogues, truths)
     pairs = join_pairs(members["plus"], members["minus"])
-    estimate = paired_estimate(pairs, selection or Selection(), n_boot=n_boot, seed=seed, bins=())
+    estimate = paired_estimate(pairs, selection or Selection(), n_boot=n_boot, seed=seed, bins=(),
+                               ring=bool(parameters.get("ring", False)))
     own_cpu = time.process_time() - own0
     total_cpu = own_cpu + _children_cpu() - children0
     info = {

@@ -108,7 +108,8 @@ def read_truth(path) -> dict:
     missing = [c for c in ("ra", "dec", "g1", "g2", "is_star") if c not in table.colnames]
     if missing:
         raise ValidationError(f"truth {path}: columns {missing} missing")
-    names = ("ra", "dec", "g1", "g2", "is_star") + tuple(n for n in ("pair_id", "id", "mag") if n in table.colnames)
+    names = ("ra", "dec", "g1", "g2", "is_star") + tuple(n for n in ("pair_id", "id", "mag", "e1_int", "e2_int")
+                                                      if n in table.colnames)
     return {name: np.asarray(table[name]) for name in names}
 
 
@@ -167,8 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dec-col", default="YWIN_WORLD")
     parser.add_argument("--ring", action="store_true",
                         help="ring test: keep only ring pairs (truth pair_id) whose two galaxies are both "
-                             "selected in the same tile, and bootstrap over pairs (with --paired: bootstrap "
-                             "over ring pairs only)")
+                             "selected in the same tile, and bootstrap over pairs (with --paired: m from every "
+                             "selected galaxy, c from the complete ring pairs, bootstrap over ring pairs)")
     parser.add_argument("--no-plots", action="store_true", help="write no figure")
     return parser
 
@@ -208,7 +209,27 @@ def format_paired_report(result) -> str:
     for i in range(2):
         lines.append(f"m{i + 1} = {result['m'][i]:+.4e} +- {result['m_err'][i]:.1e}    "
                      f"c{i + 1} = {result['c'][i]:+.4e} +- {result['c_err'][i]:.1e}")
+    lines.extend(additive_lines(result, "{:+.4e} +- {:.1e}"))
     return "\n".join(lines)
+
+
+def additive_lines(result, number="{:+.5f} +- {:.5f}") -> list:
+    """What the additive bias is measured on (ring: complete pairs), and the selection's own part."""
+    def pairs_of(values, errors):  # JSON records hold None for NaN
+        return ", ".join(number.format(*(float("nan") if x is None else float(x) for x in (v, e)))
+                         for v, e in zip(values, errors))
+
+    lines = []
+    if result.get("ring") and "c_all" in result:
+        c_all = pairs_of(result["c_all"], result["c_all_err"])
+        lines.append(f"c on the {result.get('n_c', '?')} galaxies of complete ring pairs (both selected: shapes "
+                     f"cancel); over all selected galaxies c = ({c_all})")
+    e_int = result.get("e_int_mean")
+    if e_int is not None and np.all(np.isfinite(np.asarray(e_int, float))):
+        text = pairs_of(e_int, result["e_int_mean_err"])
+        lines.append(f"selection against orientation: mean true intrinsic shape of the selected galaxies ({text}), "
+                     "zero unless the selection prefers an orientation")
+    return lines
 
 
 def run_paired_validation(args) -> dict:

@@ -24,7 +24,16 @@ Steps:
    - ``1 + m_i = sum w d_i / sum w (R_k g_k)_i`` over the selected galaxies
      whose applied shear component ``g_i`` is not zero (for one shear value:
      ``<d_i> / (g_i <R_ii>)``, plus the off-diagonal term ``R_ij g_j``);
-   - ``c = <R>^-1 <s>`` over all selected galaxies;
+   - ``c = <R>^-1 <s>`` over all selected galaxies; for ring simulations
+     (``ring``) over the **complete ring pairs** only (both galaxies of the
+     ring pair selected): ``s`` keeps each galaxy's intrinsic shape, which
+     only its 90-degree partner cancels, so a galaxy without its partner
+     brings its whole shape noise (docs/calibration.md, "Additive bias").
+     ``c_all`` (all selected galaxies) is reported beside it;
+   - ``e_int_mean``: with the truth intrinsic shapes in the table (``e_int``),
+     their mean over the selected galaxies: zero unless the selection
+     depends on orientation (an additive bias of the selection itself, which
+     the complete-pair ``c`` cannot see);
    - the same weights ``w`` (one per galaxy, from both members alike;
      default 1) in numerators and responses.
 
@@ -86,8 +95,8 @@ def member_table(catalogues, truths, max_sep=1.0, keep_stars=False, ra_col="XWIN
     Returns
     -------
     dict
-        ``key``, ``g_true`` (n, 2), ``truth_mag``, ``ring`` (ring key, -1: none)
-        and the member fields (:data:`MEMBER_FIELDS`; ``g`` is (n, 5, 2),
+        ``key``, ``g_true`` (n, 2), ``truth_mag``, ``ring`` (ring key, -1: none),
+        ``e_int`` (n, 2: truth intrinsic shape, NaN without) and the member fields (:data:`MEMBER_FIELDS`; ``g`` is (n, 5, 2),
         the branch quantities (n, 5)); ``n_detected``, ``n_matched``.
     """
     from shapepipe_modules import cfis
@@ -117,6 +126,10 @@ def member_table(catalogues, truths, max_sep=1.0, keep_stars=False, ra_col="XWIN
             "ring": (np.where(np.asarray(truth["pair_id"])[truth_rows] > 0,
                               tile_code * KEY_STRIDE + np.asarray(truth["pair_id"], np.int64)[truth_rows], -1)
                      if "pair_id" in truth else np.full(n, -1, np.int64)),
+            # Truth intrinsic shapes (shear convention), NaN when the truth has none.
+            "e_int": (np.column_stack([np.asarray(truth["e1_int"], float)[truth_rows],
+                                       np.asarray(truth["e2_int"], float)[truth_rows]])
+                      if "e1_int" in truth and "e2_int" in truth else np.full((n, 2), np.nan)),
         }
         part["g"] = np.stack([np.asarray(columns[f"NGMIX_ELL_{_BRANCH_KEYS[b]}"], float)[rows]
                               for b in BRANCH_ORDER], axis=1)
@@ -155,7 +168,7 @@ def join_pairs(plus, minus, tolerance=1e-9):
     Returns
     -------
     dict
-        ``key``, ``g_true`` (the plus run's), ``truth_mag``, ``ring``,
+        ``key``, ``g_true`` (the plus run's), ``truth_mag``, ``ring``, ``e_int``,
         ``plus`` and ``minus`` (member fields), ``n_plus``, ``n_minus``.
 
     Raises
@@ -175,6 +188,7 @@ def join_pairs(plus, minus, tolerance=1e-9):
     return {
         "key": common, "g_true": plus["g_true"][rows_p], "truth_mag": plus["truth_mag"][rows_p],
         "ring": plus["ring"][rows_p],
+        "e_int": (plus["e_int"][rows_p] if "e_int" in plus else np.full((common.size, 2), np.nan)),
         "plus": {name: plus[name][rows_p] for name in MEMBER_FIELDS},
         "minus": {name: minus[name][rows_m] for name in MEMBER_FIELDS},
         "n_plus": int(plus["key"].size), "n_minus": int(minus["key"].size),
@@ -243,9 +257,11 @@ class PairTerms:
     weights : numpy.ndarray, optional
     step : float
         Metacal shear step.
+    ring : bool
+        Measure ``c`` on the complete ring pairs only (:func:`ring_complete`).
     """
 
-    def __init__(self, pairs, select, weights=None, step=STEP):
+    def __init__(self, pairs, select, weights=None, step=STEP, ring=False):
         n = pairs["key"].size
         self.n = n
         self.weights = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
@@ -262,6 +278,10 @@ class PairTerms:
             & np.all(np.isfinite(response), axis=(1, 2))
         self.sheared = {branch: pair_selection(pairs, select, branch) & np.all(np.isfinite(self.s), axis=1)
                         for branch in BRANCH_ORDER[1:]}
+        self.c_members = ring_complete(pairs, self.selected) if ring else self.selected
+        e_int = np.asarray(pairs["e_int"], dtype=float) if "e_int" in pairs else np.full((n, 2), np.nan)
+        self.has_e_int = bool(np.all(np.isfinite(e_int[self.selected]))) and bool(self.selected.any())
+        self.e_int = np.nan_to_num(e_int)
         # Rows left out carry zero weight; zeros instead of NaN keep 0 * NaN out of the sums.
         self.d, self.s = np.nan_to_num(self.d), np.nan_to_num(self.s)
         self.response, self.rg = np.nan_to_num(self.response), np.nan_to_num(self.rg)
@@ -273,7 +293,10 @@ class PairTerms:
         Returns
         -------
         dict
-            ``m``, ``c`` (2,), ``R`` (2x2 mean response), ``R_sel`` and
+            ``m``, ``c`` (2,: over the complete ring pairs when the terms
+            were made with ``ring``), ``c_all`` (2,: all selected),
+            ``e_int_mean`` (2,: truth intrinsic shapes, NaN without),
+            ``R`` (2x2 mean response), ``R_sel`` and
             ``R_sel_pair`` (2x2, diagnostics: see the module docstring),
             ``n`` (selected galaxies), ``n_m`` (per component, galaxies with
             a non-zero applied shear).
@@ -295,10 +318,13 @@ class PairTerms:
             denominator = use @ self.rg[:, i]
             if n_m[i] and denominator != 0:
                 m[i] = (use @ self.d[:, i]) / denominator - 1.0
+        wc = np.where(self.c_members, w, 0.0)
         try:
-            c = np.linalg.solve(r_mean, s_mean)
+            c_all = np.linalg.solve(r_mean, s_mean)
+            c = np.linalg.solve(r_mean, wc @ self.s / wc.sum()) if wc.sum() > 0 else np.full(2, np.nan)
         except np.linalg.LinAlgError:
-            c = np.full(2, np.nan)  # no response on one axis
+            c = c_all = np.full(2, np.nan)  # no response on one axis
+        e_int_mean = ws @ self.e_int / total if self.has_e_int else np.full(2, np.nan)
         r_sel = np.full((2, 2), np.nan)
         r_sel_pair = np.full((2, 2), np.nan)
         for j, (plus, minus) in enumerate((("1p", "1m"), ("2p", "2m"))):
@@ -307,8 +333,41 @@ class PairTerms:
             if wp.sum() > 0 and wm.sum() > 0:
                 r_sel[:, j] = (wp @ self.s / wp.sum() - wm @ self.s / wm.sum()) / (2.0 * self.step)
                 r_sel_pair[:, j] = (wp @ self.d / wp.sum() - wm @ self.d / wm.sum()) / (2.0 * self.step)
-        return {"m": m, "c": c, "R": r_mean, "R_sel": r_sel, "R_sel_pair": r_sel_pair,
-                "n": int(np.count_nonzero(ws)), "n_m": n_m}
+        return {"m": m, "c": c, "c_all": c_all, "e_int_mean": e_int_mean, "R": r_mean, "R_sel": r_sel,
+                "R_sel_pair": r_sel_pair, "n": int(np.count_nonzero(ws)), "n_c": int(np.count_nonzero(wc)), "n_m": n_m}
+
+    @staticmethod
+    def vector(est):
+        """The quantities the error estimates resample: m1, m2, c1, c2, c_all1, c_all2, e_int_mean1, e_int_mean2."""
+        return np.concatenate([est["m"], est["c"], est["c_all"], est["e_int_mean"]])
+
+
+#: Length of :meth:`PairTerms.vector`.
+N_ERROR_TERMS = 8
+
+
+def ring_complete(pairs, selected):
+    """Selected galaxies whose ring partner (same ring key, same seed) is selected too.
+
+    Parameters
+    ----------
+    pairs : dict
+        Pair table with ``ring`` (ring key, -1: no partner) and, when pooled, ``seed``.
+    selected : numpy.ndarray of bool
+
+    Returns
+    -------
+    numpy.ndarray of bool
+    """
+    ring_key = np.asarray(pairs["ring"], dtype=np.int64)
+    candidates = np.asarray(selected, dtype=bool) & (ring_key >= 0)
+    groups = ring_key if "seed" not in pairs else np.column_stack([np.asarray(pairs["seed"]), ring_key])
+    complete = np.zeros(ring_key.size, dtype=bool)
+    if not candidates.any():
+        return complete
+    _, inverse, counts = np.unique(groups[candidates], axis=0, return_inverse=True, return_counts=True)
+    complete[np.flatnonzero(candidates)] = counts[inverse.ravel()] == 2
+    return complete
 
 
 def bootstrap_draws(n, n_boot, rng, units=None):
@@ -340,22 +399,22 @@ def resampling_units(pairs, ring=False):
 
 
 def bootstrap_errors(terms, n_boot, rng, units=None, mask=None):
-    """Bootstrap standard deviations of m1, m2, c1, c2 (and the samples)."""
-    samples = np.full((n_boot, 4), np.nan)
+    """Bootstrap standard deviations of :meth:`PairTerms.vector` (and the samples)."""
+    samples = np.full((n_boot, N_ERROR_TERMS), np.nan)
     for b, counts in enumerate(bootstrap_draws(terms.n, n_boot, rng, units)):
         try:
             est = terms.estimate(counts, mask)
         except (ValueError, np.linalg.LinAlgError):
             continue
-        samples[b] = [est["m"][0], est["m"][1], est["c"][0], est["c"][1]]
+        samples[b] = terms.vector(est)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a component without data: NaN, said in the report
-        spread = np.nanstd(samples, axis=0, ddof=1) if n_boot > 1 else np.full(4, np.nan)
+        spread = np.nanstd(samples, axis=0, ddof=1) if n_boot > 1 else np.full(N_ERROR_TERMS, np.nan)
     return spread, samples
 
 
 def group_jackknife_errors(terms, groups):
-    """Delete-one-group jackknife errors of m1, m2, c1, c2 (e.g. one group per seed).
+    """Delete-one-group jackknife errors of :meth:`PairTerms.vector` (e.g. one group per seed).
 
     The bootstrap over galaxies (or ring pairs) misses what a whole seed
     shares: its PSF pattern, its exposures' noise, its bad columns. Leaving
@@ -364,22 +423,22 @@ def group_jackknife_errors(terms, groups):
 
     Returns
     -------
-    numpy.ndarray (4,)
+    numpy.ndarray (N_ERROR_TERMS,)
         NaN with fewer than 3 groups.
     """
     groups = np.asarray(groups)
     codes = np.unique(groups)
     if codes.size < 3:
-        return np.full(4, np.nan)
+        return np.full(N_ERROR_TERMS, np.nan)
     samples = []
     for code in codes:
-        est = terms.estimate(mask=(groups != code).astype(float))
-        samples.append([est["m"][0], est["m"][1], est["c"][0], est["c"][1]])
+        samples.append(terms.vector(terms.estimate(mask=(groups != code).astype(float))))
     samples = np.array(samples)
     n = codes.size
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return np.sqrt((n - 1) / n * np.nansum((samples - np.nanmean(samples, axis=0)) ** 2, axis=0))
+        spread = np.sqrt((n - 1) / n * np.nansum((samples - np.nanmean(samples, axis=0)) ** 2, axis=0))
+    return np.where(np.all(np.isnan(samples), axis=0), np.nan, spread)
 
 
 def bin_edges(values, n_bins):
@@ -405,7 +464,8 @@ def paired_estimate(pairs, selection=None, weights="none", n_boot=200, seed=1, n
     n_boot : int
         Bootstrap draws over galaxies (over ring pairs if ``ring``).
     ring : bool
-        Resample ring pairs whole (truth ``pair_id``).
+        Resample ring pairs whole (truth ``pair_id``) and measure ``c`` on the
+        complete ring pairs (:func:`ring_complete`).
     bins : sequence of str
         Quantities of :data:`BIN_QUANTITIES` to bin in (quantiles of the
         selected pairs, or ``edges[name]``).
@@ -415,19 +475,21 @@ def paired_estimate(pairs, selection=None, weights="none", n_boot=200, seed=1, n
     dict
         ``m``, ``c``, ``m_err``, ``c_err``, ``m_err_seeds``, ``c_err_seeds``
         (jackknife over the ``seed`` column of pooled tables, NaN without
-        it), ``R``, ``R_sel``, ``R_sel_pair``
+        it), ``c_all`` (all selected galaxies, with ``c_all_err``,
+        ``c_all_err_seeds``), ``e_int_mean`` (with ``e_int_mean_err``;
+        NaN without truth shapes), ``n_c`` (galaxies in ``c``), ``R``, ``R_sel``, ``R_sel_pair``
         (with ``R_sel_pair_err``), ``n_pairs`` (joined), ``n_selected``,
         ``n_m``, ``bins`` (name -> list of ``low``, ``high``, ``n``, ``m``,
         ``m_err``, ``c``, ``c_err``), ``selection``, ``weights``.
     """
     selection = selection or Selection()
     rng = np.random.default_rng(seed)
-    terms = PairTerms(pairs, selection, pair_weights(pairs, weights), step)
+    terms = PairTerms(pairs, selection, pair_weights(pairs, weights), step, ring=ring)
     units = resampling_units(pairs, ring)
     est = terms.estimate()
     spread, _ = bootstrap_errors(terms, n_boot, rng, units)
     seed_jackknife = (group_jackknife_errors(terms, pairs["seed"]) if "seed" in pairs
-                      else np.full(4, np.nan))
+                      else np.full(N_ERROR_TERMS, np.nan))
     r_sel_pair = []
     for counts in bootstrap_draws(terms.n, max(n_boot // 4, 2), rng, units):
         try:
@@ -435,8 +497,10 @@ def paired_estimate(pairs, selection=None, weights="none", n_boot=200, seed=1, n
         except ValueError:
             pass
     result = {
-        "m": est["m"], "c": est["c"], "m_err": spread[:2], "c_err": spread[2:],
-        "m_err_seeds": seed_jackknife[:2], "c_err_seeds": seed_jackknife[2:], "R": est["R"],
+        "m": est["m"], "c": est["c"], "m_err": spread[:2], "c_err": spread[2:4],
+        "m_err_seeds": seed_jackknife[:2], "c_err_seeds": seed_jackknife[2:4],
+        "c_all": est["c_all"], "c_all_err": spread[4:6], "c_all_err_seeds": seed_jackknife[4:6],
+        "e_int_mean": est["e_int_mean"], "e_int_mean_err": spread[6:8], "n_c": est["n_c"], "R": est["R"],
         "R_sel": est["R_sel"], "R_sel_pair": est["R_sel_pair"],
         "R_sel_pair_err": np.nanstd(np.array(r_sel_pair), axis=0, ddof=1) if len(r_sel_pair) > 1 else None,
         "n_pairs": int(terms.n), "n_selected": est["n"], "n_m": est["n_m"],
@@ -459,7 +523,7 @@ def paired_estimate(pairs, selection=None, weights="none", n_boot=200, seed=1, n
             bin_spread, _ = bootstrap_errors(terms, max(n_boot // 4, 2), rng, units, mask)
             rows.append({"low": float(low), "high": float(high), "n": bin_est["n"], "m": bin_est["m"].tolist(),
                          "m_err": bin_spread[:2].tolist(), "c": bin_est["c"].tolist(),
-                         "c_err": bin_spread[2:].tolist()})
+                         "c_err": bin_spread[2:4].tolist()})
         result["bins"][name] = rows
     return result
 
@@ -468,6 +532,8 @@ def pairs_to_columns(pairs, extra=None) -> dict:
     """Flat columns of a pair table (for a FITS table); ``extra`` adds per-galaxy columns (e.g. the seed)."""
     columns = {"key": pairs["key"], "g_true": pairs["g_true"], "truth_mag": pairs["truth_mag"],
                "ring": pairs["ring"]}
+    if "e_int" in pairs:
+        columns["e_int"] = pairs["e_int"]
     for side in ("plus", "minus"):
         for name in MEMBER_FIELDS:
             columns[f"{side}_{name}"] = pairs[side][name]
@@ -493,7 +559,10 @@ def concatenate_pairs(tables) -> dict:
     if not tables:
         raise ValidationError("no pair table to pool")
     pooled = {name: np.concatenate([t[name] for t in tables]) for name in tables[0]
-              if name not in ("plus", "minus") and isinstance(tables[0][name], np.ndarray)}
+              if name not in ("plus", "minus", "e_int") and isinstance(tables[0][name], np.ndarray)}
+    if any("e_int" in t for t in tables):  # tables written before the truth shapes were kept: NaN
+        pooled["e_int"] = np.concatenate([np.asarray(t["e_int"], float) if "e_int" in t
+                                          else np.full((np.asarray(t["key"]).size, 2), np.nan) for t in tables])
     for side in ("plus", "minus"):
         pooled[side] = {name: np.concatenate([t[side][name] for t in tables]) for name in MEMBER_FIELDS}
     return pooled
