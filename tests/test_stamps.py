@@ -412,3 +412,36 @@ def test_chunk_writer_round_trip(tmp_path, compression):
         for name, values in arrays.items():
             assert h5[name].compression == {"gzip": "gzip", "lzf": "lzf", "none": None}[compression]
             assert np.array_equal(h5[name][...], values), name
+
+
+def test_compressed_images_are_cut_from_decompressed_row_bands(tmp_path):
+    """Tile-compressed images (quantised float, integer flags) cut by row bands equal cuts of the whole
+    image decompressed by astropy, at borders too; rows no stamp covers are never decompressed."""
+    from shapepipe_modules.stamps.extract import _Image
+
+    rng = np.random.default_rng(3)
+    image = rng.normal(100.0, 5.0, (300, 120)).astype(np.float32)
+    flag = (rng.uniform(size=(300, 120)) < 0.05).astype(np.int16) * 4
+    paths = {}
+    for name, data in (("image", image), ("flag", flag)):
+        paths[name] = tmp_path / f"{name}.fits.fz"
+        fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(data, compression_type="RICE_1")]).writeto(paths[name])
+    ix = np.array([0, 60, 119, 30, 90])
+    iy = np.array([0, 150, 299, 40, 45])
+    for name, path in paths.items():
+        with fits.open(path) as hdus:
+            whole = np.asarray(hdus[1].data)
+        opened = _Image(path)
+        stamps, missing = opened.cut(ix, iy, 11, fill=0)
+        padded = np.pad(whole, 5)  # independent: slices of the zero-padded whole image
+        inside = np.pad(np.ones(whole.shape, bool), 5)
+        for k in range(ix.size):
+            np.testing.assert_array_equal(stamps[k], padded[iy[k]:iy[k] + 11, ix[k]:ix[k] + 11])
+            np.testing.assert_array_equal(missing[k], ~inside[iy[k]:iy[k] + 11, ix[k]:ix[k] + 11])
+        covered = np.zeros(300, bool)
+        for y in iy:
+            covered[max(y - 5, 0):y + 6] = True
+        covered[0] = True  # read at opening, for the type
+        np.testing.assert_array_equal(opened._loaded, covered)
+        assert not np.any(opened.data[~covered])  # untouched rows stay zero (never decompressed)
+        opened.close()
