@@ -95,6 +95,57 @@ def test_target_psf_is_larger_than_psf_and_shared():
     assert np.allclose(image, image.T)
 
 
+def test_target_sigma_kernel_equals_numpy_rule():
+    """The numba search for the PSF's 1e-2 level equals the numpy expression of the rule, bit for bit."""
+    from shapepipe_modules.ngmix.metacal import (PSF_SMALL_KVAL, TARGET_SMALLER_KVAL, _frequency_grid,
+                                                  _pixel_response)
+
+    jac = 0.187 * np.array([[0.97, 0.1], [-0.04, 1.05]])
+    psf = galsim.Moffat(beta=3.5, fwhm=0.75).shear(g1=0.03, g2=0.02)
+    op = EpochMetacal(psf.drawImage(nx=N, ny=N, wcs=galsim.JacobianWCS(*jac.ravel())).array, jac, (N, N))
+    qy, qx = _frequency_grid(op.in_size, True)
+    for remove_pixel in (True, False):
+        kval = op._psf_k.real / _pixel_response(op.in_size) if remove_pixel else op._psf_k.real
+        ksq = op._sky_ksq(qy, qx)
+        expected = np.sqrt(-2.0 * np.log(TARGET_SMALLER_KVAL) / ksq[kval < PSF_SMALL_KVAL].min())
+        assert op._target_sigma(op._psf_k, remove_pixel) == expected
+
+
+def test_gaussian_image_of_moments():
+    """The moments' Gaussian against a direct evaluation at every pixel centre."""
+    from shapepipe_modules.ngmix.moments import Moments, gaussian_image
+
+    mom = Moments(row=24.3, col=26.1, sigma=3.2, e1=0.2, e2=-0.1, amplitude=800.0)
+    image = gaussian_image(mom, (51, 49))
+    root = np.sqrt(1 - 0.2 ** 2 - 0.1 ** 2)
+    m = 3.2 ** 2 / root * np.array([[1 - 0.2, -0.1], [-0.1, 1 + 0.2]])  # (y, x) second moments
+    inv = np.linalg.inv(m)
+    y, x = np.mgrid[0:51, 0:49]
+    d = np.stack([y - 24.3, x - 26.1], axis=-1)
+    expected = 800.0 / (2 * np.pi * np.sqrt(np.linalg.det(m))) * np.exp(-0.5 * np.einsum("...i,ij,...j", d, inv, d))
+    np.testing.assert_allclose(image, expected, rtol=1e-12)
+    assert image.sum() == pytest.approx(800.0, rel=1e-6)
+
+
+def test_padded_transform_equals_rfft2_of_the_padded_stamp():
+    """The row-by-row input transform against rfft2 of the zero-padded stamp (odd and even PSF stamps too)."""
+    from scipy import fft as sfft
+
+    from shapepipe_modules.ngmix.metacal import _embed
+
+    jac = np.diag([0.187, 0.187])
+    psf = galsim.Gaussian(fwhm=0.7).drawImage(nx=N, ny=N, wcs=galsim.JacobianWCS(*jac.ravel())).array
+    op = EpochMetacal(psf, jac, (N, N))
+    rng = np.random.default_rng(4)
+    for shape, centre in (((N, N), None), ((N, N), (3, 40)), ((32, 32), (16, 16)), ((5, 5), (0, 0))):
+        stamps = rng.normal(size=(2,) + shape)
+        got = op._padded_transform(stamps, centre)
+        where = centre or op.centre
+        for stamp, spectrum in zip(stamps, got):
+            expected = sfft.rfft2(_embed(stamp, op.in_size, where))
+            np.testing.assert_allclose(spectrum, expected, atol=1e-10 * np.abs(expected).max())
+
+
 def test_fixnoise_adds_rotated_processed_noise():
     """With a zero image, every branch is the processed rotated noise."""
     jac = np.diag([0.187, 0.187])
@@ -106,6 +157,22 @@ def test_fixnoise_adds_rotated_processed_noise():
     rotated = op.make_images(np.rot90(noise, 1))
     for name in BRANCHES:
         assert np.allclose(with_noise[name], np.rot90(rotated[name], -1), atol=1e-12)
+    # A rotated, sheared Jacobian and an elliptical PSF (kept modes not symmetric under a
+    # 90-degree rotation), a galaxy and noise: the sum of the two processed separately.
+    jac = 0.187 * np.array([[0.95, 0.12], [-0.05, 1.08]])
+    wcs = galsim.JacobianWCS(*jac.ravel())
+    psf = galsim.Moffat(beta=3.5, fwhm=0.7).shear(g1=0.05, g2=-0.03)
+    op = EpochMetacal(psf.drawImage(nx=N, ny=N, wcs=wcs).array, jac, (N, N))
+    target, _, _ = op._rotation_map()
+    assert not np.isin(target, op._keep_flat).all()
+    image = galsim.Convolve(galsim.Exponential(half_light_radius=0.4, flux=500.0).shear(g1=0.2, g2=0.1),
+                            psf).drawImage(nx=N, ny=N, wcs=wcs).array
+    both = op.make_images(image, noise)
+    alone = op.make_images(image)
+    turned = op.make_images(np.rot90(noise, 1))
+    for name in BRANCHES:
+        expected = alone[name] + np.rot90(turned[name], -1)
+        np.testing.assert_allclose(both[name], expected, atol=1e-12 * np.abs(expected).max())
 
 
 # ---------------------------------------------------------------- fitter

@@ -245,6 +245,38 @@ def _resample_two(spectra, offset_y, offset_x, pos_y, pos_x, target, out):
         out[1, ip] = complex(b_r * fr - b_i * fi, b_r * fi + b_i * fr)
 
 
+@njit(cache=True)
+def _fill_modes(full, keep, modes, target, source, conj, rotated_modes):
+    """``full[:, keep] = modes``, then ``rotated_modes[:, source]`` (conjugated where ``conj``) added at ``target``."""
+    for b in range(full.shape[0]):
+        for i in range(keep.size):
+            full[b, keep[i]] = modes[b, i]
+        for i in range(target.size):
+            value = rotated_modes[b, source[i]]
+            full[b, target[i]] += value.conjugate() if conj[i] else value
+
+
+@njit(cache=True)
+def _smallest_ksq_below(psf_k, pixel, qy, qx, inv_t, remove_pixel, level):
+    """Smallest ``|J^-T q|^2`` over the modes where ``Re(psf_k)`` (over ``pixel`` if ``remove_pixel``) is below ``level``; inf if none.
+
+    Element by element the same arithmetic as the numpy expressions
+    ``_sky_ksq`` and ``psf_k.real / pixel`` (no fastmath), without their
+    temporaries on the large input grid.
+    """
+    best = np.inf
+    for r in range(psf_k.shape[0]):
+        for c in range(psf_k.shape[1]):
+            kval = psf_k[r, c].real / pixel[r, c] if remove_pixel else psf_k[r, c].real
+            if kval < level:
+                ku = inv_t[0, 0] * qx[r, c] + inv_t[0, 1] * qy[r, c]
+                kv = inv_t[1, 0] * qx[r, c] + inv_t[1, 1] * qy[r, c]
+                ksq = ku * ku + kv * kv
+                if ksq < best:
+                    best = ksq
+    return best
+
+
 @njit(cache=True, fastmath=True)
 def _gram_kernel(spectra, modes, power, out):
     """``out[b] = Re(X_b P X_b^H)`` summed over ``modes`` (P real, diagonal), in double precision.
@@ -422,12 +454,11 @@ class EpochMetacal:
 
     def _target_sigma(self, psf_k, remove_pixel=True):
         qy, qx = self._pixel_freqs(self.in_size, half=True)
-        kval = psf_k.real / _pixel_response(self.in_size) if remove_pixel else psf_k.real
-        ksq = self._sky_ksq(qy, qx)
-        small = kval < PSF_SMALL_KVAL
-        if small.any():
-            ksq_max = ksq[small].min()
-        else:
+        pixel = _pixel_response(self.in_size)
+        inv_t = np.linalg.inv(self.jacobian).T
+        # The smallest sky |k|^2 where the PSF transform (pixel removed) falls below PSF_SMALL_KVAL.
+        ksq_max = _smallest_ksq_below(psf_k, pixel, qy, qx, inv_t, remove_pixel, PSF_SMALL_KVAL)
+        if not np.isfinite(ksq_max):
             # PSF never falls that low inside the band: use the band edge.
             ksq_max = self._sky_ksq(np.array(np.pi), np.array(0.0)).item()
             ksq_max = min(ksq_max, self._sky_ksq(np.array(0.0), np.array(np.pi)).item())
@@ -674,18 +705,55 @@ class EpochMetacal:
         """
         k, ny, nx = stamps.shape
         size = self.in_size
-        centre = self.centre if centre is None else centre
-        rows = (np.arange(ny) - centre[0]) % size
-        cols = (np.arange(nx) - centre[1]) % size
+        cy, cx = self.centre if centre is None else centre
+        # Pixel j of the stamp goes to index (j - centre) mod size: two slices per axis.
         padded_rows = np.zeros((k, ny, size))
-        padded_rows[:, :, cols] = stamps
+        padded_rows[:, :, :nx - cx] = stamps[:, :, cx:]
+        padded_rows[:, :, size - cx:] = stamps[:, :, :cx]
+        transformed = sfft.rfft(padded_rows, axis=2)
         spectra = np.zeros((k, size, size // 2 + 1), dtype=complex)
-        spectra[:, rows, :] = sfft.rfft(padded_rows, axis=2)
+        spectra[:, :ny - cy] = transformed[:, cy:]
+        spectra[:, size - cy:] = transformed[:, :cy]
         return sfft.fft(spectra, axis=1, overwrite_x=True)
 
-    def _to_images(self, modes):
+    def _rotation_map(self):
+        """Where the transform of an output image rotated by -90 degrees (``np.rot90(k=-1)``) takes its kept modes.
+
+        On the periodic output grid, with the stamp centre at index 0, the
+        rotated image ``B(y, x) = A(-x, y)`` has ``B^(ky, kx) = A^(-kx, ky)``:
+        a permutation of the modes (conjugated where the source falls in the
+        half plane rfft2 does not store). Returns the flat rfft2 indices of
+        the targets, the positions of their sources among the kept modes, and
+        which are conjugated; targets whose source is not kept (zero) are left out.
+        """
+        cache = self.__dict__.setdefault("_rotation_cache", [])
+        if not cache:
+            n = self.out_size
+            half = n // 2 + 1
+            iy, ix = np.meshgrid(np.arange(n), np.arange(half), indexing="ij")
+            fy = np.where(iy < n // 2, iy, iy - n)
+            sy, sx = -ix, fy
+            conj = sx < 0
+            sy, sx = np.where(conj, -sy, sy), np.where(conj, -sx, sx)
+            position = np.full(n * half, -1)
+            position[self._keep_flat] = np.arange(self._keep_flat.size)
+            source = position[((sy % n) * half + sx).ravel()]
+            found = source >= 0
+            cache.append((np.flatnonzero(found), source[found], conj.ravel()[found]))
+        return cache[0]
+
+    def _to_images(self, modes, rotated_modes=None):
+        """Stamps from kept output modes; ``rotated_modes`` (same shape) are added as images rotated by -90 degrees.
+
+        The rotation is applied to the modes (:meth:`_rotation_map`), so an
+        image and its rotated noise image take one inverse transform.
+        """
         full = np.zeros((modes.shape[0], self._out_shape[0] * self._out_shape[1]), dtype=complex)
-        full[:, self._keep_flat] = modes
+        if rotated_modes is None:
+            full[:, self._keep_flat] = modes
+        else:
+            target, source, conj = self._rotation_map()
+            _fill_modes(full, self._keep_flat, modes, target, source, conj, rotated_modes)
         full = full.reshape((modes.shape[0],) + self._out_shape)
         # Two 1-d passes, as irfft2 (measured 3x faster than scipy's irfft2 on
         # fresh arrays); the second only on the rows of the stamp.
@@ -729,13 +797,8 @@ class EpochMetacal:
             size, half = spectra.shape[1:]
             extended = _scratch((size + 2 * self._margin, half + 2 * self._margin, len(stack) + 1))
             _extend(self._psf_k, spectra, self._margin, extended)
-        modes = np.concatenate([self._branch_modes(spectra, extended, name) for name in names])
-        # One inverse transform for all branches and images.
-        images = self._to_images(modes).reshape(len(names), len(stack), *self.stamp_shape)
-        result = {}
-        for name, branch in zip(names, images):
-            out = branch[0]
-            if noise_image is not None:
-                out = out + np.rot90(branch[1], k=-1)
-            result[name] = out
-        return result
+        modes = np.stack([self._branch_modes(spectra, extended, name) for name in names])
+        # One inverse transform for all branches, the noise images rotated
+        # back in Fourier space and added before it.
+        images = self._to_images(modes[:, 0], modes[:, 1] if noise_image is not None else None)
+        return dict(zip(names, images))

@@ -111,9 +111,9 @@ def gaussian_image(moments, shape):
     Its total flux is ``moments.amplitude`` (pixel values sampled at pixel centres).
     """
     ny, nx = shape
-    y, x = np.mgrid[0:ny, 0:nx]
-    dy = y - moments.row
-    dx = x - moments.col
+    # Broadcast (ny, 1) and (1, nx) offsets: the same values as full grids, without them.
+    dy = np.arange(ny, dtype=float)[:, None] - moments.row
+    dx = np.arange(nx, dtype=float)[None, :] - moments.col
     e1, e2 = moments.e1, moments.e2
     sig2 = moments.sigma ** 2
     # Distortion e with det(M) = sigma^4: M = sigma^2 / sqrt(1-e^2) [[1+e1, e2], [e2, 1-e1]]
