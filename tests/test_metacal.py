@@ -146,6 +146,25 @@ def test_padded_transform_equals_rfft2_of_the_padded_stamp():
             np.testing.assert_allclose(spectrum, expected, atol=1e-10 * np.abs(expected).max())
 
 
+def test_noise_power_of_rotated_kernel_equals_transform_of_rotated_kernel():
+    """The rotated kernel's power from permuted modes against the transform of the kernel rotated in real space."""
+    from scipy import fft as sfft
+
+    jac = 0.187 * np.array([[0.95, 0.12], [-0.05, 1.08]])
+    psf = galsim.Moffat(beta=3.5, fwhm=0.7).shear(g1=0.05, g2=-0.03)
+    op = EpochMetacal(psf.drawImage(nx=N, ny=N, wcs=galsim.JacobianWCS(*jac.ravel())).array, jac, (N, N))
+    full = np.zeros(op._out_shape, dtype=complex)
+    full[op._keep] = op._noshear_scale()
+    kernel = sfft.irfft2(full, s=(op.out_size, op.out_size))
+    turned = kernel.T[(-np.arange(op.out_size)) % op.out_size, :]
+    weight = np.full(op._out_shape[1], 2.0)
+    weight[0] = weight[-1] = 1.0
+    expected = (np.abs(full) ** 2 + np.abs(sfft.rfft2(turned)) ** 2) * weight / op.out_size ** 2
+    got = op._noise_power(True)
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12 * expected.max())
+    assert not np.allclose(got, op._noise_power(False) * 2, rtol=1e-3)  # the rotated term is not the same power
+
+
 def test_fixnoise_adds_rotated_processed_noise():
     """With a zero image, every branch is the processed rotated noise."""
     jac = np.diag([0.187, 0.187])

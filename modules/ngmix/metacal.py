@@ -408,6 +408,8 @@ class EpochMetacal:
         if not np.isfinite(psf_sum) or psf_sum <= 0:
             raise ValueError("PSF image must have a finite positive sum")
         self.jacobian = jac
+        # J^-T, used by every frequency mapping of this epoch (computed once).
+        self._inv_t = np.linalg.inv(jac).T
         self.step = float(step)
         self.stamp_shape = tuple(int(s) for s in stamp_shape)
         ny, nx = self.stamp_shape
@@ -447,7 +449,7 @@ class EpochMetacal:
 
     def _sky_ksq(self, qy, qx):
         # k_sky = J^-T q with q = (qx, qy) in the pixel frame.
-        inv_t = np.linalg.inv(self.jacobian).T
+        inv_t = self._inv_t
         ku = inv_t[0, 0] * qx + inv_t[0, 1] * qy
         kv = inv_t[1, 0] * qx + inv_t[1, 1] * qy
         return ku * ku + kv * kv
@@ -455,7 +457,7 @@ class EpochMetacal:
     def _target_sigma(self, psf_k, remove_pixel=True):
         qy, qx = self._pixel_freqs(self.in_size, half=True)
         pixel = _pixel_response(self.in_size)
-        inv_t = np.linalg.inv(self.jacobian).T
+        inv_t = self._inv_t
         # The smallest sky |k|^2 where the PSF transform (pixel removed) falls below PSF_SMALL_KVAL.
         ksq_max = _smallest_ksq_below(psf_k, pixel, qy, qx, inv_t, remove_pixel, PSF_SMALL_KVAL)
         if not np.isfinite(ksq_max):
@@ -487,7 +489,7 @@ class EpochMetacal:
         jac = self.jacobian
         # The sheared transform is G(S k) (S symmetric, unit determinant);
         # in the pixel frame k = J^-T q, so the sample point is J^T S J^-T q.
-        mat = jac.T @ shear_matrix(g1, g2) @ np.linalg.inv(jac).T
+        mat = jac.T @ shear_matrix(g1, g2) @ self._inv_t
         mq = mat @ self._q
         scale = self.in_size / (2 * np.pi)
         return (np.ascontiguousarray(mq[1] * scale),
@@ -598,10 +600,14 @@ class EpochMetacal:
             full[self._keep] = scale
             power = np.abs(full) ** 2
             if rotated:
-                # The kernel rotated by 90 degrees about the origin of the periodic grid.
-                kernel = sfft.irfft2(full, s=(self.out_size, self.out_size))
-                turned = kernel.T[(-np.arange(self.out_size)) % self.out_size, :]
-                power = power + np.abs(sfft.rfft2(turned)) ** 2
+                # The kernel rotated by 90 degrees about the origin of the
+                # periodic grid: its transform is the kept modes permuted
+                # (:meth:`_rotation_map`; the direction does not matter for
+                # |H|^2, since |H(q)| = |H(-q)|).
+                target, source, _ = self._rotation_map()
+                turned = np.zeros(power.size)
+                turned[target] = np.abs(scale[source]) ** 2
+                power = power + turned.reshape(power.shape)
             # rfft2 stores half the plane: columns other than 0 and Nyquist count twice.
             weight = np.full(self._out_shape[1], 2.0)
             weight[0] = 1.0
