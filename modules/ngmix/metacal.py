@@ -153,21 +153,26 @@ def _resample(spectra, offset_y, offset_x, pos_y, pos_x, target, out):
     the images) viewed as real numbers (last axis: real and imaginary part of
     each transform), ``(offset_y, offset_x)`` its indices of frequency 0. Each
     transform is interpolated at the positions (grid-index units, possibly
-    negative) with the Quintic kernel, separably (along x within each of the
-    six rows, then along y); ``out[s, i] = target[i] * image_s / psf``.
-    The caller keeps every position at least 3 points inside the array.
+    negative) with the Quintic kernel, separably (the six taps along x of
+    each row, summed pairwise, then the rows);
+    ``out[s, i] = target[i] * image_s / psf``. The caller keeps every
+    position at least 3 points inside the array.
     """
-    nimg = spectra.shape[2] // 2 - 1
-    if nimg == 2:
-        # Image and noise image (the usual case): scalar accumulators stay in
-        # registers (about twice faster than the general loop, same sums).
-        _resample_two(spectra, offset_y, offset_x, pos_y, pos_x, target, out)
-        return
-    nval = spectra.shape[2]
+    if spectra.shape[2] == 6:
+        # Image and noise image (the usual case): a fixed inner length the
+        # compiler vectorises (1.7x faster than the general loop, same sums).
+        _resample_fixed(spectra, offset_y, offset_x, pos_y, pos_x, target, out, 6)
+    else:
+        _resample_fixed(spectra, offset_y, offset_x, pos_y, pos_x, target, out, spectra.shape[2])
+
+
+@njit(cache=True, fastmath=True, inline="always")
+def _resample_fixed(sp, offset_y, offset_x, pos_y, pos_x, target, out, nval):
+    """:func:`_resample` with ``nval`` real values per tap (a literal 6 in the usual call)."""
+    nimg = nval // 2 - 1
     wy = np.empty(6)
     wx = np.empty(6)
     acc = np.empty(nval)
-    row_acc = np.empty(nval)
     for ip in range(pos_y.size):
         py = pos_y[ip]
         px = pos_x[ip]
@@ -175,19 +180,18 @@ def _resample(spectra, offset_y, offset_x, pos_y, pos_x, target, out):
         fx = np.floor(px)
         _quintic_weights(py - fy, wy)
         _quintic_weights(px - fx, wx)
-        row0 = int(fy) - 2 + offset_y
-        col0 = int(fx) - 2 + offset_x
+        r0 = int(fy) - 2 + offset_y
+        c0 = int(fx) - 2 + offset_x
+        x0, x1, x2, x3, x4, x5 = wx[0], wx[1], wx[2], wx[3], wx[4], wx[5]
         for s in range(nval):
             acc[s] = 0.0
         for a in range(6):
+            w = wy[a]
+            r = r0 + a
             for s in range(nval):
-                row_acc[s] = 0.0
-            for b in range(6):
-                w = wx[b]
-                for s in range(nval):
-                    row_acc[s] += w * spectra[row0 + a, col0 + b, s]
-            for s in range(nval):
-                acc[s] += wy[a] * row_acc[s]
+                acc[s] += w * ((x0 * sp[r, c0, s] + x1 * sp[r, c0 + 1, s])
+                               + (x2 * sp[r, c0 + 2, s] + x3 * sp[r, c0 + 3, s])
+                               + (x4 * sp[r, c0 + 4, s] + x5 * sp[r, c0 + 5, s]))
         norm = acc[0] * acc[0] + acc[1] * acc[1]
         # target / psf = target * conj(psf) / |psf|^2
         if norm > 0.0:
@@ -200,49 +204,6 @@ def _resample(spectra, offset_y, offset_x, pos_y, pos_x, target, out):
             re = acc[2 + 2 * s]
             im = acc[3 + 2 * s]
             out[s, ip] = complex(re * fr - im * fi, re * fi + im * fr)
-
-
-@njit(cache=True, fastmath=True)
-def _resample_two(spectra, offset_y, offset_x, pos_y, pos_x, target, out):
-    """:func:`_resample` for the PSF and two images (real arithmetic: a complex times a real weight costs two products, not four)."""
-    wy = np.empty(6)
-    wx = np.empty(6)
-    for ip in range(pos_y.size):
-        py = pos_y[ip]
-        px = pos_x[ip]
-        fy = np.floor(py)
-        fx = np.floor(px)
-        _quintic_weights(py - fy, wy)
-        _quintic_weights(px - fx, wx)
-        row0 = int(fy) - 2 + offset_y
-        col0 = int(fx) - 2 + offset_x
-        p_r = p_i = a_r = a_i = b_r = b_i = 0.0
-        for a in range(6):
-            r0 = r1 = r2 = r3 = r4 = r5 = 0.0
-            for b in range(6):
-                w = wx[b]
-                r0 += w * spectra[row0 + a, col0 + b, 0]
-                r1 += w * spectra[row0 + a, col0 + b, 1]
-                r2 += w * spectra[row0 + a, col0 + b, 2]
-                r3 += w * spectra[row0 + a, col0 + b, 3]
-                r4 += w * spectra[row0 + a, col0 + b, 4]
-                r5 += w * spectra[row0 + a, col0 + b, 5]
-            w = wy[a]
-            p_r += w * r0
-            p_i += w * r1
-            a_r += w * r2
-            a_i += w * r3
-            b_r += w * r4
-            b_i += w * r5
-        norm = p_r * p_r + p_i * p_i
-        if norm > 0.0:
-            fr = target[ip] * p_r / norm
-            fi = -target[ip] * p_i / norm
-        else:
-            fr = 0.0
-            fi = 0.0
-        out[0, ip] = complex(a_r * fr - a_i * fi, a_r * fi + a_i * fr)
-        out[1, ip] = complex(b_r * fr - b_i * fi, b_r * fi + b_i * fr)
 
 
 @njit(cache=True)
