@@ -567,6 +567,10 @@ def _initial_guess(epochs, targets):
     return np.array([0.0, 0.0, 0.0, 0.0, np.mean(T_values), np.mean(fluxes)]), False
 
 
+#: The sheared branch fitted second of each pair, and its partner fitted first.
+_MIRROR_BRANCH = {"1m": "1p", "2m": "2p"}
+
+
 def measure_object(epochs, object_id, rng, config=None, n_dropped_psf=0):
     """Metacalibration shape measurement of one object over its epochs.
 
@@ -660,7 +664,14 @@ def measure_object(epochs, object_id, rng, config=None, n_dropped_psf=0):
     for name in BRANCHES:
         if name != "noshear":
             pixels = pixels.with_images(branch_images[name])
-        result, ntry = fit_with_retries(pixels, start, rng, prior=config.prior,
+        branch_start = start
+        partner = _MIRROR_BRANCH.get(name)
+        if partner and fits["noshear"][0].status == FIT_OK and fits[partner][0].status == FIT_OK:
+            # The opposite shear's solution mirrored through the noshear one:
+            # parameters are smooth in the shear, so this start is off by the
+            # second-order term only (~1e-4 of the first-order one).
+            branch_start = 2.0 * fits["noshear"][0].pars - fits[partner][0].pars
+        result, ntry = fit_with_retries(pixels, branch_start, rng, prior=config.prior,
                                         ntry=config.ntry)
         if name == "noshear" and result.status == FIT_OK:
             # The sheared branches differ by 1%: starting them from the
