@@ -32,7 +32,7 @@ import numpy as np
 
 from . import flags as fl
 from .gauss_fit import (FIT_BAD_COVARIANCE, FIT_OK, FitResult, cost_hessian, fit_gauss, fit_with_retries, gaussian_covariance,
-                        make_pixel_data, model_derivatives, weighted_model_derivatives)
+                        inverse, make_pixel_data, model_derivatives, weighted_model_derivatives)
 from .metacal import BRANCHES, EpochMetacal
 from .moments import T_err_to_r50_err, T_to_r50, adaptive_moments, noise_sigma_outside_object
 from .priors import ShapePipePrior
@@ -779,7 +779,7 @@ def metacal_covariances(results, pixel_sets, operators, noise_sigmas, fix_noise=
     h_invs, derivs, good = [], [], []
     for result, pixels in zip(results, pixel_sets):
         try:
-            h_invs.append(np.linalg.inv(cost_hessian(result.pars, pixels, prior, scale=result.errors)))
+            h_invs.append(inverse(cost_hessian(result.pars, pixels, prior, scale=result.errors)))
             derivs.append(weighted_model_derivatives(result.pars, pixels))
             good.append(True)
         except (np.linalg.LinAlgError, ValueError, TypeError):

@@ -207,6 +207,31 @@ def _resample_fixed(sp, offset_y, offset_x, pos_y, pos_x, target, out, nval):
 
 
 @njit(cache=True)
+def _rotation_sources(n, keep, target, source, conj):
+    """Fill :meth:`EpochMetacal._rotation_map` (``n`` the grid size, ``keep`` the kept flat indices); return the count."""
+    half = n // 2 + 1
+    position = np.full(n * half, -1, dtype=np.int64)
+    for i in range(keep.size):
+        position[keep[i]] = i
+    count = 0
+    for iy in range(n):
+        fy = iy if iy < n // 2 else iy - n
+        for ix in range(half):
+            # B^(fy, fx) = A^(-fx, fy); the half plane stores fx >= 0, else use A^(-k) = conj(A^(k)).
+            sy, sx = -ix, fy
+            flip = sx < 0
+            if flip:
+                sy, sx = -sy, -sx
+            where = position[(sy % n) * half + sx]
+            if where >= 0:
+                target[count] = iy * half + ix
+                source[count] = where
+                conj[count] = flip
+                count += 1
+    return count
+
+
+@njit(cache=True)
 def _fill_modes(full, keep, modes, target, source, conj, rotated_modes):
     """``full[:, keep] = modes``, then ``rotated_modes[:, source]`` (conjugated where ``conj``) added at ``target``."""
     for b in range(full.shape[0]):
@@ -695,18 +720,11 @@ class EpochMetacal:
         """
         cache = self.__dict__.setdefault("_rotation_cache", [])
         if not cache:
-            n = self.out_size
-            half = n // 2 + 1
-            iy, ix = np.meshgrid(np.arange(n), np.arange(half), indexing="ij")
-            fy = np.where(iy < n // 2, iy, iy - n)
-            sy, sx = -ix, fy
-            conj = sx < 0
-            sy, sx = np.where(conj, -sy, sy), np.where(conj, -sx, sx)
-            position = np.full(n * half, -1)
-            position[self._keep_flat] = np.arange(self._keep_flat.size)
-            source = position[((sy % n) * half + sx).ravel()]
-            found = source >= 0
-            cache.append((np.flatnonzero(found), source[found], conj.ravel()[found]))
+            target = np.empty(2 * self._keep_flat.size, dtype=np.int64)
+            source = np.empty_like(target)
+            conj = np.empty(target.size, dtype=np.bool_)
+            count = _rotation_sources(self.out_size, self._keep_flat, target, source, conj)
+            cache.append((target[:count], source[:count], conj[:count]))
         return cache[0]
 
     def _to_images(self, modes, rotated_modes=None):
