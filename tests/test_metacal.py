@@ -883,6 +883,38 @@ def test_normal_equations_skip_only_negligible_pixels():
     assert np.mean((x * x + y * y) / (0.5 * pars[4]) > 80) > 0.5
 
 
+def test_make_pixel_data_against_numpy_selection():
+    """Pixels of two epochs (masked pixels, an aperture) against a numpy selection of the same pixels."""
+    rng = np.random.default_rng(12)
+    images = [rng.normal(size=(N, N)), rng.normal(size=(31, 29))]
+    weights = [np.full((N, N), 2.0), np.full((31, 29), 0.5)]
+    weights[0][rng.random((N, N)) < 0.1] = 0.0
+    weights[1][:, 3] = 0.0
+    jacs = [np.array([[0.187, 0.01], [-0.02, 0.19]]), np.array([[0.0, 0.186], [-0.188, 0.001]])]
+    centres = [(25.3, 24.6), (15.0, 13.8)]
+    for radius in (None, 9.5):
+        pixels = make_pixel_data(images, weights, jacs, centres, [(0.1, 0.0, 0.1), (0.2, 0.01, 0.2)], radius=radius)
+        start = 0
+        for k, (image, weight, jac, (cy, cx)) in enumerate(zip(images, weights, jacs, centres)):
+            yy, xx = np.mgrid[0:weight.shape[0], 0:weight.shape[1]]
+            usable = weight > 0
+            if radius is not None:
+                usable &= (yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2
+            rows, cols = np.nonzero(usable)
+            n = rows.size
+            sl = slice(start, start + n)
+            start += n
+            np.testing.assert_array_equal(pixels.pixel_index[k][0], rows)
+            np.testing.assert_array_equal(pixels.pixel_index[k][1], cols)
+            np.testing.assert_array_equal(pixels.du[sl], jac[0, 0] * (cols - cx) + jac[0, 1] * (rows - cy))
+            np.testing.assert_array_equal(pixels.dv[sl], jac[1, 0] * (cols - cx) + jac[1, 1] * (rows - cy))
+            np.testing.assert_array_equal(pixels.data[sl], image[rows, cols])
+            np.testing.assert_array_equal(pixels.weight[sl], weight[rows, cols])
+            assert np.all(pixels.epoch[sl] == k)
+            assert pixels.area[k] == pytest.approx(abs(np.linalg.det(jac)), rel=1e-15)
+        assert start == pixels.n_pixels
+
+
 def test_gradient_only_sums_equal_the_full_sums():
     """The gradient-only pass (finite-difference Hessian) returns the chi^2 and gradient of the full pass."""
     from shapepipe_modules.ngmix.gauss_fit import _pixel_sums

@@ -32,7 +32,7 @@ import numpy as np
 
 from . import flags as fl
 from .gauss_fit import (FIT_BAD_COVARIANCE, FIT_OK, FitResult, cost_hessian, fit_gauss, fit_with_retries, gaussian_covariance,
-                        inverse, make_pixel_data, model_derivatives, weighted_model_derivatives)
+                        inverse, jacobian_area, make_pixel_data, model_derivatives, weighted_model_derivatives)
 from .metacal import BRANCHES, EpochMetacal
 from .moments import T_err_to_r50_err, T_to_r50, adaptive_moments, noise_sigma_outside_object
 from .priors import ShapePipePrior
@@ -195,7 +195,7 @@ def assemble_epoch(raw, max_flagged_fraction=1.0 / 3.0):
 
 def _psf_guess_T(psf_image, jacobian):
     moments = adaptive_moments(psf_image, guess_sigma=2.0)
-    area = abs(np.linalg.det(jacobian))
+    area = jacobian_area(jacobian)
     if moments is None:
         return 2.0 * 4.0 * area, None
     return 2.0 * moments.sigma ** 2 * area, moments
@@ -503,7 +503,7 @@ def fit_radius(T_guess, operators, n_sigma, min_radius=6.0):
     radii = []
     for op in operators:
         sigma = np.sqrt(max(T_guess, 0.0) / 2.0 + op.target_sigma ** 2)
-        pixel = np.sqrt(abs(np.linalg.det(op.jacobian)))
+        pixel = np.sqrt(jacobian_area(op.jacobian))
         radii.append(n_sigma * sigma / pixel)
     return max(min_radius, max(radii))
 
@@ -555,7 +555,7 @@ def _initial_guess(epochs, targets):
     for ep, target in zip(epochs, targets):
         if ep.moments is None:
             continue
-        area = abs(np.linalg.det(ep.jacobian))
+        area = jacobian_area(ep.jacobian)
         T_obs = 2.0 * ep.moments.sigma ** 2 * area
         T_psf = ep.psf_fit.pars[4]
         T_values.append(max(T_obs - T_psf, 0.1 * 2.0 * target.target_sigma ** 2))

@@ -117,27 +117,62 @@ def make_pixel_data(images, weights, jacobians, centres, psf_covs, radius=None):
     index_list = []
     for index, (image, weight, jac, centre) in enumerate(
             zip(images, weights, jacobians, centres)):
-        jac = np.asarray(jac, dtype=float)
-        usable = weight > 0
-        if radius is not None:
-            yy, xx = np.ogrid[0:weight.shape[0], 0:weight.shape[1]]
-            usable = usable & ((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2
-                               <= radius ** 2)
-        rows, cols = np.nonzero(usable)
+        jac = np.ascontiguousarray(jac, dtype=float)
+        image = np.ascontiguousarray(image, dtype=float)
+        weight = np.ascontiguousarray(weight, dtype=float)
+        if image.shape != weight.shape:
+            raise ValueError(f"image shape {image.shape} differs from weight shape {weight.shape}")
+        # Pixels with weight > 0 (within ``radius`` of the centre), in row-major order.
+        out = np.empty((5, weight.size))
+        count = _select_pixels(image, weight, jac, float(centre[0]), float(centre[1]),
+                               -1.0 if radius is None else float(radius) ** 2, out)
+        rows = out[0, :count].astype(np.int64)
+        cols = out[1, :count].astype(np.int64)
         index_list.append((rows, cols))
-        dy = rows - centre[0]
-        dx = cols - centre[1]
-        parts["du"].append(jac[0, 0] * dx + jac[0, 1] * dy)
-        parts["dv"].append(jac[1, 0] * dx + jac[1, 1] * dy)
-        parts["data"].append(np.asarray(image, dtype=float)[rows, cols])
-        parts["weight"].append(np.asarray(weight, dtype=float)[rows, cols])
-        parts["epoch"].append(np.full(rows.size, index, dtype=np.int64))
-        areas.append(abs(np.linalg.det(jac)))
-    joined = {key: np.ascontiguousarray(np.concatenate(val))
+        parts["du"].append(out[2, :count])
+        parts["dv"].append(out[3, :count])
+        parts["data"].append(out[4, :count])
+        parts["weight"].append(weight.ravel()[rows * weight.shape[1] + cols])
+        parts["epoch"].append(np.full(count, index, dtype=np.int64))
+        areas.append(jacobian_area(jac))
+    joined = {key: np.ascontiguousarray(val[0]) if len(val) == 1 else np.concatenate(val)
               for key, val in parts.items()}
     return PixelData(psf_cov=np.ascontiguousarray(psf_covs, dtype=float).reshape(-1, 3),
                      area=np.asarray(areas, dtype=float), pixel_index=index_list,
                      **joined)
+
+
+def jacobian_area(jacobian):
+    """Pixel area ``|det J|`` (arcsec^2) of a 2x2 Jacobian, without ``np.linalg.det``'s overhead."""
+    jac = np.asarray(jacobian, dtype=float)
+    return abs(float(jac[0, 0] * jac[1, 1] - jac[0, 1] * jac[1, 0]))
+
+
+@njit(cache=True)
+def _select_pixels(image, weight, jac, centre_row, centre_col, radius_sq, out):
+    """Rows, columns, sky offsets and values of the usable pixels into ``out`` (5, n); return their number.
+
+    Usable: weight > 0 and, if ``radius_sq >= 0``, within that squared
+    distance (pixels) of the centre. The same arithmetic as the numpy
+    expressions it replaces (no fastmath).
+    """
+    ny, nx = weight.shape
+    count = 0
+    for r in range(ny):
+        dy = r - centre_row
+        for c in range(nx):
+            if not weight[r, c] > 0:
+                continue
+            dx = c - centre_col
+            if radius_sq >= 0.0 and dy * dy + dx * dx > radius_sq:
+                continue
+            out[0, count] = r
+            out[1, count] = c
+            out[2, count] = jac[0, 0] * dx + jac[0, 1] * dy
+            out[3, count] = jac[1, 0] * dx + jac[1, 1] * dy
+            out[4, count] = image[r, c]
+            count += 1
+    return count
 
 
 #: Pixels farther than this squared Mahalanobis distance (model below
@@ -854,7 +889,8 @@ def fit_with_retries(pixels, guess, rng, prior=None, ntry=5, scatter=0.1,
     return result, ntry
 
 
-__all__ = ["PixelData", "make_pixel_data", "fit_gauss", "inverse", "fit_with_retries", "model_derivatives", "cost_hessian",
+__all__ = ["PixelData", "make_pixel_data", "fit_gauss", "inverse", "jacobian_area", "fit_with_retries",
+           "model_derivatives", "cost_hessian",
            "weighted_model_derivatives",
            "perturb_guess", "gaussian_covariance",
            "FitResult", "ShapePipePrior", "PAR_NAMES"]
