@@ -165,6 +165,20 @@ def test_noise_power_of_rotated_kernel_equals_transform_of_rotated_kernel():
     assert not np.allclose(got, op._noise_power(False) * 2, rtol=1e-3)  # the rotated term is not the same power
 
 
+def test_median_equals_numpy_median():
+    """The MAD's median equals np.median (odd, even, one value, NaN present)."""
+    from shapepipe_modules.ngmix.moments import _median, sigma_mad
+
+    rng = np.random.default_rng(6)
+    for n in (1, 2, 7, 2600, 2601):
+        values = rng.normal(size=n) * 3.0 + 1.0
+        assert _median(values.copy()) == np.median(values)
+        assert sigma_mad(values) == 1.482602218505602 * np.median(np.abs(values - np.median(values)))
+    with_nan = rng.normal(size=50)
+    with_nan[17] = np.nan
+    assert np.isnan(_median(with_nan)) and np.isnan(np.median(with_nan))
+
+
 def test_fixnoise_adds_rotated_processed_noise():
     """With a zero image, every branch is the processed rotated noise."""
     jac = np.diag([0.187, 0.187])
