@@ -179,6 +179,25 @@ def test_median_equals_numpy_median():
     assert np.isnan(_median(with_nan)) and np.isnan(np.median(with_nan))
 
 
+def test_branch_positions_equal_numpy_matrix_products():
+    """The sample points of the sheared branches (numba) against the numpy products M q."""
+    jac = 0.187 * np.array([[0.95, 0.12], [-0.05, 1.08]])
+    psf = galsim.Moffat(beta=3.5, fwhm=0.7).shear(g1=0.05, g2=-0.03)
+    op = EpochMetacal(psf.drawImage(nx=N, ny=N, wcs=galsim.JacobianWCS(*jac.ravel())).array, jac, (N, N))
+    for name, (s1, s2) in BRANCHES.items():
+        if (s1, s2) == (0.0, 0.0):
+            continue
+        ref_y, ref_x = op._positions(s1 * op.step, s2 * op.step)
+        got_y, got_x = op._sheared_positions[name]
+        np.testing.assert_allclose(got_y, ref_y, rtol=1e-13, atol=1e-12)
+        np.testing.assert_allclose(got_x, ref_x, rtol=1e-13, atol=1e-12)
+        # The 6x6 taps stay inside the extended transform.
+        assert got_y.min() + op.in_size // 2 + op._margin >= 2
+        assert got_x.min() + op._margin >= 2
+        assert got_y.max() + op.in_size // 2 + op._margin + 3 < op.in_size + 2 * op._margin
+        assert got_x.max() + op._margin + 3 < op.in_size // 2 + 1 + 2 * op._margin
+
+
 def test_fixnoise_adds_rotated_processed_noise():
     """With a zero image, every branch is the processed rotated noise."""
     jac = np.diag([0.187, 0.187])

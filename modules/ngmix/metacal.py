@@ -207,6 +207,34 @@ def _resample_fixed(sp, offset_y, offset_x, pos_y, pos_x, target, out, nval):
 
 
 @njit(cache=True)
+def _branch_positions(mats, q, scale, out):
+    """``out[b] = (y, x)`` input-grid positions ``scale * mats[b] @ q`` of every branch; return their extremes.
+
+    Returns ``(min y, max y, min x, max x)`` over the branches (zeros without modes).
+    """
+    min_y = max_y = min_x = max_x = 0.0
+    first = True
+    for b in range(mats.shape[0]):
+        for i in range(q.shape[1]):
+            qx = q[0, i]
+            qy = q[1, i]
+            x = (mats[b, 0, 0] * qx + mats[b, 0, 1] * qy) * scale
+            y = (mats[b, 1, 0] * qx + mats[b, 1, 1] * qy) * scale
+            out[b, 0, i] = y
+            out[b, 1, i] = x
+            if first:
+                min_y = max_y = y
+                min_x = max_x = x
+                first = False
+            else:
+                min_y = min(min_y, y)
+                max_y = max(max_y, y)
+                min_x = min(min_x, x)
+                max_x = max(max_x, x)
+    return min_y, max_y, min_x, max_x
+
+
+@njit(cache=True)
 def _rotation_sources(n, keep, target, source, conj):
     """Fill :meth:`EpochMetacal._rotation_map` (``n`` the grid size, ``keep`` the kept flat indices); return the count."""
     half = n // 2 + 1
@@ -446,17 +474,18 @@ class EpochMetacal:
         self._crop_cols = (np.arange(nx) - self.centre[1]) % self.out_size
         # Sample points of the sheared branches, and the margin of the
         # extended transforms that keeps the kernel's 6x6 taps inside them.
-        self._sheared_positions = {}
+        sheared = [name for name, shear in BRANCHES.items() if shear != (0.0, 0.0)]
+        mats = np.array([self._position_matrix(BRANCHES[name][0] * self.step, BRANCHES[name][1] * self.step)
+                         for name in sheared])
+        positions = np.empty((len(sheared), 2, self._q.shape[1]))
+        extremes = _branch_positions(mats, self._q, self.in_size / (2 * np.pi), positions)
+        self._sheared_positions = {name: (positions[i, 0], positions[i, 1]) for i, name in enumerate(sheared)}
         lowest, highest_y, highest_x = 0.0, 0.0, 0.0
-        for name, (s1, s2) in BRANCHES.items():
-            if s1 == 0.0 and s2 == 0.0:
-                continue
-            pos_y, pos_x = self._positions(s1 * self.step, s2 * self.step)
-            self._sheared_positions[name] = (pos_y, pos_x)
-            if pos_y.size:
-                lowest = min(lowest, pos_y.min() + self.in_size // 2, pos_x.min())
-                highest_y = max(highest_y, pos_y.max() - (self.in_size - self.in_size // 2))
-                highest_x = max(highest_x, pos_x.max() - (self.in_size // 2 + 1))
+        if self._q.shape[1]:
+            min_y, max_y, min_x, max_x = extremes
+            lowest = min(lowest, min_y + self.in_size // 2, min_x)
+            highest_y = max(highest_y, max_y - (self.in_size - self.in_size // 2))
+            highest_x = max(highest_x, max_x - (self.in_size // 2 + 1))
         self._margin = int(max(3, 2 - np.floor(lowest), np.floor(highest_y) + 4, np.floor(highest_x) + 4))
 
     # ------------------------------------------------------------------
@@ -500,13 +529,13 @@ class EpochMetacal:
         self._grid_rows = (self._oversample * fy) % self.in_size
         self._grid_cols = self._oversample * ix
 
+    def _position_matrix(self, g1, g2):
+        """``M = J^T S J^-T``: the sheared transform is G(S k) (S symmetric, unit determinant); in the pixel frame k = J^-T q."""
+        return self.jacobian.T @ shear_matrix(g1, g2) @ self._inv_t
+
     def _positions(self, g1, g2):
-        """Input-grid positions (index units) of the modes ``M q``."""
-        jac = self.jacobian
-        # The sheared transform is G(S k) (S symmetric, unit determinant);
-        # in the pixel frame k = J^-T q, so the sample point is J^T S J^-T q.
-        mat = jac.T @ shear_matrix(g1, g2) @ self._inv_t
-        mq = mat @ self._q
+        """Input-grid positions (index units) of the modes ``M q`` (numpy; the constructor computes them in numba)."""
+        mq = self._position_matrix(g1, g2) @ self._q
         scale = self.in_size / (2 * np.pi)
         return (np.ascontiguousarray(mq[1] * scale),
                 np.ascontiguousarray(mq[0] * scale))
