@@ -612,6 +612,19 @@ def test_shear_response_with_selection():
 
 
 # ---------------------------------------------------------------- shear bias
+def test_bench_baseline_comparison_plumbing(tmp_path):
+    """bench_metacal --baseline: one engine against itself gives equal m and shapes; a wrong directory is named."""
+    bench = load_bench()
+    out = bench.compare_engines(4, 4, engine)
+    assert out["n_object_epochs"] > 0 and set(out["timing"]) == {"new", "baseline"}
+    assert out["max_dg"] < 1e-7 and out["max_rel_err"] < 1e-6
+    for name, (value, error) in out["diff"].items():
+        assert abs(value) < 1e-6, name
+    assert out["bias"]["new"]["m1"] == pytest.approx(out["bias"]["baseline"]["m1"], abs=1e-6)
+    with pytest.raises(SystemExit, match="__init__.py"):
+        bench.load_engine(tmp_path)
+
+
 def test_shear_bias_small_simulation():
     """A few hundred objects in +g/-g and 90-degree pairs: m and c near 0.
 
