@@ -669,8 +669,11 @@ def measure_object(epochs, object_id, rng, config=None, n_dropped_psf=0):
         if partner and fits["noshear"][0].status == FIT_OK and fits[partner][0].status == FIT_OK:
             # The opposite shear's solution mirrored through the noshear one:
             # parameters are smooth in the shear, so this start is off by the
-            # second-order term only (~1e-4 of the first-order one).
-            branch_start = 2.0 * fits["noshear"][0].pars - fits[partner][0].pars
+            # second-order term only (~1e-4 of the first-order one). Not
+            # where it would leave the valid shapes (then the noshear start).
+            mirrored = 2.0 * fits["noshear"][0].pars - fits[partner][0].pars
+            if np.hypot(mirrored[2], mirrored[3]) < 0.99:
+                branch_start = mirrored
         result, ntry = fit_with_retries(pixels, branch_start, rng, prior=config.prior,
                                         ntry=config.ntry)
         if name == "noshear" and result.status == FIT_OK:
@@ -779,7 +782,7 @@ def metacal_covariances(results, pixel_sets, operators, noise_sigmas, fix_noise=
     h_invs, derivs, good = [], [], []
     for result, pixels in zip(results, pixel_sets):
         try:
-            h_invs.append(inverse(cost_hessian(result.pars, pixels, prior, scale=result.errors)))
+            h_invs.append(inverse(cost_hessian(result.pars, pixels, prior)))
             derivs.append(weighted_model_derivatives(result.pars, pixels))
             good.append(True)
         except (np.linalg.LinAlgError, ValueError, TypeError):
