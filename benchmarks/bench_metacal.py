@@ -28,12 +28,25 @@ Usage::
 
     python benchmarks/bench_metacal.py --n-quads 10000 --seed 1
     python benchmarks/bench_metacal.py --errors 300 --realisations 30 --seed 1
+
+``--baseline DIR`` measures every object twice, with the installed engine
+and with the engine modules found in ``DIR`` (another version of
+``modules/ngmix``, e.g. ``git archive <commit> modules/ngmix | tar -x -C
+/tmp/base`` then ``--baseline /tmp/base/modules/ngmix``), alternating which
+runs first, on the same stamps and object streams; it prints the CPU time
+per object-epoch of both, m and c of both, their paired differences
+(jackknife errors) and the largest per-object change of g::
+
+    python benchmarks/bench_metacal.py --n-quads 100 --seed 1 --baseline /tmp/base/modules/ngmix
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -295,6 +308,113 @@ def measure_quads(n_quads, seed, noise_sigma=1.0, jacobian=None, star=False, pro
     return tables_plus, tables_minus, all_shears, groups, timing
 
 
+def load_engine(directory, name="bench_baseline_ngmix"):
+    """Import the engine package held in ``directory`` (a copy of ``modules/ngmix``) under ``name``."""
+    directory = Path(directory)
+    init = directory / "__init__.py"
+    if not init.is_file():
+        raise SystemExit(f"--baseline: {init} not found (give a directory holding the engine's modules)")
+    spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(directory)])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules[name] = package
+    spec.loader.exec_module(package)
+    return importlib.import_module(f"{name}.engine")
+
+
+def compare_engines(n_quads, seed, baseline_engine, noise_sigma=1.0, progress=False):
+    """Measure the same stamps with the installed engine and ``baseline_engine``, alternately.
+
+    Returns
+    -------
+    dict
+        ``timing`` (CPU ms per object-epoch of ``new`` and ``baseline``),
+        ``bias`` (:func:`estimate_bias` of each), ``diff`` (paired
+        differences of m, c, R with jackknife errors), ``max_dg`` (largest
+        |g| change over objects, branches and components, fit failures
+        excluded), ``max_rel_err`` (largest relative change of ``g1_err``,
+        ``g2_err``) and ``n_object_epochs``.
+    """
+    rng = np.random.default_rng(seed)
+    engines = {"new": engine, "baseline": baseline_engine}
+    configs = {label: mod.EngineConfig(prior=mod.ShapePipePrior(cen_sigma=0.187))
+               for label, mod in engines.items()}
+    results = {label: {key: [] for key in ((0, 1), (0, -1), (90, 1), (90, -1))} for label in engines}
+    cpu = {label: 0.0 for label in engines}
+    # Warm-up outside the timing (numba compilation or cache loading of both).
+    warm, _, _ = simulate_quad(np.random.default_rng(seed + 1), 0, noise_sigma)
+    for mod in engines.values():
+        mod.measure_raw_object([mod.RawEpoch(**vars(raw)) for raw in warm[(0, 1)]], 0,
+                               mod.sky_rng(seed, 0.0, 0.0), configs[[k for k in engines if engines[k] is mod][0]])
+    shears = []
+    n_object_epochs = 0
+    turn = 0
+    for index in range(n_quads):
+        stamps, shear, n_epoch = simulate_quad(rng, index, noise_sigma)
+        for key, raws in stamps.items():
+            object_id = 2 * index + (key[0] == 90)
+            order = ("new", "baseline") if turn % 2 == 0 else ("baseline", "new")
+            turn += 1
+            for label in order:
+                mod = engines[label]
+                obj_rng = mod.sky_rng(seed, 244.0, 0.001 * object_id)
+                raws_mod = [mod.RawEpoch(**vars(raw)) for raw in raws] if mod is not engine else raws
+                start = time.process_time()
+                res = mod.measure_raw_object(raws_mod, object_id, obj_rng, configs[label])
+                cpu[label] += time.process_time() - start
+                results[label][key].append(res)
+            n_object_epochs += n_epoch
+        shears.append(shear)
+        if progress and (index + 1) % 100 == 0:
+            print(f"  {index + 1}/{n_quads} quadruples, new {1e3 * cpu['new'] / n_object_epochs:.2f}, "
+                  f"baseline {1e3 * cpu['baseline'] / n_object_epochs:.2f} ms per object-epoch", flush=True)
+    shears = np.concatenate([shears, shears])
+    groups = np.concatenate([np.arange(n_quads), np.arange(n_quads)])
+
+    def tables(label, sign):
+        per_rot = {rot: engine.rows_to_tables(results[label][(rot, sign)]) for rot in (0, 90)}
+        return {b: {k: np.concatenate([per_rot[0][b][k], per_rot[90][b][k]]) for k in per_rot[0][b]}
+                for b in BRANCHES}
+
+    tabs = {label: (tables(label, 1), tables(label, -1)) for label in engines}
+    bias = {label: estimate_bias(*tabs[label], shears, groups) for label in engines}
+    new_fn, new_ok = bias_function(*tabs["new"], shears)
+    base_fn, base_ok = bias_function(*tabs["baseline"], shears)
+    diff_values, diff_errors = _jackknife(lambda keep: new_fn(keep & base_ok) - base_fn(keep & new_ok), groups)
+    max_dg = max_rel_err = 0.0
+    for i in range(2):
+        for b in BRANCHES:
+            for column in ("g1", "g2"):
+                delta = np.abs(tabs["new"][i][b][column] - tabs["baseline"][i][b][column])
+                if np.isfinite(delta).any():
+                    max_dg = max(max_dg, float(np.nanmax(delta)))
+                err_new, err_base = tabs["new"][i][b][column + "_err"], tabs["baseline"][i][b][column + "_err"]
+                rel = np.abs(err_new / err_base - 1.0)
+                if np.isfinite(rel).any():
+                    max_rel_err = max(max_rel_err, float(np.nanmax(rel)))
+    names = ["m1", "m2", "c1", "c2", "R11", "R22"]
+    return {"timing": {label: 1e3 * cpu[label] / n_object_epochs for label in engines},
+            "bias": bias, "diff": {name: (float(v), float(e)) for name, v, e in zip(names, diff_values, diff_errors)},
+            "max_dg": max_dg, "max_rel_err": max_rel_err, "n_object_epochs": n_object_epochs}
+
+
+def print_comparison(out, baseline_label):
+    """Print the table of :func:`compare_engines`."""
+    bias = out["bias"]
+    print(f"object-epochs: {out['n_object_epochs']} (each measured by both engines, alternately); "
+          f"max |dg| over objects and branches: {out['max_dg']:.1e}; "
+          f"max relative change of g1_err, g2_err: {out['max_rel_err']:.1e}")
+    print()
+    print(f"| quantity | new (installed) | baseline ({baseline_label}) | new - baseline |")
+    print("|---|---|---|---|")
+    print(f"| CPU ms per object-epoch | {out['timing']['new']:.2f} | {out['timing']['baseline']:.2f} | "
+          f"{out['timing']['new'] - out['timing']['baseline']:+.2f} |")
+    for name in ("m1", "m2", "c1", "c2", "R11", "R22"):
+        value, error = out["diff"][name]
+        print(f"| {name} | {bias['new'][name]:+.2e} +- {bias['new'][name + '_err']:.1e} | "
+              f"{bias['baseline'][name]:+.2e} +- {bias['baseline'][name + '_err']:.1e} | "
+              f"{value:+.1e} +- {error:.1e} |")
+
+
 def run(n_quads, seed, noise_sigma=1.0, progress=False):
     """Simulate, measure and return (bias dict, timing dict, s2n array)."""
     tables_plus, tables_minus, all_shears, groups, timing = measure_quads(
@@ -411,7 +531,15 @@ def main(argv=None):
                         help="check the reported ellipticity errors on N galaxies instead")
     parser.add_argument("--realisations", type=int, default=30,
                         help="noise realisations per galaxy with --errors")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="also measure every object with the engine modules in DIR and compare")
     args = parser.parse_args(argv)
+    if args.baseline:
+        baseline_engine = load_engine(args.baseline)
+        out = compare_engines(args.n_quads, args.seed, baseline_engine, args.noise, progress=True)
+        print()
+        print_comparison(out, args.baseline)
+        return out
     if args.errors:
         start = time.process_time()
         calib = error_calibration(args.errors, args.realisations, args.seed)

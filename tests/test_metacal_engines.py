@@ -20,8 +20,8 @@ JAC = np.array([[0.187, 0.002], [-0.001, 0.186]])
 PSF = galsim.Moffat(beta=3.5, fwhm=0.7).shear(g1=0.03, g2=0.0)
 
 
-def _branch_pixels(sigma=1.0, seed=3, hlr=0.4, flux=900.0):
-    """Pixel data of the noshear and 1p branches of one noisy galaxy (fix-noise on)."""
+def _branch_pixels(sigma=1.0, seed=3, hlr=0.4, flux=900.0, names=("noshear", "1p")):
+    """Pixel data of the noshear and 1p branches (or ``names``) of one noisy galaxy (fix-noise on)."""
     rng = np.random.default_rng(seed)
     gal = galsim.Exponential(half_light_radius=hlr, flux=flux).shear(g1=0.2, g2=-0.1)
     raw = raw_epoch(gal, PSF, JAC, sigma, rng, offset=(0.2, -0.3))
@@ -30,7 +30,7 @@ def _branch_pixels(sigma=1.0, seed=3, hlr=0.4, flux=900.0):
     images = op.make_images(epoch.image, rng.normal(0.0, epoch.noise_sigma, epoch.image.shape))
     cov = (op.target_sigma ** 2, 0.0, op.target_sigma ** 2)
     pixels = {name: make_pixel_data([images[name]], [0.5 * epoch.weight], [JAC], [epoch.centre], [cov])
-              for name in ("noshear", "1p")}
+              for name in names}
     guess, _ = engine._initial_guess([epoch], [op])
     return pixels, guess
 
@@ -82,6 +82,25 @@ def test_sheared_fits_do_not_depend_on_start_with_tight_tolerance():
     # Stopped short: a fraction of the 0.01 branch shift is missing.
     assert abs(loose[2] - from_guess.pars[2]) > 20 * abs(tight[0][2] - from_guess.pars[2])
     assert abs(loose[2] - noshear.pars[2]) < abs(shift)
+
+
+def test_mirrored_start_of_the_second_sheared_fit():
+    """The engine starts 1m (2m) from 2 noshear - 1p (2p): nearer the minimum than the noshear solution,
+    and the same minimum as from the moments guess (to 1e-6 in g) for faint and bright galaxies."""
+    prior = engine.ShapePipePrior(cen_sigma=0.187)
+    for sigma in (1.0, 3.0):
+        pixels, guess = _branch_pixels(sigma=sigma, names=("noshear", "1p", "1m"))
+        fits = {name: fit_gauss(pixels[name], guess, prior=prior) for name in pixels}
+        assert all(f.status == FIT_OK for f in fits.values())
+        mirrored = 2 * fits["noshear"].pars - fits["1p"].pars
+        from_mirror = fit_gauss(pixels["1m"], mirrored, prior=prior)
+        from_noshear = fit_gauss(pixels["1m"], fits["noshear"].pars, prior=prior)
+        assert from_mirror.status == FIT_OK
+        assert np.abs(from_mirror.pars[2:4] - fits["1m"].pars[2:4]).max() < 1e-6
+        # The mirrored start is much nearer the 1m minimum and takes fewer iterations.
+        assert (np.abs(mirrored[2:4] - fits["1m"].pars[2:4]).max()
+                < 0.1 * np.abs(fits["noshear"].pars[2:4] - fits["1m"].pars[2:4]).max())
+        assert from_mirror.niter < from_noshear.niter
 
 
 def test_retry_guesses_are_relative_in_size_and_flux():

@@ -32,7 +32,7 @@ import numpy as np
 
 from . import flags as fl
 from .gauss_fit import (FIT_BAD_COVARIANCE, FIT_OK, FitResult, cost_hessian, fit_gauss, fit_with_retries, gaussian_covariance,
-                        make_pixel_data, model_derivatives, weighted_model_derivatives)
+                        inverse, jacobian_area, make_pixel_data, model_derivatives, weighted_model_derivatives)
 from .metacal import BRANCHES, EpochMetacal
 from .moments import T_err_to_r50_err, T_to_r50, adaptive_moments, noise_sigma_outside_object
 from .priors import ShapePipePrior
@@ -195,7 +195,7 @@ def assemble_epoch(raw, max_flagged_fraction=1.0 / 3.0):
 
 def _psf_guess_T(psf_image, jacobian):
     moments = adaptive_moments(psf_image, guess_sigma=2.0)
-    area = abs(np.linalg.det(jacobian))
+    area = jacobian_area(jacobian)
     if moments is None:
         return 2.0 * 4.0 * area, None
     return 2.0 * moments.sigma ** 2 * area, moments
@@ -503,7 +503,7 @@ def fit_radius(T_guess, operators, n_sigma, min_radius=6.0):
     radii = []
     for op in operators:
         sigma = np.sqrt(max(T_guess, 0.0) / 2.0 + op.target_sigma ** 2)
-        pixel = np.sqrt(abs(np.linalg.det(op.jacobian)))
+        pixel = np.sqrt(jacobian_area(op.jacobian))
         radii.append(n_sigma * sigma / pixel)
     return max(min_radius, max(radii))
 
@@ -555,7 +555,7 @@ def _initial_guess(epochs, targets):
     for ep, target in zip(epochs, targets):
         if ep.moments is None:
             continue
-        area = abs(np.linalg.det(ep.jacobian))
+        area = jacobian_area(ep.jacobian)
         T_obs = 2.0 * ep.moments.sigma ** 2 * area
         T_psf = ep.psf_fit.pars[4]
         T_values.append(max(T_obs - T_psf, 0.1 * 2.0 * target.target_sigma ** 2))
@@ -565,6 +565,10 @@ def _initial_guess(epochs, targets):
         T_default = 2.0 * np.mean([t.target_sigma for t in targets]) ** 2
         return np.array([0.0, 0.0, 0.0, 0.0, T_default, 100.0]), True
     return np.array([0.0, 0.0, 0.0, 0.0, np.mean(T_values), np.mean(fluxes)]), False
+
+
+#: The sheared branch fitted second of each pair, and its partner fitted first.
+_MIRROR_BRANCH = {"1m": "1p", "2m": "2p"}
 
 
 def measure_object(epochs, object_id, rng, config=None, n_dropped_psf=0):
@@ -660,7 +664,17 @@ def measure_object(epochs, object_id, rng, config=None, n_dropped_psf=0):
     for name in BRANCHES:
         if name != "noshear":
             pixels = pixels.with_images(branch_images[name])
-        result, ntry = fit_with_retries(pixels, start, rng, prior=config.prior,
+        branch_start = start
+        partner = _MIRROR_BRANCH.get(name)
+        if partner and fits["noshear"][0].status == FIT_OK and fits[partner][0].status == FIT_OK:
+            # The opposite shear's solution mirrored through the noshear one:
+            # parameters are smooth in the shear, so this start is off by the
+            # second-order term only (~1e-4 of the first-order one). Not
+            # where it would leave the valid shapes (then the noshear start).
+            mirrored = 2.0 * fits["noshear"][0].pars - fits[partner][0].pars
+            if np.hypot(mirrored[2], mirrored[3]) < 0.99:
+                branch_start = mirrored
+        result, ntry = fit_with_retries(pixels, branch_start, rng, prior=config.prior,
                                         ntry=config.ntry)
         if name == "noshear" and result.status == FIT_OK:
             # The sheared branches differ by 1%: starting them from the
@@ -768,7 +782,7 @@ def metacal_covariances(results, pixel_sets, operators, noise_sigmas, fix_noise=
     h_invs, derivs, good = [], [], []
     for result, pixels in zip(results, pixel_sets):
         try:
-            h_invs.append(np.linalg.inv(cost_hessian(result.pars, pixels, prior, scale=result.errors)))
+            h_invs.append(inverse(cost_hessian(result.pars, pixels, prior)))
             derivs.append(weighted_model_derivatives(result.pars, pixels))
             good.append(True)
         except (np.linalg.LinAlgError, ValueError, TypeError):

@@ -117,35 +117,70 @@ def make_pixel_data(images, weights, jacobians, centres, psf_covs, radius=None):
     index_list = []
     for index, (image, weight, jac, centre) in enumerate(
             zip(images, weights, jacobians, centres)):
-        jac = np.asarray(jac, dtype=float)
-        usable = weight > 0
-        if radius is not None:
-            yy, xx = np.ogrid[0:weight.shape[0], 0:weight.shape[1]]
-            usable = usable & ((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2
-                               <= radius ** 2)
-        rows, cols = np.nonzero(usable)
+        jac = np.ascontiguousarray(jac, dtype=float)
+        image = np.ascontiguousarray(image, dtype=float)
+        weight = np.ascontiguousarray(weight, dtype=float)
+        if image.shape != weight.shape:
+            raise ValueError(f"image shape {image.shape} differs from weight shape {weight.shape}")
+        # Pixels with weight > 0 (within ``radius`` of the centre), in row-major order.
+        out = np.empty((5, weight.size))
+        count = _select_pixels(image, weight, jac, float(centre[0]), float(centre[1]),
+                               -1.0 if radius is None else float(radius) ** 2, out)
+        rows = out[0, :count].astype(np.int64)
+        cols = out[1, :count].astype(np.int64)
         index_list.append((rows, cols))
-        dy = rows - centre[0]
-        dx = cols - centre[1]
-        parts["du"].append(jac[0, 0] * dx + jac[0, 1] * dy)
-        parts["dv"].append(jac[1, 0] * dx + jac[1, 1] * dy)
-        parts["data"].append(np.asarray(image, dtype=float)[rows, cols])
-        parts["weight"].append(np.asarray(weight, dtype=float)[rows, cols])
-        parts["epoch"].append(np.full(rows.size, index, dtype=np.int64))
-        areas.append(abs(np.linalg.det(jac)))
-    joined = {key: np.ascontiguousarray(np.concatenate(val))
+        parts["du"].append(out[2, :count])
+        parts["dv"].append(out[3, :count])
+        parts["data"].append(out[4, :count])
+        parts["weight"].append(weight.ravel()[rows * weight.shape[1] + cols])
+        parts["epoch"].append(np.full(count, index, dtype=np.int64))
+        areas.append(jacobian_area(jac))
+    joined = {key: np.ascontiguousarray(val[0]) if len(val) == 1 else np.concatenate(val)
               for key, val in parts.items()}
     return PixelData(psf_cov=np.ascontiguousarray(psf_covs, dtype=float).reshape(-1, 3),
                      area=np.asarray(areas, dtype=float), pixel_index=index_list,
                      **joined)
 
 
-#: Pixels farther than this squared Mahalanobis distance (model below 1e-30
-#: of its peak, e.g. the corners of a PSF stamp) skip the model and its
-#: derivatives: their terms are far below the rounding of the sums, so the
-#: fit is unchanged (``tests/test_metacal.py``), at a third of the cost for
-#: PSF stamps.
-_RHO_NEGLIGIBLE = 140.0
+def jacobian_area(jacobian):
+    """Pixel area ``|det J|`` (arcsec^2) of a 2x2 Jacobian, without ``np.linalg.det``'s overhead."""
+    jac = np.asarray(jacobian, dtype=float)
+    return abs(float(jac[0, 0] * jac[1, 1] - jac[0, 1] * jac[1, 0]))
+
+
+@njit(cache=True)
+def _select_pixels(image, weight, jac, centre_row, centre_col, radius_sq, out):
+    """Rows, columns, sky offsets and values of the usable pixels into ``out`` (5, n); return their number.
+
+    Usable: weight > 0 and, if ``radius_sq >= 0``, within that squared
+    distance (pixels) of the centre. The same arithmetic as the numpy
+    expressions it replaces (no fastmath).
+    """
+    ny, nx = weight.shape
+    count = 0
+    for r in range(ny):
+        dy = r - centre_row
+        for c in range(nx):
+            if not weight[r, c] > 0:
+                continue
+            dx = c - centre_col
+            if radius_sq >= 0.0 and dy * dy + dx * dx > radius_sq:
+                continue
+            out[0, count] = r
+            out[1, count] = c
+            out[2, count] = jac[0, 0] * dx + jac[0, 1] * dy
+            out[3, count] = jac[1, 0] * dx + jac[1, 1] * dy
+            out[4, count] = image[r, c]
+            count += 1
+    return count
+
+
+#: Pixels farther than this squared Mahalanobis distance (model below
+#: exp(-40) = 4e-18 of its peak, e.g. the outer PSF stamp) skip the model and
+#: its derivatives: their terms are below the rounding (1e-16) of sums that
+#: the central pixels dominate, so the fit is unchanged
+#: (``tests/test_metacal.py``), at about a third of the cost for PSF stamps.
+_RHO_NEGLIGIBLE = 80.0
 
 
 @njit(cache=True)
@@ -213,6 +248,13 @@ def _normal_equations(pars, du, dv, data, weight, epoch, psf_cov, area,
     not positive definite). With ``round_model`` true, returns instead
     sum(weight * model^2) for g = 0 (the round-model S/N squared).
     """
+    return _pixel_sums(pars, du, dv, data, weight, epoch, psf_cov, area, hess, grad, round_model, True)
+
+
+@njit(cache=True, fastmath=True)
+def _pixel_sums(pars, du, dv, data, weight, epoch, psf_cov, area,
+                hess, grad, round_model, with_hessian):
+    """:func:`_normal_equations`; with ``with_hessian`` false ``hess`` is left untouched (half the work)."""
     u0, v0, g1, g2, T, flux = pars[0], pars[1], pars[2], pars[3], pars[4], pars[5]
     if round_model:
         g1 = 0.0
@@ -244,7 +286,7 @@ def _normal_equations(pars, du, dv, data, weight, epoch, psf_cov, area,
         qy = quv[e] * x + qvv[e] * y
         rho = x * qx + y * qy
         if rho > _RHO_NEGLIGIBLE:
-            # model / peak < 1e-30: its terms are below the sums' rounding.
+            # model / peak < 4e-18: its terms are below the sums' rounding.
             if not round_model:
                 chi2 += weight[i] * data[i] * data[i]
             continue
@@ -273,6 +315,8 @@ def _normal_equations(pars, du, dv, data, weight, epoch, psf_cov, area,
         gr3 += wr * a3
         gr4 += wr * a4
         gr5 += wr * a5
+        if not with_hessian:
+            continue
         w0 = w * a0
         w1 = w * a1
         w2 = w * a2
@@ -306,6 +350,8 @@ def _normal_equations(pars, du, dv, data, weight, epoch, psf_cov, area,
     grad[3] = gr3
     grad[4] = gr4
     grad[5] = gr5
+    if not with_hessian:
+        return chi2
     hess[0, 0] = h00
     hess[1, 0] = h10
     hess[1, 1] = h11
@@ -423,6 +469,21 @@ def _cost_nb(pars, du, dv, data, weight, epoch, psf_cov, area, use_prior,
 
 
 @njit(cache=True)
+def _cost_grad_nb(pars, du, dv, data, weight, epoch, psf_cov, area, use_prior, prior_pars, scratch, grad):
+    """:func:`_cost_nb` without the pixels' Hessian (``scratch`` receives only the prior's)."""
+    chi2 = _pixel_sums(pars, du, dv, data, weight, epoch, psf_cov, area, scratch, grad, False, False)
+    if chi2 < 0.0 or not np.isfinite(chi2):
+        return np.inf
+    cost = 0.5 * chi2
+    if use_prior:
+        pcost = _prior_terms(pars, grad, scratch, prior_pars)
+        if not np.isfinite(pcost):
+            return np.inf
+        cost += pcost
+    return cost
+
+
+@njit(cache=True)
 def _levenberg_marquardt(pars, du, dv, data, weight, epoch, psf_cov, area,
                          use_prior, prior_pars, max_iter, tol, hess):
     """LM minimisation of 0.5 chi^2 - ln p, in place; returns (status, niter, chi2)."""
@@ -513,6 +574,22 @@ def _levenberg_marquardt(pars, du, dv, data, weight, epoch, psf_cov, area,
     return FIT_NOT_CONVERGED, niter, chi2
 
 
+@njit(cache=True)
+def _inverse_nb(matrix):
+    return np.linalg.inv(matrix)
+
+
+def inverse(matrix):
+    """``np.linalg.inv`` of a small matrix, compiled (numpy's call costs more than the inversion of a 6x6).
+
+    Raises
+    ------
+    numpy.linalg.LinAlgError
+        If the matrix is singular or not finite.
+    """
+    return _inverse_nb(np.ascontiguousarray(matrix, dtype=float))
+
+
 def fit_gauss(pixels, guess, prior=None, max_iter=200, tol=1e-12, s2n=True):
     """Fit one elliptical Gaussian jointly to all epochs.
 
@@ -556,7 +633,7 @@ def fit_gauss(pixels, guess, prior=None, max_iter=200, tol=1e-12, s2n=True):
         return _failed(status, niter)
     dof = max(pixels.n_pixels - NPARS, 1)
     try:
-        cov = np.linalg.inv(hess) * (chi2 / dof)
+        cov = inverse(hess) * (chi2 / dof)
         if not (np.isfinite(cov).all() and np.all(np.diag(cov) > 0)):
             status |= FIT_BAD_COVARIANCE
     except np.linalg.LinAlgError:
@@ -574,8 +651,8 @@ def fit_gauss(pixels, guess, prior=None, max_iter=200, tol=1e-12, s2n=True):
                      dof=dof, niter=niter, s2n=s2n_value)
 
 
-def cost_hessian(pars, pixels, prior=None, scale=None):
-    """Full Hessian of ``0.5 chi^2 - ln p``, by forward differences of the analytic gradient.
+def cost_hessian(pars, pixels, prior=None, scale=None, method="exact"):
+    """Full Hessian of ``0.5 chi^2 - ln p``.
 
     Unlike the Gauss-Newton Hessian it includes the term of the residuals
     times the second derivatives of the model, which does not vanish when the
@@ -589,7 +666,12 @@ def cost_hessian(pars, pixels, prior=None, scale=None):
     pixels : PixelData
     prior : ShapePipePrior, optional
     scale : array_like, optional
-        Parameter scales (e.g. the Gauss-Newton errors); steps are 1e-3 of them.
+        With ``method="fd"``: parameter scales (e.g. the Gauss-Newton
+        errors); steps are 1e-3 of them.
+    method : {"exact", "fd"}
+        ``exact``: analytic second derivatives of the model, one pass over
+        the pixels; ``fd``: forward differences of the analytic gradient
+        (seven passes, relative error ~1e-3; the reference of the tests).
 
     Returns
     -------
@@ -602,6 +684,14 @@ def cost_hessian(pars, pixels, prior=None, scale=None):
     else:
         prior_pars = np.array([prior.cen_sigma, prior.g_sigma, *prior.T_bounds,
                                *prior.flux_bounds], dtype=float)
+    if method == "exact":
+        hess = np.empty((NPARS, NPARS))
+        if not _exact_hessian_nb(pars, pixels.du, pixels.dv, pixels.data, pixels.weight, pixels.epoch,
+                                 pixels.psf_cov, pixels.area, prior is not None, prior_pars, hess):
+            return np.full((NPARS, NPARS), np.nan)
+        return hess
+    if method != "fd":
+        raise ValueError(f"method must be 'exact' or 'fd', got {method!r}")
     if scale is None:
         scale = np.maximum(np.abs(pars), 1e-2)
     steps = 1e-3 * np.asarray(scale, dtype=float)
@@ -620,19 +710,144 @@ def _cost_hessian_nb(pars, steps, du, dv, data, weight, epoch, psf_cov, area, us
     base = np.empty(NPARS)
     grad = np.empty(NPARS)
     point = np.empty(NPARS)
-    cost, _ = _cost_nb(pars, du, dv, data, weight, epoch, psf_cov, area, use_prior, prior_pars, scratch, base)
+    # Only gradients are needed: the pixels' Gauss-Newton Hessian is not accumulated.
+    cost = _cost_grad_nb(pars, du, dv, data, weight, epoch, psf_cov, area, use_prior, prior_pars, scratch, base)
     if not np.isfinite(cost):
         return False
     for j in range(NPARS):
         for a in range(NPARS):
             point[a] = pars[a]
         point[j] += steps[j]
-        cost, _ = _cost_nb(point, du, dv, data, weight, epoch, psf_cov, area, use_prior, prior_pars,
-                           scratch, grad)
+        cost = _cost_grad_nb(point, du, dv, data, weight, epoch, psf_cov, area, use_prior, prior_pars,
+                             scratch, grad)
         if not np.isfinite(cost):
             return False
         for a in range(NPARS):
             hess[a, j] = (grad[a] - base[a]) / steps[j]
+    return True
+
+
+@njit(cache=True, fastmath=True)
+def _exact_hessian_nb(pars, du, dv, data, weight, epoch, psf_cov, area, use_prior, prior_pars, hess):
+    """Analytic Hessian of ``0.5 chi^2 (- ln p)`` into ``hess``: ``sum w (a a^T + r d2m)``; False if undefined.
+
+    With ``y = Q x`` (``Q`` the inverse convolved covariance, ``x`` the
+    offset from the centre), ``C_k = dC/dtheta_k`` and ``z_k = C_k y`` for
+    ``theta = (g1, g2, T)``, ``h_k = (y.z_k - tr(Q C_k)) / 2`` and ``m`` the
+    model, the second derivatives are ``m (y_i y_j - Q_ij)`` (centre),
+    ``m (h_k y_i - (Q z_k)_i)`` (centre, theta),
+    ``m (h_k h_l + (y.C_kl y - 2 z_l.Q z_k + tr(Q C_l Q C_k) - tr(Q C_kl)) / 2)``
+    (theta), the model over the flux times the first derivative (flux), 0
+    (flux, flux).
+    """
+    u0, v0, g1, g2, T, flux = pars[0], pars[1], pars[2], pars[3], pars[4], pars[5]
+    cuu, cuv, cvv, e1, e2, gsq = _galaxy_cov(g1, g2, T)
+    if gsq >= 1.0:
+        return False
+    dcov, quu, quv, qvv, unit, trace, valid = _epoch_terms(g1, g2, T, cuu, cuv, cvv, e1, e2, gsq, psf_cov, area)
+    if not valid:
+        return False
+    # Second derivatives of C (uu, uv, vv) with respect to (g1, g2, T).
+    den = 1.0 + gsq
+    d2 = den * den
+    d3 = d2 * den
+    de1 = (2.0 / den - 4.0 * g1 * g1 / d2, -4.0 * g1 * g2 / d2)
+    de2 = (-4.0 * g1 * g2 / d2, 2.0 / den - 4.0 * g2 * g2 / d2)
+    dde1 = np.empty((2, 2))
+    dde2 = np.empty((2, 2))
+    dde1[0, 0] = -12.0 * g1 / d2 + 16.0 * g1 ** 3 / d3
+    dde1[0, 1] = dde1[1, 0] = -4.0 * g2 / d2 + 16.0 * g1 * g1 * g2 / d3
+    dde1[1, 1] = -4.0 * g1 / d2 + 16.0 * g1 * g2 * g2 / d3
+    dde2[0, 0] = -4.0 * g2 / d2 + 16.0 * g1 * g1 * g2 / d3
+    dde2[0, 1] = dde2[1, 0] = -4.0 * g1 / d2 + 16.0 * g1 * g2 * g2 / d3
+    dde2[1, 1] = -12.0 * g2 / d2 + 16.0 * g2 ** 3 / d3
+    half = 0.5 * T
+    d2cov = np.zeros((3, 3, 3))
+    for i in range(2):
+        for j in range(2):
+            d2cov[i, j, 0] = half * dde1[i, j]
+            d2cov[i, j, 1] = half * dde2[i, j]
+            d2cov[i, j, 2] = -half * dde1[i, j]
+        d2cov[i, 2, 0] = d2cov[2, i, 0] = 0.5 * de1[i]
+        d2cov[i, 2, 1] = d2cov[2, i, 1] = 0.5 * de2[i]
+        d2cov[i, 2, 2] = d2cov[2, i, 2] = -0.5 * de1[i]
+    n_epoch = psf_cov.shape[0]
+    # Per epoch: tr(Q C_l Q C_k) - tr(Q C_kl).
+    const = np.empty((n_epoch, 3, 3))
+    for e in range(n_epoch):
+        qm = np.array([[quu[e], quv[e]], [quv[e], qvv[e]]])
+        prods = np.empty((3, 2, 2))
+        for k in range(3):
+            ck = np.array([[dcov[k, 0], dcov[k, 1]], [dcov[k, 1], dcov[k, 2]]])
+            prods[k] = qm @ ck
+        for k in range(3):
+            for m_ in range(3):
+                tqq = 0.0
+                for a in range(2):
+                    for b in range(2):
+                        tqq += prods[m_, a, b] * prods[k, b, a]
+                tkl = (quu[e] * d2cov[k, m_, 0] + 2.0 * quv[e] * d2cov[k, m_, 1] + qvv[e] * d2cov[k, m_, 2])
+                const[e, k, m_] = tqq - tkl
+    for a in range(NPARS):
+        for b in range(NPARS):
+            hess[a, b] = 0.0
+    der = np.empty(NPARS)
+    sec = np.empty((NPARS, NPARS))
+    h = np.empty(3)
+    zu = np.empty(3)
+    zv = np.empty(3)
+    for i in range(data.size):
+        e = epoch[i]
+        x = du[i] - u0
+        y = dv[i] - v0
+        qx = quu[e] * x + quv[e] * y
+        qy = quv[e] * x + qvv[e] * y
+        rho = x * qx + y * qy
+        if rho > _RHO_NEGLIGIBLE:
+            continue
+        profile = unit[e] * np.exp(-0.5 * rho)
+        model = flux * profile
+        w = weight[i]
+        r = model - data[i]
+        for k in range(3):
+            zu[k] = dcov[k, 0] * qx + dcov[k, 1] * qy
+            zv[k] = dcov[k, 1] * qx + dcov[k, 2] * qy
+            h[k] = 0.5 * (qx * zu[k] + qy * zv[k] - trace[e, k])
+        der[0] = model * qx
+        der[1] = model * qy
+        for k in range(3):
+            der[2 + k] = model * h[k]
+        der[5] = profile
+        sec[0, 0] = model * (qx * qx - quu[e])
+        sec[1, 0] = model * (qy * qx - quv[e])
+        sec[1, 1] = model * (qy * qy - qvv[e])
+        for k in range(3):
+            # Q z_k
+            qzu = quu[e] * zu[k] + quv[e] * zv[k]
+            qzv = quv[e] * zu[k] + qvv[e] * zv[k]
+            sec[2 + k, 0] = model * (h[k] * qx - qzu)
+            sec[2 + k, 1] = model * (h[k] * qy - qzv)
+            for m_ in range(k + 1):
+                yck = (qx * qx * d2cov[k, m_, 0] + 2.0 * qx * qy * d2cov[k, m_, 1]
+                       + qy * qy * d2cov[k, m_, 2])
+                zqz = zu[m_] * qzu + zv[m_] * qzv
+                sec[2 + k, 2 + m_] = model * (h[k] * h[m_] + 0.5 * (yck - 2.0 * zqz + const[e, k, m_]))
+        sec[5, 0] = profile * qx
+        sec[5, 1] = profile * qy
+        for k in range(3):
+            sec[5, 2 + k] = profile * h[k]
+        sec[5, 5] = 0.0
+        wr = w * r
+        for a in range(NPARS):
+            for b in range(a + 1):
+                hess[a, b] += w * der[a] * der[b] + wr * sec[a, b]
+    for a in range(NPARS):
+        for b in range(a):
+            hess[b, a] = hess[a, b]
+    if use_prior:
+        grad = np.zeros(NPARS)
+        if not np.isfinite(_prior_terms(pars, grad, hess, prior_pars)):
+            return False
     return True
 
 
@@ -811,7 +1026,8 @@ def fit_with_retries(pixels, guess, rng, prior=None, ntry=5, scatter=0.1,
     return result, ntry
 
 
-__all__ = ["PixelData", "make_pixel_data", "fit_gauss", "fit_with_retries", "model_derivatives", "cost_hessian",
+__all__ = ["PixelData", "make_pixel_data", "fit_gauss", "inverse", "jacobian_area", "fit_with_retries",
+           "model_derivatives", "cost_hessian",
            "weighted_model_derivatives",
            "perturb_guess", "gaussian_covariance",
            "FitResult", "ShapePipePrior", "PAR_NAMES"]

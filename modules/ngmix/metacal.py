@@ -150,20 +150,29 @@ def _resample(spectra, offset_y, offset_x, pos_y, pos_x, target, out):
     """Sheared, deconvolved and reconvolved Fourier modes.
 
     ``spectra`` is the output of :func:`_extend` (PSF transform first, then
-    the images), ``(offset_y, offset_x)`` its indices of frequency 0. Each
+    the images) viewed as real numbers (last axis: real and imaginary part of
+    each transform), ``(offset_y, offset_x)`` its indices of frequency 0. Each
     transform is interpolated at the positions (grid-index units, possibly
-    negative) with the Quintic kernel; ``out[s, i] = target[i] * image_s / psf``.
-    The caller keeps every position at least 3 points inside the array.
+    negative) with the Quintic kernel, separably (the six taps along x of
+    each row, summed pairwise, then the rows);
+    ``out[s, i] = target[i] * image_s / psf``. The caller keeps every
+    position at least 3 points inside the array.
     """
-    nimg = spectra.shape[2] - 1
-    if nimg == 2:
-        # Image and noise image (the usual case): scalar accumulators stay in
-        # registers (about twice faster than the general loop, same sums).
-        _resample_two(spectra, offset_y, offset_x, pos_y, pos_x, target, out)
-        return
+    if spectra.shape[2] == 6:
+        # Image and noise image (the usual case): a fixed inner length the
+        # compiler vectorises (1.7x faster than the general loop, same sums).
+        _resample_fixed(spectra, offset_y, offset_x, pos_y, pos_x, target, out, 6)
+    else:
+        _resample_fixed(spectra, offset_y, offset_x, pos_y, pos_x, target, out, spectra.shape[2])
+
+
+@njit(cache=True, fastmath=True, inline="always")
+def _resample_fixed(sp, offset_y, offset_x, pos_y, pos_x, target, out, nval):
+    """:func:`_resample` with ``nval`` real values per tap (a literal 6 in the usual call)."""
+    nimg = nval // 2 - 1
     wy = np.empty(6)
     wx = np.empty(6)
-    acc = np.empty(nimg + 1, dtype=np.complex128)
+    acc = np.empty(nval)
     for ip in range(pos_y.size):
         py = pos_y[ip]
         px = pos_x[ip]
@@ -171,50 +180,170 @@ def _resample(spectra, offset_y, offset_x, pos_y, pos_x, target, out):
         fx = np.floor(px)
         _quintic_weights(py - fy, wy)
         _quintic_weights(px - fx, wx)
-        row0 = int(fy) - 2 + offset_y
-        col0 = int(fx) - 2 + offset_x
-        for s in range(nimg + 1):
+        r0 = int(fy) - 2 + offset_y
+        c0 = int(fx) - 2 + offset_x
+        x0, x1, x2, x3, x4, x5 = wx[0], wx[1], wx[2], wx[3], wx[4], wx[5]
+        for s in range(nval):
             acc[s] = 0.0
         for a in range(6):
-            for b in range(6):
-                w = wy[a] * wx[b]
-                for s in range(nimg + 1):
-                    acc[s] += w * spectra[row0 + a, col0 + b, s]
-        psf = acc[0]
-        norm = psf.real * psf.real + psf.imag * psf.imag
+            w = wy[a]
+            r = r0 + a
+            for s in range(nval):
+                acc[s] += w * ((x0 * sp[r, c0, s] + x1 * sp[r, c0 + 1, s])
+                               + (x2 * sp[r, c0 + 2, s] + x3 * sp[r, c0 + 3, s])
+                               + (x4 * sp[r, c0 + 4, s] + x5 * sp[r, c0 + 5, s]))
+        norm = acc[0] * acc[0] + acc[1] * acc[1]
         # target / psf = target * conj(psf) / |psf|^2
-        factor = target[ip] * psf.conjugate() / norm if norm > 0.0 else 0.0j
+        if norm > 0.0:
+            fr = target[ip] * acc[0] / norm
+            fi = -target[ip] * acc[1] / norm
+        else:
+            fr = 0.0
+            fi = 0.0
         for s in range(nimg):
-            out[s, ip] = acc[s + 1] * factor
+            re = acc[2 + 2 * s]
+            im = acc[3 + 2 * s]
+            out[s, ip] = complex(re * fr - im * fi, re * fi + im * fr)
+
+
+@njit(cache=True)
+def _branch_positions(mats, q, scale, out):
+    """``out[b] = (y, x)`` input-grid positions ``scale * mats[b] @ q`` of every branch; return their extremes.
+
+    Returns ``(min y, max y, min x, max x)`` over the branches (zeros without modes).
+    """
+    min_y = max_y = min_x = max_x = 0.0
+    first = True
+    for b in range(mats.shape[0]):
+        for i in range(q.shape[1]):
+            qx = q[0, i]
+            qy = q[1, i]
+            x = (mats[b, 0, 0] * qx + mats[b, 0, 1] * qy) * scale
+            y = (mats[b, 1, 0] * qx + mats[b, 1, 1] * qy) * scale
+            out[b, 0, i] = y
+            out[b, 1, i] = x
+            if first:
+                min_y = max_y = y
+                min_x = max_x = x
+                first = False
+            else:
+                min_y = min(min_y, y)
+                max_y = max(max_y, y)
+                min_x = min(min_x, x)
+                max_x = max(max_x, x)
+    return min_y, max_y, min_x, max_x
+
+
+@njit(cache=True)
+def _rotation_sources(n, keep, target, source, conj):
+    """Fill :meth:`EpochMetacal._rotation_map` (``n`` the grid size, ``keep`` the kept flat indices); return the count."""
+    half = n // 2 + 1
+    position = np.full(n * half, -1, dtype=np.int64)
+    for i in range(keep.size):
+        position[keep[i]] = i
+    count = 0
+    for iy in range(n):
+        fy = iy if iy < n // 2 else iy - n
+        for ix in range(half):
+            # B^(fy, fx) = A^(-fx, fy); the half plane stores fx >= 0, else use A^(-k) = conj(A^(k)).
+            sy, sx = -ix, fy
+            flip = sx < 0
+            if flip:
+                sy, sx = -sy, -sx
+            where = position[(sy % n) * half + sx]
+            if where >= 0:
+                target[count] = iy * half + ix
+                source[count] = where
+                conj[count] = flip
+                count += 1
+    return count
+
+
+@njit(cache=True)
+def _fill_modes(full, keep, modes, target, source, conj, rotated_modes):
+    """``full[:, keep] = modes``, then ``rotated_modes[:, source]`` (conjugated where ``conj``) added at ``target``."""
+    for b in range(full.shape[0]):
+        for i in range(keep.size):
+            full[b, keep[i]] = modes[b, i]
+        for i in range(target.size):
+            value = rotated_modes[b, source[i]]
+            full[b, target[i]] += value.conjugate() if conj[i] else value
+
+
+@njit(cache=True)
+def _smallest_ksq_below(psf_k, pixel, qy, qx, inv_t, remove_pixel, level):
+    """Smallest ``|J^-T q|^2`` over the modes where ``Re(psf_k)`` (over ``pixel`` if ``remove_pixel``) is below ``level``; inf if none.
+
+    Element by element the same arithmetic as the numpy expressions
+    ``_sky_ksq`` and ``psf_k.real / pixel`` (no fastmath), without their
+    temporaries on the large input grid.
+    """
+    best = np.inf
+    for r in range(psf_k.shape[0]):
+        for c in range(psf_k.shape[1]):
+            kval = psf_k[r, c].real / pixel[r, c] if remove_pixel else psf_k[r, c].real
+            if kval < level:
+                ku = inv_t[0, 0] * qx[r, c] + inv_t[0, 1] * qy[r, c]
+                kv = inv_t[1, 0] * qx[r, c] + inv_t[1, 1] * qy[r, c]
+                ksq = ku * ku + kv * kv
+                if ksq < best:
+                    best = ksq
+    return best
 
 
 @njit(cache=True, fastmath=True)
-def _resample_two(spectra, offset_y, offset_x, pos_y, pos_x, target, out):
-    """:func:`_resample` for the PSF and two images."""
-    wy = np.empty(6)
-    wx = np.empty(6)
-    for ip in range(pos_y.size):
-        py = pos_y[ip]
-        px = pos_x[ip]
-        fy = np.floor(py)
-        fx = np.floor(px)
-        _quintic_weights(py - fy, wy)
-        _quintic_weights(px - fx, wx)
-        row0 = int(fy) - 2 + offset_y
-        col0 = int(fx) - 2 + offset_x
-        acc0 = 0.0j
-        acc1 = 0.0j
-        acc2 = 0.0j
-        for a in range(6):
-            for b in range(6):
-                w = wy[a] * wx[b]
-                acc0 += w * spectra[row0 + a, col0 + b, 0]
-                acc1 += w * spectra[row0 + a, col0 + b, 1]
-                acc2 += w * spectra[row0 + a, col0 + b, 2]
-        norm = acc0.real * acc0.real + acc0.imag * acc0.imag
-        factor = target[ip] * acc0.conjugate() / norm if norm > 0.0 else 0.0j
-        out[0, ip] = acc1 * factor
-        out[1, ip] = acc2 * factor
+def _gram_kernel(spectra, power, out):
+    """``out[b] = Re(X_b P X_b^H)`` in double precision (P real, diagonal).
+
+    ``spectra`` is ``(n_stack, k, n_modes)`` complex (single or double),
+    ``power`` the diagonal ``(n_modes,)``; ``out`` ``(n_stack, k, k)``,
+    symmetric. Each stack is copied to real and imaginary planes first, so
+    that every sum runs over contiguous memory (vectorised).
+    """
+    n_stack, k, n_modes = spectra.shape
+    re = np.empty((k, n_modes))
+    im = np.empty((k, n_modes))
+    for s in range(n_stack):
+        for i in range(k):
+            for q in range(n_modes):
+                re[i, q] = spectra[s, i, q].real
+                im[i, q] = spectra[s, i, q].imag
+        for i in range(k):
+            for j in range(i + 1):
+                acc = 0.0
+                for q in range(n_modes):
+                    acc += power[q] * (re[i, q] * re[j, q] + im[i, q] * im[j, q])
+                out[s, i, j] = acc
+                out[s, j, i] = acc
+
+
+@njit(cache=True)
+def _scatter_rows(values, out_rows, out_cols, size):
+    """Values ``(n_img, n)`` at pixels ``(out_rows, out_cols)`` of a size x size grid, keeping only the rows used.
+
+    Returns the single-precision array ``(n_img, n_used, size)`` (zero
+    elsewhere) and the used rows in increasing order.
+    """
+    present = np.zeros(size, dtype=np.bool_)
+    for p in range(out_rows.size):
+        present[out_rows[p]] = True
+    index = np.empty(size, dtype=np.int64)
+    n_used = 0
+    for r in range(size):
+        if present[r]:
+            index[r] = n_used
+            n_used += 1
+    used = np.empty(n_used, dtype=np.int64)
+    for r in range(size):
+        if present[r]:
+            used[index[r]] = r
+    buffer = np.zeros((values.shape[0], n_used, size), dtype=np.float32)
+    for p in range(out_rows.size):
+        row = index[out_rows[p]]
+        col = out_cols[p]
+        for b in range(values.shape[0]):
+            buffer[b, row, col] = values[b, p]
+    return buffer, used
 
 
 _SCRATCH = threading.local()
@@ -323,6 +452,8 @@ class EpochMetacal:
         if not np.isfinite(psf_sum) or psf_sum <= 0:
             raise ValueError("PSF image must have a finite positive sum")
         self.jacobian = jac
+        # J^-T, used by every frequency mapping of this epoch (computed once).
+        self._inv_t = np.linalg.inv(jac).T
         self.step = float(step)
         self.stamp_shape = tuple(int(s) for s in stamp_shape)
         ny, nx = self.stamp_shape
@@ -343,17 +474,18 @@ class EpochMetacal:
         self._crop_cols = (np.arange(nx) - self.centre[1]) % self.out_size
         # Sample points of the sheared branches, and the margin of the
         # extended transforms that keeps the kernel's 6x6 taps inside them.
-        self._sheared_positions = {}
+        sheared = [name for name, shear in BRANCHES.items() if shear != (0.0, 0.0)]
+        mats = np.array([self._position_matrix(BRANCHES[name][0] * self.step, BRANCHES[name][1] * self.step)
+                         for name in sheared])
+        positions = np.empty((len(sheared), 2, self._q.shape[1]))
+        extremes = _branch_positions(mats, self._q, self.in_size / (2 * np.pi), positions)
+        self._sheared_positions = {name: (positions[i, 0], positions[i, 1]) for i, name in enumerate(sheared)}
         lowest, highest_y, highest_x = 0.0, 0.0, 0.0
-        for name, (s1, s2) in BRANCHES.items():
-            if s1 == 0.0 and s2 == 0.0:
-                continue
-            pos_y, pos_x = self._positions(s1 * self.step, s2 * self.step)
-            self._sheared_positions[name] = (pos_y, pos_x)
-            if pos_y.size:
-                lowest = min(lowest, pos_y.min() + self.in_size // 2, pos_x.min())
-                highest_y = max(highest_y, pos_y.max() - (self.in_size - self.in_size // 2))
-                highest_x = max(highest_x, pos_x.max() - (self.in_size // 2 + 1))
+        if self._q.shape[1]:
+            min_y, max_y, min_x, max_x = extremes
+            lowest = min(lowest, min_y + self.in_size // 2, min_x)
+            highest_y = max(highest_y, max_y - (self.in_size - self.in_size // 2))
+            highest_x = max(highest_x, max_x - (self.in_size // 2 + 1))
         self._margin = int(max(3, 2 - np.floor(lowest), np.floor(highest_y) + 4, np.floor(highest_x) + 4))
 
     # ------------------------------------------------------------------
@@ -362,19 +494,18 @@ class EpochMetacal:
 
     def _sky_ksq(self, qy, qx):
         # k_sky = J^-T q with q = (qx, qy) in the pixel frame.
-        inv_t = np.linalg.inv(self.jacobian).T
+        inv_t = self._inv_t
         ku = inv_t[0, 0] * qx + inv_t[0, 1] * qy
         kv = inv_t[1, 0] * qx + inv_t[1, 1] * qy
         return ku * ku + kv * kv
 
     def _target_sigma(self, psf_k, remove_pixel=True):
         qy, qx = self._pixel_freqs(self.in_size, half=True)
-        kval = psf_k.real / _pixel_response(self.in_size) if remove_pixel else psf_k.real
-        ksq = self._sky_ksq(qy, qx)
-        small = kval < PSF_SMALL_KVAL
-        if small.any():
-            ksq_max = ksq[small].min()
-        else:
+        pixel = _pixel_response(self.in_size)
+        inv_t = self._inv_t
+        # The smallest sky |k|^2 where the PSF transform (pixel removed) falls below PSF_SMALL_KVAL.
+        ksq_max = _smallest_ksq_below(psf_k, pixel, qy, qx, inv_t, remove_pixel, PSF_SMALL_KVAL)
+        if not np.isfinite(ksq_max):
             # PSF never falls that low inside the band: use the band edge.
             ksq_max = self._sky_ksq(np.array(np.pi), np.array(0.0)).item()
             ksq_max = min(ksq_max, self._sky_ksq(np.array(0.0), np.array(np.pi)).item())
@@ -398,13 +529,13 @@ class EpochMetacal:
         self._grid_rows = (self._oversample * fy) % self.in_size
         self._grid_cols = self._oversample * ix
 
+    def _position_matrix(self, g1, g2):
+        """``M = J^T S J^-T``: the sheared transform is G(S k) (S symmetric, unit determinant); in the pixel frame k = J^-T q."""
+        return self.jacobian.T @ shear_matrix(g1, g2) @ self._inv_t
+
     def _positions(self, g1, g2):
-        """Input-grid positions (index units) of the modes ``M q``."""
-        jac = self.jacobian
-        # The sheared transform is G(S k) (S symmetric, unit determinant);
-        # in the pixel frame k = J^-T q, so the sample point is J^T S J^-T q.
-        mat = jac.T @ shear_matrix(g1, g2) @ np.linalg.inv(jac).T
-        mq = mat @ self._q
+        """Input-grid positions (index units) of the modes ``M q`` (numpy; the constructor computes them in numba)."""
+        mq = self._position_matrix(g1, g2) @ self._q
         scale = self.in_size / (2 * np.pi)
         return (np.ascontiguousarray(mq[1] * scale),
                 np.ascontiguousarray(mq[0] * scale))
@@ -455,7 +586,8 @@ class EpochMetacal:
             return spectra[:, self._grid_rows, self._grid_cols] * self._noshear_scale()
         pos_y, pos_x = self._sheared_positions[name]
         out = np.empty((spectra.shape[0], pos_x.size), dtype=complex)
-        _resample(extended, self.in_size // 2 + self._margin, self._margin, pos_y, pos_x, self._target_k, out)
+        real_view = extended.view(np.float64)
+        _resample(real_view, self.in_size // 2 + self._margin, self._margin, pos_y, pos_x, self._target_k, out)
         return out
 
     def _noshear_scale(self):
@@ -513,10 +645,14 @@ class EpochMetacal:
             full[self._keep] = scale
             power = np.abs(full) ** 2
             if rotated:
-                # The kernel rotated by 90 degrees about the origin of the periodic grid.
-                kernel = sfft.irfft2(full, s=(self.out_size, self.out_size))
-                turned = kernel.T[(-np.arange(self.out_size)) % self.out_size, :]
-                power = power + np.abs(sfft.rfft2(turned)) ** 2
+                # The kernel rotated by 90 degrees about the origin of the
+                # periodic grid: its transform is the kept modes permuted
+                # (:meth:`_rotation_map`; the direction does not matter for
+                # |H|^2, since |H(q)| = |H(-q)|).
+                target, source, _ = self._rotation_map()
+                turned = np.zeros(power.size)
+                turned[target] = np.abs(scale[source]) ** 2
+                power = power + turned.reshape(power.shape)
             # rfft2 stores half the plane: columns other than 0 and Nyquist count twice.
             weight = np.full(self._out_shape[1], 2.0)
             weight[0] = 1.0
@@ -579,20 +715,20 @@ class EpochMetacal:
         n_stack, k = values.shape[:2]
         rows, cols = pixels
         size = self.out_size
-        out_rows = self._crop_rows[rows]
-        used, row_of = np.unique(out_rows, return_inverse=True)
         # Only the rows holding pixels are transformed along x (the others
-        # are zero), then every column along y: rfft2 at a fraction of its cost.
-        buffer = np.zeros((n_stack * k, used.size, size))
-        buffer[:, row_of, self._crop_cols[cols]] = values.reshape(n_stack * k, -1)
-        spectra = np.zeros((n_stack * k, size, size // 2 + 1), dtype=complex)
+        # are zero), then every column along y: rfft2 at a fraction of its
+        # cost. In single precision (half the time and memory): the Gram
+        # matrices, sums of squares accumulated in double precision, are
+        # then good to ~1e-6 relative, far below the 3% to which the errors
+        # describe the scatter (tests/test_metacal.py).
+        buffer, used = _scatter_rows(np.ascontiguousarray(values.reshape(n_stack * k, -1)),
+                                     self._crop_rows[rows], self._crop_cols[cols], size)
+        spectra = np.zeros((n_stack * k, size, size // 2 + 1), dtype=np.complex64)
         spectra[:, used, :] = sfft.rfft(buffer, axis=2)
         spectra = sfft.fft(spectra, axis=1, overwrite_x=True).reshape(n_stack, k, -1)
-        power = self._noise_power(rotated_noise).ravel()
-        # Re(X P X^H) with P real: two real products per stack.
-        real, imag = spectra.real, spectra.imag
-        return (np.matmul(real * power, real.transpose(0, 2, 1))
-                + np.matmul(imag * power, imag.transpose(0, 2, 1)))
+        out = np.empty((n_stack, k, k))
+        _gram_kernel(spectra, self._noise_power(rotated_noise).ravel(), out)
+        return out
 
     def _padded_transform(self, stamps, centre=None):
         """rfft2 of stamps ``(k, ny, nx)`` zero-padded to the input period, ``centre`` (default the stamp's) at index 0.
@@ -603,18 +739,48 @@ class EpochMetacal:
         """
         k, ny, nx = stamps.shape
         size = self.in_size
-        centre = self.centre if centre is None else centre
-        rows = (np.arange(ny) - centre[0]) % size
-        cols = (np.arange(nx) - centre[1]) % size
+        cy, cx = self.centre if centre is None else centre
+        # Pixel j of the stamp goes to index (j - centre) mod size: two slices per axis.
         padded_rows = np.zeros((k, ny, size))
-        padded_rows[:, :, cols] = stamps
+        padded_rows[:, :, :nx - cx] = stamps[:, :, cx:]
+        padded_rows[:, :, size - cx:] = stamps[:, :, :cx]
+        transformed = sfft.rfft(padded_rows, axis=2)
         spectra = np.zeros((k, size, size // 2 + 1), dtype=complex)
-        spectra[:, rows, :] = sfft.rfft(padded_rows, axis=2)
+        spectra[:, :ny - cy] = transformed[:, cy:]
+        spectra[:, size - cy:] = transformed[:, :cy]
         return sfft.fft(spectra, axis=1, overwrite_x=True)
 
-    def _to_images(self, modes):
+    def _rotation_map(self):
+        """Where the transform of an output image rotated by -90 degrees (``np.rot90(k=-1)``) takes its kept modes.
+
+        On the periodic output grid, with the stamp centre at index 0, the
+        rotated image ``B(y, x) = A(-x, y)`` has ``B^(ky, kx) = A^(-kx, ky)``:
+        a permutation of the modes (conjugated where the source falls in the
+        half plane rfft2 does not store). Returns the flat rfft2 indices of
+        the targets, the positions of their sources among the kept modes, and
+        which are conjugated; targets whose source is not kept (zero) are left out.
+        """
+        cache = self.__dict__.setdefault("_rotation_cache", [])
+        if not cache:
+            target = np.empty(2 * self._keep_flat.size, dtype=np.int64)
+            source = np.empty_like(target)
+            conj = np.empty(target.size, dtype=np.bool_)
+            count = _rotation_sources(self.out_size, self._keep_flat, target, source, conj)
+            cache.append((target[:count], source[:count], conj[:count]))
+        return cache[0]
+
+    def _to_images(self, modes, rotated_modes=None):
+        """Stamps from kept output modes; ``rotated_modes`` (same shape) are added as images rotated by -90 degrees.
+
+        The rotation is applied to the modes (:meth:`_rotation_map`), so an
+        image and its rotated noise image take one inverse transform.
+        """
         full = np.zeros((modes.shape[0], self._out_shape[0] * self._out_shape[1]), dtype=complex)
-        full[:, self._keep_flat] = modes
+        if rotated_modes is None:
+            full[:, self._keep_flat] = modes
+        else:
+            target, source, conj = self._rotation_map()
+            _fill_modes(full, self._keep_flat, modes, target, source, conj, rotated_modes)
         full = full.reshape((modes.shape[0],) + self._out_shape)
         # Two 1-d passes, as irfft2 (measured 3x faster than scipy's irfft2 on
         # fresh arrays); the second only on the rows of the stamp.
@@ -658,13 +824,8 @@ class EpochMetacal:
             size, half = spectra.shape[1:]
             extended = _scratch((size + 2 * self._margin, half + 2 * self._margin, len(stack) + 1))
             _extend(self._psf_k, spectra, self._margin, extended)
-        modes = np.concatenate([self._branch_modes(spectra, extended, name) for name in names])
-        # One inverse transform for all branches and images.
-        images = self._to_images(modes).reshape(len(names), len(stack), *self.stamp_shape)
-        result = {}
-        for name, branch in zip(names, images):
-            out = branch[0]
-            if noise_image is not None:
-                out = out + np.rot90(branch[1], k=-1)
-            result[name] = out
-        return result
+        modes = np.stack([self._branch_modes(spectra, extended, name) for name in names])
+        # One inverse transform for all branches, the noise images rotated
+        # back in Fourier space and added before it.
+        images = self._to_images(modes[:, 0], modes[:, 1] if noise_image is not None else None)
+        return dict(zip(names, images))

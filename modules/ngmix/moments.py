@@ -39,12 +39,29 @@ def r50_to_T(r50):
     return np.sign(r50) * r50 ** 2 / LN2
 
 
+def _median(values):
+    """``np.median`` of a flat float array (same value), without its generic machinery; NaN if any is NaN."""
+    n = values.size
+    half = n // 2
+    # The last position is partitioned too, so it holds the largest value
+    # (NaN sorts last): a NaN anywhere makes the median NaN, as in np.median.
+    if n % 2:
+        part = np.partition(values, (half, n - 1))
+        middle = part[half]
+    else:
+        part = np.partition(values, (half - 1, half, n - 1))
+        middle = (part[half - 1] + part[half]) / 2.0
+    if np.isnan(part[-1]):
+        return np.nan
+    return middle
+
+
 def sigma_mad(values):
     """Noise sigma from the median absolute deviation."""
     values = np.asarray(values, dtype=float).ravel()
     if values.size == 0:
         return np.nan
-    return MAD_TO_SIGMA * np.median(np.abs(values - np.median(values)))
+    return MAD_TO_SIGMA * _median(np.abs(values - _median(values)))
 
 
 @dataclass
@@ -111,9 +128,9 @@ def gaussian_image(moments, shape):
     Its total flux is ``moments.amplitude`` (pixel values sampled at pixel centres).
     """
     ny, nx = shape
-    y, x = np.mgrid[0:ny, 0:nx]
-    dy = y - moments.row
-    dx = x - moments.col
+    # Broadcast (ny, 1) and (1, nx) offsets: the same values as full grids, without them.
+    dy = np.arange(ny, dtype=float)[:, None] - moments.row
+    dx = np.arange(nx, dtype=float)[None, :] - moments.col
     e1, e2 = moments.e1, moments.e2
     sig2 = moments.sigma ** 2
     # Distortion e with det(M) = sigma^4: M = sigma^2 / sqrt(1-e^2) [[1+e1, e2], [e2, 1-e1]]
