@@ -3,10 +3,11 @@
 Usage: ``python benchmarks/bench_crowded.py [--seeds 1-3] [--engine sep] [--scale 0.3] [--workdir DIR]``
 
 For each seed, the ``cluster`` preset is simulated and its tile extracted
-by the sextractor module four ways: the HOT pass alone, the COLD pass
-alone, the earlier hot pass (3x3 filter) with COLD, and both (PASSES =
-HOT, COLD, joined at PASS_ELLIPSE_SCALE), the last one with the saturated
-regions, object mask and local sky. Printed:
+by the sextractor module five ways: the HOT pass alone, the COLD pass
+alone, the earlier hot pass (3x3 filter) with COLD, both joined by the
+ellipse rule alone (PASSES = HOT, COLD, joined at PASS_ELLIPSE_SCALE), and
+both joined with blended neighbours added (PASS_NEIGHBOUR_RADIUS), the
+last one with the saturated regions, object mask and local sky. Printed:
 
 1. against the truth (:mod:`shapepipe_modules.validate.crowded`), pooled
    over the seeds: completeness of the background galaxies within 30 arcsec
@@ -42,6 +43,10 @@ HOT = ("BACK_TYPE=AUTO BACK_SIZE=64 DETECT_THRESH=5 DETECT_MINAREA=10 DEBLEND_MI
 HOT_3X3 = "BACK_TYPE=AUTO BACK_SIZE=64 DETECT_THRESH=3 DETECT_MINAREA=10 DEBLEND_MINCONT=0.01"
 COLD = "BACK_TYPE=AUTO BACK_SIZE=24 DETECT_THRESH=1.2 DEBLEND_MINCONT=0.0005"
 RADIUS_ARCSEC = 30.0
+# A COLD object inside a HOT ellipse is kept when FLUX_RADIUS >= 6 pixels (1.1 arcsec) and it lies beyond the HOT
+# object's FLUX_RADIUS from its centre: a member the hot pass merged into a neighbour (cold FLUX_RADIUS 6-11
+# pixels), not a knot clump (2-5.4).
+NEIGHBOUR_RADIUS = 6.0
 
 
 def _seeds(text):
@@ -71,6 +76,8 @@ def main(argv=None):
     parser.add_argument("--seeds", default="1-3")
     parser.add_argument("--engine", default="sep", choices=("sep", "sextractor"))
     parser.add_argument("--scale", type=float, default=1.0, help="PASS_ELLIPSE_SCALE")
+    parser.add_argument("--neighbour-radius", type=float, default=NEIGHBOUR_RADIUS,
+                        help="PASS_NEIGHBOUR_RADIUS of the HOT+COLD join (pixels; 0: the ellipse rule alone)")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--shear-local-sky", action="store_true",
                         help="subtract BKG_LOCAL from the stamps before measuring shapes")
@@ -91,8 +98,10 @@ def main(argv=None):
     configs = {"HOT": dict(PASSES=["HOT"], PASS_SETTINGS=[HOT]),
                "COLD": dict(PASSES=["COLD"], PASS_SETTINGS=[COLD]),
                "HOT3x3+COLD": dict(PASSES=["HOT", "COLD"], PASS_SETTINGS=[HOT_3X3, COLD]),
+               "HOT+COLD_ell": dict(PASSES=["HOT", "COLD"], PASS_SETTINGS=[HOT, COLD]),
                "HOT+COLD": dict(PASSES=["HOT", "COLD"], PASS_SETTINGS=[HOT, COLD], OBJECT_MASK=True,
-                                SATURATION_REGIONS=True, LOCAL_SKY=True)}
+                                SATURATION_REGIONS=True, LOCAL_SKY=True,
+                                PASS_NEIGHBOUR_RADIUS=args.neighbour_radius)}
     totals = {name: {} for name in configs}
     sky_rows, costs, shear = [], [], {"g1": [], "g2": [], "dx": [], "dy": [], "true": [], "mag": []}
     for seed in _seeds(args.seeds):
@@ -157,12 +166,14 @@ def main(argv=None):
             summary = _run(sextractor, [exposure, sim / "exposures" / "2100001p.weight.fits.fz",
                                         sim / "exposures" / "2100001p.flag.fits.fz"], out, "-2100001-0",
                            PASSES=["HOT", "COLD"], PASS_SETTINGS=[HOT, COLD], PASS_ELLIPSE_SCALE=args.scale,
-                           OBJECT_MASK=True, SATURATION_REGIONS=True, SATURATION_FLAG_BITS=4, LOCAL_SKY=True,
+                           PASS_NEIGHBOUR_RADIUS=args.neighbour_radius, OBJECT_MASK=True, SATURATION_REGIONS=True,
+                           SATURATION_FLAG_BITS=4, LOCAL_SKY=True,
                            BKG_RESIDUAL=False)
             costs.append(("CCD 1024x1024", seed, summary))
 
     print(f"\nBackground galaxies within {RADIUS_ARCSEC:.0f} arcsec of the cluster centre, {len(sky_rows)} seed(s), "
-          f"engine {args.engine}, PASS_ELLIPSE_SCALE {args.scale}")
+          f"engine {args.engine}, PASS_ELLIPSE_SCALE {args.scale}, HOT+COLD: PASS_NEIGHBOUR_RADIUS "
+          f"{args.neighbour_radius} (HOT+COLD_ell: the ellipse rule alone)")
     print(f"{'passes':12s} {'found':>12s} {'complete':>9s} {'dup bg':>7s} {'members 1x':>11s} {'shredded':>9s} "
           f"{'missed':>7s} {'by a star':>10s} {'1x, no star':>12s} {'dup truth':>10s} {'across passes':>14s} "
           f"{'detections':>11s}")
