@@ -14,7 +14,8 @@ folder ``WORKDIR/config``: ``example/GOLD`` with the files of
 sized by the simulated star profile) and the mask module's templates. A
 run whose final catalogue exists is not run again (``--rerun`` to force).
 
-Printed: per run the masked fraction of the tile, the background galaxies
+Printed: per run the masked fraction of the tile, the PSF residuals of the
+reserved stars (size, from the run's psf_validation), the background galaxies
 of the final catalogue (truth ``cluster_role`` 0, matched within 1
 arcsec), how many pass the selection within 90 arcsec and the amplitude of
 their tangential shear; then, pooled over the seeds, the metacal
@@ -87,6 +88,15 @@ def masked_fraction(run_root: Path) -> float:
     return float(np.mean(fits.getdata(next(folder.glob("*flag*.fits"))) != 0))
 
 
+def psf_check(run_root: Path) -> dict:
+    """PSF residuals of the reserved stars of one run (its psf_validation output)."""
+    from shapepipe_modules.gold.chain import module_output, newest_run
+    from shapepipe_modules.gold.summary import psf_residuals
+
+    return psf_residuals(module_output(newest_run(run_root / "output", "run_sp_MsPl"), "psf_validation")
+                         / "psf_validation_stats.json")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="1-5")
@@ -126,7 +136,7 @@ def main(argv=None):
                                              cluster_centre(params))
             one = crowded.metacal_tangential_profile(data["tables"], data["dx"], data["dy"], data["g_t_true"],
                                                      np.array([0.0, 90.0]), n_boot=50)
-            per_seed.append((seed, member, masked_fraction(run_root), len(data["dx"]), one))
+            per_seed.append((seed, member, masked_fraction(run_root), len(data["dx"]), one, psf_check(run_root)))
             for key in ("tables", "dx", "dy", "g_t_true"):
                 pooled[key].append(data[key])
             pooled["group"].append(np.full(len(data["dx"]), seed))
@@ -136,9 +146,17 @@ def main(argv=None):
     print(f"\nCluster preset through the GOLD chain (config {config}), per seed "
           "(A: amplitude g_t / input of that run alone, r < 90 arcsec)")
     print(f"{'seed':>4s} {'run':>6s} {'tile masked':>12s} {'background in cat':>18s} {'selected':>9s} {'A':>7s} "
-          f"{'error':>6s}")
-    for seed, member, masked, n, one in per_seed:
-        print(f"{seed:4d} {member:>6s} {masked:12.3f} {n:18d} {one['n_total']:9d} {one['A']:7.3f} {one['A_error']:6.3f}")
+          f"{'error':>6s} {'PSF stars':>10s} {'size resid':>11s} {'rms':>6s}")
+    for seed, member, masked, n, one, psf in per_seed:
+        print(f"{seed:4d} {member:>6s} {masked:12.3f} {n:18d} {one['n_total']:9d} {one['A']:7.3f} {one['A_error']:6.3f} "
+              f"{psf['n_stars']:10d} {psf['size_relative_residual']['mean']:11.4f} "
+              f"{psf['size_relative_residual']['rms']:6.3f}")
+    stars = np.array([psf["n_stars"] for *_, psf in per_seed], float)
+    sizes = np.array([[psf["size_relative_residual"]["mean"], psf["size_relative_residual"]["rms"]]
+                      for *_, psf in per_seed])
+    print(f"PSF size residual of the reserved stars, all runs (star-weighted): mean "
+          f"{np.sum(stars * sizes[:, 0]) / stars.sum():+.4f}, rms {np.sqrt(np.sum(stars * sizes[:, 1] ** 2) / stars.sum()):.4f} "
+          f"({int(stars.sum())} stars)")
 
     def pool(keep):
         tables = {branch: {key: np.concatenate([t[branch][key] for t, k in zip(pooled["tables"], keep) if k])

@@ -3,10 +3,11 @@
 Usage: ``python benchmarks/bench_crowded.py [--seeds 1-3] [--engine sep] [--scale 0.3] [--workdir DIR]``
 
 For each seed, the ``cluster`` preset is simulated and its tile extracted
-by the sextractor module four ways: the HOT pass alone, the COLD pass
-alone, the earlier hot pass (3x3 filter) with COLD, and both (PASSES =
-HOT, COLD, joined at PASS_ELLIPSE_SCALE), the last one with the saturated
-regions, object mask and local sky. Printed:
+by the sextractor module five ways: the HOT pass alone, the COLD pass
+alone, the earlier hot pass (3x3 filter) with COLD, both joined by the
+ellipse rule alone (PASSES = HOT, COLD, joined at PASS_ELLIPSE_SCALE), and
+both joined with blended neighbours added (PASS_NEIGHBOUR_RADIUS), the
+last one with the saturated regions, object mask and local sky. Printed:
 
 1. against the truth (:mod:`shapepipe_modules.validate.crowded`), pooled
    over the seeds: completeness of the background galaxies within 30 arcsec
@@ -18,7 +19,13 @@ regions, object mask and local sky. Printed:
    neighbours masked with the object mask) of the detected background
    galaxies, binned by radius, against the input NFW shear of the same
    galaxies, and the fitted amplitude (1 when recovered);
-4. the cost per image (wall seconds of each step, from the job summary):
+4. why the dual pass finds fewer background galaxies than the COLD pass
+   alone: the galaxies COLD finds and HOT+COLD does not, and where they
+   lie (inside a HOT ellipse, of a member or not); and the COLD
+   detections inside HOT ellipses, off the HOT objects' cores (beyond
+   their FLUX_RADIUS), that belong to a member (its pieces) or to a
+   background galaxy, with their FLUX_RADIUS;
+5. the cost per image (wall seconds of each step, from the job summary):
    tile and one exposure CCD (1024 x 1024), second pass and join, masks and
    local sky.
 """
@@ -42,6 +49,10 @@ HOT = ("BACK_TYPE=AUTO BACK_SIZE=64 DETECT_THRESH=5 DETECT_MINAREA=10 DEBLEND_MI
 HOT_3X3 = "BACK_TYPE=AUTO BACK_SIZE=64 DETECT_THRESH=3 DETECT_MINAREA=10 DEBLEND_MINCONT=0.01"
 COLD = "BACK_TYPE=AUTO BACK_SIZE=24 DETECT_THRESH=1.2 DEBLEND_MINCONT=0.0005"
 RADIUS_ARCSEC = 30.0
+# A COLD object inside a HOT ellipse is kept when FLUX_RADIUS >= 6 pixels (1.1 arcsec) and it lies beyond the HOT
+# object's FLUX_RADIUS from its centre: a member the hot pass merged into a neighbour (cold FLUX_RADIUS 6-11
+# pixels), not a knot clump (2-5.4).
+NEIGHBOUR_RADIUS = 6.0
 
 
 def _seeds(text):
@@ -66,11 +77,48 @@ def _run(function, inputs, output_dir, number, **options):
     return function(job) or {}
 
 
+def _join_losses(hot, cold, dual, truth, centre, scale, ellipse_scale, pool):
+    """Background galaxies COLD finds and the join drops, and the COLD detections inside HOT ellipses."""
+    from shapepipe_modules.sextractor.passes import ellipse_axes, inside_ellipses
+    from shapepipe_modules.simulate.cluster import ROLE_FIELD, ROLE_ICL, ROLE_MEMBER
+    from shapepipe_modules.validate import crowded
+
+    truth = truth[truth["cluster_role"] != ROLE_ICL]
+    role = np.asarray(truth["cluster_role"])
+    galaxy = (role == ROLE_FIELD) & ~np.asarray(truth["is_star"], bool)
+    r = np.hypot(np.asarray(truth["x"]) - centre[0], np.asarray(truth["y"]) - centre[1]) * scale
+    owners = {name: crowded.assign_detections(t["X_IMAGE"], t["Y_IMAGE"], truth, scale)
+              for name, t in (("hot", hot), ("cold", cold), ("dual", dual))}
+    count = {name: crowded.detections_per_truth(o, len(truth)) for name, o in owners.items()}
+    a, b, theta = ellipse_axes(hot, ellipse_scale)
+    hx, hy = np.asarray(hot["X_IMAGE"], float), np.asarray(hot["Y_IMAGE"], float)
+    hot_radius = np.asarray(hot["FLUX_RADIUS"], float)
+    for j, owner in enumerate(owners["cold"]):
+        x, y = float(cold["X_IMAGE"][j]), float(cold["Y_IMAGE"][j])
+        inside = np.flatnonzero(inside_ellipses(x, y, hx, hy, a, b, theta))
+        if owner < 0:
+            continue
+        lost = galaxy[owner] and r[owner] < RADIUS_ARCSEC and count["dual"][owner] == 0
+        if lost and j == np.flatnonzero(owners["cold"] == owner)[0]:
+            pool["lost"] = pool.get("lost", 0) + 1
+            if inside.size:
+                pool["lost_inside"] = pool.get("lost_inside", 0) + 1
+                hosts = owners["hot"][inside]
+                if np.any((hosts >= 0) & (role[np.maximum(hosts, 0)] == ROLE_MEMBER)):
+                    pool["lost_in_member"] = pool.get("lost_in_member", 0) + 1
+        if inside.size and np.all(np.hypot(hx[inside] - x, hy[inside] - y) > hot_radius[inside]):
+            kind = "pieces" if role[owner] == ROLE_MEMBER else "galaxies" if galaxy[owner] else None
+            if kind:
+                pool.setdefault(kind, []).append(float(cold["FLUX_RADIUS"][j]))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="1-3")
     parser.add_argument("--engine", default="sep", choices=("sep", "sextractor"))
     parser.add_argument("--scale", type=float, default=1.0, help="PASS_ELLIPSE_SCALE")
+    parser.add_argument("--neighbour-radius", type=float, default=NEIGHBOUR_RADIUS,
+                        help="PASS_NEIGHBOUR_RADIUS of the HOT+COLD join (pixels; 0: the ellipse rule alone)")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--shear-local-sky", action="store_true",
                         help="subtract BKG_LOCAL from the stamps before measuring shapes")
@@ -88,12 +136,19 @@ def main(argv=None):
     params = resolve_parameters("cluster")
     scale = params["pixel_scale"]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_crowded_"))
-    configs = {"HOT": dict(PASSES=["HOT"], PASS_SETTINGS=[HOT]),
-               "COLD": dict(PASSES=["COLD"], PASS_SETTINGS=[COLD]),
+    # The single passes also write KRON_RADIUS (their join ellipses, for the join-loss table).
+    param = work / "with_kron.param"
+    work.mkdir(parents=True, exist_ok=True)
+    param.write_text((DATA_DIR / "default.param").read_text().rstrip("\n") + "\nKRON_RADIUS\n")
+    configs = {"HOT": dict(PASSES=["HOT"], PASS_SETTINGS=[HOT], DOT_PARAM_FILE=str(param)),
+               "COLD": dict(PASSES=["COLD"], PASS_SETTINGS=[COLD], DOT_PARAM_FILE=str(param)),
                "HOT3x3+COLD": dict(PASSES=["HOT", "COLD"], PASS_SETTINGS=[HOT_3X3, COLD]),
+               "HOT+COLD_ell": dict(PASSES=["HOT", "COLD"], PASS_SETTINGS=[HOT, COLD]),
                "HOT+COLD": dict(PASSES=["HOT", "COLD"], PASS_SETTINGS=[HOT, COLD], OBJECT_MASK=True,
-                                SATURATION_REGIONS=True, LOCAL_SKY=True)}
+                                SATURATION_REGIONS=True, LOCAL_SKY=True,
+                                PASS_NEIGHBOUR_RADIUS=args.neighbour_radius)}
     totals = {name: {} for name in configs}
+    join_pool = {}
     sky_rows, costs, shear = [], [], {"g1": [], "g2": [], "dx": [], "dy": [], "true": [], "mag": []}
     for seed in _seeds(args.seeds):
         sim = work / f"seed{seed}"
@@ -150,6 +205,10 @@ def main(argv=None):
                 shear["dy"].append(dy)
                 shear["true"].append(nfw_reduced_tangential_shear(np.maximum(np.hypot(dx, dy), NFW_MIN_RADIUS_ARCSEC),
                                                                   params["nfw_kappa_s"], params["nfw_rs"]))
+        catalogues = {name: read_ldac(sim / f"sex_{args.engine}_{name}" / "sexcat-244-252.fits")[0]
+                      for name in ("HOT", "COLD", "HOT+COLD")}
+        _join_losses(catalogues["HOT"], catalogues["COLD"], catalogues["HOT+COLD"], truth, (centre["x"], centre["y"]),
+                     scale, args.scale, join_pool)
         # One exposure CCD (1024 x 1024, with sky, flags): cost of the second pass and of the masks.
         exposure = sim / "exposures" / "2100001p.fits"
         out = sim / f"sex_{args.engine}_exposure"
@@ -157,12 +216,14 @@ def main(argv=None):
             summary = _run(sextractor, [exposure, sim / "exposures" / "2100001p.weight.fits.fz",
                                         sim / "exposures" / "2100001p.flag.fits.fz"], out, "-2100001-0",
                            PASSES=["HOT", "COLD"], PASS_SETTINGS=[HOT, COLD], PASS_ELLIPSE_SCALE=args.scale,
-                           OBJECT_MASK=True, SATURATION_REGIONS=True, SATURATION_FLAG_BITS=4, LOCAL_SKY=True,
+                           PASS_NEIGHBOUR_RADIUS=args.neighbour_radius, OBJECT_MASK=True, SATURATION_REGIONS=True,
+                           SATURATION_FLAG_BITS=4, LOCAL_SKY=True,
                            BKG_RESIDUAL=False)
             costs.append(("CCD 1024x1024", seed, summary))
 
     print(f"\nBackground galaxies within {RADIUS_ARCSEC:.0f} arcsec of the cluster centre, {len(sky_rows)} seed(s), "
-          f"engine {args.engine}, PASS_ELLIPSE_SCALE {args.scale}")
+          f"engine {args.engine}, PASS_ELLIPSE_SCALE {args.scale}, HOT+COLD: PASS_NEIGHBOUR_RADIUS "
+          f"{args.neighbour_radius} (HOT+COLD_ell: the ellipse rule alone)")
     print(f"{'passes':12s} {'found':>12s} {'complete':>9s} {'dup bg':>7s} {'members 1x':>11s} {'shredded':>9s} "
           f"{'missed':>7s} {'by a star':>10s} {'1x, no star':>12s} {'dup truth':>10s} {'across passes':>14s} "
           f"{'detections':>11s}")
@@ -175,6 +236,17 @@ def main(argv=None):
               f"{pool['duplicated_truth']:10d} {pool['duplicated_across_passes']:14d} {pool['n_detections']:11d}")
     print("(missed: members with no detection of their own, blended into a neighbour; by a star: of those, with a "
           "brighter star within 3 arcsec; 1x, no star: detected exactly once among the members without such a star)")
+
+    print(f"\nBackground galaxies within {RADIUS_ARCSEC:.0f} arcsec found by COLD alone and not by HOT+COLD: "
+          f"{join_pool.get('lost', 0)}; inside a HOT ellipse: {join_pool.get('lost_inside', 0)}, of a member: "
+          f"{join_pool.get('lost_in_member', 0)}")
+    for kind in ("pieces", "galaxies"):
+        radius = np.asarray(join_pool.get(kind, []))
+        label = "member pieces" if kind == "pieces" else "background galaxies"
+        if radius.size:
+            p10, p50, p90 = np.percentile(radius, [10, 50, 90])
+            print(f"  COLD detections inside HOT ellipses, off the cores: {label} {radius.size}, FLUX_RADIUS "
+                  f"10/50/90 % {p10:.1f}/{p50:.1f}/{p90:.1f} px")
 
     print("\nLocal sky (HOT+COLD catalogue) against the true sky + intracluster light at each object")
     print(f"{'seed':>4s} {'objects':>8s} {'converged':>10s} {'|d|<1 sigma':>12s} {'median d':>9s} {'sigma':>6s} "

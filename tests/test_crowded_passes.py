@@ -47,6 +47,27 @@ def test_join_keeps_first_pass_and_drops_centres_inside_scaled_ellipses():
     assert (108.0, 100.0) in list(zip(rotated["X_IMAGE"], rotated["Y_IMAGE"]))
 
 
+def test_join_adds_extended_neighbours_off_the_centre_only_with_neighbour_radius():
+    # A large pass-1 object (ellipse 40 px, FLUX_RADIUS 10 px) at (100, 100).
+    first = _table([100.0], [100.0], 10.0, 10.0, 0.0, 4.0)
+    first["FLUX_RADIUS"] = [10.0]
+    # Pass 2, all inside its ellipse: an extended neighbour 25 px off the centre, a compact knot 25 px off,
+    # the object's own core re-detected 3 px off (extended), an extended one 8 px off (within FLUX_RADIUS).
+    second = _table([125.0, 100.0, 103.0, 108.0], [100.0, 125.0, 100.0, 100.0], 2.0, 2.0, 0.0, 2.0)
+    second["FLUX_RADIUS"] = [7.0, 2.5, 9.0, 6.5]
+    assert list(join_passes([first, second], scale=1.0)["PASS"]) == [1]
+    joined = join_passes([first, second], scale=1.0, neighbour_radius=6.0)
+    assert list(joined["PASS"]) == [1, 2]
+    assert (joined["X_IMAGE"][1], joined["Y_IMAGE"][1]) == (125.0, 100.0)
+    # Threshold above the neighbour's FLUX_RADIUS: the ellipse rule alone again.
+    assert len(join_passes([first, second], scale=1.0, neighbour_radius=7.5)) == 1
+    # Inside two pass-1 ellipses: a fragment of either (within its FLUX_RADIUS) is dropped.
+    two = _table([100.0, 140.0], [100.0, 100.0], 10.0, 10.0, 0.0, 4.0)
+    two["FLUX_RADIUS"] = [10.0, 16.0]
+    joined = join_passes([two, second[:1]], scale=1.0, neighbour_radius=6.0)
+    assert list(joined["PASS"]) == [1, 1]
+
+
 def test_join_matches_brute_force_over_three_passes():
     rng = np.random.default_rng(5)
     tables = []
@@ -83,6 +104,8 @@ def test_pass_options_are_checked():
     problems = validate(dict(base, PASSES=["HOT"], PASS_SETTINGS=["FILTER_NAME=no_such.conv"]))
     assert any("pass HOT" in p and "FILTER_NAME" in p and "no_such.conv" in p for p in problems)
     assert validate(dict(base, PASSES=["HOT", "COLD"], PASS_SETTINGS=[HOT_SMOOTH, COLD])) == []
+    problems = validate(dict(base, PASSES=["HOT", "COLD"], PASS_SETTINGS=[HOT, COLD], PASS_NEIGHBOUR_RADIUS=-1.0))
+    assert any("PASS_NEIGHBOUR_RADIUS must be >= 0" in p for p in problems)
 
 
 @pytest.fixture(scope="module")

@@ -182,3 +182,11 @@ def test_cluster_chain_configuration_folder(tmp_path):
     assert "PASSES = HOT, COLD" in text and "gauss_6.0_13x13.conv" in text
     assert "MASK_CONFIG_PATH = $SP_CONFIG/cluster_tile.mask" in (folder / "config_MaMa.ini").read_text()
     assert (folder / "halo.reg").is_file() and (folder / "cluster_exposure.mask").is_file()
+    # The exposure CCDs: the module's default_exp.sex with 24-pixel background meshes, otherwise equal.
+    assert "PASS_NEIGHBOUR_RADIUS = 6" in text and "DOT_SEX_FILE = $SP_CONFIG/cluster_exp.sex" in text
+    from shapepipe_modules.sextractor.config_files import read_dot_sex
+    from shapepipe_modules.sextractor.runner import DATA_DIR
+
+    cluster, default = read_dot_sex(folder / "cluster_exp.sex"), read_dot_sex(DATA_DIR / "default_exp.sex")
+    assert cluster.pop("BACK_SIZE") == "24" and default.pop("BACK_SIZE") == "64"
+    assert cluster == default

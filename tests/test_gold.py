@@ -15,7 +15,7 @@ from astropy.table import Table
 
 from shapepipe_modules.gold import chain
 from shapepipe_modules.gold.cli import SimulationMismatch, ensure_simulation, main, simulation_mismatch
-from shapepipe_modules.gold.truth_checks import classify, match_positions
+from shapepipe_modules.gold.truth_checks import LOSS_REASONS, _loss_reasons, classify, match_positions
 
 simulate = pytest.importorskip("shapepipe_modules.simulate")
 
@@ -61,6 +61,28 @@ def test_star_selection_is_pure_and_complete(exposure_chain):
     # tiny is crowded (40 stars per arcmin^2) and its CCDs are small, so many
     # stars are flagged (border, neighbours); over unflagged stars:
     assert stars["completeness_unflagged"] >= 0.7
+
+
+def test_star_losses_account_for_every_missed_star(exposure_chain):
+    """The loss breakdown of the summary covers exactly the true stars the selection missed."""
+    stars = exposure_chain[2]["star_selection"]
+    assert set(stars["losses"]) == set(LOSS_REASONS)
+    assert sum(stars["losses"].values()) == stars["n_true_stars"] - stars["n_true_stars_found"]
+    # A star whose centre pixel is flagged is either undetected or centre_masked (IMAFLAGS_ISO includes it).
+    assert stars["losses"]["centre_masked"] <= stars["n_true_stars"] - stars["n_true_stars_unflagged"]
+
+
+def test_loss_reasons_take_the_first_failed_cut():
+    """One detection per case, each failing one cut (and the later ones), against the reason given."""
+    catalogue = Table({"XWIN_IMAGE": [10.0, 30.0, 40.0, 50.0, 60.0, 70.0],
+                       "YWIN_IMAGE": [10.0, 30.0, 40.0, 50.0, 60.0, 70.0],
+                       "IMAFLAGS_ISO": [0, 4, 4, 0, 0, 0], "FLAGS": [0, 2, 0, 2, 0, 0],
+                       "MAG_AUTO": [20.0, 23.0, 20.0, 23.0, 22.5, 21.0]})
+    x = np.array([10.5, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0])
+    centre_flag = np.array([False, True, True, False, False, False, False])
+    reasons = _loss_reasons(x, x, centre_flag, catalogue, 1.5, (18.0, 22.0), ("XWIN_IMAGE", "YWIN_IMAGE"))
+    assert list(reasons) == ["size", "not_detected", "centre_masked", "isophote_masked", "flags", "magnitude",
+                             "size"]
 
 
 def test_star_selection_count_is_independent(exposure_chain, tiny):

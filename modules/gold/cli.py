@@ -255,7 +255,12 @@ def build_summary(data_dir, run_root, stage_runs=(), chain_wall_s=None, simulati
     if exposure_run and mask_run:
         selections = sorted(glob.glob(str(module_output(exposure_run, "setools") / "**" / "star_selection-*.fits"),
                                       recursive=True))
-        quality = star_selection_quality(selections, truth_dir, module_output(mask_run, "mask_run_2"))
+        # The loss breakdown needs every exposure catalogue (absent when --keep final removed them).
+        catalogues = module_output(exposure_run, "sextractor_run_2")
+        have_catalogues = all((catalogues / Path(p).name.replace("star_selection-", "sexcat-")).is_file()
+                              for p in selections)
+        quality = star_selection_quality(selections, truth_dir, module_output(mask_run, "mask_run_2"),
+                                         catalogue_dir=catalogues if have_catalogues else None)
         summary["star_selection"] = quality.as_dict()
     if mask_run:
         flags = sorted(module_output(mask_run, "mask_run_2").glob("pipeline_flag-*.fits"))

@@ -116,6 +116,9 @@ def format_summary(summary: dict) -> str:
                       f"completeness {stars['completeness']:.3f} ({stars['n_true_stars_found']}/{stars['n_true_stars']}), "
                       f"over unflagged stars {stars['completeness_unflagged']:.3f} "
                       f"({stars['n_true_stars_unflagged_found']}/{stars['n_true_stars_unflagged']})"]
+        if stars.get("losses"):
+            lines.append("  true stars not selected, by the first cut failed: "
+                         + ", ".join(f"{name} {count}" for name, count in stars["losses"].items()))
     masks = summary.get("star_masks")
     if masks:
         ccds = masks["ccds"]

@@ -44,6 +44,8 @@ class SelectionQuality:
     n_true_stars_unflagged: int
     n_true_stars_unflagged_found: int
     mag_range: tuple
+    #: With the detection catalogues: the true stars not selected, by the first cut each fails (LOSS_REASONS).
+    losses: dict | None = None
 
     @property
     def purity(self) -> float:
@@ -68,12 +70,45 @@ class SelectionQuality:
             "n_true_stars_unflagged": self.n_true_stars_unflagged,
             "n_true_stars_unflagged_found": self.n_true_stars_unflagged_found,
             "mag_range": list(self.mag_range), "purity": self.purity, "completeness": self.completeness,
-            "completeness_unflagged": self.completeness_unflagged,
+            "completeness_unflagged": self.completeness_unflagged, "losses": self.losses,
         }
 
 
+#: Why a true star was not selected, in the order the reasons are tried (star_selection_quality).
+LOSS_REASONS = {
+    "not_detected": "no detection within the matching radius",
+    "centre_masked": "IMAFLAGS_ISO != 0 and its centre pixel flagged",
+    "isophote_masked": "IMAFLAGS_ISO != 0, centre pixel clean (a flagged pixel in its isophote)",
+    "flags": "SExtractor FLAGS != 0 (neighbours, deblended, ...)",
+    "magnitude": "MAG_AUTO outside the magnitude range",
+    "size": "passes the cuts above but not selected (the size window)",
+}
+
+
+def _loss_reasons(truth_x, truth_y, centre_flag, catalogue, max_distance, mag_range, position_columns):
+    """Reason (a LOSS_REASONS key) for each true star, from its nearest detection in ``catalogue``."""
+    reasons = np.full(len(truth_x), "size", dtype=object)
+    if len(catalogue) == 0:
+        reasons[:] = "not_detected"
+        return reasons
+    index = match_positions(truth_x, truth_y, catalogue[position_columns[0]], catalogue[position_columns[1]],
+                            max_distance)
+    found = index >= 0
+    row = np.where(found, index, 0)
+    imaflags = np.asarray(catalogue["IMAFLAGS_ISO"])[row] != 0
+    flags = np.asarray(catalogue["FLAGS"])[row] != 0
+    mag = np.asarray(catalogue["MAG_AUTO"], float)[row]
+    outside = ~((mag > mag_range[0]) & (mag < mag_range[1]))
+    # Last assignment wins: write the reasons in reverse order of precedence.
+    for name, hit in (("magnitude", outside), ("flags", flags), ("isophote_masked", imaflags),
+                      ("centre_masked", imaflags & centre_flag), ("not_detected", ~found)):
+        reasons[hit & (found | (name == "not_detected"))] = name
+    return reasons
+
+
 def star_selection_quality(selection_files, truth_dir, flag_dir=None, mag_range=(18.0, 22.0),
-                           max_distance=1.5, position_columns=("XWIN_IMAGE", "YWIN_IMAGE")) -> SelectionQuality:
+                           max_distance=1.5, position_columns=("XWIN_IMAGE", "YWIN_IMAGE"),
+                           catalogue_dir=None) -> SelectionQuality:
     """Completeness and purity of a star selection, over CCD catalogues ``<name>-NNNNNNN-C.fits``.
 
     Parameters
@@ -92,6 +127,13 @@ def star_selection_quality(selection_files, truth_dir, flag_dir=None, mag_range=
         Matching radius in pixels.
     position_columns : (str, str)
         Catalogue columns of the 1-based pixel positions (same convention as the truth).
+    catalogue_dir : path-like, optional
+        Folder of the detection catalogues the selection was made from
+        (``sexcat-NNNNNNN-C.fits``, with FLAGS, IMAFLAGS_ISO, MAG_AUTO);
+        with ``flag_dir``, ``losses`` counts the true stars not selected
+        by the first of :data:`LOSS_REASONS` they fail (the magnitude
+        window is ``mag_range`` applied to MAG_AUTO, as in the GOLD
+        selection).
 
     Raises
     ------
@@ -105,6 +147,7 @@ def star_selection_quality(selection_files, truth_dir, flag_dir=None, mag_range=
 
     totals = dict(n_selected=0, n_selected_stars=0, n_true_stars=0, n_true_stars_found=0,
                   n_true_stars_unflagged=0, n_true_stars_unflagged_found=0)
+    losses = dict.fromkeys(LOSS_REASONS, 0) if catalogue_dir is not None and flag_dir is not None else None
     truths = {}
     for path in sorted(Path(p) for p in selection_files):
         found = CCD_NUMBER.search(path.name)
@@ -139,7 +182,18 @@ def star_selection_quality(selection_files, truth_dir, flag_dir=None, mag_range=
             unflagged = wanted & (flags[row, column] == 0)
             totals["n_true_stars_unflagged"] += int(unflagged.sum())
             totals["n_true_stars_unflagged_found"] += int((unflagged & selected).sum())
-    return SelectionQuality(mag_range=tuple(mag_range), **totals)
+            if losses is not None:
+                lost = wanted & ~selected
+                catalogue_path = Path(catalogue_dir) / f"sexcat-{exposure}-{ccd}.fits"
+                if not catalogue_path.is_file():
+                    raise ValueError(f"{path}: detection catalogue {catalogue_path} not found")
+                catalogue, _ = read_ldac(catalogue_path)
+                reasons = _loss_reasons(np.asarray(truth["x"])[lost], np.asarray(truth["y"])[lost],
+                                        flags[row, column][lost] != 0, catalogue, max_distance, mag_range,
+                                        position_columns)
+                for name in LOSS_REASONS:
+                    losses[name] += int(np.count_nonzero(reasons == name))
+    return SelectionQuality(mag_range=tuple(mag_range), losses=losses, **totals)
 
 
 def classify(spread_model, spread_error, star_thresh=0.003, gal_thresh=0.01):

@@ -9,6 +9,15 @@ of the first pass is kept; an object of a later pass is added only when its
 centre lies outside the ellipse of every object kept so far, scaled by a
 factor. A KD-tree of the kept centres limits the exact ellipse test to the
 pairs closer than the largest scaled semi-major axis.
+
+Optionally (``neighbour_radius``) a later object inside a kept ellipse is
+still added when it is a resolved galaxy blended into the kept object
+rather than a piece of it: its FLUX_RADIUS is at least ``neighbour_radius``
+pixels and its centre lies beyond the FLUX_RADIUS of every kept object
+whose ellipse contains it. The pieces a fine deblending cuts out of a
+galaxy (star-forming knots, globular clusters) are compact; a neighbour
+that the first pass merged into a larger object is found by the later pass
+as an extended object off that object's centre.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ import numpy as np
 from .config_files import ConfigFileError, Parameter
 
 #: Columns the join needs; added to a pass's extraction when the .param file lacks them, dropped after.
-JOIN_COLUMNS = ("X_IMAGE", "Y_IMAGE", "A_IMAGE", "B_IMAGE", "THETA_IMAGE", "KRON_RADIUS")
+JOIN_COLUMNS = ("X_IMAGE", "Y_IMAGE", "A_IMAGE", "B_IMAGE", "THETA_IMAGE", "KRON_RADIUS", "FLUX_RADIUS")
 
 
 def parse_pass_settings(text: str, where: str) -> dict[str, str]:
@@ -88,15 +97,27 @@ def inside_ellipses(px, py, cx, cy, a, b, theta):
     return u * u + v * v <= 1.0
 
 
-def join_passes(tables, scale: float = 1.0):
+def _flux_radius(table):
+    """FLUX_RADIUS of each row (the first fraction when PHOT_FLUXFRAC gives several)."""
+    radius = np.asarray(table["FLUX_RADIUS"], float)
+    return radius[:, 0] if radius.ndim > 1 else radius
+
+
+def join_passes(tables, scale: float = 1.0, neighbour_radius: float = 0.0):
     """Join the catalogues of the passes (first pass first) by the CluSex rule.
 
     Parameters
     ----------
     tables : list of astropy.table.Table
-        One per pass, each with the :data:`JOIN_COLUMNS`.
+        One per pass, each with the :data:`JOIN_COLUMNS` (FLUX_RADIUS only
+        with ``neighbour_radius``).
     scale : float
         Factor on each kept object's Kron ellipse.
+    neighbour_radius : float
+        When > 0, an object inside kept ellipses is still added if its
+        FLUX_RADIUS is at least this (pixels) and its centre lies farther
+        than FLUX_RADIUS from the centre of every kept object containing it
+        (a blended neighbour, not a fragment); 0: the CluSex rule alone.
 
     Returns
     -------
@@ -109,7 +130,7 @@ def join_passes(tables, scale: float = 1.0):
     from scipy.spatial import cKDTree
 
     kept_parts = []
-    cx = cy = a = b = theta = np.empty(0)
+    cx = cy = a = b = theta = radius = np.empty(0)
     for index, table in enumerate(tables, start=1):
         table = Table(table, copy=False)
         x = np.asarray(table["X_IMAGE"], float)
@@ -124,7 +145,16 @@ def join_passes(tables, scale: float = 1.0):
                 rows = np.repeat(np.arange(len(table)), counts)
                 cols = np.fromiter((j for n in neighbours for j in n), int, counts.sum())
                 hit = inside_ellipses(x[rows], y[rows], cx[cols], cy[cols], a[cols], b[cols], theta[cols])
-                keep[np.unique(rows[hit])] = False
+                inside = np.zeros(len(table), bool)
+                inside[rows[hit]] = True
+                if neighbour_radius > 0:
+                    # A containing object whose FLUX_RADIUS reaches the centre makes it a fragment.
+                    near = hit & (np.hypot(x[rows] - cx[cols], y[rows] - cy[cols]) <= radius[cols])
+                    fragment = np.zeros(len(table), bool)
+                    fragment[rows[near]] = True
+                    neighbour = inside & ~fragment & (_flux_radius(table) >= neighbour_radius)
+                    inside &= ~neighbour
+                keep[inside] = False
         part = table[keep]
         part["PASS"] = np.full(len(part), index, np.int16)
         kept_parts.append(part)
@@ -132,6 +162,8 @@ def join_passes(tables, scale: float = 1.0):
         cx = np.concatenate([cx, np.asarray(part["X_IMAGE"], float)])
         cy = np.concatenate([cy, np.asarray(part["Y_IMAGE"], float)])
         a, b, theta = np.concatenate([a, pa]), np.concatenate([b, pb]), np.concatenate([theta, pt])
+        if neighbour_radius > 0:
+            radius = np.concatenate([radius, _flux_radius(part)])
     joined = vstack(kept_parts, join_type="exact", metadata_conflicts="silent") if kept_parts else Table()
     if "NUMBER" in joined.colnames:
         joined["NUMBER"] = np.arange(1, len(joined) + 1, dtype=joined["NUMBER"].dtype)

@@ -125,6 +125,10 @@ OPTIONS = (
            "in pixels)."),
     Option("PASS_ELLIPSE_SCALE", "float", 1.0, "Join of the passes: factor on the ellipse KRON_RADIUS x "
            "(A_IMAGE, B_IMAGE) of each kept object inside which a later pass's object is a duplicate."),
+    Option("PASS_NEIGHBOUR_RADIUS", "float", 0.0, "Join of the passes: a later pass's object inside a kept "
+           "object's ellipse is still added, as a neighbour blended into it, when its FLUX_RADIUS is at least "
+           "this many pixels and its centre lies beyond the FLUX_RADIUS of every kept object containing it "
+           "(the fragments a fine deblending cuts out of a galaxy are compact); 0: the ellipse rule alone."),
     Option("OBJECT_MASK", "bool", False, "Write objmask<number>.fits: int32 image with each object's ellipse "
            "(MASK_SCALE x KRON_RADIUS x (A, B) + MASK_OFFSET; KRON_RADIUS 3.5 when not a column) filled with "
            "its NUMBER, larger objects first, saturated-star regions -1 (SATURATION_REGIONS)."),
@@ -414,6 +418,8 @@ def _validate_passes(options, engine) -> list[str]:
         problems.append(f"PASSES: names must differ, got {', '.join(names)}")
     if not options.get("PASS_ELLIPSE_SCALE", 1.0) > 0:
         problems.append(f"PASS_ELLIPSE_SCALE must be positive, got {options.get('PASS_ELLIPSE_SCALE')}")
+    if not options.get("PASS_NEIGHBOUR_RADIUS", 0.0) >= 0:
+        problems.append(f"PASS_NEIGHBOUR_RADIUS must be >= 0, got {options.get('PASS_NEIGHBOUR_RADIUS')}")
     try:
         passes = pass_sex_settings(options)
     except ConfigFileError as error:
@@ -483,7 +489,8 @@ def _run_passes(job, run, paths, settings_files, zero_point, background_value, c
             header = header if header is not None else pass_header
             tables.append(table)
         clock, cpu = time.perf_counter(), time.process_time()
-        joined = join_passes(tables, float(job.options.get("PASS_ELLIPSE_SCALE", 1.0)))
+        joined = join_passes(tables, float(job.options.get("PASS_ELLIPSE_SCALE", 1.0)),
+                             float(job.options.get("PASS_NEIGHBOUR_RADIUS", 0.0)))
         joined.remove_columns(added)
         header["NPASS"] = (len(passes), "detection passes joined (sextractor PASSES)")
         for index, (name, _, _) in enumerate(passes, start=1):
