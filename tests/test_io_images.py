@@ -72,3 +72,26 @@ def test_copy_compressed_keeps_quantised_values_and_size(tmp_path):
     assert target.stat().st_size < (tmp_path / "lossless.fits").stat().st_size
     with pytest.raises(ValueError, match="not a tile-compressed image"):
         copy_compressed(tmp_path / "lossless.fits", 0, tmp_path / "x.fits")
+
+
+def test_gzip_tiles_deflated_by_isal_decode_to_the_same_values(tmp_path):
+    from astropy.io.fits.hdu.compressed import _codecs
+
+    from shapepipe_modules.io.images import compressed_hdu
+
+    original = _codecs.gzip_compress
+    rng = np.random.default_rng(11)
+    data = rng.normal(170.0, 5.0, (300, 200)).astype(np.float32)
+    header = fits.Header({"PHOTZP": 30.0})
+    ours, astropys = tmp_path / "isal.fits", tmp_path / "zlib.fits"
+    write_image(ours, data, header, compress=True)
+    assert _codecs.gzip_compress is original  # astropy's compressor is back after the write
+    fits.HDUList([fits.PrimaryHDU(), compressed_hdu(data, header)]).writeto(astropys)
+    np.testing.assert_array_equal(_read(ours)[0], data)
+    np.testing.assert_array_equal(_read(astropys)[0], data)
+    # Another deflate stream (ISA-L wrote it), about as small as zlib's level 9.
+    assert ours.read_bytes() != astropys.read_bytes()
+    assert abs(ours.stat().st_size / astropys.stat().st_size - 1.0) < 0.05
+    again = tmp_path / "again.fits"
+    write_image(again, data, header, compress=True)
+    assert again.read_bytes() == ours.read_bytes()

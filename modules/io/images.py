@@ -7,10 +7,17 @@ RICE_1 (flag images: 60-90x smaller), floats GZIP_2 with no quantisation
 smooth backgrounds 3x), in blocks of 64 rows; a float map may instead be
 quantised with a fixed step (RICE_1, e.g. a background to 0.01 ADU: 17x).
 Readers find the image with :func:`image_hdu`, which accepts both layouts.
+
+The GZIP_2 tiles are deflated by ISA-L (the ``isal`` package) at its level 1
+instead of astropy's ``gzip.compress`` at level 9: 12x less CPU (0.06
+instead of 0.74 s for a 2048 x 4612 CCD image) and as small (ratio 1.52
+against 1.51); the same gzip format, so every reader (astropy, cfitsio,
+funpack) decodes the same values.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 
@@ -43,6 +50,42 @@ def compressed_hdu(data, header=None, quantize: float = 0.0):
                              tile_shape=tile)
 
 
+#: ISA-L deflate level of the GZIP_2 tiles (0-3; 1 compresses shuffled float images as well as zlib's 9).
+GZIP_LEVEL = 1
+
+
+def _fast_gzip_compress(data: bytes) -> bytes:
+    from isal import igzip
+
+    return igzip.compress(data, GZIP_LEVEL, mtime=0)  # mtime 0: the same bytes for the same data
+
+
+@contextlib.contextmanager
+def fast_gzip():
+    """Within the block, astropy deflates GZIP tiles with ISA-L (:data:`GZIP_LEVEL`) instead of zlib's level 9.
+
+    astropy's tile codecs call the module-level ``gzip_compress`` of
+    ``astropy.io.fits.hdu.compressed._codecs``; it is swapped for the block
+    only (a job writes its files one at a time). Without ``isal``, or if
+    astropy's layout changes, astropy's own compressor runs: the same format.
+    """
+    try:
+        import isal.igzip  # noqa: F401
+        from astropy.io.fits.hdu.compressed import _codecs
+    except ImportError:
+        yield
+        return
+    original = getattr(_codecs, "gzip_compress", None)
+    if original is None:
+        yield
+        return
+    _codecs.gzip_compress = _fast_gzip_compress
+    try:
+        yield
+    finally:
+        _codecs.gzip_compress = original
+
+
 def write_image(path, data, header=None, compress: bool = False, output_verify: str = "silentfix",
                 quantize: float = 0.0) -> Path:
     """Write one image with its header, atomically; tile-compressed without loss if ``compress``.
@@ -66,7 +109,7 @@ def write_image(path, data, header=None, compress: bool = False, output_verify: 
         hdus = fits.HDUList([fits.PrimaryHDU(), compressed_hdu(data, header, quantize)])
     else:
         hdus = fits.HDUList([fits.PrimaryHDU(data=data, header=header)])
-    with atomic_path(path) as temporary:
+    with atomic_path(path) as temporary, fast_gzip():
         hdus.writeto(temporary, output_verify=output_verify)
     return Path(path)
 
