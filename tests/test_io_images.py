@@ -95,3 +95,29 @@ def test_gzip_tiles_deflated_by_isal_decode_to_the_same_values(tmp_path):
     again = tmp_path / "again.fits"
     write_image(again, data, header, compress=True)
     assert again.read_bytes() == ours.read_bytes()
+
+
+def test_reading_through_isal_gives_astropys_values(tmp_path):
+    """A GZIP_2 file written by astropy alone reads the same through ISA-L (:func:`fast_inflate`) as through gzip."""
+    import gzip
+
+    from astropy.io.fits.hdu.compressed import _codecs
+
+    from shapepipe_modules.io.images import compressed_hdu, fast_inflate
+
+    data = np.random.default_rng(4).normal(0.0, 1.0, (130, 70)).astype(np.float32)
+    path = tmp_path / "astropy.fits"
+    fits.HDUList([fits.PrimaryHDU(), compressed_hdu(data)]).writeto(path)
+    before = _codecs.gzip_decompress
+    try:
+        _codecs.gzip_decompress = gzip.decompress
+        with fits.open(path) as hdus:
+            by_gzip = np.array(hdus[1].data)
+        fast_inflate()
+        assert _codecs.gzip_decompress is not gzip.decompress  # ISA-L inflates from now on
+        with fits.open(path) as hdus:
+            by_isal = np.array(hdus[1].data)
+    finally:
+        _codecs.gzip_decompress = before
+    np.testing.assert_array_equal(by_gzip, data)
+    np.testing.assert_array_equal(by_isal, data)

@@ -506,6 +506,9 @@ def _read_image(path, dtype=None):
     import numpy as np
     from astropy.io import fits
 
+    from shapepipe_modules.io.images import fast_inflate
+
+    fast_inflate()
     try:
         with fits.open(path, memmap=dtype is not None) as hdus:
             for hdu in hdus:

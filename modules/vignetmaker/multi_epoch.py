@@ -136,6 +136,9 @@ def read_ccd(path: Path) -> np.ndarray:
     """
     from astropy.io import fits
 
+    from shapepipe_modules.io.images import fast_inflate
+
+    fast_inflate()
     with fits.open(path, memmap=True) as hdus:
         for hdu in hdus:
             if hdu.is_image and hdu.header.get("NAXIS", 0) == 2:
