@@ -230,6 +230,7 @@ PRODUCTS = (
     depends=("numpy", "scipy", "astropy"),
     preload=(
              "astropy.io.fits",
+             "shapepipe_modules.io.images:fast_inflate",
              "astropy.wcs",
              "scipy.ndimage",
              "shapepipe_modules.mask.build",

@@ -867,11 +867,11 @@ PRODUCTS = (
     depends=("numpy", "astropy"),
     preload=(
              "astropy.io.fits",
+             "shapepipe_modules.io.images:fast_inflate",
              "astropy.wcs",
              "astropy.table",
              "sep",
-             "shapepipe_modules.sextractor.sep_engine:warm_up",
-             "shapepipe_modules.sextractor.kernels",
+             "shapepipe_modules.sextractor.sep_engine:warm_up",  # the kernels' ahead-of-time build: no numba
              "shapepipe_modules.sextractor.background_residual",
              "shapepipe_modules.sextractor.multi_epoch",
              "shapepipe_modules.io.ldac",
