@@ -86,13 +86,15 @@ def _cpu_identity() -> str:
     return f"{platform.machine()} " + "\n".join(lines)
 
 
-def _installed_version(name: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
+def _numba_version() -> str:
+    """numba's version text, read from its ``_version.py`` without importing numba (or 'absent')."""
+    spec = importlib.util.find_spec("numba")
+    if spec is None or spec.origin is None:
         return "absent"
+    try:
+        return (Path(spec.origin).parent / "_version.py").read_text()
+    except OSError:
+        return str(Path(spec.origin).parent)
 
 
 class Kernels:
@@ -128,7 +130,7 @@ class Kernels:
         digest = hashlib.sha256()
         digest.update(self._source_path().read_bytes())
         digest.update(json.dumps(self.signatures, sort_keys=True).encode())
-        for part in (sys.version, np.__version__, _installed_version("numba"), _cpu_identity()):
+        for part in (sys.version, np.__version__, _numba_version(), _cpu_identity()):
             digest.update(part.encode())
         digest.update(Path(__file__).read_bytes())  # the way builds are made
         stem = self.source.rsplit(".", 1)[-1]

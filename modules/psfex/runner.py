@@ -101,7 +101,6 @@ PRODUCTS = (
     validate=validate,
     preload=(
              "astropy.io.fits",
-             "astropy.wcs",
              "shapepipe_modules.psfex.model",
              "shapepipe_modules.io.ldac",
              "shapepipe_modules.io.psfex_file:warm_up",  # ahead-of-time kernels: no numba
