@@ -506,16 +506,21 @@ def _read_image(path, dtype=None):
     import numpy as np
     from astropy.io import fits
 
-    from shapepipe_modules.io.images import fast_inflate
+    from shapepipe_modules.io.images import fast_inflate, image_data
 
     fast_inflate()
     try:
         with fits.open(path, memmap=dtype is not None) as hdus:
             for hdu in hdus:
-                if hdu.data is not None and hdu.data.ndim == 2:
-                    data = hdu.data
+                if hdu.header.get("NAXIS", 0) == 2 or isinstance(hdu, fits.CompImageHDU):
+                    data = image_data(hdu)
+                    if data is None or data.ndim != 2:
+                        continue
                     if dtype is not None:
-                        data = np.array(data, dtype=np.dtype(dtype).newbyteorder("="), order="C")
+                        # A decompressed image is already this process's own array: no second copy.
+                        own = isinstance(hdu, fits.CompImageHDU)
+                        data = (np.ascontiguousarray if own else np.array)(
+                            data, dtype=np.dtype(dtype).newbyteorder("="))
                     return data, hdu.header.copy()
     except (OSError, ValueError, TypeError, IndexError, EOFError) as error:
         # A truncated file raises TypeError ("buffer is too small") in astropy.
