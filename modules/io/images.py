@@ -185,6 +185,8 @@ def _decode_tiles(hdu):
     if descriptors.ndim != 2 or len(descriptors) != -(-ny // rows_per_tile):
         return None
     heap = table._get_raw_data(header["PCOUNT"], np.uint8, table._data_offset + table._theap)
+    if heap is None or heap.size < int(header["PCOUNT"]) or np.any(descriptors.sum(axis=1) > heap.size):
+        return None  # a truncated file: astropy's decoder says so
     dtype = {8: np.uint8, 16: np.int16, 32: np.int32, -32: np.float32}[zbitpix]
     out = np.empty((ny, nx), dtype=dtype)
     flat = out.reshape(-1)
