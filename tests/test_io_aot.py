@@ -113,3 +113,23 @@ def test_a_fresh_process_measures_without_importing_numba():
             "print(round(float(r['sigma'][0]), 3), stamps.shape, 'numba' in sys.modules, 'scipy' in sys.modules)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["2.0", "(100,", "21,", "21)", "False", "False"]
+
+
+def test_a_failed_build_is_not_retried_and_the_jit_dispatchers_run(tmp_path, monkeypatch):
+    from shapepipe_modules.io import moments, moments_kernels
+
+    calls = []
+
+    def failing(*args):
+        calls.append(args)
+        raise RuntimeError("no C compiler")
+
+    monkeypatch.setenv("SHAPEPIPE_AOT_DIR", str(tmp_path))
+    monkeypatch.setattr(aot, "build_extension", failing)
+    signatures = moments._kernels.signatures
+    with pytest.warns(RuntimeWarning, match="no C compiler"):
+        assert not aot.Kernels("shapepipe_modules.io.moments_kernels", signatures).compiled()
+    assert len(calls) == 1 and len(list(tmp_path.glob("*.failed"))) == 1
+    again = aot.Kernels("shapepipe_modules.io.moments_kernels", signatures)
+    assert not again.compiled() and len(calls) == 1  # the marker: no second attempt
+    assert again.adaptive is moments_kernels.adaptive  # numba's dispatcher

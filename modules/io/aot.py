@@ -166,6 +166,9 @@ class Kernels:
         if importlib.util.find_spec("numba") is None:
             return None  # nothing to build with; callers without numba have their own fallbacks
         for folder in self._folders():
+            failed = folder / (filename + ".failed")
+            if failed.is_file():
+                return None  # this build failed here before (no compiler...): JIT, without trying again
             try:
                 folder.mkdir(parents=True, exist_ok=True)
                 lock = folder / (filename + ".lock")
@@ -183,8 +186,13 @@ class Kernels:
                 path = build_extension(self.source, self.signatures, name, folder)
                 return _import_extension(name, path)
             except Exception as error:  # noqa: BLE001  no compiler, pycc gone: the JIT path still works
-                warnings.warn(f"ahead-of-time build of {self.source} failed ({type(error).__name__}: {error}); "
-                              "numba's JIT dispatchers are used", RuntimeWarning, stacklevel=3)
+                message = (f"ahead-of-time build of {self.source} failed ({type(error).__name__}: {error}); "
+                           f"numba's JIT dispatchers are used (delete {failed} to try again)")
+                try:
+                    failed.write_text(message + "\n")
+                except OSError:
+                    pass
+                warnings.warn(message, RuntimeWarning, stacklevel=3)
                 return None
             finally:
                 lock.unlink(missing_ok=True)
