@@ -20,4 +20,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q ".[test,butler]"
+# The numba kernels' ahead-of-time builds (docs/architecture.md), once per installation, so that
+# no job pays them; without a C compiler the jobs use numba's JIT dispatchers.
+.venv/bin/python -c "
+from shapepipe_modules.io import moments, psfex_file
+from shapepipe_modules.sextractor import sep_engine
+for kernels in (sep_engine.kernels, moments._kernels, psfex_file._kernels):
+    kernels.compiled()
+" || echo "note: the numba kernels were not compiled ahead of time; the jobs compile them (JIT)"
 export PATH="$PWD/.venv/bin:$PATH"

@@ -72,3 +72,97 @@ def test_copy_compressed_keeps_quantised_values_and_size(tmp_path):
     assert target.stat().st_size < (tmp_path / "lossless.fits").stat().st_size
     with pytest.raises(ValueError, match="not a tile-compressed image"):
         copy_compressed(tmp_path / "lossless.fits", 0, tmp_path / "x.fits")
+
+
+def test_gzip_tiles_deflated_by_isal_decode_to_the_same_values(tmp_path):
+    from astropy.io.fits.hdu.compressed import _codecs
+
+    from shapepipe_modules.io.images import compressed_hdu
+
+    original = _codecs.gzip_compress
+    rng = np.random.default_rng(11)
+    data = rng.normal(170.0, 5.0, (300, 200)).astype(np.float32)
+    header = fits.Header({"PHOTZP": 30.0})
+    ours, astropys = tmp_path / "isal.fits", tmp_path / "zlib.fits"
+    write_image(ours, data, header, compress=True)
+    assert _codecs.gzip_compress is original  # astropy's compressor is back after the write
+    fits.HDUList([fits.PrimaryHDU(), compressed_hdu(data, header)]).writeto(astropys)
+    np.testing.assert_array_equal(_read(ours)[0], data)
+    np.testing.assert_array_equal(_read(astropys)[0], data)
+    # Another deflate stream (ISA-L wrote it), about as small as zlib's level 9.
+    assert ours.read_bytes() != astropys.read_bytes()
+    assert abs(ours.stat().st_size / astropys.stat().st_size - 1.0) < 0.05
+    again = tmp_path / "again.fits"
+    write_image(again, data, header, compress=True)
+    assert again.read_bytes() == ours.read_bytes()
+
+
+def test_reading_through_isal_gives_astropys_values(tmp_path):
+    """A GZIP_2 file written by astropy alone reads the same through ISA-L (:func:`fast_inflate`) as through gzip."""
+    import gzip
+
+    from astropy.io.fits.hdu.compressed import _codecs
+
+    from shapepipe_modules.io.images import compressed_hdu, fast_inflate
+
+    data = np.random.default_rng(4).normal(0.0, 1.0, (130, 70)).astype(np.float32)
+    path = tmp_path / "astropy.fits"
+    fits.HDUList([fits.PrimaryHDU(), compressed_hdu(data)]).writeto(path)
+    before = _codecs.gzip_decompress
+    try:
+        _codecs.gzip_decompress = gzip.decompress
+        with fits.open(path) as hdus:
+            by_gzip = np.array(hdus[1].data)
+        fast_inflate()
+        assert _codecs.gzip_decompress is not gzip.decompress  # ISA-L inflates from now on
+        with fits.open(path) as hdus:
+            by_isal = np.array(hdus[1].data)
+    finally:
+        _codecs.gzip_decompress = before
+    np.testing.assert_array_equal(by_gzip, data)
+    np.testing.assert_array_equal(by_isal, data)
+
+
+@pytest.mark.parametrize("kind", ["gzip_float", "rice_int16", "rice_uint8", "rice_int32", "dither1", "dither2",
+                                  "no_dither", "row_tiles", "nan_blank", "zero_rows", "odd_rows"])
+def test_image_data_decodes_tiles_as_astropy_does(tmp_path, kind):
+    """:func:`image_data`'s own tile loop gives astropy's array, byte for byte; other layouts go to astropy."""
+    from shapepipe_modules.io.images import _decode_tiles, compressed_hdu, image_data
+
+    rng = np.random.default_rng(21)
+    shape = (200, 96) if kind != "odd_rows" else (133, 70)
+    floats = rng.normal(170.0, 5.0, shape).astype(np.float32)
+    header = fits.Header({"EXTNAME": "ccd01"})
+    if kind in ("gzip_float", "odd_rows"):
+        hdu = compressed_hdu(floats, header)
+    elif kind.startswith("rice_"):
+        dtype = {"rice_int16": np.int16, "rice_uint8": np.uint8, "rice_int32": np.int32}[kind]
+        hdu = compressed_hdu((rng.random(shape) < 0.05).astype(dtype) * 7, header)
+    else:
+        method = {"dither1": "SUBTRACTIVE_DITHER_1", "dither2": "SUBTRACTIVE_DITHER_2", "no_dither": "NO_DITHER",
+                  "row_tiles": "SUBTRACTIVE_DITHER_2", "nan_blank": "SUBTRACTIVE_DITHER_1",
+                  "zero_rows": "SUBTRACTIVE_DITHER_2"}[kind]
+        data = floats.copy()
+        if kind in ("dither2", "row_tiles"):
+            data[:5, :40] = 0.0  # exact zeros (SUBTRACTIVE_DITHER_2 keeps them)
+        if kind == "zero_rows":
+            data[:5] = 0.0  # constant one-row tiles do not quantise: GZIP_COMPRESSED_DATA, astropy's decoder
+        if kind == "nan_blank":
+            data[3, 4] = np.nan  # blank pixels: astropy's decoder
+        tile = (1, shape[1]) if kind in ("row_tiles", "zero_rows") else (16, shape[1])
+        hdu = fits.CompImageHDU(data=data, header=header, compression_type="RICE_1", quantize_level=16.0,
+                                quantize_method={"NO_DITHER": -1, "SUBTRACTIVE_DITHER_1": 1,
+                                                 "SUBTRACTIVE_DITHER_2": 2}[method], tile_shape=tile,
+                                dither_seed=7)
+    path = tmp_path / f"{kind}.fits"
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path)
+    with fits.open(path) as hdus:
+        expected = np.array(hdus[1].data)
+    with fits.open(path) as hdus:
+        fast = _decode_tiles(hdus[1])
+        data = image_data(hdus[1])
+    if kind in ("nan_blank", "zero_rows"):
+        assert fast is None  # blank values, tiles in another column: decoded by astropy
+    else:
+        assert fast is not None and fast.dtype == expected.dtype and fast.tobytes() == expected.tobytes()
+    assert data.dtype == expected.dtype and data.tobytes() == expected.tobytes()

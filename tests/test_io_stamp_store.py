@@ -298,3 +298,25 @@ def test_compressed_store_round_trips_exactly_and_is_smaller(tmp_path):
     with sqlite3.connect(tmp_path / "s1.sqlite") as connection:
         value = connection.execute("SELECT value FROM objects WHERE key = '1'").fetchone()[0]
     assert value.startswith(b"SPZREC2\n")
+
+
+def test_compressed_records_are_zlib_streams_and_damage_is_an_encoding_error(tmp_path):
+    """Records deflated by ISA-L (when installed) are plain zlib streams; a damaged one names the record."""
+    import zlib
+
+    from shapepipe_modules.io.arrays import StoreError
+
+    stamp = np.random.default_rng(8).normal(100, 5, (51, 51)).astype(np.float32)
+    path = tmp_path / "z.sqlite"
+    with StampStore(path, mode="w", compress=True) as store:
+        store.put(1, "2100001-3", {"VIGNET": stamp}, {})
+        store.put(2, "2100001-3", {"VIGNET": stamp}, {})
+    with sqlite3.connect(path) as connection:
+        value = connection.execute("SELECT value FROM objects WHERE key = '1'").fetchone()[0]
+        zlib.decompress(value[len(b"SPZREC2\n"):])  # the standard library inflates it
+        damaged = value[:40] + bytes(200) + value[240:]
+        connection.execute("UPDATE objects SET value = ? WHERE key = '2'", (damaged,))
+    with StampStore(path) as store:
+        np.testing.assert_array_equal(store.get(1)["2100001-3"].arrays["VIGNET"], stamp)
+        with pytest.raises(StoreError, match="record of object 2 .compressed record"):
+            store.get(2)

@@ -193,6 +193,18 @@ def test_vignet_rows_keeps_stamps_of_selected_rows_only(simulated, sep_run, tmp_
     size = (job.output_dir / f"sexcat{NUMBER}.fits").stat().st_size
     # Less the LDAC_VIGNET header, its ROW column and FITS block padding.
     assert dense_size - size >= (~rows).sum() * 51 * 51 * 4 - 2 * 2880 - 4 * rows.sum()
+    # Selected as the catalogue is written: the file the rewrite of the full catalogue gives, byte for byte.
+    import functools
+    import shutil
+
+    from shapepipe_modules.io.ldac import store_vignets_for
+    from shapepipe_modules.sextractor.columns import rows_meeting
+
+    rewritten = tmp_path / "rewritten.fits"
+    shutil.copy(dense_job.output_dir / f"sexcat{NUMBER}.fits", rewritten)
+    assert store_vignets_for(rewritten, functools.partial(rows_meeting, conditions=conditions),
+                             ", ".join(conditions)) == (rows.sum(), len(rows))
+    assert rewritten.read_bytes() == (job.output_dir / f"sexcat{NUMBER}.fits").read_bytes()
 
     options = {o.name: o.default for o in OPTIONS}
     assert validate({**options, "VIGNET_ROWS": conditions}) == []

@@ -23,13 +23,14 @@ a given sub-pixel offset and normalises every stamp to unit sum.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from shapepipe.atomic import atomic_path
+
+from .aot import Kernels
 
 LANCZOS_ORDER = 3
 # Positions evaluated per block: bounds the memory of the batched products.
@@ -56,6 +57,12 @@ def _lanczos_dc_terms(order: int) -> np.ndarray:
 
 _DC_TERMS = _lanczos_dc_terms(LANCZOS_ORDER)
 _DC_CACHE = {LANCZOS_ORDER: _DC_TERMS}
+#: The numba kernels (:mod:`.psfex_kernels`), from their ahead-of-time build for the arguments this
+#: module passes (offsets read-only or not): a fresh process draws PSFs without importing numba.
+_kernels = Kernels("shapepipe_modules.io.psfex_kernels", {
+    "taps": [(offsets, "i8", "f8", "f8[1]", "i8[2]", "f8[3]") for offsets in ("f8[1]", "f8[1,r]")],
+    "resample": [("f8[3]", "f8[2]", "i8[2]", "f8[3]", "i8[2]", "f8[3]", "f8[3]")],
+})
 
 
 def lanczos(x: np.ndarray, order: int = LANCZOS_ORDER, conserve_dc: bool = True) -> np.ndarray:
@@ -124,11 +131,11 @@ def resampling_taps(offsets: np.ndarray, out_size: int, grid_size: int, step: fl
     values : ndarray (n, out_size, 2 * LANCZOS_ORDER)
         Kernel weights; taps off the grid get zero weight.
     """
-    offsets = np.asarray(offsets, dtype=float).reshape(-1)
-    if _taps_numba is not None:
+    offsets = np.ascontiguousarray(np.asarray(offsets, dtype=float).reshape(-1))
+    if _kernels.available():
         first = np.empty((offsets.size, out_size), dtype=np.int64)
         values = np.empty((offsets.size, out_size, 2 * LANCZOS_ORDER))
-        _taps_numba(offsets, grid_size, float(step), _DC_TERMS, first, values)
+        _kernels.taps(offsets, int(grid_size), float(step), _DC_TERMS, first, values)
         return first, values
     pixel = np.arange(out_size) - out_size // 2
     coordinate = grid_size // 2 + (pixel[None, :] - offsets[:, None]) / step
@@ -139,65 +146,6 @@ def resampling_taps(offsets: np.ndarray, out_size: int, grid_size: int, step: fl
     return first, values
 
 
-def _make_numba_taps():
-    try:
-        import numba
-    except ImportError:
-        return None
-
-    @numba.njit(cache=True)
-    def taps(offsets, grid_size, step, dc_terms, first, values):
-        count, size = first.shape
-        ntap = values.shape[2]
-        order = ntap // 2
-        # Tap x = h + k, with h the offset from the nearest integer (|h| <= 1/2) and k an integer, so
-        # that sin(pi x) = (-1)**k sin(pi h) and sin(pi x / order) follows from the sine and cosine of
-        # pi h / order and of pi k / order: three trigonometric calls per output pixel instead of
-        # seventeen, each sine small only where its argument is (k = 0), hence accurate relatively.
-        sin_k = np.empty(2 * order + 1)
-        cos_k = np.empty(2 * order + 1)
-        sign_k = np.empty(2 * order + 1)
-        for k in range(-order, order + 1):
-            sin_k[k + order] = math.sin(math.pi * k / order)
-            cos_k[k + order] = math.cos(math.pi * k / order)
-            sign_k[k + order] = 1.0 if k % 2 == 0 else -1.0
-        for n in range(count):
-            for c in range(size):
-                coordinate = grid_size // 2 + (c - size // 2 - offsets[n]) / step
-                base = math.floor(coordinate)
-                start = int(base) - (order - 1)
-                first[n, c] = start
-                nearest = math.floor(coordinate + 0.5)
-                h = coordinate - nearest
-                # The flux-conserving correction depends on x only modulo 1; cos(2 pi j h) by the
-                # Chebyshev recurrence from cos(2 pi h).
-                cosine = math.cos(2.0 * math.pi * h)
-                previous, current = 1.0, cosine
-                correction = 1.0
-                for j in range(1, 6):
-                    correction -= 2.0 * dc_terms[j] * (1.0 - current)
-                    previous, current = current, 2.0 * cosine * current - previous
-                sin_h = math.sin(math.pi * h)
-                angle = math.pi * h / order
-                sin_a, cos_a = math.sin(angle), math.cos(angle)
-                for t in range(ntap):
-                    index = start + t
-                    x = coordinate - index
-                    if index < 0 or index >= grid_size or abs(x) >= order:
-                        values[n, c, t] = 0.0
-                    elif abs(x) < 1e-12:
-                        values[n, c, t] = 1.0 / correction
-                    else:
-                        k = int(nearest) - index + order
-                        px = math.pi * x
-                        sin_x = sign_k[k] * sin_h
-                        sin_x_order = sin_a * cos_k[k] + cos_a * sin_k[k]
-                        values[n, c, t] = sin_x * sin_x_order * order / (px * px) / correction
-
-    return taps
-
-
-_taps_numba = None
 
 
 def _resample_numpy(basis, terms, first_x, values_x, first_y, values_y, out):
@@ -215,63 +163,19 @@ def _resample_numpy(basis, terms, first_x, values_x, first_y, values_y, out):
     out[...] = weights_y @ grids @ weights_x.transpose(0, 2, 1)
 
 
-def _make_numba_resample():
-    try:
-        import numba
-    except ImportError:
-        return None
-
-    @numba.njit(cache=True, fastmath=False)
-    def resample(basis, terms, first_x, values_x, first_y, values_y, out):
-        # Every sum runs over the same terms in the same order as the plain triple loops (taps off the
-        # grid skipped, the grid summed over components in order), so results are bitwise those of the
-        # plain loops; the loops are only arranged so that the innermost one runs along contiguous
-        # memory without a branch (vectorised by the compiler).
-        ncomp, ny, nx = basis.shape
-        count, size, _ = out.shape
-        ntap = values_x.shape[2]
-        grid = np.empty((ny, nx))
-        rows = np.empty((ny, size))
-        low = np.empty(size, dtype=np.int64)
-        high = np.empty(size, dtype=np.int64)
-        for n in range(count):
-            # PSF on its grid at this position.
-            for j in range(ny):
-                for i in range(nx):
-                    grid[j, i] = 0.0
-                for k in range(ncomp):
-                    term = terms[n, k]
-                    for i in range(nx):
-                        grid[j, i] += term * basis[k, j, i]
-            # Resample along x for every grid row (taps on the grid: low <= t < high).
-            for c in range(size):
-                start = first_x[n, c]
-                low[c] = min(max(0, -start), ntap)
-                high[c] = max(min(ntap, nx - start), low[c])
-            for j in range(ny):
-                for c in range(size):
-                    start = first_x[n, c]
-                    total = 0.0
-                    for t in range(low[c], high[c]):
-                        total += values_x[n, c, t] * grid[j, start + t]
-                    rows[j, c] = total
-            # Then along y, a whole output row at a time.
-            for r in range(size):
-                start = first_y[n, r]
-                for c in range(size):
-                    out[n, r, c] = 0.0
-                for t in range(ntap):
-                    index = start + t
-                    if 0 <= index < ny:
-                        weight = values_y[n, r, t]
-                        for c in range(size):
-                            out[n, r, c] += weight * rows[index, c]
-
-    return resample
+def warm_up() -> None:
+    """Load the kernels (a worker's ``preload``): from their ahead-of-time build, built if missing."""
+    _kernels.compiled()
 
 
-_resample = _make_numba_resample() or _resample_numpy
-_taps_numba = _make_numba_taps()
+def _resample(basis, terms, first_x, values_x, first_y, values_y, out):
+    """The PSF of each position resampled on the output grid (numba kernel, else :func:`_resample_numpy`)."""
+    if _kernels.available():
+        _kernels.resample(basis, terms, first_x, values_x, first_y, values_y, out)
+    else:
+        _resample_numpy(basis, terms, first_x, values_x, first_y, values_y, out)
+
+
 
 
 def polynomial_terms(u: np.ndarray, v: np.ndarray, degree: int) -> np.ndarray:

@@ -318,17 +318,31 @@ def _body_offset(value) -> int:
     return start + 4 + int.from_bytes(bytes(value[start:start + 4]), "little")
 
 
+def _zlib_functions():
+    """``(compress(data, level), decompress(data), errors)`` of zlib streams: ISA-L's when ``isal`` is
+    installed (the same format; at level 1 ten times faster than zlib's and as small on stamps),
+    else zlib's."""
+    try:
+        from isal import isal_zlib
+    except ImportError:
+        return zlib.compress, zlib.decompress, (zlib.error,)
+    return isal_zlib.compress, isal_zlib.decompress, (zlib.error, isal_zlib.error)
+
+
+_zlib_compress, _zlib_decompress, _ZLIB_ERRORS = _zlib_functions()
+
+
 def _compress(value: bytes) -> bytes:
     """Shuffle the array bytes of a packed record in 4-byte lanes, then zlib: float32 stamps compress
     1.5x (noisy images) to 3x (weights, backgrounds) instead of 1.3x and 2x with zlib alone."""
     offset = _body_offset(value)
     n = (len(value) - offset) // 4 * 4
     body = np.frombuffer(value, np.uint8, count=n, offset=offset).reshape(-1, 4).T.tobytes()
-    return ZRECORD_MAGIC + zlib.compress(b"".join([value[:offset], body, value[offset + n:]]), ZLIB_LEVEL)
+    return ZRECORD_MAGIC + _zlib_compress(b"".join([value[:offset], body, value[offset + n:]]), ZLIB_LEVEL)
 
 
 def _decompress(data) -> bytes:
-    value = zlib.decompress(memoryview(data)[len(ZRECORD_MAGIC):])
+    value = _zlib_decompress(memoryview(data)[len(ZRECORD_MAGIC):])
     if bytes(data[:len(ZRECORD_MAGIC)]) == _ZRECORD_UNSHUFFLED:
         return value
     offset = _body_offset(value)
@@ -341,7 +355,7 @@ def _unpack(data, arrays: bool = True) -> ObjectRecord:
     if bytes(data[:len(ZRECORD_MAGIC)]) in (ZRECORD_MAGIC, _ZRECORD_UNSHUFFLED):
         try:
             data = _decompress(data)
-        except zlib.error as error:
+        except _ZLIB_ERRORS as error:
             raise EncodingError(f"compressed record: {error}") from None
     decoded, meta = unpack_record(data, arrays)
     if NO_EPOCH in meta:

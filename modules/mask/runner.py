@@ -164,7 +164,7 @@ def _read_image(path, hdu, what, integer=False):
     import numpy as np
     from astropy.io import fits
 
-    from shapepipe_modules.io.images import image_hdu
+    from shapepipe_modules.io.images import image_data, image_hdu
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -174,7 +174,7 @@ def _read_image(path, hdu, what, integer=False):
             with fits.open(path, memmap=True) as hdus:
                 chosen = image_hdu(hdus, hdu)  # HDU 0 of a tile-compressed (fpack) file: its image
                 header = chosen.header.copy()
-                data = chosen.data
+                data = image_data(chosen)
                 data = None if data is None else np.asarray(data)
         except Exception as error:  # astropy raises many types on corrupt files
             raise JobError(
@@ -230,6 +230,7 @@ PRODUCTS = (
     depends=("numpy", "scipy", "astropy"),
     preload=(
              "astropy.io.fits",
+             "shapepipe_modules.io.images:fast_inflate",
              "astropy.wcs",
              "scipy.ndimage",
              "shapepipe_modules.mask.build",

@@ -101,12 +101,10 @@ PRODUCTS = (
     validate=validate,
     preload=(
              "astropy.io.fits",
-             "astropy.wcs",
-             "shapepipe_modules.io.warmup:numba",
              "shapepipe_modules.psfex.model",
              "shapepipe_modules.io.ldac",
-             "shapepipe_modules.io.psfex_file",
-             "shapepipe_modules.io.moments",
+             "shapepipe_modules.io.psfex_file:warm_up",  # ahead-of-time kernels: no numba
+             "shapepipe_modules.io.moments:warm_up",
     ),
 )
 def psfex(job):

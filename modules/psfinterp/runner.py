@@ -107,11 +107,10 @@ PRODUCTS = (
              "astropy.io.fits",
              "astropy.wcs",
              "galsim",
-             "shapepipe_modules.io.warmup:numba",
              "shapepipe_modules.psfinterp.interpolate",
              "shapepipe_modules.psfinterp.multi_epoch",
-             "shapepipe_modules.io.psfex_file",
-             "shapepipe_modules.io.moments",
+             "shapepipe_modules.io.psfex_file:warm_up",  # ahead-of-time kernels: no numba
+             "shapepipe_modules.io.moments:warm_up",
     ),
     options=OPTIONS,
     validate=validate,

@@ -434,8 +434,19 @@ _GROWTH_NSTEP2 = GROWTH_NSTEP * GROWTH_NSTEP
 _ISQRT = np.floor(np.sqrt(np.arange(_GROWTH_NSTEP2) + 0.5)).astype(np.int64)  # isqrt(m), m < NSTEP^2
 
 
-@numba.njit(cache=True, fastmath=True)
+@numba.njit(cache=True)
 def flux_radius(sub, bad, x, y, a, fractions, flux_auto, min_radius):
+    """FLUX_RADIUS and the half-light radius (:func:`_flux_radius`, compiled with ``fastmath``).
+
+    The kernel itself has numba's default options, as the functions of an
+    ahead-of-time build (:mod:`shapepipe_modules.io.aot`) have: the inner
+    function keeps its ``fastmath`` there too.
+    """
+    return _flux_radius(sub, bad, x, y, a, fractions, flux_auto, min_radius)
+
+
+@numba.njit(cache=True, fastmath=True)
+def _flux_radius(sub, bad, x, y, a, fractions, flux_auto, min_radius):
     """FLUX_RADIUS and the half-light radius from each object's growth curve.
 
     SExtractor's definition: the flux is accumulated in ``GROWTH_NSTEP``
@@ -537,6 +548,19 @@ def flux_radius(sub, bad, x, y, a, fractions, flux_auto, min_radius):
 @numba.njit(cache=True)
 def isophotal_measures(seg, xmin, xmax, ymin, ymax, sub, var, has_var, flag_image, has_flags,
                        global_rms, thresh_absolute, analysis_thresh, satur, x, y, a, b, peak, bkg_at):
+    """Reductions over each object's isophotal pixels (:func:`_isophotal_measures`).
+
+    A call of the numba-compiled function: the ahead-of-time build
+    (:mod:`shapepipe_modules.io.aot`) compiles only this call, the body is
+    numba's JIT compilation (pycc's own typing rejects ``np.int64(value)``).
+    """
+    return _isophotal_measures(seg, xmin, xmax, ymin, ymax, sub, var, has_var, flag_image, has_flags,
+                               global_rms, thresh_absolute, analysis_thresh, satur, x, y, a, b, peak, bkg_at)
+
+
+@numba.njit(cache=True)
+def _isophotal_measures(seg, xmin, xmax, ymin, ymax, sub, var, has_var, flag_image, has_flags,
+                        global_rms, thresh_absolute, analysis_thresh, satur, x, y, a, b, peak, bkg_at):
     """Reductions over each object's isophotal pixels (label ``i + 1`` in ``seg``).
 
     Only each object's bounding box ``[xmin, xmax] x [ymin, ymax]``

@@ -513,13 +513,21 @@ def _read_image(path, dtype=None):
     import numpy as np
     from astropy.io import fits
 
+    from shapepipe_modules.io.images import fast_inflate, image_data
+
+    fast_inflate()
     try:
         with fits.open(path, memmap=dtype is not None) as hdus:
             for hdu in hdus:
-                if hdu.data is not None and hdu.data.ndim == 2:
-                    data = hdu.data
+                if hdu.header.get("NAXIS", 0) == 2 or isinstance(hdu, fits.CompImageHDU):
+                    data = image_data(hdu)
+                    if data is None or data.ndim != 2:
+                        continue
                     if dtype is not None:
-                        data = np.array(data, dtype=np.dtype(dtype).newbyteorder("="), order="C")
+                        # A decompressed image is already this process's own array: no second copy.
+                        own = isinstance(hdu, fits.CompImageHDU)
+                        data = (np.ascontiguousarray if own else np.array)(
+                            data, dtype=np.dtype(dtype).newbyteorder("="))
                     return data, hdu.header.copy()
     except (OSError, ValueError, TypeError, IndexError, EOFError) as error:
         # A truncated file raises TypeError ("buffer is too small") in astropy.
@@ -690,8 +698,15 @@ def _run_sep(job, paths, settings_files, zero_point, background_value, check_ima
         # for the comment, and astropy would warn and truncate it anyway.
         room = max(0, 80 - 33 - max(0, len(str(value)) - 20))
         image_header[key] = (value, comment[:room])
+    vignet_rows, selection = None, ""
+    if catalogue is None and _vignet_rows_when_written(job.options):
+        # VIGNET_ROWS applied to the table before the one write, instead of a rewrite of the written file
+        # (the same file: the rows are selected on the same column values).
+        vignet_rows, selection = _selected_vignet_rows(job, result.table)
+        if report is not None and vignet_rows is not None and len(vignet_rows):
+            report["n_vignets_stored"] = int(vignet_rows.sum())
     catalogue = job.output_path(job_names(job)["catalogue"]) if catalogue is None else catalogue
-    write_ldac(catalogue, result.table, image_header)
+    write_ldac(catalogue, result.table, image_header, vignet_rows=vignet_rows, vignet_selection=selection)
     check_data = {
         "BACKGROUND": lambda: result.background,
         "BACKGROUND_RMS": result.background_rms,
@@ -772,6 +787,29 @@ def _children_cpu() -> float:
 
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+def _vignet_rows_when_written(options) -> bool:
+    """Whether VIGNET_ROWS is applied as the catalogue is written: no later step of the job reads the
+    catalogue back and rewrites it (post-processing, crowded-field products)."""
+    crowded = ("OBJECT_MASK", "SATURATION_REGIONS", "LOCAL_SKY", "REGIONS")
+    return bool(options.get("VIGNET_ROWS")) and not options.get("MAKE_POST_PROCESS", False) \
+        and not any(options.get(key) for key in crowded)
+
+
+def _selected_vignet_rows(job, table):
+    """Rows of ``table`` meeting VIGNET_ROWS and the text saying so (JobError naming the option)."""
+    import numpy as np
+
+    from .columns import rows_meeting
+
+    conditions = job.options["VIGNET_ROWS"]
+    if "VIGNET" not in table.colnames:
+        return None, ""
+    try:
+        return np.asarray(rows_meeting(table, conditions), dtype=bool), ", ".join(conditions)
+    except ValueError as error:
+        raise JobError(f"{job.inputs[0]}: [{job.module_run.upper()}] VIGNET_ROWS: {error}") from None
 
 
 def _store_selected_vignets(job, catalogue) -> dict:
@@ -871,11 +909,11 @@ PRODUCTS = (
     depends=("numpy", "astropy"),
     preload=(
              "astropy.io.fits",
+             "shapepipe_modules.io.images:fast_inflate",
              "astropy.wcs",
              "astropy.table",
              "sep",
-             "shapepipe_modules.sextractor.sep_engine:warm_up",
-             "shapepipe_modules.sextractor.kernels",
+             "shapepipe_modules.sextractor.sep_engine:warm_up",  # the kernels' ahead-of-time build: no numba
              "shapepipe_modules.sextractor.background_residual",
              "shapepipe_modules.sextractor.multi_epoch",
              "shapepipe_modules.io.ldac",
@@ -895,7 +933,7 @@ def sextractor(job):
     epochs = None
     if job.options.get("MAKE_POST_PROCESS", False):
         epochs = _post_process(job, catalogue)
-    if job.options.get("VIGNET_ROWS"):
+    if job.options.get("VIGNET_ROWS") and "n_vignets_stored" not in report:
         report.update(_store_selected_vignets(job, catalogue))
     job.logger.info("%s: %d objects; seconds per step: %s", catalogue.name, n_objects,
                     ", ".join(f"{step} {seconds:.2f}" for step, seconds in timings.items()))

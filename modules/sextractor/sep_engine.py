@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import kernels, robust
+from shapepipe_modules.io.aot import Kernels
+
+from . import robust
 from .columns import (
     COLUMNS,
     FLAG_APERTURE,
@@ -29,6 +31,20 @@ from .columns import (
 )
 from .config_files import ExtractionSettings
 from .world_shapes import is_j2000, local_jacobian, world_ellipse, world_moments
+
+_IMAGE, _MASK, _SEGMENT, _VECTOR, _INDEX = "f4[2]", "b1[2]", "i4[2]", "f8[1]", "i8[1]"
+#: The measurement kernels (:mod:`.kernels`), from their ahead-of-time build for the argument types a
+#: CCD or tile job passes (16- and 32-bit flag images): a fresh process loads them without numba.
+kernels = Kernels("shapepipe_modules.sextractor.kernels", {
+    "isophotal_measures": [
+        (_SEGMENT, _INDEX, _INDEX, _INDEX, _INDEX, _IMAGE, _IMAGE, "b1", flag, "b1", "f8", "b1", "f8", "f8",
+         *[_VECTOR] * 6)
+        for flag in ("i2[2]", "i4[2]")],
+    "auto_photometry": [(_IMAGE, _IMAGE, _MASK, _SEGMENT, *[_VECTOR] * 7, "f8", "f8", "f8", "f8", "b1")],
+    "flux_radius": [(_IMAGE, _MASK, *[_VECTOR] * 5, "f8")],
+    "windowed": [(_IMAGE, _IMAGE, _MASK, _SEGMENT, *[_VECTOR] * 3, "f8", "f8", "b1")],
+    "vignets": [(_IMAGE, _MASK, _SEGMENT, _INDEX, _INDEX, "i8", "i8", "f4")],
+})
 
 MASKED_PIXEL = -1e30  # SExtractor's value for unusable VIGNET pixels
 

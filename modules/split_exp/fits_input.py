@@ -139,11 +139,14 @@ class StrictFits:
         JobError
             If the data cannot be read (truncated file...).
         """
+        from shapepipe_modules.io.images import fast_inflate, image_data
+
+        fast_inflate()
         hdu = self.hdul[index]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                data = hdu.data
+                data = image_data(hdu)
             except Exception as error:
                 self.close()
                 raise JobError(f"cannot read the data of HDU {index} of FITS file {self.path}: {error}") from error

@@ -136,12 +136,15 @@ def read_ccd(path: Path) -> np.ndarray:
     """
     from astropy.io import fits
 
+    from shapepipe_modules.io.images import fast_inflate, image_data
+
+    fast_inflate()
     with fits.open(path, memmap=True) as hdus:
         for hdu in hdus:
             if hdu.is_image and hdu.header.get("NAXIS", 0) == 2:
                 # One copy, in native byte order (FITS is big-endian): the file is closed on
                 # return, and stamps are cut from native pixels without a swap each.
-                data = hdu.data
+                data = image_data(hdu)
                 return data.astype(data.dtype.newbyteorder("="), copy=True)
     raise OSError(f"{path}: no 2-D image HDU")
 

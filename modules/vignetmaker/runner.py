@@ -139,6 +139,7 @@ PRODUCTS = (
     depends=("numpy", "astropy", "sqlitedict"),
     preload=(
              "astropy.io.fits",
+             "shapepipe_modules.io.images:fast_inflate",
              "astropy.wcs",
              "shapepipe_modules.vignetmaker.classic",
              "shapepipe_modules.vignetmaker.multi_epoch",
