@@ -303,6 +303,20 @@ def _restore_vignets(table: Table, hdu, path) -> None:
     table.meta[STORED_VIGNETS] = (rows, str(header.get("VIGNSEL", "")))
 
 
+def _ldac_layout(path, existing):
+    """HDU names of an open FITS-LDAC catalogue and its ``LDAC_IMHEAD`` cell, byte for byte.
+
+    Raises LDACError when the second and third HDUs are not ``LDAC_IMHEAD``, ``LDAC_OBJECTS``.
+    """
+    names = [hdu.name for hdu in existing]
+    if names[1:3] != [IMHEAD_EXTNAME, OBJECTS_EXTNAME]:
+        raise LDACError(f"{path}: not a FITS-LDAC catalogue (HDUs {names})")
+    header = existing[1].header
+    with open(path, "rb") as handle:
+        handle.seek(existing.fileinfo(1)["datLoc"])
+        return names, handle.read(header["NAXIS1"] * header["NAXIS2"])
+
+
 def store_vignets_for(path, select, selection: str = "") -> tuple[int, int]:
     """Rewrite a catalogue, atomically, keeping ``VIGNET`` only for some rows (``LDAC_VIGNET``).
 
@@ -325,9 +339,7 @@ def store_vignets_for(path, select, selection: str = "") -> tuple[int, int]:
     path = Path(path)
     try:
         with fits.open(path, memmap=False) as existing:
-            names = [hdu.name for hdu in existing]
-            if names[1:3] != [IMHEAD_EXTNAME, OBJECTS_EXTNAME]:
-                raise LDACError(f"{path}: not a FITS-LDAC catalogue (HDUs {names})")
+            names, imhead_bytes = _ldac_layout(path, existing)
             objects = existing[2]
             if VIGNET_EXTNAME in names or "VIGNET" not in objects.columns.names:
                 return 0, 0
@@ -337,12 +349,7 @@ def store_vignets_for(path, select, selection: str = "") -> tuple[int, int]:
             kept = [column for column in objects.columns if column.name != "VIGNET"]
             reduced = fits.BinTableHDU.from_columns(fits.ColDefs(kept), header=objects.header.copy())
             reduced.header["EXTNAME"] = OBJECTS_EXTNAME
-            location = existing.fileinfo(1)
-            with open(path, "rb") as handle:
-                handle.seek(location["datLoc"])
-                imhead = existing[1]
-                imhead_bytes = handle.read(imhead.header["NAXIS1"] * imhead.header["NAXIS2"])
-            full = fits.HDUList([existing[0].copy(), imhead.copy(), reduced, stamps,
+            full = fits.HDUList([existing[0].copy(), existing[1].copy(), reduced, stamps,
                                  *(hdu.copy() for hdu in existing[3:])])
             _write_hdus(path, full, imhead_bytes)
     except OSError as error:
@@ -385,14 +392,8 @@ def update_ldac(path, columns=None, hdus=(), primary_cards=()) -> None:
     replaced = {hdu.name for hdu in hdus}
     try:
         with fits.open(path, memmap=False) as existing:
-            names = [hdu.name for hdu in existing]
-            if names[1:3] != [IMHEAD_EXTNAME, OBJECTS_EXTNAME]:
-                raise LDACError(f"{path}: not a FITS-LDAC catalogue (HDUs {names})")
+            _, imhead_bytes = _ldac_layout(path, existing)
             imhead = existing[1]
-            location = existing.fileinfo(1)
-            with open(path, "rb") as handle:
-                handle.seek(location["datLoc"])
-                imhead_bytes = handle.read(imhead.header["NAXIS1"] * imhead.header["NAXIS2"])
             primary = existing[0].copy()
             for key, value, comment in primary_cards:
                 primary.header[key] = (value, comment)
