@@ -304,6 +304,39 @@ def test_marker_of_a_finished_job_is_returned_instead_of_rerunning(tmp_path):
     assert calls == ["-001", "-001"]  # once per submission token
 
 
+def test_abandoned_jobs_keep_the_rows_of_finished_markers(tmp_path):
+    """No worker left: a job that finished before its worker went keeps its row; the others fail."""
+    done, running, queued = (_task(tmp_path, n) for n in ("-001", "-002", "-003"))
+    executor_dask._run_on_worker(done, lambda job: {"number": job.number, "status": "done"}, "elsewhere", "tok")
+    marker = executor_dask.job_marker(running, "tok")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(executor_dask.STARTED)
+    cancelled = []
+    executor = object.__new__(executor_dask.DaskExecutor)
+    executor.client = SimpleNamespace(cancel=lambda futures, force: cancelled.extend(futures))
+    pending = {t.number: (t, f"future{t.number}", "tok", 1) for t in (done, running, queued)}
+    rows = dict((task.number, row) for task, row in executor._abandon(pending, "no Dask worker for 2 s: gone"))
+    assert not pending and len(cancelled) == 3
+    assert rows["-001"] == {"number": "-001", "status": "done"}
+    assert rows["-002"]["status"] == rows["-003"]["status"] == "failed"
+    assert rows["-003"]["error"] == "no Dask worker for 2 s: gone"
+
+
+def test_status_file_written_after_the_marker_counts_as_finished(tmp_path):
+    """The worker left between the job's status file and the marker's row."""
+    task = _task(tmp_path)
+    marker = executor_dask.job_marker(task, "tok")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    task.status_path.parent.mkdir(parents=True, exist_ok=True)
+    task.status_path.write_text(json.dumps({"number": "-001", "status": "failed", "error": "old run"}))
+    marker.write_text(executor_dask.STARTED)
+    os.utime(task.status_path, ns=(marker.stat().st_mtime_ns - 10**9,) * 2)
+    assert executor_dask.read_marker(task, "tok") == executor_dask.STARTED  # an earlier run's file
+    task.status_path.write_text(json.dumps({"number": "-001", "status": "done"}))
+    os.utime(task.status_path, ns=(marker.stat().st_mtime_ns + 10**6,) * 2)
+    assert executor_dask.read_marker(task, "tok") == {"number": "-001", "status": "done"}
+
+
 def _jobqueue_options(**changes):
     options = dict(CORES=4, PROCESSES=2, MEMORY="8GB", WALLTIME="02:30:00", QUEUE="long", ACCOUNT="lensing",
                    JOB_EXTRA_DIRECTIVES=["--constraint=skylake"],

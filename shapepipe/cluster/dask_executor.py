@@ -40,7 +40,7 @@ from pathlib import Path
 
 from ..atomic import write_text_atomic
 from .executor import Executor
-from ..jobs import Task, failure_row
+from ..jobs import Task, failure_row, read_status
 
 #: Folder of a module run's ``logs`` holding the job markers of the running
 #: submissions (see :func:`_run_on_worker`); emptied and removed after.
@@ -138,11 +138,19 @@ def job_marker(task: Task, token: str) -> Path:
 
 def read_marker(task: Task, token: str) -> dict | str | None:
     """The row of a finished submission, ``"started"``, or None if it never started."""
+    marker = job_marker(task, token)
     try:
-        text = job_marker(task, token).read_text()
+        text = marker.read_text()
     except OSError:
         return None
     if text == STARTED:
+        # The worker may have gone between the job's status file and the
+        # marker's row: a status file written after the marker is this run's.
+        with contextlib.suppress(OSError):
+            if task.status_path.stat().st_mtime_ns >= marker.stat().st_mtime_ns:
+                row = read_status(task.status_path)
+                if isinstance(row, dict):
+                    return row
         return STARTED
     try:
         row = json.loads(text)
@@ -385,9 +393,16 @@ class DaskExecutor(Executor):
                     folder.rmdir()
 
     def _abandon(self, pending: dict, reason: str):
-        """Cancel the unfinished jobs and fail them with ``reason``."""
+        """Cancel the unfinished jobs and fail them with ``reason``.
+
+        A job that finished on a worker which then left before its result
+        reached us keeps the row of its marker: a done job is never failed.
+        """
         self._cancel([entry[1] for entry in pending.values()])
-        rows = [(entry[0], failure_row(entry[0], reason)) for entry in pending.values()]
+        rows = []
+        for task, _, token, _ in pending.values():
+            marker = read_marker(task, token)
+            rows.append((task, marker if isinstance(marker, dict) else failure_row(task, reason)))
         pending.clear()
         return rows
 
