@@ -202,3 +202,24 @@ def test_smoothed_hot_pass_deblends_members_without_shredding(cluster_tile_seed3
     assert scores["smooth"]["members_shredded"] == 0
     assert scores["smooth"]["duplicated_across_passes"] == 0
     assert scores["smooth"]["background_found"] >= scores["3x3"]["background_found"] - 0.05
+
+
+def test_cluster_scores_count_member_pieces_and_background_against_a_hand_count():
+    from shapepipe_modules.simulate.cluster import ROLE_FIELD, ROLE_ICL, ROLE_MEMBER
+    from shapepipe_modules.validate.crowded import cluster_scores
+
+    # Centre (ICL) at (500, 500); members at 100 px spacing; background galaxies 40 px from members;
+    # one far galaxy beyond 30 arcsec (160 px at 0.187 arcsec per pixel).
+    roles = [ROLE_ICL, ROLE_MEMBER, ROLE_MEMBER, ROLE_MEMBER, ROLE_FIELD, ROLE_FIELD, ROLE_FIELD]
+    x = [500.0, 500.0, 600.0, 400.0, 540.0, 440.0, 900.0]
+    y = [500.0, 560.0, 500.0, 500.0, 500.0, 460.0, 900.0]
+    truth = Table({"x": x, "y": y, "hlr": [20.0, 1.0, 1.0, 1.0, 0.3, 0.3, 0.3], "mag": [17.0, 19, 19, 19, 23, 23, 23],
+                   "is_star": [False] * 7, "cluster_role": roles})
+    # Member 1: 3 detections (2 pieces); member 2: 2 (1 piece); member 3: none; galaxy 4 found twice,
+    # galaxy 5 not found, the far galaxy found (outside the radius: not counted).
+    det_x = [500.0, 503.0, 497.0, 600.0, 604.0, 540.0, 541.5, 900.0]
+    det_y = [560.0, 563.0, 557.0, 500.0, 500.0, 500.0, 500.0, 900.0]
+    scores = cluster_scores(det_x, det_y, truth, (500.0, 500.0), 0.187, 30.0)
+    assert scores["n_members"] == 3 and scores["member_pieces"] == 3 and scores["members_shredded"] == 2
+    assert scores["members_whole"] == 0.0 and scores["members_missed"] == 1
+    assert scores["n_background"] == 2 and scores["background_found"] == 0.5 and scores["background_duplicated"] == 1

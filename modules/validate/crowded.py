@@ -68,7 +68,9 @@ def cluster_scores(det_x, det_y, truth, centre_xy, pixel_scale, radius_arcsec=30
         the centre), ``background_found`` (fraction with >= 1 detection),
         ``background_duplicated`` (number with > 1), ``n_members``,
         ``members_whole`` (fraction with exactly 1), ``members_shredded``
-        (number with > 1), ``duplicated_truth`` (any truth row with > 1),
+        (number with > 1), ``member_pieces`` (detections of members beyond
+        their first: the pieces of shredded members, unsheared objects in a
+        background sample), ``duplicated_truth`` (any truth row with > 1),
         ``n_detections``, ``unassigned``; with ``passes`` (the PASS of each
         detection) ``duplicated_across_passes``: truth rows detected by more
         than one pass (what the join must prevent). Members not detected
@@ -117,6 +119,7 @@ def cluster_scores(det_x, det_y, truth, centre_xy, pixel_scale, radius_arcsec=30
         "n_members": int(members.sum()),
         "members_whole": float(np.mean(counts[members] == 1)),
         "members_shredded": int(np.sum(counts[members] > 1)),
+        "member_pieces": int(np.sum(np.maximum(counts[members] - 1, 0))),
         "duplicated_truth": int(np.sum(counts > 1)),
         "n_detections": int(len(owner)),
         "unassigned": int(np.sum(owner < 0)),
