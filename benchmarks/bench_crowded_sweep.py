@@ -42,6 +42,7 @@ COLD_VARIANTS = {"COLD": COLD,
                  "COLD b12 t1.2": "BACK_TYPE=AUTO BACK_SIZE=12 DETECT_THRESH=1.2 DETECT_MINAREA=5 DEBLEND_MINCONT=0.0005",
                  "COLD b16 t1.0": "BACK_TYPE=AUTO BACK_SIZE=16 DETECT_THRESH=1.0 DETECT_MINAREA=5 DEBLEND_MINCONT=0.0005"}
 INTEGRITY_LEVELS = (0.90, 0.93, 0.95)
+CONTAMINATION_LEVELS = (0.03, 0.1)
 
 
 def main(argv=None):
@@ -124,6 +125,18 @@ def main(argv=None):
             best = max(eligible, key=lambda name: eligible[name][0])
             print(f"  members 1x >= {level:.3f}: {best} (background {eligible[best][0]:.3f}, members 1x "
                   f"{eligible[best][1]:.3f})")
+    # The same, at equal contamination of the background sample by pieces of members (what biases a
+    # tangential shear profile low: unsheared objects among the sources).
+    contamination = {name: t[4] / max(t[0], 1) for name, t in totals.items()}
+    for level in CONTAMINATION_LEVELS:
+        eligible = {name: v for name, v in single.items() if contamination[name] <= level}
+        duals = ", ".join(f"{name} {rows[name][0]:.3f} ({contamination[name]:.3f})" for name in rows
+                          if name.endswith("dual") and contamination[name] <= level)
+        if eligible:
+            best = max(eligible, key=lambda name: eligible[name][0])
+            print(f"\nMember pieces per background galaxy found <= {level}: best single pass {best} (background "
+                  f"{eligible[best][0]:.3f}, pieces/found {contamination[best]:.3f}, members 1x {eligible[best][1]:.3f})"
+                  f"; dual passes: {duals or 'none'}")
     print(f"\n(work folder: {work})")
     return 0
 
