@@ -224,12 +224,16 @@ def _call(task: Task, function, logger, staging: Path, deadline) -> dict:
         return {"status": status, "error": message, "traceback": text}
 
 
+#: Key of the forked job's own peak real memory (MB) in the outcome it sends back.
+CHILD_PEAK_KEY = "_child_peak_real_mb"
+
+
 def _run_forked(task: Task, function, logger, handler, staging: Path) -> tuple[dict, float, float, float]:
     """Run the job in a child process group; kill the group on time-out.
 
     Returns the status dict, the child's CPU seconds, its peak real memory
-    (MB; sampled, see :mod:`shapepipe.memory`; ``ru_maxrss`` where it cannot
-    be sampled) and its peak resident size (``ru_maxrss``, file pages included).
+    (MB; sampled by the parent and by the child itself, see
+    :mod:`shapepipe.memory`; ``ru_maxrss`` where it cannot be sampled) and its peak resident size (``ru_maxrss``, file pages included).
     """
     read_fd, write_fd = os.pipe()
     deadline = time.monotonic() + task.timeout
@@ -241,7 +245,11 @@ def _run_forked(task: Task, function, logger, handler, staging: Path) -> tuple[d
             os.setsid()
             die_with_parent()
             job_module.COMMANDS_IN_OWN_SESSION = False
+            # The child samples itself too: on a loaded machine it can finish a
+            # short job before the parent's first sample of it.
+            own_sampler = PeakSampler().start()
             outcome = _call(task, function, logger, staging, deadline)
+            outcome[CHILD_PEAK_KEY] = own_sampler.stop()
             handler.flush()
             data = json.dumps(outcome).encode()
             with os.fdopen(write_fd, "wb") as pipe:
@@ -287,6 +295,9 @@ def _run_forked(task: Task, function, logger, handler, staging: Path) -> tuple[d
         return {"status": "timeout", "error": message, "traceback": ""}, cpu, memory, rss
     try:
         outcome = json.loads(b"".join(chunks).decode())
+        child_peak = outcome.pop(CHILD_PEAK_KEY, None)
+        if child_peak:
+            memory = max(real or 0.0, child_peak)
     except ValueError:
         if os.WIFSIGNALED(wait_status):
             message = f"job process killed by signal {os.WTERMSIG(wait_status)}"
