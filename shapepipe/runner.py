@@ -210,6 +210,7 @@ class Runner:
         self.interrupted: int | None = None  # the signal that stopped the run
         self._stopping = False
         self._module_rows: list[dict] | None = None  # rows of the module run in progress
+        self._module_todo: tuple = ((), None)  # its dispatched tasks and output folder
         self._module_name: str | None = None
         self._pool_expected: bool | None = None  # some module run is known to have several jobs
         self.workers, note = worker_count(plan.core["JOB"]["SMP_BATCH_SIZE"])
@@ -397,6 +398,7 @@ class Runner:
                 todo.append(task)
         if not tasks and not rows:
             self.logger.warning("   no job to run")
+        self._module_todo = (todo, output_dir)
         self._dispatch(run, todo, rows)
         return self._finish_module(run, rows, started, not_ok)
 
@@ -688,6 +690,7 @@ class Runner:
         self._stop_workers()
         rows = self._module_rows or []
         self._module_rows = None
+        rows.extend(self._finished_unreported(rows))
         self.rows.extend(rows)
         for entry in self.record.get("modules", []):
             shutil.rmtree(Path(entry["output_dir"]) / STAGING, ignore_errors=True)
@@ -706,6 +709,22 @@ class Runner:
         done = sum(1 for r in rows if r["status"] == "done")
         self.logger.error("interrupted by %s: %d job(s) of %s finished and are recorded; running jobs were "
                           "stopped; resume with: %s", name, done, self._module_name or "-", self.resume_command())
+
+    def _finished_unreported(self, rows) -> list[dict]:
+        """Rows of jobs that finished (status file done, outputs published) before the signal
+        reached the runner but after the last result it collected."""
+        todo, output_dir = self._module_todo
+        self._module_todo = ((), None)
+        seen = {(row.get("module_run"), row.get("number")) for row in rows}
+        found = []
+        for task in todo:
+            if (task.module_run, task.number) in seen:
+                continue
+            status = read_status(task.status_path)
+            if (status and status.get("status") == "done"
+                    and all((Path(output_dir) / name).exists() for name in status.get("outputs", []))):
+                found.append(status)
+        return found
 
     def resume_command(self) -> str:
         """The command that continues this run."""

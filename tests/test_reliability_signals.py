@@ -177,3 +177,29 @@ def test_command_line_numbers_beginning_with_minus(chain):
     runs = sorted((tmp_path / "minus").glob("test_*"), key=lambda p: json.loads((p / "run.json").read_text())["started"])
     done = [sorted(r["number"] for r in json.loads((d / "jobs.json").read_text())) for d in runs]
     assert done == [["-003"], ["-005"], ["-002", "-004"]]
+
+
+def test_interrupted_run_records_jobs_that_finished_after_the_last_collected_result(tmp_path):
+    """A signal between a job's status file (outputs published) and the runner's receipt of its row:
+    the job is recorded as done, not lost; a job with a done status file but missing outputs is not."""
+    from shapepipe.jobs import Task
+    from shapepipe.runner import Runner
+
+    def task(number):
+        return Task(module="t", module_run="t", number=number, inputs=[], input_table={}, options={},
+                    function=("m", "f"), module_dirs=(), output_dir=str(tmp_path / "output"),
+                    log_dir=str(tmp_path / "logs"), run_dir=str(tmp_path))
+
+    collected, unreported, unpublished, running = (task(n) for n in ("-001", "-002", "-003", "-004"))
+    (tmp_path / "output").mkdir()
+    (tmp_path / "logs" / "status").mkdir(parents=True)
+    for t in (collected, unreported, unpublished):
+        row = {"module_run": "t", "number": t.number, "status": "done", "outputs": [f"out{t.number}.txt"]}
+        t.status_path.write_text(json.dumps(row))
+    for t in (collected, unreported):
+        (tmp_path / "output" / f"out{t.number}.txt").write_text("x")
+    runner = object.__new__(Runner)
+    runner._module_todo = ([collected, unreported, unpublished, running], tmp_path / "output")
+    rows = [{"module_run": "t", "number": "-001", "status": "done"}]
+    found = runner._finished_unreported(rows)
+    assert [(r["number"], r["status"]) for r in found] == [("-002", "done")]
