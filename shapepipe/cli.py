@@ -12,8 +12,12 @@ import argparse
 import sys
 
 from . import __version__
-from .errors import ConfigError, DependencyError
 from .arguments import ArgumentParser
+from .errors import ConfigError, DependencyError
+from .threads import single_threaded_blas_by_default
+
+# Before anything imports numpy: the runner, its workers and jobs use one BLAS thread each (see .threads).
+single_threaded_blas_by_default()
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_DEPENDENCY = 0, 1, 2, 3
 

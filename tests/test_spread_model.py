@@ -12,7 +12,7 @@ from shapepipe.errors import JobError
 from shapepipe.job import Job
 from shapepipe_modules.io.ldac import read_ldac, write_ldac
 from shapepipe_modules.io.stamp_store import StampStore
-from shapepipe_modules.spread_model import classify, decode_flags, gaussian_models, spread_model, stamp_models
+from shapepipe_modules.spread_model.spread_model import classify, decode_flags, gaussian_models, spread_model, stamp_models
 from shapepipe_modules.spread_model.runner import OPTIONS, spread_model_module, validate
 
 galsim = pytest.importorskip("galsim")

@@ -176,8 +176,7 @@ PRODUCTS = (
     depends=("numpy", "scipy", "numba", "galsim", "astropy"),
     preload=(
              "astropy.io.fits",
-             "galsim",
-             "scipy.optimize",
+             "galsim",  # (not scipy.optimize: only ENGINE = ngmix's fitter uses it)
              "shapepipe_modules.io.warmup:numba",
              "shapepipe_modules.ngmix.engine",
              "shapepipe_modules.ngmix.metacal",

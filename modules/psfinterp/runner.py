@@ -105,8 +105,7 @@ PRODUCTS = (
     depends=("numpy", "astropy", "galsim", "scipy"),
     preload=(
              "astropy.io.fits",
-             "astropy.wcs",
-             "galsim",
+             "astropy.wcs",  # (not galsim: its jobs measure moments with the compiled kernels)
              "shapepipe_modules.psfinterp.interpolate",
              "shapepipe_modules.psfinterp.multi_epoch",
              "shapepipe_modules.io.psfex_file:warm_up",  # ahead-of-time kernels: no numba

@@ -140,7 +140,6 @@ PRODUCTS = (
     depends=("numpy", "astropy", "sqlitedict", "galsim"),
     preload=(
              "astropy.io.fits",
-             "galsim",
              "shapepipe_modules.spread_model.spread_model",
     ),
     options=OPTIONS,

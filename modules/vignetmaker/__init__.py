@@ -5,6 +5,14 @@ See :mod:`.stamps` for the centre convention, :mod:`.multi_epoch` for the
 store layout (read with :class:`shapepipe_modules.io.stamp_store.StampStore`).
 """
 
-from .stamps import central_pixels, cut_stamps, local_jacobians
-
 __all__ = ["central_pixels", "cut_stamps", "local_jacobians"]
+
+
+def __getattr__(name):
+    # Imported on first use: the module registry imports every runner, and numpy's import would
+    # otherwise be paid by every shapepipe_run process, whatever modules it runs.
+    if name in __all__:
+        from . import stamps
+
+        return getattr(stamps, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
