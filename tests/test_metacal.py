@@ -905,6 +905,33 @@ def test_fast_error_terms_match_slow_references():
     assert not np.allclose(together[0], together[1], rtol=1e-3)  # the branches do differ
 
 
+def test_fixed_hessian_steps_reach_the_same_minimum_in_fewer_steps():
+    """Sheared fits steered by the noshear solution's full Hessian (the engine's way) against Gauss-Newton steps."""
+    from shapepipe_modules.ngmix.gauss_fit import cost_hessian
+
+    epochs, ops, fits, pixel_sets, prior = _two_epoch_fit()
+    start = fits["noshear"].pars
+    fixed = cost_hessian(start, pixel_sets["noshear"], prior)
+    for name in ("1p", "2m"):
+        pixels = pixel_sets[name]
+        gauss_newton = fit_gauss(pixels, start, prior=prior)
+        steered = fit_gauss(pixels, start, prior=prior, hessian=fixed)
+        assert gauss_newton.status == FIT_OK and steered.status == FIT_OK
+        assert steered.niter < gauss_newton.niter
+        errors = np.sqrt(np.diag(np.linalg.inv(cost_hessian(gauss_newton.pars, pixels, prior))))
+        # Both stop within 1e-6 errors of the minimum (d^T H d < 1e-12).
+        assert np.all(np.abs(steered.pars - gauss_newton.pars) < 2e-6 * errors)
+        # The independent numpy cost has its minimum there: no step of 1e-3 errors lowers it.
+        cost = _cost(pixels, steered.pars, prior)
+        for a in range(6):
+            for sign in (-1, 1):
+                moved = steered.pars.copy()
+                moved[a] += sign * 1e-3 * errors[a]
+                assert _cost(pixels, moved, prior) > cost
+        # The returned covariance is still the Gauss-Newton one of the solution.
+        np.testing.assert_allclose(steered.cov, gauss_newton.cov, rtol=1e-4)
+
+
 def test_normal_equations_skip_only_negligible_pixels():
     """Chi^2, gradient and Hessian of a PSF-stamp fit (far pixels skipped) against numpy on every pixel."""
     from shapepipe_modules.ngmix.gauss_fit import model_derivatives
