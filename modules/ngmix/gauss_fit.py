@@ -500,20 +500,82 @@ def _cost_at(pars, du, dv, data, weight, epoch, psf_cov, area, use_prior, prior_
     return cost, chi2
 
 
+#: Steps of the fitter: the Gauss-Newton Hessian of the current point, a
+#: fixed Hessian given by the caller, or the full Hessian of the current point.
+_STEP_GAUSS_NEWTON = 0
+_STEP_FIXED = 1
+_STEP_FULL = 2
+#: Iterations after which an unconverged fit switches to full-Hessian steps.
+RESCUE_AFTER = 30
+
+
+@njit(cache=True)
+def _positive_definite(matrix):
+    """True when the symmetric 6x6 ``matrix`` has a Cholesky factor (all pivots positive)."""
+    n = matrix.shape[0]
+    low = np.zeros((n, n))
+    for j in range(n):
+        diag = matrix[j, j]
+        for k in range(j):
+            diag -= low[j, k] * low[j, k]
+        if not diag > 0.0:
+            return False
+        low[j, j] = np.sqrt(diag)
+        for i in range(j + 1, n):
+            value = matrix[i, j]
+            for k in range(j):
+                value -= low[i, k] * low[j, k]
+            low[i, j] = value / low[j, j]
+    return True
+
+
+@njit(cache=True)
+def _step_hessian(mode, pars, du, dv, data, weight, epoch, psf_cov, area, use_prior, prior_pars, hess, gn_hess):
+    """Fill ``hess`` for the steps from ``pars``; return True if it is the Gauss-Newton Hessian there.
+
+    ``gn_hess`` holds the Gauss-Newton Hessian of ``pars`` when the pass
+    computed it (mode Gauss-Newton). In the full mode, where the full
+    Hessian is not positive definite (far from a minimum), the Gauss-Newton
+    one is used.
+    """
+    if mode == _STEP_FULL:
+        if (_exact_hessian_nb(pars, du, dv, data, weight, epoch, psf_cov, area, use_prior, prior_pars, hess)
+                and _positive_definite(hess)):
+            return False
+        grad = np.empty(NPARS)
+        _cost_nb(pars, du, dv, data, weight, epoch, psf_cov, area, use_prior, prior_pars, hess, grad)
+        return True
+    if mode == _STEP_GAUSS_NEWTON:
+        for a in range(NPARS):
+            for b in range(NPARS):
+                hess[a, b] = gn_hess[a, b]
+        return True
+    return False
+
+
 @njit(cache=True)
 def _levenberg_marquardt(pars, du, dv, data, weight, epoch, psf_cov, area,
-                         use_prior, prior_pars, max_iter, tol, hess, fixed_hess, use_fixed):
+                         use_prior, prior_pars, max_iter, tol, hess, fixed_hess, use_fixed, rescue_after):
     """LM minimisation of 0.5 chi^2 - ln p, in place; returns (status, niter, chi2).
 
-    With ``use_fixed``, every step is taken with ``fixed_hess`` (the full
-    Hessian at a nearby solution) instead of the Gauss-Newton Hessian of the
-    current point, and the passes over the pixels compute only gradients;
-    ``hess`` receives the Gauss-Newton Hessian of the solution at the end.
+    Steps solve ``(H + lam diag(H)) d = -grad``. ``H`` is the Gauss-Newton
+    Hessian of the current point or, with ``use_fixed``, ``fixed_hess`` (the
+    full Hessian at a nearby solution; the passes over the pixels then
+    compute only gradients). A fit not converged after ``rescue_after``
+    iterations (:data:`RESCUE_AFTER`) continues with the full Hessian of the
+    current point (:func:`_exact_hessian_nb`, the Gauss-Newton one where
+    the full one is not positive definite): where the model does not
+    describe the galaxy (faint, barely resolved ones near ``T = 0``) the
+    Gauss-Newton Hessian misses the residuals' curvature along a flat
+    valley and converges linearly over hundreds of iterations; Newton steps
+    converge quadratically. On return ``hess`` is the Gauss-Newton Hessian
+    of the solution.
     """
     if use_prior:
         _clip(pars, prior_pars)
-    with_hessian = not use_fixed
+    mode = _STEP_FIXED if use_fixed else _STEP_GAUSS_NEWTON
     grad = np.empty(NPARS)
+    gn_hess = np.empty((NPARS, NPARS))
     new_hess = np.empty((NPARS, NPARS))
     new_grad = np.empty(NPARS)
     trial = np.empty(NPARS)
@@ -522,17 +584,26 @@ def _levenberg_marquardt(pars, du, dv, data, weight, epoch, psf_cov, area,
     searched_grad = np.empty(NPARS)
     searched_hess = np.empty((NPARS, NPARS))
     cost, chi2 = _cost_at(pars, du, dv, data, weight, epoch, psf_cov, area,
-                          use_prior, prior_pars, hess, grad, with_hessian)
+                          use_prior, prior_pars, gn_hess, grad, mode == _STEP_GAUSS_NEWTON)
     if not np.isfinite(cost):
         return FIT_INVALID_GUESS, 0, chi2
     if use_fixed:
         for a in range(NPARS):
             for b in range(NPARS):
                 hess[a, b] = fixed_hess[a, b]
+        is_gauss_newton = False
+    else:
+        is_gauss_newton = _step_hessian(mode, pars, du, dv, data, weight, epoch, psf_cov, area, use_prior,
+                                        prior_pars, hess, gn_hess)
     lam = 1e-3
     niter = 0
     while niter < max_iter:
         niter += 1
+        if niter == rescue_after + 1:
+            mode = _STEP_FULL
+            lam = 1e-3
+            is_gauss_newton = _step_hessian(mode, pars, du, dv, data, weight, epoch, psf_cov, area, use_prior,
+                                            prior_pars, hess, gn_hess)
         for a in range(NPARS):
             for b in range(NPARS):
                 system[a, b] = hess[a, b]
@@ -543,6 +614,7 @@ def _levenberg_marquardt(pars, du, dv, data, weight, epoch, psf_cov, area,
             trial[a] = pars[a] + step[a]
         if use_prior:
             _clip(trial, prior_pars)
+        with_hessian = mode == _STEP_GAUSS_NEWTON
         new_cost, new_chi2 = _cost_at(trial, du, dv, data, weight, epoch,
                                       psf_cov, area, use_prior, prior_pars,
                                       new_hess, new_grad, with_hessian)
@@ -581,15 +653,17 @@ def _levenberg_marquardt(pars, du, dv, data, weight, epoch, psf_cov, area,
             for a in range(NPARS):
                 pars[a] = trial[a]
                 grad[a] = new_grad[a]
-                if with_hessian:
-                    for b in range(NPARS):
-                        hess[a, b] = new_hess[a, b]
+                for b in range(NPARS):
+                    gn_hess[a, b] = new_hess[a, b]
             cost = new_cost
             chi2 = new_chi2
             lam = max(lam * 0.1, 1e-12)
+            if mode != _STEP_FIXED:
+                is_gauss_newton = _step_hessian(mode, pars, du, dv, data, weight, epoch, psf_cov, area,
+                                                use_prior, prior_pars, hess, gn_hess)
             if decrement < tol:
                 return _finish(FIT_OK, niter, pars, du, dv, data, weight, epoch, psf_cov, area,
-                               use_prior, prior_pars, hess, use_fixed, chi2)
+                               use_prior, prior_pars, hess, is_gauss_newton, chi2)
         else:
             lam *= 10.0
             if lam > 1e12:
@@ -600,16 +674,16 @@ def _levenberg_marquardt(pars, du, dv, data, weight, epoch, psf_cov, area,
                         decrement += step[a] * hess[a, b] * step[b]
                 if decrement < 1e3 * tol:
                     return _finish(FIT_OK, niter, pars, du, dv, data, weight, epoch, psf_cov, area,
-                                   use_prior, prior_pars, hess, use_fixed, chi2)
+                                   use_prior, prior_pars, hess, is_gauss_newton, chi2)
                 return FIT_NOT_CONVERGED, niter, chi2
     return FIT_NOT_CONVERGED, niter, chi2
 
 
 @njit(cache=True)
 def _finish(status, niter, pars, du, dv, data, weight, epoch, psf_cov, area, use_prior, prior_pars, hess,
-            use_fixed, chi2):
-    """Return value of :func:`_levenberg_marquardt`; after fixed-Hessian steps, ``hess`` gets the solution's Gauss-Newton Hessian."""
-    if use_fixed:
+            is_gauss_newton, chi2):
+    """Return value of :func:`_levenberg_marquardt`; ``hess`` gets the solution's Gauss-Newton Hessian if it holds another."""
+    if not is_gauss_newton:
         grad = np.empty(NPARS)
         _cost_nb(pars, du, dv, data, weight, epoch, psf_cov, area, use_prior, prior_pars, hess, grad)
     return status, niter, chi2
@@ -631,7 +705,8 @@ def inverse(matrix):
     return _inverse_nb(np.ascontiguousarray(matrix, dtype=float))
 
 
-def fit_gauss(pixels, guess, prior=None, max_iter=200, tol=1e-12, s2n=True, hessian=None):
+def fit_gauss(pixels, guess, prior=None, max_iter=200, tol=1e-12, s2n=True, hessian=None,
+              rescue_after=RESCUE_AFTER):
     """Fit one elliptical Gaussian jointly to all epochs.
 
     Parameters
@@ -659,6 +734,10 @@ def fit_gauss(pixels, guess, prior=None, max_iter=200, tol=1e-12, s2n=True, hess
         of 5-10 per step; this one, by the change of the Hessian between
         the two solutions (1-3% for the 1% metacal shear), so the fit takes
         about half the steps. The stopping rule and the minimum are the same.
+    rescue_after : int, optional
+        Iterations after which an unconverged fit takes full-Hessian
+        (Newton) steps, damped as the others (see
+        :func:`_levenberg_marquardt`).
 
     Returns
     -------
@@ -680,7 +759,7 @@ def fit_gauss(pixels, guess, prior=None, max_iter=200, tol=1e-12, s2n=True, hess
     status, niter, chi2 = _levenberg_marquardt(
         pars, pixels.du, pixels.dv, pixels.data, pixels.weight, pixels.epoch,
         pixels.psf_cov, pixels.area, prior is not None, prior_pars, max_iter,
-        tol, hess, fixed, use_fixed)
+        tol, hess, fixed, use_fixed, int(rescue_after))
     if status != FIT_OK:
         return _failed(status, niter)
     dof = max(pixels.n_pixels - NPARS, 1)
