@@ -533,24 +533,18 @@ def _positive_definite(matrix):
 def _step_hessian(mode, pars, du, dv, data, weight, epoch, psf_cov, area, use_prior, prior_pars, hess, gn_hess):
     """Fill ``hess`` for the steps from ``pars``; return True if it is the Gauss-Newton Hessian there.
 
-    ``gn_hess`` holds the Gauss-Newton Hessian of ``pars`` when the pass
-    computed it (mode Gauss-Newton). In the full mode, where the full
-    Hessian is not positive definite (far from a minimum), the Gauss-Newton
-    one is used.
+    ``gn_hess`` holds the Gauss-Newton Hessian of ``pars``. In the full
+    mode, where the full Hessian is not positive definite (far from a
+    minimum), the Gauss-Newton one is used.
     """
     if mode == _STEP_FULL:
         if (_exact_hessian_nb(pars, du, dv, data, weight, epoch, psf_cov, area, use_prior, prior_pars, hess)
                 and _positive_definite(hess)):
             return False
-        grad = np.empty(NPARS)
-        _cost_nb(pars, du, dv, data, weight, epoch, psf_cov, area, use_prior, prior_pars, hess, grad)
-        return True
-    if mode == _STEP_GAUSS_NEWTON:
-        for a in range(NPARS):
-            for b in range(NPARS):
-                hess[a, b] = gn_hess[a, b]
-        return True
-    return False
+    for a in range(NPARS):
+        for b in range(NPARS):
+            hess[a, b] = gn_hess[a, b]
+    return True
 
 
 @njit(cache=True)
@@ -564,7 +558,8 @@ def _levenberg_marquardt(pars, du, dv, data, weight, epoch, psf_cov, area,
     compute only gradients). A fit not converged after ``rescue_after``
     iterations (:data:`RESCUE_AFTER`) continues with the full Hessian of the
     current point (:func:`_exact_hessian_nb`, the Gauss-Newton one where
-    the full one is not positive definite): where the model does not
+    the full one is not positive definite; convergence is still measured
+    with the Gauss-Newton Hessian): where the model does not
     describe the galaxy (faint, barely resolved ones near ``T = 0``) the
     Gauss-Newton Hessian misses the residuals' curvature along a flat
     valley and converges linearly over hundreds of iterations; Newton steps
@@ -600,6 +595,9 @@ def _levenberg_marquardt(pars, du, dv, data, weight, epoch, psf_cov, area,
     while niter < max_iter:
         niter += 1
         if niter == rescue_after + 1:
+            if mode == _STEP_FIXED:
+                # Its passes computed gradients only.
+                _cost_nb(pars, du, dv, data, weight, epoch, psf_cov, area, use_prior, prior_pars, gn_hess, new_grad)
             mode = _STEP_FULL
             lam = 1e-3
             is_gauss_newton = _step_hessian(mode, pars, du, dv, data, weight, epoch, psf_cov, area, use_prior,
@@ -614,7 +612,7 @@ def _levenberg_marquardt(pars, du, dv, data, weight, epoch, psf_cov, area,
             trial[a] = pars[a] + step[a]
         if use_prior:
             _clip(trial, prior_pars)
-        with_hessian = mode == _STEP_GAUSS_NEWTON
+        with_hessian = mode != _STEP_FIXED
         new_cost, new_chi2 = _cost_at(trial, du, dv, data, weight, epoch,
                                       psf_cov, area, use_prior, prior_pars,
                                       new_hess, new_grad, with_hessian)
@@ -646,10 +644,14 @@ def _levenberg_marquardt(pars, du, dv, data, weight, epoch, psf_cov, area,
                         for b in range(NPARS):
                             new_hess[a, b] = searched_hess[a, b]
         if new_cost <= cost:
+            # Convergence is measured with the Gauss-Newton Hessian in the
+            # full mode: the full one is nearly singular along a flat valley,
+            # where it would call a long step small.
+            metric = gn_hess if mode == _STEP_FULL else hess
             decrement = 0.0
             for a in range(NPARS):
                 for b in range(NPARS):
-                    decrement += (trial[a] - pars[a]) * hess[a, b] * (trial[b] - pars[b])
+                    decrement += (trial[a] - pars[a]) * metric[a, b] * (trial[b] - pars[b])
             for a in range(NPARS):
                 pars[a] = trial[a]
                 grad[a] = new_grad[a]
@@ -664,14 +666,22 @@ def _levenberg_marquardt(pars, du, dv, data, weight, epoch, psf_cov, area,
             if decrement < tol:
                 return _finish(FIT_OK, niter, pars, du, dv, data, weight, epoch, psf_cov, area,
                                use_prior, prior_pars, hess, is_gauss_newton, chi2)
+        elif mode == _STEP_FULL and not is_gauss_newton:
+            # The full Hessian's step went uphill (far from the minimum, where
+            # it describes the cost worse): retry with the Gauss-Newton one.
+            for a in range(NPARS):
+                for b in range(NPARS):
+                    hess[a, b] = gn_hess[a, b]
+            is_gauss_newton = True
         else:
             lam *= 10.0
             if lam > 1e12:
                 # No downhill step left: a minimum to machine precision.
+                metric = gn_hess if mode == _STEP_FULL else hess
                 decrement = 0.0
                 for a in range(NPARS):
                     for b in range(NPARS):
-                        decrement += step[a] * hess[a, b] * step[b]
+                        decrement += step[a] * metric[a, b] * step[b]
                 if decrement < 1e3 * tol:
                     return _finish(FIT_OK, niter, pars, du, dv, data, weight, epoch, psf_cov, area,
                                    use_prior, prior_pars, hess, is_gauss_newton, chi2)
