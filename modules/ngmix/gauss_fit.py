@@ -483,23 +483,6 @@ def _cost_grad_nb(pars, du, dv, data, weight, epoch, psf_cov, area, use_prior, p
     return cost
 
 
-@njit(cache=True)
-def _cost_at(pars, du, dv, data, weight, epoch, psf_cov, area, use_prior, prior_pars, hess, grad, with_hessian):
-    """:func:`_cost_nb` (``with_hessian``) or :func:`_cost_grad_nb` (``hess`` then holds only the prior's terms)."""
-    if with_hessian:
-        return _cost_nb(pars, du, dv, data, weight, epoch, psf_cov, area, use_prior, prior_pars, hess, grad)
-    chi2 = _pixel_sums(pars, du, dv, data, weight, epoch, psf_cov, area, hess, grad, False, False)
-    if chi2 < 0.0 or not np.isfinite(chi2):
-        return np.inf, chi2
-    cost = 0.5 * chi2
-    if use_prior:
-        pcost = _prior_terms(pars, grad, hess, prior_pars)
-        if not np.isfinite(pcost):
-            return np.inf, chi2
-        cost += pcost
-    return cost, chi2
-
-
 #: Steps of the fitter: the Gauss-Newton Hessian of the current point, a
 #: fixed Hessian given by the caller, or the full Hessian of the current point.
 _STEP_GAUSS_NEWTON = 0
@@ -554,8 +537,7 @@ def _levenberg_marquardt(pars, du, dv, data, weight, epoch, psf_cov, area,
 
     Steps solve ``(H + lam diag(H)) d = -grad``. ``H`` is the Gauss-Newton
     Hessian of the current point or, with ``use_fixed``, ``fixed_hess`` (the
-    full Hessian at a nearby solution; the passes over the pixels then
-    compute only gradients). A fit not converged after ``rescue_after``
+    full Hessian at a nearby solution). A fit not converged after ``rescue_after``
     iterations (:data:`RESCUE_AFTER`) continues with the full Hessian of the
     current point (:func:`_exact_hessian_nb`, the Gauss-Newton one where
     the full one is not positive definite; convergence is still measured
@@ -578,8 +560,10 @@ def _levenberg_marquardt(pars, du, dv, data, weight, epoch, psf_cov, area,
     searched = np.empty(NPARS)
     searched_grad = np.empty(NPARS)
     searched_hess = np.empty((NPARS, NPARS))
-    cost, chi2 = _cost_at(pars, du, dv, data, weight, epoch, psf_cov, area,
-                          use_prior, prior_pars, gn_hess, grad, mode == _STEP_GAUSS_NEWTON)
+    # Every pass also sums the Gauss-Newton Hessian (it costs little beside
+    # the exponentials), so that of the solution is at hand in every mode.
+    cost, chi2 = _cost_nb(pars, du, dv, data, weight, epoch, psf_cov, area,
+                          use_prior, prior_pars, gn_hess, grad)
     if not np.isfinite(cost):
         return FIT_INVALID_GUESS, 0, chi2
     if use_fixed:
@@ -595,9 +579,6 @@ def _levenberg_marquardt(pars, du, dv, data, weight, epoch, psf_cov, area,
     while niter < max_iter:
         niter += 1
         if niter == rescue_after + 1:
-            if mode == _STEP_FIXED:
-                # Its passes computed gradients only.
-                _cost_nb(pars, du, dv, data, weight, epoch, psf_cov, area, use_prior, prior_pars, gn_hess, new_grad)
             mode = _STEP_FULL
             lam = 1e-3
             is_gauss_newton = _step_hessian(mode, pars, du, dv, data, weight, epoch, psf_cov, area, use_prior,
@@ -612,10 +593,9 @@ def _levenberg_marquardt(pars, du, dv, data, weight, epoch, psf_cov, area,
             trial[a] = pars[a] + step[a]
         if use_prior:
             _clip(trial, prior_pars)
-        with_hessian = mode != _STEP_FIXED
-        new_cost, new_chi2 = _cost_at(trial, du, dv, data, weight, epoch,
+        new_cost, new_chi2 = _cost_nb(trial, du, dv, data, weight, epoch,
                                       psf_cov, area, use_prior, prior_pars,
-                                      new_hess, new_grad, with_hessian)
+                                      new_hess, new_grad)
         # Line search along the step: where the Gauss-Newton Hessian misses
         # the curvature (faint, small objects: the T-flux valley), the full
         # step overshoots by up to 2x and plain LM then converges linearly
@@ -633,9 +613,9 @@ def _levenberg_marquardt(pars, du, dv, data, weight, epoch, psf_cov, area,
                     searched[a] = pars[a] + alpha * (trial[a] - pars[a])
                 if use_prior:
                     _clip(searched, prior_pars)
-                searched_cost, searched_chi2 = _cost_at(searched, du, dv, data, weight, epoch,
+                searched_cost, searched_chi2 = _cost_nb(searched, du, dv, data, weight, epoch,
                                                         psf_cov, area, use_prior, prior_pars,
-                                                        searched_hess, searched_grad, with_hessian)
+                                                        searched_hess, searched_grad)
                 if searched_cost < new_cost:
                     new_cost, new_chi2 = searched_cost, searched_chi2
                     for a in range(NPARS):
@@ -664,8 +644,7 @@ def _levenberg_marquardt(pars, du, dv, data, weight, epoch, psf_cov, area,
                 is_gauss_newton = _step_hessian(mode, pars, du, dv, data, weight, epoch, psf_cov, area,
                                                 use_prior, prior_pars, hess, gn_hess)
             if decrement < tol:
-                return _finish(FIT_OK, niter, pars, du, dv, data, weight, epoch, psf_cov, area,
-                               use_prior, prior_pars, hess, is_gauss_newton, chi2)
+                return _finish(FIT_OK, niter, hess, gn_hess, is_gauss_newton, chi2)
         elif mode == _STEP_FULL and not is_gauss_newton:
             # The full Hessian's step went uphill (far from the minimum, where
             # it describes the cost worse): retry with the Gauss-Newton one.
@@ -683,19 +662,18 @@ def _levenberg_marquardt(pars, du, dv, data, weight, epoch, psf_cov, area,
                     for b in range(NPARS):
                         decrement += step[a] * metric[a, b] * step[b]
                 if decrement < 1e3 * tol:
-                    return _finish(FIT_OK, niter, pars, du, dv, data, weight, epoch, psf_cov, area,
-                                   use_prior, prior_pars, hess, is_gauss_newton, chi2)
+                    return _finish(FIT_OK, niter, hess, gn_hess, is_gauss_newton, chi2)
                 return FIT_NOT_CONVERGED, niter, chi2
     return FIT_NOT_CONVERGED, niter, chi2
 
 
 @njit(cache=True)
-def _finish(status, niter, pars, du, dv, data, weight, epoch, psf_cov, area, use_prior, prior_pars, hess,
-            is_gauss_newton, chi2):
-    """Return value of :func:`_levenberg_marquardt`; ``hess`` gets the solution's Gauss-Newton Hessian if it holds another."""
+def _finish(status, niter, hess, gn_hess, is_gauss_newton, chi2):
+    """Return value of :func:`_levenberg_marquardt`, with ``hess`` the Gauss-Newton Hessian of the solution."""
     if not is_gauss_newton:
-        grad = np.empty(NPARS)
-        _cost_nb(pars, du, dv, data, weight, epoch, psf_cov, area, use_prior, prior_pars, hess, grad)
+        for a in range(NPARS):
+            for b in range(NPARS):
+                hess[a, b] = gn_hess[a, b]
     return status, niter, chi2
 
 
