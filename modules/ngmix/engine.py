@@ -26,6 +26,7 @@ size is written both as ShapePipe's ``T`` (a half-light radius) and as
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,7 +35,7 @@ from . import flags as fl
 from .gauss_fit import (FIT_BAD_COVARIANCE, FIT_OK, FitResult, cost_hessian, fit_gauss, fit_with_retries, gaussian_covariance,
                         inverse, jacobian_area, make_pixel_data, model_derivatives, weighted_model_derivatives)
 from .metacal import BRANCHES, EpochMetacal
-from .moments import T_err_to_r50_err, T_to_r50, adaptive_moments, noise_sigma_outside_object
+from .moments import LN2, T_err_to_r50_err, T_to_r50, adaptive_moments, noise_sigma_outside_object
 from .priors import ShapePipePrior
 
 #: Pixels of the tile stamp outside the tile image (SExtractor's value).
@@ -823,9 +824,12 @@ def metacal_covariances(results, pixel_sets, operators, noise_sigmas, fix_noise=
 
 
 def _standard_errors(cov):
+    """Square roots of the covariance's diagonal; NaN where not positive."""
     diag = np.diag(cov)
-    with np.errstate(invalid="ignore"):
-        return np.where(diag > 0, np.sqrt(np.where(diag > 0, diag, 0.0)), np.nan)
+    errors = np.full(diag.shape, np.nan)
+    positive = diag > 0
+    errors[positive] = np.sqrt(diag[positive])
+    return errors
 
 
 def metacal_errors(result, pixels, operators, noise_sigmas, fix_noise=True, prior=None):
@@ -840,10 +844,17 @@ def fill_branch_row(row, pars, errs, s2n, zero_point):
     also written as ``T_gauss_arcsec2``. Returns the flags to add
     (NONPOSITIVE_FLUX when the flux is not positive, which leaves no magnitude).
     """
+    T, T_err = float(pars[4]), float(errs[4])
+    if T != 0 and math.isfinite(T) and math.isfinite(T_err):
+        # Scalar arithmetic, the same as T_to_r50 and T_err_to_r50_err without numpy's per-call cost.
+        r50 = math.copysign(math.sqrt(LN2 * abs(T)), T)
+        r50_err = math.sqrt(LN2) * T_err / (2.0 * math.sqrt(abs(T)))
+    else:
+        r50, r50_err = float(T_to_r50(T)), float(T_err_to_r50_err(T, T_err))
     row.update(
         g1=pars[2], g2=pars[3], g1_err=errs[2], g2_err=errs[3],
         T_gauss_arcsec2=pars[4], T_gauss_arcsec2_err=errs[4],
-        T=float(T_to_r50(pars[4])), T_err=float(T_err_to_r50_err(pars[4], errs[4])),
+        T=r50, T_err=r50_err,
         flux=pars[5], flux_err=errs[5], s2n=s2n,
     )
     if pars[5] <= 0:

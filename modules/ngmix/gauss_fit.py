@@ -21,6 +21,7 @@ the pixels, exact Hessian for the priors); see :mod:`.priors`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 from numba import njit
@@ -410,8 +411,11 @@ class FitResult:
 
     def __post_init__(self):
         if self.errors is None:
-            with np.errstate(invalid="ignore"):
-                self.errors = np.sqrt(np.diag(self.cov))
+            # sqrt of the diagonal, NaN where negative (as np.sqrt), without np.errstate's cost.
+            diag = np.diag(self.cov)
+            self.errors = np.full(diag.shape, np.nan)
+            valid = diag >= 0
+            self.errors[valid] = np.sqrt(diag[valid])
 
 
 def _failed(status, niter=0):
@@ -693,6 +697,16 @@ def inverse(matrix):
     return _inverse_nb(np.ascontiguousarray(matrix, dtype=float))
 
 
+@lru_cache(maxsize=16)
+def _prior_array(prior):
+    """The prior's parameters as the kernels take them (zeros without prior), one array per prior (never written)."""
+    if prior is None:
+        values = np.zeros(6)
+    else:
+        values = np.array([prior.cen_sigma, prior.g_sigma, *prior.T_bounds, *prior.flux_bounds], dtype=float)
+    return values
+
+
 def fit_gauss(pixels, guess, prior=None, max_iter=200, tol=1e-12, s2n=True, hessian=None,
               rescue_after=RESCUE_AFTER):
     """Fit one elliptical Gaussian jointly to all epochs.
@@ -736,11 +750,7 @@ def fit_gauss(pixels, guess, prior=None, max_iter=200, tol=1e-12, s2n=True, hess
         return _failed(FIT_INVALID_GUESS)
     if pixels.n_pixels <= NPARS:
         return _failed(FIT_INVALID_GUESS)
-    if prior is None:
-        prior_pars = np.zeros(6)
-    else:
-        prior_pars = np.array([prior.cen_sigma, prior.g_sigma, *prior.T_bounds,
-                               *prior.flux_bounds], dtype=float)
+    prior_pars = _prior_array(prior)
     hess = np.empty((NPARS, NPARS))
     use_fixed = hessian is not None
     fixed = np.ascontiguousarray(hessian, dtype=float) if use_fixed else hess

@@ -160,10 +160,9 @@ def adaptive_moments(image, mask=None, guess_sigma=3.0):
         return None
     if not (result.moments_sigma > 0 and np.isfinite(result.moments_amp)):
         return None
-    return Moments(row=result.moments_centroid.y, col=result.moments_centroid.x,
-                   sigma=result.moments_sigma,
-                   e1=result.observed_shape.e1, e2=result.observed_shape.e2,
-                   amplitude=result.moments_amp)
+    centroid, shape = result.moments_centroid, result.observed_shape  # each a new object per access
+    return Moments(row=centroid.y, col=centroid.x, sigma=result.moments_sigma,
+                   e1=shape.e1, e2=shape.e2, amplitude=result.moments_amp)
 
 
 def gaussian_image(moments, shape):
