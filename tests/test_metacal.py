@@ -971,7 +971,7 @@ def _flat_valley_pixels(flatness=0.99):
 
 def test_fits_in_a_flat_valley_converge_with_full_hessian_steps():
     """A fit that ran to the 200-iteration limit with Gauss-Newton steps converges to the true minimum
-    (issue 22), as does scipy's MINPACK least squares on an independent numpy model, slowly."""
+    (issue 22), where scipy's MINPACK least squares on an independent numpy model also ends."""
     from scipy import optimize
 
     from shapepipe_modules.ngmix.gauss_fit import FIT_NOT_CONVERGED, cost_hessian, model_derivatives
@@ -992,7 +992,6 @@ def test_fits_in_a_flat_valley_converge_with_full_hessian_steps():
 
     reference = optimize.least_squares(residuals, guess, method="lm", xtol=1e-15, ftol=1e-15, gtol=1e-15,
                                        max_nfev=20000)
-    assert reference.nfev > 300  # slow for MINPACK too
     assert np.all(np.abs(reference.x - true) < 1e-3 * errors)
     assert np.all(np.abs(result.pars - reference.x) < 1e-3 * errors)
     assert 0.5 * np.sum(residuals(result.pars) ** 2) <= 0.5 * np.sum(residuals(reference.x) ** 2) + 1e-9
