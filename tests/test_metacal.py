@@ -905,6 +905,98 @@ def test_fast_error_terms_match_slow_references():
     assert not np.allclose(together[0], together[1], rtol=1e-3)  # the branches do differ
 
 
+def test_fixed_hessian_steps_reach_the_same_minimum_in_fewer_steps():
+    """Sheared fits steered by the noshear solution's full Hessian (the engine's way) against Gauss-Newton steps."""
+    from shapepipe_modules.ngmix.gauss_fit import cost_hessian
+
+    epochs, ops, fits, pixel_sets, prior = _two_epoch_fit()
+    start = fits["noshear"].pars
+    fixed = cost_hessian(start, pixel_sets["noshear"], prior)
+    for name in ("1p", "2m"):
+        pixels = pixel_sets[name]
+        gauss_newton = fit_gauss(pixels, start, prior=prior)
+        steered = fit_gauss(pixels, start, prior=prior, hessian=fixed)
+        assert gauss_newton.status == FIT_OK and steered.status == FIT_OK
+        assert steered.niter < gauss_newton.niter
+        errors = np.sqrt(np.diag(np.linalg.inv(cost_hessian(gauss_newton.pars, pixels, prior))))
+        # Both stop within 1e-6 errors of the minimum (d^T H d < 1e-12).
+        assert np.all(np.abs(steered.pars - gauss_newton.pars) < 2e-6 * errors)
+        # The independent numpy cost has its minimum there: no step of 1e-3 errors lowers it.
+        cost = _cost(pixels, steered.pars, prior)
+        for a in range(6):
+            for sign in (-1, 1):
+                moved = steered.pars.copy()
+                moved[a] += sign * 1e-3 * errors[a]
+                assert _cost(pixels, moved, prior) > cost
+        # The returned covariance is still the Gauss-Newton one of the solution.
+        np.testing.assert_allclose(steered.cov, gauss_newton.cov, rtol=1e-4)
+
+
+def _flat_valley_pixels(flatness=0.99):
+    """Pixels whose cost has its minimum at a known point where Gauss-Newton steps converge at ``flatness`` per step.
+
+    The data are the model at ``true`` plus an image orthogonal (in the
+    weighted sense) to every first derivative of the model there, so
+    ``true`` stays a stationary point of the cost, scaled so that the
+    residuals' curvature cancels ``flatness`` of the Gauss-Newton Hessian
+    along one direction: the full Hessian stays positive definite (a
+    minimum) but nearly flat, the case of faint, barely resolved galaxies on
+    real metacal images (a demo galaxy's fit needed 281 iterations, at a
+    rate of 0.97 per step).
+    """
+    from shapepipe_modules.ngmix.gauss_fit import cost_hessian, model_derivatives
+
+    n = 31
+    jac = np.array([[0.187, 0.0], [0.0, 0.187]])
+    psf = (0.133, 0.0, 0.133)
+    true = np.array([0.01, -0.02, 0.1, -0.05, 0.05, 400.0])
+
+    def pixels_of(data):
+        return make_pixel_data([data.reshape(n, n)], [np.full((n, n), 1 / 64.0)], [jac], [(n // 2, n // 2)], [psf])
+
+    blank = pixels_of(np.zeros(n * n))
+    derivs = model_derivatives(true, blank)
+    weight = blank.weight
+    model = true[5] * derivs[:, 5]
+    step = np.array([0, 0, 0, 0, 1e-4, 0])
+    second = (model_derivatives(true + step, blank)[:, 4] - model_derivatives(true - step, blank)[:, 4]) / 2e-4
+    weighted = derivs * weight[:, None]
+    gauss_newton = derivs.T @ weighted
+    perp = second - derivs @ np.linalg.solve(gauss_newton, weighted.T @ second)
+    # The full Hessian is linear in the added image's amplitude: gauss_newton - amplitude * curvature.
+    curvature = gauss_newton - cost_hessian(true, pixels_of(model + perp))
+    amplitude = flatness / np.linalg.eigvals(np.linalg.solve(gauss_newton, curvature)).real.max()
+    return pixels_of(model + amplitude * perp), true
+
+
+def test_fits_in_a_flat_valley_converge_with_full_hessian_steps():
+    """A fit that ran to the 200-iteration limit with Gauss-Newton steps converges to the true minimum
+    (issue 22), where scipy's MINPACK least squares on an independent numpy model also ends."""
+    from scipy import optimize
+
+    from shapepipe_modules.ngmix.gauss_fit import FIT_NOT_CONVERGED, cost_hessian, model_derivatives
+
+    pixels, true = _flat_valley_pixels()
+    full = cost_hessian(true, pixels)
+    assert np.all(np.linalg.eigvalsh(full) > 0)  # a minimum
+    errors = np.sqrt(np.diag(np.linalg.inv(full)))
+    guess = true * [1, 1, 1, 1, 1.5, 0.9] + [0.02, 0.01, 0.03, 0.02, 0.0, 0.0]
+    # Gauss-Newton steps only (the fitter before): still far from converged at the limit.
+    assert fit_gauss(pixels, guess, rescue_after=10 ** 9).status == FIT_NOT_CONVERGED
+    result = fit_gauss(pixels, guess)
+    assert result.status == FIT_OK and result.niter < 60
+    assert np.all(np.abs(result.pars - true) < 1e-6 * errors)
+
+    def residuals(pars):
+        return np.sqrt(pixels.weight) * (pars[5] * model_derivatives(pars, pixels)[:, 5] - pixels.data)
+
+    reference = optimize.least_squares(residuals, guess, method="lm", xtol=1e-15, ftol=1e-15, gtol=1e-15,
+                                       max_nfev=20000)
+    assert np.all(np.abs(reference.x - true) < 1e-3 * errors)
+    assert np.all(np.abs(result.pars - reference.x) < 1e-3 * errors)
+    assert 0.5 * np.sum(residuals(result.pars) ** 2) <= 0.5 * np.sum(residuals(reference.x) ** 2) + 1e-9
+
+
 def test_normal_equations_skip_only_negligible_pixels():
     """Chi^2, gradient and Hessian of a PSF-stamp fit (far pixels skipped) against numpy on every pixel."""
     from shapepipe_modules.ngmix.gauss_fit import model_derivatives

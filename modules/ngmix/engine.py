@@ -26,6 +26,7 @@ size is written both as ShapePipe's ``T`` (a half-light radius) and as
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,7 +35,7 @@ from . import flags as fl
 from .gauss_fit import (FIT_BAD_COVARIANCE, FIT_OK, FitResult, cost_hessian, fit_gauss, fit_with_retries, gaussian_covariance,
                         inverse, jacobian_area, make_pixel_data, model_derivatives, weighted_model_derivatives)
 from .metacal import BRANCHES, EpochMetacal
-from .moments import T_err_to_r50_err, T_to_r50, adaptive_moments, noise_sigma_outside_object
+from .moments import LN2, T_err_to_r50_err, T_to_r50, adaptive_moments, noise_sigma_outside_object
 from .priors import ShapePipePrior
 
 #: Pixels of the tile stamp outside the tile image (SExtractor's value).
@@ -661,6 +662,7 @@ def measure_object(epochs, object_id, rng, config=None, n_dropped_psf=0):
     pixels = make_pixel_data(branch_images["noshear"], weights, jacobians, centres,
                              psf_covs, radius=radius)
     fits = {}
+    noshear_hessian = None
     for name in BRANCHES:
         if name != "noshear":
             pixels = pixels.with_images(branch_images[name])
@@ -675,20 +677,26 @@ def measure_object(epochs, object_id, rng, config=None, n_dropped_psf=0):
             if np.hypot(mirrored[2], mirrored[3]) < 0.99:
                 branch_start = mirrored
         result, ntry = fit_with_retries(pixels, branch_start, rng, prior=config.prior,
-                                        ntry=config.ntry)
+                                        ntry=config.ntry, hessian=noshear_hessian)
         if name == "noshear" and result.status == FIT_OK:
             # The sheared branches differ by 1%: starting them from the
             # noshear solution saves iterations. The fit converges to
             # d^T H d < 1e-12, so the start changes g by < 1e-6
             # (tests/test_metacal_engines.py).
             start = result.pars.copy()
+            # The full Hessian at the noshear solution (needed by its
+            # errors anyway) steers the sheared fits: about half the steps
+            # of Gauss-Newton ones (gauss_fit.fit_gauss).
+            noshear_hessian = _full_hessian(result.pars, pixels, config.prior)
         fits[name] = (result, ntry, pixels)
     # Computed the same way in every branch, so that weights made from the
     # errors respond to shear like the shapes (selection response); one
     # transform per epoch serves the five branches.
     ok_names = [name for name in BRANCHES if fits[name][0].status == FIT_OK]
+    hessians = [noshear_hessian if name == "noshear" else None for name in ok_names]
     covariances = metacal_covariances([fits[name][0] for name in ok_names], [fits[name][2] for name in ok_names],
-                                      operators, [ep.noise_sigma for ep in epochs], config.fix_noise, config.prior)
+                                      operators, [ep.noise_sigma for ep in epochs], config.fix_noise, config.prior,
+                                      hessians=hessians)
     covariances = dict(zip(ok_names, covariances))
     for name in BRANCHES:
         row = rows[name]
@@ -760,7 +768,13 @@ def metacal_covariance(result, pixels, operators, noise_sigmas, fix_noise=True, 
     return metacal_covariances([result], [pixels], operators, noise_sigmas, fix_noise, prior)[0]
 
 
-def metacal_covariances(results, pixel_sets, operators, noise_sigmas, fix_noise=True, prior=None):
+def _full_hessian(pars, pixels, prior):
+    """:func:`~.gauss_fit.cost_hessian` at a solution, or None where it is not finite."""
+    hessian = cost_hessian(pars, pixels, prior)
+    return hessian if np.isfinite(hessian).all() else None
+
+
+def metacal_covariances(results, pixel_sets, operators, noise_sigmas, fix_noise=True, prior=None, hessians=None):
     """:func:`metacal_covariance` of several fits on the same pixels (e.g. the five branches).
 
     The derivative images of all the fits go through one Fourier transform
@@ -773,6 +787,9 @@ def metacal_covariances(results, pixel_sets, operators, noise_sigmas, fix_noise=
         The pixels of each fit (the same pixel positions for all).
     operators, noise_sigmas, fix_noise, prior
         As :func:`metacal_covariance`.
+    hessians : list, optional
+        Per fit, its :func:`~.gauss_fit.cost_hessian` if already computed
+        (else None).
 
     Returns
     -------
@@ -780,9 +797,10 @@ def metacal_covariances(results, pixel_sets, operators, noise_sigmas, fix_noise=
         One 6x6 covariance per fit (NaN when its Hessian cannot be inverted).
     """
     h_invs, derivs, good = [], [], []
-    for result, pixels in zip(results, pixel_sets):
+    hessians = hessians or [None] * len(results)
+    for result, pixels, hessian in zip(results, pixel_sets, hessians):
         try:
-            h_invs.append(inverse(cost_hessian(result.pars, pixels, prior)))
+            h_invs.append(inverse(cost_hessian(result.pars, pixels, prior) if hessian is None else hessian))
             derivs.append(weighted_model_derivatives(result.pars, pixels))
             good.append(True)
         except (np.linalg.LinAlgError, ValueError, TypeError):
@@ -806,9 +824,12 @@ def metacal_covariances(results, pixel_sets, operators, noise_sigmas, fix_noise=
 
 
 def _standard_errors(cov):
+    """Square roots of the covariance's diagonal; NaN where not positive."""
     diag = np.diag(cov)
-    with np.errstate(invalid="ignore"):
-        return np.where(diag > 0, np.sqrt(np.where(diag > 0, diag, 0.0)), np.nan)
+    errors = np.full(diag.shape, np.nan)
+    positive = diag > 0
+    errors[positive] = np.sqrt(diag[positive])
+    return errors
 
 
 def metacal_errors(result, pixels, operators, noise_sigmas, fix_noise=True, prior=None):
@@ -823,10 +844,17 @@ def fill_branch_row(row, pars, errs, s2n, zero_point):
     also written as ``T_gauss_arcsec2``. Returns the flags to add
     (NONPOSITIVE_FLUX when the flux is not positive, which leaves no magnitude).
     """
+    T, T_err = float(pars[4]), float(errs[4])
+    if T != 0 and math.isfinite(T) and math.isfinite(T_err):
+        # Scalar arithmetic, the same as T_to_r50 and T_err_to_r50_err without numpy's per-call cost.
+        r50 = math.copysign(math.sqrt(LN2 * abs(T)), T)
+        r50_err = math.sqrt(LN2) * T_err / (2.0 * math.sqrt(abs(T)))
+    else:
+        r50, r50_err = float(T_to_r50(T)), float(T_err_to_r50_err(T, T_err))
     row.update(
         g1=pars[2], g2=pars[3], g1_err=errs[2], g2_err=errs[3],
         T_gauss_arcsec2=pars[4], T_gauss_arcsec2_err=errs[4],
-        T=float(T_to_r50(pars[4])), T_err=float(T_err_to_r50_err(pars[4], errs[4])),
+        T=r50, T_err=r50_err,
         flux=pars[5], flux_err=errs[5], s2n=s2n,
     )
     if pars[5] <= 0:

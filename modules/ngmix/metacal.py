@@ -292,22 +292,26 @@ def _smallest_ksq_below(psf_k, pixel, qy, qx, inv_t, remove_pixel, level):
 
 
 @njit(cache=True, fastmath=True)
-def _gram_kernel(spectra, power, out):
+def _gram_kernel(spectra, modes, power, out):
     """``out[b] = Re(X_b P X_b^H)`` in double precision (P real, diagonal).
 
-    ``spectra`` is ``(n_stack, k, n_modes)`` complex (single or double),
-    ``power`` the diagonal ``(n_modes,)``; ``out`` ``(n_stack, k, k)``,
-    symmetric. Each stack is copied to real and imaginary planes first, so
-    that every sum runs over contiguous memory (vectorised).
+    ``spectra`` is ``(n_stack, k, n)`` complex (single or double) over the
+    ``n`` modes of the grid, ``modes`` the modes where ``P`` is not zero and
+    ``power`` its values there (the others add nothing); ``out``
+    ``(n_stack, k, k)``, symmetric. Each stack's used modes are copied to
+    real and imaginary planes first, so that every sum runs over contiguous
+    memory (vectorised).
     """
-    n_stack, k, n_modes = spectra.shape
+    n_stack, k, _ = spectra.shape
+    n_modes = modes.size
     re = np.empty((k, n_modes))
     im = np.empty((k, n_modes))
     for s in range(n_stack):
         for i in range(k):
             for q in range(n_modes):
-                re[i, q] = spectra[s, i, q].real
-                im[i, q] = spectra[s, i, q].imag
+                value = spectra[s, i, modes[q]]
+                re[i, q] = value.real
+                im[i, q] = value.imag
         for i in range(k):
             for j in range(i + 1):
                 acc = 0.0
@@ -338,11 +342,13 @@ def _scatter_rows(values, out_rows, out_cols, size):
         if present[r]:
             used[index[r]] = r
     buffer = np.zeros((values.shape[0], n_used, size), dtype=np.float32)
+    rows = np.empty(out_rows.size, dtype=np.int64)
     for p in range(out_rows.size):
-        row = index[out_rows[p]]
-        col = out_cols[p]
-        for b in range(values.shape[0]):
-            buffer[b, row, col] = values[b, p]
+        rows[p] = index[out_rows[p]]
+    # One image after the other: reads and writes stay within one plane.
+    for b in range(values.shape[0]):
+        for p in range(out_rows.size):
+            buffer[b, rows[p], out_cols[p]] = values[b, p]
     return buffer, used
 
 
@@ -727,8 +733,19 @@ class EpochMetacal:
         spectra[:, used, :] = sfft.rfft(buffer, axis=2)
         spectra = sfft.fft(spectra, axis=1, overwrite_x=True).reshape(n_stack, k, -1)
         out = np.empty((n_stack, k, k))
-        _gram_kernel(spectra, self._noise_power(rotated_noise).ravel(), out)
+        modes, power = self._noise_power_modes(rotated_noise)
+        _gram_kernel(spectra, modes, power, out)
         return out
+
+    def _noise_power_modes(self, rotated):
+        """Flat indices of the modes where :meth:`_noise_power` is not zero, and its values there."""
+        key = bool(rotated)
+        cache = self.__dict__.setdefault("_power_modes_cache", {})
+        if key not in cache:
+            power = self._noise_power(rotated).ravel()
+            modes = np.flatnonzero(power)
+            cache[key] = (modes, np.ascontiguousarray(power[modes]))
+        return cache[key]
 
     def _padded_transform(self, stamps, centre=None):
         """rfft2 of stamps ``(k, ny, nx)`` zero-padded to the input period, ``centre`` (default the stamp's) at index 0.

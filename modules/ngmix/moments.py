@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 LN2 = np.log(2.0)
 MAD_TO_SIGMA = 1.482602218505602
@@ -39,29 +40,72 @@ def r50_to_T(r50):
     return np.sign(r50) * r50 ** 2 / LN2
 
 
-def _median(values):
-    """``np.median`` of a flat float array (same value), without its generic machinery; NaN if any is NaN."""
+@njit(cache=True)
+def _select(values, k):
+    """Partially order ``values`` in place so that ``values[k]`` is its k-th smallest (no NaN)."""
+    low, high = 0, values.size - 1
+    while high > low:
+        # Median-of-three pivot, then Hoare partition.
+        mid = (low + high) // 2
+        a, b, c = values[low], values[mid], values[high]
+        pivot = max(min(a, b), min(max(a, b), c))
+        i, j = low, high
+        while i <= j:
+            while values[i] < pivot:
+                i += 1
+            while values[j] > pivot:
+                j -= 1
+            if i <= j:
+                values[i], values[j] = values[j], values[i]
+                i += 1
+                j -= 1
+        if k <= j:
+            high = j
+        elif k >= i:
+            low = i
+        else:
+            return
+
+
+@njit(cache=True)
+def _median_nb(values):
+    """Median of a flat float array, reordering it in place; NaN if any is NaN."""
     n = values.size
+    for i in range(n):
+        if np.isnan(values[i]):
+            return np.nan
     half = n // 2
-    # The last position is partitioned too, so it holds the largest value
-    # (NaN sorts last): a NaN anywhere makes the median NaN, as in np.median.
+    _select(values, half)
+    upper = values[half]
     if n % 2:
-        part = np.partition(values, (half, n - 1))
-        middle = part[half]
-    else:
-        part = np.partition(values, (half - 1, half, n - 1))
-        middle = (part[half - 1] + part[half]) / 2.0
-    if np.isnan(part[-1]):
-        return np.nan
-    return middle
+        return upper
+    # Everything left of ``half`` is not larger: the largest of them is the other middle value.
+    lower = values[0]
+    for i in range(1, half):
+        lower = max(lower, values[i])
+    return (lower + upper) / 2.0
+
+
+def _median(values):
+    """``np.median`` of a flat float array (the same value: an order statistic), compiled; NaN if any is NaN."""
+    return _median_nb(np.array(values, dtype=float).ravel())
+
+
+@njit(cache=True)
+def _sigma_mad_nb(values):
+    work = values.copy()
+    centre = _median_nb(work)
+    for i in range(values.size):
+        work[i] = abs(values[i] - centre)
+    return MAD_TO_SIGMA * _median_nb(work)
 
 
 def sigma_mad(values):
     """Noise sigma from the median absolute deviation."""
-    values = np.asarray(values, dtype=float).ravel()
+    values = np.ascontiguousarray(values, dtype=float).ravel()
     if values.size == 0:
         return np.nan
-    return MAD_TO_SIGMA * _median(np.abs(values - _median(values)))
+    return float(_sigma_mad_nb(values))
 
 
 @dataclass
@@ -116,10 +160,9 @@ def adaptive_moments(image, mask=None, guess_sigma=3.0):
         return None
     if not (result.moments_sigma > 0 and np.isfinite(result.moments_amp)):
         return None
-    return Moments(row=result.moments_centroid.y, col=result.moments_centroid.x,
-                   sigma=result.moments_sigma,
-                   e1=result.observed_shape.e1, e2=result.observed_shape.e2,
-                   amplitude=result.moments_amp)
+    centroid, shape = result.moments_centroid, result.observed_shape  # each a new object per access
+    return Moments(row=centroid.y, col=centroid.x, sigma=result.moments_sigma,
+                   e1=shape.e1, e2=shape.e2, amplitude=result.moments_amp)
 
 
 def gaussian_image(moments, shape):
