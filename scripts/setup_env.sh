@@ -28,4 +28,10 @@ from shapepipe_modules.sextractor import sep_engine
 for kernels in (sep_engine.kernels, moments._kernels, psfex_file._kernels):
     kernels.compiled()
 " || echo "note: the numba kernels were not compiled ahead of time; the jobs compile them (JIT)"
+# The metacal engine's kernels are numba JIT functions cached on disk: one synthetic object measured
+# here compiles them once (about 20 s; 1 s when cached) instead of in every ngmix job of the first run.
+.venv/bin/python -c "
+from shapepipe_modules.ngmix import engine
+engine.warm_up()
+" || echo "note: the metacal kernels were not compiled in advance; the first ngmix jobs compile them"
 export PATH="$PWD/.venv/bin:$PATH"

@@ -1153,3 +1153,14 @@ def test_resample_image_pair_path_equals_general_path():
     np.testing.assert_allclose(pair, general[:2], rtol=1e-12)
     np.testing.assert_allclose(general[2], general[1], rtol=1e-12)
     np.testing.assert_allclose(pair, _resample_reference(spectra, 15, 6, pos_y, pos_x, target), rtol=1e-11)
+
+
+def test_warm_up_measures_its_round_galaxy_as_round():
+    rows = engine.warm_up()
+    noshear = rows["noshear"]
+    assert noshear["flags"] == 0
+    assert abs(noshear["g1"]) < 5 * noshear["g1_err"] and abs(noshear["g2"]) < 5 * noshear["g2_err"]
+    assert noshear["g1_err"] < 0.02
+    # The sheared branches respond to the applied shear as a resolved galaxy should.
+    R11 = (rows["1p"]["g1"] - rows["1m"]["g1"]) / (2 * STEP)
+    assert 0.9 < R11 < 1.05  # a deconvolved Gaussian fit of a Gaussian galaxy: R = 1 - O(e^2)
