@@ -233,7 +233,8 @@ def _run_forked(task: Task, function, logger, handler, staging: Path) -> tuple[d
 
     Returns the status dict, the child's CPU seconds, its peak real memory
     (MB; sampled by the parent and by the child itself, see
-    :mod:`shapepipe.memory`; ``ru_maxrss`` where it cannot be sampled) and its peak resident size (``ru_maxrss``, file pages included).
+    :mod:`shapepipe.memory`; ``ru_maxrss`` where it cannot be sampled) and
+    its peak resident size (``ru_maxrss``, file pages included).
     """
     read_fd, write_fd = os.pipe()
     deadline = time.monotonic() + task.timeout

@@ -388,10 +388,8 @@ class Runner:
         tasks = self._tasks(run, options, complete, output_dir, log_dir)
         todo = []
         for task in tasks:
-            previous = read_status(task.status_path) if self.resuming else None
-            if previous and previous.get("status") == "done" and all(
-                (output_dir / name).exists() for name in previous.get("outputs", [])
-            ):
+            previous = _done_row(task, output_dir) if self.resuming else None
+            if previous:
                 previous = dict(previous, status="done_previously")
                 rows.append(previous)
             else:
@@ -720,15 +718,24 @@ class Runner:
         for task in todo:
             if (task.module_run, task.number) in seen:
                 continue
-            status = read_status(task.status_path)
-            if (status and status.get("status") == "done"
-                    and all((Path(output_dir) / name).exists() for name in status.get("outputs", []))):
+            status = _done_row(task, output_dir)
+            if status:
                 found.append(status)
         return found
 
     def resume_command(self) -> str:
         """The command that continues this run."""
         return f"shapepipe_run -c {self.plan.config_path} --resume {self.run_dir}"
+
+
+def _done_row(task, output_dir) -> dict | None:
+    """The job's status row if it says done and every output it names is in ``output_dir``, else None."""
+    status = read_status(task.status_path)
+    if status and status.get("status") == "done" and all(
+        (Path(output_dir) / name).exists() for name in status.get("outputs", [])
+    ):
+        return status
+    return None
 
 
 def known_job_count(run) -> int | None:
