@@ -166,6 +166,37 @@ def test_simulation_is_reused_only_when_it_matches(tiny, tmp_path, capsys):
     assert "no_such" in capsys.readouterr().err
 
 
+def test_simulation_by_other_simulator_code_is_not_reused_silently(tiny, tmp_path, monkeypatch):
+    """The simulator's source digest in simulation.json: the driver's folder is simulated again, a named one warned about."""
+    import json
+
+    import shapepipe_modules.simulate as simulate_package
+    from shapepipe_modules.gold.cli import simulator_changed
+    from shapepipe_modules.simulate.core import simulator_fingerprint
+
+    stars = {"star_mag_range": [17.0, 24.0]}
+    current = simulator_fingerprint()
+    assert json.loads((tiny / "simulation.json").read_text())["simulator"] == current
+    assert len(current) == 16 and int(current, 16) >= 0
+    sim = tmp_path / "sim"
+    sim.mkdir()
+    record = json.loads((tiny / "simulation.json").read_text())
+    record["simulator"] = "0123456789abcdef"
+    (sim / "simulation.json").write_text(json.dumps(record))
+    assert simulator_changed(tiny) is None
+    assert simulator_changed(sim) == f"simulator 0123456789abcdef (this code: {current})"
+    logs = []
+    assert ensure_simulation(sim, "tiny", 1, 1, stars, log=logs.append, replace_different=False) is None
+    assert "warning" in logs[0] and "0123456789abcdef" in logs[0]
+    calls = []
+    monkeypatch.setattr(simulate_package, "simulate", lambda **kwargs: calls.append(kwargs))
+    assert ensure_simulation(sim, "tiny", 1, 1, stars, log=logs.append) is not None
+    assert len(calls) == 1 and calls[0]["output_dir"] == sim and calls[0]["preset"] == "tiny"
+    del record["simulator"]
+    (sim / "simulation.json").write_text(json.dumps(record))
+    assert simulator_changed(sim) == f"simulator not recorded (this code: {current})"
+
+
 def test_demo_preset_is_a_ring_test():
     """The preset, shapepipe_gold and the docs agree: demo is a ring test, tiny is not."""
     from shapepipe_modules.simulate.presets import resolve_parameters

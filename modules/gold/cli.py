@@ -7,7 +7,9 @@ selected), which cancels most of the shape noise in m and c; ``--ring`` and
 ``simulation.json`` records the same preset, seed and resolved parameters
 (shears, ring, every ``--set`` override): the driver's own folder
 (``example/GOLD/data/<preset>``) is simulated again otherwise, a ``--data``
-folder is refused.
+folder is refused. Data made by other simulator code (its source digest in
+``simulation.json``) are simulated again in the driver's own folder and
+reused with a warning from a ``--data`` folder.
 
 ``--paired`` simulates the survey with the preset's shears and with their
 opposite (same seed: same galaxies, same noise), runs the chain on both
@@ -144,6 +146,23 @@ def simulation_mismatch(data_dir: Path, preset: str, seed: int, overrides=None, 
     return ", ".join(differences) or None
 
 
+def simulator_changed(data_dir: Path):
+    """How the simulator that made ``data_dir`` differs from this one (None: the same source).
+
+    Compares the ``simulator`` digest of ``simulation.json``
+    (:func:`~shapepipe_modules.simulate.core.simulator_fingerprint`); a
+    record without one was made before the digest was recorded.
+    """
+    from shapepipe_modules.simulate.core import simulator_fingerprint
+
+    record = json.loads((Path(data_dir) / "simulation.json").read_text())
+    current = simulator_fingerprint()
+    found = record.get("simulator")
+    if found == current:
+        return None
+    return f"simulator {found or 'not recorded'} (this code: {current})"
+
+
 def simulated_ring(data_dir) -> bool:
     """Whether the simulation in ``data_dir`` is a ring test (its ``simulation.json``)."""
     record = json.loads((Path(data_dir) / "simulation.json").read_text())
@@ -196,6 +215,15 @@ def ensure_simulation(data_dir: Path, preset: str, seed: int, workers: int, over
         mismatches = [(folder, simulation_mismatch(folder, preset, seed, overrides, negate))
                       if ok else (folder, "no simulation.json") for (folder, negate), ok in zip(folders, present)]
         mismatches = [(folder, text) for folder, text in mismatches if text]
+        # Same parameters but other simulator code: other pixels (a changed star profile, noise model).
+        # The driver's own folder is simulated again; a named folder is the user's data: reused, with a warning.
+        changed = [(folder, simulator_changed(folder)) for folder, _ in folders] if not mismatches else []
+        changed = [(folder, text) for folder, text in changed if text]
+        if changed and replace_different:
+            mismatches = changed
+        elif changed:
+            log("warning: " + "; ".join(f"{folder / 'simulation.json'} records {text}" for folder, text in changed)
+                + ": reused as named; its pixels may differ from what this simulator draws")
         if not mismatches:
             log(f"simulated data: {data_dir} (reused: preset {preset}, seed {seed}, same parameters)")
             return None
