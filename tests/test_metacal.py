@@ -191,11 +191,11 @@ def test_branch_positions_equal_numpy_matrix_products():
         got_y, got_x = op._sheared_positions[name]
         np.testing.assert_allclose(got_y, ref_y, rtol=1e-13, atol=1e-12)
         np.testing.assert_allclose(got_x, ref_x, rtol=1e-13, atol=1e-12)
-        # The 6x6 taps stay inside the extended transform.
-        assert got_y.min() + op.in_size // 2 + op._margin >= 2
-        assert got_x.min() + op._margin >= 2
-        assert got_y.max() + op.in_size // 2 + op._margin + 3 < op.in_size + 2 * op._margin
-        assert got_x.max() + op._margin + 3 < op.in_size // 2 + 1 + 2 * op._margin
+        # The 6x6 taps (floor(p) - 2 to floor(p) + 3) stay inside the window of the extended transform.
+        assert np.floor(got_y.min()) - 2 >= op._fy_low
+        assert np.floor(got_x.min()) - 2 >= op._fx_low
+        assert np.floor(got_y.max()) + 3 < op._fy_low + op._window[0]
+        assert np.floor(got_x.max()) + 3 < op._fx_low + op._window[1]
 
 
 def test_fixnoise_adds_rotated_processed_noise():

@@ -109,27 +109,30 @@ def _quintic_weights(frac, w):
 
 
 @njit(cache=True)
-def _extend(psf, spectra, margin, out):
-    """Real-input transforms (rfft2 layout) laid out for :func:`_resample`.
+def _extend(psf, spectra, size, fy_low, fx_low, out):
+    """Real-input transforms (rfft2 layout) laid out for :func:`_resample` over a window of frequencies.
 
-    ``psf`` is ``(L, L//2+1)``, ``spectra`` ``(k, L, L//2+1)``; ``out`` is
-    ``(L + 2m, L//2+1 + 2m, k + 1)`` (``m = margin``) and receives, at row
-    ``fy + L//2 + m`` and column ``fx + m``, the PSF's and the images' values
-    at the frequency ``(fy, fx)``: rows in centred order, the columns
-    continued past both ends by Hermitian symmetry and periodicity, the
-    transforms last so that the kernel reads them together.
+    ``psf`` is the ``(L, L//2+1)`` transform, ``spectra`` ``(k, L, n)``
+    (the first ``n`` columns of the images' transforms, ``size = L``);
+    ``out`` is ``(n_rows, n_cols, k + 1)`` and receives, at ``(r, c)``, the
+    PSF's and the images' values at the frequency ``(fy, fx) = (fy_low + r,
+    fx_low + c)``: the columns continued past both ends by Hermitian
+    symmetry and periodicity, the transforms last so that the kernel reads
+    them together. Only the window the sample points' taps reach is filled
+    (the caller checks that it needs source columns below ``n`` only).
     """
-    k, size, half = spectra.shape
+    k = spectra.shape[0]
+    half = size // 2 + 1
     n_cols = out.shape[1]
     # Source column of each output column, and whether it is read conjugated.
     source = np.empty(n_cols, dtype=np.int64)
     mirrored = np.empty(n_cols, dtype=np.bool_)
     for c in range(n_cols):
-        fxm = (c - margin) % size
+        fxm = (c + fx_low) % size
         mirrored[c] = fxm >= half
         source[c] = size - fxm if fxm >= half else fxm
     for r in range(out.shape[0]):
-        fy = r - size // 2 - margin
+        fy = r + fy_low
         row = fy % size
         # F(fy, fx) = conj(F(-fy, -fx)).
         row_mirror = (-fy) % size
@@ -145,18 +148,25 @@ def _extend(psf, spectra, margin, out):
                     out[r, c, s + 1] = spectra[s, row, col]
 
 
+def _source_columns(fx_low, n_cols, size):
+    """Columns of the rfft2 grid of ``size`` that :func:`_extend` reads for ``n_cols`` frequencies from ``fx_low``."""
+    fxm = (np.arange(n_cols) + fx_low) % size
+    return np.where(fxm >= size // 2 + 1, size - fxm, fxm)
+
+
 @njit(cache=True, fastmath=True)
 def _resample(spectra, offset_y, offset_x, pos_y, pos_x, target, out):
     """Sheared, deconvolved and reconvolved Fourier modes.
 
     ``spectra`` is the output of :func:`_extend` (PSF transform first, then
     the images) viewed as real numbers (last axis: real and imaginary part of
-    each transform), ``(offset_y, offset_x)`` its indices of frequency 0. Each
+    each transform), ``(offset_y, offset_x)`` the indices of frequency 0 in
+    it (negative if the window does not hold it). Each
     transform is interpolated at the positions (grid-index units, possibly
     negative) with the Quintic kernel, separably (the six taps along x of
     each row, summed pairwise, then the rows);
     ``out[s, i] = target[i] * image_s / psf``. The caller keeps every
-    position at least 3 points inside the array.
+    position's 6x6 taps inside the array.
     """
     if spectra.shape[2] == 6:
         # Image and noise image (the usual case): a fixed inner length the
@@ -486,13 +496,22 @@ class EpochMetacal:
         positions = np.empty((len(sheared), 2, self._q.shape[1]))
         extremes = _branch_positions(mats, self._q, self.in_size / (2 * np.pi), positions)
         self._sheared_positions = {name: (positions[i, 0], positions[i, 1]) for i, name in enumerate(sheared)}
-        lowest, highest_y, highest_x = 0.0, 0.0, 0.0
+        # The window of input frequencies that the sheared branches' 6x6
+        # taps reach (rows fy, columns fx, both possibly negative), and the
+        # columns of the images' transforms needed: those the window reads
+        # and the noshear branch's grid points. Only these columns are
+        # transformed along y (each column's transform is independent).
         if self._q.shape[1]:
             min_y, max_y, min_x, max_x = extremes
-            lowest = min(lowest, min_y + self.in_size // 2, min_x)
-            highest_y = max(highest_y, max_y - (self.in_size - self.in_size // 2))
-            highest_x = max(highest_x, max_x - (self.in_size // 2 + 1))
-        self._margin = int(max(3, 2 - np.floor(lowest), np.floor(highest_y) + 4, np.floor(highest_x) + 4))
+        else:
+            min_y = max_y = min_x = max_x = 0.0
+        self._fy_low = int(np.floor(min_y)) - 2
+        self._fx_low = int(np.floor(min_x)) - 2
+        self._window = (int(np.floor(max_y)) + 4 - self._fy_low, int(np.floor(max_x)) + 4 - self._fx_low)
+        needed = _source_columns(self._fx_low, self._window[1], self.in_size).max()
+        if self._grid_cols.size:
+            needed = max(needed, self._grid_cols.max())
+        self._in_cols = int(min(needed + 1, self.in_size // 2 + 1))
 
     # ------------------------------------------------------------------
     def _pixel_freqs(self, size, half):
@@ -593,7 +612,7 @@ class EpochMetacal:
         pos_y, pos_x = self._sheared_positions[name]
         out = np.empty((spectra.shape[0], pos_x.size), dtype=complex)
         real_view = extended.view(np.float64)
-        _resample(real_view, self.in_size // 2 + self._margin, self._margin, pos_y, pos_x, self._target_k, out)
+        _resample(real_view, -self._fy_low, -self._fx_low, pos_y, pos_x, self._target_k, out)
         return out
 
     def _noshear_scale(self):
@@ -729,42 +748,53 @@ class EpochMetacal:
         # describe the scatter (tests/test_metacal.py).
         buffer, used = _scatter_rows(np.ascontiguousarray(values.reshape(n_stack * k, -1)),
                                      self._crop_rows[rows], self._crop_cols[cols], size)
-        spectra = np.zeros((n_stack * k, size, size // 2 + 1), dtype=np.complex64)
-        spectra[:, used, :] = sfft.rfft(buffer, axis=2)
+        # Only the columns holding modes of non-zero power are transformed
+        # along y (each column's transform is independent of the others).
+        modes, power, n_cols = self._noise_power_modes(rotated_noise)
+        spectra = np.zeros((n_stack * k, size, n_cols), dtype=np.complex64)
+        spectra[:, used, :] = sfft.rfft(buffer, axis=2)[:, :, :n_cols]
         spectra = sfft.fft(spectra, axis=1, overwrite_x=True).reshape(n_stack, k, -1)
         out = np.empty((n_stack, k, k))
-        modes, power = self._noise_power_modes(rotated_noise)
         _gram_kernel(spectra, modes, power, out)
         return out
 
     def _noise_power_modes(self, rotated):
-        """Flat indices of the modes where :meth:`_noise_power` is not zero, and its values there."""
+        """The modes where :meth:`_noise_power` is not zero, its values there, and the columns they need.
+
+        Returns ``(modes, power, n_cols)``: the modes as flat indices into
+        the first ``n_cols`` columns of the rfft2 grid (row-major, the
+        order of the full grid), ``n_cols`` one more than their largest column.
+        """
         key = bool(rotated)
         cache = self.__dict__.setdefault("_power_modes_cache", {})
         if key not in cache:
-            power = self._noise_power(rotated).ravel()
-            modes = np.flatnonzero(power)
-            cache[key] = (modes, np.ascontiguousarray(power[modes]))
+            power = self._noise_power(rotated)
+            mode_rows, mode_cols = np.nonzero(power)
+            n_cols = int(mode_cols.max()) + 1 if mode_cols.size else 1
+            cache[key] = (mode_rows * n_cols + mode_cols, np.ascontiguousarray(power[mode_rows, mode_cols]), n_cols)
         return cache[key]
 
-    def _padded_transform(self, stamps, centre=None):
+    def _padded_transform(self, stamps, centre=None, n_cols=None):
         """rfft2 of stamps ``(k, ny, nx)`` zero-padded to the input period, ``centre`` (default the stamp's) at index 0.
 
         Only the stamp's rows are transformed along x (the other rows are
-        zero), then all columns along y: equal to ``rfft2`` of the padded
-        stamps, at a third of its cost for a 4x padding.
+        zero), then the columns along y: equal to ``rfft2`` of the padded
+        stamps, at a third of its cost for a 4x padding. With ``n_cols``,
+        only the first ``n_cols`` columns are transformed along y and
+        returned (the same values: each column's transform is independent).
         """
         k, ny, nx = stamps.shape
         size = self.in_size
         cy, cx = self.centre if centre is None else centre
+        n_cols = size // 2 + 1 if n_cols is None else n_cols
         # Pixel j of the stamp goes to index (j - centre) mod size: two slices per axis.
         padded_rows = np.zeros((k, ny, size))
         padded_rows[:, :, :nx - cx] = stamps[:, :, cx:]
         padded_rows[:, :, size - cx:] = stamps[:, :, :cx]
         transformed = sfft.rfft(padded_rows, axis=2)
-        spectra = np.zeros((k, size, size // 2 + 1), dtype=complex)
-        spectra[:, :ny - cy] = transformed[:, cy:]
-        spectra[:, size - cy:] = transformed[:, :cy]
+        spectra = np.zeros((k, size, n_cols), dtype=complex)
+        spectra[:, :ny - cy] = transformed[:, cy:, :n_cols]
+        spectra[:, size - cy:] = transformed[:, :cy, :n_cols]
         return sfft.fft(spectra, axis=1, overwrite_x=True)
 
     def _rotation_map(self):
@@ -792,18 +822,36 @@ class EpochMetacal:
         The rotation is applied to the modes (:meth:`_rotation_map`), so an
         image and its rotated noise image take one inverse transform.
         """
-        full = np.zeros((modes.shape[0], self._out_shape[0] * self._out_shape[1]), dtype=complex)
+        keep, target, source, conj, n_cols = self._output_layout()
+        full = np.zeros((modes.shape[0], self._out_shape[0] * n_cols), dtype=complex)
         if rotated_modes is None:
-            full[:, self._keep_flat] = modes
+            full[:, keep] = modes
         else:
-            target, source, conj = self._rotation_map()
-            _fill_modes(full, self._keep_flat, modes, target, source, conj, rotated_modes)
-        full = full.reshape((modes.shape[0],) + self._out_shape)
+            _fill_modes(full, keep, modes, target, source, conj, rotated_modes)
+        full = full.reshape((modes.shape[0], self._out_shape[0], n_cols))
         # Two 1-d passes, as irfft2 (measured 3x faster than scipy's irfft2 on
-        # fresh arrays); the second only on the rows of the stamp.
-        rows = sfft.ifft(full, axis=1, overwrite_x=True)[:, self._crop_rows, :]
-        images = sfft.irfft(rows, n=self.out_size, axis=2)
+        # fresh arrays): the first only on the columns holding modes (the
+        # others are zero), the second only on the rows of the stamp.
+        rows = np.zeros((modes.shape[0], self._crop_rows.size, self._out_shape[1]), dtype=complex)
+        rows[:, :, :n_cols] = sfft.ifft(full, axis=1, overwrite_x=True)[:, self._crop_rows, :]
+        images = sfft.irfft(rows, n=self.out_size, axis=2, overwrite_x=True)
         return images[:, :, self._crop_cols]
+
+    def _output_layout(self):
+        """Kept modes and rotation targets (:meth:`_rotation_map`) as flat indices into the first ``n_cols`` columns.
+
+        Returns ``(keep, target, source, conj, n_cols)``, ``n_cols`` one
+        more than the largest column of a kept mode or rotation target.
+        """
+        cache = self.__dict__.setdefault("_layout_cache", [])
+        if not cache:
+            target, source, conj = self._rotation_map()
+            width = self._out_shape[1]
+            columns = np.concatenate([self._keep_flat % width, target % width])
+            n_cols = int(columns.max()) + 1 if columns.size else 1
+            cache.append((self._keep_flat // width * n_cols + self._keep_flat % width,
+                          target // width * n_cols + target % width, source, conj, n_cols))
+        return cache[0]
 
     def make_images(self, image, noise_image=None, branches=None):
         """Make the metacalibration images of all branches.
@@ -834,13 +882,12 @@ class EpochMetacal:
             if noise_image.shape != self.stamp_shape:
                 raise ValueError("noise image shape differs from the stamp")
             stack.append(np.rot90(noise_image, k=1))
-        spectra = self._padded_transform(np.stack(stack))
+        spectra = self._padded_transform(np.stack(stack), n_cols=self._in_cols)
         names = list(branches or BRANCHES)
         extended = None
         if any(BRANCHES[name] != (0.0, 0.0) for name in names):
-            size, half = spectra.shape[1:]
-            extended = _scratch((size + 2 * self._margin, half + 2 * self._margin, len(stack) + 1))
-            _extend(self._psf_k, spectra, self._margin, extended)
+            extended = _scratch(self._window + (len(stack) + 1,))
+            _extend(self._psf_k, spectra, self.in_size, self._fy_low, self._fx_low, extended)
         modes = np.stack([self._branch_modes(spectra, extended, name) for name in names])
         # One inverse transform for all branches, the noise images rotated
         # back in Fourier space and added before it.
