@@ -281,6 +281,58 @@ def _fill_modes(full, keep, modes, target, source, conj, rotated_modes):
 
 
 @njit(cache=True)
+def _narrow_columns(flat, width, n_cols):
+    """Flat indices of a grid ``width`` wide as indices into its first ``n_cols`` columns."""
+    out = np.empty(flat.size, dtype=np.int64)
+    for i in range(flat.size):
+        out[i] = flat[i] // width * n_cols + flat[i] % width
+    return out
+
+
+@njit(cache=True)
+def _column_count(flat, width):
+    """One more than the largest column of flat indices into a grid ``width`` wide (1 if none)."""
+    n_cols = 1
+    for i in range(flat.size):
+        n_cols = max(n_cols, flat[i] % width + 1)
+    return n_cols
+
+
+@njit(cache=True)
+def _power_modes(squared, keep, target, source, n_rows, width, size):
+    """:meth:`EpochMetacal._noise_power` at its non-zero modes, from ``|scale|^2`` of the kept modes.
+
+    The same operations on the same values as the numpy version on the
+    full grid: the kept modes' power, plus the rotated kernel's at the
+    rotation targets, times the half-plane weight, over ``size^2``.
+    Returns ``(modes, power, n_cols)`` as :meth:`EpochMetacal._noise_power_modes`.
+    """
+    total = np.zeros(n_rows * width)
+    for i in range(keep.size):
+        total[keep[i]] = squared[i]
+    for i in range(target.size):
+        total[target[i]] = total[target[i]] + squared[source[i]]
+    norm = float(size * size)
+    count = 0
+    n_cols = 1
+    for f in range(total.size):
+        if total[f] != 0.0:
+            count += 1
+            n_cols = max(n_cols, f % width + 1)
+    modes = np.empty(count, dtype=np.int64)
+    power = np.empty(count)
+    j = 0
+    for f in range(total.size):
+        if total[f] != 0.0:
+            col = f % width
+            weight = 1.0 if col == 0 or (size % 2 == 0 and col == width - 1) else 2.0
+            modes[j] = f // width * n_cols + col
+            power[j] = total[f] * weight / norm
+            j += 1
+    return modes, power, n_cols
+
+
+@njit(cache=True)
 def _smallest_ksq_below(psf_k, pixel, qy, qx, inv_t, remove_pixel, level):
     """Smallest ``|J^-T q|^2`` over the modes where ``Re(psf_k)`` (over ``pixel`` if ``remove_pixel``) is below ``level``; inf if none.
 
@@ -291,12 +343,13 @@ def _smallest_ksq_below(psf_k, pixel, qy, qx, inv_t, remove_pixel, level):
     best = np.inf
     for r in range(psf_k.shape[0]):
         for c in range(psf_k.shape[1]):
-            kval = psf_k[r, c].real / pixel[r, c] if remove_pixel else psf_k[r, c].real
-            if kval < level:
-                ku = inv_t[0, 0] * qx[r, c] + inv_t[0, 1] * qy[r, c]
-                kv = inv_t[1, 0] * qx[r, c] + inv_t[1, 1] * qy[r, c]
-                ksq = ku * ku + kv * kv
-                if ksq < best:
+            ku = inv_t[0, 0] * qx[r, c] + inv_t[0, 1] * qy[r, c]
+            kv = inv_t[1, 0] * qx[r, c] + inv_t[1, 1] * qy[r, c]
+            ksq = ku * ku + kv * kv
+            # The PSF is read (and divided) only where the mode could lower the minimum.
+            if ksq < best:
+                kval = psf_k[r, c].real / pixel[r, c] if remove_pixel else psf_k[r, c].real
+                if kval < level:
                     best = ksq
     return best
 
@@ -763,15 +816,20 @@ class EpochMetacal:
 
         Returns ``(modes, power, n_cols)``: the modes as flat indices into
         the first ``n_cols`` columns of the rfft2 grid (row-major, the
-        order of the full grid), ``n_cols`` one more than their largest column.
+        order of the full grid), ``n_cols`` one more than their largest
+        column. Computed from the kept modes (:func:`_power_modes`), not
+        on the full grid.
         """
         key = bool(rotated)
         cache = self.__dict__.setdefault("_power_modes_cache", {})
         if key not in cache:
-            power = self._noise_power(rotated)
-            mode_rows, mode_cols = np.nonzero(power)
-            n_cols = int(mode_cols.max()) + 1 if mode_cols.size else 1
-            cache[key] = (mode_rows * n_cols + mode_cols, np.ascontiguousarray(power[mode_rows, mode_cols]), n_cols)
+            squared = np.abs(self._noshear_scale()) ** 2
+            if rotated:
+                target, source, _ = self._rotation_map()
+            else:
+                target = source = np.empty(0, dtype=np.int64)
+            cache[key] = _power_modes(squared, self._keep_flat, target, source, self._out_shape[0],
+                                      self._out_shape[1], self.out_size)
         return cache[key]
 
     def _padded_transform(self, stamps, centre=None, n_cols=None):
@@ -847,10 +905,9 @@ class EpochMetacal:
         if not cache:
             target, source, conj = self._rotation_map()
             width = self._out_shape[1]
-            columns = np.concatenate([self._keep_flat % width, target % width])
-            n_cols = int(columns.max()) + 1 if columns.size else 1
-            cache.append((self._keep_flat // width * n_cols + self._keep_flat % width,
-                          target // width * n_cols + target % width, source, conj, n_cols))
+            n_cols = max(_column_count(self._keep_flat, width), _column_count(target, width))
+            cache.append((_narrow_columns(self._keep_flat, width, n_cols), _narrow_columns(target, width, n_cols),
+                          source, conj, n_cols))
         return cache[0]
 
     def make_images(self, image, noise_image=None, branches=None):
