@@ -333,6 +333,47 @@ def _power_modes(squared, keep, target, source, n_rows, width, size):
 
 
 @njit(cache=True)
+def _target_exponent(qy, qx, inv_t, factor):
+    """``factor * |J^-T q|^2`` on a frequency grid (the arithmetic of ``EpochMetacal._sky_ksq``, no fastmath)."""
+    out = np.empty(qy.shape)
+    for r in range(qy.shape[0]):
+        for c in range(qy.shape[1]):
+            ku = inv_t[0, 0] * qx[r, c] + inv_t[0, 1] * qy[r, c]
+            kv = inv_t[1, 0] * qx[r, c] + inv_t[1, 1] * qy[r, c]
+            out[r, c] = factor * (ku * ku + kv * kv)
+    return out
+
+
+@njit(cache=True)
+def _kept_modes(keep, qy, qx, target, pixel, with_pixel, oversample, in_size):
+    """Flat indices, ``(qx, qy)``, target values (times ``pixel`` if ``with_pixel``) and input-grid rows and columns of the kept modes."""
+    n_rows, width = keep.shape
+    count = 0
+    for r in range(n_rows):
+        for c in range(width):
+            if keep[r, c]:
+                count += 1
+    flat = np.empty(count, dtype=np.int64)
+    q = np.empty((2, count))
+    values = np.empty(count)
+    grid_rows = np.empty(count, dtype=np.int64)
+    grid_cols = np.empty(count, dtype=np.int64)
+    i = 0
+    for r in range(n_rows):
+        fy = r if r < n_rows // 2 else r - n_rows
+        for c in range(width):
+            if keep[r, c]:
+                flat[i] = r * width + c
+                q[0, i] = qx[r, c]
+                q[1, i] = qy[r, c]
+                values[i] = target[r, c] * pixel[r, c] if with_pixel else target[r, c]
+                grid_rows[i] = (oversample * fy) % in_size
+                grid_cols[i] = oversample * c
+                i += 1
+    return flat, q, values, grid_rows, grid_cols
+
+
+@njit(cache=True)
 def _smallest_ksq_below(psf_k, pixel, qy, qx, inv_t, remove_pixel, level):
     """Smallest ``|J^-T q|^2`` over the modes where ``Re(psf_k)`` (over ``pixel`` if ``remove_pixel``) is below ``level``; inf if none.
 
@@ -591,21 +632,19 @@ class EpochMetacal:
 
     def _setup_output_grid(self):
         qy, qx = self._pixel_freqs(self.out_size, half=True)
-        ksq = self._sky_ksq(qy, qx)
-        target = np.exp(-0.5 * self.target_sigma ** 2 * ksq)
+        # exp(-0.5 sigma^2 |J^-T q|^2): the exponent compiled (the arithmetic
+        # of _sky_ksq), the exponential numpy's.
+        target = np.exp(_target_exponent(qy, qx, self._inv_t, -0.5 * self.target_sigma ** 2))
         self._keep = target > TARGET_KVAL_CUT
-        self._keep_flat = np.flatnonzero(self._keep)
-        if self.target_rule == "shapepipe":
-            # The kernel is the Gaussian convolved with the pixel.
-            target = target * _pixel_response(self.out_size)
-        self._q = np.stack([qx[self._keep], qy[self._keep]])
-        self._target_k = target[self._keep]
+        # The kernel of the "shapepipe" rule is the Gaussian convolved with the pixel.
+        pixel = _pixel_response(self.out_size) if self.target_rule == "shapepipe" else np.ones((1, 1))
         self._out_shape = qy.shape
-        # On the unsheared branch the output modes are input grid points.
-        iy, ix = np.nonzero(self._keep)
-        fy = np.where(iy < self.out_size // 2, iy, iy - self.out_size)
-        self._grid_rows = (self._oversample * fy) % self.in_size
-        self._grid_cols = self._oversample * ix
+        # Kept modes: flat indices, (qx, qy), target values and, as the
+        # output modes of the unsheared branch are input grid points, their
+        # rows and columns in the input transform.
+        (self._keep_flat, self._q, self._target_k, self._grid_rows,
+         self._grid_cols) = _kept_modes(self._keep, qy, qx, target, pixel, self.target_rule == "shapepipe",
+                                        self._oversample, self.in_size)
 
     def _position_matrix(self, g1, g2):
         """``M = J^T S J^-T``: the sheared transform is G(S k) (S symmetric, unit determinant); in the pixel frame k = J^-T q."""
