@@ -179,6 +179,26 @@ def test_median_equals_numpy_median():
     assert np.isnan(_median(with_nan)) and np.isnan(np.median(with_nan))
 
 
+def test_noise_sigma_outside_object_equals_numpy_steps():
+    """The compiled noise level against its numpy steps: MAD of the usable pixels, then of those below 1.2x it."""
+    from shapepipe_modules.ngmix.moments import Moments, gaussian_image, noise_sigma_outside_object, sigma_mad
+
+    rng = np.random.default_rng(8)
+    image = rng.normal(0.0, 2.0, (51, 49))
+    mom = Moments(row=24.3, col=25.6, sigma=2.5, e1=0.2, e2=-0.1, amplitude=4000.0)
+    image += gaussian_image(mom, image.shape)
+    usable = np.ones(image.shape, dtype=bool)
+    usable[:, 30] = False
+    first = sigma_mad(image[usable])
+    background = usable & (gaussian_image(mom, image.shape) < 1.2 * first)
+    assert 10 <= background.sum() < usable.sum()
+    assert noise_sigma_outside_object(image, usable, mom) == sigma_mad(image[background])
+    assert noise_sigma_outside_object(image, usable) == first
+    # Fewer than 10 background pixels: the first estimate.
+    huge = Moments(row=24.3, col=25.6, sigma=200.0, e1=0.0, e2=0.0, amplitude=1e12)
+    assert noise_sigma_outside_object(image, usable, huge) == first
+
+
 def test_branch_positions_equal_numpy_matrix_products():
     """The sample points of the sheared branches (numba) against the numpy products M q."""
     jac = 0.187 * np.array([[0.95, 0.12], [-0.05, 1.08]])
@@ -191,11 +211,11 @@ def test_branch_positions_equal_numpy_matrix_products():
         got_y, got_x = op._sheared_positions[name]
         np.testing.assert_allclose(got_y, ref_y, rtol=1e-13, atol=1e-12)
         np.testing.assert_allclose(got_x, ref_x, rtol=1e-13, atol=1e-12)
-        # The 6x6 taps stay inside the extended transform.
-        assert got_y.min() + op.in_size // 2 + op._margin >= 2
-        assert got_x.min() + op._margin >= 2
-        assert got_y.max() + op.in_size // 2 + op._margin + 3 < op.in_size + 2 * op._margin
-        assert got_x.max() + op._margin + 3 < op.in_size // 2 + 1 + 2 * op._margin
+        # The 6x6 taps (floor(p) - 2 to floor(p) + 3) stay inside the window of the extended transform.
+        assert np.floor(got_y.min()) - 2 >= op._fy_low
+        assert np.floor(got_x.min()) - 2 >= op._fx_low
+        assert np.floor(got_y.max()) + 3 < op._fy_low + op._window[0]
+        assert np.floor(got_x.max()) + 3 < op._fx_low + op._window[1]
 
 
 def test_fixnoise_adds_rotated_processed_noise():

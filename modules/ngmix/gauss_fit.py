@@ -412,10 +412,29 @@ class FitResult:
     def __post_init__(self):
         if self.errors is None:
             # sqrt of the diagonal, NaN where negative (as np.sqrt), without np.errstate's cost.
-            diag = np.diag(self.cov)
-            self.errors = np.full(diag.shape, np.nan)
-            valid = diag >= 0
-            self.errors[valid] = np.sqrt(diag[valid])
+            self.errors = _diagonal_sqrt(np.ascontiguousarray(self.cov, dtype=float))
+
+
+@njit(cache=True)
+def _diagonal_sqrt(cov):
+    """Square roots of a square matrix's diagonal, NaN where negative or NaN (sqrt is exactly rounded)."""
+    errors = np.empty(cov.shape[0])
+    for i in range(cov.shape[0]):
+        value = cov[i, i]
+        errors[i] = np.sqrt(value) if value >= 0 else np.nan
+    return errors
+
+
+@njit(cache=True)
+def _usable_covariance(cov):
+    """True when every element is finite and the diagonal positive."""
+    for i in range(cov.shape[0]):
+        for j in range(cov.shape[1]):
+            if not np.isfinite(cov[i, j]):
+                return False
+        if not cov[i, i] > 0:
+            return False
+    return True
 
 
 def _failed(status, niter=0):
@@ -763,7 +782,7 @@ def fit_gauss(pixels, guess, prior=None, max_iter=200, tol=1e-12, s2n=True, hess
     dof = max(pixels.n_pixels - NPARS, 1)
     try:
         cov = inverse(hess) * (chi2 / dof)
-        if not (np.isfinite(cov).all() and np.all(np.diag(cov) > 0)):
+        if not _usable_covariance(cov):
             status |= FIT_BAD_COVARIANCE
     except np.linalg.LinAlgError:
         cov = np.full((NPARS, NPARS), np.nan)

@@ -109,27 +109,30 @@ def _quintic_weights(frac, w):
 
 
 @njit(cache=True)
-def _extend(psf, spectra, margin, out):
-    """Real-input transforms (rfft2 layout) laid out for :func:`_resample`.
+def _extend(psf, spectra, size, fy_low, fx_low, out):
+    """Real-input transforms (rfft2 layout) laid out for :func:`_resample` over a window of frequencies.
 
-    ``psf`` is ``(L, L//2+1)``, ``spectra`` ``(k, L, L//2+1)``; ``out`` is
-    ``(L + 2m, L//2+1 + 2m, k + 1)`` (``m = margin``) and receives, at row
-    ``fy + L//2 + m`` and column ``fx + m``, the PSF's and the images' values
-    at the frequency ``(fy, fx)``: rows in centred order, the columns
-    continued past both ends by Hermitian symmetry and periodicity, the
-    transforms last so that the kernel reads them together.
+    ``psf`` is the ``(L, L//2+1)`` transform, ``spectra`` ``(k, L, n)``
+    (the first ``n`` columns of the images' transforms, ``size = L``);
+    ``out`` is ``(n_rows, n_cols, k + 1)`` and receives, at ``(r, c)``, the
+    PSF's and the images' values at the frequency ``(fy, fx) = (fy_low + r,
+    fx_low + c)``: the columns continued past both ends by Hermitian
+    symmetry and periodicity, the transforms last so that the kernel reads
+    them together. Only the window the sample points' taps reach is filled
+    (the caller checks that it needs source columns below ``n`` only).
     """
-    k, size, half = spectra.shape
+    k = spectra.shape[0]
+    half = size // 2 + 1
     n_cols = out.shape[1]
     # Source column of each output column, and whether it is read conjugated.
     source = np.empty(n_cols, dtype=np.int64)
     mirrored = np.empty(n_cols, dtype=np.bool_)
     for c in range(n_cols):
-        fxm = (c - margin) % size
+        fxm = (c + fx_low) % size
         mirrored[c] = fxm >= half
         source[c] = size - fxm if fxm >= half else fxm
     for r in range(out.shape[0]):
-        fy = r - size // 2 - margin
+        fy = r + fy_low
         row = fy % size
         # F(fy, fx) = conj(F(-fy, -fx)).
         row_mirror = (-fy) % size
@@ -145,18 +148,25 @@ def _extend(psf, spectra, margin, out):
                     out[r, c, s + 1] = spectra[s, row, col]
 
 
+def _source_columns(fx_low, n_cols, size):
+    """Columns of the rfft2 grid of ``size`` that :func:`_extend` reads for ``n_cols`` frequencies from ``fx_low``."""
+    fxm = (np.arange(n_cols) + fx_low) % size
+    return np.where(fxm >= size // 2 + 1, size - fxm, fxm)
+
+
 @njit(cache=True, fastmath=True)
 def _resample(spectra, offset_y, offset_x, pos_y, pos_x, target, out):
     """Sheared, deconvolved and reconvolved Fourier modes.
 
     ``spectra`` is the output of :func:`_extend` (PSF transform first, then
     the images) viewed as real numbers (last axis: real and imaginary part of
-    each transform), ``(offset_y, offset_x)`` its indices of frequency 0. Each
+    each transform), ``(offset_y, offset_x)`` the indices of frequency 0 in
+    it (negative if the window does not hold it). Each
     transform is interpolated at the positions (grid-index units, possibly
     negative) with the Quintic kernel, separably (the six taps along x of
     each row, summed pairwise, then the rows);
     ``out[s, i] = target[i] * image_s / psf``. The caller keeps every
-    position at least 3 points inside the array.
+    position's 6x6 taps inside the array.
     """
     if spectra.shape[2] == 6:
         # Image and noise image (the usual case): a fixed inner length the
@@ -271,6 +281,99 @@ def _fill_modes(full, keep, modes, target, source, conj, rotated_modes):
 
 
 @njit(cache=True)
+def _narrow_columns(flat, width, n_cols):
+    """Flat indices of a grid ``width`` wide as indices into its first ``n_cols`` columns."""
+    out = np.empty(flat.size, dtype=np.int64)
+    for i in range(flat.size):
+        out[i] = flat[i] // width * n_cols + flat[i] % width
+    return out
+
+
+@njit(cache=True)
+def _column_count(flat, width):
+    """One more than the largest column of flat indices into a grid ``width`` wide (1 if none)."""
+    n_cols = 1
+    for i in range(flat.size):
+        n_cols = max(n_cols, flat[i] % width + 1)
+    return n_cols
+
+
+@njit(cache=True)
+def _power_modes(squared, keep, target, source, n_rows, width, size):
+    """:meth:`EpochMetacal._noise_power` at its non-zero modes, from ``|scale|^2`` of the kept modes.
+
+    The same operations on the same values as the numpy version on the
+    full grid: the kept modes' power, plus the rotated kernel's at the
+    rotation targets, times the half-plane weight, over ``size^2``.
+    Returns ``(modes, power, n_cols)`` as :meth:`EpochMetacal._noise_power_modes`.
+    """
+    total = np.zeros(n_rows * width)
+    for i in range(keep.size):
+        total[keep[i]] = squared[i]
+    for i in range(target.size):
+        total[target[i]] = total[target[i]] + squared[source[i]]
+    norm = float(size * size)
+    count = 0
+    n_cols = 1
+    for f in range(total.size):
+        if total[f] != 0.0:
+            count += 1
+            n_cols = max(n_cols, f % width + 1)
+    modes = np.empty(count, dtype=np.int64)
+    power = np.empty(count)
+    j = 0
+    for f in range(total.size):
+        if total[f] != 0.0:
+            col = f % width
+            weight = 1.0 if col == 0 or (size % 2 == 0 and col == width - 1) else 2.0
+            modes[j] = f // width * n_cols + col
+            power[j] = total[f] * weight / norm
+            j += 1
+    return modes, power, n_cols
+
+
+@njit(cache=True)
+def _target_exponent(qy, qx, inv_t, factor):
+    """``factor * |J^-T q|^2`` on a frequency grid (the arithmetic of ``EpochMetacal._sky_ksq``, no fastmath)."""
+    out = np.empty(qy.shape)
+    for r in range(qy.shape[0]):
+        for c in range(qy.shape[1]):
+            ku = inv_t[0, 0] * qx[r, c] + inv_t[0, 1] * qy[r, c]
+            kv = inv_t[1, 0] * qx[r, c] + inv_t[1, 1] * qy[r, c]
+            out[r, c] = factor * (ku * ku + kv * kv)
+    return out
+
+
+@njit(cache=True)
+def _kept_modes(keep, qy, qx, target, pixel, with_pixel, oversample, in_size):
+    """Flat indices, ``(qx, qy)``, target values (times ``pixel`` if ``with_pixel``) and input-grid rows and columns of the kept modes."""
+    n_rows, width = keep.shape
+    count = 0
+    for r in range(n_rows):
+        for c in range(width):
+            if keep[r, c]:
+                count += 1
+    flat = np.empty(count, dtype=np.int64)
+    q = np.empty((2, count))
+    values = np.empty(count)
+    grid_rows = np.empty(count, dtype=np.int64)
+    grid_cols = np.empty(count, dtype=np.int64)
+    i = 0
+    for r in range(n_rows):
+        fy = r if r < n_rows // 2 else r - n_rows
+        for c in range(width):
+            if keep[r, c]:
+                flat[i] = r * width + c
+                q[0, i] = qx[r, c]
+                q[1, i] = qy[r, c]
+                values[i] = target[r, c] * pixel[r, c] if with_pixel else target[r, c]
+                grid_rows[i] = (oversample * fy) % in_size
+                grid_cols[i] = oversample * c
+                i += 1
+    return flat, q, values, grid_rows, grid_cols
+
+
+@njit(cache=True)
 def _smallest_ksq_below(psf_k, pixel, qy, qx, inv_t, remove_pixel, level):
     """Smallest ``|J^-T q|^2`` over the modes where ``Re(psf_k)`` (over ``pixel`` if ``remove_pixel``) is below ``level``; inf if none.
 
@@ -281,12 +384,13 @@ def _smallest_ksq_below(psf_k, pixel, qy, qx, inv_t, remove_pixel, level):
     best = np.inf
     for r in range(psf_k.shape[0]):
         for c in range(psf_k.shape[1]):
-            kval = psf_k[r, c].real / pixel[r, c] if remove_pixel else psf_k[r, c].real
-            if kval < level:
-                ku = inv_t[0, 0] * qx[r, c] + inv_t[0, 1] * qy[r, c]
-                kv = inv_t[1, 0] * qx[r, c] + inv_t[1, 1] * qy[r, c]
-                ksq = ku * ku + kv * kv
-                if ksq < best:
+            ku = inv_t[0, 0] * qx[r, c] + inv_t[0, 1] * qy[r, c]
+            kv = inv_t[1, 0] * qx[r, c] + inv_t[1, 1] * qy[r, c]
+            ksq = ku * ku + kv * kv
+            # The PSF is read (and divided) only where the mode could lower the minimum.
+            if ksq < best:
+                kval = psf_k[r, c].real / pixel[r, c] if remove_pixel else psf_k[r, c].real
+                if kval < level:
                     best = ksq
     return best
 
@@ -486,13 +590,22 @@ class EpochMetacal:
         positions = np.empty((len(sheared), 2, self._q.shape[1]))
         extremes = _branch_positions(mats, self._q, self.in_size / (2 * np.pi), positions)
         self._sheared_positions = {name: (positions[i, 0], positions[i, 1]) for i, name in enumerate(sheared)}
-        lowest, highest_y, highest_x = 0.0, 0.0, 0.0
+        # The window of input frequencies that the sheared branches' 6x6
+        # taps reach (rows fy, columns fx, both possibly negative), and the
+        # columns of the images' transforms needed: those the window reads
+        # and the noshear branch's grid points. Only these columns are
+        # transformed along y (each column's transform is independent).
         if self._q.shape[1]:
             min_y, max_y, min_x, max_x = extremes
-            lowest = min(lowest, min_y + self.in_size // 2, min_x)
-            highest_y = max(highest_y, max_y - (self.in_size - self.in_size // 2))
-            highest_x = max(highest_x, max_x - (self.in_size // 2 + 1))
-        self._margin = int(max(3, 2 - np.floor(lowest), np.floor(highest_y) + 4, np.floor(highest_x) + 4))
+        else:
+            min_y = max_y = min_x = max_x = 0.0
+        self._fy_low = int(np.floor(min_y)) - 2
+        self._fx_low = int(np.floor(min_x)) - 2
+        self._window = (int(np.floor(max_y)) + 4 - self._fy_low, int(np.floor(max_x)) + 4 - self._fx_low)
+        needed = _source_columns(self._fx_low, self._window[1], self.in_size).max()
+        if self._grid_cols.size:
+            needed = max(needed, self._grid_cols.max())
+        self._in_cols = int(min(needed + 1, self.in_size // 2 + 1))
 
     # ------------------------------------------------------------------
     def _pixel_freqs(self, size, half):
@@ -519,21 +632,19 @@ class EpochMetacal:
 
     def _setup_output_grid(self):
         qy, qx = self._pixel_freqs(self.out_size, half=True)
-        ksq = self._sky_ksq(qy, qx)
-        target = np.exp(-0.5 * self.target_sigma ** 2 * ksq)
+        # exp(-0.5 sigma^2 |J^-T q|^2): the exponent compiled (the arithmetic
+        # of _sky_ksq), the exponential numpy's.
+        target = np.exp(_target_exponent(qy, qx, self._inv_t, -0.5 * self.target_sigma ** 2))
         self._keep = target > TARGET_KVAL_CUT
-        self._keep_flat = np.flatnonzero(self._keep)
-        if self.target_rule == "shapepipe":
-            # The kernel is the Gaussian convolved with the pixel.
-            target = target * _pixel_response(self.out_size)
-        self._q = np.stack([qx[self._keep], qy[self._keep]])
-        self._target_k = target[self._keep]
+        # The kernel of the "shapepipe" rule is the Gaussian convolved with the pixel.
+        pixel = _pixel_response(self.out_size) if self.target_rule == "shapepipe" else np.ones((1, 1))
         self._out_shape = qy.shape
-        # On the unsheared branch the output modes are input grid points.
-        iy, ix = np.nonzero(self._keep)
-        fy = np.where(iy < self.out_size // 2, iy, iy - self.out_size)
-        self._grid_rows = (self._oversample * fy) % self.in_size
-        self._grid_cols = self._oversample * ix
+        # Kept modes: flat indices, (qx, qy), target values and, as the
+        # output modes of the unsheared branch are input grid points, their
+        # rows and columns in the input transform.
+        (self._keep_flat, self._q, self._target_k, self._grid_rows,
+         self._grid_cols) = _kept_modes(self._keep, qy, qx, target, pixel, self.target_rule == "shapepipe",
+                                        self._oversample, self.in_size)
 
     def _position_matrix(self, g1, g2):
         """``M = J^T S J^-T``: the sheared transform is G(S k) (S symmetric, unit determinant); in the pixel frame k = J^-T q."""
@@ -593,7 +704,7 @@ class EpochMetacal:
         pos_y, pos_x = self._sheared_positions[name]
         out = np.empty((spectra.shape[0], pos_x.size), dtype=complex)
         real_view = extended.view(np.float64)
-        _resample(real_view, self.in_size // 2 + self._margin, self._margin, pos_y, pos_x, self._target_k, out)
+        _resample(real_view, -self._fy_low, -self._fx_low, pos_y, pos_x, self._target_k, out)
         return out
 
     def _noshear_scale(self):
@@ -729,42 +840,58 @@ class EpochMetacal:
         # describe the scatter (tests/test_metacal.py).
         buffer, used = _scatter_rows(np.ascontiguousarray(values.reshape(n_stack * k, -1)),
                                      self._crop_rows[rows], self._crop_cols[cols], size)
-        spectra = np.zeros((n_stack * k, size, size // 2 + 1), dtype=np.complex64)
-        spectra[:, used, :] = sfft.rfft(buffer, axis=2)
+        # Only the columns holding modes of non-zero power are transformed
+        # along y (each column's transform is independent of the others).
+        modes, power, n_cols = self._noise_power_modes(rotated_noise)
+        spectra = np.zeros((n_stack * k, size, n_cols), dtype=np.complex64)
+        spectra[:, used, :] = sfft.rfft(buffer, axis=2)[:, :, :n_cols]
         spectra = sfft.fft(spectra, axis=1, overwrite_x=True).reshape(n_stack, k, -1)
         out = np.empty((n_stack, k, k))
-        modes, power = self._noise_power_modes(rotated_noise)
         _gram_kernel(spectra, modes, power, out)
         return out
 
     def _noise_power_modes(self, rotated):
-        """Flat indices of the modes where :meth:`_noise_power` is not zero, and its values there."""
+        """The modes where :meth:`_noise_power` is not zero, its values there, and the columns they need.
+
+        Returns ``(modes, power, n_cols)``: the modes as flat indices into
+        the first ``n_cols`` columns of the rfft2 grid (row-major, the
+        order of the full grid), ``n_cols`` one more than their largest
+        column. Computed from the kept modes (:func:`_power_modes`), not
+        on the full grid.
+        """
         key = bool(rotated)
         cache = self.__dict__.setdefault("_power_modes_cache", {})
         if key not in cache:
-            power = self._noise_power(rotated).ravel()
-            modes = np.flatnonzero(power)
-            cache[key] = (modes, np.ascontiguousarray(power[modes]))
+            squared = np.abs(self._noshear_scale()) ** 2
+            if rotated:
+                target, source, _ = self._rotation_map()
+            else:
+                target = source = np.empty(0, dtype=np.int64)
+            cache[key] = _power_modes(squared, self._keep_flat, target, source, self._out_shape[0],
+                                      self._out_shape[1], self.out_size)
         return cache[key]
 
-    def _padded_transform(self, stamps, centre=None):
+    def _padded_transform(self, stamps, centre=None, n_cols=None):
         """rfft2 of stamps ``(k, ny, nx)`` zero-padded to the input period, ``centre`` (default the stamp's) at index 0.
 
         Only the stamp's rows are transformed along x (the other rows are
-        zero), then all columns along y: equal to ``rfft2`` of the padded
-        stamps, at a third of its cost for a 4x padding.
+        zero), then the columns along y: equal to ``rfft2`` of the padded
+        stamps, at a third of its cost for a 4x padding. With ``n_cols``,
+        only the first ``n_cols`` columns are transformed along y and
+        returned (the same values: each column's transform is independent).
         """
         k, ny, nx = stamps.shape
         size = self.in_size
         cy, cx = self.centre if centre is None else centre
+        n_cols = size // 2 + 1 if n_cols is None else n_cols
         # Pixel j of the stamp goes to index (j - centre) mod size: two slices per axis.
         padded_rows = np.zeros((k, ny, size))
         padded_rows[:, :, :nx - cx] = stamps[:, :, cx:]
         padded_rows[:, :, size - cx:] = stamps[:, :, :cx]
         transformed = sfft.rfft(padded_rows, axis=2)
-        spectra = np.zeros((k, size, size // 2 + 1), dtype=complex)
-        spectra[:, :ny - cy] = transformed[:, cy:]
-        spectra[:, size - cy:] = transformed[:, :cy]
+        spectra = np.zeros((k, size, n_cols), dtype=complex)
+        spectra[:, :ny - cy] = transformed[:, cy:, :n_cols]
+        spectra[:, size - cy:] = transformed[:, :cy, :n_cols]
         return sfft.fft(spectra, axis=1, overwrite_x=True)
 
     def _rotation_map(self):
@@ -792,18 +919,35 @@ class EpochMetacal:
         The rotation is applied to the modes (:meth:`_rotation_map`), so an
         image and its rotated noise image take one inverse transform.
         """
-        full = np.zeros((modes.shape[0], self._out_shape[0] * self._out_shape[1]), dtype=complex)
+        keep, target, source, conj, n_cols = self._output_layout()
+        full = np.zeros((modes.shape[0], self._out_shape[0] * n_cols), dtype=complex)
         if rotated_modes is None:
-            full[:, self._keep_flat] = modes
+            full[:, keep] = modes
         else:
-            target, source, conj = self._rotation_map()
-            _fill_modes(full, self._keep_flat, modes, target, source, conj, rotated_modes)
-        full = full.reshape((modes.shape[0],) + self._out_shape)
+            _fill_modes(full, keep, modes, target, source, conj, rotated_modes)
+        full = full.reshape((modes.shape[0], self._out_shape[0], n_cols))
         # Two 1-d passes, as irfft2 (measured 3x faster than scipy's irfft2 on
-        # fresh arrays); the second only on the rows of the stamp.
-        rows = sfft.ifft(full, axis=1, overwrite_x=True)[:, self._crop_rows, :]
-        images = sfft.irfft(rows, n=self.out_size, axis=2)
+        # fresh arrays): the first only on the columns holding modes (the
+        # others are zero), the second only on the rows of the stamp.
+        rows = np.zeros((modes.shape[0], self._crop_rows.size, self._out_shape[1]), dtype=complex)
+        rows[:, :, :n_cols] = sfft.ifft(full, axis=1, overwrite_x=True)[:, self._crop_rows, :]
+        images = sfft.irfft(rows, n=self.out_size, axis=2, overwrite_x=True)
         return images[:, :, self._crop_cols]
+
+    def _output_layout(self):
+        """Kept modes and rotation targets (:meth:`_rotation_map`) as flat indices into the first ``n_cols`` columns.
+
+        Returns ``(keep, target, source, conj, n_cols)``, ``n_cols`` one
+        more than the largest column of a kept mode or rotation target.
+        """
+        cache = self.__dict__.setdefault("_layout_cache", [])
+        if not cache:
+            target, source, conj = self._rotation_map()
+            width = self._out_shape[1]
+            n_cols = max(_column_count(self._keep_flat, width), _column_count(target, width))
+            cache.append((_narrow_columns(self._keep_flat, width, n_cols), _narrow_columns(target, width, n_cols),
+                          source, conj, n_cols))
+        return cache[0]
 
     def make_images(self, image, noise_image=None, branches=None):
         """Make the metacalibration images of all branches.
@@ -834,13 +978,12 @@ class EpochMetacal:
             if noise_image.shape != self.stamp_shape:
                 raise ValueError("noise image shape differs from the stamp")
             stack.append(np.rot90(noise_image, k=1))
-        spectra = self._padded_transform(np.stack(stack))
+        spectra = self._padded_transform(np.stack(stack), n_cols=self._in_cols)
         names = list(branches or BRANCHES)
         extended = None
         if any(BRANCHES[name] != (0.0, 0.0) for name in names):
-            size, half = spectra.shape[1:]
-            extended = _scratch((size + 2 * self._margin, half + 2 * self._margin, len(stack) + 1))
-            _extend(self._psf_k, spectra, self._margin, extended)
+            extended = _scratch(self._window + (len(stack) + 1,))
+            _extend(self._psf_k, spectra, self.in_size, self._fy_low, self._fx_low, extended)
         modes = np.stack([self._branch_modes(spectra, extended, name) for name in names])
         # One inverse transform for all branches, the noise images rotated
         # back in Fourier space and added before it.
