@@ -540,12 +540,17 @@ def test_assemble_epoch_follows_shapepipe_steps():
     out = engine.assemble_epoch(raw)
     assert np.allclose(out["image"], (image - 100.0) * 2.0)
     assert np.allclose(out["weight"], 1.0)
-    # Tile pixels at -1e30, flipped for CCD 5 (upside down), are flagged.
-    tile = np.zeros((N, N))
-    tile[0, :] = -1e30
-    raw.tile_stamp, raw.ccd = tile, 5
-    out = engine.assemble_epoch(raw)
-    assert np.all(out["flag"][-1, :] == 2 ** 10) and not out["flag"][0, :].any()
+    # Tile pixels at -1e30, flipped for CCD 5 (upside down), are flagged: float64, the float32 of a
+    # SExtractor VIGNET column, and that float32 read as float64 (TileObjects.vignet), where it is
+    # -1.0000000150e30, not -1e30.
+    for tile_dtype, as_float64 in ((np.float64, False), (np.float32, False), (np.float32, True)):
+        tile = np.zeros((N, N), dtype=tile_dtype)
+        tile[0, :] = -1e30
+        tile[1, 3] = -1e30
+        raw.tile_stamp, raw.ccd = (tile.astype(np.float64) if as_float64 else tile), 5
+        out = engine.assemble_epoch(raw)
+        assert np.all(out["flag"][-1, :] == 2 ** 10) and out["flag"][-2, -4] == 2 ** 10  # rotated by 180 degrees
+        assert np.count_nonzero(out["flag"]) == N + 1
     # More than a third of the pixels flagged: dropped.
     raw.flag = np.zeros((N, N), dtype=int)
     raw.flag[: N // 2 + 1] = 1

@@ -40,6 +40,8 @@ from .priors import ShapePipePrior
 
 #: Pixels of the tile stamp outside the tile image (SExtractor's value).
 TILE_MISSING_VALUE = -1e30
+#: Tile stamp pixels below this are SExtractor's missing value, whatever the stamp's float precision.
+TILE_MISSING_BELOW = -1e29
 #: Flag value given to those pixels (ShapePipe's).
 TILE_MISSING_FLAG = 2 ** 10
 
@@ -105,7 +107,7 @@ class RawEpoch:
     centre : tuple of float, optional
         Object position in the stamp (default: the central pixel).
     tile_stamp : numpy.ndarray, optional
-        Tile stamp of the object; its pixels equal to -1e30 are flagged.
+        Tile stamp of the object; its pixels at SExtractor's -1e30 (below ``TILE_MISSING_BELOW``) are flagged.
     ccd : int, optional
         CCD number, to orient ``tile_stamp`` like the exposure (MegaCam).
     """
@@ -175,7 +177,9 @@ def assemble_epoch(raw, max_flagged_fraction=1.0 / 3.0):
         tile = np.asarray(raw.tile_stamp)
         if raw.ccd is not None:
             tile = megacam_flip(tile, int(raw.ccd))
-        flag[tile == TILE_MISSING_VALUE] = TILE_MISSING_FLAG
+        # SExtractor's -1e30 is stored as float32 (-1.0000000150e30 once read as float64): an equality
+        # test with the float64 constant never matched. No real pixel value comes near -1e29.
+        flag[tile < TILE_MISSING_BELOW] = TILE_MISSING_FLAG
     if np.count_nonzero(flag) / flag.size > max_flagged_fraction:
         return None
     scale = float(raw.flux_scale)
