@@ -1,6 +1,7 @@
 """What the dual pass's cross-pass duplicates are, and which join rules remove them (prints tables; docs/crowded.md).
 
-Usage: ``python benchmarks/bench_crowded_duplicates.py [--seeds 1-20] [--workdir DIR] [--no-light]``
+Usage: ``python benchmarks/bench_crowded_duplicates.py [--seeds 1-20] [--held-out 21-30] [--workdir DIR]
+[--neighbour-radius 6] [--no-light]``
 
 For each seed the ``cluster`` preset is simulated (or reused from the work
 folder, e.g. ``bench_crowded.py``'s) and its tile extracted by the HOT and the
@@ -15,12 +16,12 @@ catalogues are joined here as the sextractor module joins them
    FLUX_AUTO, FLUX_RADIUS, and whose noise-free light fills its FLUX_RADIUS
    circle (``crowded.truth_light_in_circles``: the object with most light
    there, its share of that light and the fraction of its own flux);
-2. the same count by light: truth objects whose light dominates (share >=
-   0.5) both a first-pass object and a later-pass object (within 60 pixels
-   of a first-pass object) and makes at least a quarter of the FLUX_AUTO of
-   each, when no other object's light in the later one's
-   circle makes a quarter of its FLUX_AUTO (which would make it a faint
-   object on a bright one's wing), galaxies and stars apart;
+2. the members counted by light (``crowded.light_owners``: a detection
+   holds an object's light when that object has half the truth light in
+   its FLUX_RADIUS circle, making a quarter of its FLUX_AUTO, and no other
+   object as much) beside the matcher's counts: detected exactly once, none,
+   more than once, pieces, in both passes; and the stars whose light both
+   passes detect (pieces of bright stars' halos and spikes);
 3. join rules tried on the same catalogues (an offline variant of the join:
    the fragment distance in units of the earlier object's FLUX_RADIUS, a
    minimum join ellipse of ``m x FLUX_RADIUS``, a minimum flux ratio of a
@@ -56,7 +57,6 @@ RULES = (("ellipse rule alone", 0.0, 1.0, 0.0, 0.0),
          ("neighbour flux >= 0.04 earlier", NEIGHBOUR_RADIUS, 1.0, 0.0, 0.04),
          ("neighbour flux >= 0.06 earlier", NEIGHBOUR_RADIUS, 1.0, 0.0, 0.06),
          ("neighbours >= 7 px", 7.0, 1.0, 0.0, 0.0))
-LIGHT_REACH = 60.0
 
 
 def variant_join(hot, cold, neighbour_radius, core_scale=1.0, min_ellipse=0.0, min_flux_ratio=0.0):
@@ -148,28 +148,25 @@ def main(argv=None):
     if not args.no_light:
         print(f"1. Truth objects detected by both passes (HOT+COLD, PASS_NEIGHBOUR_RADIUS {args.neighbour_radius}), "
               "with whose light each detection's FLUX_RADIUS circle holds")
-        by_light = {}
+        pools = []
         for seeds in seed_sets:
+            pool = dict.fromkeys(("members", "once", "none", "multi", "pieces", "both", "stars_both", "star_pieces",
+                                  "m_once", "m_shredded", "m_pieces", "m_both"), 0)
             for seed in seeds:
-                sim, hot, cold, truth, _ = data[seed]
-                truth = truth[truth["cluster_role"] != ROLE_ICL]
+                sim, hot, cold, truth, centre = data[seed]
                 joined = join_passes([hot, cold], 1.0, args.neighbour_radius)
                 jx, jy = np.asarray(joined["X_IMAGE"], float), np.asarray(joined["Y_IMAGE"], float)
                 radius = np.maximum(np.asarray(joined["FLUX_RADIUS"], float), 2.0)
-                owner = crowded.assign_detections(jx, jy, truth, scale)
                 pas = np.asarray(joined["PASS"])
+                matcher = crowded.cluster_scores(jx, jy, truth, centre, scale, RADIUS_ARCSEC, passes=pas)
+                truth = truth[truth["cluster_role"] != ROLE_ICL]
+                owner = crowded.assign_detections(jx, jy, truth, scale)
                 both = [k for k in np.unique(owner[owner >= 0]) if len(set(pas[owner == k])) > 1]
-                # Whose light each detection holds (every PASS 1 object, the PASS 2 objects near one).
-                first = np.flatnonzero(pas == 1)
-                d = np.hypot(jx[:, None] - jx[first][None, :], jy[:, None] - jy[first][None, :])
-                circles = np.flatnonzero((pas == 1) | np.any(d < LIGHT_REACH, axis=1) | np.isin(owner, both))
                 wcs = WCS(fits.getheader(sim / "tiles" / "CFIS.244.252.r.fits"))
                 psf_model = TruePSF(sim).tiles["244.252"]
-                light_owner = np.full(len(joined), -1)
-                light_share, light_own, runner_up = np.zeros(len(joined)), np.zeros(len(joined)), np.zeros(len(joined))
-                values = crowded.truth_light_in_circles(truth, jx[circles], jy[circles], radius[circles], wcs,
-                                                        psf_model, params)
-                light_owner[circles], light_share[circles], light_own[circles], runner_up[circles] = values
+                light_owner, light_share, light_own, _ = crowded.truth_light_in_circles(truth, jx, jy, radius, wcs,
+                                                                                      psf_model, params)
+                held = crowded.light_owners(truth, jx, jy, joined["FLUX_AUTO"], radius, wcs, psf_model, params)
                 for k in both:
                     row = truth[k]
                     print(f"  seed {seed}: truth {k}, {kind(row)} of mag {row['mag']:.2f}, hlr {row['hlr'] / scale:.1f} "
@@ -186,22 +183,33 @@ def main(argv=None):
                               + (f", {gap:5.1f} px = {gap / hot_r:.2f} FLUX_RADIUS of the PASS 1 object" if pas[q] == 2 else "")
                               + f"; light: truth {lk} ({kind(truth[lk])} {truth['mag'][lk]:.2f}) share "
                               f"{light_share[q]:.2f}, {light_own[q]:.3f} of its flux")
-                # By light: an object's light dominates a PASS 1 object and a PASS 2 object and makes at least a
-                # quarter of each one's flux (half its flux lies within FLUX_RADIUS), and no other object's light
-                # makes a quarter of the PASS 2 object's flux (not a faint object on a bright one's wing).
-                flux = np.asarray(joined["FLUX_AUTO"], float)
-                owner_light = light_own * np.asarray(truth["flux"], float)[np.maximum(light_owner, 0)]
-                held = (light_share >= 0.5) & (light_owner >= 0) & (owner_light >= 0.25 * flux)
-                first_light = set(light_owner[held & (pas == 1)])
-                for q in np.flatnonzero(held & (pas == 2) & (runner_up < 0.25 * flux)):
-                    if light_owner[q] in first_light:
-                        group = "stars" if truth["is_star"][light_owner[q]] else "galaxies"
-                        by_light.setdefault((group, seed), set()).add(int(light_owner[q]))
-            for group in ("galaxies", "stars"):
-                found = {seed: sorted(by_light[(group, seed)]) for seed in seeds if (group, seed) in by_light}
-                print(f"2. Seeds {seeds[0]}-{seeds[-1]}, by light: {group} whose light dominates a PASS 1 object and "
-                      f"a PASS 2 object, a quarter of the flux of each (no other object's light a quarter of the PASS 2 one's): "
-                      f"{sum(len(v) for v in found.values())} {found}")
+                counts = crowded.detections_per_truth(held, len(truth))
+                members = np.asarray(truth["cluster_role"]) == ROLE_MEMBER
+                stars = np.asarray(truth["is_star"], bool)
+                in_both = np.array([len(set(pas[held == k])) > 1 for k in range(len(truth))], bool)
+                pool["members"] += int(members.sum())
+                pool["once"] += int(np.sum(counts[members] == 1))
+                pool["none"] += int(np.sum(counts[members] == 0))
+                pool["multi"] += int(np.sum(counts[members] > 1))
+                pool["pieces"] += int(np.sum(np.maximum(counts[members] - 1, 0)))
+                pool["both"] += int(np.sum(in_both & members))
+                pool["stars_both"] += int(np.sum(in_both & stars))
+                pool["star_pieces"] += int(np.sum(np.maximum(counts[stars] - 1, 0)))
+                pool["m_once"] += round(matcher["members_whole"] * matcher["n_members"])
+                pool["m_shredded"] += matcher["members_shredded"]
+                pool["m_pieces"] += matcher["member_pieces"]
+                pool["m_both"] += matcher["duplicated_across_passes"]
+            pools.append((seeds, pool))
+        print("\n2. By light (a detection holds an object's light: >= 0.5 of the truth light in its FLUX_RADIUS circle, "
+              "making >= 0.25 of its FLUX_AUTO, no other object's as much), against the nearest-truth matcher")
+        print(f"{'seeds':>6s} {'members':>8s} {'1x light':>9s} {'(matcher)':>9s} {'none':>5s} {'>1':>4s} "
+              f"{'(matcher)':>9s} {'pieces':>7s} {'(matcher)':>9s} {'in both passes':>15s} {'(matcher)':>9s} "
+              f"{'stars in both':>14s} {'star pieces':>12s}")
+        for seeds, p in pools:
+            print(f"{seeds[0]:>2d}-{seeds[-1]:<3d} {p['members']:8d} {p['once'] / p['members']:9.3f} "
+                  f"{p['m_once'] / p['members']:9.3f} {p['none']:5d} {p['multi']:4d} {p['m_shredded']:9d} "
+                  f"{p['pieces']:7d} {p['m_pieces']:9d} {p['both']:15d} {p['m_both']:9d} {p['stars_both']:14d} "
+                  f"{p['star_pieces']:12d}")
 
     print("\n3. Join rules on the raw HOT and COLD catalogues (pooled per seed set)")
     head = (f"{'rule':38s}" + "".join(f" | {'seeds':>6s} {'bg 30in':>7s} {'1x':>6s} {'pieces':>6s} {'dupX':>4s}"

@@ -257,3 +257,26 @@ def test_truth_light_in_circles_against_the_moffat_enclosed_flux_and_symmetry():
     # The galaxy's flux, knots included, lies within 60 px (11"); nothing within reach of (400, 400).
     assert owner[2] == 2 and share[2] > 0.9999 and abs(own[2] - 1.0) < 0.01
     assert owner[3] == -1 and share[3] == 0.0
+
+
+def test_light_owners_need_the_light_to_explain_the_flux_and_no_rival():
+    from astropy.wcs import WCS
+
+    from shapepipe_modules.validate.crowded import light_owners
+
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval, wcs.wcs.crpix = [150.0, 2.0], [100.0, 100.0]
+    wcs.wcs.cdelt = [-0.187 / 3600.0, 0.187 / 3600.0]
+    n = 2
+    truth = Table({"x": [50.0, 56.0], "y": [50.0, 50.0], "flux": [1e4, 1e4], "mag": [20.0, 20.0],
+                   "is_star": [True, True], "disk_hlr": np.zeros(n), "bulge_hlr": np.zeros(n),
+                   "bulge_frac": np.zeros(n), "e1_int": np.zeros(n), "e2_int": np.zeros(n), "g1": np.zeros(n),
+                   "g2": np.zeros(n), "knot_frac": np.zeros(n), "knot_n": [0, 0], "knot_seed": [0, 0]})
+    psf_model = {"beta": 3.0, "fwhm": 0.7, "e1": 0.0, "e2": 0.0}
+    params = {"psf_beta": 3.0, "halo_mag": 17.0}
+    # On star 0 with its flux: held. The same circle measured 10 times brighter: the light explains too little.
+    # Half way between the stars: each holds half, a rival of the other's size. Far out: nothing.
+    owner = light_owners(truth, [50.0, 50.0, 53.0, 200.0], [50.0, 50.0, 50.0, 200.0], [1e4, 1e5, 2e3, 100.0],
+                         [2.0, 2.0, 2.0, 2.0], wcs, psf_model, params)
+    assert list(owner) == [0, -1, -1, -1]

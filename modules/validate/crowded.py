@@ -187,6 +187,23 @@ def truth_light_in_circles(truth, x, y, radius, wcs, psf_model, params, reach=10
     return owner, share, own
 
 
+def light_owners(truth, x, y, flux, radius, wcs, psf_model, params, reach=100.0, min_share=0.5, min_fraction=0.25):
+    """Truth row whose light each detection holds (-1: none), from :func:`truth_light_in_circles`.
+
+    A detection holds an object's light when, within its circle (FLUX_RADIUS:
+    half its flux), that object has at least ``min_share`` of the truth
+    light, its light makes at least ``min_fraction`` of the detection's
+    ``flux`` (the detection is of that light, not of noise or of diffuse
+    light missing from ``truth``) and no other object's light makes as much
+    (not a faint object on a bright one's wing).
+    """
+    owner, share, own, runner_up = truth_light_in_circles(truth, x, y, radius, wcs, psf_model, params, reach)
+    flux = np.atleast_1d(np.asarray(flux, float))
+    light = own * np.asarray(truth["flux"], float)[np.maximum(owner, 0)] if len(truth) else np.zeros(flux.size)
+    held = (owner >= 0) & (share >= min_share) & (light >= min_fraction * flux) & (runner_up < min_fraction * flux)
+    return np.where(held, owner, -1)
+
+
 def cluster_scores(det_x, det_y, truth, centre_xy, pixel_scale, radius_arcsec=30.0, passes=None):
     """Completeness, duplicates and shredding of one catalogue on the cluster tile.
 
