@@ -142,6 +142,10 @@ def main(argv=None):
     seed_sets = [_seeds(args.seeds)] + ([_seeds(args.held_out)] if args.held_out else [])
     data = {seed: passes_of(seed) for seeds in seed_sets for seed in seeds}
 
+    def seed_label(seeds):
+        contiguous = seeds == list(range(seeds[0], seeds[-1] + 1))
+        return f"{seeds[0]}-{seeds[-1]}" if contiguous else ",".join(map(str, seeds))
+
     def kind(row):
         return "star" if row["is_star"] else "member" if row["cluster_role"] == ROLE_MEMBER else "galaxy"
 
@@ -169,20 +173,21 @@ def main(argv=None):
                 held = crowded.light_owners(truth, jx, jy, joined["FLUX_AUTO"], radius, wcs, psf_model, params)
                 for k in both:
                     row = truth[k]
-                    print(f"  seed {seed}: truth {k}, {kind(row)} of mag {row['mag']:.2f}, hlr {row['hlr'] / scale:.1f} "
-                          f"px, at ({row['x']:.1f}, {row['y']:.1f})")
+                    size = (row["hlr"] + 0.3) / scale
+                    print(f"  seed {seed}: truth {k}, {kind(row)} of mag {row['mag']:.2f}, "
+                          f"hlr {row['hlr'] / scale:.1f} px, at ({row['x']:.1f}, {row['y']:.1f})")
                     hot_rows = [q for q in np.flatnonzero(owner == k) if pas[q] == 1]
+                    hot_r = float(joined["FLUX_RADIUS"][hot_rows[0]])
                     for q in np.flatnonzero(owner == k):
                         lk = light_owner[q]
-                        gap = min(np.hypot(jx[q] - jx[h], jy[q] - jy[h]) for h in hot_rows) if pas[q] == 2 else 0.0
-                        hot_r = float(joined["FLUX_RADIUS"][hot_rows[0]])
-                        print(f"    PASS {pas[q]} offset {np.hypot(jx[q] - row['x'], jy[q] - row['y']):5.1f} px "
-                              f"({np.hypot(jx[q] - row['x'], jy[q] - row['y']) / ((row['hlr'] + 0.3) / scale):.2f} "
-                              f"sizes), FLUX_AUTO {joined['FLUX_AUTO'][q]:9.0f}, FLUX_RADIUS "
-                              f"{joined['FLUX_RADIUS'][q]:5.1f}"
-                              + (f", {gap:5.1f} px = {gap / hot_r:.2f} FLUX_RADIUS of the PASS 1 object" if pas[q] == 2 else "")
-                              + f"; light: truth {lk} ({kind(truth[lk])} {truth['mag'][lk]:.2f}) share "
-                              f"{light_share[q]:.2f}, {light_own[q]:.3f} of its flux")
+                        offset = np.hypot(jx[q] - row["x"], jy[q] - row["y"])
+                        line = (f"    PASS {pas[q]} offset {offset:5.1f} px ({offset / size:.2f} sizes), FLUX_AUTO "
+                                f"{joined['FLUX_AUTO'][q]:9.0f}, FLUX_RADIUS {joined['FLUX_RADIUS'][q]:5.1f}")
+                        if pas[q] == 2:
+                            gap = min(np.hypot(jx[q] - jx[h], jy[q] - jy[h]) for h in hot_rows)
+                            line += f", {gap:5.1f} px = {gap / hot_r:.2f} FLUX_RADIUS of the PASS 1 object"
+                        print(line + f"; light: truth {lk} ({kind(truth[lk])} {truth['mag'][lk]:.2f}) share "
+                                     f"{light_share[q]:.2f}, {light_own[q]:.3f} of its flux")
                 counts = crowded.detections_per_truth(held, len(truth))
                 members = np.asarray(truth["cluster_role"]) == ROLE_MEMBER
                 stars = np.asarray(truth["is_star"], bool)
@@ -200,13 +205,13 @@ def main(argv=None):
                 pool["m_pieces"] += matcher["member_pieces"]
                 pool["m_both"] += matcher["duplicated_across_passes"]
             pools.append((seeds, pool))
-        print("\n2. By light (a detection holds an object's light: >= 0.5 of the truth light in its FLUX_RADIUS circle, "
-              "making >= 0.25 of its FLUX_AUTO, no other object's as much), against the nearest-truth matcher")
+        print("\n2. By light (a detection holds an object's light: >= 0.5 of the truth light in its FLUX_RADIUS "
+              "circle, making >= 0.25 of its FLUX_AUTO, no other object's as much), against the nearest-truth matcher")
         print(f"{'seeds':>6s} {'members':>8s} {'1x light':>9s} {'(matcher)':>9s} {'none':>5s} {'>1':>4s} "
               f"{'(matcher)':>9s} {'pieces':>7s} {'(matcher)':>9s} {'in both passes':>15s} {'(matcher)':>9s} "
               f"{'stars in both':>14s} {'star pieces':>12s}")
         for seeds, p in pools:
-            print(f"{seeds[0]:>2d}-{seeds[-1]:<3d} {p['members']:8d} {p['once'] / p['members']:9.3f} "
+            print(f"{seed_label(seeds):>6s} {p['members']:8d} {p['once'] / p['members']:9.3f} "
                   f"{p['m_once'] / p['members']:9.3f} {p['none']:5d} {p['multi']:4d} {p['m_shredded']:9d} "
                   f"{p['pieces']:7d} {p['m_pieces']:9d} {p['both']:15d} {p['m_both']:9d} {p['stars_both']:14d} "
                   f"{p['star_pieces']:12d}")
@@ -234,7 +239,7 @@ def main(argv=None):
                 pool["n_members"] += s["n_members"]
                 pool["pieces"] += s["member_pieces"]
                 pool["dup"] += s["duplicated_across_passes"]
-            line += (f" | {seeds[0]:>2d}-{seeds[-1]:<3d} {pool['found'] / pool['n_background']:7.3f} "
+            line += (f" | {seed_label(seeds):>6s} {pool['found'] / pool['n_background']:7.3f} "
                      f"{pool['whole'] / pool['n_members']:6.3f} {pool['pieces']:6d} {pool['dup']:4d}")
         print(line, flush=True)
     print("(bg 30in: background galaxies within 30 arcsec found; 1x: members detected exactly once; pieces: "

@@ -153,38 +153,6 @@ def truth_light_in_circles(truth, x, y, radius, wcs, psf_model, params, reach=10
         own[i] = held[best] / float(truth["flux"][best])
         runner_up[i] = max((v for k, v in held.items() if k != best), default=0.0)
     return owner, share, own, runner_up
-    jacobians = local_jacobians(wcs, tx, ty)
-    psf = moffat(psf_model["beta"], psf_model["fwhm"], psf_model["e1"], psf_model["e2"], gsparams=gsparams())
-    profiles = {}
-    for i in range(x.size):
-        near = np.flatnonzero(np.hypot(tx - x[i], ty - y[i]) < reach + radius[i])
-        if not near.size:
-            continue
-        r = int(np.ceil(radius[i]))
-        bounds = galsim.BoundsI(int(np.rint(x[i])) - r, int(np.rint(x[i])) + r,
-                                int(np.rint(y[i])) - r, int(np.rint(y[i])) + r)
-        yy, xx = np.mgrid[bounds.ymin:bounds.ymax + 1, bounds.xmin:bounds.xmax + 1]
-        inside = np.hypot(xx - x[i], yy - y[i]) <= radius[i]
-        light = np.zeros(near.size)
-        for n, k in enumerate(near):
-            if k not in profiles:
-                row = truth[int(k)]
-                if bool(row["is_star"]):
-                    profiles[k] = star_profile(float(row["flux"]), float(row["mag"]), psf_model["fwhm"],
-                                               psf_model["e1"], psf_model["e2"], params)
-                else:
-                    profiles[k] = galsim.Convolve([truth_galaxy_profile(row, gsparams=gsparams()), psf],
-                                                  gsparams=gsparams())
-            stamp = galsim.ImageF(bounds)
-            profiles[k].drawImage(image=stamp, wcs=galsim.JacobianWCS(*jacobians[k]), method="no_pixel",
-                                  offset=(tx[k] - stamp.true_center.x, ty[k] - stamp.true_center.y))
-            light[n] = stamp.array[inside].sum()
-        best = int(np.argmax(light))
-        total = light.sum()
-        owner[i] = near[best]
-        share[i] = light[best] / total if total > 0 else 0.0
-        own[i] = light[best] / float(truth["flux"][int(near[best])])
-    return owner, share, own
 
 
 def light_owners(truth, x, y, flux, radius, wcs, psf_model, params, reach=100.0, min_share=0.5, min_fraction=0.25):
