@@ -223,3 +223,60 @@ def test_cluster_scores_count_member_pieces_and_background_against_a_hand_count(
     assert scores["n_members"] == 3 and scores["member_pieces"] == 3 and scores["members_shredded"] == 2
     assert scores["members_whole"] == 0.0 and scores["members_missed"] == 1
     assert scores["n_background"] == 2 and scores["background_found"] == 0.5 and scores["background_duplicated"] == 1
+
+
+def test_truth_light_in_circles_against_the_moffat_enclosed_flux_and_symmetry():
+    from astropy.wcs import WCS
+
+    from shapepipe_modules.validate.crowded import truth_light_in_circles
+
+    scale, beta, fwhm = 0.187, 3.0, 0.7
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval, wcs.wcs.crpix = [150.0, 2.0], [100.0, 100.0]
+    wcs.wcs.cdelt = [-scale / 3600.0, scale / 3600.0]
+    # Two equal faint stars 10 px apart (PSF only) and an exponential galaxy with 30 % of its flux in knots.
+    n = 3
+    truth = Table({"x": [50.0, 60.0, 140.0], "y": [50.0, 50.0, 140.0], "flux": [1e4, 1e4, 5e4],
+                   "mag": [20.0, 20.0, 19.0], "is_star": [True, True, False],
+                   "disk_hlr": [0.0, 0.0, 1.0], "bulge_hlr": [0.0, 0.0, 1.0], "bulge_frac": [0.0, 0.0, 0.0],
+                   "e1_int": np.zeros(n), "e2_int": np.zeros(n), "g1": np.zeros(n), "g2": np.zeros(n),
+                   "knot_frac": [0.0, 0.0, 0.3], "knot_n": [0, 0, 30], "knot_seed": [0, 0, 7]})
+    psf_model = {"beta": beta, "fwhm": fwhm, "e1": 0.0, "e2": 0.0}
+    params = {"psf_beta": beta, "halo_mag": 17.0}
+    owner, share, own, runner_up = truth_light_in_circles(truth, [50.0, 55.0, 140.0, 400.0], [50.0, 50.0, 140.0, 400.0],
+                                               [6.0, 1.0, 60.0, 3.0], wcs, psf_model, params, reach=100.0)
+    # Star 0 within 6 px: the untruncated Moffat's enclosed flux 1 - (1 + (r / rd)^2)^(1 - beta).
+    rd = fwhm / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
+    enclosed = 1.0 - (1.0 + (6.0 * scale / rd) ** 2) ** (1.0 - beta)
+    assert owner[0] == 0 and 0.9 < share[0] < 1.0  # the other star's wing, 4 px beyond the circle
+    assert abs(own[0] - enclosed) < 0.003  # pixel centres within the circle: 3e-4 here
+    # Half way between the stars the pixels are symmetric: each holds half the light.
+    assert owner[1] in (0, 1) and abs(share[1] - 0.5) < 1e-3
+    assert abs(runner_up[1] / 1e4 - own[1]) < 1e-6  # the other star: the same light
+    # The galaxy's flux, knots included, lies within 60 px (11"); nothing within reach of (400, 400).
+    assert owner[2] == 2 and share[2] > 0.9999 and abs(own[2] - 1.0) < 0.01
+    assert owner[3] == -1 and share[3] == 0.0
+
+
+def test_light_owners_need_the_light_to_explain_the_flux_and_no_rival():
+    from astropy.wcs import WCS
+
+    from shapepipe_modules.validate.crowded import light_owners
+
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval, wcs.wcs.crpix = [150.0, 2.0], [100.0, 100.0]
+    wcs.wcs.cdelt = [-0.187 / 3600.0, 0.187 / 3600.0]
+    n = 2
+    truth = Table({"x": [50.0, 56.0], "y": [50.0, 50.0], "flux": [1e4, 1e4], "mag": [20.0, 20.0],
+                   "is_star": [True, True], "disk_hlr": np.zeros(n), "bulge_hlr": np.zeros(n),
+                   "bulge_frac": np.zeros(n), "e1_int": np.zeros(n), "e2_int": np.zeros(n), "g1": np.zeros(n),
+                   "g2": np.zeros(n), "knot_frac": np.zeros(n), "knot_n": [0, 0], "knot_seed": [0, 0]})
+    psf_model = {"beta": 3.0, "fwhm": 0.7, "e1": 0.0, "e2": 0.0}
+    params = {"psf_beta": 3.0, "halo_mag": 17.0}
+    # On star 0 with its flux: held. The same circle measured 10 times brighter: the light explains too little.
+    # Half way between the stars: each holds half, a rival of the other's size. Far out: nothing.
+    owner = light_owners(truth, [50.0, 50.0, 53.0, 200.0], [50.0, 50.0, 50.0, 200.0], [1e4, 1e5, 2e3, 100.0],
+                         [2.0, 2.0, 2.0, 2.0], wcs, psf_model, params)
+    assert list(owner) == [0, -1, -1, -1]

@@ -58,6 +58,120 @@ def detections_per_truth(owner, n_truth):
     return np.bincount(owner[owner >= 0], minlength=n_truth)
 
 
+def truth_light_in_circles(truth, x, y, radius, wcs, psf_model, params, reach=100.0):
+    """Noise-free light of the truth objects inside circles (e.g. each detection's FLUX_RADIUS circle).
+
+    Says whose light a detection holds, where :func:`assign_detections`
+    knows only positions: a star blended with a galaxy may be given to the
+    galaxy, and a knot clump of a member to a faint neighbour. Each object
+    is drawn as the simulator draws it (its truth profile, knots included,
+    convolved with the PSF; stars with halo and spikes when bright; local
+    Jacobian of ``wcs`` at the object; no pixel convolution) on the pixels
+    of the circle's bounding box, and the pixels whose centre lies within
+    the radius are summed. Each object is drawn once, on the pixels of all
+    the circles within its reach.
+
+    Parameters
+    ----------
+    truth : table-like
+        The rows to draw (e.g. without the intracluster light): ``x, y``
+        (FITS pixels), ``flux, mag, is_star`` and the galaxy profile columns
+        of the truth tables.
+    x, y, radius : array
+        Circle centres (FITS pixels) and radii (pixels).
+    wcs : astropy.wcs.WCS
+        The image's WCS.
+    psf_model : dict
+        ``beta, fwhm, e1, e2`` of the PSF (``TruePSF(sim).tiles[tile]``).
+    params : dict
+        Simulation parameters (``psf_beta``, ``halo_mag`` and the bright-star profile).
+    reach : float
+        Objects farther than this (pixels) from a circle's centre are not drawn.
+
+    Returns
+    -------
+    owner : ndarray of int
+        Row of ``truth`` with the most light in each circle (-1: none drawn).
+    share : ndarray
+        That object's share of all the drawn light in the circle.
+    own_fraction : ndarray
+        That object's light in the circle over its total flux.
+    runner_up : ndarray
+        The light in the circle (image units) of the object with the second most.
+    """
+    import galsim
+    from scipy.spatial import cKDTree
+
+    from shapepipe_modules.simulate.geometry import local_jacobians
+    from shapepipe_modules.simulate.psf import moffat
+    from shapepipe_modules.simulate.render import gsparams, star_profile
+    from shapepipe_modules.simulate.scene import truth_galaxy_profile
+
+    x, y, radius = (np.atleast_1d(np.asarray(v, float)) for v in (x, y, radius))
+    tx, ty = np.asarray(truth["x"], float), np.asarray(truth["y"], float)
+    owner, share, own, runner_up = np.full(x.size, -1), np.zeros(x.size), np.zeros(x.size), np.zeros(x.size)
+    if not tx.size or not x.size:
+        return owner, share, own, runner_up
+    # Each circle's pixels (centres within the radius) in its bounding box, 1-based like the truth.
+    r = np.ceil(radius).astype(int)
+    x0, y0 = np.rint(x).astype(int) - r, np.rint(y).astype(int) - r
+    masks = []
+    for i in range(x.size):
+        yy, xx = np.mgrid[y0[i]:y0[i] + 2 * r[i] + 1, x0[i]:x0[i] + 2 * r[i] + 1]
+        masks.append(np.hypot(xx - x[i], yy - y[i]) <= radius[i])
+    jacobians = local_jacobians(wcs, tx, ty)
+    psf = moffat(psf_model["beta"], psf_model["fwhm"], psf_model["e1"], psf_model["e2"], gsparams=gsparams())
+    light = [dict() for _ in range(x.size)]
+    circles = cKDTree(np.column_stack([x, y]))
+    # One drawing per object, on the union of the boxes of the circles within its reach.
+    for k, near in enumerate(circles.query_ball_point(np.column_stack([tx, ty]), r=reach + radius.max())):
+        near = [i for i in near if np.hypot(tx[k] - x[i], ty[k] - y[i]) < reach + radius[i]]
+        if not near:
+            continue
+        row = truth[k]
+        if bool(row["is_star"]):
+            profile = star_profile(float(row["flux"]), float(row["mag"]), psf_model["fwhm"], psf_model["e1"],
+                                   psf_model["e2"], params)
+        else:
+            profile = galsim.Convolve([truth_galaxy_profile(row, gsparams=gsparams()), psf], gsparams=gsparams())
+        bounds = galsim.BoundsI(int(min(x0[i] for i in near)), int(max(x0[i] + 2 * r[i] for i in near)),
+                                int(min(y0[i] for i in near)), int(max(y0[i] + 2 * r[i] for i in near)))
+        stamp = galsim.ImageF(bounds)
+        profile.drawImage(image=stamp, wcs=galsim.JacobianWCS(*jacobians[k]), method="no_pixel",
+                          offset=(tx[k] - stamp.true_center.x, ty[k] - stamp.true_center.y))
+        for i in near:
+            cut = stamp.array[y0[i] - bounds.ymin:y0[i] - bounds.ymin + 2 * r[i] + 1,
+                              x0[i] - bounds.xmin:x0[i] - bounds.xmin + 2 * r[i] + 1]
+            light[i][k] = float(cut[masks[i]].sum())
+    for i, held in enumerate(light):
+        if not held:
+            continue
+        best = max(held, key=held.get)
+        total = sum(held.values())
+        owner[i] = best
+        share[i] = held[best] / total if total > 0 else 0.0
+        own[i] = held[best] / float(truth["flux"][best])
+        runner_up[i] = max((v for k, v in held.items() if k != best), default=0.0)
+    return owner, share, own, runner_up
+
+
+def light_owners(truth, x, y, flux, radius, wcs, psf_model, params, reach=100.0, min_share=0.5, min_fraction=0.25):
+    """Truth row whose light each detection holds (-1: none), from :func:`truth_light_in_circles`.
+
+    A detection holds an object's light when, within its circle (FLUX_RADIUS:
+    half its flux), that object has at least ``min_share`` of the truth
+    light, its light makes at least ``min_fraction`` of the detection's
+    ``flux`` (the detection is of that light, not of noise or of diffuse
+    light missing from ``truth``) and no other object's light makes as much
+    (not a faint object on a bright one's wing).
+    """
+    owner, share, own, runner_up = truth_light_in_circles(truth, x, y, radius, wcs, psf_model, params, reach)
+    flux = np.atleast_1d(np.asarray(flux, float))
+    light = own * np.asarray(truth["flux"], float)[np.maximum(owner, 0)] if len(truth) else np.zeros(flux.size)
+    held = (owner >= 0) & (share >= min_share) & (light >= min_fraction * flux) & (runner_up < min_fraction * flux)
+    return np.where(held, owner, -1)
+
+
 def cluster_scores(det_x, det_y, truth, centre_xy, pixel_scale, radius_arcsec=30.0, passes=None):
     """Completeness, duplicates and shredding of one catalogue on the cluster tile.
 
