@@ -262,6 +262,17 @@ def test_every_worker_gone_fails_the_remaining_jobs(tmp_path):
             assert row["error"].startswith("no Dask worker for 2 s: every worker of tcp://")
 
 
+def test_worker_watch_names_a_worker_that_ran_a_job_and_left():
+    """A worker that ran a job and left between two looks at the scheduler was there: the reason says so."""
+    client = SimpleNamespace(scheduler_info=lambda n_workers=0: {"n_workers": 0})
+    watch = executor_dask._WorkerWatch(client, 0.0, "tcp://x:1")
+    assert watch.problem(lambda: False) == "no Dask worker for 0 s: no worker joined the scheduler at tcp://x:1"
+    assert watch.problem(lambda: True) == ("no Dask worker for 0 s: every worker of tcp://x:1 died or left and "
+                                           "none came back")
+    # Once seen, always seen; the evidence is not asked again.
+    assert watch.problem(lambda: pytest.fail("asked again")).endswith("died or left and none came back")
+
+
 def _task(tmp_path, number="-001"):
     return Task(module="t", module_run="t", number=number, inputs=[], input_table={}, options={},
                 function=("m", "f"), module_dirs=(), output_dir=str(tmp_path / "output"),

@@ -213,8 +213,13 @@ class _WorkerWatch:
         self.seen_worker = True
         self.last_worker_time = time.monotonic()
 
-    def problem(self) -> str | None:
-        """The reason to give up, or None while workers exist or may still come."""
+    def problem(self, worker_ran_a_job=None) -> str | None:
+        """The reason to give up, or None while workers exist or may still come.
+
+        ``worker_ran_a_job`` (a callable, asked only when giving up) tells
+        whether a job started on some worker: one that ran a job and left
+        between two looks at the scheduler was there all the same.
+        """
         now = time.monotonic()
         if self.worker_count() > 0:
             self.seen_worker = True
@@ -222,6 +227,8 @@ class _WorkerWatch:
             return None
         if now - self.last_worker_time < self.wait_seconds:
             return None
+        if not self.seen_worker and worker_ran_a_job is not None and worker_ran_a_job():
+            self.seen_worker = True
         if self.last_error:
             why = f"the scheduler at {self.where} cannot be reached ({self.last_error})"
         elif self.seen_worker:
@@ -355,7 +362,8 @@ class DaskExecutor(Executor):
                     if finished.has_ready() or time.monotonic() - last_check < POLL_SECONDS:
                         continue
                     last_check = time.monotonic()
-                    reason = watch.problem()
+                    reason = watch.problem(lambda: any(read_marker(task, token) is not None
+                                                       for task, _, token, _ in pending.values()))
                     if reason is not None:
                         yield from self._abandon(pending, reason)
                     continue
