@@ -9,27 +9,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
+
+from shapepipe_modules.io.figures import agg_figure, save_png
 
 QUANTITIES = {
     "e1": ("e_1", "bwr"),
     "e2": ("e_2", "bwr"),
     "size": ("T = 2 sigma^2 [pix^2]", "viridis"),
 }
-
-
-def _figure(**kwargs):
-    from shapepipe_modules.io.figures import agg_figure
-
-    return agg_figure(**kwargs)
-
-
-def _save(figure, path):
-    from shapepipe_modules.io.figures import save_png
-
-    save_png(figure, path)
 
 
 def _hist(axis, values, bins, value_range=None, **kwargs):
@@ -105,7 +93,7 @@ def plot_focal_plane(maps, focal_plane, quantity: str, path, limits=None, residu
             limits = _symmetric(list(star.values()) + list(model.values()))
     res_limits = _symmetric(list(residual.values()), residual_limit)
     res_label = "(T_star - T_model) / T_star" if quantity == "size" else f"{label} star - model"
-    figure = _figure(figsize=(18, 6.5))
+    figure = agg_figure(figsize=(18, 6.5))
     axes = figure.subplots(1, 3)
     figure.subplots_adjust(left=0.05, right=0.97, wspace=0.3, top=0.85)
     panels = ((star, f"{label}: stars", limits, cmap), (model, f"{label}: model", limits, cmap),
@@ -117,7 +105,7 @@ def plot_focal_plane(maps, focal_plane, quantity: str, path, limits=None, residu
         rms = float(np.sqrt(np.mean(finite ** 2))) if finite.size else float("nan")
         axis.set_title(f"{title}\nbin mean: rms {rms:.3g}, std {np.std(finite) if finite.size else np.nan:.3g}")
         figure.colorbar(mesh, ax=axis, shrink=0.8)
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def plot_counts(maps, focal_plane, path):
@@ -125,18 +113,18 @@ def plot_counts(maps, focal_plane, path):
     counts = maps["count"]
     total = int(sum(v.sum() for v in counts.values()))
     peak = max((float(v.max()) for v in counts.values()), default=1.0)
-    figure = _figure(figsize=(8, 7))
+    figure = agg_figure(figsize=(8, 7))
     axis = figure.subplots()
     shown = {ccd: np.where(v > 0, v, np.nan) for ccd, v in counts.items()}
     mesh = _draw_ccds(axis, focal_plane, shown, 0, max(peak, 1.0), "magma")
     axis.set_title(f"Validation stars per bin (total {total})")
     figure.colorbar(mesh, ax=axis, shrink=0.8)
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def plot_histograms(sample, path, bins: int = 50):
     """Histograms of e1, e2 and size of stars and model, and of their residuals."""
-    figure = _figure(figsize=(16, 9))
+    figure = agg_figure(figsize=(16, 9))
     axes = figure.subplots(2, 3)
     figure.subplots_adjust(hspace=0.35, wspace=0.25)
     rows = (("e1", sample.e1_star, sample.e1_psf, sample.de1, "e1 star - model"),
@@ -158,7 +146,7 @@ def plot_histograms(sample, path, bins: int = 50):
         axis.set_xlabel(residual_name)
         axis.set_title(f"mean {mean:.3g}, std {std:.3g}")
     figure.suptitle(f"PSF validation: {len(sample)} reserved stars")
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def plot_rho(rho: dict, path, ylim_left=None, ylim_right=None, style: str = "HSC"):
@@ -168,7 +156,7 @@ def plot_rho(rho: dict, path, ylim_left=None, ylim_right=None, style: str = "HSC
     the signed ``xi+`` on a symmetric-log axis (as ShapePipe's UNIONS style,
     through shear_psf_leakage, plots it without absolute values).
     """
-    figure = _figure(figsize=(14, 6))
+    figure = agg_figure(figsize=(14, 6))
     axes = figure.subplots(1, 2)
     groups = (("rho0", "rho1", "rho3", "rho4"), ("rho2", "rho5"))
     for axis, names, ylim in zip(axes, groups, (ylim_left, ylim_right)):
@@ -203,4 +191,4 @@ def plot_rho(rho: dict, path, ylim_left=None, ylim_right=None, style: str = "HSC
         axis.set_ylabel({"DES": "theta |xi+|", "UNIONS": "xi+"}.get(style, "|xi+|  (open: negative)"))
         axis.legend()
     figure.suptitle("Rho statistics (reserved stars)")
-    _save(figure, Path(path))
+    save_png(figure, path)
