@@ -17,7 +17,10 @@ process, as in ``shapepipe_gold``. This script makes itself a child
 subreaper (Linux), so that the CPU time of every process of a stage --
 the runner, its workers, the forked job processes and the external
 programs they start, even those orphaned when their parent exits -- is
-collected when they end (``RUSAGE_CHILDREN``). The table shows, per module,
+collected when they end (``RUSAGE_CHILDREN``); after each stage it waits (up
+to 20 s) only for the processes that appeared during the stage, not for its
+own long-lived helpers (multiprocessing resource trackers), so the wall
+column is the stage's. The table shows, per module,
 the jobs, the module's wall time and the summed CPU time of its jobs (a
 job's forked process and everything it waited for), and per stage the
 remaining CPU (interpreter start, imports and bookkeeping of the runner and
