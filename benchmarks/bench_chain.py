@@ -17,7 +17,10 @@ process, as in ``shapepipe_gold``. This script makes itself a child
 subreaper (Linux), so that the CPU time of every process of a stage --
 the runner, its workers, the forked job processes and the external
 programs they start, even those orphaned when their parent exits -- is
-collected when they end (``RUSAGE_CHILDREN``). The table shows, per module,
+collected when they end (``RUSAGE_CHILDREN``); after each stage it waits (up
+to 20 s) only for the processes that appeared during the stage, not for its
+own long-lived helpers (multiprocessing resource trackers), so the wall
+column is the stage's. The table shows, per module,
 the jobs, the module's wall time and the summed CPU time of its jobs (a
 job's forked process and everything it waited for), and per stage the
 remaining CPU (interpreter start, imports and bookkeeping of the runner and
@@ -54,21 +57,46 @@ def become_subreaper() -> bool:
     return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
 
 
-def reap_orphans(wait_s: float = 20.0) -> int:
-    """Wait for descendants left running after a stage (worker pools shutting down); return how many were reaped."""
+def child_pids() -> set[int]:
+    """Our direct children (orphans adopted as subreaper included), from ``/proc/self/task/*/children``."""
+    pids = set()
+    for path in Path("/proc/self/task").glob("*/children"):
+        try:
+            pids.update(int(pid) for pid in path.read_text().split())
+        except (OSError, ValueError):
+            pass
+    return pids
+
+
+def reap_orphans(wait_s: float = 20.0, keep=frozenset()) -> int:
+    """Wait for descendants left running after a stage (worker pools shutting down); return how many were reaped.
+
+    Children in ``keep`` (this process's own long-lived helpers, e.g. a
+    multiprocessing resource tracker, running before the stage) are not
+    waited for: the wait ends as soon as no other child remains, or after
+    ``wait_s``.
+    """
     reaped = 0
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            while True:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+                if not pid:
+                    break
+                reaped += 1
         except ChildProcessError:
             return reaped
-        if pid:
-            reaped += 1
-            continue
-        if time.monotonic() > deadline:
+        if not child_pids() - set(keep) or time.monotonic() > deadline:
             return reaped
-        time.sleep(0.05)
+        time.sleep(0.02)
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return f"pid {pid} (ended)"
 
 
 def children_cpu() -> float:
@@ -84,13 +112,17 @@ def run_stages(data_dir: Path, run_root: Path, stage_names, log=print) -> dict:
     config_dir = gold_folder()
     stages = []
     for name in stage_names:
+        # Children already running (this process's own helpers) are not the stage's: not waited for.
+        before = child_pids()
         cpu0, wall0 = children_cpu(), time.perf_counter()
         runs = run_chain(data_dir, run_root, config_dir, first=name, last=name, log=log)
-        reaped = reap_orphans()
+        reaped = reap_orphans(keep=before)
+        left = [_command_line(pid) for pid in sorted(child_pids() - before)]
         wall, cpu = time.perf_counter() - wall0, children_cpu() - cpu0
         stages.append({"stage": name, "wall_s": wall, "cpu_all_s": cpu, "orphans_reaped": reaped,
-                       "run_dirs": [str(d) for run in runs for d in run.run_dirs]})
-        log(f"  {name}: {wall:.1f} s wall, {cpu:.1f} s CPU (all processes)")
+                       "orphans_left": left, "run_dirs": [str(d) for run in runs for d in run.run_dirs]})
+        log(f"  {name}: {wall:.1f} s wall, {cpu:.1f} s CPU (all processes)"
+            + (f"; still running after the wait, not counted: {left}" if left else ""))
     return {"data": str(data_dir), "run_root": str(run_root), "subreaper": subreaper,
             "load_average": os.getloadavg(), "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "stages": stages}
 

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import json
 import logging
@@ -105,6 +106,27 @@ def _load_function(task: Task):
 _PRELOADED: set = set()
 
 
+@contextlib.contextmanager
+def _imports_then_freeze():
+    """Run imports without the cyclic garbage collector, then freeze what they made.
+
+    Imports make hundreds of thousands of long-lived objects and almost no
+    garbage: without the collector they run faster, and frozen
+    (:func:`gc.freeze`) those objects are no longer traversed by every full
+    collection of this process and of the processes forked from it (0.1 s
+    per full collection once astropy and matplotlib are loaded); forked
+    children also stop touching their pages (copy-on-write).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+        gc.freeze()
+
+
 def _preload(names, logger) -> None:
     """Import (and call) a module's preload entries once per worker process.
 
@@ -112,17 +134,19 @@ def _preload(names, logger) -> None:
     numba in each job costs up to a second of CPU per job. A failing entry
     is logged and skipped; the job itself reports any real problem.
     """
-    for name in names:
-        if name in _PRELOADED:
-            continue
-        _PRELOADED.add(name)
-        module_name, _, function_name = name.partition(":")
-        try:
-            target = importlib.import_module(module_name)
-            if function_name:
-                getattr(target, function_name)()
-        except Exception as error:  # a preload is an optimisation, never a requirement
-            logger.warning("preload of %s failed: %s: %s", name, type(error).__name__, error)
+    names = [name for name in names if name not in _PRELOADED]
+    if not names:
+        return
+    with _imports_then_freeze():
+        for name in names:
+            _PRELOADED.add(name)
+            module_name, _, function_name = name.partition(":")
+            try:
+                target = importlib.import_module(module_name)
+                if function_name:
+                    getattr(target, function_name)()
+            except Exception as error:  # a preload is an optimisation, never a requirement
+                logger.warning("preload of %s failed: %s: %s", name, type(error).__name__, error)
 
 
 def preload_for_children(names) -> list[str]:
@@ -134,18 +158,19 @@ def preload_for_children(names) -> list[str]:
     failure in the job's log, as without this step. Returns the entries done.
     """
     done = []
-    for name in names:
-        if not name or name in _PRELOADED:
-            continue
-        module_name, _, function_name = name.partition(":")
-        try:
-            target = importlib.import_module(module_name)
-            if function_name:
-                getattr(target, function_name)()
-        except Exception:  # noqa: BLE001  the worker retries and reports it
-            continue
-        _PRELOADED.add(name)
-        done.append(name)
+    with _imports_then_freeze():
+        for name in names:
+            if not name or name in _PRELOADED:
+                continue
+            module_name, _, function_name = name.partition(":")
+            try:
+                target = importlib.import_module(module_name)
+                if function_name:
+                    getattr(target, function_name)()
+            except Exception:  # noqa: BLE001  the worker retries and reports it
+                continue
+            _PRELOADED.add(name)
+            done.append(name)
     return done
 
 
@@ -242,6 +267,8 @@ def _run_forked(task: Task, function, logger, handler, staging: Path) -> tuple[d
     if pid == 0:  # child: its own session, so killpg reaches everything it starts
         code = 0
         try:
+            # What the job inherits lives as long as the job: full collections need not traverse it.
+            gc.freeze()
             os.close(read_fd)
             os.setsid()
             die_with_parent()

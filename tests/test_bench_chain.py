@@ -113,3 +113,31 @@ def test_compare_puts_old_and_new_cpu_side_by_side(tmp_path):
     assert rows[("MaMa", "mask_run_1")] == ["3.0", "2.5"]
     assert rows[("MaMa", "(runner")] == ["processes)", "2.0", "0.5"]
     assert rows[("chain", "all")] == ["processes", "5.0", "3.0"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc children lists are Linux only")
+def test_reap_does_not_wait_for_children_running_before_the_stage():
+    """A long-lived child present before the stage (as a resource tracker) does not hold the wait."""
+    script = textwrap.dedent(f"""
+        import importlib.util, subprocess, sys, time
+        spec = importlib.util.spec_from_file_location("bench_chain", {str(BENCH)!r})
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+        assert bench.become_subreaper()
+        helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        before = bench.child_pids()
+        assert helper.pid in before
+        child = ("import subprocess, sys; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(0.5)'])")
+        subprocess.run([sys.executable, "-c", child], check=True)
+        start = time.monotonic()
+        reaped = bench.reap_orphans(wait_s=20.0, keep=before)
+        waited = time.monotonic() - start
+        left = bench.child_pids() - before
+        helper.kill(); helper.wait()
+        print(reaped, waited, len(left))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True)
+    reaped, waited, left = out.stdout.split()
+    # The orphaned grandchild (0.5 s) is waited for and reaped; the helper (30 s) is not waited for.
+    assert int(reaped) == 1 and int(left) == 0
+    assert 0.3 < float(waited) < 10.0

@@ -243,3 +243,43 @@ def test_preload_runs_once_per_worker_and_never_fails_a_job(tmp_path, monkeypatc
 
     assert warm_probe.CALLS == [1]
     assert [r.getMessage().split(":")[0] for r in records] == ["preload of no_such_module_xyz failed"]
+
+
+def test_forked_job_and_preloads_leave_inherited_objects_to_a_frozen_generation(tmp_path, monkeypatch):
+    """Preloaded modules are frozen (gc.freeze) and a forked job freezes what it inherits:
+    the job's full collections then skip them; the collector stays enabled."""
+    import gc
+    import logging
+
+    from shapepipe import jobs
+
+    (tmp_path / "gc_probe.py").write_text(
+        "import gc\n"
+        "def probe(job):\n"
+        "    return {'frozen': gc.get_freeze_count(), 'enabled': gc.isenabled()}\n"
+        "def warm():\n"
+        "    global KEPT\n"
+        "    KEPT = [[i] for i in range(20000)]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(jobs, "_PRELOADED", set())
+    try:
+        before = gc.get_freeze_count()
+        jobs._preload(("gc_probe:warm",), logging.getLogger("gc-test"))
+        import gc_probe
+
+        # The preload's own objects are in the permanent generation, the collector is on again.
+        assert gc.get_freeze_count() >= before + 20000
+        assert gc.isenabled()
+        assert len(gc_probe.KEPT) == 20000
+        gc.unfreeze()
+        task = jobs.Task(module="t", module_run="t", number="-001", inputs=[], input_table={}, options={},
+                         function=("gc_probe", "probe"), module_dirs=(str(tmp_path),),
+                         output_dir=str(tmp_path / "output"), log_dir=str(tmp_path / "logs"),
+                         run_dir=str(tmp_path), timeout=60)
+        row = jobs.run_task(task)
+        assert row["status"] == "done", row
+        # Nothing frozen in this process now; the forked job froze everything it inherited.
+        assert gc.get_freeze_count() == 0
+        assert row["result"]["frozen"] > 20000 and row["result"]["enabled"] is True
+    finally:
+        gc.unfreeze()

@@ -398,3 +398,39 @@ def test_catalogue_with_vignets_of_candidate_rows_gives_identical_outputs(tmp_pa
     with pytest.raises(JobError, match="VIGNET_ROWS") as error:
         setools(make_job(tmp_path, narrow, SETOOLS_CONFIG_PATH=selection))
     assert "star_selection" in str(error.value) and "MAG_AUTO < 20" in str(error.value)
+
+
+def test_histogram_plot_has_the_pixels_of_matplotlib_hist_bars(tmp_path):
+    """A TYPE = hist plot (one filled step patch per series, written by io.figures.save_png) is the
+    image matplotlib's own hist bars and savefig give for the same sections."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    from shapepipe_modules.setools.plots import make_plot
+
+    path = tmp_path / "h.setools"
+    path.write_text("[MASK:bright]\nMAG < 21\nNO_SAVE\n"
+                    "[PLOT:h]\nTYPE = hist\nY_1 = MAG\nY_2 = MAG{bright}\nBIN_1 = 20\nBIN_2 = 12\nALPHA_2 = 0.5\n"
+                    "LABEL_1 = all\nLABEL_2 = bright\nTITLE = \"Magnitudes\"\nXLABEL = Mag\n")
+    selection = read_setools(path)
+    rng = np.random.default_rng(5)
+    columns = {"MAG": rng.normal(21.0, 1.2, 400)}
+    masks = compute_masks(selection, columns, 400)
+    written = make_plot(selection.plots["h"], columns, masks, tmp_path / "h", str(path))
+
+    figure = Figure()
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    figure.suptitle("Magnitudes")
+    axes.hist(columns["MAG"], bins=20, label="all")
+    axes.hist(columns["MAG"][columns["MAG"] < 21], bins=12, alpha=0.5, label="bright")
+    axes.legend()
+    axes.set_xlabel("Mag")
+    figure.savefig(tmp_path / "reference.png", format="png")
+
+    ours = np.asarray(Image.open(written).convert("RGB"))
+    reference = np.asarray(Image.open(tmp_path / "reference.png").convert("RGB"))
+    assert ours.shape == reference.shape == (480, 640, 3)
+    assert np.array_equal(ours, reference)
+    assert Image.open(written).mode == "RGB"

@@ -135,7 +135,10 @@ def run_config(config_path, env, output_dir, log=print) -> Path:
     """
     before = run_folders(output_dir)
     command = [sys.executable, "-m", "shapepipe.cli", "-c", str(config_path)]
-    completed = subprocess.run(command, env={**os.environ, **env}, stdout=subprocess.PIPE,
+    # PYTHONSAFEPATH (Python >= 3.11; ignored before): the runner and its fork server import the
+    # installed package, not a source checkout in the working directory (which, where bytecode is not
+    # written, every process compiled again: 0.03 to 0.05 s of CPU each).
+    completed = subprocess.run(command, env={**os.environ, "PYTHONSAFEPATH": "1", **env}, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     new = sorted(run_folders(output_dir) - before)
     run_dir = new[-1] if new else None

@@ -9,9 +9,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
+
+from shapepipe_modules.io.figures import agg_figure, save_png
 
 QUANTITIES = {
     "e1": ("e_1", "bwr"),
@@ -20,20 +20,14 @@ QUANTITIES = {
 }
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(figure, path):
-    from shapepipe.atomic import atomic_path
-
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png")
+def _hist(axis, values, bins, value_range=None, **kwargs):
+    """Filled histogram as one step patch (as ``hist``'s touching bars, without a patch per bin)."""
+    values = np.asarray(values, dtype=float)
+    if value_range is None:  # as hist: the range of the finite values
+        finite = values[np.isfinite(values)]
+        value_range = (float(finite.min()), float(finite.max())) if finite.size else None
+    counts, edges = np.histogram(values, bins=bins, range=value_range)
+    axis.stairs(counts, edges, fill=True, baseline=0, **kwargs)
 
 
 def _draw_ccds(axis, focal_plane, values_by_ccd, vmin, vmax, cmap):
@@ -86,7 +80,6 @@ def plot_focal_plane(maps, focal_plane, quantity: str, path, limits=None, residu
     residual_limit : float, optional
         Colour range (+-) of the residual panel.
     """
-    plt = _pyplot()
     label, cmap = QUANTITIES[quantity]
     star = maps[f"{quantity}_star"]
     model = maps[f"{quantity}_psf"]
@@ -100,7 +93,8 @@ def plot_focal_plane(maps, focal_plane, quantity: str, path, limits=None, residu
             limits = _symmetric(list(star.values()) + list(model.values()))
     res_limits = _symmetric(list(residual.values()), residual_limit)
     res_label = "(T_star - T_model) / T_star" if quantity == "size" else f"{label} star - model"
-    figure, axes = plt.subplots(1, 3, figsize=(18, 6.5))
+    figure = agg_figure(figsize=(18, 6.5))
+    axes = figure.subplots(1, 3)
     figure.subplots_adjust(left=0.05, right=0.97, wspace=0.3, top=0.85)
     panels = ((star, f"{label}: stars", limits, cmap), (model, f"{label}: model", limits, cmap),
               (residual, res_label, res_limits, "bwr"))
@@ -111,29 +105,27 @@ def plot_focal_plane(maps, focal_plane, quantity: str, path, limits=None, residu
         rms = float(np.sqrt(np.mean(finite ** 2))) if finite.size else float("nan")
         axis.set_title(f"{title}\nbin mean: rms {rms:.3g}, std {np.std(finite) if finite.size else np.nan:.3g}")
         figure.colorbar(mesh, ax=axis, shrink=0.8)
-    _save(figure, path)
-    plt.close(figure)
+    save_png(figure, path)
 
 
 def plot_counts(maps, focal_plane, path):
     """Number of stars per bin in the focal plane."""
-    plt = _pyplot()
     counts = maps["count"]
     total = int(sum(v.sum() for v in counts.values()))
     peak = max((float(v.max()) for v in counts.values()), default=1.0)
-    figure, axis = plt.subplots(figsize=(8, 7))
+    figure = agg_figure(figsize=(8, 7))
+    axis = figure.subplots()
     shown = {ccd: np.where(v > 0, v, np.nan) for ccd, v in counts.items()}
     mesh = _draw_ccds(axis, focal_plane, shown, 0, max(peak, 1.0), "magma")
     axis.set_title(f"Validation stars per bin (total {total})")
     figure.colorbar(mesh, ax=axis, shrink=0.8)
-    _save(figure, path)
-    plt.close(figure)
+    save_png(figure, path)
 
 
 def plot_histograms(sample, path, bins: int = 50):
     """Histograms of e1, e2 and size of stars and model, and of their residuals."""
-    plt = _pyplot()
-    figure, axes = plt.subplots(2, 3, figsize=(16, 9))
+    figure = agg_figure(figsize=(16, 9))
+    axes = figure.subplots(2, 3)
     figure.subplots_adjust(hspace=0.35, wspace=0.25)
     rows = (("e1", sample.e1_star, sample.e1_psf, sample.de1, "e1 star - model"),
             ("e2", sample.e2_star, sample.e2_psf, sample.de2, "e2 star - model"),
@@ -142,20 +134,19 @@ def plot_histograms(sample, path, bins: int = 50):
         both = np.concatenate([star, model])
         span = (np.percentile(both, 0.5), np.percentile(both, 99.5)) if both.size else (0, 1)
         axis = axes[0, column]
-        axis.hist(star, bins=bins, range=span, alpha=0.5, label="stars")
-        axis.hist(model, bins=bins, range=span, alpha=0.5, label="model")
+        _hist(axis, star, bins, span, alpha=0.5, color="C0", label="stars")
+        _hist(axis, model, bins, span, alpha=0.5, color="C1", label="model")
         axis.set_xlabel(name)
         axis.legend()
         axis = axes[1, column]
-        axis.hist(residual, bins=bins, color="C2")
+        _hist(axis, residual, bins, color="C2")
         mean = float(np.mean(residual)) if residual.size else float("nan")
         std = float(np.std(residual)) if residual.size else float("nan")
         axis.axvline(0.0, color="k", lw=0.8)
         axis.set_xlabel(residual_name)
         axis.set_title(f"mean {mean:.3g}, std {std:.3g}")
     figure.suptitle(f"PSF validation: {len(sample)} reserved stars")
-    _save(figure, path)
-    plt.close(figure)
+    save_png(figure, path)
 
 
 def plot_rho(rho: dict, path, ylim_left=None, ylim_right=None, style: str = "HSC"):
@@ -165,8 +156,8 @@ def plot_rho(rho: dict, path, ylim_left=None, ylim_right=None, style: str = "HSC
     the signed ``xi+`` on a symmetric-log axis (as ShapePipe's UNIONS style,
     through shear_psf_leakage, plots it without absolute values).
     """
-    plt = _pyplot()
-    figure, axes = plt.subplots(1, 2, figsize=(14, 6))
+    figure = agg_figure(figsize=(14, 6))
+    axes = figure.subplots(1, 2)
     groups = (("rho0", "rho1", "rho3", "rho4"), ("rho2", "rho5"))
     for axis, names, ylim in zip(axes, groups, (ylim_left, ylim_right)):
         for index, name in enumerate(names):
@@ -200,5 +191,4 @@ def plot_rho(rho: dict, path, ylim_left=None, ylim_right=None, style: str = "HSC
         axis.set_ylabel({"DES": "theta |xi+|", "UNIONS": "xi+"}.get(style, "|xi+|  (open: negative)"))
         axis.legend()
     figure.suptitle("Rho statistics (reserved stars)")
-    _save(figure, Path(path))
-    plt.close(figure)
+    save_png(figure, path)

@@ -94,6 +94,16 @@ PRODUCTS = (
     numbering_scheme="-0000000",
     run_method="serial",
     depends=("numpy", "astropy", "matplotlib", "treecorr"),
+    preload=(
+        "astropy.table",
+        "astropy.wcs",
+        "treecorr",
+        "shapepipe_modules.io.warmup:matplotlib_agg",
+        "shapepipe_modules.io.header_store",
+        "shapepipe_modules.io.tables",
+        "shapepipe_modules.psf_validation.report",
+        "shapepipe_modules.psf_validation.plots",
+    ),
     options=OPTIONS,
     validate=validate,
 )

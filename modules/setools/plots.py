@@ -2,6 +2,7 @@
 
 matplotlib is imported inside :func:`make_plot` (Agg canvas, no pyplot
 state), so importing this file stays cheap and plotting is thread-safe.
+PNG files are written by :func:`shapepipe_modules.io.figures.save_png`.
 """
 
 from __future__ import annotations
@@ -54,11 +55,9 @@ def make_plot(plot: PlotSection, columns: Mapping, masks: Mapping, output_base, 
     pathlib.Path
         The file written.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from shapepipe_modules.io.figures import agg_figure, save_png
 
-    figure = Figure()
-    FigureCanvasAgg(figure)
+    figure = agg_figure()
     axes = figure.add_subplot()
     title = render_label(plot.get("TITLE", ""), columns, masks, config_path)
     figure.suptitle(title or "")
@@ -86,13 +85,18 @@ def make_plot(plot: PlotSection, columns: Mapping, masks: Mapping, output_base, 
         else:
             y = _array(plot, "Y", series, columns, masks, config_path)
             y = y[np.isfinite(y)]
-            axes.hist(
-                y,
-                bins=plot.get("BIN", series, 50),
-                color=color, alpha=alpha, label=label,
-                histtype=plot.get("HTYPE", "", "bar"),
-                log=plot.get("LOG", "", False),
-            )
+            bins = plot.get("BIN", series, 50)
+            histtype = plot.get("HTYPE", "", "bar")
+            log = plot.get("LOG", "", False)
+            if histtype == "bar" and not log:
+                # One data set per call: hist's touching bars are one filled step outline,
+                # drawn as one patch instead of one per bin. (Every series of the plot takes
+                # this branch, so the default colours follow the same cycle as hist's.)
+                counts, edges = np.histogram(y, bins=bins)
+                axes.stairs(counts, edges, fill=True, baseline=0, alpha=alpha, label=label,
+                            **({} if color is None else {"color": color}))
+            else:
+                axes.hist(y, bins=bins, color=color, alpha=alpha, label=label, histtype=histtype, log=log)
     if last_scatter is not None:
         figure.colorbar(last_scatter, ax=axes)
     for key, setter in (("XLIM", axes.set_xlim), ("YLIM", axes.set_ylim)):
@@ -107,6 +111,8 @@ def make_plot(plot: PlotSection, columns: Mapping, masks: Mapping, output_base, 
             setter(text)
     fmt = plot.get("FORMAT", "", "png")
     path = Path(f"{output_base}.{fmt}")
+    if fmt == "png":
+        return save_png(figure, path)
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format=fmt)
     return path
