@@ -251,3 +251,30 @@ def test_final_catalogue_has_original_and_reconvolved_psf_shapes(tmp_path):
         np.testing.assert_allclose(cat[f"NGMIX_T_PSFr_GAUSS_{key}"] / cat[f"NGMIX_T_PSFo_GAUSS_{key}"], ratio ** 2,
                                    rtol=1e-3)  # epoch averages of T and of sqrt(T)
         np.testing.assert_array_equal(cat[f"NGMIX_T_PSFr_{key}"], cat[f"NGMIX_Tpsf_{key}"])
+
+
+def test_tile_vignet_mask_flags_epoch_pixels_only_when_asked(tmp_path):
+    """TILE_VIGNET_MASK: the tile VIGNET's -1e30 pixels (float32, as SExtractor writes them) flag every epoch.
+
+    One object's tile stamp is -1e30 over 40% of its pixels: with the option its epochs are dropped (more
+    than a third flagged, ShapePipe's rule), without it (the default) the object is measured as before.
+    """
+    tile = make_tile(tmp_path / "in", ids=(3, 5, 6))
+    with fits.open(tile.inputs[0], mode="update") as hdus:
+        vignet = hdus["LDAC_OBJECTS"].data["VIGNET"]
+        assert vignet.dtype.itemsize == 4
+        rows = int(0.4 * vignet.shape[1]) + 1
+        vignet[1, :rows, :] = np.float32(-1e30)
+    out_default, out_masked = tmp_path / "default", tmp_path / "masked"
+    out_default.mkdir()
+    out_masked.mkdir()
+    path, _ = run_ngmix(tile.inputs, out_default, NUMBER, 1, options(tile), LOG)
+    default = read_branches(path)[1]["NOSHEAR"]
+    path, summary = run_ngmix(tile.inputs, out_masked, NUMBER, 1, {**options(tile), "TILE_VIGNET_MASK": True}, LOG)
+    masked = read_branches(path)[1]["NOSHEAR"]
+    np.testing.assert_array_equal(default["id"], [3, 5, 6])
+    assert default["n_epoch_model"][1] == 1 + 5 % 3 and default["mcal_flags"][1] == 0
+    assert masked["n_epoch_model"][1] == 0 and "NO_EPOCHS" in fl.flags_to_names(int(masked["mcal_flags"][1]))
+    # The other objects are untouched by the option.
+    for name in ("g1", "g2", "T", "flux"):
+        np.testing.assert_array_equal(masked[name][[0, 2]], default[name][[0, 2]])

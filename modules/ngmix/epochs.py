@@ -304,13 +304,14 @@ def open_stores(store_paths: dict) -> dict:
 
 def measure_tile(catalogue_path, store_paths: dict, tile_number: str, seed: int, config=None,
                  header_store_path=None, id_min: int = -1, id_max: int = -1, logger=None, measure=None,
-                 position_params=("XWIN_WORLD", "YWIN_WORLD"), rng_cell_arcsec=RNG_CELL_ARCSEC):
+                 position_params=("XWIN_WORLD", "YWIN_WORLD"), rng_cell_arcsec=RNG_CELL_ARCSEC,
+                 tile_vignet_mask=False):
     """Measure every object of a tile (or of an id range of it).
 
     Parameters
     ----------
     catalogue_path : path-like
-        Tile catalogue (``NUMBER``; ``VIGNET`` used when present).
+        Tile catalogue (``NUMBER``; ``VIGNET`` used with ``tile_vignet_mask``).
     store_paths : dict
         Store kind (:data:`STORE_KINDS`) to its path.
     tile_number : str
@@ -332,6 +333,9 @@ def measure_tile(catalogue_path, store_paths: dict, tile_number: str, seed: int,
     rng_cell_arcsec : float, optional
         Side of the sky cells keying the object generators
         (:func:`~.engine.sky_rng`).
+    tile_vignet_mask : bool, optional
+        Flag the epoch pixels where the tile ``VIGNET`` is -1e30 (ShapePipe's
+        mask of neighbours and missing tile pixels; ``TILE_VIGNET_MASK``).
 
     Returns
     -------
@@ -360,7 +364,7 @@ def measure_tile(catalogue_path, store_paths: dict, tile_number: str, seed: int,
                "n_epochs": 0, "n_epochs_incomplete": 0,
                "id_tile_min": int(tile.ids.min()) if tile.ids.size else 0,
                "id_tile_max": int(tile.ids.max()) if tile.ids.size else 0}
-    if tile.vignets is None:
+    if tile_vignet_mask and tile.vignets is None:
         logger.info("%s has no VIGNET: pixels missing from the tile are not flagged", catalogue_path)
     try:
         for start in range(0, rows.size, READ_BATCH):
@@ -375,7 +379,7 @@ def measure_tile(catalogue_path, store_paths: dict, tile_number: str, seed: int,
                         raise JobError(f"object {object_id} of {catalogue_path} is not in the {kind} stamp "
                                        f"store {stores[kind].path}")
                     records[kind] = record
-                tile_stamp = tile.vignet(row)
+                tile_stamp = tile.vignet(row) if tile_vignet_mask else None
                 raw, n_incomplete, reason = object_raw_epochs(object_id, records, flux_scales, tile_stamp)
                 summary["n_epochs_incomplete"] += n_incomplete
                 summary["n_epochs"] += len(raw)
