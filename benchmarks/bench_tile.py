@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_chain import become_subreaper, children_cpu, ngmix_object_epochs, reap_orphans  # noqa: E402
+from bench_chain import become_subreaper, child_pids, children_cpu, ngmix_object_epochs, reap_orphans  # noqa: E402
 
 #: A real CFIS tile (issue 22): detections, object-epochs, unique exposure CCDs per tile.
 REAL_DETECTIONS = 50_000
@@ -59,10 +59,11 @@ def run_stages(data_dir: Path, run_root: Path, ng_splits: int, log=print) -> dic
     subreaper = become_subreaper()
     stages = []
     for stage in STAGES:
+        before = child_pids()  # this process's own helpers: not the stage's, not waited for
         cpu0, wall0 = children_cpu(), time.perf_counter()
         runs = run_chain(data_dir, run_root, gold_folder(), first=stage.name, last=stage.name,
                          ng_splits=ng_splits, log=log)
-        reap_orphans()
+        reap_orphans(keep=before)
         wall, cpu = time.perf_counter() - wall0, children_cpu() - cpu0
         stages.append({"stage": stage.name, "wall_s": wall, "cpu_all_s": cpu,
                        "run_dirs": [str(d) for run in runs for d in run.run_dirs]})
