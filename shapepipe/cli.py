@@ -179,4 +179,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_status = main()
+    if exit_status and "shapepipe.cluster.mpi_executor" in sys.modules:
+        # Under mpirun: leave MPI cleanly instead of through mpi4py's MPI_Abort (mpi_executor).
+        sys.modules["shapepipe.cluster.mpi_executor"].exit_without_abort(exit_status)
+    sys.exit(exit_status)

@@ -8,7 +8,9 @@ Rank 0 runs ``shapepipe_run``; ranks 1 to N-1 form mpi4py's shared worker
 pool and take one job at a time as they become free (dynamic load
 balancing). Under ``-m mpi4py.futures`` an exception or a non-zero exit on
 any rank calls ``MPI_Abort``, and Open MPI's ``mpirun`` stops every rank when
-one of them dies, so a broken rank ends the MPI job instead of hanging it.
+one of them dies, so a broken rank ends the MPI job instead of hanging it. A
+run that ends normally with failed jobs (status 1) finalises MPI and exits
+with its status instead (:func:`exit_without_abort`).
 
 Importing mpi4py initialises MPI: it is imported inside the functions only,
 which :mod:`shapepipe.cluster.modes` calls only when an MPI launcher started
@@ -29,6 +31,32 @@ LAUNCH_LINE = "mpirun -np N python -m mpi4py.futures -m shapepipe.cli -c CONFIG"
 #: Environment variables set by MPI launchers (Open MPI, MPICH/Hydra, PMIx, MVAPICH, Intel MPI).
 MPI_LAUNCHER_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MV2_COMM_WORLD_SIZE",
                           "MPI_LOCALNRANKS", "I_MPI_HYDRA_HOST_FILE")
+
+
+def exit_without_abort(status: int) -> None:
+    """Let a run that ended with a failure status leave MPI cleanly (rank 0, after the run).
+
+    ``-m mpi4py.futures`` turns any non-zero exit into ``MPI_Abort`` once its
+    worker pool is shut down. For a run whose failures are recorded (status
+    1) the ranks are healthy, and Open MPI's ``mpirun`` has been seen to hang
+    or crash while relaying the abort's help message (CI: "Data unpack would
+    read past end of buffer", show_help.c). An exit hook, which runs before
+    mpi4py's, finalises MPI and ends the process with ``status``: ``mpirun``
+    still exits non-zero. Does nothing unless mpi4py has initialised MPI.
+    """
+    import atexit
+
+    def leave():
+        mpi4py_mpi = sys.modules.get("mpi4py.MPI")
+        if mpi4py_mpi is None or not mpi4py_mpi.Is_initialized() or mpi4py_mpi.Is_finalized():
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        mpi4py_mpi.Finalize()
+        os._exit(status)
+
+    if status:
+        atexit.register(leave)
 
 
 def mpi_launcher_detected(environ=None) -> bool:
