@@ -183,6 +183,20 @@ def adaptive_moments(image, mask=None, guess_sigma=3.0):
                    e1=shape.e1, e2=shape.e2, amplitude=result.moments_amp)
 
 
+def _covariance(moments):
+    """``(mxx, myy, mxy, det)`` of the moments' elliptical Gaussian.
+
+    Distortion e with det(M) = sigma^4: M = sigma^2 / sqrt(1-e^2) [[1+e1, e2], [e2, 1-e1]].
+    """
+    e1, e2 = moments.e1, moments.e2
+    sig2 = moments.sigma ** 2
+    root = np.sqrt(max(1.0 - e1 * e1 - e2 * e2, 1e-6))
+    mxx = sig2 * (1 + e1) / root
+    myy = sig2 * (1 - e1) / root
+    mxy = sig2 * e2 / root
+    return mxx, myy, mxy, mxx * myy - mxy * mxy
+
+
 def gaussian_image(moments, shape):
     """The elliptical Gaussian described by adaptive ``moments``, drawn on a stamp of ``shape``.
 
@@ -192,14 +206,7 @@ def gaussian_image(moments, shape):
     # Broadcast (ny, 1) and (1, nx) offsets: the same values as full grids, without them.
     dy = np.arange(ny, dtype=float)[:, None] - moments.row
     dx = np.arange(nx, dtype=float)[None, :] - moments.col
-    e1, e2 = moments.e1, moments.e2
-    sig2 = moments.sigma ** 2
-    # Distortion e with det(M) = sigma^4: M = sigma^2 / sqrt(1-e^2) [[1+e1, e2], [e2, 1-e1]]
-    root = np.sqrt(max(1.0 - e1 * e1 - e2 * e2, 1e-6))
-    mxx = sig2 * (1 + e1) / root
-    myy = sig2 * (1 - e1) / root
-    mxy = sig2 * e2 / root
-    det = mxx * myy - mxy * mxy
+    mxx, myy, mxy, det = _covariance(moments)
     rho = (myy * dx * dx - 2 * mxy * dx * dy + mxx * dy * dy) / det
     return moments.amplitude / (2 * np.pi * np.sqrt(det)) * np.exp(-0.5 * rho)
 
@@ -239,14 +246,7 @@ def noise_sigma_outside_object(image, usable, moments=None, threshold=1.2):
     if moments is None:
         first, count = _usable_mad_nb(image, usable, False, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, values, exponents)
         return float(first)
-    e1, e2 = moments.e1, moments.e2
-    sig2 = moments.sigma ** 2
-    # The covariance of gaussian_image, computed the same way.
-    root = np.sqrt(max(1.0 - e1 * e1 - e2 * e2, 1e-6))
-    mxx = sig2 * (1 + e1) / root
-    myy = sig2 * (1 - e1) / root
-    mxy = sig2 * e2 / root
-    det = mxx * myy - mxy * mxy
+    mxx, myy, mxy, det = _covariance(moments)  # the covariance of gaussian_image
     first, count = _usable_mad_nb(image, usable, True, float(moments.row), float(moments.col),
                                   float(mxx), float(myy), float(mxy), float(det), values, exponents)
     if count == 0 or not np.isfinite(first) or first <= 0:
