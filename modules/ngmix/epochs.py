@@ -58,7 +58,7 @@ class TileObjects:
     ra, dec : numpy.ndarray of float64
         Sky position (degrees) of every object: keys its random stream.
     vignets : numpy.ndarray or None
-        Tile stamps (``VIGNET``), used to flag pixels missing from the tile:
+        Tile stamps (``VIGNET``), used with ``TILE_VIGNET_MASK`` to flag the pixels SExtractor set to -1e30:
         a view of the memory-mapped file column (its own byte order and
         type), so that a job measuring an id range of a large tile reads the
         pages of its own objects only; :meth:`vignet` gives one as float64.
