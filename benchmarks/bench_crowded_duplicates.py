@@ -1,7 +1,7 @@
 """What the dual pass's cross-pass duplicates are, and which join rules remove them (prints tables; docs/crowded.md).
 
 Usage: ``python benchmarks/bench_crowded_duplicates.py [--seeds 1-20] [--held-out 21-30] [--workdir DIR]
-[--neighbour-radius 6] [--no-light]``
+[--neighbour-radius 6] [--no-light] [--tables 1,2,3,4,5] [--light-rules] [--merge-rules 0,4,7] [--ring 6,9,2]``
 
 For each seed the ``cluster`` preset is simulated (or reused from the work
 folder, e.g. ``bench_crowded.py``'s) and its tile extracted by the HOT and the
@@ -27,7 +27,28 @@ catalogues are joined here as the sextractor module joins them
    minimum join ellipse of ``m x FLUX_RADIUS``, a minimum flux ratio of a
    neighbour to the earlier object, the neighbour radius), with the
    background completeness within 30 arcsec, the members detected exactly
-   once, the member pieces and the cross-pass duplicates, per seed set.
+   once, the member pieces and the cross-pass duplicates, per seed set;
+4. (``--tables 4``) within-pass merges: pairs of COLD detections closer than
+   ``--merge-distance`` pixels merged before the join when the lowest value of
+   the COLD detection image (rebuilt here: 24-pixel sep background, 3x3
+   filter) on the segment joining their peaks is at least a fraction of the
+   fainter peak (``saddle``), or the dip below the fainter peak is less than
+   a number of sigma of the filtered image (``dip``), or their distance is
+   below a fraction of the sum of their FLUX_RADIUS (``radius``); the merged
+   object keeps the brightest piece's row, FLUX_AUTO summed, position
+   flux-weighted. Counted: the truth objects with two or more detections all
+   from the COLD pass (``split``), and the truth objects whose every COLD
+   detection the merge gave to another (``lost``: close pairs merged);
+   ``--light-rules`` adds both counted by light and the members detected once
+   by light;
+5. (``--tables 5``) resolved COLD objects inside HOT ellipses: the sizes of
+   the objects the join drops (beyond the FLUX_RADIUS of every HOT object
+   containing them), on the ring-median residual (Secker 1995: each pixel
+   minus the median of an annulus around it, ``--ring`` inner, outer radius
+   and the Gaussian window of the second moment, pixels) and as R_WIN =
+   sqrt(X2WIN_IMAGE + Y2WIN_IMAGE), over the star locus (median of the COLD
+   detections of 18-22 mag truth stars), by the truth object the matcher gives
+   them; then the join with those above a size accepted.
 """
 
 from __future__ import annotations
@@ -59,8 +80,9 @@ RULES = (("ellipse rule alone", 0.0, 1.0, 0.0, 0.0),
          ("neighbours >= 7 px", 7.0, 1.0, 0.0, 0.0))
 
 
-def variant_join(hot, cold, neighbour_radius, core_scale=1.0, min_ellipse=0.0, min_flux_ratio=0.0):
-    """The two-pass join with the rules tried (with 1, 0, 0 it is ``passes.join_passes``)."""
+def variant_join(hot, cold, neighbour_radius, core_scale=1.0, min_ellipse=0.0, min_flux_ratio=0.0, accept=None):
+    """The two-pass join with the rules tried (with 1, 0, 0 it is ``passes.join_passes``); ``accept``: COLD rows
+    kept even inside HOT ellipses (table 5)."""
     from astropy.table import vstack
     from scipy.spatial import cKDTree
 
@@ -84,9 +106,284 @@ def variant_join(hot, cold, neighbour_radius, core_scale=1.0, min_ellipse=0.0, m
         keep[i] = (neighbour_radius > 0 and radius[i] >= neighbour_radius
                    and bool(np.all(distance > core_scale * h_radius[near]))
                    and bool(np.all(flux[i] >= min_flux_ratio * h_flux[near])))
+        if accept is not None and accept[i]:
+            keep[i] = True
     first, second = hot.copy(), cold[keep]
     first["PASS"], second["PASS"] = np.ones(len(first), np.int16), np.full(len(second), 2, np.int16)
     return vstack([first, second], metadata_conflicts="silent")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4-5. Within-pass merges (faint galaxies split by the COLD pass) and resolved objects inside HOT ellipses.
+
+def detection_image(sim, back_size=24, back_filtersize=3):
+    """The COLD pass's detection image, rebuilt here: the tile minus a sep background on ``back_size`` meshes,
+    convolved with the normalised 3x3 ``default.conv``; with the noise of that filtered image (pixel rms map times
+    the kernel's noise gain) and the background-subtracted image itself."""
+    import sep
+    from astropy.io import fits
+    from scipy import ndimage
+
+    from shapepipe_modules.sextractor.runner import DATA_DIR
+
+    image = fits.getdata(sim / "tiles" / "CFIS.244.252.r.fits").astype(np.float32)
+    weight = fits.getdata(sim / "weight.fits").astype(np.float32)
+    bad = ~(weight > 0)
+    mesh = sep.Background(image, mask=bad, bw=back_size, bh=back_size, fw=back_filtersize, fh=back_filtersize)
+    sub = np.where(bad, 0.0, image - mesh.back()).astype(np.float64)
+    kernel = np.loadtxt(DATA_DIR / "default.conv", comments="#", skiprows=1)
+    kernel = kernel / kernel.sum()
+    filtered = ndimage.convolve(sub, kernel, mode="constant")
+    noise = mesh.rms() * np.sqrt(np.sum(kernel**2))
+    return filtered, noise, sub
+
+
+def _peak(filtered, x, y, radius=1.5):
+    """Highest filtered pixel within ``radius`` of each 1-based centre, and its 0-based position."""
+    ny, nx = filtered.shape
+    offsets = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if dx * dx + dy * dy <= radius * radius]
+    ix, iy = np.rint(np.asarray(x) - 1).astype(int), np.rint(np.asarray(y) - 1).astype(int)
+    best = np.full(len(ix), -np.inf)
+    px, py = ix.astype(float), iy.astype(float)
+    for dy, dx in offsets:
+        jx, jy = np.clip(ix + dx, 0, nx - 1), np.clip(iy + dy, 0, ny - 1)
+        value = filtered[jy, jx]
+        better = value > best
+        best[better], px[better], py[better] = value[better], jx[better], jy[better]
+    return best, px, py
+
+
+def pair_saddles(table, filtered, max_distance):
+    """Pairs of detections closer than ``max_distance`` pixels, with the lowest filtered value on the segment
+    joining their peaks (bilinear) and both peaks."""
+    from scipy import ndimage
+    from scipy.spatial import cKDTree
+
+    x, y = np.asarray(table["X_IMAGE"], float), np.asarray(table["Y_IMAGE"], float)
+    pairs = np.array(sorted(cKDTree(np.column_stack([x, y])).query_pairs(max_distance)), int).reshape(-1, 2)
+    peak, px, py = _peak(filtered, x, y)
+    if not len(pairs):
+        return pairs, np.empty(0), peak
+    t = np.linspace(0.0, 1.0, 4 * int(np.ceil(max_distance)) + 1)
+    i, j = pairs[:, 0], pairs[:, 1]
+    sx = px[i, None] + (px[j] - px[i])[:, None] * t
+    sy = py[i, None] + (py[j] - py[i])[:, None] * t
+    samples = ndimage.map_coordinates(filtered, [sy.ravel(), sx.ravel()], order=1, mode="nearest")
+    return pairs, samples.reshape(sx.shape).min(axis=1), peak
+
+
+def merge_groups(n, pairs, merge):
+    """Connected groups of the pairs to merge (union-find): a group label per row."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    chosen = pairs[merge]
+    graph = coo_matrix((np.ones(len(chosen)), (chosen[:, 0], chosen[:, 1])), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def merged_catalogue(table, labels):
+    """One row per group: the brightest piece's row, FLUX_AUTO summed, X/Y_IMAGE flux-weighted."""
+    flux = np.asarray(table["FLUX_AUTO"], float)
+    weight = np.maximum(flux, 1e-3)
+    order = np.lexsort((-flux, labels))
+    first = order[np.r_[True, labels[order][1:] != labels[order][:-1]]]
+    out = table[first]
+    group = labels[first]
+    total_w = np.bincount(labels, weight)
+    out["X_IMAGE"] = np.bincount(labels, weight * np.asarray(table["X_IMAGE"], float))[group] / total_w[group]
+    out["Y_IMAGE"] = np.bincount(labels, weight * np.asarray(table["Y_IMAGE"], float))[group] / total_w[group]
+    out["FLUX_AUTO"] = np.bincount(labels, flux)[group]
+    return out
+
+
+def merge_rule(table, filtered, noise, kind, value, max_distance=8.0):
+    """The COLD catalogue after merging the pairs a rule calls one object.
+
+    ``saddle``: saddle / fainter peak >= value; ``dip``: (fainter peak - saddle) / noise of the filtered image at
+    the saddle < value; ``radius``: centre distance < value x (FLUX_RADIUS_1 + FLUX_RADIUS_2).
+    """
+    if kind == "none":
+        return table
+    pairs, saddle, peak = pair_saddles(table, filtered, max_distance)
+    if not len(pairs):
+        return table
+    i, j = pairs[:, 0], pairs[:, 1]
+    fainter = np.minimum(peak[i], peak[j])
+    if kind == "saddle":
+        merge = saddle >= value * fainter
+    elif kind == "dip":
+        xm = np.clip(np.rint((table["X_IMAGE"][i] + table["X_IMAGE"][j]) / 2 - 1).astype(int), 0, noise.shape[1] - 1)
+        ym = np.clip(np.rint((table["Y_IMAGE"][i] + table["Y_IMAGE"][j]) / 2 - 1).astype(int), 0, noise.shape[0] - 1)
+        merge = (fainter - saddle) < value * noise[ym, xm]
+    elif kind == "radius":
+        radius = np.asarray(table["FLUX_RADIUS"], float)
+        distance = np.hypot(table["X_IMAGE"][i] - table["X_IMAGE"][j], table["Y_IMAGE"][i] - table["Y_IMAGE"][j])
+        merge = distance < value * (radius[i] + radius[j])
+    else:
+        raise ValueError(kind)
+    return merged_catalogue(table, merge_groups(len(table), pairs, merge))
+
+
+def ring_residual_sizes(sub, x, y, inner=8.0, outer=11.0, half=5, window=2.0):
+    """Windowed size of each object on the ring-median residual (Secker 1995).
+
+    Each pixel of a ``2 half + 1`` stamp around the object loses the median of the background-subtracted image
+    in an annulus ``inner <= r <= outer`` pixels around that pixel (the smooth light of a host); on the residual,
+    ``T = sum(w I r^2) / sum(w I)`` with a round Gaussian window of ``window`` pixels about the catalogue centre,
+    and the flux within 3 pixels. Point sources give the PSF's T; resolved galaxies more.
+    """
+    ny, nx = sub.shape
+    pad = int(np.ceil(outer)) + half + 1
+    padded = np.pad(sub, pad, mode="reflect")
+    oy, ox = np.mgrid[-int(outer):int(outer) + 1, -int(outer):int(outer) + 1]
+    ring = (np.hypot(ox, oy) >= inner) & (np.hypot(ox, oy) <= outer)
+    oy, ox = oy[ring], ox[ring]
+    sy, sx = np.mgrid[-half:half + 1, -half:half + 1]
+    sy, sx = sy.ravel(), sx.ravel()
+    x0, y0 = np.asarray(x, float) - 1, np.asarray(y, float) - 1
+    ix, iy = np.rint(x0).astype(int), np.rint(y0).astype(int)
+    sizes, fluxes = np.full(len(ix), np.nan), np.full(len(ix), np.nan)
+    for start in range(0, len(ix), 200):
+        b = slice(start, start + 200)
+        py = iy[b, None] + sy[None, :] + pad
+        px = ix[b, None] + sx[None, :] + pad
+        stamp = padded[py, px]
+        median = np.median(padded[py[..., None] + oy, px[..., None] + ox], axis=-1)
+        residual = stamp - median
+        r2 = (iy[b, None] + sy - y0[b, None]) ** 2 + (ix[b, None] + sx - x0[b, None]) ** 2
+        w = np.exp(-r2 / (2 * window**2))
+        norm = np.sum(w * residual, axis=1)
+        sizes[b] = np.sum(w * residual * r2, axis=1) / np.where(norm > 0, norm, np.nan)
+        fluxes[b] = np.sum(residual * (r2 <= 9), axis=1)
+    return sizes, fluxes
+
+
+# (label, kind, value) of the within-pass merges tried on the COLD catalogue before the join (table 4).
+MERGE_RULES = (("no merge (example/crowded)", "none", 0.0),
+               ("saddle >= 0.5 fainter peak", "saddle", 0.5),
+               ("saddle >= 0.6 fainter peak", "saddle", 0.6),
+               ("saddle >= 0.7 fainter peak", "saddle", 0.7),
+               ("saddle >= 0.8 fainter peak", "saddle", 0.8),
+               ("saddle >= 0.9 fainter peak", "saddle", 0.9),
+               ("dip < 0.5 sigma", "dip", 0.5),
+               ("dip < 1 sigma", "dip", 1.0),
+               ("dip < 1.5 sigma", "dip", 1.5),
+               ("dip < 2 sigma", "dip", 2.0),
+               ("dip < 3 sigma", "dip", 3.0),
+               ("distance < 0.5 (FR1 + FR2)", "radius", 0.5),
+               ("distance < 0.75 (FR1 + FR2)", "radius", 0.75))
+
+
+def rule_scores(joined, truth, centre, scale, cold_before=None, cold_after=None):
+    """Matcher counts of one joined catalogue (and, given the COLD catalogue before and after a merge, the truth
+    objects the merge took the last COLD detection from)."""
+    from shapepipe_modules.simulate.cluster import ROLE_FIELD, ROLE_ICL
+    from shapepipe_modules.validate import crowded
+
+    s = crowded.cluster_scores(joined["X_IMAGE"], joined["Y_IMAGE"], truth, centre, scale, RADIUS_ARCSEC,
+                               passes=joined["PASS"])
+    objects = truth[truth["cluster_role"] != ROLE_ICL]
+    owner = crowded.assign_detections(joined["X_IMAGE"], joined["Y_IMAGE"], objects, scale)
+    pas = np.asarray(joined["PASS"])
+    counts = crowded.detections_per_truth(owner, len(objects))
+    cold_counts = crowded.detections_per_truth(owner[pas == 2], len(objects))
+    out = {"found": s["background_found"] * s["n_background"], "n_background": s["n_background"],
+           "whole": s["members_whole"] * s["n_members"], "n_members": s["n_members"], "pieces": s["member_pieces"],
+           "dup": s["duplicated_across_passes"], "split": int(np.sum((cold_counts > 1) & (counts == cold_counts))),
+           "multi": s["duplicated_truth"], "lost": 0, "lost_galaxies": 0}
+    if cold_before is not None:
+        before = crowded.detections_per_truth(
+            crowded.assign_detections(cold_before["X_IMAGE"], cold_before["Y_IMAGE"], objects, scale), len(objects))
+        after = crowded.detections_per_truth(
+            crowded.assign_detections(cold_after["X_IMAGE"], cold_after["Y_IMAGE"], objects, scale), len(objects))
+        lost = (before > 0) & (after == 0)
+        out["lost"] = int(lost.sum())
+        out["lost_galaxies"] = int(np.sum(lost & (np.asarray(objects["cluster_role"]) == ROLE_FIELD)
+                                          & ~np.asarray(objects["is_star"], bool)))
+    return out
+
+
+# (label, size measure, minimum size over the star locus) of the resolved COLD objects accepted inside HOT ellipses.
+RESOLVED_RULES = (("none (example/crowded)", None, 0.0),
+                  ("ring T >= 1.1 locus", "ring", 1.1),
+                  ("ring T >= 1.2 locus", "ring", 1.2),
+                  ("ring T >= 1.3 locus", "ring", 1.3),
+                  ("ring T >= 1.5 locus", "ring", 1.5),
+                  ("R_WIN >= 1.2 locus", "rwin", 1.2),
+                  ("R_WIN >= 1.4 locus", "rwin", 1.4),
+                  ("R_WIN >= 1.7 locus", "rwin", 1.7))
+
+
+def resolved_rows(data, seed_sets, scale, print_rules, args):
+    """Table 5: sizes of the COLD objects the join drops inside HOT ellipses, and rules accepting resolved ones."""
+    from shapepipe_modules.sextractor.passes import ellipse_axes, inside_ellipses, join_passes
+    from shapepipe_modules.simulate.cluster import ROLE_FIELD, ROLE_ICL, ROLE_MEMBER
+    from shapepipe_modules.validate import crowded
+
+    measures = {}
+    for seeds in seed_sets:
+        for seed in seeds:
+            sim, hot, cold, truth, centre = data[seed]
+            _, _, sub = detection_image(sim)
+            x, y = np.asarray(cold["X_IMAGE"], float), np.asarray(cold["Y_IMAGE"], float)
+            inner, outer, window = (float(v) for v in args.ring.split(","))
+            ring, _ = ring_residual_sizes(sub, x, y, inner, outer, window=window)
+            rwin = np.sqrt(np.asarray(cold["X2WIN_IMAGE"], float) + np.asarray(cold["Y2WIN_IMAGE"], float))
+            a, b, theta = ellipse_axes(hot, 1.0)
+            hx, hy = np.asarray(hot["X_IMAGE"], float), np.asarray(hot["Y_IMAGE"], float)
+            h_radius = np.asarray(hot["FLUX_RADIUS"], float)
+            offcore = np.ones(len(cold), bool)
+            for i in range(len(cold)):
+                near = inside_ellipses(x[i], y[i], hx, hy, a, b, theta)
+                offcore[i] = bool(np.all(np.hypot(hx[near] - x[i], hy[near] - y[i]) > h_radius[near]))
+            joined = join_passes([hot, cold], 1.0, NEIGHBOUR_RADIUS)
+            kept = set(zip(np.asarray(joined["X_IMAGE"], float)[joined["PASS"] == 2],
+                           np.asarray(joined["Y_IMAGE"], float)[joined["PASS"] == 2]))
+            dropped = np.array([(x[i], y[i]) not in kept for i in range(len(cold))])
+            objects = truth[truth["cluster_role"] != ROLE_ICL]
+            owner = crowded.assign_detections(x, y, objects, scale)
+            star = np.asarray(objects["is_star"], bool)
+            mag = np.asarray(objects["mag"], float)
+            is_star = (owner >= 0) & star[np.maximum(owner, 0)] & (mag[np.maximum(owner, 0)] > 18) & \
+                (mag[np.maximum(owner, 0)] < 22)
+            snr = np.asarray(cold["SNR_WIN"], float)
+            locus = {"ring": np.nanmedian(ring[is_star]), "rwin": np.nanmedian(rwin[is_star])}
+            role = np.asarray(objects["cluster_role"])
+            kind = np.where(owner < 0, "none", np.where(star[np.maximum(owner, 0)], "star",
+                            np.where(role[np.maximum(owner, 0)] == ROLE_MEMBER, "member",
+                                     np.where(role[np.maximum(owner, 0)] == ROLE_FIELD, "galaxy", "other"))))
+            measures[seed] = {"ring": ring / locus["ring"], "rwin": rwin / locus["rwin"], "dropped": dropped & offcore,
+                              "kind": kind, "locus": locus, "n_star": int(is_star.sum()), "snr": snr}
+    print("\n5a. COLD objects the join drops (inside HOT ellipses), by the truth object the matcher gives them: size "
+          "over the star locus (median of COLD detections of 18-22 mag truth stars, per seed), 10/50/90 %; "
+          "only those beyond the FLUX_RADIUS of every HOT object containing them (not a HOT core found again)")
+    for seeds in seed_sets:
+        loci = np.array([[measures[s]["locus"]["ring"], measures[s]["locus"]["rwin"]] for s in seeds])
+        print(f"  seeds {seeds[0]}-{seeds[-1]}: locus ring T {np.min(loci[:, 0]):.2f}-{np.max(loci[:, 0]):.2f} px^2, "
+              f"R_WIN {np.min(loci[:, 1]):.2f}-{np.max(loci[:, 1]):.2f} px "
+              f"({min(measures[s]['n_star'] for s in seeds)}-{max(measures[s]['n_star'] for s in seeds)} stars)")
+        for k in ("galaxy", "member", "none", "star", "other"):
+            pick = [(measures[s][m][measures[s]["dropped"] & (measures[s]["kind"] == k)]) for s in seeds
+                    for m in ("ring",)]
+            ring = np.concatenate(pick)
+            rw = np.concatenate([measures[s]["rwin"][measures[s]["dropped"] & (measures[s]["kind"] == k)]
+                                 for s in seeds])
+            if not ring.size:
+                continue
+            pr = np.nanpercentile(ring, [10, 50, 90])
+            pw = np.nanpercentile(rw, [10, 50, 90])
+            print(f"    {k:7s} {ring.size:5d}  ring T {pr[0]:5.2f} {pr[1]:5.2f} {pr[2]:5.2f}  "
+                  f"R_WIN {pw[0]:5.2f} {pw[1]:5.2f} {pw[2]:5.2f}")
+
+    def evaluate(seed, row):
+        _, hot, cold, truth, centre = data[seed]
+        m = measures[seed]
+        accept = None if row[1] is None else m["dropped"] & (np.nan_to_num(m[row[1]]) >= row[2])
+        joined = variant_join(hot, cold, NEIGHBOUR_RADIUS, accept=accept)
+        return joined, rule_scores(joined, truth, centre, scale)
+
+    print_rules("\n5b. Resolved COLD objects accepted inside HOT ellipses", RESOLVED_RULES, evaluate)
 
 
 def main(argv=None):
@@ -97,7 +394,19 @@ def main(argv=None):
     parser.add_argument("--no-light", action="store_true", help="skip the noise-free light (tables 1-2)")
     parser.add_argument("--neighbour-radius", type=float, default=NEIGHBOUR_RADIUS,
                         help="PASS_NEIGHBOUR_RADIUS of the join of tables 1-2 (0: the ellipse rule alone)")
+    parser.add_argument("--tables", default="1,2,3", help="tables to print (4: within-pass merges of the COLD "
+                        "catalogue; 5: resolved COLD objects accepted inside HOT ellipses)")
+    parser.add_argument("--light-rules", action="store_true",
+                        help="tables 4-5 also count the members detected once by light (slower)")
+    parser.add_argument("--ring", default="6,9,2", help="table 5: ring-median annulus inner, outer radius and "
+                        "the Gaussian window of the size, pixels")
+    parser.add_argument("--merge-rules", default="", help="table 4: the rules to run, 0-based indices of "
+                        "MERGE_RULES (default all)")
+    parser.add_argument("--merge-distance", type=float, default=8.0, help="largest pair distance of table 4 (pixels)")
     args = parser.parse_args(argv)
+    tables = {int(t) for t in args.tables.split(",")}
+    if not tables & {1, 2}:
+        args.no_light = True
     warnings.simplefilter("ignore")
 
     from astropy.io import fits
@@ -216,6 +525,83 @@ def main(argv=None):
                   f"{p['pieces']:7d} {p['m_pieces']:9d} {p['both']:15d} {p['m_both']:9d} {p['stars_both']:14d} "
                   f"{p['star_pieces']:12d}")
 
+    def light_held(seed, table):
+        sim, _, _, truth, _ = data[seed]
+        objects = truth[truth["cluster_role"] != ROLE_ICL]
+        wcs = WCS(fits.getheader(sim / "tiles" / "CFIS.244.252.r.fits"))
+        radius = np.maximum(np.asarray(table["FLUX_RADIUS"], float), 2.0)
+        held = crowded.light_owners(objects, table["X_IMAGE"], table["Y_IMAGE"], table["FLUX_AUTO"], radius, wcs,
+                                    TruePSF(sim).tiles["244.252"], params)
+        return held, objects
+
+    def light_once(seed, joined):
+        held, objects = light_held(seed, joined)
+        counts = crowded.detections_per_truth(held, len(objects))
+        cold = crowded.detections_per_truth(held[np.asarray(joined["PASS"]) == 2], len(objects))
+        return {"light": int(np.sum(counts[np.asarray(objects["cluster_role"]) == ROLE_MEMBER] == 1)),
+                "split_light": int(np.sum((cold > 1) & (counts == cold)))}
+
+    def print_rules(title, rows, evaluate):
+        print(title)
+        print(f"{'rule':34s}" + "".join(f" | {'seeds':>6s} {'bg 30in':>7s} {'1x':>6s} {'1xlight':>7s} {'pieces':>6s} "
+                                        f"{'dupX':>4s} {'split':>5s} {'(light)':>7s} {'multi':>5s} {'lost':>4s} {'lostgal':>7s} {'(light)':>7s}"
+                                        for _ in seed_sets))
+        for row in rows:
+            line = f"{row[0]:34s}"
+            for seeds in seed_sets:
+                pool = {}
+                for seed in seeds:
+                    joined, scores = evaluate(seed, row)
+                    if args.light_rules:
+                        scores.update(light_once(seed, joined))
+                    for key, value in scores.items():
+                        pool[key] = pool.get(key, 0) + value
+                light = f"{pool['light'] / pool['n_members']:7.3f}" if args.light_rules else f"{'-':>7s}"
+                split_light = f"{pool.get('split_light', '-'):>7}"
+                lost_light = f"{pool.get('lost_light', '-'):>7}"
+                line += (f" | {seed_label(seeds):>6s} {pool['found'] / pool['n_background']:7.3f} "
+                         f"{pool['whole'] / pool['n_members']:6.3f} {light} {pool['pieces']:6d} {pool['dup']:4d} "
+                         f"{pool['split']:5d} {split_light} {pool['multi']:5d} {pool['lost']:4d} {pool['lost_galaxies']:7d} "
+                         f"{lost_light}")
+            print(line, flush=True)
+        print("(bg 30in: background galaxies within 30 arcsec found; 1x: members detected exactly once, by the "
+              "matcher; 1xlight: by light; pieces: member detections beyond the first; dupX: truth objects detected "
+              "by both passes; split: truth objects with two or more detections, all COLD; multi: truth objects with "
+              "two or more detections; lost: truth objects whose every COLD detection the merge gave away (lostgal: "
+              "field galaxies among them); (light): the same counted by light, crowded.light_owners)")
+
+    if 4 in tables:
+        images = {}
+
+        def merged(seed, row):
+            if seed not in images:
+                images[seed] = detection_image(data[seed][0])
+            _, hot, cold, truth, centre = data[seed]
+            filtered, noise, _ = images[seed]
+            after = merge_rule(cold, filtered, noise, row[1], row[2], args.merge_distance)
+            joined = join_passes([hot, after], 1.0, NEIGHBOUR_RADIUS)
+            scores = rule_scores(joined, truth, centre, scale, cold, after)
+            if args.light_rules:
+                if ("held", seed) not in images:
+                    images["held", seed] = light_held(seed, cold)[0]
+                held, objects = light_held(seed, after)
+                n = len(objects)
+                lost = (crowded.detections_per_truth(images["held", seed], n) > 0) & \
+                    (crowded.detections_per_truth(held, n) == 0)
+                scores["lost_light"] = int(lost.sum())
+            return joined, scores
+
+        print_rules(f"\n4. Within-pass merges of the COLD catalogue before the join (pairs closer than "
+                    f"{args.merge_distance:g} px; saddle: lowest value of the filtered detection image on the segment "
+                    "joining the peaks)", [MERGE_RULES[int(i)] for i in args.merge_rules.split(",")]
+                    if args.merge_rules else MERGE_RULES, merged)
+
+    if 5 in tables:
+        resolved_rows(data, seed_sets, scale, print_rules, args)
+
+    if 3 not in tables:
+        print(f"\n(work folder: {work})")
+        return 0
     print("\n3. Join rules on the raw HOT and COLD catalogues (pooled per seed set)")
     head = (f"{'rule':38s}" + "".join(f" | {'seeds':>6s} {'bg 30in':>7s} {'1x':>6s} {'pieces':>6s} {'dupX':>4s}"
                                       for _ in seed_sets))
