@@ -6,8 +6,8 @@ For each seed, the ``cluster`` preset is simulated and its tile extracted
 by the sextractor module five ways: the HOT pass alone, the COLD pass
 alone, the earlier hot pass (3x3 filter) with COLD, both joined by the
 ellipse rule alone (PASSES = HOT, COLD, joined at PASS_ELLIPSE_SCALE), and
-both joined with blended neighbours added (PASS_NEIGHBOUR_RADIUS), the
-last one with the saturated regions, object mask and local sky. Printed:
+both joined with blended neighbours added (PASS_NEIGHBOUR_RADIUS) and the
+cold pass's close pieces merged (PASS_MERGE_RADIUS), the last one with the saturated regions, object mask and local sky. Printed:
 
 1. against the truth (:mod:`shapepipe_modules.validate.crowded`), pooled
    over the seeds: completeness of the background galaxies within 30 arcsec
@@ -53,6 +53,9 @@ RADIUS_ARCSEC = 30.0
 # object's FLUX_RADIUS from its centre: a member the hot pass merged into a neighbour (cold FLUX_RADIUS 6-11
 # pixels), not a knot clump (2-5.4).
 NEIGHBOUR_RADIUS = 6.0
+# COLD detections closer than 4.5 pixels (1.15 PSF FWHM) to each other are one faint galaxy split by the fine
+# deblending: only the brightest is joined (PASS_MERGE_RADIUS; bench_crowded_duplicates.py --tables 4).
+MERGE_RADIUS = 4.5
 
 
 def _seeds(text):
@@ -119,6 +122,8 @@ def main(argv=None):
     parser.add_argument("--scale", type=float, default=1.0, help="PASS_ELLIPSE_SCALE")
     parser.add_argument("--neighbour-radius", type=float, default=NEIGHBOUR_RADIUS,
                         help="PASS_NEIGHBOUR_RADIUS of the HOT+COLD join (pixels; 0: the ellipse rule alone)")
+    parser.add_argument("--merge-radius", type=float, default=MERGE_RADIUS,
+                        help="PASS_MERGE_RADIUS of the HOT+COLD join (pixels; 0: no merge of the COLD pieces)")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--shear-local-sky", action="store_true",
                         help="subtract BKG_LOCAL from the stamps before measuring shapes")
@@ -146,7 +151,7 @@ def main(argv=None):
                "HOT+COLD_ell": dict(PASSES=["HOT", "COLD"], PASS_SETTINGS=[HOT, COLD]),
                "HOT+COLD": dict(PASSES=["HOT", "COLD"], PASS_SETTINGS=[HOT, COLD], OBJECT_MASK=True,
                                 SATURATION_REGIONS=True, LOCAL_SKY=True,
-                                PASS_NEIGHBOUR_RADIUS=args.neighbour_radius)}
+                                PASS_NEIGHBOUR_RADIUS=args.neighbour_radius, PASS_MERGE_RADIUS=args.merge_radius)}
     totals = {name: {} for name in configs}
     join_pool = {}
     sky_rows, costs, shear = [], [], {"g1": [], "g2": [], "dx": [], "dy": [], "true": [], "mag": []}
@@ -216,14 +221,15 @@ def main(argv=None):
             summary = _run(sextractor, [exposure, sim / "exposures" / "2100001p.weight.fits.fz",
                                         sim / "exposures" / "2100001p.flag.fits.fz"], out, "-2100001-0",
                            PASSES=["HOT", "COLD"], PASS_SETTINGS=[HOT, COLD], PASS_ELLIPSE_SCALE=args.scale,
-                           PASS_NEIGHBOUR_RADIUS=args.neighbour_radius, OBJECT_MASK=True, SATURATION_REGIONS=True,
+                           PASS_NEIGHBOUR_RADIUS=args.neighbour_radius, PASS_MERGE_RADIUS=args.merge_radius,
+                           OBJECT_MASK=True, SATURATION_REGIONS=True,
                            SATURATION_FLAG_BITS=4, LOCAL_SKY=True,
                            BKG_RESIDUAL=False)
             costs.append(("CCD 1024x1024", seed, summary))
 
     print(f"\nBackground galaxies within {RADIUS_ARCSEC:.0f} arcsec of the cluster centre, {len(sky_rows)} seed(s), "
           f"engine {args.engine}, PASS_ELLIPSE_SCALE {args.scale}, HOT+COLD: PASS_NEIGHBOUR_RADIUS "
-          f"{args.neighbour_radius} (HOT+COLD_ell: the ellipse rule alone)")
+          f"{args.neighbour_radius}, PASS_MERGE_RADIUS {args.merge_radius} (HOT+COLD_ell: the ellipse rule alone)")
     print(f"{'passes':12s} {'found':>12s} {'complete':>9s} {'dup bg':>7s} {'members 1x':>11s} {'shredded':>9s} "
           f"{'missed':>7s} {'by a star':>10s} {'1x, no star':>12s} {'dup truth':>10s} {'across passes':>14s} "
           f"{'detections':>11s}")

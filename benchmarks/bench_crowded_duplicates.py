@@ -63,12 +63,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_crowded import COLD, HOT, NEIGHBOUR_RADIUS, RADIUS_ARCSEC, _run, _seeds  # noqa: E402
+from bench_crowded import COLD, HOT, MERGE_RADIUS, NEIGHBOUR_RADIUS, RADIUS_ARCSEC, _run, _seeds  # noqa: E402
 
 # (label, neighbour radius, fragment distance in earlier FLUX_RADIUS, minimum ellipse in earlier FLUX_RADIUS,
 # minimum flux ratio of a neighbour to the earlier object)
 RULES = (("ellipse rule alone", 0.0, 1.0, 0.0, 0.0),
-         ("example/crowded (neighbours >= 6 px)", NEIGHBOUR_RADIUS, 1.0, 0.0, 0.0),
+         ("neighbours >= 6 px (no merge)", NEIGHBOUR_RADIUS, 1.0, 0.0, 0.0),
          ("fragment within 1.5 FLUX_RADIUS", NEIGHBOUR_RADIUS, 1.5, 0.0, 0.0),
          ("fragment within 2 FLUX_RADIUS", NEIGHBOUR_RADIUS, 2.0, 0.0, 0.0),
          ("fragment within 2.5 FLUX_RADIUS", NEIGHBOUR_RADIUS, 2.5, 0.0, 0.0),
@@ -116,7 +116,7 @@ def variant_join(hot, cold, neighbour_radius, core_scale=1.0, min_ellipse=0.0, m
 # ---------------------------------------------------------------------------------------------------------------
 # 4-5. Within-pass merges (faint galaxies split by the COLD pass) and resolved objects inside HOT ellipses.
 
-def detection_image(sim, back_size=24, back_filtersize=3):
+def detection_image(sim, back_size=24, back_filtersize=3, conv="default.conv"):
     """The COLD pass's detection image, rebuilt here: the tile minus a sep background on ``back_size`` meshes,
     convolved with the normalised 3x3 ``default.conv``; with the noise of that filtered image (pixel rms map times
     the kernel's noise gain) and the background-subtracted image itself."""
@@ -131,7 +131,7 @@ def detection_image(sim, back_size=24, back_filtersize=3):
     bad = ~(weight > 0)
     mesh = sep.Background(image, mask=bad, bw=back_size, bh=back_size, fw=back_filtersize, fh=back_filtersize)
     sub = np.where(bad, 0.0, image - mesh.back()).astype(np.float64)
-    kernel = np.loadtxt(DATA_DIR / "default.conv", comments="#", skiprows=1)
+    kernel = np.loadtxt(DATA_DIR / conv, comments="#", skiprows=1)
     kernel = kernel / kernel.sum()
     filtered = ndimage.convolve(sub, kernel, mode="constant")
     noise = mesh.rms() * np.sqrt(np.sum(kernel**2))
@@ -182,13 +182,16 @@ def merge_groups(n, pairs, merge):
     return connected_components(graph, directed=False)[1]
 
 
-def merged_catalogue(table, labels):
-    """One row per group: the brightest piece's row, FLUX_AUTO summed, X/Y_IMAGE flux-weighted."""
+def merged_catalogue(table, labels, combine=True):
+    """One row per group: the brightest piece's row, FLUX_AUTO summed, X/Y_IMAGE flux-weighted (``combine``; else
+    the brightest piece's row unchanged)."""
     flux = np.asarray(table["FLUX_AUTO"], float)
     weight = np.maximum(flux, 1e-3)
     order = np.lexsort((-flux, labels))
     first = order[np.r_[True, labels[order][1:] != labels[order][:-1]]]
     out = table[first]
+    if not combine:
+        return out
     group = labels[first]
     total_w = np.bincount(labels, weight)
     out["X_IMAGE"] = np.bincount(labels, weight * np.asarray(table["X_IMAGE"], float))[group] / total_w[group]
@@ -201,7 +204,9 @@ def merge_rule(table, filtered, noise, kind, value, max_distance=8.0):
     """The COLD catalogue after merging the pairs a rule calls one object.
 
     ``saddle``: saddle / fainter peak >= value; ``dip``: (fainter peak - saddle) / noise of the filtered image at
-    the saddle < value; ``radius``: centre distance < value x (FLUX_RADIUS_1 + FLUX_RADIUS_2).
+    the saddle < value; ``radius``: centre distance < value x (FLUX_RADIUS_1 + FLUX_RADIUS_2); ``pixels``: centre
+    distance < value pixels; ``pixels+dip``: both, value = (pixels, sigma); ``drop``: as ``pixels``, the brightest
+    piece's row kept unchanged (the sextractor module's ``PASS_MERGE_RADIUS``, checked here).
     """
     if kind == "none":
         return table
@@ -216,6 +221,24 @@ def merge_rule(table, filtered, noise, kind, value, max_distance=8.0):
         xm = np.clip(np.rint((table["X_IMAGE"][i] + table["X_IMAGE"][j]) / 2 - 1).astype(int), 0, noise.shape[1] - 1)
         ym = np.clip(np.rint((table["Y_IMAGE"][i] + table["Y_IMAGE"][j]) / 2 - 1).astype(int), 0, noise.shape[0] - 1)
         merge = (fainter - saddle) < value * noise[ym, xm]
+    elif kind in ("pixels", "pixels+dip", "drop"):
+        distance = np.hypot(table["X_IMAGE"][i] - table["X_IMAGE"][j], table["Y_IMAGE"][i] - table["Y_IMAGE"][j])
+        if kind == "drop":
+            # The module's PASS_MERGE_RADIUS (the same groups, the brightest row kept unchanged).
+            from shapepipe_modules.sextractor.passes import merge_close_pieces
+
+            kept = merged_catalogue(table, merge_groups(len(table), pairs, distance < value), combine=False)
+            module = table[merge_close_pieces(table, value)]
+            assert sorted(np.asarray(module["X_IMAGE"])) == sorted(np.asarray(kept["X_IMAGE"]))
+            return module
+        if kind == "pixels":
+            merge = distance < value
+        else:
+            xm = np.clip(np.rint((table["X_IMAGE"][i] + table["X_IMAGE"][j]) / 2 - 1).astype(int), 0,
+                         noise.shape[1] - 1)
+            ym = np.clip(np.rint((table["Y_IMAGE"][i] + table["Y_IMAGE"][j]) / 2 - 1).astype(int), 0,
+                         noise.shape[0] - 1)
+            merge = (distance < value[0]) & ((fainter - saddle) < value[1] * noise[ym, xm])
     elif kind == "radius":
         radius = np.asarray(table["FLUX_RADIUS"], float)
         distance = np.hypot(table["X_IMAGE"][i] - table["X_IMAGE"][j], table["Y_IMAGE"][i] - table["Y_IMAGE"][j])
@@ -260,7 +283,7 @@ def ring_residual_sizes(sub, x, y, inner=8.0, outer=11.0, half=5, window=2.0):
 
 
 # (label, kind, value) of the within-pass merges tried on the COLD catalogue before the join (table 4).
-MERGE_RULES = (("no merge (example/crowded)", "none", 0.0),
+MERGE_RULES = (("no merge (PASS_MERGE_RADIUS 0)", "none", 0.0),
                ("saddle >= 0.5 fainter peak", "saddle", 0.5),
                ("saddle >= 0.6 fainter peak", "saddle", 0.6),
                ("saddle >= 0.7 fainter peak", "saddle", 0.7),
@@ -272,7 +295,13 @@ MERGE_RULES = (("no merge (example/crowded)", "none", 0.0),
                ("dip < 2 sigma", "dip", 2.0),
                ("dip < 3 sigma", "dip", 3.0),
                ("distance < 0.5 (FR1 + FR2)", "radius", 0.5),
-               ("distance < 0.75 (FR1 + FR2)", "radius", 0.75))
+               ("distance < 0.75 (FR1 + FR2)", "radius", 0.75),
+               ("distance < 4 px", "pixels", 4.0),
+               ("distance < 4.5 px", "pixels", 4.5),
+               ("distance < 4.5 px and dip < 1.5 sigma", "pixels+dip", (4.5, 1.5)),
+               ("drop fainter within 4.5 px", "drop", 4.5),
+               ("drop fainter within 4 px", "drop", 4.0),
+               ("drop fainter within 5 px", "drop", 5.0))
 
 
 def rule_scores(joined, truth, centre, scale, cold_before=None, cold_after=None):
@@ -305,7 +334,7 @@ def rule_scores(joined, truth, centre, scale, cold_before=None, cold_after=None)
 
 
 # (label, size measure, minimum size over the star locus) of the resolved COLD objects accepted inside HOT ellipses.
-RESOLVED_RULES = (("none (example/crowded)", None, 0.0),
+RESOLVED_RULES = (("none (neighbours >= 6 px, no merge)", None, 0.0),
                   ("ring T >= 1.1 locus", "ring", 1.1),
                   ("ring T >= 1.2 locus", "ring", 1.2),
                   ("ring T >= 1.3 locus", "ring", 1.3),
@@ -394,6 +423,8 @@ def main(argv=None):
     parser.add_argument("--no-light", action="store_true", help="skip the noise-free light (tables 1-2)")
     parser.add_argument("--neighbour-radius", type=float, default=NEIGHBOUR_RADIUS,
                         help="PASS_NEIGHBOUR_RADIUS of the join of tables 1-2 (0: the ellipse rule alone)")
+    parser.add_argument("--merge-radius", type=float, default=0.0,
+                        help=f"PASS_MERGE_RADIUS of the join of tables 1-2 (example/crowded: {MERGE_RADIUS:g})")
     parser.add_argument("--tables", default="1,2,3", help="tables to print (4: within-pass merges of the COLD "
                         "catalogue; 5: resolved COLD objects accepted inside HOT ellipses)")
     parser.add_argument("--light-rules", action="store_true",
@@ -402,6 +433,8 @@ def main(argv=None):
                         "the Gaussian window of the size, pixels")
     parser.add_argument("--merge-rules", default="", help="table 4: the rules to run, 0-based indices of "
                         "MERGE_RULES (default all)")
+    parser.add_argument("--saddle-filter", default="default.conv", help="table 4: the filter of the image the "
+                        "saddle is measured on (a .conv of the module's data; default: the COLD pass's)")
     parser.add_argument("--merge-distance", type=float, default=8.0, help="largest pair distance of table 4 (pixels)")
     args = parser.parse_args(argv)
     tables = {int(t) for t in args.tables.split(",")}
@@ -459,7 +492,8 @@ def main(argv=None):
         return "star" if row["is_star"] else "member" if row["cluster_role"] == ROLE_MEMBER else "galaxy"
 
     if not args.no_light:
-        print(f"1. Truth objects detected by both passes (HOT+COLD, PASS_NEIGHBOUR_RADIUS {args.neighbour_radius}), "
+        print(f"1. Truth objects detected by both passes (HOT+COLD, PASS_NEIGHBOUR_RADIUS {args.neighbour_radius}, "
+              f"PASS_MERGE_RADIUS {args.merge_radius}), "
               "with whose light each detection's FLUX_RADIUS circle holds")
         pools = []
         for seeds in seed_sets:
@@ -467,7 +501,7 @@ def main(argv=None):
                                   "m_once", "m_shredded", "m_pieces", "m_both"), 0)
             for seed in seeds:
                 sim, hot, cold, truth, centre = data[seed]
-                joined = join_passes([hot, cold], 1.0, args.neighbour_radius)
+                joined = join_passes([hot, cold], 1.0, args.neighbour_radius, args.merge_radius)
                 jx, jy = np.asarray(joined["X_IMAGE"], float), np.asarray(joined["Y_IMAGE"], float)
                 radius = np.maximum(np.asarray(joined["FLUX_RADIUS"], float), 2.0)
                 pas = np.asarray(joined["PASS"])
@@ -575,7 +609,7 @@ def main(argv=None):
 
         def merged(seed, row):
             if seed not in images:
-                images[seed] = detection_image(data[seed][0])
+                images[seed] = detection_image(data[seed][0], conv=args.saddle_filter)
             _, hot, cold, truth, centre = data[seed]
             filtered, noise, _ = images[seed]
             after = merge_rule(cold, filtered, noise, row[1], row[2], args.merge_distance)

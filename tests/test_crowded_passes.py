@@ -106,6 +106,8 @@ def test_pass_options_are_checked():
     assert validate(dict(base, PASSES=["HOT", "COLD"], PASS_SETTINGS=[HOT_SMOOTH, COLD])) == []
     problems = validate(dict(base, PASSES=["HOT", "COLD"], PASS_SETTINGS=[HOT, COLD], PASS_NEIGHBOUR_RADIUS=-1.0))
     assert any("PASS_NEIGHBOUR_RADIUS must be >= 0" in p for p in problems)
+    problems = validate(dict(base, PASSES=["HOT", "COLD"], PASS_SETTINGS=[HOT, COLD], PASS_MERGE_RADIUS=-1.0))
+    assert any("PASS_MERGE_RADIUS must be >= 0" in p for p in problems)
 
 
 @pytest.fixture(scope="module")
@@ -280,3 +282,96 @@ def test_light_owners_need_the_light_to_explain_the_flux_and_no_rival():
     owner = light_owners(truth, [50.0, 50.0, 53.0, 200.0], [50.0, 50.0, 50.0, 200.0], [1e4, 1e5, 2e3, 100.0],
                          [2.0, 2.0, 2.0, 2.0], wcs, psf_model, params)
     assert list(owner) == [0, -1, -1, -1]
+
+
+def test_merge_close_pieces_matches_brute_force_groups():
+    from shapepipe_modules.sextractor.passes import merge_close_pieces
+
+    rng = np.random.default_rng(11)
+    table = _table(rng.uniform(0, 60, 150), rng.uniform(0, 60, 150), 1.0, 1.0, 0.0, 2.0)
+    table["FLUX_AUTO"] = rng.uniform(1, 100, 150)
+    keep = merge_close_pieces(table, 4.5)
+    # Brute force: grow each group by breadth-first search over all pairs closer than 4.5 px.
+    x, y, flux = np.asarray(table["X_IMAGE"]), np.asarray(table["Y_IMAGE"]), np.asarray(table["FLUX_AUTO"])
+    close = np.hypot(x[:, None] - x[None], y[:, None] - y[None]) < 4.5
+    group = np.full(150, -1)
+    for start in range(150):
+        if group[start] >= 0:
+            continue
+        group[start], todo = start, [start]
+        while todo:
+            for j in np.flatnonzero(close[todo.pop()] & (group < 0)):
+                group[j] = start
+                todo.append(j)
+    expected = np.zeros(150, bool)
+    for g in np.unique(group):
+        members = np.flatnonzero(group == g)
+        expected[members[np.argmax(flux[members])]] = True
+    np.testing.assert_array_equal(keep, expected)
+    assert 10 < np.sum(~keep) < 140  # groups of several pieces and lone detections both present
+    # Exactly 4.5 px apart is not closer than 4.5 px; 0 turns the merge off.
+    pair = _table([0.0, 4.5], [0.0, 0.0], 1.0, 1.0, 0.0, 2.0)
+    pair["FLUX_AUTO"] = [1.0, 2.0]
+    assert list(merge_close_pieces(pair, 4.5)) == [True, True]
+    assert list(merge_close_pieces(pair, 4.6)) == [False, True]
+    assert merge_close_pieces(table, 0.0).all()
+    # In the join the first pass is untouched, later passes are merged before the ellipse test.
+    first = _table([5.0, 7.0], [5.0, 5.0], 0.2, 0.2, 0.0, 1.0)
+    first["FLUX_AUTO"] = [1.0, 2.0]
+    second = _table([30.0, 32.0, 50.0], [30.0, 30.0, 50.0], 0.2, 0.2, 0.0, 1.0)
+    second["FLUX_AUTO"] = [5.0, 3.0, 1.0]
+    joined = join_passes([first, second], merge_radius=4.5)
+    assert list(joined["X_IMAGE"]) == [5.0, 7.0, 30.0, 50.0] and list(joined["PASS"]) == [1, 1, 2, 2]
+
+
+@pytest.mark.parametrize("engine", ["sep", "sextractor"])
+def test_merge_radius_mends_a_galaxy_split_by_the_cold_pass(cluster_tile, tmp_path, engine):
+    # PASS_MERGE_RADIUS = 4.5 px: the cold pass's pieces of one faint galaxy become one detection; what it
+    # removes is checked by light (the truth object whose noise-free light fills the detection), not by the rule.
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    from shapepipe_modules.simulate import TruePSF, load_truth, resolve_parameters
+    from shapepipe_modules.simulate.cluster import ROLE_ICL
+    from shapepipe_modules.validate import crowded
+
+    if engine == "sextractor" and not (shutil.which("source-extractor") or shutil.which("sex")):
+        pytest.skip("no SExtractor binary")
+    truth = load_truth(cluster_tile, tile="244.252")
+    centre = truth[truth["cluster_role"] == ROLE_ICL][0]
+    objects = truth[truth["cluster_role"] != ROLE_ICL]
+    options = dict(PASSES=["HOT", "COLD"], PASS_SETTINGS=[HOT_SMOOTH, COLD], PASS_NEIGHBOUR_RADIUS=6.0)
+    _, plain, _ = _extract(cluster_tile, tmp_path / "plain", engine, **options)
+    _, merged, _ = _extract(cluster_tile, tmp_path / "merged", engine, PASS_MERGE_RADIUS=4.5, **options)
+    _, cold, _ = _extract(cluster_tile, tmp_path / "cold", engine, PASSES=["COLD"], PASS_SETTINGS=[COLD])
+
+    def split(table):
+        owner = crowded.assign_detections(table["X_IMAGE"], table["Y_IMAGE"], objects, 0.187)
+        counts = crowded.detections_per_truth(owner, len(objects))
+        in_cold = crowded.detections_per_truth(owner[np.asarray(table["PASS"]) == 2], len(objects))
+        return int(np.sum((in_cold > 1) & (in_cold == counts)))
+
+    scores = [crowded.cluster_scores(t["X_IMAGE"], t["Y_IMAGE"], truth, (centre["x"], centre["y"]), 0.187,
+                                     passes=t["PASS"]) for t in (plain, merged)]
+    assert split(merged) < split(plain)
+    for key in ("background_found", "members_whole", "duplicated_across_passes"):
+        assert scores[1][key] == scores[0][key], key
+    np.testing.assert_array_equal(merged["X_IMAGE"][merged["PASS"] == 1], plain["X_IMAGE"][plain["PASS"] == 1])
+    # Each detection the merge removed holds the light of the same truth object as the brighter cold
+    # detection within 4.5 px that replaced it.
+    kept = set(zip(np.asarray(merged["X_IMAGE"]), np.asarray(merged["Y_IMAGE"])))
+    removed = [i for i in np.flatnonzero(plain["PASS"] == 2)
+               if (plain["X_IMAGE"][i], plain["Y_IMAGE"][i]) not in kept]
+    assert removed
+    params = resolve_parameters("cluster")
+    wcs = WCS(fits.getheader(cluster_tile / "tiles" / "CFIS.244.252.r.fits"))
+    held = crowded.light_owners(objects, cold["X_IMAGE"], cold["Y_IMAGE"], cold["FLUX_AUTO"],
+                                np.maximum(np.asarray(cold["FLUX_RADIUS"], float), 2.0), wcs,
+                                TruePSF(cluster_tile).tiles["244.252"], params)
+    cx, cy, flux = (np.asarray(cold[c], float) for c in ("X_IMAGE", "Y_IMAGE", "FLUX_AUTO"))
+    for i in removed:
+        d = np.hypot(cx - plain["X_IMAGE"][i], cy - plain["Y_IMAGE"][i])
+        piece = int(np.argmin(d))
+        brighter = np.flatnonzero((d < 4.5) & (flux > flux[piece]))
+        assert brighter.size and held[piece] >= 0
+        assert held[piece] in set(held[brighter])

@@ -18,6 +18,13 @@ whose ellipse contains it. The pieces a fine deblending cuts out of a
 galaxy (star-forming knots, globular clusters) are compact; a neighbour
 that the first pass merged into a larger object is found by the later pass
 as an extended object off that object's centre.
+
+Optionally (``merge_radius``) the pieces of one object that a later pass's
+fine deblending cut apart are merged before the join: of detections of the
+same later pass closer than ``merge_radius`` pixels (connected: chains
+count), only the one with the largest FLUX_AUTO is kept, its row unchanged
+(a faint galaxy split in two by a fine deblending, pieces 3-6 pixels apart
+on the simulated cluster; docs/crowded.md).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import numpy as np
 from .config_files import ConfigFileError, Parameter
 
 #: Columns the join needs; added to a pass's extraction when the .param file lacks them, dropped after.
-JOIN_COLUMNS = ("X_IMAGE", "Y_IMAGE", "A_IMAGE", "B_IMAGE", "THETA_IMAGE", "KRON_RADIUS", "FLUX_RADIUS")
+JOIN_COLUMNS = ("X_IMAGE", "Y_IMAGE", "A_IMAGE", "B_IMAGE", "THETA_IMAGE", "KRON_RADIUS", "FLUX_RADIUS", "FLUX_AUTO")
 
 
 def parse_pass_settings(text: str, where: str) -> dict[str, str]:
@@ -103,7 +110,44 @@ def _flux_radius(table):
     return radius[:, 0] if radius.ndim > 1 else radius
 
 
-def join_passes(tables, scale: float = 1.0, neighbour_radius: float = 0.0):
+def merge_close_pieces(table, radius: float) -> np.ndarray:
+    """Which rows to keep when detections closer than ``radius`` pixels are one object.
+
+    Detections are linked when their centres (X_IMAGE, Y_IMAGE) are closer
+    than ``radius``; of each connected group only the row with the largest
+    FLUX_AUTO is kept (the first such row on a tie).
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean mask over the rows of ``table``.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    n = len(table)
+    keep = np.ones(n, bool)
+    if radius <= 0 or n < 2:
+        return keep
+    x, y = np.asarray(table["X_IMAGE"], float), np.asarray(table["Y_IMAGE"], float)
+    pairs = cKDTree(np.column_stack([x, y])).query_pairs(radius, output_type="ndarray")
+    # query_pairs counts distance <= radius; "closer than" excludes the boundary.
+    pairs = pairs[np.hypot(x[pairs[:, 0]] - x[pairs[:, 1]], y[pairs[:, 0]] - y[pairs[:, 1]]) < radius]
+    if not len(pairs):
+        return keep
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    labels = connected_components(graph, directed=False)[1]
+    flux = np.nan_to_num(np.asarray(table["FLUX_AUTO"], float), nan=-np.inf)
+    # Stable sort by group, then by decreasing flux: the first row of each group is its brightest.
+    order = np.lexsort((np.arange(n), -flux, labels))
+    first = order[np.r_[True, labels[order][1:] != labels[order][:-1]]]
+    keep[:] = False
+    keep[first] = True
+    return keep
+
+
+def join_passes(tables, scale: float = 1.0, neighbour_radius: float = 0.0, merge_radius: float = 0.0):
     """Join the catalogues of the passes (first pass first) by the CluSex rule.
 
     Parameters
@@ -118,6 +162,11 @@ def join_passes(tables, scale: float = 1.0, neighbour_radius: float = 0.0):
         FLUX_RADIUS is at least this (pixels) and its centre lies farther
         than FLUX_RADIUS from the centre of every kept object containing it
         (a blended neighbour, not a fragment); 0: the CluSex rule alone.
+    merge_radius : float
+        When > 0, detections of a later pass closer than this (pixels) are
+        one object: only the brightest (FLUX_AUTO) of each connected group
+        takes part in the join (:func:`merge_close_pieces`); the first
+        pass is untouched.
 
     Returns
     -------
@@ -133,6 +182,8 @@ def join_passes(tables, scale: float = 1.0, neighbour_radius: float = 0.0):
     cx = cy = a = b = theta = radius = np.empty(0)
     for index, table in enumerate(tables, start=1):
         table = Table(table, copy=False)
+        if index > 1 and merge_radius > 0:
+            table = table[merge_close_pieces(table, merge_radius)]
         x = np.asarray(table["X_IMAGE"], float)
         y = np.asarray(table["Y_IMAGE"], float)
         keep = np.ones(len(table), bool)

@@ -130,6 +130,10 @@ OPTIONS = (
            "object's ellipse is still added, as a neighbour blended into it, when its FLUX_RADIUS is at least "
            "this many pixels and its centre lies beyond the FLUX_RADIUS of every kept object containing it "
            "(the fragments a fine deblending cuts out of a galaxy are compact); 0: the ellipse rule alone."),
+    Option("PASS_MERGE_RADIUS", "float", 0.0, "Join of the passes: before the join, detections of a later pass "
+           "closer than this many pixels to each other are one object split by the fine deblending (a faint "
+           "galaxy in two pieces): only the one with the largest FLUX_AUTO is kept, its row unchanged (chains "
+           "count as one group); the first pass is untouched; 0: off. It also merges true pairs that close."),
     Option("OBJECT_MASK", "bool", False, "Write objmask<number>.fits: int32 image with each object's ellipse "
            "(MASK_SCALE x KRON_RADIUS x (A, B) + MASK_OFFSET; KRON_RADIUS 3.5 when not a column) filled with "
            "its NUMBER, larger objects first, saturated-star regions -1 (SATURATION_REGIONS)."),
@@ -421,6 +425,8 @@ def _validate_passes(options, engine) -> list[str]:
         problems.append(f"PASS_ELLIPSE_SCALE must be positive, got {options.get('PASS_ELLIPSE_SCALE')}")
     if not options.get("PASS_NEIGHBOUR_RADIUS", 0.0) >= 0:
         problems.append(f"PASS_NEIGHBOUR_RADIUS must be >= 0, got {options.get('PASS_NEIGHBOUR_RADIUS')}")
+    if not options.get("PASS_MERGE_RADIUS", 0.0) >= 0:
+        problems.append(f"PASS_MERGE_RADIUS must be >= 0, got {options.get('PASS_MERGE_RADIUS')}")
     try:
         passes = pass_sex_settings(options)
     except ConfigFileError as error:
@@ -491,7 +497,8 @@ def _run_passes(job, run, paths, settings_files, zero_point, background_value, c
             tables.append(table)
         clock, cpu = time.perf_counter(), time.process_time()
         joined = join_passes(tables, float(job.options.get("PASS_ELLIPSE_SCALE", 1.0)),
-                             float(job.options.get("PASS_NEIGHBOUR_RADIUS", 0.0)))
+                             float(job.options.get("PASS_NEIGHBOUR_RADIUS", 0.0)),
+                             float(job.options.get("PASS_MERGE_RADIUS", 0.0)))
         joined.remove_columns(added)
         header["NPASS"] = (len(passes), "detection passes joined (sextractor PASSES)")
         for index, (name, _, _) in enumerate(passes, start=1):
