@@ -36,14 +36,16 @@ Moffat halo (FWHM and beta fitted), averaged exactly over each annulus
 (Moffat enclosed flux) and minus its own mean in the sky annulus (the
 halo reaches the sky annulus). The spikes are fitted per strip pixel to the
 light minus the fitted azimuthal model: two Gaussians along the pixel axes,
-sigma ``length`` along and ``width`` across, integrated over the pixel
-across the arm. Errors: from the fit's Jacobian, scaled by the reduced
+sigma ``length`` along and ``width`` across, sampled at the pixel centres
+(every length is that of the light per pixel, pixel response included, as
+the mask sizing and the simulator use them). Errors: from the fit's Jacobian, scaled by the reduced
 chi^2 when it exceeds 1.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -158,14 +160,12 @@ def spike_pixel_light(along, across, fraction, length, width, pixel):
     """Light (unit star flux) of one spike in a pixel centred ``along``, ``across`` (arcsec) from the star.
 
     A Gaussian of sigma ``length`` along the arm and ``width`` across
-    holding ``fraction``: sampled at the pixel centre along the arm (it
-    varies slowly there) and integrated over the pixel across it.
+    holding ``fraction``, sampled at the pixel centre: the profile is the
+    light per pixel as the image records it (pixel response included, as
+    for the PSF core and as :mod:`.profile` and the simulator use it).
     """
-    from scipy.special import erf
-
-    line = fraction * np.exp(-0.5 * (along / length) ** 2) / (np.sqrt(2.0 * np.pi) * length) * pixel
-    scale = np.sqrt(2.0) * width
-    return line * 0.5 * (erf((across + 0.5 * pixel) / scale) - erf((across - 0.5 * pixel) / scale))
+    return (fraction / (2.0 * np.pi * length * width) * pixel**2
+            * np.exp(-0.5 * ((along / length) ** 2 + (across / width) ** 2)))
 
 
 # --------------------------------------------------------------------------- per star
@@ -381,7 +381,9 @@ def stack_profiles(profiles, errors, floor=0.1, nsigma=4.0):
     values = np.asarray(profiles, float)
     errs = np.asarray(errors, float)
     good = np.isfinite(values) & np.isfinite(errs) & (errs > 0)
-    median = np.nanmedian(np.where(good, values, np.nan), axis=0) if values.size else np.array([])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # annuli no star measured: NaN, as wanted
+        median = np.nanmedian(np.where(good, values, np.nan), axis=0)
     total_error2 = errs**2 + (floor * np.abs(median)) ** 2
     with np.errstate(invalid="ignore"):
         good &= np.abs(values - median) <= nsigma * np.sqrt(total_error2)
@@ -448,7 +450,7 @@ def fit_azimuthal(edges, stack, error, psf_beta, sky_radii, spike_fraction=0.0, 
     return values, errors, chi2
 
 
-def fit_spikes(dx, dy, light, sigma, pixel_scale, background=None, start=None, passes=3, clip=5.0):
+def fit_spikes(dx, dy, light, sigma, pixel_scale, background=None, start=None, passes=3, clip=3.0):
     """Fit spike fraction, length and width to strip pixels (light per unit flux, sky removed).
 
     Both spikes are modelled in every pixel: the horizontal one (along x)
@@ -699,8 +701,6 @@ def measure_files(pairs, star_cat, settings: MeasureSettings | None = None, max_
     ValueError
         Naming the file, when an image cannot be read or lacks the zero point.
     """
-    import warnings
-
     from astropy.io import fits
     from astropy.wcs import WCS, FITSFixedWarning
 
