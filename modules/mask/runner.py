@@ -91,8 +91,9 @@ OPTIONS = (
     Option("STAR_MASK_SIZING", "choice", "template", "How halo and spike masks are sized: 'template' scales the "
            ".mask file's templates linearly in magnitude (ShapePipe); 'profile' masks each star brighter than the "
            "HALO_/SPIKE_MAG_LIM of the .mask file out to where its light, its flux (catalogue magnitude and the "
-           "image zero point) times the STAR_PROFILE_* profile, falls to STAR_MASK_NOISE_FRACTION of the pixel "
-           "noise (from the weight): a disc for the halo, two bars along the pixel axes for the spikes.",
+           "image zero point) times the STAR_PROFILE_* profile (or STAR_PROFILE_FILE), falls to "
+           "STAR_MASK_NOISE_FRACTION of the pixel noise (from the weight): a disc for the halo, two bars along the "
+           "pixel axes for the spikes.",
            choices=("template", "profile")),
     Option("STAR_MASK_NOISE_FRACTION", "float", 0.1, "With STAR_MASK_SIZING = profile: masks end where the "
            "star's modelled light falls to this fraction of the pixel noise."),
