@@ -244,3 +244,16 @@ def test_grouped_clipped_mean_matches_a_loop():
         assert count[g] == keep.sum()
         assert error[g] == pytest.approx(v[keep].std(ddof=1) / np.sqrt(keep.sum()), rel=1e-9)
     assert np.isnan(mean[5]) and count[5] == 0
+
+
+def test_script_errors_name_the_file(tmp_path, capsys):
+    from shapepipe_modules.tools.star_profile import main
+
+    fits.PrimaryHDU(np.zeros((10, 10), np.float32)).writeto(tmp_path / "image-0000003-0.fits")
+    assert main([str(tmp_path), "--star-cat", str(tmp_path / "stars.fits"), "-o", str(tmp_path / "p.json")]) == 1
+    assert "image-0000003-0.fits: no weight weight-0000003-0.fits" in capsys.readouterr().err
+    fits.PrimaryHDU(np.ones((10, 10), np.float32)).writeto(tmp_path / "weight-0000003-0.fits")
+    Table({"ra": [1.0], "dec": [1.0], "mag": [15.0]}).write(tmp_path / "stars.fits")
+    assert main([str(tmp_path), "--star-cat", str(tmp_path / "stars.fits"), "-o", str(tmp_path / "p.json")]) == 1
+    assert "image-0000003-0.fits: no numeric header keyword PHOTZP" in capsys.readouterr().err
+    assert not (tmp_path / "p.json").exists()
