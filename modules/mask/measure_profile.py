@@ -224,12 +224,10 @@ class StarMeasurement:
         not measured) and its error.
     inner_radius : float
         Radius (arcsec) inside which the star is not used (saturated core).
-    along, across, light, sigma : arrays
-        Strip pixels for the spike fit: offsets (arcsec; ``along`` signed
-        x offset for both arms, see :func:`measure_star`), light per unit
-        flux minus the sky, and its noise.
-    dx, dy : arrays
-        Offsets (arcsec) of the strip pixels along the pixel axes.
+    dx, dy, light, sigma : arrays
+        Strip pixels for the spike fit: offsets (arcsec) from the star
+        along the pixel axes, light per pixel per unit flux minus the sky,
+        and its noise.
     """
 
     profile: np.ndarray
@@ -296,7 +294,7 @@ def measure_star(image, weight, x, y, flux, pixel_scale, settings: MeasureSettin
         own = flux * azimuthal_light(r, prior.psf_fwhm, prior.psf_beta, prior.halo_fraction, prior.halo_fwhm,
                                      prior.halo_beta, prior.spike_fraction) * pixel_scale**2
         level = settings.neighbour_ratio * own + settings.neighbour_noise_fraction * noise
-        spike_peak = prior.spike_fraction / (2.0 * np.pi * prior.spike_length * max(prior.spike_width, half))
+        spike_peak = prior.spike_fraction / (2.0 * np.pi * prior.spike_length * prior.spike_width)
         for xn, yn, fn in neighbours:
             dxn = ((np.arange(x0, x1) - xn) * pixel_scale)[None, :]
             dyn = ((np.arange(y0, y1) - yn) * pixel_scale)[:, None]
@@ -312,9 +310,9 @@ def measure_star(image, weight, x, y, flux, pixel_scale, settings: MeasureSettin
     inner = 0.0
     if saturated.any():
         labels, _ = label(saturated)
-        own = np.unique(labels[saturated & (r <= 2.0 * pixel_scale)])
+        central = np.unique(labels[saturated & (r <= 2.0 * pixel_scale)])
         bleed = (np.abs(dx) <= half) & (np.abs(dy) > half)
-        core_saturated = np.isin(labels, own[own > 0]) & ~bleed
+        core_saturated = np.isin(labels, central[central > 0]) & ~bleed
         if core_saturated.any():
             inner = 1.5 * float(r[core_saturated].max()) + 2.0 * pixel_scale
 
@@ -328,14 +326,13 @@ def measure_star(image, weight, x, y, flux, pixel_scale, settings: MeasureSettin
     sky, sky_error = sky
     # A plane, not a constant: the annulus of a star near an edge is one-sided and the sky has gradients.
     data = data - (sky[0] + sky[1] * dx + sky[2] * dy)
-    sky = 0.0
 
     edges = np.asarray(settings.edges, float)
     n_annuli = edges.size - 1
     annulus = np.searchsorted(edges, r, side="right") - 1
     chosen = usable & ~strip & (annulus >= 0) & (annulus < n_annuli) & (r >= inner)
     norm = flux * pixel_scale**2  # per arcsec^2 per unit flux
-    mean, error, _ = grouped_clipped_mean(annulus[chosen], (data[chosen] - sky) / norm, n_annuli)
+    mean, error, _ = grouped_clipped_mean(annulus[chosen], data[chosen] / norm, n_annuli)
     # The sky's error offsets all annuli of the star alike; added to each (its correlation ignored).
     error = np.hypot(error, sky_error / norm)
     # Annuli cut by the saturated core would mix radii unevenly: measured only when wholly outside it.
@@ -346,7 +343,7 @@ def measure_star(image, weight, x, y, flux, pixel_scale, settings: MeasureSettin
     ddx = np.broadcast_to(dx, data.shape)[spike]
     ddy = np.broadcast_to(dy, data.shape)[spike]
     return StarMeasurement(profile=mean, error=error, inner_radius=inner, dx=ddx, dy=ddy,
-                           light=(data[spike] - sky) / flux, sigma=1.0 / np.sqrt(wgt[spike]) / flux)
+                           light=data[spike] / flux, sigma=1.0 / np.sqrt(wgt[spike]) / flux)
 
 
 def _sky_plane(dx, dy, values, nsigma=3.0, passes=4):
