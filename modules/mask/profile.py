@@ -15,7 +15,9 @@ where its modelled light exceeds a fraction of the image's pixel noise:
 ``F`` is the star's flux from its catalogue magnitude and the image zero
 point; ``sigma`` the median of ``1 / sqrt(weight)`` over the pixels of
 positive weight. The default profile is the simulator's (docs/simulation.md,
-"Bright stars"); on real data it is the stacked profile of bright stars.
+"Bright stars"); on real data it is the stacked profile of bright stars,
+measured by :mod:`.measure_profile` (``shapepipe_star_profile``) and given
+to the mask module as ``STAR_PROFILE_FILE``.
 """
 
 from __future__ import annotations

@@ -91,8 +91,9 @@ OPTIONS = (
     Option("STAR_MASK_SIZING", "choice", "template", "How halo and spike masks are sized: 'template' scales the "
            ".mask file's templates linearly in magnitude (ShapePipe); 'profile' masks each star brighter than the "
            "HALO_/SPIKE_MAG_LIM of the .mask file out to where its light, its flux (catalogue magnitude and the "
-           "image zero point) times the STAR_PROFILE_* profile, falls to STAR_MASK_NOISE_FRACTION of the pixel "
-           "noise (from the weight): a disc for the halo, two bars along the pixel axes for the spikes.",
+           "image zero point) times the STAR_PROFILE_* profile (or STAR_PROFILE_FILE), falls to "
+           "STAR_MASK_NOISE_FRACTION of the pixel noise (from the weight): a disc for the halo, two bars along the "
+           "pixel axes for the spikes.",
            choices=("template", "profile")),
     Option("STAR_MASK_NOISE_FRACTION", "float", 0.1, "With STAR_MASK_SIZING = profile: masks end where the "
            "star's modelled light falls to this fraction of the pixel noise."),
@@ -109,6 +110,9 @@ OPTIONS = (
            "its arm."),
     Option("STAR_PROFILE_SPIKE_WIDTH", "float", 0.18, "Star profile: Gaussian sigma (arcsec) of a spike across "
            "its arm."),
+    Option("STAR_PROFILE_FILE", "file", "", "With STAR_MASK_SIZING = profile: a star profile measured from the "
+           "data by shapepipe_star_profile (JSON; the stacked bright stars of the exposures, docs/crowded.md); its "
+           "values replace every STAR_PROFILE_* option. Empty: the STAR_PROFILE_* options."),
     Option("ZERO_POINT_KEY", "str", "PHOTZP", "With STAR_MASK_SIZING = profile: image header keyword of the "
            "magnitude zero point (mag = ZP - 2.5 log10 ADU) that turns catalogue magnitudes into fluxes."),
     Option("BORDER_WIDTH", "int", -1, "Width (pixels) of the border mask, replacing the .mask file's "
@@ -154,6 +158,15 @@ def validate(options) -> list[str]:
     fractions = [options.get(name) for name in ("STAR_PROFILE_HALO_FRACTION", "STAR_PROFILE_SPIKE_FRACTION")]
     if None not in fractions and (min(fractions) < 0 or fractions[0] + 2 * fractions[1] >= 1):
         problems.append("STAR_PROFILE_HALO_FRACTION + 2 STAR_PROFILE_SPIKE_FRACTION must lie in [0, 1)")
+    if options.get("STAR_PROFILE_FILE"):
+        from .measure_profile import read_profile_file
+
+        if options.get("STAR_MASK_SIZING") != "profile":
+            problems.append("STAR_PROFILE_FILE is used only with STAR_MASK_SIZING = profile")
+        try:
+            read_profile_file(options["STAR_PROFILE_FILE"])
+        except ValueError as error:
+            problems.append(f"STAR_PROFILE_FILE: {error}")
     if params.ngc is not None and params.ngc.cat_path is None:
         problems.append(f"{_config_path(options)} [NGC_PARAMETERS] NGC_MAKE = True: NGC_CAT_PATH is missing")
     return problems
@@ -333,15 +346,17 @@ def mask(job):
 
     profile = zero_point = None
     if options["STAR_MASK_SIZING"] == "profile" and (params.halo or params.spike):
+        from .measure_profile import PROFILE_KEYS, read_profile_file
         from .profile import StarProfile
 
-        profile = StarProfile(
-            psf_fwhm=options["STAR_PROFILE_PSF_FWHM"], psf_beta=options["STAR_PROFILE_PSF_BETA"],
-            halo_fraction=options["STAR_PROFILE_HALO_FRACTION"], halo_fwhm=options["STAR_PROFILE_HALO_FWHM"],
-            halo_beta=options["STAR_PROFILE_HALO_BETA"], spike_fraction=options["STAR_PROFILE_SPIKE_FRACTION"],
-            spike_length=options["STAR_PROFILE_SPIKE_LENGTH"], spike_width=options["STAR_PROFILE_SPIKE_WIDTH"],
-            noise_fraction=options["STAR_MASK_NOISE_FRACTION"],
-        )
+        values = {key: options[key] for key in PROFILE_KEYS}
+        if options.get("STAR_PROFILE_FILE"):
+            try:
+                values = read_profile_file(options["STAR_PROFILE_FILE"])
+            except ValueError as error:
+                raise JobError(f"[{job.module_run.upper()}_RUNNER] STAR_PROFILE_FILE: {error}") from None
+        profile = StarProfile(**{attr: values[key] for key, attr in PROFILE_KEYS.items()},
+                              noise_fraction=options["STAR_MASK_NOISE_FRACTION"])
         key = options["ZERO_POINT_KEY"]
         try:
             zero_point = float(header[key])
