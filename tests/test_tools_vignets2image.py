@@ -80,6 +80,9 @@ def test_script_on_catalogues_and_stamp_store(tmp_path, capsys):
     partial = np.where(keep[:, None, None], stamps, 0.0)
     _check_file(out / "img_sexcat-244-252.fits", partial, numbers)
     _check_file(out / "img_image_vignet-244-252.fits", np.array(store_stamps), store_ids, store_epochs)
+    # The first stamps only.
+    assert tool.main([str(store_path), "-n", "3", "-p", "first_", "-o", str(out)]) == 0
+    _check_file(out / "first_image_vignet-244-252.fits", np.array(store_stamps[:3]), store_ids[:3], store_epochs[:3])
     # Errors name the file.
     capsys.readouterr()
     assert tool.main([str(catalogue), "-c", "FLUX", "-o", str(out)]) == 1

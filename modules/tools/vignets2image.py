@@ -104,34 +104,32 @@ def _read_catalogue(path: Path, hdu, column: str):
     return stamps, ids, np.full(len(ids), "")
 
 
-def _read_store(path: Path, array: str):
+def _read_store(path: Path, array: str, max_stamps=None):
     from shapepipe_modules.io.arrays import StoreError
     from shapepipe_modules.io.stamp_store import StampStore
 
-    stamps, ids, epochs, shapes = [], [], [], set()
+    # Only the chosen array of each record is kept: a tile's store holds several GB of other kinds.
+    found = []
     try:
         with StampStore(path) as store:
-            records = dict(store.items())
+            for object_id, record in store.items():
+                for key, epoch in record.items():
+                    if array in epoch.arrays:
+                        found.append((object_id, key, np.asarray(epoch.arrays[array])))
     except (StoreError, OSError) as error:
         raise ToolError(f"cannot read stamp store {path}: {error}") from error
-    for object_id in sorted(records):
-        for key in sorted(records[object_id]):
-            epoch = records[object_id][key]
-            if array not in epoch.arrays:
-                continue
-            stamp = np.asarray(epoch.arrays[array])
-            stamps.append(stamp)
-            shapes.add(stamp.shape)
-            ids.append(object_id)
-            epochs.append(key)
-    if len(shapes) > 1:
-        raise ToolError(f"{path}: {array} stamps of several shapes {sorted(shapes)}")
-    if not stamps:
+    if not found:
         raise ToolError(f"{path}: no {array!r} stamp in the store")
-    return np.stack(stamps), np.asarray(ids, dtype=np.int64), np.asarray(epochs)
+    found.sort(key=lambda item: (item[0], item[1]))
+    found = found[:max_stamps]
+    shapes = sorted({stamp.shape for _, _, stamp in found})
+    if len(shapes) > 1:
+        raise ToolError(f"{path}: {array} stamps of several shapes {shapes}")
+    return (np.stack([stamp for _, _, stamp in found]), np.array([i for i, _, _ in found], dtype=np.int64),
+            np.array([key for _, key, _ in found]))
 
 
-def read_stamps(path, column: str = "VIGNET", hdu=None):
+def read_stamps(path, column: str = "VIGNET", hdu=None, max_stamps: int | None = None):
     """Stamps of a catalogue or stamp store, with the object id (and epoch) of each.
 
     Parameters
@@ -142,6 +140,8 @@ def read_stamps(path, column: str = "VIGNET", hdu=None):
         Catalogue column, or array name in the store.
     hdu : int or str, optional
         Catalogue HDU (default: ``LDAC_OBJECTS`` of a FITS-LDAC file, else 1).
+    max_stamps : int, optional
+        Keep the first ``max_stamps`` stamps only.
 
     Returns
     -------
@@ -159,9 +159,12 @@ def read_stamps(path, column: str = "VIGNET", hdu=None):
     path = Path(path)
     if not path.is_file():
         raise ToolError(f"input {path} does not exist")
+    if max_stamps is not None and max_stamps < 1:
+        raise ToolError(f"max_stamps must be 1 or more, got {max_stamps}")
     if path.suffix == ".sqlite":
-        return _read_store(path, column)
-    return _read_catalogue(path, hdu, column)
+        return _read_store(path, column, max_stamps)
+    stamps, ids, epochs = _read_catalogue(path, hdu, column)
+    return stamps[:max_stamps], ids[:max_stamps], epochs[:max_stamps]
 
 
 def write_mosaic(path, image, side: int, stamp_shape, ids, epochs, source) -> Path:
@@ -204,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-c", "--column", default="VIGNET",
                         help="catalogue column or store array (default VIGNET)")
     parser.add_argument("--hdu", help="catalogue HDU (default LDAC_OBJECTS of FITS-LDAC, else 1)")
+    parser.add_argument("-n", "--max-stamps", type=int, help="the first N stamps only (default all)")
     parser.add_argument("--fill", type=float, default=0.0,
                         help="value of unusable pixels and empty cells (default 0)")
     return parser
@@ -212,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _main(args) -> int:
     hdu = None if args.hdu is None else (int(args.hdu) if str(args.hdu).isdigit() else args.hdu)
     for item in args.inputs:
-        stamps, ids, epochs = read_stamps(item, args.column, hdu)
+        stamps, ids, epochs = read_stamps(item, args.column, hdu, args.max_stamps)
         image, side = mosaic(stamps, args.fill)
         name = Path(item).name
         stem = name[: -len(".sqlite")] + ".fits" if name.endswith(".sqlite") else name
