@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/bench_cluster_shear.py [--seeds 1-5] [--workdir DIR] [--n-boot 200] [--no-paired]
+                                             [--neighbour-mask on|off]
 
 For each seed the ``cluster`` preset is simulated twice, with the NFW shear
 and with its opposite (``simulate_paired``: same galaxies, same noise;
@@ -13,6 +14,10 @@ folder ``WORKDIR/config``: ``example/GOLD`` with the files of
 ``example/crowded`` on top (dual-pass detection of the tile, halo masks
 sized by the simulated star profile) and the mask module's templates. A
 run whose final catalogue exists is not run again (``--rerun`` to force).
+``example/crowded`` masks the neighbours in the exposure stamps (the
+tile's object mask, vignetmaker ``NEIGHBOUR_MASK``): ngmix fits stamps
+whose pixels on other objects have zero weight; ``--neighbour-mask off``
+runs GOLD's stamps instead (:func:`neighbour_mask_config`).
 
 Printed: per run the masked fraction of the tile, the PSF residuals of the
 reserved stars (size, from the run's psf_validation), the background galaxies
@@ -67,6 +72,36 @@ def cluster_config_dir(destination: Path) -> Path:
     return destination
 
 
+def _set_options(path: Path, section: str, values: dict) -> None:
+    """Set options of one section of a configuration file (comments are not kept)."""
+    import configparser
+
+    parser = configparser.RawConfigParser()
+    parser.optionxform = str
+    parser.read(path)
+    if not parser.has_section(section):
+        raise ValueError(f"{path}: no section [{section}]")
+    for key, value in values.items():
+        parser.set(section, key, value)
+    with path.open("w") as handle:
+        parser.write(handle)
+
+
+def neighbour_mask_config(config: Path, on: bool = True) -> Path:
+    """Turn the neighbour mask of the MULTI-EPOCH stamps on or off in a GOLD configuration folder.
+
+    On: the tile sextractor writes its object mask (``OBJECT_MASK``) and the
+    MULTI-EPOCH vignetmaker reads it after the catalogue (``NEIGHBOUR_MASK``):
+    the weight of the exposure stamp pixels on other objects is 0. Off:
+    GOLD's settings.
+    """
+    _set_options(config / "config_tile_Sx_exp_psfex.ini", "SEXTRACTOR_RUNNER_RUN_1", {"OBJECT_MASK": str(on)})
+    _set_options(config / "config_tile_PiViSmVi.ini", "VIGNETMAKER_RUNNER_RUN_2",
+                 {"FILE_PATTERN": "sexcat, objmask" if on else "sexcat", "FILE_EXT": ".fits, .fits" if on else ".fits",
+                  "NEIGHBOUR_MASK": str(on)})
+    return config
+
+
 def final_catalogue(run_root: Path):
     """The final catalogue of the newest make_catalog run, or None."""
     from shapepipe_modules.gold.chain import ChainError, module_output, newest_run
@@ -105,6 +140,9 @@ def main(argv=None):
     parser.add_argument("--rerun", action="store_true", help="run the chain even where a final catalogue exists")
     parser.add_argument("--no-paired", dest="paired", action="store_false",
                         help="only the + member of each seed (default: + and - members, shear of opposite sign)")
+    parser.add_argument("--neighbour-mask", choices=("on", "off"), default=None,
+                        help="zero weight on other objects in the exposure stamps (tile OBJECT_MASK, vignetmaker "
+                             "NEIGHBOUR_MASK): on or off (default: as example/crowded, on)")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
 
@@ -117,6 +155,8 @@ def main(argv=None):
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_cluster_shear_"))
     config = cluster_config_dir(work / "config")
+    if args.neighbour_mask is not None:
+        neighbour_mask_config(config, args.neighbour_mask == "on")
     pooled = {"tables": [], "dx": [], "dy": [], "g_t_true": [], "group": [], "sign": [], "unit": []}
     per_seed = []
     for seed in _seeds(args.seeds):

@@ -190,3 +190,26 @@ def test_cluster_chain_configuration_folder(tmp_path):
     cluster, default = read_dot_sex(folder / "cluster_exp.sex"), read_dot_sex(DATA_DIR / "default_exp.sex")
     assert cluster.pop("BACK_SIZE") == "24" and default.pop("BACK_SIZE") == "64"
     assert cluster == default
+
+    # The neighbour mask of the exposure stamps: the cluster's stage-7 file is GOLD's but for three options of
+    # the MULTI-EPOCH vignetmaker; neighbour_mask_config(off) gives GOLD's settings back.
+    import configparser
+
+    def options(path):
+        parser = configparser.RawConfigParser()
+        parser.optionxform = str
+        parser.read(path)
+        return {section: dict(parser[section]) for section in parser.sections()}
+
+    gold = Path(__file__).resolve().parents[1] / "example" / "GOLD"
+    mine, theirs = options(folder / "config_tile_PiViSmVi.ini"), options(gold / "config_tile_PiViSmVi.ini")
+    changed = {"FILE_PATTERN": "sexcat, objmask", "FILE_EXT": ".fits, .fits", "NEIGHBOUR_MASK": "True"}
+    assert {k: mine["VIGNETMAKER_RUNNER_RUN_2"].pop(k) for k in changed} == changed
+    theirs["VIGNETMAKER_RUNNER_RUN_2"].pop("FILE_PATTERN"), theirs["VIGNETMAKER_RUNNER_RUN_2"].pop("FILE_EXT")
+    assert mine == theirs
+    assert options(folder / "config_tile_Sx_exp_psfex.ini")["SEXTRACTOR_RUNNER_RUN_1"]["OBJECT_MASK"] == "True"
+    bench.neighbour_mask_config(folder, on=False)
+    stage7 = options(folder / "config_tile_PiViSmVi.ini")
+    assert stage7["VIGNETMAKER_RUNNER_RUN_2"].pop("NEIGHBOUR_MASK") == "False"
+    assert stage7 == options(gold / "config_tile_PiViSmVi.ini")
+    assert options(folder / "config_tile_Sx_exp_psfex.ini")["SEXTRACTOR_RUNNER_RUN_1"]["OBJECT_MASK"] == "False"

@@ -29,7 +29,18 @@ meta (in every store)
     central pixel ``size // 2`` plus the sub-pixel offset),
     ``MASKED_FRACTION`` (pixels flagged, with zero weight or off the CCD),
     ``MISSING_FRACTION`` (pixels off the CCD), ``OFF_CCD_FLAG``, and
-    ``DROPPED_EPOCHS`` (text) when other epochs of the object were dropped.
+    ``DROPPED_EPOCHS`` (text) when other epochs of the object were dropped;
+    with a neighbour mask, ``NEIGHBOUR_FRACTION`` (pixels given zero weight
+    as other objects' or saturated regions', see below).
+
+Neighbour mask (``NEIGHBOUR_MASK``): the tile's object mask (sextractor
+``OBJECT_MASK``: each object's ellipse holds its ``NUMBER``, saturated
+regions -1) is looked up at every exposure stamp pixel: pixel centre ->
+sky (the exposure's WCS) -> tile pixel (the mask's WCS), nearest tile
+pixel. Where it holds another object's ``NUMBER`` or -1 the weight stamp is
+set to 0 (never on the object's own pixels nor off the tile), so ngmix
+treats those pixels as masked. With the tile's own WCS on the exposure this
+is exactly the CLASSIC neighbour mask.
 
 Pixels off the CCD: image and background 0 (ShapePipe's padding), weight 0,
 flag ``OFF_CCD_FLAG`` (bit 512 by default; not used by the ``mask`` planes).
@@ -149,6 +160,100 @@ def read_ccd(path: Path) -> np.ndarray:
     raise OSError(f"{path}: no 2-D image HDU")
 
 
+@dataclass(frozen=True)
+class ObjectMask:
+    """The tile's object mask and its WCS."""
+
+    pixels: np.ndarray
+    wcs: object
+
+
+def read_object_mask(path) -> ObjectMask:
+    """Object mask image (int, first 2-D HDU) and its celestial WCS.
+
+    Raises
+    ------
+    JobError
+        If the file is unreadable, holds no 2-D integer image or no celestial WCS (names the file).
+    """
+    import warnings
+
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    from .classic import read_image
+
+    pixels, header = read_image(path)
+    if not np.issubdtype(pixels.dtype, np.integer):
+        raise JobError(f"{path}: the object mask holds {pixels.dtype} values, expected integers "
+                       "(sextractor OBJECT_MASK)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        wcs = WCS(header)
+    if not wcs.has_celestial:
+        raise JobError(f"{path}: the object mask has no celestial WCS in its header")
+    pixels = np.asarray(pixels)
+    return ObjectMask(pixels.astype(pixels.dtype.newbyteorder("="), copy=False), wcs)
+
+
+def neighbour_stamp_pixels(object_mask: ObjectMask, wcs, ix, iy, size, numbers, chunk=1024) -> np.ndarray:
+    """Exposure stamp pixels that fall on another object or a saturated region of the tile mask.
+
+    Parameters
+    ----------
+    object_mask : ObjectMask
+        Tile object mask (NUMBER inside each object's ellipse, -1 saturated regions, 0 sky).
+    wcs : astropy.wcs.WCS
+        WCS of the exposure CCD.
+    ix, iy : array_like of int
+        0-based central column and row of each stamp on the CCD (:func:`.stamps.central_pixels`).
+    size : int
+        Odd stamp side.
+    numbers : array_like of int
+        NUMBER of each stamp's object (its own pixels are never masked).
+    chunk : int
+        Objects converted at once (bounds memory: ``chunk * size**2`` positions).
+
+    Returns
+    -------
+    numpy.ndarray of bool
+        ``(n, size, size)``: True where the nearest tile pixel to the stamp
+        pixel's sky position holds another object's NUMBER or -1; pixels
+        off the tile are False.
+    """
+    from astropy.wcs import NoConvergence
+
+    from shapepipe_modules.crowded.masks import neighbour_pixels
+
+    ix = np.atleast_1d(np.asarray(ix, dtype=np.int64))
+    iy = np.atleast_1d(np.asarray(iy, dtype=np.int64))
+    numbers = np.atleast_1d(np.asarray(numbers))
+    n = ix.size
+    half = size // 2
+    offsets = np.arange(size) - half
+    ny, nx = object_mask.pixels.shape
+    out = np.zeros((n, size, size), bool)
+    for start in range(0, n, chunk):
+        part = slice(start, min(start + chunk, n))
+        # FITS (1-based) centres of the stamp pixels on the CCD.
+        x = np.broadcast_to((ix[part, None, None] + offsets[None, None, :] + 1).astype(float),
+                            (part.stop - start, size, size)).ravel()
+        y = np.broadcast_to((iy[part, None, None] + offsets[None, :, None] + 1).astype(float),
+                            (part.stop - start, size, size)).ravel()
+        ra, dec = wcs.all_pix2world(x, y, 1)
+        try:
+            tx, ty = object_mask.wcs.all_world2pix(ra, dec, 1)
+        except NoConvergence as error:
+            tx, ty = error.best_solution.T
+        with np.errstate(invalid="ignore"):
+            col = np.floor(tx - 0.5)
+            row = np.floor(ty - 0.5)
+            inside = np.isfinite(col) & np.isfinite(row) & (col >= 0) & (col < nx) & (row >= 0) & (row < ny)
+        values = np.zeros(x.size, object_mask.pixels.dtype)
+        values[inside] = object_mask.pixels[row[inside].astype(np.int64), col[inside].astype(np.int64)]
+        out[part] = neighbour_pixels(values.reshape(-1, size, size), numbers[part])
+    return out
+
+
 class _Pending:
     """Epochs cut for objects whose other epochs are not cut yet."""
 
@@ -176,6 +281,7 @@ def make_multi_epoch_stamps(
     off_ccd_flag: int = OFF_CCD_FLAG,
     batch_bytes: int = 64 * 2**20,
     compress: bool = False,
+    object_mask=None,
 ) -> dict:
     """Cut the single-exposure stamps of every object of a tile catalogue.
 
@@ -203,13 +309,17 @@ def make_multi_epoch_stamps(
     compress : bool
         zlib-compress the store records (flag stamps 35x, weight and
         background 2x, image 1.3x smaller).
+    object_mask : path-like or ObjectMask, optional
+        Tile object mask: the weight of stamp pixels on other objects and
+        saturated regions is set to 0 (module docstring); needs a weight source.
 
     Returns
     -------
     dict
         ``n_objects``, ``n_epochs`` (written), ``n_epochs_dropped``,
         ``n_no_epoch``, ``n_ccds``, ``missing_files`` (list of str) and
-        ``bytes_written``.
+        ``bytes_written``; with ``object_mask``, ``neighbour_fraction``
+        (mean over the epochs written).
     """
     from shapepipe_modules.io.header_store import HeaderStore
 
@@ -222,6 +332,12 @@ def make_multi_epoch_stamps(
     ra = columns[ra_col].astype(float)
     dec = columns[dec_col].astype(float)
     epochs = read_epochs(catalogue_path, ids.size)
+    if object_mask is not None:
+        if "weight" not in [s.kind for s in sources]:
+            raise ValueError("a neighbour mask needs a weight pattern in ME_IMAGE_PATTERN (its stamps get "
+                             "zero weight)")
+        if not isinstance(object_mask, ObjectMask):
+            object_mask = read_object_mask(object_mask)
 
     try:
         headers = HeaderStore(header_store_path)
@@ -235,6 +351,7 @@ def make_multi_epoch_stamps(
     summary = {"n_objects": int(ids.size), "n_epochs": 0, "n_epochs_dropped": 0, "n_no_epoch": 0,
                "n_ccds": 0, "missing_files": []}
     success = False
+    neighbour_sum = 0.0
     try:
         for row in np.flatnonzero(pending.remaining == 0):
             for store in stores:
@@ -244,7 +361,8 @@ def make_multi_epoch_stamps(
         for exposure, ccd, rows in _groups(epochs, dec):
             summary["n_ccds"] += 1
             key = epoch_key(exposure, ccd)
-            cut = _cut_group(headers, sources, exposure, ccd, ra[rows], dec[rows], size, off_ccd_flag, logger)
+            cut = _cut_group(headers, sources, exposure, ccd, ra[rows], dec[rows], size, off_ccd_flag, logger,
+                             object_mask, ids[rows])
             if isinstance(cut, str):
                 summary["n_epochs_dropped"] += rows.size
                 if "file" in cut:
@@ -261,6 +379,8 @@ def make_multi_epoch_stamps(
                     arrays["JACOBIAN"] = jac[i]
                     pending.add(row, key, arrays, dict(zip(names, values)))
                 summary["n_epochs"] += rows.size
+                if object_mask is not None:
+                    neighbour_sum += float(np.sum(meta["NEIGHBOUR_FRACTION"]))
             pending.remaining[rows] -= 1
             for row in rows[pending.remaining[rows] == 0]:
                 if _write_object(stores, sources, ids[row], pending.epochs.pop(row, {}),
@@ -272,6 +392,8 @@ def make_multi_epoch_stamps(
             store.close(success=success)
         headers.close()
     summary["bytes_written"] = int(sum(p.stat().st_size for p in paths))
+    if object_mask is not None:
+        summary["neighbour_fraction"] = neighbour_sum / max(summary["n_epochs"], 1)
     return summary
 
 
@@ -291,7 +413,8 @@ def _groups(epochs, dec):
     return [(exposure, ccd, rows) for _, exposure, ccd, rows in groups]
 
 
-def _cut_group(headers, sources, exposure, ccd, ra, dec, size, off_ccd_flag, logger):
+def _cut_group(headers, sources, exposure, ccd, ra, dec, size, off_ccd_flag, logger, object_mask=None,
+               numbers=None):
     """Stamps of the objects of one CCD; a string saying why the epoch is unusable."""
     from astropy.wcs import NoConvergence
 
@@ -339,6 +462,10 @@ def _cut_group(headers, sources, exposure, ccd, ra, dec, size, off_ccd_flag, log
         arrays[source.kind] = stamps
     jac = local_jacobians(wcs, x, y)
     n_pix = size * size
+    neighbours = None
+    if object_mask is not None:
+        neighbours = neighbour_stamp_pixels(object_mask, wcs, ix, iy, size, numbers)
+        arrays["weight"][neighbours] = 0
     masked = missing.copy()
     if "flag" in arrays:
         masked |= arrays["flag"] != 0
@@ -351,6 +478,8 @@ def _cut_group(headers, sources, exposure, ccd, ra, dec, size, off_ccd_flag, log
         "MASKED_FRACTION": masked.reshape(len(x), -1).sum(axis=1) / n_pix,
         "MISSING_FRACTION": missing.reshape(len(x), -1).sum(axis=1) / n_pix,
     }
+    if neighbours is not None:
+        meta["NEIGHBOUR_FRACTION"] = neighbours.reshape(len(x), -1).sum(axis=1) / n_pix
     return arrays, jac, meta
 
 

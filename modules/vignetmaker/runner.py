@@ -11,7 +11,8 @@ CLASSIC with ``MASKING = True``
     ``<PREFIX or cat>_vignet<number>.fits`` with masked pixels set to
     ``MASK_VALUE``.
 MULTI-EPOCH
-    Input: the multi-epoch tile catalogue (``EPOCH_i`` HDUs). Writes one
+    Input: the multi-epoch tile catalogue (``EPOCH_i`` HDUs), then, with
+    ``NEIGHBOUR_MASK = True``, the tile's object mask. Writes one
     stamp store per ``ME_IMAGE_PATTERN``, ``<pattern>_vignet<number>.sqlite``
     (e.g. ``image_vignet-244-252.sqlite``), see :mod:`.multi_epoch` for the
     record layout and :class:`shapepipe_modules.io.stamp_store.StampStore`
@@ -50,13 +51,16 @@ OPTIONS = (
     Option("PREFIX", "name_list", [], "CLASSIC: output prefix per input image (<PREFIX>_vignet<number>.fits); "
            "MASKING: one prefix (default cat). Ignored in MULTI-EPOCH mode (the stores are named after "
            "ME_IMAGE_PATTERN)."),
-    Option("NEIGHBOUR_MASK", "bool", False, "CLASSIC: the last image of FILE_PATTERN is an object mask "
-           "(sextractor OBJECT_MASK: each object's ellipse holds its NUMBER). In the stamps of the images whose "
-           "PREFIX is in NEIGHBOUR_MASK_PREFIXES, pixels of other objects and saturated regions are set to 0 "
-           "(zero weight), and a MASKED_FRACTION column gives the fraction of each stamp so set. Needs NUMBER "
-           "in the catalogue."),
-    Option("NEIGHBOUR_MASK_PREFIXES", "name_list", ["weight"], "NEIGHBOUR_MASK: PREFIX entries of the images "
-           "whose stamps get the neighbours zeroed."),
+    Option("NEIGHBOUR_MASK", "bool", False, "The last file of FILE_PATTERN is the tile's object mask "
+           "(sextractor OBJECT_MASK: each object's ellipse holds its NUMBER, saturated regions -1). CLASSIC: in "
+           "the stamps of the images whose PREFIX is in NEIGHBOUR_MASK_PREFIXES, pixels of other objects and "
+           "saturated regions are set to 0 (zero weight), and a MASKED_FRACTION column gives the fraction of "
+           "each stamp so set. MULTI-EPOCH: each exposure stamp pixel is looked up in the mask at its sky "
+           "position (nearest tile pixel, through the exposure's and the mask's WCS); the weight stamp is 0 "
+           "where it holds another object or -1, and each epoch record gets NEIGHBOUR_FRACTION. Needs NUMBER "
+           "in the catalogue. Measured effects: docs/crowded.md."),
+    Option("NEIGHBOUR_MASK_PREFIXES", "name_list", ["weight"], "NEIGHBOUR_MASK in CLASSIC mode: PREFIX entries "
+           "of the images whose stamps get the neighbours zeroed (MULTI-EPOCH: the weight stamps)."),
     Option("ME_IMAGE_DIR", "dir_list", [], "MULTI-EPOCH: folders (or last:MODULE references) of the "
            "single-exposure files, one for all patterns or one per pattern."),
     Option("ME_IMAGE_PATTERN", "name_list", [], "MULTI-EPOCH: single-exposure file patterns "
@@ -83,8 +87,8 @@ def validate(options) -> list[str]:
     positions = options.get("POSITION_PARAMS") or []
     if len(positions) != 2 and not options.get("MASKING"):
         problems.append(f"POSITION_PARAMS needs two column names, got {positions}")
-    if options.get("NEIGHBOUR_MASK") and (options.get("MODE") != "CLASSIC" or options.get("MASKING")):
-        problems.append("NEIGHBOUR_MASK = True works in CLASSIC mode without MASKING")
+    if options.get("NEIGHBOUR_MASK") and options.get("MASKING"):
+        problems.append("NEIGHBOUR_MASK = True does not work with MASKING = True")
     if options.get("MODE") == "MULTI-EPOCH":
         if options.get("MASKING"):
             problems.append("MASKING = True works in CLASSIC mode only")
@@ -102,6 +106,12 @@ def validate(options) -> list[str]:
         kinds = options.get("ME_IMAGE_KIND") or []
         if kinds and len(kinds) != len(patterns):
             problems.append(f"ME_IMAGE_KIND has {len(kinds)} entries for {len(patterns)} patterns")
+        elif options.get("NEIGHBOUR_MASK") and patterns:
+            from .multi_epoch import infer_kind
+
+            if "weight" not in (kinds or [infer_kind(p) for p in patterns]):
+                problems.append("NEIGHBOUR_MASK = True in MULTI-EPOCH mode needs a weight pattern in "
+                                "ME_IMAGE_PATTERN (its stamps get zero weight on the neighbours)")
         if not options.get("ME_LOG_WCS"):
             problems.append("MODE = MULTI-EPOCH needs ME_LOG_WCS (the header store)")
         flag = options.get("ME_OFF_CCD_FLAG")
@@ -166,11 +176,20 @@ def vignetmaker(job):
                                    options.get("ME_IMAGE_KIND") or None, options["ME_IMAGE_EXT"])
         except ValueError as error:
             raise JobError(f"{catalogue}: {error}") from None
-        summary = make_multi_epoch_stamps(
-            catalogue, options["ME_LOG_WCS"], sources, job.output_dir, job.number, size,
-            position_params=positions, logger=job.logger, off_ccd_flag=int(options["ME_OFF_CCD_FLAG"]),
-            compress=bool(options["ME_COMPRESS"]),
-        )
+        object_mask = None
+        if options.get("NEIGHBOUR_MASK"):
+            if len(inputs) != 2:
+                raise JobError(f"{catalogue}: [VIGNETMAKER] NEIGHBOUR_MASK in MULTI-EPOCH mode needs FILE_PATTERN "
+                               f"= the catalogue, then the tile's object mask; got {len(inputs)} files")
+            object_mask = inputs[1]
+        try:
+            summary = make_multi_epoch_stamps(
+                catalogue, options["ME_LOG_WCS"], sources, job.output_dir, job.number, size,
+                position_params=positions, logger=job.logger, off_ccd_flag=int(options["ME_OFF_CCD_FLAG"]),
+                compress=bool(options["ME_COMPRESS"]), object_mask=object_mask,
+            )
+        except ValueError as error:
+            raise JobError(f"{catalogue}: [VIGNETMAKER] {error}") from None
         missing = summary.pop("missing_files")
         summary["n_missing_files"] = len(missing)
         job.logger.info("multi-epoch stamps of %s: %s", catalogue.name, summary)
