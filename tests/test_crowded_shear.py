@@ -208,6 +208,10 @@ def test_cluster_chain_configuration_folder(tmp_path):
     theirs["VIGNETMAKER_RUNNER_RUN_2"].pop("FILE_PATTERN"), theirs["VIGNETMAKER_RUNNER_RUN_2"].pop("FILE_EXT")
     assert mine == theirs
     assert options(folder / "config_tile_Sx_exp_psfex.ini")["SEXTRACTOR_RUNNER_RUN_1"]["OBJECT_MASK"] == "True"
+    # The epochs' local sky: the cluster's ngmix file is GOLD's but for EPOCH_LOCAL_SKY_WIDTH.
+    mine, theirs = options(folder / "config_tile_Ng.ini"), options(gold / "config_tile_Ng.ini")
+    assert mine["NGMIX_RUNNER"].pop("EPOCH_LOCAL_SKY_WIDTH") == "4"
+    assert mine == theirs
     bench.neighbour_mask_config(folder, on=False)
     stage7 = options(folder / "config_tile_PiViSmVi.ini")
     assert stage7["VIGNETMAKER_RUNNER_RUN_2"].pop("NEIGHBOUR_MASK") == "False"

@@ -1189,3 +1189,34 @@ def test_warm_up_measures_its_round_galaxy_as_round():
     # The sheared branches respond to the applied shear as a resolved galaxy should.
     R11 = (rows["1p"]["g1"] - rows["1m"]["g1"]) / (2 * STEP)
     assert 0.9 < R11 < 1.05  # a deconvolved Gaussian fit of a Gaussian galaxy: R = 1 - O(e^2)
+
+
+def test_epoch_local_sky_removes_an_offset_left_by_the_background_stamp():
+    # A galaxy on a residual sky of 7 ADU plus a gradient that the background stamp missed: the border
+    # median takes the level at the stamp's centre (the gradient is odd about it); pixels of zero
+    # weight (a masked neighbour) and flagged pixels in the border are not used.
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[0:N, 0:N] - N // 2
+    galaxy = 500.0 * np.exp(-0.5 * (xx**2 + yy**2) / 2.0**2)
+    noise = rng.normal(0.0, 1.0, (N, N))
+    image = 100.0 + 7.0 + 0.3 * xx + galaxy + noise
+    weight = np.ones((N, N))
+    weight[:3, :6] = 0.0
+    image[:3, :6] = 1e4  # a neighbour's light under its zero weight
+    flag = np.zeros((N, N), dtype=int)
+    flag[-2:, -5:] = 4
+    image[-2:, -5:] = -1e4
+    raw = engine.RawEpoch(image=image, background=np.full((N, N), 100.0), weight=weight, flag=flag,
+                          psf_image=np.ones((N, N)), jacobian=np.eye(2) * 0.187, name="1-2")
+    border = np.ones((N, N), bool)
+    border[4:-4, 4:-4] = False
+    usable = border & (weight > 0) & (flag == 0)
+    expected = np.median((image - 100.0)[usable])  # independent of the function: the plain definition
+    assert abs(expected - 7.0) < 0.5
+    out = engine.assemble_epoch(raw, local_sky_width=4)
+    assert np.allclose(out["image"], image - 100.0 - expected)
+    assert np.allclose(engine.assemble_epoch(raw)["image"], image - 100.0)  # off by default
+    # Too few usable border pixels: nothing subtracted.
+    raw.weight = np.zeros((N, N))
+    raw.weight[N // 2, N // 2] = 1.0
+    assert np.allclose(engine.assemble_epoch(raw, local_sky_width=4)["image"], image - 100.0)

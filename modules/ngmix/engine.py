@@ -144,7 +144,7 @@ def megacam_flip(stamp, ccd):
     return stamp
 
 
-def assemble_epoch(raw, max_flagged_fraction=1.0 / 3.0):
+def assemble_epoch(raw, max_flagged_fraction=1.0 / 3.0, local_sky_width=0):
     """Apply ShapePipe's per-epoch selection and scaling.
 
     Parameters
@@ -153,6 +153,13 @@ def assemble_epoch(raw, max_flagged_fraction=1.0 / 3.0):
         Stored stamps.
     max_flagged_fraction : float, optional
         Epochs with a larger fraction of flagged pixels are dropped.
+    local_sky_width : int, optional
+        When > 0, the median of the background-subtracted pixels in the
+        stamp's outer ``local_sky_width`` rows and columns (positive weight,
+        no flag) is subtracted as well: the light of neighbours' wings and
+        diffuse light on scales finer than the background mesh (crowded
+        fields; ``EPOCH_LOCAL_SKY_WIDTH``). Not done with fewer than
+        ``MIN_LOCAL_SKY_PIXELS`` usable pixels.
 
     Returns
     -------
@@ -173,6 +180,8 @@ def assemble_epoch(raw, max_flagged_fraction=1.0 / 3.0):
         return None
     image = image - np.asarray(raw.background, dtype=float)
     flag = np.array(raw.flag, dtype=np.int64, copy=True)
+    if local_sky_width > 0:
+        image = image - border_sky(image, raw.weight, flag, int(local_sky_width))
     if raw.tile_stamp is not None:
         tile = np.asarray(raw.tile_stamp)
         if raw.ccd is not None:
@@ -196,6 +205,22 @@ def assemble_epoch(raw, max_flagged_fraction=1.0 / 3.0):
         "name": raw.name,
         "centre": tuple(float(c) for c in centre),
     }
+
+
+MIN_LOCAL_SKY_PIXELS = 20
+
+
+def border_sky(image, weight, flag, width):
+    """Median of a stamp's outer ``width`` rows and columns where the weight is positive and no flag is set.
+
+    Returns 0 when fewer than :data:`MIN_LOCAL_SKY_PIXELS` such pixels remain.
+    """
+    border = np.ones(np.shape(image), bool)
+    border[width:-width, width:-width] = False
+    usable = border & (np.asarray(weight) > 0) & (np.asarray(flag) == 0)
+    if np.count_nonzero(usable) < MIN_LOCAL_SKY_PIXELS:
+        return 0.0
+    return float(np.median(np.asarray(image)[usable]))
 
 
 def _psf_guess_T(psf_image, jacobian):
@@ -488,6 +513,9 @@ class EngineConfig:
     mask_fill : str
         What masked pixels hold, one of :data:`MASK_FILLS` (``MASK_FILL``
         of the module; see :func:`epoch_from_pixels`).
+    epoch_local_sky_width : int
+        Border width (pixels) of the per-epoch local sky of
+        :func:`assemble_epoch`; 0: none (ShapePipe).
     """
 
     step: float = 0.01
@@ -499,6 +527,7 @@ class EngineConfig:
     aperture_sigmas: float = 5.0
     target_psf: str = "gauss_nopix"
     mask_fill: str = "model"
+    epoch_local_sky_width: int = 0
 
 
 def fit_radius(T_guess, operators, n_sigma, min_radius=6.0):
@@ -887,7 +916,7 @@ def measure_raw_object(raw_epochs, object_id, rng, config=None):
     epochs = []
     n_dropped_psf = n_bad_stamp = 0
     for raw in raw_epochs:
-        assembled = assemble_epoch(raw, config.max_flagged_fraction)
+        assembled = assemble_epoch(raw, config.max_flagged_fraction, config.epoch_local_sky_width)
         if assembled is None:
             continue
         epoch, reason = prepare_epoch(assembled, rng, config.mask_fill)

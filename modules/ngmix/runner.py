@@ -54,6 +54,11 @@ OPTIONS = (
            "the metacal images are made; they never enter a fit. model: an elliptical Gaussian fitted to the "
            "usable pixels, plus noise; noise: noise only (ShapePipe), which biases galaxies near a masked "
            "column (c1 -0.005, m1 +0.025 with one within 10 pixels; docs/metacal.md).", choices=("model", "noise")),
+    Option("EPOCH_LOCAL_SKY_WIDTH", "int", 0, "When > 0, each epoch stamp, after its background stamp is "
+           "subtracted, also loses the median of its outer EPOCH_LOCAL_SKY_WIDTH rows and columns (pixels of "
+           "positive weight and no flag; with vignetmaker NEIGHBOUR_MASK the neighbours' pixels are out): the "
+           "wings of bright neighbours and diffuse light finer than the background mesh (crowded fields; "
+           "docs/crowded.md). 0: none, as ShapePipe."),
     Option("TILE_VIGNET_MASK", "bool", False, "Flag (TILE_MISSING, 2**10) every epoch pixel where the tile "
            "catalogue's VIGNET holds SExtractor's -1e30 (pixels of neighbouring objects in the tile segmentation, "
            "of zero tile weight or off the tile), as ShapePipe does. Off by default: the neighbours' segmentation "
@@ -90,6 +95,8 @@ def validate(options) -> list[str]:
     scale = options.get("PIXEL_SCALE")
     if scale is not None and scale <= 0:
         problems.append(f"PIXEL_SCALE must be positive, got {scale}")
+    if not int(options.get("EPOCH_LOCAL_SKY_WIDTH", 0)) >= 0:
+        problems.append(f"EPOCH_LOCAL_SKY_WIDTH must be >= 0, got {options.get('EPOCH_LOCAL_SKY_WIDTH')}")
     return problems
 
 
@@ -134,7 +141,8 @@ def run_ngmix(inputs, output_dir, number, seed, options, logger):
     config = EngineConfig(prior=ShapePipePrior(cen_sigma=float(options["PIXEL_SCALE"])),
                           zero_point=float(options["MAG_ZP"]),
                           target_psf=options.get("TARGET_PSF", "gauss_nopix"),
-                          mask_fill=options.get("MASK_FILL", "model"))
+                          mask_fill=options.get("MASK_FILL", "model"),
+                          epoch_local_sky_width=int(options.get("EPOCH_LOCAL_SKY_WIDTH", 0)))
     id_min, id_max = int(options["ID_OBJ_MIN"]), int(options["ID_OBJ_MAX"])
     engine = options.get("ENGINE", "builtin")
     measure = None
