@@ -1220,3 +1220,10 @@ def test_epoch_local_sky_removes_an_offset_left_by_the_background_stamp():
     raw.weight = np.zeros((N, N))
     raw.weight[N // 2, N // 2] = 1.0
     assert np.allclose(engine.assemble_epoch(raw, local_sky_width=4)["image"], image - 100.0)
+
+
+def test_epoch_local_sky_width_is_checked_before_any_job():
+    from shapepipe_modules.ngmix.runner import validate
+
+    assert validate({"EPOCH_LOCAL_SKY_WIDTH": 4}) == []
+    assert validate({"EPOCH_LOCAL_SKY_WIDTH": -1}) == ["EPOCH_LOCAL_SKY_WIDTH must be >= 0, got -1"]

@@ -95,8 +95,9 @@ def validate(options) -> list[str]:
     scale = options.get("PIXEL_SCALE")
     if scale is not None and scale <= 0:
         problems.append(f"PIXEL_SCALE must be positive, got {scale}")
-    if not int(options.get("EPOCH_LOCAL_SKY_WIDTH", 0)) >= 0:
-        problems.append(f"EPOCH_LOCAL_SKY_WIDTH must be >= 0, got {options.get('EPOCH_LOCAL_SKY_WIDTH')}")
+    width = options.get("EPOCH_LOCAL_SKY_WIDTH")
+    if width is not None and width < 0:
+        problems.append(f"EPOCH_LOCAL_SKY_WIDTH must be >= 0, got {width}")
     return problems
 
 
