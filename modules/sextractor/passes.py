@@ -25,6 +25,14 @@ same later pass closer than ``merge_radius`` pixels (connected: chains
 count), only the one with the largest FLUX_AUTO is kept, its row unchanged
 (a faint galaxy split in two by a fine deblending, pieces 3-6 pixels apart
 on the simulated cluster; docs/crowded.md).
+
+Optionally (``core_scales``, per pass) a later pass is joined by its
+distance to the kept objects' cores instead of their ellipses: an object is
+added when its centre lies farther than ``core_scale x FLUX_RADIUS`` (and
+:data:`MIN_CORE_RADIUS` pixels) from the centre of every kept object. With a
+pass that detects on the image minus the models of the first pass's
+galaxies (:mod:`.subtract`), the faint galaxies on a member's wing are no
+longer inside its light, and the ellipse would drop them.
 """
 
 from __future__ import annotations
@@ -34,6 +42,9 @@ import numpy as np
 from .config_files import ConfigFileError, Parameter
 
 #: Columns the join needs; added to a pass's extraction when the .param file lacks them, dropped after.
+#: Smallest core radius of the core rule (pixels): about one PSF FWHM, so that a compact kept object's own
+#: re-detection never counts as a new object.
+MIN_CORE_RADIUS = 3.0
 JOIN_COLUMNS = ("X_IMAGE", "Y_IMAGE", "A_IMAGE", "B_IMAGE", "THETA_IMAGE", "KRON_RADIUS", "FLUX_RADIUS", "FLUX_AUTO")
 
 
@@ -147,14 +158,15 @@ def merge_close_pieces(table, radius: float) -> np.ndarray:
     return keep
 
 
-def join_passes(tables, scale: float = 1.0, neighbour_radius: float = 0.0, merge_radius: float = 0.0):
+def join_passes(tables, scale: float = 1.0, neighbour_radius: float = 0.0, merge_radius: float = 0.0,
+                core_scales=None, min_radii=None):
     """Join the catalogues of the passes (first pass first) by the CluSex rule.
 
     Parameters
     ----------
     tables : list of astropy.table.Table
         One per pass, each with the :data:`JOIN_COLUMNS` (FLUX_RADIUS only
-        with ``neighbour_radius``).
+        with ``neighbour_radius`` or ``core_scales``).
     scale : float
         Factor on each kept object's Kron ellipse.
     neighbour_radius : float
@@ -167,6 +179,17 @@ def join_passes(tables, scale: float = 1.0, neighbour_radius: float = 0.0, merge
         one object: only the brightest (FLUX_AUTO) of each connected group
         takes part in the join (:func:`merge_close_pieces`); the first
         pass is untouched.
+    core_scales : sequence of float, optional
+        One entry per table (the first is ignored): when > 0, that pass is
+        joined by the core rule, its objects added when farther than
+        ``core_scale x FLUX_RADIUS`` (at least :data:`MIN_CORE_RADIUS`
+        pixels) from every kept centre; 0 or None: the ellipse rule (with
+        ``neighbour_radius``).
+    min_radii : sequence of float, optional
+        One entry per table (the first is ignored): a later pass's objects
+        with FLUX_RADIUS below it (pixels) are not joined (a pass run on
+        the model-subtracted image to find the members the first pass
+        merged, whose knots are compact there); 0 or None: all.
 
     Returns
     -------
@@ -180,14 +203,28 @@ def join_passes(tables, scale: float = 1.0, neighbour_radius: float = 0.0, merge
 
     kept_parts = []
     cx = cy = a = b = theta = radius = np.empty(0)
+    need_radius = neighbour_radius > 0 or (core_scales is not None and any(float(c) > 0 for c in core_scales[1:]))
     for index, table in enumerate(tables, start=1):
         table = Table(table, copy=False)
         if index > 1 and merge_radius > 0:
             table = table[merge_close_pieces(table, merge_radius)]
+        if index > 1 and min_radii is not None and float(min_radii[index - 1]) > 0:
+            table = table[np.nan_to_num(_flux_radius(table), nan=0.0) >= float(min_radii[index - 1])]
         x = np.asarray(table["X_IMAGE"], float)
         y = np.asarray(table["Y_IMAGE"], float)
         keep = np.ones(len(table), bool)
-        if cx.size and len(table):
+        core_scale = float(core_scales[index - 1]) if core_scales is not None and index > 1 else 0.0
+        if core_scale > 0 and cx.size and len(table):
+            core = np.maximum(core_scale * radius, MIN_CORE_RADIUS)
+            tree = cKDTree(np.column_stack([cx, cy]))
+            near = tree.query_ball_point(np.column_stack([x, y]), r=float(core.max()))
+            counts = np.fromiter((len(n) for n in near), int, len(near))
+            if counts.sum():
+                rows = np.repeat(np.arange(len(table)), counts)
+                cols = np.fromiter((j for n in near for j in n), int, counts.sum())
+                hit = np.hypot(x[rows] - cx[cols], y[rows] - cy[cols]) <= core[cols]
+                keep[rows[hit]] = False
+        elif cx.size and len(table):
             tree = cKDTree(np.column_stack([cx, cy]))
             # Prefilter: only kept objects closer than the largest semi-major axis can contain a centre.
             neighbours = tree.query_ball_point(np.column_stack([x, y]), r=float(a.max()))
@@ -213,7 +250,7 @@ def join_passes(tables, scale: float = 1.0, neighbour_radius: float = 0.0, merge
         cx = np.concatenate([cx, np.asarray(part["X_IMAGE"], float)])
         cy = np.concatenate([cy, np.asarray(part["Y_IMAGE"], float)])
         a, b, theta = np.concatenate([a, pa]), np.concatenate([b, pb]), np.concatenate([theta, pt])
-        if neighbour_radius > 0:
+        if need_radius:
             radius = np.concatenate([radius, _flux_radius(part)])
     joined = vstack(kept_parts, join_type="exact", metadata_conflicts="silent") if kept_parts else Table()
     if "NUMBER" in joined.colnames:

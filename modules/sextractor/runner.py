@@ -134,6 +134,19 @@ OPTIONS = (
            "closer than this many pixels to each other are one object split by the fine deblending (a faint "
            "galaxy in two pieces): only the one with the largest FLUX_AUTO is kept, its row unchanged (chains "
            "count as one group); the first pass is untouched; 0: off. It also merges true pairs that close."),
+    Option("PASS_SUBTRACT_RADIUS", "float", 0.0, "Passes after the first detect and measure on the image minus "
+           "smooth models of the first pass's objects with FLUX_RADIUS >= this many pixels (the median of the "
+           "image in elliptical annuli of each object's centre, axis ratio and angle, out to 2.5 Kron radii: "
+           "the bright galaxies' light goes, their knots and the faint galaxies on them stay); 0: off. Meant "
+           "with PASS_CORE_SCALES (docs/crowded.md)."),
+    Option("PASS_CORE_SCALES", "list", [], "One entry per pass, in PASSES order (the first is '-'): a number "
+           "k > 0 joins that pass by the core rule, its object added when its centre lies farther than k x "
+           "FLUX_RADIUS (and 3 pixels) from every object kept before, instead of outside their ellipses; '-' "
+           "or 0: the ellipse rule (with PASS_NEIGHBOUR_RADIUS). Empty: the ellipse rule for every pass."),
+    Option("PASS_MIN_FLUX_RADII", "list", [], "One entry per pass, in PASSES order (the first is '-'): that "
+           "pass's objects with FLUX_RADIUS below this many pixels are not joined ('-' or 0: all), e.g. a hot "
+           "pass on the model-subtracted image (PASS_SUBTRACT_RADIUS) that adds the members the first pass "
+           "merged into a neighbour but not the knots the models leave (compact there). Empty: all."),
     Option("OBJECT_MASK", "bool", False, "Write objmask<number>.fits: int32 image with each object's ellipse "
            "(MASK_SCALE x KRON_RADIUS x (A, B) + MASK_OFFSET; KRON_RADIUS 3.5 when not a column) filled with "
            "its NUMBER, larger objects first, saturated-star regions -1 (SATURATION_REGIONS)."),
@@ -397,6 +410,36 @@ def pass_sex_settings(options) -> list[tuple[str, str, dict]]:
     return out
 
 
+def pass_numbers(options, key) -> list[float] | None:
+    """A per-pass list option (PASS_CORE_SCALES, PASS_MIN_FLUX_RADII) as numbers (``-``: 0), or None when empty.
+
+    Raises
+    ------
+    ConfigFileError
+        A list of the wrong length, a value that is not a number >= 0, or a value on the first pass.
+    """
+    from .config_files import ConfigFileError
+
+    names = [str(n) for n in options.get("PASSES") or []]
+    entries = [str(e).strip() for e in options.get(key) or []]
+    if not entries:
+        return None
+    if len(entries) != len(names):
+        raise ConfigFileError(f"{key} has {len(entries)} entries for {len(names)} PASSES ({', '.join(names)})")
+    values = []
+    for name, entry in zip(names, entries):
+        try:
+            value = 0.0 if entry in ("", "-") else float(entry)
+        except ValueError:
+            raise ConfigFileError(f"{key}: pass {name}: {entry!r} is not a number or '-'") from None
+        if not value >= 0:
+            raise ConfigFileError(f"{key}: pass {name}: {entry!r} must be >= 0")
+        values.append(value)
+    if values[0] > 0:
+        raise ConfigFileError(f"{key}: the first pass ({names[0]}) keeps every object; give '-'")
+    return values
+
+
 def pass_filter_file(overrides) -> Path | None:
     """The detection filter a pass names with ``FILTER_NAME`` in PASS_SETTINGS (None: DOT_CONV_FILE).
 
@@ -427,6 +470,13 @@ def _validate_passes(options, engine) -> list[str]:
         problems.append(f"PASS_NEIGHBOUR_RADIUS must be >= 0, got {options.get('PASS_NEIGHBOUR_RADIUS')}")
     if not options.get("PASS_MERGE_RADIUS", 0.0) >= 0:
         problems.append(f"PASS_MERGE_RADIUS must be >= 0, got {options.get('PASS_MERGE_RADIUS')}")
+    if not options.get("PASS_SUBTRACT_RADIUS", 0.0) >= 0:
+        problems.append(f"PASS_SUBTRACT_RADIUS must be >= 0, got {options.get('PASS_SUBTRACT_RADIUS')}")
+    for key in ("PASS_CORE_SCALES", "PASS_MIN_FLUX_RADII"):
+        try:
+            pass_numbers(options, key)
+        except ConfigFileError as error:
+            problems.append(str(error))
     try:
         passes = pass_sex_settings(options)
     except ConfigFileError as error:
@@ -468,6 +518,8 @@ def _run_passes(job, run, paths, settings_files, zero_point, background_value, c
     dot_sex, dot_param, dot_conv = settings_files
     try:
         passes = pass_sex_settings(job.options)
+        core_scales = pass_numbers(job.options, "PASS_CORE_SCALES")
+        min_radii = pass_numbers(job.options, "PASS_MIN_FLUX_RADII")
         parameters, added = with_join_columns(read_dot_param(dot_param))
     except ConfigFileError as error:
         raise JobError(str(error)) from error
@@ -477,14 +529,20 @@ def _run_passes(job, run, paths, settings_files, zero_point, background_value, c
         scratch = Path(scratch)
         param_path = scratch / "passes.param"
         param_path.write_text("".join(f"{p}\n" for p in parameters))
+        pass_paths = paths
         for index, (name, sex_path, overrides) in enumerate(passes):
             pass_sex = scratch / f"pass{index + 1}.sex"
             write_pass_sex(sex_path, overrides, pass_sex)
             first = index == 0
+            if index == 1 and float(job.options.get("PASS_SUBTRACT_RADIUS", 0.0)) > 0:
+                clock = time.perf_counter()
+                pass_paths = _subtracted_image(paths, tables[0], float(job.options["PASS_SUBTRACT_RADIUS"]),
+                                               scratch / "pass1.sex", scratch, report)
+                timings["subtract"] = time.perf_counter() - clock
             # A pass's own detection filter (FILTER_NAME in its settings), else DOT_CONV_FILE.
             pass_conv = pass_filter_file(overrides) or dot_conv
             catalogue, pass_residual, _, pass_timings = run(
-                job, paths, (pass_sex, param_path, pass_conv), zero_point, background_value,
+                job, pass_paths, (pass_sex, param_path, pass_conv), zero_point, background_value,
                 check_images if first else [], report=report if first else None,
                 catalogue=scratch / f"pass{index + 1}_cat.fits", residual=first)
             if first:
@@ -498,7 +556,7 @@ def _run_passes(job, run, paths, settings_files, zero_point, background_value, c
         clock, cpu = time.perf_counter(), time.process_time()
         joined = join_passes(tables, float(job.options.get("PASS_ELLIPSE_SCALE", 1.0)),
                              float(job.options.get("PASS_NEIGHBOUR_RADIUS", 0.0)),
-                             float(job.options.get("PASS_MERGE_RADIUS", 0.0)))
+                             float(job.options.get("PASS_MERGE_RADIUS", 0.0)), core_scales, min_radii)
         joined.remove_columns(added)
         header["NPASS"] = (len(passes), "detection passes joined (sextractor PASSES)")
         for index, (name, _, _) in enumerate(passes, start=1):
@@ -509,6 +567,31 @@ def _run_passes(job, run, paths, settings_files, zero_point, background_value, c
         timings["join"] = time.perf_counter() - clock
         timings["extraction_cpu"] = timings.get("extraction_cpu", 0.0) + time.process_time() - cpu
     return output, residual, len(joined), timings
+
+
+def _subtracted_image(paths, first_table, min_flux_radius, first_sex, scratch, report=None):
+    """``paths`` with the image replaced by the image minus the first pass's models (:mod:`.subtract`).
+
+    The models' background mesh is the first pass's BACK_SIZE; pixels of zero weight stay out of them.
+    """
+    import numpy as np
+    from astropy.io import fits
+
+    from .config_files import ExtractionSettings, read_dot_sex
+    from .subtract import subtract_models
+
+    image, header = _read_image(paths["image"], np.float32)
+    weight = _read_image(paths["weight"], np.float32)[0] if "weight" in paths else None
+    back_size = ExtractionSettings.from_dot_sex(read_dot_sex(first_sex), str(first_sex)).back_size[0]
+    residual, n_models = subtract_models(image, first_table, min_flux_radius, back_size, weight)
+    target = scratch / "subtracted.fits"
+    header = header.copy()
+    for key in ("XTENSION", "PCOUNT", "GCOUNT", "EXTNAME"):  # a compressed input's extension keys
+        header.remove(key, ignore_missing=True)
+    fits.PrimaryHDU(residual, header=header).writeto(target, output_verify="silentfix")
+    if report is not None:
+        report["n_subtracted_models"] = n_models
+    return dict(paths, image=target)
 
 
 def _read_image(path, dtype=None):
