@@ -56,6 +56,12 @@ NEIGHBOUR_RADIUS = 6.0
 # COLD detections closer than 4.5 pixels (1.15 PSF FWHM) to each other are one faint galaxy split by the fine
 # deblending: only the brightest is joined (PASS_MERGE_RADIUS; bench_crowded_duplicates.py --tables 4).
 MERGE_RADIUS = 4.5
+# The later passes on the tile minus the HOT objects' ring-median models (FLUX_RADIUS >= 4 px; an option, not
+# example/crowded's choice: more background galaxies, more of the members' knots),
+# HOTRES (the HOT settings) adding the members HOT merged into a neighbour, COLD joined by the core rule
+# (benchmarks/bench_crowded_subtract.py).
+SUBTRACTED = dict(PASSES=["HOT", "HOTRES", "COLD"], PASS_SETTINGS=[HOT, HOT, COLD], PASS_SUBTRACT_RADIUS=4.0,
+                  PASS_CORE_SCALES=["-", "2", "3"], PASS_MIN_FLUX_RADII=["-", "5", "-"], PASS_MERGE_RADIUS=MERGE_RADIUS)
 
 
 def _seeds(text):
@@ -151,7 +157,8 @@ def main(argv=None):
                "HOT+COLD_ell": dict(PASSES=["HOT", "COLD"], PASS_SETTINGS=[HOT, COLD]),
                "HOT+COLD": dict(PASSES=["HOT", "COLD"], PASS_SETTINGS=[HOT, COLD], OBJECT_MASK=True,
                                 SATURATION_REGIONS=True, LOCAL_SKY=True,
-                                PASS_NEIGHBOUR_RADIUS=args.neighbour_radius, PASS_MERGE_RADIUS=args.merge_radius)}
+                                PASS_NEIGHBOUR_RADIUS=args.neighbour_radius, PASS_MERGE_RADIUS=args.merge_radius),
+               "SUBTRACTED": SUBTRACTED}
     totals = {name: {} for name in configs}
     join_pool = {}
     sky_rows, costs, shear = [], [], {"g1": [], "g2": [], "dx": [], "dy": [], "true": [], "mag": []}
@@ -186,8 +193,10 @@ def main(argv=None):
             pool["members_whole"] = pool.get("members_whole", 0) + scores["members_whole"] * scores["n_members"]
             pool["whole_no_star"] = (pool.get("whole_no_star", 0)
                                      + scores["members_whole_no_star"] * scores["n_members_no_star"])
+            if name == "SUBTRACTED":
+                costs.append(("tile SUBTRACTED", seed, summary))
             if name == "HOT+COLD":
-                costs.append(("tile 900x900", seed, summary))
+                costs.append(("tile HOT+COLD", seed, summary))
                 sky_rows.append((seed, crowded.local_sky_scores(table, crowded.diffuse_light(sim))))
                 # Direct shear check: background galaxies detected once, shapes with neighbours masked.
                 truth_no_icl = truth[truth["cluster_role"] != ROLE_ICL]
@@ -279,15 +288,16 @@ def main(argv=None):
               f"({fit['n']} galaxies)")
 
     print("\nCost per image (wall seconds, sep on the shared machine)")
-    steps = ("seconds_pass_HOT", "seconds_pass_COLD", "seconds_join", "seconds_saturation", "seconds_object_mask",
-             "seconds_local_sky")
-    print(f"{'image':14s} {'seed':>4s} {'objects':>8s} " + " ".join(f"{s[8:]:>11s}" for s in steps)
-          + f" {'2nd pass %':>10s} {'masks %':>8s}")
+    steps = ("seconds_pass_HOT", "seconds_subtract", "seconds_pass_HOTRES", "seconds_pass_COLD", "seconds_join",
+             "seconds_saturation", "seconds_object_mask", "seconds_local_sky")
+    print(f"{'image':16s} {'seed':>4s} {'objects':>8s} " + " ".join(f"{s[8:]:>11s}" for s in steps)
+          + f" {'later %':>10s} {'masks %':>8s}")
     for label, seed, summary in costs:
         first = summary.get("seconds_pass_HOT", 0.0)
-        second = summary.get("seconds_pass_COLD", 0.0) + summary.get("seconds_join", 0.0)
+        second = sum(summary.get(s, 0.0) for s in ("seconds_subtract", "seconds_pass_HOTRES", "seconds_pass_COLD",
+                                                    "seconds_join"))
         mask_cost = sum(summary.get(s, 0.0) for s in ("seconds_saturation", "seconds_object_mask"))
-        print(f"{label:14s} {seed:4d} {summary['n_objects']:8d} " + " ".join(f"{summary.get(s, 0.0):11.3f}" for s in steps)
+        print(f"{label:16s} {seed:4d} {summary['n_objects']:8d} " + " ".join(f"{summary.get(s, 0.0):11.3f}" for s in steps)
               + f" {100 * second / first:10.0f} {100 * mask_cost / first:8.0f}")
     print(f"\n(work folder: {work})")
     return 0

@@ -45,6 +45,9 @@ from bench_crowded import COLD, HOT, MERGE_RADIUS, NEIGHBOUR_RADIUS, RADIUS_ARCS
 
 # The best single pass of bench_crowded_sweep.py (seeds 1-20, any member integrity).
 BEST_SINGLE = "BACK_TYPE=AUTO BACK_SIZE=12 DETECT_THRESH=1.0 DETECT_MINAREA=5 DEBLEND_MINCONT=0.0005"
+# The joins whose members are also counted by light (--light).
+LIGHT_ROWS = ("HOT+COLD (before: ellipse, neighbours 6)", "HOT+COLD, ellipse rule",
+              "HOT+HOTRES+COLDres, cores 2, 3, HOTRES >= 5 px")
 SCORE_KEYS = ("n_background", "n_members", "members_missed", "members_shredded", "duplicated_across_passes",
               "duplicated_truth", "member_pieces")
 
@@ -57,19 +60,23 @@ def main(argv=None):
     parser.add_argument("--model-radius", type=float, default=4.0,
                         help="HOT objects with FLUX_RADIUS >= this (pixels) are modelled and subtracted")
     parser.add_argument("--workdir", default=None, help="simulations and catalogues are kept and reused here")
+    parser.add_argument("--light", action="store_true", help="also count the members detected once by their light "
+                        "(validate.crowded.light_owners) for the joins of LIGHT_ROWS (slower)")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
 
     from astropy.io import fits
+    from astropy.wcs import WCS
     from shapepipe_modules.io.ldac import read_ldac
     from shapepipe_modules.sextractor.passes import join_passes
     from shapepipe_modules.sextractor.runner import DATA_DIR, sextractor
     from shapepipe_modules.sextractor.subtract import subtract_models
-    from shapepipe_modules.simulate import load_truth, resolve_parameters, simulate
-    from shapepipe_modules.simulate.cluster import ROLE_ICL
+    from shapepipe_modules.simulate import TruePSF, load_truth, resolve_parameters, simulate
+    from shapepipe_modules.simulate.cluster import ROLE_ICL, ROLE_MEMBER
     from shapepipe_modules.validate import crowded
 
-    scale = resolve_parameters("cluster")["pixel_scale"]
+    params = resolve_parameters("cluster")
+    scale = params["pixel_scale"]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_crowded_subtract_"))
     work.mkdir(parents=True, exist_ok=True)
     param = work / "with_kron.param"
@@ -144,6 +151,17 @@ def main(argv=None):
                 p["whole"] += s["members_whole"] * s["n_members"]
                 for key in SCORE_KEYS:
                     p[key] += s.get(key, 0)
+                if args.light and name in LIGHT_ROWS:
+                    sim = work / f"seed{seed}"
+                    objects = truth[truth["cluster_role"] != ROLE_ICL]
+                    held = crowded.light_owners(objects, table["X_IMAGE"], table["Y_IMAGE"], table["FLUX_AUTO"],
+                                                np.maximum(np.asarray(table["FLUX_RADIUS"], float), 2.0),
+                                                WCS(fits.getheader(sim / "tiles" / "CFIS.244.252.r.fits")),
+                                                TruePSF(sim).tiles["244.252"], params)
+                    counts = crowded.detections_per_truth(held, len(objects))
+                    member = np.asarray(objects["cluster_role"]) == ROLE_MEMBER
+                    p["light_once"] = p.get("light_once", 0) + int(np.sum(counts[member] == 1))
+                    p["light_pieces"] = p.get("light_pieces", 0) + int(np.sum(np.maximum(counts[member] - 1, 0)))
         pools.append(pool)
     field = "smooth members (no knots)" if args.smooth else "cluster preset (knotty members)"
     print(f"Hot objects' ring-median models subtracted (FLUX_RADIUS >= {args.model_radius:g} px); {field}")
@@ -162,6 +180,14 @@ def main(argv=None):
           "with no detection; shred: with more than one; both: truth objects detected by both passes; dup: truth "
           "objects with two or more detections; pieces/bg: detections of members beyond their first per background "
           "galaxy found, within the whole tile)")
+    if args.light:
+        print("Counted by light (a detection holds a member's light when the member has half the truth light in its "
+              "FLUX_RADIUS circle, a quarter of its FLUX_AUTO, and no rival as much): members detected exactly once; "
+              "member pieces (detections beyond a member's first) per background galaxy found within 30 arcsec")
+        for name in LIGHT_ROWS:
+            print(f"{name:62s} | " + " | ".join(f"{pool[name]['light_once'] / pool[name]['n_members']:.3f} "
+                                                 f"{pool[name]['light_pieces'] / max(pool[name]['found'], 1):.3f}"
+                                                 for pool in pools))
     print(f"(work folder: {work})")
 
 
