@@ -11,7 +11,8 @@ from shapepipe_modules.crowded.masks import object_mask
 from shapepipe_modules.io.ldac import read_ldac
 from shapepipe_modules.io.stamp_store import StampStore, split_epoch_key
 from shapepipe_modules.vignetmaker.classic import make_classic_stamps
-from shapepipe_modules.vignetmaker.multi_epoch import make_multi_epoch_stamps, make_sources
+from shapepipe_modules.io.images import write_image
+from shapepipe_modules.vignetmaker.multi_epoch import ObjectMask, make_multi_epoch_stamps, make_sources
 from shapepipe_modules.vignetmaker.runner import OPTIONS, validate, vignetmaker
 from test_vignetmaker_me import (DEC0, NX, NY, PATTERNS, RA0, SIZE, build_tile, ccd_header, make_job)
 
@@ -130,6 +131,29 @@ def test_other_stores_unchanged_and_masked_fraction_grows(tile, masked):
             assert epoch.meta["MASKED_FRACTION"] >= before.meta["MASKED_FRACTION"]
             grew += epoch.meta["MASKED_FRACTION"] > before.meta["MASKED_FRACTION"]
     assert grew > 20
+
+
+@pytest.mark.parametrize("form", ["compressed file", "in memory"])
+def test_compressed_or_in_memory_mask_gives_the_same_stores(tile, masked, tmp_path, form):
+    """A tile-compressed mask file (read by section) or an in-memory ObjectMask: the same weight stamps."""
+    mask, _, with_mask, summary = masked
+    if form == "compressed file":
+        object_mask = tmp_path / "objmask-244-252.fits"
+        write_image(object_mask, mask, tile_header(), compress=True)
+    else:
+        object_mask = ObjectMask.from_array(mask, WCS(tile_header()))
+    sources = make_sources([tile["ccd_dir"]], PATTERNS)
+    out = tmp_path / "out"
+    out.mkdir()
+    again = make_multi_epoch_stamps(tile["catalogue"], tile["store"], sources, out, "-244-252", SIZE,
+                                    object_mask=object_mask)
+    assert again["neighbour_fraction"] == summary["neighbour_fraction"]
+    a = StampStore(with_mask / "weight_vignet-244-252.sqlite")
+    b = StampStore(out / "weight_vignet-244-252.sqlite")
+    for object_id in tile["ids"]:
+        for key, epoch in a[int(object_id)].items():
+            np.testing.assert_array_equal(b[int(object_id)][key].arrays["VIGNET"], epoch.arrays["VIGNET"])
+            assert b[int(object_id)][key].meta["NEIGHBOUR_FRACTION"] == epoch.meta["NEIGHBOUR_FRACTION"]
 
 
 def test_tile_wcs_on_the_ccd_gives_the_classic_stamps(tile, tmp_path):

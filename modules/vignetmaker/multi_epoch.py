@@ -40,7 +40,10 @@ sky (the exposure's WCS) -> tile pixel (the mask's WCS), nearest tile
 pixel. Where it holds another object's ``NUMBER`` or -1 the weight stamp is
 set to 0 (never on the object's own pixels nor off the tile), so ngmix
 treats those pixels as masked. With the tile's own WCS on the exposure this
-is exactly the CLASSIC neighbour mask.
+is exactly the CLASSIC neighbour mask. The mask is never read whole (a
+10k x 10k tile is 400 MB): for each CCD only the box of tile pixels under
+its stamps is read (``hdu.section``; a tile-compressed mask decompresses
+only the tile rows of that box).
 
 Pixels off the CCD: image and background 0 (ShapePipe's padding), weight 0,
 flag ``OFF_CCD_FLAG`` (bit 512 by default; not used by the ``mask`` planes).
@@ -160,16 +163,105 @@ def read_ccd(path: Path) -> np.ndarray:
     raise OSError(f"{path}: no 2-D image HDU")
 
 
-@dataclass(frozen=True)
-class ObjectMask:
-    """The tile's object mask and its WCS."""
+#: Margin (pixels) of the object mask section around the tile footprint of a CCD's stamps.
+MASK_MARGIN = 2
+#: Tile rows of the object mask read at once: a tile-compressed mask decompresses whole-width tile rows,
+#: so a band bounds the transient memory to ``MASK_BAND_ROWS`` full rows plus the section itself.
+MASK_BAND_ROWS = 512
 
-    pixels: np.ndarray
+#: dtype of integer images scaled by the FITS unsigned convention (BITPIX, BZERO), as astropy reads them.
+_PSEUDO_INTEGERS = {(8, -128): "i1", (16, 1 << 15): "u2", (32, 1 << 31): "u4", (64, 1 << 63): "u8"}
+_BITPIX_DTYPES = {8: "u1", 16: "i2", 32: "i4", 64: "i8", -32: "f4", -64: "f8"}
+
+
+def image_dtype(header) -> np.dtype:
+    """dtype astropy gives the data of an image HDU, from its header alone (native byte order).
+
+    ``BITPIX`` with ``BSCALE``, ``BZERO`` and ``BLANK`` as astropy applies
+    them (unsigned-integer convention on, the default). For a ``CompImageHDU``
+    the image header's ``BITPIX`` is astropy's copy of ``ZBITPIX``.
+    """
+    bitpix = int(header["BITPIX"])
+    bscale, bzero = header.get("BSCALE", 1), header.get("BZERO", 0)
+    if bitpix < 0 or (bscale == 1 and bzero == 0 and "BLANK" not in header):
+        return np.dtype(_BITPIX_DTYPES[bitpix])
+    if bscale == 1 and (bitpix, bzero) in _PSEUDO_INTEGERS:
+        return np.dtype(_PSEUDO_INTEGERS[bitpix, bzero])
+    # Other scaled or BLANK integers are read as floats.
+    return np.dtype("f8" if bitpix > 16 else "f4")
+
+
+@dataclass(frozen=True, eq=False)
+class ObjectMask:
+    """The tile's object mask: file, celestial WCS and shape; pixels are read by section (:meth:`read`).
+
+    Attributes
+    ----------
+    path : pathlib.Path or None
+        Mask file (None for an in-memory mask).
+    wcs : astropy.wcs.WCS
+        WCS of the mask header.
+    shape : (int, int)
+        ``(ny, nx)``.
+    dtype : numpy.dtype
+        Integer type of the pixels (native byte order).
+    hdu : int
+        Index of the image HDU in the file.
+    pixels : numpy.ndarray, optional
+        The whole mask when already in memory (:meth:`from_array`); never set by :func:`read_object_mask`.
+    """
+
+    path: Path | None
     wcs: object
+    shape: tuple
+    dtype: np.dtype
+    hdu: int = 0
+    pixels: np.ndarray | None = None
+
+    @classmethod
+    def from_array(cls, pixels, wcs) -> "ObjectMask":
+        """An in-memory mask (tests, or a mask already read)."""
+        pixels = np.asarray(pixels)
+        if pixels.ndim != 2 or not np.issubdtype(pixels.dtype, np.integer):
+            raise ValueError(f"an object mask is a 2-D integer image, got {pixels.ndim}-D {pixels.dtype}")
+        return cls(None, wcs, pixels.shape, pixels.dtype.newbyteorder("="), 0, pixels)
+
+    def read(self, y1: int, y2: int, x1: int, x2: int) -> np.ndarray:
+        """Pixels ``[y1:y2, x1:x2]`` (0-based, inside the image) in native byte order; read-only use.
+
+        From a file only that box is read (``hdu.section``), in bands of
+        :data:`MASK_BAND_ROWS` rows aligned on the compression tiles (each
+        tile decompressed once).
+
+        Raises
+        ------
+        JobError
+            If the file cannot be read (names it).
+        """
+        if self.pixels is not None:
+            # A view when already native: the caller only reads it.
+            return self.pixels[y1:y2, x1:x2].astype(self.dtype, copy=False)
+        from astropy.io import fits
+
+        out = np.empty((y2 - y1, x2 - x1), self.dtype)
+        try:
+            with fits.open(self.path, memmap=True) as hdus:
+                hdu = hdus[self.hdu]
+                tile_rows = int(hdu.tile_shape[0]) if isinstance(hdu, fits.CompImageHDU) else 1
+                band = max(MASK_BAND_ROWS // tile_rows, 1) * tile_rows
+                start = y1
+                while start < y2:
+                    stop = min((start // band + 1) * band, y2)
+                    # Assignment converts the (big-endian) section to native order, band by band.
+                    out[start - y1:stop - y1] = hdu.section[start:stop, x1:x2]
+                    start = stop
+        except (OSError, ValueError) as error:
+            raise JobError(f"{self.path}: cannot read the object mask ({error})") from error
+        return out
 
 
 def read_object_mask(path) -> ObjectMask:
-    """Object mask image (int, first 2-D HDU) and its celestial WCS.
+    """Object mask (int, first 2-D HDU) of a file: its header, WCS, shape and type; no pixel is read.
 
     Raises
     ------
@@ -178,25 +270,97 @@ def read_object_mask(path) -> ObjectMask:
     """
     import warnings
 
+    from astropy.io import fits
     from astropy.wcs import WCS, FITSFixedWarning
 
-    from .classic import read_image
-
-    pixels, header = read_image(path)
-    if not np.issubdtype(pixels.dtype, np.integer):
-        raise JobError(f"{path}: the object mask holds {pixels.dtype} values, expected integers "
+    path = Path(path)
+    found = None
+    try:
+        with fits.open(path, memmap=True) as hdus:
+            for index, hdu in enumerate(hdus):
+                if hdu.is_image and hdu.header.get("NAXIS", 0) == 2:
+                    found = index, hdu.header.copy()
+                    break
+    except OSError as error:
+        raise JobError(f"{path}: cannot read image ({error})") from error
+    if found is None:
+        raise JobError(f"{path}: no 2-D image HDU")
+    index, header = found
+    dtype = image_dtype(header)
+    if not np.issubdtype(dtype, np.integer):
+        raise JobError(f"{path}: the object mask holds {dtype} values, expected integers "
                        "(sextractor OBJECT_MASK)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
         wcs = WCS(header)
     if not wcs.has_celestial:
         raise JobError(f"{path}: the object mask has no celestial WCS in its header")
-    pixels = np.asarray(pixels)
-    return ObjectMask(pixels.astype(pixels.dtype.newbyteorder("="), copy=False), wcs)
+    return ObjectMask(path, wcs, (int(header["NAXIS2"]), int(header["NAXIS1"])), dtype, index)
+
+
+def _tile_pixels(object_mask: ObjectMask, wcs, x, y):
+    """0-based nearest tile column and row (float, NaN where undefined) of FITS CCD positions."""
+    from astropy.wcs import NoConvergence
+
+    ra, dec = wcs.all_pix2world(x, y, 1)
+    try:
+        tx, ty = object_mask.wcs.all_world2pix(ra, dec, 1)
+    except NoConvergence as error:
+        tx, ty = error.best_solution.T
+    with np.errstate(invalid="ignore"):
+        return np.floor(tx - 0.5), np.floor(ty - 0.5)
+
+
+def _clip_box(col_min, col_max, row_min, row_max, shape, margin=MASK_MARGIN):
+    """``(y1, y2, x1, x2)`` of a tile-pixel range plus ``margin``, clipped to the image; None if the range is
+    off the image."""
+    ny, nx = shape
+    if col_max < 0 or row_max < 0 or col_min >= nx or row_min >= ny:
+        return None
+    x1, x2 = max(int(col_min) - margin, 0), min(int(col_max) + margin + 1, nx)
+    y1, y2 = max(int(row_min) - margin, 0), min(int(row_max) + margin + 1, ny)
+    return (y1, y2, x1, x2) if x1 < x2 and y1 < y2 else None
+
+
+def stamps_tile_box(object_mask: ObjectMask, wcs, ix, iy, size, chunk=1024):
+    """Tile-pixel box ``(y1, y2, x1, x2)`` under all the stamps of a CCD (plus :data:`MASK_MARGIN`), or None.
+
+    Only each stamp's border pixels are converted: CCD -> tile is a smooth
+    one-to-one map, so the tile pixels of a stamp's inside lie within the
+    range of its border's (up to the curvature between two border pixels,
+    far below the margin). :func:`neighbour_stamp_pixels` still checks every
+    pixel against the box and widens it if ever needed.
+    """
+    half = size // 2
+    edge = np.arange(size) - half
+    side = edge[1:-1]
+    bx = np.concatenate([edge, edge, np.full(side.size, -half), np.full(side.size, half)])
+    by = np.concatenate([np.full(size, -half), np.full(size, half), side, side])
+    low = np.array([np.inf, np.inf])
+    high = -low
+    for start in range(0, ix.size, chunk):
+        part = slice(start, start + chunk)
+        x = (ix[part, None] + bx + 1).astype(float).ravel()
+        y = (iy[part, None] + by + 1).astype(float).ravel()
+        col, row = _tile_pixels(object_mask, wcs, x, y)
+        good = np.isfinite(col) & np.isfinite(row)
+        if good.any():
+            low = np.minimum(low, [col[good].min(), row[good].min()])
+            high = np.maximum(high, [col[good].max(), row[good].max()])
+    if not np.all(np.isfinite(low)):
+        return None
+    # Clip in float first: a border far off the tile must not overflow int().
+    ny, nx = object_mask.shape
+    low = np.clip(low, -1, [nx, ny])
+    high = np.clip(high, -1, [nx, ny])
+    return _clip_box(low[0], high[0], low[1], high[1], object_mask.shape)
 
 
 def neighbour_stamp_pixels(object_mask: ObjectMask, wcs, ix, iy, size, numbers, chunk=1024) -> np.ndarray:
     """Exposure stamp pixels that fall on another object or a saturated region of the tile mask.
+
+    Only the part of the mask under the stamps is read
+    (:func:`stamps_tile_box`, :meth:`ObjectMask.read`), once per call.
 
     Parameters
     ----------
@@ -220,8 +384,6 @@ def neighbour_stamp_pixels(object_mask: ObjectMask, wcs, ix, iy, size, numbers, 
         pixel's sky position holds another object's NUMBER or -1; pixels
         off the tile are False.
     """
-    from astropy.wcs import NoConvergence
-
     from shapepipe_modules.crowded.masks import neighbour_pixels
 
     ix = np.atleast_1d(np.asarray(ix, dtype=np.int64))
@@ -230,8 +392,10 @@ def neighbour_stamp_pixels(object_mask: ObjectMask, wcs, ix, iy, size, numbers, 
     n = ix.size
     half = size // 2
     offsets = np.arange(size) - half
-    ny, nx = object_mask.pixels.shape
+    ny, nx = object_mask.shape
     out = np.zeros((n, size, size), bool)
+    box = stamps_tile_box(object_mask, wcs, ix, iy, size, chunk)
+    section = object_mask.read(*box) if box is not None else None
     for start in range(0, n, chunk):
         part = slice(start, min(start + chunk, n))
         # FITS (1-based) centres of the stamp pixels on the CCD.
@@ -239,17 +403,22 @@ def neighbour_stamp_pixels(object_mask: ObjectMask, wcs, ix, iy, size, numbers, 
                             (part.stop - start, size, size)).ravel()
         y = np.broadcast_to((iy[part, None, None] + offsets[None, :, None] + 1).astype(float),
                             (part.stop - start, size, size)).ravel()
-        ra, dec = wcs.all_pix2world(x, y, 1)
-        try:
-            tx, ty = object_mask.wcs.all_world2pix(ra, dec, 1)
-        except NoConvergence as error:
-            tx, ty = error.best_solution.T
+        col, row = _tile_pixels(object_mask, wcs, x, y)
         with np.errstate(invalid="ignore"):
-            col = np.floor(tx - 0.5)
-            row = np.floor(ty - 0.5)
             inside = np.isfinite(col) & np.isfinite(row) & (col >= 0) & (col < nx) & (row >= 0) & (row < ny)
-        values = np.zeros(x.size, object_mask.pixels.dtype)
-        values[inside] = object_mask.pixels[row[inside].astype(np.int64), col[inside].astype(np.int64)]
+        cols = col[inside].astype(np.int64)
+        rows = row[inside].astype(np.int64)
+        values = np.zeros(x.size, object_mask.dtype)
+        if rows.size:
+            lo_c, hi_c, lo_r, hi_r = cols.min(), cols.max(), rows.min(), rows.max()
+            if box is None or lo_r < box[0] or hi_r >= box[1] or lo_c < box[2] or hi_c >= box[3]:
+                # Not expected (see stamps_tile_box); read a box that holds these pixels too.
+                if box is not None:
+                    lo_r, hi_r = min(lo_r, box[0]), max(hi_r, box[1] - 1)
+                    lo_c, hi_c = min(lo_c, box[2]), max(hi_c, box[3] - 1)
+                box = _clip_box(lo_c, hi_c, lo_r, hi_r, object_mask.shape)
+                section = object_mask.read(*box)
+            values[inside] = section[rows - box[0], cols - box[2]]
         out[part] = neighbour_pixels(values.reshape(-1, size, size), numbers[part])
     return out
 
