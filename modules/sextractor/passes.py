@@ -158,6 +158,17 @@ def merge_close_pieces(table, radius: float) -> np.ndarray:
     return keep
 
 
+def _pairs_within(cx, cy, x, y, radius):
+    """Index pairs (row of ``x, y``, kept object) closer than ``radius``, from a KD-tree of the kept centres."""
+    from scipy.spatial import cKDTree
+
+    near = cKDTree(np.column_stack([cx, cy])).query_ball_point(np.column_stack([x, y]), r=radius)
+    counts = np.fromiter((len(n) for n in near), int, len(near))
+    rows = np.repeat(np.arange(len(x)), counts)
+    cols = np.fromiter((j for n in near for j in n), int, int(counts.sum()))
+    return rows, cols
+
+
 def join_passes(tables, scale: float = 1.0, neighbour_radius: float = 0.0, merge_radius: float = 0.0,
                 core_scales=None, min_radii=None):
     """Join the catalogues of the passes (first pass first) by the CluSex rule.
@@ -199,7 +210,6 @@ def join_passes(tables, scale: float = 1.0, neighbour_radius: float = 0.0, merge
         1..n when present.
     """
     from astropy.table import Table, vstack
-    from scipy.spatial import cKDTree
 
     kept_parts = []
     cx = cy = a = b = theta = radius = np.empty(0)
@@ -216,22 +226,13 @@ def join_passes(tables, scale: float = 1.0, neighbour_radius: float = 0.0, merge
         core_scale = float(core_scales[index - 1]) if core_scales is not None and index > 1 else 0.0
         if core_scale > 0 and cx.size and len(table):
             core = np.maximum(core_scale * radius, MIN_CORE_RADIUS)
-            tree = cKDTree(np.column_stack([cx, cy]))
-            near = tree.query_ball_point(np.column_stack([x, y]), r=float(core.max()))
-            counts = np.fromiter((len(n) for n in near), int, len(near))
-            if counts.sum():
-                rows = np.repeat(np.arange(len(table)), counts)
-                cols = np.fromiter((j for n in near for j in n), int, counts.sum())
-                hit = np.hypot(x[rows] - cx[cols], y[rows] - cy[cols]) <= core[cols]
-                keep[rows[hit]] = False
+            rows, cols = _pairs_within(cx, cy, x, y, float(core.max()))
+            hit = np.hypot(x[rows] - cx[cols], y[rows] - cy[cols]) <= core[cols]
+            keep[rows[hit]] = False
         elif cx.size and len(table):
-            tree = cKDTree(np.column_stack([cx, cy]))
             # Prefilter: only kept objects closer than the largest semi-major axis can contain a centre.
-            neighbours = tree.query_ball_point(np.column_stack([x, y]), r=float(a.max()))
-            counts = np.fromiter((len(n) for n in neighbours), int, len(neighbours))
-            if counts.sum():
-                rows = np.repeat(np.arange(len(table)), counts)
-                cols = np.fromiter((j for n in neighbours for j in n), int, counts.sum())
+            rows, cols = _pairs_within(cx, cy, x, y, float(a.max()))
+            if rows.size:
                 hit = inside_ellipses(x[rows], y[rows], cx[cols], cy[cols], a[cols], b[cols], theta[cols])
                 inside = np.zeros(len(table), bool)
                 inside[rows[hit]] = True
