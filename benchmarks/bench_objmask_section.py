@@ -13,7 +13,7 @@ alone, the process's peak RSS, and the mask pixels read.
 ``whole``: the mask read whole (``fits.getdata``), as before; ``section``:
 :func:`read_object_mask` (header only) and one box under the CCD's stamps.
 
-Usage: ``python benchmarks/bench_objmask_section.py [--tile 4000] [--objects 1000]``
+Usage: ``python benchmarks/bench_objmask_section.py [--tile 4000] [--objects 1000] [--chunks 1024,256]``
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def run(way, path, args):
             mask = ObjectMask.from_array(pixels, read_object_mask(path).wcs)
         else:
             mask = read_object_mask(path)
-        return neighbour_stamp_pixels(mask, wcs, ix, iy, SIZE, numbers)
+        return neighbour_stamp_pixels(mask, wcs, ix, iy, SIZE, numbers, chunk=args.chunk)
 
     clock = time.perf_counter()
     result = once()
@@ -136,6 +136,9 @@ def main():
     parser.add_argument("--ccd-nx", type=int, default=2048)
     parser.add_argument("--ccd-ny", type=int, default=2048)
     parser.add_argument("--objects", type=int, default=1000)
+    parser.add_argument("--chunks", default="1024,256",
+                        help="objects converted at once (neighbour_stamp_pixels chunk), one section row each")
+    parser.add_argument("--chunk", type=int, default=1024, help=argparse.SUPPRESS)
     parser.add_argument("--way", choices=["whole", "section"], help=argparse.SUPPRESS)
     parser.add_argument("--mask", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -148,14 +151,16 @@ def main():
         print(f"tile {args.tile}^2 int32 ({args.tile**2 * 4 / 2**20:.0f} MB decompressed, "
               f"{path.stat().st_size / 2**20:.1f} MB compressed, {fraction:.0%} masked); CCD "
               f"{args.ccd_nx} x {args.ccd_ny}, {args.objects} stamps of {SIZE}")
-        print(f"{'way':8s} {'seconds':>8s} {'tracemalloc MB':>15s} {'mask read MB':>13s} {'peak RSS MB':>12s} "
+        print(f"{'way':8s} {'chunk':>6s} {'seconds':>8s} {'tracemalloc MB':>15s} {'mask read MB':>13s} {'peak RSS MB':>12s} "
               f"{'pixels read':>12s} {'masked':>7s}")
-        for way in ("whole", "section"):
+        chunks = [int(c) for c in args.chunks.split(",")]
+        for way, chunk in [("whole", chunks[0])] + [("section", c) for c in chunks]:
             out = subprocess.run([sys.executable, __file__, "--way", way, "--mask", str(path), "--tile",
                                   str(args.tile), "--ccd-nx", str(args.ccd_nx), "--ccd-ny", str(args.ccd_ny),
-                                  "--objects", str(args.objects)], check=True, capture_output=True, text=True)
+                                  "--objects", str(args.objects), "--chunk", str(chunk)],
+                                 check=True, capture_output=True, text=True)
             r = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"{way:8s} {r['seconds']:8.2f} {r['tracemalloc_mb']:15.1f} {r['read_mb']:13.1f} {r['rss_mb']:12.0f} "
+            print(f"{way:8s} {chunk:6d} {r['seconds']:8.2f} {r['tracemalloc_mb']:15.1f} {r['read_mb']:13.1f} {r['rss_mb']:12.0f} "
                   f"{r['pixels_read']:12d} {r['masked']:7.4f}")
 
 

@@ -163,6 +163,9 @@ def read_ccd(path: Path) -> np.ndarray:
     raise OSError(f"{path}: no 2-D image HDU")
 
 
+#: Stamps whose pixels are converted to tile pixels at once: 128 stamps of 51 x 51 keep the WCS arrays near
+#: 90 MB (1024: 380 MB) and run as fast (benchmarks/bench_objmask_section.py --chunks).
+NEIGHBOUR_CHUNK = 128
 #: Margin (pixels) of the object mask section around the tile footprint of a CCD's stamps.
 MASK_MARGIN = 2
 #: Tile rows of the object mask read at once: a tile-compressed mask decompresses whole-width tile rows,
@@ -322,7 +325,7 @@ def _clip_box(col_min, col_max, row_min, row_max, shape, margin=MASK_MARGIN):
     return (y1, y2, x1, x2) if x1 < x2 and y1 < y2 else None
 
 
-def stamps_tile_box(object_mask: ObjectMask, wcs, ix, iy, size, chunk=1024):
+def stamps_tile_box(object_mask: ObjectMask, wcs, ix, iy, size, chunk=NEIGHBOUR_CHUNK):
     """Tile-pixel box ``(y1, y2, x1, x2)`` under all the stamps of a CCD (plus :data:`MASK_MARGIN`), or None.
 
     Only each stamp's border pixels are converted: CCD -> tile is a smooth
@@ -356,7 +359,7 @@ def stamps_tile_box(object_mask: ObjectMask, wcs, ix, iy, size, chunk=1024):
     return _clip_box(low[0], high[0], low[1], high[1], object_mask.shape)
 
 
-def neighbour_stamp_pixels(object_mask: ObjectMask, wcs, ix, iy, size, numbers, chunk=1024) -> np.ndarray:
+def neighbour_stamp_pixels(object_mask: ObjectMask, wcs, ix, iy, size, numbers, chunk=NEIGHBOUR_CHUNK) -> np.ndarray:
     """Exposure stamp pixels that fall on another object or a saturated region of the tile mask.
 
     Only the part of the mask under the stamps is read
