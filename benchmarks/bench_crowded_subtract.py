@@ -47,7 +47,8 @@ from bench_crowded import COLD, HOT, MERGE_RADIUS, NEIGHBOUR_RADIUS, RADIUS_ARCS
 BEST_SINGLE = "BACK_TYPE=AUTO BACK_SIZE=12 DETECT_THRESH=1.0 DETECT_MINAREA=5 DEBLEND_MINCONT=0.0005"
 # The joins whose members are also counted by light (--light).
 LIGHT_ROWS = ("HOT+COLD (before: ellipse, neighbours 6)", "HOT+COLD, ellipse rule",
-              "HOT+HOTRES+COLDres, cores 2, 3, HOTRES >= 5 px")
+              "HOT+HOTRES+COLDres, cores 2, 3, HOTRES >= 5 px", "HOT+HOTRES (core 2, >= 5 px)+COLD, ellipse",
+              "HOT+HOTRES (core 2, >= 6 px)+COLD, ellipse")
 SCORE_KEYS = ("n_background", "n_members", "members_missed", "members_shredded", "duplicated_across_passes",
               "duplicated_truth", "member_pieces")
 
@@ -131,6 +132,10 @@ def main(argv=None):
                                                 (2.0, 5.0, 3.0), (1.5, 5.0, 2.5), (1.5, 5.0, 3.5)):
             joins[f"HOT+HOTRES+COLDres, cores {hot_core:g}, {cold_core:g}, HOTRES >= {min_radius:g} px"] = (
                 [hot, hres, cres], dict(core_scales=[0, hot_core, cold_core], min_radii=[0, min_radius, 0]))
+        # HOTRES instead of the blended-neighbour rule, COLD on the tile itself by the ellipse rule.
+        for min_radius in (5.0, 6.0):
+            joins[f"HOT+HOTRES (core 2, >= {min_radius:g} px)+COLD, ellipse"] = (
+                [hot, hres, cold], dict(core_scales=[0, 2.0, 0], min_radii=[0, min_radius, 0]))
         for name, (tables, options) in joins.items():
             table = join_passes(tables, 1.0, merge_radius=MERGE_RADIUS, **options)
             # HOTRES finds first-pass objects: it counts as the first pass for the cross-pass duplicates.
