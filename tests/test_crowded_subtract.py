@@ -136,6 +136,12 @@ def test_subtract_options_are_checked():
     assert any("PASS_CORE_SCALES: pass HOTRES: '-1' must be >= 0" in p for p in problems)
     problems = validate(dict(base, **dict(SUBTRACTED, PASS_SUBTRACT_RADIUS=-2.0)))
     assert any("PASS_SUBTRACT_RADIUS must be >= 0" in p for p in problems)
+    # Without a later pass the options would do nothing: named, not ignored.
+    problems = validate(dict(base, PASSES=["HOT"], PASS_SETTINGS=[HOT], PASS_SUBTRACT_RADIUS=4.0))
+    assert any("PASS_SUBTRACT_RADIUS act on the passes after the first: PASSES names 1 pass(es)" in p
+               for p in problems)
+    problems = validate(dict(base, PASS_CORE_SCALES=["-", "3"]))
+    assert any(p.startswith("PASS_CORE_SCALES act on the passes after the first") for p in problems)
 
 
 @pytest.fixture(scope="module")

@@ -286,6 +286,13 @@ def validate(options) -> list[str]:
             problems.append(f"VIGNET_ROWS: {', '.join(missing)} not in DOT_PARAM_FILE {options.get('DOT_PARAM_FILE')}")
     if options.get("PASSES"):
         problems += _validate_passes(options, engine)
+    if len(options.get("PASSES") or []) < 2:
+        # Options that act on the passes after the first mean nothing without them: a config mistake.
+        given = [key for key in ("PASS_SUBTRACT_RADIUS", "PASS_CORE_SCALES", "PASS_MIN_FLUX_RADII")
+                 if options.get(key)]
+        if given:
+            problems.append(f"{', '.join(given)} act on the passes after the first: PASSES names "
+                            f"{len(options.get('PASSES') or [])} pass(es)")
     if options.get("FORCED_CAT_PATH"):
         if engine != "sep":
             problems.append("FORCED_CAT_PATH needs ENGINE = sep (forced positions are measured by the sep engine)")
