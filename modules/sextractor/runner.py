@@ -113,7 +113,8 @@ OPTIONS = (
     Option("PASSES", "name_list", [], "Detection passes in one job (crowded fields; docs/crowded.md), e.g. "
            "HOT, COLD: each extracts with its own .sex settings (PASS_DOT_SEX_FILES, PASS_SETTINGS); every "
            "object of the first pass is kept, an object of a later pass only when its centre lies outside the "
-           "scaled Kron ellipse of every object kept before (PASS_ELLIPSE_SCALE). The catalogue has the usual "
+           "scaled Kron ellipse of every object kept before (PASS_ELLIPSE_SCALE; or away from their cores, "
+           "PASS_CORE_SCALES). The catalogue has the usual "
            "columns plus PASS (1-based index; header keys PASS1, PASS2... hold the names). Check images and "
            "background residuals are those of the first pass. Empty: one pass, as before."),
     Option("PASS_DOT_SEX_FILES", "list", [], "One .sex file per pass, in PASSES order ('-': DOT_SEX_FILE); "
