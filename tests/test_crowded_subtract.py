@@ -142,23 +142,38 @@ def test_subtract_options_are_checked():
                for p in problems)
     problems = validate(dict(base, PASS_CORE_SCALES=["-", "3"]))
     assert any(p.startswith("PASS_CORE_SCALES act on the passes after the first") for p in problems)
+    # PASS_RESIDUAL: yes/no per pass, only with the subtraction, never on the first pass.
+    assert validate(dict(base, **dict(SUBTRACTED, PASS_RESIDUAL=["-", "yes", "no"]))) == []
+    problems = validate(dict(base, **dict(SUBTRACTED, PASS_RESIDUAL=["-", "maybe", "no"])))
+    assert any("PASS_RESIDUAL: pass HOTRES: 'maybe' is not yes, no or '-'" in p for p in problems)
+    problems = validate(dict(base, **dict(SUBTRACTED, PASS_RESIDUAL=["yes", "yes", "no"])))
+    assert any("PASS_RESIDUAL: the first pass (HOT) makes the models" in p for p in problems)
+    problems = validate(dict(base, **dict(SUBTRACTED, PASS_SUBTRACT_RADIUS=0.0, PASS_RESIDUAL=["-", "yes", "no"])))
+    assert any("PASS_RESIDUAL needs PASS_SUBTRACT_RADIUS > 0" in p for p in problems)
 
 
-@pytest.fixture(scope="module")
-def cluster_tiles(tmp_path_factory):
+def _cluster_tile(tmp_path_factory, seed):
     from astropy.io import fits
 
     from shapepipe_modules.simulate import simulate
 
-    sims = []
-    for seed in (1, 2, 3):
-        sim = simulate("cluster", tmp_path_factory.mktemp("cluster") / "sim", seed=seed, n_workers=1)
-        header = fits.getheader(sim / "tiles" / "CFIS.244.252.r.fits")
-        weight = fits.getdata(sim / "tiles" / "CFIS.244.252.r.weight.fits.fz", 1)
-        fits.PrimaryHDU(weight, header=header).writeto(sim / "weight.fits")
-        fits.PrimaryHDU(np.zeros(weight.shape, np.int16), header=header).writeto(sim / "flag.fits")
-        sims.append(sim)
-    return sims
+    sim = simulate("cluster", tmp_path_factory.mktemp("cluster") / "sim", seed=seed, n_workers=1)
+    header = fits.getheader(sim / "tiles" / "CFIS.244.252.r.fits")
+    weight = fits.getdata(sim / "tiles" / "CFIS.244.252.r.weight.fits.fz", 1)
+    fits.PrimaryHDU(weight, header=header).writeto(sim / "weight.fits")
+    fits.PrimaryHDU(np.zeros(weight.shape, np.int16), header=header).writeto(sim / "flag.fits")
+    return sim
+
+
+@pytest.fixture(scope="module")
+def cluster_tiles(tmp_path_factory):
+    return [_cluster_tile(tmp_path_factory, seed) for seed in (1, 2, 3)]
+
+
+@pytest.fixture(scope="module")
+def cluster_tile_seed4(tmp_path_factory):
+    # Seed 4: the HOT pass merges a member into a neighbour that the HOT settings find again on the residual.
+    return _cluster_tile(tmp_path_factory, 4)
 
 
 @pytest.mark.parametrize("engine", ["sep", "sextractor"])
@@ -211,3 +226,46 @@ def test_subtracted_passes_find_more_background_galaxies_and_keep_members_whole(
     assert sub["found"] / sub["background"] >= ell["found"] / ell["background"] + 0.03
     assert sub["whole"] / sub["members"] >= 0.9 and sub["shredded"] <= 2
     assert sub["both"] <= 1
+
+
+def test_pass_residual_chooses_each_pass_image_as_an_offline_join(cluster_tile_seed4, tmp_path):
+    # HOTRES on the subtracted image, COLD on the tile itself by the ellipse rule: the module's catalogue
+    # equals the raw passes extracted one by one (the residual rebuilt here) and joined offline.
+    from astropy.io import fits
+
+    from conftest import run_module
+    from shapepipe_modules.io.ldac import read_ldac
+    from shapepipe_modules.sextractor.runner import sextractor
+
+    sim = cluster_tile_seed4
+    tile = sim / "tiles" / "CFIS.244.252.r.fits"
+    common = dict(ENGINE="sep", BKG_RESIDUAL=False, DOT_SEX_FILE=str(DATA_DIR / "default_tile.sex"), FLAG_IMAGE=False)
+    options = dict(PASSES=["HOT", "HOTRES", "COLD"], PASS_SETTINGS=[HOT, HOT, COLD], PASS_SUBTRACT_RADIUS=4.0,
+                   PASS_RESIDUAL=["-", "yes", "no"], PASS_CORE_SCALES=["-", "2", "-"],
+                   PASS_MIN_FLUX_RADII=["-", "5", "-"], PASS_MERGE_RADIUS=4.5)
+    run_module(sextractor, [tile, sim / "weight.fits"], tmp_path / "module", "-244-252", **common, **options)
+    joined, header = read_ldac(tmp_path / "module" / "sexcat-244-252.fits")
+
+    param = tmp_path / "with_kron.param"
+    param.write_text((DATA_DIR / "default.param").read_text().rstrip("\n") + "\nKRON_RADIUS\n")
+
+    def single(image, name, settings):
+        out = tmp_path / f"single_{name}_{image.stem}"
+        run_module(sextractor, [image, sim / "weight.fits"], out, "-244-252", **common, PASSES=[name],
+                   PASS_SETTINGS=[settings], DOT_PARAM_FILE=str(param))
+        return read_ldac(out / "sexcat-244-252.fits")[0]
+
+    hot = single(tile, "HOT", HOT)
+    residual, _ = subtract_models(fits.getdata(tile).astype(np.float32), hot, 4.0, 64,
+                                  fits.getdata(sim / "weight.fits"))
+    residual_path = tmp_path / "residual.fits"
+    fits.PrimaryHDU(residual, header=fits.getheader(tile)).writeto(residual_path)
+    offline = join_passes([hot, single(residual_path, "HOTRES", HOT), single(tile, "COLD", COLD)], 1.0,
+                          merge_radius=4.5, core_scales=[0, 2, 0], min_radii=[0, 5, 0])
+    assert header["NPASS2"] > 0 and header["NPASS3"] > 0
+    assert list(joined["PASS"]) == list(offline["PASS"])
+    np.testing.assert_array_equal(joined["X_IMAGE"], offline["X_IMAGE"])
+    np.testing.assert_array_equal(joined["FLUX_AUTO"], offline["FLUX_AUTO"])
+    # COLD on the tile itself: its rows are the tile's COLD detections, not the residual's.
+    cold_tile = single(tile, "COLD", COLD)
+    assert set(np.round(joined["X_IMAGE"][joined["PASS"] == 3], 6)) <= set(np.round(cold_tile["X_IMAGE"], 6))

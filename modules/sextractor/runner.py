@@ -140,6 +140,9 @@ OPTIONS = (
            "image in elliptical annuli of each object's centre, axis ratio and angle, out to 2.5 Kron radii: "
            "the bright galaxies' light goes, their knots and the faint galaxies on them stay); 0: off. Meant "
            "with PASS_CORE_SCALES (docs/crowded.md)."),
+    Option("PASS_RESIDUAL", "list", [], "With PASS_SUBTRACT_RADIUS: one entry per pass, in PASSES order (the "
+           "first is '-'), yes or no: whether that pass detects on the model-subtracted image or on the image "
+           "itself; empty: every pass after the first on the subtracted image."),
     Option("PASS_CORE_SCALES", "list", [], "One entry per pass, in PASSES order (the first is '-'): a number "
            "k > 0 joins that pass by the core rule, its object added when its centre lies farther than k x "
            "FLUX_RADIUS (and 3 pixels) from every object kept before, instead of outside their ellipses; '-' "
@@ -289,7 +292,7 @@ def validate(options) -> list[str]:
         problems += _validate_passes(options, engine)
     if len(options.get("PASSES") or []) < 2:
         # Options that act on the passes after the first mean nothing without them: a config mistake.
-        given = [key for key in ("PASS_SUBTRACT_RADIUS", "PASS_CORE_SCALES", "PASS_MIN_FLUX_RADII")
+        given = [key for key in ("PASS_SUBTRACT_RADIUS", "PASS_RESIDUAL", "PASS_CORE_SCALES", "PASS_MIN_FLUX_RADII")
                  if options.get(key)]
         if given:
             problems.append(f"{', '.join(given)} act on the passes after the first: PASSES names "
@@ -448,6 +451,39 @@ def pass_numbers(options, key) -> list[float] | None:
     return values
 
 
+def passes_on_residual(options) -> list[bool]:
+    """Whether each pass of PASSES detects on the model-subtracted image (PASS_SUBTRACT_RADIUS, PASS_RESIDUAL).
+
+    Raises
+    ------
+    ConfigFileError
+        PASS_RESIDUAL of the wrong length, not yes/no, yes on the first pass, or given without
+        PASS_SUBTRACT_RADIUS.
+    """
+    from shapepipe.options import OptionError, parse_bool
+
+    from .config_files import ConfigFileError
+
+    names = [str(n) for n in options.get("PASSES") or []]
+    subtract = float(options.get("PASS_SUBTRACT_RADIUS") or 0.0) > 0
+    entries = [str(e).strip() for e in options.get("PASS_RESIDUAL") or []]
+    if not entries:
+        return [False] + [subtract] * (len(names) - 1) if names else []
+    if not subtract:
+        raise ConfigFileError("PASS_RESIDUAL needs PASS_SUBTRACT_RADIUS > 0 (no subtracted image without it)")
+    if len(entries) != len(names):
+        raise ConfigFileError(f"PASS_RESIDUAL has {len(entries)} entries for {len(names)} PASSES ({', '.join(names)})")
+    flags = []
+    for name, entry in zip(names, entries):
+        try:
+            flags.append(False if entry in ("", "-") else parse_bool(entry))
+        except OptionError:
+            raise ConfigFileError(f"PASS_RESIDUAL: pass {name}: {entry!r} is not yes, no or '-'") from None
+    if flags[0]:
+        raise ConfigFileError(f"PASS_RESIDUAL: the first pass ({names[0]}) makes the models; give '-'")
+    return flags
+
+
 def pass_filter_file(overrides) -> Path | None:
     """The detection filter a pass names with ``FILTER_NAME`` in PASS_SETTINGS (None: DOT_CONV_FILE).
 
@@ -485,6 +521,10 @@ def _validate_passes(options, engine) -> list[str]:
             pass_numbers(options, key)
         except ConfigFileError as error:
             problems.append(str(error))
+    try:
+        passes_on_residual(options)
+    except ConfigFileError as error:
+        problems.append(str(error))
     try:
         passes = pass_sex_settings(options)
     except ConfigFileError as error:
@@ -528,6 +568,7 @@ def _run_passes(job, run, paths, settings_files, zero_point, background_value, c
         passes = pass_sex_settings(job.options)
         core_scales = pass_numbers(job.options, "PASS_CORE_SCALES")
         min_radii = pass_numbers(job.options, "PASS_MIN_FLUX_RADII")
+        on_residual = passes_on_residual(job.options)
         parameters, added = with_join_columns(read_dot_param(dot_param))
     except ConfigFileError as error:
         raise JobError(str(error)) from error
@@ -537,16 +578,17 @@ def _run_passes(job, run, paths, settings_files, zero_point, background_value, c
         scratch = Path(scratch)
         param_path = scratch / "passes.param"
         param_path.write_text("".join(f"{p}\n" for p in parameters))
-        pass_paths = paths
+        subtracted_paths = None
         for index, (name, sex_path, overrides) in enumerate(passes):
             pass_sex = scratch / f"pass{index + 1}.sex"
             write_pass_sex(sex_path, overrides, pass_sex)
             first = index == 0
-            if index == 1 and float(job.options.get("PASS_SUBTRACT_RADIUS", 0.0)) > 0:
+            if on_residual[index] and subtracted_paths is None:
                 clock = time.perf_counter()
-                pass_paths = _subtracted_image(paths, tables[0], float(job.options["PASS_SUBTRACT_RADIUS"]),
-                                               scratch / "pass1.sex", scratch, report)
+                subtracted_paths = _subtracted_image(paths, tables[0], float(job.options["PASS_SUBTRACT_RADIUS"]),
+                                                     scratch / "pass1.sex", scratch, report)
                 timings["subtract"] = time.perf_counter() - clock
+            pass_paths = subtracted_paths if on_residual[index] else paths
             # A pass's own detection filter (FILTER_NAME in its settings), else DOT_CONV_FILE.
             pass_conv = pass_filter_file(overrides) or dot_conv
             catalogue, pass_residual, _, pass_timings = run(
