@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from conftest import run_module
+from conftest import run_module, simulate_cluster_tile
 from shapepipe_modules.io.ldac import read_ldac
 from shapepipe_modules.sextractor.passes import inside_ellipses, join_passes
 from shapepipe_modules.sextractor.runner import DATA_DIR, sextractor, validate
@@ -112,26 +112,12 @@ def test_pass_options_are_checked():
 
 @pytest.fixture(scope="module")
 def cluster_tile(tmp_path_factory):
-    return _cluster_tile(tmp_path_factory, 1)
+    return simulate_cluster_tile(tmp_path_factory.mktemp("cluster"), 1)
 
 
 @pytest.fixture(scope="module")
 def cluster_tile_seed3(tmp_path_factory):
-    return _cluster_tile(tmp_path_factory, 3)
-
-
-def _cluster_tile(tmp_path_factory, seed):
-    from astropy.io import fits
-
-    from shapepipe_modules.simulate import simulate
-
-    sim = simulate("cluster", tmp_path_factory.mktemp("cluster") / "sim", seed=seed, n_workers=1)
-    # Plain weight and an empty flag image: the SExtractor binary reads neither a GZIP tile nor no flag.
-    header = fits.getheader(sim / "tiles" / "CFIS.244.252.r.fits")
-    weight = fits.getdata(sim / "tiles" / "CFIS.244.252.r.weight.fits.fz", 1)
-    fits.PrimaryHDU(weight, header=header).writeto(sim / "weight.fits")
-    fits.PrimaryHDU(np.zeros(weight.shape, np.int16), header=header).writeto(sim / "flag.fits")
-    return sim
+    return simulate_cluster_tile(tmp_path_factory.mktemp("cluster"), 3)
 
 
 def _extract(sim, out, engine, **options):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
+from conftest import run_module, simulate_cluster_tile
 from shapepipe_modules.sextractor.passes import MIN_CORE_RADIUS, join_passes
 from shapepipe_modules.sextractor.runner import DATA_DIR, validate
 from shapepipe_modules.sextractor.subtract import ring_median_models, subtract_models
@@ -152,33 +153,19 @@ def test_subtract_options_are_checked():
     assert any("PASS_RESIDUAL needs PASS_SUBTRACT_RADIUS > 0" in p for p in problems)
 
 
-def _cluster_tile(tmp_path_factory, seed):
-    from astropy.io import fits
-
-    from shapepipe_modules.simulate import simulate
-
-    sim = simulate("cluster", tmp_path_factory.mktemp("cluster") / "sim", seed=seed, n_workers=1)
-    header = fits.getheader(sim / "tiles" / "CFIS.244.252.r.fits")
-    weight = fits.getdata(sim / "tiles" / "CFIS.244.252.r.weight.fits.fz", 1)
-    fits.PrimaryHDU(weight, header=header).writeto(sim / "weight.fits")
-    fits.PrimaryHDU(np.zeros(weight.shape, np.int16), header=header).writeto(sim / "flag.fits")
-    return sim
-
-
 @pytest.fixture(scope="module")
 def cluster_tiles(tmp_path_factory):
-    return [_cluster_tile(tmp_path_factory, seed) for seed in (1, 2, 3)]
+    return [simulate_cluster_tile(tmp_path_factory.mktemp("cluster"), seed) for seed in (1, 2, 3)]
 
 
 @pytest.fixture(scope="module")
 def cluster_tile_seed4(tmp_path_factory):
     # Seed 4: the HOT pass merges a member into a neighbour that the HOT settings find again on the residual.
-    return _cluster_tile(tmp_path_factory, 4)
+    return simulate_cluster_tile(tmp_path_factory.mktemp("cluster"), 4)
 
 
 @pytest.mark.parametrize("engine", ["sep", "sextractor"])
 def test_subtracted_passes_find_more_background_galaxies_and_keep_members_whole(cluster_tiles, tmp_path, engine):
-    from conftest import run_module
     from shapepipe_modules.io.ldac import read_ldac
     from shapepipe_modules.sextractor.runner import sextractor
     from shapepipe_modules.simulate import load_truth
@@ -233,7 +220,6 @@ def test_pass_residual_chooses_each_pass_image_as_an_offline_join(cluster_tile_s
     # equals the raw passes extracted one by one (the residual rebuilt here) and joined offline.
     from astropy.io import fits
 
-    from conftest import run_module
     from shapepipe_modules.io.ldac import read_ldac
     from shapepipe_modules.sextractor.runner import sextractor
 
