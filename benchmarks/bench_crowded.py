@@ -2,7 +2,7 @@
 
 Usage: ``python benchmarks/bench_crowded.py [--seeds 1-3] [--engine sep] [--scale 0.3] [--workdir DIR]``
 
-For each seed, the ``cluster`` preset is simulated and its tile extracted
+For each seed, the ``cluster_knotty`` preset (``--preset``) is simulated and its tile extracted
 by the sextractor module five ways: the HOT pass alone, the COLD pass
 alone, the earlier hot pass (3x3 filter) with COLD, both joined by the
 ellipse rule alone (PASSES = HOT, COLD, joined at PASS_ELLIPSE_SCALE), and
@@ -62,6 +62,14 @@ MERGE_RADIUS = 4.5
 # (benchmarks/bench_crowded_subtract.py).
 SUBTRACTED = dict(PASSES=["HOT", "HOTRES", "COLD"], PASS_SETTINGS=[HOT, HOT, COLD], PASS_SUBTRACT_RADIUS=4.0,
                   PASS_CORE_SCALES=["-", "2", "3"], PASS_MIN_FLUX_RADII=["-", "5", "-"], PASS_MERGE_RADIUS=MERGE_RADIUS)
+
+# The smooth members of the cluster preset (example/crowded): FINE, one finely deblended pass (the best single
+# pass of bench_crowded_sweep.py), keeps them whole; FINERES, the same pass on the tile minus the ring-median
+# models of FINE's objects with FLUX_RADIUS >= 4 px (measured over 64-pixel meshes), is joined by the core rule
+# at 5 FLUX_RADIUS (benchmarks/bench_crowded_subtract.py --preset cluster --first FINE).
+FINE = "BACK_TYPE=AUTO BACK_SIZE=12 DETECT_THRESH=1.0 DETECT_MINAREA=5 DEBLEND_MINCONT=0.0005"
+FINE_DUAL = dict(PASSES=["FINE", "FINERES"], PASS_SETTINGS=[FINE, FINE], PASS_SUBTRACT_RADIUS=4.0,
+                 PASS_MODEL_BACK_SIZE=64, PASS_CORE_SCALES=["-", "5"], PASS_MERGE_RADIUS=MERGE_RADIUS)
 
 
 def _seeds(text):
@@ -124,7 +132,11 @@ def _join_losses(hot, cold, dual, truth, centre, scale, ellipse_scale, pool):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="1-3")
+    parser.add_argument("--preset", default="cluster_knotty", help="cluster_knotty (members with knots), or cluster")
     parser.add_argument("--engine", default="sep", choices=("sep", "sextractor"))
+    parser.add_argument("--dual", default=None, choices=("HOT+COLD", "FINE+FINERES"),
+                        help="the configuration whose local sky, shear and cost are printed (default: FINE+FINERES "
+                             "on the cluster preset, HOT+COLD on cluster_knotty)")
     parser.add_argument("--scale", type=float, default=1.0, help="PASS_ELLIPSE_SCALE")
     parser.add_argument("--neighbour-radius", type=float, default=NEIGHBOUR_RADIUS,
                         help="PASS_NEIGHBOUR_RADIUS of the HOT+COLD join (pixels; 0: the ellipse rule alone)")
@@ -144,7 +156,7 @@ def main(argv=None):
     from shapepipe_modules.simulate.cluster import ROLE_FIELD, ROLE_ICL, nfw_reduced_tangential_shear, NFW_MIN_RADIUS_ARCSEC
     from shapepipe_modules.validate import crowded
 
-    params = resolve_parameters("cluster")
+    params = resolve_parameters(args.preset)
     scale = params["pixel_scale"]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_crowded_"))
     # The single passes also write KRON_RADIUS (their join ellipses, for the join-loss table).
@@ -158,7 +170,9 @@ def main(argv=None):
                "HOT+COLD": dict(PASSES=["HOT", "COLD"], PASS_SETTINGS=[HOT, COLD], OBJECT_MASK=True,
                                 SATURATION_REGIONS=True, LOCAL_SKY=True,
                                 PASS_NEIGHBOUR_RADIUS=args.neighbour_radius, PASS_MERGE_RADIUS=args.merge_radius),
-               "SUBTRACTED": SUBTRACTED}
+               "SUBTRACTED": SUBTRACTED, "FINE": dict(PASSES=["FINE"], PASS_SETTINGS=[FINE]),
+               "FINE+FINERES": dict(FINE_DUAL, OBJECT_MASK=True, SATURATION_REGIONS=True, LOCAL_SKY=True)}
+    dual = args.dual or ("FINE+FINERES" if args.preset == "cluster" else "HOT+COLD")
     totals = {name: {} for name in configs}
     join_pool = {}
     sky_rows, costs, shear = [], [], {"g1": [], "g2": [], "dx": [], "dy": [], "true": [], "mag": []}
@@ -166,7 +180,7 @@ def main(argv=None):
         sim = work / f"seed{seed}"
         if not (sim / "simulation.json").exists():
             clock = time.perf_counter()
-            simulate("cluster", sim, seed=seed, n_workers=1)
+            simulate(args.preset, sim, seed=seed, n_workers=1)
             print(f"seed {seed}: simulated in {time.perf_counter() - clock:.1f} s", file=sys.stderr)
         tile = sim / "tiles" / "CFIS.244.252.r.fits"
         header = fits.getheader(tile)
@@ -193,10 +207,9 @@ def main(argv=None):
             pool["members_whole"] = pool.get("members_whole", 0) + scores["members_whole"] * scores["n_members"]
             pool["whole_no_star"] = (pool.get("whole_no_star", 0)
                                      + scores["members_whole_no_star"] * scores["n_members_no_star"])
-            if name == "SUBTRACTED":
-                costs.append(("tile SUBTRACTED", seed, summary))
-            if name == "HOT+COLD":
-                costs.append(("tile HOT+COLD", seed, summary))
+            if name in ("SUBTRACTED", "FINE+FINERES", "HOT+COLD"):
+                costs.append((f"tile {name}", seed, summary, options["PASSES"]))
+            if name == dual:
                 sky_rows.append((seed, crowded.local_sky_scores(table, crowded.diffuse_light(sim))))
                 # Direct shear check: background galaxies detected once, shapes with neighbours masked.
                 truth_no_icl = truth[truth["cluster_role"] != ROLE_ICL]
@@ -227,14 +240,14 @@ def main(argv=None):
         exposure = sim / "exposures" / "2100001p.fits"
         out = sim / f"sex_{args.engine}_exposure"
         if args.engine == "sep":
+            passes = (FINE_DUAL if dual == "FINE+FINERES" else
+                      dict(PASSES=["HOT", "COLD"], PASS_SETTINGS=[HOT, COLD], PASS_ELLIPSE_SCALE=args.scale,
+                           PASS_NEIGHBOUR_RADIUS=args.neighbour_radius, PASS_MERGE_RADIUS=args.merge_radius))
             summary = _run(sextractor, [exposure, sim / "exposures" / "2100001p.weight.fits.fz",
                                         sim / "exposures" / "2100001p.flag.fits.fz"], out, "-2100001-0",
-                           PASSES=["HOT", "COLD"], PASS_SETTINGS=[HOT, COLD], PASS_ELLIPSE_SCALE=args.scale,
-                           PASS_NEIGHBOUR_RADIUS=args.neighbour_radius, PASS_MERGE_RADIUS=args.merge_radius,
-                           OBJECT_MASK=True, SATURATION_REGIONS=True,
-                           SATURATION_FLAG_BITS=4, LOCAL_SKY=True,
-                           BKG_RESIDUAL=False)
-            costs.append(("CCD 1024x1024", seed, summary))
+                           OBJECT_MASK=True, SATURATION_REGIONS=True, SATURATION_FLAG_BITS=4, LOCAL_SKY=True,
+                           BKG_RESIDUAL=False, **passes)
+            costs.append((f"CCD {dual}", seed, summary, passes["PASSES"]))
 
     print(f"\nBackground galaxies within {RADIUS_ARCSEC:.0f} arcsec of the cluster centre, {len(sky_rows)} seed(s), "
           f"engine {args.engine}, PASS_ELLIPSE_SCALE {args.scale}, HOT+COLD: PASS_NEIGHBOUR_RADIUS "
@@ -263,7 +276,7 @@ def main(argv=None):
             print(f"  COLD detections inside HOT ellipses, off the cores: {label} {radius.size}, FLUX_RADIUS "
                   f"10/50/90 % {p10:.1f}/{p50:.1f}/{p90:.1f} px")
 
-    print("\nLocal sky (HOT+COLD catalogue) against the true sky + intracluster light at each object")
+    print(f"\nLocal sky ({dual} catalogue) against the true sky + intracluster light at each object")
     print(f"{'seed':>4s} {'objects':>8s} {'converged':>10s} {'|d|<1 sigma':>12s} {'median d':>9s} {'sigma':>6s} "
           f"{'ICL > sigma: n':>15s} {'|d|<1 sigma':>12s}")
     for seed, s in sky_rows:
@@ -288,16 +301,17 @@ def main(argv=None):
               f"({fit['n']} galaxies)")
 
     print("\nCost per image (wall seconds, sep on the shared machine)")
-    steps = ("seconds_pass_HOT", "seconds_subtract", "seconds_pass_HOTRES", "seconds_pass_COLD", "seconds_join",
-             "seconds_saturation", "seconds_object_mask", "seconds_local_sky")
-    print(f"{'image':16s} {'seed':>4s} {'objects':>8s} " + " ".join(f"{s[8:]:>11s}" for s in steps)
+    steps = ("first pass", "subtract", "later passes", "join", "saturation", "object_mask", "local_sky")
+    print(f"{'image':22s} {'seed':>4s} {'objects':>8s} " + " ".join(f"{s:>12s}" for s in steps)
           + f" {'later %':>10s} {'masks %':>8s}")
-    for label, seed, summary in costs:
-        first = summary.get("seconds_pass_HOT", 0.0)
-        second = sum(summary.get(s, 0.0) for s in ("seconds_subtract", "seconds_pass_HOTRES", "seconds_pass_COLD",
-                                                    "seconds_join"))
-        mask_cost = sum(summary.get(s, 0.0) for s in ("seconds_saturation", "seconds_object_mask"))
-        print(f"{label:16s} {seed:4d} {summary['n_objects']:8d} " + " ".join(f"{summary.get(s, 0.0):11.3f}" for s in steps)
+    for label, seed, summary, passes in costs:
+        first = summary.get(f"seconds_pass_{passes[0]}", 0.0)
+        later = sum(summary.get(f"seconds_pass_{name}", 0.0) for name in passes[1:])
+        values = [first, summary.get("seconds_subtract", 0.0), later] + [
+            summary.get(f"seconds_{s}", 0.0) for s in steps[3:]]
+        second = values[1] + values[2] + values[3]
+        mask_cost = values[4] + values[5]
+        print(f"{label:22s} {seed:4d} {summary['n_objects']:8d} " + " ".join(f"{v:12.3f}" for v in values)
               + f" {100 * second / first:10.0f} {100 * mask_cost / first:8.0f}")
     print(f"\n(work folder: {work})")
     return 0

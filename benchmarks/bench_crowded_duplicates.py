@@ -3,7 +3,7 @@
 Usage: ``python benchmarks/bench_crowded_duplicates.py [--seeds 1-20] [--held-out 21-30] [--workdir DIR]
 [--neighbour-radius 6] [--no-light] [--tables 1,2,3,4,5] [--light-rules] [--merge-rules 0,4,7] [--ring 6,9,2]``
 
-For each seed the ``cluster`` preset is simulated (or reused from the work
+For each seed the ``cluster_knotty`` preset (``--preset``) is simulated (or reused from the work
 folder, e.g. ``bench_crowded.py``'s) and its tile extracted by the HOT and the
 COLD pass of ``bench_crowded.py``, each alone (reused when present); the two
 catalogues are joined here as the sextractor module joins them
@@ -418,6 +418,7 @@ def resolved_rows(data, seed_sets, scale, print_rules, args):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="1-3")
+    parser.add_argument("--preset", default="cluster_knotty", help="cluster_knotty (members with knots), or cluster")
     parser.add_argument("--workdir", default=None, help="simulations and pass catalogues are kept and reused here")
     parser.add_argument("--held-out", default="", help="second seed set, scored separately in table 3 (e.g. 21-30)")
     parser.add_argument("--no-light", action="store_true", help="skip the noise-free light (tables 1-2)")
@@ -452,7 +453,7 @@ def main(argv=None):
     from shapepipe_modules.simulate.cluster import ROLE_ICL, ROLE_MEMBER
     from shapepipe_modules.validate import crowded
 
-    params = resolve_parameters("cluster")
+    params = resolve_parameters(args.preset)
     scale = params["pixel_scale"]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_crowded_duplicates_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -463,7 +464,7 @@ def main(argv=None):
         sim = work / f"seed{seed}"
         if not (sim / "simulation.json").exists():
             clock = time.perf_counter()
-            simulate("cluster", sim, seed=seed, n_workers=1)
+            simulate(args.preset, sim, seed=seed, n_workers=1)
             print(f"seed {seed}: simulated in {time.perf_counter() - clock:.1f} s", file=sys.stderr)
         tile = sim / "tiles" / "CFIS.244.252.r.fits"
         if not (sim / "weight.fits").exists():

@@ -6,7 +6,7 @@ Usage: ``python benchmarks/bench_crowded_subtract.py [--seeds 1-20] [--held-out 
 Cluster-lensing work on deep images removes the bright cluster galaxies
 before looking for the faint galaxies behind them (elliptical-isophote
 models, IRAF ``ellipse``/``bmodel``; GALFIT). This script measures that
-idea against the truth of the ``cluster`` preset, from the raw pass
+idea against the truth of the ``cluster_knotty`` preset (``--preset``), from the raw pass
 catalogues: the HOT pass of ``bench_crowded.py`` is run on the tile; each HOT
 object with ``FLUX_RADIUS >= --model-radius`` pixels gets a ring-median
 model (the median of the tile minus a 64-pixel sep background in
@@ -48,7 +48,7 @@ BEST_SINGLE = "BACK_TYPE=AUTO BACK_SIZE=12 DETECT_THRESH=1.0 DETECT_MINAREA=5 DE
 # The joins whose members are also counted by light (--light).
 LIGHT_ROWS = ("HOT+COLD (before: ellipse, neighbours 6)", "HOT+COLD, ellipse rule",
               "HOT+HOTRES+COLDres, cores 2, 3, HOTRES >= 5 px", "HOT+HOTRES (core 2, >= 5 px)+COLD, ellipse",
-              "HOT+HOTRES (core 2, >= 6 px)+COLD, ellipse")
+              "HOT+HOTRES (core 2, >= 6 px)+COLD, ellipse", "best single pass", "FINE+FINERES, core 5")
 SCORE_KEYS = ("n_background", "n_members", "members_missed", "members_shredded", "duplicated_across_passes",
               "duplicated_truth", "member_pieces")
 
@@ -56,6 +56,7 @@ SCORE_KEYS = ("n_background", "n_members", "members_missed", "members_shredded",
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="1-10")
+    parser.add_argument("--preset", default="cluster_knotty", help="cluster_knotty (members with knots), or cluster")
     parser.add_argument("--held-out", default="", help="second seed set, scored separately (e.g. 21-30)")
     parser.add_argument("--smooth", action="store_true", help="members without knots (cluster_knot_fraction=0)")
     parser.add_argument("--model-radius", type=float, default=4.0,
@@ -76,7 +77,7 @@ def main(argv=None):
     from shapepipe_modules.simulate.cluster import ROLE_ICL, ROLE_MEMBER
     from shapepipe_modules.validate import crowded
 
-    params = resolve_parameters("cluster")
+    params = resolve_parameters(args.preset)
     scale = params["pixel_scale"]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_crowded_subtract_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -95,7 +96,7 @@ def main(argv=None):
     def catalogues(seed):
         sim = work / f"seed{seed}"
         if not (sim / "simulation.json").exists():
-            simulate("cluster", sim, seed=seed, n_workers=1, **overrides)
+            simulate(args.preset, sim, seed=seed, n_workers=1, **overrides)
         tile = sim / "tiles" / "CFIS.244.252.r.fits"
         if not (sim / "weight.fits").exists():
             weight = fits.getdata(sim / "tiles" / "CFIS.244.252.r.weight.fits.fz", 1)
@@ -112,6 +113,16 @@ def main(argv=None):
                   "BEST": extract(sim, tile, "BEST", BEST_SINGLE, "sex_sep_BEST"),
                   "HOTres": extract(sim, residual, "HOT", HOT, f"sex_res_{tag}_HOT"),
                   "COLDres": extract(sim, residual, "COLD", COLD, f"sex_res_{tag}_COLD")}
+        # The FINE family (example/crowded on the cluster preset): models of the best single pass's objects,
+        # measured over 64-pixel meshes (PASS_MODEL_BACK_SIZE), and the same pass or COLD on that residual.
+        fine_residual = sim / f"residual_fine_r{args.model_radius:g}.fits"
+        if not fine_residual.exists():
+            image = fits.getdata(tile).astype(np.float32)
+            weight = fits.getdata(sim / "weight.fits")
+            subtracted, _ = subtract_models(image, tables["BEST"], args.model_radius, 64, weight)
+            fits.PrimaryHDU(subtracted, header=fits.getheader(tile)).writeto(fine_residual, overwrite=True)
+        tables["FINEres"] = extract(sim, fine_residual, "FINE", BEST_SINGLE, f"sex_fineres_{tag}_FINE")
+        tables["COLDfineres"] = extract(sim, fine_residual, "COLD", COLD, f"sex_fineres_{tag}_COLD")
         truth = load_truth(sim, tile="244.252")
         centre = truth[truth["cluster_role"] == ROLE_ICL][0]
         return tables, truth, (float(centre["x"]), float(centre["y"]))
@@ -136,6 +147,12 @@ def main(argv=None):
         for min_radius in (5.0, 6.0):
             joins[f"HOT+HOTRES (core 2, >= {min_radius:g} px)+COLD, ellipse"] = (
                 [hot, hres, cold], dict(core_scales=[0, 2.0, 0], min_radii=[0, min_radius, 0]))
+        # The best single pass first (FINE), then a pass on the tile minus its objects' models, by the core rule.
+        rows["FINEres alone"] = (t["FINEres"], None)
+        for k in (3.0, 4.0, 5.0):
+            joins[f"FINE+FINERES, core {k:g}"] = ([t["BEST"], t["FINEres"]], dict(core_scales=[0, k]))
+            joins[f"FINE+COLDres(fine models), core {k:g}"] = ([t["BEST"], t["COLDfineres"]], dict(core_scales=[0, k]))
+        joins["FINE+FINERES, ellipse rule"] = ([t["BEST"], t["FINEres"]], {})
         for name, (tables, options) in joins.items():
             table = join_passes(tables, 1.0, merge_radius=MERGE_RADIUS, **options)
             # HOTRES finds first-pass objects: it counts as the first pass for the cross-pass duplicates.
@@ -168,7 +185,7 @@ def main(argv=None):
                     p["light_once"] = p.get("light_once", 0) + int(np.sum(counts[member] == 1))
                     p["light_pieces"] = p.get("light_pieces", 0) + int(np.sum(np.maximum(counts[member] - 1, 0)))
         pools.append(pool)
-    field = "smooth members (no knots)" if args.smooth else "cluster preset (knotty members)"
+    field = "smooth members (no knots)" if args.smooth else f"preset {args.preset}"
     print(f"Hot objects' ring-median models subtracted (FLUX_RADIUS >= {args.model_radius:g} px); {field}")
     header = " | ".join(f"seeds {s[0]}-{s[-1]}: bg 30in  1x  none shred both dup pieces/bg" for s in seed_sets)
     print(f"{'passes':62s} | {header}")

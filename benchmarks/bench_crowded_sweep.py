@@ -8,7 +8,7 @@ members: a low threshold with fine deblending finds the galaxies and shreds
 the members, a high threshold on a smoothed image keeps the members whole and
 finds no galaxy. This sweep runs single passes over a grid of detection
 threshold, deblending contrast and filter (sep engine, the tile of the
-``cluster`` preset), and the HOT+COLD dual pass of ``bench_crowded.py``, and
+``cluster_knotty`` preset, ``--preset``), and the HOT+COLD dual pass of ``bench_crowded.py``, and
 prints for each, pooled over the seeds and against the truth, the completeness
 of the background galaxies within 30 arcsec of the centre and the fraction of
 members detected exactly once. The last lines name, for several levels of
@@ -48,6 +48,7 @@ CONTAMINATION_LEVELS = (0.03, 0.1)
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="1-10")
+    parser.add_argument("--preset", default="cluster_knotty", help="cluster_knotty (members with knots), or cluster")
     parser.add_argument("--workdir", default=None, help="simulations are kept and reused here")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
@@ -60,7 +61,7 @@ def main(argv=None):
     from shapepipe_modules.simulate.cluster import ROLE_ICL
     from shapepipe_modules.validate import crowded
 
-    scale = resolve_parameters("cluster")["pixel_scale"]
+    scale = resolve_parameters(args.preset)["pixel_scale"]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_crowded_sweep_"))
     configs = {}
     for back, thresh, mincont, kernel in itertools.product(BACK_SIZES, THRESHOLDS, MINCONTS, FILTERS):
@@ -79,7 +80,7 @@ def main(argv=None):
     for seed in _seeds(args.seeds):
         sim = work / f"seed{seed}"
         if not (sim / "simulation.json").exists():
-            simulate("cluster", sim, seed=seed, n_workers=1)
+            simulate(args.preset, sim, seed=seed, n_workers=1)
         tile = sim / "tiles" / "CFIS.244.252.r.fits"
         weight_path = sim / "weight.fits"
         if not weight_path.exists():

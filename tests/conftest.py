@@ -115,8 +115,8 @@ def extract_tile(sim_dir, tile, store, output_dir, ccd_shape, **options):
     return Path(output_dir) / f"sexcat{number}.fits"
 
 
-def simulate_cluster_tile(directory, seed):
-    """The ``cluster`` preset simulated in ``directory`` with a plain weight and an empty flag image beside it.
+def simulate_cluster_tile(directory, seed, preset="cluster_knotty"):
+    """A cluster preset simulated in ``directory`` with a plain weight and an empty flag image beside it.
 
     The SExtractor binary reads neither a GZIP-tiled weight nor no flag image.
     """
@@ -125,7 +125,7 @@ def simulate_cluster_tile(directory, seed):
 
     from shapepipe_modules.simulate import simulate
 
-    sim = simulate("cluster", Path(directory) / "sim", seed=seed, n_workers=1)
+    sim = simulate(preset, Path(directory) / "sim", seed=seed, n_workers=1)
     header = fits.getheader(sim / "tiles" / "CFIS.244.252.r.fits")
     weight = fits.getdata(sim / "tiles" / "CFIS.244.252.r.weight.fits.fz", 1)
     fits.PrimaryHDU(weight, header=header).writeto(sim / "weight.fits")

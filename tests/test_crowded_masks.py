@@ -95,7 +95,7 @@ def test_plane_boxes_cover_exactly_the_plane():
 def cluster_run(tmp_path_factory):
     from shapepipe_modules.simulate import simulate
 
-    sim = simulate("cluster", tmp_path_factory.mktemp("cluster") / "sim", seed=2, n_workers=1)
+    sim = simulate("cluster_knotty", tmp_path_factory.mktemp("cluster") / "sim", seed=2, n_workers=1)
     header = fits.getheader(sim / "tiles" / "CFIS.244.252.r.fits")
     fits.PrimaryHDU(fits.getdata(sim / "tiles" / "CFIS.244.252.r.weight.fits.fz", 1), header=header).writeto(
         sim / "weight.fits")

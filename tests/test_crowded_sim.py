@@ -16,7 +16,7 @@ from shapepipe_modules.simulate.scene import make_scene  # noqa: E402
 
 @pytest.fixture(scope="module")
 def cluster_sim(tmp_path_factory):
-    return simulate("cluster", tmp_path_factory.mktemp("cluster") / "out", seed=3, n_workers=1)
+    return simulate("cluster_knotty", tmp_path_factory.mktemp("cluster") / "out", seed=3, n_workers=1)
 
 
 def test_nfw_shear_is_mean_minus_local_convergence():
@@ -105,7 +105,8 @@ def test_member_knots_keep_the_flux_and_are_reproducible(cluster_sim):
 
     truth = load_truth(cluster_sim, tile="244.252")
     members = truth[np.asarray(truth["cluster_role"]) == cluster.ROLE_MEMBER]
-    fraction = resolve_parameters("cluster")["cluster_knot_fraction"]
+    assert resolve_parameters("cluster")["cluster_knot_fraction"] == 0  # smooth ellipticals
+    fraction = resolve_parameters("cluster_knotty")["cluster_knot_fraction"]
     assert fraction > 0 and np.all(members["knot_frac"] == fraction)
     assert len(set(members["knot_seed"])) == len(members)
     assert knots_of(truth[np.asarray(truth["cluster_role"]) == cluster.ROLE_FIELD][0]) is None

@@ -140,6 +140,9 @@ OPTIONS = (
            "image in elliptical annuli of each object's centre, axis ratio and angle, out to 2.5 Kron radii: "
            "the bright galaxies' light goes, their knots and the faint galaxies on them stay); 0: off. Meant "
            "with PASS_CORE_SCALES (docs/crowded.md)."),
+    Option("PASS_MODEL_BACK_SIZE", "int", 0, "With PASS_SUBTRACT_RADIUS: the background mesh (pixels) of the "
+           "image the models are measured on; wider than the bright galaxies, or their wings go into the "
+           "background instead of the models; 0: the first pass's BACK_SIZE."),
     Option("PASS_RESIDUAL", "list", [], "With PASS_SUBTRACT_RADIUS: one entry per pass, in PASSES order (the "
            "first is '-'), yes or no: whether that pass detects on the model-subtracted image or on the image "
            "itself; empty: every pass after the first on the subtracted image."),
@@ -292,8 +295,8 @@ def validate(options) -> list[str]:
         problems += _validate_passes(options, engine)
     if len(options.get("PASSES") or []) < 2:
         # Options that act on the passes after the first mean nothing without them: a config mistake.
-        given = [key for key in ("PASS_SUBTRACT_RADIUS", "PASS_RESIDUAL", "PASS_CORE_SCALES", "PASS_MIN_FLUX_RADII")
-                 if options.get(key)]
+        given = [key for key in ("PASS_SUBTRACT_RADIUS", "PASS_MODEL_BACK_SIZE", "PASS_RESIDUAL", "PASS_CORE_SCALES",
+                                 "PASS_MIN_FLUX_RADII") if options.get(key)]
         if given:
             problems.append(f"{', '.join(given)} act on the passes after the first: PASSES names "
                             f"{len(options.get('PASSES') or [])} pass(es)")
@@ -516,6 +519,8 @@ def _validate_passes(options, engine) -> list[str]:
         problems.append(f"PASS_MERGE_RADIUS must be >= 0, got {options.get('PASS_MERGE_RADIUS')}")
     if not options.get("PASS_SUBTRACT_RADIUS", 0.0) >= 0:
         problems.append(f"PASS_SUBTRACT_RADIUS must be >= 0, got {options.get('PASS_SUBTRACT_RADIUS')}")
+    if not options.get("PASS_MODEL_BACK_SIZE", 0) >= 0:
+        problems.append(f"PASS_MODEL_BACK_SIZE must be >= 0, got {options.get('PASS_MODEL_BACK_SIZE')}")
     for key in ("PASS_CORE_SCALES", "PASS_MIN_FLUX_RADII"):
         try:
             pass_numbers(options, key)
@@ -586,7 +591,8 @@ def _run_passes(job, run, paths, settings_files, zero_point, background_value, c
             if on_residual[index] and subtracted_paths is None:
                 clock = time.perf_counter()
                 subtracted_paths = _subtracted_image(paths, tables[0], float(job.options["PASS_SUBTRACT_RADIUS"]),
-                                                     scratch / "pass1.sex", scratch, report)
+                                                     scratch / "pass1.sex", scratch, report,
+                                                     int(job.options.get("PASS_MODEL_BACK_SIZE") or 0))
                 timings["subtract"] = time.perf_counter() - clock
             pass_paths = subtracted_paths if on_residual[index] else paths
             # A pass's own detection filter (FILTER_NAME in its settings), else DOT_CONV_FILE.
@@ -619,10 +625,11 @@ def _run_passes(job, run, paths, settings_files, zero_point, background_value, c
     return output, residual, len(joined), timings
 
 
-def _subtracted_image(paths, first_table, min_flux_radius, first_sex, scratch, report=None):
+def _subtracted_image(paths, first_table, min_flux_radius, first_sex, scratch, report=None, back_size=0):
     """``paths`` with the image replaced by the image minus the first pass's models (:mod:`.subtract`).
 
-    The models' background mesh is the first pass's BACK_SIZE; pixels of zero weight stay out of them.
+    The models' background mesh is ``back_size`` (0: the first pass's BACK_SIZE); pixels of zero weight
+    stay out of them.
     """
     import numpy as np
     from astropy.io import fits
@@ -632,7 +639,8 @@ def _subtracted_image(paths, first_table, min_flux_radius, first_sex, scratch, r
 
     image, header = _read_image(paths["image"], np.float32)
     weight = _read_image(paths["weight"], np.float32)[0] if "weight" in paths else None
-    back_size = ExtractionSettings.from_dot_sex(read_dot_sex(first_sex), str(first_sex)).back_size[0]
+    if not back_size:
+        back_size = ExtractionSettings.from_dot_sex(read_dot_sex(first_sex), str(first_sex)).back_size[0]
     residual, n_models = subtract_models(image, first_table, min_flux_radius, back_size, weight)
     target = scratch / "subtracted.fits"
     header = header.copy()

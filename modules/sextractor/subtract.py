@@ -25,6 +25,10 @@ N_LOG_ANNULI = 24
 MODEL_EXTENT = 2.5
 #: Largest model radius (pixels): a saturated star's or a cD galaxy's model stops there.
 MAX_MODEL_RADIUS = 250.0
+#: The model is tapered to zero from this fraction of its outer radius on (a raised cosine), so that
+#: what it leaves of a wider light (the object's far wing, the intracluster light) has no edge for the
+#: later passes to detect.
+TAPER_FROM = 0.6
 #: Smallest axis ratio used for the annuli (a needle-thin catalogue ellipse is a blend, not a disc).
 MIN_AXIS_RATIO = 0.2
 
@@ -93,10 +97,15 @@ def ring_median_models(data, table, rows, valid=None):
         good = np.isfinite(median) & np.isfinite(centre)
         if good.sum() < 3:
             continue
-        profile = _interpolate(r_ell, centre[good], median[good])
-        profile[r_ell > radius] = 0.0
+        profile = _interpolate(r_ell, centre[good], median[good]) * _taper(r_ell / radius)
         model[y1:y2, x1:x2] += profile.astype(np.float32)
     return model
+
+
+def _taper(r):
+    """1 inside TAPER_FROM, a raised cosine down to 0 at 1, 0 beyond (``r`` in units of the outer radius)."""
+    t = np.clip((np.asarray(r, float) - TAPER_FROM) / (1.0 - TAPER_FROM), 0.0, 1.0)
+    return 0.5 * (1.0 + np.cos(np.pi * t))
 
 
 def _interpolate(r, centres, medians):

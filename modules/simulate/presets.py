@@ -195,8 +195,8 @@ _PRESET_OVERRIDES = {
     # tests and benchmarks of crowded-field detection, object masks and local sky. No tile shear: the
     # galaxies behind the cluster carry its NFW tangential shear only. Background galaxies down to 24.5, the
     # tile's detection limit (two exposures), 60 per arcmin^2: about 45 within 30 arcsec of the centre.
-    # Members carry 30% of their flux in 30 knots: smooth de Vaucouleurs members are never shredded, even
-    # by a finely deblended pass, so without knots a crowded field has nothing to teach (docs/crowded.md).
+    # The members are smooth de Vaucouleurs ellipticals, as a cluster core's red sequence is; cluster_knotty
+    # below is the same field with knots on the members, the stress test of a finely deblended pass.
     "cluster": {
         "tiles": ["244.252"],
         "shear": [[0.0, 0.0]],
@@ -212,7 +212,6 @@ _PRESET_OVERRIDES = {
         "galaxy_mag_range": [21.0, 24.5],
         "deep_sky": False,
         "cluster": True,
-        "cluster_knot_fraction": 0.3,
     },
     # Campaign tools (shapepipe_campaign, docs/campaign.md): four neighbouring tiles of one row that
     # overlap as real CFIS tiles do (a CFIS tile is 0.52 deg, its neighbours' centres 0.5 deg away). To
@@ -276,6 +275,11 @@ _PRESET_OVERRIDES = {
 # detection, stamps, masks, selection) at sigma_m ~ 0.0013 per 4 seeds, ~40x less CPU than calib for the
 # same sigma_m (docs/calibration.md, "High-S/N campaigns").
 _PRESET_OVERRIDES["calib_highsnr"] = {**_PRESET_OVERRIDES["calib"], "gain": 600.0}
+
+# The cluster with 30% of each member's flux in 30 point-like knots (star-forming regions, globular clusters;
+# exaggerated for elliptical members): a finely deblended pass shreds them, so that no single detection pass
+# keeps them whole and finds the faint galaxies between them (docs/crowded.md, "Knotty members").
+_PRESET_OVERRIDES["cluster_knotty"] = {**_PRESET_OVERRIDES["cluster"], "cluster_knot_fraction": 0.3}
 
 PRESETS = tuple(_PRESET_OVERRIDES)
 PARAMETER_HELP = {name: text for name, (_, text) in _BASE.items()}
