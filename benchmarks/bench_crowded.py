@@ -66,10 +66,12 @@ SUBTRACTED = dict(PASSES=["HOT", "HOTRES", "COLD"], PASS_SETTINGS=[HOT, HOT, COL
 # The smooth members of the cluster preset (example/crowded): FINE, one finely deblended pass (the best single
 # pass of bench_crowded_sweep.py), keeps them whole; FINERES, the same pass on the tile minus the ring-median
 # models of FINE's objects with FLUX_RADIUS >= 4 px (measured over 64-pixel meshes), is joined by the core rule
-# at 5 FLUX_RADIUS (benchmarks/bench_crowded_subtract.py --preset cluster --first FINE).
+# at 5 FLUX_RADIUS; close detections of both passes are merged (benchmarks/bench_crowded_subtract.py
+# --preset cluster).
 FINE = "BACK_TYPE=AUTO BACK_SIZE=12 DETECT_THRESH=1.0 DETECT_MINAREA=5 DEBLEND_MINCONT=0.0005"
 FINE_DUAL = dict(PASSES=["FINE", "FINERES"], PASS_SETTINGS=[FINE, FINE], PASS_SUBTRACT_RADIUS=4.0,
-                 PASS_MODEL_BACK_SIZE=64, PASS_CORE_SCALES=["-", "5"], PASS_MERGE_RADIUS=MERGE_RADIUS)
+                 PASS_MODEL_BACK_SIZE=64, PASS_CORE_SCALES=["-", "5"], PASS_MERGE_RADIUS=MERGE_RADIUS,
+                 PASS_MERGE_FIRST=True)
 
 
 def _seeds(text):

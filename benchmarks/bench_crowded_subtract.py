@@ -48,7 +48,8 @@ BEST_SINGLE = "BACK_TYPE=AUTO BACK_SIZE=12 DETECT_THRESH=1.0 DETECT_MINAREA=5 DE
 # The joins whose members are also counted by light (--light).
 LIGHT_ROWS = ("HOT+COLD (before: ellipse, neighbours 6)", "HOT+COLD, ellipse rule",
               "HOT+HOTRES+COLDres, cores 2, 3, HOTRES >= 5 px", "HOT+HOTRES (core 2, >= 5 px)+COLD, ellipse",
-              "HOT+HOTRES (core 2, >= 6 px)+COLD, ellipse", "best single pass", "FINE+FINERES, core 5")
+              "HOT+HOTRES (core 2, >= 6 px)+COLD, ellipse", "best single pass", "FINE+FINERES, core 5",
+              "FINE+FINERES, core 5, merged (example/crowded)")
 SCORE_KEYS = ("n_background", "n_members", "members_missed", "members_shredded", "duplicated_across_passes",
               "duplicated_truth", "member_pieces")
 
@@ -149,10 +150,15 @@ def main(argv=None):
                 [hot, hres, cold], dict(core_scales=[0, 2.0, 0], min_radii=[0, min_radius, 0]))
         # The best single pass first (FINE), then a pass on the tile minus its objects' models, by the core rule.
         rows["FINEres alone"] = (t["FINEres"], None)
+        rows["FINE, close detections merged"] = (join_passes([t["BEST"]], merge_radius=MERGE_RADIUS, merge_first=True),
+                                                 None)
         for k in (3.0, 4.0, 5.0):
             joins[f"FINE+FINERES, core {k:g}"] = ([t["BEST"], t["FINEres"]], dict(core_scales=[0, k]))
             joins[f"FINE+COLDres(fine models), core {k:g}"] = ([t["BEST"], t["COLDfineres"]], dict(core_scales=[0, k]))
         joins["FINE+FINERES, ellipse rule"] = ([t["BEST"], t["FINEres"]], {})
+        # example/crowded: the first pass's close detections merged too (PASS_MERGE_FIRST).
+        joins["FINE+FINERES, core 5, merged (example/crowded)"] = ([t["BEST"], t["FINEres"]],
+                                                                  dict(core_scales=[0, 5.0], merge_first=True))
         for name, (tables, options) in joins.items():
             table = join_passes(tables, 1.0, merge_radius=MERGE_RADIUS, **options)
             # HOTRES finds first-pass objects: it counts as the first pass for the cross-pass duplicates.

@@ -19,7 +19,7 @@ galsim = pytest.importorskip("galsim")
 
 FINE = "BACK_TYPE=AUTO BACK_SIZE=12 DETECT_THRESH=1.0 DETECT_MINAREA=5 DEBLEND_MINCONT=0.0005"
 FINE_DUAL = dict(PASSES=["FINE", "FINERES"], PASS_SETTINGS=[FINE, FINE], PASS_SUBTRACT_RADIUS=4.0,
-                 PASS_MODEL_BACK_SIZE=64, PASS_CORE_SCALES=["-", "5"], PASS_MERGE_RADIUS=4.5)
+                 PASS_MODEL_BACK_SIZE=64, PASS_CORE_SCALES=["-", "5"], PASS_MERGE_RADIUS=4.5, PASS_MERGE_FIRST=True)
 EXAMPLE = Path(__file__).resolve().parents[1] / "example" / "crowded" / "config_tile_Sx_exp_psfex.ini"
 
 
@@ -33,6 +33,7 @@ def test_example_crowded_detects_the_tile_as_measured_here():
     assert int(section["PASS_MODEL_BACK_SIZE"]) == FINE_DUAL["PASS_MODEL_BACK_SIZE"]
     assert [p.strip() for p in section["PASS_CORE_SCALES"].split(",")] == FINE_DUAL["PASS_CORE_SCALES"]
     assert float(section["PASS_MERGE_RADIUS"]) == FINE_DUAL["PASS_MERGE_RADIUS"]
+    assert section.getboolean("PASS_MERGE_FIRST") is FINE_DUAL["PASS_MERGE_FIRST"]
 
 
 def test_models_taper_to_zero_at_their_edge():
@@ -57,12 +58,49 @@ def test_models_taper_to_zero_at_their_edge():
     assert np.all(np.diff(model[ring][order]) <= 0.3)
 
 
+def test_models_are_centred_on_the_light_not_on_the_catalogue_position():
+    # A Sersic n=4 galaxy drawn by GalSim at a known sub-pixel centre, given to the models with the catalogue
+    # centre a pixel off: the refined (windowed) centre removes the dipole a wrong centre leaves at the core.
+    size, centre = 151, (75.3, 74.6)
+    profile = galsim.Convolve([galsim.Sersic(n=4, half_light_radius=8.0, flux=2e5).shear(e1=0.1, e2=0.05),
+                               galsim.Moffat(beta=3.5, fwhm=3.7)])
+    image = profile.drawImage(nx=size, ny=size, scale=1.0, offset=(centre[0] - size // 2, centre[1] - size // 2))
+    data = image.array.astype(np.float32)
+    core = np.hypot(*(np.mgrid[:size, :size][::-1] - np.reshape(centre, (2, 1, 1)))) < 6
+
+    def core_residual(offset, refine):
+        # X_IMAGE, Y_IMAGE are 1-based; without FLUX_RADIUS the catalogue centre is used as given.
+        columns = {"X_IMAGE": [centre[0] + 1 + offset[0]], "Y_IMAGE": [centre[1] + 1 + offset[1]], "A_IMAGE": [9.0],
+                   "B_IMAGE": [8.0], "THETA_IMAGE": [13.0], "KRON_RADIUS": [3.5], "FLUX_AUTO": [2e5]}
+        table = Table(dict(columns, FLUX_RADIUS=[6.0]) if refine else columns)
+        return np.abs(data - ring_median_models(data, table, [0]))[core].max()
+
+    exact = core_residual((0.0, 0.0), refine=False)
+    assert core_residual((0.8, -0.6), refine=False) > 3 * exact
+    assert core_residual((0.8, -0.6), refine=True) < 1.2 * exact
+
+
+def test_merge_first_merges_the_first_pass_too():
+    first = Table({"X_IMAGE": [10.0, 13.0, 50.0], "Y_IMAGE": [10.0, 10.0, 50.0], "FLUX_AUTO": [5.0, 9.0, 1.0],
+                   "A_IMAGE": [1.0, 1.0, 1.0], "B_IMAGE": [1.0, 1.0, 1.0], "THETA_IMAGE": [0.0, 0.0, 0.0],
+                   "KRON_RADIUS": [3.5, 3.5, 3.5], "FLUX_RADIUS": [1.0, 1.0, 1.0]})
+    second = Table({"X_IMAGE": [100.0], "Y_IMAGE": [100.0], "FLUX_AUTO": [1.0], "A_IMAGE": [1.0], "B_IMAGE": [1.0],
+                    "THETA_IMAGE": [0.0], "KRON_RADIUS": [3.5], "FLUX_RADIUS": [1.0]})
+    kept = join_passes([first, second], merge_radius=4.5, core_scales=[0, 5])
+    assert list(kept["X_IMAGE"]) == [10.0, 13.0, 50.0, 100.0]
+    merged = join_passes([first, second], merge_radius=4.5, core_scales=[0, 5], merge_first=True)
+    assert list(merged["X_IMAGE"]) == [13.0, 50.0, 100.0]  # the brighter of the close pair
+    assert list(merged["PASS"]) == [1, 1, 2]
+
+
 def test_model_back_size_errors_are_named():
     base = dict(DOT_SEX_FILE=str(DATA_DIR / "default_tile.sex"), ENGINE="sep")
     problems = validate(dict(base, **dict(FINE_DUAL, PASS_MODEL_BACK_SIZE=-1)))
     assert any("PASS_MODEL_BACK_SIZE must be >= 0, got -1" in p for p in problems)
     problems = validate(dict(base, PASSES=["FINE"], PASS_SETTINGS=[FINE], PASS_MODEL_BACK_SIZE=64))
     assert any("PASS_MODEL_BACK_SIZE" in p and "1 pass(es)" in p for p in problems)
+    problems = validate(dict(base, **dict(FINE_DUAL, PASS_MERGE_RADIUS=0.0)))
+    assert any("PASS_MERGE_FIRST needs PASS_MERGE_RADIUS > 0" in p for p in problems)
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +175,8 @@ def test_the_models_are_measured_over_pass_model_back_size(smooth_tiles, tmp_pat
     assert np.abs(residual - residual_12).max() > 10.0
     path = tmp_path / "residual.fits"
     fits.PrimaryHDU(residual, header=fits.getheader(tile)).writeto(path)
-    offline = join_passes([fine, single(path, "FINERES")], 1.0, merge_radius=4.5, core_scales=[0, 5])
+    offline = join_passes([fine, single(path, "FINERES")], 1.0, merge_radius=4.5, core_scales=[0, 5],
+                          merge_first=True)
     assert header["NPASS2"] > 0
     assert list(joined["PASS"]) == list(offline["PASS"])
     np.testing.assert_array_equal(joined["X_IMAGE"], offline["X_IMAGE"])

@@ -170,7 +170,7 @@ def _pairs_within(cx, cy, x, y, radius):
 
 
 def join_passes(tables, scale: float = 1.0, neighbour_radius: float = 0.0, merge_radius: float = 0.0,
-                core_scales=None, min_radii=None):
+                core_scales=None, min_radii=None, merge_first: bool = False):
     """Join the catalogues of the passes (first pass first) by the CluSex rule.
 
     Parameters
@@ -189,7 +189,7 @@ def join_passes(tables, scale: float = 1.0, neighbour_radius: float = 0.0, merge
         When > 0, detections of a later pass closer than this (pixels) are
         one object: only the brightest (FLUX_AUTO) of each connected group
         takes part in the join (:func:`merge_close_pieces`); the first
-        pass is untouched.
+        pass is untouched unless ``merge_first``.
     core_scales : sequence of float, optional
         One entry per table (the first is ignored): when > 0, that pass is
         joined by the core rule, its objects added when farther than
@@ -201,6 +201,9 @@ def join_passes(tables, scale: float = 1.0, neighbour_radius: float = 0.0, merge
         with FLUX_RADIUS below it (pixels) are not joined (a pass run on
         the model-subtracted image to find the members the first pass
         merged, whose knots are compact there); 0 or None: all.
+    merge_first : bool
+        Also merge the first pass's close detections (a finely deblended
+        first pass splits faint galaxies too).
 
     Returns
     -------
@@ -216,7 +219,7 @@ def join_passes(tables, scale: float = 1.0, neighbour_radius: float = 0.0, merge
     need_radius = neighbour_radius > 0 or (core_scales is not None and any(float(c) > 0 for c in core_scales[1:]))
     for index, table in enumerate(tables, start=1):
         table = Table(table, copy=False)
-        if index > 1 and merge_radius > 0:
+        if merge_radius > 0 and (index > 1 or merge_first):
             table = table[merge_close_pieces(table, merge_radius)]
         if index > 1 and min_radii is not None and float(min_radii[index - 1]) > 0:
             table = table[np.nan_to_num(_flux_radius(table), nan=0.0) >= float(min_radii[index - 1])]

@@ -135,6 +135,8 @@ OPTIONS = (
            "closer than this many pixels to each other are one object split by the fine deblending (a faint "
            "galaxy in two pieces): only the one with the largest FLUX_AUTO is kept, its row unchanged (chains "
            "count as one group); the first pass is untouched; 0: off. It also merges true pairs that close."),
+    Option("PASS_MERGE_FIRST", "bool", False, "With PASS_MERGE_RADIUS: merge the first pass's close detections "
+           "too (a finely deblended first pass splits faint galaxies in two as a cold pass does)."),
     Option("PASS_SUBTRACT_RADIUS", "float", 0.0, "Passes after the first detect and measure on the image minus "
            "smooth models of the first pass's objects with FLUX_RADIUS >= this many pixels (the median of the "
            "image in elliptical annuli of each object's centre, axis ratio and angle, out to 2.5 Kron radii: "
@@ -519,6 +521,8 @@ def _validate_passes(options, engine) -> list[str]:
         problems.append(f"PASS_MERGE_RADIUS must be >= 0, got {options.get('PASS_MERGE_RADIUS')}")
     if not options.get("PASS_SUBTRACT_RADIUS", 0.0) >= 0:
         problems.append(f"PASS_SUBTRACT_RADIUS must be >= 0, got {options.get('PASS_SUBTRACT_RADIUS')}")
+    if options.get("PASS_MERGE_FIRST") and not options.get("PASS_MERGE_RADIUS", 0.0) > 0:
+        problems.append("PASS_MERGE_FIRST needs PASS_MERGE_RADIUS > 0 (the merging distance)")
     if not options.get("PASS_MODEL_BACK_SIZE", 0) >= 0:
         problems.append(f"PASS_MODEL_BACK_SIZE must be >= 0, got {options.get('PASS_MODEL_BACK_SIZE')}")
     for key in ("PASS_CORE_SCALES", "PASS_MIN_FLUX_RADII"):
@@ -612,7 +616,8 @@ def _run_passes(job, run, paths, settings_files, zero_point, background_value, c
         clock, cpu = time.perf_counter(), time.process_time()
         joined = join_passes(tables, float(job.options.get("PASS_ELLIPSE_SCALE", 1.0)),
                              float(job.options.get("PASS_NEIGHBOUR_RADIUS", 0.0)),
-                             float(job.options.get("PASS_MERGE_RADIUS", 0.0)), core_scales, min_radii)
+                             float(job.options.get("PASS_MERGE_RADIUS", 0.0)), core_scales, min_radii,
+                             merge_first=bool(job.options.get("PASS_MERGE_FIRST", False)))
         joined.remove_columns(added)
         header["NPASS"] = (len(passes), "detection passes joined (sextractor PASSES)")
         for index, (name, _, _) in enumerate(passes, start=1):
