@@ -29,6 +29,9 @@ MAX_MODEL_RADIUS = 250.0
 #: what it leaves of a wider light (the object's far wing, the intracluster light) has no edge for the
 #: later passes to detect.
 TAPER_FROM = 0.6
+#: Gaussian window of the models' centre (sep.winpos), in half-light radii, and its least sigma (pixels).
+CENTRE_WINDOW = 0.3
+MIN_CENTRE_WINDOW = 1.5
 #: Smallest axis ratio used for the annuli (a needle-thin catalogue ellipse is a blend, not a disc).
 MIN_AXIS_RATIO = 0.2
 
@@ -75,7 +78,7 @@ def ring_median_models(data, table, rows, valid=None):
         if not (np.isfinite(x0) and np.isfinite(y0) and a > 0 and b > 0):
             continue
         if half_light is not None and np.isfinite(half_light[i]) and half_light[i] > 0:
-            x0, y0 = _windowed_centre(data, model, x0, y0, float(half_light[i]))
+            x0, y0 = _windowed_centre(data, model, x0, y0, float(half_light[i]), valid)
         angle = np.radians(float(table["THETA_IMAGE"][i]))
         axis_ratio = max(b / a, MIN_AXIS_RATIO)
         radius = min(MODEL_EXTENT * kron[i] * a, MAX_MODEL_RADIUS)
@@ -114,18 +117,23 @@ def _column(table, name):
     return values[:, 0] if values.ndim > 1 else values
 
 
-def _windowed_centre(data, model, x, y, half_light_radius):
+def _windowed_centre(data, model, x, y, half_light_radius, valid=None):
     """The centre (0-based) of the light of ``data - model`` in a Gaussian window, as SExtractor's XWIN_IMAGE.
 
     The catalogue's isophotal barycentre may be off the light's peak by a
     pixel (a neighbour in the footprint, a fine background mesh under the
     wings), and annuli around a wrong centre leave a dipole at the core,
-    which the later passes detect. Window sigma: 2 / 2.35 of the
-    half-light radius (``sep.winpos``), computed on a cut-out.
+    which the later passes detect. The window is narrow, CENTRE_WINDOW
+    of the half-light radius (at least MIN_CENTRE_WINDOW pixels): it finds
+    the peak of a concentrated profile, which knots or a neighbour on the
+    wing pull less than they pull a window of the galaxy's size (a
+    de Vaucouleurs galaxy with 12 knots: 0.05 pixel against 0.34 with
+    SExtractor's XWIN window of 0.85 half-light radius). ``sep.winpos`` on
+    a cut-out, pixels outside ``valid`` masked.
     """
     import sep
 
-    sigma = 2.0 / 2.35 * half_light_radius
+    sigma = max(CENTRE_WINDOW * half_light_radius, MIN_CENTRE_WINDOW)
     half = int(np.ceil(4.0 * sigma)) + 2
     ny, nx = data.shape
     x1, x2 = max(int(x) - half, 0), min(int(x) + half + 1, nx)
@@ -133,7 +141,8 @@ def _windowed_centre(data, model, x, y, half_light_radius):
     if x2 - x1 < 3 or y2 - y1 < 3:
         return x, y
     cut = np.ascontiguousarray(data[y1:y2, x1:x2] - model[y1:y2, x1:x2], np.float32)
-    wx, wy, flag = sep.winpos(cut, np.array([x - x1]), np.array([y - y1]), np.array([sigma]))
+    mask = None if valid is None else np.ascontiguousarray(~valid[y1:y2, x1:x2])
+    wx, wy, flag = sep.winpos(cut, np.array([x - x1]), np.array([y - y1]), np.array([sigma]), mask=mask)
     wx, wy = float(wx[0]) + x1, float(wy[0]) + y1
     if flag[0] or not (np.isfinite(wx) and np.isfinite(wy)) or np.hypot(wx - x, wy - y) > half_light_radius:
         return x, y
