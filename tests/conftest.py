@@ -133,6 +133,16 @@ def simulate_cluster_tile(directory, seed, preset="cluster_knotty"):
     return sim
 
 
+def pool_cluster_scores(pool, scores):
+    """Add one tile's :func:`validate.crowded.cluster_scores` to ``pool`` (counts, not fractions)."""
+    for key, value in (("found", scores["background_found"] * scores["n_background"]),
+                       ("background", scores["n_background"]), ("whole", scores["members_whole"] * scores["n_members"]),
+                       ("members", scores["n_members"]), ("shredded", scores["members_shredded"]),
+                       ("both", scores.get("duplicated_across_passes", 0))):
+        pool[key] = pool.get(key, 0.0) + value
+    return pool
+
+
 def ccd_shape(sim_dir):
     """(nx, ny) of the simulated CCDs."""
     import json

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from conftest import run_module, simulate_cluster_tile
+from conftest import pool_cluster_scores, run_module, simulate_cluster_tile
 from shapepipe_modules.sextractor.passes import join_passes
 from shapepipe_modules.sextractor.runner import DATA_DIR, validate
 from shapepipe_modules.sextractor.subtract import MODEL_EXTENT, TAPER_FROM, ring_median_models, subtract_models
@@ -120,7 +120,7 @@ def test_fine_pass_on_the_residual_adds_background_galaxies_without_touching_the
     if engine == "sextractor" and not (shutil.which("source-extractor") or shutil.which("sex")):
         pytest.skip("no SExtractor binary")
     configs = {"single": dict(PASSES=["FINE"], PASS_SETTINGS=[FINE]), "dual": FINE_DUAL}
-    pooled = {name: dict.fromkeys(("found", "background", "whole", "members", "both"), 0.0) for name in configs}
+    pooled = {name: {} for name in configs}
     for seed, sim in enumerate(smooth_tiles, start=1):
         truth = load_truth(sim, tile="244.252")
         centre = truth[truth["cluster_role"] == ROLE_ICL][0]
@@ -132,12 +132,7 @@ def test_fine_pass_on_the_residual_adds_background_galaxies_without_touching_the
             table, _ = read_ldac(out / "sexcat-244-252.fits")
             s = cluster_scores(table["X_IMAGE"], table["Y_IMAGE"], truth, (centre["x"], centre["y"]), 0.187,
                                passes=table["PASS"])
-            p = pooled[name]
-            p["found"] += s["background_found"] * s["n_background"]
-            p["background"] += s["n_background"]
-            p["whole"] += s["members_whole"] * s["n_members"]
-            p["members"] += s["n_members"]
-            p["both"] += s["duplicated_across_passes"]
+            pool_cluster_scores(pooled[name], s)
     single, dual = pooled["single"], pooled["dual"]
     # Seeds 1-3, either engine: background galaxies within 30" 67 -> 72 of 115, the 60 members detected once
     # either way; seeds 1-20 (sep, bench_crowded_subtract.py --preset cluster): 0.604 -> 0.653, members 0.985.
