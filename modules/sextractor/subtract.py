@@ -57,8 +57,9 @@ def ring_median_models(data, table, rows, valid=None):
     -------
     numpy.ndarray
         The models (float32, the shape of ``data``): in each annulus the
-        median of its pixels, linearly interpolated in elliptical radius,
-        never negative, zero beyond MODEL_EXTENT Kron radii.
+        median of its pixels, interpolated in elliptical radius (linearly
+        in log intensity), never negative, tapered from TAPER_FROM of
+        MODEL_EXTENT Kron radii to zero there.
     """
     from scipy import ndimage
 
@@ -191,8 +192,9 @@ def subtract_models(image, table, min_flux_radius, back_size=64, weight=None):
     valid = None if weight is None else np.asarray(weight) > 0
     mask = None if valid is None else ~valid
     background = sep.Background(image, mask=mask, bw=int(back_size), bh=int(back_size)).back()
-    radius = np.asarray(table["FLUX_RADIUS"], float)
-    radius = radius[:, 0] if radius.ndim > 1 else radius
+    radius = _column(table, "FLUX_RADIUS")
+    if radius is None:
+        raise KeyError("subtract_models: the first pass's catalogue has no FLUX_RADIUS column")
     rows = np.flatnonzero(np.nan_to_num(radius, nan=0.0) >= min_flux_radius)
     model = ring_median_models(image - background, table, rows, valid)
     return image - model, int(rows.size)
