@@ -99,6 +99,8 @@ def test_model_back_size_errors_are_named():
     assert any("PASS_MODEL_BACK_SIZE must be >= 0, got -1" in p for p in problems)
     problems = validate(dict(base, PASSES=["FINE"], PASS_SETTINGS=[FINE], PASS_MODEL_BACK_SIZE=64))
     assert any("PASS_MODEL_BACK_SIZE" in p and "1 pass(es)" in p for p in problems)
+    problems = validate(dict(base, **dict(FINE_DUAL, PASS_SUBTRACT_RADIUS=0.0)))
+    assert any("PASS_MODEL_BACK_SIZE needs PASS_SUBTRACT_RADIUS > 0" in p for p in problems)
     problems = validate(dict(base, **dict(FINE_DUAL, PASS_MERGE_RADIUS=0.0)))
     assert any("PASS_MERGE_FIRST needs PASS_MERGE_RADIUS > 0" in p for p in problems)
 

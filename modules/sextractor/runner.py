@@ -525,6 +525,8 @@ def _validate_passes(options, engine) -> list[str]:
         problems.append("PASS_MERGE_FIRST needs PASS_MERGE_RADIUS > 0 (the merging distance)")
     if not options.get("PASS_MODEL_BACK_SIZE", 0) >= 0:
         problems.append(f"PASS_MODEL_BACK_SIZE must be >= 0, got {options.get('PASS_MODEL_BACK_SIZE')}")
+    elif options.get("PASS_MODEL_BACK_SIZE") and not options.get("PASS_SUBTRACT_RADIUS", 0.0) > 0:
+        problems.append("PASS_MODEL_BACK_SIZE needs PASS_SUBTRACT_RADIUS > 0 (no models without it)")
     for key in ("PASS_CORE_SCALES", "PASS_MIN_FLUX_RADII"):
         try:
             pass_numbers(options, key)
