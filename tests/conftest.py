@@ -138,7 +138,7 @@ def pool_cluster_scores(pool, scores):
     for key, value in (("found", scores["background_found"] * scores["n_background"]),
                        ("background", scores["n_background"]), ("whole", scores["members_whole"] * scores["n_members"]),
                        ("members", scores["n_members"]), ("shredded", scores["members_shredded"]),
-                       ("both", scores.get("duplicated_across_passes", 0))):
+                       ("both", scores.get("duplicated_across_passes", 0)), ("dup", scores["duplicated_truth"])):
         pool[key] = pool.get(key, 0.0) + value
     return pool
 

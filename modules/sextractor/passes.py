@@ -33,6 +33,13 @@ added when its centre lies farther than ``core_scale x FLUX_RADIUS`` (and
 pass that detects on the image minus the models of the first pass's
 galaxies (:mod:`.subtract`), the faint galaxies on a member's wing are no
 longer inside its light, and the ellipse would drop them.
+
+Optionally (:func:`merge_shallow_splits`, per pass before the join) two
+small detections of one pass are one object when the pass's filtered
+detection image, followed from one centre to the other, never dips
+significantly below the fainter of their two peaks: a deblending as fine as
+a crowded field needs cuts faint galaxies at noise dips, and a split that
+no significant valley separates is not two galaxies.
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ from .config_files import ConfigFileError, Parameter
 #: Smallest core radius of the core rule (pixels): about one PSF FWHM, so that a compact kept object's own
 #: re-detection never counts as a new object.
 MIN_CORE_RADIUS = 3.0
+#: Samples along the segment between two centres in the saddle test (merge_shallow_splits).
+SADDLE_SAMPLES = 25
 JOIN_COLUMNS = ("X_IMAGE", "Y_IMAGE", "A_IMAGE", "B_IMAGE", "THETA_IMAGE", "KRON_RADIUS", "FLUX_RADIUS", "FLUX_AUTO")
 
 
@@ -133,8 +142,6 @@ def merge_close_pieces(table, radius: float) -> np.ndarray:
     numpy.ndarray
         Boolean mask over the rows of ``table``.
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
     from scipy.spatial import cKDTree
 
     n = len(table)
@@ -147,15 +154,119 @@ def merge_close_pieces(table, radius: float) -> np.ndarray:
     pairs = pairs[np.hypot(x[pairs[:, 0]] - x[pairs[:, 1]], y[pairs[:, 0]] - y[pairs[:, 1]]) < radius]
     if not len(pairs):
         return keep
+    return _brightest_of_groups(pairs, np.asarray(table["FLUX_AUTO"], float))
+
+
+def _brightest_of_groups(pairs, flux) -> np.ndarray:
+    """Keep mask: of each group of rows connected by ``pairs`` (k x 2), only the largest ``flux`` (first on a tie)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(flux)
+    pairs = np.asarray(pairs, int).reshape(-1, 2)
+    if not len(pairs):
+        return np.ones(n, bool)
     graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
     labels = connected_components(graph, directed=False)[1]
-    flux = np.nan_to_num(np.asarray(table["FLUX_AUTO"], float), nan=-np.inf)
+    flux = np.nan_to_num(np.asarray(flux, float), nan=-np.inf)
     # Stable sort by group, then by decreasing flux: the first row of each group is its brightest.
     order = np.lexsort((np.arange(n), -flux, labels))
-    first = order[np.r_[True, labels[order][1:] != labels[order][:-1]]]
-    keep[:] = False
-    keep[first] = True
+    keep = np.zeros(n, bool)
+    keep[order[np.r_[True, labels[order][1:] != labels[order][:-1]]]] = True
     return keep
+
+
+def filtered_detection_image(image, weight, kernel, back_size=(64, 64), back_filtersize=(3, 3), back_value=None):
+    """A pass's detection image: the background-subtracted image convolved with its filter, and its noise.
+
+    Parameters
+    ----------
+    image, weight : numpy.ndarray
+        The pixels the pass detected on and their weight map (None: the
+        background's RMS everywhere). Weights are taken as relative, as
+        SExtractor's MAP_WEIGHT with RESCALE_WEIGHTS: scaled so that their
+        median gives the background's global RMS.
+    kernel : numpy.ndarray
+        The detection filter (normalised here to unit sum); ``[[1]]``: none.
+    back_size, back_filtersize : tuple of int
+        The pass's background mesh and median filter (BACK_SIZE, BACK_FILTERSIZE).
+    back_value : float, optional
+        A constant background (BACK_TYPE MANUAL) instead of the mesh.
+
+    Returns
+    -------
+    filtered, noise : numpy.ndarray
+        float32 images; ``noise`` is the standard deviation of ``filtered``
+        (infinite where the weight is 0).
+    """
+    import sep
+    from scipy.ndimage import convolve
+
+    data = np.ascontiguousarray(image, np.float32)
+    valid = None if weight is None else np.asarray(weight) > 0
+    background = sep.Background(data, mask=None if valid is None else ~valid, bw=int(back_size[0]),
+                                bh=int(back_size[1]), fw=int(back_filtersize[0]), fh=int(back_filtersize[1]))
+    level = background.back() if back_value is None else np.float32(back_value)
+    kernel = np.asarray(kernel, float)
+    kernel = kernel / kernel.sum() if kernel.sum() > 0 else kernel
+    filtered = convolve(data - level, kernel.astype(np.float32), mode="nearest")
+    if valid is None:
+        sigma = background.rms()
+    else:
+        relative = np.where(valid, np.asarray(weight, float), np.nan)
+        scale = background.globalrms * np.sqrt(np.nanmedian(relative)) if valid.any() else 0.0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sigma = np.where(valid, scale / np.sqrt(np.where(valid, weight, 1.0)), np.inf)
+    return filtered, (sigma * np.sqrt(np.sum(kernel ** 2))).astype(np.float32)
+
+
+def merge_shallow_splits(table, filtered, noise, sigma: float, max_flux_radius: float) -> np.ndarray:
+    """Which rows to keep when the detections a fine deblending split without a significant saddle are one object.
+
+    Two detections with FLUX_RADIUS below ``max_flux_radius`` pixels and
+    centres closer than twice that are linked when the filtered detection
+    image (:func:`filtered_detection_image`) sampled along the segment
+    between them has no valley deeper than ``sigma`` times its noise (a
+    valley's depth: how far a sample lies below the lower of the highest
+    samples on its two sides; a slope or a single peak has none). Of each connected group only the row with the largest
+    FLUX_AUTO is kept, as in :func:`merge_close_pieces`. Larger objects are
+    left alone: a faint galaxy on a bright galaxy's wing sits on a slope,
+    not behind a saddle.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean mask over the rows of ``table``.
+    """
+    from scipy.ndimage import map_coordinates
+    from scipy.spatial import cKDTree
+
+    n = len(table)
+    if sigma <= 0 or max_flux_radius <= 0 or n < 2:
+        return np.ones(n, bool)
+    x = np.asarray(table["X_IMAGE"], float) - 1.0
+    y = np.asarray(table["Y_IMAGE"], float) - 1.0
+    small = np.flatnonzero((np.nan_to_num(_flux_radius(table), nan=np.inf) < max_flux_radius)
+                           & np.isfinite(x) & np.isfinite(y))
+    if small.size < 2:
+        return np.ones(n, bool)
+    pairs = cKDTree(np.column_stack([x[small], y[small]])).query_pairs(2.0 * max_flux_radius, output_type="ndarray")
+    if not len(pairs):
+        return np.ones(n, bool)
+    i, j = small[pairs[:, 0]], small[pairs[:, 1]]
+    steps = np.linspace(0.0, 1.0, SADDLE_SAMPLES)
+    px = x[i, None] + steps * (x[j] - x[i])[:, None]
+    py = y[i, None] + steps * (y[j] - y[i])[:, None]
+    profile = map_coordinates(filtered, [py.ravel(), px.ravel()], order=1, mode="nearest").reshape(px.shape)
+    spread = map_coordinates(noise, [py.ravel(), px.ravel()], order=0, mode="nearest").reshape(px.shape).max(axis=1)
+    # The deepest valley: at each sample, how far it lies below the lower of the highest samples on its two
+    # sides (0 along a slope or over a single peak).
+    left = np.maximum.accumulate(profile, axis=1)
+    right = np.maximum.accumulate(profile[:, ::-1], axis=1)[:, ::-1]
+    depth = (np.minimum(left, right) - profile).max(axis=1)
+    with np.errstate(invalid="ignore"):
+        shallow = depth < sigma * spread
+    return _brightest_of_groups(np.column_stack([i[shallow], j[shallow]]), np.asarray(table["FLUX_AUTO"], float))
 
 
 def _pairs_within(cx, cy, x, y, radius):

@@ -137,6 +137,15 @@ OPTIONS = (
            "count as one group); the first pass is untouched; 0: off. It also merges true pairs that close."),
     Option("PASS_MERGE_FIRST", "bool", False, "With PASS_MERGE_RADIUS: merge the first pass's close detections "
            "too (a finely deblended first pass splits faint galaxies in two as a cold pass does)."),
+    Option("PASS_SPLIT_SIGMA", "float", 0.0, "Every pass, before the join: two of its detections with "
+           "FLUX_RADIUS below PASS_SPLIT_MAX_RADIUS, closer than twice that, are one object when the pass's "
+           "filtered detection image (its background mesh and filter), followed from one centre to the other, "
+           "has no valley deeper than this many sigma (a faint galaxy a fine deblending split at a noise dip): "
+           "only the one with the largest FLUX_AUTO is kept; 0: off. It also merges faint true pairs that "
+           "no significant saddle separates (docs/crowded.md)."),
+    Option("PASS_SPLIT_MAX_RADIUS", "float", 6.0, "With PASS_SPLIT_SIGMA: only detections with FLUX_RADIUS "
+           "below this many pixels are tested (a faint galaxy on a bright one's wing sits on a slope, not "
+           "behind a saddle)."),
     Option("PASS_SUBTRACT_RADIUS", "float", 0.0, "Passes after the first detect and measure on the image minus "
            "smooth models of the first pass's objects with FLUX_RADIUS >= this many pixels (the median of the "
            "image in elliptical annuli of each object's centre, axis ratio and angle, out to 2.5 Kron radii: "
@@ -295,6 +304,8 @@ def validate(options) -> list[str]:
             problems.append(f"VIGNET_ROWS: {', '.join(missing)} not in DOT_PARAM_FILE {options.get('DOT_PARAM_FILE')}")
     if options.get("PASSES"):
         problems += _validate_passes(options, engine)
+    if options.get("PASS_SPLIT_SIGMA") and not options.get("PASSES"):
+        problems.append("PASS_SPLIT_SIGMA acts on the detections of each of PASSES: give PASSES (one pass is enough)")
     if len(options.get("PASSES") or []) < 2:
         # Options that act on the passes after the first mean nothing without them: a config mistake.
         given = [key for key in ("PASS_SUBTRACT_RADIUS", "PASS_MODEL_BACK_SIZE", "PASS_RESIDUAL", "PASS_CORE_SCALES",
@@ -523,6 +534,11 @@ def _validate_passes(options, engine) -> list[str]:
         problems.append(f"PASS_SUBTRACT_RADIUS must be >= 0, got {options.get('PASS_SUBTRACT_RADIUS')}")
     if options.get("PASS_MERGE_FIRST") and not options.get("PASS_MERGE_RADIUS", 0.0) > 0:
         problems.append("PASS_MERGE_FIRST needs PASS_MERGE_RADIUS > 0 (the merging distance)")
+    if not options.get("PASS_SPLIT_SIGMA", 0.0) >= 0:
+        problems.append(f"PASS_SPLIT_SIGMA must be >= 0, got {options.get('PASS_SPLIT_SIGMA')}")
+    elif options.get("PASS_SPLIT_SIGMA") and not options.get("PASS_SPLIT_MAX_RADIUS", 6.0) > 0:
+        problems.append(f"PASS_SPLIT_MAX_RADIUS must be positive with PASS_SPLIT_SIGMA, got "
+                        f"{options.get('PASS_SPLIT_MAX_RADIUS')}")
     if not options.get("PASS_MODEL_BACK_SIZE", 0) >= 0:
         problems.append(f"PASS_MODEL_BACK_SIZE must be >= 0, got {options.get('PASS_MODEL_BACK_SIZE')}")
     elif options.get("PASS_MODEL_BACK_SIZE") and not options.get("PASS_SUBTRACT_RADIUS", 0.0) > 0:
@@ -584,7 +600,8 @@ def _run_passes(job, run, paths, settings_files, zero_point, background_value, c
     except ConfigFileError as error:
         raise JobError(str(error)) from error
     timings: dict = {}
-    tables, residual, header = [], None, None
+    tables, residual, header, first_raw = [], None, None, None
+    split_sigma, split_merged = float(job.options.get("PASS_SPLIT_SIGMA") or 0.0), []
     with tempfile.TemporaryDirectory(prefix="sextractor_passes_") as scratch:
         scratch = Path(scratch)
         param_path = scratch / "passes.param"
@@ -596,7 +613,7 @@ def _run_passes(job, run, paths, settings_files, zero_point, background_value, c
             first = index == 0
             if on_residual[index] and subtracted_paths is None:
                 clock = time.perf_counter()
-                subtracted_paths = _subtracted_image(paths, tables[0], float(job.options["PASS_SUBTRACT_RADIUS"]),
+                subtracted_paths = _subtracted_image(paths, first_raw, float(job.options["PASS_SUBTRACT_RADIUS"]),
                                                      scratch / "pass1.sex", scratch, report,
                                                      int(job.options.get("PASS_MODEL_BACK_SIZE") or 0))
                 timings["subtract"] = time.perf_counter() - clock
@@ -614,6 +631,16 @@ def _run_passes(job, run, paths, settings_files, zero_point, background_value, c
             timings[f"pass_{name}"] = sum(v for k, v in pass_timings.items() if k != "extraction_cpu")
             table, pass_header = read_ldac(catalogue)
             header = header if header is not None else pass_header
+            # The models are of the first pass's detections as extracted (its close pieces are merged in the
+            # join, its shallow splits here).
+            first_raw = table if first else first_raw
+            if split_sigma > 0:
+                clock = time.perf_counter()
+                keep = _shallow_split_keep(pass_paths, pass_sex, pass_conv, table, split_sigma,
+                                           float(job.options.get("PASS_SPLIT_MAX_RADIUS", 6.0)))
+                split_merged.append(int((~keep).sum()))
+                table = table[keep]
+                timings["split_merge"] = timings.get("split_merge", 0.0) + time.perf_counter() - clock
             tables.append(table)
         clock, cpu = time.perf_counter(), time.process_time()
         joined = join_passes(tables, float(job.options.get("PASS_ELLIPSE_SCALE", 1.0)),
@@ -625,11 +652,38 @@ def _run_passes(job, run, paths, settings_files, zero_point, background_value, c
         for index, (name, _, _) in enumerate(passes, start=1):
             header[f"PASS{index}"] = (name, f"name of pass {index} (PASS column)")
             header[f"NPASS{index}"] = (int((joined["PASS"] == index).sum()), f"objects kept from pass {index}")
+            if split_merged:
+                header[f"NSPLIT{index}"] = (split_merged[index - 1], f"pass {index} detections merged (saddle)")
         output = job.output_path(job_names(job)["catalogue"])
         write_ldac(output, joined, header)
         timings["join"] = time.perf_counter() - clock
         timings["extraction_cpu"] = timings.get("extraction_cpu", 0.0) + time.process_time() - cpu
     return output, residual, len(joined), timings
+
+
+def _shallow_split_keep(paths, pass_sex, pass_conv, table, sigma, max_flux_radius):
+    """Rows of a pass's catalogue kept by :func:`.passes.merge_shallow_splits` on the pass's own detection image.
+
+    The image is the one the pass detected on (the tile or the model-subtracted image), with the pass's
+    BACK_SIZE, BACK_FILTERSIZE (or BACK_VALUE for BACK_TYPE MANUAL) and detection filter (none with FILTER N).
+    """
+    import numpy as np
+
+    from .config_files import ExtractionSettings, read_dot_conv, read_dot_sex
+    from .passes import filtered_detection_image, merge_shallow_splits
+
+    settings = ExtractionSettings.from_dot_sex(read_dot_sex(pass_sex), str(pass_sex))
+    image = _read_image(paths["image"], np.float32)[0]
+    weight = _read_image(paths["weight"], np.float32)[0] if "weight" in paths else None
+    bad = ~np.isfinite(image)
+    if bad.any():
+        image = np.where(bad, 0.0, image).astype(np.float32)
+        weight = np.where(bad, 0.0, 1.0 if weight is None else weight).astype(np.float32)
+    kernel = read_dot_conv(pass_conv) if settings.filter else np.ones((1, 1))
+    back_value = settings.back_value if settings.back_type == "MANUAL" else None
+    filtered, noise = filtered_detection_image(image, weight, kernel, settings.back_size, settings.back_filtersize,
+                                               back_value)
+    return merge_shallow_splits(table, filtered, noise, sigma, max_flux_radius)
 
 
 def _subtracted_image(paths, first_table, min_flux_radius, first_sex, scratch, report=None, back_size=0):
