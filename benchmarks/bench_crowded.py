@@ -66,12 +66,13 @@ SUBTRACTED = dict(PASSES=["HOT", "HOTRES", "COLD"], PASS_SETTINGS=[HOT, HOT, COL
 # The smooth members of the cluster preset (example/crowded): FINE, one finely deblended pass (the best single
 # pass of bench_crowded_sweep.py), keeps them whole; FINERES, the same pass on the tile minus the ring-median
 # models of FINE's objects with FLUX_RADIUS >= 4 px (measured over 64-pixel meshes), is joined by the core rule
-# at 5 FLUX_RADIUS; close detections of both passes are merged (benchmarks/bench_crowded_subtract.py
-# --preset cluster).
+# at 5 FLUX_RADIUS; close detections of both passes are merged, and so are small detections of a pass that no
+# valley deeper than 3 sigma separates (PASS_SPLIT_SIGMA; benchmarks/bench_crowded_subtract.py --preset cluster).
 FINE = "BACK_TYPE=AUTO BACK_SIZE=12 DETECT_THRESH=1.0 DETECT_MINAREA=5 DEBLEND_MINCONT=0.0005"
+SPLIT_SIGMA, SPLIT_MAX_RADIUS = 3.0, 6.0
 FINE_DUAL = dict(PASSES=["FINE", "FINERES"], PASS_SETTINGS=[FINE, FINE], PASS_SUBTRACT_RADIUS=4.0,
                  PASS_MODEL_BACK_SIZE=64, PASS_CORE_SCALES=["-", "5"], PASS_MERGE_RADIUS=MERGE_RADIUS,
-                 PASS_MERGE_FIRST=True)
+                 PASS_MERGE_FIRST=True, PASS_SPLIT_SIGMA=SPLIT_SIGMA, PASS_SPLIT_MAX_RADIUS=SPLIT_MAX_RADIUS)
 
 
 def _seeds(text):
@@ -303,7 +304,8 @@ def main(argv=None):
               f"({fit['n']} galaxies)")
 
     print("\nCost per image (wall seconds, sep on the shared machine)")
-    steps = ("first pass", "subtract", "later passes", "join", "saturation", "object_mask", "local_sky")
+    steps = ("first pass", "subtract", "later passes", "split_merge", "join", "saturation", "object_mask",
+             "local_sky")
     print(f"{'image':22s} {'seed':>4s} {'objects':>8s} " + " ".join(f"{s:>12s}" for s in steps)
           + f" {'later %':>10s} {'masks %':>8s}")
     for label, seed, summary, passes in costs:
@@ -311,8 +313,8 @@ def main(argv=None):
         later = sum(summary.get(f"seconds_pass_{name}", 0.0) for name in passes[1:])
         values = [first, summary.get("seconds_subtract", 0.0), later] + [
             summary.get(f"seconds_{s}", 0.0) for s in steps[3:]]
-        second = values[1] + values[2] + values[3]
-        mask_cost = values[4] + values[5]
+        second = values[1] + values[2] + values[3] + values[4]
+        mask_cost = values[5] + values[6]
         print(f"{label:22s} {seed:4d} {summary['n_objects']:8d} " + " ".join(f"{v:12.3f}" for v in values)
               + f" {100 * second / first:10.0f} {100 * mask_cost / first:8.0f}")
     print(f"\n(work folder: {work})")

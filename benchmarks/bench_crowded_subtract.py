@@ -19,7 +19,8 @@ galaxies within 30 arcsec found, members detected exactly once, members
 with no detection, shredded members, truth objects detected by both passes
 and truth objects with two or more detections, for single passes (HOT,
 COLD, the best single pass of ``bench_crowded_sweep.py``, COLDres) and
-joins (``passes.join_passes``, as the module joins them): the ellipse rule
+joins (``passes.join_passes``, as the module joins them; the FINE family also
+with the saddle test of ``PASS_SPLIT_SIGMA`` on each pass): the ellipse rule
 with and without blended neighbours, the core rule (``PASS_CORE_SCALES``)
 at several scales, and HOT + HOTRES + COLDres, where HOTRES (the HOT pass
 on the residual) adds the members HOT merged into a neighbour
@@ -41,7 +42,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_crowded import COLD, HOT, MERGE_RADIUS, NEIGHBOUR_RADIUS, RADIUS_ARCSEC, _run, _seeds  # noqa: E402
+from bench_crowded import (COLD, HOT, MERGE_RADIUS, NEIGHBOUR_RADIUS, RADIUS_ARCSEC, SPLIT_MAX_RADIUS,  # noqa: E402
+                           SPLIT_SIGMA, _run, _seeds)
 
 # The best single pass of bench_crowded_sweep.py (seeds 1-20, any member integrity).
 BEST_SINGLE = "BACK_TYPE=AUTO BACK_SIZE=12 DETECT_THRESH=1.0 DETECT_MINAREA=5 DEBLEND_MINCONT=0.0005"
@@ -49,7 +51,7 @@ BEST_SINGLE = "BACK_TYPE=AUTO BACK_SIZE=12 DETECT_THRESH=1.0 DETECT_MINAREA=5 DE
 LIGHT_ROWS = ("HOT+COLD (before: ellipse, neighbours 6)", "HOT+COLD, ellipse rule",
               "HOT+HOTRES+COLDres, cores 2, 3, HOTRES >= 5 px", "HOT+HOTRES (core 2, >= 5 px)+COLD, ellipse",
               "HOT+HOTRES (core 2, >= 6 px)+COLD, ellipse", "best single pass", "FINE+FINERES, core 5",
-              "FINE+FINERES, core 5, merged (example/crowded)")
+              "FINE+FINERES, core 5, merged", "FINE+FINERES, core 5, merged, split test (example/crowded)")
 SCORE_KEYS = ("n_background", "n_members", "members_missed", "members_shredded", "duplicated_across_passes",
               "duplicated_truth", "member_pieces")
 
@@ -71,7 +73,8 @@ def main(argv=None):
     from astropy.io import fits
     from astropy.wcs import WCS
     from shapepipe_modules.io.ldac import read_ldac
-    from shapepipe_modules.sextractor.passes import join_passes
+    from shapepipe_modules.sextractor.config_files import read_dot_conv
+    from shapepipe_modules.sextractor.passes import filtered_detection_image, join_passes, merge_shallow_splits
     from shapepipe_modules.sextractor.runner import DATA_DIR, sextractor
     from shapepipe_modules.sextractor.subtract import subtract_models
     from shapepipe_modules.simulate import TruePSF, load_truth, resolve_parameters, simulate
@@ -85,6 +88,7 @@ def main(argv=None):
     param = work / "with_kron.param"
     param.write_text((DATA_DIR / "default.param").read_text().rstrip("\n") + "\nKRON_RADIUS\n")
     overrides = {"cluster_knot_fraction": 0.0} if args.smooth else {}
+    kernel = read_dot_conv(DATA_DIR / "default.conv")
 
     def extract(sim, image, name, settings, folder):
         out = sim / folder
@@ -124,6 +128,12 @@ def main(argv=None):
             fits.PrimaryHDU(subtracted, header=fits.getheader(tile)).writeto(fine_residual, overwrite=True)
         tables["FINEres"] = extract(sim, fine_residual, "FINE", BEST_SINGLE, f"sex_fineres_{tag}_FINE")
         tables["COLDfineres"] = extract(sim, fine_residual, "COLD", COLD, f"sex_fineres_{tag}_COLD")
+        # The saddle test of each pass on its own detection image (PASS_SPLIT_SIGMA, example/crowded).
+        weight = fits.getdata(sim / "weight.fits").astype(np.float32)
+        for name, image in (("BEST", tile), ("FINEres", fine_residual)):
+            filtered, noise = filtered_detection_image(fits.getdata(image).astype(np.float32), weight, kernel, (12, 12))
+            tables[f"{name}_split"] = tables[name][merge_shallow_splits(tables[name], filtered, noise, SPLIT_SIGMA,
+                                                                        SPLIT_MAX_RADIUS)]
         truth = load_truth(sim, tile="244.252")
         centre = truth[truth["cluster_role"] == ROLE_ICL][0]
         return tables, truth, (float(centre["x"]), float(centre["y"]))
@@ -156,9 +166,12 @@ def main(argv=None):
             joins[f"FINE+FINERES, core {k:g}"] = ([t["BEST"], t["FINEres"]], dict(core_scales=[0, k]))
             joins[f"FINE+COLDres(fine models), core {k:g}"] = ([t["BEST"], t["COLDfineres"]], dict(core_scales=[0, k]))
         joins["FINE+FINERES, ellipse rule"] = ([t["BEST"], t["FINEres"]], {})
-        # example/crowded: the first pass's close detections merged too (PASS_MERGE_FIRST).
-        joins["FINE+FINERES, core 5, merged (example/crowded)"] = ([t["BEST"], t["FINEres"]],
-                                                                  dict(core_scales=[0, 5.0], merge_first=True))
+        # The first pass's close detections merged too (PASS_MERGE_FIRST); example/crowded also merges the small
+        # detections of each pass that no significant valley separates (PASS_SPLIT_SIGMA).
+        joins["FINE+FINERES, core 5, merged"] = ([t["BEST"], t["FINEres"]], dict(core_scales=[0, 5.0], merge_first=True))
+        rows["FINE, split test"] = (t["BEST_split"], None)
+        joins["FINE+FINERES, core 5, merged, split test (example/crowded)"] = (
+            [t["BEST_split"], t["FINEres_split"]], dict(core_scales=[0, 5.0], merge_first=True))
         for name, (tables, options) in joins.items():
             table = join_passes(tables, 1.0, merge_radius=MERGE_RADIUS, **options)
             # HOTRES finds first-pass objects: it counts as the first pass for the cross-pass duplicates.

@@ -210,14 +210,14 @@ def filtered_detection_image(image, weight, kernel, back_size=(64, 64), back_fil
     kernel = np.asarray(kernel, float)
     kernel = kernel / kernel.sum() if kernel.sum() > 0 else kernel
     filtered = convolve(data - level, kernel.astype(np.float32), mode="nearest")
+    spread = np.sqrt(np.sum(kernel ** 2))
     if valid is None:
-        sigma = background.rms()
-    else:
-        relative = np.where(valid, np.asarray(weight, float), np.nan)
-        scale = background.globalrms * np.sqrt(np.nanmedian(relative)) if valid.any() else 0.0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            sigma = np.where(valid, scale / np.sqrt(np.where(valid, weight, 1.0)), np.inf)
-    return filtered, (sigma * np.sqrt(np.sum(kernel ** 2))).astype(np.float32)
+        return filtered, (background.rms() * spread).astype(np.float32)
+    noise = np.full(data.shape, np.inf, np.float32)
+    if valid.any():
+        relative = np.asarray(weight, np.float32)[valid]
+        noise[valid] = background.globalrms * spread * np.sqrt(np.median(relative) / relative)
+    return filtered, noise
 
 
 def merge_shallow_splits(table, filtered, noise, sigma: float, max_flux_radius: float) -> np.ndarray:

@@ -40,7 +40,8 @@ Crowded fields (docs/crowded.md): ``PASSES`` runs several detection passes
 and joins them (:mod:`.passes`); ``SATURATION_REGIONS``, ``OBJECT_MASK``,
 ``LOCAL_SKY`` and ``REGIONS`` write saturated-star regions, the object mask,
 local-sky columns and ds9 regions (:mod:`shapepipe_modules.crowded`). The
-job then also returns ``seconds_pass_<name>``, ``seconds_subtract`` (PASS_SUBTRACT_RADIUS), ``seconds_join`` and
+job then also returns ``seconds_pass_<name>``, ``seconds_subtract`` (PASS_SUBTRACT_RADIUS),
+``seconds_split_merge`` (PASS_SPLIT_SIGMA), ``seconds_join`` and
 ``seconds_<product>``, ``n_saturated_regions``, ``masked_fraction`` and
 ``local_sky_not_converged``.
 """
@@ -1167,8 +1168,8 @@ def sextractor(job):
         summary["bkg_resid_sigma"] = result["sigma"]
     summary.update(report)  # non-finite pixels masked (sep engine)
     for step, seconds in timings.items():  # passes and crowded-field products (docs/crowded.md)
-        if step.startswith("pass_") or step in ("subtract", "join", "saturation", "object_mask", "local_sky",
-                                                 "regions"):
+        if step.startswith("pass_") or step in ("subtract", "split_merge", "join", "saturation", "object_mask",
+                                                 "local_sky", "regions"):
             summary[f"seconds_{step}"] = round(seconds, 4)
     if epochs is not None:
         summary["n_epochs"] = len(epochs.exposures)
