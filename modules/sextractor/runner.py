@@ -602,6 +602,7 @@ def _run_passes(job, run, paths, settings_files, zero_point, background_value, c
         raise JobError(str(error)) from error
     timings: dict = {}
     tables, residual, header, first_raw = [], None, None, None
+    pixels: dict = {}  # image and weight arrays read once for the models and the saddle tests
     split_sigma, split_merged = float(job.options.get("PASS_SPLIT_SIGMA") or 0.0), []
     with tempfile.TemporaryDirectory(prefix="sextractor_passes_") as scratch:
         scratch = Path(scratch)
@@ -616,7 +617,7 @@ def _run_passes(job, run, paths, settings_files, zero_point, background_value, c
                 clock = time.perf_counter()
                 subtracted_paths = _subtracted_image(paths, first_raw, float(job.options["PASS_SUBTRACT_RADIUS"]),
                                                      scratch / "pass1.sex", scratch, report,
-                                                     int(job.options.get("PASS_MODEL_BACK_SIZE") or 0))
+                                                     int(job.options.get("PASS_MODEL_BACK_SIZE") or 0), pixels)
                 timings["subtract"] = time.perf_counter() - clock
             pass_paths = subtracted_paths if on_residual[index] else paths
             # A pass's own detection filter (FILTER_NAME in its settings), else DOT_CONV_FILE.
@@ -638,7 +639,7 @@ def _run_passes(job, run, paths, settings_files, zero_point, background_value, c
             if split_sigma > 0:
                 clock = time.perf_counter()
                 keep = _shallow_split_keep(pass_paths, pass_sex, pass_conv, table, split_sigma,
-                                           float(job.options.get("PASS_SPLIT_MAX_RADIUS", 6.0)))
+                                           float(job.options.get("PASS_SPLIT_MAX_RADIUS", 6.0)), pixels)
                 split_merged.append(int((~keep).sum()))
                 table = table[keep]
                 timings["split_merge"] = timings.get("split_merge", 0.0) + time.perf_counter() - clock
@@ -662,7 +663,22 @@ def _run_passes(job, run, paths, settings_files, zero_point, background_value, c
     return output, residual, len(joined), timings
 
 
-def _shallow_split_keep(paths, pass_sex, pass_conv, table, sigma, max_flux_radius):
+def _pixels(paths, key, cache=None):
+    """``paths[key]`` as float32 pixels with its header (None when absent), read once per ``cache`` dict."""
+    import numpy as np
+
+    if key not in paths:
+        return None, None
+    name = str(paths[key])
+    if cache is None or name not in cache:
+        data = _read_image(paths[key], np.float32)
+        if cache is None:
+            return data
+        cache[name] = data
+    return cache[name]
+
+
+def _shallow_split_keep(paths, pass_sex, pass_conv, table, sigma, max_flux_radius, cache=None):
     """Rows of a pass's catalogue kept by :func:`.passes.merge_shallow_splits` on the pass's own detection image.
 
     The image is the one the pass detected on (the tile or the model-subtracted image), with the pass's
@@ -674,8 +690,7 @@ def _shallow_split_keep(paths, pass_sex, pass_conv, table, sigma, max_flux_radiu
     from .passes import filtered_detection_image, merge_shallow_splits
 
     settings = ExtractionSettings.from_dot_sex(read_dot_sex(pass_sex), str(pass_sex))
-    image = _read_image(paths["image"], np.float32)[0]
-    weight = _read_image(paths["weight"], np.float32)[0] if "weight" in paths else None
+    image, weight = _pixels(paths, "image", cache)[0], _pixels(paths, "weight", cache)[0]
     bad = ~np.isfinite(image)
     if bad.any():
         image = np.where(bad, 0.0, image).astype(np.float32)
@@ -687,7 +702,7 @@ def _shallow_split_keep(paths, pass_sex, pass_conv, table, sigma, max_flux_radiu
     return merge_shallow_splits(table, filtered, noise, sigma, max_flux_radius)
 
 
-def _subtracted_image(paths, first_table, min_flux_radius, first_sex, scratch, report=None, back_size=0):
+def _subtracted_image(paths, first_table, min_flux_radius, first_sex, scratch, report=None, back_size=0, cache=None):
     """``paths`` with the image replaced by the image minus the first pass's models (:mod:`.subtract`).
 
     The models' background mesh is ``back_size`` (0: the first pass's BACK_SIZE); pixels of zero weight
@@ -699,8 +714,8 @@ def _subtracted_image(paths, first_table, min_flux_radius, first_sex, scratch, r
     from .config_files import ExtractionSettings, read_dot_sex
     from .subtract import subtract_models
 
-    image, header = _read_image(paths["image"], np.float32)
-    weight = _read_image(paths["weight"], np.float32)[0] if "weight" in paths else None
+    image, header = _pixels(paths, "image", cache)
+    weight = _pixels(paths, "weight", cache)[0]
     if not back_size:
         back_size = ExtractionSettings.from_dot_sex(read_dot_sex(first_sex), str(first_sex)).back_size[0]
     residual, n_models = subtract_models(image, first_table, min_flux_radius, back_size, weight)
@@ -709,6 +724,8 @@ def _subtracted_image(paths, first_table, min_flux_radius, first_sex, scratch, r
     for key in ("XTENSION", "PCOUNT", "GCOUNT", "EXTNAME"):  # a compressed input's extension keys
         header.remove(key, ignore_missing=True)
     fits.PrimaryHDU(residual, header=header).writeto(target, output_verify="silentfix")
+    if cache is not None:
+        cache[str(target)] = (residual, header)
     if report is not None:
         report["n_subtracted_models"] = n_models
     return dict(paths, image=target)
