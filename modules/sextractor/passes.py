@@ -206,18 +206,40 @@ def filtered_detection_image(image, weight, kernel, back_size=(64, 64), back_fil
     valid = None if weight is None else np.asarray(weight) > 0
     background = sep.Background(data, mask=None if valid is None else ~valid, bw=int(back_size[0]),
                                 bh=int(back_size[1]), fw=int(back_filtersize[0]), fh=int(back_filtersize[1]))
-    level = background.back() if back_value is None else np.float32(back_value)
+    if back_value is None:
+        centred = background.back()
+        np.subtract(data, centred, out=centred)  # the background's own array: one image copy fewer
+    else:
+        centred = data - np.float32(back_value)
     kernel = np.asarray(kernel, float)
     kernel = kernel / kernel.sum() if kernel.sum() > 0 else kernel
-    filtered = convolve(data - level, kernel.astype(np.float32), mode="nearest")
+    filtered = convolve(centred, kernel.astype(np.float32), mode="nearest")
+    del centred
     spread = np.sqrt(np.sum(kernel ** 2))
     if valid is None:
         return filtered, (background.rms() * spread).astype(np.float32)
+    # noise = globalrms x spread x sqrt(median weight / weight), built in place (a 10,000-pixel tile is 400 MB).
+    weight = np.asarray(weight, np.float32)
+    median = float(np.median(weight[valid])) if valid.any() else 0.0
     noise = np.full(data.shape, np.inf, np.float32)
-    if valid.any():
-        relative = np.asarray(weight, np.float32)[valid]
-        noise[valid] = background.globalrms * spread * np.sqrt(np.median(relative) / relative)
+    np.divide(np.float32(median), weight, out=noise, where=valid)
+    np.sqrt(noise, out=noise)
+    noise *= np.float32(background.globalrms * spread)
     return filtered, noise
+
+
+def _bilinear(image, x, y):
+    """``image`` interpolated bilinearly at 0-based ``(x, y)`` (clipped to the edges), without copying ``image``."""
+    ny, nx = image.shape
+    x = np.clip(np.asarray(x, float), 0.0, nx - 1.0)
+    y = np.clip(np.asarray(y, float), 0.0, ny - 1.0)
+    x0 = np.minimum(np.floor(x).astype(int), max(nx - 2, 0))
+    y0 = np.minimum(np.floor(y).astype(int), max(ny - 2, 0))
+    x1, y1 = np.minimum(x0 + 1, nx - 1), np.minimum(y0 + 1, ny - 1)
+    fx, fy = x - x0, y - y0
+    top = image[y0, x0] * (1.0 - fx) + image[y0, x1] * fx
+    bottom = image[y1, x0] * (1.0 - fx) + image[y1, x1] * fx
+    return top * (1.0 - fy) + bottom * fy
 
 
 def merge_shallow_splits(table, filtered, noise, sigma: float, max_flux_radius: float) -> np.ndarray:
@@ -238,7 +260,6 @@ def merge_shallow_splits(table, filtered, noise, sigma: float, max_flux_radius: 
     numpy.ndarray
         Boolean mask over the rows of ``table``.
     """
-    from scipy.ndimage import map_coordinates
     from scipy.spatial import cKDTree
 
     n = len(table)
@@ -257,8 +278,10 @@ def merge_shallow_splits(table, filtered, noise, sigma: float, max_flux_radius: 
     steps = np.linspace(0.0, 1.0, SADDLE_SAMPLES)
     px = x[i, None] + steps * (x[j] - x[i])[:, None]
     py = y[i, None] + steps * (y[j] - y[i])[:, None]
-    profile = map_coordinates(filtered, [py.ravel(), px.ravel()], order=1, mode="nearest").reshape(px.shape)
-    spread = map_coordinates(noise, [py.ravel(), px.ravel()], order=0, mode="nearest").reshape(px.shape).max(axis=1)
+    profile = _bilinear(filtered, px, py)
+    rows = np.clip(np.rint(py).astype(int), 0, noise.shape[0] - 1)
+    cols = np.clip(np.rint(px).astype(int), 0, noise.shape[1] - 1)
+    spread = noise[rows, cols].max(axis=1)
     # The deepest valley: at each sample, how far it lies below the lower of the highest samples on its two
     # sides (0 along a slope or over a single peak).
     left = np.maximum.accumulate(profile, axis=1)
