@@ -20,7 +20,8 @@ with no detection, shredded members, truth objects detected by both passes
 and truth objects with two or more detections, for single passes (HOT,
 COLD, the best single pass of ``bench_crowded_sweep.py``, COLDres) and
 joins (``passes.join_passes``, as the module joins them; the FINE family also
-with the saddle test of ``PASS_SPLIT_SIGMA`` on each pass): the ellipse rule
+with the saddle test of ``PASS_SPLIT_SIGMA`` on each pass and FINE's objects
+in the models' discs confirmed on the residual, ``PASS_CONFIRM_SIGMA``): the ellipse rule
 with and without blended neighbours, the core rule (``PASS_CORE_SCALES``)
 at several scales, and HOT + HOTRES + COLDres, where HOTRES (the HOT pass
 on the residual) adds the members HOT merged into a neighbour
@@ -42,8 +43,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_crowded import (COLD, HOT, MERGE_RADIUS, NEIGHBOUR_RADIUS, RADIUS_ARCSEC, SPLIT_MAX_RADIUS,  # noqa: E402
-                           SPLIT_SIGMA, _run, _seeds)
+from bench_crowded import (COLD, CONFIRM_SIGMA, HOT, MERGE_RADIUS, NEIGHBOUR_RADIUS, RADIUS_ARCSEC,  # noqa: E402
+                           SPLIT_MAX_RADIUS, SPLIT_SIGMA, _run, _seeds)
 
 # The best single pass of bench_crowded_sweep.py (seeds 1-20, any member integrity).
 BEST_SINGLE = "BACK_TYPE=AUTO BACK_SIZE=12 DETECT_THRESH=1.0 DETECT_MINAREA=5 DEBLEND_MINCONT=0.0005"
@@ -51,7 +52,8 @@ BEST_SINGLE = "BACK_TYPE=AUTO BACK_SIZE=12 DETECT_THRESH=1.0 DETECT_MINAREA=5 DE
 LIGHT_ROWS = ("HOT+COLD (before: ellipse, neighbours 6)", "HOT+COLD, ellipse rule",
               "HOT+HOTRES+COLDres, cores 2, 3, HOTRES >= 5 px", "HOT+HOTRES (core 2, >= 5 px)+COLD, ellipse",
               "HOT+HOTRES (core 2, >= 6 px)+COLD, ellipse", "best single pass", "FINE+FINERES, core 5",
-              "FINE+FINERES, core 5, merged", "FINE+FINERES, core 5, merged, split test (example/crowded)")
+              "FINE+FINERES, core 5, merged", "FINE+FINERES, core 5, merged, split test",
+              "FINE+FINERES, core 5, merged, split test, confirmed (example/crowded)")
 SCORE_KEYS = ("n_background", "n_members", "members_missed", "members_shredded", "duplicated_across_passes",
               "duplicated_truth", "member_pieces")
 
@@ -74,9 +76,10 @@ def main(argv=None):
     from astropy.wcs import WCS
     from shapepipe_modules.io.ldac import read_ldac
     from shapepipe_modules.sextractor.config_files import read_dot_conv
-    from shapepipe_modules.sextractor.passes import filtered_detection_image, join_passes, merge_shallow_splits
+    from shapepipe_modules.sextractor.passes import (confirmed_on_residual, filtered_detection_image, join_passes,
+                                                      merge_shallow_splits)
     from shapepipe_modules.sextractor.runner import DATA_DIR, sextractor
-    from shapepipe_modules.sextractor.subtract import subtract_models
+    from shapepipe_modules.sextractor.subtract import model_discs, subtract_models
     from shapepipe_modules.simulate import TruePSF, load_truth, resolve_parameters, simulate
     from shapepipe_modules.simulate.cluster import ROLE_ICL, ROLE_MEMBER
     from shapepipe_modules.validate import crowded
@@ -134,6 +137,10 @@ def main(argv=None):
             filtered, noise = filtered_detection_image(fits.getdata(image).astype(np.float32), weight, kernel, (12, 12))
             tables[f"{name}_split"] = tables[name][merge_shallow_splits(tables[name], filtered, noise, SPLIT_SIGMA,
                                                                         SPLIT_MAX_RADIUS)]
+        # FINE's small objects inside the models' discs checked on FINERES's detection image (PASS_CONFIRM_SIGMA).
+        split = tables["BEST_split"]
+        tables["BEST_confirmed"] = split[confirmed_on_residual(split, model_discs(tables["BEST"], args.model_radius),
+                                                               filtered, noise, CONFIRM_SIGMA, args.model_radius)]
         truth = load_truth(sim, tile="244.252")
         centre = truth[truth["cluster_role"] == ROLE_ICL][0]
         return tables, truth, (float(centre["x"]), float(centre["y"]))
@@ -170,8 +177,10 @@ def main(argv=None):
         # detections of each pass that no significant valley separates (PASS_SPLIT_SIGMA).
         joins["FINE+FINERES, core 5, merged"] = ([t["BEST"], t["FINEres"]], dict(core_scales=[0, 5.0], merge_first=True))
         rows["FINE, split test"] = (t["BEST_split"], None)
-        joins["FINE+FINERES, core 5, merged, split test (example/crowded)"] = (
+        joins["FINE+FINERES, core 5, merged, split test"] = (
             [t["BEST_split"], t["FINEres_split"]], dict(core_scales=[0, 5.0], merge_first=True))
+        joins["FINE+FINERES, core 5, merged, split test, confirmed (example/crowded)"] = (
+            [t["BEST_confirmed"], t["FINEres_split"]], dict(core_scales=[0, 5.0], merge_first=True))
         for name, (tables, options) in joins.items():
             table = join_passes(tables, 1.0, merge_radius=MERGE_RADIUS, **options)
             # HOTRES finds first-pass objects: it counts as the first pass for the cross-pass duplicates.

@@ -303,6 +303,44 @@ def _pairs_within(cx, cy, x, y, radius):
     return rows, cols
 
 
+def confirmed_on_residual(table, discs, filtered, noise, sigma: float, min_flux_radius: float) -> np.ndarray:
+    """Which first-pass rows to keep: those inside a model's disc must still be seen once the models are gone.
+
+    A first-pass object smaller than the modelled ones (FLUX_RADIUS below
+    ``min_flux_radius``) whose centre lies inside a model's disc
+    (``discs``: x, y, a, b, theta as :func:`.subtract.model_discs`) is kept
+    only when the residual's filtered detection image (``filtered``,
+    ``noise``: :func:`filtered_detection_image` of a later pass) is at least
+    ``sigma`` times its noise at its centre. What the fine first pass cut
+    out of a member's wing (its light, or the ripple a fine background mesh
+    leaves on its slope) is not there once the member is subtracted; a
+    galaxy on the wing is.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean mask over the rows of ``table``.
+    """
+    n = len(table)
+    keep = np.ones(n, bool)
+    cx, cy, a, b, theta = (np.asarray(v, float) for v in discs)
+    if sigma <= 0 or not n or not cx.size:
+        return keep
+    x, y = np.asarray(table["X_IMAGE"], float), np.asarray(table["Y_IMAGE"], float)
+    small = np.flatnonzero(np.nan_to_num(_flux_radius(table), nan=0.0) < min_flux_radius)
+    rows, cols = _pairs_within(cx, cy, x[small], y[small], float(np.nanmax(a)))
+    hit = inside_ellipses(x[small][rows], y[small][rows], cx[cols], cy[cols], a[cols], b[cols], theta[cols])
+    inside = np.unique(small[rows[hit]])
+    if not inside.size:
+        return keep
+    ny, nx = noise.shape
+    level = _bilinear(filtered, x[inside] - 1.0, y[inside] - 1.0)
+    spread = noise[np.clip(np.rint(y[inside] - 1.0).astype(int), 0, ny - 1),
+                   np.clip(np.rint(x[inside] - 1.0).astype(int), 0, nx - 1)]
+    keep[inside] = level >= sigma * spread
+    return keep
+
+
 def join_passes(tables, scale: float = 1.0, neighbour_radius: float = 0.0, merge_radius: float = 0.0,
                 core_scales=None, min_radii=None, merge_first: bool = False):
     """Join the catalogues of the passes (first pass first) by the CluSex rule.

@@ -155,6 +155,11 @@ OPTIONS = (
     Option("PASS_MODEL_BACK_SIZE", "int", 0, "With PASS_SUBTRACT_RADIUS: the background mesh (pixels) of the "
            "image the models are measured on; wider than the bright galaxies, or their wings go into the "
            "background instead of the models; 0: the first pass's BACK_SIZE."),
+    Option("PASS_CONFIRM_SIGMA", "float", 0.0, "With PASS_SUBTRACT_RADIUS: a first-pass object smaller than the "
+           "modelled ones (FLUX_RADIUS below PASS_SUBTRACT_RADIUS) whose centre lies inside a model's disc is kept "
+           "only when the first pass on the residual image sees it there (its filtered detection image at least "
+           "this many sigma at the object's centre): what a fine first pass cut out of a bright galaxy's wing "
+           "goes with the galaxy's model, a galaxy on the wing stays; 0: off."),
     Option("PASS_RESIDUAL", "list", [], "With PASS_SUBTRACT_RADIUS: one entry per pass, in PASSES order (the "
            "first is '-'), yes or no: whether that pass detects on the model-subtracted image or on the image "
            "itself; empty: every pass after the first on the subtracted image."),
@@ -540,6 +545,10 @@ def _validate_passes(options, engine) -> list[str]:
     elif options.get("PASS_SPLIT_SIGMA") and not options.get("PASS_SPLIT_MAX_RADIUS", 6.0) > 0:
         problems.append(f"PASS_SPLIT_MAX_RADIUS must be positive with PASS_SPLIT_SIGMA, got "
                         f"{options.get('PASS_SPLIT_MAX_RADIUS')}")
+    if not options.get("PASS_CONFIRM_SIGMA", 0.0) >= 0:
+        problems.append(f"PASS_CONFIRM_SIGMA must be >= 0, got {options.get('PASS_CONFIRM_SIGMA')}")
+    elif options.get("PASS_CONFIRM_SIGMA") and not options.get("PASS_SUBTRACT_RADIUS", 0.0) > 0:
+        problems.append("PASS_CONFIRM_SIGMA needs PASS_SUBTRACT_RADIUS > 0 (no residual image without it)")
     if not options.get("PASS_MODEL_BACK_SIZE", 0) >= 0:
         problems.append(f"PASS_MODEL_BACK_SIZE must be >= 0, got {options.get('PASS_MODEL_BACK_SIZE')}")
     elif options.get("PASS_MODEL_BACK_SIZE") and not options.get("PASS_SUBTRACT_RADIUS", 0.0) > 0:
@@ -589,7 +598,8 @@ def _run_passes(job, run, paths, settings_files, zero_point, background_value, c
     from shapepipe_modules.io.ldac import read_ldac, write_ldac
 
     from .config_files import ConfigFileError, read_dot_param
-    from .passes import join_passes, with_join_columns, write_pass_sex
+    from .passes import confirmed_on_residual, join_passes, merge_shallow_splits, with_join_columns, write_pass_sex
+    from .subtract import model_discs
 
     dot_sex, dot_param, dot_conv = settings_files
     try:
@@ -604,6 +614,8 @@ def _run_passes(job, run, paths, settings_files, zero_point, background_value, c
     tables, residual, header, first_raw = [], None, None, None
     pixels: dict = {}  # image and weight arrays read once for the models and the saddle tests
     split_sigma, split_merged = float(job.options.get("PASS_SPLIT_SIGMA") or 0.0), []
+    confirm_sigma = float(job.options.get("PASS_CONFIRM_SIGMA") or 0.0)
+    confirm_done, n_unconfirmed = False, None
     with tempfile.TemporaryDirectory(prefix="sextractor_passes_") as scratch:
         scratch = Path(scratch)
         param_path = scratch / "passes.param"
@@ -636,13 +648,29 @@ def _run_passes(job, run, paths, settings_files, zero_point, background_value, c
             # The models are of the first pass's detections as extracted (its close pieces are merged in the
             # join, its shallow splits here).
             first_raw = table if first else first_raw
+            detection = None
+            if split_sigma > 0 or (confirm_sigma > 0 and on_residual[index] and not confirm_done):
+                clock = time.perf_counter()
+                detection = _pass_detection_image(pass_paths, pass_sex, pass_conv, pixels)
+                timings["split_merge"] = timings.get("split_merge", 0.0) + time.perf_counter() - clock
             if split_sigma > 0:
                 clock = time.perf_counter()
-                keep = _shallow_split_keep(pass_paths, pass_sex, pass_conv, table, split_sigma,
-                                           float(job.options.get("PASS_SPLIT_MAX_RADIUS", 6.0)), pixels)
+                keep = merge_shallow_splits(table, *detection, split_sigma,
+                                            float(job.options.get("PASS_SPLIT_MAX_RADIUS", 6.0)))
                 split_merged.append(int((~keep).sum()))
                 table = table[keep]
                 timings["split_merge"] = timings.get("split_merge", 0.0) + time.perf_counter() - clock
+            if on_residual[index] and not confirm_done and confirm_sigma > 0:
+                # The first pass's objects inside the models' discs, checked on this pass's residual image.
+                confirm_done = True
+                clock = time.perf_counter()
+                subtract_radius = float(job.options["PASS_SUBTRACT_RADIUS"])
+                keep = confirmed_on_residual(tables[0], model_discs(first_raw, subtract_radius), *detection,
+                                             confirm_sigma, subtract_radius)
+                n_unconfirmed = int((~keep).sum())
+                tables[0] = tables[0][keep]
+                timings["split_merge"] = timings.get("split_merge", 0.0) + time.perf_counter() - clock
+            detection = None
             tables.append(table)
         clock, cpu = time.perf_counter(), time.process_time()
         joined = join_passes(tables, float(job.options.get("PASS_ELLIPSE_SCALE", 1.0)),
@@ -651,6 +679,8 @@ def _run_passes(job, run, paths, settings_files, zero_point, background_value, c
                              merge_first=bool(job.options.get("PASS_MERGE_FIRST", False)))
         joined.remove_columns(added)
         header["NPASS"] = (len(passes), "detection passes joined (sextractor PASSES)")
+        if n_unconfirmed is not None:
+            header["NUNCONF"] = (n_unconfirmed, "pass 1 objects not on the residual")
         for index, (name, _, _) in enumerate(passes, start=1):
             header[f"PASS{index}"] = (name, f"name of pass {index} (PASS column)")
             header[f"NPASS{index}"] = (int((joined["PASS"] == index).sum()), f"objects kept from pass {index}")
@@ -678,8 +708,8 @@ def _pixels(paths, key, cache=None):
     return cache[name]
 
 
-def _shallow_split_keep(paths, pass_sex, pass_conv, table, sigma, max_flux_radius, cache=None):
-    """Rows of a pass's catalogue kept by :func:`.passes.merge_shallow_splits` on the pass's own detection image.
+def _pass_detection_image(paths, pass_sex, pass_conv, cache=None):
+    """A pass's filtered detection image and its noise (:func:`.passes.filtered_detection_image`).
 
     The image is the one the pass detected on (the tile or the model-subtracted image), with the pass's
     BACK_SIZE, BACK_FILTERSIZE (or BACK_VALUE for BACK_TYPE MANUAL) and detection filter (none with FILTER N).
@@ -687,7 +717,7 @@ def _shallow_split_keep(paths, pass_sex, pass_conv, table, sigma, max_flux_radiu
     import numpy as np
 
     from .config_files import ExtractionSettings, read_dot_conv, read_dot_sex
-    from .passes import filtered_detection_image, merge_shallow_splits
+    from .passes import filtered_detection_image
 
     settings = ExtractionSettings.from_dot_sex(read_dot_sex(pass_sex), str(pass_sex))
     image, weight = _pixels(paths, "image", cache)[0], _pixels(paths, "weight", cache)[0]
@@ -697,9 +727,7 @@ def _shallow_split_keep(paths, pass_sex, pass_conv, table, sigma, max_flux_radiu
         weight = np.where(bad, 0.0, 1.0 if weight is None else weight).astype(np.float32)
     kernel = read_dot_conv(pass_conv) if settings.filter else np.ones((1, 1))
     back_value = settings.back_value if settings.back_type == "MANUAL" else None
-    filtered, noise = filtered_detection_image(image, weight, kernel, settings.back_size, settings.back_filtersize,
-                                               back_value)
-    return merge_shallow_splits(table, filtered, noise, sigma, max_flux_radius)
+    return filtered_detection_image(image, weight, kernel, settings.back_size, settings.back_filtersize, back_value)
 
 
 def _subtracted_image(paths, first_table, min_flux_radius, first_sex, scratch, report=None, back_size=0, cache=None):

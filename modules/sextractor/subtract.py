@@ -172,6 +172,27 @@ def _interpolate(r, centres, medians):
     return np.exp(log_profile)
 
 
+def model_discs(table, min_flux_radius):
+    """Centres (FITS pixels), semi-axes (pixels) and angles (radians) of the models :func:`subtract_models` makes.
+
+    The ellipses out to which the models reach: ``MODEL_EXTENT`` Kron radii
+    along the major axis (at most ``MAX_MODEL_RADIUS``), the catalogue's
+    axis ratio (at least ``MIN_AXIS_RATIO``) and angle, for the rows with
+    FLUX_RADIUS >= ``min_flux_radius``.
+    """
+    radius = _column(table, "FLUX_RADIUS")
+    rows = np.flatnonzero(np.nan_to_num(radius, nan=0.0) >= min_flux_radius)
+    a = np.asarray(table["A_IMAGE"], float)[rows]
+    b = np.asarray(table["B_IMAGE"], float)[rows]
+    kron = np.asarray(table["KRON_RADIUS"], float)[rows]
+    kron = np.where(np.isfinite(kron) & (kron > 0), kron, 3.5)
+    major = np.minimum(MODEL_EXTENT * kron * a, MAX_MODEL_RADIUS)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        minor = major * np.maximum(b / a, MIN_AXIS_RATIO)
+    return (np.asarray(table["X_IMAGE"], float)[rows], np.asarray(table["Y_IMAGE"], float)[rows], major,
+            np.nan_to_num(minor), np.radians(np.asarray(table["THETA_IMAGE"], float)[rows]))
+
+
 def subtract_models(image, table, min_flux_radius, back_size=64, weight=None):
     """The image minus the ring-median models of the table's objects with FLUX_RADIUS >= ``min_flux_radius``.
 
