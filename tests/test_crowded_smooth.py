@@ -185,6 +185,8 @@ def test_model_back_size_errors_are_named():
     assert not validate(dict(base, **files, **FINE_DUAL))
     assert not validate(dict(base, **files, PASSES=["FINE"], PASS_SETTINGS=[FINE], PASS_SPLIT_SIGMA=3.0))
     assert any("PASS_SPLIT_SIGMA acts on" in p for p in validate(dict(base, PASS_SPLIT_SIGMA=3.0)))
+    problems = validate(dict(base, PASSES=["FINE"], PASS_SETTINGS=[FINE], PASS_CONFIRM_SIGMA=3.0))
+    assert any("PASS_CONFIRM_SIGMA act on the passes after the first" in p for p in problems)
 
 
 @pytest.fixture(scope="module")

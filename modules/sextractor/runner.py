@@ -41,7 +41,7 @@ and joins them (:mod:`.passes`); ``SATURATION_REGIONS``, ``OBJECT_MASK``,
 ``LOCAL_SKY`` and ``REGIONS`` write saturated-star regions, the object mask,
 local-sky columns and ds9 regions (:mod:`shapepipe_modules.crowded`). The
 job then also returns ``seconds_pass_<name>``, ``seconds_subtract`` (PASS_SUBTRACT_RADIUS),
-``seconds_split_merge`` (PASS_SPLIT_SIGMA), ``seconds_join`` and
+``seconds_split_merge`` (PASS_SPLIT_SIGMA, PASS_CONFIRM_SIGMA), ``seconds_join`` and
 ``seconds_<product>``, ``n_saturated_regions``, ``masked_fraction`` and
 ``local_sky_not_converged``.
 """
@@ -314,8 +314,8 @@ def validate(options) -> list[str]:
         problems.append("PASS_SPLIT_SIGMA acts on the detections of each of PASSES: give PASSES (one pass is enough)")
     if len(options.get("PASSES") or []) < 2:
         # Options that act on the passes after the first mean nothing without them: a config mistake.
-        given = [key for key in ("PASS_SUBTRACT_RADIUS", "PASS_MODEL_BACK_SIZE", "PASS_RESIDUAL", "PASS_CORE_SCALES",
-                                 "PASS_MIN_FLUX_RADII") if options.get(key)]
+        given = [key for key in ("PASS_SUBTRACT_RADIUS", "PASS_MODEL_BACK_SIZE", "PASS_CONFIRM_SIGMA", "PASS_RESIDUAL",
+                                 "PASS_CORE_SCALES", "PASS_MIN_FLUX_RADII") if options.get(key)]
         if given:
             problems.append(f"{', '.join(given)} act on the passes after the first: PASSES names "
                             f"{len(options.get('PASSES') or [])} pass(es)")
@@ -612,9 +612,10 @@ def _run_passes(job, run, paths, settings_files, zero_point, background_value, c
         raise JobError(str(error)) from error
     timings: dict = {}
     tables, residual, header, first_raw = [], None, None, None
-    pixels: dict = {}  # image and weight arrays read once for the models and the saddle tests
     split_sigma, split_merged = float(job.options.get("PASS_SPLIT_SIGMA") or 0.0), []
     confirm_sigma = float(job.options.get("PASS_CONFIRM_SIGMA") or 0.0)
+    # The image and weight arrays, read once for the models and the saddle tests when these use them.
+    pixels = {} if split_sigma > 0 or confirm_sigma > 0 else None
     confirm_done, n_unconfirmed = False, None
     with tempfile.TemporaryDirectory(prefix="sextractor_passes_") as scratch:
         scratch = Path(scratch)
@@ -631,6 +632,8 @@ def _run_passes(job, run, paths, settings_files, zero_point, background_value, c
                                                      scratch / "pass1.sex", scratch, report,
                                                      int(job.options.get("PASS_MODEL_BACK_SIZE") or 0), pixels)
                 timings["subtract"] = time.perf_counter() - clock
+                if pixels is not None:  # the later passes detect on the residual (re-read if one does not)
+                    pixels.pop(str(paths["image"]), None)
             pass_paths = subtracted_paths if on_residual[index] else paths
             # A pass's own detection filter (FILTER_NAME in its settings), else DOT_CONV_FILE.
             pass_conv = pass_filter_file(overrides) or dot_conv
