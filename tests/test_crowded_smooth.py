@@ -179,7 +179,7 @@ def test_model_back_size_errors_are_named():
     problems = validate(dict(base, **dict(FINE_DUAL, PASS_SPLIT_SIGMA=-1.0)))
     assert any("PASS_SPLIT_SIGMA must be >= 0, got -1" in p for p in problems)
     problems = validate(dict(base, **dict(FINE_DUAL, PASS_SPLIT_MAX_RADIUS=0.0)))
-    assert any("PASS_SPLIT_MAX_RADIUS must be positive" in p for p in problems)
+    assert any("PASS_SPLIT_SIGMA needs PASS_SPLIT_MAX_RADIUS > 0" in p for p in problems)
     files = dict(DOT_PARAM_FILE=str(DATA_DIR / "default.param"), DOT_CONV_FILE=str(DATA_DIR / "default.conv"),
                  FLAG_IMAGE=True)
     assert not validate(dict(base, **files, **FINE_DUAL))

@@ -532,27 +532,24 @@ def _validate_passes(options, engine) -> list[str]:
         problems.append(f"PASSES: names must differ, got {', '.join(names)}")
     if not options.get("PASS_ELLIPSE_SCALE", 1.0) > 0:
         problems.append(f"PASS_ELLIPSE_SCALE must be positive, got {options.get('PASS_ELLIPSE_SCALE')}")
-    if not options.get("PASS_NEIGHBOUR_RADIUS", 0.0) >= 0:
-        problems.append(f"PASS_NEIGHBOUR_RADIUS must be >= 0, got {options.get('PASS_NEIGHBOUR_RADIUS')}")
-    if not options.get("PASS_MERGE_RADIUS", 0.0) >= 0:
-        problems.append(f"PASS_MERGE_RADIUS must be >= 0, got {options.get('PASS_MERGE_RADIUS')}")
-    if not options.get("PASS_SUBTRACT_RADIUS", 0.0) >= 0:
-        problems.append(f"PASS_SUBTRACT_RADIUS must be >= 0, got {options.get('PASS_SUBTRACT_RADIUS')}")
-    if options.get("PASS_MERGE_FIRST") and not options.get("PASS_MERGE_RADIUS", 0.0) > 0:
-        problems.append("PASS_MERGE_FIRST needs PASS_MERGE_RADIUS > 0 (the merging distance)")
-    if not options.get("PASS_SPLIT_SIGMA", 0.0) >= 0:
-        problems.append(f"PASS_SPLIT_SIGMA must be >= 0, got {options.get('PASS_SPLIT_SIGMA')}")
-    elif options.get("PASS_SPLIT_SIGMA") and not options.get("PASS_SPLIT_MAX_RADIUS", 6.0) > 0:
-        problems.append(f"PASS_SPLIT_MAX_RADIUS must be positive with PASS_SPLIT_SIGMA, got "
-                        f"{options.get('PASS_SPLIT_MAX_RADIUS')}")
-    if not options.get("PASS_CONFIRM_SIGMA", 0.0) >= 0:
-        problems.append(f"PASS_CONFIRM_SIGMA must be >= 0, got {options.get('PASS_CONFIRM_SIGMA')}")
-    elif options.get("PASS_CONFIRM_SIGMA") and not options.get("PASS_SUBTRACT_RADIUS", 0.0) > 0:
-        problems.append("PASS_CONFIRM_SIGMA needs PASS_SUBTRACT_RADIUS > 0 (no residual image without it)")
-    if not options.get("PASS_MODEL_BACK_SIZE", 0) >= 0:
-        problems.append(f"PASS_MODEL_BACK_SIZE must be >= 0, got {options.get('PASS_MODEL_BACK_SIZE')}")
-    elif options.get("PASS_MODEL_BACK_SIZE") and not options.get("PASS_SUBTRACT_RADIUS", 0.0) > 0:
-        problems.append("PASS_MODEL_BACK_SIZE needs PASS_SUBTRACT_RADIUS > 0 (no models without it)")
+    declared = {option.name: option.default for option in OPTIONS}
+
+    def value(key):  # as given, else as declared (validate may see options without their defaults)
+        return options.get(key, declared[key])
+
+    negative = set()
+    for key in ("PASS_NEIGHBOUR_RADIUS", "PASS_MERGE_RADIUS", "PASS_SUBTRACT_RADIUS", "PASS_SPLIT_SIGMA",
+                "PASS_CONFIRM_SIGMA", "PASS_MODEL_BACK_SIZE"):
+        if not value(key) >= 0:
+            problems.append(f"{key} must be >= 0, got {value(key)}")
+            negative.add(key)
+    # An option that means nothing without another one: a config mistake, named.
+    for key, needed, why in (("PASS_MERGE_FIRST", "PASS_MERGE_RADIUS", "the merging distance"),
+                             ("PASS_SPLIT_SIGMA", "PASS_SPLIT_MAX_RADIUS", "the largest FLUX_RADIUS tested"),
+                             ("PASS_CONFIRM_SIGMA", "PASS_SUBTRACT_RADIUS", "no residual image without it"),
+                             ("PASS_MODEL_BACK_SIZE", "PASS_SUBTRACT_RADIUS", "no models without it")):
+        if value(key) and key not in negative and not value(needed) > 0:
+            problems.append(f"{key} needs {needed} > 0 ({why}), got {value(needed)}")
     for key in ("PASS_CORE_SCALES", "PASS_MIN_FLUX_RADII"):
         try:
             pass_numbers(options, key)
