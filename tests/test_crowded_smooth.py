@@ -278,3 +278,26 @@ def test_the_models_are_measured_over_pass_model_back_size(smooth_tiles, tmp_pat
     assert list(joined["PASS"]) == list(offline["PASS"])
     np.testing.assert_array_equal(joined["X_IMAGE"], offline["X_IMAGE"])
     np.testing.assert_array_equal(joined["FLUX_AUTO"], offline["FLUX_AUTO"])
+
+
+def test_pass_detection_image_takes_bad_pixels_out(tmp_path):
+    # Non-finite pixels (a bad column) get zero weight: the filtered image stays finite and their noise infinite,
+    # so the saddle test and the confirmation never read them as light.
+    from astropy.io import fits
+
+    from shapepipe_modules.sextractor.runner import _pass_detection_image
+
+    rng = np.random.default_rng(8)
+    image = (100.0 + rng.normal(0, 3.0, (120, 120))).astype(np.float32)
+    image[:, 60] = np.nan
+    weight = np.full(image.shape, 1 / 9.0, np.float32)
+    paths = {"image": tmp_path / "image.fits", "weight": tmp_path / "weight.fits"}
+    fits.PrimaryHDU(image).writeto(paths["image"])
+    fits.PrimaryHDU(weight).writeto(paths["weight"])
+    sex = tmp_path / "pass.sex"
+    sex.write_text("BACK_SIZE 32\nBACK_FILTERSIZE 3\nFILTER Y\n")
+    filtered, noise = _pass_detection_image(paths, sex, DATA_DIR / "default.conv")
+    assert np.isfinite(filtered).all()
+    assert np.isinf(noise[:, 60]).all() and np.isfinite(noise[:, :59]).all()
+    k = read_dot_conv(DATA_DIR / "default.conv")
+    np.testing.assert_allclose(np.median(noise[:, :50]), 3.0 * np.sqrt((k ** 2).sum() / k.sum() ** 2), rtol=0.05)
