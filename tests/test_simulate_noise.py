@@ -222,3 +222,46 @@ def test_cli_paired_and_negative_shear(tmp_path, monkeypatch):
     monkeypatch.setattr(core, "simulate_paired", lambda **kw: calls.append(kw) or (tmp_path / "plus", tmp_path / "minus"))
     assert cli_main(["--paired", "--preset", "tiny", "--shear", "-0.02,0.01", "-o", str(tmp_path), "--no-progress"]) == 0
     assert calls[0]["shear"] == [[-0.02, 0.01]] and calls[0]["preset"] == "tiny"
+
+
+def test_noise_realisation_redraws_the_noise_of_the_same_scene(pair, tmp_path):
+    """noise_realisation = 1: the same truth and noise-free sky, an independent noise draw of the variance the weight gives."""
+    from shapepipe_modules.simulate import simulate
+
+    plus = pair[0]
+    other = simulate("tiny", tmp_path / "r1", seed=SEED, noise_realisation=1)
+    record = json.loads((other / "simulation.json").read_text())
+    assert record["parameters"]["noise_realisation"] == 1
+    tile = record["parameters"]["tiles"][0]
+    a, b = load_truth(plus, tile=tile), load_truth(other, tile=tile)
+    assert a.colnames == b.colnames and len(a) == len(b) > 0
+    for name in a.colnames:
+        assert np.array_equal(np.asarray(a[name]), np.asarray(b[name])), name
+    name = cfis.tile_file_name(*cfis.parse_tile_id(tile), kind="image")
+    first, second = fits.getdata(plus / "tiles" / name), fits.getdata(other / "tiles" / name)
+    weight = fits.getdata(plus / "tiles" / name.replace(".fits", ".weight.fits.fz"), 1)
+    blank = weight > 0
+    # Far from the objects the difference of two draws has twice the weight's variance; near them more
+    # (the objects' photons), so the robust scatter is taken.
+    z = ((second - first) * np.sqrt(weight / 2.0))[blank]
+    scatter = 1.4826 * np.median(np.abs(z - np.median(z)))
+    assert abs(np.median(z)) < 0.02 and abs(scatter - 1.0) < 0.05
+    assert np.corrcoef(first[blank], second[blank])[0, 1] > 0  # the same objects in both
+    # The exposures' noise is redrawn too; their weight (the sky's variance) is the same.
+    exposure = sorted((plus / "exposures").glob("*p.fits"))[0]
+    assert not np.array_equal(fits.getdata(exposure, 1), fits.getdata(other / "exposures" / exposure.name, 1))
+    weight_name = exposure.name.replace(".fits", ".weight.fits.fz")
+    assert np.array_equal(fits.getdata(plus / "exposures" / weight_name, 1),
+                          fits.getdata(other / "exposures" / weight_name, 1))
+
+
+def test_noise_streams_realisation_zero_is_the_seed_own():
+    key = (2100001, 0)
+    assert np.array_equal(streams.noise_stream(1, streams.SKY_PHOTONS, 0, *key).normal(size=4),
+                          streams.stream(1, streams.SKY_PHOTONS, *key).normal(size=4))
+    assert not np.array_equal(streams.noise_stream(1, streams.SKY_PHOTONS, 1, *key).normal(size=4),
+                              streams.stream(1, streams.SKY_PHOTONS, *key).normal(size=4))
+    with pytest.raises(ValueError, match="not noise"):
+        streams.noise_stream(1, streams.GALAXY_SCENE, 1)
+    with pytest.raises(ValueError, match=">= 0"):
+        streams.noise_stream(1, streams.SKY_PHOTONS, -1, *key)

@@ -53,6 +53,9 @@ _BASE = {
     "sky_gradient": (0.03, "fractional sky change across a CCD"),
     "bad_columns": (1, "bad columns per CCD"),
     "cosmic_rate": (5.0, "cosmic rays per million pixels"),
+    "noise_realisation": (0, "noise realisation of the same scene: 0 the seed's own noise; k > 0 draws every "
+                             "noise stream (sky and object photons, read noise, cosmic rays, tile noise) anew, "
+                             "the scene, PSFs, pointings and truth unchanged"),
     # PSF
     "psf_beta": (3.5, "Moffat beta (half-integer: closed-form Fourier transform, 3x faster draws)"),
     "psf_fwhm_range": ([0.65, 0.8], "range of the central FWHM of an exposure, arcsec"),
@@ -388,6 +391,8 @@ def _check(params):
         problems.append("simulate: 'exposures_per_night' must be 0 or more")
     if not 0.0 <= params["variable_fraction"] <= 1.0 or not 0.0 <= params["transient_fraction"] <= 1.0:
         problems.append("simulate: 'variable_fraction' and 'transient_fraction' must be in 0..1")
+    if params["noise_realisation"] < 0:
+        problems.append("simulate: 'noise_realisation' must be 0 or more")
     if params["bad_seeing_factor"] <= 0:
         problems.append("simulate: 'bad_seeing_factor' must be positive")
     for name in ("zero_point_range", "variable_amplitude_range", "variable_period_range", "transient_width_range"):

@@ -308,6 +308,7 @@ def render_ccd(task):
     objects = task["objects"]
     wcs = make_wcs(task["wcs_cards"])
     seed, key = task["seed"], (task["exposure"], task["ccd"])
+    realisation = int(params.get("noise_realisation", 0))
 
     x, y = world_to_pixel(wcs, objects["ra"], objects["dec"])
     fwhm, e1, e2 = psf_shape_at(task["psf_model"], task["focal_x0"] + x - 1.0, task["focal_y0"] + y - 1.0, task["half_extent"])
@@ -329,7 +330,7 @@ def render_ccd(task):
     photons = {True: np.zeros((ny, nx), np.int32), False: np.zeros((ny, nx), np.int32)}
     for i, rows, columns, stamp in draw_stamps(galsim.BoundsI(1, nx, 1, ny), drawn, x, y, jac, fwhm, e1, e2, radius, params):
         star = bool(sub["is_star"][i])
-        rng = streams.stream(seed, streams.OBJECT_PHOTONS, *key, sub["id"][i])
+        rng = streams.noise_stream(seed, streams.OBJECT_PHOTONS, realisation, *key, sub["id"][i])
         model[star][rows, columns] += stamp
         photons[star][rows, columns] += rng.poisson(np.maximum(stamp, 0.0) * gain)
 
@@ -338,14 +339,14 @@ def render_ccd(task):
     gx = (np.arange(nx) + 0.5) / nx - 0.5
     gy = (np.arange(ny) + 0.5) / ny - 0.5
     sky = scale * sky_level(params) * (1.0 + grad[0] * gx[None, :] + grad[1] * gy[:, None])
-    sky_photons = streams.stream(seed, streams.SKY_PHOTONS, *key).poisson(sky * gain)
+    sky_photons = streams.noise_stream(seed, streams.SKY_PHOTONS, realisation, *key).poisson(sky * gain)
     base = (sky_photons + photons[True]) / gain
     del sky_photons
-    base += streams.stream(seed, streams.READ_NOISE, *key).normal(0.0, params["read_noise"] / gain, base.shape)
+    base += streams.noise_stream(seed, streams.READ_NOISE, realisation, *key).normal(0.0, params["read_noise"] / gain, base.shape)
     weight = (1.0 / (sky / gain + (params["read_noise"] / gain) ** 2)).astype(np.float32)
 
     flag = np.zeros((ny, nx), np.int16)
-    add_cosmic_rays(base, flag, streams.stream(seed, streams.COSMIC_RAYS, *key), params)
+    add_cosmic_rays(base, flag, streams.noise_stream(seed, streams.COSMIC_RAYS, realisation, *key), params)
     image = base + photons[False] / gain
     del photons
     saturated = apply_saturation(image, params["saturate"], base)
@@ -417,7 +418,8 @@ def render_tile_block(task):
     covered = n_cov > 0
     safe = np.where(covered, n_cov, 1.0)
     gain = params["gain"]
-    deviates = streams.stream(task["seed"], streams.TILE_NOISE, *task["tile"], row0).normal(0.0, 1.0, stars.shape)
+    deviates = streams.noise_stream(task["seed"], streams.TILE_NOISE, int(params.get("noise_realisation", 0)),
+                                     *task["tile"], row0).normal(0.0, 1.0, stars.shape)
     base = stars + deviates * np.sqrt((background_variance(params) + np.maximum(stars, 0.0) / gain) / safe)
     noiseless = stars + galaxies
     del stars, galaxies

@@ -55,6 +55,9 @@ KEYS = {
 
 MAX_SEED = 2**32 - 1
 
+#: The purposes whose draws are noise: redrawn for each ``noise_realisation`` (:func:`noise_stream`).
+NOISE_PURPOSES = frozenset({SKY_PHOTONS, OBJECT_PHOTONS, READ_NOISE, COSMIC_RAYS, TILE_NOISE})
+
 #: Recorded in ``simulation.json`` (``random_streams``). 1 (no record): one
 #: generator per CCD shared by all its noise; 2: the streams of this module.
 RANDOM_STREAMS_VERSION = 2
@@ -84,3 +87,28 @@ def stream(seed: int, purpose: int, *key) -> np.random.Generator:
     if not 0 <= int(seed) <= MAX_SEED:
         raise ValueError(f"simulate: seed must be in 0..{MAX_SEED}, got {seed}")
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(purpose), *(int(k) for k in key)]))
+
+
+def noise_stream(seed: int, purpose: int, realisation: int, *key) -> np.random.Generator:
+    """The generator of a noise purpose in one noise realisation of the scene.
+
+    Realisation 0 is :func:`stream` itself (a simulation without the
+    parameter draws the same noise). Realisation k > 0 appends k to the
+    key, a longer entropy than any of :func:`stream`'s, ending in a
+    non-zero word: a new, independent draw of that noise, while every
+    scene, PSF and pointing stream is untouched.
+
+    Raises
+    ------
+    ValueError
+        A purpose that is not noise, a negative realisation, or as :func:`stream`.
+    """
+    if purpose not in NOISE_PURPOSES:
+        raise ValueError(f"simulate: stream {purpose} is not noise; only {sorted(NOISE_PURPOSES)} have realisations")
+    if int(realisation) < 0:
+        raise ValueError(f"simulate: noise_realisation must be >= 0, got {realisation}")
+    if int(realisation) == 0:
+        return stream(seed, purpose, *key)
+    stream(seed, purpose, *key)  # the same checks of the purpose, key and seed
+    return np.random.default_rng(np.random.SeedSequence([int(seed), int(purpose), *(int(k) for k in key),
+                                                         int(realisation)]))
