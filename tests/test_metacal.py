@@ -1227,34 +1227,3 @@ def test_epoch_local_sky_width_is_checked_before_any_job():
 
     assert validate({"EPOCH_LOCAL_SKY_WIDTH": 4}) == []
     assert validate({"EPOCH_LOCAL_SKY_WIDTH": -1}) == ["EPOCH_LOCAL_SKY_WIDTH must be >= 0, got -1"]
-
-
-def test_epoch_local_sky_surface_takes_a_neighbours_curved_wing():
-    # A galaxy on the wing of a bright neighbour off the stamp: the wing adds a gradient and a curvature
-    # (a quadratic surface here). The quadratic fitted to the border leaves the galaxy's pixels as without
-    # the wing, to the noise; the border's median leaves the curvature. A masked, bright pixel block on
-    # the border (a neighbour under zero weight) and a faint object on the border do not pull the fit.
-    rng = np.random.default_rng(11)
-    yy, xx = np.mgrid[0:N, 0:N] - N // 2
-    galaxy = 300.0 * np.exp(-0.5 * (xx**2 + yy**2) / 2.0**2)
-    wing = 20.0 + 0.6 * xx - 0.2 * yy + 0.02 * xx**2 + 0.01 * xx * yy + 0.005 * yy**2
-    noise = rng.normal(0.0, 0.5, (N, N))
-    image = wing + galaxy + noise
-    image[0:2, N // 2:N // 2 + 3] += 40.0  # a faint object on the border, clipped
-    weight = np.ones((N, N))
-    weight[-3:, :5] = 0.0
-    image[-3:, :5] = 1e4
-    raw = engine.RawEpoch(image=image, background=np.zeros((N, N)), weight=weight, flag=np.zeros((N, N), int),
-                          psf_image=np.ones((N, N)), jacobian=np.eye(2) * 0.187, name="1-2")
-    centre = (np.abs(xx) <= 6) & (np.abs(yy) <= 6)
-    quadratic = engine.assemble_epoch(raw, local_sky_width=4, local_sky_order=2)["image"]
-    assert np.max(np.abs(quadratic - galaxy - noise)[centre]) < 0.5
-    plane = engine.assemble_epoch(raw, local_sky_width=4, local_sky_order=1)["image"]
-    median = engine.assemble_epoch(raw, local_sky_width=4)["image"]
-    # Without the curvature terms the centre keeps most of it (the border's mean curvature, about 2.5 ADU).
-    for other in (plane, median):
-        assert np.max(np.abs(other - galaxy - noise)[centre]) > 1.5
-    from shapepipe_modules.ngmix.runner import validate
-
-    assert validate({"EPOCH_LOCAL_SKY_ORDER": 2}) == []
-    assert validate({"EPOCH_LOCAL_SKY_ORDER": 3}) == ["EPOCH_LOCAL_SKY_ORDER must be 0, 1 or 2, got 3"]

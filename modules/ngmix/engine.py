@@ -144,7 +144,7 @@ def megacam_flip(stamp, ccd):
     return stamp
 
 
-def assemble_epoch(raw, max_flagged_fraction=1.0 / 3.0, local_sky_width=0, local_sky_order=0):
+def assemble_epoch(raw, max_flagged_fraction=1.0 / 3.0, local_sky_width=0):
     """Apply ShapePipe's per-epoch selection and scaling.
 
     Parameters
@@ -160,11 +160,6 @@ def assemble_epoch(raw, max_flagged_fraction=1.0 / 3.0, local_sky_width=0, local
         diffuse light on scales finer than the background mesh (crowded
         fields; ``EPOCH_LOCAL_SKY_WIDTH``). Not done with fewer than
         ``MIN_LOCAL_SKY_PIXELS`` usable pixels.
-    local_sky_order : int, optional
-        0: that median; 1 or 2: a plane or a quadratic surface fitted to
-        the same border pixels (:func:`border_sky_surface`), which also
-        takes the gradient and curvature of a neighbour's wing or of
-        diffuse light across the stamp (``EPOCH_LOCAL_SKY_ORDER``).
 
     Returns
     -------
@@ -185,9 +180,7 @@ def assemble_epoch(raw, max_flagged_fraction=1.0 / 3.0, local_sky_width=0, local
         return None
     image = image - np.asarray(raw.background, dtype=float)
     flag = np.array(raw.flag, dtype=np.int64, copy=True)
-    if local_sky_width > 0 and local_sky_order > 0:
-        image = image - border_sky_surface(image, raw.weight, flag, int(local_sky_width), int(local_sky_order))
-    elif local_sky_width > 0:
+    if local_sky_width > 0:
         image = image - border_sky(image, raw.weight, flag, int(local_sky_width))
     if raw.tile_stamp is not None:
         tile = np.asarray(raw.tile_stamp)
@@ -228,43 +221,6 @@ def border_sky(image, weight, flag, width):
     if np.count_nonzero(usable) < MIN_LOCAL_SKY_PIXELS:
         return 0.0
     return float(np.median(np.asarray(image)[usable]))
-
-
-def border_sky_surface(image, weight, flag, width, order, clip=3.0, iterations=3):
-    """A polynomial surface (order 1: plane, 2: quadratic) fitted to a stamp's usable border pixels.
-
-    The border is as :func:`border_sky` takes it. The fit is least squares
-    in coordinates scaled to [-1, 1] over the stamp, repeated ``iterations``
-    times without the pixels farther than ``clip`` robust sigmas from the
-    surface (a faint object on the border). Returns the surface over the
-    whole stamp, or 0 when fewer than :data:`MIN_LOCAL_SKY_PIXELS` usable
-    pixels (or fewer than three per coefficient) remain.
-    """
-    image = np.asarray(image, float)
-    ny, nx = image.shape
-    border = np.ones(image.shape, bool)
-    border[width:-width, width:-width] = False
-    usable = border & (np.asarray(weight) > 0) & (np.asarray(flag) == 0)
-    yy, xx = np.mgrid[0:ny, 0:nx]
-    u, v = 2.0 * xx / max(nx - 1, 1) - 1.0, 2.0 * yy / max(ny - 1, 1) - 1.0
-    terms = [np.ones_like(u), u, v] + ([u * u, u * v, v * v] if order >= 2 else [])
-    design = np.stack([t.ravel() for t in terms], axis=1)
-    use = usable.ravel().copy()
-    values = image.ravel()
-    coefficients = None
-    for _ in range(iterations):
-        if use.sum() < max(MIN_LOCAL_SKY_PIXELS, 3 * len(terms)):
-            break
-        coefficients = np.linalg.lstsq(design[use], values[use], rcond=None)[0]
-        residual = values - design @ coefficients
-        spread = 1.4826 * np.median(np.abs(residual[use] - np.median(residual[use])))
-        keep = usable.ravel() & (np.abs(residual) <= clip * spread) if spread > 0 else use
-        if np.array_equal(keep, use):
-            break
-        use = keep
-    if coefficients is None:
-        return 0.0
-    return (design @ coefficients).reshape(image.shape)
 
 
 def _psf_guess_T(psf_image, jacobian):
@@ -560,9 +516,6 @@ class EngineConfig:
     epoch_local_sky_width : int
         Border width (pixels) of the per-epoch local sky of
         :func:`assemble_epoch`; 0: none (ShapePipe).
-    epoch_local_sky_order : int
-        0: the border's median; 1, 2: a plane or a quadratic surface fitted
-        to it (:func:`assemble_epoch`).
     """
 
     step: float = 0.01
@@ -575,7 +528,6 @@ class EngineConfig:
     target_psf: str = "gauss_nopix"
     mask_fill: str = "model"
     epoch_local_sky_width: int = 0
-    epoch_local_sky_order: int = 0
 
 
 def fit_radius(T_guess, operators, n_sigma, min_radius=6.0):
@@ -964,8 +916,7 @@ def measure_raw_object(raw_epochs, object_id, rng, config=None):
     epochs = []
     n_dropped_psf = n_bad_stamp = 0
     for raw in raw_epochs:
-        assembled = assemble_epoch(raw, config.max_flagged_fraction, config.epoch_local_sky_width,
-                                   config.epoch_local_sky_order)
+        assembled = assemble_epoch(raw, config.max_flagged_fraction, config.epoch_local_sky_width)
         if assembled is None:
             continue
         epoch, reason = prepare_epoch(assembled, rng, config.mask_fill)

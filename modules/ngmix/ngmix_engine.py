@@ -611,8 +611,7 @@ def measure_raw_object(raw_epochs, object_id, rng, config=None, **options):
     epochs = []
     n_dropped_psf = n_bad_stamp = 0
     for raw in raw_epochs:
-        assembled = assemble_epoch(raw, config.max_flagged_fraction, config.epoch_local_sky_width,
-                                   config.epoch_local_sky_order)
+        assembled = assemble_epoch(raw, config.max_flagged_fraction, config.epoch_local_sky_width)
         if assembled is None:
             continue
         epoch, reason = prepare_epoch(ngmix, assembled, rng, ntry=config.ntry, mask_fill=config.mask_fill)

@@ -59,10 +59,6 @@ OPTIONS = (
            "positive weight and no flag; with vignetmaker NEIGHBOUR_MASK the neighbours' pixels are out): the "
            "wings of bright neighbours and diffuse light finer than the background mesh (crowded fields; "
            "docs/crowded.md). 0: none, as ShapePipe."),
-    Option("EPOCH_LOCAL_SKY_ORDER", "int", 0, "With EPOCH_LOCAL_SKY_WIDTH > 0: 0 subtracts the border's median; "
-           "1 a plane, 2 a quadratic surface fitted to the same border pixels (least squares, 3-sigma clipped), "
-           "which also takes the gradient and curvature of a neighbour's wing or of diffuse light across the "
-           "stamp."),
     Option("TILE_VIGNET_MASK", "bool", False, "Flag (TILE_MISSING, 2**10) every epoch pixel where the tile "
            "catalogue's VIGNET holds SExtractor's -1e30 (pixels of neighbouring objects in the tile segmentation, "
            "of zero tile weight or off the tile), as ShapePipe does. Off by default: the neighbours' segmentation "
@@ -102,9 +98,6 @@ def validate(options) -> list[str]:
     width = options.get("EPOCH_LOCAL_SKY_WIDTH")
     if width is not None and width < 0:
         problems.append(f"EPOCH_LOCAL_SKY_WIDTH must be >= 0, got {width}")
-    order = options.get("EPOCH_LOCAL_SKY_ORDER")
-    if order is not None and order not in (0, 1, 2):
-        problems.append(f"EPOCH_LOCAL_SKY_ORDER must be 0, 1 or 2, got {order}")
     return problems
 
 
@@ -150,8 +143,7 @@ def run_ngmix(inputs, output_dir, number, seed, options, logger):
                           zero_point=float(options["MAG_ZP"]),
                           target_psf=options.get("TARGET_PSF", "gauss_nopix"),
                           mask_fill=options.get("MASK_FILL", "model"),
-                          epoch_local_sky_width=int(options.get("EPOCH_LOCAL_SKY_WIDTH", 0)),
-                          epoch_local_sky_order=int(options.get("EPOCH_LOCAL_SKY_ORDER", 0)))
+                          epoch_local_sky_width=int(options.get("EPOCH_LOCAL_SKY_WIDTH", 0)))
     id_min, id_max = int(options["ID_OBJ_MIN"]), int(options["ID_OBJ_MAX"])
     engine = options.get("ENGINE", "builtin")
     measure = None
