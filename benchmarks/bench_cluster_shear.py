@@ -3,7 +3,8 @@
 Usage::
 
     python benchmarks/bench_cluster_shear.py [--seeds 1-5] [--workdir DIR] [--n-boot 200] [--no-paired]
-                                             [--neighbour-mask on|off]
+                                             [--neighbour-mask on|off] [--set NAME=VALUE ...]
+                                             [--ngmix KEY=VALUE ...]
 
 For each seed the ``cluster`` preset is simulated twice, with the NFW shear
 and with its opposite (``simulate_paired``: same galaxies, same noise;
@@ -32,6 +33,11 @@ redone), and the fitted amplitude ``g_t = A x input``: once for the
 ``+`` runs alone (what a survey measures) and once paired,
 ``(g_t(+) - g_t(-)) / 2`` per galaxy, where the galaxies' own shapes
 cancel.
+
+``--set`` overrides a parameter of the simulations it makes (existing ones
+are reused as they are), e.g. ``--set cluster_members=1 --set
+cluster_bcg_mag=40 --set icl_mag=0``: the same NFW shear without the
+cluster's light.
 """
 
 from __future__ import annotations
@@ -49,6 +55,12 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 EDGES = (0.0, 20.0, 35.0, 50.0, 65.0, 90.0)
+
+
+def _parse_set(text):
+    from shapepipe_modules.simulate.cli import _parse_set as parse
+
+    return parse(text)
 
 
 def _seeds(text):
@@ -114,6 +126,24 @@ def final_catalogue(run_root: Path):
     return found[0] if found else None
 
 
+def duplicated_in_catalogue(columns, truth):
+    """Truth objects with two or more entries in a final catalogue: all its entries, and those the shear selection keeps.
+
+    Entries are given to the truth as :func:`shapepipe_modules.validate.crowded.cluster_scores` gives
+    detections (tile pixel positions, size-scaled distance; the intracluster light left out).
+    """
+    from shapepipe_modules.simulate import resolve_parameters
+    from shapepipe_modules.simulate.cluster import ROLE_ICL
+    from shapepipe_modules.validate import crowded
+    from shapepipe_modules.validate.shear import Selection, branch_tables
+
+    objects = truth[np.asarray(truth["cluster_role"]) != ROLE_ICL]
+    owner = crowded.assign_detections(columns["X_IMAGE"], columns["Y_IMAGE"], objects,
+                                      resolve_parameters("cluster")["pixel_scale"])
+    selected = np.asarray(Selection()(branch_tables(columns)["noshear"]), bool)
+    return tuple(int(np.sum(crowded.detections_per_truth(o, len(objects)) > 1)) for o in (owner, owner[selected]))
+
+
 def masked_fraction(run_root: Path) -> float:
     from astropy.io import fits
 
@@ -140,6 +170,11 @@ def main(argv=None):
     parser.add_argument("--rerun", action="store_true", help="run the chain even where a final catalogue exists")
     parser.add_argument("--no-paired", dest="paired", action="store_false",
                         help="only the + member of each seed (default: + and - members, shear of opposite sign)")
+    parser.add_argument("--set", type=_parse_set, action="append", default=[], metavar="NAME=VALUE",
+                        help="simulation parameter override (as shapepipe_simulate --set), e.g. cluster_members=1")
+    parser.add_argument("--ngmix", type=_parse_set, action="append", default=[], metavar="KEY=VALUE",
+                        help="an option of the ngmix stage ([NGMIX_RUNNER] of config_tile_Ng.ini), e.g. "
+                             "EPOCH_LOCAL_SKY_WIDTH=4")
     parser.add_argument("--neighbour-mask", choices=("on", "off"), default=None,
                         help="zero weight on other objects in the exposure stamps (tile OBJECT_MASK, vignetmaker "
                              "NEIGHBOUR_MASK): on or off (default: as example/crowded, on)")
@@ -151,18 +186,20 @@ def main(argv=None):
     from shapepipe_modules.simulate.core import simulate_paired
     from shapepipe_modules.simulate.cluster import cluster_centre
     from shapepipe_modules.validate import crowded
-    from shapepipe_modules.validate.shear import read_final_catalogue
+    from shapepipe_modules.validate.shear import Selection, read_final_catalogue
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_cluster_shear_"))
     config = cluster_config_dir(work / "config")
     if args.neighbour_mask is not None:
         neighbour_mask_config(config, args.neighbour_mask == "on")
+    if args.ngmix:
+        _set_options(config / "config_tile_Ng.ini", "NGMIX_RUNNER", {key: str(value) for key, value in args.ngmix})
     pooled = {"tables": [], "dx": [], "dy": [], "g_t_true": [], "group": [], "sign": [], "unit": []}
     per_seed = []
     for seed in _seeds(args.seeds):
         members = (("plus", 1), ("minus", -1)) if args.paired else (("plus", 1),)
         if not all((work / f"seed{seed}" / m / "simulation.json").exists() for m, _ in members):
-            simulate_paired("cluster", work / f"seed{seed}", seed=seed, n_workers=1)
+            simulate_paired("cluster", work / f"seed{seed}", seed=seed, n_workers=1, **dict(args.set))
         for member, sign in members:
             sim, run_root = work / f"seed{seed}" / member, work / f"chain{seed}" / member
             catalogue = final_catalogue(run_root)
@@ -176,7 +213,8 @@ def main(argv=None):
                                              cluster_centre(params))
             one = crowded.metacal_tangential_profile(data["tables"], data["dx"], data["dy"], data["g_t_true"],
                                                      np.array([0.0, 90.0]), n_boot=50)
-            per_seed.append((seed, member, masked_fraction(run_root), len(data["dx"]), one, psf_check(run_root)))
+            per_seed.append((seed, member, masked_fraction(run_root), len(data["dx"]), one, psf_check(run_root),
+                             duplicated_in_catalogue(read_final_catalogue(catalogue), load_truth(sim, tile="244.252"))))
             for key in ("tables", "dx", "dy", "g_t_true"):
                 pooled[key].append(data[key])
             pooled["group"].append(np.full(len(data["dx"]), seed))
@@ -186,14 +224,18 @@ def main(argv=None):
     print(f"\nCluster preset through the GOLD chain (config {config}), per seed "
           "(A: amplitude g_t / input of that run alone, r < 90 arcsec)")
     print(f"{'seed':>4s} {'run':>6s} {'tile masked':>12s} {'background in cat':>18s} {'selected':>9s} {'A':>7s} "
-          f"{'error':>6s} {'PSF stars':>10s} {'size resid':>11s} {'rms':>6s}")
-    for seed, member, masked, n, one, psf in per_seed:
+          f"{'error':>6s} {'PSF stars':>10s} {'size resid':>11s} {'rms':>6s} {'dup cat':>8s} {'dup sel':>8s}")
+    for seed, member, masked, n, one, psf, dup in per_seed:
         print(f"{seed:4d} {member:>6s} {masked:12.3f} {n:18d} {one['n_total']:9d} {one['A']:7.3f} {one['A_error']:6.3f} "
               f"{psf['n_stars']:10d} {psf['size_relative_residual']['mean']:11.4f} "
-              f"{psf['size_relative_residual']['rms']:6.3f}")
-    stars = np.array([psf["n_stars"] for *_, psf in per_seed], float)
+              f"{psf['size_relative_residual']['rms']:6.3f} {dup[0]:8d} {dup[1]:8d}")
+    duplicates = np.array([dup for *_, dup in per_seed]).sum(axis=0)
+    print(f"(dup cat: truth objects with two or more entries in the final catalogue, as validate.crowded.cluster_scores "
+          f"counts them; dup sel: among the entries the shear selection keeps ({Selection().describe()})); "
+          f"all runs: {duplicates[0]} and {duplicates[1]} in {len(per_seed)} runs")
+    stars = np.array([psf["n_stars"] for *_, psf, _ in per_seed], float)
     sizes = np.array([[psf["size_relative_residual"]["mean"], psf["size_relative_residual"]["rms"]]
-                      for *_, psf in per_seed])
+                      for *_, psf, _ in per_seed])
     print(f"PSF size residual of the reserved stars, all runs (star-weighted): mean "
           f"{np.sum(stars * sizes[:, 0]) / stars.sum():+.4f}, rms {np.sqrt(np.sum(stars * sizes[:, 1] ** 2) / stars.sum()):.4f} "
           f"({int(stars.sum())} stars)")
