@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/bench_cluster_shear.py [--seeds 1-5] [--workdir DIR] [--n-boot 200] [--no-paired]
                                              [--neighbour-mask on|off] [--set NAME=VALUE ...]
-                                             [--ngmix KEY=VALUE ...]
+                                             [--ngmix KEY=VALUE ...] [--exposure-sextractor KEY=VALUE ...]
 
 For each seed the ``cluster`` preset is simulated twice, with the NFW shear
 and with its opposite (``simulate_paired``: same galaxies, same noise;
@@ -175,6 +175,9 @@ def main(argv=None):
     parser.add_argument("--ngmix", type=_parse_set, action="append", default=[], metavar="KEY=VALUE",
                         help="an option of the ngmix stage ([NGMIX_RUNNER] of config_tile_Ng.ini), e.g. "
                              "EPOCH_LOCAL_SKY_WIDTH=4")
+    parser.add_argument("--exposure-sextractor", type=_parse_set, action="append", default=[], metavar="KEY=VALUE",
+                        help="an option of the exposures' extraction ([SEXTRACTOR_RUNNER_RUN_2] of "
+                             "config_tile_Sx_exp_psfex.ini), e.g. BACKGROUND_MODEL_MAG=20.5")
     parser.add_argument("--neighbour-mask", choices=("on", "off"), default=None,
                         help="zero weight on other objects in the exposure stamps (tile OBJECT_MASK, vignetmaker "
                              "NEIGHBOUR_MASK): on or off (default: as example/crowded, on)")
@@ -194,6 +197,9 @@ def main(argv=None):
         neighbour_mask_config(config, args.neighbour_mask == "on")
     if args.ngmix:
         _set_options(config / "config_tile_Ng.ini", "NGMIX_RUNNER", {key: str(value) for key, value in args.ngmix})
+    if args.exposure_sextractor:
+        _set_options(config / "config_tile_Sx_exp_psfex.ini", "SEXTRACTOR_RUNNER_RUN_2",
+                     {key: str(value) for key, value in args.exposure_sextractor})
     pooled = {"tables": [], "dx": [], "dy": [], "g_t_true": [], "group": [], "sign": [], "unit": []}
     per_seed = []
     for seed in _seeds(args.seeds):

@@ -301,3 +301,56 @@ def test_pass_detection_image_takes_bad_pixels_out(tmp_path):
     assert np.isinf(noise[:, 60]).all() and np.isfinite(noise[:, :59]).all()
     k = read_dot_conv(DATA_DIR / "default.conv")
     np.testing.assert_allclose(np.median(noise[:, :50]), 3.0 * np.sqrt((k ** 2).sum() / k.sum() ** 2), rtol=0.05)
+
+
+@pytest.mark.parametrize("engine", ["sep", "sextractor"])
+def test_background_model_mag_puts_a_bright_galaxy_into_the_background(tmp_path, engine):
+    """BACKGROUND_MODEL_MAG: the BACKGROUND check image holds the bright galaxy, not its faint neighbour."""
+    galsim = pytest.importorskip("galsim")
+    from astropy.io import fits
+
+    from conftest import run_module
+    from shapepipe_modules.sextractor.runner import sextractor
+
+    if engine == "sextractor" and shutil.which("source-extractor") is None:
+        pytest.skip("source-extractor is not installed")
+    size, sky_sigma = 400, 5.0
+    bright = galsim.DeVaucouleurs(half_light_radius=1.5, flux=10 ** (0.4 * (30 - 17.0))).shear(e1=0.2, e2=0.1)
+    faint = galsim.Exponential(half_light_radius=0.4, flux=10 ** (0.4 * (30 - 22.0)))
+    psf = galsim.Moffat(beta=3.5, fwhm=0.7)
+    centre, offset = (200.0, 200.0), (25.0, 12.0)  # the faint galaxy 28 pixels (3.5 half-light radii) away
+    image = galsim.ImageF(size, size, scale=0.187)
+    galsim.Convolve(bright, psf).drawImage(image=image, offset=(centre[0] - 200.5, centre[1] - 200.5))
+    light = image.array.copy()  # the bright galaxy alone, noise-free
+    galsim.Convolve(faint, psf).drawImage(image=image, add_to_image=True,
+                                          offset=(centre[0] + offset[0] - 200.5, centre[1] + offset[1] - 200.5))
+    pixels = image.array + np.random.default_rng(3).normal(0.0, sky_sigma, (size, size)).astype(np.float32)
+    header = fits.Header({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRPIX1": 200.0, "CRPIX2": 200.0,
+                          "CRVAL1": 150.0, "CRVAL2": 2.0, "CD1_1": -0.187 / 3600, "CD2_2": 0.187 / 3600,
+                          "CD1_2": 0.0, "CD2_1": 0.0})
+    fits.PrimaryHDU(pixels, header=header).writeto(tmp_path / "image.fits")
+    fits.PrimaryHDU(np.full((size, size), sky_sigma ** -2, np.float32), header=header).writeto(tmp_path / "weight.fits")
+    fits.PrimaryHDU(np.zeros((size, size), np.int16), header=header).writeto(tmp_path / "flag.fits")
+    backgrounds = {}
+    for label, magnitude in (("plain", None), ("models", 20.0)):
+        out = tmp_path / label
+        run_module(sextractor, [tmp_path / "image.fits", tmp_path / "weight.fits", tmp_path / "flag.fits"], out, "-1",
+                   ENGINE=engine, CHECKIMAGE=["BACKGROUND"], CHECKIMAGE_COMPRESS=False,
+                   BACKGROUND_MODEL_MAG=magnitude)
+        backgrounds[label] = fits.getdata(next(out.glob("*background*.fits"))).astype(float)
+    models = backgrounds["models"] - backgrounds["plain"]
+    yy, xx = np.mgrid[0:size, 0:size]
+    # Around the faint galaxy (a ring 3-6 pixels from it, off its core), the models carry the bright one's wing.
+    fx, fy = centre[0] + offset[0] - 1, centre[1] + offset[1] - 1
+    ring = (np.hypot(xx - fx, yy - fy) > 3) & (np.hypot(xx - fx, yy - fy) < 6)
+    wing = light - (backgrounds["plain"] - np.median(backgrounds["plain"]))  # what the plain mesh left of the wing
+    assert abs(np.mean(models[ring]) / np.mean(wing[ring]) - 1.0) < 0.3, (np.mean(models[ring]), np.mean(wing[ring]))
+    # The faint galaxy stays out of the models: its flux is there after both are subtracted.
+    core = np.hypot(xx - fx, yy - fy) < 5
+    kept = (pixels - backgrounds["models"])[core].sum()
+    faint_only = (image.array - light)[core].sum()
+    assert abs(kept / faint_only - 1.0) < 0.2, (kept, faint_only)
+    # Far from the bright galaxy nothing changes.
+    far = np.hypot(xx - centre[0] + 1, yy - centre[1] + 1) > 150
+    assert np.max(np.abs(models[far])) == 0.0
+    assert "BACKGROUND_MODEL_MAG adds" in validate({"BACKGROUND_MODEL_MAG": 20.0, "CHECKIMAGE": []})[0]

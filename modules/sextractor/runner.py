@@ -82,6 +82,12 @@ OPTIONS = (
     Option("BKG_KEY", "str", "", "Header key of the background value."),
     Option("CHECKIMAGE", "name_list", [], "Check images to write: BACKGROUND, BACKGROUND_RMS, SEGMENTATION, "
            "-BACKGROUND (both engines) and the other SExtractor types (binary engine)."),
+    Option("BACKGROUND_MODEL_MAG", "float", None, "When set, the BACKGROUND check image (CHECKIMAGE) also holds "
+           "a ring-median model (subtract.ring_median_models) of every object with MAG_AUTO brighter than this, "
+           "measured on the image minus the background: the later modules that subtract BACKGROUND stamps "
+           "(ngmix) then measure the galaxies beside a bright galaxy without its wing (cluster cores; "
+           "docs/crowded.md). The objects modelled lose their own light from their stamps: choose a magnitude "
+           "brighter than the shear sample. None: the background alone."),
     Option("CHECKIMAGE_COMPRESS", "bool", True, "sep engine: write the check images tile-compressed (fpack "
            "layout, after an empty primary HDU). Check images are off unless CHECKIMAGE asks for them: write "
            "only those a later module reads."),
@@ -262,6 +268,9 @@ def validate(options) -> list[str]:
         if check not in allowed:
             problems.append(f"CHECKIMAGE {check} is not available with ENGINE = {engine} "
                             f"(one of {', '.join(allowed)})")
+    if options.get("BACKGROUND_MODEL_MAG") is not None and "BACKGROUND" not in check_images:
+        problems.append("BACKGROUND_MODEL_MAG adds the bright objects' models to the BACKGROUND check image: "
+                        "give CHECKIMAGE = BACKGROUND")
     if engine == "sep":
         for key in ("PSF_FILE", "DETECTION_IMAGE"):
             if options.get(key):
@@ -1107,6 +1116,8 @@ def write_catalogue(job, report=None):
         ``(catalogue path, residual pixels or None, number of objects,
         timings)``; ``timings`` maps steps to seconds.
     """
+    import time
+
     options = job.options
     roles = _input_layout(options)
     if len(job.inputs) != len(roles):
@@ -1136,8 +1147,50 @@ def write_catalogue(job, report=None):
     settings_files = (options["DOT_SEX_FILE"], options["DOT_PARAM_FILE"], options["DOT_CONV_FILE"])
     run = _run_binary if options.get("ENGINE", "sep") == "sextractor" else _run_sep
     if options.get("PASSES"):
-        return _run_passes(job, run, paths, settings_files, zero_point, background_value, check_images, report)
-    return run(job, paths, settings_files, zero_point, background_value, check_images, report=report)
+        written = _run_passes(job, run, paths, settings_files, zero_point, background_value, check_images, report)
+    else:
+        written = run(job, paths, settings_files, zero_point, background_value, check_images, report=report)
+    if options.get("BACKGROUND_MODEL_MAG") is not None:
+        clock = time.perf_counter()
+        n_models = _add_bright_models(job, paths, written[0], float(options["BACKGROUND_MODEL_MAG"]))
+        written[3]["background_models"] = time.perf_counter() - clock
+        if report is not None:
+            report["n_background_models"] = n_models
+    return written
+
+
+def _add_bright_models(job, paths, catalogue, magnitude):
+    """Add ring-median models of the catalogue's objects brighter than ``magnitude`` to the BACKGROUND check image.
+
+    The models are measured on the image minus that background (pixels of
+    positive weight only) and the file is rewritten in place, atomically,
+    as it was written (compressed or not). Returns the number of models.
+    """
+    import numpy as np
+    from astropy.io import fits
+
+    from shapepipe_modules.io.ldac import read_ldac
+
+    from .subtract import ring_median_models
+
+    path = job.output_path(_check_name(job_names(job)["prefix"], "BACKGROUND", job.number))
+    table = read_ldac(catalogue)[0]
+    if "MAG_AUTO" not in table.colnames:
+        raise JobError(f"{catalogue}: BACKGROUND_MODEL_MAG needs MAG_AUTO in the catalogue (DOT_PARAM_FILE)")
+    magnitudes = np.asarray(table["MAG_AUTO"], float)
+    rows = np.flatnonzero(np.isfinite(magnitudes) & (magnitudes < magnitude))
+    if not rows.size:
+        return 0
+    background, header = _read_image(path, np.float32)
+    image, _ = _read_image(paths["image"], np.float32)
+    valid = (_read_image(paths["weight"])[0] > 0) if "weight" in paths else None
+    models = ring_median_models(image - background, table, rows, valid)
+    del image
+    with fits.open(path) as hdus:
+        compressed = any(isinstance(hdu, fits.CompImageHDU) for hdu in hdus)
+    _write_image(path, background + models, header, compress=compressed,
+                 quantize=job.options.get("CHECKIMAGE_QUANTIZE", 0.0) if compressed else 0.0)
+    return int(rows.size)
 
 
 PRODUCTS = (

@@ -70,8 +70,9 @@ def ring_median_models(data, table, rows, valid=None):
     if not rows.size:
         return model
     flux = np.nan_to_num(np.asarray(table["FLUX_AUTO"], float), nan=0.0)
-    kron = np.asarray(table["KRON_RADIUS"], float)
-    kron = np.where(np.isfinite(kron) & (kron > 0), kron, 3.5)
+    # Without KRON_RADIUS in the catalogue, SExtractor's usual value (3.5) for every object.
+    kron = _column(table, "KRON_RADIUS")
+    kron = np.full(len(flux), 3.5) if kron is None else np.where(np.isfinite(kron) & (kron > 0), kron, 3.5)
     half_light = _column(table, "FLUX_RADIUS")
     for i in rows[np.argsort(-flux[rows], kind="stable")]:
         x0, y0 = float(table["X_IMAGE"][i]) - 1.0, float(table["Y_IMAGE"][i]) - 1.0
