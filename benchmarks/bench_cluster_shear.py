@@ -144,6 +144,20 @@ def duplicated_in_catalogue(columns, truth):
     return tuple(int(np.sum(crowded.detections_per_truth(o, len(objects)) > 1)) for o in (owner, owner[selected]))
 
 
+def nearest_member(truth, rows):
+    """Distance (in that member's half-light radii) from each truth row to the nearest cluster member."""
+    from shapepipe_modules.simulate import resolve_parameters
+    from shapepipe_modules.simulate.cluster import ROLE_MEMBER
+
+    pixel_scale = resolve_parameters("cluster")["pixel_scale"]  # truth x, y in tile pixels, hlr in arcsec
+    members = truth[np.asarray(truth["cluster_role"]) == ROLE_MEMBER]
+    if not len(members):
+        return np.full(len(rows), np.inf)
+    x, y = np.asarray(truth["x"], float)[rows], np.asarray(truth["y"], float)[rows]
+    distance = np.hypot(x[:, None] - np.asarray(members["x"], float)[None], y[:, None] - np.asarray(members["y"], float)[None])
+    return (distance / (np.asarray(members["hlr"], float)[None] / pixel_scale)).min(axis=1)
+
+
 def masked_fraction(run_root: Path) -> float:
     from astropy.io import fits
 
@@ -200,7 +214,7 @@ def main(argv=None):
     if args.exposure_sextractor:
         _set_options(config / "config_tile_Sx_exp_psfex.ini", "SEXTRACTOR_RUNNER_RUN_2",
                      {key: str(value) for key, value in args.exposure_sextractor})
-    pooled = {"tables": [], "dx": [], "dy": [], "g_t_true": [], "group": [], "sign": [], "unit": []}
+    pooled = {"tables": [], "dx": [], "dy": [], "g_t_true": [], "group": [], "sign": [], "unit": [], "near": []}
     per_seed = []
     for seed in _seeds(args.seeds):
         members = (("plus", 1), ("minus", -1)) if args.paired else (("plus", 1),)
@@ -226,6 +240,7 @@ def main(argv=None):
             pooled["group"].append(np.full(len(data["dx"]), seed))
             pooled["sign"].append(np.full(len(data["dx"]), sign))
             pooled["unit"].append(data["truth_index"])
+            pooled["near"].append(nearest_member(load_truth(sim, tile="244.252"), data["truth_index"]))
 
     print(f"\nCluster preset through the GOLD chain (config {config}), per seed "
           "(A: amplitude g_t / input of that run alone, r < 90 arcsec)")
@@ -250,7 +265,7 @@ def main(argv=None):
         tables = {branch: {key: np.concatenate([t[branch][key] for t, k in zip(pooled["tables"], keep) if k])
                            for key in pooled["tables"][0][branch]} for branch in pooled["tables"][0]}
         rest = {key: np.concatenate([v for v, k in zip(pooled[key], keep) if k])
-                for key in ("dx", "dy", "g_t_true", "group", "sign", "unit")}
+                for key in ("dx", "dy", "g_t_true", "group", "sign", "unit", "near")}
         return tables, rest
 
     plus_only = [member == "plus" for _, member, *_ in per_seed]
@@ -276,6 +291,26 @@ def main(argv=None):
                   f"{pull:13.2f} {result['g_x'][i]:8.4f} {result['g_x_error'][i]:7.4f}")
         print(f"amplitude g_t / input: {result['A']:.3f} +- {result['A_error']:.3f} ({result['n_total']} "
               f"measurements); mean cross shear {result['cross']:.4f} +- {result['cross_error']:.4f}")
+    if args.paired:
+        # Where the deficit lies: the paired amplitude of the galaxies by their distance to the nearest member.
+        from shapepipe_modules.validate.shear import _subset
+
+        tables, rest = pool([True] * len(per_seed))
+        print("\nPaired amplitude by the distance to the nearest member (truth; in that member's half-light radii), "
+              "r < 35 and 35-90 arcsec, the response of each subsample:")
+        radius = np.hypot(rest["dx"], rest["dy"])
+        for low_r, high_r in ((0.0, 35.0), (35.0, 90.0)):
+            for low, high in ((0.0, 3.0), (3.0, 6.0), (6.0, np.inf)):
+                rows = np.flatnonzero((radius >= low_r) & (radius < high_r) & (rest["near"] >= low)
+                                      & (rest["near"] < high))
+                if rows.size < 100:  # the subsample's own response is noise below that (36 gave A = -22)
+                    continue
+                part = crowded.metacal_tangential_profile(
+                    _subset(tables, rows), rest["dx"][rows], rest["dy"][rows], rest["g_t_true"][rows],
+                    np.array([low_r, high_r]), group=rest["group"][rows], sign=rest["sign"][rows],
+                    unit=rest["unit"][rows], n_boot=args.n_boot, rng=np.random.default_rng(2))
+                print(f"  r {low_r:2.0f}-{high_r:2.0f} arcsec, nearest member {low:.0f}-{high:.0f} hlr: "
+                      f"A = {part['A']:.3f} +- {part['A_error']:.3f} ({part['n_total']} measurements)")
     print(f"\n(work folder: {work})")
     return 0
 
