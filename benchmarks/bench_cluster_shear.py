@@ -32,7 +32,11 @@ with bootstrap errors (galaxies resampled within each seed, the response
 redone), and the fitted amplitude ``g_t = A x input``: once for the
 ``+`` runs alone (what a survey measures) and once paired,
 ``(g_t(+) - g_t(-)) / 2`` per galaxy, where the galaxies' own shapes
-cancel.
+cancel. Also printed: per run, the truth objects with two or more entries
+in the final catalogue and among those the shear selection keeps, and,
+paired, the amplitude of the galaxies by their distance to the nearest
+member (in its half-light radii; where blending with the members
+biases the shapes).
 
 ``--set`` overrides a parameter of the simulations it makes (existing ones
 are reused as they are), e.g. ``--set cluster_members=1 --set
