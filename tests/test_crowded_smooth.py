@@ -354,3 +354,13 @@ def test_background_model_mag_puts_a_bright_galaxy_into_the_background(tmp_path,
     far = np.hypot(xx - centre[0] + 1, yy - centre[1] + 1) > 150
     assert np.max(np.abs(models[far])) == 0.0
     assert "BACKGROUND_MODEL_MAG adds" in validate({"BACKGROUND_MODEL_MAG": 20.0, "CHECKIMAGE": []})[0]
+    # A catalogue without the columns the models need: the job fails naming them and the option.
+    from shapepipe.errors import JobError
+
+    param = tmp_path / "no_radius.param"
+    param.write_text("".join(line for line in (DATA_DIR / "default.param").read_text().splitlines(keepends=True)
+                             if line.strip() != "FLUX_RADIUS"))
+    with pytest.raises(JobError, match="BACKGROUND_MODEL_MAG needs FLUX_RADIUS"):
+        run_module(sextractor, [tmp_path / "image.fits", tmp_path / "weight.fits", tmp_path / "flag.fits"],
+                   tmp_path / "no_radius", "-1", ENGINE=engine, CHECKIMAGE=["BACKGROUND"], CHECKIMAGE_COMPRESS=False,
+                   BACKGROUND_MODEL_MAG=20.0, DOT_PARAM_FILE=str(param))

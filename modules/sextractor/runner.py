@@ -1159,6 +1159,11 @@ def write_catalogue(job, report=None):
     return written
 
 
+#: The catalogue columns the models of BACKGROUND_MODEL_MAG are made from (KRON_RADIUS: 3.5 when absent).
+BACKGROUND_MODEL_COLUMNS = ("MAG_AUTO", "FLUX_AUTO", "FLUX_RADIUS", "X_IMAGE", "Y_IMAGE", "A_IMAGE", "B_IMAGE",
+                            "THETA_IMAGE")
+
+
 def _add_bright_models(job, paths, catalogue, magnitude):
     """Add ring-median models of the catalogue's objects brighter than ``magnitude`` to the BACKGROUND check image.
 
@@ -1175,8 +1180,10 @@ def _add_bright_models(job, paths, catalogue, magnitude):
 
     path = job.output_path(_check_name(job_names(job)["prefix"], "BACKGROUND", job.number))
     table = read_ldac(catalogue)[0]
-    if "MAG_AUTO" not in table.colnames:
-        raise JobError(f"{catalogue}: BACKGROUND_MODEL_MAG needs MAG_AUTO in the catalogue (DOT_PARAM_FILE)")
+    missing = [name for name in BACKGROUND_MODEL_COLUMNS if name not in table.colnames]
+    if missing:
+        raise JobError(f"{catalogue}: [{job.module_run.upper()}] BACKGROUND_MODEL_MAG needs "
+                       f"{', '.join(missing)} in the catalogue (add them to DOT_PARAM_FILE)")
     magnitudes = np.asarray(table["MAG_AUTO"], float)
     rows = np.flatnonzero(np.isfinite(magnitudes) & (magnitudes < magnitude))
     if not rows.size:

@@ -80,13 +80,18 @@ def stream(seed: int, purpose: int, *key) -> np.random.Generator:
     ValueError
         Unknown purpose, wrong key length, or a seed out of range.
     """
+    return np.random.default_rng(np.random.SeedSequence(_entropy(seed, purpose, key)))
+
+
+def _entropy(seed, purpose, key) -> list:
+    """``[seed, purpose, *key]`` as integers, after checking the purpose, the key's length and the seed."""
     if purpose not in KEYS:
         raise ValueError(f"simulate: unknown random-stream purpose {purpose!r}")
     if len(key) != len(KEYS[purpose]):
         raise ValueError(f"simulate: stream {purpose} is keyed by {KEYS[purpose]}, got {key!r}")
     if not 0 <= int(seed) <= MAX_SEED:
         raise ValueError(f"simulate: seed must be in 0..{MAX_SEED}, got {seed}")
-    return np.random.default_rng(np.random.SeedSequence([int(seed), int(purpose), *(int(k) for k in key)]))
+    return [int(seed), int(purpose), *(int(k) for k in key)]
 
 
 def noise_stream(seed: int, purpose: int, realisation: int, *key) -> np.random.Generator:
@@ -107,8 +112,7 @@ def noise_stream(seed: int, purpose: int, realisation: int, *key) -> np.random.G
         raise ValueError(f"simulate: stream {purpose} is not noise; only {sorted(NOISE_PURPOSES)} have realisations")
     if int(realisation) < 0:
         raise ValueError(f"simulate: noise_realisation must be >= 0, got {realisation}")
-    if int(realisation) == 0:
-        return stream(seed, purpose, *key)
-    stream(seed, purpose, *key)  # the same checks of the purpose, key and seed
-    return np.random.default_rng(np.random.SeedSequence([int(seed), int(purpose), *(int(k) for k in key),
-                                                         int(realisation)]))
+    entropy = _entropy(seed, purpose, key)
+    if int(realisation) > 0:
+        entropy.append(int(realisation))
+    return np.random.default_rng(np.random.SeedSequence(entropy))
