@@ -12,8 +12,13 @@ with ``PASS_MERGE_FIRST``). Printed, against the truth
 (:mod:`shapepipe_modules.validate.crowded`):
 
 1. per realisation: background galaxies within 30 arcsec found, members
-   detected exactly once, truth objects with two or more detections, and
-   truth objects detected by both passes;
+   detected exactly once, truth objects with two or more detections (the
+   nearest-object matcher; and one to one first, the detections left over
+   going to the nearest object: ``assign_detections(one_to_one=True)``),
+   the truth objects whose light two or more of those detections hold
+   (``crowded.duplicated_by_light``: at least 10 % and 5 % of its flux
+   within each detection's FLUX_RADIUS circle, the object having the most
+   light there), and truth objects detected by both passes;
 2. how often each duplicated truth object is duplicated: in exactly 1, 2,
    ... of the realisations. A duplicate the noise makes (a noise peak on a
    galaxy's wing, a split its noise opens) lands on other objects in other
@@ -64,14 +69,16 @@ def main(argv=None):
     warnings.simplefilter("ignore")
 
     from astropy.io import fits
+    from astropy.wcs import WCS
 
     from shapepipe_modules.io.ldac import read_ldac
     from shapepipe_modules.sextractor.runner import DATA_DIR, sextractor
-    from shapepipe_modules.simulate import load_truth, resolve_parameters, simulate
+    from shapepipe_modules.simulate import TruePSF, load_truth, resolve_parameters, simulate
     from shapepipe_modules.simulate.cluster import ROLE_ICL, ROLE_MEMBER
     from shapepipe_modules.validate import crowded
 
-    scale = resolve_parameters("cluster")["pixel_scale"]
+    params = resolve_parameters("cluster")
+    scale = params["pixel_scale"]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_crowded_realisations_"))
     realisations = _seeds(args.realisations)
     configs = {"FINE+FINERES": FINE_DUAL,
@@ -97,6 +104,7 @@ def main(argv=None):
             icl = truth[truth["cluster_role"] == ROLE_ICL][0]
             centre = (float(icl["x"]), float(icl["y"]))
             objects = truth[np.asarray(truth["cluster_role"]) != ROLE_ICL]
+            wcs, psf_model = WCS(header), TruePSF(sim).tiles["244.252"]
             for name, options in configs.items():
                 out = sim / f"sex_{args.engine}_{name}"
                 if not (out / "sexcat-244-252.fits").exists():
@@ -113,6 +121,13 @@ def main(argv=None):
                 pool["members"] += s["n_members"]
                 pool["dup"] += s["duplicated_truth"]
                 pool["both"] += s.get("duplicated_across_passes", 0)
+                owner = crowded.assign_detections(table["X_IMAGE"], table["Y_IMAGE"], objects, scale, one_to_one=True)
+                pool["dup_one_to_one"] += int(np.sum(crowded.detections_per_truth(owner, len(objects)) > 1))
+                radius = np.maximum(np.nan_to_num(np.asarray(table["FLUX_RADIUS"], float)), 2.0)
+                for percent in (10, 5):
+                    pool[f"light{percent}"] += crowded.duplicated_by_light(
+                        owner, objects, table["X_IMAGE"], table["Y_IMAGE"], radius, wcs, psf_model, params,
+                        min_own=percent / 100.0).size
                 owner = crowded.assign_detections(table["X_IMAGE"], table["Y_IMAGE"], objects, scale)
                 counts = crowded.detections_per_truth(owner, len(objects))
                 for k in np.flatnonzero(counts > 1):
@@ -133,12 +148,16 @@ def main(argv=None):
 
     print(f"The cluster tile in {len(realisations)} noise realisations ({', '.join(map(str, realisations))}), "
           f"seeds {args.seeds}, engine {args.engine}")
-    print(f"{'catalogue':14s} {'noise':>5s} {'bg 30in':>8s} {'members 1x':>10s} {'dup':>4s} {'both':>5s}")
+    print(f"{'catalogue':14s} {'noise':>5s} {'bg 30in':>8s} {'members 1x':>10s} {'dup':>4s} {'1to1':>5s} "
+          f"{'light 10%':>9s} {'light 5%':>8s} {'both':>5s}")
     for (name, r), p in pools.items():
         print(f"{name:14s} {r:5d} {p['found'] / p['background']:8.3f} {p['once'] / p['members']:10.3f} "
-              f"{p['dup']:4d} {p['both'] if name != 'FINE' else '-':>5}")
+              f"{p['dup']:4d} {p['dup_one_to_one']:5d} {p['light10']:9d} {p['light5']:8d} "
+              f"{p['both'] if name != 'FINE' else '-':>5}")
     print("(bg 30in: background galaxies within 30 arcsec found; members 1x: detected exactly once; dup: truth objects "
-          "with two or more detections; both: detected by both passes)")
+          "with two or more detections, nearest-object matcher; 1to1: matched one to one first; light 10%, 5%: of "
+          "these, the objects whose light two or more detections hold, each at least that share of its flux; both: "
+          "detected by both passes)")
     for name in configs:
         recurrence = collections.Counter(len({row[0] for row in rows}) for rows in duplicated[name].values())
         instances = sum(len(rows) for rows in duplicated[name].values())

@@ -361,3 +361,56 @@ def test_merge_radius_mends_a_galaxy_split_by_the_cold_pass(cluster_tile, tmp_pa
         brighter = np.flatnonzero((d < 4.5) & (flux > flux[piece]))
         assert brighter.size and held[piece] >= 0
         assert held[piece] in set(held[brighter])
+
+
+def test_one_to_one_assignment_gives_each_galaxy_of_a_blend_its_detection():
+    from shapepipe_modules.validate.crowded import assign_detections
+
+    # A large galaxy (size (0.8 + 0.3) / 0.187 = 5.88 px) with a compact one (2.14 px) 4 px from its centre.
+    # The second detection, 2.5 px from the large galaxy (0.43 sizes) and 1.5 px from the compact one
+    # (0.70 sizes), is the large galaxy's by the nearest rule; one to one it is the compact galaxy's,
+    # the large one having its own detection at 0.17 sizes. A third detection near the large galaxy only
+    # is left over and goes to it (a duplicate either way).
+    truth = Table({"x": [100.0, 104.0], "y": [100.0, 100.0], "hlr": [0.8, 0.1]})
+    det_x, det_y = [101.0, 102.5, 95.0], [100.0, 100.0, 100.0]
+    assert list(assign_detections(det_x, det_y, truth, 0.187)) == [0, 0, 0]
+    assert list(assign_detections(det_x, det_y, truth, 0.187, one_to_one=True)) == [0, 1, 0]
+    # Nothing within two sizes: no owner either way.
+    assert list(assign_detections([300.0], [300.0], truth, 0.187, one_to_one=True)) == [-1]
+
+
+def test_duplicated_by_light_counts_two_detections_holding_the_light_not_a_peak_on_the_wing():
+    from astropy.wcs import WCS
+
+    from shapepipe_modules.validate.crowded import duplicated_by_light, truth_light_in_circles
+
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval, wcs.wcs.crpix = [150.0, 2.0], [100.0, 100.0]
+    wcs.wcs.cdelt = [-0.187 / 3600.0, 0.187 / 3600.0]
+    n = 3
+    # Galaxies 0 and 1: exponential discs of 1 arcsec; 2: a star 5 times brighter 4 px from galaxy 1's centre.
+    truth = Table({"x": [60.0, 140.0, 144.0], "y": [60.0, 140.0, 140.0], "flux": [5e4, 5e4, 2.5e5],
+                   "mag": [19.0, 19.0, 17.3], "is_star": [False, False, True], "disk_hlr": [1.0, 1.0, 0.0],
+                   "bulge_hlr": [1.0, 1.0, 0.0], "bulge_frac": np.zeros(n), "e1_int": np.zeros(n),
+                   "e2_int": np.zeros(n), "g1": np.zeros(n), "g2": np.zeros(n), "knot_frac": np.zeros(n),
+                   "knot_n": [0, 0, 0], "knot_seed": [0, 0, 0]})
+    psf_model = {"beta": 3.0, "fwhm": 0.7, "e1": 0.0, "e2": 0.0}
+    params = {"psf_beta": 3.0, "halo_mag": 15.0}
+    # Galaxy 0: one detection on the centre, one split off 4 px away, one noise peak 15 px out (2.8 hlr);
+    # galaxy 1: one on the centre and one on the star, both given to the galaxy by position.
+    x = np.array([60.0, 64.0, 75.0, 140.0, 144.0])
+    y = np.array([60.0, 60.0, 60.0, 140.0, 140.0])
+    radius = np.array([6.0, 4.0, 2.0, 6.0, 2.0])
+    owner = np.array([0, 0, 0, 1, 1])
+    # The independent numbers: each circle's share of galaxy 0's flux.
+    _, _, own, _ = truth_light_in_circles(truth[[0]], x[:3], y[:3], radius[:3], wcs, psf_model, params)
+    assert own[0] > 0.3 and own[1] > 0.1 and own[2] < 0.01
+    assert list(duplicated_by_light(owner, truth, x, y, radius, wcs, psf_model, params)) == [0]
+    # Without the split the noise peak alone does not make galaxy 0 a duplicate.
+    keep = np.array([0, 2, 3, 4])
+    assert list(duplicated_by_light(owner[keep], truth, x[keep], y[keep], radius[keep], wcs, psf_model,
+                                    params)) == []
+    # Requiring more of the light than the split holds: no duplicate.
+    assert list(duplicated_by_light(owner, truth, x, y, radius, wcs, psf_model, params,
+                                    min_own=float(own[1]) + 0.01)) == []

@@ -19,8 +19,15 @@ SIZE_FLOOR_ARCSEC = 0.3
 STAR_BLEND_ARCSEC = 3.0
 
 
-def assign_detections(det_x, det_y, truth, pixel_scale, max_ratio=2.0):
+def assign_detections(det_x, det_y, truth, pixel_scale, max_ratio=2.0, one_to_one=False):
     """Index of the truth row each detection belongs to (-1: none).
+
+    With ``one_to_one`` the detections are first paired with the truth
+    objects one to one, greedily by increasing size-scaled distance (each
+    object takes at most one detection in this step); only the detections
+    left over go to the object nearest in size units. Two detections of a
+    blend of two galaxies are then one detection of each, where the nearest
+    rule may give both to the larger galaxy.
 
     Parameters
     ----------
@@ -42,6 +49,7 @@ def assign_detections(det_x, det_y, truth, pixel_scale, max_ratio=2.0):
     # Candidates within the largest reach; then the smallest size-scaled distance.
     reach = max_ratio * size.max()
     neighbours = cKDTree(np.column_stack([tx, ty])).query_ball_point(det, r=reach)
+    pairs = []
     for i, candidates in enumerate(neighbours):
         if not candidates:
             continue
@@ -50,6 +58,17 @@ def assign_detections(det_x, det_y, truth, pixel_scale, max_ratio=2.0):
         best = np.argmin(ratio)
         if ratio[best] < max_ratio:
             owner[i] = c[best]
+        if one_to_one:
+            close = ratio < max_ratio
+            pairs.extend(zip(ratio[close], np.full(int(close.sum()), i), c[close]))
+    if one_to_one and pairs:
+        nearest = owner.copy()
+        owner[:] = -1
+        taken = np.zeros(tx.size, bool)
+        for _, i, k in sorted(pairs):
+            if owner[i] < 0 and not taken[k]:
+                owner[i], taken[k] = k, True
+        owner = np.where(owner >= 0, owner, nearest)
     return owner
 
 
@@ -170,6 +189,52 @@ def light_owners(truth, x, y, flux, radius, wcs, psf_model, params, reach=100.0,
     light = own * np.asarray(truth["flux"], float)[np.maximum(owner, 0)] if len(truth) else np.zeros(flux.size)
     held = (owner >= 0) & (share >= min_share) & (light >= min_fraction * flux) & (runner_up < min_fraction * flux)
     return np.where(held, owner, -1)
+
+
+def duplicated_by_light(owner, truth, x, y, radius, wcs, psf_model, params, min_own=0.1, reach=100.0):
+    """Truth rows whose light two or more detections hold: one object catalogued twice.
+
+    :func:`assign_detections` counts every detection near an object as its
+    own, and a 1-sigma pass finds noise peaks near faint galaxies and lumps
+    of a member's far wing; those hold almost none of the object's light. A
+    detection holds object ``k`` here when ``k`` has the most truth light
+    in the detection's circle (``radius``: e.g. FLUX_RADIUS, at least 2
+    pixels) and that light is at least ``min_own`` of ``k``'s flux
+    (:func:`truth_light_in_circles`, drawn only for the objects ``owner``
+    gives two or more detections).
+
+    Parameters
+    ----------
+    owner : array of int
+        Truth row of each detection (:func:`assign_detections`).
+    truth, wcs, psf_model, params, reach
+        As :func:`truth_light_in_circles`.
+    x, y, radius : array
+        Detection centres and circle radii (pixels).
+    min_own : float
+        Least fraction of the object's flux a detection must hold.
+
+    Returns
+    -------
+    numpy.ndarray of int
+        The truth rows held by two or more detections.
+    """
+    owner = np.asarray(owner)
+    x, y, radius = (np.atleast_1d(np.asarray(v, float)) for v in (x, y, radius))
+    counts = detections_per_truth(owner, len(truth))
+    candidates = np.flatnonzero(counts > 1)
+    if not candidates.size:
+        return candidates
+    dets = np.flatnonzero(np.isin(owner, candidates))
+    # Each candidate's own light in each of its detections' circles, and who has the most light there.
+    top, _, _, _ = truth_light_in_circles(truth, x[dets], y[dets], radius[dets], wcs, psf_model, params, reach)
+    held = np.zeros(dets.size, bool)
+    for k in candidates:
+        mine = np.flatnonzero(owner[dets] == k)
+        _, _, own, _ = truth_light_in_circles(truth[[int(k)]], x[dets[mine]], y[dets[mine]], radius[dets[mine]],
+                                              wcs, psf_model, params, reach)
+        held[mine] = (top[mine] == k) & (own >= min_own)
+    return np.asarray([k for k in candidates if np.sum(held[owner[dets] == k]) >= 2], int)
 
 
 def cluster_scores(det_x, det_y, truth, centre_xy, pixel_scale, radius_arcsec=30.0, passes=None):
