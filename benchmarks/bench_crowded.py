@@ -67,14 +67,15 @@ SUBTRACTED = dict(PASSES=["HOT", "HOTRES", "COLD"], PASS_SETTINGS=[HOT, HOT, COL
 # pass of bench_crowded_sweep.py), keeps them whole; FINERES, the same pass on the tile minus the ring-median
 # models of FINE's objects with FLUX_RADIUS >= 4 px (measured over 64-pixel meshes), is joined by the core rule
 # at 5 FLUX_RADIUS; close detections of both passes are merged, and so are small detections of a pass that no
-# valley deeper than 3 sigma separates (PASS_SPLIT_SIGMA), and FINE's small objects inside the models' discs must
-# show at 3 sigma on FINERES's detection image (PASS_CONFIRM_SIGMA; benchmarks/bench_crowded_subtract.py).
+# valley deeper than 3 sigma separates (PASS_SPLIT_SIGMA), extended ones (FLUX_RADIUS 3-10 px) at their own
+# scale (PASS_SPLIT_EXTENDED_RADIUS), and FINE's small objects inside the models' discs must show at 3 sigma on
+# FINERES's detection image (PASS_CONFIRM_SIGMA; benchmarks/bench_crowded_subtract.py).
 FINE = "BACK_TYPE=AUTO BACK_SIZE=12 DETECT_THRESH=1.0 DETECT_MINAREA=5 DEBLEND_MINCONT=0.0005"
-SPLIT_SIGMA, SPLIT_MAX_RADIUS, CONFIRM_SIGMA = 3.0, 6.0, 3.0
+SPLIT_SIGMA, SPLIT_MAX_RADIUS, SPLIT_EXTENDED_RADIUS, CONFIRM_SIGMA = 3.0, 6.0, 3.0, 3.0
 FINE_DUAL = dict(PASSES=["FINE", "FINERES"], PASS_SETTINGS=[FINE, FINE], PASS_SUBTRACT_RADIUS=4.0,
                  PASS_MODEL_BACK_SIZE=64, PASS_CORE_SCALES=["-", "5"], PASS_MERGE_RADIUS=MERGE_RADIUS,
                  PASS_MERGE_FIRST=True, PASS_SPLIT_SIGMA=SPLIT_SIGMA, PASS_SPLIT_MAX_RADIUS=SPLIT_MAX_RADIUS,
-                 PASS_CONFIRM_SIGMA=CONFIRM_SIGMA)
+                 PASS_SPLIT_EXTENDED_RADIUS=SPLIT_EXTENDED_RADIUS, PASS_CONFIRM_SIGMA=CONFIRM_SIGMA)
 
 
 def _seeds(text):

@@ -23,7 +23,8 @@ galsim = pytest.importorskip("galsim")
 FINE = "BACK_TYPE=AUTO BACK_SIZE=12 DETECT_THRESH=1.0 DETECT_MINAREA=5 DEBLEND_MINCONT=0.0005"
 FINE_DUAL = dict(PASSES=["FINE", "FINERES"], PASS_SETTINGS=[FINE, FINE], PASS_SUBTRACT_RADIUS=4.0,
                  PASS_MODEL_BACK_SIZE=64, PASS_CORE_SCALES=["-", "5"], PASS_MERGE_RADIUS=4.5, PASS_MERGE_FIRST=True,
-                 PASS_SPLIT_SIGMA=3.0, PASS_SPLIT_MAX_RADIUS=6.0, PASS_CONFIRM_SIGMA=3.0)
+                 PASS_SPLIT_SIGMA=3.0, PASS_SPLIT_MAX_RADIUS=6.0, PASS_SPLIT_EXTENDED_RADIUS=3.0,
+                 PASS_CONFIRM_SIGMA=3.0)
 EXAMPLE = Path(__file__).resolve().parents[1] / "example" / "crowded" / "config_tile_Sx_exp_psfex.ini"
 
 
@@ -40,6 +41,7 @@ def test_example_crowded_detects_the_tile_as_measured_here():
     assert section.getboolean("PASS_MERGE_FIRST") is FINE_DUAL["PASS_MERGE_FIRST"]
     assert float(section["PASS_SPLIT_SIGMA"]) == FINE_DUAL["PASS_SPLIT_SIGMA"]
     assert float(section["PASS_SPLIT_MAX_RADIUS"]) == FINE_DUAL["PASS_SPLIT_MAX_RADIUS"]
+    assert float(section["PASS_SPLIT_EXTENDED_RADIUS"]) == FINE_DUAL["PASS_SPLIT_EXTENDED_RADIUS"]
     assert float(section["PASS_CONFIRM_SIGMA"]) == FINE_DUAL["PASS_CONFIRM_SIGMA"]
 
 
@@ -143,6 +145,43 @@ def test_shallow_splits_are_merged_and_separated_galaxies_kept():
     assert merge_shallow_splits(table, filtered, noise, 0.0, 6.0).all()
 
 
+def test_extended_splits_are_tested_at_their_own_scale():
+    from scipy.ndimage import convolve, gaussian_filter
+
+    from shapepipe_modules.sextractor.passes import _smoothing_noise_factor
+
+    # The noise factor against white noise filtered by the kernel, then smoothed (measured, not computed).
+    rng = np.random.default_rng(2)
+    kernel = read_dot_conv(DATA_DIR / "default.conv")
+    k = kernel / kernel.sum()
+    white = rng.normal(0.0, 1.0, (600, 600))
+    filtered_white = convolve(white, k, mode="wrap")
+    inner = (slice(30, -30), slice(30, -30))
+    for width in (1.5, 3.0):
+        measured = gaussian_filter(filtered_white, width, mode="wrap")[inner].std() / filtered_white[inner].std()
+        np.testing.assert_allclose(_smoothing_noise_factor(kernel, width), measured, rtol=0.03)
+
+    # A diffuse disc elongated along x, cut in two 8 px apart (FLUX_RADIUS 4.5), a resolved pair of compact
+    # galaxies 6 px apart with catalogue radii 3.5 (a deep valley at any scale), and two extended galaxies
+    # farther apart than their radii' sum.
+    shape, sigma = (100, 240), 1.0
+    truth = (_gaussian(shape, 40, 50, 4000.0, 6.0, 0.4)
+             + _gaussian(shape, 117, 50, 3000.0, 1.2) + _gaussian(shape, 123, 50, 3000.0, 1.2)
+             + _gaussian(shape, 180, 50, 3000.0, 3.0) + _gaussian(shape, 195, 50, 3000.0, 3.0))
+    image = (truth + rng.normal(0, sigma, shape)).astype(np.float32)
+    weight = np.full(shape, 1 / sigma ** 2, np.float32)
+    filtered, noise = filtered_detection_image(image, weight, kernel, (240, 240))
+    table = Table(dict(X_IMAGE=[37.0, 45.0, 118.0, 124.0, 181.0, 196.0], Y_IMAGE=[51.0] * 6,
+                       FLUX_AUTO=[1900.0, 2000.0, 3000.0, 2900.0, 3000.0, 2900.0],
+                       FLUX_RADIUS=[4.5, 4.5, 3.5, 3.5, 3.5, 3.5]))
+    # Off (and the small-object test limited to radii below 3): nothing merged.
+    assert merge_shallow_splits(table, filtered, noise, 3.0, 3.0).all()
+    keep = merge_shallow_splits(table, filtered, noise, 3.0, 3.0, extended_radius=3.0, kernel=kernel)
+    assert list(keep) == [False, True, True, True, True, True]
+    # Below the extended radius nothing is tested.
+    assert merge_shallow_splits(table, filtered, noise, 3.0, 3.0, extended_radius=5.0, kernel=kernel).all()
+
+
 def test_first_pass_objects_in_a_model_disc_must_be_on_the_residual():
     # A model disc centred at (100, 100) (FITS), 40 x 20 pixels along x; the residual shows a galaxy at (120, 104)
     # and nothing at (90, 95); an object outside the disc and a modelled-size object inside it are not tested.
@@ -180,6 +219,10 @@ def test_model_back_size_errors_are_named():
     assert any("PASS_SPLIT_SIGMA must be >= 0, got -1" in p for p in problems)
     problems = validate(dict(base, **dict(FINE_DUAL, PASS_SPLIT_MAX_RADIUS=0.0)))
     assert any("PASS_SPLIT_SIGMA needs PASS_SPLIT_MAX_RADIUS > 0" in p for p in problems)
+    problems = validate(dict(base, **dict(FINE_DUAL, PASS_SPLIT_EXTENDED_RADIUS=-1.0)))
+    assert any("PASS_SPLIT_EXTENDED_RADIUS must be >= 0, got -1" in p for p in problems)
+    problems = validate(dict(base, **dict(FINE_DUAL, PASS_SPLIT_SIGMA=0.0)))
+    assert any("PASS_SPLIT_EXTENDED_RADIUS needs PASS_SPLIT_SIGMA > 0" in p for p in problems)
     files = dict(DOT_PARAM_FILE=str(DATA_DIR / "default.param"), DOT_CONV_FILE=str(DATA_DIR / "default.conv"),
                  FLAG_IMAGE=True)
     assert not validate(dict(base, **files, **FINE_DUAL))
@@ -224,8 +267,8 @@ def test_fine_pass_on_the_residual_adds_background_galaxies_without_touching_the
     # Seeds 1-3, either engine: background galaxies within 30" 67 -> 70 of 115 (72 without the saddle test),
     # the 60 members detected once either way; truth objects with two or more detections: sep 15 for FINE
     # alone, 4 joined without the saddle test, 1 with it (SExtractor 16, 5, 2). Seeds 1-20 (sep,
-    # bench_crowded_subtract.py --preset cluster): 0.604 -> 0.636, members 0.998, 137 -> 6 duplicated (58 without
-    # the saddle test and the confirmation).
+    # bench_crowded_subtract.py --preset cluster, and the module): 0.604 -> 0.633, members 0.998, 137 -> 4
+    # duplicated (0.636 and 6 without the extended saddle test, 58 without any saddle test or the confirmation).
     assert dual["found"] >= single["found"] + 2
     assert dual["whole"] == single["whole"] and dual["whole"] / dual["members"] >= 0.95
     assert dual["both"] == 0
@@ -267,7 +310,7 @@ def test_the_models_are_measured_over_pass_model_back_size(smooth_tiles, tmp_pat
     kept = []
     for table, image in ((fine, image), (fineres, residual)):
         filtered, noise = filtered_detection_image(image, weight, kernel, (12, 12))
-        kept.append(table[merge_shallow_splits(table, filtered, noise, 3.0, 6.0)])
+        kept.append(table[merge_shallow_splits(table, filtered, noise, 3.0, 6.0, 3.0, kernel)])
     split = [len(kept[0]), len(kept[1])]
     # The first pass's small objects inside the models' discs, checked on FINERES's detection image.
     kept[0] = kept[0][confirmed_on_residual(kept[0], model_discs(fine, 4.0), filtered, noise, 3.0, 4.0)]

@@ -54,6 +54,11 @@ from .config_files import ConfigFileError, Parameter
 MIN_CORE_RADIUS = 3.0
 #: Samples along the segment between two centres in the saddle test (merge_shallow_splits).
 SADDLE_SAMPLES = 25
+#: Extended pairs of the saddle test (merge_shallow_splits ``extended_radius``): the profile is read on the
+#: filtered image smoothed by a Gaussian of this fraction of the smaller FLUX_RADIUS, for pairs closer than
+#: the sum of their FLUX_RADIUS and both below EXTENDED_MAX_RADIUS pixels.
+EXTENDED_SMOOTHING = 0.5
+EXTENDED_MAX_RADIUS = 10.0
 JOIN_COLUMNS = ("X_IMAGE", "Y_IMAGE", "A_IMAGE", "B_IMAGE", "THETA_IMAGE", "KRON_RADIUS", "FLUX_RADIUS", "FLUX_AUTO")
 
 
@@ -242,7 +247,8 @@ def _bilinear(image, x, y):
     return top * (1.0 - fy) + bottom * fy
 
 
-def merge_shallow_splits(table, filtered, noise, sigma: float, max_flux_radius: float) -> np.ndarray:
+def merge_shallow_splits(table, filtered, noise, sigma: float, max_flux_radius: float, extended_radius: float = 0.0,
+                         kernel=None) -> np.ndarray:
     """Which rows to keep when the detections a fine deblending split without a significant saddle are one object.
 
     Two detections with FLUX_RADIUS below ``max_flux_radius`` pixels and
@@ -254,6 +260,15 @@ def merge_shallow_splits(table, filtered, noise, sigma: float, max_flux_radius: 
     FLUX_AUTO is kept, as in :func:`merge_close_pieces`. Larger objects are
     left alone: a faint galaxy on a bright galaxy's wing sits on a slope,
     not behind a saddle.
+
+    With ``extended_radius`` > 0, two detections with FLUX_RADIUS between
+    it and :data:`EXTENDED_MAX_RADIUS`, closer than the sum of their
+    FLUX_RADIUS, are tested too, on the filtered image smoothed by a
+    Gaussian of :data:`EXTENDED_SMOOTHING` times the smaller FLUX_RADIUS
+    (its noise scaled for that smoothing of ``kernel``, the pass's
+    normalised filter; None: no filter). A diffuse disc that a fine
+    deblending cut in two along its major axis has noise valleys deeper
+    than 3 sigma at the filter's scale, not at its own.
 
     Returns
     -------
@@ -269,11 +284,10 @@ def merge_shallow_splits(table, filtered, noise, sigma: float, max_flux_radius: 
     y = np.asarray(table["Y_IMAGE"], float) - 1.0
     small = np.flatnonzero((np.nan_to_num(_flux_radius(table), nan=np.inf) < max_flux_radius)
                            & np.isfinite(x) & np.isfinite(y))
-    if small.size < 2:
-        return np.ones(n, bool)
-    pairs = cKDTree(np.column_stack([x[small], y[small]])).query_pairs(2.0 * max_flux_radius, output_type="ndarray")
-    if not len(pairs):
-        return np.ones(n, bool)
+    pairs = np.empty((0, 2), int)
+    if small.size >= 2:
+        pairs = cKDTree(np.column_stack([x[small], y[small]])).query_pairs(2.0 * max_flux_radius,
+                                                                           output_type="ndarray").reshape(-1, 2)
     i, j = small[pairs[:, 0]], small[pairs[:, 1]]
     steps = np.linspace(0.0, 1.0, SADDLE_SAMPLES)
     px = x[i, None] + steps * (x[j] - x[i])[:, None]
@@ -282,14 +296,66 @@ def merge_shallow_splits(table, filtered, noise, sigma: float, max_flux_radius: 
     rows = np.clip(np.rint(py).astype(int), 0, noise.shape[0] - 1)
     cols = np.clip(np.rint(px).astype(int), 0, noise.shape[1] - 1)
     spread = noise[rows, cols].max(axis=1)
-    # The deepest valley: at each sample, how far it lies below the lower of the highest samples on its two
-    # sides (0 along a slope or over a single peak).
-    left = np.maximum.accumulate(profile, axis=1)
-    right = np.maximum.accumulate(profile[:, ::-1], axis=1)[:, ::-1]
-    depth = (np.minimum(left, right) - profile).max(axis=1)
+    depth = _valley_depth(profile)
     with np.errstate(invalid="ignore"):
         shallow = depth < sigma * spread
-    return _brightest_of_groups(np.column_stack([i[shallow], j[shallow]]), np.asarray(table["FLUX_AUTO"], float))
+    links = [np.column_stack([i[shallow], j[shallow]])]
+    if extended_radius > 0:
+        links.append(_shallow_extended_pairs(table, x, y, filtered, noise, sigma, extended_radius, kernel))
+    return _brightest_of_groups(np.concatenate(links), np.asarray(table["FLUX_AUTO"], float))
+
+
+def _valley_depth(profile):
+    """The deepest valley of each row of ``profile``: how far a sample lies below the lower of the highest
+    samples on its two sides (0 along a slope or over a single peak)."""
+    left = np.maximum.accumulate(profile, axis=-1)
+    right = np.maximum.accumulate(profile[..., ::-1], axis=-1)[..., ::-1]
+    return (np.minimum(left, right) - profile).max(axis=-1)
+
+
+def _smoothing_noise_factor(kernel, width):
+    """How much a Gaussian of ``width`` pixels lowers the noise of an image filtered by ``kernel`` (unit sum)."""
+    from scipy.signal import fftconvolve
+
+    kernel = np.ones((1, 1)) if kernel is None else np.asarray(kernel, float)
+    kernel = kernel / kernel.sum() if kernel.sum() > 0 else kernel
+    half = int(np.ceil(4.0 * width))
+    axis = np.exp(-0.5 * (np.arange(-half, half + 1) / width) ** 2)
+    gauss = np.outer(axis, axis)
+    combined = fftconvolve(kernel, gauss / gauss.sum())
+    return float(np.sqrt(np.sum(combined ** 2) / np.sum(kernel ** 2)))
+
+
+def _shallow_extended_pairs(table, x, y, filtered, noise, sigma, min_radius, kernel):
+    """Index pairs of extended detections with no valley deeper than ``sigma`` at their own scale."""
+    from scipy.ndimage import gaussian_filter
+    from scipy.spatial import cKDTree
+
+    radius = np.nan_to_num(_flux_radius(table), nan=np.inf)
+    chosen = np.flatnonzero((radius >= min_radius) & (radius < EXTENDED_MAX_RADIUS) & np.isfinite(x) & np.isfinite(y))
+    if chosen.size < 2:
+        return np.empty((0, 2), int)
+    pairs = cKDTree(np.column_stack([x[chosen], y[chosen]])).query_pairs(2.0 * EXTENDED_MAX_RADIUS,
+                                                                         output_type="ndarray")
+    ny, nx = filtered.shape
+    steps = np.linspace(0.0, 1.0, SADDLE_SAMPLES)
+    linked = []
+    for i, j in chosen[pairs]:
+        if np.hypot(x[i] - x[j], y[i] - y[j]) > radius[i] + radius[j]:
+            continue
+        width = EXTENDED_SMOOTHING * min(radius[i], radius[j])
+        pad = int(np.ceil(4.0 * width)) + 2
+        x1, x2 = max(int(min(x[i], x[j])) - pad, 0), min(int(max(x[i], x[j])) + pad + 2, nx)
+        y1, y2 = max(int(min(y[i], y[j])) - pad, 0), min(int(max(y[i], y[j])) + pad + 2, ny)
+        cut = np.nan_to_num(np.asarray(filtered[y1:y2, x1:x2], float))
+        smooth = gaussian_filter(cut, width, mode="nearest")
+        px, py = x[i] + steps * (x[j] - x[i]), y[i] + steps * (y[j] - y[i])
+        profile = _bilinear(smooth, px - x1, py - y1)
+        spread = float(noise[np.clip(np.rint(py).astype(int), 0, ny - 1),
+                             np.clip(np.rint(px).astype(int), 0, nx - 1)].max())
+        if _valley_depth(profile) < sigma * spread * _smoothing_noise_factor(kernel, width):
+            linked.append((i, j))
+    return np.asarray(linked, int).reshape(-1, 2)
 
 
 def _pairs_within(cx, cy, x, y, radius):

@@ -153,6 +153,10 @@ OPTIONS = (
     Option("PASS_SPLIT_MAX_RADIUS", "float", 6.0, "With PASS_SPLIT_SIGMA: only detections with FLUX_RADIUS "
            "below this many pixels are tested (a faint galaxy on a bright one's wing sits on a slope, not "
            "behind a saddle)."),
+    Option("PASS_SPLIT_EXTENDED_RADIUS", "float", 0.0, "With PASS_SPLIT_SIGMA: two detections with FLUX_RADIUS "
+           "from this many pixels to 10, closer than the sum of their FLUX_RADIUS, are tested too, on the detection "
+           "image smoothed by a Gaussian of half the smaller FLUX_RADIUS (a diffuse disc cut in two by a fine "
+           "deblending has noise valleys at the filter's scale, not at its own); 0: off."),
     Option("PASS_SUBTRACT_RADIUS", "float", 0.0, "Passes after the first detect and measure on the image minus "
            "smooth models of the first pass's objects with FLUX_RADIUS >= this many pixels (the median of the "
            "image in elliptical annuli of each object's centre, axis ratio and angle, out to 2.5 Kron radii: "
@@ -548,13 +552,14 @@ def _validate_passes(options, engine) -> list[str]:
 
     negative = set()
     for key in ("PASS_NEIGHBOUR_RADIUS", "PASS_MERGE_RADIUS", "PASS_SUBTRACT_RADIUS", "PASS_SPLIT_SIGMA",
-                "PASS_CONFIRM_SIGMA", "PASS_MODEL_BACK_SIZE"):
+                "PASS_SPLIT_EXTENDED_RADIUS", "PASS_CONFIRM_SIGMA", "PASS_MODEL_BACK_SIZE"):
         if not value(key) >= 0:
             problems.append(f"{key} must be >= 0, got {value(key)}")
             negative.add(key)
     # An option that means nothing without another one: a config mistake, named.
     for key, needed, why in (("PASS_MERGE_FIRST", "PASS_MERGE_RADIUS", "the merging distance"),
                              ("PASS_SPLIT_SIGMA", "PASS_SPLIT_MAX_RADIUS", "the largest FLUX_RADIUS tested"),
+                             ("PASS_SPLIT_EXTENDED_RADIUS", "PASS_SPLIT_SIGMA", "the valley's depth in sigma"),
                              ("PASS_CONFIRM_SIGMA", "PASS_SUBTRACT_RADIUS", "no residual image without it"),
                              ("PASS_MODEL_BACK_SIZE", "PASS_SUBTRACT_RADIUS", "no models without it")):
         if value(key) and key not in negative and not value(needed) > 0:
@@ -664,8 +669,10 @@ def _run_passes(job, run, paths, settings_files, zero_point, background_value, c
                 timings["split_merge"] = timings.get("split_merge", 0.0) + time.perf_counter() - clock
             if split_sigma > 0:
                 clock = time.perf_counter()
+                extended_radius = float(job.options.get("PASS_SPLIT_EXTENDED_RADIUS") or 0.0)
                 keep = merge_shallow_splits(table, *detection, split_sigma,
-                                            float(job.options.get("PASS_SPLIT_MAX_RADIUS", 6.0)))
+                                            float(job.options.get("PASS_SPLIT_MAX_RADIUS", 6.0)), extended_radius,
+                                            _pass_kernel(pass_sex, pass_conv) if extended_radius > 0 else None)
                 split_merged.append(int((~keep).sum()))
                 table = table[keep]
                 timings["split_merge"] = timings.get("split_merge", 0.0) + time.perf_counter() - clock
@@ -725,7 +732,7 @@ def _pass_detection_image(paths, pass_sex, pass_conv, cache=None):
     """
     import numpy as np
 
-    from .config_files import ExtractionSettings, read_dot_conv, read_dot_sex
+    from .config_files import ExtractionSettings, read_dot_sex
     from .passes import filtered_detection_image
 
     settings = ExtractionSettings.from_dot_sex(read_dot_sex(pass_sex), str(pass_sex))
@@ -734,9 +741,20 @@ def _pass_detection_image(paths, pass_sex, pass_conv, cache=None):
     if bad.any():
         image = np.where(bad, 0.0, image).astype(np.float32)
         weight = np.where(bad, 0.0, 1.0 if weight is None else weight).astype(np.float32)
-    kernel = read_dot_conv(pass_conv) if settings.filter else np.ones((1, 1))
+    kernel = _pass_kernel(pass_sex, pass_conv, settings)
     back_value = settings.back_value if settings.back_type == "MANUAL" else None
     return filtered_detection_image(image, weight, kernel, settings.back_size, settings.back_filtersize, back_value)
+
+
+def _pass_kernel(pass_sex, pass_conv, settings=None):
+    """A pass's detection filter (``[[1]]`` with FILTER N)."""
+    import numpy as np
+
+    from .config_files import ExtractionSettings, read_dot_conv, read_dot_sex
+
+    if settings is None:
+        settings = ExtractionSettings.from_dot_sex(read_dot_sex(pass_sex), str(pass_sex))
+    return read_dot_conv(pass_conv) if settings.filter else np.ones((1, 1))
 
 
 def _subtracted_image(paths, first_table, min_flux_radius, first_sex, scratch, report=None, back_size=0, cache=None):
