@@ -130,22 +130,41 @@ def final_catalogue(run_root: Path):
     return found[0] if found else None
 
 
-def duplicated_in_catalogue(columns, truth):
+def duplicated_in_catalogue(columns, truth, sim=None):
     """Truth objects with two or more entries in a final catalogue: all its entries, and those the shear selection keeps.
 
     Entries are given to the truth as :func:`shapepipe_modules.validate.crowded.cluster_scores` gives
-    detections (tile pixel positions, size-scaled distance; the intracluster light left out).
+    detections (tile pixel positions, size-scaled distance; the intracluster light left out). With ``sim``
+    (the simulation folder) also the same two counts by light
+    (:func:`shapepipe_modules.validate.crowded.duplicated_by_light`: two entries each holding >= 10 % of the
+    object's flux within its FLUX_RADIUS circle, matched one to one first).
     """
     from shapepipe_modules.simulate import resolve_parameters
     from shapepipe_modules.simulate.cluster import ROLE_ICL
     from shapepipe_modules.validate import crowded
     from shapepipe_modules.validate.shear import Selection, branch_tables
 
+    params = resolve_parameters("cluster")
     objects = truth[np.asarray(truth["cluster_role"]) != ROLE_ICL]
-    owner = crowded.assign_detections(columns["X_IMAGE"], columns["Y_IMAGE"], objects,
-                                      resolve_parameters("cluster")["pixel_scale"])
+    x, y = np.asarray(columns["X_IMAGE"], float), np.asarray(columns["Y_IMAGE"], float)
+    owner = crowded.assign_detections(x, y, objects, params["pixel_scale"])
     selected = np.asarray(Selection()(branch_tables(columns)["noshear"]), bool)
-    return tuple(int(np.sum(crowded.detections_per_truth(o, len(objects)) > 1)) for o in (owner, owner[selected]))
+    counts = tuple(int(np.sum(crowded.detections_per_truth(o, len(objects)) > 1)) for o in (owner, owner[selected]))
+    if sim is None:
+        return counts
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    from shapepipe_modules.simulate import TruePSF
+
+    wcs = WCS(fits.getheader(Path(sim) / "tiles" / "CFIS.244.252.r.fits"))
+    psf_model = TruePSF(sim).tiles["244.252"]
+    radius = np.maximum(np.nan_to_num(np.asarray(columns["FLUX_RADIUS"], float)), 2.0)
+    one = crowded.assign_detections(x, y, objects, params["pixel_scale"], one_to_one=True)
+    light = tuple(crowded.duplicated_by_light(one[rows], objects, x[rows], y[rows], radius[rows], wcs, psf_model,
+                                              params).size
+                  for rows in (np.ones(len(x), bool), selected))
+    return counts + light
 
 
 def nearest_member(truth, rows):
@@ -238,7 +257,8 @@ def main(argv=None):
             one = crowded.metacal_tangential_profile(data["tables"], data["dx"], data["dy"], data["g_t_true"],
                                                      np.array([0.0, 90.0]), n_boot=50)
             per_seed.append((seed, member, masked_fraction(run_root), len(data["dx"]), one, psf_check(run_root),
-                             duplicated_in_catalogue(read_final_catalogue(catalogue), load_truth(sim, tile="244.252"))))
+                             duplicated_in_catalogue(read_final_catalogue(catalogue), load_truth(sim, tile="244.252"),
+                                                     sim)))
             for key in ("tables", "dx", "dy", "g_t_true"):
                 pooled[key].append(data[key])
             pooled["group"].append(np.full(len(data["dx"]), seed))
@@ -249,15 +269,17 @@ def main(argv=None):
     print(f"\nCluster preset through the GOLD chain (config {config}), per seed "
           "(A: amplitude g_t / input of that run alone, r < 90 arcsec)")
     print(f"{'seed':>4s} {'run':>6s} {'tile masked':>12s} {'background in cat':>18s} {'selected':>9s} {'A':>7s} "
-          f"{'error':>6s} {'PSF stars':>10s} {'size resid':>11s} {'rms':>6s} {'dup cat':>8s} {'dup sel':>8s}")
+          f"{'error':>6s} {'PSF stars':>10s} {'size resid':>11s} {'rms':>6s} {'dup cat':>8s} {'dup sel':>8s} {'light cat':>10s} {'light sel':>10s}")
     for seed, member, masked, n, one, psf, dup in per_seed:
         print(f"{seed:4d} {member:>6s} {masked:12.3f} {n:18d} {one['n_total']:9d} {one['A']:7.3f} {one['A_error']:6.3f} "
               f"{psf['n_stars']:10d} {psf['size_relative_residual']['mean']:11.4f} "
-              f"{psf['size_relative_residual']['rms']:6.3f} {dup[0]:8d} {dup[1]:8d}")
+              f"{psf['size_relative_residual']['rms']:6.3f} {dup[0]:8d} {dup[1]:8d} {dup[2]:10d} {dup[3]:10d}")
     duplicates = np.array([dup for *_, dup in per_seed]).sum(axis=0)
     print(f"(dup cat: truth objects with two or more entries in the final catalogue, as validate.crowded.cluster_scores "
           f"counts them; dup sel: among the entries the shear selection keeps ({Selection().describe()})); "
-          f"all runs: {duplicates[0]} and {duplicates[1]} in {len(per_seed)} runs")
+          f"all runs: {duplicates[0]} and {duplicates[1]} in {len(per_seed)} runs; light cat, light sel: the same held "
+          f"twice by light (validate.crowded.duplicated_by_light, 10 % of the flux each): {duplicates[2]} and "
+          f"{duplicates[3]})")
     stars = np.array([psf["n_stars"] for *_, psf, _ in per_seed], float)
     sizes = np.array([[psf["size_relative_residual"]["mean"], psf["size_relative_residual"]["rms"]]
                       for *_, psf, _ in per_seed])
