@@ -192,6 +192,17 @@ def test_smoothed_hot_pass_deblends_members_without_shredding(cluster_tile_seed3
     assert scores["smooth"]["background_found"] >= scores["3x3"]["background_found"] - 0.05
 
 
+def _tan_wcs(scale):
+    """A TAN WCS of ``scale`` arcsec per pixel, reference pixel (100, 100)."""
+    from astropy.wcs import WCS
+
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval, wcs.wcs.crpix = [150.0, 2.0], [100.0, 100.0]
+    wcs.wcs.cdelt = [-scale / 3600.0, scale / 3600.0]
+    return wcs
+
+
 def test_cluster_scores_count_member_pieces_and_background_against_a_hand_count():
     from shapepipe_modules.simulate.cluster import ROLE_FIELD, ROLE_ICL, ROLE_MEMBER
     from shapepipe_modules.validate.crowded import cluster_scores
@@ -214,15 +225,10 @@ def test_cluster_scores_count_member_pieces_and_background_against_a_hand_count(
 
 
 def test_truth_light_in_circles_against_the_moffat_enclosed_flux_and_symmetry():
-    from astropy.wcs import WCS
-
     from shapepipe_modules.validate.crowded import truth_light_in_circles
 
     scale, beta, fwhm = 0.187, 3.0, 0.7
-    wcs = WCS(naxis=2)
-    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    wcs.wcs.crval, wcs.wcs.crpix = [150.0, 2.0], [100.0, 100.0]
-    wcs.wcs.cdelt = [-scale / 3600.0, scale / 3600.0]
+    wcs = _tan_wcs(scale)
     # Two equal faint stars 10 px apart (PSF only) and an exponential galaxy with 30 % of its flux in knots.
     n = 3
     truth = Table({"x": [50.0, 60.0, 140.0], "y": [50.0, 50.0, 140.0], "flux": [1e4, 1e4, 5e4],
@@ -248,14 +254,9 @@ def test_truth_light_in_circles_against_the_moffat_enclosed_flux_and_symmetry():
 
 
 def test_light_owners_need_the_light_to_explain_the_flux_and_no_rival():
-    from astropy.wcs import WCS
-
     from shapepipe_modules.validate.crowded import light_owners
 
-    wcs = WCS(naxis=2)
-    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    wcs.wcs.crval, wcs.wcs.crpix = [150.0, 2.0], [100.0, 100.0]
-    wcs.wcs.cdelt = [-0.187 / 3600.0, 0.187 / 3600.0]
+    wcs = _tan_wcs(0.187)
     n = 2
     truth = Table({"x": [50.0, 56.0], "y": [50.0, 50.0], "flux": [1e4, 1e4], "mag": [20.0, 20.0],
                    "is_star": [True, True], "disk_hlr": np.zeros(n), "bulge_hlr": np.zeros(n),
@@ -380,14 +381,9 @@ def test_one_to_one_assignment_gives_each_galaxy_of_a_blend_its_detection():
 
 
 def test_duplicated_by_light_counts_two_detections_holding_the_light_not_a_peak_on_the_wing():
-    from astropy.wcs import WCS
-
     from shapepipe_modules.validate.crowded import duplicated_by_light, truth_light_in_circles
 
-    wcs = WCS(naxis=2)
-    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    wcs.wcs.crval, wcs.wcs.crpix = [150.0, 2.0], [100.0, 100.0]
-    wcs.wcs.cdelt = [-0.187 / 3600.0, 0.187 / 3600.0]
+    wcs = _tan_wcs(0.187)
     n = 3
     # Galaxies 0 and 1: exponential discs of 1 arcsec; 2: a star 5 times brighter 4 px from galaxy 1's centre.
     truth = Table({"x": [60.0, 140.0, 144.0], "y": [60.0, 140.0, 140.0], "flux": [5e4, 5e4, 2.5e5],
