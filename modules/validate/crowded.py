@@ -226,15 +226,10 @@ def duplicated_by_light(owner, truth, x, y, radius, wcs, psf_model, params, min_
     if not candidates.size:
         return candidates
     dets = np.flatnonzero(np.isin(owner, candidates))
-    # Each candidate's own light in each of its detections' circles, and who has the most light there.
-    top, _, _, _ = truth_light_in_circles(truth, x[dets], y[dets], radius[dets], wcs, psf_model, params, reach)
-    held = np.zeros(dets.size, bool)
-    for k in candidates:
-        mine = np.flatnonzero(owner[dets] == k)
-        _, _, own, _ = truth_light_in_circles(truth[[int(k)]], x[dets[mine]], y[dets[mine]], radius[dets[mine]],
-                                              wcs, psf_model, params, reach)
-        held[mine] = (top[mine] == k) & (own >= min_own)
-    return np.asarray([k for k in candidates if np.sum(held[owner[dets] == k]) >= 2], int)
+    # Who has the most light in each circle, and that object's share of its own flux there.
+    top, _, own, _ = truth_light_in_circles(truth, x[dets], y[dets], radius[dets], wcs, psf_model, params, reach)
+    held = (top == owner[dets]) & (own >= min_own)
+    return candidates[detections_per_truth(owner[dets][held], len(truth))[candidates] >= 2]
 
 
 def cluster_scores(det_x, det_y, truth, centre_xy, pixel_scale, radius_arcsec=30.0, passes=None):
