@@ -22,7 +22,7 @@ galsim = pytest.importorskip("galsim")
 
 FINE = "BACK_TYPE=AUTO BACK_SIZE=12 DETECT_THRESH=1.0 DETECT_MINAREA=5 DEBLEND_MINCONT=0.0005"
 FINE_DUAL = dict(PASSES=["FINE", "FINERES"], PASS_SETTINGS=[FINE, FINE], PASS_SUBTRACT_RADIUS=4.0,
-                 PASS_MODEL_BACK_SIZE=64, PASS_CORE_SCALES=["-", "5"], PASS_MERGE_RADIUS=4.5, PASS_MERGE_FIRST=True,
+                 PASS_MODEL_BACK_SIZE=64, PASS_CORE_SCALES=["-", "5"], PASS_MERGE_RADIUS=5.0, PASS_MERGE_FIRST=True,
                  PASS_SPLIT_SIGMA=3.0, PASS_SPLIT_MAX_RADIUS=6.0, PASS_SPLIT_EXTENDED_RADIUS=3.0,
                  PASS_CONFIRM_SIGMA=3.0)
 EXAMPLE = Path(__file__).resolve().parents[1] / "example" / "crowded" / "config_tile_Sx_exp_psfex.ini"
@@ -314,7 +314,7 @@ def test_the_models_are_measured_over_pass_model_back_size(smooth_tiles, tmp_pat
     split = [len(kept[0]), len(kept[1])]
     # The first pass's small objects inside the models' discs, checked on FINERES's detection image.
     kept[0] = kept[0][confirmed_on_residual(kept[0], model_discs(fine, 4.0), filtered, noise, 3.0, 4.0)]
-    offline = join_passes(kept, 1.0, merge_radius=4.5, core_scales=[0, 5], merge_first=True)
+    offline = join_passes(kept, 1.0, merge_radius=5.0, core_scales=[0, 5], merge_first=True)
     assert header["NPASS2"] > 0
     assert header["NSPLIT1"] == len(fine) - split[0] > 0 and header["NSPLIT2"] == len(fineres) - split[1]
     assert header["NUNCONF"] == split[0] - len(kept[0])

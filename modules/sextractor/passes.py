@@ -55,9 +55,10 @@ MIN_CORE_RADIUS = 3.0
 #: Samples along the segment between two centres in the saddle test (merge_shallow_splits).
 SADDLE_SAMPLES = 25
 #: Extended pairs of the saddle test (merge_shallow_splits ``extended_radius``): the profile is read on the
-#: filtered image smoothed by a Gaussian of this fraction of the smaller FLUX_RADIUS, for pairs closer than
-#: the sum of their FLUX_RADIUS and both below EXTENDED_MAX_RADIUS pixels.
+#: filtered image smoothed by a Gaussian of EXTENDED_SMOOTHING times the smaller FLUX_RADIUS, for pairs
+#: closer than EXTENDED_SEPARATION times the sum of their FLUX_RADIUS, both below EXTENDED_MAX_RADIUS pixels.
 EXTENDED_SMOOTHING = 0.5
+EXTENDED_SEPARATION = 1.25
 EXTENDED_MAX_RADIUS = 10.0
 JOIN_COLUMNS = ("X_IMAGE", "Y_IMAGE", "A_IMAGE", "B_IMAGE", "THETA_IMAGE", "KRON_RADIUS", "FLUX_RADIUS", "FLUX_AUTO")
 
@@ -262,8 +263,9 @@ def merge_shallow_splits(table, filtered, noise, sigma: float, max_flux_radius: 
     not behind a saddle.
 
     With ``extended_radius`` > 0, two detections with FLUX_RADIUS between
-    it and :data:`EXTENDED_MAX_RADIUS`, closer than the sum of their
-    FLUX_RADIUS, are tested too, on the filtered image smoothed by a
+    it and :data:`EXTENDED_MAX_RADIUS`, closer than
+    :data:`EXTENDED_SEPARATION` times the sum of their FLUX_RADIUS, are
+    tested too, on the filtered image smoothed by a
     Gaussian of :data:`EXTENDED_SMOOTHING` times the smaller FLUX_RADIUS
     (its noise scaled for that smoothing of ``kernel``, the pass's
     normalised filter; None: no filter). A diffuse disc that a fine
@@ -335,13 +337,13 @@ def _shallow_extended_pairs(table, x, y, filtered, noise, sigma, min_radius, ker
     chosen = np.flatnonzero((radius >= min_radius) & (radius < EXTENDED_MAX_RADIUS) & np.isfinite(x) & np.isfinite(y))
     if chosen.size < 2:
         return np.empty((0, 2), int)
-    pairs = cKDTree(np.column_stack([x[chosen], y[chosen]])).query_pairs(2.0 * EXTENDED_MAX_RADIUS,
-                                                                         output_type="ndarray")
+    pairs = cKDTree(np.column_stack([x[chosen], y[chosen]])).query_pairs(
+        2.0 * EXTENDED_SEPARATION * EXTENDED_MAX_RADIUS, output_type="ndarray")
     ny, nx = filtered.shape
     steps = np.linspace(0.0, 1.0, SADDLE_SAMPLES)
     linked = []
     for i, j in chosen[pairs]:
-        if np.hypot(x[i] - x[j], y[i] - y[j]) > radius[i] + radius[j]:
+        if np.hypot(x[i] - x[j], y[i] - y[j]) > EXTENDED_SEPARATION * (radius[i] + radius[j]):
             continue
         width = EXTENDED_SMOOTHING * min(radius[i], radius[j])
         pad = int(np.ceil(4.0 * width)) + 2

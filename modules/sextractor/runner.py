@@ -154,7 +154,7 @@ OPTIONS = (
            "below this many pixels are tested (a faint galaxy on a bright one's wing sits on a slope, not "
            "behind a saddle)."),
     Option("PASS_SPLIT_EXTENDED_RADIUS", "float", 0.0, "With PASS_SPLIT_SIGMA: two detections with FLUX_RADIUS "
-           "from this many pixels to 10, closer than the sum of their FLUX_RADIUS, are tested too, on the detection "
+           "from this many pixels to 10, closer than 1.25 times the sum of their FLUX_RADIUS, are tested too, on the detection "
            "image smoothed by a Gaussian of half the smaller FLUX_RADIUS (a diffuse disc cut in two by a fine "
            "deblending has noise valleys at the filter's scale, not at its own); 0: off."),
     Option("PASS_SUBTRACT_RADIUS", "float", 0.0, "Passes after the first detect and measure on the image minus "
