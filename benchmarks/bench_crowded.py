@@ -73,7 +73,7 @@ SUBTRACTED = dict(PASSES=["HOT", "HOTRES", "COLD"], PASS_SETTINGS=[HOT, HOT, COL
 FINE = "BACK_TYPE=AUTO BACK_SIZE=12 DETECT_THRESH=1.0 DETECT_MINAREA=5 DEBLEND_MINCONT=0.0005"
 SPLIT_SIGMA, SPLIT_MAX_RADIUS, SPLIT_EXTENDED_RADIUS, CONFIRM_SIGMA = 3.0, 6.0, 3.0, 3.0
 # FINE + FINERES merges closer pieces than HOT + COLD: 5 pixels (1.3 PSF FWHM; with the extended test, no
-# galaxy held twice by light in five noise realisations of the 30 tiles, for 0.001-0.002 of the background).
+# galaxy held twice by light in five noise realisations of the 30 tiles, for 0.003-0.005 of the background).
 FINE_MERGE_RADIUS = 5.0
 FINE_DUAL = dict(PASSES=["FINE", "FINERES"], PASS_SETTINGS=[FINE, FINE], PASS_SUBTRACT_RADIUS=4.0,
                  PASS_MODEL_BACK_SIZE=64, PASS_CORE_SCALES=["-", "5"], PASS_MERGE_RADIUS=FINE_MERGE_RADIUS,
