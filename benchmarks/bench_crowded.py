@@ -69,16 +69,18 @@ SUBTRACTED = dict(PASSES=["HOT", "HOTRES", "COLD"], PASS_SETTINGS=[HOT, HOT, COL
 # at 5 FLUX_RADIUS; close detections of both passes are merged, and so are small detections of a pass that no
 # valley deeper than 3 sigma separates (PASS_SPLIT_SIGMA), extended ones (FLUX_RADIUS 3-10 px) at their own
 # scale (PASS_SPLIT_EXTENDED_RADIUS), and FINE's small objects inside the models' discs must show at 3 sigma on
-# FINERES's detection image (PASS_CONFIRM_SIGMA; benchmarks/bench_crowded_subtract.py).
+# FINERES's detection image (PASS_CONFIRM_SIGMA; benchmarks/bench_crowded_subtract.py), as must those as large
+# as the modelled ones inside the disc of one 10 times brighter, which get no model (PASS_CONFIRM_CONTRAST).
 FINE = "BACK_TYPE=AUTO BACK_SIZE=12 DETECT_THRESH=1.0 DETECT_MINAREA=5 DEBLEND_MINCONT=0.0005"
-SPLIT_SIGMA, SPLIT_MAX_RADIUS, SPLIT_EXTENDED_RADIUS, CONFIRM_SIGMA = 3.0, 6.0, 3.0, 3.0
+SPLIT_SIGMA, SPLIT_MAX_RADIUS, SPLIT_EXTENDED_RADIUS, CONFIRM_SIGMA, CONFIRM_CONTRAST = 3.0, 6.0, 3.0, 3.0, 10.0
 # FINE + FINERES merges closer pieces than HOT + COLD: 5 pixels (1.3 PSF FWHM; with the extended test, no
 # galaxy held twice by light in five noise realisations of the 30 tiles, for 0.003-0.005 of the background).
 FINE_MERGE_RADIUS = 5.0
 FINE_DUAL = dict(PASSES=["FINE", "FINERES"], PASS_SETTINGS=[FINE, FINE], PASS_SUBTRACT_RADIUS=4.0,
                  PASS_MODEL_BACK_SIZE=64, PASS_CORE_SCALES=["-", "5"], PASS_MERGE_RADIUS=FINE_MERGE_RADIUS,
                  PASS_MERGE_FIRST=True, PASS_SPLIT_SIGMA=SPLIT_SIGMA, PASS_SPLIT_MAX_RADIUS=SPLIT_MAX_RADIUS,
-                 PASS_SPLIT_EXTENDED_RADIUS=SPLIT_EXTENDED_RADIUS, PASS_CONFIRM_SIGMA=CONFIRM_SIGMA)
+                 PASS_SPLIT_EXTENDED_RADIUS=SPLIT_EXTENDED_RADIUS, PASS_CONFIRM_SIGMA=CONFIRM_SIGMA,
+                 PASS_CONFIRM_CONTRAST=CONFIRM_CONTRAST)
 
 
 def _seeds(text):

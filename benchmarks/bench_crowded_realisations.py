@@ -18,7 +18,11 @@ with ``PASS_MERGE_FIRST``). Printed, against the truth
    the truth objects whose light two or more of those detections hold
    (``crowded.duplicated_by_light``: at least 10 % and 5 % of its flux
    within each detection's FLUX_RADIUS circle, the object having the most
-   light there), and truth objects detected by both passes;
+   light there), truth objects detected by both passes, and the false
+   detections per tile (no truth object within the matcher's reach), whose
+   S/N is printed beside that of the extra detections: a false detection
+   that lands within the reach of a detected object is counted as its
+   second detection;
 2. how often each duplicated truth object is duplicated: in exactly 1, 2,
    ... of the realisations. A duplicate the noise makes (a noise peak on a
    galaxy's wing, a split its noise opens) lands on other objects in other
@@ -34,6 +38,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import hashlib
+import json
 import sys
 import tempfile
 import warnings
@@ -43,6 +49,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_crowded import FINE, FINE_DUAL, MERGE_RADIUS, RADIUS_ARCSEC, _run, _seeds  # noqa: E402
+
+
+def _digest(options):
+    """Eight hex digits naming a dict of module options."""
+    text = json.dumps(options, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
 def _kind(table, main, extra, role):
@@ -87,6 +99,7 @@ def main(argv=None):
     pools = {(name, r): collections.Counter() for name in configs for r in realisations}
     duplicated = {name: collections.defaultdict(list) for name in configs}
     kinds = collections.Counter()
+    false_snr, extra_snr = collections.defaultdict(list), collections.defaultdict(list)
     for seed in _seeds(args.seeds):
         for r in realisations:
             sim = work / f"seed{seed}" / f"noise{r}"
@@ -106,7 +119,8 @@ def main(argv=None):
             objects = truth[np.asarray(truth["cluster_role"]) != ROLE_ICL]
             wcs, psf_model = WCS(header), TruePSF(sim).tiles["244.252"]
             for name, options in configs.items():
-                out = sim / f"sex_{args.engine}_{name}"
+                # Named by its options too: a catalogue kept from other options is never read as this one's.
+                out = sim / f"sex_{args.engine}_{name}_{_digest(options)}"
                 if not (out / "sexcat-244-252.fits").exists():
                     _run(sextractor, inputs, out, "-244-252", ENGINE=args.engine,
                          DOT_SEX_FILE=str(DATA_DIR / "default_tile.sex"), FLAG_IMAGE=args.engine == "sextractor",
@@ -123,6 +137,11 @@ def main(argv=None):
                 pool["both"] += s.get("duplicated_across_passes", 0)
                 owner = crowded.assign_detections(table["X_IMAGE"], table["Y_IMAGE"], objects, scale, one_to_one=True)
                 pool["dup_one_to_one"] += int(np.sum(crowded.detections_per_truth(owner, len(objects)) > 1))
+                # Detections with no truth object within the matcher's reach: the catalogue's false detections.
+                snr = np.asarray(table["FLUX_AUTO"], float) / np.asarray(table["FLUXERR_AUTO"], float)
+                pool["false"] += int(np.sum(owner < 0))
+                pool["tiles"] += 1
+                false_snr[name].extend(snr[owner < 0])
                 radius = np.maximum(np.nan_to_num(np.asarray(table["FLUX_RADIUS"], float)), 2.0)
                 for percent in (10, 5):
                     pool[f"light{percent}"] += crowded.duplicated_by_light(
@@ -134,6 +153,7 @@ def main(argv=None):
                     dets = np.flatnonzero(owner == k)
                     distance = np.hypot(table["X_IMAGE"][dets] - objects["x"][k], table["Y_IMAGE"][dets] - objects["y"][k])
                     main_det = dets[np.argmin(distance)]
+                    extra_snr[name].extend(snr[dets[dets != main_det]])
                     role = ("member" if objects["cluster_role"][k] == ROLE_MEMBER
                             else "star" if objects["is_star"][k] else "galaxy")
                     extras = [d for d in dets if d != main_det]
@@ -149,15 +169,23 @@ def main(argv=None):
     print(f"The cluster tile in {len(realisations)} noise realisations ({', '.join(map(str, realisations))}), "
           f"seeds {args.seeds}, engine {args.engine}")
     print(f"{'catalogue':14s} {'noise':>5s} {'bg 30in':>8s} {'members 1x':>10s} {'dup':>4s} {'1to1':>5s} "
-          f"{'light 10%':>9s} {'light 5%':>8s} {'both':>5s}")
+          f"{'light 10%':>9s} {'light 5%':>8s} {'both':>5s} {'false/tile':>10s}")
     for (name, r), p in pools.items():
         print(f"{name:14s} {r:5d} {p['found'] / p['background']:8.3f} {p['once'] / p['members']:10.3f} "
               f"{p['dup']:4d} {p['dup_one_to_one']:5d} {p['light10']:9d} {p['light5']:8d} "
-              f"{p['both'] if name != 'FINE' else '-':>5}")
+              f"{p['both'] if name != 'FINE' else '-':>5} {p['false'] / p['tiles']:10.1f}")
     print("(bg 30in: background galaxies within 30 arcsec found; members 1x: detected exactly once; dup: truth objects "
           "with two or more detections, nearest-object matcher; 1to1: matched one to one first; light 10%, 5%: of "
           "these, the objects whose light two or more detections hold, each at least that share of its flux; both: "
-          "detected by both passes)")
+          "detected by both passes; false/tile: detections with no truth object within the matcher's reach, "
+          "per tile)")
+    for name in configs:
+        quartiles = {kind: np.percentile(values[name], [25, 50, 75]) if values[name] else [np.nan] * 3
+                     for kind, values in (("false", false_snr), ("extra", extra_snr))}
+        print(f"{name}: S/N (FLUX_AUTO / FLUXERR_AUTO) quartiles of the false detections "
+              f"{' '.join(f'{v:.1f}' for v in quartiles['false'])} ({len(false_snr[name])}), of the extra "
+              f"detections of the objects with two or more {' '.join(f'{v:.1f}' for v in quartiles['extra'])} "
+              f"({len(extra_snr[name])})")
     for name in configs:
         recurrence = collections.Counter(len({row[0] for row in rows}) for rows in duplicated[name].values())
         instances = sum(len(rows) for rows in duplicated[name].values())

@@ -15,8 +15,8 @@ from shapepipe_modules.sextractor.config_files import read_dot_conv
 from shapepipe_modules.sextractor.passes import (confirmed_on_residual, filtered_detection_image, join_passes,
                                                   merge_shallow_splits)
 from shapepipe_modules.sextractor.runner import DATA_DIR, validate
-from shapepipe_modules.sextractor.subtract import (MODEL_EXTENT, TAPER_FROM, model_discs, ring_median_models,
-                                                   subtract_models)
+from shapepipe_modules.sextractor.subtract import (MODEL_EXTENT, TAPER_FROM, model_discs, modelled_rows,
+                                                   ring_median_models, satellites, subtract_models)
 
 galsim = pytest.importorskip("galsim")
 
@@ -24,7 +24,7 @@ FINE = "BACK_TYPE=AUTO BACK_SIZE=12 DETECT_THRESH=1.0 DETECT_MINAREA=5 DEBLEND_M
 FINE_DUAL = dict(PASSES=["FINE", "FINERES"], PASS_SETTINGS=[FINE, FINE], PASS_SUBTRACT_RADIUS=4.0,
                  PASS_MODEL_BACK_SIZE=64, PASS_CORE_SCALES=["-", "5"], PASS_MERGE_RADIUS=5.0, PASS_MERGE_FIRST=True,
                  PASS_SPLIT_SIGMA=3.0, PASS_SPLIT_MAX_RADIUS=6.0, PASS_SPLIT_EXTENDED_RADIUS=3.0,
-                 PASS_CONFIRM_SIGMA=3.0)
+                 PASS_CONFIRM_SIGMA=3.0, PASS_CONFIRM_CONTRAST=10.0)
 EXAMPLE = Path(__file__).resolve().parents[1] / "example" / "crowded" / "config_tile_Sx_exp_psfex.ini"
 
 
@@ -43,6 +43,7 @@ def test_example_crowded_detects_the_tile_as_measured_here():
     assert float(section["PASS_SPLIT_MAX_RADIUS"]) == FINE_DUAL["PASS_SPLIT_MAX_RADIUS"]
     assert float(section["PASS_SPLIT_EXTENDED_RADIUS"]) == FINE_DUAL["PASS_SPLIT_EXTENDED_RADIUS"]
     assert float(section["PASS_CONFIRM_SIGMA"]) == FINE_DUAL["PASS_CONFIRM_SIGMA"]
+    assert float(section["PASS_CONFIRM_CONTRAST"]) == FINE_DUAL["PASS_CONFIRM_CONTRAST"]
 
 
 def test_models_taper_to_zero_at_their_edge():
@@ -201,6 +202,45 @@ def test_first_pass_objects_in_a_model_disc_must_be_on_the_residual():
     assert confirmed_on_residual(first, (cx, cy, a, b, theta), filtered, noise, 0.0, 4.0).all()
 
 
+def test_satellites_of_a_much_brighter_galaxy_are_confirmed_instead_of_modelled():
+    # A bright galaxy at (100, 100) with a model disc 40 x 20 pixels along x. Inside the disc: a faint galaxy
+    # (FLUX_RADIUS 4.5) at (120, 104) and a piece of the wing as large (at (85, 98)) that the residual does not
+    # show; a neighbour 5 times fainter at (80, 102); outside the disc, a faint galaxy at (160, 160).
+    rng = np.random.default_rng(4)
+    shape, sigma = (200, 200), 2.0
+    yy, xx = np.mgrid[:shape[0], :shape[1]] + 1.0
+    bright = 3000.0 * np.exp(-np.hypot((xx - 100) / 2.0, yy - 100) / 4.0)
+    faint = _gaussian(shape, 119, 103, 1500.0, 3.0)
+    image = (bright + faint + rng.normal(0, sigma, shape)).astype(np.float32)
+    weight = np.full(shape, 1 / sigma ** 2, np.float32)
+    table = Table(dict(X_IMAGE=[100.0, 120.0, 85.0, 80.0, 160.0], Y_IMAGE=[100.0, 104.0, 98.0, 102.0, 160.0],
+                       A_IMAGE=[8.0, 4.0, 3.0, 5.0, 3.0], B_IMAGE=[4.0, 3.5, 2.0, 4.0, 3.0],
+                       THETA_IMAGE=[0.0] * 5, KRON_RADIUS=[2.0, 3.5, 3.5, 3.5, 3.5],
+                       FLUX_RADIUS=[6.0, 4.5, 4.5, 5.0, 4.5], FLUX_AUTO=[2e5, 1500.0, 400.0, 4e4, 1000.0]))
+    assert list(satellites(table, table, 4.0, 10.0)) == [False, True, True, False, False]
+    assert not satellites(table, table, 4.0, 0.0).any()
+    # Unmodelled, the faint galaxy keeps its light in the residual; modelled, the ring medians take most of it.
+    assert list(modelled_rows(table, 4.0, 10.0)) == [0, 3, 4]
+    kept, _ = subtract_models(image, table, 4.0, 64, weight, contrast=10.0)
+    modelled, _ = subtract_models(image, table, 4.0, 64, weight)
+    peak = (slice(100, 106), slice(116, 122))
+    assert np.abs(kept - modelled)[peak].max() > 0.7 * faint.max()
+    # The satellites are tested on the residual as the small objects are (here the residual a perfect model of
+    # the bright galaxy would leave): the galaxy stays, the wing piece goes.
+    residual = (faint + rng.normal(0, sigma, shape)).astype(np.float32)
+    filtered, noise = filtered_detection_image(residual, weight, read_dot_conv(DATA_DIR / "default.conv"), (64, 64))
+    discs = model_discs(table, 4.0, 10.0)
+    assert list(discs[0]) == [100.0, 80.0, 160.0]
+    keep = confirmed_on_residual(table, discs, filtered, noise, 3.0, 4.0, satellites(table, table, 4.0, 10.0))
+    assert list(keep) == [True, True, False, True, True]
+    assert confirmed_on_residual(table, discs, filtered, noise, 3.0, 4.0).all()
+    base = dict(DOT_SEX_FILE=str(DATA_DIR / "default_tile.sex"), ENGINE="sep")
+    problems = validate(dict(base, **dict(FINE_DUAL, PASS_CONFIRM_CONTRAST=0.5)))
+    assert any("PASS_CONFIRM_CONTRAST must be 0 (off) or > 1" in p for p in problems)
+    problems = validate(dict(base, **dict(FINE_DUAL, PASS_CONFIRM_SIGMA=0.0, PASS_CONFIRM_CONTRAST=10.0)))
+    assert any("PASS_CONFIRM_CONTRAST needs PASS_CONFIRM_SIGMA > 0" in p for p in problems)
+
+
 def test_model_back_size_errors_are_named():
     base = dict(DOT_SEX_FILE=str(DATA_DIR / "default_tile.sex"), ENGINE="sep")
     problems = validate(dict(base, **dict(FINE_DUAL, PASS_MODEL_BACK_SIZE=-1)))
@@ -266,7 +306,8 @@ def test_fine_pass_on_the_residual_adds_background_galaxies_without_touching_the
     single, dual, unsplit = pooled["single"], pooled["dual"], pooled["unsplit"]
     # Seeds 1-3, either engine: background galaxies within 30" 67 -> 70 of 115 (72 without the saddle test),
     # the 60 members detected once either way; truth objects with two or more detections: sep 15 for FINE
-    # alone, 4 joined without the saddle test, 1 with it (SExtractor 16, 5, 2). Seeds 1-20 (sep,
+    # alone, 2 joined without the saddle test, 0 with it (SExtractor 16, 2, 1; session 18, with
+    # PASS_CONFIRM_CONTRAST, which changes neither engine's 0 and 1 here). Seeds 1-20 (sep,
     # bench_crowded_subtract.py --preset cluster, and the module): 0.604 -> 0.633, members 0.998, 137 -> 4
     # duplicated (0.636 and 6 without the extended saddle test, 58 without any saddle test or the confirmation).
     assert dual["found"] >= single["found"] + 2
@@ -299,21 +340,35 @@ def test_the_models_are_measured_over_pass_model_back_size(smooth_tiles, tmp_pat
 
     fine = single(tile, "FINE")
     image, weight = fits.getdata(tile).astype(np.float32), fits.getdata(sim / "weight.fits")
-    residual, _ = subtract_models(image, fine, 4.0, 64, weight)
-    residual_12, _ = subtract_models(image, fine, 4.0, 12, weight)
+    kernel = read_dot_conv(DATA_DIR / "default.conv")
+    # FINE's satellites of 10 times brighter objects, tested on the residual without their own models; those it
+    # shows are modelled with the others, the others dropped.
+    large = np.asarray(fine["FLUX_RADIUS"]) >= 4.0
+    flagged = satellites(fine, fine, 4.0, 10.0) & large
+    without = modelled_rows(fine, 4.0, 10.0)
+    probe, _ = subtract_models(image, fine, 4.0, 64, weight, rows=without)
+    seen = confirmed_on_residual(fine, model_discs(fine, 4.0, rows=without),
+                                 *filtered_detection_image(probe, weight, kernel, (12, 12)), 3.0, 4.0, also=flagged)
+    rejected = flagged & ~seen
+    modelled = np.flatnonzero(large & ~rejected)
+    assert flagged.sum() > rejected.sum()
+    residual, _ = subtract_models(image, fine, 4.0, 64, weight, rows=modelled)
+    residual_12, _ = subtract_models(image, fine, 4.0, 12, weight, rows=modelled)
     assert np.abs(residual - residual_12).max() > 10.0
     path = tmp_path / "residual.fits"
     fits.PrimaryHDU(residual, header=fits.getheader(tile)).writeto(path)
     # The saddle test of each pass on its own detection image: the tile, then the residual.
-    kernel = read_dot_conv(DATA_DIR / "default.conv")
     fineres = single(path, "FINERES")
-    kept = []
+    kept, kept_rows = [], []
     for table, image in ((fine, image), (fineres, residual)):
         filtered, noise = filtered_detection_image(image, weight, kernel, (12, 12))
-        kept.append(table[merge_shallow_splits(table, filtered, noise, 3.0, 6.0, 3.0, kernel)])
+        kept_rows.append(np.flatnonzero(merge_shallow_splits(table, filtered, noise, 3.0, 6.0, 3.0, kernel)))
+        kept.append(table[kept_rows[-1]])
     split = [len(kept[0]), len(kept[1])]
-    # The first pass's small objects inside the models' discs, checked on FINERES's detection image.
-    kept[0] = kept[0][confirmed_on_residual(kept[0], model_discs(fine, 4.0), filtered, noise, 3.0, 4.0)]
+    # The first pass's small objects inside the models' discs, checked on FINERES's detection image; the
+    # satellites not seen, dropped.
+    confirmed = confirmed_on_residual(kept[0], model_discs(fine, 4.0, rows=modelled), filtered, noise, 3.0, 4.0)
+    kept[0] = kept[0][confirmed & ~rejected[kept_rows[0]]]
     offline = join_passes(kept, 1.0, merge_radius=5.0, core_scales=[0, 5], merge_first=True)
     assert header["NPASS2"] > 0
     assert header["NSPLIT1"] == len(fine) - split[0] > 0 and header["NSPLIT2"] == len(fineres) - split[1]

@@ -371,7 +371,8 @@ def _pairs_within(cx, cy, x, y, radius):
     return rows, cols
 
 
-def confirmed_on_residual(table, discs, filtered, noise, sigma: float, min_flux_radius: float) -> np.ndarray:
+def confirmed_on_residual(table, discs, filtered, noise, sigma: float, min_flux_radius: float,
+                          also=None) -> np.ndarray:
     """Which first-pass rows to keep: those inside a model's disc must still be seen once the models are gone.
 
     A first-pass object smaller than the modelled ones (FLUX_RADIUS below
@@ -382,7 +383,9 @@ def confirmed_on_residual(table, discs, filtered, noise, sigma: float, min_flux_
     ``sigma`` times its noise at its centre. What the fine first pass cut
     out of a member's wing (its light, or the ripple a fine background mesh
     leaves on its slope) is not there once the member is subtracted; a
-    galaxy on the wing is.
+    galaxy on the wing is. ``also`` (boolean over the rows) marks larger
+    rows to test the same way: those left unmodelled as satellites of a much
+    brighter object (:func:`.subtract.satellites`).
 
     Returns
     -------
@@ -395,7 +398,10 @@ def confirmed_on_residual(table, discs, filtered, noise, sigma: float, min_flux_
     if sigma <= 0 or not n or not cx.size:
         return keep
     x, y = np.asarray(table["X_IMAGE"], float), np.asarray(table["Y_IMAGE"], float)
-    small = np.flatnonzero(np.nan_to_num(_flux_radius(table), nan=0.0) < min_flux_radius)
+    tested = np.nan_to_num(_flux_radius(table), nan=0.0) < min_flux_radius
+    if also is not None:
+        tested |= np.asarray(also, bool)
+    small = np.flatnonzero(tested)
     rows, cols = _pairs_within(cx, cy, x[small], y[small], float(np.nanmax(a)))
     hit = inside_ellipses(x[small][rows], y[small][rows], cx[cols], cy[cols], a[cols], b[cols], theta[cols])
     inside = np.unique(small[rows[hit]])

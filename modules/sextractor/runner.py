@@ -170,6 +170,11 @@ OPTIONS = (
            "only when the first pass on the residual image sees it there (its filtered detection image at least "
            "this many sigma at the object's centre): what a fine first pass cut out of a bright galaxy's wing "
            "goes with the galaxy's model, a galaxy on the wing stays; 0: off."),
+    Option("PASS_CONFIRM_CONTRAST", "float", 0.0, "With PASS_CONFIRM_SIGMA: a first-pass object large enough to "
+           "be modelled whose centre lies inside the model disc of an object at least this many times brighter "
+           "(FLUX_AUTO) is confirmed too: the later pass's detection image of the residual without its own model "
+           "must show it at PASS_CONFIRM_SIGMA, or it is dropped (a piece of a bright galaxy's wing as large as a "
+           "faint galaxy); those shown are modelled with the others. 0: off, else > 1."),
     Option("PASS_RESIDUAL", "list", [], "With PASS_SUBTRACT_RADIUS: one entry per pass, in PASSES order (the "
            "first is '-'), yes or no: whether that pass detects on the model-subtracted image or on the image "
            "itself; empty: every pass after the first on the subtracted image."),
@@ -327,8 +332,9 @@ def validate(options) -> list[str]:
         problems.append("PASS_SPLIT_SIGMA acts on the detections of each of PASSES: give PASSES (one pass is enough)")
     if len(options.get("PASSES") or []) < 2:
         # Options that act on the passes after the first mean nothing without them: a config mistake.
-        given = [key for key in ("PASS_SUBTRACT_RADIUS", "PASS_MODEL_BACK_SIZE", "PASS_CONFIRM_SIGMA", "PASS_RESIDUAL",
-                                 "PASS_CORE_SCALES", "PASS_MIN_FLUX_RADII") if options.get(key)]
+        given = [key for key in ("PASS_SUBTRACT_RADIUS", "PASS_MODEL_BACK_SIZE", "PASS_CONFIRM_SIGMA",
+                                 "PASS_CONFIRM_CONTRAST", "PASS_RESIDUAL", "PASS_CORE_SCALES", "PASS_MIN_FLUX_RADII")
+                 if options.get(key)]
         if given:
             problems.append(f"{', '.join(given)} act on the passes after the first: PASSES names "
                             f"{len(options.get('PASSES') or [])} pass(es)")
@@ -561,9 +567,13 @@ def _validate_passes(options, engine) -> list[str]:
                              ("PASS_SPLIT_SIGMA", "PASS_SPLIT_MAX_RADIUS", "the largest FLUX_RADIUS tested"),
                              ("PASS_SPLIT_EXTENDED_RADIUS", "PASS_SPLIT_SIGMA", "the valley's depth in sigma"),
                              ("PASS_CONFIRM_SIGMA", "PASS_SUBTRACT_RADIUS", "no residual image without it"),
-                             ("PASS_MODEL_BACK_SIZE", "PASS_SUBTRACT_RADIUS", "no models without it")):
+                             ("PASS_MODEL_BACK_SIZE", "PASS_SUBTRACT_RADIUS", "no models without it"),
+                             ("PASS_CONFIRM_CONTRAST", "PASS_CONFIRM_SIGMA", "the satellites are confirmed by it")):
         if value(key) and key not in negative and not value(needed) > 0:
             problems.append(f"{key} needs {needed} > 0 ({why}), got {value(needed)}")
+    if value("PASS_CONFIRM_CONTRAST") and not value("PASS_CONFIRM_CONTRAST") > 1:
+        problems.append(f"PASS_CONFIRM_CONTRAST must be 0 (off) or > 1 (a flux ratio), "
+                        f"got {value('PASS_CONFIRM_CONTRAST')}")
     for key in ("PASS_CORE_SCALES", "PASS_MIN_FLUX_RADII"):
         try:
             pass_numbers(options, key)
@@ -606,6 +616,8 @@ def _run_passes(job, run, paths, settings_files, zero_point, background_value, c
     import tempfile
     import time
 
+    import numpy as np
+
     from shapepipe_modules.io.ldac import read_ldac, write_ldac
 
     from .config_files import ConfigFileError, read_dot_param
@@ -625,6 +637,9 @@ def _run_passes(job, run, paths, settings_files, zero_point, background_value, c
     tables, residual, header, first_raw = [], None, None, None
     split_sigma, split_merged = float(job.options.get("PASS_SPLIT_SIGMA") or 0.0), []
     confirm_sigma = float(job.options.get("PASS_CONFIRM_SIGMA") or 0.0)
+    contrast = float(job.options.get("PASS_CONFIRM_CONTRAST") or 0.0)
+    # The first pass's rows modelled (None: all large enough) and its satellites not seen without their models.
+    modelled, rejected, first_rows = None, None, None
     # The image and weight arrays, read once for the models and the saddle tests when these use them.
     pixels = {} if split_sigma > 0 or confirm_sigma > 0 else None
     confirm_done, n_unconfirmed = False, None
@@ -637,17 +652,22 @@ def _run_passes(job, run, paths, settings_files, zero_point, background_value, c
             pass_sex = scratch / f"pass{index + 1}.sex"
             write_pass_sex(sex_path, overrides, pass_sex)
             first = index == 0
+            # A pass's own detection filter (FILTER_NAME in its settings), else DOT_CONV_FILE.
+            pass_conv = pass_filter_file(overrides) or dot_conv
             if on_residual[index] and subtracted_paths is None:
                 clock = time.perf_counter()
-                subtracted_paths = _subtracted_image(paths, first_raw, float(job.options["PASS_SUBTRACT_RADIUS"]),
-                                                     scratch / "pass1.sex", scratch, report,
-                                                     int(job.options.get("PASS_MODEL_BACK_SIZE") or 0), pixels)
+                subtract_radius = float(job.options["PASS_SUBTRACT_RADIUS"])
+                model_back = int(job.options.get("PASS_MODEL_BACK_SIZE") or 0)
+                if contrast > 1 and confirm_sigma > 0:
+                    modelled, rejected = _confirm_satellites(paths, first_raw, subtract_radius, contrast,
+                                                             confirm_sigma, scratch / "pass1.sex", pass_sex, pass_conv,
+                                                             scratch, model_back, pixels)
+                subtracted_paths = _subtracted_image(paths, first_raw, subtract_radius, scratch / "pass1.sex",
+                                                     scratch, report, model_back, pixels, rows=modelled)
                 timings["subtract"] = time.perf_counter() - clock
                 if pixels is not None:  # the later passes detect on the residual (re-read if one does not)
                     pixels.pop(str(paths["image"]), None)
             pass_paths = subtracted_paths if on_residual[index] else paths
-            # A pass's own detection filter (FILTER_NAME in its settings), else DOT_CONV_FILE.
-            pass_conv = pass_filter_file(overrides) or dot_conv
             catalogue, pass_residual, _, pass_timings = run(
                 job, pass_paths, (pass_sex, param_path, pass_conv), zero_point, background_value,
                 check_images if first else [], report=report if first else None,
@@ -675,14 +695,18 @@ def _run_passes(job, run, paths, settings_files, zero_point, background_value, c
                                             _pass_kernel(pass_sex, pass_conv) if extended_radius > 0 else None)
                 split_merged.append(int((~keep).sum()))
                 table = table[keep]
+                if first:
+                    first_rows = np.flatnonzero(keep)
                 timings["split_merge"] = timings.get("split_merge", 0.0) + time.perf_counter() - clock
             if on_residual[index] and not confirm_done and confirm_sigma > 0:
                 # The first pass's objects inside the models' discs, checked on this pass's residual image.
                 confirm_done = True
                 clock = time.perf_counter()
                 subtract_radius = float(job.options["PASS_SUBTRACT_RADIUS"])
-                keep = confirmed_on_residual(tables[0], model_discs(first_raw, subtract_radius), *detection,
-                                             confirm_sigma, subtract_radius)
+                keep = confirmed_on_residual(tables[0], model_discs(first_raw, subtract_radius, rows=modelled),
+                                             *detection, confirm_sigma, subtract_radius)
+                if rejected is not None:
+                    keep &= ~rejected[np.arange(len(first_raw)) if first_rows is None else first_rows]
                 n_unconfirmed = int((~keep).sum())
                 tables[0] = tables[0][keep]
                 timings["split_merge"] = timings.get("split_merge", 0.0) + time.perf_counter() - clock
@@ -757,11 +781,50 @@ def _pass_kernel(pass_sex, pass_conv, settings=None):
     return read_dot_conv(pass_conv) if settings.filter else np.ones((1, 1))
 
 
-def _subtracted_image(paths, first_table, min_flux_radius, first_sex, scratch, report=None, back_size=0, cache=None):
+def _confirm_satellites(paths, first_table, min_flux_radius, contrast, sigma, first_sex, pass_sex, pass_conv, scratch,
+                        back_size=0, cache=None):
+    """The first pass's rows to model, and its satellites that the residual without their own models does not show.
+
+    A satellite (:func:`.subtract.satellites`: as large as the modelled objects, inside the disc of one
+    ``contrast`` times brighter) is left out of the models once; the later pass's detection image of that
+    residual must show it at ``sigma`` at its centre (:func:`.passes.confirmed_on_residual`). The satellites it
+    shows are galaxies and are modelled with the others; those it does not (a piece of a bright galaxy's wing)
+    are neither modelled nor kept.
+
+    Returns
+    -------
+    rows : numpy.ndarray
+        Indices of ``first_table`` to model.
+    rejected : numpy.ndarray
+        Boolean over ``first_table``: the satellites to drop.
+    """
+    import numpy as np
+
+    from .passes import confirmed_on_residual
+    from .subtract import _column, model_discs, modelled_rows, satellites
+
+    without = modelled_rows(first_table, min_flux_radius, contrast)
+    large = np.nan_to_num(_column(first_table, "FLUX_RADIUS"), nan=0.0) >= min_flux_radius
+    flagged = satellites(first_table, first_table, min_flux_radius, contrast) & large
+    rejected = np.zeros(len(first_table), bool)
+    if flagged.any():
+        probe = _subtracted_image(paths, first_table, min_flux_radius, first_sex, scratch, None, back_size, cache,
+                                  rows=without, name="satellites_probe.fits")
+        detection = _pass_detection_image(probe, pass_sex, pass_conv, cache)
+        if cache is not None:
+            cache.pop(str(probe["image"]), None)
+        seen = confirmed_on_residual(first_table, model_discs(first_table, min_flux_radius, rows=without),
+                                     *detection, sigma, min_flux_radius, also=flagged)
+        rejected = flagged & ~seen
+    return np.flatnonzero(large & ~rejected), rejected
+
+
+def _subtracted_image(paths, first_table, min_flux_radius, first_sex, scratch, report=None, back_size=0, cache=None,
+                      rows=None, name="subtracted.fits"):
     """``paths`` with the image replaced by the image minus the first pass's models (:mod:`.subtract`).
 
     The models' background mesh is ``back_size`` (0: the first pass's BACK_SIZE); pixels of zero weight
-    stay out of them.
+    stay out of them; ``rows`` are the objects modelled (default: all with FLUX_RADIUS >= ``min_flux_radius``).
     """
     import numpy as np
     from astropy.io import fits
@@ -773,8 +836,8 @@ def _subtracted_image(paths, first_table, min_flux_radius, first_sex, scratch, r
     weight = _pixels(paths, "weight", cache)[0]
     if not back_size:
         back_size = ExtractionSettings.from_dot_sex(read_dot_sex(first_sex), str(first_sex)).back_size[0]
-    residual, n_models = subtract_models(image, first_table, min_flux_radius, back_size, weight)
-    target = scratch / "subtracted.fits"
+    residual, n_models = subtract_models(image, first_table, min_flux_radius, back_size, weight, rows=rows)
+    target = scratch / name
     header = header.copy()
     for key in ("XTENSION", "PCOUNT", "GCOUNT", "EXTNAME"):  # a compressed input's extension keys
         header.remove(key, ignore_missing=True)

@@ -173,16 +173,73 @@ def _interpolate(r, centres, medians):
     return np.exp(log_profile)
 
 
-def model_discs(table, min_flux_radius):
+def modelled_rows(table, min_flux_radius, contrast=0.0):
+    """Rows of ``table`` that get a model: FLUX_RADIUS >= ``min_flux_radius``, less the satellites.
+
+    With ``contrast`` > 1, an object inside the model disc of one at least
+    ``contrast`` times brighter (:func:`satellites`) gets no model, so that
+    the residual can say whether it is there (``PASS_CONFIRM_CONTRAST``).
+    """
+    radius = _column(table, "FLUX_RADIUS")
+    if radius is None:
+        raise KeyError("the first pass's catalogue has no FLUX_RADIUS column (needed by PASS_SUBTRACT_RADIUS)")
+    rows = np.flatnonzero(np.nan_to_num(radius, nan=0.0) >= min_flux_radius)
+    if contrast > 1 and rows.size:
+        rows = rows[~satellites(table, table, min_flux_radius, contrast)[rows]]
+    return rows
+
+
+def satellites(table, reference, min_flux_radius, contrast):
+    """Which rows of ``table`` lie inside the model disc of a ``reference`` object ``contrast`` times brighter.
+
+    The discs are those of the reference rows with FLUX_RADIUS >=
+    ``min_flux_radius`` (:func:`model_discs` without satellites); brighter
+    compares FLUX_AUTO. A fine first pass cuts pieces from a bright
+    galaxy's wing (or from the ripple a fine background mesh leaves on
+    it) that are as large as a faint galaxy; modelled, they would leave
+    nothing to test on the residual.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean mask over the rows of ``table``.
+    """
+    from scipy.spatial import cKDTree
+
+    from .passes import inside_ellipses
+
+    flagged = np.zeros(len(table), bool)
+    cx, cy, a, b, theta = model_discs(reference, min_flux_radius)
+    if not cx.size or not len(table) or contrast <= 1:
+        return flagged
+    ref_rows = np.flatnonzero(np.nan_to_num(_column(reference, "FLUX_RADIUS"), nan=0.0) >= min_flux_radius)
+    ref_flux = np.nan_to_num(np.asarray(reference["FLUX_AUTO"], float)[ref_rows], nan=0.0)
+    flux = np.nan_to_num(np.asarray(table["FLUX_AUTO"], float), nan=np.inf)
+    x, y = np.asarray(table["X_IMAGE"], float), np.asarray(table["Y_IMAGE"], float)
+    finite = np.isfinite(x) & np.isfinite(y)
+    if not finite.any():
+        return flagged
+    near = cKDTree(np.column_stack([cx, cy])).query_ball_point(
+        np.column_stack([x[finite], y[finite]]), r=float(np.nanmax(a)))
+    rows = np.repeat(np.flatnonzero(finite), [len(n) for n in near])
+    cols = np.fromiter((c for n in near for c in n), int, count=rows.size)
+    if not rows.size:
+        return flagged
+    hit = (ref_flux[cols] >= contrast * flux[rows]) & inside_ellipses(x[rows], y[rows], cx[cols], cy[cols],
+                                                                      a[cols], b[cols], theta[cols])
+    flagged[rows[hit]] = True
+    return flagged
+
+
+def model_discs(table, min_flux_radius, contrast=0.0, rows=None):
     """Centres (FITS pixels), semi-axes (pixels) and angles (radians) of the models :func:`subtract_models` makes.
 
     The ellipses out to which the models reach: ``MODEL_EXTENT`` Kron radii
     along the major axis (at most ``MAX_MODEL_RADIUS``), the catalogue's
-    axis ratio (at least ``MIN_AXIS_RATIO``) and angle, for the rows with
-    FLUX_RADIUS >= ``min_flux_radius``.
+    axis ratio (at least ``MIN_AXIS_RATIO``) and angle, for ``rows`` (by
+    default those :func:`modelled_rows` gives).
     """
-    radius = _column(table, "FLUX_RADIUS")
-    rows = np.flatnonzero(np.nan_to_num(radius, nan=0.0) >= min_flux_radius)
+    rows = modelled_rows(table, min_flux_radius, contrast) if rows is None else np.asarray(rows, int)
     a = np.asarray(table["A_IMAGE"], float)[rows]
     b = np.asarray(table["B_IMAGE"], float)[rows]
     kron = np.asarray(table["KRON_RADIUS"], float)[rows]
@@ -194,8 +251,11 @@ def model_discs(table, min_flux_radius):
             np.nan_to_num(minor), np.radians(np.asarray(table["THETA_IMAGE"], float)[rows]))
 
 
-def subtract_models(image, table, min_flux_radius, back_size=64, weight=None):
+def subtract_models(image, table, min_flux_radius, back_size=64, weight=None, contrast=0.0, rows=None):
     """The image minus the ring-median models of the table's objects with FLUX_RADIUS >= ``min_flux_radius``.
+
+    Satellites of ``contrast`` times brighter objects are not modelled (:func:`modelled_rows`); ``rows``,
+    when given, are the objects modelled instead.
 
     The models are measured on the image minus a sep background of
     ``back_size`` pixels (the first pass's mesh); the residual keeps the
@@ -214,9 +274,6 @@ def subtract_models(image, table, min_flux_radius, back_size=64, weight=None):
     valid = None if weight is None else np.asarray(weight) > 0
     mask = None if valid is None else ~valid
     background = sep.Background(image, mask=mask, bw=int(back_size), bh=int(back_size)).back()
-    radius = _column(table, "FLUX_RADIUS")
-    if radius is None:
-        raise KeyError("subtract_models: the first pass's catalogue has no FLUX_RADIUS column")
-    rows = np.flatnonzero(np.nan_to_num(radius, nan=0.0) >= min_flux_radius)
+    rows = modelled_rows(table, min_flux_radius, contrast) if rows is None else np.asarray(rows, int)
     model = ring_median_models(image - background, table, rows, valid)
     return image - model, int(rows.size)
