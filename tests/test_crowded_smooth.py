@@ -16,7 +16,8 @@ from shapepipe_modules.sextractor.passes import (confirmed_on_residual, filtered
                                                   merge_shallow_splits)
 from shapepipe_modules.sextractor.runner import DATA_DIR, validate
 from shapepipe_modules.sextractor.subtract import (MODEL_EXTENT, TAPER_FROM, model_discs, modelled_rows,
-                                                   ring_median_models, satellites, subtract_models)
+                                                   ring_median_models, satellites, subtract_models,
+                                                   subtract_models_confirming)
 
 galsim = pytest.importorskip("galsim")
 
@@ -225,6 +226,19 @@ def test_satellites_of_a_much_brighter_galaxy_are_confirmed_instead_of_modelled(
     modelled, _ = subtract_models(image, table, 4.0, 64, weight)
     peak = (slice(100, 106), slice(116, 122))
     assert np.abs(kept - modelled)[peak].max() > 0.7 * faint.max()
+    # Satellites modelled only when seen: asked on the residual without them (the faint galaxy still there), the
+    # galaxy seen is modelled afterwards, the wing piece neither modelled nor kept.
+    asked = {}
+
+    def seen(residual, rows):
+        asked["rows"], asked["peak"] = list(rows), float(residual[peak].max())
+        return np.asarray(rows) == 1
+
+    confirmed, modelled_now, rejected = subtract_models_confirming(image, table, 4.0, 10.0, seen, 64, weight)
+    assert asked["rows"] == [1, 2]
+    assert asked["peak"] == pytest.approx(float(kept[peak].max()), rel=1e-5)  # the residual without satellites
+    assert list(modelled_now) == [0, 1, 3, 4] and list(np.flatnonzero(rejected)) == [2]
+    np.testing.assert_allclose(confirmed[peak], modelled[peak], atol=0.1 * faint.max())
     # The satellites are tested on the residual as the small objects are (here the residual a perfect model of
     # the bright galaxy would leave): the galaxy stays, the wing piece goes.
     residual = (faint + rng.normal(0, sigma, shape)).astype(np.float32)
@@ -342,18 +356,18 @@ def test_the_models_are_measured_over_pass_model_back_size(smooth_tiles, tmp_pat
     image, weight = fits.getdata(tile).astype(np.float32), fits.getdata(sim / "weight.fits")
     kernel = read_dot_conv(DATA_DIR / "default.conv")
     # FINE's satellites of 10 times brighter objects, tested on the residual without their own models; those it
-    # shows are modelled with the others, the others dropped.
-    large = np.asarray(fine["FLUX_RADIUS"]) >= 4.0
-    flagged = satellites(fine, fine, 4.0, 10.0) & large
-    without = modelled_rows(fine, 4.0, 10.0)
-    probe, _ = subtract_models(image, fine, 4.0, 64, weight, rows=without)
-    seen = confirmed_on_residual(fine, model_discs(fine, 4.0, rows=without),
-                                 *filtered_detection_image(probe, weight, kernel, (12, 12)), 3.0, 4.0, also=flagged)
-    rejected = flagged & ~seen
-    modelled = np.flatnonzero(large & ~rejected)
-    assert flagged.sum() > rejected.sum()
-    residual, _ = subtract_models(image, fine, 4.0, 64, weight, rows=modelled)
-    residual_12, _ = subtract_models(image, fine, 4.0, 12, weight, rows=modelled)
+    # shows are modelled on what the others left, the others dropped.
+    def seen(probe, rows):
+        tested = np.zeros(len(fine), bool)
+        tested[rows] = True
+        return confirmed_on_residual(fine, model_discs(fine, 4.0), *filtered_detection_image(probe, weight, kernel,
+                                                                                               (12, 12)),
+                                     3.0, 4.0, also=tested)[rows]
+
+    residual, modelled, rejected = subtract_models_confirming(image, fine, 4.0, 10.0, seen, 64, weight)
+    flagged = satellites(fine, fine, 4.0, 10.0) & (np.asarray(fine["FLUX_RADIUS"]) >= 4.0)
+    assert flagged.sum() > rejected.sum() and not (rejected & ~flagged).any()
+    residual_12, _ = subtract_models(image, fine, 4.0, 12, weight)
     assert np.abs(residual - residual_12).max() > 10.0
     path = tmp_path / "residual.fits"
     fits.PrimaryHDU(residual, header=fits.getheader(tile)).writeto(path)

@@ -658,12 +658,13 @@ def _run_passes(job, run, paths, settings_files, zero_point, background_value, c
                 clock = time.perf_counter()
                 subtract_radius = float(job.options["PASS_SUBTRACT_RADIUS"])
                 model_back = int(job.options.get("PASS_MODEL_BACK_SIZE") or 0)
+                check = None
                 if contrast > 1 and confirm_sigma > 0:
-                    modelled, rejected = _confirm_satellites(paths, first_raw, subtract_radius, contrast,
-                                                             confirm_sigma, scratch / "pass1.sex", pass_sex, pass_conv,
-                                                             scratch, model_back, pixels)
-                subtracted_paths = _subtracted_image(paths, first_raw, subtract_radius, scratch / "pass1.sex",
-                                                     scratch, report, model_back, pixels, rows=modelled)
+                    check = (contrast, _satellite_check(paths, first_raw, subtract_radius, confirm_sigma, pass_sex,
+                                                        pass_conv, scratch, pixels))
+                subtracted_paths, modelled, rejected = _subtracted_image(
+                    paths, first_raw, subtract_radius, scratch / "pass1.sex", scratch, report, model_back, pixels,
+                    check)
                 timings["subtract"] = time.perf_counter() - clock
                 if pixels is not None:  # the later passes detect on the residual (re-read if one does not)
                     pixels.pop(str(paths["image"]), None)
@@ -781,63 +782,61 @@ def _pass_kernel(pass_sex, pass_conv, settings=None):
     return read_dot_conv(pass_conv) if settings.filter else np.ones((1, 1))
 
 
-def _confirm_satellites(paths, first_table, min_flux_radius, contrast, sigma, first_sex, pass_sex, pass_conv, scratch,
-                        back_size=0, cache=None):
-    """The first pass's rows to model, and its satellites that the residual without their own models does not show.
+def _satellite_check(paths, first_table, min_flux_radius, sigma, pass_sex, pass_conv, scratch, cache):
+    """``seen(residual, rows)`` for :func:`.subtract.subtract_models_confirming`: the later pass's eyes.
 
-    A satellite (:func:`.subtract.satellites`: as large as the modelled objects, inside the disc of one
-    ``contrast`` times brighter) is left out of the models once; the later pass's detection image of that
-    residual must show it at ``sigma`` at its centre (:func:`.passes.confirmed_on_residual`). The satellites it
-    shows are galaxies and are modelled with the others; those it does not (a piece of a bright galaxy's wing)
-    are neither modelled nor kept.
-
-    Returns
-    -------
-    rows : numpy.ndarray
-        Indices of ``first_table`` to model.
-    rejected : numpy.ndarray
-        Boolean over ``first_table``: the satellites to drop.
+    The pass's detection image of the residual (its background, filter and noise,
+    :func:`_pass_detection_image`) must show each row at ``sigma`` at its centre
+    (:func:`.passes.confirmed_on_residual`, as the smaller first-pass objects are confirmed).
     """
     import numpy as np
 
     from .passes import confirmed_on_residual
-    from .subtract import _column, model_discs, modelled_rows, satellites
+    from .subtract import model_discs
 
-    without = modelled_rows(first_table, min_flux_radius, contrast)
-    large = np.nan_to_num(_column(first_table, "FLUX_RADIUS"), nan=0.0) >= min_flux_radius
-    flagged = satellites(first_table, first_table, min_flux_radius, contrast) & large
-    rejected = np.zeros(len(first_table), bool)
-    if flagged.any():
-        probe = _subtracted_image(paths, first_table, min_flux_radius, first_sex, scratch, None, back_size, cache,
-                                  rows=without, name="satellites_probe.fits")
-        detection = _pass_detection_image(probe, pass_sex, pass_conv, cache)
-        if cache is not None:
-            cache.pop(str(probe["image"]), None)
-        seen = confirmed_on_residual(first_table, model_discs(first_table, min_flux_radius, rows=without),
-                                     *detection, sigma, min_flux_radius, also=flagged)
-        rejected = flagged & ~seen
-    return np.flatnonzero(large & ~rejected), rejected
+    def seen(residual, rows):
+        key = str(scratch / "satellites_probe.fits")  # held in memory only, under a name of its own
+        probe_cache = {} if cache is None else cache
+        probe_cache[key] = (residual, None)
+        try:
+            detection = _pass_detection_image(dict(paths, image=key), pass_sex, pass_conv, probe_cache)
+        finally:
+            probe_cache.pop(key, None)
+        tested = np.zeros(len(first_table), bool)
+        tested[rows] = True
+        return confirmed_on_residual(first_table, model_discs(first_table, min_flux_radius), *detection, sigma,
+                                     min_flux_radius, also=tested)[rows]
+
+    return seen
 
 
 def _subtracted_image(paths, first_table, min_flux_radius, first_sex, scratch, report=None, back_size=0, cache=None,
-                      rows=None, name="subtracted.fits"):
+                      check=None):
     """``paths`` with the image replaced by the image minus the first pass's models (:mod:`.subtract`).
 
     The models' background mesh is ``back_size`` (0: the first pass's BACK_SIZE); pixels of zero weight
-    stay out of them; ``rows`` are the objects modelled (default: all with FLUX_RADIUS >= ``min_flux_radius``).
+    stay out of them. With ``check`` (contrast, seen) the satellites are modelled only when seen
+    (:func:`.subtract.subtract_models_confirming`). Returns the paths, the rows of ``first_table`` modelled
+    (None: all with FLUX_RADIUS >= ``min_flux_radius``) and the satellites rejected (None without ``check``).
     """
     import numpy as np
     from astropy.io import fits
 
     from .config_files import ExtractionSettings, read_dot_sex
-    from .subtract import subtract_models
+    from .subtract import subtract_models, subtract_models_confirming
 
     image, header = _pixels(paths, "image", cache)
     weight = _pixels(paths, "weight", cache)[0]
     if not back_size:
         back_size = ExtractionSettings.from_dot_sex(read_dot_sex(first_sex), str(first_sex)).back_size[0]
-    residual, n_models = subtract_models(image, first_table, min_flux_radius, back_size, weight, rows=rows)
-    target = scratch / name
+    modelled = rejected = None
+    if check is None:
+        residual, n_models = subtract_models(image, first_table, min_flux_radius, back_size, weight)
+    else:
+        residual, modelled, rejected = subtract_models_confirming(image, first_table, min_flux_radius, check[0],
+                                                                  check[1], back_size, weight)
+        n_models = int(modelled.size)
+    target = scratch / "subtracted.fits"
     header = header.copy()
     for key in ("XTENSION", "PCOUNT", "GCOUNT", "EXTNAME"):  # a compressed input's extension keys
         header.remove(key, ignore_missing=True)
@@ -846,7 +845,7 @@ def _subtracted_image(paths, first_table, min_flux_radius, first_sex, scratch, r
         cache[str(target)] = (residual, header)
     if report is not None:
         report["n_subtracted_models"] = n_models
-    return dict(paths, image=target)
+    return dict(paths, image=target), modelled, rejected
 
 
 def _read_image(path, dtype=None):

@@ -251,11 +251,11 @@ def model_discs(table, min_flux_radius, contrast=0.0, rows=None):
             np.nan_to_num(minor), np.radians(np.asarray(table["THETA_IMAGE"], float)[rows]))
 
 
-def subtract_models(image, table, min_flux_radius, back_size=64, weight=None, contrast=0.0, rows=None):
+def subtract_models(image, table, min_flux_radius, back_size=64, weight=None, contrast=0.0):
     """The image minus the ring-median models of the table's objects with FLUX_RADIUS >= ``min_flux_radius``.
 
-    Satellites of ``contrast`` times brighter objects are not modelled (:func:`modelled_rows`); ``rows``,
-    when given, are the objects modelled instead.
+    Satellites of ``contrast`` times brighter objects are not modelled (:func:`modelled_rows`; for
+    satellites modelled when a residual shows them, :func:`subtract_models_confirming`).
 
     The models are measured on the image minus a sep background of
     ``back_size`` pixels (the first pass's mesh); the residual keeps the
@@ -274,6 +274,50 @@ def subtract_models(image, table, min_flux_radius, back_size=64, weight=None, co
     valid = None if weight is None else np.asarray(weight) > 0
     mask = None if valid is None else ~valid
     background = sep.Background(image, mask=mask, bw=int(back_size), bh=int(back_size)).back()
-    rows = modelled_rows(table, min_flux_radius, contrast) if rows is None else np.asarray(rows, int)
+    rows = modelled_rows(table, min_flux_radius, contrast)
     model = ring_median_models(image - background, table, rows, valid)
     return image - model, int(rows.size)
+
+
+def subtract_models_confirming(image, table, min_flux_radius, contrast, seen, back_size=64, weight=None):
+    """:func:`subtract_models`, the satellites modelled only when the residual without their models shows them.
+
+    The objects with FLUX_RADIUS >= ``min_flux_radius`` that are not
+    satellites (:func:`satellites`, ``contrast``) are modelled first; then
+    ``seen(residual, rows)`` is asked, for the satellites' rows, whether
+    that residual shows them (boolean over ``rows``). Those it shows (a
+    galaxy on a bright galaxy's wing) are modelled on what the first models
+    left; the others (a piece of the wing) are not, and are returned as
+    rejected, for the caller to drop from its catalogue.
+
+    Returns
+    -------
+    residual : numpy.ndarray
+        float32, the shape of ``image``.
+    modelled : numpy.ndarray
+        Rows of ``table`` modelled.
+    rejected : numpy.ndarray
+        Boolean over the rows of ``table``: satellites not seen.
+    """
+    import sep
+
+    image = np.ascontiguousarray(image, np.float32)
+    valid = None if weight is None else np.asarray(weight) > 0
+    background = sep.Background(image, mask=None if valid is None else ~valid, bw=int(back_size),
+                                bh=int(back_size)).back()
+    radius = _column(table, "FLUX_RADIUS")
+    if radius is None:
+        raise KeyError("the first pass's catalogue has no FLUX_RADIUS column (needed by PASS_SUBTRACT_RADIUS)")
+    large = np.nan_to_num(radius, nan=0.0) >= min_flux_radius
+    flagged = satellites(table, table, min_flux_radius, contrast) & large
+    data = image - background
+    del background
+    model = ring_median_models(data, table, np.flatnonzero(large & ~flagged), valid)
+    rejected = np.zeros(len(table), bool)
+    rows = np.flatnonzero(flagged)
+    if rows.size:
+        shown = np.asarray(seen(image - model, rows), bool)
+        rejected[rows[~shown]] = True
+        data -= model
+        model += ring_median_models(data, table, rows[shown], valid)
+    return image - model, np.flatnonzero(large & ~rejected), rejected
