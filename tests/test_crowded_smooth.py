@@ -218,8 +218,8 @@ def test_satellites_of_a_much_brighter_galaxy_are_confirmed_instead_of_modelled(
                        A_IMAGE=[8.0, 4.0, 3.0, 5.0, 3.0], B_IMAGE=[4.0, 3.5, 2.0, 4.0, 3.0],
                        THETA_IMAGE=[0.0] * 5, KRON_RADIUS=[2.0, 3.5, 3.5, 3.5, 3.5],
                        FLUX_RADIUS=[6.0, 4.5, 4.5, 5.0, 4.5], FLUX_AUTO=[2e5, 1500.0, 400.0, 4e4, 1000.0]))
-    assert list(satellites(table, table, 4.0, 10.0)) == [False, True, True, False, False]
-    assert not satellites(table, table, 4.0, 0.0).any()
+    assert list(satellites(table, 4.0, 10.0)) == [False, True, True, False, False]
+    assert not satellites(table, 4.0, 0.0).any()
     # Unmodelled, the faint galaxy keeps its light in the residual; modelled, the ring medians take most of it.
     assert list(modelled_rows(table, 4.0, 10.0)) == [0, 3, 4]
     kept, _ = subtract_models(image, table, 4.0, 64, weight, contrast=10.0)
@@ -245,7 +245,7 @@ def test_satellites_of_a_much_brighter_galaxy_are_confirmed_instead_of_modelled(
     filtered, noise = filtered_detection_image(residual, weight, read_dot_conv(DATA_DIR / "default.conv"), (64, 64))
     discs = model_discs(table, 4.0, 10.0)
     assert list(discs[0]) == [100.0, 80.0, 160.0]
-    keep = confirmed_on_residual(table, discs, filtered, noise, 3.0, 4.0, satellites(table, table, 4.0, 10.0))
+    keep = confirmed_on_residual(table, discs, filtered, noise, 3.0, 4.0, satellites(table, 4.0, 10.0))
     assert list(keep) == [True, True, False, True, True]
     assert confirmed_on_residual(table, discs, filtered, noise, 3.0, 4.0).all()
     base = dict(DOT_SEX_FILE=str(DATA_DIR / "default_tile.sex"), ENGINE="sep")
@@ -365,7 +365,7 @@ def test_the_models_are_measured_over_pass_model_back_size(smooth_tiles, tmp_pat
                                      3.0, 4.0, also=tested)[rows]
 
     residual, modelled, rejected = subtract_models_confirming(image, fine, 4.0, 10.0, seen, 64, weight)
-    flagged = satellites(fine, fine, 4.0, 10.0) & (np.asarray(fine["FLUX_RADIUS"]) >= 4.0)
+    flagged = satellites(fine, 4.0, 10.0) & (np.asarray(fine["FLUX_RADIUS"]) >= 4.0)
     assert flagged.sum() > rejected.sum() and not (rejected & ~flagged).any()
     residual_12, _ = subtract_models(image, fine, 4.0, 12, weight)
     assert np.abs(residual - residual_12).max() > 10.0

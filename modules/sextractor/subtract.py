@@ -185,15 +185,15 @@ def modelled_rows(table, min_flux_radius, contrast=0.0):
         raise KeyError("the first pass's catalogue has no FLUX_RADIUS column (needed by PASS_SUBTRACT_RADIUS)")
     rows = np.flatnonzero(np.nan_to_num(radius, nan=0.0) >= min_flux_radius)
     if contrast > 1 and rows.size:
-        rows = rows[~satellites(table, table, min_flux_radius, contrast)[rows]]
+        rows = rows[~satellites(table, min_flux_radius, contrast)[rows]]
     return rows
 
 
-def satellites(table, reference, min_flux_radius, contrast):
-    """Which rows of ``table`` lie inside the model disc of a ``reference`` object ``contrast`` times brighter.
+def satellites(table, min_flux_radius, contrast):
+    """Which rows of ``table`` lie inside the model disc of another row ``contrast`` times brighter.
 
-    The discs are those of the reference rows with FLUX_RADIUS >=
-    ``min_flux_radius`` (:func:`model_discs` without satellites); brighter
+    The discs are those of the rows with FLUX_RADIUS >= ``min_flux_radius``
+    (:func:`model_discs` without satellites); brighter
     compares FLUX_AUTO. A fine first pass cuts pieces from a bright
     galaxy's wing (or from the ripple a fine background mesh leaves on
     it) that are as large as a faint galaxy; modelled, they would leave
@@ -209,11 +209,11 @@ def satellites(table, reference, min_flux_radius, contrast):
     from .passes import inside_ellipses
 
     flagged = np.zeros(len(table), bool)
-    cx, cy, a, b, theta = model_discs(reference, min_flux_radius)
-    if not cx.size or not len(table) or contrast <= 1:
+    ref_rows = modelled_rows(table, min_flux_radius)
+    cx, cy, a, b, theta = model_discs(table, min_flux_radius, rows=ref_rows)
+    if not cx.size or contrast <= 1:
         return flagged
-    ref_rows = np.flatnonzero(np.nan_to_num(_column(reference, "FLUX_RADIUS"), nan=0.0) >= min_flux_radius)
-    ref_flux = np.nan_to_num(np.asarray(reference["FLUX_AUTO"], float)[ref_rows], nan=0.0)
+    ref_flux = np.nan_to_num(np.asarray(table["FLUX_AUTO"], float)[ref_rows], nan=0.0)
     flux = np.nan_to_num(np.asarray(table["FLUX_AUTO"], float), nan=np.inf)
     x, y = np.asarray(table["X_IMAGE"], float), np.asarray(table["Y_IMAGE"], float)
     finite = np.isfinite(x) & np.isfinite(y)
@@ -268,15 +268,21 @@ def subtract_models(image, table, min_flux_radius, back_size=64, weight=None, co
     n_models : int
         Objects modelled.
     """
+    image, data, valid = _centred(image, back_size, weight)
+    rows = modelled_rows(table, min_flux_radius, contrast)
+    model = ring_median_models(data, table, rows, valid)
+    return image - model, int(rows.size)
+
+
+def _centred(image, back_size, weight):
+    """The image as float32, the image minus a sep background of ``back_size`` pixels, and the valid pixels."""
     import sep
 
     image = np.ascontiguousarray(image, np.float32)
     valid = None if weight is None else np.asarray(weight) > 0
-    mask = None if valid is None else ~valid
-    background = sep.Background(image, mask=mask, bw=int(back_size), bh=int(back_size)).back()
-    rows = modelled_rows(table, min_flux_radius, contrast)
-    model = ring_median_models(image - background, table, rows, valid)
-    return image - model, int(rows.size)
+    background = sep.Background(image, mask=None if valid is None else ~valid, bw=int(back_size),
+                                bh=int(back_size)).back()
+    return image, image - background, valid
 
 
 def subtract_models_confirming(image, table, min_flux_radius, contrast, seen, back_size=64, weight=None):
@@ -299,25 +305,15 @@ def subtract_models_confirming(image, table, min_flux_radius, contrast, seen, ba
     rejected : numpy.ndarray
         Boolean over the rows of ``table``: satellites not seen.
     """
-    import sep
-
-    image = np.ascontiguousarray(image, np.float32)
-    valid = None if weight is None else np.asarray(weight) > 0
-    background = sep.Background(image, mask=None if valid is None else ~valid, bw=int(back_size),
-                                bh=int(back_size)).back()
-    radius = _column(table, "FLUX_RADIUS")
-    if radius is None:
-        raise KeyError("the first pass's catalogue has no FLUX_RADIUS column (needed by PASS_SUBTRACT_RADIUS)")
-    large = np.nan_to_num(radius, nan=0.0) >= min_flux_radius
-    flagged = satellites(table, table, min_flux_radius, contrast) & large
-    data = image - background
-    del background
-    model = ring_median_models(data, table, np.flatnonzero(large & ~flagged), valid)
+    image, data, valid = _centred(image, back_size, weight)
+    large = modelled_rows(table, min_flux_radius)
+    flagged = satellites(table, min_flux_radius, contrast)[large]
+    rows = large[flagged]
+    model = ring_median_models(data, table, large[~flagged], valid)
     rejected = np.zeros(len(table), bool)
-    rows = np.flatnonzero(flagged)
     if rows.size:
         shown = np.asarray(seen(image - model, rows), bool)
         rejected[rows[~shown]] = True
         data -= model
         model += ring_median_models(data, table, rows[shown], valid)
-    return image - model, np.flatnonzero(large & ~rejected), rejected
+    return image - model, large[~rejected[large]], rejected
