@@ -95,7 +95,8 @@ def histogram_mode(values, min_count: int = 20, max_iterations: int = 64) -> flo
     The sample is binned (``n/10`` bins above 100 values, ``n/5`` below, as
     ShapePipe), narrowed to its most populated bin, and binned again, until
     fewer than ``min_count`` values remain; the median of what remains is the
-    mode. Never raises: an empty sample gives NaN; a sample too small to bin,
+    mode. A sample smaller than ``min_count`` from the start is binned once
+    when it has at least 10 values (two bins). Never raises: an empty sample gives NaN; a sample too small to bin,
     constant, or so narrow that the floating-point grid cannot split it (the
     data of ShapePipe issue #808) gives the median of the values left.
 
@@ -116,10 +117,13 @@ def histogram_mode(values, min_count: int = 20, max_iterations: int = 64) -> flo
     data = _finite(values)
     if data.size == 0:
         return float("nan")
-    for _ in range(max_iterations):
+    for iteration in range(max_iterations):
         low, high = data.min(), data.max()
         spread = high - low
-        if data.size < min_count or not (np.isfinite(spread) and spread > 0):
+        # A sample that starts below min_count is still binned once when it makes two bins: in a cluster
+        # field 8 stars among 19 bright objects would otherwise give the median, a galaxy size.
+        too_small = data.size < min_count and (iteration > 0 or data.size < 10)
+        if too_small or not (np.isfinite(spread) and spread > 0):
             break
         n_bins = data.size // 10 if data.size > 100 else data.size // 5
         width = spread / n_bins
