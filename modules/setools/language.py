@@ -96,9 +96,10 @@ def histogram_mode(values, min_count: int = 20, max_iterations: int = 64) -> flo
     ShapePipe), narrowed to its most populated bin, and binned again, until
     fewer than ``min_count`` values remain; the median of what remains is the
     mode. A sample smaller than ``min_count`` from the start is binned once
-    when it has at least 10 values (two bins). Never raises: an empty sample gives NaN; a sample too small to bin,
-    constant, or so narrow that the floating-point grid cannot split it (the
-    data of ShapePipe issue #808) gives the median of the values left.
+    when it has at least 10 values (two bins). Never raises: an empty sample
+    gives NaN; a sample too small to bin, constant, or so narrow that the
+    floating-point grid cannot split it (the data of ShapePipe issue #808)
+    gives the median of the values left.
 
     Parameters
     ----------

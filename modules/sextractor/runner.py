@@ -707,7 +707,7 @@ def _run_passes(job, run, paths, settings_files, zero_point, background_value, c
                 keep = confirmed_on_residual(tables[0], model_discs(first_raw, subtract_radius, rows=modelled),
                                              *detection, confirm_sigma, subtract_radius)
                 if rejected is not None:
-                    keep &= ~rejected[np.arange(len(first_raw)) if first_rows is None else first_rows]
+                    keep &= ~(rejected if first_rows is None else rejected[first_rows])
                 n_unconfirmed = int((~keep).sum())
                 tables[0] = tables[0][keep]
                 timings["split_merge"] = timings.get("split_merge", 0.0) + time.perf_counter() - clock

@@ -193,11 +193,10 @@ def satellites(table, min_flux_radius, contrast):
     """Which rows of ``table`` lie inside the model disc of another row ``contrast`` times brighter.
 
     The discs are those of the rows with FLUX_RADIUS >= ``min_flux_radius``
-    (:func:`model_discs` without satellites); brighter
-    compares FLUX_AUTO. A fine first pass cuts pieces from a bright
-    galaxy's wing (or from the ripple a fine background mesh leaves on
-    it) that are as large as a faint galaxy; modelled, they would leave
-    nothing to test on the residual.
+    (:func:`model_discs` without satellites); brighter compares FLUX_AUTO.
+    A fine first pass cuts pieces from a bright galaxy's wing (or from the
+    ripple a fine background mesh leaves on it) that are as large as a faint
+    galaxy; modelled, they would leave nothing to test on the residual.
 
     Returns
     -------
