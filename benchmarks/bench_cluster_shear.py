@@ -32,7 +32,13 @@ with bootstrap errors (galaxies resampled within each seed, the response
 redone), and the fitted amplitude ``g_t = A x input``: once for the
 ``+`` runs alone (what a survey measures) and once paired,
 ``(g_t(+) - g_t(-)) / 2`` per galaxy, where the galaxies' own shapes
-cancel. Also printed: per run, the truth objects with two or more entries
+cancel; each of the two calibrated twice, by the sample's response and
+by each bin's own response in the tangential frame of its galaxies
+(``bin_response``: blending with the members lowers the response to the
+tangential shear in the core). The paired profile is then split into
+the galaxies selected in both runs and those selected in one run only
+(whose whole intrinsic shape enters; a diagnostic, not an estimator:
+being selected in both runs is itself a selection on the shear). Also printed: per run, the truth objects with two or more entries
 in the final catalogue and among those the shear selection keeps, and,
 paired, the amplitude of the galaxies by their distance to the nearest
 member (in its half-light radii; where blending with the members
@@ -224,7 +230,7 @@ def main(argv=None):
     from shapepipe_modules.gold.chain import run_chain
     from shapepipe_modules.simulate import load_truth
     from shapepipe_modules.simulate.core import simulate_paired
-    from shapepipe_modules.simulate.cluster import cluster_centre
+    from shapepipe_modules.simulate.cluster import cluster_centre, tangential_shear
     from shapepipe_modules.validate import crowded
     from shapepipe_modules.validate.shear import Selection, read_final_catalogue
 
@@ -299,29 +305,56 @@ def main(argv=None):
     if args.paired:
         estimates.append(("paired, (g_t(+) - g_t(-)) / 2 (shape noise cancelled)", [True] * len(per_seed)))
     n_seeds = len({seed for seed, *_ in per_seed})
-    for title, keep in estimates:
+    for (title, keep), bin_response in ((estimate, by_bin) for estimate in estimates for by_bin in (False, True)):
         tables, rest = pool(keep)
         result = crowded.metacal_tangential_profile(tables, rest["dx"], rest["dy"], rest["g_t_true"], np.array(EDGES),
                                                     group=rest["group"], sign=rest["sign"], unit=rest["unit"],
-                                                    n_boot=args.n_boot, rng=np.random.default_rng(1))
-        print(f"\nTangential shear of the background galaxies, {title}: {n_seeds} seed(s), metacal with R + R_sel "
-              f"of the sample, bootstrap errors ({args.n_boot} draws of galaxies within seeds)")
+                                                    n_boot=args.n_boot, rng=np.random.default_rng(1),
+                                                    bin_response=bin_response)
+        calibration = ("each bin's own response in its galaxies' tangential frame, R_tt + R_sel (R_sel: the "
+                       "sample's, isotropic part)" if bin_response else "R + R_sel of the sample")
+        print(f"\nTangential shear of the background galaxies, {title}: {n_seeds} seed(s), metacal with "
+              f"{calibration}, bootstrap errors ({args.n_boot} draws of galaxies within seeds)")
         print(f"R + R_sel = [[{result['R'][0, 0]:.3f}, {result['R'][0, 1]:.3f}], [{result['R'][1, 0]:.3f}, "
               f"{result['R'][1, 1]:.3f}]]")
         print(f"{'r (arcsec)':>12s} {'n':>5s} {'g_t':>8s} {'error':>7s} {'input':>7s} {'g_t/input':>10s} "
-              f"{'(g_t-in)/err':>13s} {'g_x':>8s} {'error':>7s}")
+              f"{'(g_t-in)/err':>13s} {'g_x':>8s} {'error':>7s} {'R_t':>6s}")
         for i in range(len(result["n"])):
             pull = (result["g_t"][i] - result["true"][i]) / result["g_t_error"][i]
             print(f"{result['r_min'][i]:5.0f}-{result['r_max'][i]:<5.0f} {result['n'][i]:6d} {result['g_t'][i]:8.4f} "
                   f"{result['g_t_error'][i]:7.4f} {result['true'][i]:7.4f} {result['g_t'][i] / result['true'][i]:10.2f} "
-                  f"{pull:13.2f} {result['g_x'][i]:8.4f} {result['g_x_error'][i]:7.4f}")
+                  f"{pull:13.2f} {result['g_x'][i]:8.4f} {result['g_x_error'][i]:7.4f} {result['R_t'][i]:6.3f}")
         print(f"amplitude g_t / input: {result['A']:.3f} +- {result['A_error']:.3f} ({result['n_total']} "
               f"measurements); mean cross shear {result['cross']:.4f} +- {result['cross_error']:.4f}")
     if args.paired:
-        # Where the deficit lies: the paired amplitude of the galaxies by their distance to the nearest member.
         from shapepipe_modules.validate.shear import _subset
 
         tables, rest = pool([True] * len(per_seed))
+        # Galaxies selected in one run only bring their whole intrinsic shape (and any shear-dependent
+        # detection or blending): the paired profile split into the two kinds of galaxies.
+        both = crowded.selected_in_both(Selection()(tables["noshear"]), rest["sign"], rest["unit"], rest["group"])
+        rows = np.flatnonzero(both)
+        pairs = crowded.metacal_tangential_profile(
+            _subset(tables, rows), rest["dx"][rows], rest["dy"][rows], rest["g_t_true"][rows], np.array(EDGES),
+            group=rest["group"][rows], sign=rest["sign"][rows], unit=rest["unit"][rows], n_boot=args.n_boot,
+            rng=np.random.default_rng(3))
+        single = Selection()(tables["noshear"]) & ~both
+        radius = np.hypot(rest["dx"], rest["dy"])
+        g = np.linalg.solve(pairs["R"], np.stack([tables["noshear"]["g1"], tables["noshear"]["g2"]]))
+        g_t_single = tangential_shear(g[0], g[1], rest["dx"], rest["dy"])[0] * rest["sign"]
+        print("\nPaired, split: galaxies selected in both runs (their shapes cancel; response of that sample) and "
+              "the measurements of galaxies selected in one run only (shape noise; the same response)")
+        print(f"{'r (arcsec)':>12s} {'n both':>7s} {'g_t':>8s} {'error':>7s} {'input':>7s} {'g_t/input':>10s} "
+              f"{'n one':>6s} {'g_t one':>8s} {'input':>7s}")
+        for i, (low, high) in enumerate(zip(EDGES[:-1], EDGES[1:])):
+            ones = single & (radius >= low) & (radius < high)
+            print(f"{low:5.0f}-{high:<5.0f} {pairs['n'][i]:8d} {pairs['g_t'][i]:8.4f} {pairs['g_t_error'][i]:7.4f} "
+                  f"{pairs['true'][i]:7.4f} {pairs['g_t'][i] / pairs['true'][i]:10.2f} {ones.sum():6d} "
+                  f"{g_t_single[ones].mean() if ones.any() else np.nan:8.4f} "
+                  f"{(rest['g_t_true'] * rest['sign'])[ones].mean() if ones.any() else np.nan:7.4f}")
+        print(f"amplitude, galaxies selected in both runs: {pairs['A']:.3f} +- {pairs['A_error']:.3f}")
+
+        # Where the deficit lies: the paired amplitude of the galaxies by their distance to the nearest member.
         print("\nPaired amplitude by the distance to the nearest member (truth; in that member's half-light radii), "
               "r < 35 and 35-90 arcsec, the response of each subsample:")
         radius = np.hypot(rest["dx"], rest["dy"])

@@ -124,6 +124,50 @@ def test_paired_profile_cancels_the_shape_noise():
     assert alone["A_error"] > 0.05
 
 
+def test_bin_response_follows_a_response_anisotropic_about_the_centre():
+    # Galaxies within 20 arcsec respond to the tangential shear with 0.45 and to the cross shear with 0.75
+    # (each its own matrix in the pixel frame); those outside with 0.7 to both. The sample's mean response
+    # leaves the inner bin low; each bin's response in the tangential frame recovers every bin.
+    rng = np.random.default_rng(12)
+    n = 3000
+    dx, dy, g_t = _field(n, rng)
+    g1, g2 = cluster.tangential_components(dx, dy, g_t)
+    inner = np.hypot(dx, dy) < 20.0
+    r_tt, r_xx = np.where(inner, 0.45, 0.7), np.where(inner, 0.75, 0.7)
+    phi = np.arctan2(dy, dx)
+    t = np.stack([-np.cos(2 * phi), -np.sin(2 * phi)])  # the tangential direction in (g1, g2)
+    x = np.stack([np.sin(2 * phi), -np.cos(2 * phi)])
+    matrices = (r_tt[:, None, None] * np.einsum("in,jn->nij", t, t)
+                + r_xx[:, None, None] * np.einsum("in,jn->nij", x, x))
+    tables = {}
+    for name, step in (("noshear", (0, 0)), ("1p", (0.01, 0)), ("1m", (-0.01, 0)), ("2p", (0, 0.01)),
+                       ("2m", (0, -0.01))):
+        g = np.einsum("nij,jn->in", matrices, np.stack([g1 + step[0], g2 + step[1]]))
+        tables[name] = {"g1": g[0], "g2": g[1], "s2n": np.full(n, 50.0), "T": np.ones(n), "Tpsf": np.ones(n),
+                        "mcal_flags": np.zeros(n, np.int64), "no_shape": np.zeros(n, np.int64)}
+    sample = crowded.metacal_tangential_profile(tables, dx, dy, g_t, EDGES, n_boot=3)
+    by_bin = crowded.metacal_tangential_profile(tables, dx, dy, g_t, EDGES, n_boot=3, bin_response=True)
+    assert sample["g_t"][0] < 0.8 * sample["true"][0]
+    np.testing.assert_allclose(by_bin["g_t"], by_bin["true"], rtol=1e-10)
+    np.testing.assert_allclose(by_bin["g_x"], 0.0, atol=1e-10)
+    assert by_bin["A"] == pytest.approx(1.0, abs=1e-10)
+
+
+def test_selected_in_both_runs_of_a_pair():
+    # Galaxies 0-3 of seed 1 and galaxy 0 of seed 2 (the same truth index in another simulation).
+    group = np.array([1, 1, 1, 1, 1, 1, 1, 2, 2])
+    unit = np.array([0, 0, 1, 1, 2, 3, 3, 0, 0])
+    sign = np.array([1, -1, 1, -1, 1, 1, -1, 1, -1])
+    selected = np.array([True, True, True, False, True, False, True, True, True])
+    got = crowded.selected_in_both(selected, sign, unit, group)
+    # 0: both runs; 1: the - run fails the cuts; 2: no - run; 3: the + run fails; seed 2's galaxy 0: both.
+    assert got.tolist() == [True, True, False, False, False, False, False, True, True]
+    # Without groups seed 2's galaxy 0 is seed 1's.
+    assert crowded.selected_in_both(selected, sign, unit).tolist() == got.tolist()
+    unit[7:] = 5
+    assert crowded.selected_in_both(selected, sign, unit).tolist() == got.tolist()
+
+
 @pytest.mark.parametrize("name", ["cluster_exposure.mask", "cluster_tile.mask"])
 def test_cluster_chain_halo_masks_end_where_the_simulated_star_light_reaches_a_tenth_of_the_noise(tmp_path, name):
     # example/crowded sizes the halo masks from the simulator's star profile (docs/crowded.md): at the mask

@@ -474,7 +474,17 @@ def background_shapes(columns, truth, centre_radec, max_sep=1.0, ra_col="XWIN_WO
     return {"tables": tables, "dx": dx, "dy": dy, "g_t_true": g_t_true, "truth_index": index[rows]}
 
 
-def _metacal_profile(tables, dx, dy, g_t_true, edges, select, step, sign):
+def _galaxy_responses(tables, step):
+    """Per-object 2x2 shear response ``R[k, i, j] = d g_i / d g_j`` from the sheared branches (NaN if not finite)."""
+    responses = np.empty((len(tables["noshear"]["g1"]), 2, 2))
+    for j, (plus, minus) in enumerate((("1p", "1m"), ("2p", "2m"))):
+        for i, key in enumerate(("g1", "g2")):
+            responses[:, i, j] = (np.asarray(tables[plus][key], float)
+                                  - np.asarray(tables[minus][key], float)) / (2.0 * step)
+    return responses
+
+
+def _metacal_profile(tables, dx, dy, g_t_true, edges, select, step, sign, bin_response=False):
     """Binned tangential shear of metacal shapes calibrated by the sample's response (one estimate)."""
     from shapepipe_modules.ngmix.response import shear_response
     from shapepipe_modules.simulate.cluster import tangential_shear
@@ -482,32 +492,54 @@ def _metacal_profile(tables, dx, dy, g_t_true, edges, select, step, sign):
     response = shear_response(tables, step=step, select=select)
     total = response["R"] + response["R_sel"]
     selected = np.asarray(select(tables["noshear"]), bool)
-    g = np.linalg.solve(total, np.stack([tables["noshear"]["g1"][selected], tables["noshear"]["g2"][selected]]))
-    g_t, g_x = tangential_shear(g[0], g[1], dx[selected], dy[selected])
-    g_t, g_x = g_t * sign[selected], g_x * sign[selected]
-    true = g_t_true[selected] * sign[selected]
     r = np.hypot(dx[selected], dy[selected])
     which = np.digitize(r, edges) - 1
     inside = (which >= 0) & (which < len(edges) - 1)
     n_bins = len(edges) - 1
 
-    def binned(values):
-        sums = np.bincount(which[inside], weights=values[inside], minlength=n_bins)
-        counts = np.bincount(which[inside], minlength=n_bins)
+    def binned(values, rows=None):
+        rows = inside if rows is None else inside & rows
+        sums = np.bincount(which[rows], weights=values[rows], minlength=n_bins)
+        counts = np.bincount(which[rows], minlength=n_bins)
         with np.errstate(invalid="ignore", divide="ignore"):
             return sums / counts, counts
 
+    if bin_response:
+        # The shear response of each bin in the tangential frame of its galaxies (blending with the
+        # members, arranged around the centre, makes it anisotropic there), plus the isotropic part of the
+        # sample's selection response (too noisy per bin).
+        e_t, e_x = tangential_shear(tables["noshear"]["g1"][selected], tables["noshear"]["g2"][selected],
+                                    dx[selected], dy[selected])
+        phi = np.arctan2(dy[selected], dx[selected])
+        c, s = np.cos(2.0 * phi), np.sin(2.0 * phi)
+        per = _galaxy_responses(tables, step)[selected]
+        mixed = per[:, 0, 1] + per[:, 1, 0]
+        r_tt = c * c * per[:, 0, 0] + c * s * mixed + s * s * per[:, 1, 1]
+        r_xx = s * s * per[:, 0, 0] - c * s * mixed + c * c * per[:, 1, 1]
+        finite = np.isfinite(r_tt) & np.isfinite(r_xx)
+        sel_iso = 0.5 * np.trace(response["R_sel"])
+        bin_tt = binned(np.where(finite, r_tt, 0.0), finite)[0] + sel_iso
+        bin_xx = binned(np.where(finite, r_xx, 0.0), finite)[0] + sel_iso
+        index = np.clip(which, 0, n_bins - 1)
+        g_t, g_x = e_t / bin_tt[index], e_x / bin_xx[index]
+        response_t = bin_tt
+    else:
+        response_t = np.full(n_bins, 0.5 * np.trace(total))
+        g = np.linalg.solve(total, np.stack([tables["noshear"]["g1"][selected], tables["noshear"]["g2"][selected]]))
+        g_t, g_x = tangential_shear(g[0], g[1], dx[selected], dy[selected])
+    g_t, g_x = g_t * sign[selected], g_x * sign[selected]
+    true = g_t_true[selected] * sign[selected]
     mean_t, counts = binned(g_t)
     mean_x, _ = binned(g_x)
     mean_true, _ = binned(true)
     use = inside
     amplitude = float(np.sum(g_t[use] * true[use]) / np.sum(true[use] ** 2))
     return {"g_t": mean_t, "g_x": mean_x, "true": mean_true, "n": counts, "A": amplitude,
-            "cross": float(np.mean(g_x[use])), "R": total}
+            "cross": float(np.mean(g_x[use])), "R": total, "R_t": response_t}
 
 
 def metacal_tangential_profile(tables, dx, dy, g_t_true, edges, select=None, group=None, n_boot=200, rng=None,
-                               step=0.01, sign=None, unit=None):
+                               step=0.01, sign=None, unit=None, bin_response=False):
     """Tangential shear profile of metacal shapes against the input, with bootstrap errors.
 
     The shapes are calibrated by the 2x2 response ``R + R_sel`` of the whole
@@ -520,6 +552,15 @@ def metacal_tangential_profile(tables, dx, dy, g_t_true, edges, select=None, gro
     number over ``n_boot`` bootstrap draws of the galaxies (within each ``group``,
     e.g. the simulation seed), the response and the selection redone for
     every draw.
+
+    ``bin_response=True`` calibrates each bin by its own shear response
+    instead, taken in the tangential frame of its galaxies: ``g_t = <e_t> /
+    (<R_tt> + R_sel)``, ``g_x = <e_x> / (<R_xx> + R_sel)``, with ``R_tt, R_xx``
+    each galaxy's response matrix rotated to the direction of the centre and
+    ``R_sel`` the isotropic part of the whole sample's selection response
+    (per bin it is mostly noise). Where the galaxies blend with objects
+    arranged around the centre, the response to the tangential shear is
+    not the sample's mean one.
 
     Paired simulations (the same galaxies sheared by the input and by its
     opposite, ``nfw_sign = -1``): pass the galaxies of both with ``sign``
@@ -534,7 +575,9 @@ def metacal_tangential_profile(tables, dx, dy, g_t_true, edges, select=None, gro
     -------
     dict
         ``r_min, r_max, n, g_t, g_t_error, g_x, g_x_error, true`` (arrays per
-        bin), ``A``, ``A_error``, ``cross``, ``cross_error``, ``R``, ``n_total``.
+        bin), ``A``, ``A_error``, ``cross``, ``cross_error``, ``R`` (the sample's ``R + R_sel``),
+        ``R_t`` (per bin: its ``R_tt + R_sel`` with ``bin_response``, else the isotropic part of
+        ``R``), ``n_total``.
     """
     from .shear import STEP, Selection, _subset
 
@@ -546,7 +589,7 @@ def metacal_tangential_profile(tables, dx, dy, g_t_true, edges, select=None, gro
     group = np.zeros(dx.size, int) if group is None else np.asarray(group)
     sign = np.ones(dx.size) if sign is None else np.asarray(sign, float)
     unit = np.arange(dx.size) if unit is None else np.asarray(unit)
-    best = _metacal_profile(tables, dx, dy, g_t_true, edges, select, step, sign)
+    best = _metacal_profile(tables, dx, dy, g_t_true, edges, select, step, sign, bin_response)
     draws = {"g_t": [], "g_x": [], "A": [], "cross": []}
     # Rows of each unit, and the units of each group.
     _, unit_index = np.unique(np.column_stack([group, unit]), axis=0, return_inverse=True)
@@ -561,7 +604,7 @@ def metacal_tangential_profile(tables, dx, dy, g_t_true, edges, select=None, gro
         rows = np.concatenate([rows_of[k] for k in drawn])
         try:
             draw = _metacal_profile(_subset(tables, rows), dx[rows], dy[rows], g_t_true[rows], edges, select, step,
-                                    sign[rows])
+                                    sign[rows], bin_response)
         except (ValueError, np.linalg.LinAlgError):
             continue
         for key in draws:
@@ -573,4 +616,39 @@ def metacal_tangential_profile(tables, dx, dy, g_t_true, edges, select=None, gro
     return {"r_min": edges[:-1], "r_max": edges[1:], "n": best["n"], "g_t": best["g_t"], "g_t_error": spread["g_t"],
             "g_x": best["g_x"], "g_x_error": spread["g_x"], "true": best["true"], "A": best["A"],
             "A_error": float(spread["A"]), "cross": best["cross"], "cross_error": float(spread["cross"]),
-            "R": best["R"], "n_total": int(best["n"].sum())}
+            "R": best["R"], "R_t": best["R_t"], "n_total": int(best["n"].sum())}
+
+
+def selected_in_both(selected, sign, unit, group=None):
+    """Rows of paired measurements whose galaxy is selected in both the ``+`` and the ``-`` run.
+
+    In a paired profile (:func:`metacal_tangential_profile` with ``sign``)
+    such a galaxy's own shape cancels; a galaxy selected in one run only
+    (detected, matched or passing the cuts under one sign of the shear)
+    brings its whole intrinsic shape, and with it any selection that
+    depends on the shear which metacal's ``R_sel`` does not see (detection,
+    blending). Splitting a bin's sample by this mask tells the two apart.
+
+    Parameters
+    ----------
+    selected : numpy.ndarray
+        Boolean per row: the measurement passes the selection.
+    sign : numpy.ndarray
+        +1 / -1 per row: the run of the pair it comes from.
+    unit, group : numpy.ndarray
+        The galaxy (truth index) and its simulation (seed) per row.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean per row: selected, and its galaxy selected in the other run too.
+    """
+    selected = np.asarray(selected, bool)
+    sign = np.asarray(sign)
+    group = np.zeros(sign.size, int) if group is None else np.asarray(group)
+    _, galaxy = np.unique(np.column_stack([group, np.asarray(unit)]), axis=0, return_inverse=True)
+    galaxy = galaxy.ravel()
+    n = galaxy.max() + 1 if galaxy.size else 0
+    in_plus = np.bincount(galaxy[selected & (sign > 0)], minlength=n) > 0
+    in_minus = np.bincount(galaxy[selected & (sign < 0)], minlength=n) > 0
+    return selected & in_plus[galaxy] & in_minus[galaxy]
