@@ -9,7 +9,7 @@ in quadruples: a galaxy and its copy rotated by 90 degrees (with its
 sub-pixel offset and its noise field rotated too; the PSF and the WCS are
 not rotated, so PSF leakage does not cancel), each sheared by +g and by -g
 with the same noise (and the same object seed). Half of the
-quadruples are sheared along g1, half along g2 (|g| = 0.02).
+quadruples are sheared along g1, half along g2 (|g| = 0.02, or ``--shear``).
 
 m and c are estimated from the +g/-g differences and sums with the mean
 metacal response; errors are jackknife errors over quadruples. The CPU time
@@ -74,7 +74,7 @@ def _epoch_setup(rng):
     return psf, jac, offset
 
 
-def simulate_quad(rng, index, noise_sigma=1.0, jacobian=None, star=False):
+def simulate_quad(rng, index, noise_sigma=1.0, jacobian=None, star=False, shear=SHEAR):
     """Stamps of one quadruple: {0, 90 deg} x {+g, -g}.
 
     Parameters
@@ -102,7 +102,7 @@ def simulate_quad(rng, index, noise_sigma=1.0, jacobian=None, star=False):
     e = rng.normal(0.0, 0.2, 2)
     while np.hypot(*e) > 0.7:
         e = rng.normal(0.0, 0.2, 2)
-    shear = np.array([SHEAR, 0.0]) if index % 2 == 0 else np.array([0.0, SHEAR])
+    shear = np.array([shear, 0.0]) if index % 2 == 0 else np.array([0.0, shear])
     n_epoch = 1 + int(rng.integers(0, 2))
     setups = [_epoch_setup(rng) for _ in range(n_epoch)]
     if jacobian is not None:
@@ -178,8 +178,9 @@ def bias_function(tables_plus, tables_minus, shears):
         a1 = axis1[sel]
         diff = 0.5 * (gp - gm)
         summ = 0.5 * (gp + gm)
-        m1 = diff[a1, 0].mean() / (R[0, 0] * SHEAR) - 1.0
-        m2 = diff[~a1, 1].mean() / (R[1, 1] * SHEAR) - 1.0
+        applied = shears[sel]
+        m1 = diff[a1, 0].mean() / (R[0, 0] * applied[a1, 0].mean()) - 1.0
+        m2 = diff[~a1, 1].mean() / (R[1, 1] * applied[~a1, 1].mean()) - 1.0
         c1 = summ[:, 0].mean() / R[0, 0]
         c2 = summ[:, 1].mean() / R[1, 1]
         return np.array([m1, m2, c1, c2, R[0, 0], R[1, 1]])
@@ -248,13 +249,14 @@ def paired_shear_bias(tables_plus, tables_minus, shears, weights=None, sel=None)
         sub = {b: {k: v[mask] for k, v in t.items()} for b, t in tables.items()}
         return shear_response(sub, weights=weights)["shear"]
 
-    m1 = (shear_of(tables_plus, sel & axis1)[0] - shear_of(tables_minus, sel & axis1)[0]) / (2 * SHEAR) - 1
-    m2 = (shear_of(tables_plus, sel & ~axis1)[1] - shear_of(tables_minus, sel & ~axis1)[1]) / (2 * SHEAR) - 1
+    g1, g2 = shears[sel & axis1, 0].mean(), shears[sel & ~axis1, 1].mean()
+    m1 = (shear_of(tables_plus, sel & axis1)[0] - shear_of(tables_minus, sel & axis1)[0]) / (2 * g1) - 1
+    m2 = (shear_of(tables_plus, sel & ~axis1)[1] - shear_of(tables_minus, sel & ~axis1)[1]) / (2 * g2) - 1
     c = 0.5 * (shear_of(tables_plus, sel) + shear_of(tables_minus, sel))
     return np.array([m1, m2, c[0], c[1]])
 
 
-def measure_quads(n_quads, seed, noise_sigma=1.0, jacobian=None, star=False, progress=False, minus=True):
+def measure_quads(n_quads, seed, noise_sigma=1.0, jacobian=None, star=False, progress=False, minus=True, shear=SHEAR):
     """Simulate and measure quadruples (with ``minus=False``, only the +g objects: pairs).
 
     Returns
@@ -275,7 +277,7 @@ def measure_quads(n_quads, seed, noise_sigma=1.0, jacobian=None, star=False, pro
     cpu = 0.0
     n_object_epochs = 0
     for index in range(n_quads):
-        stamps, shear, n_epoch = simulate_quad(rng, index, noise_sigma, jacobian=jacobian, star=star)
+        stamps, applied, n_epoch = simulate_quad(rng, index, noise_sigma, jacobian=jacobian, star=star, shear=shear)
         for key, raws in stamps.items():
             if key[1] < 0 and not minus:
                 continue
@@ -287,7 +289,7 @@ def measure_quads(n_quads, seed, noise_sigma=1.0, jacobian=None, star=False, pro
             cpu += time.process_time() - start
             n_object_epochs += n_epoch
             results[key].append(res)
-        shears.append(shear)
+        shears.append(applied)
         if progress and (index + 1) % 500 == 0:
             print(f"  {index + 1}/{n_quads} quadruples, "
                   f"{1e3 * cpu / n_object_epochs:.2f} ms per object-epoch", flush=True)
@@ -415,10 +417,10 @@ def print_comparison(out, baseline_label):
               f"{value:+.1e} +- {error:.1e} |")
 
 
-def run(n_quads, seed, noise_sigma=1.0, progress=False):
+def run(n_quads, seed, noise_sigma=1.0, progress=False, shear=SHEAR):
     """Simulate, measure and return (bias dict, timing dict, s2n array)."""
     tables_plus, tables_minus, all_shears, groups, timing = measure_quads(
-        n_quads, seed, noise_sigma, progress=progress)
+        n_quads, seed, noise_sigma, progress=progress, shear=shear)
     bias = estimate_bias(tables_plus, tables_minus, all_shears, groups)
     return bias, timing, tables_plus["noshear"]["s2n"]
 
@@ -527,6 +529,8 @@ def main(argv=None):
                         help="quadruples (4 objects each); default 10000 = 40000 objects")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--noise", type=float, default=1.0)
+    parser.add_argument("--shear", type=float, default=SHEAR,
+                        help=f"|g| applied (default {SHEAR}; e.g. 0.12, a cluster core's reduced shear)")
     parser.add_argument("--errors", type=int, default=0, metavar="N",
                         help="check the reported ellipticity errors on N galaxies instead")
     parser.add_argument("--realisations", type=int, default=30,
@@ -547,7 +551,7 @@ def main(argv=None):
               f"{time.process_time() - start:.0f} s CPU")
         print_error_table(calib, seed=args.seed)
         return calib
-    bias, timing, s2n = run(args.n_quads, args.seed, args.noise, progress=True)
+    bias, timing, s2n = run(args.n_quads, args.seed, args.noise, progress=True, shear=args.shear)
     print()
     print(f"objects: {timing['objects']} ({bias['n_used']} +g/-g pairs used, "
           f"{bias['n_failed']} pairs with fatal flags); "
