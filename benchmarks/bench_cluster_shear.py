@@ -318,12 +318,12 @@ def main(argv=None):
         print(f"R + R_sel = [[{result['R'][0, 0]:.3f}, {result['R'][0, 1]:.3f}], [{result['R'][1, 0]:.3f}, "
               f"{result['R'][1, 1]:.3f}]]")
         print(f"{'r (arcsec)':>12s} {'n':>5s} {'g_t':>8s} {'error':>7s} {'input':>7s} {'g_t/input':>10s} "
-              f"{'(g_t-in)/err':>13s} {'g_x':>8s} {'error':>7s} {'R_t':>6s}")
+              f"{'(g_t-in)/err':>13s} {'g_x':>8s} {'error':>7s} {'R_t':>6s} {'R_x':>6s}")
         for i in range(len(result["n"])):
             pull = (result["g_t"][i] - result["true"][i]) / result["g_t_error"][i]
             print(f"{result['r_min'][i]:5.0f}-{result['r_max'][i]:<5.0f} {result['n'][i]:6d} {result['g_t'][i]:8.4f} "
                   f"{result['g_t_error'][i]:7.4f} {result['true'][i]:7.4f} {result['g_t'][i] / result['true'][i]:10.2f} "
-                  f"{pull:13.2f} {result['g_x'][i]:8.4f} {result['g_x_error'][i]:7.4f} {result['R_t'][i]:6.3f}")
+                  f"{pull:13.2f} {result['g_x'][i]:8.4f} {result['g_x_error'][i]:7.4f} {result['R_t'][i]:6.3f} {result['R_x'][i]:6.3f}")
         print(f"amplitude g_t / input: {result['A']:.3f} +- {result['A_error']:.3f} ({result['n_total']} "
               f"measurements); mean cross shear {result['cross']:.4f} +- {result['cross_error']:.4f}")
     if args.paired:

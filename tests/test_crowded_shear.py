@@ -151,6 +151,8 @@ def test_bin_response_follows_a_response_anisotropic_about_the_centre():
     np.testing.assert_allclose(by_bin["g_t"], by_bin["true"], rtol=1e-10)
     np.testing.assert_allclose(by_bin["g_x"], 0.0, atol=1e-10)
     assert by_bin["A"] == pytest.approx(1.0, abs=1e-10)
+    assert by_bin["R_t"][0] == pytest.approx(0.45) and by_bin["R_x"][0] == pytest.approx(0.75)
+    np.testing.assert_allclose(by_bin["R_t"][1:], 0.7)
 
 
 def test_selected_in_both_runs_of_a_pair():

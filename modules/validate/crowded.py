@@ -522,9 +522,9 @@ def _metacal_profile(tables, dx, dy, g_t_true, edges, select, step, sign, bin_re
         bin_xx = binned(np.where(finite, r_xx, 0.0), finite)[0] + sel_iso
         index = np.clip(which, 0, n_bins - 1)
         g_t, g_x = e_t / bin_tt[index], e_x / bin_xx[index]
-        response_t = bin_tt
+        response_t, response_x = bin_tt, bin_xx
     else:
-        response_t = np.full(n_bins, 0.5 * np.trace(total))
+        response_t = response_x = np.full(n_bins, 0.5 * np.trace(total))
         g = np.linalg.solve(total, np.stack([tables["noshear"]["g1"][selected], tables["noshear"]["g2"][selected]]))
         g_t, g_x = tangential_shear(g[0], g[1], dx[selected], dy[selected])
     g_t, g_x = g_t * sign[selected], g_x * sign[selected]
@@ -535,7 +535,7 @@ def _metacal_profile(tables, dx, dy, g_t_true, edges, select, step, sign, bin_re
     use = inside
     amplitude = float(np.sum(g_t[use] * true[use]) / np.sum(true[use] ** 2))
     return {"g_t": mean_t, "g_x": mean_x, "true": mean_true, "n": counts, "A": amplitude,
-            "cross": float(np.mean(g_x[use])), "R": total, "R_t": response_t}
+            "cross": float(np.mean(g_x[use])), "R": total, "R_t": response_t, "R_x": response_x}
 
 
 def metacal_tangential_profile(tables, dx, dy, g_t_true, edges, select=None, group=None, n_boot=200, rng=None,
@@ -576,8 +576,8 @@ def metacal_tangential_profile(tables, dx, dy, g_t_true, edges, select=None, gro
     dict
         ``r_min, r_max, n, g_t, g_t_error, g_x, g_x_error, true`` (arrays per
         bin), ``A``, ``A_error``, ``cross``, ``cross_error``, ``R`` (the sample's ``R + R_sel``),
-        ``R_t`` (per bin: its ``R_tt + R_sel`` with ``bin_response``, else the isotropic part of
-        ``R``), ``n_total``.
+        ``R_t, R_x`` (per bin: its ``R_tt + R_sel``, ``R_xx + R_sel`` with ``bin_response``, else
+        the isotropic part of ``R``), ``n_total``.
     """
     from .shear import STEP, Selection, _subset
 
@@ -616,7 +616,7 @@ def metacal_tangential_profile(tables, dx, dy, g_t_true, edges, select=None, gro
     return {"r_min": edges[:-1], "r_max": edges[1:], "n": best["n"], "g_t": best["g_t"], "g_t_error": spread["g_t"],
             "g_x": best["g_x"], "g_x_error": spread["g_x"], "true": best["true"], "A": best["A"],
             "A_error": float(spread["A"]), "cross": best["cross"], "cross_error": float(spread["cross"]),
-            "R": best["R"], "R_t": best["R_t"], "n_total": int(best["n"].sum())}
+            "R": best["R"], "R_t": best["R_t"], "R_x": best["R_x"], "n_total": int(best["n"].sum())}
 
 
 def selected_in_both(selected, sign, unit, group=None):
