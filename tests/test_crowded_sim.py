@@ -64,6 +64,44 @@ def test_nfw_sign_negates_the_background_shear_only():
         np.testing.assert_array_equal(minus[name], plus[name])
 
 
+def test_lens_mapping_shears_separations_by_the_reduced_shear():
+    # Two sources 0.05 arcsec apart, tangentially then radially, at radius 20 arcsec: the lens mapping stretches
+    # the tangential separation against the radial one by (1 + g) / (1 - g), g the reduced shear there, and
+    # puts the image where beta = theta (1 - mean kappa(theta)).
+    kappa_s, r_s, beta, step = 0.1, 60.0, 20.0, 0.05
+    theta = cluster.nfw_image_radius(np.array([beta]), kappa_s, r_s)[0]
+    assert theta * (1 - cluster.nfw_mean_convergence(theta, kappa_s, r_s)) == pytest.approx(beta, rel=1e-6)
+    tangential = theta * step / beta  # a tangential step scales with theta / beta
+    radial = cluster.nfw_image_radius(np.array([beta + step]), kappa_s, r_s)[0] - theta
+    g = cluster.nfw_reduced_tangential_shear(theta, kappa_s, r_s)
+    assert tangential / radial == pytest.approx((1 + g) / (1 - g), rel=2e-3)
+    # The opposite lens (nfw_sign = -1): a source at the same place appears closer in, squeezed the other way.
+    theta_minus = cluster.nfw_image_radius(np.array([beta]), kappa_s, r_s, sign=-1)[0]
+    radial_minus = cluster.nfw_image_radius(np.array([beta + step]), kappa_s, r_s, sign=-1)[0] - theta_minus
+    assert theta_minus < beta < theta and (theta_minus * step / beta) / radial_minus < 1
+
+
+def test_lensed_positions_move_the_background_only():
+    box = (244.28, 244.36, 51.95, 52.05)
+    drawn = make_scene(resolve_parameters("cluster"), 3, box)
+    lensed = make_scene(resolve_parameters("cluster", nfw_lensed_positions=True), 3, box)
+    field = (drawn["cluster_role"] == cluster.ROLE_FIELD) & ~drawn["is_star"]
+    params = resolve_parameters("cluster")
+    ra_c, dec_c = cluster.cluster_centre(params)
+    before = np.hypot(*cluster.offsets_arcsec(drawn["ra"], drawn["dec"], ra_c, dec_c))
+    after = np.hypot(*cluster.offsets_arcsec(lensed["ra"], lensed["dec"], ra_c, dec_c))
+    np.testing.assert_allclose(after[field], cluster.nfw_image_radius(before[field], 0.1, 60.0), rtol=1e-6, atol=1e-6)
+    assert np.all(after[field] > before[field])
+    np.testing.assert_array_equal(lensed["ra"][~field], drawn["ra"][~field])
+    for name in ("mag", "e1_int", "hlr"):
+        np.testing.assert_array_equal(lensed[name], drawn[name])
+    # Truth shear at the lensed position.
+    g_t, _ = cluster.tangential_shear(lensed["g1"][field], lensed["g2"][field],
+                                      *cluster.offsets_arcsec(lensed["ra"][field], lensed["dec"][field], ra_c, dec_c))
+    expected = cluster.nfw_reduced_tangential_shear(np.maximum(after[field], 2.0), 0.1, 60.0)
+    np.testing.assert_allclose(g_t, expected, rtol=1e-6, atol=1e-9)
+
+
 def test_cluster_truth(cluster_sim):
     params = resolve_parameters("cluster")
     truth = load_truth(cluster_sim, tile="244.252")

@@ -106,6 +106,10 @@ _BASE = {
     "nfw_kappa_s": (0.1, "NFW convergence scale kappa_s = rho_s r_s / Sigma_crit of the tangential shear"),
     "nfw_rs": (60.0, "NFW scale radius, arcsec"),
     "nfw_sign": (1, "+1, or -1 to negate the NFW shear (the minus member of a paired simulation)"),
+    "nfw_lensed_positions": (False, "move the background galaxies as the NFW lens does (the drawn positions are "
+                                    "source positions, mapped radially to the image plane), so that pairs and "
+                                    "blends are sheared with their galaxies; the density near the centre then "
+                                    "falls by the magnification (fluxes and sizes are not magnified)"),
     "cluster_bright_stars": (3, "saturated stars added in the first tile, at least 40 arcsec from the centre"),
     "cluster_bright_mag_range": ([13.0, 14.0], "their magnitudes"),
 }

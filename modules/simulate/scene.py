@@ -313,6 +313,10 @@ def make_scene(params, seed: int, box) -> dict:
     if params.get("cluster", False):
         # Every galaxy but the cluster's own lies behind it (docs/crowded.md): the NFW shear adds to the tile's.
         behind = galaxy & (columns["cluster_role"] == cluster.ROLE_FIELD)
+        if params.get("nfw_lensed_positions", False):
+            # The drawn positions are the sources': a blend's separation is sheared with its galaxies.
+            columns["ra"][behind], columns["dec"][behind] = cluster.lensed_positions(
+                params, columns["ra"][behind], columns["dec"][behind])
         n1, n2 = cluster.background_shear(params, columns["ra"][behind], columns["dec"][behind])
         g1[behind] += n1
         g2[behind] += n2
