@@ -269,7 +269,7 @@ def main(argv=None):
                 pooled[key].append(data[key])
             pooled["group"].append(np.full(len(data["dx"]), seed))
             pooled["sign"].append(np.full(len(data["dx"]), sign))
-            pooled["unit"].append(data["truth_index"])
+            pooled["unit"].append(data["truth_id"])  # the same galaxy in both runs (lensed positions move rows)
             pooled["near"].append(nearest_member(load_truth(sim, tile="244.252"), data["truth_index"]))
 
     print(f"\nCluster preset through the GOLD chain (config {config}), per seed "

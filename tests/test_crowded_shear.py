@@ -98,6 +98,10 @@ def test_background_shapes_match_truth_and_keep_only_background_galaxies():
             columns[f"NGMIX_{name}_{key}"] = np.ones(n + 1)
     got = crowded.background_shapes(columns, truth, (ra_c, dec_c))
     assert sorted(got["truth_index"]) == list(range(4, n))
+    np.testing.assert_array_equal(got["truth_id"], got["truth_index"])  # no id column: the row
+    truth["id"] = np.arange(n) * 7 + 100
+    np.testing.assert_array_equal(crowded.background_shapes(columns, truth, (ra_c, dec_c))["truth_id"],
+                                  got["truth_index"] * 7 + 100)
     np.testing.assert_allclose(got["g_t_true"], g_t[got["truth_index"]], atol=1e-12)
     np.testing.assert_allclose(got["dy"], dy[got["truth_index"]], atol=1e-6)
     np.testing.assert_allclose(got["dx"], dx[got["truth_index"]] - 0.1 * np.cos(np.radians(dec_c)), atol=1e-3)

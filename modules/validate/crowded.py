@@ -455,7 +455,10 @@ def background_shapes(columns, truth, centre_radec, max_sep=1.0, ra_col="XWIN_WO
         ``tables`` (per branch, as :func:`.shear.branch_tables`), ``dx, dy``
         (arcsec from the cluster centre along the pixel axes, catalogue
         positions), ``g_t_true`` (input tangential shear at the galaxy's true
-        position, from its truth ``g1, g2``), ``truth_index``.
+        position, from its truth ``g1, g2``), ``truth_index`` (row of the
+        truth table) and ``truth_id`` (its ``id``, the same galaxy in both runs
+        of a pair even when the tile's truth holds other rows; the row when
+        the truth has no ``id``).
     """
     from shapepipe_modules.simulate.cluster import ROLE_FIELD, offsets_arcsec, tangential_shear
 
@@ -471,7 +474,9 @@ def background_shapes(columns, truth, centre_radec, max_sep=1.0, ra_col="XWIN_WO
     t = truth[index[rows]]
     tdx, tdy = offsets_arcsec(np.asarray(t["ra"], float), np.asarray(t["dec"], float), ra_c, dec_c)
     g_t_true, _ = tangential_shear(np.asarray(t["g1"], float), np.asarray(t["g2"], float), tdx, tdy)
-    return {"tables": tables, "dx": dx, "dy": dy, "g_t_true": g_t_true, "truth_index": index[rows]}
+    truth_id = np.asarray(truth["id"])[index[rows]] if "id" in truth.colnames else index[rows]
+    return {"tables": tables, "dx": dx, "dy": dy, "g_t_true": g_t_true, "truth_index": index[rows],
+            "truth_id": truth_id}
 
 
 def _galaxy_responses(tables, step):
