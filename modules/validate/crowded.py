@@ -510,9 +510,9 @@ def _metacal_profile(tables, dx, dy, g_t_true, edges, select, step, sign, bin_re
             return sums / counts, counts
 
     if bin_response:
-        # The shear response of each bin in the tangential frame of its galaxies (blending with the
-        # members, arranged around the centre, makes it anisotropic there), plus the isotropic part of the
-        # sample's selection response (too noisy per bin).
+        # The shear response of each bin in the tangential frame of its galaxies (blending with objects
+        # arranged around the centre can make it anisotropic), plus the isotropic part of the sample's
+        # selection response (too noisy per bin).
         e_t, e_x = tangential_shear(tables["noshear"]["g1"][selected], tables["noshear"]["g2"][selected],
                                     dx[selected], dy[selected])
         phi = np.arctan2(dy[selected], dx[selected])
@@ -564,8 +564,8 @@ def metacal_tangential_profile(tables, dx, dy, g_t_true, edges, select=None, gro
     each galaxy's response matrix rotated to the direction of the centre and
     ``R_sel`` the isotropic part of the whole sample's selection response
     (per bin it is mostly noise). Where the galaxies blend with objects
-    arranged around the centre, the response to the tangential shear is
-    not the sample's mean one.
+    arranged around the centre, the response to the tangential shear can
+    differ from the sample's mean one.
 
     Paired simulations (the same galaxies sheared by the input and by its
     opposite, ``nfw_sign = -1``): pass the galaxies of both with ``sign``
@@ -641,7 +641,7 @@ def selected_in_both(selected, sign, unit, group=None):
     sign : numpy.ndarray
         +1 / -1 per row: the run of the pair it comes from.
     unit, group : numpy.ndarray
-        The galaxy (truth index) and its simulation (seed) per row.
+        The galaxy (truth id) and its simulation (seed) per row.
 
     Returns
     -------
