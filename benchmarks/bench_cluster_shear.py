@@ -357,7 +357,6 @@ def main(argv=None):
         # Where the deficit lies: the paired amplitude of the galaxies by their distance to the nearest member.
         print("\nPaired amplitude by the distance to the nearest member (truth; in that member's half-light radii), "
               "r < 35 and 35-90 arcsec, the response of each subsample:")
-        radius = np.hypot(rest["dx"], rest["dy"])
         for low_r, high_r in ((0.0, 35.0), (35.0, 90.0)):
             for low, high in ((0.0, 3.0), (3.0, 6.0), (6.0, np.inf)):
                 rows = np.flatnonzero((radius >= low_r) & (radius < high_r) & (rest["near"] >= low)

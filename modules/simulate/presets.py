@@ -157,7 +157,8 @@ _PRESET_OVERRIDES = {
     # no deep-sky galaxy masking the field; ring pairs (c cancels shape noise). No two objects closer
     # than 7 arcsec: the simulator shears galaxies but not their positions, so a blend's metacal response
     # (which includes its separation vector) is not the response of the simulated blend (m ~ -0.27 for
-    # galaxies with a neighbour within 2 arcsec, 10-seed campaign; docs/calibration.md).
+    # galaxies with a neighbour within 2 arcsec, 10-seed campaign; docs/calibration.md; lensed positions on the
+    # cluster preset left such pairs as low, so metacal's own limit on blends is part of it).
     "calib": {
         "min_separation": 7.0,
         "shear": [[0.02, 0.02], [0.02, 0.02]],
