@@ -187,6 +187,20 @@ def nearest_member(truth, rows):
     return (distance / (np.asarray(members["hlr"], float)[None] / pixel_scale)).min(axis=1)
 
 
+def nearest_object(truth, rows):
+    """Distance (arcsec) from each truth row to the nearest other object of the truth (intracluster light excepted)."""
+    from scipy.spatial import cKDTree
+
+    from shapepipe_modules.simulate import resolve_parameters
+    from shapepipe_modules.simulate.cluster import ROLE_ICL
+
+    pixel_scale = resolve_parameters("cluster")["pixel_scale"]
+    xy = np.column_stack([np.asarray(truth["x"], float), np.asarray(truth["y"], float)])
+    others = np.asarray(truth["cluster_role"]) != ROLE_ICL
+    distance, _ = cKDTree(xy[others]).query(xy[rows], k=2)  # the first is the object itself
+    return distance[:, 1] * pixel_scale
+
+
 def masked_fraction(run_root: Path) -> float:
     from astropy.io import fits
 
@@ -212,7 +226,11 @@ def main(argv=None):
     parser.add_argument("--n-boot", type=int, default=200)
     parser.add_argument("--rerun", action="store_true", help="run the chain even where a final catalogue exists")
     parser.add_argument("--no-paired", dest="paired", action="store_false",
-                        help="only the + member of each seed (default: + and - members, shear of opposite sign)")
+                        help="only the + member of each seed (default: + and - members)")
+    parser.add_argument("--pairing", choices=("shear", "rotate"), default="shear",
+                        help="what differs in the - member of a new simulation: the shear's sign (shear) or every "
+                             "background galaxy's intrinsic ellipticity, at the same shear (rotate; with "
+                             "--set nfw_lensed_positions=True the positions stay the same)")
     parser.add_argument("--set", type=_parse_set, action="append", default=[], metavar="NAME=VALUE",
                         help="simulation parameter override (as shapepipe_simulate --set), e.g. cluster_members=1")
     parser.add_argument("--ngmix", type=_parse_set, action="append", default=[], metavar="KEY=VALUE",
@@ -243,21 +261,26 @@ def main(argv=None):
     if args.exposure_sextractor:
         _set_options(config / "config_tile_Sx_exp_psfex.ini", "SEXTRACTOR_RUNNER_RUN_2",
                      {key: str(value) for key, value in args.exposure_sextractor})
-    pooled = {"tables": [], "dx": [], "dy": [], "g_t_true": [], "group": [], "sign": [], "unit": [], "near": []}
+    pooled = {"tables": [], "dx": [], "dy": [], "g_t_true": [], "group": [], "sign": [], "unit": [], "near": [],
+              "member": [], "nearest": []}
     per_seed = []
     for seed in _seeds(args.seeds):
         members = (("plus", 1), ("minus", -1)) if args.paired else (("plus", 1),)
         if not all((work / f"seed{seed}" / m / "simulation.json").exists() for m, _ in members):
-            simulate_paired("cluster", work / f"seed{seed}", seed=seed, n_workers=1, **dict(args.set))
-        for member, sign in members:
+            simulate_paired("cluster", work / f"seed{seed}", seed=seed, n_workers=1, pairing=args.pairing,
+                            **dict(args.set))
+        for member, member_code in members:
             sim, run_root = work / f"seed{seed}" / member, work / f"chain{seed}" / member
+            record = json.loads((sim / "simulation.json").read_text())
+            # The shear's sign relative to the + member: -1 in a shear pairing, +1 in a rotate pairing.
+            sign = record.get("pair", {}).get("shear_sign", 1)
             catalogue = final_catalogue(run_root)
             if catalogue is None or args.rerun:
                 clock = time.perf_counter()
                 run_chain(sim, run_root, config, log=lambda *a: None)
                 print(f"seed {seed} {member}: chain in {time.perf_counter() - clock:.0f} s (wall)", file=sys.stderr)
                 catalogue = final_catalogue(run_root)
-            params = json.loads((sim / "simulation.json").read_text())["parameters"]
+            params = record["parameters"]
             data = crowded.background_shapes(read_final_catalogue(catalogue), load_truth(sim, tile="244.252"),
                                              cluster_centre(params))
             one = crowded.metacal_tangential_profile(data["tables"], data["dx"], data["dy"], data["g_t_true"],
@@ -271,6 +294,8 @@ def main(argv=None):
             pooled["sign"].append(np.full(len(data["dx"]), sign))
             pooled["unit"].append(data["truth_id"])  # the same galaxy in both runs (lensed positions move rows)
             pooled["near"].append(nearest_member(load_truth(sim, tile="244.252"), data["truth_index"]))
+            pooled["nearest"].append(nearest_object(load_truth(sim, tile="244.252"), data["truth_index"]))
+            pooled["member"].append(np.full(len(data["dx"]), member_code))
 
     print(f"\nCluster preset through the GOLD chain (config {config}), per seed "
           "(A: amplitude g_t / input of that run alone, r < 90 arcsec)")
@@ -297,7 +322,7 @@ def main(argv=None):
         tables = {branch: {key: np.concatenate([t[branch][key] for t, k in zip(pooled["tables"], keep) if k])
                            for key in pooled["tables"][0][branch]} for branch in pooled["tables"][0]}
         rest = {key: np.concatenate([v for v, k in zip(pooled[key], keep) if k])
-                for key in ("dx", "dy", "g_t_true", "group", "sign", "unit", "near")}
+                for key in ("dx", "dy", "g_t_true", "group", "sign", "unit", "near", "member", "nearest")}
         return tables, rest
 
     plus_only = [member == "plus" for _, member, *_ in per_seed]
@@ -332,7 +357,7 @@ def main(argv=None):
         tables, rest = pool([True] * len(per_seed))
         # Galaxies selected in one run only bring their whole intrinsic shape (and any shear-dependent
         # detection or blending): the paired profile split into the two kinds of galaxies.
-        both = crowded.selected_in_both(Selection()(tables["noshear"]), rest["sign"], rest["unit"], rest["group"])
+        both = crowded.selected_in_both(Selection()(tables["noshear"]), rest["member"], rest["unit"], rest["group"])
         rows = np.flatnonzero(both)
         pairs = crowded.metacal_tangential_profile(
             _subset(tables, rows), rest["dx"][rows], rest["dy"][rows], rest["g_t_true"][rows], np.array(EDGES),
@@ -369,6 +394,19 @@ def main(argv=None):
                     unit=rest["unit"][rows], n_boot=args.n_boot, rng=np.random.default_rng(2))
                 print(f"  r {low_r:2.0f}-{high_r:2.0f} arcsec, nearest member {low:.0f}-{high:.0f} hlr: "
                       f"A = {part['A']:.3f} +- {part['A_error']:.3f} ({part['n_total']} measurements)")
+        # Blends: the paired amplitude by the distance to the nearest other object of the truth.
+        print("\nPaired amplitude by the distance to the nearest other object (truth, any kind but the intracluster "
+              "light), r < 90 arcsec, the response of each subsample:")
+        for low, high in ((0.0, 1.5), (1.5, 2.5), (2.5, 4.0), (4.0, np.inf)):
+            rows = np.flatnonzero((rest["nearest"] >= low) & (rest["nearest"] < high))
+            if rows.size < 100:
+                continue
+            part = crowded.metacal_tangential_profile(
+                _subset(tables, rows), rest["dx"][rows], rest["dy"][rows], rest["g_t_true"][rows], np.array([0.0, 90.0]),
+                group=rest["group"][rows], sign=rest["sign"][rows], unit=rest["unit"][rows], n_boot=args.n_boot,
+                rng=np.random.default_rng(4))
+            print(f"  nearest object {low:.1f}-{high:.1f} arcsec: A = {part['A']:.3f} +- {part['A_error']:.3f} "
+                  f"({part['n_total']} measurements)")
     print(f"\n(work folder: {work})")
     return 0
 

@@ -74,7 +74,7 @@ def _epoch_setup(rng):
     return psf, jac, offset
 
 
-def simulate_quad(rng, index, noise_sigma=1.0, jacobian=None, star=False, shear=SHEAR):
+def simulate_quad(rng, index, noise_sigma=1.0, jacobian=None, star=False, shear=SHEAR, blend=None):
     """Stamps of one quadruple: {0, 90 deg} x {+g, -g}.
 
     Parameters
@@ -89,6 +89,13 @@ def simulate_quad(rng, index, noise_sigma=1.0, jacobian=None, star=False, shear=
         noise are those of the default run).
     star : bool, optional
         A point source (the PSF alone) instead of the galaxy.
+    blend : tuple (float, bool), optional
+        ``(separation, lensed)``: a second galaxy (drawn as the first) at
+        ``separation`` arcsec in a random direction from the first, in the
+        same stamp. ``lensed``: the shear moves it too (the pair is sheared
+        as one image, as lensing does); otherwise each galaxy is sheared
+        about its own centre and their separation is not (a simulation that
+        shears shapes only).
 
     Returns
     -------
@@ -108,6 +115,14 @@ def simulate_quad(rng, index, noise_sigma=1.0, jacobian=None, star=False, shear=
     if jacobian is not None:
         setups = [(psf, np.asarray(jacobian, dtype=float), offset) for psf, _, offset in setups]
     noises = [rng.normal(0.0, noise_sigma, (STAMP, STAMP)) for _ in range(n_epoch)]
+    if blend is not None:
+        separation, lensed = blend
+        second_hlr, second_flux = rng.uniform(0.3, 0.8), rng.uniform(600.0, 2000.0)
+        second_e = rng.normal(0.0, 0.2, 2)
+        while np.hypot(*second_e) > 0.7:
+            second_e = rng.normal(0.0, 0.2, 2)
+        angle = rng.uniform(0.0, 2.0 * np.pi)
+        second_shift = separation * np.array([np.cos(angle), np.sin(angle)])
     out = {}
     for rotation in (0, 90):
         base = (galsim.DeltaFunction(flux=flux) if star
@@ -115,8 +130,18 @@ def simulate_quad(rng, index, noise_sigma=1.0, jacobian=None, star=False, shear=
         # np.rot90(k=1) maps pixel offsets (x, y) to (y, -x): a rotation by
         # -90 degrees, applied to galaxy, offset and noise alike.
         base = base.rotate(-rotation * galsim.degrees)
+        if blend is not None:
+            second = galsim.Exponential(half_light_radius=second_hlr, flux=second_flux).shear(
+                e1=second_e[0], e2=second_e[1]).rotate(-rotation * galsim.degrees)
+            turn = np.radians(-rotation)
+            shift = np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]]) @ second_shift
         for sign in (1, -1):
             gal = base.shear(g1=sign * shear[0], g2=sign * shear[1])
+            if blend is not None:
+                if lensed:
+                    gal = galsim.Add(base, second.shift(*shift)).shear(g1=sign * shear[0], g2=sign * shear[1])
+                else:
+                    gal = galsim.Add(gal, second.shear(g1=sign * shear[0], g2=sign * shear[1]).shift(*shift))
             raws = []
             for k, ((psf, jac, offset), noise) in enumerate(zip(setups, noises)):
                 if rotation:
@@ -256,7 +281,8 @@ def paired_shear_bias(tables_plus, tables_minus, shears, weights=None, sel=None)
     return np.array([m1, m2, c[0], c[1]])
 
 
-def measure_quads(n_quads, seed, noise_sigma=1.0, jacobian=None, star=False, progress=False, minus=True, shear=SHEAR):
+def measure_quads(n_quads, seed, noise_sigma=1.0, jacobian=None, star=False, progress=False, minus=True, shear=SHEAR,
+                  blend=None):
     """Simulate and measure quadruples (with ``minus=False``, only the +g objects: pairs).
 
     Returns
@@ -277,7 +303,8 @@ def measure_quads(n_quads, seed, noise_sigma=1.0, jacobian=None, star=False, pro
     cpu = 0.0
     n_object_epochs = 0
     for index in range(n_quads):
-        stamps, applied, n_epoch = simulate_quad(rng, index, noise_sigma, jacobian=jacobian, star=star, shear=shear)
+        stamps, applied, n_epoch = simulate_quad(rng, index, noise_sigma, jacobian=jacobian, star=star, shear=shear,
+                                                 blend=blend)
         for key, raws in stamps.items():
             if key[1] < 0 and not minus:
                 continue
@@ -417,10 +444,10 @@ def print_comparison(out, baseline_label):
               f"{value:+.1e} +- {error:.1e} |")
 
 
-def run(n_quads, seed, noise_sigma=1.0, progress=False, shear=SHEAR):
+def run(n_quads, seed, noise_sigma=1.0, progress=False, shear=SHEAR, blend=None):
     """Simulate, measure and return (bias dict, timing dict, s2n array)."""
     tables_plus, tables_minus, all_shears, groups, timing = measure_quads(
-        n_quads, seed, noise_sigma, progress=progress, shear=shear)
+        n_quads, seed, noise_sigma, progress=progress, shear=shear, blend=blend)
     bias = estimate_bias(tables_plus, tables_minus, all_shears, groups)
     return bias, timing, tables_plus["noshear"]["s2n"]
 
@@ -531,6 +558,11 @@ def main(argv=None):
     parser.add_argument("--noise", type=float, default=1.0)
     parser.add_argument("--shear", type=float, default=SHEAR,
                         help=f"|g| applied (default {SHEAR}; e.g. 0.12, a cluster core's reduced shear)")
+    parser.add_argument("--blend", type=float, default=None, metavar="ARCSEC",
+                        help="a second galaxy at this separation in every stamp (an unresolved blend)")
+    parser.add_argument("--blend-separation", choices=("lensed", "fixed"), default="lensed",
+                        help="with --blend: lensed (the shear moves the second galaxy too, as lensing does) or fixed "
+                             "(each galaxy sheared about its own centre, their separation not)")
     parser.add_argument("--errors", type=int, default=0, metavar="N",
                         help="check the reported ellipticity errors on N galaxies instead")
     parser.add_argument("--realisations", type=int, default=30,
@@ -551,7 +583,8 @@ def main(argv=None):
               f"{time.process_time() - start:.0f} s CPU")
         print_error_table(calib, seed=args.seed)
         return calib
-    bias, timing, s2n = run(args.n_quads, args.seed, args.noise, progress=True, shear=args.shear)
+    blend = None if args.blend is None else (args.blend, args.blend_separation == "lensed")
+    bias, timing, s2n = run(args.n_quads, args.seed, args.noise, progress=True, shear=args.shear, blend=blend)
     print()
     print(f"objects: {timing['objects']} ({bias['n_used']} +g/-g pairs used, "
           f"{bias['n_failed']} pairs with fatal flags); "

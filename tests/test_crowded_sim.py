@@ -102,6 +102,22 @@ def test_lensed_positions_move_the_background_only():
     np.testing.assert_allclose(g_t, expected, rtol=1e-6, atol=1e-9)
 
 
+def test_rotated_pair_negates_background_shapes_only():
+    # The rotate pairing's minus member: the same lensed positions and shears, every field galaxy's intrinsic
+    # ellipticity negated, members, intracluster light and stars untouched; so the pair's mean shape is the shear.
+    box = (244.28, 244.36, 51.95, 52.05)
+    plus = make_scene(resolve_parameters("cluster", nfw_lensed_positions=True), 3, box)
+    minus = make_scene(resolve_parameters("cluster", nfw_lensed_positions=True, intrinsic_rotated=True), 3, box)
+    field = (plus["cluster_role"] == cluster.ROLE_FIELD) & ~plus["is_star"]
+    assert field.sum() > 100 and (~field).sum() > 10
+    for name in ("ra", "dec", "g1", "g2", "mag", "hlr", "cluster_role"):
+        np.testing.assert_array_equal(minus[name], plus[name])
+    for name in ("e1_int", "e2_int"):
+        np.testing.assert_array_equal(minus[name][field], -plus[name][field])
+        np.testing.assert_array_equal(minus[name][~field], plus[name][~field])
+    assert np.abs(plus["e1_int"][field]).mean() > 0.1
+
+
 def test_cluster_truth(cluster_sim):
     params = resolve_parameters("cluster")
     truth = load_truth(cluster_sim, tile="244.252")

@@ -83,8 +83,9 @@ def _compare(a, b, mask, label, fractions):
 
 def test_records_differ_in_shear_only(pair):
     plus, minus = (json.loads((d / "simulation.json").read_text()) for d in pair)
-    assert (plus["pair"], minus["pair"]) == ({"member": "plus", "shear_sign": 1, "partner": "minus"},
-                                              {"member": "minus", "shear_sign": -1, "partner": "plus"})
+    assert (plus["pair"], minus["pair"]) == (
+        {"member": "plus", "shear_sign": 1, "pairing": "shear", "partner": "minus"},
+        {"member": "minus", "shear_sign": -1, "pairing": "shear", "partner": "plus"})
     assert plus["parameters"]["shear"] == [[0.02, 0.0]] and minus["parameters"]["shear"] == [[-0.02, 0.0]]
     assert plus["overrides"] == {"shear": [[0.02, 0.0]]}
     assert minus["shear"] == {"244.252": [-0.02, 0.0]}

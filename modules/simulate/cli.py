@@ -47,6 +47,9 @@ def build_parser():
     parser.add_argument("--set", type=_parse_set, action="append", default=[], metavar="NAME=VALUE", help="override any preset parameter")
     parser.add_argument("--paired", action="store_true",
                         help="write DIR/plus and DIR/minus: the same simulation with every tile's shear negated in minus")
+    parser.add_argument("--pairing", choices=("shear", "rotate"), default="shear",
+                        help="with --paired: minus has the shear negated (shear) or every field galaxy's intrinsic "
+                             "ellipticity negated at the same shear (rotate)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -63,6 +66,8 @@ def main(argv=None):
         overrides["ring"] = True
     from .core import simulate, simulate_paired
 
+    if args.paired:
+        overrides["pairing"] = args.pairing
     run = simulate_paired if args.paired else simulate
     try:
         paths = run(preset=args.preset, output_dir=args.output_dir, seed=args.seed, n_workers=args.n_workers,

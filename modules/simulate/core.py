@@ -258,19 +258,32 @@ def simulate(preset="demo", output_dir="simulation", seed=1, n_workers=1, progre
 PAIR_MEMBERS = ("plus", "minus")
 
 
-def simulate_paired(preset="demo", output_dir="simulation", seed=1, n_workers=1, progress=False, **overrides):
-    """Two simulations that differ only in the sign of the shear.
+#: How the two members of a paired simulation differ.
+PAIRINGS = ("shear", "rotate")
 
+
+def simulate_paired(preset="demo", output_dir="simulation", seed=1, n_workers=1, progress=False, pairing="shear",
+                    **overrides):
+    """Two simulations whose mean cancels the shape noise of every galaxy.
+
+    ``pairing = "shear"``: they differ only in the sign of the shear.
     ``output_dir/plus`` is :func:`simulate` with the given parameters;
     ``output_dir/minus`` has every tile's shear ``(g1, g2)`` replaced by
     ``(-g1, -g2)`` (with a cluster, its NFW shear too: ``nfw_sign = -1``)
     and every other parameter, the seed and so the scene,
     the PSFs, the pointings and every noise stream identical: outside the
-    galaxies' drawing stamps the two are identical pixel for pixel. Each
-    folder's ``simulation.json`` records the full resolved ``parameters``
-    (compare them: they differ in ``shear`` only, and ``nfw_sign``), the ``overrides`` that
-    made it (both members list ``shear``, given explicitly) and ``pair``
-    (``member``, ``shear_sign`` +1 / -1, ``partner`` folder name).
+    galaxies' drawing stamps the two are identical pixel for pixel.
+
+    ``pairing = "rotate"``: the same shear in both, and in ``minus`` every
+    field galaxy's intrinsic ellipticity negated (``intrinsic_rotated``).
+    Positions are the same in both members, also when the cluster lenses
+    them (``nfw_lensed_positions``), which a sign flip of the lens would
+    move; blends then keep their neighbours and their radius.
+
+    Each folder's ``simulation.json`` records the full resolved
+    ``parameters``, the ``overrides`` that made it and ``pair``
+    (``member``, ``shear_sign`` +1 / -1, the sign of the shear relative
+    to ``plus``, ``pairing`` and ``partner`` folder name).
 
     Parameters
     ----------
@@ -278,23 +291,30 @@ def simulate_paired(preset="demo", output_dir="simulation", seed=1, n_workers=1,
         As for :func:`simulate` (``shear`` may be overridden too).
     output_dir : path-like
         Parent directory of ``plus`` and ``minus``.
+    pairing : {"shear", "rotate"}
 
     Returns
     -------
     tuple of pathlib.Path
         ``(plus_dir, minus_dir)``.
     """
+    if pairing not in PAIRINGS:
+        raise ValueError(f"simulate_paired: pairing must be one of {', '.join(PAIRINGS)}, got {pairing!r}")
     params = presets.resolve_parameters(preset, **overrides)
     # 0.0 rather than -0.0: the negated record compares equal and prints plainly.
     negated = [[-g if g != 0 else 0.0 for g in pair] for pair in params["shear"]]
     out = Path(output_dir)
     done = []
-    for member, sign, shear in (("plus", 1, params["shear"]), ("minus", -1, negated)):
+    for member, sign in (("plus", 1), ("minus", -1)):
         partner = "minus" if member == "plus" else "plus"
-        member_overrides = dict(overrides, shear=shear)
-        if params["cluster"]:  # the cluster's NFW shear changes sign with the tiles' shear
-            member_overrides["nfw_sign"] = sign
-        record = {"pair": {"member": member, "shear_sign": sign, "partner": partner}}
+        if pairing == "shear":
+            member_overrides = dict(overrides, shear=params["shear"] if sign > 0 else negated)
+            if params["cluster"]:  # the cluster's NFW shear changes sign with the tiles' shear
+                member_overrides["nfw_sign"] = sign
+        else:
+            member_overrides = dict(overrides, intrinsic_rotated=sign < 0)
+        shear_sign = sign if pairing == "shear" else 1
+        record = {"pair": {"member": member, "shear_sign": shear_sign, "pairing": pairing, "partner": partner}}
         done.append(_simulate(preset, out / member, seed, n_workers, progress, member_overrides, record))
     return done[0], done[1]
 

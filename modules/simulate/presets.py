@@ -110,6 +110,10 @@ _BASE = {
                                     "source positions, mapped radially to the image plane), so that pairs and "
                                     "blends are sheared with their galaxies; the density near the centre then "
                                     "falls by the magnification (fluxes and sizes are not magnified)"),
+    "intrinsic_rotated": (False, "negate the intrinsic ellipticity of every field galaxy (a 90-degree rotation; "
+                                 "cluster members, intracluster light and the deep-sky galaxy keep theirs): the "
+                                 "other member of a pair at the same shear, whose mean cancels the shape noise "
+                                 "(simulate_paired pairing='rotate')"),
     "cluster_bright_stars": (3, "saturated stars added in the first tile, at least 40 arcsec from the centre"),
     "cluster_bright_mag_range": ([13.0, 14.0], "their magnitudes"),
 }

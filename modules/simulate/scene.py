@@ -321,6 +321,13 @@ def make_scene(params, seed: int, box) -> dict:
         g1[behind] += n1
         g2[behind] += n2
     columns["g1"], columns["g2"] = g1, g2
+    if params.get("intrinsic_rotated", False):
+        # The other member of a pair at the same shear: each shape noise cancels in the pair's mean.
+        rotated = galaxy & ~columns["is_deep_sky"]
+        if "cluster_role" in columns:
+            rotated &= columns["cluster_role"] == cluster.ROLE_FIELD
+        columns["e1_int"] = np.where(rotated, -columns["e1_int"], columns["e1_int"])
+        columns["e2_int"] = np.where(rotated, -columns["e2_int"], columns["e2_int"])
     return columns
 
 
