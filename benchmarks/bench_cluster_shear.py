@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_cluster_shear.py [--seeds 1-5] [--workdir DIR] [--n-boot 200] [--no-paired]
+    python benchmarks/bench_cluster_shear.py [--seeds 1-5] [--workdir DIR] [--n-boot 200] [--no-paired] [--pairing rotate]
                                              [--neighbour-mask on|off] [--set NAME=VALUE ...]
                                              [--ngmix KEY=VALUE ...] [--exposure-sextractor KEY=VALUE ...]
 
@@ -43,6 +43,15 @@ in the final catalogue and among those the shear selection keeps, and,
 paired, the amplitude of the galaxies by their distance to the nearest
 member (in its half-light radii; where blending with the members
 biases the shapes).
+
+``--pairing rotate`` makes new simulations whose ``-`` member has the
+same shear and every background galaxy's intrinsic ellipticity negated
+(``simulate_paired(pairing="rotate")``); with ``--set
+nfw_lensed_positions=True`` both members then hold the same lensed
+positions, so blends keep their neighbours and their radius (with the
+sign of the lens flipped they would not). The paired profile is then the
+mean of the two runs. Printed last, paired: the amplitude by the distance
+to the nearest other object of the truth (blends).
 
 ``--set`` overrides a parameter of the simulations it makes (existing ones
 are reused as they are), e.g. ``--set cluster_members=1 --set

@@ -15,6 +15,15 @@ m and c are estimated from the +g/-g differences and sums with the mean
 metacal response; errors are jackknife errors over quadruples. The CPU time
 (process time) of the engine alone is reported per object-epoch.
 
+``--blend ARCSEC`` puts a second galaxy (drawn as the first) at that
+separation in a random direction in every stamp, measured as one object
+(an unresolved blend, the stamp centred on the first galaxy);
+``--blend-separation fixed`` shears each galaxy about its own centre and
+leaves their separation as drawn (a simulation that shears shapes only),
+``lensed`` (default) shears the pair as one image, as lensing does::
+
+    python benchmarks/bench_metacal.py --n-quads 1500 --seed 3 --shear 0.05 --blend 1.0 --blend-separation fixed
+
 ``--errors N`` checks instead the ellipticity errors the catalogue carries
 (``g1_err``, ``g2_err``, i.e. ``NGMIX_ELL_ERR``): N galaxies of the same kind
 (noise levels 1, 2 or 4 to cover S/N 10-150), each measured on
