@@ -196,18 +196,29 @@ def nearest_member(truth, rows):
     return (distance / (np.asarray(members["hlr"], float)[None] / pixel_scale)).min(axis=1)
 
 
-def nearest_object(truth, rows):
-    """Distance (arcsec) from each truth row to the nearest other object of the truth (intracluster light excepted)."""
+def nearest_object(truth, rows, params):
+    """Distance (arcsec) from each truth row to the nearest other object of the truth (intracluster light excepted).
+
+    With ``nfw_lensed_positions`` the background galaxies are taken at their
+    source positions: image-plane separations are sheared (a pair along the
+    tangential direction is stretched, one along the radius squeezed), so a
+    cut on them would select blends by their orientation to the lens, which
+    is a selection on the shear.
+    """
     from scipy.spatial import cKDTree
 
-    from shapepipe_modules.simulate import resolve_parameters
-    from shapepipe_modules.simulate.cluster import ROLE_ICL
+    from shapepipe_modules.simulate.cluster import (ROLE_FIELD, ROLE_ICL, cluster_centre, offsets_arcsec,
+                                                    source_positions)
 
-    pixel_scale = resolve_parameters("cluster")["pixel_scale"]
-    xy = np.column_stack([np.asarray(truth["x"], float), np.asarray(truth["y"], float)])
-    others = np.asarray(truth["cluster_role"]) != ROLE_ICL
+    ra, dec = np.asarray(truth["ra"], float).copy(), np.asarray(truth["dec"], float).copy()
+    role = np.asarray(truth["cluster_role"])
+    if params.get("nfw_lensed_positions", False):
+        lensed = (role == ROLE_FIELD) & ~np.asarray(truth["is_star"], bool)
+        ra[lensed], dec[lensed] = source_positions(params, ra[lensed], dec[lensed])
+    xy = np.column_stack(offsets_arcsec(ra, dec, *cluster_centre(params)))
+    others = role != ROLE_ICL
     distance, _ = cKDTree(xy[others]).query(xy[rows], k=2)  # the first is the object itself
-    return distance[:, 1] * pixel_scale
+    return distance[:, 1]
 
 
 def masked_fraction(run_root: Path) -> float:
@@ -303,7 +314,7 @@ def main(argv=None):
             pooled["sign"].append(np.full(len(data["dx"]), sign))
             pooled["unit"].append(data["truth_id"])  # the same galaxy in both runs (lensed positions move rows)
             pooled["near"].append(nearest_member(load_truth(sim, tile="244.252"), data["truth_index"]))
-            pooled["nearest"].append(nearest_object(load_truth(sim, tile="244.252"), data["truth_index"]))
+            pooled["nearest"].append(nearest_object(load_truth(sim, tile="244.252"), data["truth_index"], params))
             pooled["member"].append(np.full(len(data["dx"]), member_code))
 
     print(f"\nCluster preset through the GOLD chain (config {config}), per seed "
@@ -405,7 +416,7 @@ def main(argv=None):
                       f"A = {part['A']:.3f} +- {part['A_error']:.3f} ({part['n_total']} measurements)")
         # Blends: the paired amplitude by the distance to the nearest other object of the truth.
         print("\nPaired amplitude by the distance to the nearest other object (truth, any kind but the intracluster "
-              "light), r < 90 arcsec, the response of each subsample:")
+              "light; lensed galaxies at their source positions), r < 90 arcsec, the response of each subsample:")
         for low, high in ((0.0, 1.5), (1.5, 2.5), (2.5, 4.0), (4.0, np.inf)):
             rows = np.flatnonzero((rest["nearest"] >= low) & (rest["nearest"] < high))
             if rows.size < 100:

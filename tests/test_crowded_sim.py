@@ -95,6 +95,15 @@ def test_lensed_positions_move_the_background_only():
     np.testing.assert_array_equal(lensed["ra"][~field], drawn["ra"][~field])
     for name in ("mag", "e1_int", "hlr"):
         np.testing.assert_array_equal(lensed[name], drawn[name])
+    # source_positions undoes the mapping, for either lens.
+    ra_back, dec_back = cluster.source_positions(params, lensed["ra"][field], lensed["dec"][field])
+    np.testing.assert_allclose(cluster.offsets_arcsec(ra_back, dec_back, ra_c, dec_c),
+                               cluster.offsets_arcsec(drawn["ra"][field], drawn["dec"][field], ra_c, dec_c), atol=2e-4)
+    minus_params = resolve_parameters("cluster", nfw_sign=-1)
+    ra_m, dec_m = cluster.lensed_positions(minus_params, drawn["ra"][field], drawn["dec"][field])
+    ra_back, dec_back = cluster.source_positions(minus_params, ra_m, dec_m)
+    np.testing.assert_allclose(cluster.offsets_arcsec(ra_back, dec_back, ra_c, dec_c),
+                               cluster.offsets_arcsec(drawn["ra"][field], drawn["dec"][field], ra_c, dec_c), atol=2e-4)
     # Truth shear at the lensed position.
     g_t, _ = cluster.tangential_shear(lensed["g1"][field], lensed["g2"][field],
                                       *cluster.offsets_arcsec(lensed["ra"][field], lensed["dec"][field], ra_c, dec_c))

@@ -188,6 +188,23 @@ def lensed_positions(params, ra, dec):
     return (ra_c - dx / 3600.0 / np.cos(np.radians(dec_c))) % 360.0, dec_c + dy / 3600.0
 
 
+def source_positions(params, ra, dec):
+    """Source-plane ``(ra, dec)`` of background galaxies seen at ``(ra, dec)``: the inverse of :func:`lensed_positions`.
+
+    Distances between sources do not depend on the shear, unlike those
+    between images: a blend found by its sources' separation is not
+    selected by its orientation to the lens.
+    """
+    ra_c, dec_c = cluster_centre(params)
+    dx, dy = offsets_arcsec(ra, dec, ra_c, dec_c)
+    theta = np.hypot(dx, dy)
+    mean_kappa = nfw_mean_convergence(np.maximum(theta, NFW_MIN_RADIUS_ARCSEC), params["nfw_kappa_s"],
+                                      params["nfw_rs"])
+    shrink = 1.0 - params.get("nfw_sign", 1) * mean_kappa
+    dx, dy = dx * shrink, dy * shrink
+    return (ra_c - dx / 3600.0 / np.cos(np.radians(dec_c))) % 360.0, dec_c + dy / 3600.0
+
+
 def background_shear(params, ra, dec):
     """NFW reduced shear ``(g1, g2)`` at the given positions (pixel frame)."""
     ra_c, dec_c = cluster_centre(params)
