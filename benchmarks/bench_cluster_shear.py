@@ -2,14 +2,21 @@
 
 Usage::
 
-    python benchmarks/bench_cluster_shear.py [--seeds 1-5] [--workdir DIR] [--n-boot 200] [--no-paired] [--pairing rotate]
+    python benchmarks/bench_cluster_shear.py [--seeds 1-5] [--workdir DIR] [--n-boot 200] [--no-paired]
+                                             [--pairing rotate|shear] [--positions lensed|drawn]
                                              [--neighbour-mask on|off] [--set NAME=VALUE ...]
                                              [--ngmix KEY=VALUE ...] [--exposure-sextractor KEY=VALUE ...]
 
-For each seed the ``cluster`` preset is simulated twice, with the NFW shear
-and with its opposite (``simulate_paired``: same galaxies, same noise;
-``WORKDIR/seedN/plus``, ``.../minus``, reused when present), and each is
-run through the GOLD chain (``shapepipe_gold``'s stages,
+For each seed the ``cluster`` preset is simulated twice
+(``simulate_paired``: same scene, same noise; ``WORKDIR/seedN/plus``,
+``.../minus``, reused when present): by default with the background
+galaxies at their lensed positions (``nfw_lensed_positions``, so that a
+blend is a sheared image) and the ``-`` member holding every background
+galaxy's intrinsic ellipticity negated at the same shear (``--pairing
+rotate``); ``--pairing shear --positions drawn`` is the design of
+sessions 16-19 (the NFW shear and its opposite, positions as drawn,
+whose blends metacal cannot calibrate: docs/crowded.md, "A lensed
+sky"). Each member is run through the GOLD chain (``shapepipe_gold``'s stages,
 :func:`shapepipe_modules.gold.chain.run_chain`) with the configuration
 folder ``WORKDIR/config``: ``example/GOLD`` with the files of
 ``example/crowded`` on top (dual-pass detection of the tile, halo masks
@@ -30,9 +37,10 @@ the sample's response ``R + R_sel``, :mod:`shapepipe_modules.validate.crowded`)
 in radial bins against the input NFW reduced shear of the same galaxies,
 with bootstrap errors (galaxies resampled within each seed, the response
 redone), and the fitted amplitude ``g_t = A x input``: once for the
-``+`` runs alone (what a survey measures) and once paired,
-``(g_t(+) - g_t(-)) / 2`` per galaxy, where the galaxies' own shapes
-cancel; each of the two calibrated twice, by the sample's response and
+``+`` runs alone (what a survey measures) and once paired, per galaxy
+the mean of its two members' ``g_t`` (each times the sign of its shear:
+``(g_t(+) - g_t(-)) / 2`` with shear pairs), where its own shape
+cancels; each of the two calibrated twice, by the sample's response and
 by each bin's own response in the tangential frame of its galaxies
 (``bin_response``; over 90 seeds of the cluster preset the two agree:
 the response there is isotropic, docs/crowded.md "Ninety seeds"). The paired profile is then split into
@@ -44,14 +52,13 @@ paired, the amplitude of the galaxies by their distance to the nearest
 member (in its half-light radii; where blending with the members
 biases the shapes).
 
-``--pairing rotate`` makes new simulations whose ``-`` member has the
-same shear and every background galaxy's intrinsic ellipticity negated
-(``simulate_paired(pairing="rotate")``); with ``--set
-nfw_lensed_positions=True`` both members then hold the same lensed
-positions, so blends keep their neighbours and their radius (with the
-sign of the lens flipped they would not). The paired profile is then the
-mean of the two runs. Printed last, paired: the amplitude by the distance
-to the nearest other object of the truth (blends).
+With rotation pairs both members hold the same lensed positions, so
+blends keep their neighbours and their radius (with the sign of the lens
+flipped they would not), and the paired profile is the mean of the two
+runs (the pixel noise does not cancel: twice the error per seed of
+shear pairs). Printed last, paired: the amplitude by the distance to the
+nearest other object of the truth, lensed galaxies at their source
+positions (blends).
 
 ``--set`` overrides a parameter of the simulations it makes (existing ones
 are reused as they are), e.g. ``--set cluster_members=1 --set
@@ -247,10 +254,14 @@ def main(argv=None):
     parser.add_argument("--rerun", action="store_true", help="run the chain even where a final catalogue exists")
     parser.add_argument("--no-paired", dest="paired", action="store_false",
                         help="only the + member of each seed (default: + and - members)")
-    parser.add_argument("--pairing", choices=("shear", "rotate"), default="shear",
-                        help="what differs in the - member of a new simulation: the shear's sign (shear) or every "
-                             "background galaxy's intrinsic ellipticity, at the same shear (rotate; with "
-                             "--set nfw_lensed_positions=True the positions stay the same)")
+    parser.add_argument("--pairing", choices=("shear", "rotate"), default="rotate",
+                        help="what differs in the - member of a new simulation: every background galaxy's "
+                             "intrinsic ellipticity, at the same shear and positions (rotate, default), or the "
+                             "shear's sign (shear: the lens flips too, so lensed positions move between members)")
+    parser.add_argument("--positions", choices=("lensed", "drawn"), default="lensed",
+                        help="background galaxies of new simulations at their lensed positions (default; blends "
+                             "are sheared images) or as drawn (the preset's default: blends' separations "
+                             "unsheared, which metacal cannot calibrate); a --set nfw_lensed_positions wins")
     parser.add_argument("--set", type=_parse_set, action="append", default=[], metavar="NAME=VALUE",
                         help="simulation parameter override (as shapepipe_simulate --set), e.g. cluster_members=1")
     parser.add_argument("--ngmix", type=_parse_set, action="append", default=[], metavar="KEY=VALUE",
@@ -287,8 +298,9 @@ def main(argv=None):
     for seed in _seeds(args.seeds):
         members = (("plus", 1), ("minus", -1)) if args.paired else (("plus", 1),)
         if not all((work / f"seed{seed}" / m / "simulation.json").exists() for m, _ in members):
+            overrides = {"nfw_lensed_positions": args.positions == "lensed", **dict(args.set)}
             simulate_paired("cluster", work / f"seed{seed}", seed=seed, n_workers=1, pairing=args.pairing,
-                            **dict(args.set))
+                            **overrides)
         for member, member_code in members:
             sim, run_root = work / f"seed{seed}" / member, work / f"chain{seed}" / member
             record = json.loads((sim / "simulation.json").read_text())
@@ -348,7 +360,8 @@ def main(argv=None):
     plus_only = [member == "plus" for _, member, *_ in per_seed]
     estimates = [("the + runs alone (what a survey measures)", plus_only)]
     if args.paired:
-        estimates.append(("paired, (g_t(+) - g_t(-)) / 2 (shape noise cancelled)", [True] * len(per_seed)))
+        estimates.append(("paired (shape noise cancelled: the mean of the two members, each by its shear's sign)",
+                          [True] * len(per_seed)))
     n_seeds = len({seed for seed, *_ in per_seed})
     for (title, keep), bin_response in ((estimate, by_bin) for estimate in estimates for by_bin in (False, True)):
         tables, rest = pool(keep)

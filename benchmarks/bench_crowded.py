@@ -140,6 +140,12 @@ def _join_losses(hot, cold, dual, truth, centre, scale, ellipse_scale, pool):
                 pool.setdefault(kind, []).append(float(cold["FLUX_RADIUS"][j]))
 
 
+def _parse_set(text):
+    from shapepipe_modules.simulate.cli import _parse_set as parse
+
+    return parse(text)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="1-3")
@@ -156,6 +162,9 @@ def main(argv=None):
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--shear-local-sky", action="store_true",
                         help="subtract BKG_LOCAL from the stamps before measuring shapes")
+    parser.add_argument("--set", type=_parse_set, action="append", default=[], metavar="NAME=VALUE",
+                        help="simulation parameter override for the simulations it makes (as shapepipe_simulate "
+                             "--set), e.g. nfw_lensed_positions=False")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
 
@@ -191,7 +200,7 @@ def main(argv=None):
         sim = work / f"seed{seed}"
         if not (sim / "simulation.json").exists():
             clock = time.perf_counter()
-            simulate(args.preset, sim, seed=seed, n_workers=1)
+            simulate(args.preset, sim, seed=seed, n_workers=1, **dict(args.set))
             print(f"seed {seed}: simulated in {time.perf_counter() - clock:.1f} s", file=sys.stderr)
         tile = sim / "tiles" / "CFIS.244.252.r.fits"
         header = fits.getheader(tile)

@@ -71,12 +71,21 @@ def _kind(table, main, extra, role):
             f"{'< 12' if separation < 12 else '>= 12'} px apart")
 
 
+def _parse_set(text):
+    from shapepipe_modules.simulate.cli import _parse_set as parse
+
+    return parse(text)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="1-30")
     parser.add_argument("--realisations", default="0-3", help="noise realisations (0: the seed's own noise)")
     parser.add_argument("--engine", default="sep", choices=("sep", "sextractor"))
     parser.add_argument("--workdir", default=None, help="simulations and catalogues are kept and reused here")
+    parser.add_argument("--set", type=_parse_set, action="append", default=[], metavar="NAME=VALUE",
+                        help="simulation parameter override for the simulations it makes (as shapepipe_simulate "
+                             "--set), e.g. nfw_lensed_positions=False")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
 
@@ -104,7 +113,7 @@ def main(argv=None):
         for r in realisations:
             sim = work / f"seed{seed}" / f"noise{r}"
             if not (sim / "simulation.json").exists():
-                simulate("cluster", sim, seed=seed, n_workers=1, noise_realisation=r)
+                simulate("cluster", sim, seed=seed, n_workers=1, noise_realisation=r, **dict(args.set))
             tile = sim / "tiles" / "CFIS.244.252.r.fits"
             header = fits.getheader(tile)
             if not (sim / "weight.fits").exists():
