@@ -142,6 +142,27 @@ def test_failed_stage_stops_the_chain(tiny, tmp_path, capsys):
     assert names == {"run_sp_GitFeGie"}
 
 
+def test_paired_cluster_simulation_matches_what_it_recorded(tmp_path, monkeypatch):
+    """The - member of a paired cluster records nfw_sign = -1: the reuse check wants the same, not a new simulation."""
+    import json
+
+    from shapepipe_modules.simulate import core
+    from shapepipe_modules.simulate.presets import resolve_parameters
+
+    def record_only(preset, output_dir, seed, n_workers, progress, overrides, extra_record):
+        output_dir.mkdir(parents=True)
+        record = {"preset": preset, "seed": seed, "parameters": resolve_parameters(preset, **overrides), **extra_record}
+        (output_dir / "simulation.json").write_text(json.dumps(record))
+        return output_dir
+
+    monkeypatch.setattr(core, "_simulate", record_only)
+    plus, minus = core.simulate_paired("cluster", tmp_path / "pair", seed=2)
+    assert json.loads((minus / "simulation.json").read_text())["parameters"]["nfw_sign"] == -1
+    assert simulation_mismatch(plus, "cluster", 2) is None
+    assert simulation_mismatch(minus, "cluster", 2, negate_shear=True) is None
+    assert "nfw_sign 1 (wanted -1)" in simulation_mismatch(plus, "cluster", 2, negate_shear=True)
+
+
 def test_simulation_is_reused_only_when_it_matches(tiny, tmp_path, capsys):
     """simulation.json decides: same preset, seed and resolved parameters reused; a named folder that differs is refused."""
     stars = {"star_mag_range": [17.0, 24.0]}

@@ -120,8 +120,10 @@ def wanted_parameters(preset: str, overrides=None, negate_shear=False) -> dict:
 
     params = resolve_parameters(preset, **(overrides or {}))
     if negate_shear:
-        # 0.0, not -0.0, as simulate_paired records it.
+        # 0.0, not -0.0, as simulate_paired records it; a cluster's NFW shear flips with the tiles' shear.
         params["shear"] = [[-g if g != 0 else 0.0 for g in pair] for pair in params["shear"]]
+        if params.get("cluster"):
+            params["nfw_sign"] = -1
     return _normalised(params)
 
 
