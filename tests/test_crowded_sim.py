@@ -127,6 +127,31 @@ def test_rotated_pair_negates_background_shapes_only():
     assert np.abs(plus["e1_int"][field]).mean() > 0.1
 
 
+def test_rotate_pairing_records(tmp_path, monkeypatch):
+    # What simulate_paired asks the simulator for and records: the same shear and lens in both members,
+    # intrinsic_rotated in minus only; a shear of sign +1 for both; an unknown pairing is refused.
+    import json
+
+    from shapepipe_modules.simulate import core
+
+    def record_only(preset, output_dir, seed, n_workers, progress, overrides, extra_record):
+        output_dir.mkdir(parents=True)
+        record = {"parameters": resolve_parameters(preset, **overrides), "overrides": overrides, **extra_record}
+        (output_dir / "simulation.json").write_text(json.dumps(record))
+        return output_dir
+
+    monkeypatch.setattr(core, "_simulate", record_only)
+    plus, minus = (json.loads((d / "simulation.json").read_text()) for d in core.simulate_paired(
+        "cluster", tmp_path, seed=2, pairing="rotate", nfw_lensed_positions=True))
+    assert plus["pair"] == {"member": "plus", "shear_sign": 1, "pairing": "rotate", "partner": "minus"}
+    assert minus["pair"] == {"member": "minus", "shear_sign": 1, "pairing": "rotate", "partner": "plus"}
+    differing = {k for k in plus["parameters"] if plus["parameters"][k] != minus["parameters"][k]}
+    assert differing == {"intrinsic_rotated"} and minus["parameters"]["intrinsic_rotated"] is True
+    assert plus["parameters"]["nfw_sign"] == 1 and plus["parameters"]["nfw_lensed_positions"] is True
+    with pytest.raises(ValueError, match="pairing"):
+        core.simulate_paired("cluster", tmp_path / "bad", pairing="flip")
+
+
 def test_cluster_truth(cluster_sim):
     params = resolve_parameters("cluster")
     truth = load_truth(cluster_sim, tile="244.252")
