@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_crowded import FINE, FINE_DUAL, MERGE_RADIUS, RADIUS_ARCSEC, _run, _seeds  # noqa: E402
+from bench_crowded import FINE, FINE_DUAL, MERGE_RADIUS, RADIUS_ARCSEC, _parse_set, _run, _seeds  # noqa: E402
 
 
 def _digest(options):
@@ -69,12 +69,6 @@ def _kind(table, main, extra, role):
                           table["Y_IMAGE"][extra] - table["Y_IMAGE"][main])
     return (f"{role}, passes {table['PASS'][main]}+{table['PASS'][extra]}, "
             f"{'< 12' if separation < 12 else '>= 12'} px apart")
-
-
-def _parse_set(text):
-    from shapepipe_modules.simulate.cli import _parse_set as parse
-
-    return parse(text)
 
 
 def main(argv=None):

@@ -241,3 +241,16 @@ def lightcurve_forced(lightcurve_chain, lightcurve_quality, tmp_path_factory):
     out = tmp_path_factory.mktemp("lightcurve_forced")
     forced = run_forced_phot(lightcurve_chain, lightcurve_quality, out)
     return forced, run_lightcurve(forced, out)
+
+
+def record_only_simulate(preset, output_dir, seed, n_workers, progress, overrides, extra_record):
+    """Stand-in for ``simulate.core._simulate``: writes the ``simulation.json`` it would, draws nothing."""
+    import json
+
+    from shapepipe_modules.simulate.presets import resolve_parameters
+
+    output_dir.mkdir(parents=True)
+    record = {"preset": preset, "seed": seed, "parameters": resolve_parameters(preset, **overrides),
+              "overrides": overrides, **extra_record}
+    (output_dir / "simulation.json").write_text(json.dumps(record))
+    return output_dir

@@ -132,15 +132,10 @@ def test_rotate_pairing_records(tmp_path, monkeypatch):
     # intrinsic_rotated in minus only; a shear of sign +1 for both; an unknown pairing is refused.
     import json
 
+    from conftest import record_only_simulate
     from shapepipe_modules.simulate import core
 
-    def record_only(preset, output_dir, seed, n_workers, progress, overrides, extra_record):
-        output_dir.mkdir(parents=True)
-        record = {"parameters": resolve_parameters(preset, **overrides), "overrides": overrides, **extra_record}
-        (output_dir / "simulation.json").write_text(json.dumps(record))
-        return output_dir
-
-    monkeypatch.setattr(core, "_simulate", record_only)
+    monkeypatch.setattr(core, "_simulate", record_only_simulate)
     plus, minus = (json.loads((d / "simulation.json").read_text()) for d in core.simulate_paired(
         "cluster", tmp_path, seed=2, pairing="rotate", nfw_lensed_positions=True))
     assert plus["pair"] == {"member": "plus", "shear_sign": 1, "pairing": "rotate", "partner": "minus"}

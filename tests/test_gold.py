@@ -146,16 +146,10 @@ def test_paired_cluster_simulation_matches_what_it_recorded(tmp_path, monkeypatc
     """The - member of a paired cluster records nfw_sign = -1: the reuse check wants the same, not a new simulation."""
     import json
 
+    from conftest import record_only_simulate
     from shapepipe_modules.simulate import core
-    from shapepipe_modules.simulate.presets import resolve_parameters
 
-    def record_only(preset, output_dir, seed, n_workers, progress, overrides, extra_record):
-        output_dir.mkdir(parents=True)
-        record = {"preset": preset, "seed": seed, "parameters": resolve_parameters(preset, **overrides), **extra_record}
-        (output_dir / "simulation.json").write_text(json.dumps(record))
-        return output_dir
-
-    monkeypatch.setattr(core, "_simulate", record_only)
+    monkeypatch.setattr(core, "_simulate", record_only_simulate)
     plus, minus = core.simulate_paired("cluster", tmp_path / "pair", seed=2)
     assert json.loads((minus / "simulation.json").read_text())["parameters"]["nfw_sign"] == -1
     assert simulation_mismatch(plus, "cluster", 2) is None
