@@ -165,8 +165,8 @@ def test_join_drops_unmatched_and_one_sided_galaxies(tmp_path):
     assert old["plus"]["psf_g"].shape == (277, 2) and np.isnan(old["minus"]["xy"]).all()
     pooled = concatenate_pairs([again, again])
     assert pooled["key"].size == 2 * 277 and pooled["minus"]["g"].shape == (554, len(BRANCH_ORDER), 2)
-    # Runs that are not a sign flip are refused.
-    with pytest.raises(ValueError, match="not a sign-flipped pair"):
+    # Runs that are not a sign flip are refused; two runs at the same shear are named as a rotation pair.
+    with pytest.raises(ValueError, match="not a sign-flipped pair.*a rotation pair"):
         join_pairs(plus, member_table([("final_cat-244-252.fits", cat_p)], [truth_p]))
 
 

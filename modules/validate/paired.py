@@ -184,7 +184,10 @@ def join_pairs(plus, minus, tolerance=1e-9):
         worst = int(np.argmax(np.abs(plus["g_true"][rows_p] + minus["g_true"][rows_m]).max(axis=1)))
         raise ValidationError(
             f"the two runs are not a sign-flipped pair: galaxy {common[worst] % KEY_STRIDE} has true shear "
-            f"{plus['g_true'][rows_p][worst].tolist()} in PLUS and {minus['g_true'][rows_m][worst].tolist()} in MINUS")
+            f"{plus['g_true'][rows_p][worst].tolist()} in PLUS and {minus['g_true'][rows_m][worst].tolist()} in MINUS"
+            + (" (the same shear: a rotation pair, simulate_paired(pairing='rotate'), whose estimate is the mean of "
+               "the two runs, as benchmarks/bench_cluster_shear.py forms it; this estimator needs opposite shears)"
+               if np.allclose(plus["g_true"][rows_p], minus["g_true"][rows_m], rtol=0.0, atol=tolerance) else ""))
     return {
         "key": common, "g_true": plus["g_true"][rows_p], "truth_mag": plus["truth_mag"][rows_p],
         "ring": plus["ring"][rows_p],
