@@ -313,20 +313,19 @@ def main(argv=None):
                 print(f"seed {seed} {member}: chain in {time.perf_counter() - clock:.0f} s (wall)", file=sys.stderr)
                 catalogue = final_catalogue(run_root)
             params = record["parameters"]
-            data = crowded.background_shapes(read_final_catalogue(catalogue), load_truth(sim, tile="244.252"),
-                                             cluster_centre(params))
+            columns, truth = read_final_catalogue(catalogue), load_truth(sim, tile="244.252")
+            data = crowded.background_shapes(columns, truth, cluster_centre(params))
             one = crowded.metacal_tangential_profile(data["tables"], data["dx"], data["dy"], data["g_t_true"],
                                                      np.array([0.0, 90.0]), n_boot=50)
             per_seed.append((seed, member, masked_fraction(run_root), len(data["dx"]), one, psf_check(run_root),
-                             duplicated_in_catalogue(read_final_catalogue(catalogue), load_truth(sim, tile="244.252"),
-                                                     sim)))
+                             duplicated_in_catalogue(columns, truth, sim)))
             for key in ("tables", "dx", "dy", "g_t_true"):
                 pooled[key].append(data[key])
             pooled["group"].append(np.full(len(data["dx"]), seed))
             pooled["sign"].append(np.full(len(data["dx"]), sign))
             pooled["unit"].append(data["truth_id"])  # the same galaxy in both runs (lensed positions move rows)
-            pooled["near"].append(nearest_member(load_truth(sim, tile="244.252"), data["truth_index"]))
-            pooled["nearest"].append(nearest_object(load_truth(sim, tile="244.252"), data["truth_index"], params))
+            pooled["near"].append(nearest_member(truth, data["truth_index"]))
+            pooled["nearest"].append(nearest_object(truth, data["truth_index"], params))
             pooled["member"].append(np.full(len(data["dx"]), member_code))
 
     print(f"\nCluster preset through the GOLD chain (config {config}), per seed "

@@ -145,12 +145,13 @@ def simulate_quad(rng, index, noise_sigma=1.0, jacobian=None, star=False, shear=
             turn = np.radians(-rotation)
             shift = np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]]) @ second_shift
         for sign in (1, -1):
-            gal = base.shear(g1=sign * shear[0], g2=sign * shear[1])
-            if blend is not None:
-                if lensed:
-                    gal = galsim.Add(base, second.shift(*shift)).shear(g1=sign * shear[0], g2=sign * shear[1])
-                else:
-                    gal = galsim.Add(gal, second.shear(g1=sign * shear[0], g2=sign * shear[1]).shift(*shift))
+            applied = {"g1": sign * shear[0], "g2": sign * shear[1]}
+            if blend is None:
+                gal = base.shear(**applied)
+            elif lensed:  # the pair as one image: its separation is sheared too
+                gal = galsim.Add(base, second.shift(*shift)).shear(**applied)
+            else:
+                gal = galsim.Add(base.shear(**applied), second.shear(**applied).shift(*shift))
             raws = []
             for k, ((psf, jac, offset), noise) in enumerate(zip(setups, noises)):
                 if rotation:

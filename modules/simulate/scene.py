@@ -325,7 +325,9 @@ def make_scene(params, seed: int, box) -> dict:
         # The other member of a pair at the same shear: each shape noise cancels in the pair's mean.
         rotated = galaxy & ~columns["is_deep_sky"]
         if "cluster_role" in columns:
-            rotated &= columns["cluster_role"] == cluster.ROLE_FIELD
+            from .cluster import ROLE_FIELD
+
+            rotated &= columns["cluster_role"] == ROLE_FIELD
         columns["e1_int"] = np.where(rotated, -columns["e1_int"], columns["e1_int"])
         columns["e2_int"] = np.where(rotated, -columns["e2_int"], columns["e2_int"])
     return columns
